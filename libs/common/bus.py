@@ -1,0 +1,310 @@
+"""The Redis stream bus: publish events, consume them in a consumer group, dead-letter what cannot be handled.
+
+Delivery is at least once. A consumer hands a batch of validated events to its handler, which commits its
+store transaction (recording the event ids) and returns; only then are the entries acknowledged. On start a
+consumer drains its own pending entries, and it periodically claims entries left idle by dead consumers.
+Entries that fail validation, or that were delivered more than `max_deliveries` times, are written to
+`<stream>:dlq` with the error before they are acknowledged.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from pydantic import ValidationError
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
+
+from libs.common import metrics
+from libs.common.events import AnyEvent, Event, parse_event
+from libs.common.log import get_logger
+from libs.common.settings import BusSettings, RedisSettings
+
+log = get_logger(__name__)
+
+DLQ_SUFFIX = ":dlq"
+# Errors after which the connection is worth retrying (Redis restarting, network blips).
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.BusyLoadingError,
+    ConnectionResetError,
+)
+# Failures of the infrastructure rather than of an event (Redis gone, store locked, disk full, read-only
+# file): the batch is kept and retried in-process, so these never count towards dead-lettering.
+INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, sqlite3.OperationalError, OSError)
+
+
+def connect(cfg: RedisSettings, *, block_ms: int = 0) -> redis.Redis:
+    """A redis-py client whose socket timeout stays above the blocking read of `block_ms`."""
+    kwargs: dict[str, Any] = {
+        # RESP2 replies have the same shape on redis-py 5 to 8.
+        "protocol": 2,
+        "socket_timeout": max(cfg.socket_timeout_s, block_ms / 1000 + 5),
+        "socket_connect_timeout": 5,
+        "health_check_interval": 30,
+        "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=2),
+        "client_name": f"ams-{socket.gethostname()}",
+    }
+    if cfg.password:
+        kwargs["password"] = cfg.password.get_secret_value()
+    if cfg.url.startswith("rediss://") and cfg.ssl_ca_certs:
+        kwargs["ssl_ca_certs"] = str(cfg.ssl_ca_certs)
+    return redis.Redis.from_url(cfg.url, **kwargs)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One stream entry handed to a handler, already validated."""
+
+    stream: str
+    entry_id: str
+    event: AnyEvent
+
+
+class Bus:
+    """Publishing side of the streams, and the naming of their keys."""
+
+    def __init__(self, client: redis.Redis, cfg: BusSettings) -> None:
+        self.client = client
+        self.cfg = cfg
+
+    def key(self, stream: str) -> str:
+        """The Redis key of `stream`."""
+        return f"{self.cfg.prefix}:{stream}"
+
+    def publish(self, stream: str, event: Event) -> str:
+        """XADD one event (trimming the stream approximately); returns the entry id."""
+        entry_id = self.client.xadd(self.key(stream), event.to_fields(), maxlen=self.cfg.maxlen, approximate=True)  # type: ignore[arg-type]
+        metrics.EVENTS_PUBLISHED.labels(stream=stream).inc()
+        return _text(entry_id)
+
+    def publish_many(self, stream: str, events: Sequence[Event]) -> list[str]:
+        """XADD several events in one round trip (a non-transactional pipeline)."""
+        if not events:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for event in events:
+            pipe.xadd(self.key(stream), event.to_fields(), maxlen=self.cfg.maxlen, approximate=True)  # type: ignore[arg-type]
+        ids = [_text(i) for i in pipe.execute()]
+        metrics.EVENTS_PUBLISHED.labels(stream=stream).inc(len(events))
+        return ids
+
+    def dead_letter(self, stream: str, entry_id: str, fields: dict[str, str], error: str, group: str) -> None:
+        """Copy an entry to `<stream>:dlq` with the reason it could not be handled."""
+        record = {
+            "stream": stream,
+            "entry_id": entry_id,
+            "group": group,
+            "error": error[:4000],
+            "failed_at": str(time.time()),
+            **{f"original_{k}": v for k, v in fields.items()},
+        }
+        self.client.xadd(self.key(stream) + DLQ_SUFFIX, record, maxlen=self.cfg.maxlen, approximate=True)  # type: ignore[arg-type]
+        metrics.DEAD_LETTERS.labels(stream=stream, group=group).inc()
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _decode_fields(raw: dict[Any, Any] | None) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in (raw or {}).items()}
+
+
+Handler = Callable[[list[Delivery]], None]
+
+
+@dataclass
+class Consumer:
+    """Reads `streams` as member `name` of consumer group `group` and hands batches to `handler`.
+
+    `handler` must commit everything it does for the batch (recording event ids, so that a redelivered
+    event changes nothing) before returning; an exception leaves the entries pending for redelivery.
+    """
+
+    bus: Bus
+    group: str
+    name: str
+    streams: Sequence[str]
+    handler: Handler
+    _groups_ready: bool = field(default=False, init=False)
+    _drained: set[str] = field(default_factory=set, init=False)
+    _last_claim: float = field(default=0.0, init=False)
+    # A batch whose handler hit an infrastructure error, retried before anything else is read.
+    _retry: tuple[str, list[Delivery]] | None = field(default=None, init=False)
+
+    @property
+    def cfg(self) -> BusSettings:
+        return self.bus.cfg
+
+    def ensure_groups(self) -> None:
+        """Create the group on every stream (from the start, so nothing published earlier is missed)."""
+        for stream in self.streams:
+            try:
+                self.bus.client.xgroup_create(self.bus.key(stream), self.group, id="0", mkstream=True)
+                log.info("consumer_group_created", stream=stream, group=self.group)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        self._groups_ready = True
+
+    def poll(self, *, block: bool = True) -> int:
+        """Read and handle one round of entries; returns how many entries were settled (acked)."""
+        if not self._groups_ready:
+            self.ensure_groups()
+        try:
+            settled = 0
+            if self._retry is not None:
+                stream, deliveries = self._retry
+                self._retry = None
+                settled += self._ack(stream, self._handle(stream, deliveries))
+            for stream in self.streams:
+                if stream not in self._drained:
+                    settled += self._drain_own_pending(stream)
+            if time.monotonic() - self._last_claim >= self.cfg.claim_interval_s:
+                self._last_claim = time.monotonic()
+                settled += self.claim_idle()
+            settled += self._read_new(block=block and settled == 0)
+            return settled
+        except redis.ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                log.warning("consumer_group_missing", group=self.group, error=str(exc))
+                metrics.GROUP_RECREATED.labels(group=self.group).inc()
+                self._groups_ready = False
+                self._drained.clear()
+                return 0
+            raise
+
+    def _drain_own_pending(self, stream: str) -> int:
+        key = self.bus.key(stream)
+        reply = self.bus.client.xreadgroup(self.group, self.name, {key: "0"}, count=self.cfg.batch_size)
+        entries = _entries_of(reply)
+        if not entries:
+            self._drained.add(stream)
+            return 0
+        return self._settle(stream, entries, redelivered=True)
+
+    def claim_idle(self) -> int:
+        """XAUTOCLAIM entries idle longer than `claim_idle_ms` (from dead consumers) and handle them."""
+        settled = 0
+        for stream in self.streams:
+            key = self.bus.key(stream)
+            start = "0-0"
+            while True:
+                reply = self.bus.client.xautoclaim(
+                    key, self.group, self.name, self.cfg.claim_idle_ms, start_id=start, count=self.cfg.batch_size
+                )
+                start = _text(reply[0])
+                entries = [(_text(i), f) for i, f in reply[1]]
+                deleted = [_text(i) for i in (reply[2] if len(reply) > 2 else [])]
+                if deleted:
+                    # Trimmed while pending: nothing left to handle.
+                    self.bus.client.xack(key, self.group, *deleted)
+                    settled += len(deleted)
+                if entries:
+                    metrics.ENTRIES_CLAIMED.labels(stream=stream, group=self.group).inc(len(entries))
+                    settled += self._settle(stream, entries, redelivered=True)
+                if start == "0-0":
+                    break
+        return settled
+
+    def _read_new(self, *, block: bool) -> int:
+        keys = {self.bus.key(s): ">" for s in self.streams}
+        reply = self.bus.client.xreadgroup(
+            self.group, self.name, keys, count=self.cfg.batch_size, block=self.cfg.block_ms if block else None
+        )
+        settled = 0
+        for stream_key, entries in _streams_of(reply):
+            stream = stream_key.removeprefix(self.cfg.prefix + ":")
+            settled += self._settle(stream, entries, redelivered=False)
+        return settled
+
+    def _delivery_counts(self, key: str, ids: list[str]) -> dict[str, int]:
+        if not ids:
+            return {}
+        rows = self.bus.client.xpending_range(key, self.group, min=ids[0], max=ids[-1], count=len(ids) + 100)
+        return {_text(r["message_id"]): int(r["times_delivered"]) for r in rows}
+
+    def _settle(self, stream: str, entries: list[tuple[str, Any]], *, redelivered: bool) -> int:
+        key = self.bus.key(stream)
+        counts = self._delivery_counts(key, [i for i, _ in entries]) if redelivered else {}
+        good: list[Delivery] = []
+        done: list[str] = []
+        for entry_id, raw in entries:
+            fields = _decode_fields(raw)
+            if not fields:
+                done.append(entry_id)  # trimmed while pending
+                continue
+            if counts.get(entry_id, 1) > self.cfg.max_deliveries:
+                self.bus.dead_letter(
+                    stream, entry_id, fields, f"delivered {counts[entry_id]} times without success", self.group
+                )
+                done.append(entry_id)
+                continue
+            try:
+                if "event" not in fields:
+                    raise ValueError("missing field 'event'")
+                good.append(Delivery(stream, entry_id, parse_event(fields["event"])))
+            except (ValidationError, ValueError) as exc:
+                log.warning("event_invalid", stream=stream, entry_id=entry_id, error=str(exc)[:500])
+                self.bus.dead_letter(stream, entry_id, fields, f"invalid event: {exc}", self.group)
+                done.append(entry_id)
+        try:
+            done.extend(self._handle(stream, good))
+        finally:
+            # Dead-lettered entries are acked even when the batch has to be retried.
+            self._ack(stream, done)
+        return len(done)
+
+    def _ack(self, stream: str, entry_ids: list[str]) -> int:
+        if entry_ids:
+            self.bus.client.xack(self.bus.key(stream), self.group, *entry_ids)
+            metrics.EVENTS_CONSUMED.labels(stream=stream, group=self.group).inc(len(entry_ids))
+        return len(entry_ids)
+
+    def _handle(self, stream: str, deliveries: list[Delivery]) -> list[str]:
+        """Run the handler on the batch; on failure, isolate the failing entries one by one."""
+        if not deliveries:
+            return []
+        try:
+            with metrics.HANDLER_SECONDS.labels(group=self.group).time():
+                self.handler(deliveries)
+            return [d.entry_id for d in deliveries]
+        except INFRASTRUCTURE_ERRORS:
+            self._retry = (stream, deliveries)
+            raise
+        except Exception:
+            if len(deliveries) == 1:
+                d = deliveries[0]
+                log.exception("handler_failed", stream=stream, entry_id=d.entry_id, event_id=d.event.id)
+                metrics.HANDLER_FAILURES.labels(group=self.group).inc()
+                return []
+        handled: list[str] = []
+        for delivery in deliveries:
+            handled.extend(self._handle(stream, [delivery]))
+        return handled
+
+
+def _streams_of(reply: Any) -> list[tuple[str, list[tuple[str, Any]]]]:
+    # RESP2 reply (see connect): [[stream, [(id, fields), ...]], ...]
+    return [(_text(stream), [(_text(i), f) for i, f in entries]) for stream, entries in reply or []]
+
+
+def _entries_of(reply: Any) -> list[tuple[str, Any]]:
+    return [entry for _, entries in _streams_of(reply) for entry in entries]
+
+
+def backoff_delays(base: float = 0.2, cap: float = 10.0) -> Iterable[float]:
+    """Exponential backoff with full jitter: an endless sequence of sleep durations."""
+    attempt = 0
+    while True:
+        yield random.uniform(0, min(cap, base * 2**attempt))
+        attempt += 1

@@ -1,0 +1,245 @@
+"""Event schemas: one pydantic envelope with a typed payload discriminated by `type`.
+
+Ids are deterministic (UUIDv5 of the event type and its source identity), so republishing the same fact
+yields the same id and every consumer can recognise a redelivery.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, field_validator
+
+SCHEMA_VERSION = 1
+_ID_NAMESPACE = uuid.UUID("6f1c1f0e-7d1a-4f55-9a57-2f1c8c7c0a11")
+
+# Stream names (keys are `<prefix>:<stream>`).
+CATALOG = "catalog"
+RUNS = "runs"
+ASSETS = "assets"
+ASSET_CHANGES = "asset-changes"
+HEALTH = "health"
+STREAMS = (CATALOG, RUNS, ASSETS, ASSET_CHANGES, HEALTH)
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def event_id(event_type: str, identity: str) -> str:
+    """The deterministic id of the event of `event_type` about `identity`."""
+    return str(uuid.uuid5(_ID_NAMESPACE, f"{event_type}|{identity}"))
+
+
+class _Payload(BaseModel):
+    # Tolerate fields added by newer producers.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Column(_Payload):
+    name: str
+    type: str = ""
+    description: str | None = None
+
+
+class RunData(_Payload):
+    run_id: str
+    job_name: str
+    status: Literal["STARTED", "SUCCESS", "FAILURE", "CANCELED"]
+    asset_keys: list[str] = Field(default_factory=list)
+    started_at: AwareDatetime | None = None
+    ended_at: AwareDatetime | None = None
+    duration_s: float | None = Field(default=None, ge=0)
+    error: str | None = None
+    code_location: str | None = None
+    partition: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class MaterializationData(_Payload):
+    asset_key: str
+    run_id: str
+    storage_id: int | None = None
+    partition: str | None = None
+    row_count: int | None = Field(default=None, ge=0)
+    column_schema: list[Column] | None = None
+    duration_s: float | None = Field(default=None, ge=0)
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class MaterializationFailedData(_Payload):
+    asset_key: str
+    run_id: str
+    storage_id: int | None = None
+    partition: str | None = None
+    error: str | None = None
+
+
+class AssetSpecData(_Payload):
+    """Everything the system knows about one asset's definition (event-carried state)."""
+
+    key: str
+    group: str | None = None
+    description: str | None = None
+    owners: list[str] = Field(default_factory=list)
+    tags: dict[str, str] = Field(default_factory=dict)
+    kinds: list[str] = Field(default_factory=list)
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+    code_version: str | None = None
+    partitioning: str | None = None
+    source_file: str | None = None
+    source_line: int | None = None
+    code_location: str | None = None
+    upstream: list[str] = Field(default_factory=list)
+    downstream: list[str] = Field(default_factory=list)
+    freshness: dict[str, JsonValue] | None = None
+    checks: list[str] = Field(default_factory=list)
+
+
+class CatalogSnapshotData(_Payload):
+    code_location: str
+    fingerprint: str
+    assets: list[AssetSpecData]
+    problems: list[str] = Field(default_factory=list)
+
+
+class DiscoveryRequestData(_Payload):
+    code_location: str | None = None
+    requested_by: str = "cli"
+
+
+class AssetChangeData(_Payload):
+    spec: AssetSpecData
+    version: int = Field(ge=1)
+    changes: dict[str, JsonValue] = Field(default_factory=dict)
+    retired_at: AwareDatetime | None = None
+
+
+CheckOutcome = Literal["passed", "warn", "error"]
+HealthStatus = Literal["HEALTHY", "WARNING", "DEGRADED", "FAILED", "UNKNOWN"]
+
+
+class CheckResult(_Payload):
+    check: str
+    outcome: CheckOutcome
+    reason: str
+    values: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class HealthChangedData(_Payload):
+    asset_key: str
+    status: HealthStatus
+    previous_status: HealthStatus
+    checks: list[CheckResult] = Field(default_factory=list)
+    reasons: list[str] = Field(default_factory=list)
+    evaluated_at: AwareDatetime
+    owners: list[str] = Field(default_factory=list)
+    downstream: list[str] = Field(default_factory=list)
+
+
+class Event(BaseModel):
+    """The envelope every message carries."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str = Field(min_length=1, max_length=200)
+    type: str
+    occurred_at: AwareDatetime
+    source: str = Field(min_length=1, max_length=200)
+    schema_version: int = SCHEMA_VERSION
+    data: Any
+
+    @field_validator("schema_version")
+    @classmethod
+    def _supported_version(cls, value: int) -> int:
+        if value != SCHEMA_VERSION:
+            raise ValueError(f"unsupported schema_version {value} (this consumer reads {SCHEMA_VERSION})")
+        return value
+
+    def to_fields(self) -> dict[str, str]:
+        """The Redis stream fields of this event: `event` (JSON envelope) and `type`."""
+        return {"event": self.model_dump_json(), "type": self.type}
+
+
+class RunEvent(Event):
+    type: Literal["run.started", "run.succeeded", "run.failed", "run.canceled"]
+    data: RunData
+
+
+class AssetMaterialized(Event):
+    type: Literal["asset.materialized"]
+    data: MaterializationData
+
+
+class AssetMaterializationFailed(Event):
+    type: Literal["asset.materialization_failed"]
+    data: MaterializationFailedData
+
+
+class CatalogSnapshot(Event):
+    type: Literal["catalog.snapshot"]
+    data: CatalogSnapshotData
+
+
+class DiscoveryRequested(Event):
+    type: Literal["catalog.discovery_requested"]
+    data: DiscoveryRequestData
+
+
+class AssetChanged(Event):
+    type: Literal["asset.registered", "asset.changed", "asset.retired"]
+    data: AssetChangeData
+
+
+class HealthChanged(Event):
+    type: Literal["health.changed"]
+    data: HealthChangedData
+
+
+AnyEvent = Annotated[
+    RunEvent
+    | AssetMaterialized
+    | AssetMaterializationFailed
+    | CatalogSnapshot
+    | DiscoveryRequested
+    | AssetChanged
+    | HealthChanged,
+    Field(discriminator="type"),
+]
+_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
+
+RUN_STATUS_TYPES: dict[str, str] = {
+    "STARTED": "run.started",
+    "SUCCESS": "run.succeeded",
+    "FAILURE": "run.failed",
+    "CANCELED": "run.canceled",
+}
+
+E = TypeVar("E", bound=Event)
+
+
+def parse_event(raw: str | bytes) -> AnyEvent:
+    """Validate one JSON envelope; raises pydantic.ValidationError (or ValueError) when invalid."""
+    return _ADAPTER.validate_json(raw)
+
+
+def new_event(
+    cls: type[E],
+    event_type: str,
+    *,
+    identity: str,
+    data: BaseModel,
+    source: str,
+    occurred_at: datetime | None = None,
+) -> E:
+    """Build an event of `cls` whose id is derived from `event_type` and `identity`."""
+    return cls(
+        id=event_id(event_type, identity),
+        type=event_type,
+        occurred_at=occurred_at or utcnow(),
+        source=source,
+        data=data,
+    )

@@ -1,0 +1,297 @@
+"""Application settings: `config/app_config.yaml`, an overlay per ENVIRONMENT, then environment variables.
+
+Precedence (highest first): init arguments, environment variables (`AMS_` prefix, `__` between nested
+fields, e.g. `AMS_REDIS__URL`; plus the bare `ENVIRONMENT`, `PROJECT_NAME`, `DAGSTER_HOME`), the
+`app_config.<environment>.yaml` overlay, `app_config.yaml`, then the defaults below.
+
+A bad file or value raises :class:`ConfigError` naming the field and the file it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "AMS_"
+Environment = Literal["development", "staging", "production"]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class ConfigError(Exception):
+    """A configuration file or value is invalid; the message names the field and its source."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RedisSettings(_Section):
+    url: str = "redis://127.0.0.1:6379/0"
+    # Overrides any password in the URL; from AMS_REDIS__PASSWORD or a secrets file, never YAML in git.
+    password: SecretStr | None = None
+    # redis-py 8 defaults to a 5 s socket timeout; it must stay above the blocking read below.
+    socket_timeout_s: float = Field(default=10.0, gt=0)
+    ssl_ca_certs: Path | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, value: str) -> str:
+        if not re.match(r"^(redis|rediss|unix)://", value):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+
+class BusSettings(_Section):
+    prefix: str = Field(default="ams", pattern=r"^[A-Za-z0-9_.-]+$")
+    maxlen: int = Field(default=1_000_000, ge=1000)
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    block_ms: int = Field(default=2000, ge=1, le=60_000)
+    max_deliveries: int = Field(default=5, ge=1)
+    claim_idle_ms: int = Field(default=60_000, ge=10)
+    claim_interval_s: float = Field(default=15.0, gt=0)
+    consumer_name: str | None = None
+
+
+class StoreSettings(_Section):
+    """Where each service's store lives; a URL so a deployment can move one to another database."""
+
+    data_dir: Path | None = None
+    metadata_url: str | None = None
+    health_url: str | None = None
+    monitor_url: str | None = None
+    # FULL: an acked event survives power loss (the ack follows the commit). NORMAL trades that for speed.
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    busy_timeout_ms: int = Field(default=10_000, ge=0)
+
+
+class ServiceEndpoint(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(ge=0, le=65535)
+
+
+class ServicesSettings(_Section):
+    discovery: ServiceEndpoint = ServiceEndpoint(port=9101)
+    health: ServiceEndpoint = ServiceEndpoint(port=9102)
+    alerts: ServiceEndpoint = ServiceEndpoint(port=9103)
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    format: Literal["auto", "console", "json"] = "auto"
+    file: Path | None = None
+    file_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    file_backups: int = Field(default=5, ge=0)
+
+
+class DiscoverySettings(_Section):
+    rescan_interval_s: float = Field(default=300.0, gt=0)
+    code_location: str = "orchestrator"
+
+
+class HealthSettings(_Section):
+    retention_days: int = Field(default=90, ge=1)
+
+
+class WebhookReceiver(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: Literal["webhook", "slack", "teams", "pagerduty"] = "webhook"
+    url: str
+    # Name of the environment variable holding the signing secret (`whsec_...`) or routing key.
+    secret_env: str | None = None
+    timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_only(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("webhook URL must be http:// or https://")
+        return value
+
+    def secret(self) -> str | None:
+        """The receiver's secret from the environment, or None when unset."""
+        return os.environ.get(self.secret_env) if self.secret_env else None
+
+
+class AlertsSettings(_Section):
+    receivers: list[WebhookReceiver] = Field(default_factory=list)
+    dagster_ui_url: str | None = None
+    retention_days: int = Field(default=180, ge=1)
+
+    @model_validator(mode="after")
+    def _unique_receivers(self) -> AlertsSettings:
+        names = [r.name for r in self.receivers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate receiver names: {', '.join(dupes)}")
+        return self
+
+
+class SensorSettings(_Section):
+    minimum_interval_s: int = Field(default=5, ge=1)
+    page_size: int = Field(default=1000, ge=1, le=100_000)
+
+
+class Settings(BaseSettings):
+    """Every setting of the system, validated once at start."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        populate_by_name=True,
+    )
+
+    environment: Environment = Field(
+        default="development", validation_alias=AliasChoices("ENVIRONMENT", "AMS_ENVIRONMENT", "environment")
+    )
+    project_name: str = Field(
+        default="dagster-asset-management",
+        validation_alias=AliasChoices("PROJECT_NAME", "AMS_PROJECT_NAME", "project_name"),
+    )
+    dagster_home: Path = Field(
+        default=PROJECT_ROOT / ".dagster_home",
+        validation_alias=AliasChoices("DAGSTER_HOME", "AMS_DAGSTER_HOME", "dagster_home"),
+    )
+    redis: RedisSettings = RedisSettings()
+    bus: BusSettings = BusSettings()
+    stores: StoreSettings = StoreSettings()
+    services: ServicesSettings = ServicesSettings()
+    logging: LoggingSettings = LoggingSettings()
+    discovery: DiscoverySettings = DiscoverySettings()
+    health: HealthSettings = HealthSettings()
+    alerts: AlertsSettings = AlertsSettings()
+    sensors: SensorSettings = SensorSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # YAML values arrive as init arguments (see load_settings); env vars must beat them, so
+        # env comes first. Explicit keyword overrides are merged into the YAML data by load_settings.
+        return (env_settings, init_settings, file_secret_settings)
+
+    @property
+    def data_dir(self) -> Path:
+        """Directory holding the SQLite stores."""
+        return self.stores.data_dir or self.dagster_home
+
+    def store_url(self, store: Literal["metadata", "health", "monitor"]) -> str:
+        """The URL of one service store (`sqlite:///<data_dir>/<store>.db` unless configured)."""
+        configured = getattr(self.stores, f"{store}_url")
+        return str(configured) if configured else f"sqlite:///{self.data_dir / f'{store}.db'}"
+
+    def receiver(self, name: str) -> WebhookReceiver:
+        """The configured receiver called `name`; KeyError if none."""
+        for receiver in self.alerts.receivers:
+            if receiver.name == name:
+                return receiver
+        raise KeyError(name)
+
+
+def config_dir() -> Path:
+    """The configuration directory: `AMS_CONFIG_DIR`, else `config/` of the project."""
+    return Path(os.environ.get("AMS_CONFIG_DIR") or PROJECT_ROOT / "config")
+
+
+def _deep_merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _has_path(data: Mapping[str, Any], loc: tuple[str | int, ...]) -> bool:
+    node: Any = data
+    for part in loc:
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            return False
+    return True
+
+
+def _env_name(loc: tuple[str | int, ...]) -> str:
+    return ENV_PREFIX + "__".join(str(p).upper() for p in loc)
+
+
+def _source_of(loc: tuple[str | int, ...], files: list[tuple[Path, dict[str, Any]]]) -> str:
+    if _env_name(loc[:2]) in os.environ or _env_name(loc[:1]) in os.environ:
+        return f"environment variable {_env_name(loc)}"
+    for path, data in reversed(files):
+        if _has_path(data, loc):
+            return str(path)
+    return str(files[0][0]) if files else "defaults"
+
+
+def load_settings(environment: str | None = None, **overrides: Any) -> Settings:
+    """Load and validate settings from the config directory, the environment and `overrides`."""
+    env = environment or os.environ.get("ENVIRONMENT") or os.environ.get("AMS_ENVIRONMENT") or "development"
+    directory = config_dir()
+    files: list[tuple[Path, dict[str, Any]]] = []
+    base = directory / "app_config.yaml"
+    if base.exists():
+        files.append((base, _read_yaml(base)))
+    overlay = directory / f"app_config.{env}.yaml"
+    if overlay.exists():
+        files.append((overlay, _read_yaml(overlay)))
+    data: dict[str, Any] = {}
+    for _, content in files:
+        data = _deep_merge(data, content)
+    data = _deep_merge(data, overrides)
+    data.setdefault("environment", env)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            field = ".".join(str(p) for p in loc) or "(root)"
+            problems.append(f"{field}: {err['msg']} (in {_source_of(loc, files)})")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, loaded once."""
+    return load_settings()

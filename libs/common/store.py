@@ -1,0 +1,223 @@
+"""The store base: one SQLite database per service, in WAL mode, with versioned migrations.
+
+Writers start with `BEGIN IMMEDIATE` so that a transaction never fails half-way on a lock upgrade; readers
+see a consistent snapshot. `claim_events` records event ids inside the writer's transaction, so a
+redelivered event is recognised and changes nothing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from libs.common.log import get_logger
+
+log = get_logger(__name__)
+
+_BOOTSTRAP = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS processed_events (
+    event_id TEXT PRIMARY KEY,
+    processed_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS processed_events_at ON processed_events (processed_at);
+"""
+
+
+class StoreError(Exception):
+    """The store cannot be opened or migrated."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step; `sql` may hold several statements."""
+
+    version: int
+    name: str
+    sql: str
+
+
+def sqlite_path(url: str) -> Path:
+    """The file path of a `sqlite:///path` URL (a bare path is accepted too)."""
+    if "://" not in url:
+        return Path(url)
+    parsed = urlparse(url)
+    if parsed.scheme != "sqlite":
+        raise StoreError(f"unsupported store URL scheme {parsed.scheme!r} in {url!r} (expected sqlite:///path)")
+    # sqlite:////abs/path and sqlite:///rel/path, as SQLAlchemy spells them
+    return Path(unquote(parsed.path[1:] if parsed.path.startswith("//") else parsed.path))
+
+
+class Store:
+    """A service's SQLite database: thread-local connections, immediate writers, migrations at open."""
+
+    def __init__(
+        self,
+        url: str,
+        migrations: Sequence[Migration] = (),
+        *,
+        synchronous: str = "FULL",
+        busy_timeout_ms: int = 10_000,
+        migrate: bool = True,
+    ) -> None:
+        self.url = url
+        self.path = sqlite_path(url)
+        self.migrations = sorted(migrations, key=lambda m: m.version)
+        self.synchronous = synchronous
+        self.busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        if migrate:
+            self.migrate()
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
+            )
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A writer transaction (`BEGIN IMMEDIATE` … `COMMIT`, rolled back on error)."""
+        conn = self.connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every query inside sees the same snapshot."""
+        conn = self.connection()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("ROLLBACK")
+
+    def migrate(self) -> list[int]:
+        """Apply pending migrations in order; returns the versions applied."""
+        conn = self.connection()
+        try:
+            conn.executescript(_BOOTSTRAP)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        applied: list[int] = []
+        with self.write() as tx:
+            done = {row[0] for row in tx.execute("SELECT version FROM schema_migrations")}
+            newest = max(done, default=0)
+            known = max((m.version for m in self.migrations), default=0)
+            if newest > known:
+                raise StoreError(
+                    f"store {self.path} is at schema version {newest}, newer than this code knows ({known})"
+                )
+            for migration in self.migrations:
+                if migration.version in done:
+                    continue
+                for statement in _statements(migration.sql):
+                    tx.execute(statement)
+                tx.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, time.time()),
+                )
+                applied.append(migration.version)
+        if applied:
+            log.info("store_migrated", store=str(self.path), versions=applied)
+        return applied
+
+    def schema_version(self) -> int:
+        """The newest applied migration version."""
+        row = self.connection().execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0)
+
+    @staticmethod
+    def claim_events(conn: sqlite3.Connection, event_ids: Sequence[str]) -> set[str]:
+        """Record `event_ids` as processed within the caller's transaction; returns those not seen before."""
+        if not event_ids:
+            return set()
+        seen: set[str] = set()
+        for chunk_start in range(0, len(event_ids), 500):
+            chunk = list(event_ids[chunk_start : chunk_start + 500])
+            marks = ",".join("?" * len(chunk))
+            seen.update(
+                r[0] for r in conn.execute(f"SELECT event_id FROM processed_events WHERE event_id IN ({marks})", chunk)
+            )
+        fresh = [e for e in dict.fromkeys(event_ids) if e not in seen]
+        now = time.time()
+        conn.executemany("INSERT INTO processed_events (event_id, processed_at) VALUES (?, ?)", [(e, now) for e in fresh])
+        return set(fresh)
+
+    def prune_processed(self, older_than_s: float) -> int:
+        """Forget processed-event ids older than `older_than_s` seconds; returns how many."""
+        with self.write() as tx:
+            cur = tx.execute("DELETE FROM processed_events WHERE processed_at < ?", (time.time() - older_than_s,))
+            return cur.rowcount
+
+    def ping(self) -> None:
+        """Raise if the store cannot be read (used by /readyz)."""
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=2)
+        try:
+            conn.execute("SELECT 1 FROM schema_migrations LIMIT 1").fetchall()
+        finally:
+            conn.close()
+
+    def backup(self, destination: Path) -> Path:
+        """A consistent online copy of the database through SQLite's backup API."""
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        target = sqlite3.connect(destination)
+        try:
+            self.connection().backup(target)
+        finally:
+            target.close()
+        return destination
+
+    def close(self) -> None:
+        """Close every connection this store opened."""
+        with self._lock:
+            for conn in self._all:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            self._all.clear()
+        self._local = threading.local()
+
+
+def _statements(script: str) -> list[str]:
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        statements.append(buffer.strip())
+    return statements

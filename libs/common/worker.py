@@ -1,0 +1,202 @@
+"""The worker runtime: the consume loop, periodic jobs, the service surface and a graceful stop.
+
+A service is its domain logic plus a call to :func:`Worker.run`:
+
+    Worker(service="health", settings=settings, store=store, streams=[RUNS, ASSETS], handler=handle).run()
+
+SIGTERM/SIGINT finish the batch in hand (its entries acknowledged), stop the scheduler and exit 0.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from libs.common import metrics
+from libs.common.bus import INFRASTRUCTURE_ERRORS, Bus, Consumer, Handler, backoff_delays, connect
+from libs.common.events import utcnow
+from libs.common.http import ServiceServer
+from libs.common.log import get_logger
+from libs.common.settings import Settings
+from libs.common.store import Store
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PeriodicJob:
+    """A function the worker runs every `interval_s` seconds in a background thread."""
+
+    name: str
+    func: Callable[[], Any]
+    interval_s: float
+    run_at_start: bool = False
+
+
+class Worker:
+    """Consumes streams for one service, keeps its store, serves its metrics and health."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        settings: Settings,
+        store: Store,
+        streams: Sequence[str],
+        handler: Handler,
+        jobs: Sequence[PeriodicJob] = (),
+        on_startup: Callable[[Worker], None] | None = None,
+        on_shutdown: Callable[[Worker], None] | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.service = service
+        self.settings = settings
+        self.store = store
+        self.streams = list(streams)
+        self.jobs = list(jobs)
+        self.on_startup = on_startup
+        self.on_shutdown = on_shutdown
+        endpoint = getattr(settings.services, service, None)
+        self.host = endpoint.host if endpoint else "127.0.0.1"
+        self.port = port if port is not None else (endpoint.port if endpoint else 0)
+        self.client = connect(settings.redis, block_ms=settings.bus.block_ms)
+        self.bus = Bus(self.client, settings.bus)
+        self.consumer = Consumer(
+            bus=self.bus,
+            group=service,
+            name=settings.bus.consumer_name or f"{service}-{socket.gethostname()}",
+            streams=self.streams,
+            handler=handler,
+        )
+        self._stop = threading.Event()
+        self._last_loop = time.monotonic()
+        self._problem: str | None = None
+        self.server: ServiceServer | None = None
+        self.scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def stop(self, *_: Any) -> None:
+        """Ask the loop to finish the batch in hand and return."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was requested."""
+        return self._stop.is_set()
+
+    def run(self) -> int:
+        """Run until stopped; returns the process exit code."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        self.server = ServiceServer(
+            self.host,
+            self.port,
+            checks={"redis": self._check_redis, "store": self._check_store, "worker": lambda: self._problem},
+            alive=self._alive,
+        ).start()
+        log.info("worker_started", service=self.service, port=self.server.port, streams=self.streams,
+                 consumer=self.consumer.name, store=str(self.store.path))
+        if self.on_startup:
+            self.on_startup(self)
+        self._start_jobs()
+        try:
+            self._loop()
+        finally:
+            self.scheduler.shutdown(wait=True)
+            if self.on_shutdown:
+                self.on_shutdown(self)
+            self.server.stop()
+            self.store.close()
+            self.client.close()
+            log.info("worker_stopped", service=self.service)
+        return 0
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("worker_stopping", service=self.service, signal=signal.Signals(signum).name)
+        self.stop()
+
+    def _loop(self) -> None:
+        delays = backoff_delays()
+        while not self._stop.is_set():
+            self._last_loop = time.monotonic()
+            try:
+                self.consumer.poll(block=True)
+            except INFRASTRUCTURE_ERRORS as exc:
+                self._set_problem(f"{type(exc).__name__}: {exc}")
+                metrics.REDIS_RECONNECTS.labels(service=self.service).inc()
+                self._stop.wait(next(delays))
+                continue
+            if self._problem is not None:
+                log.info("worker_recovered", service=self.service, after=self._problem)
+                self._problem = None
+                metrics.READY.labels(service=self.service).set(1)
+            delays = backoff_delays()
+
+    def _set_problem(self, problem: str) -> None:
+        if problem != self._problem:
+            log.warning("worker_degraded", service=self.service, problem=problem)
+        self._problem = problem[:300]
+        metrics.READY.labels(service=self.service).set(0)
+
+    # -- periodic jobs ---------------------------------------------------------------------------------
+
+    def _start_jobs(self) -> None:
+        jobs = [*self.jobs, PeriodicJob(name="stream_gauges", func=self.update_stream_gauges, interval_s=15)]
+        for job in jobs:
+            # APScheduler pauses a job given next_run_time=None, so pass it only to run at once.
+            start = {"next_run_time": utcnow()} if job.run_at_start else {}
+            self.scheduler.add_job(self._guarded(job), "interval", seconds=job.interval_s, id=job.name, **start)
+        self.scheduler.start()
+
+    def _guarded(self, job: PeriodicJob) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                job.func()
+            except Exception:
+                metrics.JOB_FAILURES.labels(service=self.service, job=job.name).inc()
+                log.exception("job_failed", service=self.service, job=job.name)
+
+        return run
+
+    def update_stream_gauges(self) -> None:
+        """Refresh consumer lag, pending and dead-letter gauges from XINFO."""
+        for stream in self.streams:
+            key = self.bus.key(stream)
+            for group in self.client.xinfo_groups(key):
+                name = _text(group.get("name"))
+                if name != self.consumer.group:
+                    continue
+                metrics.PENDING.labels(stream=stream, group=name).set(int(group.get("pending") or 0))
+                lag = group.get("lag")
+                if lag is not None:
+                    metrics.CONSUMER_LAG.labels(stream=stream, group=name).set(int(lag))
+            metrics.DLQ_LENGTH.labels(stream=stream).set(int(self.client.xlen(key + ":dlq")))
+
+    # -- probes ----------------------------------------------------------------------------------------
+
+    def _alive(self) -> bool:
+        # The loop blocks at most block_ms per round; long silence means it is wedged.
+        return time.monotonic() - self._last_loop < max(60.0, 10 * self.settings.bus.block_ms / 1000)
+
+    def _check_redis(self) -> str | None:
+        self.client.ping()
+        return None
+
+    def _check_store(self) -> str | None:
+        self.store.ping()
+        return None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+

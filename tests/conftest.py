@@ -1,0 +1,98 @@
+"""Shared fixtures: a real Redis for every test that touches streams, isolated settings and stores."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from libs.common.redis_server import LocalRedis
+from libs.common.settings import Settings, load_settings
+
+# `.ci/run` sets this so that a test skipped for a missing tool fails instead: CI never passes by skipping.
+FAIL_ON_SKIP = os.environ.get("AMS_FAIL_ON_SKIP") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if FAIL_ON_SKIP and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but AMS_FAIL_ON_SKIP=1 forbids skips: {report.longrepr}"
+
+
+def _docker_redis() -> Iterator[str] | None:
+    try:
+        import docker
+
+        docker.from_env(timeout=2).ping()
+    except Exception:
+        return None
+    from testcontainers.community.redis import RedisContainer
+
+    def run() -> Iterator[str]:
+        with RedisContainer("redis:7") as container:
+            yield f"redis://{container.get_container_host_ip()}:{container.get_exposed_port(6379)}/0"
+
+    return run()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real Redis: AMS_TEST_REDIS_URL, else a container when Docker answers, else a local child server."""
+    if os.environ.get("AMS_TEST_REDIS_URL"):
+        yield os.environ["AMS_TEST_REDIS_URL"]
+        return
+    containerised = _docker_redis()
+    if containerised is not None:
+        yield from containerised
+        return
+    with LocalRedis() as server:
+        yield server.url
+
+
+@pytest.fixture
+def local_redis(tmp_path: Path) -> Iterator[LocalRedis]:
+    """A Redis server of this test's own, for tests that stop or restart it."""
+    server = LocalRedis(directory=tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, protocol=2)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def bus_prefix(redis_client: redis.Redis) -> Iterator[str]:
+    """A stream key prefix unique to this test; its keys are deleted afterwards."""
+    prefix = f"test-{uuid.uuid4().hex[:10]}"
+    yield prefix
+    keys = list(redis_client.scan_iter(f"{prefix}:*"))
+    if keys:
+        redis_client.delete(*keys)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, redis_url: str, bus_prefix: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings pointing at the test Redis, a unique prefix and a temporary DAGSTER_HOME."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    for name in list(os.environ):
+        if name.startswith("AMS_") and name not in ("AMS_FAIL_ON_SKIP", "AMS_TEST_REDIS_URL", "AMS_CONFIG_DIR"):
+            monkeypatch.delenv(name)
+    return load_settings(
+        redis={"url": redis_url},
+        bus={"prefix": bus_prefix, "block_ms": 200, "claim_idle_ms": 500, "claim_interval_s": 0.5},
+        logging={"file": None, "format": "console", "level": "INFO"},
+        dagster_home=str(home),
+    )
