@@ -20,7 +20,7 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from libs.common import metrics
+from libs.common import metrics, outbox
 from libs.common.bus import INFRASTRUCTURE_ERRORS, Bus, Consumer, Handler, backoff_delays, connect
 from libs.common.events import utcnow
 from libs.common.http import ServiceServer
@@ -79,6 +79,7 @@ class Worker:
         self._stop = threading.Event()
         self._last_loop = time.monotonic()
         self._problem: str | None = None
+        self._outbox_dirty = True  # flush what a previous process staged but did not publish
         self.server: ServiceServer | None = None
         self.scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
 
@@ -87,6 +88,10 @@ class Worker:
     def stop(self, *_: Any) -> None:
         """Ask the loop to finish the batch in hand and return."""
         self._stop.set()
+
+    def request_flush(self) -> None:
+        """Have the loop publish the store's outbox soon (for periodic jobs that staged events)."""
+        self._outbox_dirty = True
 
     @property
     def stopping(self) -> bool:
@@ -129,8 +134,12 @@ class Worker:
         while not self._stop.is_set():
             self._last_loop = time.monotonic()
             try:
-                self.consumer.poll(block=True)
+                if self.consumer.poll(block=True) or self._outbox_dirty:
+                    # Derived events staged by the handler go out once their transaction is committed.
+                    outbox.flush(self.store, self.bus)
+                    self._outbox_dirty = False
             except INFRASTRUCTURE_ERRORS as exc:
+                self._outbox_dirty = True
                 self._set_problem(f"{type(exc).__name__}: {exc}")
                 metrics.REDIS_RECONNECTS.labels(service=self.service).inc()
                 self._stop.wait(next(delays))

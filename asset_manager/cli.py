@@ -1,0 +1,48 @@
+"""The `asset-manager` command: one typer app; each concern registers its commands from `commands/`."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from asset_manager.commands import system
+from asset_manager.errors import CliError
+from libs.common.settings import ConfigError
+
+app = typer.Typer(
+    name="asset-manager",
+    help="Discover, monitor and govern the assets of a Dagster deployment.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+for module in (system,):
+    module.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; usage and input errors print one line and exit 2."""
+    try:
+        result = app(args=argv, standalone_mode=False, prog_name="asset-manager")
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        return 130
+    except click.UsageError as exc:
+        typer.echo(f"error: {exc.format_message()}", err=True)
+        return 2
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return 2
+    except CliError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return exc.code
+    return int(result) if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
