@@ -23,6 +23,17 @@ ASSET_CHANGES = "asset-changes"
 HEALTH = "health"
 STREAMS = (CATALOG, RUNS, ASSETS, ASSET_CHANGES, HEALTH)
 
+# The health evaluators, one Dagster asset check of this name per asset (declared by the orchestrator,
+# reported by the health service through the webserver's /report_asset_check/ endpoint).
+CHECK_NAMES = (
+    "execution_status",
+    "volume_anomaly",
+    "duration_anomaly",
+    "freshness",
+    "dependencies",
+    "schema_drift",
+)
+
 
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
