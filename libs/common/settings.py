@@ -14,12 +14,13 @@ import re
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     AliasChoices,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -105,8 +106,118 @@ class DiscoverySettings(_Section):
     code_location: str = "orchestrator"
 
 
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+
+
+def parse_duration_s(value: Any) -> float | None:
+    """Seconds from a number or a text such as `90`, `45m`, `26h`, `1d12h`, `1w`; None stays None."""
+    if value is None or isinstance(value, bool):
+        if isinstance(value, bool):
+            raise ValueError("a duration must be a number of seconds or a text like '26h'")
+        return None
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        if not text or text in ("none", "null"):
+            return None
+        try:
+            seconds = float(text)
+        except ValueError:
+            parts = _DURATION_PART.findall(text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                raise ValueError(f"not a duration: {value!r} (use seconds or e.g. '45m', '26h', '1d')") from None
+            seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise ValueError(f"a duration must be positive, got {value!r}")
+    return seconds
+
+
+DurationS = Annotated[float | None, BeforeValidator(parse_duration_s)]
+AnomalyDirection = Literal["both", "spike", "drop"]
+Seasonality = Literal["none", "day_of_week", "hour_of_day"]
+
+
+class HealthThresholds(_Section):
+    """Tunable thresholds of the health evaluators.
+
+    Global defaults live in `health.defaults`, per Dagster group overrides in `health.groups.<group>`, and
+    per asset overrides in the asset's tags or metadata as `ams/<field>` (e.g. `ams/volume_sensitivity`).
+    """
+
+    # volume_anomaly: robust z-score of the row count against its training window
+    volume_sensitivity: float = Field(default=3.0, gt=0)
+    volume_direction: AnomalyDirection = "both"
+    volume_training_days: float = Field(default=30.0, gt=0)
+    volume_min_training_size: int = Field(default=7, ge=3)
+    volume_seasonality: Seasonality = "none"
+    volume_ignore_small_spike_pct: float = Field(default=0.0, ge=0)
+    volume_ignore_small_drop_pct: float = Field(default=0.0, ge=0)
+    volume_severity: Literal["warn", "error"] = "error"
+    zero_rows: Literal["warn", "error", "ignore"] = "error"
+    # duration_anomaly: the same detector on run durations, plus an absolute maximum
+    duration_sensitivity: float = Field(default=3.0, gt=0)
+    duration_direction: AnomalyDirection = "spike"
+    duration_training_days: float = Field(default=30.0, gt=0)
+    duration_min_training_size: int = Field(default=7, ge=3)
+    duration_seasonality: Seasonality = "none"
+    duration_ignore_small_spike_pct: float = Field(default=0.0, ge=0)
+    duration_ignore_small_drop_pct: float = Field(default=0.0, ge=0)
+    duration_min_delta_s: float = Field(default=1.0, ge=0)
+    duration_max_s: DurationS = None
+    duration_severity: Literal["warn", "error"] = "warn"
+    # freshness: an explicit maximum lag, else a cadence learned from past materializations
+    freshness_max_lag: DurationS = None
+    freshness_warn_lag: DurationS = None
+    freshness_cadence_warn_factor: float = Field(default=1.5, gt=1)
+    freshness_cadence_error_factor: float = Field(default=3.0, gt=1)
+    freshness_min_history: int = Field(default=5, ge=2)
+    # execution_status: how a canceled last run counts (a failed one is always an error)
+    canceled_run: Literal["warn", "error", "ignore"] = "warn"
+    # checks switched off for an asset or group, e.g. ["volume_anomaly"]
+    disabled_checks: list[str] = Field(default_factory=list)
+
+    @field_validator("disabled_checks", mode="before")
+    @classmethod
+    def _split_checks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+
 class HealthSettings(_Section):
     retention_days: int = Field(default=90, ge=1)
+    retention_interval_s: float = Field(default=3600.0, gt=0)
+    # Time-driven re-evaluation of every asset (freshness changes with time, not only with events).
+    evaluation_interval_s: float = Field(default=60.0, gt=0)
+    # Past materializations per asset the evaluators see (and the service keeps in memory).
+    history_limit: int = Field(default=400, ge=20, le=100_000)
+    # Dagster webserver base URL (e.g. http://localhost:3000); check results are reported there when set.
+    dagster_url: str | None = None
+    dagster_timeout_s: float = Field(default=5.0, gt=0)
+    dagster_retries: int = Field(default=3, ge=1, le=10)
+    defaults: HealthThresholds = HealthThresholds()
+    groups: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("dagster_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("dagster_url must be http:// or https://")
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _valid_groups(self) -> HealthSettings:
+        base = self.defaults.model_dump()
+        for group, overrides in self.groups.items():
+            try:
+                HealthThresholds.model_validate({**base, **overrides})
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                raise ValueError(f"groups.{group}.{where}: {first['msg']}") from None
+        return self
 
 
 class WebhookReceiver(_Section):
