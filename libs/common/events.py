@@ -141,6 +141,21 @@ class CheckResult(_Payload):
 
 
 class HealthChangedData(_Payload):
+    """A change of one asset's health, published by the health service on stream HEALTH.
+
+    Published exactly when the asset's *signature* changes: its status, or the set of checks whose outcome is
+    not `passed`, or the outcome (warn/error) of one of those. So a second check starting to fail while the
+    asset is already FAILED publishes an event with the same `status` and `previous_status`, and a check
+    that recovers while another keeps failing publishes one too. An evaluation that changes only a reason's
+    text or numbers (a longer failure streak, a new z-score) publishes nothing.
+
+    `checks` holds the latest result of EVERY check of the asset (all of `CHECK_NAMES`, passed ones
+    included), so a consumer can open one alert per (asset, check) that is not passed and resolve the ones
+    that are. `reasons` are the reasons of the non-passed checks (or why the status is UNKNOWN). The event
+    identity is `f"{asset_key}:{transition}"`, `transition` counting this asset's published changes from 1.
+    A retired asset publishes UNKNOWN with every check passed ("asset retired").
+    """
+
     asset_key: str
     status: HealthStatus
     previous_status: HealthStatus
@@ -149,6 +164,9 @@ class HealthChangedData(_Payload):
     evaluated_at: AwareDatetime
     owners: list[str] = Field(default_factory=list)
     downstream: list[str] = Field(default_factory=list)
+    transition: int | None = Field(default=None, ge=1)
+    group: str | None = None
+    changed_checks: list[str] = Field(default_factory=list)
 
 
 class Event(BaseModel):
