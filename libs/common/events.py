@@ -153,7 +153,8 @@ class HealthChangedData(_Payload):
     included), so a consumer can open one alert per (asset, check) that is not passed and resolve the ones
     that are. `reasons` are the reasons of the non-passed checks (or why the status is UNKNOWN). The event
     identity is `f"{asset_key}:{transition}"`, `transition` counting this asset's published changes from 1.
-    A retired asset publishes UNKNOWN with every check passed ("asset retired").
+    `changed_checks` names the checks whose outcome differs from the previous event's. A retired asset
+    publishes UNKNOWN with every check passed ("asset retired").
     """
 
     asset_key: str
