@@ -54,7 +54,7 @@ class ServiceServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 return  # probes every few seconds would drown the logs
 
         self._httpd = ThreadingHTTPServer((host, port), Handler)

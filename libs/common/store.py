@@ -10,15 +10,17 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import unquote, urlparse
 
 from libs.common.log import get_logger
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -181,6 +183,18 @@ class Store:
         conn.executemany("INSERT INTO processed_events (event_id, processed_at) VALUES (?, ?)", [(e, now) for e in fresh])
         return set(fresh)
 
+    @staticmethod
+    def claim_new(conn: sqlite3.Connection, items: Sequence[T], event_id: Callable[[T], str]) -> list[T]:
+        """The items whose event id was not processed before, first occurrence only, now recorded."""
+        fresh = Store.claim_events(conn, [event_id(i) for i in items])
+        chosen: list[T] = []
+        for item in items:
+            key = event_id(item)
+            if key in fresh:
+                fresh.discard(key)
+                chosen.append(item)
+        return chosen
+
     def prune_processed(self, older_than_s: float) -> int:
         """Forget processed-event ids older than `older_than_s` seconds; returns how many."""
         with self.write() as tx:
@@ -209,10 +223,8 @@ class Store:
         """Close every connection this store opened."""
         with self._lock:
             for conn in self._all:
-                try:
+                with suppress(sqlite3.Error):
                     conn.close()
-                except sqlite3.Error:
-                    pass
             self._all.clear()
         self._local = threading.local()
 

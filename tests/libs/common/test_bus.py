@@ -1,0 +1,198 @@
+"""The bus on a real Redis: at-least-once delivery, reclaiming, dead letters, dedupe, NOGROUP recovery."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+from pydantic import SecretStr
+
+from libs.common.bus import Bus, Consumer, Delivery, connect
+from libs.common.events import RUNS, RunData, RunEvent, new_event
+from libs.common.redis_server import LocalRedis
+from libs.common.settings import Settings
+from libs.common.store import Migration, Store
+
+
+def run_event(n: int) -> RunEvent:
+    return new_event(RunEvent, "run.succeeded", identity=f"run-{n}:SUCCESS",
+                     data=RunData(run_id=f"run-{n}", job_name="job", status="SUCCESS"), source="test")
+
+
+def make_bus(settings: Settings) -> Bus:
+    return Bus(connect(settings.redis, block_ms=settings.bus.block_ms), settings.bus)
+
+
+def poll_until(consumer: Consumer, done: Callable[[], bool], timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "condition not reached before the deadline"
+        consumer.poll(block=True)
+
+
+def all_settled(bus: Bus, group: str) -> bool:
+    """Every entry of the runs stream delivered to `group` and acknowledged."""
+    (info,) = [g for g in bus.client.xinfo_groups(bus.key(RUNS)) if g["name"].decode() == group]
+    return int(info["lag"]) == 0 and int(info["pending"]) == 0
+
+
+def test_publish_consume_and_ack(settings: Settings) -> None:
+    bus = make_bus(settings)
+    bus.publish_many(RUNS, [run_event(i) for i in range(25)])
+    seen: list[Delivery] = []
+    consumer = Consumer(bus=bus, group="g", name="c1", streams=[RUNS], handler=seen.extend)
+    poll_until(consumer, lambda: len(seen) == 25)
+    assert [d.event.data.run_id for d in seen] == [f"run-{i}" for i in range(25)]  # type: ignore[union-attr]
+    assert bus.client.xpending(bus.key(RUNS), "g")["pending"] == 0
+
+
+def test_group_created_after_publish_still_sees_earlier_events(settings: Settings) -> None:
+    bus = make_bus(settings)
+    bus.publish(RUNS, run_event(1))
+    seen: list[Delivery] = []
+    poll_until(Consumer(bus=bus, group="late", name="c", streams=[RUNS], handler=seen.extend), lambda: len(seen) == 1)
+
+
+def test_consumer_killed_before_ack_loses_nothing(settings: Settings) -> None:
+    bus = make_bus(settings)
+    Consumer(bus=bus, group="g", name="dead", streams=[RUNS], handler=lambda _: None).ensure_groups()
+    bus.publish_many(RUNS, [run_event(i) for i in range(10)])
+    # "dead" takes the entries and dies before acknowledging them.
+    taken = bus.client.xreadgroup("g", "dead", {bus.key(RUNS): ">"}, count=100)
+    assert len(taken[0][1]) == 10
+    seen: list[Delivery] = []
+    survivor = Consumer(bus=bus, group="g", name="alive", streams=[RUNS], handler=seen.extend)
+    poll_until(survivor, lambda: len(seen) == 10)
+    assert sorted(d.event.data.run_id for d in seen) == sorted(f"run-{i}" for i in range(10))  # type: ignore[union-attr]
+    assert bus.client.xpending(bus.key(RUNS), "g")["pending"] == 0
+
+
+def test_restarted_consumer_drains_its_own_pending_first(settings: Settings) -> None:
+    bus = make_bus(settings.model_copy(update={"bus": settings.bus.model_copy(update={"claim_idle_ms": 3_600_000})}))
+    Consumer(bus=bus, group="g", name="me", streams=[RUNS], handler=lambda _: None).ensure_groups()
+    bus.publish_many(RUNS, [run_event(i) for i in range(3)])
+    bus.client.xreadgroup("g", "me", {bus.key(RUNS): ">"}, count=100)  # delivered, then "crash"
+    seen: list[Delivery] = []
+    again = Consumer(bus=bus, group="g", name="me", streams=[RUNS], handler=seen.extend)
+    assert again.poll(block=False) == 3  # no claim timeout involved: its own pending list is read first
+    assert len(seen) == 3
+
+
+def test_malformed_messages_are_dead_lettered_and_consumption_goes_on(settings: Settings) -> None:
+    bus = make_bus(settings)
+    key = bus.key(RUNS)
+    bus.client.xadd(key, {"event": "{not json", "type": "run.failed"})
+    bus.client.xadd(key, {"something": "else"})
+    bus.client.xadd(key, {"event": b"\xff\xfe\x00invalid utf8", "type": "x"})
+    bus.client.xadd(key, {"event": '{"id": "x", "type": "run.failed", "occurred_at": 5}', "type": "run.failed"})
+    bus.publish(RUNS, run_event(1))
+    seen: list[Delivery] = []
+    consumer = Consumer(bus=bus, group="g", name="c", streams=[RUNS], handler=seen.extend)
+    poll_until(consumer, lambda: len(seen) == 1)
+    dead = bus.client.xrange(key + ":dlq")
+    assert len(dead) == 4
+    errors = [fields[b"error"].decode() for _, fields in dead]
+    assert all(e.startswith("invalid event") for e in errors)
+    assert b"original_event" in dead[0][1] and dead[0][1][b"group"] == b"g"
+    assert bus.client.xpending(key, "g")["pending"] == 0
+
+
+def test_poison_event_dead_lettered_after_max_deliveries_others_handled(settings: Settings) -> None:
+    bus = make_bus(settings.model_copy(update={"bus": settings.bus.model_copy(update={"max_deliveries": 2})}))
+    poison = run_event(3)
+    bus.publish_many(RUNS, [run_event(i) for i in range(6)])
+    handled: list[str] = []
+
+    def handler(batch: list[Delivery]) -> None:
+        if any(d.event.id == poison.id for d in batch):
+            raise ValueError("cannot handle run-3")
+        handled.extend(d.event.id for d in batch)
+
+    consumer = Consumer(bus=bus, group="g", name="c", streams=[RUNS], handler=handler)
+    poll_until(consumer, lambda: bus.client.xlen(bus.key(RUNS) + ":dlq") == 1)
+    assert sorted(handled) == sorted(run_event(i).id for i in range(6) if i != 3)
+    (_, fields), = bus.client.xrange(bus.key(RUNS) + ":dlq")
+    assert b"delivered 3 times" in fields[b"error"]
+    assert bus.client.xpending(bus.key(RUNS), "g")["pending"] == 0
+
+
+def test_infrastructure_errors_retry_in_process_without_dead_lettering(settings: Settings) -> None:
+    bus = make_bus(settings.model_copy(update={"bus": settings.bus.model_copy(update={"max_deliveries": 1})}))
+    bus.publish(RUNS, run_event(1))
+    attempts: list[int] = []
+
+    def handler(batch: list[Delivery]) -> None:
+        attempts.append(len(batch))
+        if len(attempts) <= 3:
+            raise sqlite3.OperationalError("database or disk is full")
+
+    consumer = Consumer(bus=bus, group="g", name="c", streams=[RUNS], handler=handler)
+    failures = 0
+    deadline = time.monotonic() + 10
+    while len(attempts) < 4 and time.monotonic() < deadline:
+        try:
+            consumer.poll(block=True)
+        except sqlite3.OperationalError:
+            failures += 1
+    assert failures == 3 and attempts == [1, 1, 1, 1]
+    assert bus.client.xlen(bus.key(RUNS) + ":dlq") == 0
+    assert bus.client.xpending(bus.key(RUNS), "g")["pending"] == 0
+
+
+def test_redelivered_event_changes_the_store_once(settings: Settings, tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "s.db"), [Migration(1, "t", "CREATE TABLE runs (run_id TEXT)")])
+    bus = make_bus(settings)
+    event = run_event(7)
+    bus.publish_many(RUNS, [event, event, run_event(8)])  # a producer retry republished the same event
+
+    def handler(batch: list[Delivery]) -> None:
+        with store.write() as tx:
+            for d in Store.claim_new(tx, batch, lambda d: d.event.id):
+                tx.execute("INSERT INTO runs VALUES (?)", (d.event.data.run_id,))  # type: ignore[union-attr]
+
+    consumer = Consumer(bus=bus, group="g", name="c", streams=[RUNS], handler=handler)
+    consumer.ensure_groups()
+    poll_until(consumer, lambda: all_settled(bus, "g"))
+    bus.publish(RUNS, event)  # and once more, much later
+    poll_until(consumer, lambda: all_settled(bus, "g"))
+    rows = [r[0] for r in store.connection().execute("SELECT run_id FROM runs ORDER BY run_id")]
+    assert rows == ["run-7", "run-8"]
+
+
+def test_group_recreated_when_stream_vanishes(settings: Settings) -> None:
+    bus = make_bus(settings)
+    seen: list[Delivery] = []
+    consumer = Consumer(bus=bus, group="g", name="c", streams=[RUNS], handler=seen.extend)
+    bus.publish(RUNS, run_event(1))
+    poll_until(consumer, lambda: len(seen) == 1)
+    bus.client.delete(bus.key(RUNS))  # as after a Redis restart without persistence
+    consumer.poll(block=False)  # NOGROUP: recreated on the next round
+    bus.publish(RUNS, run_event(2))
+    poll_until(consumer, lambda: len(seen) == 2)
+
+
+def test_blocking_read_returns_within_block_time_on_redis_py_defaults(settings: Settings) -> None:
+    # redis-py 8 would stall ~60 s if BLOCK exceeded the socket timeout; connect() keeps them apart.
+    client = connect(settings.redis, block_ms=7000)
+    assert client.connection_pool.connection_kwargs["socket_timeout"] > 7
+    client.close()
+
+
+def test_connect_uses_password(settings: Settings) -> None:
+    secured = LocalRedis(password="pw-123456").start()
+    try:
+        cfg = settings.redis.model_copy(update={"url": secured.url, "password": SecretStr("pw-123456")})
+        assert connect(cfg).ping()
+        cfg = settings.redis.model_copy(update={"url": secured.url, "password": None})
+        try:
+            connect(cfg).ping()
+            raise AssertionError("unauthenticated ping should fail")
+        except redis.AuthenticationError:
+            pass
+        except redis.ResponseError as exc:
+            assert "NOAUTH" in str(exc) or "auth" in str(exc).lower()
+    finally:
+        secured.stop()

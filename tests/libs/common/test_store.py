@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from libs.common.store import Migration, Store, StoreError, sqlite_path
+
+MIGRATIONS = [
+    Migration(1, "items", "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL);"),
+    Migration(2, "items_note", "ALTER TABLE items ADD COLUMN note TEXT;\nCREATE INDEX items_name ON items (name);"),
+]
+
+
+def test_url_forms() -> None:
+    assert sqlite_path("sqlite:////abs/x.db") == Path("/abs/x.db")
+    assert sqlite_path("/abs/y.db") == Path("/abs/y.db")
+    with pytest.raises(StoreError, match="postgresql"):
+        sqlite_path("postgresql://h/db")
+
+
+def test_migrations_apply_once_in_order(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    store = Store(url, MIGRATIONS[:1])
+    assert store.schema_version() == 1
+    store.close()
+    store = Store(url, MIGRATIONS)
+    assert store.schema_version() == 2
+    assert store.migrate() == []
+    mode = store.connection().execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    store.close()
+    with pytest.raises(StoreError, match="newer than this code"):
+        Store(url, MIGRATIONS[:1])
+
+
+def test_failed_write_rolls_back(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "x.db"), MIGRATIONS)
+    with pytest.raises(sqlite3.IntegrityError), store.write() as tx:
+        tx.execute("INSERT INTO items (id, name) VALUES (1, 'a')")
+        tx.execute("INSERT INTO items (id, name) VALUES (1, 'dup')")
+    assert store.connection().execute("SELECT COUNT(*) FROM items").fetchone()[0] == 0
+
+
+def test_claim_events_dedupes_within_and_across_transactions(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "x.db"), MIGRATIONS)
+    with store.write() as tx:
+        assert Store.claim_events(tx, ["a", "b", "a"]) == {"a", "b"}
+    with store.write() as tx:
+        assert Store.claim_events(tx, ["b", "c"]) == {"c"}
+    with pytest.raises(RuntimeError), store.write() as tx:
+        Store.claim_events(tx, ["d"])
+        raise RuntimeError("handler failed after claiming")
+    with store.write() as tx:  # the rolled-back claim is not remembered
+        assert Store.claim_events(tx, ["d"]) == {"d"}
+
+
+def test_concurrent_immediate_writers_never_fail_on_lock_upgrade(tmp_path: Path) -> None:
+    path = str(tmp_path / "x.db")
+    Store(path, MIGRATIONS).close()
+    errors: list[BaseException] = []
+
+    def writer(offset: int) -> None:
+        store = Store(path, MIGRATIONS)
+        try:
+            for i in range(100):
+                with store.write() as tx:
+                    n = tx.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+                    tx.execute("INSERT INTO items (id, name) VALUES (?, ?)", (offset + i, f"n{n}"))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=writer, args=(k * 1000,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    store = Store(path, MIGRATIONS)
+    assert store.connection().execute("SELECT COUNT(*) FROM items").fetchone()[0] == 400
+
+
+def test_online_backup_is_consistent(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "x.db"), MIGRATIONS)
+    with store.write() as tx:
+        tx.executemany("INSERT INTO items (id, name) VALUES (?, ?)", [(i, "x") for i in range(50)])
+    copy = store.backup(tmp_path / "backup" / "x.db")
+    restored = Store(str(copy), MIGRATIONS)
+    assert restored.connection().execute("SELECT COUNT(*) FROM items").fetchone()[0] == 50
+    assert restored.schema_version() == 2
+
+
+def test_ping_and_prune(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "x.db"), MIGRATIONS)
+    store.ping()
+    with store.write() as tx:
+        Store.claim_events(tx, ["old"])
+        tx.execute("UPDATE processed_events SET processed_at = 0")
+        Store.claim_events(tx, ["new"])
+    assert store.prune_processed(3600) == 1
+    with pytest.raises(sqlite3.Error):
+        Store(str(tmp_path / "missing" / "nothing.db"), migrate=False).ping()

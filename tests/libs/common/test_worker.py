@@ -1,0 +1,157 @@
+"""The worker runtime as a real process: service surface, graceful stop, Redis restarts survived."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from libs.common.bus import Bus, connect
+from libs.common.events import RUNS, RunData, RunEvent, new_event
+from libs.common.redis_server import LocalRedis, free_port
+from libs.common.settings import Settings, load_settings
+
+SAMPLE = Path(__file__).with_name("sample_worker.py")
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def run_event(n: int) -> RunEvent:
+    return new_event(RunEvent, "run.succeeded", identity=f"run-{n}:SUCCESS",
+                     data=RunData(run_id=f"run-{n}", job_name="job", status="SUCCESS"), source="test")
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout_s} s")
+        time.sleep(0.05)
+
+
+class SampleWorker:
+    def __init__(self, redis_url: str, prefix: str, db: Path, home: Path, *, delay_s: float = 0) -> None:
+        self.port = free_port()
+        self.db = db
+        self.env = {
+            **os.environ,
+            "AMS_REDIS__URL": redis_url,
+            "AMS_BUS__PREFIX": prefix,
+            "AMS_BUS__BLOCK_MS": "200",
+            "AMS_BUS__CLAIM_IDLE_MS": "500",
+            "AMS_BUS__CLAIM_INTERVAL_S": "0.5",
+            "AMS_LOGGING__FILE": "",
+            "DAGSTER_HOME": str(home),
+            "SAMPLE_DB": str(db),
+            "SAMPLE_PORT": str(self.port),
+            "SAMPLE_DELAY_S": str(delay_s),
+            "PYTHONPATH": str(ROOT),
+        }
+        self.env.pop("AMS_LOGGING__FILE")
+        self.process = subprocess.Popen([sys.executable, str(SAMPLE)], env=self.env, cwd=ROOT,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def get(self, path: str) -> httpx.Response:
+        return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=5)
+
+    def answers(self) -> bool:
+        try:
+            return self.get("/healthz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def rows(self) -> int:
+        if not self.db.exists():
+            return 0
+        conn = sqlite3.connect(self.db, timeout=5)
+        try:
+            return int(conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0
+        finally:
+            conn.close()
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(20)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[LocalRedis]:
+    server = LocalRedis(directory=tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+def bus_for(url: str, prefix: str) -> Bus:
+    settings: Settings = load_settings(redis={"url": url}, bus={"prefix": prefix})
+    return Bus(connect(settings.redis), settings.bus)
+
+
+def test_surface_and_graceful_stop(own_redis: LocalRedis, tmp_path: Path) -> None:
+    worker = SampleWorker(own_redis.url, "w1", tmp_path / "sample.db", tmp_path)
+    try:
+        wait_for(worker.answers, what="worker /healthz")
+        bus = bus_for(own_redis.url, "w1")
+        bus.publish_many(RUNS, [run_event(i) for i in range(50)])
+        wait_for(lambda: worker.rows() == 50, what="50 rows")
+        metrics = worker.get("/metrics").text
+        assert 'ams_events_consumed_total{group="sample",stream="runs"} 50.0' in metrics
+        ready = worker.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["checks"] == {"redis": "ok", "store": "ok", "worker": "ok"}
+    finally:
+        assert worker.stop() == 0
+    assert b"worker_stopped" in worker.process.stdout.read()  # type: ignore[union-attr]
+
+
+def test_sigterm_mid_batch_finishes_and_acks(own_redis: LocalRedis, tmp_path: Path) -> None:
+    worker = SampleWorker(own_redis.url, "w2", tmp_path / "sample.db", tmp_path, delay_s=1.0)
+    try:
+        wait_for(worker.answers, what="worker /healthz")
+        bus = bus_for(own_redis.url, "w2")
+        bus.publish_many(RUNS, [run_event(i) for i in range(10)])
+        wait_for(lambda: worker.rows() == 10, what="batch committed")
+    finally:
+        assert worker.stop() == 0  # stop arrives during the 1 s batch: it completes and acks
+    assert bus.client.xpending(bus.key(RUNS), "sample")["pending"] == 0
+
+
+def test_redis_restart_without_persistence_is_survived(own_redis: LocalRedis, tmp_path: Path) -> None:
+    worker = SampleWorker(own_redis.url, "w3", tmp_path / "sample.db", tmp_path)
+    try:
+        wait_for(worker.answers, what="worker /healthz")
+        bus_for(own_redis.url, "w3").publish_many(RUNS, [run_event(i) for i in range(5)])
+        wait_for(lambda: worker.rows() == 5, what="first rows")
+        own_redis.restart()  # no AOF: streams and groups are gone
+        wait_for(lambda: worker.get("/readyz").status_code == 200, what="ready again")
+        bus_for(own_redis.url, "w3").publish_many(RUNS, [run_event(i) for i in range(5, 12)])
+        wait_for(lambda: worker.rows() == 12, what="rows after restart")
+    finally:
+        assert worker.stop() == 0
+
+
+def test_redis_down_makes_worker_unready_then_recovers_with_aof(tmp_path: Path) -> None:
+    server = LocalRedis(directory=tmp_path / "redis", appendonly=True).start()
+    worker = SampleWorker(server.url, "w4", tmp_path / "sample.db", tmp_path)
+    try:
+        wait_for(worker.answers, what="worker /healthz")
+        bus = bus_for(server.url, "w4")
+        bus.publish_many(RUNS, [run_event(i) for i in range(5)])
+        server.stop(kill=True)
+        wait_for(lambda: worker.get("/readyz").status_code == 503, what="unready while Redis is down")
+        server.start()
+        bus = bus_for(server.url, "w4")
+        bus.publish_many(RUNS, [run_event(i) for i in range(5, 10)])
+        wait_for(lambda: worker.rows() == 10, what="all rows, none lost")
+        wait_for(lambda: worker.get("/readyz").status_code == 200, what="ready again")
+    finally:
+        assert worker.stop() == 0
+        server.stop()
