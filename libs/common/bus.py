@@ -176,7 +176,10 @@ class Consumer:
             return settled
         except redis.ResponseError as exc:
             if "NOGROUP" in str(exc):
-                log.warning("consumer_group_missing", group=self.group, error=str(exc))
+                # The stream or group vanished: Redis restarted without persistence or the key was
+                # deleted. Entries published meanwhile and not yet read are gone: say so loudly.
+                log.warning("consumer_group_missing_possible_event_gap", group=self.group, error=str(exc),
+                            consumer=self.name)
                 metrics.GROUP_RECREATED.labels(group=self.group).inc()
                 self._groups_ready = False
                 self._drained.clear()

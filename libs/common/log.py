@@ -87,7 +87,7 @@ def configure_logging(settings: Settings, *, service: str | None = None, stream:
     )
     handlers.append(console)
     if cfg.file:
-        path = cfg.file if cfg.file.is_absolute() else settings.dagster_home.parent / cfg.file
+        path = cfg.file  # relative paths are relative to the working directory, like every CLI path
         path.parent.mkdir(parents=True, exist_ok=True)
         rotating = logging.handlers.RotatingFileHandler(
             path, maxBytes=cfg.file_max_bytes, backupCount=cfg.file_backups, encoding="utf-8"
