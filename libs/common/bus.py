@@ -13,7 +13,7 @@ import random
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,7 +220,7 @@ class Consumer:
         return settled
 
     def _read_new(self, *, block: bool) -> int:
-        keys = {self.bus.key(s): ">" for s in self.streams}
+        keys: dict[Any, Any] = {self.bus.key(s): ">" for s in self.streams}
         reply = self.bus.client.xreadgroup(
             self.group, self.name, keys, count=self.cfg.batch_size, block=self.cfg.block_ms if block else None
         )
@@ -305,7 +305,7 @@ def _entries_of(reply: Any) -> list[tuple[str, Any]]:
     return [entry for _, entries in _streams_of(reply) for entry in entries]
 
 
-def backoff_delays(base: float = 0.2, cap: float = 10.0) -> Iterable[float]:
+def backoff_delays(base: float = 0.2, cap: float = 10.0) -> Iterator[float]:
     """Exponential backoff with full jitter: an endless sequence of sleep durations."""
     attempt = 0
     while True:
