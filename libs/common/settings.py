@@ -104,6 +104,10 @@ class LoggingSettings(_Section):
 class DiscoverySettings(_Section):
     rescan_interval_s: float = Field(default=300.0, gt=0)
     code_location: str = "orchestrator"
+    # Scan the code location once when the worker starts (catches edits made while it was down).
+    rescan_at_start: bool = True
+    # `module:attribute` of the code location's Definitions, loaded in-process by rescans and discover-assets.
+    definitions: str = Field(default="orchestrator.definitions:defs", pattern=r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$")
 
 
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}

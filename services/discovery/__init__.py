@@ -1,0 +1,1 @@
+"""Discovery: the asset registry in metadata.db (registration, change detection, versions, lineage)."""

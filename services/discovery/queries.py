@@ -1,0 +1,144 @@
+"""Read functions over the registry, for the CLI (parameterised SQL only; no Dagster import)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime
+from typing import Any
+
+from services.discovery.registry import downstream_map, downstream_of, upstream_of
+
+_LIST_COLUMNS = (
+    "key, code_location, group_name, description, owners, tags, kinds, metadata, code_version, partitioning, "
+    "source_file, source_line, upstream, freshness, checks, fingerprint, version, first_seen, last_seen, retired_at"
+)
+
+
+def iso(ts: float | None) -> str | None:
+    """A stored epoch time as ISO-8601 UTC (seconds precision)."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts is not None else None
+
+
+def _asset(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "key": row["key"],
+        "group": row["group_name"],
+        "description": row["description"],
+        "owners": json.loads(row["owners"]),
+        "tags": json.loads(row["tags"]),
+        "kinds": json.loads(row["kinds"]),
+        "metadata": json.loads(row["metadata"]),
+        "code_version": row["code_version"],
+        "partitioning": row["partitioning"],
+        "source_file": row["source_file"],
+        "source_line": row["source_line"],
+        "code_location": row["code_location"],
+        "upstream": json.loads(row["upstream"]),
+        "freshness": json.loads(row["freshness"]) if row["freshness"] else None,
+        "checks": json.loads(row["checks"]),
+        "fingerprint": row["fingerprint"],
+        "version": row["version"],
+        "first_seen": iso(row["first_seen"]),
+        "last_seen": iso(row["last_seen"]),
+        "retired_at": iso(row["retired_at"]),
+        "status": "retired" if row["retired_at"] is not None else "active",
+    }
+
+
+def list_assets(
+    conn: sqlite3.Connection,
+    *,
+    group: str | None = None,
+    owner: str | None = None,
+    tags: dict[str, str] | None = None,
+    kind: str | None = None,
+    retired: bool | None = False,
+) -> list[dict[str, Any]]:
+    """Registered assets matching every given filter, by key. `retired`: False active, True retired, None all."""
+    where: list[str] = []
+    params: list[Any] = []
+    if retired is True:
+        where.append("retired_at IS NOT NULL")
+    elif retired is False:
+        where.append("retired_at IS NULL")
+    if group is not None:
+        where.append("group_name = ?")
+        params.append(group)
+    if owner is not None:
+        # An owner matches as given, or as a team name without its `team:` prefix.
+        where.append("EXISTS (SELECT 1 FROM json_each(assets.owners) o WHERE o.value = ? OR o.value = ?)")
+        params.extend([owner, f"team:{owner}"])
+    if kind is not None:
+        where.append("EXISTS (SELECT 1 FROM json_each(assets.kinds) k WHERE k.value = ?)")
+        params.append(kind)
+    for tag_key, tag_value in (tags or {}).items():
+        where.append("json_extract(assets.tags, '$.' || json_quote(?)) = ?")
+        params.extend([tag_key, tag_value])
+    sql = f"SELECT {_LIST_COLUMNS} FROM assets"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY key"
+    return [_asset(row) for row in conn.execute(sql, params)]
+
+
+def get_asset(conn: sqlite3.Connection, key: str) -> dict[str, Any] | None:
+    """One asset (active or retired) with its direct downstream keys, or None."""
+    row = conn.execute(f"SELECT {_LIST_COLUMNS} FROM assets WHERE key = ?", (key,)).fetchone()
+    if row is None:
+        return None
+    asset = _asset(row)
+    asset["downstream"] = downstream_map(conn, [key]).get(key, [])
+    return asset
+
+
+def all_keys(conn: sqlite3.Connection) -> list[str]:
+    """Every registered key (for "did you mean")."""
+    return [r[0] for r in conn.execute("SELECT key FROM assets ORDER BY key")]
+
+
+def distinct_values(conn: sqlite3.Connection) -> dict[str, set[str]]:
+    """The groups, owners, kinds and tag keys in use (to reject filters that match nothing by typo)."""
+    out: dict[str, set[str]] = {"group": set(), "owner": set(), "kind": set(), "tag": set()}
+    out["group"] = {r[0] for r in conn.execute("SELECT DISTINCT group_name FROM assets") if r[0] is not None}
+    out["owner"] = {r[0] for r in conn.execute("SELECT DISTINCT o.value FROM assets, json_each(assets.owners) o")}
+    out["kind"] = {r[0] for r in conn.execute("SELECT DISTINCT k.value FROM assets, json_each(assets.kinds) k")}
+    out["tag"] = {r[0] for r in conn.execute("SELECT DISTINCT t.key FROM assets, json_each(assets.tags) t")}
+    return out
+
+
+def history(conn: sqlite3.Connection, key: str) -> list[dict[str, Any]]:
+    """Every version of `key`, oldest first: version, change type, when, what changed, when retired."""
+    return [
+        {
+            "version": row["version"],
+            "change": row["change_type"],
+            "recorded_at": iso(row["recorded_at"]),
+            "changes": json.loads(row["changes"]),
+            "retired_at": iso(row["retired_at"]),
+            "fingerprint": row["fingerprint"],
+        }
+        for row in conn.execute(
+            "SELECT version, change_type, recorded_at, changes, retired_at, fingerprint FROM asset_versions "
+            "WHERE key = ? ORDER BY version",
+            (key,),
+        )
+    ]
+
+
+def lineage(conn: sqlite3.Connection, key: str) -> dict[str, list[tuple[str, int]]]:
+    """All upstream and downstream keys of `key`, with their distance."""
+    return {"upstream": upstream_of(conn, key), "downstream": downstream_of(conn, key)}
+
+
+def code_locations(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """The registered code locations with their asset count, problems and last change."""
+    return [
+        {
+            "code_location": row["name"],
+            "assets": row["asset_count"],
+            "problems": json.loads(row["problems"]),
+            "changed_at": iso(row["changed_at"]),
+        }
+        for row in conn.execute("SELECT name, asset_count, problems, changed_at FROM code_locations ORDER BY name")
+    ]

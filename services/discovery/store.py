@@ -1,0 +1,78 @@
+"""The registry's store (metadata.db): schema migrations and how to open it."""
+
+from __future__ import annotations
+
+from libs.common.settings import Settings
+from libs.common.store import Migration, Store
+
+MIGRATIONS = [
+    Migration(
+        1,
+        "asset registry",
+        """
+        CREATE TABLE code_locations (
+            name TEXT PRIMARY KEY,
+            -- hash over the stored rows of its active assets: equal to a snapshot's hash = nothing to do
+            fingerprint TEXT NOT NULL,
+            snapshot_fingerprint TEXT,
+            asset_count INTEGER NOT NULL,
+            problems TEXT NOT NULL DEFAULT '[]',
+            changed_at REAL NOT NULL
+        );
+        CREATE TABLE assets (
+            key TEXT PRIMARY KEY,
+            code_location TEXT,
+            group_name TEXT,
+            description TEXT,
+            owners TEXT NOT NULL DEFAULT '[]',
+            tags TEXT NOT NULL DEFAULT '{}',
+            kinds TEXT NOT NULL DEFAULT '[]',
+            metadata TEXT NOT NULL DEFAULT '{}',
+            code_version TEXT,
+            partitioning TEXT,
+            source_file TEXT,
+            source_line INTEGER,
+            upstream TEXT NOT NULL DEFAULT '[]',
+            freshness TEXT,
+            checks TEXT NOT NULL DEFAULT '[]',
+            fingerprint TEXT NOT NULL,
+            row_hash TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            first_seen REAL NOT NULL,
+            last_seen REAL NOT NULL,
+            retired_at REAL,
+            updated_at REAL NOT NULL
+        );
+        CREATE INDEX assets_location ON assets (code_location);
+        CREATE INDEX assets_group ON assets (group_name);
+        CREATE TABLE asset_versions (
+            key TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            change_type TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            spec TEXT NOT NULL,
+            changes TEXT NOT NULL DEFAULT '{}',
+            recorded_at REAL NOT NULL,
+            retired_at REAL,
+            PRIMARY KEY (key, version)
+        ) WITHOUT ROWID;
+        CREATE TABLE asset_deps (
+            asset_key TEXT NOT NULL,
+            upstream_key TEXT NOT NULL,
+            PRIMARY KEY (asset_key, upstream_key)
+        ) WITHOUT ROWID;
+        CREATE INDEX asset_deps_upstream ON asset_deps (upstream_key, asset_key);
+        """,
+    ),
+]
+
+
+def open_store(settings: Settings, *, migrate: bool = True) -> Store:
+    """The metadata store at `settings.store_url("metadata")`, migrated unless `migrate=False`."""
+    return Store(
+        settings.store_url("metadata"),
+        MIGRATIONS,
+        synchronous=settings.stores.synchronous,
+        busy_timeout_ms=settings.stores.busy_timeout_ms,
+        migrate=migrate,
+    )

@@ -1,0 +1,210 @@
+"""Registry tests on real Dagster Definitions and real SQLite files (no Redis)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from libs.common.events import AssetSpecData, CatalogSnapshotData
+from libs.common.store import Store
+from services.discovery import queries
+from services.discovery.registry import (
+    diff,
+    downstream_of,
+    fingerprint,
+    normalise,
+    register_snapshot,
+    to_events,
+    upstream_of,
+)
+from services.discovery.scan import snapshot_from_definitions
+from services.discovery.store import MIGRATIONS
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(f"sqlite:///{tmp_path / 'metadata.db'}", MIGRATIONS)
+
+
+def make_defs(*, description: str = "Raw orders.", with_loader: bool = True) -> dg.Definitions:
+    @dg.asset(
+        name="raw_orders",
+        group_name="stg__ingestion",
+        description=description,
+        kinds={"pandas"},
+        owners=["ana@example.com"],
+        tags={"domain": "sales", "source": "ERP"},
+        metadata={"target_schema": "stg"},
+    )
+    def raw_orders() -> None: ...
+
+    @dg.asset(name="stg_orders", deps=["raw_orders"], group_name="stg__loaders", owners=["team:data"])
+    def stg_orders() -> None: ...
+
+    @dg.asset(name="orders_report", deps=["stg_orders"], group_name="transformed_data")
+    def orders_report() -> None: ...
+
+    assets: list[Any] = [raw_orders, orders_report]
+    if with_loader:
+        assets.insert(1, stg_orders)
+    return dg.Definitions(assets=assets)
+
+
+def snap(defs: dg.Definitions) -> CatalogSnapshotData:
+    return snapshot_from_definitions(defs, "orchestrator")
+
+
+def register(store: Store, snapshot: CatalogSnapshotData, now: datetime) -> list[Any]:
+    with store.write() as conn:
+        return register_snapshot(conn, snapshot, now)
+
+
+def test_register_change_retire_return_history(store: Store) -> None:
+    first = register(store, snap(make_defs()), T0)
+    assert sorted((c.kind, c.key, c.version) for c in first) == [
+        ("registered", "orders_report", 1),
+        ("registered", "raw_orders", 1),
+        ("registered", "stg_orders", 1),
+    ]
+    changed = register(store, snap(make_defs(description="Raw orders from the ERP.")), T0 + timedelta(minutes=1))
+    assert [(c.kind, c.key, c.version) for c in changed] == [("changed", "raw_orders", 2)]
+    assert changed[0].changes == {"description": {"old": "Raw orders.", "new": "Raw orders from the ERP."}}
+
+    removed = register(store, snap(make_defs(description="Raw orders from the ERP.", with_loader=False)), T0 + timedelta(minutes=2))
+    # orders_report no longer depends on anything registered, but its own definition (deps=["stg_orders"])
+    # is unchanged: only stg_orders is retired.
+    assert [(c.kind, c.key, c.version) for c in removed] == [("retired", "stg_orders", 1)]
+
+    back = register(store, snap(make_defs(description="Raw orders from the ERP.")), T0 + timedelta(minutes=3))
+    assert [(c.kind, c.key, c.version) for c in back] == [("returned", "stg_orders", 2)]
+    assert back[0].changes["retired_at"]["new"] is None
+
+    with store.read() as conn:
+        raw = queries.history(conn, "raw_orders")
+        stg = queries.history(conn, "stg_orders")
+        report = queries.history(conn, "orders_report")
+    assert [(h["version"], h["change"]) for h in raw] == [(1, "registered"), (2, "changed")]
+    assert [(h["version"], h["change"], h["retired_at"] is not None) for h in stg] == [
+        (1, "registered", True),
+        (2, "returned", False),
+    ]
+    assert [(h["version"], h["change"]) for h in report] == [(1, "registered")]
+
+
+def test_unchanged_snapshot_writes_nothing(store: Store) -> None:
+    snapshot = snap(make_defs())
+    register(store, snapshot, T0)
+    conn = store.connection()
+    before = conn.total_changes
+    counts = [conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("assets", "asset_versions", "asset_deps")]
+    assert register(store, snap(make_defs()), T0 + timedelta(hours=1)) == []
+    assert conn.total_changes == before
+    after = [conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("assets", "asset_versions", "asset_deps")]
+    assert after == counts
+
+
+def test_lineage_any_depth_and_downstream_in_spec(store: Store) -> None:
+    changes = register(store, snap(make_defs()), T0)
+    by_key = {c.key: c for c in changes}
+    assert by_key["raw_orders"].spec.downstream == ["stg_orders"]
+    with store.read() as conn:
+        assert downstream_of(conn, "raw_orders") == [("stg_orders", 1), ("orders_report", 2)]
+        assert upstream_of(conn, "orders_report") == [("stg_orders", 1), ("raw_orders", 2)]
+        assert upstream_of(conn, "raw_orders") == []
+
+
+def test_line_move_updates_row_without_version(store: Store) -> None:
+    spec = AssetSpecData(key="a", group="g", source_file="x.py", source_line=3, code_location="loc")
+    register(store, CatalogSnapshotData(code_location="loc", fingerprint="1", assets=[spec]), T0)
+    moved = spec.model_copy(update={"source_line": 10})
+    assert register(store, CatalogSnapshotData(code_location="loc", fingerprint="2", assets=[moved]), T0) == []
+    with store.read() as conn:
+        asset = queries.get_asset(conn, "a")
+    assert asset is not None and asset["source_line"] == 10 and asset["version"] == 1
+
+
+def test_snapshot_with_problems_retires_nothing(store: Store) -> None:
+    a = AssetSpecData(key="a", code_location="loc")
+    b = AssetSpecData(key="b", code_location="loc")
+    register(store, CatalogSnapshotData(code_location="loc", fingerprint="1", assets=[a, b]), T0)
+    broken = CatalogSnapshotData(code_location="loc", fingerprint="2", assets=[a], problems=["assets/b.py: SyntaxError"])
+    assert register(store, broken, T0) == []
+    with store.read() as conn:
+        assert [r["key"] for r in queries.list_assets(conn)] == ["a", "b"]
+        assert queries.code_locations(conn)[0]["problems"] == ["assets/b.py: SyntaxError"]
+
+
+def test_lineage_survives_cycles(store: Store) -> None:
+    a = AssetSpecData(key="a", upstream=["b"])
+    b = AssetSpecData(key="b", upstream=["a"])
+    register(store, CatalogSnapshotData(code_location="loc", fingerprint="1", assets=[a, b]), T0)
+    with store.read() as conn:
+        assert upstream_of(conn, "a") == [("b", 1)]
+        assert downstream_of(conn, "a") == [("b", 1)]
+
+
+def test_events_are_deterministic(store: Store) -> None:
+    changes = register(store, snap(make_defs()), T0)
+    ids = [e.id for e in to_events(changes)]
+    assert ids == [e.id for e in to_events(changes)]
+    assert {e.type for e in to_events(changes)} == {"asset.registered"}
+    assert all(e.data.spec.code_location == "orchestrator" for e in to_events(changes))
+
+
+def test_sql_in_keys_is_just_a_key(store: Store) -> None:
+    hostile = "x'; DROP TABLE assets; --"
+    register(store, CatalogSnapshotData(code_location="loc", fingerprint="1", assets=[AssetSpecData(key=hostile)]), T0)
+    with store.read() as conn:
+        assert queries.get_asset(conn, hostile) is not None
+        assert queries.get_asset(conn, "' OR 1=1 --") is None
+        assert queries.list_assets(conn, tags={"a' OR '1'='1": "x"}) == []
+
+
+spec_strategy = st.builds(
+    AssetSpecData,
+    key=st.sampled_from(["a", "b", "c"]),
+    group=st.none() | st.sampled_from(["g1", "g2"]),
+    description=st.none() | st.text(max_size=5),
+    owners=st.lists(st.sampled_from(["x@y.z", "team:t"]), max_size=2),
+    tags=st.dictionaries(st.sampled_from(["k1", "k2"]), st.text(max_size=3), max_size=2),
+    upstream=st.lists(st.sampled_from(["a", "b", "c"]), max_size=2),
+)
+
+
+@given(st.lists(spec_strategy, max_size=3), st.lists(spec_strategy, max_size=3))
+@settings(max_examples=60, deadline=None)
+def test_fingerprint_and_diff_agree(left: list[AssetSpecData], right: list[AssetSpecData]) -> None:
+    for x in left:
+        for y in right:
+            nx, ny = normalise(x), normalise(y)
+            same = fingerprint(nx) == fingerprint(ny)
+            assert same == (diff(nx.model_dump(), ny.model_dump()) == {})
+            assert fingerprint(normalise(x.model_copy(update={"owners": list(reversed(x.owners))}))) == fingerprint(nx)
+
+
+@given(st.lists(st.lists(spec_strategy, max_size=3, unique_by=lambda s: s.key), min_size=1, max_size=4))
+@settings(max_examples=25, deadline=None)
+def test_any_sequence_of_snapshots_then_repeat_writes_nothing(tmp_path_factory: pytest.TempPathFactory, snapshots: list[list[AssetSpecData]]) -> None:
+    store = Store(f"sqlite:///{tmp_path_factory.mktemp('h') / 'm.db'}", MIGRATIONS)
+    try:
+        for i, assets in enumerate(snapshots):
+            snapshot = CatalogSnapshotData(code_location="loc", fingerprint=str(i), assets=assets)
+            register(store, snapshot, T0 + timedelta(seconds=i))
+            before = store.connection().total_changes
+            assert register(store, snapshot, T0 + timedelta(seconds=i, milliseconds=1)) == []
+            assert store.connection().total_changes == before
+            with store.read() as conn:
+                active = {r["key"]: r for r in queries.list_assets(conn)}
+            assert set(active) == {a.key for a in assets}
+            for a in assets:
+                assert active[a.key]["version"] == len(queries.history(store.connection(), a.key))
+    finally:
+        store.close()

@@ -1,0 +1,188 @@
+"""The discovery worker as a real process on real Redis, loading a real Dagster code location."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from libs.common.bus import Bus, connect
+from libs.common.events import (
+    ASSET_CHANGES,
+    CATALOG,
+    AssetChanged,
+    CatalogSnapshot,
+    DiscoveryRequestData,
+    DiscoveryRequested,
+    new_event,
+    parse_event,
+)
+from libs.common.redis_server import free_port
+from libs.common.settings import Settings
+from services.discovery.scan import definitions_loader
+
+ROOT = Path(__file__).resolve().parents[3]
+
+CODE = '''
+import dagster as dg
+
+@dg.asset(group_name="stg__ingestion", owners=["ana@example.com"], tags={{"domain": "sales"}},
+          description="{description}")
+def raw_orders() -> None: ...
+
+@dg.asset(deps=[raw_orders], group_name="stg__loaders")
+def stg_orders() -> None: ...
+
+@dg.asset(deps=[stg_orders], group_name="transformed_data")
+def orders_report() -> None: ...
+
+defs = dg.Definitions(assets=[raw_orders, stg_orders, orders_report])
+'''
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout_s} s")
+        time.sleep(0.05)
+
+
+def write_location(directory: Path, package: str, description: str) -> None:
+    pkg = directory / package
+    pkg.mkdir(exist_ok=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "definitions.py").write_text(textwrap.dedent(CODE.format(description=description)))
+
+
+@pytest.fixture
+def location(tmp_path: Path) -> tuple[Path, str]:
+    package = f"loc_{uuid.uuid4().hex[:8]}"
+    write_location(tmp_path, package, "Raw orders.")
+    return tmp_path, package
+
+
+@pytest.fixture
+def worker(settings: Settings, location: tuple[Path, str], tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    directory, package = location
+    port = free_port()
+    env = {
+        **os.environ,
+        "AMS_REDIS__URL": settings.redis.url,
+        "AMS_BUS__PREFIX": settings.bus.prefix,
+        "AMS_BUS__BLOCK_MS": "200",
+        "AMS_SERVICES__DISCOVERY__PORT": str(port),
+        "AMS_DISCOVERY__CODE_LOCATION": "testloc",
+        "AMS_DISCOVERY__DEFINITIONS": f"{package}.definitions:defs",
+        "AMS_DISCOVERY__RESCAN_AT_START": "false",
+        "AMS_LOGGING__FORMAT": "json",
+        "DAGSTER_HOME": str(settings.dagster_home),
+        "PYTHONPATH": os.pathsep.join([str(directory), str(ROOT)]),
+    }
+    env.pop("AMS_LOGGING__FILE", None)
+    log = (tmp_path / "worker.log").open("wb")
+    process = subprocess.Popen([sys.executable, "-m", "services.discovery"], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return process.poll() is not None
+
+    wait_for(answers, what="discovery /healthz")
+    assert process.poll() is None, (tmp_path / "worker.log").read_text()
+    yield process, port
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
+    log.close()
+
+
+def changes(client: redis.Redis, settings: Settings) -> list[AssetChanged]:
+    out = []
+    for _, fields in client.xrange(f"{settings.bus.prefix}:{ASSET_CHANGES}"):
+        event = parse_event(fields[b"event"])
+        assert isinstance(event, AssetChanged)
+        out.append(event)
+    return out
+
+
+def settled(client: redis.Redis, settings: Settings) -> bool:
+    groups = client.xinfo_groups(f"{settings.bus.prefix}:{CATALOG}")
+    return any(g["name"] == b"discovery" and g["pending"] == 0 and g["lag"] == 0 for g in groups)
+
+
+def test_snapshot_to_asset_changes_and_redelivery(
+    settings: Settings, redis_client: redis.Redis, worker: tuple[subprocess.Popen[bytes], int], location: tuple[Path, str]
+) -> None:
+    directory, package = location
+    sys.path.insert(0, str(directory))
+    try:
+        snapshot, _ = definitions_loader(f"{package}.definitions:defs")("testloc")
+    finally:
+        sys.path.remove(str(directory))
+    bus = Bus(connect(settings.redis), settings.bus)
+    event = new_event(CatalogSnapshot, "catalog.snapshot", identity=f"testloc|{snapshot.fingerprint}", data=snapshot, source="test")
+    bus.publish(CATALOG, event)
+    wait_for(lambda: len(changes(redis_client, settings)) == 3, what="3 asset-changes events")
+    got = {e.data.spec.key: e for e in changes(redis_client, settings)}
+    assert {e.type for e in got.values()} == {"asset.registered"}
+    assert got["raw_orders"].data.spec.owners == ["ana@example.com"]
+    assert got["raw_orders"].data.spec.downstream == ["stg_orders"]
+    assert got["orders_report"].data.spec.upstream == ["stg_orders"]
+
+    # The same event again (a redelivery), and the same content under another id: nothing new.
+    bus.publish(CATALOG, event)
+    again = new_event(CatalogSnapshot, "catalog.snapshot", identity="testloc|other", data=snapshot, source="test")
+    bus.publish(CATALOG, again)
+    wait_for(lambda: settled(redis_client, settings), what="catalog consumed")
+    assert len(changes(redis_client, settings)) == 3
+
+    # A discovery request makes the worker load the (edited) code location itself.
+    write_location(directory, package, "Raw orders from the ERP.")
+    request = new_event(DiscoveryRequested, "catalog.discovery_requested", identity=str(uuid.uuid4()),
+                        data=DiscoveryRequestData(code_location="testloc", requested_by="test"), source="test")
+    bus.publish(CATALOG, request)
+    wait_for(lambda: len(changes(redis_client, settings)) == 4, what="asset.changed event")
+    last = changes(redis_client, settings)[-1]
+    assert last.type == "asset.changed" and last.data.version == 2
+    assert last.data.changes == {"description": {"old": "Raw orders.", "new": "Raw orders from the ERP."}}
+
+    metrics = httpx.get(f"http://127.0.0.1:{worker[1]}/metrics", timeout=5).text
+    assert 'ams_discovery_versions_created_total{kind="registered"} 3.0' in metrics
+    assert 'ams_discovery_registered_assets_by_ownership{ownership="owned"} 1.0' in metrics
+    assert "ams_discovery_duration_seconds_bucket" in metrics
+    bus.client.close()
+
+
+def test_broken_code_location_is_reported_and_worker_keeps_running(
+    settings: Settings, redis_client: redis.Redis, worker: tuple[subprocess.Popen[bytes], int], location: tuple[Path, str]
+) -> None:
+    directory, package = location
+    (directory / package / "definitions.py").write_text("import dagster as dg\nraise RuntimeError('boom')\n")
+    bus = Bus(connect(settings.redis), settings.bus)
+    request = new_event(DiscoveryRequested, "catalog.discovery_requested", identity=str(uuid.uuid4()),
+                        data=DiscoveryRequestData(code_location="testloc"), source="test")
+    bus.publish(CATALOG, request)
+    port = worker[1]
+
+    def problem_reported() -> bool:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        return 'ams_discovery_scan_problems{code_location="testloc"} 1.0' in text
+
+    wait_for(problem_reported, what="problem metric")
+    assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+    assert json.loads(httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).text)["status"] == "ready"
+    assert changes(redis_client, settings) == []
+    bus.client.close()
