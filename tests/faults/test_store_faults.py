@@ -1,0 +1,141 @@
+"""A store that cannot be written (disk full, read-only file): the worker stops acking, reports unready,
+and resumes by itself once the fault is fixed — nothing lost, nothing doubled."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from libs.common.bus import Bus, connect
+from libs.common.events import RUNS, RunData, RunEvent, new_event
+from libs.common.redis_server import free_port
+from libs.common.settings import load_settings
+
+pytestmark = pytest.mark.faults
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "tests" / "libs" / "common" / "sample_worker.py"
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout_s} s")
+        time.sleep(0.1)
+
+
+def run_event(n: int) -> RunEvent:
+    return new_event(RunEvent, "run.succeeded", identity=f"run-{n}:SUCCESS",
+                     data=RunData(run_id=f"run-{n}", job_name="job", status="SUCCESS"), source="test")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MB tmpfs: filling it makes SQLite fail with 'database or disk is full'."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def start_sample(redis_url: str, prefix: str, db: Path, home: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    env = {**os.environ, "AMS_REDIS__URL": redis_url, "AMS_BUS__PREFIX": prefix, "AMS_BUS__BLOCK_MS": "200",
+           "DAGSTER_HOME": str(home), "SAMPLE_DB": str(db), "SAMPLE_PORT": str(port), "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, str(SAMPLE)], env=env, cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return process, port
+
+
+def ready(port: int) -> int:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def count_rows(db: Path) -> int:
+    import sqlite3
+
+    conn = sqlite3.connect(db, timeout=5)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_disk_full_stops_acking_then_resumes(redis_url: str, bus_prefix: str, small_disk: Path, tmp_path: Path) -> None:
+    db = small_disk / "sample.db"
+    process, port = start_sample(redis_url, bus_prefix, db, tmp_path)
+    settings = load_settings(redis={"url": redis_url}, bus={"prefix": bus_prefix})
+    bus = Bus(connect(settings.redis), settings.bus)
+    try:
+        wait_for(lambda: ready(port) == 200, what="ready")
+        bus.publish_many(RUNS, [run_event(i) for i in range(20)])
+        wait_for(lambda: count_rows(db) == 20, what="first rows")
+        filler = small_disk / "filler"
+        with filler.open("wb") as fh:  # take every free byte of the disk
+            try:
+                while True:
+                    fh.write(b"\0" * 65536)
+                    fh.flush()
+            except OSError:
+                pass
+        bus.publish_many(RUNS, [run_event(i) for i in range(20, 2020)])
+        wait_for(lambda: ready(port) == 503, what="unready on a full disk")
+        pending = bus.client.xpending(bus.key(RUNS), "sample")["pending"]
+        assert pending > 0, "entries must stay unacknowledged while the store cannot commit"
+        filler.unlink()
+        wait_for(lambda: ready(port) == 200, what="ready after space is freed")
+        wait_for(lambda: count_rows(db) == 2020, what="every event stored once")
+        wait_for(lambda: bus.client.xpending(bus.key(RUNS), "sample")["pending"] == 0, what="all acked")
+        assert bus.client.xlen(bus.key(RUNS) + ":dlq") == 0
+    finally:
+        process.terminate()
+        assert process.wait(20) == 0
+
+
+def test_read_only_store_file_stops_acking_then_resumes(redis_url: str, bus_prefix: str, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("chattr +i needs root (CI runs as root)")
+    store_dir = tmp_path / "store"
+    store_dir.mkdir()
+    db = store_dir / "sample.db"
+    process, port = start_sample(redis_url, bus_prefix, db, tmp_path)
+    settings = load_settings(redis={"url": redis_url}, bus={"prefix": bus_prefix})
+    bus = Bus(connect(settings.redis), settings.bus)
+    locked: list[Path] = []
+    try:
+        wait_for(lambda: ready(port) == 200, what="ready")
+        bus.publish_many(RUNS, [run_event(i) for i in range(5)])
+        wait_for(lambda: count_rows(db) == 5, what="first rows")
+        # Immutable database and WAL files: even root cannot write them.
+        for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+            if path.exists():
+                subprocess.run(["chattr", "+i", str(path)], check=True)
+                locked.append(path)
+        bus.publish_many(RUNS, [run_event(i) for i in range(5, 500)])
+        wait_for(lambda: ready(port) == 503, what="unready on a read-only store")
+        assert bus.client.xpending(bus.key(RUNS), "sample")["pending"] > 0
+        for path in locked:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        locked.clear()
+        wait_for(lambda: ready(port) == 200, what="ready after the file is writable again")
+        wait_for(lambda: count_rows(db) == 500, what="every event stored once")
+        assert bus.client.xlen(bus.key(RUNS) + ":dlq") == 0
+    finally:
+        for path in locked:
+            subprocess.run(["chattr", "-i", str(path)], check=False)
+        process.terminate()
+        process.wait(20)
