@@ -7,6 +7,8 @@ declare -A wanted=(
   [promtool]=prometheus
   [docker-compose]=docker-compose
   [kubectl]=kubectl
+  [redis-server]=redis-server
+  [openssl]=openssl
 )
 missing=()
 for tool in "${!wanted[@]}"; do

@@ -49,13 +49,15 @@ class LocalRedis:
     appendonly: bool = False
     password: str | None = None
     directory: Path | None = None
+    # (certificate, key, CA certificate) to serve TLS only; needs a server built with TLS (Debian's is).
+    tls: tuple[Path, Path, Path] | None = None
     binary: str = field(default_factory=find_server_binary)
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        """`redis://127.0.0.1:<port>/0` (without the password)."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """`redis://127.0.0.1:<port>/0` (`rediss://` with TLS; without the password)."""
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 15.0) -> LocalRedis:
         """Start the server and wait until it answers PING."""
@@ -64,8 +66,13 @@ class LocalRedis:
         if self.directory is None:
             self.directory = Path(tempfile.mkdtemp(prefix="ams-redis-"))
         self.directory.mkdir(parents=True, exist_ok=True)
+        ports = ["--port", str(self.port)]
+        if self.tls:
+            cert, key, ca = self.tls
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
+                     "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]
         args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+            self.binary, *ports, "--bind", "127.0.0.1", "--dir", str(self.directory),
             "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--daemonize", "no",
             "--logfile", str(self.directory / "server.log"),
         ]
@@ -75,7 +82,8 @@ class LocalRedis:
             args += ["--requirepass", self.password]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
-        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=1)
+        tls = {"ssl": True, "ssl_ca_certs": str(self.tls[2])} if self.tls else {}
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=1, **tls)
         try:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
