@@ -248,13 +248,14 @@ class WebhookReceiver(_Section):
 
 AlertSeverity = Literal["critical", "error", "warning", "info"]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+_ALL_DAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 class MuteWindow(_Section):
     """A recurring time of day during which the routes naming it send nothing (e.g. nights, weekends)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    days: list[Weekday] = Field(default_factory=lambda: ["mon", "tue", "wed", "thu", "fri", "sat", "sun"])
+    days: list[Weekday] = Field(default_factory=lambda: list(_ALL_DAYS))
     start: str = Field(default="00:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     # An end before the start wraps past midnight (22:00-07:00); equal start and end mute the whole day.
     end: str = Field(default="00:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
@@ -341,6 +342,84 @@ class SensorSettings(_Section):
     page_size: int = Field(default=1000, ge=1, le=100_000)
 
 
+SqlAuthentication = Literal["auto", "sql", "trusted", "none"]
+
+
+class SqlConnection(_Section):
+    """A named SQL connection for `orchestrator.shared` (ingest_from_sql, load_to_stg_table).
+
+    `driver` is an ODBC driver name as registered in odbcinst.ini (`odbcinst -q -d`). For SQLite drivers
+    (`SQLite3`) `database` is a file path, relative to DAGSTER_HOME unless absolute, and `engine: auto` falls
+    back to Python's sqlite3 when the ODBC driver is not installed. Secrets never go in YAML: name the
+    environment variable (`password_env`) or file (`password_file`), or set AMS_CONNECTIONS__<NAME>__PASSWORD.
+    """
+
+    driver: str = "ODBC Driver 18 for SQL Server"
+    server: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    database: str | None = None
+    # auto: SQL login when `username` is set, else no credentials. trusted: integrated (Kerberos/Windows).
+    authentication: SqlAuthentication = "auto"
+    username: str | None = None
+    password: SecretStr | None = None
+    password_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    password_file: Path | None = None
+    # A full ODBC connection string template instead of the fields above: ${driver} ${server} ${port}
+    # ${database} ${username} ${password} are substituted (values ODBC-quoted).
+    connection_string: str | None = None
+    # Extra ODBC keywords, e.g. {Encrypt: "yes", TrustServerCertificate: "no"} or {sslmode: require}.
+    options: dict[str, str] = Field(default_factory=dict)
+    engine: Literal["auto", "odbc", "sqlite3"] = "auto"
+    login_timeout_s: int = Field(default=15, ge=1, le=3600)
+    query_timeout_s: int = Field(default=600, ge=0)  # 0: no limit
+    retries: int = Field(default=3, ge=0, le=20)  # extra attempts on transient connection errors
+    retry_backoff_s: float = Field(default=1.0, ge=0)
+    fetch_size: int = Field(default=10_000, ge=1, le=1_000_000)
+    # None: on for the SQL Server drivers only (psqlODBC rejects empty strings with it; SQLite ODBC crashes).
+    fast_executemany: bool | None = None
+    # Time zone in which aware datetime parameters are bound (as wall-clock time); None keeps their own.
+    timezone: str | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        return _check_zone(value) if value is not None else None
+
+
+def _check_zone(value: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown IANA time zone {value!r}") from None
+    return value
+
+
+def _parse_offset_s(value: Any) -> float:
+    """Like parse_duration_s, but zero is allowed."""
+    if value in (0, 0.0, "0", "", None):
+        return 0.0
+    return parse_duration_s(value) or 0.0
+
+
+class LoadWindowSettings(_Section):
+    """The default [start, end) window of `orchestrator.shared.load_window.get_load_window()`."""
+
+    # How far back the window starts from its end, e.g. `1d`, `6h`, `7d`.
+    lookback: Annotated[float, BeforeValidator(parse_duration_s)] = 86400.0
+    # End (and start) are floored to the start of a day or hour in `timezone`; `none` keeps `now`.
+    align: Literal["day", "hour", "none"] = "day"
+    timezone: str = "UTC"
+    # Data that arrives late: the window ends this long before now (before alignment), e.g. `2h`.
+    end_offset: Annotated[float, BeforeValidator(_parse_offset_s)] = 0.0
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        return _check_zone(value)
+
+
 class Settings(BaseSettings):
     """Every setting of the system, validated once at start."""
 
@@ -371,6 +450,11 @@ class Settings(BaseSettings):
     health: HealthSettings = HealthSettings()
     alerts: AlertsSettings = AlertsSettings()
     sensors: SensorSettings = SensorSettings()
+    # Named SQL connections (`demo_source`, `warehouse`, `default` for ad-hoc server/database calls, ...).
+    connections: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")], SqlConnection] = Field(
+        default_factory=dict
+    )
+    load_window: LoadWindowSettings = LoadWindowSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -435,7 +519,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _has_path(data: Mapping[str, Any], loc: tuple[str | int, ...]) -> bool:
     node: Any = data
     for part in loc:
-        if (isinstance(node, Mapping) and part in node) or (isinstance(node, list) and isinstance(part, int) and part < len(node)):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
             node = node[part]
         else:
             return False

@@ -1,0 +1,120 @@
+"""monitor.db: alert states and incidents, their history, silences, the asset registry copy and the
+notification outbox (written in the same transaction as the state change that produced it)."""
+
+from __future__ import annotations
+
+from libs.common.settings import Settings
+from libs.common.store import Migration, Store
+
+MIGRATIONS = [
+    Migration(
+        1,
+        "alerts",
+        """
+        -- Event-carried copy of each asset's spec (owners, team, group, tags) for routing.
+        CREATE TABLE assets (
+            asset_key TEXT PRIMARY KEY,
+            owners TEXT NOT NULL DEFAULT '[]',
+            group_name TEXT,
+            tags TEXT NOT NULL DEFAULT '{}',
+            downstream TEXT NOT NULL DEFAULT '[]',
+            version INTEGER NOT NULL DEFAULT 0,
+            retired INTEGER NOT NULL DEFAULT 0,
+            updated_at REAL NOT NULL
+        );
+        -- The state machine's state per fingerprint (asset, check), as JSON.
+        CREATE TABLE alert_states (
+            fingerprint TEXT PRIMARY KEY,
+            asset_key TEXT NOT NULL,
+            check_name TEXT NOT NULL,
+            state TEXT NOT NULL,
+            alert_id INTEGER,
+            next_due REAL,
+            updated_at REAL NOT NULL
+        );
+        CREATE INDEX alert_states_asset ON alert_states (asset_key);
+        CREATE INDEX alert_states_due ON alert_states (next_due);
+        -- One row per incident (a firing episode of a fingerprint): what the CLI lists and acks.
+        CREATE TABLE alerts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            fingerprint TEXT NOT NULL,
+            incident INTEGER NOT NULL,
+            asset_key TEXT NOT NULL,
+            check_name TEXT NOT NULL,
+            status TEXT NOT NULL,
+            severity TEXT,
+            summary TEXT NOT NULL DEFAULT '',
+            detail TEXT NOT NULL DEFAULT '{}',
+            owners TEXT NOT NULL DEFAULT '[]',
+            downstream TEXT NOT NULL DEFAULT '[]',
+            started_at REAL NOT NULL,
+            resolved_at REAL,
+            acked_by TEXT,
+            acked_at REAL,
+            ack_reason TEXT,
+            silence_id TEXT,
+            silenced_until REAL,
+            notices INTEGER NOT NULL DEFAULT 0,
+            last_notified_at REAL,
+            updated_at REAL NOT NULL,
+            UNIQUE (fingerprint, incident)
+        );
+        CREATE INDEX alerts_status ON alerts (status, severity);
+        CREATE INDEX alerts_asset ON alerts (asset_key, status);
+        CREATE TABLE alert_history (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            alert_id INTEGER,
+            fingerprint TEXT NOT NULL,
+            at REAL NOT NULL,
+            event TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            reason TEXT,
+            detail TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX alert_history_alert ON alert_history (alert_id, at);
+        CREATE INDEX alert_history_at ON alert_history (at);
+        CREATE TABLE silences (
+            id TEXT PRIMARY KEY,
+            matchers TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            reason TEXT,
+            created_at REAL NOT NULL,
+            ends_at REAL NOT NULL,
+            removed_at REAL,
+            removed_by TEXT
+        );
+        CREATE INDEX silences_ends ON silences (ends_at);
+        -- The delivery outbox: one row per (notification, receiver); the id is the webhook-id.
+        CREATE TABLE notifications (
+            id TEXT PRIMARY KEY,
+            alert_id INTEGER,
+            fingerprint TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            receiver TEXT NOT NULL,
+            content TEXT NOT NULL,
+            status TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            next_attempt_at REAL NOT NULL,
+            lease_until REAL,
+            last_attempt_at REAL,
+            last_status INTEGER,
+            last_error TEXT,
+            delivered_at REAL
+        );
+        CREATE INDEX notifications_due ON notifications (status, next_attempt_at);
+        CREATE INDEX notifications_created ON notifications (created_at);
+        """,
+    ),
+]
+
+
+def open_store(settings: Settings, *, migrate: bool = True) -> Store:
+    """Open (and migrate) monitor.db."""
+    return Store(
+        settings.store_url("monitor"),
+        MIGRATIONS,
+        synchronous=settings.stores.synchronous,
+        busy_timeout_ms=settings.stores.busy_timeout_ms,
+        migrate=migrate,
+    )
