@@ -338,8 +338,13 @@ class AlertsSettings(_Section):
 
 
 class SensorSettings(_Section):
+    """The orchestrator's event-publishing sensor (orchestrator/sensors.py)."""
+
     minimum_interval_s: int = Field(default=5, ge=1)
-    page_size: int = Field(default=1000, ge=1, le=100_000)
+    # Event-log records read per query; Dagster refuses more than 10,000 per query.
+    page_size: int = Field(default=1000, ge=1, le=10_000)
+    # A tick keeps paging until caught up or this budget is spent (Dagster times a tick out at 60 s).
+    tick_budget_s: float = Field(default=30.0, gt=0, le=50)
 
 
 SqlAuthentication = Literal["auto", "sql", "trusted", "none"]
