@@ -96,3 +96,65 @@ def settings(tmp_path: Path, redis_url: str, bus_prefix: str, monkeypatch: pytes
         logging={"file": None, "format": "console", "level": "INFO"},
         dagster_home=str(home),
     )
+
+
+def _postgres_server_url() -> str | None:
+    """A PostgreSQL server URL (without database): AMS_TEST_POSTGRES_URL, else the local one if it answers."""
+    import psycopg2
+
+    candidates = [os.environ.get("AMS_TEST_POSTGRES_URL", ""), "postgresql://postgres@127.0.0.1:5432", "postgresql://root@127.0.0.1:5432"]
+    for base in filter(None, candidates):
+        try:
+            psycopg2.connect(f"{base.rstrip('/')}/postgres", connect_timeout=2).close()
+            return base.rstrip("/")
+        except psycopg2.Error:
+            continue
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL: the configured or local server, else a throwaway cluster from Debian's binaries."""
+    import glob
+    import shutil
+    import subprocess
+
+    url = _postgres_server_url()
+    if url:
+        yield url
+        return
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not bins:
+        pytest.skip("no PostgreSQL server answers and Debian's postgresql binaries are not installed")
+    bindir = Path(bins[-1]).parent
+    data = tmp_path_factory.mktemp("pgdata")
+    from libs.common.redis_server import free_port
+
+    port = free_port()
+    run_as: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses root
+        shutil.chown(data, "postgres")
+        run_as = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-o", f"-p {port} -k {data} -h 127.0.0.1",
+                    "-w", "start", "-l", str(data / "log")], check=True, capture_output=True)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], check=False,
+                       capture_output=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh database on the test PostgreSQL server, dropped afterwards."""
+    import psycopg2
+
+    name = f"ams_test_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(f"{postgres_server}/postgres")
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {name}")
+    yield f"{postgres_server}/{name}"
+    admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.close()

@@ -13,6 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -82,7 +83,7 @@ class LocalRedis:
             args += ["--requirepass", self.password]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
-        tls = {"ssl": True, "ssl_ca_certs": str(self.tls[2])} if self.tls else {}
+        tls: dict[str, Any] = {"ssl": True, "ssl_ca_certs": str(self.tls[2])} if self.tls else {}
         client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=1, **tls)
         try:
             while time.monotonic() < deadline:

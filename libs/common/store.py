@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 from urllib.parse import unquote, urlparse
 
 from libs.common.log import get_logger
@@ -68,8 +68,17 @@ def sqlite_path(url: str) -> Path:
     return Path(unquote(parsed.path[1:] if parsed.path.startswith("//") else parsed.path))
 
 
+def is_postgres(url: str) -> bool:
+    """True for `postgresql://` (or `postgres://`) store URLs."""
+    return url.startswith(("postgresql://", "postgres://", "postgresql+psycopg2://"))
+
+
 class Store:
-    """A service's SQLite database: thread-local connections, immediate writers, migrations at open."""
+    """A service's database: thread-local connections, single-writer transactions, migrations at open.
+
+    SQLite (the default) or, for a deployment that runs several replicas of a worker, PostgreSQL through
+    the same API (see `libs.common.pg`): services write portable SQL (`?` placeholders, `ON CONFLICT`).
+    """
 
     def __init__(
         self,
@@ -81,7 +90,8 @@ class Store:
         migrate: bool = True,
     ) -> None:
         self.url = url
-        self.path = sqlite_path(url)
+        self.dialect = "postgresql" if is_postgres(url) else "sqlite"
+        self.path = Path(urlparse(url).path.lstrip("/") or "postgres") if self.dialect == "postgresql" else sqlite_path(url)
         self.migrations = sorted(migrations, key=lambda m: m.version)
         self.synchronous = synchronous
         self.busy_timeout_ms = busy_timeout_ms
@@ -94,6 +104,13 @@ class Store:
     def connection(self) -> sqlite3.Connection:
         """This thread's connection (opened on first use)."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None and self.dialect == "postgresql":
+            from libs.common.pg import PgConnection
+
+            conn = cast(sqlite3.Connection, PgConnection(self.url))
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
         if conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(
@@ -113,7 +130,7 @@ class Store:
     def write(self) -> Iterator[sqlite3.Connection]:
         """A writer transaction (`BEGIN IMMEDIATE` … `COMMIT`, rolled back on error)."""
         conn = self.connection()
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("BEGIN IMMEDIATE")  # PgConnection: BEGIN + a transaction-scoped advisory lock
         try:
             yield conn
         except BaseException:
@@ -135,7 +152,13 @@ class Store:
         """Apply pending migrations in order; returns the versions applied."""
         conn = self.connection()
         try:
-            conn.executescript(_BOOTSTRAP)
+            if self.dialect == "postgresql":
+                # Replicas start together: create the base tables under the writers' lock.
+                with self.write() as tx:
+                    for statement in _statements(_BOOTSTRAP):
+                        tx.execute(statement)
+            else:
+                conn.executescript(_BOOTSTRAP)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         applied: list[int] = []
@@ -203,6 +226,15 @@ class Store:
 
     def ping(self) -> None:
         """Raise if the store cannot be read (used by /readyz)."""
+        if self.dialect == "postgresql":
+            from libs.common.pg import PgConnection
+
+            probe = PgConnection(self.url, connect_timeout=2)
+            try:
+                probe.execute("SELECT 1 FROM schema_migrations LIMIT 1").fetchall()
+            finally:
+                probe.close()
+            return
         conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=2)
         try:
             conn.execute("SELECT 1 FROM schema_migrations LIMIT 1").fetchall()
@@ -211,6 +243,8 @@ class Store:
 
     def backup(self, destination: Path) -> Path:
         """A consistent online copy of the database through SQLite's backup API."""
+        if self.dialect == "postgresql":
+            raise StoreError("backups of a PostgreSQL store are made with pg_dump, not by asset-manager")
         destination.parent.mkdir(parents=True, exist_ok=True)
         target = sqlite3.connect(destination)
         try:
