@@ -113,7 +113,7 @@ def _postgres_server_url() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_server() -> Iterator[str]:
     """A real PostgreSQL: the configured or local server, else a throwaway cluster from Debian's binaries."""
     import glob
     import shutil
@@ -127,7 +127,10 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not bins:
         pytest.skip("no PostgreSQL server answers and Debian's postgresql binaries are not installed")
     bindir = Path(bins[-1]).parent
-    data = tmp_path_factory.mktemp("pgdata")
+    import tempfile
+
+    # Not under pytest's tmp dir: its parents are private to root, and initdb runs as postgres.
+    data = Path(tempfile.mkdtemp(prefix="ams-pgdata-"))
     from libs.common.redis_server import free_port
 
     port = free_port()
@@ -144,6 +147,7 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], check=False,
                        capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture
