@@ -1,0 +1,235 @@
+"""Robust anomaly detection on a time series (row counts, durations), in the spirit of Elementary.
+
+The training set is the points of the training period before the point under test. The detector removes
+a linear trend (Theil-Sen slope, used only when it explains the data better) and, optionally, a
+day-of-week or hour-of-day profile (bucket medians), then scores the point by a robust z-score: its
+distance from the expected value in units of the residuals' scaled median absolute deviation. Medians
+make it robust to anomalies already in the history, so a past spike neither hides the next one nor
+raises a false alarm later. Everything is scale invariant: multiplying the series by a constant leaves
+every z-score unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+Direction = Literal["both", "spike", "drop"]
+SeasonalityKind = Literal["none", "day_of_week", "hour_of_day"]
+
+MAD_SCALE = 1.4826  # MAD of a normal distribution times this = its standard deviation
+# The spread never falls below this fraction of the expected level: a constant series does not turn every
+# sub-percent wiggle into an anomaly, and the floor scales with the series.
+RELATIVE_SPREAD_FLOOR = 0.005
+_MAX_SLOPE_POINTS = 24
+_DAY = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorConfig:
+    sensitivity: float = 3.0
+    direction: Direction = "both"
+    training_s: float = 30 * _DAY
+    min_training_size: int = 7
+    seasonality: SeasonalityKind = "none"
+    ignore_spike_pct: float = 0.0
+    ignore_drop_pct: float = 0.0
+    min_delta: float = 0.0
+    max_points: int = 400
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    """The verdict on one point; `anomaly` is None when there is too little training data to judge."""
+
+    value: float
+    anomaly: Literal["spike", "drop"] | None
+    enough_data: bool
+    training_size: int
+    expected: float | None = None
+    spread: float | None = None
+    z: float | None = None
+    lower: float | None = None
+    upper: float | None = None
+    change_pct: float | None = None
+    trend_per_day: float | None = None
+    seasonal: bool = False
+    note: str = ""
+
+
+def median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    n = len(ordered)
+    mid = n // 2
+    return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2.0
+
+
+def robust_location_scale(residuals: Sequence[float], cut: float = 3.5) -> tuple[float, float]:
+    """Mean and standard deviation of the residuals after dropping past anomalies.
+
+    Points further than `cut` scaled MADs from the median are excluded first (so outliers already in the
+    history do not inflate the spread); the rest get the ordinary, efficient mean and standard deviation.
+    When more than half the residuals are equal (MAD 0) the scaled mean absolute deviation is used.
+    """
+    center = median(residuals)
+    deviations = [abs(r - center) for r in residuals]
+    mad = median(deviations)
+    if mad == 0:
+        return center, 1.2533 * sum(deviations) / len(deviations)
+    limit = cut * MAD_SCALE * mad
+    kept = [r for r, d in zip(residuals, deviations, strict=True) if d <= limit]
+    if len(kept) < 3:
+        return center, MAD_SCALE * mad
+    mean = sum(kept) / len(kept)
+    var = sum((r - mean) ** 2 for r in kept) / (len(kept) - 1)
+    return mean, math.sqrt(var)
+
+
+def theil_sen_slope(ts: Sequence[float], vs: Sequence[float]) -> float:
+    """Median of pairwise slopes over at most `_MAX_SLOPE_POINTS` evenly spaced points."""
+    n = len(ts)
+    if n > _MAX_SLOPE_POINTS:
+        step = (n - 1) / (_MAX_SLOPE_POINTS - 1)
+        idx = [round(i * step) for i in range(_MAX_SLOPE_POINTS)]
+        ts = [ts[i] for i in idx]
+        vs = [vs[i] for i in idx]
+        n = len(ts)
+    slopes = [
+        (vs[j] - vs[i]) / (ts[j] - ts[i]) for i in range(n) for j in range(i + 1, n) if ts[j] != ts[i]
+    ]
+    return median(slopes) if slopes else 0.0
+
+
+def bucket_of(t: float, kind: SeasonalityKind) -> int:
+    """Day of week (Monday 0, UTC) or hour of day (UTC) of epoch time `t`; 0 without seasonality."""
+    if kind == "day_of_week":
+        return int((t // _DAY + 3) % 7)  # 1970-01-01 was a Thursday
+    if kind == "hour_of_day":
+        return int(t % _DAY // 3600)
+    return 0
+
+
+def _seasonal_fit(
+    ts: Sequence[float], resid: Sequence[float], kind: SeasonalityKind
+) -> tuple[dict[int, float], dict[int, int], list[float]]:
+    """Per-bucket offsets, bucket sizes, and deseasonalized residuals.
+
+    A first pass with bucket medians finds the outliers; the offsets are then the means of each bucket
+    without them (a mean from k points is about pi/2 times more precise than a median).
+    """
+    buckets = [bucket_of(t, kind) for t in ts]
+    groups: dict[int, list[float]] = {}
+    for b, r in zip(buckets, resid, strict=True):
+        groups.setdefault(b, []).append(r)
+    first = {b: median(vals) for b, vals in groups.items()}
+    adjusted = [r - first[b] for b, r in zip(buckets, resid, strict=True)]
+    center = median(adjusted)
+    mad = median([abs(a - center) for a in adjusted])
+    limit = 3.5 * MAD_SCALE * mad if mad > 0 else math.inf
+    kept: dict[int, list[float]] = {}
+    for b, r, a in zip(buckets, resid, adjusted, strict=True):
+        if abs(a - center) <= limit:
+            kept.setdefault(b, []).append(r)
+    offsets = {b: (sum(kept[b]) / len(kept[b]) if kept.get(b) else first[b]) for b in groups}
+    sizes = {b: len(kept.get(b, ())) for b in groups}
+    return offsets, sizes, [r - offsets[b] for b, r in zip(buckets, resid, strict=True)]
+
+
+def score(history: Sequence[tuple[float, float]], point: tuple[float, float], cfg: DetectorConfig) -> Score:
+    """Score `point` = (time, value) against the `history` points (time, value) before it."""
+    t_now, value = point
+    # Weekday profiles need several weeks: at least 8 points per weekday.
+    training_s = max(cfg.training_s, 56 * _DAY) if cfg.seasonality == "day_of_week" else cfg.training_s
+    start = t_now - training_s
+    train = [(t, v) for t, v in history if start <= t < t_now and math.isfinite(v)]
+    if len(train) > cfg.max_points:
+        train = train[-cfg.max_points :]
+    n = len(train)
+    if n < cfg.min_training_size:
+        return Score(value, None, False, n, note=f"{n} of {cfg.min_training_size} training points")
+    ts = [t for t, _ in train]
+    # Volumes and durations vary multiplicatively (a weekend at 60 %, noise of a few percent, growth of a
+    # percent a day): on a log scale those become additive and the spread comparable across the week.
+    use_log = value > 0 and all(v > 0 for _, v in train)
+    vs = [math.log(v) for _, v in train] if use_log else [v for _, v in train]
+    train = list(zip(ts, vs, strict=True))
+    observed = math.log(value) if use_log else value
+    seasonal = cfg.seasonality != "none"
+    bucket_now = bucket_of(t_now, cfg.seasonality)
+
+    def fit(slope: float) -> tuple[float, float, int, list[float]]:
+        """Expected value at t_now, residual sigma, points in t_now's bucket, residuals."""
+        t_ref = ts[-1]
+        detrended = [v - slope * (t - t_ref) for t, v in train]
+        if seasonal:
+            offsets, sizes, resid = _seasonal_fit(ts, detrended, cfg.seasonality)
+            offset, k = offsets.get(bucket_now), sizes.get(bucket_now, 0)
+        else:
+            resid, offset, k = detrended, 0.0, n
+        center, sigma = robust_location_scale(resid)
+        expected = center + (offset or 0.0) + slope * (t_now - t_ref)
+        return expected, sigma, k, resid
+
+    flat = fit(0.0)
+    slope = theil_sen_slope(ts, vs) if n >= 8 else 0.0
+    chosen, trend = flat, 0.0
+    if slope != 0.0:
+        trended = fit(slope)
+        # A trend is used only when it clearly explains the data: a noisy slope extrapolated to the point
+        # under test would otherwise add error of its own.
+        if trended[1] < 0.85 * flat[1]:
+            chosen, trend = trended, slope
+    expected, sigma, k, _ = chosen
+    if seasonal and k < 2:
+        return Score(value, None, False, n, seasonal=True, note=f"{k} training points share this point's season")
+    # The expected value is itself estimated: widen the spread by its error (a prediction interval).
+    # A bucket mean from k points understates the residuals and carries 1 / k of a point's variance; a
+    # slope extrapolated to the end of the window about 4 / n.
+    inflation = 1 + 1 / n + (4 / n if trend else 0.0)
+    if seasonal:
+        inflation += 1 / k
+        sigma *= math.sqrt(k / (k - 1))
+    sigma *= math.sqrt(inflation)
+    if use_log:
+        spread = max(sigma, math.log1p(RELATIVE_SPREAD_FLOOR))
+        deviation = observed - expected
+        lower, upper = math.exp(expected - cfg.sensitivity * spread), math.exp(expected + cfg.sensitivity * spread)
+        expected = math.exp(expected)
+    else:
+        spread = max(sigma, RELATIVE_SPREAD_FLOOR * abs(expected))
+        deviation = observed - expected
+        lower, upper = expected - cfg.sensitivity * spread, expected + cfg.sensitivity * spread
+    level = abs(expected)
+    diff = value - expected
+    change_pct = (100.0 * diff / level) if level > 0 else None
+    if spread > 0:
+        z: float | None = deviation / spread
+    else:  # a series of constant zeros: any other value stands out, by how much is undefined
+        z = None if deviation else 0.0
+    beyond = abs(deviation) > cfg.sensitivity * spread if spread > 0 else deviation != 0
+    anomaly: Literal["spike", "drop"] | None = None
+    if beyond and abs(diff) >= cfg.min_delta:
+        kind: Literal["spike", "drop"] = "spike" if diff > 0 else "drop"
+        wanted = cfg.direction == "both" or cfg.direction == kind
+        small = change_pct is not None and (
+            (kind == "spike" and change_pct < cfg.ignore_spike_pct)
+            or (kind == "drop" and -change_pct < cfg.ignore_drop_pct)
+        )
+        if wanted and not small:
+            anomaly = kind
+    return Score(
+        value,
+        anomaly,
+        True,
+        n,
+        expected=expected,
+        spread=spread * level if use_log else spread,
+        z=z,
+        lower=lower,
+        upper=upper,
+        change_pct=change_pct,
+        trend_per_day=(math.expm1(trend * _DAY) * level if use_log else trend * _DAY) if trend else None,
+        seasonal=seasonal,
+    )

@@ -1,0 +1,484 @@
+"""The health engine: records each batch of events in health.db, re-evaluates every asset the batch
+touched (once per batch), and stages a health.changed event when an asset's health signature changes.
+
+One lock serialises the consume loop and the periodic jobs (time-driven evaluation, retention), so both
+see the same in-memory copy of the history. The copy is a cache of health.db: it is discarded whenever a
+transaction fails, and rebuilt from the store on demand.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from libs.common import outbox
+from libs.common.bus import Delivery
+from libs.common.events import (
+    HEALTH,
+    AssetChanged,
+    AssetMaterializationFailed,
+    AssetMaterialized,
+    AssetSpecData,
+    CheckResult,
+    Event,
+    HealthChanged,
+    HealthChangedData,
+    HealthStatus,
+    RunEvent,
+    new_event,
+)
+from libs.common.log import get_logger
+from libs.common.settings import Settings
+from libs.common.store import Store
+from services.health import metrics
+from services.health.evaluators import EXECUTION, FRESHNESS, evaluate, health_status, reasons_of, signature
+from services.health.model import TERMINAL, AssetHistory, Execution, Failure, Materialization, UpstreamState
+from services.health.store import all_asset_keys, columns_json, load_history, prune
+from services.health.thresholds import Resolved, resolve
+
+log = get_logger(__name__)
+SOURCE = "health"
+_MAX_CACHED_ASSETS = 20_000
+
+
+@dataclass(slots=True)
+class HealthState:
+    """The last evaluation of one asset as stored in asset_health / check_results."""
+
+    status: HealthStatus = "UNKNOWN"
+    signature: str = "UNKNOWN|"
+    transitions: int = 0
+    outcomes: dict[str, str] = field(default_factory=dict)
+    stored: bool = False
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    key: str
+    status: HealthStatus
+    results: list[CheckResult]
+    changed: bool
+
+
+def _ts(event: Event) -> float:
+    return event.occurred_at.timestamp()
+
+
+class HealthEngine:
+    """Keeps health.db and decides health; `handle` is the consumer's handler."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        report: Callable[[str, Sequence[CheckResult]], None] | None = None,
+        on_staged: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.cfg = settings.health
+        self.clock = clock
+        self.report = report
+        self.on_staged = on_staged
+        self.lock = threading.RLock()
+        self._histories: OrderedDict[str, AssetHistory] = OrderedDict()
+        self._states: dict[str, HealthState] = {}
+        self._resolved: dict[str, tuple[AssetSpecData | None, Resolved]] = {}
+
+    # -- cache -------------------------------------------------------------------------------------------
+
+    def _forget(self) -> None:
+        self._histories.clear()
+        self._states.clear()
+        self._resolved.clear()
+
+    def _history(self, conn: sqlite3.Connection, key: str) -> AssetHistory:
+        history = self._histories.get(key)
+        if history is None:
+            history = load_history(conn, key, self.cfg.history_limit)
+            self._histories[key] = history
+            if len(self._histories) > _MAX_CACHED_ASSETS:
+                evicted, _ = self._histories.popitem(last=False)
+                self._resolved.pop(evicted, None)
+        else:
+            self._histories.move_to_end(key)
+        return history
+
+    def _state(self, conn: sqlite3.Connection, key: str) -> HealthState:
+        state = self._states.get(key)
+        if state is None:
+            state = HealthState()
+            row = conn.execute("SELECT status, signature, transitions FROM asset_health WHERE asset_key = ?", (key,)).fetchone()
+            if row is not None:
+                state = HealthState(row[0], row[1], row[2], stored=True)
+                state.outcomes = dict(
+                    conn.execute("SELECT check_name, outcome FROM check_results WHERE asset_key = ?", (key,)).fetchall()
+                )
+            self._states[key] = state
+        return state
+
+    def _resolve(self, history: AssetHistory) -> Resolved:
+        cached = self._resolved.get(history.key)
+        if cached is not None and cached[0] is history.spec:
+            return cached[1]
+        resolved = resolve(self.cfg, history.spec)
+        for problem in resolved.problems:
+            log.warning("asset_threshold_ignored", asset=history.key, problem=problem)
+        self._resolved[history.key] = (history.spec, resolved)
+        return resolved
+
+    # -- the handler -------------------------------------------------------------------------------------
+
+    def handle(self, deliveries: list[Delivery]) -> None:
+        """Record a batch (dedupe by event id), evaluate the touched assets, stage transitions; one commit."""
+        if not deliveries:
+            return
+        events = [d.event for d in deliveries]
+        with self.lock:
+            now = self.clock()
+            try:
+                with self.store.write() as conn:
+                    fresh = Store.claim_events(conn, [e.id for e in events])
+                    new = [e for e in events if e.id in fresh]
+                    touched = self._record(conn, new)
+                    evaluations = self._evaluate(conn, touched, now) if touched else []
+            except BaseException:
+                self._forget()
+                raise
+        handled = time.time()
+        for delivery in deliveries:
+            if delivery.event.id in fresh:
+                metrics.EVENT_LAG_SECONDS.labels(stream=delivery.stream).observe(max(0.0, handled - _ts(delivery.event)))
+        self._after_commit(evaluations, report_all=True)
+
+    def _record(self, conn: sqlite3.Connection, events: Sequence[Event]) -> list[str]:
+        """Write the events' facts to health.db and the cache; returns the asset keys to re-evaluate."""
+        runs: list[RunEvent] = []
+        mats: list[AssetMaterialized] = []
+        fails: list[AssetMaterializationFailed] = []
+        changes: list[AssetChanged] = []
+        for event in events:
+            if isinstance(event, AssetMaterialized):
+                mats.append(event)
+            elif isinstance(event, RunEvent):
+                runs.append(event)
+            elif isinstance(event, AssetMaterializationFailed):
+                fails.append(event)
+            elif isinstance(event, AssetChanged):
+                changes.append(event)
+        touched: dict[str, None] = {}
+        for m in mats:
+            touched[m.data.asset_key] = None
+        for f in fails:
+            touched[f.data.asset_key] = None
+        for r in runs:
+            for key in r.data.asset_keys:
+                touched[key] = None
+        for c in changes:
+            touched[c.data.spec.key] = None
+        # Load what the store held before this batch, then add the batch to both.
+        histories = {key: self._history(conn, key) for key in touched}
+        if changes:
+            self._record_changes(conn, changes, histories)
+        if runs:
+            self._record_runs(conn, runs, histories)
+        if mats:
+            self._record_materializations(conn, mats, histories)
+        if fails:
+            self._record_failures(conn, fails, histories)
+        limit = self.cfg.history_limit
+        for history in histories.values():
+            for name in ("materializations", "executions", "failures"):
+                items = getattr(history, name)
+                if len(items) > limit:
+                    del items[: len(items) - limit]
+        # Downstream assets judge their upstreams: a registration, retirement or failure changes them too.
+        for key in list(touched):
+            spec = histories[key].spec
+            if spec is not None:
+                for down in spec.downstream:
+                    touched.setdefault(down, None)
+        return list(touched)
+
+    def _record_changes(
+        self, conn: sqlite3.Connection, changes: Sequence[AssetChanged], histories: dict[str, AssetHistory]
+    ) -> None:
+        now = time.time()
+        rows = []
+        for c in sorted(changes, key=lambda c: c.data.version):
+            spec = c.data.spec
+            retired_at = c.data.retired_at.timestamp() if c.data.retired_at else (_ts(c) if c.type == "asset.retired" else None)
+            rows.append((spec.key, c.data.version, spec.group, spec.model_dump_json(), retired_at, _ts(c), now))
+            history = histories[spec.key]
+            current = history.spec
+            if current is None or c.data.version >= self._spec_version(conn, spec.key, c.data.version):
+                history.spec = spec
+                history.retired = retired_at is not None
+                if history.registered_at is None:
+                    history.registered_at = _ts(c)
+        # An older version arriving late never replaces a newer one.
+        conn.executemany(
+            "INSERT INTO asset_specs (asset_key, version, group_name, spec, retired_at, registered_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (asset_key) DO UPDATE SET version = excluded.version, "
+            "group_name = excluded.group_name, spec = excluded.spec, retired_at = excluded.retired_at, "
+            "updated_at = excluded.updated_at WHERE excluded.version >= asset_specs.version",
+            rows,
+        )
+
+    @staticmethod
+    def _spec_version(conn: sqlite3.Connection, key: str, default: int) -> int:
+        row = conn.execute("SELECT version FROM asset_specs WHERE asset_key = ?", (key,)).fetchone()
+        return int(row[0]) if row is not None else default
+
+    def _record_runs(self, conn: sqlite3.Connection, runs: Sequence[RunEvent], histories: dict[str, AssetHistory]) -> None:
+        now = time.time()
+        rows = []
+        for r in runs:
+            d = r.data
+            started = d.started_at.timestamp() if d.started_at else (_ts(r) if d.status == "STARTED" else None)
+            ended = d.ended_at.timestamp() if d.ended_at else (_ts(r) if d.status in TERMINAL else None)
+            duration = d.duration_s
+            if duration is None and started is not None and ended is not None:
+                duration = max(0.0, ended - started)
+            for key in d.asset_keys:
+                rows.append((key, d.run_id, d.job_name, d.status, started, ended, duration, d.error, d.partition, now))
+                incoming = Execution(d.run_id, d.status, started, ended, duration, d.error, d.partition)
+                executions = histories[key].executions
+                for i, existing in enumerate(executions):
+                    if existing.run_id == d.run_id:
+                        del executions[i]
+                        incoming = _merge(existing, incoming)
+                        break
+                bisect.insort(executions, incoming, key=lambda e: e.at)
+        # A late run.started never downgrades a finished run; known timings are kept.
+        conn.executemany(
+            "INSERT INTO executions (asset_key, run_id, job_name, status, started_at, ended_at, duration_s, error, "
+            "partition, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (asset_key, run_id) DO UPDATE SET "
+            "status = CASE WHEN excluded.status = 'STARTED' THEN executions.status ELSE excluded.status END, "
+            "started_at = COALESCE(executions.started_at, excluded.started_at), "
+            "ended_at = COALESCE(excluded.ended_at, executions.ended_at), "
+            "duration_s = COALESCE(excluded.duration_s, executions.duration_s), "
+            "error = COALESCE(excluded.error, executions.error), updated_at = excluded.updated_at",
+            rows,
+        )
+
+    def _record_materializations(
+        self, conn: sqlite3.Connection, mats: Sequence[AssetMaterialized], histories: dict[str, AssetHistory]
+    ) -> None:
+        rows = []
+        for m in mats:
+            d = m.data
+            columns = tuple((c.name, c.type) for c in d.column_schema) if d.column_schema is not None else None
+            record = Materialization(_ts(m), d.run_id, d.row_count, d.duration_s, columns, d.partition, d.storage_id)
+            rows.append((m.id, d.asset_key, d.run_id, d.storage_id, d.partition, d.row_count, d.duration_s,
+                         columns_json(columns), record.at))
+            items = histories[d.asset_key].materializations
+            if items and items[-1].at > record.at:
+                bisect.insort(items, record, key=lambda x: x.at)
+            else:
+                items.append(record)
+        conn.executemany(
+            "INSERT OR IGNORE INTO materializations (event_id, asset_key, run_id, storage_id, partition, row_count, "
+            "duration_s, column_schema, occurred_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    def _record_failures(
+        self, conn: sqlite3.Connection, fails: Sequence[AssetMaterializationFailed], histories: dict[str, AssetHistory]
+    ) -> None:
+        rows = []
+        for f in fails:
+            d = f.data
+            rows.append((f.id, d.asset_key, d.run_id, d.storage_id, d.partition, d.error, _ts(f)))
+            bisect.insort(histories[d.asset_key].failures, Failure(_ts(f), d.run_id, d.error, d.partition), key=lambda x: x.at)
+        conn.executemany(
+            "INSERT OR IGNORE INTO materialization_failures (event_id, asset_key, run_id, storage_id, partition, error, "
+            "occurred_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    # -- evaluation --------------------------------------------------------------------------------------
+
+    def _upstreams(self, conn: sqlite3.Connection, history: AssetHistory) -> dict[str, UpstreamState]:
+        states: dict[str, UpstreamState] = {}
+        if history.spec is None:
+            return states
+        for key in history.spec.upstream:
+            up = self._history(conn, key)
+            st = self._state(conn, key)
+            last = up.last_materialization
+            states[key] = UpstreamState(
+                key=key,
+                registered=up.spec is not None,
+                retired=up.retired,
+                status=st.status,
+                execution_failed=st.outcomes.get(EXECUTION) == "error",
+                stale=st.outcomes.get(FRESHNESS, "passed") != "passed",
+                last_materialized_at=last.at if last else None,
+                last_run_id=last.run_id if last else None,
+            )
+        return states
+
+    def _evaluate(self, conn: sqlite3.Connection, keys: Iterable[str], now: float) -> list[Evaluation]:
+        """Evaluate `keys` (then, once, the downstream of those whose health changed); stage transitions."""
+        evaluations: list[Evaluation] = []
+        done: set[str] = set()
+        queue = list(dict.fromkeys(keys))
+        check_rows: list[tuple[str, str, str, str, str, float]] = []
+        health_rows: list[tuple[str, str, str, str, int, float, float]] = []
+        transition_rows: list[tuple[str, int, str, str, str, str, float]] = []
+        staged: list[Event] = []
+        second_pass: list[str] = []
+        for pass_keys in (queue, second_pass):
+            for key in pass_keys:
+                if key in done:
+                    continue
+                done.add(key)
+                ev = self._evaluate_one(conn, key, now, check_rows, health_rows, transition_rows, staged)
+                evaluations.append(ev)
+                if ev.changed and pass_keys is queue:
+                    spec = self._histories[key].spec
+                    if spec is not None:
+                        second_pass.extend(d for d in spec.downstream if d not in done)
+        conn.executemany(
+            "INSERT INTO check_results (asset_key, check_name, outcome, reason, check_values, evaluated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (asset_key, check_name) DO UPDATE SET outcome = excluded.outcome, "
+            "reason = excluded.reason, check_values = excluded.check_values, evaluated_at = excluded.evaluated_at",
+            check_rows,
+        )
+        conn.executemany(
+            "INSERT INTO asset_health (asset_key, status, signature, reasons, transitions, evaluated_at, changed_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (asset_key) DO UPDATE SET status = excluded.status, "
+            "signature = excluded.signature, reasons = excluded.reasons, transitions = excluded.transitions, "
+            "evaluated_at = excluded.evaluated_at, changed_at = CASE WHEN excluded.signature = asset_health.signature "
+            "THEN asset_health.changed_at ELSE excluded.changed_at END",
+            health_rows,
+        )
+        if transition_rows:
+            conn.executemany(
+                "INSERT OR IGNORE INTO health_transitions (asset_key, transition, status, previous_status, reasons, "
+                "event_id, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                transition_rows,
+            )
+        if staged:
+            outbox.stage(conn, HEALTH, staged)
+        return evaluations
+
+    def _evaluate_one(
+        self,
+        conn: sqlite3.Connection,
+        key: str,
+        now: float,
+        check_rows: list[tuple[str, str, str, str, str, float]],
+        health_rows: list[tuple[str, str, str, str, int, float, float]],
+        transition_rows: list[tuple[str, int, str, str, str, str, float]],
+        staged: list[Event],
+    ) -> Evaluation:
+        started = time.perf_counter()
+        history = self._history(conn, key)
+        resolved = self._resolve(history)
+        results = evaluate(history, resolved, now, self._upstreams(conn, history))
+        status = health_status(results, has_data=history.has_data, retired=history.retired)
+        metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
+        for r in results:
+            metrics.CHECK_RESULTS.labels(check=r.check, outcome=r.outcome).inc()
+            check_rows.append((key, r.check, r.outcome, r.reason, json.dumps(r.values), now))
+        state = self._state(conn, key)
+        sig = signature(status, results)
+        reasons = reasons_of(results, status, retired=history.retired)
+        changed = sig != state.signature
+        if changed:
+            previous = state.status
+            state.transitions += 1
+            spec = history.spec
+            outcomes_before = state.outcomes
+            data = HealthChangedData(
+                asset_key=key,
+                status=status,
+                previous_status=previous,
+                checks=results,
+                reasons=reasons,
+                evaluated_at=datetime.fromtimestamp(now, UTC),
+                owners=list(spec.owners) if spec else [],
+                downstream=list(spec.downstream) if spec else [],
+                transition=state.transitions,
+                group=spec.group if spec else None,
+                changed_checks=[r.check for r in results if outcomes_before.get(r.check, "passed") != r.outcome],
+            )
+            event = new_event(HealthChanged, "health.changed", identity=f"{key}:{state.transitions}", data=data, source=SOURCE)
+            staged.append(event)
+            transition_rows.append((key, state.transitions, status, previous, json.dumps(reasons), event.id, now))
+            metrics.TRANSITIONS.labels(status=status).inc()
+            state.status = status
+            state.signature = sig
+        state.outcomes = {r.check: r.outcome for r in results}
+        state.stored = True
+        health_rows.append((key, status, sig, json.dumps(reasons), state.transitions, now, now))
+        return Evaluation(key, status, results, changed)
+
+    def _after_commit(self, evaluations: Sequence[Evaluation], *, report_all: bool) -> None:
+        if any(e.changed for e in evaluations) and self.on_staged is not None:
+            self.on_staged()
+        if self.report is not None:
+            for e in evaluations:
+                if report_all or e.changed:
+                    self.report(e.key, e.results)
+        if evaluations:
+            self.update_status_gauge()
+
+    # -- periodic jobs -----------------------------------------------------------------------------------
+
+    def evaluate_all(self) -> int:
+        """Re-evaluate every asset now (freshness and running-time limits move with the clock); returns
+        how many transitions were staged."""
+        with self.lock:
+            now = self.clock()
+            try:
+                with self.store.write() as conn:
+                    evaluations = self._evaluate(conn, all_asset_keys(conn), now)
+            except BaseException:
+                self._forget()
+                raise
+        self._after_commit(evaluations, report_all=False)
+        return sum(e.changed for e in evaluations)
+
+    def retention(self) -> dict[str, int]:
+        """Delete history older than `health.retention_days`; the cache is rebuilt from what is left."""
+        with self.lock:
+            deleted = prune(self.store, self.cfg.retention_days, now=self.clock())
+            self._forget()
+        if any(deleted.values()):
+            log.info("health_retention", deleted=deleted)
+        return deleted
+
+    def update_status_gauge(self) -> None:
+        """Set the assets-by-status gauge from health.db."""
+        counts = dict.fromkeys(("HEALTHY", "WARNING", "DEGRADED", "FAILED", "UNKNOWN"), 0)
+        for status, n in self.store.connection().execute("SELECT status, COUNT(*) FROM asset_health GROUP BY status"):
+            counts[status] = n
+        for status, n in counts.items():
+            metrics.ASSETS_BY_STATUS.labels(status=status).set(n)
+
+
+def _merge(old: Execution, new: Execution) -> Execution:
+    """Combine two descriptions of one run: a late STARTED never undoes a finish; known timings stay."""
+    status = old.status if new.status == "STARTED" else new.status
+    return Execution(
+        run_id=old.run_id,
+        status=status,
+        started_at=old.started_at if old.started_at is not None else new.started_at,
+        ended_at=new.ended_at if new.ended_at is not None else old.ended_at,
+        duration_s=new.duration_s if new.duration_s is not None else old.duration_s,
+        error=new.error or old.error,
+        partition=new.partition or old.partition,
+    )
+

@@ -1,0 +1,492 @@
+"""The health evaluators: pure functions of an asset's history and its thresholds, each returning one
+`CheckResult` (passed / warn / error, a human reason, the numbers behind it), and the asset's health as
+the worst of them."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import JsonValue
+
+from libs.common.events import CHECK_NAMES, CheckOutcome, CheckResult, HealthStatus
+from libs.common.settings import HealthThresholds
+from services.health.anomaly import DetectorConfig, Score, score
+from services.health.model import AssetHistory, Execution, UpstreamState
+from services.health.thresholds import Resolved
+
+EXECUTION, VOLUME, DURATION, FRESHNESS, DEPENDENCIES, SCHEMA = CHECK_NAMES
+_RANK: dict[str, int] = {"passed": 0, "warn": 1, "error": 2}
+_DAY = 86400.0
+
+
+def _result(check: str, outcome: CheckOutcome, reason: str, **values: Any) -> CheckResult:
+    clean: dict[str, JsonValue] = {}
+    for name, value in values.items():
+        if value is None:
+            continue
+        clean[name] = round(value, 6) if isinstance(value, float) else value
+    return CheckResult(check=check, outcome=outcome, reason=reason, values=clean)
+
+
+def when(t: float | None) -> str:
+    """An epoch time as `2026-11-27 21:05Z`."""
+    if t is None:
+        return "never"
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%MZ")
+
+
+def human_s(seconds: float) -> str:
+    """A duration as `45s`, `12m`, `3.5h`, `2.1d`."""
+    seconds = abs(seconds)
+    if seconds < 90:
+        return f"{seconds:.0f}s" if seconds >= 10 else f"{seconds:.1f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 2 * _DAY:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / _DAY:.1f}d"
+
+
+def _num(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}"
+
+
+# -- execution status -------------------------------------------------------------------------------
+
+
+def run_outcomes(history: AssetHistory) -> list[tuple[float, str, str, str | None]]:
+    """(time, run id, SUCCESS|FAILURE|CANCELED, error) of each finished run of the asset, oldest first.
+
+    A run counts as a success for this asset when the asset materialized in it and no failed
+    materialization of the asset is on record for it, even if the run failed elsewhere.
+    """
+    by_run: dict[str, tuple[float, str, str | None]] = {}
+    materialized = {m.run_id: m.at for m in history.materializations}
+    for e in history.executions:
+        if e.status == "STARTED":
+            continue
+        status = e.status
+        if status == "FAILURE" and e.run_id in materialized:
+            status = "SUCCESS"
+        by_run[e.run_id] = (e.at, status, e.error)
+    for run_id, at in materialized.items():
+        if run_id not in by_run:
+            by_run[run_id] = (at, "SUCCESS", None)
+    for f in history.failures:
+        prior = by_run.get(f.run_id)
+        by_run[f.run_id] = (max(f.at, prior[0]) if prior else f.at, "FAILURE", f.error or (prior[2] if prior else None))
+    return sorted(((at, run, status, err) for run, (at, status, err) in by_run.items()), key=lambda r: r[0])
+
+
+def execution_status(history: AssetHistory, th: HealthThresholds) -> CheckResult:
+    """Error when the asset's last run failed (naming the streak); a canceled last run per `canceled_run`."""
+    outcomes = run_outcomes(history)
+    running = [e.run_id for e in history.executions if e.status == "STARTED"]
+    if not outcomes:
+        return _result(EXECUTION, "passed", "no finished run on record", running=running or None)
+    at, run_id, status, error = outcomes[-1]
+    streak = 0
+    for _, _, s, _ in reversed(outcomes):
+        if s != status:
+            break
+        streak += 1
+    last_success = next((o[0] for o in reversed(outcomes) if o[2] == "SUCCESS"), None)
+    values: dict[str, Any] = {
+        "last_run_id": run_id,
+        "last_status": status,
+        "last_run_at": when(at),
+        "consecutive": streak,
+        "last_success_at": when(last_success) if last_success else None,
+        "runs": len(outcomes),
+    }
+    if status == "FAILURE":
+        times = f"{streak} consecutive failures" if streak > 1 else "first failure"
+        detail = f": {error.strip().splitlines()[0][:200]}" if error and error.strip() else ""
+        since = f"; last success {when(last_success)}" if last_success else "; no success on record"
+        return _result(EXECUTION, "error", f"run {run_id[:8]} failed at {when(at)} ({times}{since}){detail}", **values)
+    if status == "CANCELED" and th.canceled_run != "ignore":
+        return _result(EXECUTION, th.canceled_run, f"run {run_id[:8]} was canceled at {when(at)}", **values)
+    return _result(EXECUTION, "passed", f"last run {run_id[:8]} succeeded at {when(at)}", **values)
+
+
+# -- volume and duration anomalies --------------------------------------------------------------------
+
+
+def _anomaly_result(check: str, s: Score, severity: CheckOutcome, what: str, unit: str, sensitivity: float) -> CheckResult:
+    values: dict[str, Any] = {
+        "value": s.value,
+        "expected": s.expected,
+        "lower": s.lower,
+        "upper": s.upper,
+        "z_score": s.z,
+        "sensitivity": sensitivity,
+        "change_pct": s.change_pct,
+        "training_size": s.training_size,
+        "trend_per_day": s.trend_per_day,
+        "seasonal": s.seasonal or None,
+    }
+    if not s.enough_data:
+        return _result(check, "passed", f"not enough history to judge {what} yet ({s.note})", **values)
+    assert s.expected is not None and s.lower is not None and s.upper is not None
+    band = f"expected {_num(s.expected)}{unit} (normal {_num(max(s.lower, 0))} to {_num(s.upper)}{unit}, {s.training_size} runs)"
+    if s.anomaly is None:
+        return _result(check, "passed", f"{what} {_num(s.value)}{unit} is normal: {band}", **values)
+    z = f"z={s.z:+.1f}" if s.z is not None else "constant history"
+    change = f", {s.change_pct:+.0f}%" if s.change_pct is not None else ""
+    word = "spike" if s.anomaly == "spike" else "drop"
+    reason = f"{what} {word}: {_num(s.value)}{unit} vs {band}; {z}{change}, beyond sensitivity {sensitivity:g}"
+    return _result(check, severity, reason, direction=s.anomaly, **values)
+
+
+def volume_config(th: HealthThresholds, max_points: int = 400) -> DetectorConfig:
+    return DetectorConfig(
+        sensitivity=th.volume_sensitivity,
+        direction=th.volume_direction,
+        training_s=th.volume_training_days * _DAY,
+        min_training_size=th.volume_min_training_size,
+        seasonality=th.volume_seasonality,
+        ignore_spike_pct=th.volume_ignore_small_spike_pct,
+        ignore_drop_pct=th.volume_ignore_small_drop_pct,
+        max_points=max_points,
+    )
+
+
+def duration_config(th: HealthThresholds, max_points: int = 400) -> DetectorConfig:
+    return DetectorConfig(
+        sensitivity=th.duration_sensitivity,
+        direction=th.duration_direction,
+        training_s=th.duration_training_days * _DAY,
+        min_training_size=th.duration_min_training_size,
+        seasonality=th.duration_seasonality,
+        ignore_spike_pct=th.duration_ignore_small_spike_pct,
+        ignore_drop_pct=th.duration_ignore_small_drop_pct,
+        min_delta=th.duration_min_delta_s,
+        max_points=max_points,
+    )
+
+
+def volume_anomaly(history: AssetHistory, th: HealthThresholds) -> CheckResult:
+    """Row count of the latest materialization against its training window; zero rows is its own finding."""
+    series = [(m.at, float(m.row_count)) for m in history.materializations if m.row_count is not None]
+    if not series:
+        return _result(VOLUME, "passed", "no row count reported (add dagster/row_count metadata to judge volume)")
+    *past, (t_now, value) = series
+    if value == 0 and th.zero_rows != "ignore":
+        recent = [v for t, v in past if t >= t_now - th.volume_training_days * _DAY]
+        nonzero = [v for v in recent if v > 0]
+        # Zero is a finding where the asset usually has rows (not if most past runs were empty too).
+        if nonzero and len(nonzero) * 2 > len(recent):
+            return _result(
+                VOLUME,
+                th.zero_rows,
+                f"zero rows materialized at {when(t_now)}; the last {len(recent)} runs had a median of "
+                f"{_num(sorted(nonzero)[len(nonzero) // 2])} rows",
+                value=0,
+                zero_rows=True,
+                training_size=len(recent),
+            )
+    s = score(past, (t_now, value), volume_config(th))
+    return _anomaly_result(VOLUME, s, th.volume_severity, "row count", "", th.volume_sensitivity)
+
+
+def duration_series(history: AssetHistory) -> list[tuple[float, float]]:
+    """(time, seconds) of each successful materialization: its own duration, else its run's."""
+    runs: dict[str, Execution] = {e.run_id: e for e in history.executions}
+    series: list[tuple[float, float]] = []
+    for m in history.materializations:
+        d = m.duration_s
+        if d is None:
+            run = runs.get(m.run_id)
+            d = run.duration_s if run is not None and run.status == "SUCCESS" else None
+        if d is not None:
+            series.append((m.at, d))
+    return series
+
+
+def duration_anomaly(history: AssetHistory, th: HealthThresholds, now: float) -> CheckResult:
+    """Duration of the latest run against its training window, plus the absolute `duration_max_s`."""
+    if th.duration_max_s is not None:
+        for e in history.executions:
+            if e.status == "STARTED" and e.started_at is not None and now - e.started_at > th.duration_max_s:
+                return _result(
+                    DURATION,
+                    "error",
+                    f"run {e.run_id[:8]} has been running {human_s(now - e.started_at)}, over the maximum "
+                    f"{human_s(th.duration_max_s)}",
+                    running_s=now - e.started_at,
+                    max_s=th.duration_max_s,
+                )
+    series = duration_series(history)
+    if not series:
+        return _result(DURATION, "passed", "no run duration on record")
+    *past, (t_now, value) = series
+    if th.duration_max_s is not None and value > th.duration_max_s:
+        return _result(
+            DURATION,
+            "error",
+            f"last run took {human_s(value)}, over the maximum {human_s(th.duration_max_s)}",
+            value=value,
+            max_s=th.duration_max_s,
+        )
+    s = score(past, (t_now, value), duration_config(th))
+    return _anomaly_result(DURATION, s, th.duration_severity, "duration", "s", th.duration_sensitivity)
+
+
+# -- freshness ------------------------------------------------------------------------------------------
+
+
+def learned_cadence(times: Sequence[float], window: int = 30) -> tuple[float | None, int]:
+    """Median interval between the last `window` materializations (bursts under a minute count as one)."""
+    recent = list(times[-(window + 1) :])
+    intervals = [b - a for a, b in itertools.pairwise(recent) if b - a >= 60]
+    if not intervals:
+        return None, 0
+    ordered = sorted(intervals)
+    return ordered[len(ordered) // 2], len(intervals)
+
+
+def freshness(history: AssetHistory, resolved: Resolved, now: float) -> CheckResult:
+    """Age of the latest materialization against the explicit max lag, else the learned cadence."""
+    th = resolved.thresholds
+    last = history.last_materialization
+    explicit = th.freshness_max_lag
+    if last is None:
+        if explicit is not None and history.registered_at is not None and now - history.registered_at > explicit:
+            return _result(
+                FRESHNESS,
+                "warn",
+                f"never materialized, registered {human_s(now - history.registered_at)} ago "
+                f"(max lag {human_s(explicit)} from {resolved.source('freshness_max_lag')})",
+                max_lag_s=explicit,
+            )
+        return _result(FRESHNESS, "passed", "no materialization yet")
+    age = max(0.0, now - last.at)
+    if explicit is not None:
+        origin = resolved.source("freshness_max_lag")
+        values = {"age_s": age, "max_lag_s": explicit, "warn_lag_s": th.freshness_warn_lag, "policy": origin}
+        if age > explicit:
+            return _result(
+                FRESHNESS, "error",
+                f"stale: last materialized {human_s(age)} ago at {when(last.at)}, max lag {human_s(explicit)} ({origin})",
+                **values,
+            )
+        if th.freshness_warn_lag is not None and age > th.freshness_warn_lag:
+            return _result(
+                FRESHNESS, "warn",
+                f"getting stale: last materialized {human_s(age)} ago, warn after {human_s(th.freshness_warn_lag)}",
+                **values,
+            )
+        return _result(FRESHNESS, "passed", f"fresh: materialized {human_s(age)} ago (max lag {human_s(explicit)})", **values)
+    cadence, intervals = learned_cadence([m.at for m in history.materializations])
+    if cadence is None or intervals < th.freshness_min_history:
+        return _result(
+            FRESHNESS, "passed",
+            f"materialized {human_s(age)} ago; no freshness policy and too few runs to learn a cadence "
+            f"({intervals} of {th.freshness_min_history} intervals)",
+            age_s=age,
+        )
+    warn_after, error_after = cadence * th.freshness_cadence_warn_factor, cadence * th.freshness_cadence_error_factor
+    values = {"age_s": age, "cadence_s": cadence, "warn_after_s": warn_after, "error_after_s": error_after,
+              "policy": "learned cadence"}
+    usual = f"usually every {human_s(cadence)}"
+    if age > error_after:
+        return _result(FRESHNESS, "error", f"stale: last materialized {human_s(age)} ago, {usual} (learned)", **values)
+    if age > warn_after:
+        return _result(FRESHNESS, "warn", f"late: last materialized {human_s(age)} ago, {usual} (learned)", **values)
+    return _result(FRESHNESS, "passed", f"fresh: materialized {human_s(age)} ago, {usual} (learned)", **values)
+
+
+# -- dependencies ---------------------------------------------------------------------------------------
+
+
+def dependencies(history: AssetHistory, upstreams: Mapping[str, UpstreamState]) -> CheckResult:
+    """Upstreams that are unregistered, retired, failed or stale, or that changed during this asset's run."""
+    spec = history.spec
+    if spec is None or not spec.upstream:
+        return _result(DEPENDENCIES, "passed", "no declared upstream assets" if spec else "no definition on record")
+    errors: list[str] = []
+    warns: list[str] = []
+    last = history.last_materialization
+    run = next((e for e in reversed(history.executions) if last and e.run_id == last.run_id), None)
+    for key in spec.upstream:
+        up = upstreams.get(key)
+        if up is None or not up.registered:
+            errors.append(f"declared dependency {key} is not a registered asset")
+            continue
+        if up.retired:
+            errors.append(f"upstream {key} is retired")
+            continue
+        if up.execution_failed:
+            warns.append(f"upstream {key} failed")
+        elif up.stale:
+            warns.append(f"upstream {key} is stale")
+        if (
+            last is not None
+            and run is not None
+            and run.started_at is not None
+            and up.last_materialized_at is not None
+            and up.last_run_id != last.run_id
+            and run.started_at < up.last_materialized_at < last.at
+        ):
+            warns.append(
+                f"materialized at {when(last.at)} from older input: upstream {key} changed at "
+                f"{when(up.last_materialized_at)}, during this run"
+            )
+    values = {"upstream": list(spec.upstream), "problems": [*errors, *warns] or None}
+    if errors:
+        return _result(DEPENDENCIES, "error", "; ".join(errors + warns), **values)
+    if warns:
+        return _result(DEPENDENCIES, "warn", "; ".join(warns), **values)
+    return _result(DEPENDENCIES, "passed", f"{len(spec.upstream)} upstream assets healthy", **values)
+
+
+# -- schema drift ---------------------------------------------------------------------------------------
+
+_SYNONYMS: dict[str, str] = {}
+for _canonical, _names in {
+    "integer": "int int8 int16 int32 int64 integer bigint smallint tinyint long short uint8 uint16 uint32 uint64 "
+    "int64dtype number(38,0)",
+    "float": "float float16 float32 float64 double real numeric decimal number double precision float8 float4",
+    "string": "str string text varchar nvarchar char nchar object character varying utf8 large_string",
+    "boolean": "bool boolean bit",
+    "timestamp": "datetime timestamp datetime64 datetime64[ns] datetime64[us] timestamp_ntz timestamptz "
+    "timestamp with time zone timestamp without time zone datetime2 datetimeoffset",
+    "date": "date date32 date64",
+    "bytes": "bytes binary varbinary blob bytea",
+}.items():
+    for _name in re.split(r" (?=[a-z])", _names):
+        _SYNONYMS[_name] = _canonical
+
+
+def normalize_type(type_name: str) -> str:
+    """A column type in canonical form, so synonyms (`int64`, `bigint`, `integer`) compare equal."""
+    t = type_name.strip().lower()
+    if t in _SYNONYMS:
+        return _SYNONYMS[t]
+    base = re.sub(r"\(.*\)$", "", t).strip()  # varchar(20) → varchar; decimal(10,2) → decimal
+    base = re.sub(r"\[.*\]$", "", base).strip()  # datetime64[ns, UTC] → datetime64
+    return _SYNONYMS.get(base, base)
+
+
+def declared_columns(metadata: Mapping[str, Any]) -> tuple[tuple[str, str], ...] | None:
+    """The column schema declared in the definition's `dagster/column_schema` metadata, if readable."""
+    raw = metadata.get("dagster/column_schema")
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return None
+    if isinstance(raw, dict):
+        raw = raw.get("columns", raw.get("value", raw.get("schema")))
+        if isinstance(raw, dict):
+            raw = raw.get("columns")
+    if not isinstance(raw, list):
+        return None
+    cols = [(str(c["name"]), str(c.get("type", ""))) for c in raw if isinstance(c, dict) and "name" in c]
+    return tuple(cols) or None
+
+
+def schema_drift(history: AssetHistory) -> CheckResult:
+    """Latest column schema against the declared one (else the previous materialization's)."""
+    with_schema = [m for m in history.materializations if m.columns]
+    if not with_schema:
+        return _result(SCHEMA, "passed", "no column schema reported (add dagster/column_schema metadata)")
+    current = with_schema[-1]
+    assert current.columns is not None
+    declared = declared_columns(history.spec.metadata) if history.spec else None
+    if declared is not None:
+        baseline, basis = declared, "the declared schema"
+    elif len(with_schema) >= 2:
+        baseline, basis = with_schema[-2].columns or (), f"the materialization of {when(with_schema[-2].at)}"
+    else:
+        return _result(SCHEMA, "passed", f"first column schema on record ({len(current.columns)} columns)")
+    before = {n: normalize_type(t) for n, t in baseline}
+    after = {n: normalize_type(t) for n, t in current.columns}
+    raw_before = dict(baseline)
+    raw_after = dict(current.columns)
+    added = sorted(set(after) - set(before))
+    removed = sorted(set(before) - set(after))
+    retyped = sorted(n for n in set(before) & set(after) if before[n] and after[n] and before[n] != after[n])
+    downstream = list(history.spec.downstream) if history.spec else []
+    values: dict[str, Any] = {
+        "added": added or None,
+        "removed": removed or None,
+        "retyped": [f"{n}: {raw_before[n]} → {raw_after[n]}" for n in retyped] or None,
+        "downstream_at_risk": downstream or None,
+        "columns": len(after),
+    }
+    parts = []
+    if removed:
+        parts.append("removed " + ", ".join(removed))
+    if retyped:
+        parts.append("retyped " + ", ".join(f"{n} ({raw_before[n]} → {raw_after[n]})" for n in retyped))
+    if added:
+        parts.append("added " + ", ".join(added))
+    if not parts:
+        return _result(SCHEMA, "passed", f"{len(after)} columns, unchanged from {basis}", **values)
+    risk = f"; downstream at risk: {', '.join(downstream)}" if downstream and (removed or retyped) else ""
+    outcome: CheckOutcome = "error" if removed or retyped else "warn"
+    return _result(SCHEMA, outcome, f"schema drift against {basis}: {'; '.join(parts)}{risk}", **values)
+
+
+# -- the asset's health ----------------------------------------------------------------------------------
+
+
+def evaluate(
+    history: AssetHistory,
+    resolved: Resolved,
+    now: float,
+    upstreams: Mapping[str, UpstreamState],
+) -> list[CheckResult]:
+    """Every check of `CHECK_NAMES` for one asset, in that order."""
+    th = resolved.thresholds
+    if history.retired:
+        return [_result(name, "passed", "asset retired") for name in CHECK_NAMES]
+    run: dict[str, Callable[[], CheckResult]] = {
+        EXECUTION: lambda: execution_status(history, th),
+        VOLUME: lambda: volume_anomaly(history, th),
+        DURATION: lambda: duration_anomaly(history, th, now),
+        FRESHNESS: lambda: freshness(history, resolved, now),
+        DEPENDENCIES: lambda: dependencies(history, upstreams),
+        SCHEMA: lambda: schema_drift(history),
+    }
+    disabled = set(th.disabled_checks)
+    return [
+        _result(name, "passed", f"disabled ({resolved.source('disabled_checks')})") if name in disabled else run[name]()
+        for name in CHECK_NAMES
+    ]
+
+
+def health_status(results: Sequence[CheckResult], *, has_data: bool, retired: bool) -> HealthStatus:
+    """The worst of the checks: a failed execution → FAILED, any other error → DEGRADED, a warning →
+    WARNING, else HEALTHY; UNKNOWN for a retired asset or one with nothing on record and nothing wrong."""
+    if retired:
+        return "UNKNOWN"
+    outcomes = {r.check: r.outcome for r in results}
+    if outcomes.get(EXECUTION) == "error":
+        return "FAILED"
+    if "error" in outcomes.values():
+        return "DEGRADED"
+    if "warn" in outcomes.values():
+        return "WARNING"
+    return "HEALTHY" if has_data else "UNKNOWN"
+
+
+def reasons_of(results: Sequence[CheckResult], status: HealthStatus, *, retired: bool) -> list[str]:
+    """The reasons behind `status`: every non-passed check, worst first."""
+    if retired:
+        return ["asset retired"]
+    bad = sorted((r for r in results if r.outcome != "passed"), key=lambda r: -_RANK[r.outcome])
+    if bad:
+        return [f"{r.check} ({r.outcome}): {r.reason}" for r in bad]
+    return ["no run or materialization on record yet"] if status == "UNKNOWN" else []
+
+
+def signature(status: HealthStatus, results: Sequence[CheckResult]) -> str:
+    """What must change for a health.changed event: the status and each non-passed check's outcome."""
+    return status + "|" + ",".join(f"{r.check}={r.outcome}" for r in sorted(results, key=lambda r: r.check) if r.outcome != "passed")

@@ -1,0 +1,23 @@
+"""Health service metrics (the shared bus metrics live in libs.common.metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+ASSETS_BY_STATUS = Gauge("ams_health_assets", "Assets by current health status", ["status"])
+CHECK_RESULTS = Counter("ams_health_check_results_total", "Check evaluations by check and outcome", ["check", "outcome"])
+EVALUATION_SECONDS = Histogram(
+    "ams_health_evaluation_seconds",
+    "Time to evaluate every check of one asset",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+)
+EVENT_LAG_SECONDS = Histogram(
+    "ams_health_event_lag_seconds",
+    "Seconds from an event's occurred_at to its handling by the health service",
+    ["stream"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+)
+TRANSITIONS = Counter("ams_health_transitions_total", "health.changed events staged, by new status", ["status"])
+DAGSTER_REPORTS = Counter(
+    "ams_health_dagster_reports_total", "Check results reported to the Dagster webserver, by result", ["result"]
+)

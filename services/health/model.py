@@ -1,0 +1,88 @@
+"""The history the evaluators read: plain immutable records, times as UTC epoch seconds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from libs.common.events import AssetSpecData, HealthStatus
+
+RunStatus = Literal["STARTED", "SUCCESS", "FAILURE", "CANCELED"]
+TERMINAL: frozenset[str] = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
+
+
+@dataclass(frozen=True, slots=True)
+class Materialization:
+    """One successful materialization of the asset."""
+
+    at: float
+    run_id: str
+    row_count: int | None = None
+    duration_s: float | None = None
+    columns: tuple[tuple[str, str], ...] | None = None
+    partition: str | None = None
+    storage_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    """One run that planned the asset, as the run events last described it."""
+
+    run_id: str
+    status: RunStatus
+    started_at: float | None = None
+    ended_at: float | None = None
+    duration_s: float | None = None
+    error: str | None = None
+    partition: str | None = None
+
+    @property
+    def at(self) -> float:
+        """When the run ended (or started, while it runs)."""
+        return self.ended_at or self.started_at or 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A failed materialization of a planned asset."""
+
+    at: float
+    run_id: str
+    error: str | None = None
+    partition: str | None = None
+
+
+@dataclass(slots=True)
+class AssetHistory:
+    """Everything known about one asset, oldest first; the input of every evaluator."""
+
+    key: str
+    spec: AssetSpecData | None = None
+    retired: bool = False
+    registered_at: float | None = None
+    materializations: list[Materialization] = field(default_factory=list)
+    executions: list[Execution] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def has_data(self) -> bool:
+        """True once any run, materialization or failure of the asset is on record."""
+        return bool(self.materializations or self.executions or self.failures)
+
+    @property
+    def last_materialization(self) -> Materialization | None:
+        return self.materializations[-1] if self.materializations else None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamState:
+    """What the dependency check needs to know about one upstream asset."""
+
+    key: str
+    registered: bool
+    retired: bool = False
+    status: HealthStatus = "UNKNOWN"
+    execution_failed: bool = False
+    stale: bool = False
+    last_materialized_at: float | None = None
+    last_run_id: str | None = None

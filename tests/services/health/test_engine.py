@@ -1,0 +1,166 @@
+"""The engine on a real health.db: recording, dedupe, transitions, time-driven evaluation, retention."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from libs.common.events import CHECK_NAMES, Event, HealthChanged, parse_event
+from libs.common.settings import Settings, load_settings
+from libs.common.store import Store
+from services.health.engine import HealthEngine
+from services.health.queries import history, latest_health
+from services.health.store import open_store
+
+DAY = 86400.0
+T0 = 1_780_000_000.0
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def hsettings(tmp_path: Path) -> Settings:
+    return load_settings(dagster_home=str(tmp_path), stores={"data_dir": str(tmp_path)})
+
+
+@pytest.fixture
+def store(hsettings: Settings) -> Store:
+    s = open_store(hsettings)
+    yield s  # type: ignore[misc]
+    s.close()
+
+
+def outbox(store: Store) -> list[HealthChanged]:
+    rows = store.connection().execute("SELECT payload FROM event_outbox ORDER BY seq").fetchall()
+    events = [parse_event(r[0]) for r in rows]
+    assert all(isinstance(e, HealthChanged) for e in events)
+    return events  # type: ignore[return-value]
+
+
+def counts(store: Store) -> dict[str, int]:
+    conn = store.connection()
+    return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+            for t in ("materializations", "executions", "materialization_failures", "asset_specs", "check_results",
+                      "asset_health", "health_transitions", "event_outbox")}
+
+
+def deliveries(*events: Event) -> list[Any]:
+    from libs.common.bus import Delivery
+
+    return [Delivery("assets" if e.type.startswith("asset.m") else "runs", f"{i}-0", e)  # type: ignore[arg-type]
+            for i, e in enumerate(events, 1)]
+
+
+def engine_for(store: Store, settings: Settings, clock: Callable[[], float]) -> HealthEngine:
+    return HealthEngine(store, settings, clock=clock)
+
+
+def test_failure_then_recovery_publishes_two_transitions(store: Store, hsettings: Settings, ev: Any) -> None:
+    clock = Clock(T0 + 100)
+    engine = engine_for(store, hsettings, clock)
+    engine.handle(deliveries(ev.spec("a", owners=["team:data"], downstream=["b"]), ev.spec("b", upstream=["a"])))
+    assert outbox(store) == []  # registered, no data: UNKNOWN → UNKNOWN publishes nothing
+    engine.handle(deliveries(ev.run("r1", "FAILURE", ["a"], start=T0, end=T0 + 60, error="KeyError: 'x'")))
+    events = outbox(store)
+    a = [e for e in events if e.data.asset_key == "a"]
+    assert [(e.data.previous_status, e.data.status) for e in a] == [("UNKNOWN", "FAILED")]
+    first = a[0]
+    assert first.data.transition == 1
+    assert first.data.owners == ["team:data"] and first.data.downstream == ["b"]
+    assert [c.check for c in first.data.checks] == list(CHECK_NAMES)
+    assert "KeyError" in first.data.reasons[0]
+    # b's upstream failed: b has no data but a dependency warning
+    b = [e for e in events if e.data.asset_key == "b"]
+    assert b and b[-1].data.status == "WARNING"
+    clock.t = T0 + 200
+    engine.handle(deliveries(ev.run("r2", "SUCCESS", ["a"], start=T0 + 100, end=T0 + 150), ev.mat("a", T0 + 150, run_id="r2", rows=10)))
+    a = [e for e in outbox(store) if e.data.asset_key == "a"]
+    assert [(e.data.previous_status, e.data.status) for e in a] == [("UNKNOWN", "FAILED"), ("FAILED", "HEALTHY")]
+    assert a[1].data.transition == 2 and a[1].data.changed_checks == ["execution_status"]
+    (health,) = latest_health(store, "a")
+    assert health.status == "HEALTHY" and health.transitions == 2 and len(health.checks) == len(CHECK_NAMES)
+
+
+def test_redelivered_events_change_nothing(store: Store, hsettings: Settings, ev: Any) -> None:
+    engine = engine_for(store, hsettings, Clock(T0 + DAY))
+    batch = deliveries(ev.spec("a"), ev.run("r1", "SUCCESS", ["a"], start=T0, end=T0 + 5), ev.mat("a", T0 + 5, run_id="r1", rows=3),
+                       ev.failed("a", "r0", T0 - 10))
+    engine.handle(batch)
+    before = counts(store)
+    snapshot = store.connection().execute("SELECT * FROM asset_health").fetchall()
+    engine.handle(batch)  # redelivery, same engine
+    engine2 = engine_for(store, hsettings, Clock(T0 + DAY))  # and after a restart (cold cache)
+    engine2.handle(batch[1:3])
+    assert counts(store) == before
+    assert [tuple(r) for r in store.connection().execute("SELECT * FROM asset_health").fetchall()] == [tuple(r) for r in snapshot]
+
+
+def test_unchanged_evaluation_publishes_nothing_and_new_failing_check_does(store: Store, hsettings: Settings, ev: Any) -> None:
+    clock = Clock(T0)
+    engine = engine_for(store, hsettings, clock)
+    engine.handle(deliveries(ev.spec("a")))
+    for i in range(10):
+        clock.t = T0 + i * DAY + 60
+        engine.handle(deliveries(ev.mat("a", T0 + i * DAY, rows=1000 + (i % 3))))
+    published = len(outbox(store))
+    assert published == 1  # UNKNOWN → HEALTHY once, then nothing
+    clock.t = T0 + 10 * DAY + 60
+    engine.handle(deliveries(ev.run("bad", "FAILURE", ["a"], start=T0 + 10 * DAY - 30, end=T0 + 10 * DAY)))
+    clock.t = T0 + 10 * DAY + 120
+    engine.handle(deliveries(ev.run("bad2", "FAILURE", ["a"], start=T0 + 10 * DAY + 60, end=T0 + 10 * DAY + 90)))
+    events = outbox(store)
+    assert len(events) == published + 1  # the longer streak changes only the reason: no event
+    # now the asset is also stale by its explicit policy: a second check fails while FAILED → published
+    engine.handle(deliveries(ev.spec("a", version=2, tags={"ams/freshness_max_lag": "1h"})))
+    events = outbox(store)
+    last = events[-1].data
+    assert (last.previous_status, last.status) == ("FAILED", "FAILED")
+    assert last.changed_checks == ["freshness"]
+    assert {c.check: c.outcome for c in last.checks}["freshness"] == "error"
+
+
+def test_freshness_is_evaluated_by_time(store: Store, hsettings: Settings, ev: Any) -> None:
+    clock = Clock(T0)
+    engine = engine_for(store, hsettings, clock)
+    engine.handle(deliveries(*[ev.mat("a", T0 - (7 - i) * DAY, rows=100) for i in range(8)]))
+    assert engine.evaluate_all() == 0  # UNKNOWN → HEALTHY was published by the batch itself
+    clock.t = T0 + 1.2 * DAY
+    assert engine.evaluate_all() == 0
+    clock.t = T0 + 2 * DAY
+    assert engine.evaluate_all() == 1
+    last = outbox(store)[-1].data
+    assert last.status == "WARNING" and "late" in last.reasons[0]
+    clock.t = T0 + 3.5 * DAY
+    engine.evaluate_all()
+    assert outbox(store)[-1].data.status == "DEGRADED"
+
+
+def test_retention_keeps_latest(store: Store, hsettings: Settings, ev: Any) -> None:
+    clock = Clock(T0 + 200 * DAY)
+    engine = engine_for(store, hsettings, clock)
+    engine.handle(deliveries(*[ev.mat("a", T0 + i * DAY, rows=5) for i in range(10)],
+                             ev.run("r", "SUCCESS", ["a"], start=T0, end=T0 + 1)))
+    deleted = engine.retention()
+    assert deleted["materializations"] == 9 and deleted["executions"] == 0
+    assert len(history(store, "a", 100)) == 2
+
+
+def test_spec_copy_orders_versions_and_retires(store: Store, hsettings: Settings, ev: Any) -> None:
+    engine = engine_for(store, hsettings, Clock(T0 + 10))
+    engine.handle(deliveries(ev.spec("a", version=2, group="g2"), ev.spec("a", version=1, group="g1")))
+    spec = json.loads(store.connection().execute("SELECT spec FROM asset_specs").fetchone()[0])
+    assert spec["group"] == "g2"
+    engine.handle(deliveries(ev.run("r", "FAILURE", ["a"], start=T0, end=T0 + 1)))
+    engine.handle(deliveries(ev.spec("a", version=3, retired=True)))
+    last = outbox(store)[-1].data
+    assert last.status == "UNKNOWN" and all(c.outcome == "passed" for c in last.checks)
