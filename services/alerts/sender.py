@@ -162,7 +162,9 @@ class Sender:
             self._finish(row, Attempt(ok=False, retryable=False, error=f"receiver {name!r} is no longer configured"))
             return
         if self.clock() - row["created_at"] > self.cfg.max_age_s:
-            self._finish(row, Attempt(ok=False, retryable=False, error="older than max_age_s before an attempt"))
+            last = f"; last error: {row['last_error']}" if row["last_error"] else ""
+            error = f"gave up after {row['attempts']} attempts: older than max_age_s ({self.cfg.max_age_s:g}s){last}"
+            self._dead(row, int(row["attempts"]), row["last_status"], error)
             return
         payload = AlertPayload.model_validate_json(row["content"])
         self._finish(row, deliver(self.client, receiver, payload))
@@ -199,13 +201,16 @@ class Sender:
             error = f"gave up after {attempts} attempts (max_age_s {self.cfg.max_age_s:g}): {error}"
         else:
             error = f"not retried: {error}"
+        self._dead(row, attempts, attempt.status, error)
+
+    def _dead(self, row: dict[str, Any], attempts: int, status: int | None, error: str) -> None:
         self._write(
             """UPDATE notifications SET status = 'dead', attempts = ?, last_attempt_at = ?, last_status = ?,
                  last_error = ?, lease_until = NULL WHERE id = ? AND status = 'pending'""",
-            (attempts, now, attempt.status, error, row["id"]),
+            (attempts, self.clock(), status, error, row["id"]),
         )
-        metrics.NOTIFICATIONS_DEAD.labels(receiver=receiver).inc()
-        log.error("notification_dead", notification=row["id"], receiver=receiver, error=error)
+        metrics.NOTIFICATIONS_DEAD.labels(receiver=row["receiver"]).inc()
+        log.error("notification_dead", notification=row["id"], receiver=row["receiver"], error=error)
 
     def retry_delay(self, attempts: int, retry_after_s: float | None) -> float:
         """Seconds before the next attempt: the receiver's Retry-After (capped), else exponential backoff

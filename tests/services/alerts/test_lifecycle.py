@@ -157,7 +157,7 @@ def play(sequence: list[Op], config: LifecycleConfig) -> list[tuple[AlertState, 
 @given(st.lists(ops, max_size=60), configs)
 def test_at_most_one_notice_per_transition_and_well_formed_incidents(sequence: list[Op], config: LifecycleConfig) -> None:
     announced: dict[int, list[Notice]] = {}
-    for before, after, inp, now, result in play(sequence, config):
+    for before, after, _inp, now, result in play(sequence, config):
         assert len(result.notices) <= 1
         for notice in result.notices:
             assert notice.seq == before.notices + 1
