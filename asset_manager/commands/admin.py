@@ -1,0 +1,404 @@
+"""Administration commands: validate-config, backup, restore.
+
+`backup` copies every service store online through SQLite's backup API (consistent while the workers run)
+and writes a manifest with each copy's schema version, size and SHA-256. `restore` refuses while any worker
+is running: a worker answers on its `/healthz` port from settings, and a store held by a writer cannot be
+locked exclusively; either one stops the restore before anything is touched. The previous database is kept
+beside the restored one as `<name>.db.pre-restore-<time>`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from asset_manager.errors import CliError
+
+if TYPE_CHECKING:
+    from libs.common.settings import Settings
+
+STORES = ("metadata", "health", "monitor")
+SERVICES = ("discovery", "health", "alerts")
+ENVIRONMENTS = ("development", "staging", "production")
+MANIFEST = "manifest.json"
+
+
+# -- validate-config ---------------------------------------------------------------------------------------
+
+
+def _yaml(path: Path, problems: list[str]) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        problems.append(f"{path}: not valid YAML: {' '.join(str(exc).split())}")
+    except OSError as exc:
+        problems.append(f"{path}: cannot read: {exc.strerror}")
+    return None
+
+
+def _config_problems(directory: Path) -> list[str]:
+    from libs.common.settings import ConfigError, load_settings
+
+    problems: list[str] = []
+    if not (directory / "app_config.yaml").exists():
+        problems.append(f"{directory / 'app_config.yaml'}: missing")
+    current = os.environ.get("ENVIRONMENT") or os.environ.get("AMS_ENVIRONMENT") or "development"
+    if current not in ENVIRONMENTS:
+        problems.append(f"ENVIRONMENT={current!r}: must be one of {', '.join(ENVIRONMENTS)}")
+    environments = [e for e in ENVIRONMENTS if e == current or (directory / f"app_config.{e}.yaml").exists()]
+    seen: set[str] = set()
+    for environment in environments:
+        try:
+            load_settings(environment=environment)
+        except ConfigError as exc:
+            for line in str(exc).splitlines():
+                line = line.strip()
+                if line and line != "invalid configuration:" and line not in seen:
+                    seen.add(line)
+                    problems.append(f"app_config ({environment}): {line}")
+    return problems
+
+
+def _short(message: str) -> str:
+    # Dagster appends the whole expected schema (kilobytes) to an unknown key's message.
+    text = " ".join(message.split())
+    head, sep, expected = text.partition(" Expected: ")
+    return head if sep and len(expected) > 200 else text
+
+
+def _dagster_problems(path: Path) -> list[str]:
+    problems: list[str] = []
+    if not path.exists():
+        return [f"{path}: missing"]
+    data = _yaml(path, problems)
+    if problems:
+        return problems
+    if data is None:
+        return []
+    if not isinstance(data, dict):
+        return [f"{path}: top level must be a mapping, got {type(data).__name__}"]
+    from dagster._config import process_config
+    from dagster._core.instance.config import dagster_instance_config_schema
+
+    result = process_config(dagster_instance_config_schema(), data)
+    if not result.success:
+        problems.extend(f"{path}: {_short(err.message)}" for err in result.errors or [])
+    if "storage" in data and any(k in data for k in ("run_storage", "event_log_storage", "schedule_storage")):
+        problems.append(f"{path}: `storage` cannot be combined with run_storage/event_log_storage/schedule_storage")
+    return problems
+
+
+def _workspace_problems(path: Path) -> list[str]:
+    import importlib.util
+
+    problems: list[str] = []
+    if not path.exists():
+        return [f"{path}: missing"]
+    data = _yaml(path, problems)
+    if problems:
+        return problems
+    if not isinstance(data, dict):
+        return [f"{path}: top level must be a mapping with `load_from`"]
+    from dagster._core.workspace.config_schema import process_workspace_config
+
+    result = process_workspace_config(data)
+    if not result.success:
+        return [f"{path}: {_short(err.message)}" for err in result.errors or []]
+    root = Path(__file__).resolve().parents[2]
+    for n, entry in enumerate(data.get("load_from") or []):
+        for kind, target in entry.items():
+            spec = target if isinstance(target, dict) else {}
+            workdir = Path(spec.get("working_directory") or path.parent)
+            if not workdir.is_absolute():
+                workdir = path.parent / workdir
+            if kind == "python_file":
+                rel = spec.get("relative_path") if spec else target
+                file = Path(str(rel))
+                candidates = [file] if file.is_absolute() else [path.parent / file, workdir / file]
+                if not any(c.exists() for c in candidates):
+                    problems.append(f"{path}: load_from[{n}].python_file: {rel} does not exist")
+            elif kind in ("python_module", "python_package", "autoload_defs_module"):
+                name = str(spec.get("module_name") or spec.get("package_name") or "") if spec else str(target)
+                added = [p for p in (str(workdir), str(root)) if p not in sys.path]
+                sys.path[:0] = added
+                try:
+                    found = importlib.util.find_spec(name) is not None
+                except (ImportError, ValueError):
+                    found = False
+                finally:
+                    for p in added:
+                        sys.path.remove(p)
+                if not found:
+                    problems.append(f"{path}: load_from[{n}].{kind}: module {name!r} not found")
+    return problems
+
+
+def validate_config(
+    config_dir: Annotated[Path | None, typer.Option("--config-dir", help="Directory to check (default: AMS_CONFIG_DIR or config/)")] = None,
+) -> None:
+    """Check app_config.yaml (with its overlays), dagster.yaml and workspace.yaml; exit 1 listing every problem."""
+    from libs.common.settings import config_dir as default_dir
+
+    directory = config_dir or default_dir()
+    if not directory.is_dir():
+        raise CliError(f"config directory {directory} does not exist")
+    previous = os.environ.get("AMS_CONFIG_DIR")
+    os.environ["AMS_CONFIG_DIR"] = str(directory)
+    try:
+        checks = {
+            "app_config.yaml": _config_problems(directory),
+            "dagster.yaml": _dagster_problems(directory / "dagster.yaml"),
+            "workspace.yaml": _workspace_problems(directory / "workspace.yaml"),
+        }
+    finally:
+        if previous is None:
+            os.environ.pop("AMS_CONFIG_DIR", None)
+        else:
+            os.environ["AMS_CONFIG_DIR"] = previous
+    total = 0
+    for name, problems in checks.items():
+        typer.echo(f"{'ok  ' if not problems else 'FAIL'} {directory / name}")
+        for problem in problems:
+            typer.echo(f"  - {problem}")
+        total += len(problems)
+    if total:
+        typer.echo(f"{total} problem{'s' if total != 1 else ''} found", err=True)
+        raise typer.Exit(1)
+
+
+# -- backup / restore --------------------------------------------------------------------------------------
+
+
+def _settings() -> Settings:
+    from libs.common.settings import load_settings
+
+    return load_settings()
+
+
+def _store_path(settings: Settings, name: str) -> Path:
+    from libs.common.store import StoreError, sqlite_path
+
+    try:
+        return sqlite_path(settings.store_url(name))  # type: ignore[arg-type]
+    except StoreError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_copy(path: Path) -> int:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        verdict = conn.execute("PRAGMA integrity_check").fetchone()[0]
+        if verdict != "ok":
+            raise CliError(f"{path}: integrity check failed: {verdict}", code=1)
+        try:
+            row = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+        except sqlite3.OperationalError:
+            return 0
+        return int(row[0] or 0)
+    finally:
+        conn.close()
+
+
+@contextmanager
+def _steps(total: int, description: str) -> Iterator[Any]:
+    """A rich progress bar on a terminal; a no-op advance when stderr is piped."""
+    if not sys.stderr.isatty():
+        class _Quiet:
+            def advance(self) -> None:
+                return None
+
+        yield _Quiet()
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+
+        class _Bar:
+            def advance(self) -> None:
+                bar.advance(task)
+
+        yield _Bar()
+
+
+def backup(
+    dest: Annotated[Path, typer.Option("--dest", help="Directory for the copies (created if missing)")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier backup in DEST")] = False,
+) -> None:
+    """Consistent online copies of every store (SQLite backup API), safe while the workers run."""
+    from libs.common.store import Store
+
+    settings = _settings()
+    if dest.exists() and not dest.is_dir():
+        raise CliError(f"--dest {dest} is not a directory")
+    if (dest / MANIFEST).exists() and not overwrite:
+        raise CliError(f"{dest} already holds a backup: choose another --dest or pass --overwrite")
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot create {dest}: {exc.strerror}") from exc
+    manifest: dict[str, Any] = {"created_at": datetime.now(UTC).isoformat(), "stores": {}}
+    with _steps(len(STORES), "backing up") as bar:
+        for name in STORES:
+            source = _store_path(settings, name)
+            if not source.exists():
+                typer.echo(f"skip {name}.db: not found at {source}")
+                bar.advance()
+                continue
+            target = dest / f"{name}.db"
+            tmp = dest / f".{name}.db.partial"
+            tmp.unlink(missing_ok=True)
+            store = Store(f"sqlite:///{source}", migrate=False)
+            started = time.perf_counter()
+            try:
+                store.backup(tmp)
+            except sqlite3.Error as exc:
+                tmp.unlink(missing_ok=True)
+                raise CliError(f"cannot back up {source}: {exc}", code=1) from exc
+            finally:
+                store.close()
+            version = _check_copy(tmp)
+            tmp.replace(target)
+            manifest["stores"][name] = {
+                "file": target.name,
+                "source": str(source),
+                "schema_version": version,
+                "bytes": target.stat().st_size,
+                "sha256": _sha256(target),
+            }
+            typer.echo(f"{name + '.db':<12} -> {target} ({target.stat().st_size} bytes, schema v{version}, "
+                       f"{time.perf_counter() - started:.2f} s)")
+            bar.advance()
+    (dest / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    if not manifest["stores"]:
+        raise CliError("no store found to back up: run `asset-manager init` first", code=1)
+    typer.echo(f"backup complete: {len(manifest['stores'])} stores in {dest}")
+
+
+def running_workers(settings: Settings, timeout_s: float = 1.0) -> list[str]:
+    """Workers answering on their configured /healthz port (host 0.0.0.0 is probed on 127.0.0.1)."""
+    import http.client
+
+    found: list[str] = []
+    for service in SERVICES:
+        endpoint = getattr(settings.services, service)
+        if not endpoint.port:
+            continue
+        host = "127.0.0.1" if endpoint.host in ("0.0.0.0", "::", "") else endpoint.host
+        conn = http.client.HTTPConnection(host, endpoint.port, timeout=timeout_s)
+        try:
+            conn.request("GET", "/healthz")
+            conn.getresponse().read()
+            found.append(f"{service} (http://{host}:{endpoint.port}/healthz)")
+        except (OSError, http.client.HTTPException):
+            pass
+        finally:
+            conn.close()
+    return found
+
+
+def _locked_by_writer(path: Path) -> str | None:
+    """A reason when another connection writes `path` now, else None."""
+    if not path.exists():
+        return None
+    conn = sqlite3.connect(path, timeout=0.5, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return None
+    except sqlite3.OperationalError as exc:
+        return f"{path} is in use ({exc})"
+    finally:
+        conn.close()
+
+
+def restore(
+    source: Annotated[Path, typer.Option("--from", help="A directory written by `asset-manager backup`")],
+) -> None:
+    """Replace the stores with a backup; refuses while any worker is running."""
+    settings = _settings()
+    manifest_path = source / MANIFEST
+    if not source.is_dir():
+        raise CliError(f"--from {source} is not a directory")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        stores = manifest["stores"]
+        if not isinstance(stores, dict):
+            raise TypeError("stores must be a mapping")
+    except FileNotFoundError:
+        raise CliError(f"{source} is not a backup: {MANIFEST} is missing") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CliError(f"{manifest_path}: unreadable manifest ({exc})") from None
+    for name, entry in stores.items():
+        if name not in STORES:
+            raise CliError(f"{manifest_path}: unknown store {name!r}")
+        file = source / Path(str(entry.get("file", ""))).name
+        if not file.exists():
+            raise CliError(f"{file}: listed in the manifest but missing")
+        if _sha256(file) != entry.get("sha256"):
+            raise CliError(f"{file}: checksum differs from the manifest (damaged or edited backup)")
+    running = running_workers(settings)
+    if running:
+        raise CliError(f"refusing to restore while workers run: {', '.join(running)}; stop them first", code=1)
+    busy = [reason for name in stores if (reason := _locked_by_writer(_store_path(settings, name)))]
+    if busy:
+        raise CliError(f"refusing to restore: {'; '.join(busy)}", code=1)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    with _steps(len(stores), "restoring") as bar:
+        for name, entry in stores.items():
+            file = source / Path(str(entry["file"])).name
+            target = _store_path(settings, name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                keep = target.with_name(f"{target.name}.pre-restore-{stamp}")
+                _copy_db(target, keep)
+                typer.echo(f"kept the previous {name}.db as {keep}")
+            _copy_db(file, target)
+            version = _check_copy(target)
+            typer.echo(f"{name + '.db':<12} <- {file} (schema v{version})")
+            bar.advance()
+    typer.echo(f"restore complete: {len(stores)} stores from {source}")
+
+
+def _copy_db(source: Path, target: Path) -> None:
+    # Through SQLite (not a file copy): the target's WAL and locks stay consistent.
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    dst = sqlite3.connect(target)
+    try:
+        src.backup(dst)
+        dst.execute("PRAGMA journal_mode=WAL")
+    finally:
+        src.close()
+        dst.close()
+
+
+def register(app: typer.Typer) -> None:
+    """Add the administration commands to the CLI."""
+    app.command("validate-config")(validate_config)
+    app.command("backup")(backup)
+    app.command("restore")(restore)
+
+
+__all__ = ["register", "running_workers"]

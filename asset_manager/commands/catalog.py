@@ -1,0 +1,610 @@
+"""Catalog and governance commands: list-assets, asset-details, discover-assets, asset-inventory,
+ownership-report.
+
+Reads go straight to the stores (read-only SQLite connections); `discover-assets` registers through the
+discovery service's own registry code. Heavy modules (Dagster, the registry, Redis) are imported inside the
+commands that need them, so listing commands start fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import sqlite3
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from asset_manager.errors import CliError
+from asset_manager.output import (
+    FormatOption,
+    OutputFormat,
+    OutputOption,
+    check_output_path,
+    emit,
+    render_text,
+)
+
+if TYPE_CHECKING:
+    from libs.common.settings import Settings
+
+HEALTH_STATUSES = ("HEALTHY", "WARNING", "DEGRADED", "FAILED", "UNKNOWN")
+UNHEALTHY = frozenset({"WARNING", "DEGRADED", "FAILED"})
+
+
+# -- stores ------------------------------------------------------------------------------------------------
+
+
+def _settings() -> Settings:
+    from libs.common.settings import load_settings
+
+    return load_settings()
+
+
+def _store_file(settings: Settings, name: str) -> Path:
+    from libs.common.store import StoreError, sqlite_path
+
+    try:
+        return sqlite_path(settings.store_url(name))  # type: ignore[arg-type]
+    except StoreError as exc:
+        raise CliError(str(exc)) from exc
+
+
+@contextmanager
+def read_store(settings: Settings, name: str = "metadata", *, required: bool = True) -> Iterator[sqlite3.Connection | None]:
+    """A read-only connection to one store (None when it does not exist and is not `required`)."""
+    path = _store_file(settings, name)
+    if not path.exists():
+        if required:
+            raise CliError(f"{name} store not found at {path}: run `asset-manager init` then `asset-manager discover-assets`")
+        yield None
+        return
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        conn.row_factory = sqlite3.Row
+        conn.execute("SELECT 1 FROM schema_migrations LIMIT 1").fetchall()
+    except sqlite3.Error as exc:
+        if not required:
+            yield None
+            return
+        raise CliError(f"cannot read {name} store {path}: {exc}") from exc
+    try:
+        conn.execute("BEGIN")  # one snapshot for every query of the command
+        yield conn
+    except sqlite3.OperationalError as exc:
+        raise CliError(f"cannot read {name} store {path}: {exc}") from exc
+    finally:
+        conn.close()
+
+
+def _registry_ready(conn: sqlite3.Connection | None, settings: Settings) -> sqlite3.Connection:
+    if conn is None:
+        raise CliError("metadata store not found")
+    found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'assets'").fetchone()
+    if found is None:
+        raise CliError(f"{_store_file(settings, 'metadata')} has no asset registry yet: run `asset-manager discover-assets`")
+    return conn
+
+
+def _call_peer(conn: sqlite3.Connection, module_name: str, names: Sequence[str], keys: Sequence[str] | None) -> Any:
+    """Call the first of `names` that `services.<peer>.queries` offers; None when none is there."""
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    for name in names:
+        func = getattr(module, name, None)
+        if callable(func):
+            try:
+                return func(conn, keys) if keys is not None else func(conn)
+            except TypeError:
+                return func(conn)
+    return None
+
+
+def _by_asset(result: Any) -> dict[str, list[dict[str, Any]]]:
+    """Rows (mappings or objects with `asset_key`) grouped per asset key."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    if result is None:
+        return out
+    items: Any = result.items() if isinstance(result, Mapping) else [(None, r) for r in result]
+    for key, value in items:
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            row = dict(item) if isinstance(item, Mapping | sqlite3.Row) else dict(getattr(item, "__dict__", {}))
+            if hasattr(item, "model_dump"):
+                row = item.model_dump(mode="json")
+            asset = key or row.get("asset_key") or row.get("key")
+            if asset:
+                out.setdefault(str(asset), []).append(row)
+    return out
+
+
+def health_by_asset(settings: Settings, keys: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Latest health per asset from health.db via `services.health.queries` (empty when unavailable)."""
+    try:
+        with read_store(settings, "health", required=False) as conn:
+            if conn is None:
+                return {}
+            result = _call_peer(conn, "services.health.queries", ("latest_health", "latest_health_by_asset", "asset_health"), keys)
+    except (CliError, sqlite3.Error):
+        return {}
+    return {k: rows[-1] for k, rows in _by_asset(result).items()}
+
+
+def alerts_by_asset(settings: Settings, keys: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Open alerts per asset from monitor.db via `services.alerts.queries` (empty when unavailable)."""
+    try:
+        with read_store(settings, "monitor", required=False) as conn:
+            if conn is None:
+                return {}
+            result = _call_peer(conn, "services.alerts.queries", ("open_alerts", "open_alerts_by_asset", "list_open_alerts"), keys)
+    except (CliError, sqlite3.Error):
+        return {}
+    return _by_asset(result)
+
+
+def _status(health: Mapping[str, Any] | None) -> str:
+    if not health:
+        return "UNKNOWN"
+    status = str(health.get("status") or "UNKNOWN").upper()
+    return status if status in HEALTH_STATUSES else "UNKNOWN"
+
+
+def _last_materialization(health: Mapping[str, Any] | None) -> str | None:
+    if not health:
+        return None
+    for name in ("last_materialization", "last_materialized_at", "last_success_at", "last_run_at", "evaluated_at"):
+        if health.get(name):
+            return str(health[name])
+    return None
+
+
+# -- input checks ------------------------------------------------------------------------------------------
+
+
+def did_you_mean(value: str, candidates: Sequence[str] | set[str]) -> str:
+    """`" (did you mean 'x'?)"` for the closest candidate, or ''."""
+    close = difflib.get_close_matches(value, sorted(candidates), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _printable(value: str) -> str:
+    return value.encode("unicode_escape").decode()[:200]
+
+
+def parse_tags(tags: Sequence[str]) -> dict[str, str]:
+    """`key=value` filters → dict; anything else is a CliError."""
+    out: dict[str, str] = {}
+    for raw in tags:
+        key, sep, value = raw.partition("=")
+        if not sep or not key.strip():
+            raise CliError(f"bad --tag '{_printable(raw)}': expected key=value (e.g. --tag domain=sales)")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _check_known(what: str, value: str | None, known: set[str]) -> None:
+    if value is not None and value not in known and f"team:{value}" not in known:
+        raise CliError(f"unknown {what} '{_printable(value)}'{did_you_mean(value, known)}")
+
+
+# -- list-assets -------------------------------------------------------------------------------------------
+
+LIST_COLUMNS = ["key", "group", "owners", "kinds", "tags", "version", "health", "status", "last_seen"]
+
+
+def list_assets(
+    fmt: FormatOption = OutputFormat.table,
+    output: OutputOption = None,
+    group: Annotated[str | None, typer.Option("--group", "-g", help="Only assets of this group")] = None,
+    owner: Annotated[str | None, typer.Option("--owner", help="Only assets owned by this email or team")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="key=value; repeat to require several")] = None,
+    kind: Annotated[str | None, typer.Option("--kind", "-k", help="Only assets of this kind (e.g. pandas)")] = None,
+    health: Annotated[str | None, typer.Option("--health", help="HEALTHY, WARNING, DEGRADED, FAILED or UNKNOWN")] = None,
+    retired: Annotated[bool, typer.Option("--retired", help="List retired assets instead of active ones")] = False,
+) -> None:
+    """List registered assets (filters combine with AND)."""
+    from services.discovery import queries
+
+    tags = parse_tags(tag or [])
+    wanted_health = None
+    if health is not None:
+        wanted_health = health.strip().upper()
+        if wanted_health not in HEALTH_STATUSES:
+            raise CliError(f"unknown --health '{_printable(health)}'{did_you_mean(wanted_health, set(HEALTH_STATUSES))}; "
+                           f"use one of {', '.join(HEALTH_STATUSES)}")
+    settings = _settings()
+    with read_store(settings) as conn:
+        conn = _registry_ready(conn, settings)
+        if group is not None or owner is not None or kind is not None or tags:
+            known = queries.distinct_values(conn)
+            _check_known("group", group, known["group"])
+            _check_known("owner", owner, known["owner"])
+            _check_known("kind", kind, known["kind"])
+            for tag_key in tags:
+                _check_known("tag", tag_key, known["tag"])
+        assets = queries.list_assets(conn, group=group, owner=owner, tags=tags, kind=kind, retired=retired)
+    health_map = health_by_asset(settings) if assets else {}
+    rows = []
+    for asset in assets:
+        status = _status(health_map.get(asset["key"]))
+        if wanted_health is not None and status != wanted_health:
+            continue
+        rows.append({**asset, "health": status, "status": asset["status"]})
+    emit(rows, LIST_COLUMNS, fmt, output, title=f"{len(rows)} assets")
+
+
+# -- asset-details -----------------------------------------------------------------------------------------
+
+Section = tuple[str, list[dict[str, Any]], list[str]]
+
+
+def _write_sections(document: dict[str, Any], sections: Sequence[Section], fmt: OutputFormat, output: Path | None) -> None:
+    if fmt is OutputFormat.json:
+        text = json.dumps(document, indent=2, default=str) + "\n"
+    elif fmt is OutputFormat.table and output is None and sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console()
+        for title, rows, columns in sections:
+            table = Table(title=title)
+            for column in columns:
+                table.add_column(column, overflow="fold")
+            for row in rows:
+                table.add_row(*(_text(row.get(c)) for c in columns))
+            console.print(table)
+        return
+    else:
+        parts = []
+        for title, rows, columns in sections:
+            body = render_text(rows, columns, fmt, title=title)
+            parts.append(f"# {title}\n{body}" if fmt is OutputFormat.csv else body)
+        text = "\n".join(parts)
+    if output is not None:
+        check_output_path(output).write_text(text, encoding="utf-8")
+        typer.echo(f"wrote {output}", err=True)
+    else:
+        sys.stdout.write(text)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, default=str, sort_keys=True)
+    return str(value)
+
+
+def asset_details(
+    key: Annotated[str, typer.Argument(help="Asset key, e.g. raw_orders or path/to/asset")],
+    fmt: FormatOption = OutputFormat.table,
+    output: OutputOption = None,
+) -> None:
+    """Everything about one asset: spec, lineage up and down, version history, latest health, open alerts."""
+    from services.discovery import queries
+
+    settings = _settings()
+    with read_store(settings) as conn:
+        conn = _registry_ready(conn, settings)
+        asset = queries.get_asset(conn, key)
+        if asset is None:
+            raise CliError(f"unknown asset key '{_printable(key)}'{did_you_mean(key, queries.all_keys(conn))}")
+        history = queries.history(conn, key)
+        lineage = queries.lineage(conn, key)
+    health = health_by_asset(settings, [key]).get(key)
+    alerts = alerts_by_asset(settings, [key]).get(key, [])
+    spec_fields = [
+        "key", "status", "group", "description", "owners", "kinds", "tags", "metadata", "code_version", "partitioning",
+        "freshness", "checks", "code_location", "source_file", "source_line", "upstream", "downstream", "version",
+        "fingerprint", "first_seen", "last_seen", "retired_at",
+    ]
+    spec_rows = [{"field": name, "value": asset.get(name)} for name in spec_fields]
+    up = [{"key": k, "depth": d} for k, d in lineage["upstream"]]
+    down = [{"key": k, "depth": d} for k, d in lineage["downstream"]]
+    hist = [{**h, "changed": sorted(h["changes"])} for h in history]
+    health_row = {"status": _status(health), "last_materialization": _last_materialization(health),
+                  "reasons": (health or {}).get("reasons"), "evaluated_at": (health or {}).get("evaluated_at")}
+    alert_rows = [{"id": a.get("id") or a.get("alert_id") or a.get("fingerprint"), "check": a.get("check") or a.get("check_name"),
+                   "severity": a.get("severity"), "state": a.get("state") or a.get("status"),
+                   "since": a.get("started_at") or a.get("opened_at") or a.get("created_at"),
+                   "summary": a.get("summary") or a.get("reason")} for a in alerts]
+    document = {**{name: asset.get(name) for name in spec_fields}, "lineage": {"upstream": up, "downstream": down},
+                "history": history, "health": health_row, "open_alerts": alert_rows}
+    sections: list[Section] = [
+        (f"asset {key}", spec_rows, ["field", "value"]),
+        ("upstream (all depths)", up, ["key", "depth"]),
+        ("downstream (all depths)", down, ["key", "depth"]),
+        ("version history", hist, ["version", "change", "recorded_at", "changed", "retired_at"]),
+        ("latest health", [health_row], ["status", "last_materialization", "evaluated_at", "reasons"]),
+        ("open alerts", alert_rows, ["id", "check", "severity", "state", "since", "summary"]),
+    ]
+    _write_sections(document, sections, fmt, output)
+
+
+# -- discover-assets ---------------------------------------------------------------------------------------
+
+
+@contextmanager
+def progress(description: str) -> Iterator[Any]:
+    """A rich progress display on a terminal; nothing when stderr is piped."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        bar.add_task(description, total=None)
+        yield bar
+
+
+def _dry_run(settings: Settings, snapshot: Any) -> list[Any]:
+    """The changes `snapshot` would make, computed on a scratch copy: the real store is not touched."""
+    import tempfile
+
+    from libs.common.store import Store
+    from services.discovery.registry import register_snapshot
+    from services.discovery.store import MIGRATIONS
+
+    with tempfile.TemporaryDirectory(prefix="ams-discover-test-") as tmp:
+        scratch = Path(tmp) / "metadata.db"
+        source = _store_file(settings, "metadata")
+        if source.exists():
+            src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=5)
+            dst = sqlite3.connect(scratch)
+            try:
+                src.backup(dst)
+            finally:
+                src.close()
+                dst.close()
+        store = Store(f"sqlite:///{scratch}", MIGRATIONS, synchronous="OFF")
+        try:
+            with store.write() as conn:
+                return register_snapshot(conn, snapshot)
+        finally:
+            store.close()
+
+
+def discover_assets(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every module scanned and every problem")] = False,
+    test: Annotated[bool, typer.Option("--test", help="Validate discovery and report; write nothing")] = False,
+) -> None:
+    """Load the code location, register its assets (new versions, retirements) and publish the changes.
+
+    Works whether or not the discovery worker runs. Exit 1 when the code location has problems.
+    """
+    settings = _settings()
+    _quiet_logging(settings)
+    from services.discovery.scan import definitions_loader, scan
+
+    location = settings.discovery.code_location
+    with progress(f"loading {settings.discovery.definitions}"):
+        result = scan(location, definitions_loader(settings.discovery.definitions))
+    out = typer.echo
+    if verbose:
+        out(f"modules scanned ({len(result.modules)}):")
+        for module in result.modules:
+            out(f"  {module}")
+    snapshot = result.snapshot
+    found = len(snapshot.assets) if snapshot else 0
+    out(f"code location {location}: {len(result.modules)} modules, {found} assets, {len(result.problems)} problems "
+        f"({result.duration_s:.2f} s)")
+    if result.problems:
+        out(f"problems ({len(result.problems)}):")
+        for problem in result.problems if verbose else result.problems[:20]:
+            out(f"  {problem}")
+        if not verbose and len(result.problems) > 20:
+            out(f"  ... {len(result.problems) - 20} more (use --verbose)")
+    if snapshot is None:
+        raise CliError(f"discovery failed: the code location {location} could not be loaded", code=1)
+
+    if test:
+        with progress("checking against the registry"):
+            changes = _dry_run(settings, snapshot)
+        _report_changes(changes, verbose, prefix="would ")
+        out("test only: nothing was written")
+    else:
+        changes = _register(settings, snapshot, verbose)
+    if result.problems:
+        raise typer.Exit(1)
+
+
+def _quiet_logging(settings: Settings) -> None:
+    """Service logs to stderr, warnings and worse only: the command's own output is the report."""
+    from libs.common.log import configure_logging
+
+    quiet = settings.logging.model_copy(update={"level": "WARNING", "file": None})
+    configure_logging(settings.model_copy(update={"logging": quiet}), stream=sys.stderr)
+
+
+def _report_changes(changes: Sequence[Any], verbose: bool, *, prefix: str = "") -> None:
+    counts = {kind: sum(1 for c in changes if c.kind == kind) for kind in ("registered", "changed", "returned", "retired")}
+    typer.echo(f"{prefix}register {counts['registered']}, change {counts['changed']}, bring back {counts['returned']}, "
+               f"retire {counts['retired']}" if prefix else
+               f"registered {counts['registered']}, changed {counts['changed']}, returned {counts['returned']}, "
+               f"retired {counts['retired']}")
+    shown = changes if verbose else changes[:50]
+    for change in shown:
+        fields = f" ({', '.join(sorted(change.changes))})" if change.kind in ("changed", "returned") else ""
+        typer.echo(f"  {change.kind:<10} {change.key} v{change.version}{fields}")
+    if len(changes) > len(shown):
+        typer.echo(f"  ... {len(changes) - len(shown)} more (use --verbose)")
+
+
+def _register(settings: Settings, snapshot: Any, verbose: bool) -> list[Any]:
+    from libs.common import outbox
+    from libs.common.store import StoreError
+    from services.discovery.service import register
+    from services.discovery.store import open_store
+
+    try:
+        store = open_store(settings)
+    except (StoreError, sqlite3.Error) as exc:
+        raise CliError(f"cannot open the metadata store: {exc}") from exc
+    try:
+        with progress(f"registering {len(snapshot.assets)} assets"):
+            try:
+                outcome = register(store, snapshot, trigger="cli", source="asset-manager")
+            except sqlite3.OperationalError as exc:
+                raise CliError(f"cannot write the metadata store {store.path}: {exc}") from exc
+        _report_changes(outcome.changes, verbose)
+        waiting = outbox.pending(store)
+        if not waiting:
+            return outcome.changes
+        import redis
+
+        from libs.common.bus import Bus, connect
+
+        client = connect(settings.redis)
+        try:
+            published = outbox.flush(store, Bus(client, settings.bus))
+            typer.echo(f"published {published} asset change events to {settings.bus.prefix}:asset-changes")
+        except (redis.RedisError, OSError) as exc:
+            typer.echo(f"Redis unreachable at {_redacted(settings.redis.url)} ({type(exc).__name__}): registration is "
+                       f"saved; {waiting} events wait in the metadata store's outbox and the discovery worker "
+                       "publishes them when it runs")
+        finally:
+            client.close()
+        return outcome.changes
+    finally:
+        store.close()
+
+
+def _redacted(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
+
+
+# -- asset-inventory ---------------------------------------------------------------------------------------
+
+DIMENSIONS = ("group", "domain", "source", "kind")
+INVENTORY_COLUMNS = ["dimension", "value", "assets", "healthy", "unhealthy", "unknown", "last_materialization"]
+
+
+def _dimension_values(asset: Mapping[str, Any], dimension: str) -> list[str]:
+    if dimension == "group":
+        return [asset.get("group") or "default"]
+    if dimension == "kind":
+        return list(asset.get("kinds") or []) or ["(none)"]
+    value = (asset.get("tags") or {}).get(dimension)
+    return [value] if value else ["(none)"]
+
+
+def asset_inventory(
+    fmt: FormatOption = OutputFormat.table,
+    output: OutputOption = None,
+    by: Annotated[str, typer.Option("--by", help="group, domain, source, kind or all")] = "all",
+) -> None:
+    """Counts of active assets by group, domain tag, source tag and kind, with health and last materialization."""
+    from services.discovery import queries
+
+    dimensions = DIMENSIONS if by == "all" else (by,)
+    if by != "all" and by not in DIMENSIONS:
+        raise CliError(f"unknown --by '{_printable(by)}'{did_you_mean(by, {*DIMENSIONS, 'all'})}; use group, domain, source, kind or all")
+    settings = _settings()
+    with read_store(settings) as conn:
+        assets = queries.list_assets(_registry_ready(conn, settings))
+    health = health_by_asset(settings) if assets else {}
+    rows: list[dict[str, Any]] = []
+    for dimension in dimensions:
+        buckets: dict[str, dict[str, Any]] = {}
+        for asset in assets:
+            state = health.get(asset["key"])
+            status = _status(state)
+            last = _last_materialization(state)
+            for value in _dimension_values(asset, dimension):
+                row = buckets.setdefault(value, {"dimension": dimension, "value": value, "assets": 0, "healthy": 0,
+                                                 "unhealthy": 0, "unknown": 0, "last_materialization": None})
+                row["assets"] += 1
+                row["healthy" if status == "HEALTHY" else "unhealthy" if status in UNHEALTHY else "unknown"] += 1
+                if last and (row["last_materialization"] is None or last > row["last_materialization"]):
+                    row["last_materialization"] = last
+        rows.extend(buckets[v] for v in sorted(buckets))
+    emit(rows, INVENTORY_COLUMNS, fmt, output, title=f"inventory of {len(assets)} assets")
+
+
+# -- ownership-report --------------------------------------------------------------------------------------
+
+OWNER_COLUMNS = ["owner", "type", "assets", "unhealthy", "open_alerts", "described_pct"]
+
+
+def _pct(part: int, whole: int) -> float:
+    return round(100.0 * part / whole, 1) if whole else 0.0
+
+
+def ownership_report(
+    fmt: FormatOption = OutputFormat.table,
+    output: OutputOption = None,
+) -> None:
+    """Per owner and team: assets, unhealthy assets, open alerts; unowned and undescribed assets; coverage KPIs."""
+    from services.discovery import queries
+
+    settings = _settings()
+    with read_store(settings) as conn:
+        assets = queries.list_assets(_registry_ready(conn, settings))
+    health = health_by_asset(settings) if assets else {}
+    alerts = alerts_by_asset(settings) if assets else {}
+    owners: dict[str, dict[str, Any]] = {}
+    for asset in assets:
+        described = bool((asset.get("description") or "").strip())
+        for owner in asset["owners"]:
+            row = owners.setdefault(owner, {"owner": owner, "type": "team" if owner.startswith("team:") else "person",
+                                            "assets": 0, "unhealthy": 0, "open_alerts": 0, "_described": 0})
+            row["assets"] += 1
+            row["unhealthy"] += _status(health.get(asset["key"])) in UNHEALTHY
+            row["open_alerts"] += len(alerts.get(asset["key"], []))
+            row["_described"] += described
+    owner_rows = [{**r, "described_pct": _pct(r["_described"], r["assets"])} for _, r in sorted(owners.items())]
+    unowned = [a for a in assets if not a["owners"]]
+    undescribed = [a for a in assets if not (a.get("description") or "").strip()]
+    total = len(assets)
+    kpis = [
+        {"kpi": "assets", "value": total},
+        {"kpi": "owned_pct", "value": _pct(total - len(unowned), total)},
+        {"kpi": "described_pct", "value": _pct(total - len(undescribed), total)},
+        {"kpi": "team_owned_pct", "value": _pct(sum(1 for a in assets if any(o.startswith("team:") for o in a["owners"])), total)},
+        {"kpi": "unhealthy_pct", "value": _pct(sum(1 for a in assets if _status(health.get(a["key"])) in UNHEALTHY), total)},
+        {"kpi": "owners", "value": len(owners)},
+    ]
+    gaps = [{"key": a["key"], "group": a.get("group"), "missing": ", ".join(
+        m for m, bad in (("owner", not a["owners"]), ("description", not (a.get("description") or "").strip())) if bad)}
+        for a in assets if not a["owners"] or not (a.get("description") or "").strip()]
+    document = {
+        "kpis": {k["kpi"]: k["value"] for k in kpis},
+        "owners": [{c: r[c] for c in OWNER_COLUMNS} for r in owner_rows],
+        "without_owner": [a["key"] for a in unowned],
+        "without_description": [a["key"] for a in undescribed],
+    }
+    sections: list[Section] = [
+        ("coverage", kpis, ["kpi", "value"]),
+        ("owners", owner_rows, OWNER_COLUMNS),
+        ("assets missing an owner or a description", gaps, ["key", "group", "missing"]),
+    ]
+    _write_sections(document, sections, fmt, output)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the catalog commands to the CLI."""
+    app.command("list-assets")(list_assets)
+    app.command("asset-details")(asset_details)
+    app.command("discover-assets")(discover_assets)
+    app.command("asset-inventory")(asset_inventory)
+    app.command("ownership-report")(ownership_report)
+
+
+__all__ = ["register"]

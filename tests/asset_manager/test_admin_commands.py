@@ -1,0 +1,174 @@
+"""validate-config, backup and restore, run for real against real files and real stores."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from libs.common.http import ServiceServer
+from libs.common.settings import PROJECT_ROOT
+from tests.asset_manager.conftest import Cli
+
+DAGSTER_YAML = """
+storage:
+  sqlite:
+    base_dir: /tmp/dagster
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: QueuedRunCoordinator
+"""
+WORKSPACE_YAML = """
+load_from:
+  - python_module:
+      module_name: {module}
+      location_name: orchestrator
+"""
+
+
+def config_dir(tmp_path: Path, *, module: str = "libs.common.settings") -> Path:
+    directory = tmp_path / "config"
+    directory.mkdir(exist_ok=True)
+    shutil.copy(PROJECT_ROOT / "config" / "app_config.yaml", directory / "app_config.yaml")
+    (directory / "dagster.yaml").write_text(DAGSTER_YAML)
+    (directory / "workspace.yaml").write_text(WORKSPACE_YAML.format(module=module))
+    return directory
+
+
+def test_validate_config_ok(cli: Cli, tmp_path: Path) -> None:
+    directory = config_dir(tmp_path)
+    code, out, _ = cli.run("validate-config", "--config-dir", str(directory))
+    assert code == 0, out
+    assert out.count("ok  ") == 3
+
+
+def test_validate_config_lists_every_problem(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AMS_REDIS__URL")  # the environment would override the file's bad URL
+    directory = config_dir(tmp_path, module="no_such_module_here")
+    (directory / "app_config.staging.yaml").write_text("bus:\n  batch_size: 0\nredis:\n  url: http://nope\n")
+    (directory / "dagster.yaml").write_text("storage:\n  sqlite: {base_dir: 5, bogus: 1}\nnot_a_key: true\n")
+    code, out, err = cli.run("validate-config", "--config-dir", str(directory))
+    assert code == 1
+    assert "app_config (staging): bus.batch_size" in out
+    assert "app_config (staging): redis.url" in out
+    assert "app_config.staging.yaml" in out  # the file is named
+    assert "not_a_key" in out
+    assert "module 'no_such_module_here' not found" in out
+    assert out.count("FAIL") == 3
+    assert "problems found" in err
+
+
+def test_validate_config_bad_yaml_and_missing_files(cli: Cli, tmp_path: Path) -> None:
+    directory = tmp_path / "config"
+    directory.mkdir()
+    (directory / "app_config.yaml").write_text("redis: [unclosed\n")
+    code, out, _ = cli.run("validate-config", "--config-dir", str(directory))
+    assert code == 1
+    assert "not valid YAML" in out and "dagster.yaml: missing" in out and "workspace.yaml: missing" in out
+
+
+def test_validate_config_missing_dir_exit_2(cli: Cli, tmp_path: Path) -> None:
+    code, _, err = cli.run("validate-config", "--config-dir", str(tmp_path / "nope"))
+    assert code == 2 and err.strip().count("\n") == 0 and "does not exist" in err
+
+
+def add_rows(db: Path, n: int) -> None:
+    conn = sqlite3.connect(db)
+    conn.executemany("INSERT INTO processed_events (event_id, processed_at) VALUES (?, 0)", [(f"x{i}",) for i in range(n)])
+    conn.commit()
+    conn.close()
+
+
+def count(db: Path, table: str) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_backup_while_writing_then_restore(registered: Cli, tmp_path: Path) -> None:
+    db = registered.metadata_db
+    stop = threading.Event()
+    written = [0]
+
+    def writer() -> None:  # a live writer, as a running worker would be
+        conn = sqlite3.connect(db, timeout=10, isolation_level=None)
+        while not stop.is_set():
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO processed_events (event_id, processed_at) VALUES (?, 0)", (f"w{written[0]}",))
+            conn.execute("COMMIT")
+            written[0] += 1
+        conn.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        code, out, err = registered.run("backup", "--dest", str(tmp_path / "b1"))
+    finally:
+        stop.set()
+        thread.join()
+    assert code == 0, (out, err)
+    manifest = json.loads((tmp_path / "b1" / "manifest.json").read_text())
+    assert set(manifest["stores"]) == {"metadata"}  # health and monitor do not exist here
+    assert manifest["stores"]["metadata"]["schema_version"] >= 1
+    backed = count(tmp_path / "b1" / "metadata.db", "processed_events")
+    assert count(tmp_path / "b1" / "metadata.db", "assets") == 3
+
+    add_rows(db, 50)
+    code, out, err = registered.run("restore", "--from", str(tmp_path / "b1"))
+    assert code == 0, (out, err)
+    assert count(db, "processed_events") == backed
+    assert count(db, "assets") == 3
+    assert list(db.parent.glob("metadata.db.pre-restore-*"))
+    code, out, _ = registered.run("list-assets", "--format", "json")
+    assert code == 0 and len(json.loads(out)) == 3
+
+
+def test_backup_refuses_existing_backup(registered: Cli, tmp_path: Path) -> None:
+    assert registered.run("backup", "--dest", str(tmp_path / "b"))[0] == 0
+    code, _, err = registered.run("backup", "--dest", str(tmp_path / "b"))
+    assert code == 2 and "already holds a backup" in err
+    assert registered.run("backup", "--dest", str(tmp_path / "b"), "--overwrite")[0] == 0
+
+
+def test_restore_refuses_while_a_worker_answers(registered: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert registered.run("backup", "--dest", str(tmp_path / "b"))[0] == 0
+    server = ServiceServer("127.0.0.1", 0, checks={}).start()
+    monkeypatch.setenv("AMS_SERVICES__HEALTH__PORT", str(server.port))
+    try:
+        add_rows(registered.metadata_db, 5)
+        code, _, err = registered.run("restore", "--from", str(tmp_path / "b"))
+    finally:
+        server.stop()
+    assert code == 1 and "refusing to restore while workers run: health" in err
+    assert count(registered.metadata_db, "processed_events") == 5  # untouched
+
+
+def test_restore_refuses_while_a_store_is_written(registered: Cli, tmp_path: Path) -> None:
+    assert registered.run("backup", "--dest", str(tmp_path / "b"))[0] == 0
+    conn = sqlite3.connect(registered.metadata_db, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        code, _, err = registered.run("restore", "--from", str(tmp_path / "b"))
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+    assert code == 1 and "is in use" in err
+
+
+def test_restore_rejects_bad_backups(registered: Cli, tmp_path: Path) -> None:
+    code, _, err = registered.run("restore", "--from", str(tmp_path / "nothing"))
+    assert code == 2 and "not a directory" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = registered.run("restore", "--from", str(tmp_path / "empty"))
+    assert code == 2 and "manifest.json is missing" in err
+    assert registered.run("backup", "--dest", str(tmp_path / "b"))[0] == 0
+    with (tmp_path / "b" / "metadata.db").open("ab") as handle:
+        handle.write(b"tampered")
+    code, _, err = registered.run("restore", "--from", str(tmp_path / "b"))
+    assert code == 2 and "checksum differs" in err
