@@ -1,0 +1,98 @@
+"""Properties of the robust anomaly detector on generated series."""
+
+from __future__ import annotations
+
+import math
+import random
+
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from services.health.anomaly import DetectorConfig, bucket_of, score
+
+DAY = 86400.0
+T0 = 1_780_000_000.0 - (1_780_000_000.0 % DAY)
+
+levels = st.floats(min_value=1.0, max_value=1e9, allow_nan=False, allow_infinity=False)
+seeds = st.integers(min_value=0, max_value=2**32 - 1)
+
+
+def noisy(seed: int, level: float, n: int = 40, noise: float = 0.05) -> list[tuple[float, float]]:
+    rng = random.Random(seed)
+    return [(T0 + i * DAY, level * (1 + rng.gauss(0, noise))) for i in range(n)]
+
+
+@given(level=levels, n=st.integers(min_value=7, max_value=60))
+def test_constant_series_has_no_finding(level: float, n: int) -> None:
+    series = [(T0 + i * DAY, level) for i in range(n)]
+    result = score(series, (T0 + n * DAY, level), DetectorConfig())
+    assert result.enough_data and result.anomaly is None
+    assert result.z == 0.0
+
+
+@given(seed=seeds, level=levels, factor=st.floats(min_value=1e-3, max_value=1e3), offset=st.floats(min_value=-0.5, max_value=0.5))
+def test_scale_invariance(seed: int, level: float, factor: float, offset: float) -> None:
+    series = noisy(seed, level)
+    point = (T0 + 40 * DAY, level * (1 + offset))
+    base = score(series, point, DetectorConfig())
+    scaled = score([(t, v * factor) for t, v in series], (point[0], point[1] * factor), DetectorConfig())
+    assert base.z is not None and scaled.z is not None
+    assert math.isclose(base.z, scaled.z, rel_tol=1e-6, abs_tol=1e-6)
+    # the verdict is the same unless the point sits right on the threshold
+    assume(abs(abs(base.z) - 3.0) > 1e-6)
+    assert base.anomaly == scaled.anomaly
+
+
+@given(seed=seeds, level=levels, sigmas=st.floats(min_value=8, max_value=50), up=st.booleans(),
+       outlier_at=st.integers(min_value=0, max_value=39))
+@settings(max_examples=200)
+def test_injected_outlier_beyond_sensitivity_is_found(seed: int, level: float, sigmas: float, up: bool, outlier_at: int) -> None:
+    noise = 0.02
+    series = noisy(seed, level, noise=noise)
+    # an outlier already in the history must not hide the new one (robust statistics)
+    t, v = series[outlier_at]
+    series[outlier_at] = (t, v * 3)
+    sign = 1 if up else -1
+    value = level * math.exp(sign * sigmas * noise)  # far beyond 3 standard deviations on either scale
+    result = score(series, (T0 + 40 * DAY, value), DetectorConfig())
+    assert result.anomaly == ("spike" if up else "drop")
+    only_spikes = score(series, (T0 + 40 * DAY, value), DetectorConfig(direction="spike"))
+    assert (only_spikes.anomaly is not None) == up
+
+
+@given(seed=seeds, level=st.floats(min_value=100, max_value=1e8), dip=st.floats(min_value=0.2, max_value=0.7))
+@settings(max_examples=50, deadline=None)
+def test_weekday_seasonality_does_not_flag_the_weekend_dip(seed: int, level: float, dip: float) -> None:
+    rng = random.Random(seed)
+    series = []
+    for i in range(84):
+        t = T0 + i * DAY
+        weekend = bucket_of(t, "day_of_week") >= 5
+        series.append((t, level * (dip if weekend else 1.0) * (1 + rng.gauss(0, 0.02))))
+    # next Saturday, at its normal (low) level
+    t_next = T0 + 84 * DAY
+    while bucket_of(t_next, "day_of_week") != 5:
+        t_next += DAY
+    seasonal = score(series, (t_next, level * dip), DetectorConfig(seasonality="day_of_week"))
+    assert seasonal.anomaly is None and seasonal.seasonal
+    plain = score(series, (t_next, level * dip), DetectorConfig())
+    assert plain.anomaly == "drop"  # without seasonality the same dip is an anomaly
+
+
+def test_not_enough_training_data() -> None:
+    result = score([(T0, 1.0), (T0 + DAY, 1.0)], (T0 + 2 * DAY, 100.0), DetectorConfig())
+    assert not result.enough_data and result.anomaly is None and "2 of 7" in result.note
+
+
+def test_ignore_small_changes_and_min_delta() -> None:
+    series = [(T0 + i * DAY, 1000.0 + (i % 2)) for i in range(20)]
+    point = (T0 + 20 * DAY, 1100.0)  # +10 %: beyond the (tiny) spread
+    assert score(series, point, DetectorConfig()).anomaly == "spike"
+    assert score(series, point, DetectorConfig(ignore_spike_pct=15)).anomaly is None
+    assert score(series, point, DetectorConfig(min_delta=200)).anomaly is None
+
+
+def test_zeros_history_with_nonzero_point() -> None:
+    series = [(T0 + i * DAY, 0.0) for i in range(10)]
+    result = score(series, (T0 + 10 * DAY, 5.0), DetectorConfig())
+    assert result.anomaly == "spike" and result.z is None

@@ -1,0 +1,177 @@
+"""The health worker as a real process on real Redis, reporting to a real HTTP receiver standing in for
+the Dagster webserver's /report_asset_check/ endpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from libs.common.bus import Bus, connect
+from libs.common.events import ASSETS, CHECK_NAMES, HEALTH, RUNS, HealthChanged, parse_event
+from libs.common.redis_server import free_port
+from libs.common.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout_s} s")
+        time.sleep(0.05)
+
+
+class CheckReceiver:
+    """A loopback HTTP server recording POSTs; the very first one is answered 503 to exercise retries."""
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[str, dict[str, Any]]] = []
+        self.refused = 0
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if receiver.refused == 0:
+                    receiver.refused += 1
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                receiver.posts.append((self.path, body))
+                payload = b"{}"
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def latest(self, path: str) -> dict[str, dict[str, Any]]:
+        return {body["check_name"]: body for p, body in self.posts if p == path}
+
+
+@pytest.fixture
+def receiver() -> Iterator[CheckReceiver]:
+    r = CheckReceiver()
+    yield r
+    r.server.shutdown()
+
+
+@pytest.fixture
+def worker(settings: Settings, receiver: CheckReceiver, tmp_path: Path) -> Iterator[int]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "AMS_REDIS__URL": settings.redis.url,
+        "AMS_BUS__PREFIX": settings.bus.prefix,
+        "AMS_BUS__BLOCK_MS": "200",
+        "AMS_SERVICES__HEALTH__PORT": str(port),
+        "AMS_HEALTH__DAGSTER_URL": receiver.url,
+        "AMS_LOGGING__FORMAT": "json",
+        "DAGSTER_HOME": str(settings.dagster_home),
+        "PYTHONPATH": str(ROOT),
+    }
+    env.pop("AMS_LOGGING__FILE", None)
+    log = (tmp_path / "worker.log").open("wb")
+    process = subprocess.Popen([sys.executable, "-m", "services.health"], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return process.poll() is not None
+
+    wait_for(answers, what="health /healthz")
+    assert process.poll() is None, (tmp_path / "worker.log").read_text()
+    yield port
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0, (tmp_path / "worker.log").read_text()[-3000:]
+    log.close()
+
+
+def health_events(client: redis.Redis, settings: Settings) -> list[HealthChanged]:
+    out = []
+    for _, fields in client.xrange(f"{settings.bus.prefix}:{HEALTH}"):
+        event = parse_event(fields[b"event"])
+        assert isinstance(event, HealthChanged)
+        out.append(event)
+    return out
+
+
+def settled(client: redis.Redis, settings: Settings) -> bool:
+    for stream in (ASSETS, RUNS):
+        groups = client.xinfo_groups(f"{settings.bus.prefix}:{stream}")
+        if not any(g["name"] == b"health" and g["pending"] == 0 and g["lag"] == 0 for g in groups):
+            return False
+    return True
+
+
+def test_failure_and_recovery_reach_health_stream_db_and_dagster(
+    settings: Settings, redis_client: redis.Redis, worker: int, receiver: CheckReceiver, ev: Any
+) -> None:
+    bus = Bus(connect(settings.redis), settings.bus)
+    now = time.time()
+    failing = [ev.run("run-1", "STARTED", ["raw/orders"], start=now - 60),
+               ev.run("run-1", "FAILURE", ["raw/orders"], start=now - 60, end=now - 50, error="ConnectionError: db down")]
+    bus.publish_many(RUNS, failing)
+    wait_for(lambda: any(e.data.status == "FAILED" for e in health_events(redis_client, settings)), what="FAILED")
+    (failed,) = health_events(redis_client, settings)
+    assert failed.data.asset_key == "raw/orders" and failed.data.previous_status == "UNKNOWN"
+    assert [c.check for c in failed.data.checks] == list(CHECK_NAMES)
+    assert "ConnectionError: db down" in failed.data.reasons[0]
+
+    db = sqlite3.connect(settings.data_dir / "health.db")
+    assert db.execute("SELECT status, duration_s FROM executions WHERE run_id = 'run-1'").fetchone() == ("FAILURE", 10.0)
+    assert db.execute("SELECT status FROM asset_health WHERE asset_key = 'raw/orders'").fetchone() == ("FAILED",)
+
+    path = "/report_asset_check/raw/orders"
+    wait_for(lambda: len(receiver.latest(path)) == len(CHECK_NAMES), what="all checks reported to Dagster")
+    reported = receiver.latest(path)["execution_status"]
+    assert reported["passed"] is False and reported["severity"] == "ERROR"
+    assert "db down" in reported["metadata"]["reason"]
+    assert receiver.refused == 1  # the first POST got a 503 and was retried
+
+    recovery = [ev.run("run-2", "SUCCESS", ["raw/orders"], start=now - 30, end=now - 20),
+                ev.mat("raw/orders", now - 21, run_id="run-2", rows=1200, columns=[("id", "int")])]
+    bus.publish_many(ASSETS, recovery[1:])
+    bus.publish_many(RUNS, recovery[:1])
+    wait_for(lambda: health_events(redis_client, settings)[-1].data.status == "HEALTHY", what="HEALTHY")
+    wait_for(lambda: receiver.latest(path)["execution_status"]["passed"] is True, what="passed check reported")
+
+    # Redelivered (republished) events change nothing and publish nothing.
+    before = len(health_events(redis_client, settings))
+    rows = db.execute("SELECT COUNT(*) FROM materializations").fetchone()
+    bus.publish_many(RUNS, failing)
+    bus.publish_many(ASSETS, recovery[1:])
+    wait_for(lambda: settled(redis_client, settings), what="redeliveries consumed")
+    assert len(health_events(redis_client, settings)) == before
+    assert db.execute("SELECT COUNT(*) FROM materializations").fetchone() == rows
+    assert db.execute("SELECT status FROM asset_health WHERE asset_key = 'raw/orders'").fetchone() == ("HEALTHY",)
+
+    metrics = httpx.get(f"http://127.0.0.1:{worker}/metrics", timeout=5).text
+    assert 'ams_health_assets{status="HEALTHY"} 1.0' in metrics
+    assert 'ams_health_check_results_total{check="execution_status",outcome="error"}' in metrics
+    assert "ams_health_event_lag_seconds_bucket" in metrics and "ams_health_evaluation_seconds_count" in metrics
+    db.close()
