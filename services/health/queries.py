@@ -148,3 +148,13 @@ def sparkline(values: Sequence[float | None], width: int | None = None) -> str:
         else:
             out.append(_SPARKS[min(len(_SPARKS) - 1, int((v - lo) / span * (len(_SPARKS) - 1) + 0.5))])
     return "".join(out)
+
+
+def last_materializations(store: Store, key: str | None = None) -> dict[str, str]:
+    """The time of each asset's latest materialization (ISO 8601, UTC), for listings."""
+    with store.read() as conn:
+        if key is None:
+            rows = conn.execute("SELECT asset_key, MAX(occurred_at) FROM materializations GROUP BY asset_key").fetchall()
+        else:
+            rows = conn.execute("SELECT asset_key, MAX(occurred_at) FROM materializations WHERE asset_key = ?", (key,)).fetchall()
+    return {str(r[0]): _dt(r[1]).isoformat(timespec="seconds") for r in rows if r[1] is not None}

@@ -1,0 +1,101 @@
+"""`asset-health`: the latest health of every asset (or one), with the reason behind every finding."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Annotated, Any
+
+import typer
+
+from asset_manager.errors import CliError
+from asset_manager.output import FormatOption, OutputFormat, OutputOption, emit
+
+STATUSES = ("FAILED", "DEGRADED", "WARNING", "HEALTHY", "UNKNOWN")
+ASSET_COLUMNS = ["asset_key", "status", "failing_checks", "reasons", "since", "evaluated_at"]
+CHECK_COLUMNS = ["check", "outcome", "reason", "evaluated_at"]
+
+
+def parse_statuses(text: str | None) -> set[str] | None:
+    """`FAILED,warning` → {"FAILED", "WARNING"}; unknown names are a usage error."""
+    if text is None:
+        return None
+    wanted = {part.strip().upper() for part in text.split(",") if part.strip()}
+    unknown = sorted(wanted - set(STATUSES))
+    if unknown or not wanted:
+        bad = unknown[0] if unknown else text
+        close = difflib.get_close_matches(bad, STATUSES, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise CliError(f"unknown --status '{bad}'{hint}; use a comma-separated list of {', '.join(STATUSES)}")
+    return wanted
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value is not None else ""
+
+
+def asset_health(
+    key: Annotated[str | None, typer.Argument(help="Asset key (e.g. raw/orders); all assets when omitted")] = None,
+    status: Annotated[
+        str | None, typer.Option("--status", "-s", help="Only these statuses, comma-separated (e.g. FAILED,WARNING)")
+    ] = None,
+    fmt: FormatOption = OutputFormat.table,
+    output: OutputOption = None,
+) -> None:
+    """Health per asset (worst first) with every reason; with KEY, each check of that asset."""
+    from libs.common.settings import load_settings
+    from libs.common.store import StoreError, sqlite_path
+    from services.health import queries
+    from services.health.store import open_store
+
+    wanted = parse_statuses(status)
+    settings = load_settings()
+    try:
+        path = sqlite_path(settings.store_url("health"))
+    except StoreError as exc:
+        raise CliError(str(exc)) from exc
+    if not path.exists():
+        if key is not None:
+            raise CliError(f"no health recorded for '{key}': {path} does not exist yet (is the health service running?)")
+        typer.echo(f"no health data yet: {path} does not exist (start the health service)", err=True)
+        emit([], ASSET_COLUMNS, fmt, output, title="Asset health")
+        return
+    store = open_store(settings, migrate=False)
+    try:
+        items = queries.latest_health(store, key)
+        if key is not None and not items:
+            known = [a.asset_key for a in queries.latest_health(store)]
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise CliError(f"no health recorded for asset '{key}'{hint}")
+    finally:
+        store.close()
+    if wanted is not None:
+        items = [a for a in items if a.status in wanted]
+    if key is not None and items:
+        (item,) = items
+        rows = [
+            {"check": c.check, "outcome": c.outcome, "reason": c.reason, "evaluated_at": _when(item.evaluated_at),
+             "values": c.values}
+            for c in item.checks
+        ]
+        columns = [*CHECK_COLUMNS, "values"] if fmt is OutputFormat.json else CHECK_COLUMNS
+        emit(rows, columns, fmt, output, title=f"{item.asset_key}: {item.status} since {_when(item.changed_at)}")
+        return
+    rows = []
+    for a in items:
+        failing = [f"{c.check}={c.outcome}" for c in a.checks if c.outcome != "passed"]
+        rows.append({
+            "asset_key": a.asset_key,
+            "status": a.status,
+            "failing_checks": failing,
+            "reasons": a.reasons if fmt is OutputFormat.json else "\n".join(a.reasons),
+            "since": _when(a.changed_at),
+            "evaluated_at": _when(a.evaluated_at),
+            "checks": [c.model_dump(mode="json") for c in a.checks],
+        })
+    columns = [*ASSET_COLUMNS, "checks"] if fmt is OutputFormat.json else ASSET_COLUMNS
+    emit(rows, columns, fmt, output, title="Asset health")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("asset-health")(asset_health)
