@@ -90,64 +90,77 @@ def _registry_ready(conn: sqlite3.Connection | None, settings: Settings) -> sqli
     return conn
 
 
-def _call_peer(conn: sqlite3.Connection, module_name: str, names: Sequence[str], keys: Sequence[str] | None) -> Any:
-    """Call the first of `names` that `services.<peer>.queries` offers; None when none is there."""
+@contextmanager
+def _peer_store(settings: Settings, service: str, name: str) -> Iterator[Any]:
+    """Another service's store through its own `open_store` (not migrated); None when absent or unusable."""
     import importlib
 
+    path = _store_file(settings, name)
+    if not path.exists():
+        yield None
+        return
     try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        return None
-    for name in names:
-        func = getattr(module, name, None)
-        if callable(func):
-            try:
-                return func(conn, keys) if keys is not None else func(conn)
-            except TypeError:
-                return func(conn)
-    return None
+        store = importlib.import_module(f"services.{service}.store").open_store(settings, migrate=False)
+    except Exception:  # a peer that is missing or broken must not break the catalog commands
+        yield None
+        return
+    try:
+        yield store
+    finally:
+        store.close()
 
 
-def _by_asset(result: Any) -> dict[str, list[dict[str, Any]]]:
-    """Rows (mappings or objects with `asset_key`) grouped per asset key."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    if result is None:
-        return out
-    items: Any = result.items() if isinstance(result, Mapping) else [(None, r) for r in result]
-    for key, value in items:
-        values = value if isinstance(value, list) else [value]
-        for item in values:
-            row = dict(item) if isinstance(item, Mapping | sqlite3.Row) else dict(getattr(item, "__dict__", {}))
-            if hasattr(item, "model_dump"):
-                row = item.model_dump(mode="json")
-            asset = key or row.get("asset_key") or row.get("key")
-            if asset:
-                out.setdefault(str(asset), []).append(row)
+def health_by_asset(settings: Settings, key: str | None = None) -> dict[str, dict[str, Any]]:
+    """Latest health per asset (status, reasons, evaluated_at, last_materialization) from health.db.
+
+    Read through `services.health.queries`; empty when health.db or that module is not there.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    with _peer_store(settings, "health", "health") as store:
+        if store is None:
+            return out
+        try:
+            from services.health import queries as health_queries
+
+            for item in health_queries.latest_health(store, key):
+                row = item.model_dump(mode="json") if hasattr(item, "model_dump") else dict(item)
+                out[str(row["asset_key"])] = row
+            last = _last_materializations(store, health_queries, key)
+        except (ImportError, AttributeError, sqlite3.Error):
+            return out
+        for asset_key, at in last.items():
+            out.setdefault(asset_key, {"asset_key": asset_key, "status": "UNKNOWN"})["last_materialization"] = at
     return out
 
 
-def health_by_asset(settings: Settings, keys: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-    """Latest health per asset from health.db via `services.health.queries` (empty when unavailable)."""
-    try:
-        with read_store(settings, "health", required=False) as conn:
-            if conn is None:
-                return {}
-            result = _call_peer(conn, "services.health.queries", ("latest_health", "latest_health_by_asset", "asset_health"), keys)
-    except (CliError, sqlite3.Error):
-        return {}
-    return {k: rows[-1] for k, rows in _by_asset(result).items()}
+def _last_materializations(store: Any, health_queries: Any, key: str | None) -> dict[str, str]:
+    if hasattr(health_queries, "last_materializations"):
+        return {str(k): str(v) for k, v in health_queries.last_materializations(store, key).items()}
+    if key is not None:
+        points = [p for p in health_queries.history(store, key, limit=50) if p.kind == "materialization"]
+        return {key: points[0].at.isoformat(timespec="seconds")} if points else {}
+    # The whole inventory at once: one grouped read instead of a history() call per asset.
+    from services.discovery.queries import iso
+
+    with store.read() as conn:
+        rows = conn.execute("SELECT asset_key, MAX(occurred_at) FROM materializations GROUP BY asset_key").fetchall()
+    return {str(r[0]): str(iso(r[1])) for r in rows if r[1] is not None}
 
 
-def alerts_by_asset(settings: Settings, keys: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Open alerts per asset from monitor.db via `services.alerts.queries` (empty when unavailable)."""
-    try:
-        with read_store(settings, "monitor", required=False) as conn:
-            if conn is None:
-                return {}
-            result = _call_peer(conn, "services.alerts.queries", ("open_alerts", "open_alerts_by_asset", "list_open_alerts"), keys)
-    except (CliError, sqlite3.Error):
-        return {}
-    return _by_asset(result)
+def alerts_by_asset(settings: Settings, key: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Open (firing, acknowledged or silenced) alerts per asset from monitor.db via `services.alerts.queries`."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    with _peer_store(settings, "alerts", "monitor") as store:
+        if store is None:
+            return out
+        try:
+            from services.alerts import queries as alert_queries
+
+            for alert in alert_queries.open_alerts(store, key):
+                out.setdefault(str(alert["asset_key"]), []).append(dict(alert))
+        except (ImportError, AttributeError, KeyError, sqlite3.Error):
+            return out
+    return out
 
 
 def _status(health: Mapping[str, Any] | None) -> str:
@@ -158,12 +171,7 @@ def _status(health: Mapping[str, Any] | None) -> str:
 
 
 def _last_materialization(health: Mapping[str, Any] | None) -> str | None:
-    if not health:
-        return None
-    for name in ("last_materialization", "last_materialized_at", "last_success_at", "last_run_at", "evaluated_at"):
-        if health.get(name):
-            return str(health[name])
-    return None
+    return str(health["last_materialization"]) if health and health.get("last_materialization") else None
 
 
 # -- input checks ------------------------------------------------------------------------------------------
@@ -301,8 +309,8 @@ def asset_details(
             raise CliError(f"unknown asset key '{_printable(key)}'{did_you_mean(key, queries.all_keys(conn))}")
         history = queries.history(conn, key)
         lineage = queries.lineage(conn, key)
-    health = health_by_asset(settings, [key]).get(key)
-    alerts = alerts_by_asset(settings, [key]).get(key, [])
+    health = health_by_asset(settings, key).get(key)
+    alerts = alerts_by_asset(settings, key).get(key, [])
     spec_fields = [
         "key", "status", "group", "description", "owners", "kinds", "tags", "metadata", "code_version", "partitioning",
         "freshness", "checks", "code_location", "source_file", "source_line", "upstream", "downstream", "version",
@@ -314,10 +322,8 @@ def asset_details(
     hist = [{**h, "changed": sorted(h["changes"])} for h in history]
     health_row = {"status": _status(health), "last_materialization": _last_materialization(health),
                   "reasons": (health or {}).get("reasons"), "evaluated_at": (health or {}).get("evaluated_at")}
-    alert_rows = [{"id": a.get("id") or a.get("alert_id") or a.get("fingerprint"), "check": a.get("check") or a.get("check_name"),
-                   "severity": a.get("severity"), "state": a.get("state") or a.get("status"),
-                   "since": a.get("started_at") or a.get("opened_at") or a.get("created_at"),
-                   "summary": a.get("summary") or a.get("reason")} for a in alerts]
+    alert_rows = [{"id": a.get("id"), "check": a.get("check"), "severity": a.get("severity"),
+                   "state": a.get("status"), "since": a.get("started_at"), "summary": a.get("summary")} for a in alerts]
     document = {**{name: asset.get(name) for name in spec_fields}, "lineage": {"upstream": up, "downstream": down},
                 "history": history, "health": health_row, "open_alerts": alert_rows}
     sections: list[Section] = [

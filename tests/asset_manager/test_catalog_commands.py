@@ -241,3 +241,52 @@ def test_real_process_piped(registered: Cli) -> None:
     assert done.stderr.strip() == "error: unknown asset key 'raw_order' (did you mean 'raw_orders'?)"
     done = registered.run_process("discover-assets", "--test")
     assert done.returncode == 0 and "\x1b[" not in done.stdout + done.stderr
+
+
+def test_health_and_alerts_from_their_own_services(registered: Cli) -> None:
+    """Health and alerts come from health.db and monitor.db, written by those services' own handlers."""
+    from libs.common.bus import Delivery
+    from libs.common.events import (
+        AssetMaterializationFailed,
+        AssetMaterialized,
+        MaterializationData,
+        MaterializationFailedData,
+        new_event,
+    )
+    from libs.common.settings import load_settings
+    from services.alerts.service import AlertService
+    from services.alerts.store import open_store as open_monitor
+    from services.health.engine import HealthEngine
+    from services.health.store import open_store as open_health
+
+    settings = load_settings()
+    changes = asset_changes(registered)
+    ok = new_event(AssetMaterialized, "asset.materialized", identity="raw_orders|1", source="test",
+                   data=MaterializationData(asset_key="raw_orders", run_id="r1", row_count=10))
+    failed = new_event(AssetMaterializationFailed, "asset.materialization_failed", identity="stg_orders|1", source="test",
+                       data=MaterializationFailedData(asset_key="stg_orders", run_id="r2", error="boom"))
+    health_store = open_health(settings)
+    HealthEngine(health_store, settings).handle(
+        [Delivery("x", str(i), e) for i, e in enumerate([*changes, ok, failed])]  # type: ignore[list-item]
+    )
+    staged = [parse_event(r[0]) for r in health_store.connection().execute("SELECT payload FROM event_outbox ORDER BY seq")]
+    health_store.close()
+    monitor = open_monitor(settings)
+    AlertService(monitor, settings).handle([Delivery("x", str(i), e) for i, e in enumerate([*changes, *staged])])  # type: ignore[list-item]
+    monitor.close()
+
+    code, out, _ = registered.run("list-assets", "--health", "failed", "--format", "json")
+    assert code == 0 and [r["key"] for r in json.loads(out)] == ["stg_orders"]
+    code, out, _ = registered.run("asset-details", "stg_orders", "--format", "json")
+    doc = json.loads(out)
+    assert doc["health"]["status"] == "FAILED"
+    assert len(doc["open_alerts"]) >= 1 and doc["open_alerts"][0]["state"] == "firing"
+    code, out, _ = registered.run("asset-details", "raw_orders", "--format", "json")
+    assert json.loads(out)["health"]["last_materialization"] is not None
+    code, out, _ = registered.run("ownership-report", "--format", "json")
+    owners = {o["owner"]: o for o in json.loads(out)["owners"]}
+    assert owners["team:data"]["unhealthy"] == 1 and owners["team:data"]["open_alerts"] >= 1
+    code, out, _ = registered.run("asset-inventory", "--by", "group", "--format", "json")
+    groups = {r["value"]: r for r in json.loads(out)}
+    assert groups["stg__loaders"]["unhealthy"] == 1
+    assert groups["stg__ingestion"]["last_materialization"] is not None

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from libs.common.events import AssetSpecData, CatalogSnapshotData
 from libs.common.store import Store
+from orchestrator.catalog import build_catalog
 from services.discovery import queries
 from services.discovery.registry import (
     diff,
@@ -23,7 +24,6 @@ from services.discovery.registry import (
     to_events,
     upstream_of,
 )
-from services.discovery.scan import snapshot_from_definitions
 from services.discovery.store import MIGRATIONS
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -59,7 +59,7 @@ def make_defs(*, description: str = "Raw orders.", with_loader: bool = True) -> 
 
 
 def snap(defs: dg.Definitions) -> CatalogSnapshotData:
-    return snapshot_from_definitions(defs, "orchestrator")
+    return build_catalog(defs, "orchestrator")
 
 
 def register(store: Store, snapshot: CatalogSnapshotData, now: datetime) -> list[Any]:

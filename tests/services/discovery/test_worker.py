@@ -74,8 +74,11 @@ def location(tmp_path: Path) -> tuple[Path, str]:
 
 
 @pytest.fixture
-def worker(settings: Settings, location: tuple[Path, str], tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+def worker(
+    request: pytest.FixtureRequest, settings: Settings, location: tuple[Path, str], tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     directory, package = location
+    extra_env: dict[str, str] = getattr(request, "param", {})
     port = free_port()
     env = {
         **os.environ,
@@ -89,6 +92,7 @@ def worker(settings: Settings, location: tuple[Path, str], tmp_path: Path) -> It
         "AMS_LOGGING__FORMAT": "json",
         "DAGSTER_HOME": str(settings.dagster_home),
         "PYTHONPATH": os.pathsep.join([str(directory), str(ROOT)]),
+        **extra_env,
     }
     env.pop("AMS_LOGGING__FILE", None)
     log = (tmp_path / "worker.log").open("wb")
@@ -186,3 +190,14 @@ def test_broken_code_location_is_reported_and_worker_keeps_running(
     assert json.loads(httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).text)["status"] == "ready"
     assert changes(redis_client, settings) == []
     bus.client.close()
+
+
+@pytest.mark.parametrize("worker", [{"AMS_DISCOVERY__RESCAN_AT_START": "true"}], indirect=True)
+def test_rescan_job_registers_the_code_location(
+    settings: Settings, redis_client: redis.Redis, worker: tuple[subprocess.Popen[bytes], int]
+) -> None:
+    # Nothing is published: the periodic rescan (run once at start) loads the code location itself.
+    wait_for(lambda: len(changes(redis_client, settings)) == 3, what="3 asset.registered from the rescan")
+    assert {e.data.spec.code_location for e in changes(redis_client, settings)} == {"testloc"}
+    metrics = httpx.get(f"http://127.0.0.1:{worker[1]}/metrics", timeout=5).text
+    assert 'ams_discovery_duration_seconds_count{trigger="rescan"} 1.0' in metrics
