@@ -55,6 +55,7 @@ def build(settings: Settings, *, port: int | None = None) -> HealthService:
         handler=engine.handle,
         jobs=[
             PeriodicJob(name="evaluate", func=engine.evaluate_all, interval_s=cfg.evaluation_interval_s, run_at_start=True),
+            PeriodicJob(name="evaluate_pending", func=engine.evaluate_pending, interval_s=cfg.max_defer_s),
             PeriodicJob(name="retention", func=engine.retention, interval_s=cfg.retention_interval_s),
         ],
         on_startup=startup,

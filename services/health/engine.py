@@ -93,6 +93,9 @@ class HealthEngine:
         self._histories: OrderedDict[str, AssetHistory] = OrderedDict()
         self._states: dict[str, HealthState] = {}
         self._resolved: dict[str, tuple[AssetSpecData | None, Resolved]] = {}
+        self._dirty: dict[str, None] = {}
+        self._dirty_since: float | None = None
+        self._load_dirty()
 
     # -- cache -------------------------------------------------------------------------------------------
 
@@ -100,6 +103,13 @@ class HealthEngine:
         self._histories.clear()
         self._states.clear()
         self._resolved.clear()
+        self._load_dirty()
+
+    def _load_dirty(self) -> None:
+        """The assets awaiting evaluation according to the store (after a restart or a failed batch)."""
+        rows = self.store.connection().execute("SELECT asset_key FROM dirty_assets").fetchall()
+        self._dirty = dict.fromkeys(r[0] for r in rows)
+        self._dirty_since = time.monotonic() if self._dirty else None
 
     def _history(self, conn: sqlite3.Connection, key: str) -> AssetHistory:
         history = self._histories.get(key)
@@ -150,15 +160,57 @@ class HealthEngine:
                     fresh = Store.claim_events(conn, [e.id for e in events])
                     new = [e for e in events if e.id in fresh]
                     touched = self._record(conn, new)
-                    evaluations = self._evaluate(conn, touched, now) if touched else []
+                    self._mark_dirty(conn, touched)
+                    # A full batch means a backlog: coalesce evaluations (each asset once per max_defer_s)
+                    # instead of evaluating after every batch; caught up, evaluate at once.
+                    backlog = len(deliveries) >= self.settings.bus.batch_size
+                    due = self._dirty_since is not None and time.monotonic() - self._dirty_since >= self.cfg.max_defer_s
+                    evaluations = self._evaluate_dirty(conn, now) if (not backlog or due) else []
             except BaseException:
                 self._forget()
                 raise
         handled = time.time()
+        lag = metrics.EVENT_LAG_SECONDS.labels(stream=deliveries[0].stream)
         for delivery in deliveries:
             if delivery.event.id in fresh:
-                metrics.EVENT_LAG_SECONDS.labels(stream=delivery.stream).observe(max(0.0, handled - _ts(delivery.event)))
+                lag.observe(max(0.0, handled - _ts(delivery.event)))
         self._after_commit(evaluations, report_all=True)
+
+    def _mark_dirty(self, conn: sqlite3.Connection, keys: Sequence[str]) -> None:
+        """Remember `keys` as awaiting evaluation, durably (a crash before evaluating loses nothing)."""
+        fresh = [k for k in keys if k not in self._dirty]
+        if not fresh:
+            return
+        conn.executemany("INSERT OR IGNORE INTO dirty_assets (asset_key, since) VALUES (?, ?)", [(k, time.time()) for k in fresh])
+        for k in fresh:
+            self._dirty[k] = None
+        if self._dirty_since is None:
+            self._dirty_since = time.monotonic()
+
+    def _evaluate_dirty(self, conn: sqlite3.Connection, now: float) -> list[Evaluation]:
+        if not self._dirty:
+            return []
+        keys = list(self._dirty)
+        evaluations = self._evaluate(conn, keys, now)
+        conn.execute("DELETE FROM dirty_assets")
+        self._dirty.clear()
+        self._dirty_since = None
+        return evaluations
+
+    def evaluate_pending(self) -> int:
+        """Evaluate assets whose evaluation was deferred (periodic, every `max_defer_s`); returns how many."""
+        with self.lock:
+            if not self._dirty:
+                return 0
+            now = self.clock()
+            try:
+                with self.store.write() as conn:
+                    evaluations = self._evaluate_dirty(conn, now)
+            except BaseException:
+                self._forget()
+                raise
+        self._after_commit(evaluations, report_all=True)
+        return len(evaluations)
 
     def _record(self, conn: sqlite3.Connection, events: Sequence[Event]) -> list[str]:
         """Write the events' facts to health.db and the cache; returns the asset keys to re-evaluate."""
@@ -445,6 +497,9 @@ class HealthEngine:
             try:
                 with self.store.write() as conn:
                     evaluations = self._evaluate(conn, all_asset_keys(conn), now)
+                    conn.execute("DELETE FROM dirty_assets")
+                    self._dirty.clear()
+                    self._dirty_since = None
             except BaseException:
                 self._forget()
                 raise

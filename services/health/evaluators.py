@@ -22,6 +22,10 @@ from services.health.thresholds import Resolved
 EXECUTION, VOLUME, DURATION, FRESHNESS, DEPENDENCIES, SCHEMA = CHECK_NAMES
 _RANK: dict[str, int] = {"passed": 0, "warn": 1, "error": 2}
 _DAY = 86400.0
+_RECENT = 100  # runs that decide the execution status and streak
+# Training points per detector: plenty for robust statistics, and bounded cost per evaluation.
+MAX_TRAINING_POINTS = 120
+MAX_TRAINING_POINTS_HOURLY = 24 * 7
 
 
 def _result(check: str, outcome: CheckOutcome, reason: str, **values: Any) -> CheckResult:
@@ -66,8 +70,9 @@ def run_outcomes(history: AssetHistory) -> list[tuple[float, str, str, str | Non
     materialization of the asset is on record for it, even if the run failed elsewhere.
     """
     by_run: dict[str, tuple[float, str, str | None]] = {}
-    materialized = {m.run_id: m.at for m in history.materializations}
-    for e in history.executions:
+    # The recent past decides the last outcome and the streak.
+    materialized = {m.run_id: m.at for m in history.materializations[-_RECENT:]}
+    for e in history.executions[-_RECENT:]:
         if e.status == "STARTED":
             continue
         status = e.status
@@ -77,7 +82,7 @@ def run_outcomes(history: AssetHistory) -> list[tuple[float, str, str, str | Non
     for run_id, at in materialized.items():
         if run_id not in by_run:
             by_run[run_id] = (at, "SUCCESS", None)
-    for f in history.failures:
+    for f in history.failures[-_RECENT:]:
         prior = by_run.get(f.run_id)
         by_run[f.run_id] = (max(f.at, prior[0]) if prior else f.at, "FAILURE", f.error or (prior[2] if prior else None))
     return sorted(((at, run, status, err) for run, (at, status, err) in by_run.items()), key=lambda r: r[0])
@@ -143,7 +148,11 @@ def _anomaly_result(check: str, s: Score, severity: CheckOutcome, what: str, uni
     return _result(check, severity, reason, direction=s.anomaly, **values)
 
 
-def volume_config(th: HealthThresholds, max_points: int = 400) -> DetectorConfig:
+def _max_points(seasonality: str) -> int:
+    return MAX_TRAINING_POINTS_HOURLY if seasonality == "hour_of_day" else MAX_TRAINING_POINTS
+
+
+def volume_config(th: HealthThresholds) -> DetectorConfig:
     return DetectorConfig(
         sensitivity=th.volume_sensitivity,
         direction=th.volume_direction,
@@ -152,11 +161,11 @@ def volume_config(th: HealthThresholds, max_points: int = 400) -> DetectorConfig
         seasonality=th.volume_seasonality,
         ignore_spike_pct=th.volume_ignore_small_spike_pct,
         ignore_drop_pct=th.volume_ignore_small_drop_pct,
-        max_points=max_points,
+        max_points=_max_points(th.volume_seasonality),
     )
 
 
-def duration_config(th: HealthThresholds, max_points: int = 400) -> DetectorConfig:
+def duration_config(th: HealthThresholds) -> DetectorConfig:
     return DetectorConfig(
         sensitivity=th.duration_sensitivity,
         direction=th.duration_direction,
@@ -166,13 +175,14 @@ def duration_config(th: HealthThresholds, max_points: int = 400) -> DetectorConf
         ignore_spike_pct=th.duration_ignore_small_spike_pct,
         ignore_drop_pct=th.duration_ignore_small_drop_pct,
         min_delta=th.duration_min_delta_s,
-        max_points=max_points,
+        max_points=_max_points(th.duration_seasonality),
     )
 
 
 def volume_anomaly(history: AssetHistory, th: HealthThresholds) -> CheckResult:
     """Row count of the latest materialization against its training window; zero rows is its own finding."""
-    series = [(m.at, float(m.row_count)) for m in history.materializations if m.row_count is not None]
+    series = [(m.at, float(m.row_count)) for m in history.materializations[-(MAX_TRAINING_POINTS_HOURLY + 1) :]
+              if m.row_count is not None]
     if not series:
         return _result(VOLUME, "passed", "no row count reported (add dagster/row_count metadata to judge volume)")
     *past, (t_now, value) = series
@@ -196,9 +206,10 @@ def volume_anomaly(history: AssetHistory, th: HealthThresholds) -> CheckResult:
 
 def duration_series(history: AssetHistory) -> list[tuple[float, float]]:
     """(time, seconds) of each successful materialization: its own duration, else its run's."""
-    runs: dict[str, Execution] = {e.run_id: e for e in history.executions}
+    tail = history.materializations[-(MAX_TRAINING_POINTS_HOURLY + 1) :]
+    runs: dict[str, Execution] = {e.run_id: e for e in history.executions[-2 * len(tail) - 10 :]}
     series: list[tuple[float, float]] = []
-    for m in history.materializations:
+    for m in tail:
         d = m.duration_s
         if d is None:
             run = runs.get(m.run_id)

@@ -95,6 +95,16 @@ MIGRATIONS = [
         ) WITHOUT ROWID;
         """,
     ),
+    Migration(
+        2,
+        "assets awaiting evaluation",
+        """
+        CREATE TABLE dirty_assets (
+            asset_key TEXT PRIMARY KEY,
+            since REAL NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    ),
 ]
 
 
@@ -109,8 +119,19 @@ def open_store(settings: Settings, *, migrate: bool = True) -> Store:
     )
 
 
+_COLUMNS_JSON: dict[tuple[tuple[str, str], ...], str] = {}
+
+
 def columns_json(columns: tuple[tuple[str, str], ...] | None) -> str | None:
-    return json.dumps([[n, t] for n, t in columns]) if columns is not None else None
+    """The stored form of a column schema (memoised: an asset's schema rarely changes)."""
+    if columns is None:
+        return None
+    text = _COLUMNS_JSON.get(columns)
+    if text is None:
+        text = json.dumps([[n, t] for n, t in columns])
+        if len(_COLUMNS_JSON) < 10_000:
+            _COLUMNS_JSON[columns] = text
+    return text
 
 
 def _columns(raw: str | None) -> tuple[tuple[str, str], ...] | None:
