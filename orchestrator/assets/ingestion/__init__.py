@@ -1,0 +1,1 @@
+"""Ingestion assets (`raw_*`): read a source system into a DataFrame."""

@@ -1,0 +1,81 @@
+"""The health evaluators as declared asset checks, so the Dagster UI shows them on every asset.
+
+One check per evaluator (`libs.common.events.CHECK_NAMES`) for every materializable asset. The health
+service evaluates them from the event streams and reports each result through the webserver's
+`/report_asset_check/` endpoint; Dagster itself never computes them. They are declared with one
+`multi_asset_check` (one op, subsettable) whose body yields no result: when a run happens to include the
+checks, the op only logs where the results come from and succeeds. `blocking=False`, so a check never holds
+back or fails a materialization.
+"""
+
+
+from collections.abc import Iterable, Iterator, Sequence
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetKey,
+    AssetsDefinition,
+    multi_asset_check,
+)
+
+from libs.common.events import CHECK_NAMES
+
+CHECK_OP_NAME = "ams_health_checks"
+
+DESCRIPTIONS: dict[str, str] = {
+    "execution_status": "Last run outcome, consecutive failures and failed materializations of planned runs.",
+    "volume_anomaly": "Row count (dagster/row_count) against a robust z-score over its recent history.",
+    "duration_anomaly": "Step duration against its recent history and any configured maximum.",
+    "freshness": "Time since the last materialization against the freshness policy or learned cadence.",
+    "dependencies": "Upstream assets failed, stale, retired or undeclared.",
+    "schema_drift": "Columns added, removed or retyped in dagster/column_schema.",
+}
+assert set(DESCRIPTIONS) == set(CHECK_NAMES)
+
+
+def check_specs(keys: Iterable[AssetKey]) -> list[AssetCheckSpec]:
+    """One non-blocking spec per evaluator for each asset key."""
+    return [
+        AssetCheckSpec(
+            name=name,
+            asset=key,
+            description=f"{DESCRIPTIONS[name]} Reported by the health service.",
+            blocking=False,
+            metadata={"ams/evaluator": name, "ams/reported_by": "services.health"},
+        )
+        for key in sorted(set(keys), key=lambda k: k.to_user_string())
+        for name in CHECK_NAMES
+    ]
+
+
+def materializable_keys(assets: Sequence[object]) -> list[AssetKey]:
+    """The keys of the materializable assets among `assets` (checks on external assets are pointless)."""
+    keys: list[AssetKey] = []
+    for item in assets:
+        if isinstance(item, AssetsDefinition) and item.is_materializable:
+            keys.extend(item.keys)
+    return keys
+
+
+def build_health_checks(keys: Iterable[AssetKey]) -> list[AssetsDefinition]:
+    """The declared health checks of `keys` (an empty list when there is no asset)."""
+    specs = check_specs(keys)
+    if not specs:
+        return []
+
+    @multi_asset_check(
+        specs=specs,
+        can_subset=True,
+        name=CHECK_OP_NAME,
+        description="Declares the health service's checks; results arrive through /report_asset_check/.",
+    )
+    def ams_health_checks(context: AssetCheckExecutionContext) -> Iterator[AssetCheckResult]:
+        context.log.info(
+            "health checks are evaluated by the health service from the event streams and reported to "
+            "Dagster through /report_asset_check/; nothing to compute in this run"
+        )
+        yield from ()
+
+    return [ams_health_checks]

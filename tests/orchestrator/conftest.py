@@ -1,0 +1,17 @@
+"""Fixtures for the orchestrator tests: a real persistent Dagster instance in the test's DAGSTER_HOME."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from dagster import DagsterInstance, instance_for_test
+
+from libs.common.settings import Settings
+
+
+@pytest.fixture
+def dagster_instance(settings: Settings) -> Iterator[DagsterInstance]:
+    """A persistent instance with Dagster's default SQLite storage (run-sharded event log) in DAGSTER_HOME."""
+    with instance_for_test(temp_dir=str(settings.dagster_home)) as instance:
+        yield instance
