@@ -11,7 +11,7 @@ try:  # typer >= 0.20 vendors click
 except ImportError:  # pragma: no cover - older typer on upstream click
     from click.exceptions import UsageError  # type: ignore[assignment]
 
-from asset_manager.commands import admin, catalog, health, system
+from asset_manager.commands import admin, alerts, catalog, health, simulate, system
 from asset_manager.errors import CliError
 from libs.common.settings import ConfigError
 
@@ -23,7 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (system, catalog, admin, health):
+for module in (system, catalog, admin, health, alerts, simulate):
     module.register(app)
 
 

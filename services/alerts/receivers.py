@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -25,7 +26,7 @@ import httpx
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
 from standardwebhooks import Webhook
 
-from libs.common.settings import WebhookReceiver
+from libs.common.settings import Settings, WebhookReceiver
 
 USER_AGENT = "dagster-asset-management-alerts/1"
 PAGERDUTY_SEVERITIES = {"critical", "error", "warning", "info"}
@@ -101,6 +102,27 @@ def _short(value: Any) -> str:
         return f"{value:.4g}"
     text = json.dumps(value, default=str) if isinstance(value, dict | list) else str(value)
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+def test_payload(settings: Settings) -> AlertPayload:
+    """A recognisable test notification (`asset-manager alerts test-receiver`)."""
+    now = datetime.now(UTC)
+    return AlertPayload(
+        notification_id=f"msg_test_{uuid.uuid4().hex}",
+        kind="test",
+        status="firing",
+        fingerprint="test-receiver",
+        asset_key="asset-manager/test",
+        check="test_receiver",
+        severity="info",
+        title=title_for("test", "firing", "info", "asset-manager/test", "test_receiver"),
+        reason="a test message sent by `asset-manager alerts test-receiver`; no action needed",
+        values={"sent_at": now.isoformat(timespec="seconds")},
+        owners=[],
+        dagster_url=settings.alerts.dagster_ui_url,
+        started_at=now,
+        created_at=now,
+    )
 
 
 # -- rendering ---------------------------------------------------------------------------------------------

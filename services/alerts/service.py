@@ -306,7 +306,16 @@ class AlertService:
         row = conn.execute(
             "SELECT owners, group_name, tags, downstream FROM assets WHERE asset_key = ?", (asset_key,)
         ).fetchone()
-        hints = hints or AssetInfo()
+        if hints is None:
+            # No event at hand (a tick, a person's action): what the last health event said about the asset.
+            last = conn.execute(
+                "SELECT owners, downstream FROM alerts WHERE asset_key = ? ORDER BY id DESC LIMIT 1", (asset_key,)
+            ).fetchone()
+            hints = (
+                AssetInfo(owners=tuple(json.loads(last["owners"])), downstream=tuple(json.loads(last["downstream"])))
+                if last is not None
+                else AssetInfo()
+            )
         if row is None:
             return hints
         owners = tuple(json.loads(row["owners"])) or hints.owners

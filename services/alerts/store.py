@@ -3,8 +3,10 @@ notification outbox (written in the same transaction as the state change that pr
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from libs.common.settings import Settings
-from libs.common.store import Migration, Store
+from libs.common.store import Migration, Store, sqlite_path
 
 MIGRATIONS = [
     Migration(
@@ -118,3 +120,8 @@ def open_store(settings: Settings, *, migrate: bool = True) -> Store:
         busy_timeout_ms=settings.stores.busy_timeout_ms,
         migrate=migrate,
     )
+
+
+def sqlite_path_of(settings: Settings) -> Path:
+    """The file of monitor.db (to tell "no alerts yet" from an empty store without creating it)."""
+    return sqlite_path(settings.store_url("monitor"))

@@ -1,0 +1,280 @@
+"""`asset-manager alerts`: list alerts, acknowledge, silence, inspect deliveries, test a receiver.
+
+Reads and writes go through `services.alerts` (its store, queries and service), never around it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+
+from asset_manager.errors import CliError
+from asset_manager.output import FormatOption, OutputFormat, OutputOption, emit
+from libs.common.settings import Settings, load_settings
+from libs.common.store import Store
+
+SEVERITIES = ("critical", "error", "warning", "info")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(w|d|h|m|s)", re.I)
+_UNIT_S = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+
+alerts_app = typer.Typer(
+    help="Alerts: list (active by default), ack, silence, unsilence, deliveries, test-receiver.",
+    no_args_is_help=False,
+)
+
+
+def parse_duration(text: str) -> float:
+    """`2h`, `90m`, `1d12h`, `45s`, `1w` → seconds."""
+    compact = text.strip().replace(" ", "")
+    parts = _DURATION.findall(compact)
+    if not compact or not parts or "".join(n + u for n, u in parts).lower() != compact.lower():
+        raise CliError(f"invalid duration {text!r}: use e.g. 30m, 2h, 1d, 1h30m")
+    seconds = sum(float(n) * _UNIT_S[u.lower()] for n, u in parts)
+    if seconds <= 0:
+        raise CliError(f"invalid duration {text!r}: must be positive")
+    return seconds
+
+
+def _settings() -> Settings:
+    """Settings, with service logs quietened to warnings on stderr: the command's output is the report."""
+    from libs.common.log import configure_logging
+
+    settings = load_settings()
+    quiet = settings.logging.model_copy(update={"level": "WARNING", "file": None})
+    configure_logging(settings.model_copy(update={"logging": quiet}), stream=sys.stderr)
+    return settings
+
+
+def _user() -> str:
+    try:
+        return os.environ.get("USER") or getpass.getuser()
+    except Exception:
+        return "cli"
+
+
+@contextmanager
+def _store(settings: Settings, *, create: bool) -> Iterator[Store | None]:
+    """monitor.db through the alerts service's own store code; None when it does not exist yet (reads)."""
+    from services.alerts.store import open_store, sqlite_path_of
+
+    if not create and not sqlite_path_of(settings).exists():
+        yield None
+        return
+    store = open_store(settings, migrate=create)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _check_severity(severity: str | None) -> None:
+    if severity is not None and severity not in SEVERITIES:
+        raise CliError(f"unknown severity {severity!r}: choose one of {', '.join(SEVERITIES)}")
+
+
+@alerts_app.callback(invoke_without_command=True)
+def alerts(
+    ctx: typer.Context,
+    all_: Annotated[bool, typer.Option("--all", help="Include resolved alerts")] = False,
+    asset: Annotated[str | None, typer.Option("--asset", help="Only this asset key")] = None,
+    severity: Annotated[str | None, typer.Option("--severity", help="critical, error, warning or info")] = None,
+    fmt: FormatOption = OutputFormat.table,
+    output: OutputOption = None,
+) -> None:
+    """List alerts: firing ones (acknowledged and silenced included) unless --all."""
+    if ctx.invoked_subcommand is not None:
+        return
+    _check_severity(severity)
+    settings = _settings()
+    from services.alerts import queries
+
+    with _store(settings, create=False) as store:
+        rows = [] if store is None else queries.list_alerts(
+            store, include_resolved=all_, asset_key=asset, severity=severity
+        )
+    columns = ["id", "status", "severity", "asset_key", "check", "summary", "owners", "started_at"]
+    if all_:
+        columns.append("resolved_at")
+    columns += ["acked_by"]
+    if fmt is OutputFormat.json:
+        columns += ["values", "downstream", "silence_id", "silenced_until", "fingerprint"]
+    if not rows and fmt is OutputFormat.table and output is None:
+        typer.echo("no alerts" if all_ else "no active alerts")
+        return
+    emit(rows, columns, fmt, output, title="Alerts" if all_ else "Active alerts")
+
+
+@alerts_app.command("show")
+def show(
+    alert_id: Annotated[int, typer.Argument(help="Alert id")],
+    fmt: FormatOption = OutputFormat.table,
+    output: OutputOption = None,
+) -> None:
+    """One alert with its full history: every state change, who made it and why."""
+    settings = _settings()
+    from services.alerts import queries
+
+    with _store(settings, create=False) as store:
+        alert = None if store is None else queries.get_alert(store, alert_id)
+    if alert is None:
+        raise CliError(f"no alert with id {alert_id}")
+    if fmt is OutputFormat.json:
+        import json
+
+        text = json.dumps(alert, indent=2, default=str) + "\n"
+        if output:
+            output.write_text(text, encoding="utf-8")
+        else:
+            typer.echo(text, nl=False)
+        return
+    header = [{"field": k, "value": alert[k]} for k in
+              ("id", "status", "severity", "asset_key", "check", "summary", "values", "owners", "downstream",
+               "started_at", "resolved_at", "acked_by", "ack_reason", "silence_id", "silenced_until")]
+    emit(header, ["field", "value"], fmt, None, title=f"Alert {alert_id}")
+    emit(alert["history"], ["at", "event", "actor", "reason", "detail"], fmt, output, title="History")
+
+
+@alerts_app.command("ack")
+def ack(
+    alert_id: Annotated[int, typer.Argument(help="Alert id (from `asset-manager alerts`)")],
+    by: Annotated[str | None, typer.Option("--by", help="Who acknowledges (default: $USER)")] = None,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why")] = None,
+) -> None:
+    """Acknowledge a firing alert: no more repeats; the resolved notice still goes out."""
+    settings = _settings()
+    from services.alerts.service import AlertsError, AlertService
+
+    with _store(settings, create=True) as store:
+        assert store is not None
+        try:
+            row = AlertService(store, settings).acknowledge(alert_id, by or _user(), reason)
+        except AlertsError as exc:
+            raise CliError(str(exc), code=1) from None
+    typer.echo(f"acknowledged alert {alert_id} ({row['asset_key']}: {row['check_name']}) as {row['acked_by']}")
+
+
+@alerts_app.command("silence")
+def silence(
+    duration: Annotated[str, typer.Option("--for", help="How long: 30m, 2h, 1d...")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (kept in the history)")],
+    asset: Annotated[str | None, typer.Option("--asset", help="Asset key (glob) to silence")] = None,
+    matcher: Annotated[
+        list[str] | None,
+        typer.Option("--matcher", "-m", help="k=v (asset, check, severity, owner, team, group, tag.<name>); repeatable"),
+    ] = None,
+    by: Annotated[str | None, typer.Option("--by", help="Who silences (default: $USER)")] = None,
+) -> None:
+    """Silence current and future alerts matching every matcher for a while."""
+    from services.alerts.routing import parse_matcher
+    from services.alerts.service import AlertsError, AlertService
+
+    matchers: dict[str, str] = {}
+    if asset:
+        matchers["asset"] = asset
+    for text in matcher or []:
+        try:
+            key, value = parse_matcher(text)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        matchers[key] = value
+    if not matchers:
+        raise CliError("give --asset KEY or at least one --matcher k=v")
+    seconds = parse_duration(duration)
+    settings = _settings()
+    with _store(settings, create=True) as store:
+        assert store is not None
+        try:
+            silence_id, covered = AlertService(store, settings).silence(matchers, seconds, by or _user(), reason)
+        except AlertsError as exc:
+            raise CliError(str(exc)) from None
+    until = datetime.fromtimestamp(datetime.now(UTC).timestamp() + seconds, UTC).isoformat(timespec="seconds")
+    shown = " ".join(f"{k}={v}" for k, v in matchers.items())
+    typer.echo(f"silence {silence_id}: {shown} until {until} (covers {covered} current alert(s))")
+
+
+@alerts_app.command("unsilence")
+def unsilence(
+    silence_id: Annotated[str, typer.Argument(help="Silence id (from `alerts silence` or `alerts silences`)")],
+    by: Annotated[str | None, typer.Option("--by", help="Who lifts it (default: $USER)")] = None,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why")] = None,
+) -> None:
+    """End a silence now; alerts it held that still fire are announced."""
+    settings = _settings()
+    from services.alerts.service import AlertsError, AlertService
+
+    with _store(settings, create=True) as store:
+        assert store is not None
+        try:
+            released = AlertService(store, settings).unsilence(silence_id, by or _user(), reason)
+        except AlertsError as exc:
+            raise CliError(str(exc), code=1) from None
+    typer.echo(f"silence {silence_id} lifted ({released} alert(s) released)")
+
+
+@alerts_app.command("silences")
+def silences(
+    all_: Annotated[bool, typer.Option("--all", help="Include expired and lifted silences")] = False,
+    fmt: FormatOption = OutputFormat.table,
+    output: OutputOption = None,
+) -> None:
+    """List silences (active ones unless --all)."""
+    settings = _settings()
+    from services.alerts import queries
+
+    with _store(settings, create=False) as store:
+        rows = [] if store is None else queries.silences(store, active_only=not all_)
+    emit(rows, ["id", "matchers", "created_by", "reason", "created_at", "ends_at", "removed_at", "removed_by"],
+         fmt, output, title="Silences")
+
+
+@alerts_app.command("deliveries")
+def deliveries(
+    failed: Annotated[bool, typer.Option("--failed", help="Only dead ones and ones being retried")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many, newest first")] = 200,
+    fmt: FormatOption = OutputFormat.table,
+    output: OutputOption = None,
+) -> None:
+    """Notifications and their delivery state per receiver."""
+    settings = _settings()
+    from services.alerts import queries
+
+    with _store(settings, create=False) as store:
+        rows = [] if store is None else queries.deliveries(store, failed_only=failed, limit=limit)
+    emit(rows, ["id", "alert_id", "kind", "receiver", "status", "attempts", "created_at", "next_attempt_at",
+                "delivered_at", "last_status", "last_error"], fmt, output, title="Deliveries")
+
+
+@alerts_app.command("test-receiver")
+def test_receiver(name: Annotated[str, typer.Argument(help="Receiver name from alerts.receivers")]) -> None:
+    """Send a signed test message to a configured receiver now and report its answer."""
+    import httpx
+
+    from services.alerts.receivers import deliver as deliver_once
+    from services.alerts.receivers import test_payload
+
+    settings = _settings()
+    try:
+        receiver = settings.receiver(name)
+    except KeyError:
+        known = ", ".join(r.name for r in settings.alerts.receivers) or "none configured"
+        raise CliError(f"no receiver named {name!r} (receivers: {known})") from None
+    payload = test_payload(settings)
+    with httpx.Client(follow_redirects=False) as client:
+        attempt = deliver_once(client, receiver, payload)
+    if not attempt.ok:
+        raise CliError(f"receiver {name} ({receiver.kind}) failed: {attempt.error}", code=1)
+    signed = " signed" if receiver.kind == "webhook" and receiver.secret_env else ""
+    typer.echo(f"receiver {name} ({receiver.kind}) accepted the{signed} test message "
+               f"(HTTP {attempt.status}, webhook-id {payload.notification_id})")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(alerts_app, name="alerts")

@@ -1,0 +1,169 @@
+"""`asset-manager alerts ...` on a real monitor.db written by the alerts service's own code."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from libs.common.bus import Delivery
+from libs.common.events import HEALTH, CheckResult, HealthChanged, HealthChangedData, new_event, utcnow
+from libs.common.settings import load_settings
+from services.alerts.service import AlertService
+from services.alerts.store import open_store
+from services.alerts.testing import RecordingReceiver, Reply
+from tests.asset_manager.conftest import Cli
+
+SECRET = "whsec_" + base64.b64encode(b"cli-test-secret-0123456789abcdef").decode()
+
+
+@pytest.fixture
+def receiver() -> Iterator[RecordingReceiver]:
+    with RecordingReceiver() as srv:
+        yield srv
+
+
+@pytest.fixture
+def alerting(cli: Cli, receiver: RecordingReceiver, monkeypatch: pytest.MonkeyPatch) -> Cli:
+    monkeypatch.setenv("CLI_WHSEC", SECRET)
+    monkeypatch.setenv(
+        "AMS_ALERTS__RECEIVERS",
+        json.dumps([{"name": "hook", "url": receiver.url, "secret_env": "CLI_WHSEC", "timeout_s": 2}]),
+    )
+    return cli
+
+
+def publish_health(asset: str, status: str, checks: list[tuple[str, str]], n: int) -> None:
+    """Apply a health event through the alerts service, as the worker would."""
+    settings = load_settings()
+    store = open_store(settings)
+    try:
+        data = HealthChangedData(
+            asset_key=asset,
+            status=status,  # type: ignore[arg-type]
+            previous_status="UNKNOWN",
+            checks=[CheckResult(check=c, outcome=o, reason=f"{c} is {o}", values={"n": n}) for c, o in checks],  # type: ignore[arg-type]
+            evaluated_at=utcnow(),
+            owners=["ana@example.com"],
+        )
+        event = new_event(HealthChanged, "health.changed", identity=f"{asset}|{n}", data=data, source="test")
+        AlertService(store, settings).handle([Delivery(HEALTH, f"{n}-0", event)])
+    finally:
+        store.close()
+
+
+def listing(cli: Cli, *args: str) -> list[dict[str, object]]:
+    code, out, err = cli.run("alerts", *args, "--format", "json")
+    assert code == 0, err
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def test_list_filters_and_empty_store(alerting: Cli) -> None:
+    code, out, _ = alerting.run("alerts")
+    assert (code, out.strip()) == (0, "no active alerts")
+    publish_health("sales/orders", "FAILED", [("execution_status", "error"), ("volume_anomaly", "warn")], 1)
+    publish_health("sales/customers", "DEGRADED", [("freshness", "warn")], 2)
+    rows = listing(alerting)
+    # most severe first, then newest first
+    assert [(r["asset_key"], r["check"], r["severity"]) for r in rows] == [
+        ("sales/orders", "execution_status", "critical"),
+        ("sales/customers", "freshness", "warning"),
+        ("sales/orders", "volume_anomaly", "warning"),
+    ]
+    assert rows[0]["owners"] == ["ana@example.com"] and rows[0]["values"] == {"n": 1}
+    assert [r["check"] for r in listing(alerting, "--severity", "critical")] == ["execution_status"]
+    assert [r["check"] for r in listing(alerting, "--asset", "sales/customers")] == ["freshness"]
+    publish_health("sales/customers", "HEALTHY", [("freshness", "passed")], 3)
+    assert len(listing(alerting)) == 2
+    resolved = [r for r in listing(alerting, "--all") if r["status"] == "resolved"]
+    assert [r["asset_key"] for r in resolved] == ["sales/customers"]
+    code, out, _ = alerting.run("alerts", "--format", "csv")
+    assert out.splitlines()[0] == "id,status,severity,asset_key,check,summary,owners,started_at,acked_by"
+    code, _, err = alerting.run("alerts", "--severity", "bogus")
+    assert code == 2 and err.count("\n") == 1 and "unknown severity" in err
+
+
+def test_ack_silence_unsilence_and_history(alerting: Cli) -> None:
+    publish_health("fin/revenue", "FAILED", [("execution_status", "error")], 1)
+    (alert,) = listing(alerting)
+    code, out, err = alerting.run("alerts", "ack", str(alert["id"]), "--by", "ann", "--reason", "rerunning")
+    assert code == 0, err
+    assert "acknowledged alert" in out
+    assert listing(alerting)[0]["status"] == "acknowledged"
+    code, _, err = alerting.run("alerts", "ack", str(alert["id"]))
+    assert code == 1 and "already acknowledged by ann" in err
+    code, _, err = alerting.run("alerts", "ack", "424242")
+    assert code == 1 and err.strip() == "error: no alert with id 424242"
+
+    code, out, err = alerting.run("alerts", "silence", "--matcher", "check=execution_status", "-m", "owner=*@example.com",
+                                  "--for", "2h", "--reason", "maintenance window", "--by", "bob")
+    assert code == 0, err
+    silence_id = out.split()[1].rstrip(":")
+    assert "covers 1 current alert" in out
+    assert listing(alerting)[0]["status"] == "silenced"
+    code, out, _ = alerting.run("alerts", "silences", "--format", "json")
+    assert json.loads(out)[0]["id"] == silence_id
+    code, out, err = alerting.run("alerts", "unsilence", silence_id, "--by", "bob")
+    assert code == 0 and "1 alert(s) released" in out, err
+    code, _, err = alerting.run("alerts", "unsilence", silence_id)
+    assert code == 1 and "no longer active" in err
+
+    code, out, _ = alerting.run("alerts", "show", str(alert["id"]), "--format", "json")
+    history = json.loads(out)["history"]
+    assert [(h["event"], h["actor"]) for h in history] == [
+        ("firing", "check"), ("notified", "system"), ("acknowledged", "ann"), ("silenced", "bob"), ("unsilenced", "bob")
+    ]
+    assert history[2]["reason"] == "rerunning" and history[3]["reason"] == "maintenance window"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["silence", "--for", "2h", "--reason", "x"], "give --asset KEY or at least one --matcher"),
+        (["silence", "--asset", "a", "--for", "soon", "--reason", "x"], "invalid duration 'soon'"),
+        (["silence", "-m", "colour=red", "--for", "1h", "--reason", "x"], "matcher key 'colour'"),
+        (["silence", "--asset", "a", "--for", "1h"], "Missing option '--reason'"),
+        (["ack", "not-a-number"], "Invalid value for 'alert_id'"),
+        (["test-receiver", "nope"], "no receiver named 'nope' (receivers: hook)"),
+    ],
+)
+def test_bad_arguments_are_one_line_exit_2(alerting: Cli, args: list[str], message: str) -> None:
+    code, out, err = alerting.run("alerts", *args)
+    assert code == 2, (out, err)
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err
+
+
+def test_test_receiver_sends_a_signed_message(alerting: Cli, receiver: RecordingReceiver) -> None:
+    code, out, err = alerting.run("alerts", "test-receiver", "hook")
+    assert code == 0, err
+    assert "accepted the signed test message (HTTP 200" in out
+    (got,) = receiver.requests
+    body = RecordingReceiver.verify(got, SECRET)
+    assert body["type"] == "alert.test" and body["data"]["notification_id"] == got.webhook_id
+    receiver.script = [Reply(status=500)]
+    code, _, err = alerting.run("alerts", "test-receiver", "hook")
+    assert code == 1 and "failed: HTTP 500" in err
+
+
+def test_deliveries_lists_failed_notifications(alerting: Cli, receiver: RecordingReceiver) -> None:
+    from services.alerts.sender import Sender
+
+    publish_health("ops/load", "FAILED", [("execution_status", "error")], 1)
+    settings = load_settings()
+    store = open_store(settings)
+    sender = Sender(store, settings)
+    receiver.script = [Reply(status=410, body=b'{"error":"gone"}')]
+    try:
+        sender.run_until_idle()
+    finally:
+        sender.stop()
+        store.close()
+    code, out, _ = alerting.run("alerts", "deliveries", "--failed", "--format", "json")
+    (row,) = json.loads(out)
+    assert row["status"] == "dead" and row["receiver"] == "hook" and row["last_status"] == 410
+    assert "not retried: HTTP 410" in row["last_error"]
+    code, out, _ = alerting.run("alerts", "deliveries", "--format", "csv")
+    assert code == 0
+    assert len(out.splitlines()) == 2
