@@ -128,14 +128,14 @@ def resolve(
     Ad-hoc calls use a configured connection with that server and database when there is one, else the
     `default` connection's driver and authentication with that server and database.
     """
+    if connection is not None and (sql_server or sql_database):
+        raise ValueError("pass either connection= or sql_server=/sql_database=, not both")
     if isinstance(connection, ResolvedConnection):
         return connection
     settings = settings or get_settings()
     if isinstance(connection, SqlConnection):
         return _finish("(inline)", connection, settings)
     if connection is not None:
-        if sql_server or sql_database:
-            raise ValueError("pass either connection= or sql_server=/sql_database=, not both")
         return _finish(connection, _named(connection, settings), settings)
     if sql_server or sql_database:
         if not (sql_server and sql_database):
@@ -144,14 +144,8 @@ def resolve(
             if cfg.server == sql_server and cfg.database == sql_database:
                 return _finish(name, cfg, settings)
         profile = settings.connections.get(DEFAULT_PROFILE, SqlConnection())
-        cfg = profile.model_copy(
-            update={
-                "server": sql_server,
-                "database": sql_database,
-                "connection_string": (profile.connection_string),
-            }
-        )
-        return _finish(f"{sql_server}/{sql_database}", cfg, settings)
+        adhoc = profile.model_copy(update={"server": sql_server, "database": sql_database})
+        return _finish(f"{sql_server}/{sql_database}", adhoc, settings)
     if default is None:
         raise ValueError("no connection given: pass connection='<name>' or sql_server= and sql_database=")
     return _finish(default, _named(default, settings), settings)
@@ -253,7 +247,14 @@ def connection_string(conn: ResolvedConnection, *, create: bool = False) -> tupl
     parts: dict[str, str] = {"DRIVER": "{" + cfg.driver.replace("}", "}}") + "}"}
     if conn.dialect == "sqlite":
         assert conn.sqlite_path is not None
-        parts["Database"] = odbc_quote(str(conn.sqlite_path))
+        # The SQLite ODBC driver takes the value verbatim (no {} quoting) and cuts it at the first ';'.
+        if ";" in str(conn.sqlite_path) or str(conn.sqlite_path) != str(conn.sqlite_path).strip():
+            raise SqlError(
+                f"connection '{conn.name}': the SQLite3 ODBC driver cannot open a path containing ';' or "
+                f"edge spaces ({conn.sqlite_path}); rename it or set `engine: sqlite3`",
+                connection=conn.name,
+            )
+        parts["Database"] = str(conn.sqlite_path)
         # BigInt: INTEGER columns are 64-bit (the driver truncates them to 32 bits otherwise).
         parts["BigInt"] = "1"
         parts["Timeout"] = str(cfg.login_timeout_s * 1000)  # busy timeout, ms
@@ -527,7 +528,7 @@ def _open_once(conn: ResolvedConnection, *, create: bool) -> Handle:
         _register_sqlite_converters()
         mode = "rwc" if create else "rw"
         raw = sqlite3.connect(
-            f"file:{conn.sqlite_path}?mode={mode}",
+            f"{conn.sqlite_path.as_uri()}?mode={mode}",  # as_uri: a path with ? or # stays a path
             uri=True,
             timeout=cfg.login_timeout_s,
             detect_types=sqlite3.PARSE_DECLTYPES,
@@ -535,8 +536,12 @@ def _open_once(conn: ResolvedConnection, *, create: bool) -> Handle:
             check_same_thread=False,
         )
         handle = Handle(conn, raw, None)
-        raw.set_progress_handler(handle._progress, 10_000)
-        _attach_schemas(handle, raw.cursor())
+        try:
+            raw.set_progress_handler(handle._progress, 10_000)
+            _attach_schemas(handle, raw.cursor())
+        except BaseException:
+            handle.close()
+            raise
         return handle
     if cfg.driver not in odbc_drivers() and not cfg.connection_string:
         installed = ", ".join(odbc_drivers()) or "none"
@@ -552,9 +557,13 @@ def _open_once(conn: ResolvedConnection, *, create: bool) -> Handle:
         exc.args = tuple(scrub(str(a), password) for a in exc.args)
         raise
     handle = Handle(conn, raw, password)
-    _set_query_timeout(handle)
-    if conn.dialect == "sqlite":
-        _attach_schemas(handle, raw.cursor())  # ATTACH is refused inside a transaction
+    try:
+        _set_query_timeout(handle)
+        if conn.dialect == "sqlite":
+            _attach_schemas(handle, raw.cursor())  # ATTACH is refused inside a transaction
+    except BaseException:
+        handle.close()
+        raise
     return handle
 
 

@@ -386,3 +386,82 @@ def test_query_errors_name_the_connection(
                 connection=connection, query="SELECT * FROM no_such_table", settings=shared_settings
             )
         assert caught.value.connection == name
+
+
+def test_connection_strings_from_config(
+    shared_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.shared.sql import connection_string, scrub
+
+    monkeypatch.setenv("AMS_TEST_MSSQL_PASSWORD", "p;w{x}=")
+    sql_auth = SqlConnection(
+        server="db.internal", port=1433, database="Sales DB", username="etl", password_env="AMS_TEST_MSSQL_PASSWORD",
+        options={"Encrypt": "yes"},
+    )  # fmt: skip
+    text, password = connection_string(resolve(sql_auth, settings=shared_settings))
+    assert password == "p;w{x}="
+    assert text == (
+        "DRIVER={ODBC Driver 18 for SQL Server};SERVER=db.internal,1433;DATABASE={Sales DB};UID=etl;"
+        "PWD={p;w{x}}=};Encrypt=yes;"
+    )
+    assert "p;w" not in scrub(f"failed with {text}", password)
+    trusted = SqlConnection(server="db", database="d", authentication="trusted")
+    assert "Trusted_Connection=yes" in connection_string(resolve(trusted, settings=shared_settings))[0]
+    secret_file = tmp_path / "pw"
+    secret_file.write_text("from-file\n")
+    pg_file = SqlConnection(driver="PostgreSQL Unicode", server="h", port=5433, database="d", username="u",
+                            password_file=secret_file)  # fmt: skip
+    text, password = connection_string(resolve(pg_file, settings=shared_settings))
+    assert password == "from-file"
+    assert (
+        text == "DRIVER={PostgreSQL Unicode};SERVER=h;PORT=5433;DATABASE=d;BoolsAsChar=0;UID=u;PWD=from-file;"
+    )
+    sqlite = resolve("demo_source", settings=shared_settings)
+    text, _ = connection_string(sqlite)
+    assert text.startswith(
+        f"DRIVER={{SQLite3}};Database={shared_settings.dagster_home / 'demo_source.db'};BigInt=1;"
+    )
+    assert "NoCreat=1" in text and "NoCreat" not in connection_string(sqlite, create=True)[0]
+
+
+def test_connection_string_template(
+    pg: SqlConnection, shared_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AMS_TEST_PG_TEMPLATE_PW", "unused-by-trust")
+    templated = pg.model_copy(
+        update={
+            "connection_string": "DRIVER={PostgreSQL Unicode};SERVER=${server};PORT=${port};DATABASE=${database};"
+            "UID=${username};PWD=${password};BoolsAsChar=0;",
+            "password_env": "AMS_TEST_PG_TEMPLATE_PW",
+        }
+    )
+    df = ingest_from_sql(connection=templated, query="SELECT ? AS greeting, true AS yes", params=["grüß dich"],
+                         settings=shared_settings)  # fmt: skip
+    assert df["greeting"].tolist() == ["grüß dich"] and df["yes"].tolist() == [True]
+    broken = templated.model_copy(update={"connection_string": "DRIVER=${drvier};"})
+    with pytest.raises(SqlError, match="unknown placeholder"):
+        ingest_from_sql(connection=broken, query="SELECT 1", settings=shared_settings)
+
+
+def test_odd_file_paths(
+    tmp_path: Path, shared_settings: Settings, demo_now: dt.datetime, sqlite_odbc: None
+) -> None:
+    from orchestrator.shared.demo_source import create_demo_source
+
+    odd = create_demo_source(tmp_path / "dir with space ?#%={x}" / "söurce db.db", rows=20, now=demo_now)
+    for engine in ("odbc", "sqlite3"):
+        cfg = SqlConnection(driver="SQLite3", database=str(odd), engine=engine)  # type: ignore[arg-type]
+        df = ingest_from_sql(
+            connection=cfg, query="SELECT COUNT(*) AS n FROM orders", settings=shared_settings
+        )
+        assert df["n"].tolist() == [20]
+    # The ODBC driver would cut the path at ';' and open another file: refused; sqlite3 reads it fine.
+    semi = create_demo_source(tmp_path / "a;b" / "src.db", rows=5, now=demo_now)
+    with pytest.raises(SqlError, match="cannot open a path containing ';'"):
+        ingest_from_sql(connection=SqlConnection(driver="SQLite3", database=str(semi)), query="SELECT 1",
+                        settings=shared_settings)  # fmt: skip
+    assert not (tmp_path / "a").exists()
+    fallback = SqlConnection(driver="SQLite3", database=str(semi), engine="sqlite3")
+    assert ingest_from_sql(
+        connection=fallback, query="SELECT COUNT(*) AS n FROM orders", settings=shared_settings
+    )["n"].tolist() == [5]
