@@ -188,7 +188,7 @@ class AlertService:
                 observations.setdefault(
                     state_row["check_name"], Observe(firing=False, at=at, summary="asset is healthy again")
                 )
-        hints = AssetInfo(owners=tuple(data.owners), downstream=tuple(data.downstream))
+        hints = AssetInfo(owners=tuple(data.owners), downstream=tuple(data.downstream), group=data.group)
         produced = 0
         for check, observation in observations.items():
             produced += self._apply(
@@ -320,7 +320,8 @@ class AlertService:
             return hints
         owners = tuple(json.loads(row["owners"])) or hints.owners
         downstream = hints.downstream or tuple(json.loads(row["downstream"]))
-        return AssetInfo(owners=owners, group=row["group_name"], tags=json.loads(row["tags"]), downstream=downstream)
+        group = row["group_name"] or hints.group
+        return AssetInfo(owners=owners, group=group, tags=json.loads(row["tags"]), downstream=downstream)
 
     def _labels(
         self, conn: sqlite3.Connection, asset_key: str, check: str, severity: str, hints: AssetInfo | None = None
