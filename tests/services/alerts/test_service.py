@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from libs.common.bus import Delivery
 from libs.common.events import (
@@ -211,3 +214,112 @@ def test_silence_holds_new_and_current_alerts_until_lifted(service: AlertService
 
 def test_fingerprint_is_stable() -> None:
     assert fingerprint("a/b", "freshness") == fingerprint("a/b", "freshness") != fingerprint("a/b", "schema_drift")
+
+
+def test_muted_route_records_the_notice_without_sending(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    settings = load_settings(
+        dagster_home=str(tmp_path),
+        logging={"file": None},
+        alerts={
+            "receivers": [{"name": "ops", "url": "http://127.0.0.1:9/ops"}, {"name": "pager", "url": "http://127.0.0.1:9/p"}],
+            "mute_windows": [{"name": "always", "start": "00:00", "end": "00:00"}],
+            "routes": [{"receivers": ["pager"], "mute_windows": ["always"]}],
+        },
+    )
+    store = open_store(settings)
+    try:
+        AlertService(store, settings).handle([health("a", "FAILED", FAIL, n=1)])
+        assert [(r["receiver"], r["status"]) for r in outbox(store)] == [("pager", "muted")]
+        assert [d["status"] for d in queries.deliveries(store)] == ["muted"]
+    finally:
+        store.close()
+
+
+def test_prune_drops_old_resolved_incidents_only(service: AlertService, store: Store, clock: Clock) -> None:
+    service.handle([health("old", "FAILED", FAIL, n=1)])
+    service.handle([health("old", "HEALTHY", PASS, n=2)])
+    service.handle([health("other", "FAILED", FAIL, n=3)])
+    with store.write() as conn:  # as the sender would have done
+        conn.execute("UPDATE notifications SET status = 'delivered'")
+    clock.now += 181 * 86400
+    service.handle([health("old", "FAILED", FAIL, n=4)])  # a new incident of the same fingerprint
+    counts = service.prune()
+    assert counts["alerts"] == 1 and counts["notifications"] == 3
+    remaining = queries.list_alerts(store, include_resolved=True)
+    assert sorted((a["asset_key"], a["status"]) for a in remaining) == [("old", "firing"), ("other", "firing")]
+
+
+def test_gauges(service: AlertService, store: Store) -> None:
+    from services.alerts import metrics
+
+    service.handle([health("g1", "FAILED", FAIL, n=1), health("g2", "DEGRADED", [("freshness", "warn", "late")], n=2)])
+    service.update_gauges()
+    assert metrics.ALERTS_FIRING.labels(severity="critical")._value.get() == 1
+    assert metrics.ALERTS_FIRING.labels(severity="warning")._value.get() == 1
+    assert metrics.OUTBOX_DEPTH._value.get() == 2
+
+
+# -- the same invariants as the pure machine's, through the store ------------------------------------------
+
+outcomes = st.sampled_from(["passed", "passed", "warn", "error"])
+store_ops = st.one_of(
+    st.tuples(st.just("health"), st.integers(0, 1), outcomes, outcomes, st.floats(0, 400)),
+    st.tuples(st.just("tick"), st.floats(0, 5000)),
+    st.tuples(st.just("ack"), st.integers(0, 5)),
+    st.tuples(st.just("silence"), st.integers(0, 1), st.floats(10, 2000)),
+    st.tuples(st.just("unsilence")),
+)
+
+
+@hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(store_ops, max_size=25))
+def test_store_level_notices_are_well_formed(alert_settings: Settings, tmp_path_factory: pytest.TempPathFactory,
+                                             ops: list[tuple[Any, ...]]) -> None:
+    home = tmp_path_factory.mktemp("prop")
+    settings = alert_settings.model_copy(update={"dagster_home": home})
+    store = open_store(settings)
+    clock = Clock()
+    service = AlertService(store, settings, clock=clock)
+    silences: list[str] = []
+    try:
+        for n, op in enumerate(ops):
+            before = len(outbox(store))
+            if op[0] == "health":
+                _, asset, first, second, dt = op
+                clock.now += dt
+                checks = [("execution_status", first, "r"), ("volume_anomaly", second, "r")]
+                worst = {"error": "FAILED", "warn": "DEGRADED"}.get(
+                    "error" if "error" in (first, second) else "warn" if "warn" in (first, second) else "", "HEALTHY")
+                service.handle([health(f"asset{asset}", worst, checks, n=n)])
+                assert len(outbox(store)) - before <= 2  # at most one notice per (asset, check)
+            elif op[0] == "tick":
+                clock.now += op[1]
+                service.tick()
+            elif op[0] == "ack":
+                firing = queries.open_alerts(store)
+                if firing:
+                    try:
+                        service.acknowledge(firing[op[1] % len(firing)]["id"], "ann")
+                    except AlertsError:
+                        pass
+            elif op[0] == "silence":
+                silences.append(service.silence({"asset": f"asset{op[1]}"}, op[2], "bob")[0])
+            elif silences:
+                try:
+                    service.unsilence(silences.pop(0), "bob")
+                except AlertsError:
+                    pass
+        with store.read() as conn:
+            rows = conn.execute("SELECT alert_id, kind FROM notifications ORDER BY rowid").fetchall()
+            alerts = {r["id"]: r["status"] for r in conn.execute("SELECT id, status FROM alerts")}
+        per_alert: dict[int, list[str]] = {}
+        for row in rows:
+            per_alert.setdefault(row["alert_id"], []).append(row["kind"])
+        for alert_id, kinds in per_alert.items():
+            assert kinds[0] == "firing" and kinds.count("firing") == 1
+            assert kinds.count("resolved") <= 1 and ("resolved" not in kinds or kinds[-1] == "resolved")
+            # every announced alert that resolved was announced as resolved
+            assert (alerts[alert_id] == "resolved") == ("resolved" in kinds)
+    finally:
+        store.close()
