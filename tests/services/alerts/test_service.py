@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -299,17 +300,13 @@ def test_store_level_notices_are_well_formed(alert_settings: Settings, tmp_path_
             elif op[0] == "ack":
                 firing = queries.open_alerts(store)
                 if firing:
-                    try:
+                    with contextlib.suppress(AlertsError):
                         service.acknowledge(firing[op[1] % len(firing)]["id"], "ann")
-                    except AlertsError:
-                        pass
             elif op[0] == "silence":
                 silences.append(service.silence({"asset": f"asset{op[1]}"}, op[2], "bob")[0])
             elif silences:
-                try:
+                with contextlib.suppress(AlertsError):
                     service.unsilence(silences.pop(0), "bob")
-                except AlertsError:
-                    pass
         with store.read() as conn:
             rows = conn.execute("SELECT alert_id, kind FROM notifications ORDER BY rowid").fetchall()
             alerts = {r["id"]: r["status"] for r in conn.execute("SELECT id, status FROM alerts")}
