@@ -50,11 +50,34 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+# Above this many rows, tables are plain aligned text and JSON one object per line: rich's table layout
+# costs about a millisecond per row (10,000 assets: 12 s instead of 0.2 s).
+LARGE_LISTING = 500
+
+
+def _plain_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], title: str | None) -> str:
+    cells = [[_cell(r.get(c)).replace("\n", " ") for c in columns] for r in rows]
+    widths = [min(60, max([len(c), *(len(row[i]) for row in cells)])) for i, c in enumerate(columns)]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
+
+    out = [title] if title else []
+    out.append(line(columns))
+    out.append(line(["-" * w for w in widths]))
+    out.extend(line(row) for row in cells)
+    return "\n".join(out) + "\n"
+
+
 def render_text(
     rows: Sequence[Mapping[str, Any]], columns: Sequence[str], fmt: OutputFormat, *, title: str | None = None
 ) -> str:
     """The listing as text in `fmt` (a rich table is rendered without colour)."""
     if fmt is OutputFormat.json:
+        if len(rows) > LARGE_LISTING:
+            # One object per line through the C encoder: `indent` forces the pure-Python one (10x slower).
+            body = ",\n".join(json.dumps({c: r.get(c) for c in columns}, default=str) for r in rows)
+            return "[\n" + body + "\n]\n"
         return json.dumps([{c: r.get(c) for c in columns} for r in rows], indent=2, default=str) + "\n"
     if fmt is OutputFormat.csv:
         buffer = io.StringIO()
@@ -72,6 +95,8 @@ def render_text(
         lines.append("|" + "|".join("---" for _ in columns) + "|")
         lines.extend("| " + " | ".join(esc(_cell(r.get(c))) for c in columns) + " |" for r in rows)
         return "\n".join(lines) + "\n"
+    if len(rows) > LARGE_LISTING:
+        return _plain_table(rows, columns, title)
     table = Table(title=title, show_lines=False)
     for column in columns:
         table.add_column(column, overflow="fold")
@@ -95,7 +120,7 @@ def emit(
         check_output_path(output).write_text(render_text(rows, columns, fmt, title=title), encoding="utf-8")
         typer.echo(f"wrote {len(rows)} rows to {output}", err=True)
         return
-    if fmt is OutputFormat.table and sys.stdout.isatty():
+    if fmt is OutputFormat.table and sys.stdout.isatty() and len(rows) <= LARGE_LISTING:
         table = Table(title=title)
         for column in columns:
             table.add_column(column, overflow="fold")

@@ -238,14 +238,15 @@ def list_assets(
             _check_known("kind", kind, known["kind"])
             for tag_key in tags:
                 _check_known("tag", tag_key, known["tag"])
-        assets = queries.list_assets(conn, group=group, owner=owner, tags=tags, kind=kind, retired=retired)
+        assets = queries.list_assets(conn, group=group, owner=owner, tags=tags, kind=kind, retired=retired, light=True)
     health_map = health_by_asset(settings) if assets else {}
     rows = []
     for asset in assets:
         status = _status(health_map.get(asset["key"]))
         if wanted_health is not None and status != wanted_health:
             continue
-        rows.append({**asset, "health": status, "status": asset["status"]})
+        asset["health"] = status
+        rows.append(asset)
     emit(rows, LIST_COLUMNS, fmt, output, title=f"{len(rows)} assets")
 
 
@@ -524,7 +525,7 @@ def asset_inventory(
         raise CliError(f"unknown --by '{_printable(by)}'{did_you_mean(by, {*DIMENSIONS, 'all'})}; use group, domain, source, kind or all")
     settings = _settings()
     with read_store(settings) as conn:
-        assets = queries.list_assets(_registry_ready(conn, settings))
+        assets = queries.list_assets(_registry_ready(conn, settings), light=True)
     health = health_by_asset(settings) if assets else {}
     rows: list[dict[str, Any]] = []
     for dimension in dimensions:
@@ -562,7 +563,7 @@ def ownership_report(
 
     settings = _settings()
     with read_store(settings) as conn:
-        assets = queries.list_assets(_registry_ready(conn, settings))
+        assets = queries.list_assets(_registry_ready(conn, settings), light=True)
     health = health_by_asset(settings) if assets else {}
     alerts = alerts_by_asset(settings) if assets else {}
     owners: dict[str, dict[str, Any]] = {}

@@ -14,6 +14,8 @@ _LIST_COLUMNS = (
     "source_file, source_line, upstream, freshness, checks, fingerprint, version, first_seen, last_seen, retired_at"
 )
 
+_LIGHT_COLUMNS = "key, group_name, description, owners, tags, kinds, version, code_location, last_seen, retired_at"
+
 
 def iso(ts: float | None) -> str | None:
     """A stored epoch time as ISO-8601 UTC (seconds precision)."""
@@ -54,8 +56,13 @@ def list_assets(
     tags: dict[str, str] | None = None,
     kind: str | None = None,
     retired: bool | None = False,
+    light: bool = False,
 ) -> list[dict[str, Any]]:
-    """Registered assets matching every given filter, by key. `retired`: False active, True retired, None all."""
+    """Registered assets matching every given filter, by key. `retired`: False active, True retired, None all.
+
+    `light` reads only what listings show (key, group, owners, tags, kinds, description, version, code
+    location, last seen, retirement): 10,000 assets in a fraction of the full read.
+    """
     where: list[str] = []
     params: list[Any] = []
     if retired is True:
@@ -75,11 +82,30 @@ def list_assets(
     for tag_key, tag_value in (tags or {}).items():
         where.append("json_extract(assets.tags, '$.' || json_quote(?)) = ?")
         params.extend([tag_key, tag_value])
-    sql = f"SELECT {_LIST_COLUMNS} FROM assets"
+    columns = _LIGHT_COLUMNS if light else _LIST_COLUMNS
+    sql = f"SELECT {columns} FROM assets"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY key"
-    return [_asset(row) for row in conn.execute(sql, params)]
+    if not light:
+        return [_asset(row) for row in conn.execute(sql, params)]
+    loads = json.loads
+    return [
+        {
+            "key": key,
+            "group": group,
+            "description": description,
+            "owners": loads(owners),
+            "tags": loads(tags),
+            "kinds": loads(kinds),
+            "version": version,
+            "code_location": location,
+            "last_seen": iso(last_seen),
+            "retired_at": iso(retired_at),
+            "status": "retired" if retired_at is not None else "active",
+        }
+        for key, group, description, owners, tags, kinds, version, location, last_seen, retired_at in conn.execute(sql, params)
+    ]
 
 
 def get_asset(conn: sqlite3.Connection, key: str) -> dict[str, Any] | None:

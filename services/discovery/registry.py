@@ -14,8 +14,10 @@ Decisions (see also README "Discovery"):
 * An asset missing from its code location's snapshot is retired: kept, `retired_at` set, its edges to its
   upstream removed. A snapshot that reports load problems retires nothing (a module that failed to import
   must not retire its assets). A retired asset that comes back gets a new version (`returned`).
-* An unchanged snapshot writes nothing: the location keeps a hash over its active assets' stored rows, and a
-  snapshot with the same hash (and the same problems) returns before any write. Hence `last_seen` is the time
+* An unchanged snapshot writes nothing. The location keeps the producer's snapshot fingerprint (a hash of
+  the whole snapshot, `orchestrator.catalog.fingerprint_of`) and a hash over its active assets' stored rows:
+  the same producer fingerprint (and problems) returns at once, without even hashing the assets; a
+  different one whose assets hash the same only records the new producer fingerprint. Hence `last_seen` is the time
   of the latest snapshot that changed something in the asset's code location (and contained the asset), not
   of the latest rescan; the worker exports the time of the latest scan as a metric instead.
 """
@@ -77,17 +79,33 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
+_LIST_FIELDS = ("owners", "kinds", "upstream", "downstream", "checks")
+_DEFINITION_SET: set[str] = set(DEFINITION_FIELDS)
+
+
+def _sorted_dict(value: dict[str, Any]) -> dict[str, Any]:
+    return {k: _sorted_dict(v) if isinstance(v, dict) else v for k, v in sorted(value.items())}
+
+
+def _keys_sorted(value: dict[str, Any]) -> bool:
+    keys = list(value)
+    return keys == sorted(keys) and all(_keys_sorted(v) for v in value.values() if isinstance(v, dict))
+
+
 def normalise(spec: AssetSpecData) -> AssetSpecData:
-    """The spec with order-insensitive lists sorted and de-duplicated (so order never makes a version)."""
-    return spec.model_copy(
-        update={
-            "owners": sorted(set(spec.owners)),
-            "kinds": sorted(set(spec.kinds)),
-            "upstream": sorted(set(spec.upstream)),
-            "downstream": sorted(set(spec.downstream)),
-            "checks": sorted(set(spec.checks)),
-        }
-    )
+    """The spec with order-insensitive lists sorted and de-duplicated and mapping keys sorted, so that
+    order never makes a version. Returns `spec` itself when it is already normal (the common case)."""
+    update: dict[str, Any] = {}
+    for name in _LIST_FIELDS:
+        value = getattr(spec, name)
+        normal = sorted(set(value))
+        if normal != value:
+            update[name] = normal
+    for name in ("tags", "metadata", "freshness"):
+        value = getattr(spec, name)
+        if value and not _keys_sorted(value):
+            update[name] = _sorted_dict(value)
+    return spec.model_copy(update=update) if update else spec
 
 
 def definition(spec: AssetSpecData) -> dict[str, Any]:
@@ -96,8 +114,8 @@ def definition(spec: AssetSpecData) -> dict[str, Any]:
 
 
 def fingerprint(spec: AssetSpecData) -> str:
-    """The definition fingerprint of a normalised spec."""
-    return hashlib.sha256(_dumps(definition(spec)).encode()).hexdigest()[:32]
+    """The definition fingerprint of a normalised spec (pydantic's serializer: fast, key order as stored)."""
+    return hashlib.sha256(spec.model_dump_json(include=_DEFINITION_SET).encode()).hexdigest()[:32]
 
 
 def _row_hash(def_fp: str, spec: AssetSpecData) -> str:
@@ -160,13 +178,6 @@ def plan(snapshot: CatalogSnapshotData) -> tuple[dict[str, _Planned], str]:
     return planned, _location_hash((k, p.row_hash) for k, p in planned.items())
 
 
-def is_unchanged(conn: sqlite3.Connection, snapshot: CatalogSnapshotData) -> bool:
-    """True when registering `snapshot` would write nothing (read-only check)."""
-    _, location_hash = plan(snapshot)
-    row = conn.execute(
-        "SELECT fingerprint, problems FROM code_locations WHERE name = ?", (snapshot.code_location,)
-    ).fetchone()
-    return row is not None and row["fingerprint"] == location_hash and json.loads(row["problems"]) == list(snapshot.problems)
 
 
 _INSERT_ASSET = """
@@ -221,10 +232,18 @@ def register_snapshot(
     now = now or datetime.now(UTC)
     ts = _ts(now)
     location = snapshot.code_location
-    planned, location_hash = plan(snapshot)
     problems = list(snapshot.problems)
-    loc_row = conn.execute("SELECT fingerprint, problems FROM code_locations WHERE name = ?", (location,)).fetchone()
-    if loc_row is not None and loc_row["fingerprint"] == location_hash and json.loads(loc_row["problems"]) == problems:
+    loc_row = conn.execute(
+        "SELECT fingerprint, snapshot_fingerprint, problems FROM code_locations WHERE name = ?", (location,)
+    ).fetchone()
+    same_problems = loc_row is not None and json.loads(loc_row["problems"]) == problems
+    if same_problems and loc_row["snapshot_fingerprint"] == snapshot.fingerprint:
+        return []  # the producer's fingerprint covers the whole snapshot: nothing to compare
+    planned, location_hash = plan(snapshot)
+    if same_problems and loc_row["fingerprint"] == location_hash:
+        # Nothing the registry keeps differs (e.g. only downstream lists moved): remember the producer's
+        # fingerprint so that the next identical snapshot takes the first exit, and record nothing else.
+        conn.execute("UPDATE code_locations SET snapshot_fingerprint = ? WHERE name = ?", (snapshot.fingerprint, location))
         return []
 
     existing: dict[str, sqlite3.Row] = {

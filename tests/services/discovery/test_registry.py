@@ -208,3 +208,24 @@ def test_any_sequence_of_snapshots_then_repeat_writes_nothing(tmp_path_factory: 
                 assert active[a.key]["version"] == len(queries.history(store.connection(), a.key))
     finally:
         store.close()
+
+
+def test_only_downstream_moved_records_only_the_producer_fingerprint(store: Store) -> None:
+    a = AssetSpecData(key="a", code_location="loc", downstream=["b"])
+    register(store, CatalogSnapshotData(code_location="loc", fingerprint="f1", assets=[a]), T0)
+    conn = store.connection()
+    total = conn.total_changes
+    moved = a.model_copy(update={"downstream": ["b", "c"]})
+    assert register(store, CatalogSnapshotData(code_location="loc", fingerprint="f2", assets=[moved]), T0 + timedelta(1)) == []
+    assert conn.total_changes == total + 1  # the code location's producer fingerprint, nothing else
+    assert conn.execute("SELECT snapshot_fingerprint FROM code_locations").fetchone()[0] == "f2"
+    total = conn.total_changes
+    assert register(store, CatalogSnapshotData(code_location="loc", fingerprint="f2", assets=[moved]), T0 + timedelta(2)) == []
+    assert conn.total_changes == total
+
+
+def test_tag_order_makes_no_version(store: Store) -> None:
+    a = AssetSpecData(key="a", tags={"x": "1", "y": "2"}, metadata={"m": {"b": 1, "a": 2}})
+    register(store, CatalogSnapshotData(code_location="loc", fingerprint="1", assets=[a]), T0)
+    b = AssetSpecData(key="a", tags={"y": "2", "x": "1"}, metadata={"m": {"a": 2, "b": 1}})
+    assert register(store, CatalogSnapshotData(code_location="loc", fingerprint="2", assets=[b]), T0) == []

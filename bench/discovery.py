@@ -1,0 +1,154 @@
+"""Discovery benchmark: 10,000 generated assets.
+
+Measured in one run, on this machine:
+  dagster_load_s  Dagster building the Definitions of the assets (decorators, Definitions, asset graph)
+  cold_s          discovery's cold registration: the catalog snapshot of those Definitions
+                  (orchestrator.catalog.build_catalog) + registration into an empty metadata.db, with the
+                  AssetChanged events staged in the outbox (what the worker and discover-assets do)
+  rescan_s        registering the same, unchanged snapshot again (it must write nothing)
+  list_s / details_s / startup_s   `asset-manager list-assets`, `asset-manager asset-details KEY` and
+                  `asset-manager --help` as processes (median of several runs), against that store
+
+Prints one JSON object on its last line: assets, dagster_load_s, cold_s, cold_ratio (cold / dagster load),
+rescan_ratio (rescan / cold), list_ratio and details_ratio (command / CLI start-up), and the parts.
+Targets: cold_ratio <= 1.2, rescan_ratio <= 0.1, list_ratio and details_ratio <= 2.
+Usage: python bench/discovery.py [--assets N] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+EXE = Path(sys.executable).with_name("asset-manager")
+
+
+def build_definitions(n: int) -> Any:
+    """Definitions of `n` assets in 50 groups, with owners, tags, kinds, metadata and a layered lineage."""
+    import dagster as dg
+
+    assets = []
+    for i in range(n):
+        deps = [f"asset_{j:05d}" for j in (i - 1 - (i % 7), i - 50) if 0 <= j < i and i % 10]
+        owners = [f"owner{i % 37}@example.com"] if i % 5 else ([f"team:team{i % 11}"] if i % 2 else [])
+
+        @dg.asset(
+            name=f"asset_{i:05d}",
+            group_name=f"group_{i % 50:02d}",
+            description=None if i % 13 == 0 else f"Generated asset number {i}.",
+            owners=owners,
+            tags={"domain": f"domain{i % 9}", "source": f"source{i % 17}", "type": "generated"},
+            kinds={"pandas"} if i % 3 else {"pandas", "sql"},
+            metadata={"target_schema": "stg", "index": i},
+            code_version=str(i % 4),
+            deps=deps,
+        )
+        def _generated() -> None: ...
+
+        assets.append(_generated)
+    defs = dg.Definitions(assets=assets)
+    defs.resolve_asset_graph()
+    return defs
+
+
+def timed(func: Any, *args: Any, **kwargs: Any) -> tuple[float, Any]:
+    started = time.perf_counter()
+    result = func(*args, **kwargs)
+    return time.perf_counter() - started, result
+
+
+def run_cli(args: list[str], env: dict[str, str], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        done = subprocess.run([str(EXE), *args], env=env, capture_output=True, text=True, cwd=env["DAGSTER_HOME"])
+        times.append(time.perf_counter() - started)
+        if done.returncode != 0:
+            raise SystemExit(f"asset-manager {' '.join(args)} failed: {done.stderr.strip()}")
+    return statistics.median(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--assets", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each CLI command (median)")
+    parser.add_argument("--profile", action="store_true", help="print a pyinstrument profile of cold registration")
+    options = parser.parse_args()
+    warnings.simplefilter("ignore")
+
+    from libs.common.settings import load_settings
+    from libs.common.store import Store
+    from orchestrator.catalog import build_catalog
+    from services.discovery.service import register
+    from services.discovery.store import MIGRATIONS
+
+    dagster_load_s, defs = timed(build_definitions, options.assets)
+
+    with tempfile.TemporaryDirectory(prefix="bench-discovery-") as tmp:
+        home = Path(tmp)
+        env = {**os.environ, "DAGSTER_HOME": str(home), "AMS_LOGGING__FILE": "", "AMS_LOGGING__LEVEL": "WARNING",
+               "PYTHONPATH": str(ROOT)}
+        os.environ.update({"DAGSTER_HOME": str(home)})
+        settings = load_settings(dagster_home=str(home), logging={"file": None, "level": "WARNING"})
+        store = Store(settings.store_url("metadata"), MIGRATIONS, synchronous=settings.stores.synchronous)
+
+        profiler = None
+        if options.profile:
+            from pyinstrument import Profiler
+
+            profiler = Profiler()
+            profiler.start()
+        snapshot_s, snapshot = timed(build_catalog, defs, "orchestrator")
+        register_s, outcome = timed(register, store, snapshot, trigger="bench")
+        if profiler is not None:
+            profiler.stop()
+            print(profiler.output_text(unicode=False, color=False), file=sys.stderr)
+        cold_s = snapshot_s + register_s
+        assert len(outcome.changes) == options.assets, len(outcome.changes)
+
+        before = store.connection().total_changes
+        rescan_s, again = timed(register, store, snapshot, trigger="bench")
+        assert again.changes == [] and store.connection().total_changes == before, "unchanged rescan wrote"
+        rescan_full_s, _ = timed(lambda: register(store, build_catalog(defs, "orchestrator"), trigger="bench"))
+        store.close()
+
+        startup_s = run_cli(["--help"], env, options.repeat)
+        list_s = run_cli(["list-assets"], env, options.repeat)
+        list_json_s = run_cli(["list-assets", "--format", "json"], env, options.repeat)
+        key = f"asset_{options.assets // 2:05d}"
+        details_s = run_cli(["asset-details", key], env, options.repeat)
+
+    result = {
+        "assets": options.assets,
+        "dagster_load_s": round(dagster_load_s, 3),
+        "cold_s": round(cold_s, 3),
+        "cold_ratio": round(cold_s / dagster_load_s, 3),
+        "rescan_ratio": round(rescan_s / cold_s, 4),
+        "list_ratio": round(list_s / startup_s, 3),
+        "details_ratio": round(details_s / startup_s, 3),
+        "snapshot_s": round(snapshot_s, 3),
+        "register_cold_s": round(register_s, 3),
+        "rescan_s": round(rescan_s, 4),
+        "rescan_with_snapshot_s": round(rescan_full_s, 3),
+        "startup_s": round(startup_s, 3),
+        "list_s": round(list_s, 3),
+        "list_json_s": round(list_json_s, 3),
+        "details_s": round(details_s, 3),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
