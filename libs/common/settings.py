@@ -243,6 +243,12 @@ class WebhookReceiver(_Section):
             raise ValueError("webhook URL must be http:// or https://")
         return value
 
+    @model_validator(mode="after")
+    def _pagerduty_needs_key(self) -> WebhookReceiver:
+        if self.kind == "pagerduty" and not self.secret_env:
+            raise ValueError("a pagerduty receiver needs secret_env (the variable holding its routing key)")
+        return self
+
     def secret(self) -> str | None:
         """The receiver's secret from the environment, or None when unset."""
         return os.environ.get(self.secret_env) if self.secret_env else None

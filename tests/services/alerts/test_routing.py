@@ -143,3 +143,8 @@ def test_settings_reject_unknown_receivers_and_windows() -> None:
         )
     with pytest.raises(ConfigError, match="unknown time zone"):
         load_settings(alerts={"mute_windows": [{"name": "n", "timezone": "Mars/Base"}]})
+
+
+def test_pagerduty_receiver_needs_a_routing_key_variable() -> None:
+    with pytest.raises(ConfigError, match="pagerduty receiver needs secret_env"):
+        load_settings(alerts={"receivers": [{"name": "pd", "kind": "pagerduty", "url": "https://events.pagerduty.com/v2/enqueue"}]})
