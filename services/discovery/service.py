@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -68,9 +69,15 @@ def _observe(store: Store, outcome: Outcome, trigger: str) -> None:
         )
 
 
+# The periodic rescan (scheduler thread) and discovery requests (consumer thread) both re-import the code
+# location; sys.modules is process-wide, so one scan at a time.
+_SCAN_LOCK = threading.Lock()
+
+
 def scan_location(code_location: str, loader: Loader) -> ScanResult:
     """Scan `code_location` (the loader re-imports, so a rescan sees edited code)."""
-    result = scan(code_location, loader)
+    with _SCAN_LOCK:
+        result = scan(code_location, loader)
     metrics.SCAN_PROBLEMS.labels(code_location=code_location).set(len(result.problems))
     for problem in result.problems:
         log.warning("discovery_problem", code_location=code_location, problem=problem)
