@@ -2,7 +2,8 @@
 
 Every materialization of a DataFrame-returning asset carries `dagster/row_count` and
 `dagster/column_schema` (a TableSchema) without the asset author writing them: the health service's volume
-and schema-drift evaluators read exactly these two entries.
+and schema-drift evaluators read exactly these two entries. An asset that reports them itself (e.g. through
+`load_to_stg_table`) keeps its own values.
 """
 
 from __future__ import annotations
@@ -36,9 +37,12 @@ def table_metadata(df: pd.DataFrame) -> dict[str, Any]:
 
 class _TableMetadataPickleIOManager(PickledObjectFilesystemIOManager):
     def get_metadata(self, context: OutputContext, obj: Any) -> dict[str, MetadataValue]:
-        if isinstance(obj, pd.DataFrame):
-            return table_metadata(obj)
-        return {}
+        if not isinstance(obj, pd.DataFrame):
+            return {}
+        # What the asset reported itself wins (load_to_stg_table reports the SQL column types it created);
+        # IO-manager metadata would otherwise replace it.
+        reported = set(context.output_metadata or {})
+        return {k: v for k, v in table_metadata(obj).items() if k not in reported}
 
 
 class TableMetadataIOManager(FilesystemIOManager):

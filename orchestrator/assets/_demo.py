@@ -7,6 +7,9 @@ Not an asset module (the leading underscore keeps the loader away).
   (works while `dagster dev` is running; delete the file to recover).
 - Change its VOLUME: write a row count into `$DAGSTER_HOME/demo/rows/<asset name>` (e.g. `0` or `5000`);
   the asset's output is cut or repeated to exactly that many rows. Delete the file to go back to normal.
+
+`ensure_demo_source()` creates the demo source database (`asset-manager init` does the same) when it is
+missing, so the demo pipeline also runs on a fresh DAGSTER_HOME.
 """
 
 from __future__ import annotations
@@ -61,6 +64,13 @@ def apply_controls(asset_name: str, df: pd.DataFrame) -> pd.DataFrame:
         return df.head(rows).reset_index(drop=True)
     repeats = -(-rows // len(df))
     return pd.concat([df] * repeats, ignore_index=True).head(rows)
+
+
+def ensure_demo_source() -> Path:
+    """The demo source database, created on first use when `asset-manager init` has not run."""
+    from orchestrator.shared.demo_source import create_demo_source, default_demo_source_path
+
+    return create_demo_source(default_demo_source_path())
 
 
 def set_failing(asset_name: str, failing: bool = True) -> Path:

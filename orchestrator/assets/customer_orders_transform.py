@@ -9,24 +9,34 @@ from orchestrator.assets._demo import apply_controls
     name="transformed_customer_orders",
     ins={"stg_orders": AssetIn(), "stg_customers": AssetIn()},
     group_name="transformed_data",
-    description="Orders per customer and country: the analytics-ready sales table.",
+    description="Orders and revenue per customer of the load window: the analytics-ready sales table.",
     kinds={"pandas"},
     owners=["analytics@example.com", "team:analytics"],
     tags={"ams/pipeline": "demo", "domain": "sales", "type": "transformation"},
-    metadata={"business_rules": "revenue = quantity x unit price", "output_format": "one row per customer"},
-    code_version="1",
+    metadata={
+        "business_rules": "revenue = sum of total_amount; cancelled and returned orders excluded",
+        "output_format": "one row per customer with orders in the window",
+    },
+    code_version="2",
 )
 def transformed_customer_orders(
     context: AssetExecutionContext, stg_orders: pd.DataFrame, stg_customers: pd.DataFrame
 ) -> pd.DataFrame:
-    """Revenue and order count per customer."""
-    orders = stg_orders.assign(revenue=stg_orders["quantity"] * stg_orders["unit_price"])
+    """Revenue and order count per customer, with the customer's country."""
+    orders = stg_orders[~stg_orders["status"].isin(["cancelled", "returned"])].copy()
+    orders["total_amount"] = pd.to_numeric(orders["total_amount"], errors="coerce").astype("float64")
     per_customer = orders.groupby("customer_id", as_index=False).agg(
-        orders=("order_id", "count"), revenue=("revenue", "sum")
+        orders=("order_id", "count"), revenue=("total_amount", "sum")
     )
-    df = per_customer.merge(stg_customers, on="customer_id", how="left")
-    df["processed_date"] = pd.Timestamp.now(tz="UTC")
-    return apply_controls("transformed_customer_orders", df)
+    customers = stg_customers[["customer_id", "name", "country"]]
+    transformed_df = per_customer.merge(customers, on="customer_id", how="left")
+    transformed_df["processed_date"] = pd.Timestamp.now(tz="UTC")
+
+    transformed_df = apply_controls("transformed_customer_orders", transformed_df)
+    context.add_output_metadata(
+        {"preview": transformed_df.head().to_markdown() if not transformed_df.empty else "No data"}
+    )
+    return transformed_df
 
 
 all_assets = [transformed_customer_orders]

@@ -7,11 +7,17 @@ from collections.abc import Iterator
 import pytest
 from dagster import DagsterInstance, instance_for_test
 
-from libs.common.settings import Settings
+from libs.common.settings import Settings, get_settings
 
 
 @pytest.fixture
 def dagster_instance(settings: Settings) -> Iterator[DagsterInstance]:
-    """A persistent instance with Dagster's default SQLite storage (run-sharded event log) in DAGSTER_HOME."""
+    """A persistent instance with Dagster's default SQLite storage (run-sharded event log) in DAGSTER_HOME.
+
+    The assets read the process settings (get_settings, cached): the cache is cleared so that they see
+    this test's DAGSTER_HOME (demo source, warehouse) rather than an earlier test's.
+    """
+    get_settings.cache_clear()
     with instance_for_test(temp_dir=str(settings.dagster_home)) as instance:
         yield instance
+    get_settings.cache_clear()

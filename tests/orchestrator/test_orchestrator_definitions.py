@@ -61,21 +61,22 @@ def test_materializing_everything_with_the_declared_checks_succeeds(dagster_inst
 
 def test_demo_asset_fails_on_request_and_recovers(dagster_instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch) -> None:
     job = defs.resolve_implicit_global_asset_job_def()
+    raw_orders = [AssetKey("raw_orders")]
     flag = _demo.set_failing("raw_orders")
     assert flag.parent.parent == Path(os.environ["DAGSTER_HOME"]) / "demo"
-    failed = job.execute_in_process(instance=dagster_instance, raise_on_error=False)
+    failed = job.execute_in_process(instance=dagster_instance, raise_on_error=False, asset_selection=raw_orders)
     assert not failed.success
     assert "raw_orders" in {e.step_key for e in failed.all_events if e.is_step_failure}
     _demo.set_failing("raw_orders", False)
 
     _demo.set_rows("raw_orders", 3)
-    assert job.execute_in_process(instance=dagster_instance).success
+    assert job.execute_in_process(instance=dagster_instance, asset_selection=raw_orders).success
     mat = dagster_instance.fetch_materializations(AssetKey("raw_orders"), limit=1).records[0].asset_materialization
     assert mat is not None and mat.metadata["dagster/row_count"].value == 3
     _demo.set_rows("raw_orders", None)
 
-    monkeypatch.setenv(_demo.FAIL_ENV, "stg_customers")
-    assert not job.execute_in_process(instance=dagster_instance, raise_on_error=False).success
+    monkeypatch.setenv(_demo.FAIL_ENV, "raw_orders")
+    assert not job.execute_in_process(instance=dagster_instance, raise_on_error=False, asset_selection=raw_orders).success
 
 
 def test_dagster_loads_the_module_and_the_workspace(tmp_path: Path) -> None:
