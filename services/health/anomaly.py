@@ -102,6 +102,18 @@ def theil_sen_slope(ts: Sequence[float], vs: Sequence[float]) -> float:
     return median(slopes) if slopes else 0.0
 
 
+def t_factor(z: float, dof: int) -> float:
+    """Ratio of Student t's quantile to the normal quantile `z` (Cornish-Fisher expansion in 1/dof)."""
+    v = float(dof)
+    t = (
+        z
+        + (z**3 + z) / (4 * v)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3)
+    )
+    return t / z
+
+
 def bucket_of(t: float, kind: SeasonalityKind) -> int:
     """Day of week (Monday 0, UTC) or hour of day (UTC) of epoch time `t`; 0 without seasonality."""
     if kind == "day_of_week":
@@ -149,13 +161,17 @@ def score(history: Sequence[tuple[float, float]], point: tuple[float, float], cf
     n = len(train)
     if n < cfg.min_training_size:
         return Score(value, None, False, n, note=f"{n} of {cfg.min_training_size} training points")
-    ts = [t for t, _ in train]
     # Volumes and durations vary multiplicatively (a weekend at 60 %, noise of a few percent, growth of a
-    # percent a day): on a log scale those become additive and the spread comparable across the week.
-    use_log = value > 0 and all(v > 0 for _, v in train)
+    # percent a day): on a log scale those become additive and the spread comparable across the week. A
+    # few empty runs in the history (zero rows is a finding of its own) do not prevent that.
+    positive = [(t, v) for t, v in train if v > 0]
+    use_log = value > 0 and len(positive) >= max(cfg.min_training_size, 0.8 * n)
+    if use_log:
+        train, n = positive, len(positive)
+    ts = [t for t, _ in train]
     vs = [math.log(v) for _, v in train] if use_log else [v for _, v in train]
     train = list(zip(ts, vs, strict=True))
-    observed = math.log(value) if use_log else value
+    observed = value
     seasonal = cfg.seasonality != "none"
     bucket_now = bucket_of(t_now, cfg.seasonality)
 
@@ -169,6 +185,11 @@ def score(history: Sequence[tuple[float, float]], point: tuple[float, float], cf
         else:
             resid, offset, k = detrended, 0.0, n
         center, sigma = robust_location_scale(resid)
+        if use_log:
+            # The structure is fitted on the log scale; the spread is measured as relative deviations
+            # (value / expected - 1), so a spike and a drop of the same size score the same.
+            rel_center, sigma = robust_location_scale([math.expm1(r - center) for r in resid])
+            center += math.log1p(rel_center)
         expected = center + (offset or 0.0) + slope * (t_now - t_ref)
         return expected, sigma, k, resid
 
@@ -184,6 +205,10 @@ def score(history: Sequence[tuple[float, float]], point: tuple[float, float], cf
     expected, sigma, k, _ = chosen
     if seasonal and k < 2:
         return Score(value, None, False, n, seasonal=True, note=f"{k} training points share this point's season")
+    # The spread is estimated from few points: scale it so that `sensitivity` keeps the false-alarm rate
+    # of that many standard deviations of a normal distribution (Student t with the fit's degrees of freedom).
+    dof = n - 1 - (1 if trend else 0) - (len(set(bucket_of(t, cfg.seasonality) for t in ts)) - 1 if seasonal else 0)
+    sigma *= t_factor(cfg.sensitivity, max(dof, 2))
     # The expected value is itself estimated: widen the spread by its error (a prediction interval).
     # A bucket mean from k points understates the residuals and carries 1 / k of a point's variance; a
     # slope extrapolated to the end of the window about 4 / n.
@@ -193,10 +218,10 @@ def score(history: Sequence[tuple[float, float]], point: tuple[float, float], cf
         sigma *= math.sqrt(k / (k - 1))
     sigma *= math.sqrt(inflation)
     if use_log:
-        spread = max(sigma, math.log1p(RELATIVE_SPREAD_FLOOR))
-        deviation = observed - expected
-        lower, upper = math.exp(expected - cfg.sensitivity * spread), math.exp(expected + cfg.sensitivity * spread)
         expected = math.exp(expected)
+        spread = max(sigma, RELATIVE_SPREAD_FLOOR)
+        deviation = value / expected - 1
+        lower, upper = expected * (1 - cfg.sensitivity * spread), expected * (1 + cfg.sensitivity * spread)
     else:
         spread = max(sigma, RELATIVE_SPREAD_FLOOR * abs(expected))
         deviation = observed - expected

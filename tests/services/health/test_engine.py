@@ -164,3 +164,21 @@ def test_spec_copy_orders_versions_and_retires(store: Store, hsettings: Settings
     engine.handle(deliveries(ev.spec("a", version=3, retired=True)))
     last = outbox(store)[-1].data
     assert last.status == "UNKNOWN" and all(c.outcome == "passed" for c in last.checks)
+
+
+def test_backlog_defers_evaluation_durably(store: Store, tmp_path: Path, ev: Any) -> None:
+    settings = load_settings(dagster_home=str(tmp_path), stores={"data_dir": str(tmp_path)},
+                             bus={"batch_size": 2}, health={"max_defer_s": 60})
+    engine = engine_for(store, settings, Clock(T0 + 10))
+    full = deliveries(ev.run("r1", "FAILURE", ["a"], start=T0, end=T0 + 1), ev.run("r2", "FAILURE", ["b"], start=T0, end=T0 + 1))
+    engine.handle(full)  # a full batch: a backlog, evaluation deferred
+    assert outbox(store) == []
+    assert {r[0] for r in store.connection().execute("SELECT asset_key FROM dirty_assets")} == {"a", "b"}
+    # a restart finds the deferred assets in the store and evaluates them
+    restarted = engine_for(store, settings, Clock(T0 + 20))
+    assert restarted.evaluate_pending() == 2
+    assert {e.data.asset_key: e.data.status for e in outbox(store)} == {"a": "FAILED", "b": "FAILED"}
+    assert store.connection().execute("SELECT COUNT(*) FROM dirty_assets").fetchone()[0] == 0
+    restarted.handle(deliveries(ev.run("r3", "SUCCESS", ["a"], start=T0 + 2, end=T0 + 3)))  # caught up: at once
+    assert outbox(store)[-1].data.status == "HEALTHY"
+    assert outbox(store)[-1].data.transition == 2
