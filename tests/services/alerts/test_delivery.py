@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from libs.common.bus import Delivery
 from libs.common.events import HEALTH, CheckResult, HealthChanged, HealthChangedData, new_event, utcnow
@@ -212,6 +215,38 @@ def test_resolved_notice_reaches_the_receiver(tmp_path: Path, receiver: Recordin
         got = receiver.wait_for(lambda reqs: len(reqs) >= 2)
         kinds = [json.loads(r.body)["type"] for r in got]
         assert sorted(kinds) == ["alert.firing", "alert.resolved"]
+    finally:
+        sender.stop()
+        store.close()
+
+
+@given(attempts=st.integers(1, 60), draw=st.floats(0, 1), retry_after=st.none() | st.floats(0, 1e7))
+@hsettings(max_examples=200, deadline=None)
+def test_retry_delay_is_bounded(attempts: int, draw: float, retry_after: float | None) -> None:
+    settings = load_settings(alerts={"retry_base_s": 2.0, "retry_max_delay_s": 600.0, "retry_after_max_s": 900.0})
+    sender = Sender.__new__(Sender)  # only the arithmetic: no store, no threads
+    sender.cfg = settings.alerts
+    sender.jitter = lambda: draw
+    delay = sender.retry_delay(attempts, retry_after)
+    if retry_after is not None:
+        assert delay == min(retry_after, 900.0)
+    else:
+        ceiling = min(600.0, 2.0 * 2 ** (attempts - 1))
+        assert ceiling / 2 <= delay <= ceiling
+
+
+def test_expired_before_an_attempt_is_dead_without_sending(tmp_path: Path, receiver: RecordingReceiver) -> None:
+    clock = Clock()
+    settings = make_settings(tmp_path, receiver.url, max_age_s=60.0)
+    store = open_store(settings)
+    sender = Sender(store, settings, clock=clock)
+    try:
+        AlertService(store, settings, clock=clock).handle([failing("late")])
+        clock.now += 61  # e.g. the worker was down for longer than max_age_s
+        sender.run_until_idle()
+        (row,) = queries.deliveries(store, failed_only=True)
+        assert row["status"] == "dead" and "older than max_age_s" in row["last_error"]
+        assert receiver.requests == []
     finally:
         sender.stop()
         store.close()
