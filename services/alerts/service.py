@@ -252,6 +252,8 @@ class AlertService:
             covered = 0
             for row in conn.execute("SELECT fingerprint, asset_key, check_name, state FROM alert_states").fetchall():
                 state = AlertState.from_dict(json.loads(row["state"]))
+                if not state.firing:
+                    continue  # a later incident checks the active silences when it opens
                 labels = self._labels(conn, row["asset_key"], row["check_name"], state.severity or "error")
                 if silence_matches(matchers, labels):
                     covered += 1
@@ -364,7 +366,7 @@ class AlertService:
         exists = conn.execute("SELECT 1 FROM alert_states WHERE fingerprint = ?", (fp,)).fetchone() is not None
         if not exists and not any(isinstance(i, Observe) and i.firing for i in inputs):
             return 0  # a passing check that never failed: nothing to remember
-        state = self._load(conn, fp)
+        state = original = self._load(conn, fp)
         inputs = list(inputs)
         first = inputs[0]
         if isinstance(first, Observe) and first.firing and not state.firing and state.silence_id is None:
@@ -379,8 +381,8 @@ class AlertService:
             state = result.state
             history.extend(result.history)
             notices.extend(result.notices)
-        if not history and not notices and exists:
-            return 0
+        if exists and state == original:
+            return 0  # nothing changed (not even the latest numbers)
         info = self._asset_info(conn, asset_key, hints)
         alert_id = self._save(conn, state, asset_key, check, info, now) if state.incident else None
         conn.execute(
@@ -467,7 +469,7 @@ class AlertService:
         decision = route(labels, self.settings.alerts, datetime.fromtimestamp(now, UTC))
         status = "resolved" if notice.kind == "resolved" else "firing"
         rows: list[tuple[Any, ...]] = []
-        queued = 0
+        queued = declined = 0
         targets = [(name, "pending") for name in decision.receivers] + [(name, "muted") for name in decision.muted]
         for name, row_status in targets:
             try:
@@ -475,6 +477,7 @@ class AlertService:
             except KeyError:
                 continue
             if status == "resolved" and not receiver.send_resolved:
+                declined += 1
                 continue
             notification_id = f"msg_{uuid.uuid4().hex}"
             payload = AlertPayload(
@@ -509,7 +512,7 @@ class AlertService:
                  next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             rows,
         )
-        if not rows:
+        if not rows and not declined:
             conn.execute(
                 "INSERT INTO alert_history (alert_id, fingerprint, at, event, actor, reason, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (alert_id, notice.fingerprint, now, "unrouted", "system", "no receiver configured or matched", "{}"),

@@ -129,6 +129,7 @@ def test_failed_then_healthy_fires_and_resolves_once(service: AlertService, stor
     clock.now += 60
     service.handle([health("sales/orders", "FAILED", FAIL, n=2)])
     assert len(outbox(store)) == 1
+    assert queries.open_alerts(store)[0]["values"] == {"rows": 2}  # the latest numbers are kept
 
     clock.now += 60
     service.handle([health("sales/orders", "HEALTHY", PASS, n=3)])
