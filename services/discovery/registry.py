@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from pydantic_core import to_json
+
 from libs.common.events import AssetChanged, AssetChangeData, AssetSpecData, CatalogSnapshotData, new_event
 
 ChangeKind = Literal["registered", "changed", "returned", "retired"]
@@ -75,8 +77,13 @@ class Change:
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
+# One encoder for every call: building a JSONEncoder per json.dumps(...) call with options was most of the
+# cost of a cold registration.
+_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return _ENCODE(value)
 
 
 _LIST_FIELDS = ("owners", "kinds", "upstream", "downstream", "checks")
@@ -199,22 +206,27 @@ VALUES (?, ?, ?, ?, ?, ?, ?)
 """
 
 
+def _json(value: Any) -> str:
+    # pydantic-core's encoder: compact, and the normalised spec's mappings already have sorted keys.
+    return to_json(value).decode()
+
+
 def _columns(spec: AssetSpecData) -> tuple[Any, ...]:
     return (
         spec.code_location,
         spec.group,
         spec.description,
-        _dumps(spec.owners),
-        _dumps(spec.tags),
-        _dumps(spec.kinds),
-        _dumps(spec.metadata),
+        _json(spec.owners),
+        _json(spec.tags),
+        _json(spec.kinds),
+        _json(spec.metadata),
         spec.code_version,
         spec.partitioning,
         spec.source_file,
         spec.source_line,
-        _dumps(spec.upstream),
-        _dumps(spec.freshness) if spec.freshness is not None else None,
-        _dumps(spec.checks),
+        _json(spec.upstream),
+        _json(spec.freshness) if spec.freshness is not None else None,
+        _json(spec.checks),
     )
 
 
