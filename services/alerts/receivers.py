@@ -99,7 +99,8 @@ def dagster_asset_url(ui_url: str | None, asset_key: str) -> str | None:
 
 def _short(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        # 305200.0 reads better as 305,200 than 3.052e+05; small values keep 4 significant digits
+        return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
     text = json.dumps(value, default=str) if isinstance(value, dict | list) else str(value)
     return text if len(text) <= 120 else text[:117] + "..."
 
