@@ -261,11 +261,45 @@ def learned_cadence(times: Sequence[float], window: int = 30) -> tuple[float | N
     return ordered[len(ordered) // 2], len(intervals)
 
 
+def latest_cron_tick(cron: str, now: float, timezone: str | None) -> float:
+    """The latest tick of `cron` at or before `now` (Dagster's own cron arithmetic, imported on first use)."""
+    from dagster._utils.schedules import get_latest_completed_cron_tick
+
+    return get_latest_completed_cron_tick(cron, datetime.fromtimestamp(now, UTC), timezone).timestamp()
+
+
+def _cron_freshness(history: AssetHistory, policy: Mapping[str, Any], now: float) -> CheckResult | None:
+    """Dagster's cron freshness policy: a materialization within `lower_bound_delta` before each deadline."""
+    cron = policy.get("deadline_cron")
+    if not isinstance(cron, str):
+        return None
+    try:
+        deadline = latest_cron_tick(cron, now, policy.get("timezone") or "UTC")
+    except Exception as exc:  # a policy Dagster accepted but we cannot read: say so, do not guess
+        return _result(FRESHNESS, "warn", f"cannot evaluate the cron freshness policy {cron!r}: {exc}")
+    window = float(policy.get("lower_bound_delta_s") or 0.0)
+    last = history.last_materialization
+    values = {"deadline": when(deadline), "window_s": window, "policy": f"Dagster cron freshness policy {cron}"}
+    if last is not None and last.at >= deadline - window:
+        return _result(FRESHNESS, "passed", f"fresh: materialized {when(last.at)}, before the deadline {when(deadline)}", **values)
+    seen = f"last materialized {when(last.at)}" if last else "never materialized"
+    return _result(FRESHNESS, "error",
+                   f"stale: no materialization in the {human_s(window)} before the deadline {when(deadline)} "
+                   f"({cron}); {seen}", **values)
+
+
 def freshness(history: AssetHistory, resolved: Resolved, now: float) -> CheckResult:
-    """Age of the latest materialization against the explicit max lag, else the learned cadence."""
+    """Age of the latest materialization against the explicit max lag (or Dagster cron policy), else the
+    learned cadence."""
     th = resolved.thresholds
     last = history.last_materialization
     explicit = th.freshness_max_lag
+    policy = history.spec.freshness if history.spec else None
+    asset_level = resolved.source("freshness_max_lag").startswith(("tag", "metadata"))
+    if policy and policy.get("kind") == "cron" and not asset_level:
+        cron_result = _cron_freshness(history, policy, now)
+        if cron_result is not None:
+            return cron_result
     if last is None:
         if explicit is not None and history.registered_at is not None and now - history.registered_at > explicit:
             return _result(

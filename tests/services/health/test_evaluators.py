@@ -219,3 +219,17 @@ def test_dagster_policy_shapes() -> None:
         "freshness_max_lag": 600, "freshness_warn_lag": 300}
     assert dagster_policy({"fail_window": "2h"}) == {"freshness_max_lag": 7200}
     assert dagster_policy(None) == {}
+
+
+def test_cron_freshness_policy() -> None:
+    # daily deadline 09:00 UTC, materialization required within the 3 h before it
+    spec = AssetSpecData(key="a", freshness={"kind": "cron", "deadline_cron": "0 9 * * *", "lower_bound_delta_s": 10800,
+                                             "timezone": "UTC"})
+    day = T0 - T0 % DAY
+    on_time = AssetHistory("a", spec=spec, materializations=[Materialization(day + 7 * 3600, "r", 1)])
+    assert freshness(on_time, resolved(), day + 10 * 3600).outcome == "passed"
+    late = AssetHistory("a", spec=spec, materializations=[Materialization(day + 5 * 3600, "r", 1)])
+    r = freshness(late, resolved(), day + 10 * 3600)
+    assert r.outcome == "error" and "before the deadline" in r.reason
+    # an explicit tag on the asset overrides the Dagster policy
+    assert freshness(late, resolved(freshness_max_lag=DAY), day + 10 * 3600).outcome == "passed"
