@@ -108,7 +108,10 @@ class RecordingReceiver:
 
         self._httpd = _Server(("127.0.0.1", self.requested_port), Handler)
         self.requested_port = self.port  # a restart comes back on the same port
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="recording-receiver", daemon=True)
+        httpd = self._httpd
+        self._thread = threading.Thread(
+            target=lambda: httpd.serve_forever(poll_interval=0.05), name="recording-receiver", daemon=True
+        )
         self._thread.start()
         return self
 
