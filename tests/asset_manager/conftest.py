@@ -102,9 +102,12 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureF
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(location_dir), str(ROOT)])}
     c = Cli(home, location_dir, package, env, capsys)
     c.write_location()
+    # discover-assets re-imports the code location in-process; give later tests the modules they imported.
+    kept = {n: m for n, m in sys.modules.items() if n == "orchestrator" or n.startswith("orchestrator.")}
     yield c
-    for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+    for name in [n for n in sys.modules if n in (package, "orchestrator") or n.startswith((package + ".", "orchestrator."))]:
         del sys.modules[name]
+    sys.modules.update(kept)
 
 
 @pytest.fixture

@@ -290,3 +290,12 @@ def test_health_and_alerts_from_their_own_services(registered: Cli) -> None:
     groups = {r["value"]: r for r in json.loads(out)}
     assert groups["stg__loaders"]["unhealthy"] == 1
     assert groups["stg__ingestion"]["last_materialization"] is not None
+
+
+def test_discover_the_real_orchestrator_code_location(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AMS_DISCOVERY__DEFINITIONS")  # the default: orchestrator.definitions:defs
+    code, out, _ = cli.run("discover-assets", "--test", "--verbose")
+    assert code == 0, out
+    assert "orchestrator.assets.ingestion." in out and "orchestrator.assets.loaders." in out
+    assert "0 problems" in out and "nothing was written" in out
+    assert not cli.metadata_db.exists()
