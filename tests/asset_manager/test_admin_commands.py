@@ -12,7 +12,7 @@ import pytest
 
 from libs.common.http import ServiceServer
 from libs.common.settings import PROJECT_ROOT
-from tests.asset_manager.conftest import Cli
+from tests.asset_manager.conftest import EXE, Cli
 
 DAGSTER_YAML = """
 storage:
@@ -172,3 +172,35 @@ def test_restore_rejects_bad_backups(registered: Cli, tmp_path: Path) -> None:
         handle.write(b"tampered")
     code, _, err = registered.run("restore", "--from", str(tmp_path / "b"))
     assert code == 2 and "checksum differs" in err
+
+
+def test_the_projects_own_config_is_valid(cli: Cli) -> None:
+    code, out, _ = cli.run("validate-config", "--config-dir", str(PROJECT_ROOT / "config"))
+    assert code == 0, out
+
+
+def test_progress_bar_only_on_a_terminal(registered: Cli, tmp_path: Path) -> None:
+    import os
+    import pty
+    import subprocess
+
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen([str(EXE), "backup", "--dest", str(tmp_path / "tty")],
+                               env={**registered.env, "TERM": "xterm", "COLUMNS": "100"},
+                               stdin=secondary, stdout=secondary, stderr=secondary, cwd=registered.home)
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert process.wait(60) == 0
+    os.close(primary)
+    on_terminal = b"".join(chunks).decode(errors="replace")
+    assert "\x1b[" in on_terminal and "backup complete" in on_terminal
+    piped = registered.run_process("backup", "--dest", str(tmp_path / "piped"))
+    assert piped.returncode == 0 and "\x1b[" not in piped.stdout + piped.stderr
