@@ -3,6 +3,7 @@
 It runs in its own thread (with a small pool for concurrent POSTs), woken right after a commit that queued
 notifications and otherwise polling at most every `POLL_S`. Rules:
 
+* notices about one alert reach a receiver in order: a later one waits while an earlier one is retried;
 * a 2xx marks the notification delivered in the store at once, so it is never sent again;
 * 5xx, 408, 429, timeouts and connection errors are retried with exponential backoff and jitter, or after
   the receiver's `Retry-After` when it gives one;
@@ -134,8 +135,13 @@ class Sender:
             rows = [
                 dict(r)
                 for r in conn.execute(
-                    """SELECT * FROM notifications WHERE status = 'pending' AND next_attempt_at <= ?
-                         AND (lease_until IS NULL OR lease_until < ?) ORDER BY next_attempt_at LIMIT ?""",
+                    # An earlier notice of the same alert to the same receiver goes first (a PagerDuty resolve
+                    # must not overtake its trigger while the trigger is being retried).
+                    """SELECT * FROM notifications AS n WHERE status = 'pending' AND next_attempt_at <= ?
+                         AND (lease_until IS NULL OR lease_until < ?)
+                         AND NOT EXISTS (SELECT 1 FROM notifications AS o WHERE o.fingerprint = n.fingerprint
+                           AND o.receiver = n.receiver AND o.status = 'pending' AND o.rowid < n.rowid)
+                         ORDER BY next_attempt_at LIMIT ?""",
                     (now, now, limit),
                 )
             ]

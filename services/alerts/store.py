@@ -108,6 +108,14 @@ MIGRATIONS = [
         CREATE INDEX notifications_created ON notifications (created_at);
         """,
     ),
+    Migration(
+        2,
+        "notification_order",
+        """
+        -- The sender keeps each receiver's notices about one alert in order (no resolve before its trigger).
+        CREATE INDEX notifications_order ON notifications (fingerprint, receiver, status);
+        """,
+    ),
 ]
 
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from libs.common.bus import Delivery
 from libs.common.events import HEALTH, CheckResult, HealthChanged, HealthChangedData, new_event, utcnow
-from libs.common.settings import Settings, load_settings
+from libs.common.settings import AlertsSettings, Settings, load_settings
 from libs.common.store import Store
 from services.alerts import queries
 from services.alerts.sender import Sender
@@ -223,9 +223,8 @@ def test_resolved_notice_reaches_the_receiver(tmp_path: Path, receiver: Recordin
 @given(attempts=st.integers(1, 60), draw=st.floats(0, 1), retry_after=st.none() | st.floats(0, 1e7))
 @hsettings(max_examples=200, deadline=None)
 def test_retry_delay_is_bounded(attempts: int, draw: float, retry_after: float | None) -> None:
-    settings = load_settings(alerts={"retry_base_s": 2.0, "retry_max_delay_s": 600.0, "retry_after_max_s": 900.0})
     sender = Sender.__new__(Sender)  # only the arithmetic: no store, no threads
-    sender.cfg = settings.alerts
+    sender.cfg = AlertsSettings(retry_base_s=2.0, retry_max_delay_s=600.0, retry_after_max_s=900.0)
     sender.jitter = lambda: draw
     delay = sender.retry_delay(attempts, retry_after)
     if retry_after is not None:
@@ -247,6 +246,33 @@ def test_expired_before_an_attempt_is_dead_without_sending(tmp_path: Path, recei
         (row,) = queries.deliveries(store, failed_only=True)
         assert row["status"] == "dead" and "older than max_age_s" in row["last_error"]
         assert receiver.requests == []
+    finally:
+        sender.stop()
+        store.close()
+
+
+def test_a_resolve_never_overtakes_its_trigger(tmp_path: Path, receiver: RecordingReceiver) -> None:
+    clock = Clock()
+    settings = make_settings(tmp_path, receiver.url, retry_base_s=10.0, retry_max_delay_s=60.0)
+    store = open_store(settings)
+    sender = Sender(store, settings, clock=clock, jitter=lambda: 1.0)
+    service = AlertService(store, settings, clock=clock)
+    try:
+        service.handle([failing("a")])
+        receiver.script = [Reply(status=503)]
+        sender.run_until_idle()  # the trigger failed; retried in 10 s
+        clock.now += 1
+        data = HealthChangedData(asset_key="a", status="HEALTHY", previous_status="FAILED", evaluated_at=utcnow())
+        healthy = new_event(HealthChanged, "health.changed", identity="a|ok", data=data, source="t")
+        service.handle([Delivery(HEALTH, "2-0", healthy)])
+        service.handle([failing("b")])  # another alert is not held up
+        sender.run_until_idle()
+        assert [json.loads(r.body)["data"]["asset_key"] for r in receiver.accepted()] == ["b"]
+        clock.now += 10
+        sender.run_until_idle()
+        sender.run_until_idle()
+        kinds = [(json.loads(r.body)["data"]["asset_key"], json.loads(r.body)["type"]) for r in receiver.accepted()]
+        assert kinds == [("b", "alert.firing"), ("a", "alert.firing"), ("a", "alert.resolved")]
     finally:
         sender.stop()
         store.close()
