@@ -196,15 +196,25 @@ class _Lru(Generic[K, V]):
         if key in self._data:
             self._data.move_to_end(key)
             return self._data[key]
-        value = compute()
+        return self.put(key, compute())
+
+    def put(self, key: K, value: V) -> V:
         self._data[key] = value
+        self._data.move_to_end(key)
         if len(self._data) > self.size:
             self._data.popitem(last=False)
         return value
 
 
-_planned_keys: _Lru[str, list[str]] = _Lru(20_000)
-_step_starts: _Lru[str, dict[str, float]] = _Lru(5_000)
+@dataclass
+class RunFacts:
+    """What the sensor needs from a run's own event log: planned assets and when each step started."""
+
+    planned: set[str] = field(default_factory=set)
+    step_starts: dict[str, float] = field(default_factory=dict)
+
+
+_run_facts: _Lru[str, RunFacts] = _Lru(20_000)
 _catalogs: weakref.WeakKeyDictionary[RepositoryDefinition, tuple[str, CatalogSnapshotData]] = (
     weakref.WeakKeyDictionary()
 )
@@ -338,33 +348,42 @@ class EventPublisher:
                 found[record.dagster_run.run_id] = record
         return found
 
+    def run_facts(self, run_id: str, *, step_key: str | None = None) -> RunFacts:
+        """A run's planned assets and step start times: one event-log query per run, cached.
+
+        Re-read when `step_key` has not started in the cached facts (the run was still going then).
+        """
+
+        def read() -> RunFacts:
+            records = self.instance.get_records_for_run(
+                run_id, of_type={DagsterEventType.ASSET_MATERIALIZATION_PLANNED, DagsterEventType.STEP_START}
+            ).records
+            facts = RunFacts()
+            for r in records:
+                ev = r.event_log_entry.dagster_event
+                if ev is None:
+                    continue
+                if isinstance(ev.event_specific_data, AssetMaterializationPlannedData):
+                    facts.planned.add(key_string(ev.event_specific_data.asset_key))
+                elif ev.event_type == DagsterEventType.STEP_START and ev.step_key:
+                    facts.step_starts.setdefault(ev.step_key, r.event_log_entry.timestamp)
+            return facts
+
+        facts = _run_facts.get_or(run_id, read)
+        if step_key is not None and step_key not in facts.step_starts:
+            facts = _run_facts.put(run_id, read())
+        return facts
+
     def asset_keys_of(self, run: Any) -> list[str]:
         """The assets a run targets: its asset selection, else its planned materializations."""
         if run.asset_selection:
             return sorted(key_string(k) for k in run.asset_selection)
-
-        def planned() -> list[str]:
-            records = self.instance.get_records_for_run(
-                run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION_PLANNED
-            ).records
-            keys = set()
-            for r in records:
-                data = r.event_log_entry.dagster_event.event_specific_data if r.event_log_entry.dagster_event else None
-                if isinstance(data, AssetMaterializationPlannedData):
-                    keys.add(key_string(data.asset_key))
-            return sorted(keys)
-
-        return _planned_keys.get_or(run.run_id, planned)
+        return sorted(self.run_facts(run.run_id).planned)
 
     def _step_start(self, run_id: str, step_key: str | None) -> float | None:
         if not run_id or not step_key:
             return None
-
-        def starts() -> dict[str, float]:
-            stats = self.instance.get_run_step_stats(run_id)
-            return {s.step_key: s.start_time for s in stats if s.start_time is not None}
-
-        return _step_starts.get_or(run_id, starts).get(step_key)
+        return self.run_facts(run_id, step_key=step_key).step_starts.get(step_key)
 
     # -- building
 

@@ -1,7 +1,7 @@
 """Helpers for tests and benchmarks: finished runs recorded cheaply through the instance's own APIs.
 
 `record_finished_runs` writes, per run, exactly the events a one-asset run writes to the event log (planned
-materialization, RUN_START, a materialization with row count and column schema, RUN_SUCCESS or RUN_FAILURE),
+materialization, RUN_START, STEP_START, a materialization with row count and column schema, RUN_SUCCESS or RUN_FAILURE),
 through `DagsterInstance.add_run` and `report_dagster_event`, without executing anything. The run storage
 and the event log end up as after real runs, at a fraction of the cost of `materialize()`.
 """
@@ -48,6 +48,7 @@ def record_finished_runs(
                 event_specific_data=AssetMaterializationPlannedData(key),
             ),
             DagsterEvent(event_type_value=DagsterEventType.RUN_START.value, job_name=job_name),
+            DagsterEvent(event_type_value=DagsterEventType.STEP_START.value, job_name=job_name, step_key=asset),
         ]
         if not failed:
             events.append(
