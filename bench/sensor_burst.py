@@ -23,14 +23,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import redis  # noqa: E402
-from dagster import DagsterInstance, build_sensor_context, instance_for_test  # noqa: E402
+import redis
+from dagster import DagsterInstance, build_sensor_context, instance_for_test
 
-from libs.common.events import ASSETS, RUNS  # noqa: E402
-from libs.common.redis_server import LocalRedis  # noqa: E402
-from libs.common.settings import load_settings  # noqa: E402
-from orchestrator.sensors import PublisherCursor, build_event_sensor  # noqa: E402
-from orchestrator.testing import record_finished_runs  # noqa: E402
+from libs.common.events import ASSETS, RUNS
+from libs.common.redis_server import LocalRedis
+from libs.common.settings import load_settings
+from orchestrator.sensors import PublisherCursor, build_event_sensor
+from orchestrator.testing import record_finished_runs
 
 
 def main() -> int:
