@@ -395,6 +395,9 @@ class HealthEngine:
                 if key in done:
                     continue
                 done.add(key)
+                history = self._history(conn, key)
+                if history.spec is None and not history.has_data and not self._state(conn, key).stored:
+                    continue  # named as someone's downstream, but nothing known about it yet
                 ev = self._evaluate_one(conn, key, now, check_rows, health_rows, transition_rows, staged)
                 evaluations.append(ev)
                 if ev.changed and pass_keys is queue:

@@ -182,3 +182,9 @@ def test_backlog_defers_evaluation_durably(store: Store, tmp_path: Path, ev: Any
     restarted.handle(deliveries(ev.run("r3", "SUCCESS", ["a"], start=T0 + 2, end=T0 + 3)))  # caught up: at once
     assert outbox(store)[-1].data.status == "HEALTHY"
     assert outbox(store)[-1].data.transition == 2
+
+
+def test_unknown_downstream_gets_no_health_row(store: Store, hsettings: Settings, ev: Any) -> None:
+    engine = engine_for(store, hsettings, Clock(T0 + 10))
+    engine.handle(deliveries(ev.spec("a", downstream=["not_yet_registered"]), ev.run("r", "FAILURE", ["a"], start=T0, end=T0 + 1)))
+    assert [h.asset_key for h in latest_health(store)] == ["a"]
