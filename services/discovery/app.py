@@ -39,7 +39,12 @@ def build_worker(settings: Settings, *, port: int | None = None, loader: Loader 
                 func=periodic_rescan,
                 interval_s=settings.discovery.rescan_interval_s,
                 run_at_start=settings.discovery.rescan_at_start,
-            )
+            ),
+            PeriodicJob(
+                name="prune_processed",
+                func=lambda: store.prune_processed(settings.discovery.processed_retention_days * 86400.0),
+                interval_s=3600,
+            ),
         ],
         port=port,
     )
