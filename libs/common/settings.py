@@ -108,6 +108,8 @@ class DiscoverySettings(_Section):
     rescan_at_start: bool = True
     # `module:attribute` of the code location's Definitions, loaded in-process by rescans and discover-assets.
     definitions: str = Field(default="orchestrator.definitions:defs", pattern=r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$")
+    # How long the ids of handled catalog events are remembered (redeliveries come within minutes).
+    processed_retention_days: int = Field(default=30, ge=1)
 
 
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
