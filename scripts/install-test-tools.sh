@@ -9,6 +9,10 @@ declare -A wanted=(
   [kubectl]=kubectl
   [redis-server]=redis-server
   [openssl]=openssl
+  # tests/deploy: Prometheus itself (live scrape test), the compose healthchecks' wget and redis-cli
+  [prometheus]=prometheus
+  [wget]=wget
+  [redis-cli]=redis-tools
 )
 missing=()
 for tool in "${!wanted[@]}"; do
@@ -27,7 +31,8 @@ echo "install-test-tools: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq >/dev/null 2>&1 || true
 for pkg in "${missing[@]}"; do
-  apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null 2>&1 \
+  # wait for a concurrent apt/dpkg (another installer) instead of failing at once on its lock
+  apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=600 "$pkg" >/dev/null 2>&1 \
     || echo "install-test-tools: could not install $pkg; tests needing it will skip" >&2
 done
 exit 0
