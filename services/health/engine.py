@@ -107,7 +107,11 @@ class HealthEngine:
 
     def _load_dirty(self) -> None:
         """The assets awaiting evaluation according to the store (after a restart or a failed batch)."""
-        rows = self.store.connection().execute("SELECT asset_key FROM dirty_assets").fetchall()
+        try:
+            rows = self.store.connection().execute("SELECT asset_key FROM dirty_assets").fetchall()
+        except sqlite3.Error as exc:  # the store is unwell; the periodic evaluate_all covers these assets
+            log.warning("dirty_assets_unreadable", error=str(exc))
+            rows = []
         self._dirty = dict.fromkeys(r[0] for r in rows)
         self._dirty_since = time.monotonic() if self._dirty else None
 
