@@ -22,6 +22,9 @@ done
 for pkg in odbc-postgresql libsqliteodbc; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
+# PostgreSQL for the store and ODBC tests: the tests start a throwaway cluster from Debian's binaries when
+# no server answers on 127.0.0.1:5432.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "install-test-tools: not root or no apt-get; tests needing ${missing[*]} will skip" >&2
