@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +15,9 @@ from libs.common.events import ASSETS, CATALOG, CHECK_NAMES, RUNS, parse_event
 from libs.common.redis_server import LocalRedis
 from libs.common.settings import Settings
 from orchestrator.assets import _demo
-from orchestrator.definitions import defs
-from orchestrator.sensors import SENSOR_NAME, PublishError, PublisherCursor, build_event_sensor
+from orchestrator.definitions import build_definitions, defs
+from orchestrator.loader import ModuleProblem, ScanResult
+from orchestrator.sensors import SENSOR_NAME, PublisherCursor, PublishError, build_event_sensor
 from orchestrator.testing import record_finished_runs
 
 DEMO = ["raw_customers", "raw_orders", "stg_customers", "stg_orders", "transformed_customer_orders"]
@@ -163,3 +165,20 @@ def test_an_unreadable_cursor_is_refused_not_reset() -> None:
     cursor = PublisherCursor(catalog="abc")
     cursor.positions["materialized"] = 42
     assert PublisherCursor.from_json(cursor.to_json()) == cursor
+
+
+def test_the_snapshot_carries_the_asset_module_problems(
+    settings: Settings, dagster_instance: DagsterInstance, redis_client: redis.Redis
+) -> None:
+    @asset
+    def fine() -> int:
+        return 1
+
+    problem = ModuleProblem("orchestrator.assets.ingestion.bad", "/x/bad.py", "ModuleNotFoundError: No module named 'x'")
+    scan = ScanResult(package="orchestrator.assets", root=Path("."), assets=[fine], problems=[problem])
+    repo = build_definitions(scan, sensors=[]).get_repository_def()
+    tick(settings, dagster_instance, None, repo)
+    (snapshot,) = read(redis_client, settings, CATALOG)
+    assert [a.key for a in snapshot.data.assets] == ["fine"]
+    assert snapshot.data.problems == [str(problem)]
+    assert "bad.py" in snapshot.data.problems[0] and "ModuleNotFoundError" in snapshot.data.problems[0]
