@@ -144,6 +144,10 @@ def test_prod_uses_postgres_storage_and_celery_workers(prod: dict[str, Any]) -> 
     assert worker["environment"]["DAGSTER_CELERY_BROKER_URL"].startswith("redis://:")
     # scalable with --scale: no fixed container name, no published port
     assert "container_name" not in worker and "ports" not in worker
+    # jobs send their steps to those workers: the code location applies the Celery executor
+    assert services["code-location"]["command"][-2:] == ["-f", "/app/deploy/dagster/location.py"]
+    for name in ("code-location", "dagster-worker"):
+        assert services[name]["environment"]["DAGSTER_EXECUTOR"] == "celery"
     celery = yaml.safe_load((ROOT / "deploy/dagster/celery.yaml").read_text())
     assert celery["execution"]["config"]["broker"] == {"env": "DAGSTER_CELERY_BROKER_URL"}
 

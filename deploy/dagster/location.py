@@ -1,0 +1,56 @@
+"""The code location as deployed by docker-compose.prod.yml: `orchestrator.definitions` with the executor the
+deployment picks through DAGSTER_EXECUTOR, so jobs need no deployment-specific code.
+
+    dagster code-server start -h 0.0.0.0 -p 4000 -f /app/deploy/dagster/location.py
+
+DAGSTER_EXECUTOR: unset or `default` (the orchestrator's own choice), `multiprocess`, `in_process`, or
+`celery` (dagster-celery, configured from celery.yaml beside this file: the same broker and backend the
+`dagster-celery worker start -y celery.yaml` workers listen to).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from dagster import Definitions, ExecutorDefinition, in_process_executor, multiprocess_executor
+
+from orchestrator.definitions import defs as orchestrator_defs
+
+CELERY_CONFIG = Path(__file__).with_name("celery.yaml")
+
+
+def celery_config(path: Path = CELERY_CONFIG) -> dict[str, Any]:
+    """The Celery executor config block of celery.yaml (`execution.config`)."""
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    config = data.get("execution", {}).get("config")
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: no execution.config mapping")
+    return config
+
+
+def executor_from_env(env: Mapping[str, str] = os.environ) -> ExecutorDefinition | None:
+    """The executor named by DAGSTER_EXECUTOR, or None to keep the orchestrator's."""
+    kind = env.get("DAGSTER_EXECUTOR", "").strip().lower()
+    if kind in ("", "default"):
+        return None
+    if kind == "multiprocess":
+        return multiprocess_executor
+    if kind == "in_process":
+        return in_process_executor
+    if kind == "celery":
+        from dagster_celery import celery_executor  # installed in the image only (the `deploy` extra)
+
+        return celery_executor.configured(celery_config())  # type: ignore[no-any-return]
+    raise ValueError(f"DAGSTER_EXECUTOR={kind!r}: expected default, multiprocess, in_process or celery")
+
+
+def with_executor(defs: Definitions, executor: ExecutorDefinition | None) -> Definitions:
+    """`defs` with `executor` as the default executor of every job (unchanged when None)."""
+    return defs if executor is None else Definitions.merge(defs, Definitions(executor=executor))
+
+
+defs = with_executor(orchestrator_defs, executor_from_env())
