@@ -182,3 +182,41 @@ def test_the_snapshot_carries_the_asset_module_problems(
     assert [a.key for a in snapshot.data.assets] == ["fine"]
     assert snapshot.data.problems == [str(problem)]
     assert "bad.py" in snapshot.data.problems[0] and "ModuleNotFoundError" in snapshot.data.problems[0]
+
+
+def test_redis_refusing_writes_mid_tick_republishes_with_the_same_ids(
+    settings: Settings, local_redis: LocalRedis
+) -> None:
+    """Redis runs out of memory after some pages went out: the tick fails, and the retry publishes the
+    missing events; what went out twice went out with the same ids."""
+    small = settings.model_copy(
+        update={
+            "redis": settings.redis.model_copy(update={"url": local_redis.url}),
+            "sensors": settings.sensors.model_copy(update={"page_size": 20}),
+        }
+    )
+    reference = small.model_copy(update={"bus": small.bus.model_copy(update={"prefix": small.bus.prefix + "-ref"})})
+    instance = DagsterInstance.ephemeral()
+    record_finished_runs(instance, 200)
+    client = redis.Redis.from_url(local_redis.url, protocol=2)
+    tick(reference, instance, None)
+    expected = {s: [e.id for e in read(client, reference, s)] for s in (RUNS, ASSETS)}
+    assert len(expected[RUNS]) == 400 and len(expected[ASSETS]) == 200
+    client.delete(*(f"{reference.bus.prefix}:{s}" for s in (RUNS, ASSETS)))
+
+    client.config_set("maxmemory-policy", "noeviction")
+    # room for a few pages (an event is about 1 kB), not for 600 events: then Redis refuses writes (OOM)
+    client.config_set("maxmemory", int(client.info("memory")["used_memory"]) + 150_000)
+    context = build_sensor_context(instance=instance, cursor=None)
+    with pytest.raises(PublishError, match="maxmemory|OOM"):
+        build_event_sensor(settings=small)(context)
+    assert context.cursor is None
+    partial = {s: [e.id for e in read(client, small, s)] for s in (RUNS, ASSETS)}
+    assert 0 < len(partial[RUNS]) < len(expected[RUNS])  # some pages went out before Redis refused
+
+    client.config_set("maxmemory", 0)
+    tick(small, instance, None)
+    published = {s: [e.id for e in read(client, small, s)] for s in (RUNS, ASSETS)}
+    for stream in (RUNS, ASSETS):
+        assert set(published[stream]) == set(expected[stream])  # nothing lost, no id that should not exist
+        assert published[stream][len(partial[stream]) :] == expected[stream]  # the retry: all, same ids
