@@ -28,7 +28,7 @@ def test_every_asset_declares_one_non_blocking_check_per_evaluator() -> None:
     graph = defs.resolve_asset_graph()
     for node in graph.asset_nodes:
         assert sorted(k.name for k in node.check_keys) == sorted(CHECK_NAMES), node.key
-    specs = [spec for checks_def in defs.asset_checks or [] for spec in checks_def.check_specs]  # type: ignore[union-attr]
+    specs = [spec for checks_def in defs.asset_checks or [] for spec in checks_def.check_specs]
     assert len(specs) == len(DEMO) * len(CHECK_NAMES)
     assert not any(spec.blocking for spec in specs)
 

@@ -208,7 +208,7 @@ def test_redis_refusing_writes_mid_tick_republishes_with_the_same_ids(
     # room for a few pages (an event is about 1 kB), not for 600 events: then Redis refuses writes (OOM)
     client.config_set("maxmemory", int(client.info("memory")["used_memory"]) + 150_000)
     context = build_sensor_context(instance=instance, cursor=None)
-    with pytest.raises(PublishError, match="maxmemory|OOM"):
+    with pytest.raises(PublishError, match=r"maxmemory|OOM"):
         build_event_sensor(settings=small)(context)
     assert context.cursor is None
     partial = {s: [e.id for e in read(client, small, s)] for s in (RUNS, ASSETS)}
