@@ -302,3 +302,22 @@ def test_discover_the_real_orchestrator_code_location(cli: Cli, monkeypatch: pyt
     assert "orchestrator.assets.ingestion." in out and "orchestrator.assets.loaders." in out
     assert "0 problems" in out and "nothing was written" in out
     assert not cli.metadata_db.exists()
+
+
+def test_concurrent_discoveries_register_once(cli: Cli) -> None:
+    import subprocess
+
+    from tests.asset_manager.conftest import EXE
+
+    processes = [
+        subprocess.Popen([str(EXE), "discover-assets"], env=cli.env, cwd=cli.home, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    outputs = [p.communicate(timeout=120) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0], outputs
+    # The write lock serialises them: one registered everything, the others found nothing to do.
+    assert sum("registered 3" in out for out, _ in outputs) == 1
+    conn = sqlite3.connect(cli.metadata_db)
+    assert conn.execute("SELECT COUNT(*), MAX(version) FROM asset_versions").fetchone() == (3, 1)
+    conn.close()
