@@ -142,7 +142,7 @@ def parse_duration_s(value: Any) -> float | None:
 
 DurationS = Annotated[float | None, BeforeValidator(parse_duration_s)]
 AnomalyDirection = Literal["both", "spike", "drop"]
-Seasonality = Literal["none", "day_of_week", "hour_of_day"]
+Seasonality = Literal["none", "day_of_week", "hour_of_day", "auto"]
 
 
 class HealthThresholds(_Section):
@@ -157,7 +157,8 @@ class HealthThresholds(_Section):
     volume_direction: AnomalyDirection = "both"
     volume_training_days: float = Field(default=30.0, gt=0)
     volume_min_training_size: int = Field(default=7, ge=3)
-    volume_seasonality: Seasonality = "none"
+    # auto: a weekday (or, for sub-daily assets, hour-of-day) profile when the history clearly shows one
+    volume_seasonality: Seasonality = "auto"
     volume_ignore_small_spike_pct: float = Field(default=0.0, ge=0)
     volume_ignore_small_drop_pct: float = Field(default=0.0, ge=0)
     volume_severity: Literal["warn", "error"] = "error"

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 Direction = Literal["both", "spike", "drop"]
-SeasonalityKind = Literal["none", "day_of_week", "hour_of_day"]
+SeasonalityKind = Literal["none", "day_of_week", "hour_of_day", "auto"]
 
 MAD_SCALE = 1.4826  # MAD of a normal distribution times this = its standard deviation
 # The spread never falls below this fraction of the expected level: a constant series does not turn every
@@ -57,6 +57,8 @@ class Score:
     trend_per_day: float | None = None
     seasonal: bool = False
     note: str = ""
+    seasonality: str = "none"
+    fit_error: float | None = None
 
 
 def median(values: Sequence[float]) -> float:
@@ -150,7 +152,34 @@ def _seasonal_fit(
 
 
 def score(history: Sequence[tuple[float, float]], point: tuple[float, float], cfg: DetectorConfig) -> Score:
-    """Score `point` = (time, value) against the `history` points (time, value) before it."""
+    """Score `point` = (time, value) against the `history` points (time, value) before it.
+
+    With `seasonality="auto"` the weekday (and, for sub-daily series, hour-of-day) profile is used when
+    the history supports it and it explains the series clearly better than none (a mean absolute residual
+    at most 75 % of the plain fit's).
+    """
+    if cfg.seasonality != "auto":
+        return _score(history, point, cfg)
+    plain = _score(history, point, replace(cfg, seasonality="none"))
+    if not plain.enough_data or plain.fit_error is None:
+        return plain
+    best, best_error = plain, plain.fit_error
+    times = [t for t, _ in history if t < point[0]]
+    span = point[0] - times[0] if times else 0.0
+    candidates: list[SeasonalityKind] = []
+    if span >= 28 * _DAY:
+        candidates.append("day_of_week")
+    recent = times[-50:]
+    if len(recent) >= 2 and (recent[-1] - recent[0]) / (len(recent) - 1) < 6 * 3600 and span >= 4 * _DAY:
+        candidates.append("hour_of_day")
+    for kind in candidates:
+        other = _score(history, point, replace(cfg, seasonality=kind))
+        if other.enough_data and other.fit_error is not None and other.fit_error < 0.75 * best_error:
+            best, best_error = other, other.fit_error
+    return best
+
+
+def _score(history: Sequence[tuple[float, float]], point: tuple[float, float], cfg: DetectorConfig) -> Score:
     t_now, value = point
     # Weekday profiles need several weeks: at least 8 points per weekday.
     training_s = max(cfg.training_s, 56 * _DAY) if cfg.seasonality == "day_of_week" else cfg.training_s
@@ -202,7 +231,11 @@ def score(history: Sequence[tuple[float, float]], point: tuple[float, float], cf
         # under test would otherwise add error of its own.
         if trended[1] < 0.85 * flat[1]:
             chosen, trend = trended, slope
-    expected, sigma, k, _ = chosen
+    expected, sigma, k, resid = chosen
+    # How well the model explains the whole training set, outliers included (to compare seasonal models:
+    # the trimmed spread cannot tell, since a plain fit trims a weekly dip away as outliers).
+    mid = median(resid)
+    fit_error = sum(abs(r - mid) for r in resid) / n
     if seasonal and k < 2:
         return Score(value, None, False, n, seasonal=True, note=f"{k} training points share this point's season")
     # The spread is estimated from few points: scale it so that `sensitivity` keeps the false-alarm rate
@@ -257,4 +290,6 @@ def score(history: Sequence[tuple[float, float]], point: tuple[float, float], cf
         change_pct=change_pct,
         trend_per_day=(math.expm1(trend * _DAY) * level if use_log else trend * _DAY) if trend else None,
         seasonal=seasonal,
+        seasonality=cfg.seasonality,
+        fit_error=fit_error if use_log else (fit_error / level if level > 0 else None),
     )

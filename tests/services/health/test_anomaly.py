@@ -96,3 +96,18 @@ def test_zeros_history_with_nonzero_point() -> None:
     series = [(T0 + i * DAY, 0.0) for i in range(10)]
     result = score(series, (T0 + 10 * DAY, 5.0), DetectorConfig())
     assert result.anomaly == "spike" and result.z is None
+
+
+@given(seed=seeds, dip=st.floats(min_value=0.3, max_value=0.7))
+@settings(max_examples=30, deadline=None)
+def test_auto_seasonality_finds_the_weekly_profile(seed: int, dip: float) -> None:
+    rng = random.Random(seed)
+    weekly = [(T0 + i * DAY, 5000 * (dip if bucket_of(T0 + i * DAY, "day_of_week") >= 5 else 1) * (1 + rng.gauss(0, 0.03)))
+              for i in range(70)]
+    t_next = T0 + 70 * DAY
+    while bucket_of(t_next, "day_of_week") != 6:
+        t_next += DAY
+    result = score(weekly, (t_next, 5000 * dip), DetectorConfig(seasonality="auto"))
+    assert result.seasonality == "day_of_week" and result.anomaly is None
+    flat = [(t, 5000 * (1 + rng.gauss(0, 0.03))) for t, _ in weekly]
+    assert score(flat, (t_next, 5000.0), DetectorConfig(seasonality="auto")).seasonality == "none"
