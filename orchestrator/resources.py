@@ -48,6 +48,10 @@ class _TableMetadataPickleIOManager(PickledObjectFilesystemIOManager):
 class TableMetadataIOManager(FilesystemIOManager):
     """Dagster's filesystem (pickle) IO manager, adding row count and column schema for DataFrames."""
 
+    @classmethod
+    def _is_dagster_maintained(cls) -> bool:
+        return False
+
     def create_io_manager(self, context: InitResourceContext) -> PickledObjectFilesystemIOManager:
         instance = context.instance
         if self.base_dir:
