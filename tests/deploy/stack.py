@@ -100,7 +100,11 @@ class Stack:
 
     def paths(self, name: str) -> list[tuple[str, str]]:
         service = self.compose["services"][name]
-        mapping = [("/app", str(ROOT))] if is_ours(service) else []
+        private_tmp = self.workdir / "tmp" / name  # each container has a /tmp of its own
+        private_tmp.mkdir(parents=True, exist_ok=True)
+        mapping = [("/tmp", str(private_tmp))]
+        if is_ours(service):
+            mapping.append(("/app", str(ROOT)))
         for kind, source, target in mounts(service, self.compose.get("volumes") or {}):
             if kind == "bind":
                 mapping.append((target, source))
@@ -112,19 +116,22 @@ class Stack:
 
     def localize(self, name: str, value: str) -> str:
         """One command token, environment value or healthcheck string, as seen from this machine."""
-        for target, source in self.paths(name):
-            value = re.sub(rf"(?<![\w/.-]){re.escape(target)}(?=/|$|\s|\")", source, value)
+        value = value.replace("$$", "$")  # compose's escape for a literal $, undone when the container starts
+        paths = dict(self.paths(name))  # one pass: a replacement is never mapped again
+        targets = "|".join(re.escape(t) for t in sorted(paths, key=len, reverse=True))
+        value = re.sub(rf"(?<![\w/.-])({targets})(?=/|$|\s|\")", lambda m: paths[m.group(1)], value)
         hosts = "|".join(re.escape(s) for s in sorted(self.compose["services"], key=len, reverse=True))
         value = re.sub(rf"(?<=//)({hosts})(?=:)|(?<=@)({hosts})(?=:)|^({hosts})$", "127.0.0.1", value)
         value = value.replace("0.0.0.0", "127.0.0.1")
-        value = re.sub(r"(?<=:)(\d{4,5})\b", lambda m: str(self.port_map.get(int(m.group(1)), m.group(1))), value)
-        if value.isdigit() and int(value) in self.port_map:
-            value = str(self.port_map[int(value)])
-        return value
+        # a known container port: after "host:", "=", or as a word of its own ("-p 6379", "4000")
+        return re.sub(r"(?:(?<=[\s:=])|^)(\d{4,5})(?=$|[\s/\"'])",
+                      lambda m: str(self.port_map.get(int(m.group(1)), m.group(1))), value)
 
     def command(self, name: str) -> list[str]:
         service = self.compose["services"][name]
         command = [self.localize(name, tok) for tok in service.get("command") or []]
+        if service.get("entrypoint"):
+            return [self.localize(name, tok) for tok in service["entrypoint"]] + command
         if is_ours(service):
             return [self.localize(name, tok) for tok in image_entrypoint()] + command
         image = image_of(service)

@@ -17,11 +17,22 @@ import httpx
 import pytest
 import redis
 import yaml
-from deploytools import COMPOSE_DEV, ROOT, compose_config, mounts, tool, wait_for
+from deploytools import COMPOSE_DEV, COMPOSE_PROD, ENV_EXAMPLE, ROOT, compose_config, mounts, tool, wait_for
 from stack import Stack
 
 SERVICES = ["redis", "code-location", "webserver", "daemon", "discovery", "health", "alerts", "prometheus"]
 NOT_RUN = {"grafana": "not-run-third-party-image-no-debian-package-provisioning-checked-instead"}
+# docker-compose.prod.yml: its own password-protected Redis (AOF), the workers authenticating to it, Prometheus.
+PROD_SERVICES = ["redis", "discovery", "health", "alerts", "prometheus"]
+DEPLOY_EXTRA = "not-run-needs-the-image-only-deploy-extra-dagster-postgres-celery-which-pin-another-dagster-patch"
+PROD_NOT_RUN = {
+    "postgres": "not-run-third-party-image-debian-postgresql-is-packaged-differently",
+    "grafana": NOT_RUN["grafana"],
+    "code-location": DEPLOY_EXTRA,
+    "webserver": DEPLOY_EXTRA,
+    "daemon": DEPLOY_EXTRA,
+    "dagster-worker": DEPLOY_EXTRA,
+}
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +41,18 @@ def dev() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def stack(dev: dict[str, Any], redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def prod() -> dict[str, Any]:
+    return compose_config(COMPOSE_PROD, env_file=ENV_EXAMPLE)
+
+
+def _tools() -> None:
     for name in ("prometheus", "wget", "redis-server", "redis-cli"):
         tool(name)
+
+
+@pytest.fixture(scope="module")
+def stack(dev: dict[str, Any], redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    _tools()
     prefix = f"test-deploy-{uuid.uuid4().hex[:8]}"
     local = Stack(dev, tmp_path_factory.mktemp("compose"), provided={"redis": int(urlparse(redis_url).port or 6379)},
                   extra_env={"AMS_BUS__PREFIX": prefix})
@@ -45,8 +65,17 @@ def stack(dev: dict[str, Any], redis_url: str, tmp_path_factory: pytest.TempPath
     client.close()
 
 
-def test_every_compose_service_is_covered(dev: dict[str, Any]) -> None:
+@pytest.fixture(scope="module")
+def prod_stack(prod: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    _tools()
+    local = Stack(prod, tmp_path_factory.mktemp("compose-prod"), provided={})
+    yield local
+    local.down()
+
+
+def test_every_compose_service_is_covered(dev: dict[str, Any], prod: dict[str, Any]) -> None:
     assert set(dev["services"]) == set(SERVICES) | set(NOT_RUN)
+    assert set(prod["services"]) == set(PROD_SERVICES) | set(PROD_NOT_RUN)
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -64,6 +93,51 @@ def test_service_command_becomes_healthy(name: str, stack: Stack, tmp_path: Path
     assert stack.check(running).returncode == 0
     if name == "webserver":
         assert_code_location_loaded(stack)
+
+
+@pytest.mark.parametrize("name", PROD_SERVICES)
+def test_prod_service_command_becomes_healthy(name: str, prod_stack: Stack) -> None:
+    running = prod_stack.up(name)
+    assert running.process.poll() is None
+    assert prod_stack.check(running).returncode == 0
+    if name == "redis":
+        assert_prod_redis_requires_its_password_and_appends(prod_stack)
+
+
+def assert_prod_redis_requires_its_password_and_appends(stack: Stack) -> None:
+    port = stack.port_map[6379]
+    anonymous = redis.Redis(host="127.0.0.1", port=port)
+    with pytest.raises(redis.AuthenticationError):
+        anonymous.ping()
+    anonymous.close()
+    client = redis.Redis(host="127.0.0.1", port=port, password=stack.compose["services"]["redis"]["environment"]["REDIS_PASSWORD"])
+    try:
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+    finally:
+        client.close()
+    # the password file lives in the container's private /tmp, readable by its owner only
+    conf = stack.workdir / "tmp" / "redis" / "redis.conf"
+    assert oct(conf.stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize("name", list(PROD_NOT_RUN), ids=[f"{n}-{reason}" for n, reason in PROD_NOT_RUN.items()])
+def test_prod_service_not_run(name: str, prod: dict[str, Any], dev: dict[str, Any]) -> None:
+    service = prod["services"][name]
+    reason = PROD_NOT_RUN[name]
+    if reason == DEPLOY_EXTRA:
+        # Same program as in development (run above) or a dagster-celery worker; the instance file it is
+        # given is validated with Dagster's schema in test_dagster_config.py.
+        env = service["environment"]
+        assert env["DAGSTER_INSTANCE_CONFIG"] == "/app/deploy/dagster/dagster.prod.yaml"
+        assert (ROOT / "deploy/dagster/dagster.prod.yaml").exists()
+        if name in dev["services"] and name != "code-location":
+            assert service["command"] == dev["services"][name]["command"]
+    elif name == "grafana":
+        assert service["image"] == dev["services"]["grafana"]["image"]
+    else:
+        assert service["image"].startswith("postgres:")
+        assert "pg_isready" in " ".join(service["healthcheck"]["test"])
 
 
 def assert_code_location_loaded(stack: Stack) -> None:
