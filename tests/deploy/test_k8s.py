@@ -184,7 +184,8 @@ def test_secrets_are_referenced_never_defined(overlay: tuple[str, list[dict[str,
 def test_configmap_is_generated_from_config_folder(overlay: tuple[str, list[dict[str, Any]]]) -> None:
     _, docs = overlay
     (config,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("ams-config")]
-    on_disk = {p.name: p.read_text() for p in (ROOT / "config").glob("app_config*.yaml")}
+    on_disk = {p.name: p.read_text() for p in (ROOT / "config").glob("*.yaml") if p.name != "kustomization.yaml"}
+    assert set(config["data"]) == set(on_disk), "list every file of config/ in config/kustomization.yaml"
     assert config["data"] == on_disk
     for where, spec in pod_specs(docs):
         if where.split("/")[1] in {"redis", "postgres"}:
