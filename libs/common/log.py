@@ -99,9 +99,13 @@ def configure_logging(settings: Settings, *, service: str | None = None, stream:
         handlers.append(rotating)
 
     root = logging.getLogger()
+    # Replace only our own handlers: others (pytest's capture, Dagster's) stay attached.
     for handler in list(root.handlers):
-        root.removeHandler(handler)
+        if getattr(handler, "_ams_handler", False):
+            root.removeHandler(handler)
+            handler.close()
     for handler in handlers:
+        handler._ams_handler = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(cfg.level)
     for noisy in ("apscheduler", "urllib3", "httpx", "httpcore"):
@@ -111,7 +115,8 @@ def configure_logging(settings: Settings, *, service: str | None = None, stream:
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
+        # No caching: a logger used before configure_logging (imports, Dagster) must follow it afterwards.
+        cache_logger_on_first_use=False,
     )
     if service:
         structlog.contextvars.bind_contextvars(service=service, pid=os.getpid())
