@@ -174,7 +174,12 @@ def score(history: Sequence[tuple[float, float]], point: tuple[float, float], cf
         candidates.append("hour_of_day")
     for kind in candidates:
         other = _score(history, point, replace(cfg, seasonality=kind))
-        if other.enough_data and other.fit_error is not None and other.fit_error < 0.75 * best_error:
+        if not other.enough_data or other.fit_error is None:
+            continue
+        # Compare on the same training points (a weekday profile trains on a longer window).
+        window = replace(cfg, seasonality="none", training_s=max(cfg.training_s, 56 * _DAY) if kind == "day_of_week" else cfg.training_s)
+        baseline = _score(history, point, window).fit_error if kind == "day_of_week" else plain.fit_error
+        if baseline is not None and other.fit_error < 0.85 * baseline and other.fit_error < best_error:
             best, best_error = other, other.fit_error
     return best
 

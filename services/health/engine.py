@@ -38,7 +38,16 @@ from libs.common.log import get_logger
 from libs.common.settings import Settings
 from libs.common.store import Store
 from services.health import metrics
-from services.health.evaluators import EXECUTION, FRESHNESS, evaluate, health_status, reasons_of, signature
+from services.health.evaluators import (
+    DURATION,
+    EXECUTION,
+    FRESHNESS,
+    HISTORY_ONLY,
+    evaluate,
+    health_status,
+    reasons_of,
+    signature,
+)
 from services.health.model import TERMINAL, AssetHistory, Execution, Failure, Materialization, UpstreamState
 from services.health.store import all_asset_keys, columns_json, load_history, prune
 from services.health.thresholds import Resolved, resolve
@@ -93,6 +102,7 @@ class HealthEngine:
         self._histories: OrderedDict[str, AssetHistory] = OrderedDict()
         self._states: dict[str, HealthState] = {}
         self._resolved: dict[str, tuple[AssetSpecData | None, Resolved]] = {}
+        self._memo: dict[str, tuple[int, Resolved, dict[str, CheckResult]]] = {}
         self._dirty: dict[str, None] = {}
         self._dirty_since: float | None = None
         self._load_dirty()
@@ -103,6 +113,7 @@ class HealthEngine:
         self._histories.clear()
         self._states.clear()
         self._resolved.clear()
+        self._memo.clear()
         self._load_dirty()
 
     def _load_dirty(self) -> None:
@@ -123,6 +134,7 @@ class HealthEngine:
             if len(self._histories) > _MAX_CACHED_ASSETS:
                 evicted, _ = self._histories.popitem(last=False)
                 self._resolved.pop(evicted, None)
+                self._memo.pop(evicted, None)
         else:
             self._histories.move_to_end(key)
         return history
@@ -253,6 +265,7 @@ class HealthEngine:
             self._record_failures(conn, fails, histories)
         limit = self.cfg.history_limit
         for history in histories.values():
+            history.version += 1
             for name in ("materializations", "executions", "failures"):
                 items = getattr(history, name)
                 if len(items) > limit:
@@ -445,7 +458,13 @@ class HealthEngine:
         started = time.perf_counter()
         history = self._history(conn, key)
         resolved = self._resolve(history)
-        results = evaluate(history, resolved, now, self._upstreams(conn, history))
+        memo = self._memo.get(key)
+        reuse: dict[str, CheckResult] = {}
+        if memo is not None and memo[0] == history.version and memo[1] is resolved:
+            running = any(e.status == "STARTED" for e in history.executions[-20:])
+            reuse = {c: r for c, r in memo[2].items() if not (c == DURATION and running)}
+        results = evaluate(history, resolved, now, self._upstreams(conn, history), reuse)
+        self._memo[key] = (history.version, resolved, {r.check: r for r in results if r.check in HISTORY_ONLY})
         status = health_status(results, has_data=history.has_data, retired=history.retired)
         metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
         for r in results:

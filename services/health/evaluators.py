@@ -481,17 +481,26 @@ def schema_drift(history: AssetHistory) -> CheckResult:
 
 # -- the asset's health ----------------------------------------------------------------------------------
 
+# Checks that depend only on the asset's history and thresholds (not on the clock or other assets).
+HISTORY_ONLY = (EXECUTION, VOLUME, DURATION, SCHEMA)
+
 
 def evaluate(
     history: AssetHistory,
     resolved: Resolved,
     now: float,
     upstreams: Mapping[str, UpstreamState],
+    reuse: Mapping[str, CheckResult] | None = None,
 ) -> list[CheckResult]:
-    """Every check of `CHECK_NAMES` for one asset, in that order."""
+    """Every check of `CHECK_NAMES` for one asset, in that order.
+
+    `reuse` holds results the caller knows are unchanged (same history, same thresholds, and for
+    `duration_anomaly` no run in progress): they are returned as they are instead of recomputed.
+    """
     th = resolved.thresholds
     if history.retired:
         return [_result(name, "passed", "asset retired") for name in CHECK_NAMES]
+    reuse = reuse or {}
     run: dict[str, Callable[[], CheckResult]] = {
         EXECUTION: lambda: execution_status(history, th),
         VOLUME: lambda: volume_anomaly(history, th),
@@ -502,7 +511,9 @@ def evaluate(
     }
     disabled = set(th.disabled_checks)
     return [
-        _result(name, "passed", f"disabled ({resolved.source('disabled_checks')})") if name in disabled else run[name]()
+        _result(name, "passed", f"disabled ({resolved.source('disabled_checks')})")
+        if name in disabled
+        else reuse[name] if name in reuse else run[name]()
         for name in CHECK_NAMES
     ]
 

@@ -63,6 +63,8 @@ class AssetHistory:
     materializations: list[Materialization] = field(default_factory=list)
     executions: list[Execution] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    # Bumped by whoever changes the history, so results that depend only on it can be reused.
+    version: int = 0
 
     @property
     def has_data(self) -> bool:
