@@ -81,7 +81,7 @@ def asset_health(
         columns = [*CHECK_COLUMNS, "values"] if fmt is OutputFormat.json else CHECK_COLUMNS
         emit(rows, columns, fmt, output, title=f"{item.asset_key}: {item.status} since {_when(item.changed_at)}")
         return
-    rows = []
+    rows: list[dict[str, Any]] = []
     for a in items:
         failing = [f"{c.check}={c.outcome}" for c in a.checks if c.outcome != "passed"]
         rows.append({
