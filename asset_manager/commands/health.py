@@ -73,13 +73,13 @@ def asset_health(
         items = [a for a in items if a.status in wanted]
     if key is not None and items:
         (item,) = items
-        rows = [
+        check_rows: list[dict[str, Any]] = [
             {"check": c.check, "outcome": c.outcome, "reason": c.reason, "evaluated_at": _when(item.evaluated_at),
              "values": c.values}
             for c in item.checks
         ]
         columns = [*CHECK_COLUMNS, "values"] if fmt is OutputFormat.json else CHECK_COLUMNS
-        emit(rows, columns, fmt, output, title=f"{item.asset_key}: {item.status} since {_when(item.changed_at)}")
+        emit(check_rows, columns, fmt, output, title=f"{item.asset_key}: {item.status} since {_when(item.changed_at)}")
         return
     rows: list[dict[str, Any]] = []
     for a in items:
