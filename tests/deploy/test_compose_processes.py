@@ -17,8 +17,8 @@ import httpx
 import pytest
 import redis
 import yaml
+from composestack import Stack
 from deploytools import COMPOSE_DEV, COMPOSE_PROD, ENV_EXAMPLE, ROOT, compose_config, mounts, tool, wait_for
-from stack import Stack
 
 SERVICES = ["redis", "code-location", "webserver", "daemon", "discovery", "health", "alerts", "prometheus"]
 NOT_RUN = {"grafana": "not-run-third-party-image-no-debian-package-provisioning-checked-instead"}

@@ -20,6 +20,7 @@ import httpx
 import pytest
 import redis
 import yaml
+from composestack import Stack
 from deploytools import (
     COMPOSE_DEV,
     PROMETHEUS_DIR,
@@ -29,7 +30,6 @@ from deploytools import (
     tool,
     wait_for,
 )
-from stack import Stack
 
 WORKERS = ["discovery", "health", "alerts"]
 
