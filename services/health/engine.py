@@ -105,6 +105,8 @@ class HealthEngine:
         self._memo: dict[str, tuple[int, Resolved, dict[str, CheckResult]]] = {}
         self._dirty: dict[str, None] = {}
         self._dirty_since: float | None = None
+        self._last_evaluation_s = 0.0
+        self._last_handled = 0.0
         self._load_dirty()
 
     # -- cache -------------------------------------------------------------------------------------------
@@ -177,11 +179,11 @@ class HealthEngine:
                     new = [e for e in events if e.id in fresh]
                     touched = self._record(conn, new)
                     self._mark_dirty(conn, touched)
-                    # A full batch means a backlog: coalesce evaluations (each asset once per max_defer_s)
-                    # instead of evaluating after every batch; caught up, evaluate at once.
+                    # A full batch means a backlog: coalesce evaluations instead of evaluating after every
+                    # batch; caught up, evaluate at once.
                     backlog = len(deliveries) >= self.settings.bus.batch_size
-                    due = self._dirty_since is not None and time.monotonic() - self._dirty_since >= self.cfg.max_defer_s
-                    evaluations = self._evaluate_dirty(conn, now) if (not backlog or due) else []
+                    evaluations = self._evaluate_dirty(conn, now) if (not backlog or self._due()) else []
+                self._last_handled = time.monotonic()
             except BaseException:
                 self._forget()
                 raise
@@ -203,20 +205,32 @@ class HealthEngine:
         if self._dirty_since is None:
             self._dirty_since = time.monotonic()
 
+    def _due(self) -> bool:
+        """Deferred evaluations are due: waiting `max_defer_s`, or four times what the last one took, so
+        that under a backlog evaluation takes at most about a fifth of the worker's time."""
+        if self._dirty_since is None:
+            return False
+        wait = max(self.cfg.max_defer_s, 4 * self._last_evaluation_s)
+        return time.monotonic() - self._dirty_since >= wait
+
     def _evaluate_dirty(self, conn: sqlite3.Connection, now: float) -> list[Evaluation]:
         if not self._dirty:
             return []
+        started = time.monotonic()
         keys = list(self._dirty)
         evaluations = self._evaluate(conn, keys, now)
         conn.execute("DELETE FROM dirty_assets")
         self._dirty.clear()
         self._dirty_since = None
+        self._last_evaluation_s = time.monotonic() - started
         return evaluations
 
     def evaluate_pending(self) -> int:
-        """Evaluate assets whose evaluation was deferred (periodic, every `max_defer_s`); returns how many."""
+        """Evaluate assets whose evaluation was deferred (periodic, every `max_defer_s`), once the stream
+        is quiet or the deferral is due; returns how many."""
         with self.lock:
-            if not self._dirty:
+            idle = time.monotonic() - self._last_handled >= self.cfg.max_defer_s
+            if not self._dirty or not (idle or self._due()):
                 return 0
             now = self.clock()
             try:
