@@ -80,15 +80,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     AMS_LOGGING__FORMAT=json \
     AMS_LOGGING__FILE=/dev/null \
     DAGSTER_GRPC_HOST=code-location \
-    DAGSTER_GRPC_PORT=4000 \
-    AMS_HEALTHCHECK_URL=http://127.0.0.1:3000/server_info
+    DAGSTER_GRPC_PORT=4000
 
 WORKDIR /app
 USER ${APP_UID}:${APP_UID}
 EXPOSE 3000 4000 9101 9102 9103
 
-# The default probe follows AMS_HEALTHCHECK_URL (each role sets its own); compose and k8s define theirs too.
-HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+# The probe finds the container's role from its processes (or AMS_HEALTHCHECK_URL); compose and k8s set theirs.
+HEALTHCHECK --interval=30s --timeout=30s --start-period=60s --retries=3 \
   CMD ["python", "/app/deploy/docker/healthcheck.py"]
 
 ENTRYPOINT ["/usr/bin/tini", "--", "/app/deploy/docker/entrypoint.sh"]

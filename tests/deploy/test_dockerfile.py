@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import importlib.util
 import os
 import re
 import subprocess
@@ -11,6 +12,7 @@ import threading
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from deploytools import ROOT
@@ -150,3 +152,37 @@ def test_healthcheck_passes_on_2xx_and_fails_otherwise(http_server: str) -> None
     closed = http_server.rsplit(":", 1)[0] + ":1"
     assert probe(f"{closed}/healthz") == 1
     assert probe("not-a-url") == 2
+
+
+def load_healthcheck() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("ams_healthcheck", HEALTHCHECK)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("cmdline", "env", "expected"), [
+    (["/opt/venv/bin/python", "-m", "services.health"], {}, "http://127.0.0.1:9102/healthz"),
+    (["python", "-m", "services.alerts"], {"AMS_SERVICES__ALERTS__PORT": "9200"}, "http://127.0.0.1:9200/healthz"),
+    (["/opt/venv/bin/python", "/opt/venv/bin/dagster-webserver", "-h", "0.0.0.0", "-p", "3000", "-w", "w.yaml"], {},
+     "http://127.0.0.1:3000/server_info"),
+    (["/opt/venv/bin/python", "/opt/venv/bin/dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", "-m", "x"],
+     {}, ["dagster", "api", "grpc-health-check", "-p", "4000"]),
+    (["/opt/venv/bin/python", "/opt/venv/bin/dagster-daemon", "run", "-w", "w.yaml"], {},
+     ["dagster-daemon", "liveness-check"]),
+    (["/opt/venv/bin/python", "-m", "dagster", "api", "grpc", "--socket", "/tmp/s"], {}, None),
+    (["/usr/bin/tini", "--", "sh"], {}, None),
+])
+def test_healthcheck_finds_the_role_from_the_processes(cmdline: list[str], env: dict[str, str], expected: object) -> None:
+    assert load_healthcheck().probe_for([["/usr/bin/tini", "--", "/app/deploy/docker/entrypoint.sh"], cmdline], env) == expected
+
+
+def test_healthcheck_probes_a_running_worker_by_its_role(http_server: str) -> None:
+    # this machine's processes include no worker on the probed port: the inferred probe must fail, not pass
+    port = http_server.rsplit(":", 1)[1]
+    module = load_healthcheck()
+    url = module.probe_for([["python", "-m", "services.discovery"]], {"AMS_SERVICES__DISCOVERY__PORT": port})
+    assert url == f"http://127.0.0.1:{port}/healthz"
+    assert module.check_url(url, 5) == 1  # the test server answers 503 on /healthz
+    assert module.check_url(f"{http_server}/ok", 5) == 0
