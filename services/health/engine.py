@@ -206,11 +206,11 @@ class HealthEngine:
             self._dirty_since = time.monotonic()
 
     def _due(self) -> bool:
-        """Deferred evaluations are due: waiting `max_defer_s`, or four times what the last one took, so
-        that under a backlog evaluation takes at most about a fifth of the worker's time."""
+        """Deferred evaluations are due: waiting `max_defer_s`, or nine times what the last one took, so
+        that under a backlog evaluation takes at most about a tenth of the worker's time."""
         if self._dirty_since is None:
             return False
-        wait = max(self.cfg.max_defer_s, 4 * self._last_evaluation_s)
+        wait = max(self.cfg.max_defer_s, 9 * self._last_evaluation_s)
         return time.monotonic() - self._dirty_since >= wait
 
     def _evaluate_dirty(self, conn: sqlite3.Connection, now: float) -> list[Evaluation]:
@@ -370,7 +370,7 @@ class HealthEngine:
             else:
                 items.append(record)
         conn.executemany(
-            "INSERT OR IGNORE INTO materializations (event_id, asset_key, run_id, storage_id, partition, row_count, "
+            "INSERT INTO materializations (event_id, asset_key, run_id, storage_id, partition, row_count, "
             "duration_s, column_schema, occurred_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
@@ -384,7 +384,7 @@ class HealthEngine:
             rows.append((f.id, d.asset_key, d.run_id, d.storage_id, d.partition, d.error, _ts(f)))
             bisect.insort(histories[d.asset_key].failures, Failure(_ts(f), d.run_id, d.error, d.partition), key=lambda x: x.at)
         conn.executemany(
-            "INSERT OR IGNORE INTO materialization_failures (event_id, asset_key, run_id, storage_id, partition, error, "
+            "INSERT INTO materialization_failures (event_id, asset_key, run_id, storage_id, partition, error, "
             "occurred_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
             rows,
         )

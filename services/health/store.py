@@ -13,6 +13,8 @@ from libs.common.settings import Settings
 from libs.common.store import Migration, Store
 from services.health.model import AssetHistory, Execution, Failure, Materialization
 
+# Redeliveries are recognised by `Store.claim_events` (processed_events); the event_id columns are kept for
+# tracing, without a unique index of their own (a second random-key B-tree per event costs throughput).
 MIGRATIONS = [
     Migration(
         1,
@@ -34,7 +36,7 @@ MIGRATIONS = [
         CREATE INDEX executions_at ON executions (asset_key, COALESCE(ended_at, started_at));
         CREATE TABLE materializations (
             id INTEGER PRIMARY KEY,
-            event_id TEXT NOT NULL UNIQUE,
+            event_id TEXT NOT NULL,
             asset_key TEXT NOT NULL,
             run_id TEXT NOT NULL,
             storage_id INTEGER,
@@ -47,7 +49,7 @@ MIGRATIONS = [
         CREATE INDEX materializations_asset_at ON materializations (asset_key, occurred_at);
         CREATE TABLE materialization_failures (
             id INTEGER PRIMARY KEY,
-            event_id TEXT NOT NULL UNIQUE,
+            event_id TEXT NOT NULL,
             asset_key TEXT NOT NULL,
             run_id TEXT NOT NULL,
             storage_id INTEGER,
