@@ -30,7 +30,8 @@ def build_worker(settings: Settings, *, port: int | None = None) -> Worker:
         service="alerts",
         settings=settings,
         store=store,
-        streams=[HEALTH, ASSET_CHANGES],
+        # Asset specs first: when both streams have entries, an alert finds its owners already stored.
+        streams=[ASSET_CHANGES, HEALTH],
         handler=service.handle,
         jobs=jobs,
         on_startup=lambda _worker: sender.start(),

@@ -16,7 +16,8 @@ from services.health.store import open_store
 log = get_logger(__name__)
 # Materializations before run events: in one poll, a run's failure must not be judged before the
 # materializations it did produce are on record.
-STREAMS = (ASSETS, RUNS, ASSET_CHANGES)
+# Asset specs first: when several streams have entries, evaluations see the current spec.
+STREAMS = (ASSET_CHANGES, ASSETS, RUNS)
 
 
 @dataclass
