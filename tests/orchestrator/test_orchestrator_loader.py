@@ -10,55 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dagster import Definitions
+from dagster import AssetKey, DagsterInstance, Definitions
 
 from libs.common.settings import PROJECT_ROOT
 from orchestrator.catalog import build_catalog
 from orchestrator.definitions import build_definitions
 from orchestrator.loader import module_files, scan_asset_modules
-
-# The README's three "Creating New Assets" examples, used when README.md does not (yet) show them.
-SEED_EXAMPLES = {
-    "orchestrator/assets/ingestion/my_new_data_ingestion.py": '''
-import pandas as pd
-from dagster import asset
-from orchestrator.shared.load_window import get_load_window
-from orchestrator.shared.ingest_utils import ingest_from_sql
-
-@asset(
-    name="raw_my_new_data",
-    group_name="stg__ingestion",
-    description="Raw my new data for SQL staging.",
-    compute_kind="pandas",
-    owners=["your.email@company.com"],
-    tags={"domain": "my_domain", "source": "MySource", "type": "ingestion"},
-    metadata={"source_system": "My Source System", "target_schema": "stg"},
-)
-def raw_my_new_data(context) -> pd.DataFrame:
-    start, end = get_load_window()
-    return ingest_from_sql(sql_server="MY_SERVER", sql_database="MY_DATABASE",
-                           query="SELECT * FROM t WHERE d >= ? AND d < ?", date_params=[start, end])
-
-all_assets = [raw_my_new_data]
-''',
-    "orchestrator/assets/my_new_data_transform.py": '''
-import pandas as pd
-from dagster import AssetExecutionContext, asset, AssetIn
-
-@asset(
-    name="transformed_my_new_data",
-    ins={"raw_my_new_data": AssetIn()},
-    group_name="transformed_data",
-    compute_kind="pandas",
-    owners=["your.email@company.com"],
-    tags={"domain": "my_domain", "type": "transformation"},
-)
-def transformed_my_new_data(context: AssetExecutionContext, raw_my_new_data: pd.DataFrame) -> pd.DataFrame:
-    return raw_my_new_data.copy()
-
-all_assets = [transformed_my_new_data]
-''',
-}
+from orchestrator.shared.demo_source import create_demo_source, default_demo_source_path
 
 
 def readme_examples() -> dict[str, str]:
@@ -71,7 +29,8 @@ def readme_examples() -> dict[str, str]:
         match = re.match(r"#\s*(orchestrator/assets/\S+\.py)\s*$", first)
         if match:
             found[match.group(1)] = block
-    return found or SEED_EXAMPLES
+    assert found, "README.md shows no asset module example (a python block starting `# orchestrator/assets/...`)"
+    return found
 
 
 @pytest.fixture
@@ -106,12 +65,15 @@ def test_the_project_assets_load_without_problems() -> None:
     assert {"raw_orders", "stg_orders", "transformed_customer_orders"} <= keys
 
 
-def test_readme_asset_files_are_discovered_with_no_other_edit(temp_package: tuple[str, Path]) -> None:
+def test_readme_asset_files_are_discovered_with_no_other_edit(
+    temp_package: tuple[str, Path], dagster_instance: DagsterInstance
+) -> None:
     package, root = temp_package
     first = scan_asset_modules(package, search_path=root)
     assert first.assets == [] and first.problems == []
 
     examples = readme_examples()
+    assert {p.split("/")[2] for p in examples} >= {"ingestion", "loaders"}  # one file per layer
     for rel_path, code in examples.items():
         write(root, package, rel_path.removeprefix("orchestrator/assets/"), code)
 
@@ -120,8 +82,16 @@ def test_readme_asset_files_are_discovered_with_no_other_edit(temp_package: tupl
     defs = build_definitions(scan, sensors=[])
     Definitions.validate_loadable(defs)
     keys = {a.key for a in build_catalog(defs, "tmp").assets}
-    assert "raw_my_new_data" in keys
+    assert {"raw_my_new_data", "stg_my_new_data", "transformed_my_new_data"} <= keys
     assert len(keys) == len(examples)
+
+    # ... and they work: materialized against the demo source `asset-manager init` creates.
+    create_demo_source(default_demo_source_path())
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(instance=dagster_instance)
+    assert result.success
+    for key in keys:
+        record = dagster_instance.fetch_materializations(AssetKey(key), limit=1).records[0]
+        assert "dagster/row_count" in record.asset_materialization.metadata  # type: ignore[union-attr]
 
 
 def test_a_broken_module_is_reported_and_the_rest_still_load(temp_package: tuple[str, Path]) -> None:
