@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,7 @@ from dagster import DagsterInstance, Definitions, RepositoryDefinition, asset, b
 
 from libs.common.events import ASSETS, CATALOG, CHECK_NAMES, RUNS, parse_event
 from libs.common.redis_server import LocalRedis
-from libs.common.settings import Settings
+from libs.common.settings import PROJECT_ROOT, Settings
 from orchestrator.assets import _demo
 from orchestrator.definitions import build_definitions, defs
 from orchestrator.loader import ModuleProblem, ScanResult
@@ -220,3 +223,24 @@ def test_redis_refusing_writes_mid_tick_republishes_with_the_same_ids(
     for stream in (RUNS, ASSETS):
         assert set(published[stream]) == set(expected[stream])  # nothing lost, no id that should not exist
         assert published[stream][len(partial[stream]) :] == expected[stream]  # the retry: all, same ids
+
+
+def test_runs_launched_by_the_dagster_cli_are_published(
+    settings: Settings, dagster_instance: DagsterInstance, redis_client: redis.Redis
+) -> None:
+    """`dagster asset materialize` runs in an ephemeral code location of its own; the sensor reads the
+    instance-wide event log, so it sees those runs (what monitor_all_code_locations gives other sensors)."""
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    env = {**os.environ, "DAGSTER_HOME": str(settings.dagster_home)}
+    done = subprocess.run(
+        [dagster, "asset", "materialize", "-m", "orchestrator.definitions", "--select", "raw_customers"],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    tick(settings, dagster_instance, None, defs.get_repository_def())
+    runs = read(redis_client, settings, RUNS)
+    assert [(e.type, e.data.asset_keys) for e in runs] == [
+        ("run.started", ["raw_customers"]), ("run.succeeded", ["raw_customers"])
+    ]
+    (materialized,) = read(redis_client, settings, ASSETS)
+    assert materialized.data.asset_key == "raw_customers" and materialized.data.row_count
