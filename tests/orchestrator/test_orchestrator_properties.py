@@ -1,0 +1,55 @@
+"""Property tests of the pure parts: the sensor cursor parser and the JSON-safe metadata conversion."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orchestrator.catalog import json_safe
+from orchestrator.sensors import KINDS, PublisherCursor
+
+positions = st.fixed_dictionaries({kind: st.integers(min_value=-1, max_value=2**62) for kind in KINDS})
+
+
+@given(positions, st.one_of(st.none(), st.text(alphabet="0123456789abcdef", min_size=1, max_size=64)))
+def test_cursor_round_trips(pos: dict[str, int], catalog: str | None) -> None:
+    cursor = PublisherCursor(positions=pos, catalog=catalog)
+    assert PublisherCursor.from_json(cursor.to_json()) == cursor
+
+
+@given(st.text(max_size=300))
+def test_any_text_parses_or_is_refused_with_a_value_error(raw: str) -> None:
+    try:
+        cursor = PublisherCursor.from_json(raw)
+    except ValueError:
+        return
+    assert set(cursor.positions) == set(KINDS)
+
+
+json_like = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=50),
+    lambda inner: st.lists(inner, max_size=5)
+    | st.tuples(inner, inner)
+    | st.frozensets(st.integers(), max_size=5)
+    | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+    max_leaves=30,
+)
+
+
+@given(json_like)
+def test_json_safe_output_is_strict_json(value: object) -> None:
+    text = json.dumps(json_safe(value), allow_nan=False)
+    assert json.loads(text) is not None or text == "null"
+
+
+def test_json_safe_refuses_nothing_odd() -> None:
+    class Odd:
+        def __str__(self) -> str:
+            return "odd"
+
+    assert json_safe(Odd()) == "odd"
+    with pytest.raises(ValueError):
+        PublisherCursor.from_json('{"v": 99}')
