@@ -46,3 +46,26 @@ def test_a_thousand_finished_runs_are_published_within_two_ticks(
     # failed runs have no step failure: their planned asset is reported failed with the run's error
     assert kinds == {"asset.materialized": BURST - BURST // 50, "asset.materialization_failed": BURST // 50}
     assert all(e.data.row_count is not None for e in assets if e.type == "asset.materialized")
+
+
+def test_a_tick_stops_at_its_budget_and_the_next_one_continues(settings: Settings, redis_client: redis.Redis) -> None:
+    instance = DagsterInstance.ephemeral()
+    run_ids = record_finished_runs(instance, 30)
+    tight = settings.model_copy(
+        update={"sensors": settings.sensors.model_copy(update={"page_size": 5, "tick_budget_s": 0.01})}
+    )
+    sensor = build_event_sensor(settings=tight)
+    cursor = None
+    ticks = 0
+    while True:
+        context = build_sensor_context(instance=instance, cursor=cursor)
+        message = str(sensor(context).skip_message)  # type: ignore[union-attr]
+        cursor = context.cursor
+        ticks += 1
+        if "caught up" in message:
+            break
+        assert ticks < 200
+    assert ticks > 1
+    runs = [parse_event(f[b"event"]) for _, f in redis_client.xrange(f"{settings.bus.prefix}:{RUNS}")]
+    assert Counter(e.type for e in runs) == {"run.started": 30, "run.succeeded": 30}
+    assert {e.data.run_id for e in runs} == set(run_ids) and len({e.id for e in runs}) == 60
