@@ -244,3 +244,16 @@ def test_runs_launched_by_the_dagster_cli_are_published(
     ]
     (materialized,) = read(redis_client, settings, ASSETS)
     assert materialized.data.asset_key == "raw_customers" and materialized.data.row_count
+
+
+def test_a_canceled_run_is_published_with_its_message(settings: Settings, redis_client: redis.Redis) -> None:
+    from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+
+    instance = DagsterInstance.ephemeral()
+    run = instance.add_run(DagsterRun(job_name="some_job", run_id="r-cancel-1", status=DagsterRunStatus.NOT_STARTED))
+    instance.report_run_canceled(run, message="canceled by alice@example.com")
+    tick(settings, instance, None)
+    (event,) = read(redis_client, settings, RUNS)
+    assert event.type == "run.canceled" and event.data.status == "CANCELED"
+    assert event.data.job_name == "some_job" and "alice@example.com" in (event.data.error or "")
+    assert read(redis_client, settings, ASSETS) == []  # a canceled run is no failed materialization
