@@ -139,7 +139,7 @@ class Consumer:
     _drained: set[str] = field(default_factory=set, init=False)
     _last_claim: float = field(default=0.0, init=False)
     # A batch whose handler hit an infrastructure error, retried before anything else is read.
-    _retry: tuple[str, list[Delivery]] | None = field(default=None, init=False)
+    _retry: list[Delivery] | None = field(default=None, init=False)
 
     @property
     def cfg(self) -> BusSettings:
@@ -163,9 +163,11 @@ class Consumer:
         try:
             settled = 0
             if self._retry is not None:
-                stream, deliveries = self._retry
-                self._retry = None
-                settled += self._ack(stream, self._handle(stream, deliveries))
+                deliveries, self._retry = self._retry, None
+                handled: dict[str, list[str]] = {}
+                for delivery in self._handle(deliveries):
+                    handled.setdefault(delivery.stream, []).append(delivery.entry_id)
+                settled += self._ack(handled)
             for stream in self.streams:
                 if stream not in self._drained:
                     settled += self._drain_own_pending(stream)
@@ -193,7 +195,7 @@ class Consumer:
         if not entries:
             self._drained.add(stream)
             return 0
-        return self._settle(stream, entries, redelivered=True)
+        return self._settle({stream: entries}, redelivered=True)
 
     def claim_idle(self) -> int:
         """XAUTOCLAIM entries idle longer than `claim_idle_ms` (from dead consumers) and handle them."""
@@ -214,7 +216,7 @@ class Consumer:
                     settled += len(deleted)
                 if entries:
                     metrics.ENTRIES_CLAIMED.labels(stream=stream, group=self.group).inc(len(entries))
-                    settled += self._settle(stream, entries, redelivered=True)
+                    settled += self._settle({stream: entries}, redelivered=True)
                 if start == "0-0":
                     break
         return settled
@@ -224,11 +226,9 @@ class Consumer:
         reply = self.bus.client.xreadgroup(
             self.group, self.name, keys, count=self.cfg.batch_size, block=self.cfg.block_ms if block else None
         )
-        settled = 0
-        for stream_key, entries in _streams_of(reply):
-            stream = stream_key.removeprefix(self.cfg.prefix + ":")
-            settled += self._settle(stream, entries, redelivered=False)
-        return settled
+        batches = {key.removeprefix(self.cfg.prefix + ":"): entries for key, entries in _streams_of(reply)}
+        # In the consumer's stream order (e.g. asset specs before the events that use them).
+        return self._settle({s: batches[s] for s in self.streams if s in batches}, redelivered=False)
 
     def _delivery_counts(self, key: str, ids: list[str]) -> dict[str, int]:
         if not ids:
@@ -236,63 +236,70 @@ class Consumer:
         rows = self.bus.client.xpending_range(key, self.group, min=ids[0], max=ids[-1], count=len(ids) + 100)
         return {_text(r["message_id"]): int(r["times_delivered"]) for r in rows}
 
-    def _settle(self, stream: str, entries: list[tuple[str, Any]], *, redelivered: bool) -> int:
-        key = self.bus.key(stream)
-        counts = self._delivery_counts(key, [i for i, _ in entries]) if redelivered else {}
+    def _settle(self, batches: dict[str, list[tuple[str, Any]]], *, redelivered: bool) -> int:
+        """Validate the entries of several streams, hand the valid ones to the handler in ONE call (one
+        store transaction), dead-letter the rest, and acknowledge per stream."""
         good: list[Delivery] = []
-        done: list[str] = []
-        for entry_id, raw in entries:
-            fields = _decode_fields(raw)
-            if not fields:
-                done.append(entry_id)  # trimmed while pending
-                continue
-            if counts.get(entry_id, 1) > self.cfg.max_deliveries:
-                self.bus.dead_letter(
-                    stream, entry_id, fields, f"delivered {counts[entry_id]} times without success", self.group
-                )
-                done.append(entry_id)
-                continue
-            try:
-                if "event" not in fields:
-                    raise ValueError("missing field 'event'")
-                good.append(Delivery(stream, entry_id, parse_event(fields["event"])))
-            except (ValidationError, ValueError) as exc:
-                log.warning("event_invalid", stream=stream, entry_id=entry_id, error=str(exc)[:500])
-                self.bus.dead_letter(stream, entry_id, fields, f"invalid event: {exc}", self.group)
-                done.append(entry_id)
+        done: dict[str, list[str]] = {}
+        for stream, entries in batches.items():
+            settled = done.setdefault(stream, [])
+            counts = self._delivery_counts(self.bus.key(stream), [i for i, _ in entries]) if redelivered else {}
+            for entry_id, raw in entries:
+                fields = _decode_fields(raw)
+                if not fields:
+                    settled.append(entry_id)  # trimmed while pending
+                    continue
+                if counts.get(entry_id, 1) > self.cfg.max_deliveries:
+                    self.bus.dead_letter(
+                        stream, entry_id, fields, f"delivered {counts[entry_id]} times without success", self.group
+                    )
+                    settled.append(entry_id)
+                    continue
+                try:
+                    if "event" not in fields:
+                        raise ValueError("missing field 'event'")
+                    good.append(Delivery(stream, entry_id, parse_event(fields["event"])))
+                except (ValidationError, ValueError) as exc:
+                    log.warning("event_invalid", stream=stream, entry_id=entry_id, error=str(exc)[:500])
+                    self.bus.dead_letter(stream, entry_id, fields, f"invalid event: {exc}", self.group)
+                    settled.append(entry_id)
         try:
-            done.extend(self._handle(stream, good))
+            for delivery in self._handle(good):
+                done.setdefault(delivery.stream, []).append(delivery.entry_id)
         finally:
             # Dead-lettered entries are acked even when the batch has to be retried.
-            self._ack(stream, done)
-        return len(done)
+            self._ack(done)
+        return sum(len(ids) for ids in done.values())
 
-    def _ack(self, stream: str, entry_ids: list[str]) -> int:
-        if entry_ids:
-            self.bus.client.xack(self.bus.key(stream), self.group, *entry_ids)
-            metrics.EVENTS_CONSUMED.labels(stream=stream, group=self.group).inc(len(entry_ids))
-        return len(entry_ids)
+    def _ack(self, done: dict[str, list[str]]) -> int:
+        acked = 0
+        for stream, entry_ids in done.items():
+            if entry_ids:
+                self.bus.client.xack(self.bus.key(stream), self.group, *entry_ids)
+                metrics.EVENTS_CONSUMED.labels(stream=stream, group=self.group).inc(len(entry_ids))
+                acked += len(entry_ids)
+        return acked
 
-    def _handle(self, stream: str, deliveries: list[Delivery]) -> list[str]:
+    def _handle(self, deliveries: list[Delivery]) -> list[Delivery]:
         """Run the handler on the batch; on failure, isolate the failing entries one by one."""
         if not deliveries:
             return []
         try:
             with metrics.HANDLER_SECONDS.labels(group=self.group).time():
                 self.handler(deliveries)
-            return [d.entry_id for d in deliveries]
+            return deliveries
         except INFRASTRUCTURE_ERRORS:
-            self._retry = (stream, deliveries)
+            self._retry = deliveries
             raise
         except Exception:
             if len(deliveries) == 1:
                 d = deliveries[0]
-                log.exception("handler_failed", stream=stream, entry_id=d.entry_id, event_id=d.event.id)
+                log.exception("handler_failed", stream=d.stream, entry_id=d.entry_id, event_id=d.event.id)
                 metrics.HANDLER_FAILURES.labels(group=self.group).inc()
                 return []
-        handled: list[str] = []
+        handled: list[Delivery] = []
         for delivery in deliveries:
-            handled.extend(self._handle(stream, [delivery]))
+            handled.extend(self._handle([delivery]))
         return handled
 
 

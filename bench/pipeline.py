@@ -1,0 +1,225 @@
+"""Pipeline benchmark: the health and alerts workers as processes on a Redis of their own.
+
+1. floor: raw XREADGROUP COUNT 1000 + JSON + SQLite executemany + XACK of the same kind of events (bench/floor.py)
+2. throughput: N events from `asset-manager simulate` published as fast as possible; the time until the
+   health worker has acknowledged them all
+3. latency: under a background load of `--rate` events/s (simulate), a failing materialization of a fresh
+   probe asset is XADDed now and then; the time until its signed firing webhook is received
+4. rss_mb: resident memory of each worker at the end
+
+Prints one JSON object on its last line:
+`{"throughput_eps", "floor_eps", "ratio", "p50_ms", "p99_ms", "rss_mb": {...}, ...}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from floor import measure_floor  # noqa: E402
+
+from asset_manager.commands.simulate import generate, simulate  # noqa: E402
+from libs.common.bus import Bus, connect  # noqa: E402
+from libs.common.events import (  # noqa: E402
+    ASSETS,
+    RUNS,
+    AssetMaterializationFailed,
+    Event,
+    MaterializationFailedData,
+    RunData,
+    RunEvent,
+    new_event,
+)
+from libs.common.redis_server import LocalRedis, free_port  # noqa: E402
+from libs.common.settings import load_settings  # noqa: E402
+from services.alerts.testing import RecordingReceiver  # noqa: E402
+
+SECRET = "whsec_" + "YmVuY2htYXJrLXNlY3JldC1vbmx5LWZvci1iZW5jaA=="
+
+
+def start_worker(name: str, env: dict[str, str], log: Path, profile: Path | None) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", f"services.{name}"]
+    if profile is not None:  # collapsed stacks for flame graphs / a top-functions summary
+        profile.mkdir(parents=True, exist_ok=True)
+        command = ["py-spy", "record", "--format", "raw", "--rate", "200", "-o", str(profile / f"{name}.txt"),
+                   "--", *command]
+    with log.open("ab") as out:
+        return subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+
+
+def worker_process(process: subprocess.Popen[bytes]) -> psutil.Process:
+    """The worker itself (under py-spy, its child)."""
+    proc = psutil.Process(process.pid)
+    children = proc.children()
+    return children[0] if children and proc.name().startswith("py-spy") else proc
+
+
+def wait_ready(port: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"worker on port {port} not ready after {timeout_s} s")
+
+
+def settled(client: redis.Redis, prefix: str, group: str, streams: tuple[str, ...]) -> int:
+    """Entries of `streams` not yet acknowledged by `group` (lag + pending)."""
+    total = 0
+    for stream in streams:
+        try:
+            groups = client.xinfo_groups(f"{prefix}:{stream}")
+        except redis.ResponseError:
+            return -1
+        found = [g for g in groups if (g["name"].decode() if isinstance(g["name"], bytes) else g["name"]) == group]
+        if not found:
+            return -1
+        total += int(found[0].get("lag") or 0) + int(found[0]["pending"])
+    return total
+
+
+def probe_events(n: int) -> list[tuple[str, object]]:
+    asset = f"probe/asset_{n}"
+    run_id = f"probe-run-{n}"
+    return [
+        (ASSETS, new_event(AssetMaterializationFailed, "asset.materialization_failed", identity=f"{run_id}:{asset}",
+                           source="bench", data=MaterializationFailedData(asset_key=asset, run_id=run_id,
+                                                                          error="probe failure"))),
+        (RUNS, new_event(RunEvent, "run.failed", identity=f"{run_id}:FAILURE", source="bench",
+                         data=RunData(run_id=run_id, job_name="probe", status="FAILURE", asset_keys=[asset],
+                                      error="probe failure"))),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=50_000, help="events for the throughput phase")
+    parser.add_argument("--rate", type=float, default=1000.0, help="background events/s in the latency phase")
+    parser.add_argument("--probes", type=int, default=100, help="failing materializations timed end to end")
+    parser.add_argument("--assets", type=int, default=200)
+    parser.add_argument("--profile", type=Path, default=None, help="record each worker with py-spy into DIR")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="ams-bench-"))
+    server = LocalRedis(directory=work / "redis").start()
+    receiver = RecordingReceiver().start()
+    prefix = "bench"
+    ports = {"health": free_port(), "alerts": free_port()}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AMS_")},
+        "DAGSTER_HOME": str(work / "home"),
+        "ENVIRONMENT": "production",
+        "AMS_REDIS__URL": server.url,
+        "AMS_BUS__PREFIX": prefix,
+        "AMS_BUS__BATCH_SIZE": "1000",
+        "AMS_LOGGING__FILE": str(work / "system.log"),
+        "AMS_LOGGING__LEVEL": "WARNING",
+        "AMS_ALERTS__GROUP_WAIT_S": "0",
+        "AMS_ALERTS__RECEIVERS": json.dumps([{"name": "bench", "url": receiver.url, "secret_env": "BENCH_WHSEC"}]),
+        "AMS_ALERTS__DEFAULT_RECEIVERS": json.dumps(["bench"]),
+        "BENCH_WHSEC": SECRET,
+        **{f"AMS_SERVICES__{n.upper()}__PORT": str(p) for n, p in ports.items()},
+    }
+    workers = {name: start_worker(name, env, work / f"{name}.out", args.profile) for name in ports}
+    result: dict[str, object] = {"events": args.events}
+    try:
+        for port in ports.values():
+            wait_ready(port)
+        client = redis.Redis.from_url(server.url, protocol=2)
+        settings = load_settings(redis={"url": server.url}, bus={"prefix": prefix}, logging={"file": None})
+        bus = Bus(connect(settings.redis), settings.bus)
+
+        # 1. the floor, on the same server and machine, now
+        floor = measure_floor(client, args.events)
+
+        # 2. throughput of the health worker: events generated first, then published as fast as Redis takes them
+        by_stream: dict[str, list[Event]] = {}
+        for stream, event in generate(assets=args.assets, events=args.events, seed=1, inject_rate=0.02):
+            by_stream.setdefault(stream, []).append(event)
+        started = time.perf_counter()
+        for stream, items in by_stream.items():
+            for i in range(0, len(items), 1000):
+                bus.publish_many(stream, items[i : i + 1000])
+        while settled(client, prefix, "health", (RUNS, ASSETS)) != 0:
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - started
+        throughput = args.events / elapsed
+
+        # 3. end-to-end latency under background load
+        stop = threading.Event()
+
+        def background() -> None:
+            seed = 100
+            while not stop.is_set():
+                simulate(bus, assets=args.assets, events=int(args.rate * 2), rate=args.rate, seed=seed,
+                         inject=(), prefix=f"bg{seed}")
+                seed += 1
+
+        loader = threading.Thread(target=background, daemon=True)
+        loader.start()
+        time.sleep(2)  # let the load settle
+        sent: dict[str, float] = {}
+        arrived: dict[str, float] = {}
+        receiver.on_request = lambda r: arrived.setdefault(
+            json.loads(r.body).get("data", {}).get("asset_key", ""), time.time())
+        for n in range(args.probes):
+            events = probe_events(n)
+            sent[f"probe/asset_{n}"] = time.time()
+            for stream, event in events:
+                bus.publish(stream, event)  # type: ignore[arg-type]
+            time.sleep(0.1)
+        deadline = time.monotonic() + 60
+        while any(k not in arrived for k in sent) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop.set()
+        loader.join(30)
+        latencies = sorted((arrived[k] - sent[k]) * 1000 for k in sent if k in arrived)
+        missing = len(sent) - len(latencies)
+
+        def pct(q: float) -> float:
+            return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1) if latencies else -1.0
+
+        rss = {name: round(worker_process(p).memory_info().rss / 2**20, 1) for name, p in workers.items()}
+        result.update({
+            "throughput_eps": round(throughput, 1),
+            "floor_eps": round(floor, 1),
+            "ratio": round(throughput / floor, 3),
+            "p50_ms": pct(0.5),
+            "p99_ms": pct(0.99),
+            "latency_mean_ms": round(statistics.fmean(latencies), 1) if latencies else -1.0,
+            "probes": args.probes,
+            "probes_missing": missing,
+            "background_eps": args.rate,
+            "rss_mb": rss,
+        })
+    finally:
+        for process in workers.values():
+            worker_process(process).terminate()
+        for process in workers.values():
+            process.wait(30)
+        receiver.stop()
+        server.stop()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
