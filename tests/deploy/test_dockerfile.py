@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import dockerfile
 import pytest
 from deploytools import ROOT
 
@@ -22,63 +23,86 @@ ENTRYPOINT = ROOT / "deploy" / "docker" / "entrypoint.sh"
 HEALTHCHECK = ROOT / "deploy" / "docker" / "healthcheck.py"
 
 
-def stages() -> list[tuple[str, str, str]]:
-    """(base image, stage name, body) of every build stage."""
-    parts = re.split(r"^FROM\s+", DOCKERFILE, flags=re.M)[1:]
-    found = []
-    for part in parts:
-        header, _, body = part.partition("\n")
-        image, _, name = header.partition(" AS ")
-        found.append((image.strip(), name.strip(), body))
+def commands() -> list[dockerfile.Command]:
+    """The Dockerfile as Docker's own parser reads it (a syntax error fails here)."""
+    return list(dockerfile.parse_file(str(ROOT / "Dockerfile")))
+
+
+def stages() -> list[tuple[str, str, list[dockerfile.Command]]]:
+    """(base image, stage name, instructions) of every build stage."""
+    found: list[tuple[str, str, list[dockerfile.Command]]] = []
+    for command in commands():
+        if command.cmd == "FROM":
+            image, _, name = command.value
+            found.append((image, name, []))
+        elif found:
+            found[-1][2].append(command)
     return found
 
 
-def instructions(body: str) -> list[str]:
-    """Instructions of a stage with continuation lines joined and comments dropped."""
-    lines = [line for line in body.splitlines() if not line.lstrip().startswith("#")]
-    return [i.strip() for i in re.sub(r"\\\n", " ", "\n".join(lines)).splitlines() if i.strip()]
+def text(instructions: list[dockerfile.Command]) -> str:
+    return " ".join(" ".join(c.value) for c in instructions)
+
+
+KNOWN_INSTRUCTIONS = {"FROM", "ARG", "ENV", "RUN", "COPY", "ADD", "WORKDIR", "USER", "EXPOSE", "LABEL", "HEALTHCHECK",
+                      "ENTRYPOINT", "CMD", "VOLUME", "SHELL", "STOPSIGNAL", "ONBUILD"}
+
+
+def test_every_instruction_is_well_formed() -> None:
+    for command in commands():
+        assert command.cmd in KNOWN_INSTRUCTIONS, f"line {command.start_line}: {command.original}"
+        assert all(v.strip() for v in command.value), f"line {command.start_line}: {command.original}"
+        if command.cmd == "COPY":
+            assert len(command.value) >= 2, f"line {command.start_line}: {command.original}"
+    stage_names = [name for _, name, _ in stages()]
+    for command in commands():
+        for flag in command.flags:
+            if flag.startswith("--from="):
+                assert flag.split("=", 1)[1] in stage_names, command.original
 
 
 def test_multi_stage_python_slim_final_stage_without_build_tools() -> None:
     all_stages = stages()
     assert len(all_stages) >= 2
-    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.1[1-9]-slim", DOCKERFILE, flags=re.M)
+    assert re.fullmatch(r"PYTHON_IMAGE=python:3\.1[1-9]-slim(-\w+)?", commands()[0].value[0])
     image, name, body = all_stages[-1]
     assert image == "${PYTHON_IMAGE}" and name == "runtime"
-    final = " ".join(instructions(body))
+    final = text([c for c in body if c.cmd == "RUN"])
     for build_tool in ("build-essential", "gcc", "g++", "-dev ", "make ", "curl", "wget"):
         assert build_tool not in final, f"{build_tool!r} in the final stage"
-    builder = " ".join(instructions(all_stages[0][2]))
-    assert "build-essential" in builder
+    assert "build-essential" in text(all_stages[0][2])
 
 
 def test_final_stage_runs_as_non_root_with_a_healthcheck_and_entrypoint() -> None:
-    final = instructions(stages()[-1][2])
-    users = [i for i in final if i.startswith("USER ")]
-    assert users and users[-1] != "USER root" and "0" not in users[-1].split()[1].split(":")
-    assert "APP_UID=10001" in DOCKERFILE  # the uid the k8s securityContext runs as
-    (healthcheck,) = [i for i in final if i.startswith("HEALTHCHECK ")]
-    assert "/app/deploy/docker/healthcheck.py" in healthcheck
-    (entrypoint,) = [i for i in final if i.startswith("ENTRYPOINT ")]
-    assert "/app/deploy/docker/entrypoint.sh" in entrypoint
-    assert any(i.startswith("CMD ") for i in final)
+    final = stages()[-1][2]
+    users = [c.value[0] for c in final if c.cmd == "USER"]
+    assert users == ["${APP_UID}:${APP_UID}"]
+    assert ("APP_UID=10001",) in [c.value for c in final if c.cmd == "ARG"]  # the uid k8s runs as
+    (healthcheck,) = [c for c in final if c.cmd == "HEALTHCHECK"]
+    assert healthcheck.value == ("CMD", "python", "/app/deploy/docker/healthcheck.py")
+    (entrypoint,) = [c for c in final if c.cmd == "ENTRYPOINT"]
+    assert entrypoint.json and entrypoint.value == ("/usr/bin/tini", "--", "/app/deploy/docker/entrypoint.sh")
+    (cmd,) = [c for c in final if c.cmd == "CMD"]
+    assert cmd.json and cmd.value[0] == "dagster-webserver"
 
 
 def test_odbc_driver_18_installed_the_microsoft_way() -> None:
-    text = " ".join(instructions(DOCKERFILE))
-    assert "packages.microsoft.com/config/debian/" in text and "packages-microsoft-prod.deb" in text
-    assert "dpkg -i /tmp/packages-microsoft-prod.deb" in text
-    assert "ACCEPT_EULA=Y apt-get install" in text and "msodbcsql18" in text and "unixodbc" in text
-    assert 'odbcinst -q -d -n "ODBC Driver 18 for SQL Server"' in text
+    all_text = text(commands())
+    assert "packages.microsoft.com/config/debian/" in all_text and "packages-microsoft-prod.deb" in all_text
+    runtime = text(stages()[-1][2])
+    assert "dpkg -i /tmp/packages-microsoft-prod.deb" in runtime
+    assert "ACCEPT_EULA=Y apt-get install" in runtime and "msodbcsql18" in runtime and "unixodbc" in runtime
+    assert 'odbcinst -q -d -n "ODBC Driver 18 for SQL Server"' in runtime
 
 
 def test_copied_paths_exist_and_are_not_dockerignored() -> None:
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")}
-    for source in re.findall(r"^COPY (?!--from)(\S+(?: \S+)*) \S+$", DOCKERFILE, flags=re.M):
-        for path in source.split():
-            assert (ROOT / path).exists(), path
-            assert path not in ignored, path
+    for command in commands():
+        if command.cmd == "COPY" and not any(f.startswith("--from") for f in command.flags):
+            for path in command.value[:-1]:
+                assert (ROOT / path).exists(), path
+                assert path not in ignored, path
     for must in (".git", ".venv", "tests", ".env"):
         assert must in ignored
 
