@@ -147,6 +147,25 @@ def _last_materializations(store: Any, health_queries: Any, key: str | None) -> 
     return {str(r[0]): str(iso(r[1])) for r in rows if r[1] is not None}
 
 
+def history_chart(settings: Settings, key: str, limit: int = 60) -> list[dict[str, Any]]:
+    """Row counts and run durations of the asset's recent history as terminal sparklines, from health.db."""
+    with _peer_store(settings, "health", "health") as store:
+        if store is None:
+            return []
+        try:
+            from services.health import queries as health_queries
+
+            rows, durations = health_queries.series(health_queries.history(store, key, limit))
+        except (ImportError, AttributeError, sqlite3.Error):
+            return []
+    chart = []
+    for metric, values in (("row_count", rows), ("duration_s", durations)):
+        if values:
+            chart.append({"metric": metric, "chart": health_queries.sparkline(values, width=60), "points": len(values),
+                          "min": round(min(values), 2), "max": round(max(values), 2), "last": round(values[-1], 2)})
+    return chart
+
+
 def alerts_by_asset(settings: Settings, key: str | None = None) -> dict[str, list[dict[str, Any]]]:
     """Open (firing, acknowledged or silenced) alerts per asset from monitor.db via `services.alerts.queries`."""
     out: dict[str, list[dict[str, Any]]] = {}
@@ -312,6 +331,7 @@ def asset_details(
         lineage = queries.lineage(conn, key)
     health = health_by_asset(settings, key).get(key)
     alerts = alerts_by_asset(settings, key).get(key, [])
+    chart = history_chart(settings, key)
     spec_fields = [
         "key", "status", "group", "description", "owners", "kinds", "tags", "metadata", "code_version", "partitioning",
         "freshness", "checks", "code_location", "source_file", "source_line", "upstream", "downstream", "version",
@@ -326,13 +346,14 @@ def asset_details(
     alert_rows = [{"id": a.get("id"), "check": a.get("check"), "severity": a.get("severity"),
                    "state": a.get("status"), "since": a.get("started_at"), "summary": a.get("summary")} for a in alerts]
     document = {**{name: asset.get(name) for name in spec_fields}, "lineage": {"upstream": up, "downstream": down},
-                "history": history, "health": health_row, "open_alerts": alert_rows}
+                "history": history, "health": health_row, "history_chart": chart, "open_alerts": alert_rows}
     sections: list[Section] = [
         (f"asset {key}", spec_rows, ["field", "value"]),
         ("upstream (all depths)", up, ["key", "depth"]),
         ("downstream (all depths)", down, ["key", "depth"]),
         ("version history", hist, ["version", "change", "recorded_at", "changed", "retired_at"]),
         ("latest health", [health_row], ["status", "last_materialization", "evaluated_at", "reasons"]),
+        ("row counts and durations, oldest → newest", chart, ["metric", "chart", "points", "min", "max", "last"]),
         ("open alerts", alert_rows, ["id", "check", "severity", "state", "since", "summary"]),
     ]
     _write_sections(document, sections, fmt, output)

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import sqlite3
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
@@ -321,3 +322,30 @@ def test_concurrent_discoveries_register_once(cli: Cli) -> None:
     conn = sqlite3.connect(cli.metadata_db)
     assert conn.execute("SELECT COUNT(*), MAX(version) FROM asset_versions").fetchone() == (3, 1)
     conn.close()
+
+
+def test_asset_details_charts_row_counts(registered: Cli) -> None:
+    """The row-count history is drawn as a sparkline, so a person sees the drop."""
+    from libs.common.bus import Delivery
+    from libs.common.events import AssetMaterialized, MaterializationData, new_event
+    from libs.common.settings import load_settings
+    from services.health.engine import HealthEngine
+    from services.health.store import open_store as open_health
+
+    counts = [1000, 1010, 990, 1005, 995, 1002, 12]
+    events = [
+        new_event(AssetMaterialized, "asset.materialized", identity=f"raw_orders|chart|{i}", source="test",
+                  occurred_at=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=i),
+                  data=MaterializationData(asset_key="raw_orders", run_id=f"r{i}", row_count=n))
+        for i, n in enumerate(counts)
+    ]
+    store = open_health(load_settings())
+    HealthEngine(store, load_settings()).handle([Delivery("assets", str(i), e) for i, e in enumerate(events)])
+    store.close()
+    code, out, _ = registered.run("asset-details", "raw_orders", "--format", "json")
+    assert code == 0
+    (rows,) = [c for c in json.loads(out)["history_chart"] if c["metric"] == "row_count"]
+    assert rows["points"] == len(counts) and rows["min"] == 12 and rows["last"] == 12
+    assert len(rows["chart"]) == len(counts) and rows["chart"][-1] == "▁" and rows["chart"][0] != "▁"
+    code, out, _ = registered.run("asset-details", "raw_orders")
+    assert rows["chart"] in out
