@@ -152,7 +152,8 @@ class HealthChangedData(_Payload):
     `checks` holds the latest result of EVERY check of the asset (all of `CHECK_NAMES`, passed ones
     included), so a consumer can open one alert per (asset, check) that is not passed and resolve the ones
     that are. `reasons` are the reasons of the non-passed checks (or why the status is UNKNOWN). The event
-    identity is `f"{asset_key}:{transition}"`, `transition` counting this asset's published changes from 1.
+    identity is `f"{asset_key}:{transition}:{evaluated_at epoch}"`, `transition` counting this asset's
+    published changes from 1 (the time keeps ids unique if health.db is ever rebuilt from scratch).
     `changed_checks` names the checks whose outcome differs from the previous event's. A retired asset
     publishes UNKNOWN with every check passed ("asset retired").
     """

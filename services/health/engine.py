@@ -506,7 +506,10 @@ class HealthEngine:
                 group=spec.group if spec else None,
                 changed_checks=[r.check for r in results if outcomes_before.get(r.check, "passed") != r.outcome],
             )
-            event = new_event(HealthChanged, "health.changed", identity=f"{key}:{state.transitions}", data=data, source=SOURCE)
+            # The evaluation time is part of the identity: a health.db rebuilt from scratch numbers its
+            # transitions from 1 again, and those must not collide with ids consumers already processed.
+            event = new_event(HealthChanged, "health.changed", identity=f"{key}:{state.transitions}:{now!r}",
+                              data=data, source=SOURCE)
             staged.append(event)
             transition_rows.append((key, state.transitions, status, previous, json.dumps(reasons), event.id, now))
             metrics.TRANSITIONS.labels(status=status).inc()
