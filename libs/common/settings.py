@@ -100,6 +100,12 @@ class LoggingSettings(_Section):
     file_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     file_backups: int = Field(default=5, ge=0)
 
+    @field_validator("file", mode="before")
+    @classmethod
+    def _no_file(cls, value: Any) -> Any:
+        # AMS_LOGGING__FILE="" (or none) switches the file off; Path("") would mean the cwd.
+        return None if isinstance(value, str) and value.strip().lower() in ("", "none", "null", "off") else value
+
 
 class DiscoverySettings(_Section):
     rescan_interval_s: float = Field(default=300.0, gt=0)

@@ -79,6 +79,7 @@ class Worker:
         self._stop = threading.Event()
         self._last_loop = time.monotonic()
         self._problem: str | None = None
+        self._ready = False  # mirrors ams_worker_ready
         self._outbox_dirty = True  # flush what a previous process staged but did not publish
         self.server: ServiceServer | None = None
         self.scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
@@ -147,10 +148,13 @@ class Worker:
             if self._problem is not None:
                 log.info("worker_recovered", service=self.service, after=self._problem)
                 self._problem = None
+            if not self._ready:
+                self._ready = True
                 metrics.READY.labels(service=self.service).set(1)
             delays = backoff_delays()
 
     def _set_problem(self, problem: str) -> None:
+        self._ready = False
         if problem != self._problem:
             log.warning("worker_degraded", service=self.service, problem=problem)
         self._problem = problem[:300]

@@ -559,12 +559,24 @@ class HealthEngine:
         return deleted
 
     def update_status_gauge(self) -> None:
-        """Set the assets-by-status gauge from health.db."""
-        counts = dict.fromkeys(("HEALTHY", "WARNING", "DEGRADED", "FAILED", "UNKNOWN"), 0)
-        for status, n in self.store.connection().execute("SELECT status, COUNT(*) FROM asset_health GROUP BY status"):
-            counts[status] = n
-        for status, n in counts.items():
-            metrics.ASSETS_BY_STATUS.labels(status=status).set(n)
+        """Set the assets-by-group-and-status and the per-unhealthy-asset gauges from health.db."""
+        rows = self.store.connection().execute(
+            """SELECT h.asset_key, COALESCE(s.group_name, '') AS grp, h.status
+               FROM asset_health h LEFT JOIN asset_specs s ON s.asset_key = h.asset_key"""
+        ).fetchall()
+        counts: dict[tuple[str, str], int] = {}
+        for row in rows:
+            counts[(row["grp"], row["status"])] = counts.get((row["grp"], row["status"]), 0) + 1
+        # Groups and broken assets come and go: rebuild the series rather than leave stale ones behind.
+        metrics.ASSETS_BY_STATUS.clear()
+        for status in ("HEALTHY", "WARNING", "DEGRADED", "FAILED", "UNKNOWN"):
+            metrics.ASSETS_BY_STATUS.labels(group="", status=status).set(counts.pop(("", status), 0))
+        for (group, status), n in counts.items():
+            metrics.ASSETS_BY_STATUS.labels(group=group, status=status).set(n)
+        metrics.ASSET_STATUS.clear()
+        for row in rows:
+            if row["status"] not in ("HEALTHY", "UNKNOWN"):
+                metrics.ASSET_STATUS.labels(asset_key=row["asset_key"], group=row["grp"], status=row["status"]).set(1)
 
 
 def _merge(old: Execution, new: Execution) -> Execution:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-ASSETS_BY_STATUS = Gauge("ams_health_assets", "Assets by current health status", ["status"])
+ASSETS_BY_STATUS = Gauge("ams_health_assets", "Assets by group and current health status", ["group", "status"])
+# Per-asset series only for assets that are not HEALTHY (bounded by what is broken, not by the catalog).
+ASSET_STATUS = Gauge(
+    "ams_health_asset_status", "1 for each asset that is not healthy, by its status", ["asset_key", "group", "status"]
+)
 CHECK_RESULTS = Counter("ams_health_check_results_total", "Check evaluations by check and outcome", ["check", "outcome"])
 EVALUATION_SECONDS = Histogram(
     "ams_health_evaluation_seconds",

@@ -98,3 +98,11 @@ def test_project_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     for env in ("development", "staging", "production"):
         monkeypatch.setenv("ENVIRONMENT", env)
         assert load_settings().environment == env
+
+
+def test_empty_log_file_switches_the_file_off(config_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (config_dir / "app_config.yaml").write_text("logging:\n  file: logs/system.log\n")
+    monkeypatch.setenv("AMS_LOGGING__FILE", "")
+    assert load_settings().logging.file is None
+    monkeypatch.setenv("AMS_LOGGING__FILE", "/var/log/ams.log")
+    assert load_settings().logging.file == Path("/var/log/ams.log")

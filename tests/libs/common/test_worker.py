@@ -105,6 +105,7 @@ def test_surface_and_graceful_stop(own_redis: LocalRedis, tmp_path: Path) -> Non
         wait_for(lambda: worker.rows() == 50, what="50 rows")
         metrics = worker.get("/metrics").text
         assert 'ams_events_consumed_total{group="sample",stream="runs"} 50.0' in metrics
+        assert 'ams_worker_ready{service="sample"} 1.0' in metrics  # healthy since start, not only after recovery
         ready = worker.get("/readyz")
         assert ready.status_code == 200 and ready.json()["checks"] == {"redis": "ok", "store": "ok", "worker": "ok"}
     finally:
@@ -147,6 +148,7 @@ def test_redis_down_makes_worker_unready_then_recovers_with_aof(tmp_path: Path) 
         bus.publish_many(RUNS, [run_event(i) for i in range(5)])
         server.stop(kill=True)
         wait_for(lambda: worker.get("/readyz").status_code == 503, what="unready while Redis is down")
+        assert 'ams_worker_ready{service="sample"} 0.0' in worker.get("/metrics").text
         server.start()
         bus = bus_for(server.url, "w4")
         bus.publish_many(RUNS, [run_event(i) for i in range(5, 10)])

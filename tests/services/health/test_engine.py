@@ -188,3 +188,21 @@ def test_unknown_downstream_gets_no_health_row(store: Store, hsettings: Settings
     engine = engine_for(store, hsettings, Clock(T0 + 10))
     engine.handle(deliveries(ev.spec("a", downstream=["not_yet_registered"]), ev.run("r", "FAILURE", ["a"], start=T0, end=T0 + 1)))
     assert [h.asset_key for h in latest_health(store)] == ["a"]
+
+
+def test_status_gauges_by_group_and_per_unhealthy_asset(store: Store, hsettings: Settings, ev: Any) -> None:
+    from prometheus_client import REGISTRY
+
+    engine = engine_for(store, hsettings, Clock(T0 + 100))
+    engine.handle(deliveries(ev.spec("g/a", group="sales"), ev.spec("g/b", group="sales")))
+    engine.handle(deliveries(ev.run("r1", "FAILURE", ["g/a"], start=T0, end=T0 + 60, error="boom"),
+                             ev.run("r2", "SUCCESS", ["g/b"], start=T0, end=T0 + 60), ev.mat("g/b", T0 + 60, run_id="r2", rows=5)))
+    engine.update_status_gauge()
+    value = REGISTRY.get_sample_value
+    assert value("ams_health_assets", {"group": "sales", "status": "FAILED"}) == 1
+    assert value("ams_health_asset_status", {"asset_key": "g/a", "group": "sales", "status": "FAILED"}) == 1
+    assert value("ams_health_asset_status", {"asset_key": "g/b", "group": "sales", "status": "HEALTHY"}) is None
+    engine.handle(deliveries(ev.run("r3", "SUCCESS", ["g/a"], start=T0 + 70, end=T0 + 80), ev.mat("g/a", T0 + 80, run_id="r3", rows=5)))
+    engine.update_status_gauge()
+    assert value("ams_health_asset_status", {"asset_key": "g/a", "group": "sales", "status": "FAILED"}) is None
+    assert value("ams_health_assets", {"group": "sales", "status": "FAILED"}) is None

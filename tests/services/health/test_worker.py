@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -171,7 +172,8 @@ def test_failure_and_recovery_reach_health_stream_db_and_dagster(
     assert db.execute("SELECT status FROM asset_health WHERE asset_key = 'raw/orders'").fetchone() == ("HEALTHY",)
 
     metrics = httpx.get(f"http://127.0.0.1:{worker}/metrics", timeout=5).text
-    assert 'ams_health_assets{status="HEALTHY"} 1.0' in metrics
+    assert re.search(r'ams_health_assets\{group="[^"]*",status="HEALTHY"\} 1\.0', metrics)
+    assert "ams_health_asset_status{" not in metrics  # only unhealthy assets get a per-asset series
     assert 'ams_health_check_results_total{check="execution_status",outcome="error"}' in metrics
     assert "ams_health_event_lag_seconds_bucket" in metrics and "ams_health_evaluation_seconds_count" in metrics
     db.close()
