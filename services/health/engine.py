@@ -3,7 +3,8 @@ touched (once per batch), and stages a health.changed event when an asset's heal
 
 One lock serialises the consume loop and the periodic jobs (time-driven evaluation, retention), so both
 see the same in-memory copy of the history. The copy is a cache of health.db: it is discarded whenever a
-transaction fails, and rebuilt from the store on demand.
+transaction fails, and rebuilt from the store on demand. On a PostgreSQL store shared by several replicas
+it is discarded at the start of every transaction instead, since other replicas write between them.
 """
 
 from __future__ import annotations
@@ -118,6 +119,12 @@ class HealthEngine:
         self._memo.clear()
         self._load_dirty()
 
+    def _refresh_if_shared(self) -> None:
+        """On a store shared by several replicas (PostgreSQL), other workers write too: drop the in-memory
+        copy and read what is needed afresh, inside the transaction that holds the writers' lock."""
+        if self.store.dialect != "sqlite":
+            self._forget()
+
     def _load_dirty(self) -> None:
         """The assets awaiting evaluation according to the store (after a restart or a failed batch)."""
         try:
@@ -175,6 +182,7 @@ class HealthEngine:
             now = self.clock()
             try:
                 with self.store.write() as conn:
+                    self._refresh_if_shared()
                     fresh = Store.claim_events(conn, [e.id for e in events])
                     new = [e for e in events if e.id in fresh]
                     touched = self._record(conn, new)
@@ -235,6 +243,7 @@ class HealthEngine:
             now = self.clock()
             try:
                 with self.store.write() as conn:
+                    self._refresh_if_shared()
                     evaluations = self._evaluate_dirty(conn, now)
             except BaseException:
                 self._forget()
@@ -539,6 +548,7 @@ class HealthEngine:
             now = self.clock()
             try:
                 with self.store.write() as conn:
+                    self._refresh_if_shared()
                     evaluations = self._evaluate(conn, all_asset_keys(conn), now)
                     conn.execute("DELETE FROM dirty_assets")
                     self._dirty.clear()
