@@ -31,8 +31,11 @@ lint: install
 	$(BIN)/ruff check libs services orchestrator asset_manager tests bench
 	$(BIN)/mypy
 
+# Every benchmark prints one JSON object on its last line; then the fault tests at their full counts.
 bench: install
 	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	AMS_FAULT_EVENTS=100000 AMS_FAULT_KILLS=20 AMS_SCALE_EVENTS=100000 \
+		$(BIN)/python -m pytest tests/faults -m faults -k "sigkill or scale_out" -s -q -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
