@@ -207,7 +207,7 @@ class HealthSettings(_Section):
     # Past materializations per asset the evaluators see (and the service keeps in memory).
     history_limit: int = Field(default=400, ge=20, le=100_000)
     # Under a backlog (full batches) evaluation is deferred and coalesced for at most this long.
-    max_defer_s: float = Field(default=0.5, gt=0, le=60)
+    max_defer_s: float = Field(default=2.0, gt=0, le=60)
     # Dagster webserver base URL (e.g. http://localhost:3000); check results are reported there when set.
     dagster_url: str | None = None
     dagster_timeout_s: float = Field(default=5.0, gt=0)

@@ -293,6 +293,8 @@ class HealthEngine:
                 items = getattr(history, name)
                 if len(items) > limit:
                     del items[: len(items) - limit]
+            if len(history.run_ids) > 2 * limit:
+                history.run_ids = {e.run_id for e in history.executions}
         # Downstream assets judge their upstreams: a registration, retirement or failure changes them too.
         for key in list(touched):
             spec = histories[key].spec
@@ -344,12 +346,15 @@ class HealthEngine:
             for key in d.asset_keys:
                 rows.append((key, d.run_id, d.job_name, d.status, started, ended, duration, d.error, d.partition, now))
                 incoming = Execution(d.run_id, d.status, started, ended, duration, d.error, d.partition)
-                executions = histories[key].executions
-                for i, existing in enumerate(executions):
-                    if existing.run_id == d.run_id:
-                        del executions[i]
-                        incoming = _merge(existing, incoming)
-                        break
+                history = histories[key]
+                executions = history.executions
+                if d.run_id in history.run_ids:
+                    # Newest first: the run being finished is almost always among the last few executions.
+                    for i in range(len(executions) - 1, -1, -1):
+                        if executions[i].run_id == d.run_id:
+                            incoming = _merge(executions.pop(i), incoming)
+                            break
+                history.run_ids.add(d.run_id)
                 bisect.insort(executions, incoming, key=lambda e: e.at)
         # A late run.started never downgrades a finished run; known timings are kept.
         conn.executemany(
@@ -536,7 +541,7 @@ class HealthEngine:
             for e in evaluations:
                 if report_all or e.changed:
                     self.report(e.key, e.results)
-        if evaluations:
+        if any(e.changed for e in evaluations):  # the gauges only move with a transition
             self.update_status_gauge()
 
     # -- periodic jobs -----------------------------------------------------------------------------------

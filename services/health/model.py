@@ -65,6 +65,8 @@ class AssetHistory:
     failures: list[Failure] = field(default_factory=list)
     # Bumped by whoever changes the history, so results that depend only on it can be reused.
     version: int = 0
+    # Run ids of `executions` (possibly a few already trimmed away): a cheap test before searching the list.
+    run_ids: set[str] = field(default_factory=set)
 
     @property
     def has_data(self) -> bool:

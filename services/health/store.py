@@ -169,6 +169,7 @@ def load_history(conn: sqlite3.Connection, key: str, limit: int) -> AssetHistory
         ),
         key=lambda e: e.at,
     )
+    history.run_ids = {e.run_id for e in history.executions}
     history.failures = [
         Failure(r[0], r[1], r[2], r[3])
         for r in reversed(
