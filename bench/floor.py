@@ -19,7 +19,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from libs.common.events import MaterializationData, AssetMaterialized, new_event  # noqa: E402
+from libs.common.events import AssetMaterialized, MaterializationData, new_event
 
 
 def sample_payloads(n: int) -> list[dict[str, str]]:

@@ -82,19 +82,6 @@ def wait_ready(port: int, timeout_s: float = 60) -> None:
     raise SystemExit(f"worker on port {port} not ready after {timeout_s} s")
 
 
-def settled(client: redis.Redis, prefix: str, group: str, streams: tuple[str, ...]) -> int:
-    """Entries of `streams` not yet acknowledged by `group` (lag + pending)."""
-    total = 0
-    for stream in streams:
-        try:
-            groups = client.xinfo_groups(f"{prefix}:{stream}")
-        except redis.ResponseError:
-            return -1
-        found = [g for g in groups if (g["name"].decode() if isinstance(g["name"], bytes) else g["name"]) == group]
-        if not found:
-            return -1
-        total += int(found[0].get("lag") or 0) + int(found[0]["pending"])
-    return total
 
 
 def probe_events(n: int) -> list[tuple[str, object]]:
@@ -159,7 +146,7 @@ def main() -> None:
         for stream, items in by_stream.items():
             for i in range(0, len(items), 1000):
                 bus.publish_many(stream, items[i : i + 1000])
-        while settled(client, prefix, "health", (RUNS, ASSETS)) != 0:
+        while bus.unsettled("health", [RUNS, ASSETS]) != 0:
             time.sleep(0.02)
         elapsed = time.perf_counter() - started
         throughput = args.events / elapsed

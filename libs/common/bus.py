@@ -97,6 +97,21 @@ class Bus:
         metrics.EVENTS_PUBLISHED.labels(stream=stream).inc(len(events))
         return ids
 
+    def unsettled(self, group: str, streams: Sequence[str]) -> int | None:
+        """Entries of `streams` that `group` has not yet acknowledged (lag + pending); None before the
+        group exists on every stream."""
+        total = 0
+        for stream in streams:
+            try:
+                groups = self.client.xinfo_groups(self.key(stream))
+            except redis.ResponseError:  # no such stream yet
+                return None
+            found = [g for g in groups if _text(g["name"]) == group]
+            if not found:
+                return None
+            total += int(found[0].get("lag") or 0) + int(found[0]["pending"])
+        return total
+
     def dead_letter(self, stream: str, entry_id: str, fields: dict[str, str], error: str, group: str) -> None:
         """Copy an entry to `<stream>:dlq` with the reason it could not be handled."""
         record = {

@@ -14,10 +14,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import Literal, TypeVar, cast
 from urllib.parse import unquote, urlparse
 
 from libs.common.log import get_logger
+from libs.common.settings import Settings
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -100,6 +101,15 @@ class Store:
         self._lock = threading.Lock()
         if migrate:
             self.migrate()
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, name: Literal["metadata", "health", "monitor"], migrations: Sequence[Migration],
+        *, migrate: bool = True,
+    ) -> Store:
+        """The service store `name` as configured (`stores.<name>_url`, `stores.synchronous`, busy timeout)."""
+        return cls(settings.store_url(name), migrations, synchronous=settings.stores.synchronous,
+                   busy_timeout_ms=settings.stores.busy_timeout_ms, migrate=migrate)
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection (opened on first use)."""

@@ -121,13 +121,7 @@ MIGRATIONS = [
 
 def open_store(settings: Settings, *, migrate: bool = True) -> Store:
     """Open (and migrate) monitor.db."""
-    return Store(
-        settings.store_url("monitor"),
-        MIGRATIONS,
-        synchronous=settings.stores.synchronous,
-        busy_timeout_ms=settings.stores.busy_timeout_ms,
-        migrate=migrate,
-    )
+    return Store.from_settings(settings, "monitor", MIGRATIONS, migrate=migrate)
 
 
 def sqlite_path_of(settings: Settings) -> Path:

@@ -69,10 +69,4 @@ MIGRATIONS = [
 
 def open_store(settings: Settings, *, migrate: bool = True) -> Store:
     """The metadata store at `settings.store_url("metadata")`, migrated unless `migrate=False`."""
-    return Store(
-        settings.store_url("metadata"),
-        MIGRATIONS,
-        synchronous=settings.stores.synchronous,
-        busy_timeout_ms=settings.stores.busy_timeout_ms,
-        migrate=migrate,
-    )
+    return Store.from_settings(settings, "metadata", MIGRATIONS, migrate=migrate)

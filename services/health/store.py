@@ -112,13 +112,7 @@ MIGRATIONS = [
 
 def open_store(settings: Settings, *, migrate: bool = True) -> Store:
     """health.db at `settings.store_url("health")`, migrated."""
-    return Store(
-        settings.store_url("health"),
-        MIGRATIONS,
-        synchronous=settings.stores.synchronous,
-        busy_timeout_ms=settings.stores.busy_timeout_ms,
-        migrate=migrate,
-    )
+    return Store.from_settings(settings, "health", MIGRATIONS, migrate=migrate)
 
 
 _COLUMNS_JSON: dict[tuple[tuple[str, str], ...], str] = {}

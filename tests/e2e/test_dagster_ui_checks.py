@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import httpx
 import pytest
 
 from libs.common.redis_server import free_port
+from libs.common.testing import wait_for
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,12 +66,6 @@ query Checks($key: AssetKeyInput!) {
 """
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, diagnose: Callable[[], str] = lambda: "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout_s} s\n{diagnose()}")
-        time.sleep(0.25)
 
 
 def answers(url: str) -> bool:

@@ -9,8 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from standardwebhooks.webhooks import Webhook
 
 from libs.common.redis_server import free_port
 from libs.common.settings import Settings, get_settings
+from libs.common.testing import wait_for
 from services.alerts.testing import RecordingReceiver
 
 pytestmark = pytest.mark.e2e
@@ -29,15 +29,6 @@ SECRET = "whsec_" + "c2VjcmV0LWZvci1lMmUtdGVzdHMtb25seQ=="
 WORKERS = ("discovery", "health", "alerts")
 
 
-def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, diagnose: Callable[[], str] = lambda: "") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout_s} s\n{diagnose()}")
-        time.sleep(0.2)
 
 
 def query(db: Path, sql: str, *params: Any) -> list[sqlite3.Row]:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -23,6 +22,7 @@ from libs.common.bus import Bus, connect
 from libs.common.events import ASSETS, RUNS, Event, parse_event
 from libs.common.redis_server import LocalRedis, free_port
 from libs.common.settings import Settings, load_settings
+from libs.common.testing import wait_for
 from orchestrator.sensors import PublishError, build_event_sensor
 from orchestrator.testing import record_finished_runs
 
@@ -30,12 +30,6 @@ pytestmark = pytest.mark.faults
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout_s} s")
-        time.sleep(0.1)
 
 
 def test_sensor_with_redis_down_for_several_ticks_loses_nothing(settings: Settings, local_redis: LocalRedis) -> None:

@@ -18,7 +18,6 @@ from pathlib import Path
 import httpx
 import psycopg2
 import pytest
-import redis
 
 from asset_manager.commands.simulate import generate
 from libs.common.bus import Bus, connect
@@ -32,14 +31,6 @@ EVENTS = int(os.environ.get("AMS_SCALE_EVENTS", "6000"))
 REPLICAS = 3
 
 
-def unsettled(client: redis.Redis, prefix: str) -> int:
-    total = 0
-    for stream in (RUNS, ASSETS):
-        found = [g for g in client.xinfo_groups(f"{prefix}:{stream}") if g["name"] == b"health"]
-        if not found:
-            return -1
-        total += int(found[0].get("lag") or 0) + int(found[0]["pending"])
-    return total
 
 
 def test_three_health_workers_share_one_postgres_store(settings: Settings, postgres_url: str, tmp_path: Path) -> None:
@@ -75,7 +66,7 @@ def test_three_health_workers_share_one_postgres_store(settings: Settings, postg
             for stream in (ASSETS, RUNS):
                 bus.publish_many(stream, [e for s, e in chunk if s == stream])
         deadline = time.monotonic() + 600
-        while unsettled(bus.client, settings.bus.prefix) != 0:
+        while bus.unsettled("health", [RUNS, ASSETS]) != 0:
             assert time.monotonic() < deadline, "the workers did not catch up"
             assert all(w.poll() is None for w in workers), "a worker died"
             time.sleep(0.1)

@@ -16,18 +16,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from asset_manager.commands.simulate import generate
 from libs.common.bus import Bus, connect
 from libs.common.events import ASSETS, HEALTH, RUNS, Event
 from libs.common.redis_server import LocalRedis, free_port
 from libs.common.settings import load_settings
+from libs.common.testing import wait_for
 from services.alerts.testing import RecordingReceiver
 
 pytestmark = pytest.mark.faults
@@ -37,12 +37,6 @@ KILLS = int(os.environ.get("AMS_FAULT_KILLS", "20"))
 SECRET = "whsec_" + "a2lsbC10ZXN0LXNlY3JldC1mb3ItZmF1bHRzLW9ubHk="
 
 
-def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout_s} s")
-        time.sleep(0.1)
 
 
 def rows(db: Path, sql: str) -> list[tuple[object, ...]]:
@@ -89,18 +83,6 @@ class Workers:
         return {name: process.wait(30) for name, process in self.processes.items()}
 
 
-def unsettled(client: redis.Redis, prefix: str, group: str, streams: tuple[str, ...]) -> int:
-    total = 0
-    for stream in streams:
-        try:
-            infos = client.xinfo_groups(f"{prefix}:{stream}")
-        except redis.ResponseError:
-            return -1
-        found = [g for g in infos if g["name"].decode() == group]
-        if not found:
-            return -1
-        total += int(found[0].get("lag") or 0) + int(found[0]["pending"])
-    return total
 
 
 @pytest.fixture
@@ -167,8 +149,8 @@ def test_sigkill_workers_repeatedly_loses_and_doubles_nothing(
     wait_for(lambda: all(workers.up(n) for n in workers.ports), 60, "workers up after the last kill")
 
     monitor, health = home / "monitor.db", home / "health.db"
-    wait_for(lambda: unsettled(client, "kill", "health", (RUNS, ASSETS)) == 0, 180, "health caught up")
-    wait_for(lambda: unsettled(client, "kill", "alerts", (HEALTH,)) == 0, 180, "alerts caught up")
+    wait_for(lambda: bus.unsettled("health", [RUNS, ASSETS]) == 0, 180, "health caught up")
+    wait_for(lambda: bus.unsettled("alerts", [HEALTH]) == 0, 180, "alerts caught up")
     wait_for(lambda: not rows(monitor, "SELECT 1 FROM notifications WHERE status NOT IN ('delivered', 'muted', 'unrouted')"),
              180, "every notification delivered")
     assert workers.stop() == {"health": 0, "alerts": 0}

@@ -6,8 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,6 +16,7 @@ from libs.common.bus import Bus, connect
 from libs.common.events import RUNS, RunData, RunEvent, new_event
 from libs.common.redis_server import free_port
 from libs.common.settings import load_settings
+from libs.common.testing import wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -24,12 +24,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "tests" / "libs" / "common" / "sample_worker.py"
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout_s} s")
-        time.sleep(0.1)
 
 
 def run_event(n: int) -> RunEvent:

@@ -33,10 +33,6 @@ def poll_until(consumer: Consumer, done: Callable[[], bool], timeout_s: float = 
         consumer.poll(block=True)
 
 
-def all_settled(bus: Bus, group: str) -> bool:
-    """Every entry of the runs stream delivered to `group` and acknowledged."""
-    (info,) = [g for g in bus.client.xinfo_groups(bus.key(RUNS)) if g["name"].decode() == group]
-    return int(info["lag"]) == 0 and int(info["pending"]) == 0
 
 
 def test_publish_consume_and_ack(settings: Settings) -> None:
@@ -155,9 +151,9 @@ def test_redelivered_event_changes_the_store_once(settings: Settings, tmp_path: 
 
     consumer = Consumer(bus=bus, group="g", name="c", streams=[RUNS], handler=handler)
     consumer.ensure_groups()
-    poll_until(consumer, lambda: all_settled(bus, "g"))
+    poll_until(consumer, lambda: bus.unsettled("g", [RUNS]) == 0)
     bus.publish(RUNS, event)  # and once more, much later
-    poll_until(consumer, lambda: all_settled(bus, "g"))
+    poll_until(consumer, lambda: bus.unsettled("g", [RUNS]) == 0)
     rows = [r[0] for r in store.connection().execute("SELECT run_id FROM runs ORDER BY run_id")]
     assert rows == ["run-7", "run-8"]
 

@@ -7,8 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,7 @@ from libs.common.bus import Bus, connect
 from libs.common.events import RUNS, RunData, RunEvent, new_event
 from libs.common.redis_server import LocalRedis, free_port
 from libs.common.settings import Settings, load_settings
+from libs.common.testing import wait_for
 
 SAMPLE = Path(__file__).with_name("sample_worker.py")
 ROOT = Path(__file__).resolve().parents[3]
@@ -28,12 +28,6 @@ def run_event(n: int) -> RunEvent:
                      data=RunData(run_id=f"run-{n}", job_name="job", status="SUCCESS"), source="test")
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout_s} s")
-        time.sleep(0.05)
 
 
 class SampleWorker:

@@ -9,8 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +31,13 @@ from libs.common.events import (
 )
 from libs.common.redis_server import free_port
 from libs.common.settings import load_settings
+from libs.common.testing import wait_for
 from services.alerts.testing import RecordingReceiver, Reply
 
 ROOT = Path(__file__).resolve().parents[3]
 SECRET = "whsec_" + base64.b64encode(b"worker-test-secret-0123456789abc").decode()
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout_s} s")
-        time.sleep(0.05)
 
 
 class AlertsWorker:

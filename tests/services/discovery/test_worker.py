@@ -8,9 +8,8 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -30,6 +29,7 @@ from libs.common.events import (
 )
 from libs.common.redis_server import free_port
 from libs.common.settings import Settings
+from libs.common.testing import wait_for
 from services.discovery.scan import definitions_loader
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -51,12 +51,6 @@ defs = dg.Definitions(assets=[raw_orders, stg_orders, orders_report])
 '''
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout_s} s")
-        time.sleep(0.05)
 
 
 def write_location(directory: Path, package: str, description: str) -> None:
@@ -122,9 +116,6 @@ def changes(client: redis.Redis, settings: Settings) -> list[AssetChanged]:
     return out
 
 
-def settled(client: redis.Redis, settings: Settings) -> bool:
-    groups = client.xinfo_groups(f"{settings.bus.prefix}:{CATALOG}")
-    return any(g["name"] == b"discovery" and g["pending"] == 0 and g["lag"] == 0 for g in groups)
 
 
 def test_snapshot_to_asset_changes_and_redelivery(
@@ -150,7 +141,8 @@ def test_snapshot_to_asset_changes_and_redelivery(
     bus.publish(CATALOG, event)
     again = new_event(CatalogSnapshot, "catalog.snapshot", identity="testloc|other", data=snapshot, source="test")
     bus.publish(CATALOG, again)
-    wait_for(lambda: settled(redis_client, settings), what="catalog consumed")
+    bus = Bus(redis_client, settings.bus)
+    wait_for(lambda: bus.unsettled("discovery", [CATALOG]) == 0, what="catalog consumed")
     assert len(changes(redis_client, settings)) == 3
 
     # A discovery request makes the worker load the (edited) code location itself.

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -25,16 +25,11 @@ from libs.common.bus import Bus, connect
 from libs.common.events import ASSETS, CHECK_NAMES, HEALTH, RUNS, HealthChanged, parse_event
 from libs.common.redis_server import free_port
 from libs.common.settings import Settings
+from libs.common.testing import wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout_s} s")
-        time.sleep(0.05)
 
 
 class CheckReceiver:
@@ -121,12 +116,6 @@ def health_events(client: redis.Redis, settings: Settings) -> list[HealthChanged
     return out
 
 
-def settled(client: redis.Redis, settings: Settings) -> bool:
-    for stream in (ASSETS, RUNS):
-        groups = client.xinfo_groups(f"{settings.bus.prefix}:{stream}")
-        if not any(g["name"] == b"health" and g["pending"] == 0 and g["lag"] == 0 for g in groups):
-            return False
-    return True
 
 
 def test_failure_and_recovery_reach_health_stream_db_and_dagster(
@@ -166,7 +155,7 @@ def test_failure_and_recovery_reach_health_stream_db_and_dagster(
     rows = db.execute("SELECT COUNT(*) FROM materializations").fetchone()
     bus.publish_many(RUNS, failing)
     bus.publish_many(ASSETS, recovery[1:])
-    wait_for(lambda: settled(redis_client, settings), what="redeliveries consumed")
+    wait_for(lambda: Bus(redis_client, settings.bus).unsettled("health", [ASSETS, RUNS]) == 0, what="redeliveries consumed")
     assert len(health_events(redis_client, settings)) == before
     assert db.execute("SELECT COUNT(*) FROM materializations").fetchone() == rows
     assert db.execute("SELECT status FROM asset_health WHERE asset_key = 'raw/orders'").fetchone() == ("HEALTHY",)
