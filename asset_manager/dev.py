@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import redis
 from rich.console import Console
 from rich.table import Table
@@ -102,22 +101,6 @@ class DevSystem:
         table.add_row("stores", str(self.settings.data_dir))
         self.console.print(table)
         self.console.print("Ctrl-C stops everything.")
-
-    def wait_ready(self, timeout_s: float = 120.0) -> bool:
-        """Poll every child's URL until all answer (or the deadline passes)."""
-        deadline = time.monotonic() + timeout_s
-        pending = {c.name: c.url for c in self.children}
-        while pending and time.monotonic() < deadline:
-            for name, url in list(pending.items()):
-                try:
-                    if httpx.get(url, timeout=1).status_code < 500:
-                        pending.pop(name)
-                except httpx.HTTPError:
-                    pass
-            if self.dead():
-                return False
-            time.sleep(0.5)
-        return not pending
 
     def dead(self) -> list[Child]:
         return [c for c in self.children if c.process is not None and c.process.poll() is not None]
