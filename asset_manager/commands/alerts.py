@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -73,6 +73,19 @@ def _store(settings: Settings, *, create: bool) -> Iterator[Store | None]:
         yield store
     finally:
         store.close()
+
+
+@contextmanager
+def _service(settings: Settings, *, error_code: int = 1) -> Iterator[Any]:
+    """The alerts service on monitor.db for a person's action; its refusals become one-line CLI errors."""
+    from services.alerts.service import AlertsError, AlertService
+
+    with _store(settings, create=True) as store:
+        assert store is not None
+        try:
+            yield AlertService(store, settings)
+        except AlertsError as exc:
+            raise CliError(str(exc), code=error_code) from None
 
 
 def _check_severity(severity: str | None) -> None:
@@ -149,15 +162,8 @@ def ack(
     reason: Annotated[str | None, typer.Option("--reason", help="Why")] = None,
 ) -> None:
     """Acknowledge a firing alert: no more repeats; the resolved notice still goes out."""
-    settings = _settings()
-    from services.alerts.service import AlertsError, AlertService
-
-    with _store(settings, create=True) as store:
-        assert store is not None
-        try:
-            row = AlertService(store, settings).acknowledge(alert_id, by or _user(), reason)
-        except AlertsError as exc:
-            raise CliError(str(exc), code=1) from None
+    with _service(_settings()) as service:
+        row = service.acknowledge(alert_id, by or _user(), reason)
     typer.echo(f"acknowledged alert {alert_id} ({row['asset_key']}: {row['check_name']}) as {row['acked_by']}")
 
 
@@ -174,7 +180,6 @@ def silence(
 ) -> None:
     """Silence current and future alerts matching every matcher for a while."""
     from services.alerts.routing import parse_matcher
-    from services.alerts.service import AlertsError, AlertService
 
     matchers: dict[str, str] = {}
     if asset:
@@ -188,13 +193,8 @@ def silence(
     if not matchers:
         raise CliError("give --asset KEY or at least one --matcher k=v")
     seconds = parse_duration(duration)
-    settings = _settings()
-    with _store(settings, create=True) as store:
-        assert store is not None
-        try:
-            silence_id, covered = AlertService(store, settings).silence(matchers, seconds, by or _user(), reason)
-        except AlertsError as exc:
-            raise CliError(str(exc)) from None
+    with _service(_settings(), error_code=2) as service:
+        silence_id, covered = service.silence(matchers, seconds, by or _user(), reason)
     until = datetime.fromtimestamp(datetime.now(UTC).timestamp() + seconds, UTC).isoformat(timespec="seconds")
     shown = " ".join(f"{k}={v}" for k, v in matchers.items())
     typer.echo(f"silence {silence_id}: {shown} until {until} (covers {covered} current alert(s))")
@@ -207,15 +207,8 @@ def unsilence(
     reason: Annotated[str | None, typer.Option("--reason", help="Why")] = None,
 ) -> None:
     """End a silence now; alerts it held that still fire are announced."""
-    settings = _settings()
-    from services.alerts.service import AlertsError, AlertService
-
-    with _store(settings, create=True) as store:
-        assert store is not None
-        try:
-            released = AlertService(store, settings).unsilence(silence_id, by or _user(), reason)
-        except AlertsError as exc:
-            raise CliError(str(exc), code=1) from None
+    with _service(_settings()) as service:
+        released = service.unsilence(silence_id, by or _user(), reason)
     typer.echo(f"silence {silence_id} lifted ({released} alert(s) released)")
 
 
