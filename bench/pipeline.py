@@ -24,7 +24,6 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import psutil
 import redis
 
@@ -46,42 +45,22 @@ from libs.common.events import (  # noqa: E402
     RunEvent,
     new_event,
 )
-from libs.common.redis_server import LocalRedis, free_port  # noqa: E402
+from libs.common.redis_server import LocalRedis  # noqa: E402
 from libs.common.settings import load_settings  # noqa: E402
+from libs.common.testing import ServiceProcess, wait_for  # noqa: E402
 from services.alerts.testing import RecordingReceiver  # noqa: E402
 
 SECRET = "whsec_" + "YmVuY2htYXJrLXNlY3JldC1vbmx5LWZvci1iZW5jaA=="
 
 
-def start_worker(name: str, env: dict[str, str], log: Path, profile: Path | None) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", f"services.{name}"]
-    if profile is not None:  # collapsed stacks for flame graphs / a top-functions summary
+def start_worker(name: str, env: dict[str, str], log: Path, profile: Path | None) -> ServiceProcess:
+    worker = ServiceProcess.service(name, env, log)
+    if profile is not None:  # collapsed stacks of the running worker, for flame graphs or a top-functions list
         profile.mkdir(parents=True, exist_ok=True)
-        command = ["py-spy", "record", "--format", "raw", "--rate", "200", "-o", str(profile / f"{name}.txt"),
-                   "--", *command]
-    with log.open("ab") as out:
-        return subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-
-
-def worker_process(process: subprocess.Popen[bytes]) -> psutil.Process:
-    """The worker itself (under py-spy, its child)."""
-    proc = psutil.Process(process.pid)
-    children = proc.children()
-    return children[0] if children and proc.name().startswith("py-spy") else proc
-
-
-def wait_ready(port: int, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"worker on port {port} not ready after {timeout_s} s")
-
-
+        assert worker.process is not None
+        subprocess.Popen(["py-spy", "record", "--format", "raw", "--rate", "200", "-o", str(profile / f"{name}.txt"),
+                          "--pid", str(worker.process.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return worker
 
 
 def probe_events(n: int) -> list[tuple[str, object]]:
@@ -110,7 +89,6 @@ def main() -> None:
     server = LocalRedis(directory=work / "redis").start()
     receiver = RecordingReceiver().start()
     prefix = "bench"
-    ports = {"health": free_port(), "alerts": free_port()}
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("AMS_")},
         "DAGSTER_HOME": str(work / "home"),
@@ -124,13 +102,11 @@ def main() -> None:
         "AMS_ALERTS__RECEIVERS": json.dumps([{"name": "bench", "url": receiver.url, "secret_env": "BENCH_WHSEC"}]),
         "AMS_ALERTS__DEFAULT_RECEIVERS": json.dumps(["bench"]),
         "BENCH_WHSEC": SECRET,
-        **{f"AMS_SERVICES__{n.upper()}__PORT": str(p) for n, p in ports.items()},
     }
-    workers = {name: start_worker(name, env, work / f"{name}.out", args.profile) for name in ports}
+    workers = {name: start_worker(name, env, work / f"{name}.out", args.profile) for name in ("health", "alerts")}
     result: dict[str, object] = {"events": args.events}
     try:
-        for port in ports.values():
-            wait_ready(port)
+        wait_for(lambda: all(w.answers() and w.ready() for w in workers.values()), 60, "workers ready")
         client = redis.Redis.from_url(server.url, protocol=2)
         settings = load_settings(redis={"url": server.url}, bus={"prefix": prefix}, logging={"file": None})
         bus = Bus(connect(settings.redis), settings.bus)
@@ -185,7 +161,8 @@ def main() -> None:
         def pct(q: float) -> float:
             return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1) if latencies else -1.0
 
-        rss = {name: round(worker_process(p).memory_info().rss / 2**20, 1) for name, p in workers.items()}
+        rss = {name: round(psutil.Process(w.process.pid).memory_info().rss / 2**20, 1)  # type: ignore[union-attr]
+               for name, w in workers.items()}
         result.update({
             "throughput_eps": round(throughput, 1),
             "floor_eps": round(floor, 1),
@@ -199,10 +176,8 @@ def main() -> None:
             "rss_mb": rss,
         })
     finally:
-        for process in workers.values():
-            worker_process(process).terminate()
-        for process in workers.values():
-            process.wait(30)
+        for worker in workers.values():
+            worker.stop()
         receiver.stop()
         server.stop()
     print(json.dumps(result))

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
+
+import httpx
+
+from libs.common.redis_server import free_port
+from libs.common.settings import PROJECT_ROOT
 
 T = TypeVar("T")
 
@@ -21,3 +30,67 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout_s} s\n{diagnose()}".rstrip())
         time.sleep(0.1)
+
+
+class ServiceProcess:
+    """A worker (`python -m services.<name>`, or any script) as a child process with its own log file: what
+    the end-to-end tests, fault tests and benchmarks start, kill and restart."""
+
+    def __init__(self, args: list[str], env: dict[str, str], *, port: int, log: Path, cwd: Path = PROJECT_ROOT) -> None:
+        self.args = args
+        self.env = env
+        self.port = port
+        self.log = log
+        self.cwd = cwd
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def service(cls, name: str, env: dict[str, str], log: Path, *, port: int | None = None) -> ServiceProcess:
+        """`python -m services.<name>` on `port` (AMS_SERVICES__<NAME>__PORT, a free one by default), started."""
+        port = port or free_port()
+        env = {**env, f"AMS_SERVICES__{name.upper()}__PORT": str(port)}
+        return cls([sys.executable, "-m", f"services.{name}"], env, port=port, log=log).start()
+
+    def start(self) -> ServiceProcess:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(self.args, env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT)
+        return self
+
+    def output(self, tail: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-tail:] if self.log.exists() else ""
+
+    def get(self, path: str) -> httpx.Response | None:
+        """GET on the service surface; None while nothing answers."""
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=2)
+        except httpx.HTTPError:
+            return None
+
+    def answers(self) -> bool:
+        """/healthz is 200; AssertionError (with the log) if the process exited by itself."""
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"{self.args[-1]} exited with {self.process.returncode}:\n{self.output()}")
+        response = self.get("/healthz")
+        return response is not None and response.status_code == 200
+
+    def ready(self) -> bool:
+        response = self.get("/readyz")
+        return response is not None and response.status_code == 200
+
+    def metrics(self) -> str:
+        response = self.get("/metrics")
+        return response.text if response is not None else ""
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM and the exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout_s)

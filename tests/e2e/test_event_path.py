@@ -5,22 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from dagster import DagsterInstance, build_sensor_context, instance_for_test
 from standardwebhooks.webhooks import Webhook
 
-from libs.common.redis_server import free_port
 from libs.common.settings import Settings, get_settings
-from libs.common.testing import wait_for
+from libs.common.testing import ServiceProcess, wait_for
 from services.alerts.testing import RecordingReceiver
 
 pytestmark = pytest.mark.e2e
@@ -53,7 +48,6 @@ def receiver() -> Iterator[RecordingReceiver]:
 @pytest.fixture
 def system(settings: Settings, receiver: RecordingReceiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """The three workers as processes, configured through the environment like a deployment."""
-    ports = {name: free_port() for name in WORKERS}
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("AMS_")},
         "DAGSTER_HOME": str(settings.dagster_home),
@@ -69,31 +63,18 @@ def system(settings: Settings, receiver: RecordingReceiver, tmp_path: Path, monk
             {"name": "ops", "kind": "webhook", "url": receiver.url, "secret_env": "E2E_WEBHOOK_SECRET"}
         ]),
         "E2E_WEBHOOK_SECRET": SECRET,
-        **{f"AMS_SERVICES__{n.upper()}__PORT": str(p) for n, p in ports.items()},
     }
-    processes = {
-        name: subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env, cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for name in WORKERS
-    }
+    workers = {name: ServiceProcess.service(name, env, tmp_path / f"{name}.out") for name in WORKERS}
     # The sensor and the demo assets run in this process, on the same settings.
     for key in ("DAGSTER_HOME", "AMS_REDIS__URL", "AMS_BUS__PREFIX"):
         monkeypatch.setenv(key, env[key])
     get_settings.cache_clear()
 
-    def ready(name: str) -> bool:
-        try:
-            return httpx.get(f"http://127.0.0.1:{ports[name]}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        wait_for(lambda: all(ready(n) for n in WORKERS), 60, "three workers ready")
-        yield {"ports": ports, "processes": processes, "log": tmp_path / "system.log"}
+        wait_for(lambda: all(w.answers() and w.ready() for w in workers.values()), 60, "three workers ready")
+        yield {"workers": workers, "log": tmp_path / "system.log"}
     finally:
-        for process in processes.values():
-            process.send_signal(signal.SIGTERM)
-        codes = {name: p.wait(30) for name, p in processes.items()}
+        codes = {name: w.stop() for name, w in workers.items()}
         get_settings.cache_clear()
         assert codes == {n: 0 for n in WORKERS}, f"workers did not stop cleanly: {codes}"
 

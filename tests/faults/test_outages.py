@@ -4,15 +4,11 @@ worker across Redis restarts with AOF (nothing lost) and without persistence (re
 from __future__ import annotations
 
 import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 from dagster import DagsterInstance, build_sensor_context, instance_for_test
@@ -20,9 +16,9 @@ from dagster import DagsterInstance, build_sensor_context, instance_for_test
 from asset_manager.commands.simulate import generate
 from libs.common.bus import Bus, connect
 from libs.common.events import ASSETS, RUNS, Event, parse_event
-from libs.common.redis_server import LocalRedis, free_port
+from libs.common.redis_server import LocalRedis
 from libs.common.settings import Settings, load_settings
-from libs.common.testing import wait_for
+from libs.common.testing import ServiceProcess, wait_for
 from orchestrator.sensors import PublishError, build_event_sensor
 from orchestrator.testing import record_finished_runs
 
@@ -61,39 +57,21 @@ def _tick(sensor: object, instance: DagsterInstance, cursor: str | None) -> str 
     return context.cursor
 
 
-class HealthWorker:
-    def __init__(self, redis_url: str, home: Path, log: Path) -> None:
-        self.port = free_port()
-        self.home = home
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("AMS_")},
-               "DAGSTER_HOME": str(home), "AMS_REDIS__URL": redis_url, "AMS_BUS__PREFIX": "outage",
-               "AMS_BUS__BLOCK_MS": "200", "AMS_SERVICES__HEALTH__PORT": str(self.port),
-               "AMS_LOGGING__FILE": str(log), "AMS_LOGGING__FORMAT": "json"}
-        self.process = subprocess.Popen([sys.executable, "-m", "services.health"], env=env, cwd=ROOT,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def health_worker(redis_url: str, home: Path, log: Path) -> ServiceProcess:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AMS_")},
+           "DAGSTER_HOME": str(home), "AMS_REDIS__URL": redis_url, "AMS_BUS__PREFIX": "outage",
+           "AMS_BUS__BLOCK_MS": "200", "AMS_LOGGING__FILE": str(log), "AMS_LOGGING__FORMAT": "json"}
+    return ServiceProcess.service("health", env, log.with_suffix(".out"))
 
-    def get(self, path: str) -> httpx.Response | None:
-        try:
-            return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=2)
-        except httpx.HTTPError:
-            return None
 
-    def ready(self) -> bool:
-        response = self.get("/readyz")
-        return response is not None and response.status_code == 200
-
-    def stored(self) -> list[str]:
-        conn = sqlite3.connect(self.home / "health.db", timeout=5)
-        try:
-            return [r[0] for r in conn.execute("SELECT event_id FROM materializations")]
-        except sqlite3.OperationalError:
-            return []
-        finally:
-            conn.close()
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(30)
+def stored(home: Path) -> list[str]:
+    conn = sqlite3.connect(home / "health.db", timeout=5)
+    try:
+        return [r[0] for r in conn.execute("SELECT event_id FROM materializations")]
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        conn.close()
 
 
 def publish_through_outages(bus: Bus, events: list[tuple[str, Event]], done: threading.Event) -> None:
@@ -113,7 +91,8 @@ def publish_through_outages(bus: Bus, events: list[tuple[str, Event]], done: thr
 
 def test_health_worker_across_a_redis_restart_with_aof_loses_nothing(tmp_path: Path) -> None:
     server = LocalRedis(directory=tmp_path / "redis", appendonly=True).start()
-    worker = HealthWorker(server.url, tmp_path / "home", tmp_path / "system.log")
+    home = tmp_path / "home"
+    worker = health_worker(server.url, home, tmp_path / "system.log")
     try:
         wait_for(worker.ready, 60, "health ready")
         settings = load_settings(redis={"url": server.url}, bus={"prefix": "outage"}, logging={"file": None})
@@ -122,15 +101,15 @@ def test_health_worker_across_a_redis_restart_with_aof_loses_nothing(tmp_path: P
         done = threading.Event()
         producer = threading.Thread(target=publish_through_outages, args=(bus, events, done), daemon=True)
         producer.start()
-        wait_for(lambda: len(worker.stored()) > 50, 60, "some events stored")
+        wait_for(lambda: len(stored(home)) > 50, 60, "some events stored")
         server.stop(kill=True)  # mid-run, without a clean shutdown
         time.sleep(1)
         server.start()  # AOF replayed: streams, groups and pending entries are back
         wait_for(done.is_set, 120, "everything published")
         expected = {e.id for _, e in events if e.type == "asset.materialized"}
-        wait_for(lambda: set(worker.stored()) == expected, 120, "every materialization stored")
-        stored = worker.stored()
-        assert len(stored) == len(set(stored))
+        wait_for(lambda: set(stored(home)) == expected, 120, "every materialization stored")
+        ids = stored(home)
+        assert len(ids) == len(set(ids))
     finally:
         assert worker.stop() == 0
         server.stop()
@@ -139,21 +118,21 @@ def test_health_worker_across_a_redis_restart_with_aof_loses_nothing(tmp_path: P
 def test_health_worker_after_redis_restart_without_persistence_recovers_and_reports_the_gap(tmp_path: Path) -> None:
     server = LocalRedis(directory=tmp_path / "redis").start()
     log = tmp_path / "system.log"
-    worker = HealthWorker(server.url, tmp_path / "home", log)
+    home = tmp_path / "home"
+    worker = health_worker(server.url, home, log)
     try:
         wait_for(worker.ready, 60, "health ready")
         settings = load_settings(redis={"url": server.url}, bus={"prefix": "outage"}, logging={"file": None})
         events = list(generate(assets=5, events=200, seed=9))
         Bus(connect(settings.redis), settings.bus).publish_many(ASSETS, [e for s, e in events[:100] if s == ASSETS])
-        wait_for(lambda: len(worker.stored()) > 0, 60, "first events stored")
-        before = len(worker.stored())
+        wait_for(lambda: len(stored(home)) > 0, 60, "first events stored")
+        before = len(stored(home))
         server.restart()  # no persistence: the streams and the consumer group are gone
         wait_for(worker.ready, 60, "ready again")
         Bus(connect(settings.redis), settings.bus).publish_many(ASSETS, [e for s, e in events[100:] if s == ASSETS])
-        wait_for(lambda: len(worker.stored()) == before + sum(1 for s, e in events[100:] if s == ASSETS), 60,
+        wait_for(lambda: len(stored(home)) == before + sum(1 for s, e in events[100:] if s == ASSETS), 60,
                  "events after the restart stored")
-        metrics = worker.get("/metrics")
-        assert metrics is not None and 'ams_consumer_group_recreated_total{group="health"}' in metrics.text
+        assert 'ams_consumer_group_recreated_total{group="health"}' in worker.metrics()
         assert "consumer_group_missing_possible_event_gap" in log.read_text()
     finally:
         assert worker.stop() == 0

@@ -9,21 +9,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
 import psycopg2
 import pytest
 
 from asset_manager.commands.simulate import generate
 from libs.common.bus import Bus, connect
 from libs.common.events import ASSETS, RUNS, Event
-from libs.common.redis_server import free_port
 from libs.common.settings import Settings
+from libs.common.testing import ServiceProcess, wait_for
 
 pytestmark = pytest.mark.faults
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +30,6 @@ REPLICAS = 3
 
 
 def test_three_health_workers_share_one_postgres_store(settings: Settings, postgres_url: str, tmp_path: Path) -> None:
-    ports = [free_port() for _ in range(REPLICAS)]
     base = {
         **{k: v for k, v in os.environ.items() if not k.startswith("AMS_")},
         "DAGSTER_HOME": str(tmp_path / "home"),
@@ -46,19 +41,11 @@ def test_three_health_workers_share_one_postgres_store(settings: Settings, postg
         "AMS_LOGGING__FILE": "",
         "AMS_LOGGING__LEVEL": "WARNING",
     }
-    workers = []
-    for i, port in enumerate(ports):
-        env = {**base, "AMS_BUS__CONSUMER_NAME": f"health-{i}", "AMS_SERVICES__HEALTH__PORT": str(port)}
-        with (tmp_path / f"health-{i}.out").open("wb") as out:
-            workers.append(subprocess.Popen([sys.executable, "-m", "services.health"], env=env, cwd=ROOT,
-                                            stdout=out, stderr=subprocess.STDOUT))
+    workers = [ServiceProcess.service("health", {**base, "AMS_BUS__CONSUMER_NAME": f"health-{i}"},
+                                      tmp_path / f"health-{i}.out") for i in range(REPLICAS)]
     bus = Bus(connect(settings.redis), settings.bus)
     try:
-        deadline = time.monotonic() + 60
-        while not all(_ready(p) for p in ports):
-            assert time.monotonic() < deadline, [(tmp_path / f"health-{i}.out").read_text()[-2000:] for i in range(3)]
-            assert all(w.poll() is None for w in workers)
-            time.sleep(0.2)
+        wait_for(lambda: all(w.answers() and w.ready() for w in workers), 60, "replicas ready")
         published: list[tuple[str, Event]] = list(generate(assets=60, events=EVENTS, seed=21, inject_rate=0.03))
         started = time.perf_counter()
         for i in range(0, len(published), 500):
@@ -68,14 +55,12 @@ def test_three_health_workers_share_one_postgres_store(settings: Settings, postg
         deadline = time.monotonic() + 600
         while bus.unsettled("health", [RUNS, ASSETS]) != 0:
             assert time.monotonic() < deadline, "the workers did not catch up"
-            assert all(w.poll() is None for w in workers), "a worker died"
+            assert all(w.answers() for w in workers), "a worker died"
             time.sleep(0.1)
         elapsed = time.perf_counter() - started
-        shares = [_consumed(p) for p in ports]
+        shares = [_consumed(w.metrics()) for w in workers]
     finally:
-        for worker in workers:
-            worker.send_signal(signal.SIGTERM)
-        codes = [w.wait(30) for w in workers]
+        codes = [w.stop() for w in workers]
     assert codes == [0] * REPLICAS
 
     conn = psycopg2.connect(postgres_url)
@@ -97,13 +82,6 @@ def test_three_health_workers_share_one_postgres_store(settings: Settings, postg
                       "per_worker": shares}))
 
 
-def _ready(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _consumed(port: int) -> int:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    return int(sum(float(v) for v in re.findall(r'ams_events_consumed_total\{group="health",stream="(?:runs|assets)"\} (\S+)', text)))
+def _consumed(metrics: str) -> int:
+    found = re.findall(r'ams_events_consumed_total\{group="health",stream="(?:runs|assets)"\} (\S+)', metrics)
+    return int(sum(float(v) for v in found))

@@ -7,18 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
-
-import httpx
 
 from libs.common.bus import Bus, connect
 from libs.common.events import HEALTH, CheckResult, HealthChanged, HealthChangedData, new_event, utcnow
 from libs.common.redis_server import LocalRedis, free_port
 from libs.common.settings import load_settings
+from libs.common.testing import ServiceProcess
 from services.alerts.testing import RecordingReceiver
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +26,6 @@ URL_PASSWORD = "url-pw-Hh27Lm"
 def test_secrets_are_not_logged_or_exposed(tmp_path: Path) -> None:
     server = LocalRedis(directory=tmp_path / "redis", password=REDIS_PASSWORD).start()
     receiver = RecordingReceiver().start()
-    port = free_port()
     log = tmp_path / "system.log"
     refused = f"http://user:{URL_PASSWORD}@127.0.0.1:{free_port()}/hook"  # nothing listens: delivery fails
     env = {
@@ -41,7 +36,6 @@ def test_secrets_are_not_logged_or_exposed(tmp_path: Path) -> None:
         "AMS_BUS__PREFIX": "secrets",
         "AMS_LOGGING__FILE": str(log),
         "AMS_LOGGING__LEVEL": "DEBUG",
-        "AMS_SERVICES__ALERTS__PORT": str(port),
         "AMS_ALERTS__RECEIVERS": json.dumps([
             {"name": "signed", "url": receiver.url, "secret_env": "SECRETS_WHSEC"},
             {"name": "down", "url": refused},
@@ -49,8 +43,7 @@ def test_secrets_are_not_logged_or_exposed(tmp_path: Path) -> None:
         "AMS_ALERTS__RETRY_BASE_S": "0.1",
         "SECRETS_WHSEC": WEBHOOK_SECRET,
     }
-    worker = subprocess.Popen([sys.executable, "-m", "services.alerts"], env=env, cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    worker = ServiceProcess.service("alerts", env, tmp_path / "alerts.out")
     try:
         settings = load_settings(redis={"url": server.url, "password": REDIS_PASSWORD}, bus={"prefix": "secrets"},
                                  logging={"file": None})
@@ -65,13 +58,13 @@ def test_secrets_are_not_logged_or_exposed(tmp_path: Path) -> None:
         while not (log.exists() and "notification_retry" in log.read_text()):
             assert time.monotonic() < deadline, "the failing delivery was never logged"
             time.sleep(0.2)
-        exposed = "".join(httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5).text
-                          for path in ("/metrics", "/healthz", "/readyz"))
+        exposed = "".join(r.text for r in map(worker.get, ("/metrics", "/healthz", "/readyz")) if r is not None)
     finally:
-        worker.send_signal(signal.SIGTERM)
-        output = worker.communicate(timeout=30)[0].decode(errors="replace")
+        worker.stop()
+        output = worker.output(tail=10**7)
         receiver.stop()
         server.stop()
+    assert "ams_worker_ready" in exposed and '"checks"' in exposed  # the surface was really read
     logged = log.read_text() + output
     assert "notification_delivered" in logged and "notification_retry" in logged  # the log describes the work...
     for secret in (REDIS_PASSWORD, WEBHOOK_SECRET, WEBHOOK_SECRET.removeprefix("whsec_"), URL_PASSWORD):

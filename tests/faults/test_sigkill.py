@@ -10,24 +10,20 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from asset_manager.commands.simulate import generate
 from libs.common.bus import Bus, connect
 from libs.common.events import ASSETS, HEALTH, RUNS, Event
-from libs.common.redis_server import LocalRedis, free_port
+from libs.common.redis_server import LocalRedis
 from libs.common.settings import load_settings
-from libs.common.testing import wait_for
+from libs.common.testing import ServiceProcess, wait_for
 from services.alerts.testing import RecordingReceiver
 
 pytestmark = pytest.mark.faults
@@ -45,44 +41,6 @@ def rows(db: Path, sql: str) -> list[tuple[object, ...]]:
         return list(conn.execute(sql))
     finally:
         conn.close()
-
-
-class Workers:
-    """The health and alerts workers as processes that can be killed and restarted."""
-
-    def __init__(self, env: dict[str, str], home: Path) -> None:
-        self.env = env
-        self.home = home
-        self.ports = {"health": int(env["AMS_SERVICES__HEALTH__PORT"]), "alerts": int(env["AMS_SERVICES__ALERTS__PORT"])}
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        for name in self.ports:
-            self.start(name)
-
-    def start(self, name: str) -> None:
-        with (self.home / f"{name}.out").open("ab") as out:
-            self.processes[name] = subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=self.env,
-                                                    cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-
-    def up(self, name: str) -> bool:
-        if self.processes[name].poll() is not None:
-            raise AssertionError(f"{name} exited by itself:\n" + (self.home / f"{name}.out").read_text()[-3000:])
-        try:
-            return httpx.get(f"http://127.0.0.1:{self.ports[name]}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def kill_and_restart(self, name: str) -> None:
-        self.processes[name].send_signal(signal.SIGKILL)
-        self.processes[name].wait(10)
-        self.start(name)
-
-    def stop(self) -> dict[str, int]:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        return {name: process.wait(30) for name, process in self.processes.items()}
-
-
 
 
 @pytest.fixture
@@ -103,8 +61,6 @@ def setup(tmp_path: Path) -> Iterator[tuple[LocalRedis, RecordingReceiver, dict[
         "AMS_ALERTS__RETRY_MAX_DELAY_S": "1",
         "AMS_ALERTS__FLAP_WINDOW_S": "0",
         "KILL_WHSEC": SECRET,
-        "AMS_SERVICES__HEALTH__PORT": str(free_port()),
-        "AMS_SERVICES__ALERTS__PORT": str(free_port()),
     }
     yield server, receiver, env
     receiver.stop()
@@ -116,7 +72,7 @@ def test_sigkill_workers_repeatedly_loses_and_doubles_nothing(
 ) -> None:
     server, receiver, env = setup
     home = tmp_path / "home"
-    workers = Workers(env, tmp_path)
+    workers = {name: ServiceProcess.service(name, env, tmp_path / f"{name}.out") for name in ("health", "alerts")}
     settings = load_settings(redis={"url": server.url}, bus={"prefix": "kill"}, logging={"file": None})
     bus = Bus(connect(settings.redis), settings.bus)
     client = bus.client
@@ -134,26 +90,27 @@ def test_sigkill_workers_repeatedly_loses_and_doubles_nothing(
             time.sleep(max(0.02, 20.0 / (len(published) / 100)))
         done.set()
 
-    wait_for(lambda: all(workers.up(n) for n in workers.ports), 60, "workers up")
+    wait_for(lambda: all(w.answers() for w in workers.values()), 60, "workers up")
     producer = threading.Thread(target=publish, daemon=True)
     producer.start()
     rng = random.Random(5)
     kills = 0
     while kills < KILLS or not done.is_set():
         name = ("health", "alerts")[kills % 2]
-        wait_for(lambda n=name: workers.up(n), 60, f"{name} back up")  # type: ignore[misc]
+        wait_for(workers[name].answers, 60, f"{name} back up")
         time.sleep(rng.uniform(0.1, 0.6))  # mid-batch, mid-delivery
-        workers.kill_and_restart(name)
+        workers[name].kill()
+        workers[name].start()
         kills += 1
     producer.join(60)
-    wait_for(lambda: all(workers.up(n) for n in workers.ports), 60, "workers up after the last kill")
+    wait_for(lambda: all(w.answers() for w in workers.values()), 60, "workers up after the last kill")
 
     monitor, health = home / "monitor.db", home / "health.db"
     wait_for(lambda: bus.unsettled("health", [RUNS, ASSETS]) == 0, 180, "health caught up")
     wait_for(lambda: bus.unsettled("alerts", [HEALTH]) == 0, 180, "alerts caught up")
     wait_for(lambda: not rows(monitor, "SELECT 1 FROM notifications WHERE status NOT IN ('delivered', 'muted', 'unrouted')"),
              180, "every notification delivered")
-    assert workers.stop() == {"health": 0, "alerts": 0}
+    assert {name: w.stop() for name, w in workers.items()} == {"health": 0, "alerts": 0}
 
     # Every published event is in health.db exactly once.
     materialized = {e.id for s, e in published if e.type == "asset.materialized"}

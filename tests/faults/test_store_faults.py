@@ -9,14 +9,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from libs.common.bus import Bus, connect
 from libs.common.events import RUNS, RunData, RunEvent, new_event
 from libs.common.redis_server import free_port
 from libs.common.settings import load_settings
-from libs.common.testing import wait_for
+from libs.common.testing import ServiceProcess, wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -43,20 +42,11 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def start_sample(redis_url: str, prefix: str, db: Path, home: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_sample(redis_url: str, prefix: str, db: Path, home: Path) -> ServiceProcess:
     port = free_port()
     env = {**os.environ, "AMS_REDIS__URL": redis_url, "AMS_BUS__PREFIX": prefix, "AMS_BUS__BLOCK_MS": "200",
            "DAGSTER_HOME": str(home), "SAMPLE_DB": str(db), "SAMPLE_PORT": str(port), "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, str(SAMPLE)], env=env, cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return process, port
-
-
-def ready(port: int) -> int:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code
-    except httpx.HTTPError:
-        return 0
+    return ServiceProcess([sys.executable, str(SAMPLE)], env, port=port, log=home / "sample.out").start()
 
 
 def count_rows(db: Path) -> int:
@@ -71,11 +61,11 @@ def count_rows(db: Path) -> int:
 
 def test_disk_full_stops_acking_then_resumes(redis_url: str, bus_prefix: str, small_disk: Path, tmp_path: Path) -> None:
     db = small_disk / "sample.db"
-    process, port = start_sample(redis_url, bus_prefix, db, tmp_path)
+    worker = start_sample(redis_url, bus_prefix, db, tmp_path)
     settings = load_settings(redis={"url": redis_url}, bus={"prefix": bus_prefix})
     bus = Bus(connect(settings.redis), settings.bus)
     try:
-        wait_for(lambda: ready(port) == 200, what="ready")
+        wait_for(lambda: worker.ready(), what="ready")
         bus.publish_many(RUNS, [run_event(i) for i in range(20)])
         wait_for(lambda: count_rows(db) == 20, what="first rows")
         filler = small_disk / "filler"
@@ -87,17 +77,16 @@ def test_disk_full_stops_acking_then_resumes(redis_url: str, bus_prefix: str, sm
             except OSError:
                 pass
         bus.publish_many(RUNS, [run_event(i) for i in range(20, 2020)])
-        wait_for(lambda: ready(port) == 503, what="unready on a full disk")
+        wait_for(lambda: not worker.ready(), what="unready on a full disk")
         pending = bus.client.xpending(bus.key(RUNS), "sample")["pending"]
         assert pending > 0, "entries must stay unacknowledged while the store cannot commit"
         filler.unlink()
-        wait_for(lambda: ready(port) == 200, what="ready after space is freed")
+        wait_for(lambda: worker.ready(), what="ready after space is freed")
         wait_for(lambda: count_rows(db) == 2020, what="every event stored once")
         wait_for(lambda: bus.client.xpending(bus.key(RUNS), "sample")["pending"] == 0, what="all acked")
         assert bus.client.xlen(bus.key(RUNS) + ":dlq") == 0
     finally:
-        process.terminate()
-        assert process.wait(20) == 0
+        assert worker.stop() == 0
 
 
 def test_read_only_store_file_stops_acking_then_resumes(redis_url: str, bus_prefix: str, tmp_path: Path) -> None:
@@ -106,12 +95,12 @@ def test_read_only_store_file_stops_acking_then_resumes(redis_url: str, bus_pref
     store_dir = tmp_path / "store"
     store_dir.mkdir()
     db = store_dir / "sample.db"
-    process, port = start_sample(redis_url, bus_prefix, db, tmp_path)
+    worker = start_sample(redis_url, bus_prefix, db, tmp_path)
     settings = load_settings(redis={"url": redis_url}, bus={"prefix": bus_prefix})
     bus = Bus(connect(settings.redis), settings.bus)
     locked: list[Path] = []
     try:
-        wait_for(lambda: ready(port) == 200, what="ready")
+        wait_for(lambda: worker.ready(), what="ready")
         bus.publish_many(RUNS, [run_event(i) for i in range(5)])
         wait_for(lambda: count_rows(db) == 5, what="first rows")
         # Immutable database and WAL files: even root cannot write them.
@@ -120,16 +109,15 @@ def test_read_only_store_file_stops_acking_then_resumes(redis_url: str, bus_pref
                 subprocess.run(["chattr", "+i", str(path)], check=True)
                 locked.append(path)
         bus.publish_many(RUNS, [run_event(i) for i in range(5, 500)])
-        wait_for(lambda: ready(port) == 503, what="unready on a read-only store")
+        wait_for(lambda: not worker.ready(), what="unready on a read-only store")
         assert bus.client.xpending(bus.key(RUNS), "sample")["pending"] > 0
         for path in locked:
             subprocess.run(["chattr", "-i", str(path)], check=True)
         locked.clear()
-        wait_for(lambda: ready(port) == 200, what="ready after the file is writable again")
+        wait_for(lambda: worker.ready(), what="ready after the file is writable again")
         wait_for(lambda: count_rows(db) == 500, what="every event stored once")
         assert bus.client.xlen(bus.key(RUNS) + ":dlq") == 0
     finally:
         for path in locked:
             subprocess.run(["chattr", "-i", str(path)], check=False)
-        process.terminate()
-        process.wait(20)
+        worker.stop()

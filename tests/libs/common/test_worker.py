@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import os
-import signal
 import sqlite3
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from libs.common.bus import Bus, connect
 from libs.common.events import RUNS, RunData, RunEvent, new_event
 from libs.common.redis_server import LocalRedis, free_port
 from libs.common.settings import Settings, load_settings
-from libs.common.testing import wait_for
+from libs.common.testing import ServiceProcess, wait_for
 
 SAMPLE = Path(__file__).with_name("sample_worker.py")
 ROOT = Path(__file__).resolve().parents[3]
@@ -30,36 +27,27 @@ def run_event(n: int) -> RunEvent:
 
 
 
-class SampleWorker:
+class SampleWorker(ServiceProcess):
+    """tests/libs/common/sample_worker.py: a minimal service on the real worker runtime."""
+
     def __init__(self, redis_url: str, prefix: str, db: Path, home: Path, *, delay_s: float = 0) -> None:
-        self.port = free_port()
-        self.db = db
-        self.env = {
-            **os.environ,
+        port = free_port()
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("AMS_")},
             "AMS_REDIS__URL": redis_url,
             "AMS_BUS__PREFIX": prefix,
             "AMS_BUS__BLOCK_MS": "200",
             "AMS_BUS__CLAIM_IDLE_MS": "500",
             "AMS_BUS__CLAIM_INTERVAL_S": "0.5",
-            "AMS_LOGGING__FILE": "",
             "DAGSTER_HOME": str(home),
             "SAMPLE_DB": str(db),
-            "SAMPLE_PORT": str(self.port),
+            "SAMPLE_PORT": str(port),
             "SAMPLE_DELAY_S": str(delay_s),
             "PYTHONPATH": str(ROOT),
         }
-        self.env.pop("AMS_LOGGING__FILE")
-        self.process = subprocess.Popen([sys.executable, str(SAMPLE)], env=self.env, cwd=ROOT,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-    def get(self, path: str) -> httpx.Response:
-        return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=5)
-
-    def answers(self) -> bool:
-        try:
-            return self.get("/healthz").status_code == 200
-        except httpx.HTTPError:
-            return False
+        super().__init__([sys.executable, str(SAMPLE)], env, port=port, log=home / f"sample-{prefix}.out")
+        self.db = db
+        self.start()
 
     def rows(self) -> int:
         if not self.db.exists():
@@ -71,11 +59,6 @@ class SampleWorker:
             return 0
         finally:
             conn.close()
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(20)
 
 
 @pytest.fixture
@@ -97,14 +80,15 @@ def test_surface_and_graceful_stop(own_redis: LocalRedis, tmp_path: Path) -> Non
         bus = bus_for(own_redis.url, "w1")
         bus.publish_many(RUNS, [run_event(i) for i in range(50)])
         wait_for(lambda: worker.rows() == 50, what="50 rows")
-        metrics = worker.get("/metrics").text
+        metrics = worker.metrics()
         assert 'ams_events_consumed_total{group="sample",stream="runs"} 50.0' in metrics
         assert 'ams_worker_ready{service="sample"} 1.0' in metrics  # healthy since start, not only after recovery
         ready = worker.get("/readyz")
+        assert ready is not None
         assert ready.status_code == 200 and ready.json()["checks"] == {"redis": "ok", "store": "ok", "worker": "ok"}
     finally:
         assert worker.stop() == 0
-    assert b"worker_stopped" in worker.process.stdout.read()  # type: ignore[union-attr]
+    assert "worker_stopped" in worker.output()
 
 
 def test_sigterm_mid_batch_finishes_and_acks(own_redis: LocalRedis, tmp_path: Path) -> None:
@@ -126,7 +110,7 @@ def test_redis_restart_without_persistence_is_survived(own_redis: LocalRedis, tm
         bus_for(own_redis.url, "w3").publish_many(RUNS, [run_event(i) for i in range(5)])
         wait_for(lambda: worker.rows() == 5, what="first rows")
         own_redis.restart()  # no AOF: streams and groups are gone
-        wait_for(lambda: worker.get("/readyz").status_code == 200, what="ready again")
+        wait_for(lambda: worker.ready(), what="ready again")
         bus_for(own_redis.url, "w3").publish_many(RUNS, [run_event(i) for i in range(5, 12)])
         wait_for(lambda: worker.rows() == 12, what="rows after restart")
     finally:
@@ -141,13 +125,13 @@ def test_redis_down_makes_worker_unready_then_recovers_with_aof(tmp_path: Path) 
         bus = bus_for(server.url, "w4")
         bus.publish_many(RUNS, [run_event(i) for i in range(5)])
         server.stop(kill=True)
-        wait_for(lambda: worker.get("/readyz").status_code == 503, what="unready while Redis is down")
-        assert 'ams_worker_ready{service="sample"} 0.0' in worker.get("/metrics").text
+        wait_for(lambda: not worker.ready(), what="unready while Redis is down")
+        assert 'ams_worker_ready{service="sample"} 0.0' in worker.metrics()
         server.start()
         bus = bus_for(server.url, "w4")
         bus.publish_many(RUNS, [run_event(i) for i in range(5, 10)])
         wait_for(lambda: worker.rows() == 10, what="all rows, none lost")
-        wait_for(lambda: worker.get("/readyz").status_code == 200, what="ready again")
+        wait_for(lambda: worker.ready(), what="ready again")
     finally:
         assert worker.stop() == 0
         server.stop()
