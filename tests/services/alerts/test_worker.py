@@ -5,15 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import sqlite3
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from libs.common.bus import Bus, connect
@@ -31,7 +28,7 @@ from libs.common.events import (
 )
 from libs.common.redis_server import free_port
 from libs.common.settings import load_settings
-from libs.common.testing import wait_for
+from libs.common.testing import ServiceProcess, wait_for
 from services.alerts.testing import RecordingReceiver, Reply
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -40,20 +37,20 @@ SECRET = "whsec_" + base64.b64encode(b"worker-test-secret-0123456789abc").decode
 
 
 
-class AlertsWorker:
+class AlertsWorker(ServiceProcess):
     """`python -m services.alerts` with AMS_* pointing at the test Redis, prefix, ports and DAGSTER_HOME."""
 
     def __init__(self, redis_url: str, prefix: str, home: Path, receivers: list[dict[str, Any]], **alerts: str) -> None:
-        self.port = free_port()
+        port = free_port()
         self.home = home
-        self.env = {
+        env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("AMS_") or k == "AMS_CONFIG_DIR"},
             "AMS_REDIS__URL": redis_url,
             "AMS_BUS__PREFIX": prefix,
             "AMS_BUS__BLOCK_MS": "200",
             "AMS_BUS__CLAIM_IDLE_MS": "500",
             "AMS_BUS__CLAIM_INTERVAL_S": "0.5",
-            "AMS_SERVICES__ALERTS__PORT": str(self.port),
+            "AMS_SERVICES__ALERTS__PORT": str(port),
             "AMS_SERVICES__ALERTS__HOST": "127.0.0.1",
             "AMS_LOGGING__FILE": str(home / "alerts.log"),
             "AMS_ALERTS__RECEIVERS": json.dumps(receivers),
@@ -65,39 +62,9 @@ class AlertsWorker:
             "WORKER_WHSEC": SECRET,
             "PYTHONPATH": str(ROOT),
         }
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__([sys.executable, "-m", "services.alerts"], env, port=port, log=home / "worker.out")
         self.start()
-
-    def start(self) -> None:
-        log = (self.home / "worker.out").open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.alerts"], env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
-        )
-        log.close()
         wait_for(self.answers, what="alerts worker /healthz")
-
-    def answers(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError("alerts worker exited:\n" + (self.home / "worker.out").read_text()[-3000:])
-        try:
-            return httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def metrics(self) -> str:
-        return httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(20)
 
     def notifications(self) -> list[dict[str, Any]]:
         db = self.home / "monitor.db"

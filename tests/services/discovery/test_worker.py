@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
 import sys
 import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 
@@ -29,7 +25,7 @@ from libs.common.events import (
 )
 from libs.common.redis_server import free_port
 from libs.common.settings import Settings
-from libs.common.testing import wait_for
+from libs.common.testing import ServiceProcess, wait_for
 from services.discovery.scan import definitions_loader
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -70,7 +66,7 @@ def location(tmp_path: Path) -> tuple[Path, str]:
 @pytest.fixture
 def worker(
     request: pytest.FixtureRequest, settings: Settings, location: tuple[Path, str], tmp_path: Path
-) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+) -> Iterator[ServiceProcess]:
     directory, package = location
     extra_env: dict[str, str] = getattr(request, "param", {})
     port = free_port()
@@ -89,22 +85,11 @@ def worker(
         **extra_env,
     }
     env.pop("AMS_LOGGING__FILE", None)
-    log = (tmp_path / "worker.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "services.discovery"], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
-
-    def answers() -> bool:
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return process.poll() is not None
-
-    wait_for(answers, what="discovery /healthz")
-    assert process.poll() is None, (tmp_path / "worker.log").read_text()
-    yield process, port
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    assert process.wait(30) == 0
-    log.close()
+    process = ServiceProcess([sys.executable, "-m", "services.discovery"], env, port=port, log=tmp_path / "worker.log",
+                             cwd=tmp_path).start()
+    wait_for(process.answers, what="discovery /healthz")
+    yield process
+    assert process.stop() == 0, process.output()
 
 
 def changes(client: redis.Redis, settings: Settings) -> list[AssetChanged]:
@@ -119,7 +104,7 @@ def changes(client: redis.Redis, settings: Settings) -> list[AssetChanged]:
 
 
 def test_snapshot_to_asset_changes_and_redelivery(
-    settings: Settings, redis_client: redis.Redis, worker: tuple[subprocess.Popen[bytes], int], location: tuple[Path, str]
+    settings: Settings, redis_client: redis.Redis, worker: ServiceProcess, location: tuple[Path, str]
 ) -> None:
     directory, package = location
     sys.path.insert(0, str(directory))
@@ -155,7 +140,7 @@ def test_snapshot_to_asset_changes_and_redelivery(
     assert last.type == "asset.changed" and last.data.version == 2
     assert last.data.changes == {"description": {"old": "Raw orders.", "new": "Raw orders from the ERP."}}
 
-    metrics = httpx.get(f"http://127.0.0.1:{worker[1]}/metrics", timeout=5).text
+    metrics = worker.metrics()
     assert 'ams_discovery_versions_created_total{kind="registered"} 3.0' in metrics
     assert 'ams_discovery_registered_assets_by_ownership{ownership="owned"} 1.0' in metrics
     assert "ams_discovery_duration_seconds_bucket" in metrics
@@ -163,7 +148,7 @@ def test_snapshot_to_asset_changes_and_redelivery(
 
 
 def test_broken_code_location_is_reported_and_worker_keeps_running(
-    settings: Settings, redis_client: redis.Redis, worker: tuple[subprocess.Popen[bytes], int], location: tuple[Path, str]
+    settings: Settings, redis_client: redis.Redis, worker: ServiceProcess, location: tuple[Path, str]
 ) -> None:
     directory, package = location
     (directory / package / "definitions.py").write_text("import dagster as dg\nraise RuntimeError('boom')\n")
@@ -171,25 +156,19 @@ def test_broken_code_location_is_reported_and_worker_keeps_running(
     request = new_event(DiscoveryRequested, "catalog.discovery_requested", identity=str(uuid.uuid4()),
                         data=DiscoveryRequestData(code_location="testloc"), source="test")
     bus.publish(CATALOG, request)
-    port = worker[1]
-
-    def problem_reported() -> bool:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-        return 'ams_discovery_scan_problems{code_location="testloc"} 1.0' in text
-
-    wait_for(problem_reported, what="problem metric")
-    assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
-    assert json.loads(httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).text)["status"] == "ready"
+    wait_for(lambda: 'ams_discovery_scan_problems{code_location="testloc"} 1.0' in worker.metrics(),
+             what="problem metric")
+    assert worker.answers() and worker.ready()
     assert changes(redis_client, settings) == []
     bus.client.close()
 
 
 @pytest.mark.parametrize("worker", [{"AMS_DISCOVERY__RESCAN_AT_START": "true"}], indirect=True)
 def test_rescan_job_registers_the_code_location(
-    settings: Settings, redis_client: redis.Redis, worker: tuple[subprocess.Popen[bytes], int]
+    settings: Settings, redis_client: redis.Redis, worker: ServiceProcess
 ) -> None:
     # Nothing is published: the periodic rescan (run once at start) loads the code location itself.
     wait_for(lambda: len(changes(redis_client, settings)) == 3, what="3 asset.registered from the rescan")
     assert {e.data.spec.code_location for e in changes(redis_client, settings)} == {"testloc"}
-    metrics = httpx.get(f"http://127.0.0.1:{worker[1]}/metrics", timeout=5).text
+    metrics = worker.metrics()
     assert 'ams_discovery_duration_seconds_count{trigger="rescan"} 1.0' in metrics

@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
@@ -17,7 +15,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import redis
 
@@ -25,7 +22,7 @@ from libs.common.bus import Bus, connect
 from libs.common.events import ASSETS, CHECK_NAMES, HEALTH, RUNS, HealthChanged, parse_event
 from libs.common.redis_server import free_port
 from libs.common.settings import Settings
-from libs.common.testing import wait_for
+from libs.common.testing import ServiceProcess, wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -75,7 +72,7 @@ def receiver() -> Iterator[CheckReceiver]:
 
 
 @pytest.fixture
-def worker(settings: Settings, receiver: CheckReceiver, tmp_path: Path) -> Iterator[int]:
+def worker(settings: Settings, receiver: CheckReceiver, tmp_path: Path) -> Iterator[ServiceProcess]:
     port = free_port()
     env = {
         **os.environ,
@@ -89,22 +86,11 @@ def worker(settings: Settings, receiver: CheckReceiver, tmp_path: Path) -> Itera
         "PYTHONPATH": str(ROOT),
     }
     env.pop("AMS_LOGGING__FILE", None)
-    log = (tmp_path / "worker.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "services.health"], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
-
-    def answers() -> bool:
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return process.poll() is not None
-
-    wait_for(answers, what="health /healthz")
-    assert process.poll() is None, (tmp_path / "worker.log").read_text()
-    yield port
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    assert process.wait(30) == 0, (tmp_path / "worker.log").read_text()[-3000:]
-    log.close()
+    process = ServiceProcess([sys.executable, "-m", "services.health"], env, port=port, log=tmp_path / "worker.log",
+                             cwd=tmp_path).start()
+    wait_for(process.answers, what="health /healthz")
+    yield process
+    assert process.stop() == 0, process.output()
 
 
 def health_events(client: redis.Redis, settings: Settings) -> list[HealthChanged]:
@@ -119,7 +105,7 @@ def health_events(client: redis.Redis, settings: Settings) -> list[HealthChanged
 
 
 def test_failure_and_recovery_reach_health_stream_db_and_dagster(
-    settings: Settings, redis_client: redis.Redis, worker: int, receiver: CheckReceiver, ev: Any
+    settings: Settings, redis_client: redis.Redis, worker: ServiceProcess, receiver: CheckReceiver, ev: Any
 ) -> None:
     bus = Bus(connect(settings.redis), settings.bus)
     now = time.time()
@@ -160,7 +146,7 @@ def test_failure_and_recovery_reach_health_stream_db_and_dagster(
     assert db.execute("SELECT COUNT(*) FROM materializations").fetchone() == rows
     assert db.execute("SELECT status FROM asset_health WHERE asset_key = 'raw/orders'").fetchone() == ("HEALTHY",)
 
-    metrics = httpx.get(f"http://127.0.0.1:{worker}/metrics", timeout=5).text
+    metrics = worker.metrics()
     assert re.search(r'ams_health_assets\{group="[^"]*",status="HEALTHY"\} 1\.0', metrics)
     assert "ams_health_asset_status{" not in metrics  # only unhealthy assets get a per-asset series
     assert 'ams_health_check_results_total{check="execution_status",outcome="error"}' in metrics
