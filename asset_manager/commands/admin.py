@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from asset_manager.errors import CliError
+from asset_manager.stores import store_file
 
 if TYPE_CHECKING:
     from libs.common.settings import Settings
@@ -188,13 +189,6 @@ def _settings() -> Settings:
     return load_settings()
 
 
-def _store_path(settings: Settings, name: str) -> Path:
-    from libs.common.store import StoreError, sqlite_path
-
-    try:
-        return sqlite_path(settings.store_url(name))  # type: ignore[arg-type]
-    except StoreError as exc:
-        raise CliError(str(exc)) from exc
 
 
 def _sha256(path: Path) -> str:
@@ -262,7 +256,7 @@ def backup(
     manifest: dict[str, Any] = {"created_at": datetime.now(UTC).isoformat(), "stores": {}}
     with _steps(len(STORES), "backing up") as bar:
         for name in STORES:
-            source = _store_path(settings, name)
+            source = store_file(settings, name)
             if not source.exists():
                 typer.echo(f"skip {name}.db: not found at {source}")
                 bar.advance()
@@ -362,14 +356,14 @@ def restore(
     running = running_workers(settings)
     if running:
         raise CliError(f"refusing to restore while workers run: {', '.join(running)}; stop them first", code=1)
-    busy = [reason for name in stores if (reason := _locked_by_writer(_store_path(settings, name)))]
+    busy = [reason for name in stores if (reason := _locked_by_writer(store_file(settings, name)))]
     if busy:
         raise CliError(f"refusing to restore: {'; '.join(busy)}", code=1)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     with _steps(len(stores), "restoring") as bar:
         for name, entry in stores.items():
             file = source / Path(str(entry["file"])).name
-            target = _store_path(settings, name)
+            target = store_file(settings, name)
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.exists():
                 keep = target.with_name(f"{target.name}.pre-restore-{stamp}")

@@ -28,6 +28,7 @@ from asset_manager.output import (
     emit,
     render_text,
 )
+from asset_manager.stores import store_file
 
 if TYPE_CHECKING:
     from libs.common.settings import Settings
@@ -45,19 +46,10 @@ def _settings() -> Settings:
     return load_settings()
 
 
-def _store_file(settings: Settings, name: str) -> Path:
-    from libs.common.store import StoreError, sqlite_path
-
-    try:
-        return sqlite_path(settings.store_url(name))  # type: ignore[arg-type]
-    except StoreError as exc:
-        raise CliError(str(exc)) from exc
-
-
 @contextmanager
 def read_store(settings: Settings, name: str = "metadata", *, required: bool = True) -> Iterator[sqlite3.Connection | None]:
     """A read-only connection to one store (None when it does not exist and is not `required`)."""
-    path = _store_file(settings, name)
+    path = store_file(settings, name)
     if not path.exists():
         if required:
             raise CliError(f"{name} store not found at {path}: run `asset-manager init` then `asset-manager discover-assets`")
@@ -86,7 +78,7 @@ def _registry_ready(conn: sqlite3.Connection | None, settings: Settings) -> sqli
         raise CliError("metadata store not found")
     found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'assets'").fetchone()
     if found is None:
-        raise CliError(f"{_store_file(settings, 'metadata')} has no asset registry yet: run `asset-manager discover-assets`")
+        raise CliError(f"{store_file(settings, 'metadata')} has no asset registry yet: run `asset-manager discover-assets`")
     return conn
 
 
@@ -95,7 +87,7 @@ def _peer_store(settings: Settings, service: str, name: str) -> Iterator[Any]:
     """Another service's store through its own `open_store` (not migrated); None when absent or unusable."""
     import importlib
 
-    path = _store_file(settings, name)
+    path = store_file(settings, name)
     if not path.exists():
         yield None
         return
@@ -387,7 +379,7 @@ def _dry_run(settings: Settings, snapshot: Any) -> list[Any]:
 
     with tempfile.TemporaryDirectory(prefix="ams-discover-test-") as tmp:
         scratch = Path(tmp) / "metadata.db"
-        source = _store_file(settings, "metadata")
+        source = store_file(settings, "metadata")
         if source.exists():
             src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=5)
             dst = sqlite3.connect(scratch)
