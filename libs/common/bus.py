@@ -3,7 +3,7 @@
 Delivery is at least once. A consumer hands a batch of validated events to its handler, which commits its
 store transaction (recording the event ids) and returns; only then are the entries acknowledged. On start a
 consumer drains its own pending entries, and it periodically claims entries left idle by dead consumers.
-Entries that fail validation, or that were delivered more than `max_deliveries` times, are written to
+Entries that fail validation, or whose handler still fails after `max_deliveries` deliveries, are written to
 `<stream>:dlq` with the error before they are acknowledged.
 """
 
@@ -253,8 +253,14 @@ class Consumer:
 
     def _settle(self, batches: dict[str, list[tuple[str, Any]]], *, redelivered: bool) -> int:
         """Validate the entries of several streams, hand the valid ones to the handler in ONE call (one
-        store transaction), dead-letter the rest, and acknowledge per stream."""
+        store transaction), dead-letter the rest, and acknowledge per stream.
+
+        An entry delivered more than `max_deliveries` times is a suspect, not yet a dead letter: a worker
+        killed again and again mid-batch redelivers good entries too. Suspects are handled one by one and
+        dead-lettered only if their handler fails (or, for a poison that kills the process itself, once
+        they were delivered `4 * max_deliveries` times)."""
         good: list[Delivery] = []
+        suspects: list[tuple[Delivery, dict[str, str], int]] = []
         done: dict[str, list[str]] = {}
         for stream, entries in batches.items():
             settled = done.setdefault(stream, [])
@@ -264,22 +270,37 @@ class Consumer:
                 if not fields:
                     settled.append(entry_id)  # trimmed while pending
                     continue
-                if counts.get(entry_id, 1) > self.cfg.max_deliveries:
+                deliveries = counts.get(entry_id, 1)
+                if deliveries > 4 * self.cfg.max_deliveries:
                     self.bus.dead_letter(
-                        stream, entry_id, fields, f"delivered {counts[entry_id]} times without success", self.group
+                        stream, entry_id, fields, f"delivered {deliveries} times without success", self.group
                     )
                     settled.append(entry_id)
                     continue
                 try:
                     if "event" not in fields:
                         raise ValueError("missing field 'event'")
-                    good.append(Delivery(stream, entry_id, parse_event(fields["event"])))
+                    delivery = Delivery(stream, entry_id, parse_event(fields["event"]))
                 except (ValidationError, ValueError) as exc:
                     log.warning("event_invalid", stream=stream, entry_id=entry_id, error=str(exc)[:500])
                     self.bus.dead_letter(stream, entry_id, fields, f"invalid event: {exc}", self.group)
                     settled.append(entry_id)
+                    continue
+                if deliveries > self.cfg.max_deliveries:
+                    suspects.append((delivery, fields, deliveries))
+                else:
+                    good.append(delivery)
         try:
             for delivery in self._handle(good):
+                done.setdefault(delivery.stream, []).append(delivery.entry_id)
+            for delivery, fields, deliveries in suspects:
+                try:
+                    self.handler([delivery])
+                except INFRASTRUCTURE_ERRORS:
+                    raise
+                except Exception as exc:
+                    self.bus.dead_letter(delivery.stream, delivery.entry_id, fields,
+                                         f"delivered {deliveries} times without success: {exc!r}"[:4000], self.group)
                 done.setdefault(delivery.stream, []).append(delivery.entry_id)
         finally:
             # Dead-lettered entries are acked even when the batch has to be retried.

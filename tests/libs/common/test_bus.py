@@ -192,3 +192,43 @@ def test_connect_uses_password(settings: Settings) -> None:
             assert "NOAUTH" in str(exc) or "auth" in str(exc).lower()
     finally:
         secured.stop()
+
+
+def test_crash_looping_consumer_does_not_dead_letter_good_events(settings: Settings) -> None:
+    """A worker killed mid-batch again and again redelivers its batch each time: past max_deliveries the
+    entries are handled one by one, and only a handler failure (or 4 x max_deliveries) dead-letters."""
+    bus = make_bus(settings.model_copy(update={"bus": settings.bus.model_copy(update={"max_deliveries": 2,
+                                                                                      "claim_idle_ms": 3_600_000})}))
+    key = bus.key(RUNS)
+    Consumer(bus=bus, group="g", name="me", streams=[RUNS], handler=lambda _: None).ensure_groups()
+    bus.publish_many(RUNS, [run_event(i) for i in range(4)])
+    for _ in range(4):  # four "crashes" after reading, before acknowledging: 4 deliveries each
+        bus.client.xreadgroup("g", "me", {key: "0" if _ else ">"}, count=100)
+    poison = run_event(2).id
+    seen: list[str] = []
+
+    def handler(batch: list[Delivery]) -> None:
+        assert len(batch) == 1, "suspects are handled one by one"
+        if batch[0].event.id == poison:
+            raise ValueError("still failing")
+        seen.append(batch[0].event.id)
+
+    again = Consumer(bus=bus, group="g", name="me", streams=[RUNS], handler=handler)
+    assert again.poll(block=False) == 4
+    assert sorted(seen) == sorted(run_event(i).id for i in (0, 1, 3))
+    ((_, fields),) = bus.client.xrange(key + ":dlq")
+    assert b"still failing" in fields[b"error"] and b"delivered 5 times" in fields[b"error"]
+    assert bus.client.xpending(key, "g")["pending"] == 0
+
+
+def test_entry_delivered_far_too_often_is_dead_lettered_unhandled(settings: Settings) -> None:
+    bus = make_bus(settings.model_copy(update={"bus": settings.bus.model_copy(update={"max_deliveries": 1,
+                                                                                      "claim_idle_ms": 3_600_000})}))
+    key = bus.key(RUNS)
+    Consumer(bus=bus, group="g", name="me", streams=[RUNS], handler=lambda _: None).ensure_groups()
+    bus.publish(RUNS, run_event(1))
+    for n in range(4):  # a poison that kills the process on every delivery
+        bus.client.xreadgroup("g", "me", {key: "0" if n else ">"}, count=10)
+    handled: list[Delivery] = []
+    assert Consumer(bus=bus, group="g", name="me", streams=[RUNS], handler=handled.extend).poll(block=False) == 1
+    assert handled == [] and bus.client.xlen(key + ":dlq") == 1
