@@ -97,19 +97,23 @@ class Bus:
         metrics.EVENTS_PUBLISHED.labels(stream=stream).inc(len(events))
         return ids
 
+    def group_info(self, group: str, stream: str) -> dict[str, Any] | None:
+        """XINFO GROUPS of `group` on `stream` (`pending`, `lag`, ...); None if either does not exist."""
+        try:
+            groups = self.client.xinfo_groups(self.key(stream))
+        except redis.ResponseError:  # no such stream yet
+            return None
+        return next((g for g in groups if _text(g["name"]) == group), None)
+
     def unsettled(self, group: str, streams: Sequence[str]) -> int | None:
         """Entries of `streams` that `group` has not yet acknowledged (lag + pending); None before the
         group exists on every stream."""
         total = 0
         for stream in streams:
-            try:
-                groups = self.client.xinfo_groups(self.key(stream))
-            except redis.ResponseError:  # no such stream yet
+            info = self.group_info(group, stream)
+            if info is None:
                 return None
-            found = [g for g in groups if _text(g["name"]) == group]
-            if not found:
-                return None
-            total += int(found[0].get("lag") or 0) + int(found[0]["pending"])
+            total += int(info.get("lag") or 0) + int(info["pending"])
         return total
 
     def dead_letter(self, stream: str, entry_id: str, fields: dict[str, str], error: str, group: str) -> None:

@@ -188,17 +188,14 @@ class Worker:
 
     def update_stream_gauges(self) -> None:
         """Refresh consumer lag, pending and dead-letter gauges from XINFO."""
+        group = self.consumer.group
         for stream in self.streams:
-            key = self.bus.key(stream)
-            for group in self.client.xinfo_groups(key):
-                name = _text(group.get("name"))
-                if name != self.consumer.group:
-                    continue
-                metrics.PENDING.labels(stream=stream, group=name).set(int(group.get("pending") or 0))
-                lag = group.get("lag")
-                if lag is not None:
-                    metrics.CONSUMER_LAG.labels(stream=stream, group=name).set(int(lag))
-            metrics.DLQ_LENGTH.labels(stream=stream).set(int(self.client.xlen(key + ":dlq")))
+            info = self.bus.group_info(group, stream)
+            if info is not None:
+                metrics.PENDING.labels(stream=stream, group=group).set(int(info.get("pending") or 0))
+                if info.get("lag") is not None:
+                    metrics.CONSUMER_LAG.labels(stream=stream, group=group).set(int(info["lag"]))
+            metrics.DLQ_LENGTH.labels(stream=stream).set(int(self.client.xlen(self.bus.key(stream) + ":dlq")))
 
     # -- probes ----------------------------------------------------------------------------------------
 
@@ -214,8 +211,5 @@ class Worker:
         self.store.ping()
         return None
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
