@@ -60,7 +60,7 @@ def connect(cfg: RedisSettings, *, block_ms: int = 0) -> redis.Redis:
     return redis.Redis.from_url(cfg.url, **kwargs)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Delivery:
     """One stream entry handed to a handler, already validated."""
 
@@ -131,7 +131,7 @@ class Bus:
 
 
 def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return value.decode("utf-8", "replace") if type(value) is bytes else str(value)
 
 
 def _decode_fields(raw: dict[Any, Any] | None) -> dict[str, str]:
@@ -266,32 +266,33 @@ class Consumer:
         good: list[Delivery] = []
         suspects: list[tuple[Delivery, dict[str, str], int]] = []
         done: dict[str, list[str]] = {}
+        max_deliveries = self.cfg.max_deliveries
         for stream, entries in batches.items():
             settled = done.setdefault(stream, [])
             counts = self._delivery_counts(self.bus.key(stream), [i for i, _ in entries]) if redelivered else {}
             for entry_id, raw in entries:
-                fields = _decode_fields(raw)
-                if not fields:
+                if not raw:
                     settled.append(entry_id)  # trimmed while pending
                     continue
                 deliveries = counts.get(entry_id, 1)
-                if deliveries > 4 * self.cfg.max_deliveries:
-                    self.bus.dead_letter(
-                        stream, entry_id, fields, f"delivered {deliveries} times without success", self.group
-                    )
+                if deliveries > 4 * max_deliveries:
+                    self.bus.dead_letter(stream, entry_id, _decode_fields(raw),
+                                         f"delivered {deliveries} times without success", self.group)
                     settled.append(entry_id)
                     continue
+                # The JSON is validated as the bytes Redis sent; the fields are decoded only for a dead letter.
+                payload = raw.get(b"event", raw.get("event"))
                 try:
-                    if "event" not in fields:
+                    if payload is None:
                         raise ValueError("missing field 'event'")
-                    delivery = Delivery(stream, entry_id, parse_event(fields["event"]))
+                    delivery = Delivery(stream, entry_id, parse_event(payload))
                 except (ValidationError, ValueError) as exc:
                     log.warning("event_invalid", stream=stream, entry_id=entry_id, error=str(exc)[:500])
-                    self.bus.dead_letter(stream, entry_id, fields, f"invalid event: {exc}", self.group)
+                    self.bus.dead_letter(stream, entry_id, _decode_fields(raw), f"invalid event: {exc}", self.group)
                     settled.append(entry_id)
                     continue
-                if deliveries > self.cfg.max_deliveries:
-                    suspects.append((delivery, fields, deliveries))
+                if deliveries > max_deliveries:
+                    suspects.append((delivery, _decode_fields(raw), deliveries))
                 else:
                     good.append(delivery)
         try:

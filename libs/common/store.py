@@ -204,15 +204,26 @@ class Store:
         """Record `event_ids` as processed within the caller's transaction; returns those not seen before."""
         if not event_ids:
             return set()
+        unique = list(dict.fromkeys(event_ids))
+        now = time.time()
+        # Redeliveries are rare: insert every id at once, and look up which were seen only if that fails.
+        conn.execute("SAVEPOINT claim_events")
+        try:
+            conn.executemany("INSERT INTO processed_events (event_id, processed_at) VALUES (?, ?)", [(e, now) for e in unique])
+        except sqlite3.IntegrityError:
+            conn.execute("ROLLBACK TO SAVEPOINT claim_events")
+        else:
+            conn.execute("RELEASE SAVEPOINT claim_events")
+            return set(unique)
+        conn.execute("RELEASE SAVEPOINT claim_events")
         seen: set[str] = set()
-        for chunk_start in range(0, len(event_ids), 500):
-            chunk = list(event_ids[chunk_start : chunk_start + 500])
+        for chunk_start in range(0, len(unique), 500):
+            chunk = unique[chunk_start : chunk_start + 500]
             marks = ",".join("?" * len(chunk))
             seen.update(
                 r[0] for r in conn.execute(f"SELECT event_id FROM processed_events WHERE event_id IN ({marks})", chunk)
             )
-        fresh = [e for e in dict.fromkeys(event_ids) if e not in seen]
-        now = time.time()
+        fresh = [e for e in unique if e not in seen]
         conn.executemany("INSERT INTO processed_events (event_id, processed_at) VALUES (?, ?)", [(e, now) for e in fresh])
         return set(fresh)
 

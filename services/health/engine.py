@@ -36,6 +36,7 @@ from libs.common.events import (
     new_event,
 )
 from libs.common.log import get_logger
+from libs.common.metrics import observe_many
 from libs.common.settings import Settings
 from libs.common.store import Store
 from services.health import metrics
@@ -196,10 +197,12 @@ class HealthEngine:
                 self._forget()
                 raise
         handled = time.time()
-        lag = metrics.EVENT_LAG_SECONDS.labels(stream=deliveries[0].stream)
+        lags: dict[str, list[float]] = {}
         for delivery in deliveries:
             if delivery.event.id in fresh:
-                lag.observe(max(0.0, handled - _ts(delivery.event)))
+                lags.setdefault(delivery.stream, []).append(max(0.0, handled - _ts(delivery.event)))
+        for stream, values in lags.items():
+            observe_many(metrics.EVENT_LAG_SECONDS.labels(stream=stream), values)
         self._after_commit(evaluations, report_all=True)
 
     def _mark_dirty(self, conn: sqlite3.Connection, keys: Sequence[str]) -> None:
@@ -335,7 +338,9 @@ class HealthEngine:
 
     def _record_runs(self, conn: sqlite3.Connection, runs: Sequence[RunEvent], histories: dict[str, AssetHistory]) -> None:
         now = time.time()
-        rows = []
+        # A backlog brings a run's start and end in one batch: merge them first (merging is associative, so
+        # the result is the same as one event after the other), then write and insert once per asset and run.
+        merged: dict[tuple[str, str], tuple[Execution, str]] = {}
         for r in runs:
             d = r.data
             started = d.started_at.timestamp() if d.started_at else (_ts(r) if d.status == "STARTED" else None)
@@ -343,19 +348,27 @@ class HealthEngine:
             duration = d.duration_s
             if duration is None and started is not None and ended is not None:
                 duration = max(0.0, ended - started)
+            incoming = Execution(d.run_id, d.status, started, ended, duration, d.error, d.partition)
             for key in d.asset_keys:
-                rows.append((key, d.run_id, d.job_name, d.status, started, ended, duration, d.error, d.partition, now))
-                incoming = Execution(d.run_id, d.status, started, ended, duration, d.error, d.partition)
-                history = histories[key]
-                executions = history.executions
-                if d.run_id in history.run_ids:
-                    # Newest first: the run being finished is almost always among the last few executions.
-                    for i in range(len(executions) - 1, -1, -1):
-                        if executions[i].run_id == d.run_id:
-                            incoming = _merge(executions.pop(i), incoming)
-                            break
-                history.run_ids.add(d.run_id)
-                bisect.insort(executions, incoming, key=lambda e: e.at)
+                earlier = merged.get((key, d.run_id))
+                merged[(key, d.run_id)] = (_merge(earlier[0], incoming), earlier[1]) if earlier else (incoming, d.job_name)
+        rows = []
+        for (key, run_id), (incoming, job_name) in merged.items():
+            rows.append((key, run_id, job_name, incoming.status, incoming.started_at, incoming.ended_at,
+                         incoming.duration_s, incoming.error, incoming.partition, now))
+            history = histories[key]
+            executions = history.executions
+            if run_id in history.run_ids:
+                # Newest first: the run being finished is almost always among the last few executions.
+                for i in range(len(executions) - 1, -1, -1):
+                    if executions[i].run_id == run_id:
+                        incoming = _merge(executions.pop(i), incoming)
+                        break
+            history.run_ids.add(run_id)
+            if not executions or executions[-1].at <= incoming.at:
+                executions.append(incoming)
+            else:
+                bisect.insort(executions, incoming, key=_execution_at)
         # A late run.started never downgrades a finished run; known timings are kept.
         conn.executemany(
             "INSERT INTO executions (asset_key, run_id, job_name, status, started_at, ended_at, duration_s, error, "
@@ -592,6 +605,10 @@ class HealthEngine:
         for row in rows:
             if row["status"] not in ("HEALTHY", "UNKNOWN"):
                 metrics.ASSET_STATUS.labels(asset_key=row["asset_key"], group=row["grp"], status=row["status"]).set(1)
+
+
+def _execution_at(execution: Execution) -> float:
+    return execution.at
 
 
 def _merge(old: Execution, new: Execution) -> Execution:

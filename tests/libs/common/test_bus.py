@@ -84,12 +84,14 @@ def test_malformed_messages_are_dead_lettered_and_consumption_goes_on(settings: 
     bus.client.xadd(key, {"something": "else"})
     bus.client.xadd(key, {"event": b"\xff\xfe\x00invalid utf8", "type": "x"})
     bus.client.xadd(key, {"event": '{"id": "x", "type": "run.failed", "occurred_at": 5}', "type": "run.failed"})
+    # A well-formed envelope with invalid UTF-8 inside a string is refused too, not read with replacements.
+    bus.client.xadd(key, {"event": run_event(2).model_dump_json().encode().replace(b'"job"', b'"\xff\xfe"'), "type": "x"})
     bus.publish(RUNS, run_event(1))
     seen: list[Delivery] = []
     consumer = Consumer(bus=bus, group="g", name="c", streams=[RUNS], handler=seen.extend)
     poll_until(consumer, lambda: len(seen) == 1)
     dead = bus.client.xrange(key + ":dlq")
-    assert len(dead) == 4
+    assert len(dead) == 5
     errors = [fields[b"error"].decode() for _, fields in dead]
     assert all(e.startswith("invalid event") for e in errors)
     assert b"original_event" in dead[0][1] and dead[0][1][b"group"] == b"g"

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from libs.common.store import Migration, Store, StoreError, sqlite_path
 
@@ -55,6 +58,21 @@ def test_claim_events_dedupes_within_and_across_transactions(tmp_path: Path) -> 
         raise RuntimeError("handler failed after claiming")
     with store.write() as tx:  # the rolled-back claim is not remembered
         assert Store.claim_events(tx, ["d"]) == {"d"}
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.lists(st.sampled_from("abcdefgh"), max_size=8), max_size=8))
+def test_claim_events_returns_exactly_the_ids_never_claimed_before(batches: list[list[str]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(str(Path(tmp) / "x.db"), MIGRATIONS)
+        claimed: set[str] = set()
+        for batch in batches:
+            with store.write() as tx:
+                assert Store.claim_events(tx, batch) == set(batch) - claimed
+            claimed |= set(batch)
+            stored = {r[0] for r in store.connection().execute("SELECT event_id FROM processed_events")}
+            assert stored == claimed  # a batch with a redelivery leaves no partial insert behind
+        store.close()
 
 
 def test_concurrent_immediate_writers_never_fail_on_lock_upgrade(tmp_path: Path) -> None:
