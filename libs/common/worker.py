@@ -9,9 +9,11 @@ SIGTERM/SIGINT finish the batch in hand (its entries acknowledged), stop the sch
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +32,8 @@ from libs.common.settings import Settings
 from libs.common.store import Store
 
 log = get_logger(__name__)
+# Often enough that the consume loop's commits almost never checkpoint themselves under a backlog.
+_CHECKPOINT_INTERVAL_S = 0.25
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,7 +173,11 @@ class Worker:
     # -- periodic jobs ---------------------------------------------------------------------------------
 
     def _start_jobs(self) -> None:
-        jobs = [*self.jobs, PeriodicJob(name="stream_gauges", func=self.update_stream_gauges, interval_s=15)]
+        jobs = [
+            *self.jobs,
+            PeriodicJob(name="stream_gauges", func=self.update_stream_gauges, interval_s=15),
+            PeriodicJob(name="store_checkpoint", func=self.checkpoint_store, interval_s=_CHECKPOINT_INTERVAL_S),
+        ]
         for job in jobs:
             # APScheduler pauses a job given next_run_time=None, so pass it only to run at once.
             start = {"next_run_time": utcnow()} if job.run_at_start else {}
@@ -185,6 +193,13 @@ class Worker:
                 log.exception("job_failed", service=self.service, job=job.name)
 
         return run
+
+    def checkpoint_store(self) -> None:
+        """Checkpoint the store's write-ahead log off the consume loop (see libs.common.store)."""
+        # An unwell store fails the loop's commits too, which report it (unready, one log line per problem);
+        # a commit checkpoints by itself once the store is well again.
+        with contextlib.suppress(sqlite3.Error):
+            self.store.checkpoint()
 
     def update_stream_gauges(self) -> None:
         """Refresh consumer lag, pending and dead-letter gauges from XINFO."""

@@ -122,3 +122,28 @@ def test_ping_and_prune(tmp_path: Path) -> None:
     assert store.prune_processed(3600) == 1
     with pytest.raises(sqlite3.Error):
         Store(str(tmp_path / "missing" / "nothing.db"), migrate=False).ping()
+
+
+def test_checkpoint_copies_the_log_while_a_writer_keeps_writing(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "x.db"), MIGRATIONS)
+    with store.write() as tx:
+        tx.executemany("INSERT INTO items (name) VALUES (?)", [(f"n{i}",) for i in range(2000)])
+    frames, copied = store.checkpoint()
+    assert frames > 0 and copied == frames
+    # The checkpointer (a worker's background thread) does not block the writer, nor the writer it.
+    checkpoints: list[tuple[int, int]] = []
+
+    def checkpointer() -> None:
+        other = Store(str(tmp_path / "x.db"), MIGRATIONS)
+        checkpoints.extend(other.checkpoint() for _ in range(20))
+        other.close()
+
+    thread = threading.Thread(target=checkpointer)
+    thread.start()
+    for n in range(20):
+        with store.write() as tx:
+            tx.executemany("INSERT INTO items (name) VALUES (?)", [(f"m{n}-{i}",) for i in range(100)])
+    thread.join(10)
+    assert len(checkpoints) == 20
+    assert store.connection().execute("SELECT COUNT(*) FROM items").fetchone()[0] == 4000
+    store.close()
