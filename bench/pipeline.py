@@ -96,7 +96,6 @@ def main() -> None:
         "ENVIRONMENT": "production",
         "AMS_REDIS__URL": server.url,
         "AMS_BUS__PREFIX": prefix,
-        "AMS_BUS__BATCH_SIZE": "1000",
         "AMS_LOGGING__FILE": str(work / "system.log"),
         "AMS_LOGGING__LEVEL": "WARNING",
         "AMS_ALERTS__GROUP_WAIT_S": "0",

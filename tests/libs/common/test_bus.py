@@ -117,6 +117,26 @@ def test_poison_event_dead_lettered_after_max_deliveries_others_handled(settings
     assert bus.client.xpending(bus.key(RUNS), "g")["pending"] == 0
 
 
+def test_a_poison_in_a_large_batch_is_isolated_by_halving_in_stream_order(settings: Settings) -> None:
+    bus = make_bus(settings)
+    events = [run_event(i) for i in range(1000)]
+    poison = events[637]
+    bus.publish_many(RUNS, events)
+    calls: list[int] = []
+    handled: list[str] = []
+
+    def handler(batch: list[Delivery]) -> None:
+        calls.append(len(batch))
+        if any(d.event.id == poison.id for d in batch):
+            raise ValueError("poison")
+        handled.extend(d.event.id for d in batch)
+
+    consumer = Consumer(bus=bus, group="g", name="c", streams=[RUNS], handler=handler)
+    assert consumer.poll(block=False) == 999  # the poison stays pending for its redelivery
+    assert handled == [e.id for e in events if e is not poison]
+    assert len(calls) <= 2 * 10 + 1  # halving: two calls per level of a 1000-entry batch, not one per entry
+
+
 def test_infrastructure_errors_retry_in_process_without_dead_lettering(settings: Settings) -> None:
     bus = make_bus(settings.model_copy(update={"bus": settings.bus.model_copy(update={"max_deliveries": 1})}))
     bus.publish(RUNS, run_event(1))
