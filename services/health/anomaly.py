@@ -85,7 +85,7 @@ def robust_location_scale(residuals: Sequence[float], cut: float = 3.5) -> tuple
     if len(kept) < 3:
         return center, MAD_SCALE * mad
     mean = sum(kept) / len(kept)
-    var = sum((r - mean) ** 2 for r in kept) / (len(kept) - 1)
+    var = sum([(r - mean) ** 2 for r in kept]) / (len(kept) - 1)
     return mean, math.sqrt(var)
 
 
@@ -126,28 +126,23 @@ def bucket_of(t: float, kind: SeasonalityKind) -> int:
 
 
 def _seasonal_fit(
-    ts: Sequence[float], resid: Sequence[float], kind: SeasonalityKind
+    buckets: Sequence[int], members: dict[int, list[int]], resid: Sequence[float]
 ) -> tuple[dict[int, float], dict[int, int], list[float]]:
-    """Per-bucket offsets, bucket sizes, and deseasonalized residuals.
+    """Per-bucket offsets, bucket sizes, and deseasonalized residuals (`buckets[i]` is the season of point i,
+    `members[b]` the points of season b in order).
 
     A first pass with bucket medians finds the outliers; the offsets are then the means of each bucket
     without them (a mean from k points is about pi/2 times more precise than a median).
     """
-    buckets = [bucket_of(t, kind) for t in ts]
-    groups: dict[int, list[float]] = {}
-    for b, r in zip(buckets, resid, strict=True):
-        groups.setdefault(b, []).append(r)
-    first = {b: median(vals) for b, vals in groups.items()}
+    first = {b: median([resid[i] for i in idx]) for b, idx in members.items()}
     adjusted = [r - first[b] for b, r in zip(buckets, resid, strict=True)]
     center = median(adjusted)
-    mad = median([abs(a - center) for a in adjusted])
+    deviations = [abs(a - center) for a in adjusted]
+    mad = median(deviations)
     limit = 3.5 * MAD_SCALE * mad if mad > 0 else math.inf
-    kept: dict[int, list[float]] = {}
-    for b, r, a in zip(buckets, resid, adjusted, strict=True):
-        if abs(a - center) <= limit:
-            kept.setdefault(b, []).append(r)
-    offsets = {b: (sum(kept[b]) / len(kept[b]) if kept.get(b) else first[b]) for b in groups}
-    sizes = {b: len(kept.get(b, ())) for b in groups}
+    kept = {b: [resid[i] for i in idx if deviations[i] <= limit] for b, idx in members.items()}
+    offsets = {b: (sum(kept[b]) / len(kept[b]) if kept[b] else first[b]) for b in members}
+    sizes = {b: len(kept[b]) for b in members}
     return offsets, sizes, [r - offsets[b] for b, r in zip(buckets, resid, strict=True)]
 
 
@@ -160,7 +155,8 @@ def score(history: Sequence[tuple[float, float]], point: tuple[float, float], cf
     """
     if cfg.seasonality != "auto":
         return _score(history, point, cfg)
-    plain = _score(history, point, replace(cfg, seasonality="none"))
+    slopes: dict[tuple[float, int, bool], float] = {}  # the fits below share training windows
+    plain = _score(history, point, replace(cfg, seasonality="none"), slopes)
     if not plain.enough_data or plain.fit_error is None:
         return plain
     best, best_error = plain, plain.fit_error
@@ -173,18 +169,23 @@ def score(history: Sequence[tuple[float, float]], point: tuple[float, float], cf
     if len(recent) >= 2 and (recent[-1] - recent[0]) / (len(recent) - 1) < 6 * 3600 and span >= 4 * _DAY:
         candidates.append("hour_of_day")
     for kind in candidates:
-        other = _score(history, point, replace(cfg, seasonality=kind))
+        other = _score(history, point, replace(cfg, seasonality=kind), slopes)
         if not other.enough_data or other.fit_error is None:
             continue
         # Compare on the same training points (a weekday profile trains on a longer window).
         window = replace(cfg, seasonality="none", training_s=max(cfg.training_s, 56 * _DAY) if kind == "day_of_week" else cfg.training_s)
-        baseline = _score(history, point, window).fit_error if kind == "day_of_week" else plain.fit_error
+        baseline = _score(history, point, window, slopes).fit_error if kind == "day_of_week" else plain.fit_error
         if baseline is not None and other.fit_error < 0.85 * baseline and other.fit_error < best_error:
             best, best_error = other, other.fit_error
     return best
 
 
-def _score(history: Sequence[tuple[float, float]], point: tuple[float, float], cfg: DetectorConfig) -> Score:
+def _score(
+    history: Sequence[tuple[float, float]],
+    point: tuple[float, float],
+    cfg: DetectorConfig,
+    slopes: dict[tuple[float, int, bool], float] | None = None,
+) -> Score:
     t_now, value = point
     # Weekday profiles need several weeks: at least 8 points per weekday.
     training_s = max(cfg.training_s, 56 * _DAY) if cfg.seasonality == "day_of_week" else cfg.training_s
@@ -208,13 +209,17 @@ def _score(history: Sequence[tuple[float, float]], point: tuple[float, float], c
     observed = value
     seasonal = cfg.seasonality != "none"
     bucket_now = bucket_of(t_now, cfg.seasonality)
+    buckets = [bucket_of(t, cfg.seasonality) for t in ts] if seasonal else []
+    members: dict[int, list[int]] = {}
+    for i, b in enumerate(buckets):
+        members.setdefault(b, []).append(i)
 
     def fit(slope: float) -> tuple[float, float, int, list[float]]:
         """Expected value at t_now, residual sigma, points in t_now's bucket, residuals."""
         t_ref = ts[-1]
-        detrended = [v - slope * (t - t_ref) for t, v in train]
+        detrended = [v - slope * (t - t_ref) for t, v in train] if slope else list(vs)
         if seasonal:
-            offsets, sizes, resid = _seasonal_fit(ts, detrended, cfg.seasonality)
+            offsets, sizes, resid = _seasonal_fit(buckets, members, detrended)
             offset, k = offsets.get(bucket_now), sizes.get(bucket_now, 0)
         else:
             resid, offset, k = detrended, 0.0, n
@@ -228,7 +233,14 @@ def _score(history: Sequence[tuple[float, float]], point: tuple[float, float], c
         return expected, sigma, k, resid
 
     flat = fit(0.0)
-    slope = theil_sen_slope(ts, vs) if n >= 8 else 0.0
+    # The training window (and so the slope) is a function of these, for one history and point.
+    window = (training_s, cfg.max_points, use_log)
+    if slopes is not None and window in slopes:
+        slope = slopes[window]
+    else:
+        slope = theil_sen_slope(ts, vs) if n >= 8 else 0.0
+        if slopes is not None:
+            slopes[window] = slope
     chosen, trend = flat, 0.0
     if slope != 0.0:
         trended = fit(slope)
@@ -245,7 +257,7 @@ def _score(history: Sequence[tuple[float, float]], point: tuple[float, float], c
         return Score(value, None, False, n, seasonal=True, note=f"{k} training points share this point's season")
     # The spread is estimated from few points: scale it so that `sensitivity` keeps the false-alarm rate
     # of that many standard deviations of a normal distribution (Student t with the fit's degrees of freedom).
-    dof = n - 1 - (1 if trend else 0) - (len(set(bucket_of(t, cfg.seasonality) for t in ts)) - 1 if seasonal else 0)
+    dof = n - 1 - (1 if trend else 0) - (len(set(buckets)) - 1 if seasonal else 0)
     sigma *= t_factor(cfg.sensitivity, max(dof, 2))
     # The expected value is itself estimated: widen the spread by its error (a prediction interval).
     # A bucket mean from k points understates the residuals and carries 1 / k of a point's variance; a
