@@ -29,6 +29,10 @@ T = TypeVar("T")
 # when the log passes this many pages (~40 MB), and the log file is cut back to the size limit afterwards.
 _WAL_AUTOCHECKPOINT_PAGES = 10_000
 _WAL_SIZE_LIMIT_BYTES = 64 * 2**20
+# Page cache per connection. Event ids are random keys: once processed_events outgrows SQLite's default 2 MiB
+# cache, every claim reads B-tree pages back from the OS (health at 200k events: claim 8.5 -> 5.7 us per
+# event with 16 MiB; the cache grows only as far as it is used).
+_PAGE_CACHE_KIB = 16 * 1024
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -40,7 +44,9 @@ CREATE TABLE IF NOT EXISTS processed_events (
     event_id TEXT PRIMARY KEY,
     processed_at REAL NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS processed_events_at ON processed_events (processed_at);
+-- Retention scans processed_events once an hour; an index on processed_at cost every event a second B-tree
+-- insert (measured: ~1 us of the health worker's ~31 us per event). Stores made before drop it here.
+DROP INDEX IF EXISTS processed_events_at;
 CREATE TABLE IF NOT EXISTS event_outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     stream TEXT NOT NULL,
@@ -140,6 +146,7 @@ class Store:
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
             conn.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT_BYTES}")
+            conn.execute(f"PRAGMA cache_size=-{_PAGE_CACHE_KIB}")
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
