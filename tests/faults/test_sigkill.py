@@ -23,6 +23,7 @@ from libs.common.bus import Bus, connect
 from libs.common.events import ASSETS, HEALTH, RUNS, Event
 from libs.common.redis_server import LocalRedis
 from libs.common.settings import load_settings
+from libs.common.store import stored_event_id
 from libs.common.testing import ServiceProcess, wait_for
 from services.alerts.testing import RecordingReceiver
 
@@ -121,11 +122,11 @@ def test_sigkill_workers_repeatedly_loses_and_doubles_nothing(
     assert len(stored_failures) == len(set(stored_failures)) and set(stored_failures) == failed
     runs = {(e.data.asset_keys[0], e.data.run_id) for s, e in published if s == RUNS}  # type: ignore[attr-defined]
     assert set(rows(health, "SELECT asset_key, run_id FROM executions")) == runs
-    processed = {r[0] for r in rows(health, "SELECT event_id FROM processed_events")}
+    processed = {stored_event_id(r[0]) for r in rows(health, "SELECT event_id FROM processed_events")}
     assert {e.id for _, e in published} <= processed
     # Every health change health published reached alerts.
     transitions = {r[0] for r in rows(health, "SELECT event_id FROM health_transitions")}
-    assert transitions and transitions <= {r[0] for r in rows(monitor, "SELECT event_id FROM processed_events")}
+    assert transitions and transitions <= {stored_event_id(r[0]) for r in rows(monitor, "SELECT event_id FROM processed_events")}
     # Every notification was received, exactly once by webhook-id; nothing else arrived.
     delivered = {str(r[0]) for r in rows(monitor, "SELECT id FROM notifications WHERE status = 'delivered'")}
     received = [r.webhook_id for r in receiver.accepted()]
