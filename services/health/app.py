@@ -58,6 +58,7 @@ def build(settings: Settings, *, port: int | None = None) -> HealthService:
             PeriodicJob(name="evaluate", func=engine.evaluate_all, interval_s=cfg.evaluation_interval_s, run_at_start=True),
             PeriodicJob(name="evaluate_pending", func=engine.evaluate_pending, interval_s=cfg.max_defer_s),
             PeriodicJob(name="retention", func=engine.retention, interval_s=cfg.retention_interval_s),
+            PeriodicJob(name="status_gauges", func=engine.refresh_status_gauges, interval_s=1.0),
         ],
         on_startup=startup,
         on_shutdown=shutdown,

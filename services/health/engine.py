@@ -57,6 +57,7 @@ from services.health.thresholds import Resolved, resolve
 log = get_logger(__name__)
 SOURCE = "health"
 _MAX_CACHED_ASSETS = 20_000
+_GAUGE_INTERVAL_S = 1.0
 
 
 @dataclass(slots=True)
@@ -109,6 +110,9 @@ class HealthEngine:
         self._dirty_since: float | None = None
         self._last_evaluation_s = 0.0
         self._last_handled = 0.0
+        self._gauge_lock = threading.Lock()
+        self._gauges_stale = False
+        self._gauges_refreshed = 0.0
         self._load_dirty()
 
     # -- cache -------------------------------------------------------------------------------------------
@@ -555,7 +559,8 @@ class HealthEngine:
                 if report_all or e.changed:
                     self.report(e.key, e.results)
         if any(e.changed for e in evaluations):  # the gauges only move with a transition
-            self.update_status_gauge()
+            self._gauges_stale = True
+            self.refresh_status_gauges()
 
     # -- periodic jobs -----------------------------------------------------------------------------------
 
@@ -585,6 +590,17 @@ class HealthEngine:
         if any(deleted.values()):
             log.info("health_retention", deleted=deleted)
         return deleted
+
+    def refresh_status_gauges(self) -> None:
+        """Rebuild the status gauges if a transition happened since the last rebuild, at most once a
+        second: a rebuild reads every asset's health, and a worker keeping up with a busy stream sees a
+        transition in most batches (the `status_gauges` job brings in the last ones)."""
+        with self._gauge_lock:
+            if not self._gauges_stale or time.monotonic() - self._gauges_refreshed < _GAUGE_INTERVAL_S:
+                return
+            self._gauges_stale = False
+            self._gauges_refreshed = time.monotonic()
+            self.update_status_gauge()
 
     def update_status_gauge(self) -> None:
         """Set the assets-by-group-and-status and the per-unhealthy-asset gauges from health.db."""

@@ -146,6 +146,8 @@ def test_failure_and_recovery_reach_health_stream_db_and_dagster(
     assert db.execute("SELECT COUNT(*) FROM materializations").fetchone() == rows
     assert db.execute("SELECT status FROM asset_health WHERE asset_key = 'raw/orders'").fetchone() == ("HEALTHY",)
 
+    # The status gauges follow within a second (rebuilt at most once a second).
+    wait_for(lambda: "ams_health_asset_status{" not in worker.metrics(), what="status gauges refreshed")
     metrics = worker.metrics()
     assert re.search(r'ams_health_assets\{group="[^"]*",status="HEALTHY"\} 1\.0', metrics)
     assert "ams_health_asset_status{" not in metrics  # only unhealthy assets get a per-asset series
