@@ -241,6 +241,9 @@ AnyEvent = Annotated[
     Field(discriminator="type"),
 ]
 _ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
+# The compiled validator itself: TypeAdapter.validate_json adds ~0.3 us of Python per call, and every
+# consumer parses every event.
+_VALIDATE_JSON = _ADAPTER.validator.validate_json
 
 RUN_STATUS_TYPES: dict[str, str] = {
     "STARTED": "run.started",
@@ -254,7 +257,8 @@ E = TypeVar("E", bound=Event)
 
 def parse_event(raw: str | bytes) -> AnyEvent:
     """Validate one JSON envelope; raises pydantic.ValidationError (or ValueError) when invalid."""
-    return _ADAPTER.validate_json(raw)
+    event: AnyEvent = _VALIDATE_JSON(raw)
+    return event
 
 
 def new_event(
