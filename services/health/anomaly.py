@@ -98,9 +98,10 @@ def theil_sen_slope(ts: Sequence[float], vs: Sequence[float]) -> float:
         ts = [ts[i] for i in idx]
         vs = [vs[i] for i in idx]
         n = len(ts)
-    slopes = [
-        (vs[j] - vs[i]) / (ts[j] - ts[i]) for i in range(n) for j in range(i + 1, n) if ts[j] != ts[i]
-    ]
+    slopes: list[float] = []
+    for i in range(n - 1):
+        ti, vi = ts[i], vs[i]
+        slopes.extend([(vj - vi) / (tj - ti) for tj, vj in zip(ts[i + 1 :], vs[i + 1 :], strict=True) if tj != ti])
     return median(slopes) if slopes else 0.0
 
 
