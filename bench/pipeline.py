@@ -81,7 +81,8 @@ def probe_events(n: int) -> list[tuple[str, object]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=50_000, help="events for the throughput phase")
+    # 100k: the size of the run the fault tests kill workers in; the store and the floor's table grow to it.
+    parser.add_argument("--events", type=int, default=100_000, help="events per throughput run")
     parser.add_argument("--rate", type=float, default=1000.0, help="background events/s in the latency phase")
     parser.add_argument("--probes", type=int, default=100, help="failing materializations timed end to end")
     parser.add_argument("--assets", type=int, default=200)
