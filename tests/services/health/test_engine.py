@@ -145,6 +145,31 @@ def test_freshness_is_evaluated_by_time(store: Store, hsettings: Settings, ev: A
     assert outbox(store)[-1].data.status == "DEGRADED"
 
 
+def test_the_full_evaluation_takes_the_lock_a_chunk_at_a_time(
+    store: Store, hsettings: Settings, ev: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import services.health.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "_EVALUATE_ALL_CHUNK", 2)
+    clock = Clock(T0)
+    engine = engine_for(store, hsettings, clock)
+    keys = [f"k{i}" for i in range(5)]
+    engine.handle(deliveries(*[ev.mat(k, T0 - (7 - i) * DAY, rows=100) for k in keys for i in range(8)]))
+    transactions: list[bool] = []
+    write = store.write
+
+    def counted() -> Any:
+        transactions.append(engine.lock._is_owned())  # type: ignore[attr-defined]
+        return write()
+
+    monkeypatch.setattr(store, "write", counted)
+    clock.t = T0 + 2 * DAY  # every asset is now late: five transitions
+    assert engine.evaluate_all() == 5
+    assert transactions == [True, True, True]  # 5 assets in chunks of 2: three transactions under the lock
+    assert {e.data.asset_key for e in outbox(store)[-5:]} == set(keys)
+    assert store.connection().execute("SELECT COUNT(*) FROM dirty_assets").fetchone()[0] == 0
+
+
 def test_retention_keeps_latest(store: Store, hsettings: Settings, ev: Any) -> None:
     clock = Clock(T0 + 200 * DAY)
     engine = engine_for(store, hsettings, clock)
