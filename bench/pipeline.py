@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=100, help="failing materializations timed end to end")
     parser.add_argument("--assets", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3, help="floor and backlog runs (medians are reported)")
+    parser.add_argument("--settle", type=float, default=2.0, help="seconds of background load before the probes")
     parser.add_argument("--profile", type=Path, default=None, help="record each worker with py-spy into DIR")
     args = parser.parse_args()
 
@@ -181,7 +182,7 @@ def main() -> None:
 
         loader = threading.Thread(target=background, daemon=True)
         loader.start()
-        time.sleep(2)  # let the load settle
+        time.sleep(args.settle)  # let the load settle
         sent: dict[str, float] = {}
         arrived: dict[str, float] = {}
         receiver.on_request = lambda r: arrived.setdefault(
@@ -215,6 +216,7 @@ def main() -> None:
             "p50_ms": pct(0.5),
             "p99_ms": pct(0.99),
             "latency_mean_ms": round(statistics.fmean(latencies), 1) if latencies else -1.0,
+            "latency_max_ms": round(latencies[-1], 1) if latencies else -1.0,
             "probes": args.probes,
             "probes_missing": missing,
             "background_eps": args.rate,
