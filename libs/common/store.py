@@ -256,10 +256,10 @@ class Store:
             if tx.execute("PRAGMA user_version").fetchone()[0] >= _KEY_FORMAT_VERSION:
                 return
             rows = tx.execute("SELECT event_id, processed_at FROM processed_events WHERE typeof(event_id) = 'text'").fetchall()
-            converted = [(event_key(r[0]), r[1], r[0]) for r in rows if not isinstance(event_key(r[0]), str)]
-            tx.executemany("DELETE FROM processed_events WHERE event_id = ?", [(r[2],) for r in converted])
+            converted = [(text, key, at) for text, at in rows if (key := event_key(text)) != text]
+            tx.executemany("DELETE FROM processed_events WHERE event_id = ?", [(text,) for text, _, _ in converted])
             tx.executemany("INSERT OR IGNORE INTO processed_events (event_id, processed_at) VALUES (?, ?)",
-                           [(r[0], r[1]) for r in converted])
+                           [(key, at) for _, key, at in converted])
             tx.execute(f"PRAGMA user_version = {_KEY_FORMAT_VERSION}")
         if converted:
             log.info("processed_event_keys_converted", store=str(self.path), converted=len(converted))

@@ -584,7 +584,7 @@ class HealthEngine:
                     with self.store.write() as conn:
                         self._refresh_if_shared()
                         evaluations = self._evaluate(conn, chunk, now)
-                        done = [k for k in dict.fromkeys([*chunk, *(e.key for e in evaluations)]) if k in self._dirty]
+                        done = {*chunk, *(e.key for e in evaluations)} & self._dirty.keys()
                         conn.executemany("DELETE FROM dirty_assets WHERE asset_key = ?", [(k,) for k in done])
                     for key in done:
                         self._dirty.pop(key, None)
