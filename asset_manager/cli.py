@@ -5,11 +5,7 @@ from __future__ import annotations
 import sys
 
 import typer
-
-try:  # typer >= 0.20 vendors click
-    from typer._click.exceptions import UsageError
-except ImportError:  # pragma: no cover - older typer on upstream click
-    from click.exceptions import UsageError  # type: ignore[assignment]
+from typer.exceptions import TyperException
 
 from asset_manager.commands import admin, alerts, catalog, health, simulate, system
 from asset_manager.errors import CliError
@@ -36,8 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         typer.echo("aborted", err=True)
         return 130
-    except UsageError as exc:
+    except typer.BadParameter as exc:  # a missing or invalid value, named with its option
         typer.echo(f"error: {exc.format_message()}", err=True)
+        return 2
+    except TyperException as exc:  # other bad arguments: typer's (vendored) click exceptions derive from it
+        typer.echo(f"error: {exc}", err=True)
         return 2
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)

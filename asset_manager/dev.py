@@ -20,8 +20,9 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
+from asset_manager.settings import AppSettings
 from libs.common.redis_server import LocalRedis, free_port
-from libs.common.settings import PROJECT_ROOT, Settings, config_dir
+from libs.common.settings import PROJECT_ROOT, config_dir
 
 WORKERS = ("discovery", "health", "alerts")
 
@@ -38,7 +39,7 @@ class Child:
 class DevSystem:
     """The processes of a development system; `start()` then `wait()`; `stop()` from anywhere."""
 
-    settings: Settings
+    settings: AppSettings
     dagster_port: int = 3000
     console: Console = field(default_factory=lambda: Console(stderr=True))
     redis_server: LocalRedis | None = None
@@ -69,8 +70,8 @@ class DevSystem:
             "AMS_CONFIG_DIR": str(config_dir()),
             "PYTHONUNBUFFERED": "1",
         })
-        if not env.get("AMS_HEALTH__DAGSTER_URL"):
-            env["AMS_HEALTH__DAGSTER_URL"] = f"http://127.0.0.1:{self.dagster_port}"
+        if not env.get("AMS_DAGSTER__URL"):
+            env["AMS_DAGSTER__URL"] = f"http://127.0.0.1:{self.dagster_port}"
         return env
 
     def start(self) -> None:
@@ -145,7 +146,7 @@ class DevSystem:
         self.console.print("stopped")
 
 
-def prepare_dagster_home(settings: Settings) -> Path:
+def prepare_dagster_home(settings: AppSettings) -> Path:
     """Create DAGSTER_HOME and put the project's dagster.yaml there unless one exists."""
     home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)

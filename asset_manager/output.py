@@ -102,9 +102,9 @@ def render_text(
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*(_cell(row.get(c)) for c in columns))
-    console = Console(file=io.StringIO(), width=200, no_color=True, force_terminal=False)
-    console.print(table)
-    return console.file.getvalue()  # type: ignore[attr-defined]
+    buffer = io.StringIO()
+    Console(file=buffer, width=200, no_color=True, force_terminal=False).print(table)
+    return buffer.getvalue()
 
 
 def emit(

@@ -25,7 +25,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from libs.common.events import AssetSpecData
-from libs.common.settings import HealthThresholds
 from services.health.anomaly import bucket_of
 from services.health.evaluators import (
     dependencies,
@@ -36,6 +35,7 @@ from services.health.evaluators import (
     volume_anomaly,
 )
 from services.health.model import AssetHistory, Execution, Materialization, UpstreamState
+from services.health.settings import HealthThresholds
 from services.health.thresholds import Resolved
 
 DAY = 86400.0

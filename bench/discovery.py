@@ -88,6 +88,7 @@ def main() -> int:
     options = parser.parse_args()
     warnings.simplefilter("ignore")
 
+    from asset_manager.settings import AppSettings
     from libs.common.log import configure_logging
     from libs.common.settings import load_settings
     from libs.common.store import Store
@@ -102,7 +103,7 @@ def main() -> int:
         env = {**os.environ, "DAGSTER_HOME": str(home), "AMS_LOGGING__FILE": "", "AMS_LOGGING__LEVEL": "WARNING",
                "PYTHONPATH": str(ROOT)}
         os.environ.update({"DAGSTER_HOME": str(home)})
-        settings = load_settings(dagster_home=str(home), logging={"file": None, "level": "WARNING"})
+        settings = load_settings(AppSettings, dagster_home=str(home), logging={"file": None, "level": "WARNING"})
         configure_logging(settings)
         store = Store(settings.store_url("metadata"), MIGRATIONS, synchronous=settings.stores.synchronous)
 

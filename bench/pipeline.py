@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from floor import measure_floor  # noqa: E402
 
 from asset_manager.commands.simulate import generate, simulate  # noqa: E402
+from asset_manager.settings import AppSettings  # noqa: E402
 from libs.common.bus import Bus, connect  # noqa: E402
 from libs.common.events import (  # noqa: E402
     ASSETS,
@@ -113,7 +114,7 @@ def main() -> None:
     try:
         wait_for(lambda: all(w.answers() and w.ready() for w in workers.values()), 60, "workers ready")
         client = redis.Redis.from_url(server.url, protocol=2)
-        settings = load_settings(redis={"url": server.url}, bus={"prefix": prefix}, logging={"file": None})
+        settings = load_settings(AppSettings, redis={"url": server.url}, bus={"prefix": prefix}, logging={"file": None})
         bus = Bus(connect(settings.redis), settings.bus)
 
         # 1+2. The floor and the health worker's throughput over a backlog, measured alike and interleaved
@@ -191,7 +192,7 @@ def main() -> None:
             events = probe_events(n)
             sent[f"probe/asset_{n}"] = time.time()
             for stream, event in events:
-                bus.publish(stream, event)  # type: ignore[arg-type]
+                bus.publish_many(stream, [event])
             time.sleep(0.1)
         deadline = time.monotonic() + 60
         while any(k not in arrived for k in sent) and time.monotonic() < deadline:

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import redis
 from dagster import DagsterInstance, build_sensor_context, instance_for_test
 
+from asset_manager.settings import AppSettings
 from libs.common.events import ASSETS, RUNS
 from libs.common.redis_server import LocalRedis
 from libs.common.settings import load_settings
@@ -52,7 +53,7 @@ def main() -> int:
         if url is None:
             url = stack.enter_context(LocalRedis(directory=Path(home) / "redis")).url
         prefix = f"bench-{os.getpid()}"
-        settings = load_settings(
+        settings = load_settings(AppSettings,
             redis={"url": url},
             bus={"prefix": prefix},
             sensors={"page_size": args.page_size},

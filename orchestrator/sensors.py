@@ -74,8 +74,9 @@ from libs.common.events import (
     new_event,
 )
 from libs.common.log import get_logger
-from libs.common.settings import RedisSettings, Settings, get_settings, load_settings
+from libs.common.settings import RedisSettings, Settings
 from orchestrator.catalog import build_catalog, columns_of, json_safe_metadata, key_string
+from orchestrator.settings import OrchestratorSettings, get_settings
 
 log = get_logger(__name__)
 
@@ -643,7 +644,7 @@ def _storage_cursor(after: int) -> str | None:
 
 def _interval_default() -> int:
     try:
-        return load_settings().sensors.minimum_interval_s
+        return get_settings().sensors.minimum_interval_s
     except Exception as exc:  # the tick will raise the configuration error visibly
         log.warning("sensor_settings_unreadable", error=str(exc)[:500])
         return 5
@@ -651,13 +652,13 @@ def _interval_default() -> int:
 
 def build_event_sensor(
     *,
-    settings: Settings | Callable[[], Settings] | None = None,
+    settings: OrchestratorSettings | Callable[[], OrchestratorSettings] | None = None,
     name: str = SENSOR_NAME,
     minimum_interval_s: int | None = None,
 ) -> SensorDefinition:
     """The publishing sensor. `settings` (or a factory) defaults to the process settings, read at each tick."""
 
-    def current_settings() -> Settings:
+    def current_settings() -> OrchestratorSettings:
         if settings is None:
             return get_settings()
         return settings() if callable(settings) else settings
@@ -680,7 +681,7 @@ def build_event_sensor(
         publisher = EventPublisher(
             context.instance,
             bus_for(cfg),
-            code_location=cfg.discovery.code_location,
+            code_location=cfg.dagster.code_location,
             page_size=cfg.sensors.page_size,
             budget_s=cfg.sensors.tick_budget_s,
         )

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from asset_manager.settings import AppSettings
 from libs.common.redis_server import LocalRedis
-from libs.common.settings import Settings, load_settings
+from libs.common.settings import load_settings
 
 # `.ci/run` sets this so that a test skipped for a missing tool fails instead: CI never passes by skipping.
 FAIL_ON_SKIP = os.environ.get("AMS_FAIL_ON_SKIP") == "1"
@@ -82,7 +83,7 @@ def bus_prefix(redis_client: redis.Redis) -> Iterator[str]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, redis_url: str, bus_prefix: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def settings(tmp_path: Path, redis_url: str, bus_prefix: str, monkeypatch: pytest.MonkeyPatch) -> AppSettings:
     """Settings pointing at the test Redis, a unique prefix and a temporary DAGSTER_HOME."""
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -90,7 +91,7 @@ def settings(tmp_path: Path, redis_url: str, bus_prefix: str, monkeypatch: pytes
     for name in list(os.environ):
         if name.startswith("AMS_") and name not in ("AMS_FAIL_ON_SKIP", "AMS_TEST_REDIS_URL", "AMS_CONFIG_DIR"):
             monkeypatch.delenv(name)
-    return load_settings(
+    return load_settings(AppSettings,
         redis={"url": redis_url},
         bus={"prefix": bus_prefix, "block_ms": 200, "claim_idle_ms": 500, "claim_interval_s": 0.5},
         logging={"file": None, "format": "console", "level": "INFO"},

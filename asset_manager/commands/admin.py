@@ -25,13 +25,11 @@ import typer
 
 from asset_manager.errors import CliError
 from asset_manager.stores import store_file
+from libs.common.settings import ENVIRONMENTS, ServiceName, StoreName
 
 if TYPE_CHECKING:
-    from libs.common.settings import Settings
+    from asset_manager.settings import AppSettings
 
-STORES = ("metadata", "health", "monitor")
-SERVICES = ("discovery", "health", "alerts")
-ENVIRONMENTS = ("development", "staging", "production")
 MANIFEST = "manifest.json"
 
 
@@ -51,7 +49,8 @@ def _yaml(path: Path, problems: list[str]) -> Any:
 
 
 def _config_problems(directory: Path) -> list[str]:
-    from libs.common.settings import ConfigError, load_settings
+    from asset_manager.settings import load_app_settings
+    from libs.common.settings import ConfigError
 
     problems: list[str] = []
     if not (directory / "app_config.yaml").exists():
@@ -63,7 +62,7 @@ def _config_problems(directory: Path) -> list[str]:
     seen: set[str] = set()
     for environment in environments:
         try:
-            load_settings(environment=environment)
+            load_app_settings(environment=environment)
         except ConfigError as exc:
             for line in str(exc).splitlines():
                 line = line.strip()
@@ -91,6 +90,8 @@ def _dagster_problems(path: Path) -> list[str]:
         return []
     if not isinstance(data, dict):
         return [f"{path}: top level must be a mapping, got {type(data).__name__}"]
+    # Dagster has no public validator of dagster.yaml (loading an instance would also create its storage):
+    # these private names were read in dagster 1.13.28; tests/asset_manager/test_admin_commands.py catches a move.
     from dagster._config import process_config
     from dagster._core.instance.config import dagster_instance_config_schema
 
@@ -113,6 +114,7 @@ def _workspace_problems(path: Path) -> list[str]:
         return problems
     if not isinstance(data, dict):
         return [f"{path}: top level must be a mapping with `load_from`"]
+    # No public validator of workspace.yaml either (read in dagster 1.13.28, tested like the one above).
     from dagster._core.workspace.config_schema import process_workspace_config
 
     result = process_workspace_config(data)
@@ -183,10 +185,10 @@ def validate_config(
 # -- backup / restore --------------------------------------------------------------------------------------
 
 
-def _settings() -> Settings:
-    from libs.common.settings import load_settings
+def _settings() -> AppSettings:
+    from asset_manager.settings import load_app_settings
 
-    return load_settings()
+    return load_app_settings()
 
 
 
@@ -254,8 +256,8 @@ def backup(
     except OSError as exc:
         raise CliError(f"cannot create {dest}: {exc.strerror}") from exc
     manifest: dict[str, Any] = {"created_at": datetime.now(UTC).isoformat(), "stores": {}}
-    with _steps(len(STORES), "backing up") as bar:
-        for name in STORES:
+    with _steps(len(StoreName), "backing up") as bar:
+        for name in StoreName:
             source = store_file(settings, name)
             if not source.exists():
                 typer.echo(f"skip {name}.db: not found at {source}")
@@ -291,13 +293,13 @@ def backup(
     typer.echo(f"backup complete: {len(manifest['stores'])} stores in {dest}")
 
 
-def running_workers(settings: Settings, timeout_s: float = 1.0) -> list[str]:
+def running_workers(settings: AppSettings, timeout_s: float = 1.0) -> list[str]:
     """Workers answering on their configured /healthz port (host 0.0.0.0 is probed on 127.0.0.1)."""
     import http.client
 
     found: list[str] = []
-    for service in SERVICES:
-        endpoint = getattr(settings.services, service)
+    for service in ServiceName:
+        endpoint = settings.services.endpoint(service)
         if not endpoint.port:
             continue
         host = "127.0.0.1" if endpoint.host in ("0.0.0.0", "::", "") else endpoint.host
@@ -346,7 +348,7 @@ def restore(
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CliError(f"{manifest_path}: unreadable manifest ({exc})") from None
     for name, entry in stores.items():
-        if name not in STORES:
+        if name not in {store.value for store in StoreName}:
             raise CliError(f"{manifest_path}: unknown store {name!r}")
         file = source / Path(str(entry.get("file", ""))).name
         if not file.exists():
@@ -356,14 +358,14 @@ def restore(
     running = running_workers(settings)
     if running:
         raise CliError(f"refusing to restore while workers run: {', '.join(running)}; stop them first", code=1)
-    busy = [reason for name in stores if (reason := _locked_by_writer(store_file(settings, name)))]
+    busy = [reason for name in stores if (reason := _locked_by_writer(store_file(settings, StoreName(name))))]
     if busy:
         raise CliError(f"refusing to restore: {'; '.join(busy)}", code=1)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     with _steps(len(stores), "restoring") as bar:
         for name, entry in stores.items():
             file = source / Path(str(entry["file"])).name
-            target = store_file(settings, name)
+            target = store_file(settings, StoreName(name))
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.exists():
                 keep = target.with_name(f"{target.name}.pre-restore-{stamp}")

@@ -18,7 +18,7 @@ import typer
 
 from asset_manager.errors import CliError
 from asset_manager.output import FormatOption, OutputFormat, OutputOption, emit
-from libs.common.settings import Settings, load_settings
+from asset_manager.settings import AppSettings, load_app_settings
 from libs.common.store import Store
 
 SEVERITIES = ("critical", "error", "warning", "info")
@@ -43,11 +43,11 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
-def _settings() -> Settings:
-    """Settings, with service logs quietened to warnings on stderr: the command's output is the report."""
+def _settings() -> AppSettings:
+    """AppSettings, with service logs quietened to warnings on stderr: the command's output is the report."""
     from libs.common.log import configure_logging
 
-    settings = load_settings()
+    settings = load_app_settings()
     quiet = settings.logging.model_copy(update={"level": "WARNING", "file": None})
     configure_logging(settings.model_copy(update={"logging": quiet}), stream=sys.stderr)
     return settings
@@ -61,7 +61,7 @@ def _user() -> str:
 
 
 @contextmanager
-def _store(settings: Settings, *, create: bool) -> Iterator[Store | None]:
+def _store(settings: AppSettings, *, create: bool) -> Iterator[Store | None]:
     """monitor.db through the alerts service's own store code; None when it does not exist yet (reads)."""
     from services.alerts.store import open_store, sqlite_path_of
 
@@ -76,7 +76,7 @@ def _store(settings: Settings, *, create: bool) -> Iterator[Store | None]:
 
 
 @contextmanager
-def _service(settings: Settings, *, error_code: int = 1) -> Iterator[Any]:
+def _service(settings: AppSettings, *, error_code: int = 1) -> Iterator[Any]:
     """The alerts service on monitor.db for a person's action; its refusals become one-line CLI errors."""
     from services.alerts.service import AlertsError, AlertService
 

@@ -28,10 +28,13 @@ from asset_manager.output import (
     emit,
     render_text,
 )
-from asset_manager.stores import store_file
+from asset_manager.stores import open_service_store, store_file
+from libs.common.settings import StoreName
+from libs.common.sql import Connection
+from libs.common.store import Store, StoreError
 
 if TYPE_CHECKING:
-    from libs.common.settings import Settings
+    from asset_manager.settings import AppSettings
 
 HEALTH_STATUSES = ("HEALTHY", "WARNING", "DEGRADED", "FAILED", "UNKNOWN")
 UNHEALTHY = frozenset({"WARNING", "DEGRADED", "FAILED"})
@@ -40,14 +43,16 @@ UNHEALTHY = frozenset({"WARNING", "DEGRADED", "FAILED"})
 # -- stores ------------------------------------------------------------------------------------------------
 
 
-def _settings() -> Settings:
-    from libs.common.settings import load_settings
+def _settings() -> AppSettings:
+    from asset_manager.settings import load_app_settings
 
-    return load_settings()
+    return load_app_settings()
 
 
 @contextmanager
-def read_store(settings: Settings, name: str = "metadata", *, required: bool = True) -> Iterator[sqlite3.Connection | None]:
+def read_store(
+    settings: AppSettings, name: StoreName = StoreName.METADATA, *, required: bool = True
+) -> Iterator[Connection | None]:
     """A read-only connection to one store (None when it does not exist and is not `required`)."""
     path = store_file(settings, name)
     if not path.exists():
@@ -73,27 +78,27 @@ def read_store(settings: Settings, name: str = "metadata", *, required: bool = T
         conn.close()
 
 
-def _registry_ready(conn: sqlite3.Connection | None, settings: Settings) -> sqlite3.Connection:
+def _registry_ready(conn: Connection | None, settings: AppSettings) -> Connection:
     if conn is None:
         raise CliError("metadata store not found")
     found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'assets'").fetchone()
     if found is None:
-        raise CliError(f"{store_file(settings, 'metadata')} has no asset registry yet: run `asset-manager discover-assets`")
+        path = store_file(settings, StoreName.METADATA)
+        raise CliError(f"{path} has no asset registry yet: run `asset-manager discover-assets`")
     return conn
 
 
 @contextmanager
-def _peer_store(settings: Settings, service: str, name: str) -> Iterator[Any]:
-    """Another service's store through its own `open_store` (not migrated); None when absent or unusable."""
-    import importlib
-
+def _peer_store(settings: AppSettings, name: StoreName) -> Iterator[Store | None]:
+    """Another service's store through its own store module (not migrated); None when it does not exist yet
+    or cannot be opened (a damaged health.db must not keep `list-assets` from listing the registry)."""
     path = store_file(settings, name)
     if not path.exists():
         yield None
         return
     try:
-        store = importlib.import_module(f"services.{service}.store").open_store(settings, migrate=False)
-    except Exception:  # a peer that is missing or broken must not break the catalog commands
+        store = open_service_store(settings, name, migrate=False)
+    except (StoreError, sqlite3.Error):
         yield None
         return
     try:
@@ -102,54 +107,44 @@ def _peer_store(settings: Settings, service: str, name: str) -> Iterator[Any]:
         store.close()
 
 
-def health_by_asset(settings: Settings, key: str | None = None) -> dict[str, dict[str, Any]]:
-    """Latest health per asset (status, reasons, evaluated_at, last_materialization) from health.db.
+def health_by_asset(settings: AppSettings, key: str | None = None) -> dict[str, dict[str, Any]]:
+    """Latest health per asset (status, reasons, evaluated_at, last_materialization) from health.db;
+    empty before the health worker has written anything."""
+    from services.health import queries as health_queries
 
-    Read through `services.health.queries`; empty when health.db or that module is not there.
-    """
     out: dict[str, dict[str, Any]] = {}
-    with _peer_store(settings, "health", "health") as store:
+    with _peer_store(settings, StoreName.HEALTH) as store:
         if store is None:
             return out
-        try:
-            from services.health import queries as health_queries
-
-            for item in health_queries.latest_health(store, key):
-                row = item.model_dump(mode="json") if hasattr(item, "model_dump") else dict(item)
-                out[str(row["asset_key"])] = row
-            last = _last_materializations(store, health_queries, key)
-        except (ImportError, AttributeError, sqlite3.Error):
-            return out
-        for asset_key, at in last.items():
-            out.setdefault(asset_key, {"asset_key": asset_key, "status": "UNKNOWN"})["last_materialization"] = at
+        for item in health_queries.latest_health(store, key):
+            out[item.asset_key] = item.model_dump(mode="json")
+        last = _last_materializations(store, key)
+    for asset_key, at in last.items():
+        out.setdefault(asset_key, {"asset_key": asset_key, "status": "UNKNOWN"})["last_materialization"] = at
     return out
 
 
-def _last_materializations(store: Any, health_queries: Any, key: str | None) -> dict[str, str]:
-    if hasattr(health_queries, "last_materializations"):
-        return {str(k): str(v) for k, v in health_queries.last_materializations(store, key).items()}
+def _last_materializations(store: Store, key: str | None) -> dict[str, str]:
+    from services.discovery.queries import iso
+    from services.health import queries as health_queries
+
     if key is not None:
         points = [p for p in health_queries.history(store, key, limit=50) if p.kind == "materialization"]
         return {key: points[0].at.isoformat(timespec="seconds")} if points else {}
     # The whole inventory at once: one grouped read instead of a history() call per asset.
-    from services.discovery.queries import iso
-
     with store.read() as conn:
         rows = conn.execute("SELECT asset_key, MAX(occurred_at) FROM materializations GROUP BY asset_key").fetchall()
     return {str(r[0]): str(iso(r[1])) for r in rows if r[1] is not None}
 
 
-def history_chart(settings: Settings, key: str, limit: int = 60) -> list[dict[str, Any]]:
+def history_chart(settings: AppSettings, key: str, limit: int = 60) -> list[dict[str, Any]]:
     """Row counts and run durations of the asset's recent history as terminal sparklines, from health.db."""
-    with _peer_store(settings, "health", "health") as store:
+    from services.health import queries as health_queries
+
+    with _peer_store(settings, StoreName.HEALTH) as store:
         if store is None:
             return []
-        try:
-            from services.health import queries as health_queries
-
-            rows, durations = health_queries.series(health_queries.history(store, key, limit))
-        except (ImportError, AttributeError, sqlite3.Error):
-            return []
+        rows, durations = health_queries.series(health_queries.history(store, key, limit))
     chart = []
     for metric, values in (("row_count", rows), ("duration_s", durations)):
         if values:
@@ -158,19 +153,16 @@ def history_chart(settings: Settings, key: str, limit: int = 60) -> list[dict[st
     return chart
 
 
-def alerts_by_asset(settings: Settings, key: str | None = None) -> dict[str, list[dict[str, Any]]]:
+def alerts_by_asset(settings: AppSettings, key: str | None = None) -> dict[str, list[dict[str, Any]]]:
     """Open (firing, acknowledged or silenced) alerts per asset from monitor.db via `services.alerts.queries`."""
+    from services.alerts import queries as alert_queries
+
     out: dict[str, list[dict[str, Any]]] = {}
-    with _peer_store(settings, "alerts", "monitor") as store:
+    with _peer_store(settings, StoreName.MONITOR) as store:
         if store is None:
             return out
-        try:
-            from services.alerts import queries as alert_queries
-
-            for alert in alert_queries.open_alerts(store, key):
-                out.setdefault(str(alert["asset_key"]), []).append(dict(alert))
-        except (ImportError, AttributeError, KeyError, sqlite3.Error):
-            return out
+        for alert in alert_queries.open_alerts(store, key):
+            out.setdefault(str(alert["asset_key"]), []).append(dict(alert))
     return out
 
 
@@ -369,7 +361,7 @@ def progress(description: str) -> Iterator[Any]:
         yield bar
 
 
-def _dry_run(settings: Settings, snapshot: Any) -> list[Any]:
+def _dry_run(settings: AppSettings, snapshot: Any) -> list[Any]:
     """The changes `snapshot` would make, computed on a scratch copy: the real store is not touched."""
     import tempfile
 
@@ -379,7 +371,7 @@ def _dry_run(settings: Settings, snapshot: Any) -> list[Any]:
 
     with tempfile.TemporaryDirectory(prefix="ams-discover-test-") as tmp:
         scratch = Path(tmp) / "metadata.db"
-        source = store_file(settings, "metadata")
+        source = store_file(settings, StoreName.METADATA)
         if source.exists():
             src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=5)
             dst = sqlite3.connect(scratch)
@@ -408,7 +400,7 @@ def discover_assets(
     _quiet_logging(settings)
     from services.discovery.scan import definitions_loader, scan
 
-    location = settings.discovery.code_location
+    location = settings.dagster.code_location
     with progress(f"loading {settings.discovery.definitions}"):
         result = scan(location, definitions_loader(settings.discovery.definitions))
     out = typer.echo
@@ -440,7 +432,7 @@ def discover_assets(
         raise typer.Exit(1)
 
 
-def _quiet_logging(settings: Settings) -> None:
+def _quiet_logging(settings: AppSettings) -> None:
     """Service logs to stderr, warnings and worse only: the command's own output is the report."""
     from libs.common.log import configure_logging
 
@@ -462,7 +454,7 @@ def _report_changes(changes: Sequence[Any], verbose: bool, *, prefix: str = "") 
         typer.echo(f"  ... {len(changes) - len(shown)} more (use --verbose)")
 
 
-def _register(settings: Settings, snapshot: Any, verbose: bool) -> list[Any]:
+def _register(settings: AppSettings, snapshot: Any, verbose: bool) -> list[Any]:
     from libs.common import outbox
     from libs.common.store import StoreError
     from services.discovery.service import register

@@ -42,17 +42,15 @@ def asset_health(
     output: OutputOption = None,
 ) -> None:
     """Health per asset (worst first) with every reason; with KEY, each check of that asset."""
-    from libs.common.settings import load_settings
-    from libs.common.store import StoreError, sqlite_path
+    from asset_manager.settings import load_app_settings
+    from asset_manager.stores import store_file
+    from libs.common.settings import StoreName
     from services.health import queries
     from services.health.store import open_store
 
     wanted = parse_statuses(status)
-    settings = load_settings()
-    try:
-        path = sqlite_path(settings.store_url("health"))
-    except StoreError as exc:
-        raise CliError(str(exc)) from exc
+    settings = load_app_settings()
+    path = store_file(settings, StoreName.HEALTH)
     if not path.exists():
         if key is not None:
             raise CliError(f"no health recorded for '{key}': {path} does not exist yet (is the health service running?)")

@@ -257,12 +257,12 @@ def simulate_command(
     prefix: Annotated[str, typer.Option("--prefix", help="Asset key prefix of the simulated assets")] = "sim",
 ) -> None:
     """Publish realistic run and materialization events (normal history, then injected anomalies) to Redis."""
+    from asset_manager.settings import load_app_settings
     from libs.common.bus import connect
     from libs.common.log import configure_logging
-    from libs.common.settings import load_settings
 
     kinds = _parse_inject(inject or ["all"])
-    settings = load_settings()
+    settings = load_app_settings()
     quiet = settings.logging.model_copy(update={"level": "WARNING", "file": None})
     configure_logging(settings.model_copy(update={"logging": quiet}), stream=sys.stderr)
     client = connect(settings.redis)

@@ -2,30 +2,27 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Annotated
 
 import typer
 
 from asset_manager.dev import DevSystem, prepare_dagster_home
 from asset_manager.errors import CliError
-from libs.common.settings import load_settings
-
-# Each service's store module, opened (and so migrated) by `init`: service -> store name.
-SERVICE_STORES = {"discovery": "metadata", "health": "health", "alerts": "monitor"}
+from asset_manager.settings import load_app_settings
+from asset_manager.stores import open_service_store
+from libs.common.settings import StoreName
 
 
 def init(
     demo: Annotated[bool, typer.Option("--demo/--no-demo", help="Create the demo source database")] = True,
 ) -> None:
     """Create DAGSTER_HOME, every service store (migrated) and the demo source database."""
-    settings = load_settings()
+    settings = load_app_settings()
     home = prepare_dagster_home(settings)
     typer.echo(f"DAGSTER_HOME  {home}")
-    for service, store_name in SERVICE_STORES.items():
-        module = importlib.import_module(f"services.{service}.store")
-        store = module.open_store(settings)
-        typer.echo(f"{store_name + '.db':<13} {store.path} (schema v{store.schema_version()})")
+    for name in StoreName:
+        store = open_service_store(settings, name)
+        typer.echo(f"{name + '.db':<13} {store.path} (schema v{store.schema_version()})")
         store.close()
     if demo:
         from orchestrator.shared.demo_source import create_demo_source
@@ -38,7 +35,7 @@ def dev(
     port: Annotated[int, typer.Option("--port", help="Dagster UI port")] = 3000,
 ) -> None:
     """Start Redis (configured or embedded), the three workers and `dagster dev`; Ctrl-C stops all."""
-    settings = load_settings()
+    settings = load_app_settings()
     system = DevSystem(settings, dagster_port=port)
     try:
         system.start()

@@ -80,12 +80,6 @@ class Bus:
         """The Redis key of `stream`."""
         return f"{self.cfg.prefix}:{stream}"
 
-    def publish(self, stream: str, event: Event) -> str:
-        """XADD one event (trimming the stream approximately); returns the entry id."""
-        entry_id = self.client.xadd(self.key(stream), event.to_fields(), maxlen=self.cfg.maxlen, approximate=True)  # type: ignore[arg-type]
-        metrics.EVENTS_PUBLISHED.labels(stream=stream).inc()
-        return _text(entry_id)
-
     def publish_many(self, stream: str, events: Sequence[Event]) -> list[str]:
         """XADD several events in one round trip (a non-transactional pipeline)."""
         if not events:

@@ -11,7 +11,7 @@ import logging.handlers
 import os
 import re
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -70,7 +70,7 @@ def configure_logging(settings: Settings, *, service: str | None = None, stream:
     """Configure structlog and the standard library once for this process."""
     cfg: LoggingSettings = settings.logging
     use_json = cfg.format == "json" or (cfg.format == "auto" and settings.environment != "development")
-    for secret in _settings_secrets(settings):
+    for secret in settings.secrets():
         register_secret(secret)
 
     shared = _shared_processors()
@@ -120,15 +120,6 @@ def configure_logging(settings: Settings, *, service: str | None = None, stream:
     )
     if service:
         structlog.contextvars.bind_contextvars(service=service, pid=os.getpid())
-
-
-def _settings_secrets(settings: Settings) -> Iterable[str]:
-    if settings.redis.password:
-        yield settings.redis.password.get_secret_value()
-    for receiver in settings.alerts.receivers:
-        secret = receiver.secret()
-        if secret:
-            yield secret
 
 
 def get_logger(name: str | None = None) -> Any:

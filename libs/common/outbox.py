@@ -8,16 +8,16 @@ republish recognisable downstream.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Sequence
 
 from libs.common.bus import Bus
 from libs.common.events import Event
+from libs.common.sql import Connection
 from libs.common.store import Store
 
 
-def stage(conn: sqlite3.Connection, stream: str, events: Sequence[Event]) -> None:
+def stage(conn: Connection, stream: str, events: Sequence[Event]) -> None:
     """Queue `events` for `stream` inside the caller's write transaction."""
     now = time.time()
     conn.executemany(

@@ -13,8 +13,10 @@ from __future__ import annotations
 import re
 import sqlite3
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
+
+from libs.common.sql import split_statements
 
 try:
     import psycopg2
@@ -92,7 +94,7 @@ class PgConnection:
         self._conn.autocommit = True
         self._lock_id = zlib.crc32(dsn.rsplit("/", 1)[-1].encode())
 
-    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> PgCursor:
+    def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> PgCursor:
         """Run one statement (translated); returns its cursor."""
         statement = sql.strip()
         upper = statement.upper()
@@ -103,7 +105,7 @@ class PgConnection:
             if "IMMEDIATE" in upper:
                 self._run("SELECT pg_advisory_xact_lock(%s)", (self._lock_id,))
             return PgCursor(_EmptyCursor())
-        return PgCursor(self._run(translate(statement), tuple(params) if not isinstance(params, dict) else params))
+        return PgCursor(self._run(translate(statement), tuple(params) if not isinstance(params, Mapping) else dict(params)))
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> PgCursor:
         """Run one statement for every row, in pages (psycopg2's execute_batch)."""
@@ -116,9 +118,7 @@ class PgConnection:
 
     def executescript(self, script: str) -> None:
         """Run several `;`-separated statements."""
-        from libs.common.store import _statements
-
-        for statement in _statements(script):
+        for statement in split_statements(script):
             self.execute(statement)
 
     def close(self) -> None:

@@ -1,8 +1,13 @@
-"""Application settings: `config/app_config.yaml`, an overlay per ENVIRONMENT, then environment variables.
+"""Settings: the loader, the precedence rules and the sections every process shares.
 
 Precedence (highest first): init arguments, environment variables (`AMS_` prefix, `__` between nested
 fields, e.g. `AMS_REDIS__URL`; plus the bare `ENVIRONMENT`, `PROJECT_NAME`, `DAGSTER_HOME`), the
-`app_config.<environment>.yaml` overlay, `app_config.yaml`, then the defaults below.
+`app_config.<environment>.yaml` overlay, `app_config.yaml`, then the defaults of the models.
+
+Each component owns the model of its own sections (`services.health.settings`, `services.alerts.settings`,
+`services.discovery.settings`, `orchestrator.settings`) as a subclass of :class:`Settings`; a process loads
+its own model with :func:`load_settings` and leaves the other components' sections to them
+(`asset-manager validate-config` checks every section).
 
 A bad file or value raises :class:`ConfigError` naming the field and the file it came from.
 """
@@ -11,13 +16,14 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
-from functools import lru_cache
+from collections.abc import Iterator, Mapping
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
+    AfterValidator,
     AliasChoices,
     BaseModel,
     BeforeValidator,
@@ -26,24 +32,60 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
-    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "AMS_"
 Environment = Literal["development", "staging", "production"]
+ENVIRONMENTS: tuple[str, ...] = ("development", "staging", "production")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class StoreName(StrEnum):
+    """The service stores (one database each)."""
+
+    METADATA = "metadata"
+    HEALTH = "health"
+    MONITOR = "monitor"
+
+
+class ServiceName(StrEnum):
+    """The worker services; each owns one store."""
+
+    DISCOVERY = "discovery"
+    HEALTH = "health"
+    ALERTS = "alerts"
+
+    @property
+    def store(self) -> StoreName:
+        """The store this service owns (and no other part writes)."""
+        return _SERVICE_STORES[self]
+
+
+_SERVICE_STORES = {
+    ServiceName.DISCOVERY: StoreName.METADATA,
+    ServiceName.HEALTH: StoreName.HEALTH,
+    ServiceName.ALERTS: StoreName.MONITOR,
+}
+
+# Top-level sections owned by one component; a process that does not own a section leaves it to its owner
+# (any other unknown top-level key is an error everywhere).
+COMPONENT_SECTIONS: frozenset[str] = frozenset(
+    {"discovery", "health", "alerts", "sensors", "connections", "load_window"}
+)
 
 
 class ConfigError(Exception):
     """A configuration file or value is invalid; the message names the field and its source."""
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """A settings section: unknown keys are errors, so a typo is named rather than ignored."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class RedisSettings(_Section):
+class RedisSettings(Section):
     url: str = "redis://127.0.0.1:6379/0"
     # Overrides any password in the URL; from AMS_REDIS__PASSWORD or a secrets file, never YAML in git.
     password: SecretStr | None = None
@@ -59,7 +101,7 @@ class RedisSettings(_Section):
         return value
 
 
-class BusSettings(_Section):
+class BusSettings(Section):
     prefix: str = Field(default="ams", pattern=r"^[A-Za-z0-9_.-]+$")
     maxlen: int = Field(default=1_000_000, ge=1000)
     # Entries read per stream in one XREADGROUP, handled in one store transaction. Large enough that a worker
@@ -73,7 +115,7 @@ class BusSettings(_Section):
     consumer_name: str | None = None
 
 
-class StoreSettings(_Section):
+class StoreSettings(Section):
     """Where each service's store lives; a URL so a deployment can move one to another database."""
 
     data_dir: Path | None = None
@@ -85,18 +127,23 @@ class StoreSettings(_Section):
     busy_timeout_ms: int = Field(default=10_000, ge=0)
 
 
-class ServiceEndpoint(_Section):
+class ServiceEndpoint(Section):
     host: str = "0.0.0.0"
     port: int = Field(ge=0, le=65535)
 
 
-class ServicesSettings(_Section):
+class ServicesSettings(Section):
     discovery: ServiceEndpoint = ServiceEndpoint(port=9101)
     health: ServiceEndpoint = ServiceEndpoint(port=9102)
     alerts: ServiceEndpoint = ServiceEndpoint(port=9103)
 
+    def endpoint(self, service: ServiceName) -> ServiceEndpoint:
+        """Where `service` serves /metrics, /healthz and /readyz."""
+        endpoint: ServiceEndpoint = getattr(self, service.value)
+        return endpoint
 
-class LoggingSettings(_Section):
+
+class LoggingSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     format: Literal["auto", "console", "json"] = "auto"
     file: Path | None = None
@@ -110,15 +157,24 @@ class LoggingSettings(_Section):
         return None if isinstance(value, str) and value.strip().lower() in ("", "none", "null", "off") else value
 
 
-class DiscoverySettings(_Section):
-    rescan_interval_s: float = Field(default=300.0, gt=0)
-    code_location: str = "orchestrator"
-    # Scan the code location once when the worker starts (catches edits made while it was down).
-    rescan_at_start: bool = True
-    # `module:attribute` of the code location's Definitions, loaded in-process by rescans and discover-assets.
-    definitions: str = Field(default="orchestrator.definitions:defs", pattern=r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$")
-    # How long the ids of handled catalog events are remembered (redeliveries come within minutes).
-    processed_retention_days: int = Field(default=30, ge=1)
+class DagsterSettings(Section):
+    """The Dagster deployment this system watches."""
+
+    # The webserver's base URL (e.g. http://localhost:3000): health reports check results to it; unset: not
+    # reported.
+    url: str | None = None
+    timeout_s: float = Field(default=5.0, gt=0)
+    retries: int = Field(default=3, ge=1, le=10)
+    # The name of this project's code location in the workspace (workspace.yaml's `location_name`): the
+    # publisher's catalog snapshots and discovery's in-process scans are registered under it.
+    code_location: str = Field(default="orchestrator", min_length=1)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/") if value else value
 
 
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -150,268 +206,17 @@ def parse_duration_s(value: Any) -> float | None:
 
 
 DurationS = Annotated[float | None, BeforeValidator(parse_duration_s)]
-AnomalyDirection = Literal["both", "spike", "drop"]
-Seasonality = Literal["none", "day_of_week", "hour_of_day", "auto"]
 
 
-class HealthThresholds(_Section):
-    """Tunable thresholds of the health evaluators.
-
-    Global defaults live in `health.defaults`, per Dagster group overrides in `health.groups.<group>`, and
-    per asset overrides in the asset's tags or metadata as `ams/<field>` (e.g. `ams/volume_sensitivity`).
-    """
-
-    # volume_anomaly: robust z-score of the row count against its training window
-    volume_sensitivity: float = Field(default=3.0, gt=0)
-    volume_direction: AnomalyDirection = "both"
-    volume_training_days: float = Field(default=30.0, gt=0)
-    volume_min_training_size: int = Field(default=7, ge=3)
-    # auto: a weekday (or, for sub-daily assets, hour-of-day) profile when the history clearly shows one
-    volume_seasonality: Seasonality = "auto"
-    volume_ignore_small_spike_pct: float = Field(default=0.0, ge=0)
-    volume_ignore_small_drop_pct: float = Field(default=0.0, ge=0)
-    volume_severity: Literal["warn", "error"] = "error"
-    zero_rows: Literal["warn", "error", "ignore"] = "error"
-    # duration_anomaly: the same detector on run durations, plus an absolute maximum
-    duration_sensitivity: float = Field(default=3.0, gt=0)
-    duration_direction: AnomalyDirection = "spike"
-    duration_training_days: float = Field(default=30.0, gt=0)
-    duration_min_training_size: int = Field(default=7, ge=3)
-    duration_seasonality: Seasonality = "none"
-    duration_ignore_small_spike_pct: float = Field(default=0.0, ge=0)
-    duration_ignore_small_drop_pct: float = Field(default=0.0, ge=0)
-    duration_min_delta_s: float = Field(default=1.0, ge=0)
-    duration_max_s: DurationS = None
-    duration_severity: Literal["warn", "error"] = "warn"
-    # freshness: an explicit maximum lag, else a cadence learned from past materializations
-    freshness_max_lag: DurationS = None
-    freshness_warn_lag: DurationS = None
-    freshness_cadence_warn_factor: float = Field(default=1.5, gt=1)
-    freshness_cadence_error_factor: float = Field(default=3.0, gt=1)
-    freshness_min_history: int = Field(default=5, ge=2)
-    # execution_status: how a canceled last run counts (a failed one is always an error)
-    canceled_run: Literal["warn", "error", "ignore"] = "warn"
-    # checks switched off for an asset or group, e.g. ["volume_anomaly"]
-    disabled_checks: list[str] = Field(default_factory=list)
-
-    @field_validator("disabled_checks", mode="before")
-    @classmethod
-    def _split_checks(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()]
-        return value
+def parse_offset_s(value: Any) -> float:
+    """Like :func:`parse_duration_s`, but zero (or nothing) is allowed."""
+    if value in (0, 0.0, "0", "", None):
+        return 0.0
+    return parse_duration_s(value) or 0.0
 
 
-class HealthSettings(_Section):
-    retention_days: int = Field(default=90, ge=1)
-    retention_interval_s: float = Field(default=3600.0, gt=0)
-    # Time-driven re-evaluation of every asset (freshness changes with time, not only with events).
-    evaluation_interval_s: float = Field(default=60.0, gt=0)
-    # Past materializations per asset the evaluators see (and the service keeps in memory).
-    history_limit: int = Field(default=400, ge=20, le=100_000)
-    # Under a backlog (full batches) evaluation is deferred and coalesced for at most this long.
-    max_defer_s: float = Field(default=2.0, gt=0, le=60)
-    # Dagster webserver base URL (e.g. http://localhost:3000); check results are reported there when set.
-    dagster_url: str | None = None
-    dagster_timeout_s: float = Field(default=5.0, gt=0)
-    dagster_retries: int = Field(default=3, ge=1, le=10)
-    defaults: HealthThresholds = HealthThresholds()
-    groups: dict[str, dict[str, Any]] = Field(default_factory=dict)
-
-    @field_validator("dagster_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https?://[^\s/]+", value):
-            raise ValueError("dagster_url must be http:// or https://")
-        return value.rstrip("/") if value else value
-
-    @model_validator(mode="after")
-    def _valid_groups(self) -> HealthSettings:
-        base = self.defaults.model_dump()
-        for group, overrides in self.groups.items():
-            try:
-                HealthThresholds.model_validate({**base, **overrides})
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                where = ".".join(str(p) for p in first["loc"])
-                raise ValueError(f"groups.{group}.{where}: {first['msg']}") from None
-        return self
-
-
-class WebhookReceiver(_Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    kind: Literal["webhook", "slack", "teams", "pagerduty"] = "webhook"
-    url: str
-    # Name of the environment variable holding the signing secret (`whsec_...`) or routing key.
-    secret_env: str | None = None
-    timeout_s: float = Field(default=10.0, gt=0)
-    # Also tell this receiver when an alert resolves (Alertmanager's send_resolved).
-    send_resolved: bool = True
-
-    @field_validator("url")
-    @classmethod
-    def _http_only(cls, value: str) -> str:
-        if not re.match(r"^https?://[^\s/]+", value):
-            raise ValueError("webhook URL must be http:// or https://")
-        return value
-
-    @model_validator(mode="after")
-    def _pagerduty_needs_key(self) -> WebhookReceiver:
-        if self.kind == "pagerduty" and not self.secret_env:
-            raise ValueError("a pagerduty receiver needs secret_env (the variable holding its routing key)")
-        return self
-
-    def secret(self) -> str | None:
-        """The receiver's secret from the environment, or None when unset."""
-        return os.environ.get(self.secret_env) if self.secret_env else None
-
-
-AlertSeverity = Literal["critical", "error", "warning", "info"]
-Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-_ALL_DAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-
-
-class MuteWindow(_Section):
-    """A recurring time of day during which the routes naming it send nothing (e.g. nights, weekends)."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    days: list[Weekday] = Field(default_factory=lambda: list(_ALL_DAYS))
-    start: str = Field(default="00:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
-    # An end before the start wraps past midnight (22:00-07:00); equal start and end mute the whole day.
-    end: str = Field(default="00:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
-    timezone: str = "UTC"
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r}") from exc
-        return value
-
-
-class AlertRoute(_Section):
-    """Alerts matching every given criterion go to `receivers`; lists match when any entry matches
-    (shell-style globs), `tags` when every tag matches. Routes are tried in order; the first match wins
-    unless it sets `continue: true`."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    receivers: list[str] = Field(min_length=1)
-    assets: list[str] = Field(default_factory=list)
-    owners: list[str] = Field(default_factory=list)
-    teams: list[str] = Field(default_factory=list)
-    groups: list[str] = Field(default_factory=list)
-    tags: dict[str, str] = Field(default_factory=dict)
-    severities: list[AlertSeverity] = Field(default_factory=list)
-    checks: list[str] = Field(default_factory=list)
-    mute_windows: list[str] = Field(default_factory=list)
-    continue_: bool = Field(default=False, alias="continue")
-
-
-class AlertsSettings(_Section):
-    receivers: list[WebhookReceiver] = Field(default_factory=list)
-    dagster_ui_url: str | None = None
-    retention_days: int = Field(default=180, ge=1)
-    routes: list[AlertRoute] = Field(default_factory=list)
-    # Receivers of alerts no route matched; unset means every configured receiver.
-    default_receivers: list[str] | None = None
-    mute_windows: list[MuteWindow] = Field(default_factory=list)
-    # Delay before a new alert's first notice (a check that recovers within it notifies nothing). 0 keeps
-    # the failure-to-webhook latency low.
-    group_wait_s: float = Field(default=0.0, ge=0)
-    # After a resolved notice, the same alert firing again is announced only once this has passed and it is
-    # still firing: a flapping check sends at most one firing/resolved pair per window.
-    flap_window_s: float = Field(default=300.0, ge=0)
-    # A still-firing, unacknowledged, unsilenced alert is announced again after this long.
-    repeat_interval_s: float = Field(default=4 * 3600.0, gt=0)
-    # How often clock-driven transitions (waits, repeats, silence expiry) are evaluated.
-    tick_interval_s: float = Field(default=5.0, gt=0)
-    # Delivery: exponential backoff with jitter between attempts, a notification older than max_age_s is dead.
-    retry_base_s: float = Field(default=2.0, gt=0)
-    retry_max_delay_s: float = Field(default=1800.0, gt=0)
-    retry_after_max_s: float = Field(default=3600.0, gt=0)
-    max_age_s: float = Field(default=24 * 3600.0, gt=0)
-    sender_concurrency: int = Field(default=8, ge=1, le=64)
-
-    @model_validator(mode="after")
-    def _unique_receivers(self) -> AlertsSettings:
-        names = [r.name for r in self.receivers]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"duplicate receiver names: {', '.join(dupes)}")
-        windows = {w.name for w in self.mute_windows}
-        for i, route in enumerate(self.routes):
-            unknown = sorted(set(route.receivers) - set(names))
-            if unknown:
-                raise ValueError(f"routes[{i}] names unknown receivers: {', '.join(unknown)}")
-            missing = sorted(set(route.mute_windows) - windows)
-            if missing:
-                raise ValueError(f"routes[{i}] names unknown mute windows: {', '.join(missing)}")
-        unknown_default = sorted(set(self.default_receivers or []) - set(names))
-        if unknown_default:
-            raise ValueError(f"default_receivers names unknown receivers: {', '.join(unknown_default)}")
-        return self
-
-
-class SensorSettings(_Section):
-    """The orchestrator's event-publishing sensor (orchestrator/sensors.py)."""
-
-    minimum_interval_s: int = Field(default=5, ge=1)
-    # Event-log records read per query; Dagster refuses more than 10,000 per query.
-    page_size: int = Field(default=1000, ge=1, le=10_000)
-    # A tick keeps paging until caught up or this budget is spent (Dagster times a tick out at 60 s).
-    tick_budget_s: float = Field(default=30.0, gt=0, le=50)
-
-
-SqlAuthentication = Literal["auto", "sql", "trusted", "none"]
-
-
-class SqlConnection(_Section):
-    """A named SQL connection for `orchestrator.shared` (ingest_from_sql, load_to_stg_table).
-
-    `driver` is an ODBC driver name as registered in odbcinst.ini (`odbcinst -q -d`). For SQLite drivers
-    (`SQLite3`) `database` is a file path, relative to DAGSTER_HOME unless absolute, and `engine: auto` falls
-    back to Python's sqlite3 when the ODBC driver is not installed. Secrets never go in YAML: name the
-    environment variable (`password_env`) or file (`password_file`), or set AMS_CONNECTIONS__<NAME>__PASSWORD.
-    """
-
-    driver: str = "ODBC Driver 18 for SQL Server"
-    server: str | None = None
-    port: int | None = Field(default=None, ge=1, le=65535)
-    database: str | None = None
-    # auto: SQL login when `username` is set, else no credentials. trusted: integrated (Kerberos/Windows).
-    authentication: SqlAuthentication = "auto"
-    username: str | None = None
-    password: SecretStr | None = None
-    password_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    password_file: Path | None = None
-    # A full ODBC connection string template instead of the fields above: ${driver} ${server} ${port}
-    # ${database} ${username} ${password} are substituted (values ODBC-quoted).
-    connection_string: str | None = None
-    # Extra ODBC keywords, e.g. {Encrypt: "yes", TrustServerCertificate: "no"} or {sslmode: require}.
-    options: dict[str, str] = Field(default_factory=dict)
-    engine: Literal["auto", "odbc", "sqlite3"] = "auto"
-    login_timeout_s: int = Field(default=15, ge=1, le=3600)
-    query_timeout_s: int = Field(default=600, ge=0)  # 0: no limit
-    retries: int = Field(default=3, ge=0, le=20)  # extra attempts on transient connection errors
-    retry_backoff_s: float = Field(default=1.0, ge=0)
-    fetch_size: int = Field(default=10_000, ge=1, le=1_000_000)
-    # None: on for the SQL Server drivers only (psqlODBC rejects empty strings with it; SQLite ODBC crashes).
-    fast_executemany: bool | None = None
-    # Time zone in which aware datetime parameters are bound (as wall-clock time); None keeps their own.
-    timezone: str | None = None
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str | None) -> str | None:
-        return _check_zone(value) if value is not None else None
-
-
-def _check_zone(value: str) -> str:
+def check_time_zone(value: str) -> str:
+    """`value` if it names an IANA time zone, else a ValueError."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     try:
@@ -421,32 +226,11 @@ def _check_zone(value: str) -> str:
     return value
 
 
-def _parse_offset_s(value: Any) -> float:
-    """Like parse_duration_s, but zero is allowed."""
-    if value in (0, 0.0, "0", "", None):
-        return 0.0
-    return parse_duration_s(value) or 0.0
-
-
-class LoadWindowSettings(_Section):
-    """The default [start, end) window of `orchestrator.shared.load_window.get_load_window()`."""
-
-    # How far back the window starts from its end, e.g. `1d`, `6h`, `7d`.
-    lookback: Annotated[float, BeforeValidator(parse_duration_s)] = 86400.0
-    # End (and start) are floored to the start of a day or hour in `timezone`; `none` keeps `now`.
-    align: Literal["day", "hour", "none"] = "day"
-    timezone: str = "UTC"
-    # Data that arrives late: the window ends this long before now (before alignment), e.g. `2h`.
-    end_offset: Annotated[float, BeforeValidator(_parse_offset_s)] = 0.0
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        return _check_zone(value)
+TimeZoneName = Annotated[str, AfterValidator(check_time_zone)]
 
 
 class Settings(BaseSettings):
-    """Every setting of the system, validated once at start."""
+    """The settings every process shares; each component extends it with its own sections."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -471,15 +255,7 @@ class Settings(BaseSettings):
     stores: StoreSettings = StoreSettings()
     services: ServicesSettings = ServicesSettings()
     logging: LoggingSettings = LoggingSettings()
-    discovery: DiscoverySettings = DiscoverySettings()
-    health: HealthSettings = HealthSettings()
-    alerts: AlertsSettings = AlertsSettings()
-    sensors: SensorSettings = SensorSettings()
-    # Named SQL connections (`demo_source`, `warehouse`, `default` for ad-hoc server/database calls, ...).
-    connections: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")], SqlConnection] = Field(
-        default_factory=dict
-    )
-    load_window: LoadWindowSettings = LoadWindowSettings()
+    dagster: DagsterSettings = DagsterSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -499,17 +275,18 @@ class Settings(BaseSettings):
         """Directory holding the SQLite stores."""
         return self.stores.data_dir or self.dagster_home
 
-    def store_url(self, store: Literal["metadata", "health", "monitor"]) -> str:
+    def store_url(self, store: StoreName) -> str:
         """The URL of one service store (`sqlite:///<data_dir>/<store>.db` unless configured)."""
-        configured = getattr(self.stores, f"{store}_url")
-        return str(configured) if configured else f"sqlite:///{self.data_dir / f'{store}.db'}"
+        configured: str | None = getattr(self.stores, f"{store.value}_url")
+        return configured or f"sqlite:///{self.data_dir / f'{store.value}.db'}"
 
-    def receiver(self, name: str) -> WebhookReceiver:
-        """The configured receiver called `name`; KeyError if none."""
-        for receiver in self.alerts.receivers:
-            if receiver.name == name:
-                return receiver
-        raise KeyError(name)
+    def secrets(self) -> Iterator[str]:
+        """Every secret value these settings hold (redacted from logs); components add their own."""
+        if self.redis.password:
+            yield self.redis.password.get_secret_value()
+
+
+SettingsT = TypeVar("SettingsT", bound=Settings)
 
 
 def config_dir() -> Path:
@@ -566,9 +343,18 @@ def _source_of(loc: tuple[str | int, ...], files: list[tuple[Path, dict[str, Any
     return str(files[0][0]) if files else "defaults"
 
 
-def load_settings(environment: str | None = None, **overrides: Any) -> Settings:
-    """Load and validate settings from the config directory, the environment and `overrides`."""
+def load_settings(
+    model: type[SettingsT], *, environment: str | None = None, **overrides: Any
+) -> SettingsT:
+    """Load and validate `model` from the config directory, the environment and `overrides`.
+
+    Sections of other components (`COMPONENT_SECTIONS` that `model` does not declare) are left to them.
+    """
     env = environment or os.environ.get("ENVIRONMENT") or os.environ.get("AMS_ENVIRONMENT") or "development"
+    if env not in ENVIRONMENTS:
+        source = "ENVIRONMENT" if os.environ.get("ENVIRONMENT") else "AMS_ENVIRONMENT"
+        where = "the environment argument" if environment else f"environment variable {source}"
+        raise ConfigError(f"environment: {env!r} is not one of {', '.join(ENVIRONMENTS)} (in {where})")
     directory = config_dir()
     files: list[tuple[Path, dict[str, Any]]] = []
     base = directory / "app_config.yaml"
@@ -582,8 +368,10 @@ def load_settings(environment: str | None = None, **overrides: Any) -> Settings:
         data = _deep_merge(data, content)
     data = _deep_merge(data, overrides)
     data.setdefault("environment", env)
+    foreign = COMPONENT_SECTIONS - set(model.model_fields)
+    data = {k: v for k, v in data.items() if k not in foreign}
     try:
-        return Settings(**data)
+        return model(**data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -591,9 +379,3 @@ def load_settings(environment: str | None = None, **overrides: Any) -> Settings:
             field = ".".join(str(p) for p in loc) or "(root)"
             problems.append(f"{field}: {err['msg']} (in {_source_of(loc, files)})")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """The process-wide settings, loaded once."""
-    return load_settings()

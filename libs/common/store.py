@@ -10,18 +10,17 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar, cast
 from urllib.parse import unquote, urlparse
 
 from libs.common.log import get_logger
-from libs.common.settings import Settings
+from libs.common.settings import Settings, StoreName
+from libs.common.sql import Connection, split_statements
 
 log = get_logger(__name__)
-T = TypeVar("T")
 
 # Workers checkpoint from a background thread (Worker's store_checkpoint job), so a commit on the consume
 # loop only appends to the log: measured on the health worker, commit time per event halved (11 -> 6 us)
@@ -139,46 +138,48 @@ class Store:
         self.synchronous = synchronous
         self.busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._all: list[Connection] = []
         self._lock = threading.Lock()
         if migrate:
             self.migrate()
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, name: Literal["metadata", "health", "monitor"], migrations: Sequence[Migration],
-        *, migrate: bool = True,
+        cls, settings: Settings, name: StoreName, migrations: Sequence[Migration], *, migrate: bool = True
     ) -> Store:
         """The service store `name` as configured (`stores.<name>_url`, `stores.synchronous`, busy timeout)."""
         return cls(settings.store_url(name), migrations, synchronous=settings.stores.synchronous,
                    busy_timeout_ms=settings.stores.busy_timeout_ms, migrate=migrate)
 
-    def connection(self) -> sqlite3.Connection:
+    def connection(self) -> Connection:
         """This thread's connection (opened on first use)."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None and self.dialect == "postgresql":
-            from libs.common.pg import PgConnection
-
-            conn = cast(sqlite3.Connection, PgConnection(self.url))
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
+        conn: Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
-            )
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            conn.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
-            conn.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT_BYTES}")
-            conn.execute(f"PRAGMA cache_size=-{_PAGE_CACHE_KIB}")
+            conn = self._open_postgres() if self.dialect == "postgresql" else self._open_sqlite()
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
+        return conn
+
+    def _open_postgres(self) -> Connection:
+        # Imported here: psycopg2 is an optional dependency, needed only for PostgreSQL stores.
+        from libs.common.pg import PgConnection
+
+        return PgConnection(self.url)
+
+    def _open_sqlite(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
+        )
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT_BYTES}")
+        conn.execute(f"PRAGMA cache_size=-{_PAGE_CACHE_KIB}")
         return conn
 
     def checkpoint(self) -> tuple[int, int]:
@@ -191,7 +192,7 @@ class Store:
         return int(frames), int(copied)
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write(self) -> Iterator[Connection]:
         """A writer transaction (`BEGIN IMMEDIATE` … `COMMIT`, rolled back on error)."""
         conn = self.connection()
         conn.execute("BEGIN IMMEDIATE")  # PgConnection: BEGIN + a transaction-scoped advisory lock
@@ -203,7 +204,7 @@ class Store:
         conn.execute("COMMIT")
 
     @contextmanager
-    def read(self) -> Iterator[sqlite3.Connection]:
+    def read(self) -> Iterator[Connection]:
         """A read transaction: every query inside sees the same snapshot."""
         conn = self.connection()
         conn.execute("BEGIN")
@@ -219,7 +220,7 @@ class Store:
             if self.dialect == "postgresql":
                 # Replicas start together: create the base tables under the writers' lock.
                 with self.write() as tx:
-                    for statement in _statements(_BOOTSTRAP):
+                    for statement in split_statements(_BOOTSTRAP):
                         tx.execute(statement)
             else:
                 conn.executescript(_BOOTSTRAP)
@@ -238,7 +239,7 @@ class Store:
             for migration in self.migrations:
                 if migration.version in done:
                     continue
-                for statement in _statements(migration.sql):
+                for statement in split_statements(migration.sql):
                     tx.execute(statement)
                 tx.execute(
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
@@ -270,7 +271,7 @@ class Store:
         return int(row[0] or 0)
 
     @staticmethod
-    def claim_events(conn: sqlite3.Connection, event_ids: Sequence[str]) -> set[str]:
+    def claim_events(conn: Connection, event_ids: Sequence[str]) -> set[str]:
         """Record `event_ids` as processed within the caller's transaction; returns those not seen before."""
         if not event_ids:
             return set()
@@ -298,18 +299,6 @@ class Store:
         fresh = [(e, k) for e, k in zip(unique, keys, strict=True) if k not in seen]
         conn.executemany("INSERT INTO processed_events (event_id, processed_at) VALUES (?, ?)", [(k, now) for _, k in fresh])
         return {e for e, _ in fresh}
-
-    @staticmethod
-    def claim_new(conn: sqlite3.Connection, items: Sequence[T], event_id: Callable[[T], str]) -> list[T]:
-        """The items whose event id was not processed before, first occurrence only, now recorded."""
-        fresh = Store.claim_events(conn, [event_id(i) for i in items])
-        chosen: list[T] = []
-        for item in items:
-            key = event_id(item)
-            if key in fresh:
-                fresh.discard(key)
-                chosen.append(item)
-        return chosen
 
     def prune_processed(self, older_than_s: float) -> int:
         """Forget processed-event ids older than `older_than_s` seconds; returns how many."""
@@ -339,11 +328,13 @@ class Store:
         if self.dialect == "postgresql":
             raise StoreError("backups of a PostgreSQL store are made with pg_dump, not by asset-manager")
         destination.parent.mkdir(parents=True, exist_ok=True)
+        source = self._open_sqlite()
         target = sqlite3.connect(destination)
         try:
-            self.connection().backup(target)
+            source.backup(target)
         finally:
             target.close()
+            source.close()
         return destination
 
     def close(self) -> None:
@@ -354,17 +345,3 @@ class Store:
                     conn.close()
             self._all.clear()
         self._local = threading.local()
-
-
-def _statements(script: str) -> list[str]:
-    statements: list[str] = []
-    buffer = ""
-    for line in script.splitlines(keepends=True):
-        buffer += line
-        if sqlite3.complete_statement(buffer):
-            if buffer.strip():
-                statements.append(buffer.strip())
-            buffer = ""
-    if buffer.strip():
-        statements.append(buffer.strip())
-    return statements

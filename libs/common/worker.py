@@ -1,9 +1,15 @@
 """The worker runtime: the consume loop, periodic jobs, the service surface and a graceful stop.
 
-A service is its domain logic plus a call to :func:`Worker.run`:
+A service is its domain logic plus a `build(settings) -> Worker` function, run by :func:`run_service`:
 
-    Worker(service="health", settings=settings, store=store, streams=[RUNS, ASSETS], handler=handle).run()
+    def build(settings: HealthWorkerSettings) -> Worker:
+        return Worker(service=ServiceName.HEALTH, settings=settings, store=store, streams=[RUNS, ASSETS],
+                      handler=service.handle, jobs=[PeriodicJob(name="evaluate", func=..., interval_s=60)])
 
+    def main() -> int:
+        return run_service(ServiceName.HEALTH, HealthWorkerSettings, build)
+
+After every handled batch and every periodic job the worker publishes what was staged in the store's outbox.
 SIGTERM/SIGINT finish the batch in hand (its entries acknowledged), stop the scheduler and exit 0.
 """
 
@@ -14,6 +20,7 @@ import gc
 import signal
 import socket
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,13 +34,17 @@ from libs.common import metrics, outbox
 from libs.common.bus import INFRASTRUCTURE_ERRORS, Bus, Consumer, Handler, backoff_delays, connect
 from libs.common.events import utcnow
 from libs.common.http import ServiceServer
-from libs.common.log import get_logger
-from libs.common.settings import Settings
-from libs.common.store import Store
+from libs.common.log import configure_logging, get_logger
+from libs.common.settings import ConfigError, ServiceName, Settings, SettingsT, load_settings
+from libs.common.store import Store, StoreError
 
 log = get_logger(__name__)
 # Often enough that the consume loop's commits almost never checkpoint themselves under a backlog.
 _CHECKPOINT_INTERVAL_S = 0.25
+
+
+class StartupError(Exception):
+    """The environment keeps the worker from starting (its port taken, ...); the message says what."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,7 +63,7 @@ class Worker:
     def __init__(
         self,
         *,
-        service: str,
+        service: ServiceName | str,
         settings: Settings,
         store: Store,
         streams: Sequence[str],
@@ -62,14 +73,14 @@ class Worker:
         on_shutdown: Callable[[Worker], None] | None = None,
         port: int | None = None,
     ) -> None:
-        self.service = service
+        self.service = str(service)
         self.settings = settings
         self.store = store
         self.streams = list(streams)
         self.jobs = list(jobs)
         self.on_startup = on_startup
         self.on_shutdown = on_shutdown
-        endpoint = getattr(settings.services, service, None)
+        endpoint = settings.services.endpoint(service) if isinstance(service, ServiceName) else None
         self.host = endpoint.host if endpoint else "127.0.0.1"
         self.port = port if port is not None else (endpoint.port if endpoint else 0)
         self.client = connect(settings.redis, block_ms=settings.bus.block_ms)
@@ -96,24 +107,22 @@ class Worker:
         self._stop.set()
 
     def request_flush(self) -> None:
-        """Have the loop publish the store's outbox soon (for periodic jobs that staged events)."""
+        """Have the loop publish the store's outbox soon (the worker does so after every job by itself)."""
         self._outbox_dirty = True
-
-    @property
-    def stopping(self) -> bool:
-        """True once a stop was requested."""
-        return self._stop.is_set()
 
     def run(self) -> int:
         """Run until stopped; returns the process exit code."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
-        self.server = ServiceServer(
-            self.host,
-            self.port,
-            checks={"redis": self._check_redis, "store": self._check_store, "worker": lambda: self._problem},
-            alive=self._alive,
-        ).start()
+        try:
+            self.server = ServiceServer(
+                self.host,
+                self.port,
+                checks={"redis": self._check_redis, "store": self._check_store, "worker": lambda: self._problem},
+                alive=self._alive,
+            ).start()
+        except OSError as exc:
+            raise StartupError(f"cannot serve on {self.host}:{self.port}: {exc.strerror or exc}") from exc
         log.info("worker_started", service=self.service, port=self.server.port, streams=self.streams,
                  consumer=self.consumer.name, store=str(self.store.path))
         if self.on_startup:
@@ -191,6 +200,9 @@ class Worker:
             except Exception:
                 metrics.JOB_FAILURES.labels(service=self.service, job=job.name).inc()
                 log.exception("job_failed", service=self.service, job=job.name)
+            finally:
+                # A job may have staged derived events (a time-driven transition, a rescan's changes).
+                self._outbox_dirty = True
 
         return run
 
@@ -227,4 +239,34 @@ class Worker:
         return None
 
 
+def run_service(service: ServiceName, model: type[SettingsT], build: Callable[[SettingsT], Worker]) -> int:
+    """Run the worker `build` makes from the settings `model`: the entry point of `python -m services.<name>`.
 
+    Start-up problems end the process with one line each on stderr: exit code 2 for the configuration (the
+    field and the file or variable named), 1 for the environment (a store that cannot be opened, the port
+    taken)."""
+    try:
+        settings = load_settings(model)
+    except ConfigError as exc:
+        return startup_error(service, exc, code=2)
+    configure_logging(settings, service=service)
+    try:
+        worker = build(settings)
+    except ConfigError as exc:
+        return startup_error(service, exc, code=2)
+    except StoreError as exc:
+        return startup_error(service, exc, code=1)
+    try:
+        return worker.run()
+    except StartupError as exc:
+        return startup_error(service, exc, code=1)
+
+
+def startup_error(service: ServiceName | str, problem: Exception | str, *, code: int) -> int:
+    """Print `problem` as one line per problem on stderr (`<service>: error: ...`); returns `code`."""
+    lines = [line.strip() for line in str(problem).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        lines = [f"{lines[0][:-1]}: {line}" for line in lines[1:]]
+    for line in lines:
+        print(f"{service}: error: {line}", file=sys.stderr)
+    return code

@@ -15,7 +15,7 @@ import sqlite3
 from decimal import Decimal
 from pathlib import Path
 
-from libs.common.settings import Settings, get_settings
+from orchestrator.settings import OrchestratorSettings, get_settings
 
 SCHEMA = """
 CREATE TABLE customers (
@@ -128,7 +128,7 @@ _PRODUCTS = [
 _STATUSES = ["placed", "paid", "shipped", "delivered", "cancelled", "returned"]
 
 
-def default_demo_source_path(settings: Settings | None = None) -> Path:
+def default_demo_source_path(settings: OrchestratorSettings | None = None) -> Path:
     """Where `asset-manager init` puts the demo source: `<DAGSTER_HOME>/demo_source.db`."""
     return (settings or get_settings()).dagster_home / "demo_source.db"
 

@@ -23,7 +23,7 @@ import pandas as pd
 import pyodbc
 
 from libs.common.log import get_logger
-from libs.common.settings import Settings, SqlConnection
+from orchestrator.settings import OrchestratorSettings, SqlConnection
 from orchestrator.shared.sql import (
     ResolvedConnection,
     SqlError,
@@ -161,7 +161,7 @@ def ingest_from_sql(
     connection: str | SqlConnection | ResolvedConnection | None = None,
     params: Sequence[Any] | None = None,
     chunk_size: int | None = None,
-    settings: Settings | None = None,
+    settings: OrchestratorSettings | None = None,
 ) -> pd.DataFrame:
     """Run one parameterised SELECT and return its rows as a typed DataFrame.
 

@@ -30,7 +30,7 @@ import pandas as pd
 import pyodbc
 
 from libs.common.log import get_logger
-from libs.common.settings import Settings, SqlConnection
+from orchestrator.settings import OrchestratorSettings, SqlConnection
 from orchestrator.shared.ingest_utils import ingest_from_sql
 from orchestrator.shared.sql import (
     WAREHOUSE,
@@ -363,7 +363,7 @@ def load_to_stg_table(
     connection: str | SqlConnection | None = None,
     mode: Mode = "replace",
     batch_size: int = 1000,
-    settings: Settings | None = None,
+    settings: OrchestratorSettings | None = None,
 ) -> LoadResult:
     """Write `df` into `<schema>.<target_table_name>` and report it as Dagster output metadata.
 
@@ -508,7 +508,7 @@ def read_stg_table(
     *,
     schema: str = "stg",
     connection: str | SqlConnection | None = None,
-    settings: Settings | None = None,
+    settings: OrchestratorSettings | None = None,
 ) -> pd.DataFrame:
     """The rows of `<schema>.<table_name>` on the warehouse (or `connection`), typed as ingest_from_sql does."""
     validate_identifier(table_name, "table name")

@@ -12,7 +12,7 @@ import datetime as dt
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from libs.common.settings import Settings, get_settings
+from orchestrator.settings import OrchestratorSettings, get_settings
 
 Align = Literal["day", "hour", "none"]
 UTC = dt.UTC
@@ -99,7 +99,7 @@ def get_load_window(
     context: Any = None,
     *,
     now: dt.datetime | None = None,
-    settings: Settings | None = None,
+    settings: OrchestratorSettings | None = None,
     lookback: dt.timedelta | None = None,
     align: Align | None = None,
     timezone: str | None = None,

@@ -28,7 +28,7 @@ import pyodbc
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from libs.common.log import get_logger, register_secret
-from libs.common.settings import Settings, SqlConnection, get_settings
+from orchestrator.settings import OrchestratorSettings, SqlConnection, get_settings
 
 log = get_logger(__name__)
 
@@ -120,7 +120,7 @@ def resolve(
     *,
     sql_server: str | None = None,
     sql_database: str | None = None,
-    settings: Settings | None = None,
+    settings: OrchestratorSettings | None = None,
     default: str | None = None,
 ) -> ResolvedConnection:
     """Find the connection to use: a name from config, a SqlConnection, or an ad-hoc server + database.
@@ -151,7 +151,7 @@ def resolve(
     return _finish(default, _named(default, settings), settings)
 
 
-def _named(name: str, settings: Settings) -> SqlConnection:
+def _named(name: str, settings: OrchestratorSettings) -> SqlConnection:
     if name in settings.connections:
         return settings.connections[name]
     if name in BUILTIN_CONNECTIONS:
@@ -164,7 +164,7 @@ def _named(name: str, settings: Settings) -> SqlConnection:
     )
 
 
-def _finish(name: str, cfg: SqlConnection, settings: Settings) -> ResolvedConnection:
+def _finish(name: str, cfg: SqlConnection, settings: OrchestratorSettings) -> ResolvedConnection:
     dialect = dialect_of(cfg.driver)
     sqlite_path: Path | None = None
     if dialect == "sqlite":

@@ -1,39 +1,34 @@
-"""Wiring of the alerts worker: settings, logging, store, service, sender, Worker."""
+"""Wiring of the alerts worker: store, service, sender, periodic jobs."""
 
 from __future__ import annotations
 
 from libs.common.events import ASSET_CHANGES, HEALTH
-from libs.common.log import configure_logging, get_logger, register_secret
-from libs.common.settings import Settings, load_settings
-from libs.common.worker import PeriodicJob, Worker
+from libs.common.settings import ServiceName
+from libs.common.worker import PeriodicJob, Worker, run_service
 from services.alerts.sender import Sender
 from services.alerts.service import AlertService
+from services.alerts.settings import AlertsWorkerSettings
 from services.alerts.store import open_store
 
-log = get_logger(__name__)
 
-
-def build_worker(settings: Settings, *, port: int | None = None) -> Worker:
-    """The alerts worker: consumes health and asset-changes, ticks the clock, runs the sender."""
+def build(settings: AlertsWorkerSettings, *, port: int | None = None) -> Worker:
+    """The alerts worker: consumes asset-changes and health, ticks the clock, runs the sender."""
     store = open_store(settings)
-    for receiver in settings.alerts.receivers:
-        if receiver.kind in ("slack", "teams"):
-            register_secret(receiver.url)  # the URL itself is the credential
     sender = Sender(store, settings)
     service = AlertService(store, settings, on_commit=sender.wake)
-    jobs = [
-        PeriodicJob(name="alerts_tick", func=service.tick, interval_s=settings.alerts.tick_interval_s, run_at_start=True),
-        PeriodicJob(name="alerts_gauges", func=service.update_gauges, interval_s=5.0, run_at_start=True),
-        PeriodicJob(name="alerts_retention", func=service.prune, interval_s=3600.0),
-    ]
+    cfg = settings.alerts
     return Worker(
-        service="alerts",
+        service=ServiceName.ALERTS,
         settings=settings,
         store=store,
         # Asset specs first: when both streams have entries, an alert finds its owners already stored.
         streams=[ASSET_CHANGES, HEALTH],
         handler=service.handle,
-        jobs=jobs,
+        jobs=[
+            PeriodicJob(name="alerts_tick", func=service.tick, interval_s=cfg.tick_interval_s, run_at_start=True),
+            PeriodicJob(name="alerts_gauges", func=service.update_gauges, interval_s=5.0, run_at_start=True),
+            PeriodicJob(name="alerts_retention", func=service.prune, interval_s=3600.0),
+        ],
         on_startup=lambda _worker: sender.start(),
         on_shutdown=lambda _worker: sender.stop(),
         port=port,
@@ -41,7 +36,5 @@ def build_worker(settings: Settings, *, port: int | None = None) -> Worker:
 
 
 def main() -> int:
-    """Run the alerts worker until SIGTERM/SIGINT."""
-    settings = load_settings()
-    configure_logging(settings, service="alerts")
-    return build_worker(settings).run()
+    """Entry point of `python -m services.alerts`."""
+    return run_service(ServiceName.ALERTS, AlertsWorkerSettings, build)

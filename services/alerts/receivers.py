@@ -26,7 +26,7 @@ import httpx
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
 from standardwebhooks import Webhook
 
-from libs.common.settings import Settings, WebhookReceiver
+from services.alerts.settings import AlertsWorkerSettings, WebhookReceiver
 
 USER_AGENT = "dagster-asset-management-alerts/1"
 PAGERDUTY_SEVERITIES = {"critical", "error", "warning", "info"}
@@ -105,7 +105,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def test_payload(settings: Settings) -> AlertPayload:
+def test_payload(settings: AlertsWorkerSettings) -> AlertPayload:
     """A recognisable test notification (`asset-manager alerts test-receiver`)."""
     now = datetime.now(UTC)
     return AlertPayload(

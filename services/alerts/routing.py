@@ -14,7 +14,7 @@ from datetime import datetime, time, timedelta
 from fnmatch import fnmatchcase
 from zoneinfo import ZoneInfo
 
-from libs.common.settings import AlertRoute, AlertsSettings, MuteWindow
+from services.alerts.settings import AlertRoute, AlertsSettings, MuteWindow
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 

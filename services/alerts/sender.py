@@ -27,10 +27,10 @@ import httpx
 
 from libs.common.bus import INFRASTRUCTURE_ERRORS
 from libs.common.log import get_logger
-from libs.common.settings import Settings
 from libs.common.store import Store
 from services.alerts import metrics
 from services.alerts.receivers import AlertPayload, Attempt, deliver
+from services.alerts.settings import AlertsWorkerSettings
 
 log = get_logger(__name__)
 
@@ -43,7 +43,7 @@ class Sender:
     def __init__(
         self,
         store: Store,
-        settings: Settings,
+        settings: AlertsWorkerSettings,
         *,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,

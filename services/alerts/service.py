@@ -20,7 +20,7 @@ from typing import Any
 from libs.common.bus import Delivery
 from libs.common.events import AssetChanged, CheckResult, HealthChanged
 from libs.common.log import get_logger
-from libs.common.settings import Settings
+from libs.common.sql import Connection
 from libs.common.store import Store
 from services.alerts import metrics
 from services.alerts.lifecycle import (
@@ -40,6 +40,7 @@ from services.alerts.lifecycle import (
 )
 from services.alerts.receivers import AlertPayload, dagster_asset_url, title_for
 from services.alerts.routing import AlertLabels, route, silence_matches, teams_of
+from services.alerts.settings import AlertsWorkerSettings
 
 log = get_logger(__name__)
 
@@ -63,7 +64,7 @@ def severity_of(result: CheckResult, status: str) -> Severity:
     return "critical" if status == "FAILED" else "error"
 
 
-def lifecycle_config(settings: Settings) -> LifecycleConfig:
+def lifecycle_config(settings: AlertsWorkerSettings) -> LifecycleConfig:
     cfg = settings.alerts
     return LifecycleConfig(
         group_wait_s=cfg.group_wait_s, flap_window_s=cfg.flap_window_s, repeat_interval_s=cfg.repeat_interval_s
@@ -86,7 +87,7 @@ class AlertService:
     def __init__(
         self,
         store: Store,
-        settings: Settings,
+        settings: AlertsWorkerSettings,
         *,
         on_commit: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
@@ -121,7 +122,7 @@ class AlertService:
         if self.on_commit is not None:
             self.on_commit()
 
-    def _asset_changed(self, conn: sqlite3.Connection, event: AssetChanged, now: float) -> int:
+    def _asset_changed(self, conn: Connection, event: AssetChanged, now: float) -> int:
         spec = event.data.spec
         row = conn.execute("SELECT version FROM assets WHERE asset_key = ?", (spec.key,)).fetchone()
         if row is not None and int(row["version"]) > event.data.version:
@@ -160,7 +161,7 @@ class AlertService:
             )
         return produced
 
-    def _health_changed(self, conn: sqlite3.Connection, event: HealthChanged, now: float) -> int:
+    def _health_changed(self, conn: Connection, event: HealthChanged, now: float) -> int:
         data = event.data
         at = data.evaluated_at.timestamp()
         observations: dict[str, Observe] = {}
@@ -300,11 +301,11 @@ class AlertService:
 
     # -- the core --------------------------------------------------------------------------------------
 
-    def _load(self, conn: sqlite3.Connection, fp: str) -> AlertState:
+    def _load(self, conn: Connection, fp: str) -> AlertState:
         row = conn.execute("SELECT state FROM alert_states WHERE fingerprint = ?", (fp,)).fetchone()
         return AlertState.from_dict(json.loads(row["state"])) if row else AlertState(fingerprint=fp)
 
-    def _asset_info(self, conn: sqlite3.Connection, asset_key: str, hints: AssetInfo | None) -> AssetInfo:
+    def _asset_info(self, conn: Connection, asset_key: str, hints: AssetInfo | None) -> AssetInfo:
         row = conn.execute(
             "SELECT owners, group_name, tags, downstream FROM assets WHERE asset_key = ?", (asset_key,)
         ).fetchone()
@@ -326,7 +327,7 @@ class AlertService:
         return AssetInfo(owners=owners, group=group, tags=json.loads(row["tags"]), downstream=downstream)
 
     def _labels(
-        self, conn: sqlite3.Connection, asset_key: str, check: str, severity: str, hints: AssetInfo | None = None
+        self, conn: Connection, asset_key: str, check: str, severity: str, hints: AssetInfo | None = None
     ) -> AlertLabels:
         info = self._asset_info(conn, asset_key, hints)
         return AlertLabels(
@@ -339,7 +340,7 @@ class AlertService:
             tags=info.tags,
         )
 
-    def _active_silence(self, conn: sqlite3.Connection, labels: AlertLabels, now: float) -> sqlite3.Row | None:
+    def _active_silence(self, conn: Connection, labels: AlertLabels, now: float) -> sqlite3.Row | None:
         best: sqlite3.Row | None = None
         for row in conn.execute(
             "SELECT * FROM silences WHERE removed_at IS NULL AND ends_at > ? ORDER BY ends_at DESC", (now,)
@@ -351,7 +352,7 @@ class AlertService:
 
     def _apply(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         fp: str,
         asset_key: str,
         check: str,
@@ -405,7 +406,7 @@ class AlertService:
         return queued
 
     def _save(
-        self, conn: sqlite3.Connection, s: AlertState, asset_key: str, check: str, info: AssetInfo, now: float
+        self, conn: Connection, s: AlertState, asset_key: str, check: str, info: AssetInfo, now: float
     ) -> int:
         row = conn.execute(
             """INSERT INTO alerts (fingerprint, incident, asset_key, check_name, status, severity, summary, detail,
@@ -447,7 +448,7 @@ class AlertService:
 
     def _enqueue(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         notice: Notice,
         state: AlertState,
         alert_id: int | None,

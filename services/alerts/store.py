@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from libs.common.settings import Settings
+from libs.common.settings import Settings, StoreName
 from libs.common.store import Migration, Store, sqlite_path
 
 MIGRATIONS = [
@@ -121,9 +121,9 @@ MIGRATIONS = [
 
 def open_store(settings: Settings, *, migrate: bool = True) -> Store:
     """Open (and migrate) monitor.db."""
-    return Store.from_settings(settings, "monitor", MIGRATIONS, migrate=migrate)
+    return Store.from_settings(settings, StoreName.MONITOR, MIGRATIONS, migrate=migrate)
 
 
 def sqlite_path_of(settings: Settings) -> Path:
     """The file of monitor.db (to tell "no alerts yet" from an empty store without creating it)."""
-    return sqlite_path(settings.store_url("monitor"))
+    return sqlite_path(settings.store_url(StoreName.MONITOR))

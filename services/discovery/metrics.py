@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 from prometheus_client import Counter, Gauge, Histogram
+
+from libs.common.sql import Connection
 
 ASSETS_BY_GROUP = Gauge("ams_discovery_registered_assets", "Active registered assets per group", ["group"])
 ASSETS_BY_OWNERSHIP = Gauge(
@@ -25,7 +25,7 @@ LAST_SCAN = Gauge(
 SCAN_PROBLEMS = Gauge("ams_discovery_scan_problems", "Problems reported by the latest scan of a code location", ["code_location"])
 
 
-def refresh_gauges(conn: sqlite3.Connection) -> None:
+def refresh_gauges(conn: Connection) -> None:
     """Recompute the per-group and ownership gauges from the registry."""
     groups = {
         str(row[0] or "default"): int(row[1])

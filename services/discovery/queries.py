@@ -7,6 +7,7 @@ import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
+from libs.common.sql import Connection
 from services.discovery.registry import downstream_map, downstream_of, upstream_of
 
 _LIST_COLUMNS = (
@@ -49,7 +50,7 @@ def _asset(row: sqlite3.Row) -> dict[str, Any]:
 
 
 def list_assets(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     group: str | None = None,
     owner: str | None = None,
@@ -108,7 +109,7 @@ def list_assets(
     ]
 
 
-def get_asset(conn: sqlite3.Connection, key: str) -> dict[str, Any] | None:
+def get_asset(conn: Connection, key: str) -> dict[str, Any] | None:
     """One asset (active or retired) with its direct downstream keys, or None."""
     row = conn.execute(f"SELECT {_LIST_COLUMNS} FROM assets WHERE key = ?", (key,)).fetchone()
     if row is None:
@@ -118,12 +119,12 @@ def get_asset(conn: sqlite3.Connection, key: str) -> dict[str, Any] | None:
     return asset
 
 
-def all_keys(conn: sqlite3.Connection) -> list[str]:
+def all_keys(conn: Connection) -> list[str]:
     """Every registered key (for "did you mean")."""
     return [r[0] for r in conn.execute("SELECT key FROM assets ORDER BY key")]
 
 
-def distinct_values(conn: sqlite3.Connection) -> dict[str, set[str]]:
+def distinct_values(conn: Connection) -> dict[str, set[str]]:
     """The groups, owners, kinds and tag keys in use (to reject filters that match nothing by typo)."""
     out: dict[str, set[str]] = {"group": set(), "owner": set(), "kind": set(), "tag": set()}
     out["group"] = {r[0] for r in conn.execute("SELECT DISTINCT group_name FROM assets") if r[0] is not None}
@@ -133,7 +134,7 @@ def distinct_values(conn: sqlite3.Connection) -> dict[str, set[str]]:
     return out
 
 
-def history(conn: sqlite3.Connection, key: str) -> list[dict[str, Any]]:
+def history(conn: Connection, key: str) -> list[dict[str, Any]]:
     """Every version of `key`, oldest first: version, change type, when, what changed, when retired."""
     return [
         {
@@ -152,12 +153,12 @@ def history(conn: sqlite3.Connection, key: str) -> list[dict[str, Any]]:
     ]
 
 
-def lineage(conn: sqlite3.Connection, key: str) -> dict[str, list[tuple[str, int]]]:
+def lineage(conn: Connection, key: str) -> dict[str, list[tuple[str, int]]]:
     """All upstream and downstream keys of `key`, with their distance."""
     return {"upstream": upstream_of(conn, key), "downstream": downstream_of(conn, key)}
 
 
-def code_locations(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+def code_locations(conn: Connection) -> list[dict[str, Any]]:
     """The registered code locations with their asset count, problems and last change."""
     return [
         {

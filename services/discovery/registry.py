@@ -35,6 +35,7 @@ from typing import Any, Literal
 from pydantic_core import to_json
 
 from libs.common.events import AssetChanged, AssetChangeData, AssetSpecData, CatalogSnapshotData, new_event
+from libs.common.sql import Connection
 
 ChangeKind = Literal["registered", "changed", "returned", "retired"]
 
@@ -235,7 +236,7 @@ def _spec_json(spec: AssetSpecData) -> str:
 
 
 def register_snapshot(
-    conn: sqlite3.Connection, snapshot: CatalogSnapshotData, now: datetime | None = None
+    conn: Connection, snapshot: CatalogSnapshotData, now: datetime | None = None
 ) -> list[Change]:
     """Register one code location's snapshot inside the caller's write transaction; returns the changes.
 
@@ -351,7 +352,7 @@ def register_snapshot(
     return _with_downstream(conn, changes)
 
 
-def _with_downstream(conn: sqlite3.Connection, changes: list[Change]) -> list[Change]:
+def _with_downstream(conn: Connection, changes: list[Change]) -> list[Change]:
     """Fill each change's spec with the downstream keys as they are after this registration."""
     if not changes:
         return changes
@@ -362,7 +363,7 @@ def _with_downstream(conn: sqlite3.Connection, changes: list[Change]) -> list[Ch
     ]
 
 
-def downstream_map(conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, list[str]]:
+def downstream_map(conn: Connection, keys: Sequence[str]) -> dict[str, list[str]]:
     """Direct downstream keys (active assets) of each of `keys`."""
     out: dict[str, list[str]] = {}
     wanted = set(keys)
@@ -408,7 +409,7 @@ def to_events(changes: Sequence[Change], *, source: str = "discovery") -> list[A
 # -- lineage ---------------------------------------------------------------------------------------------
 
 
-def _walk(conn: sqlite3.Connection, key: str, *, up: bool) -> list[tuple[str, int]]:
+def _walk(conn: Connection, key: str, *, up: bool) -> list[tuple[str, int]]:
     # The recursive CTE collects the reachable sub-graph (UNION on the key alone, so it terminates even on
     # a cycle in a hostile snapshot); depths are then the shortest paths, found breadth-first in Python.
     near, far = ("asset_key", "upstream_key") if up else ("upstream_key", "asset_key")
@@ -438,11 +439,11 @@ def _walk(conn: sqlite3.Connection, key: str, *, up: bool) -> list[tuple[str, in
     return sorted(depth.items(), key=lambda item: (item[1], item[0]))
 
 
-def upstream_of(conn: sqlite3.Connection, key: str) -> list[tuple[str, int]]:
+def upstream_of(conn: Connection, key: str) -> list[tuple[str, int]]:
     """Every asset `key` depends on, at any depth: (key, depth) sorted by depth then key."""
     return _walk(conn, key, up=True)
 
 
-def downstream_of(conn: sqlite3.Connection, key: str) -> list[tuple[str, int]]:
+def downstream_of(conn: Connection, key: str) -> list[tuple[str, int]]:
     """Every asset depending on `key`, at any depth: (key, depth) sorted by depth then key."""
     return _walk(conn, key, up=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from libs.common.settings import Settings
+from libs.common.settings import Settings, StoreName
 from libs.common.store import Migration, Store
 
 MIGRATIONS = [
@@ -68,5 +68,5 @@ MIGRATIONS = [
 
 
 def open_store(settings: Settings, *, migrate: bool = True) -> Store:
-    """The metadata store at `settings.store_url("metadata")`, migrated unless `migrate=False`."""
-    return Store.from_settings(settings, "metadata", MIGRATIONS, migrate=migrate)
+    """The metadata store at `settings.store_url(StoreName.METADATA)`, migrated unless `migrate=False`."""
+    return Store.from_settings(settings, StoreName.METADATA, MIGRATIONS, migrate=migrate)

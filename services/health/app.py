@@ -1,79 +1,64 @@
-"""The health worker: consumes assets, runs and asset-changes; evaluates by time; reports to Dagster."""
+"""Wiring of the health worker: store, engine, Dagster check reporter, periodic jobs."""
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass
-
 from libs.common.events import ASSET_CHANGES, ASSETS, RUNS
-from libs.common.log import configure_logging, get_logger
-from libs.common.settings import ConfigError, Settings, load_settings
-from libs.common.worker import PeriodicJob, Worker
+from libs.common.log import get_logger
+from libs.common.settings import ServiceName
+from libs.common.worker import PeriodicJob, Worker, run_service
 from services.health.dagster_checks import DagsterCheckReporter
 from services.health.engine import HealthEngine
+from services.health.settings import HealthWorkerSettings
 from services.health.store import open_store
 
 log = get_logger(__name__)
-# Materializations before run events: in one poll, a run's failure must not be judged before the
-# materializations it did produce are on record.
-# Asset specs first: when several streams have entries, evaluations see the current spec.
+
+# Asset specs first, then materializations, then runs: in one poll, evaluations see the current spec, and a
+# run's failure is not judged before the materializations it did produce are on record.
 STREAMS = (ASSET_CHANGES, ASSETS, RUNS)
 
 
-@dataclass
-class HealthService:
-    worker: Worker
-    engine: HealthEngine
-    reporter: DagsterCheckReporter | None
-
-
-def build(settings: Settings, *, port: int | None = None) -> HealthService:
-    """Wire the health worker (store, engine, Dagster reporter, periodic jobs) without running it."""
+def build(settings: HealthWorkerSettings, *, port: int | None = None) -> Worker:
+    """The health worker: consumes asset-changes, assets and runs; evaluates by time; reports to Dagster."""
     store = open_store(settings)
     cfg = settings.health
+    dagster = settings.dagster
     reporter = (
-        DagsterCheckReporter(cfg.dagster_url, timeout_s=cfg.dagster_timeout_s, attempts=cfg.dagster_retries)
-        if cfg.dagster_url
+        DagsterCheckReporter(dagster.url, timeout_s=dagster.timeout_s, attempts=dagster.retries)
+        if dagster.url
         else None
     )
     engine = HealthEngine(store, settings, report=reporter.submit if reporter else None)
     engine.update_status_gauge()
 
-    def startup(_: Worker) -> None:
+    def start_reporting(_: Worker) -> None:
         if reporter is not None:
             reporter.start()
-            log.info("dagster_check_reporting", url=cfg.dagster_url)
+            log.info("dagster_check_reporting", url=dagster.url)
 
-    def shutdown(_: Worker) -> None:
+    def stop_reporting(_: Worker) -> None:
         if reporter is not None:
             reporter.stop()
 
-    worker = Worker(
-        service="health",
+    return Worker(
+        service=ServiceName.HEALTH,
         settings=settings,
         store=store,
         streams=STREAMS,
         handler=engine.handle,
         jobs=[
-            PeriodicJob(name="evaluate", func=engine.evaluate_all, interval_s=cfg.evaluation_interval_s, run_at_start=True),
+            PeriodicJob(name="evaluate", func=engine.evaluate_all, interval_s=cfg.evaluation_interval_s,
+                        run_at_start=True),
             PeriodicJob(name="evaluate_pending", func=engine.evaluate_pending, interval_s=cfg.max_defer_s),
             PeriodicJob(name="retention", func=engine.retention, interval_s=cfg.retention_interval_s),
             PeriodicJob(name="status_gauges", func=engine.refresh_status_gauges, interval_s=1.0),
         ],
-        on_startup=startup,
-        on_shutdown=shutdown,
+        on_startup=start_reporting,
+        on_shutdown=stop_reporting,
         port=port,
     )
-    engine.on_staged = worker.request_flush
-    return HealthService(worker, engine, reporter)
 
 
 def main() -> int:
     """Entry point of `python -m services.health`."""
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(settings, service="health")
-    return build(settings).worker.run()
+    return run_service(ServiceName.HEALTH, HealthWorkerSettings, build)

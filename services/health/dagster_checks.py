@@ -60,8 +60,6 @@ class DagsterCheckReporter:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._idle = threading.Event()
-        self._idle.set()
         self._thread = threading.Thread(target=self._run, name="dagster-check-reporter", daemon=True)
 
     def start(self) -> DagsterCheckReporter:
@@ -73,12 +71,7 @@ class DagsterCheckReporter:
         with self._lock:
             self._pending.pop(asset_key, None)
             self._pending[asset_key] = list(results)
-            self._idle.clear()
         self._wake.set()
-
-    def wait_idle(self, timeout_s: float) -> bool:
-        """Wait until everything queued was sent (or given up); True if so."""
-        return self._idle.wait(timeout_s)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
@@ -92,7 +85,6 @@ class DagsterCheckReporter:
             with self._lock:
                 item = self._pending.popitem(last=False) if self._pending else None
                 if item is None:
-                    self._idle.set()
                     self._wake.clear()
             if item is None:
                 self._wake.wait(1.0)

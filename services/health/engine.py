@@ -36,8 +36,7 @@ from libs.common.events import (
     new_event,
 )
 from libs.common.log import get_logger
-from libs.common.metrics import observe_many
-from libs.common.settings import Settings
+from libs.common.sql import Connection
 from libs.common.store import Store
 from services.health import metrics
 from services.health.evaluators import (
@@ -51,6 +50,7 @@ from services.health.evaluators import (
     signature,
 )
 from services.health.model import TERMINAL, AssetHistory, Execution, Failure, Materialization, UpstreamState
+from services.health.settings import HealthWorkerSettings
 from services.health.store import all_asset_keys, columns_json, load_history, prune
 from services.health.thresholds import Resolved, resolve
 
@@ -91,7 +91,7 @@ class HealthEngine:
     def __init__(
         self,
         store: Store,
-        settings: Settings,
+        settings: HealthWorkerSettings,
         *,
         clock: Callable[[], float] = time.time,
         report: Callable[[str, Sequence[CheckResult]], None] | None = None,
@@ -142,7 +142,7 @@ class HealthEngine:
         self._dirty = dict.fromkeys(r[0] for r in rows)
         self._dirty_since = time.monotonic() if self._dirty else None
 
-    def _history(self, conn: sqlite3.Connection, key: str) -> AssetHistory:
+    def _history(self, conn: Connection, key: str) -> AssetHistory:
         history = self._histories.get(key)
         if history is None:
             history = load_history(conn, key, self.cfg.history_limit)
@@ -155,7 +155,7 @@ class HealthEngine:
             self._histories.move_to_end(key)
         return history
 
-    def _state(self, conn: sqlite3.Connection, key: str) -> HealthState:
+    def _state(self, conn: Connection, key: str) -> HealthState:
         state = self._states.get(key)
         if state is None:
             state = HealthState()
@@ -208,10 +208,10 @@ class HealthEngine:
             if delivery.event.id in fresh:
                 lags.setdefault(delivery.stream, []).append(max(0.0, handled - _ts(delivery.event)))
         for stream, values in lags.items():
-            observe_many(metrics.EVENT_LAG_SECONDS.labels(stream=stream), values)
+            metrics.EVENT_LAG_SECONDS.labels(stream=stream).observe_many(values)
         self._after_commit(evaluations, report_all=True)
 
-    def _mark_dirty(self, conn: sqlite3.Connection, keys: Sequence[str]) -> None:
+    def _mark_dirty(self, conn: Connection, keys: Sequence[str]) -> None:
         """Remember `keys` as awaiting evaluation, durably (a crash before evaluating loses nothing)."""
         fresh = [k for k in keys if k not in self._dirty]
         if not fresh:
@@ -230,7 +230,7 @@ class HealthEngine:
         wait = max(self.cfg.max_defer_s, 9 * self._last_evaluation_s)
         return time.monotonic() - self._dirty_since >= wait
 
-    def _evaluate_dirty(self, conn: sqlite3.Connection, now: float) -> list[Evaluation]:
+    def _evaluate_dirty(self, conn: Connection, now: float) -> list[Evaluation]:
         if not self._dirty:
             return []
         started = time.monotonic()
@@ -260,7 +260,7 @@ class HealthEngine:
         self._after_commit(evaluations, report_all=True)
         return len(evaluations)
 
-    def _record(self, conn: sqlite3.Connection, events: Sequence[Event]) -> list[str]:
+    def _record(self, conn: Connection, events: Sequence[Event]) -> list[str]:
         """Write the events' facts to health.db and the cache; returns the asset keys to re-evaluate."""
         runs: list[RunEvent] = []
         mats: list[AssetMaterialized] = []
@@ -313,7 +313,7 @@ class HealthEngine:
         return list(touched)
 
     def _record_changes(
-        self, conn: sqlite3.Connection, changes: Sequence[AssetChanged], histories: dict[str, AssetHistory]
+        self, conn: Connection, changes: Sequence[AssetChanged], histories: dict[str, AssetHistory]
     ) -> None:
         now = time.time()
         rows = []
@@ -338,11 +338,11 @@ class HealthEngine:
         )
 
     @staticmethod
-    def _spec_version(conn: sqlite3.Connection, key: str, default: int) -> int:
+    def _spec_version(conn: Connection, key: str, default: int) -> int:
         row = conn.execute("SELECT version FROM asset_specs WHERE asset_key = ?", (key,)).fetchone()
         return int(row[0]) if row is not None else default
 
-    def _record_runs(self, conn: sqlite3.Connection, runs: Sequence[RunEvent], histories: dict[str, AssetHistory]) -> None:
+    def _record_runs(self, conn: Connection, runs: Sequence[RunEvent], histories: dict[str, AssetHistory]) -> None:
         now = time.time()
         # A backlog brings a run's start and end in one batch: merge them first (merging is associative, so
         # the result is the same as one event after the other), then write and insert once per asset and run.
@@ -388,7 +388,7 @@ class HealthEngine:
         )
 
     def _record_materializations(
-        self, conn: sqlite3.Connection, mats: Sequence[AssetMaterialized], histories: dict[str, AssetHistory]
+        self, conn: Connection, mats: Sequence[AssetMaterialized], histories: dict[str, AssetHistory]
     ) -> None:
         rows = []
         for m in mats:
@@ -409,7 +409,7 @@ class HealthEngine:
         )
 
     def _record_failures(
-        self, conn: sqlite3.Connection, fails: Sequence[AssetMaterializationFailed], histories: dict[str, AssetHistory]
+        self, conn: Connection, fails: Sequence[AssetMaterializationFailed], histories: dict[str, AssetHistory]
     ) -> None:
         rows = []
         for f in fails:
@@ -424,7 +424,7 @@ class HealthEngine:
 
     # -- evaluation --------------------------------------------------------------------------------------
 
-    def _upstreams(self, conn: sqlite3.Connection, history: AssetHistory) -> dict[str, UpstreamState]:
+    def _upstreams(self, conn: Connection, history: AssetHistory) -> dict[str, UpstreamState]:
         states: dict[str, UpstreamState] = {}
         if history.spec is None:
             return states
@@ -444,7 +444,7 @@ class HealthEngine:
             )
         return states
 
-    def _evaluate(self, conn: sqlite3.Connection, keys: Iterable[str], now: float) -> list[Evaluation]:
+    def _evaluate(self, conn: Connection, keys: Iterable[str], now: float) -> list[Evaluation]:
         """Evaluate `keys` (then, once, the downstream of those whose health changed); stage transitions."""
         evaluations: list[Evaluation] = []
         done: set[str] = set()
@@ -494,7 +494,7 @@ class HealthEngine:
 
     def _evaluate_one(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         key: str,
         now: float,
         check_rows: list[tuple[str, str, str, str, str, float]],

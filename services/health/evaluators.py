@@ -14,9 +14,9 @@ from typing import Any
 from pydantic import JsonValue
 
 from libs.common.events import CHECK_NAMES, CheckOutcome, CheckResult, HealthStatus
-from libs.common.settings import HealthThresholds
 from services.health.anomaly import DetectorConfig, Score, score
 from services.health.model import AssetHistory, Execution, UpstreamState
+from services.health.settings import HealthThresholds
 from services.health.thresholds import Resolved
 
 EXECUTION, VOLUME, DURATION, FRESHNESS, DEPENDENCIES, SCHEMA = CHECK_NAMES
@@ -263,6 +263,9 @@ def learned_cadence(times: Sequence[float], window: int = 30) -> tuple[float | N
 
 def latest_cron_tick(cron: str, now: float, timezone: str | None) -> float:
     """The latest tick of `cron` at or before `now` (Dagster's own cron arithmetic, imported on first use)."""
+    # Dagster exports no cron arithmetic; the policy's deadline must follow Dagster's reading of the cron
+    # string (its aliases and DST rules), so this private name (read in dagster 1.13.28) is used on purpose.
+    # tests/services/health/test_evaluators.py exercises it.
     from dagster._utils.schedules import get_latest_completed_cron_tick
 
     return get_latest_completed_cron_tick(cron, datetime.fromtimestamp(now, UTC), timezone).timestamp()

@@ -4,12 +4,11 @@ health per asset, and the transitions published."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from collections.abc import Iterable
 
 from libs.common.events import AssetSpecData
-from libs.common.settings import Settings
+from libs.common.settings import Settings, StoreName
+from libs.common.sql import Connection
 from libs.common.store import Migration, Store
 from services.health.model import AssetHistory, Execution, Failure, Materialization
 
@@ -115,8 +114,8 @@ MIGRATIONS = [
 
 
 def open_store(settings: Settings, *, migrate: bool = True) -> Store:
-    """health.db at `settings.store_url("health")`, migrated."""
-    return Store.from_settings(settings, "health", MIGRATIONS, migrate=migrate)
+    """health.db at `settings.store_url(StoreName.HEALTH)`, migrated."""
+    return Store.from_settings(settings, StoreName.HEALTH, MIGRATIONS, migrate=migrate)
 
 
 _COLUMNS_JSON: dict[tuple[tuple[str, str], ...], str] = {}
@@ -138,7 +137,7 @@ def _columns(raw: str | None) -> tuple[tuple[str, str], ...] | None:
     return tuple((str(n), str(t)) for n, t in json.loads(raw)) if raw else None
 
 
-def load_history(conn: sqlite3.Connection, key: str, limit: int) -> AssetHistory:
+def load_history(conn: Connection, key: str, limit: int) -> AssetHistory:
     """The asset's spec copy and its newest `limit` materializations, executions and failures."""
     history = AssetHistory(key=key)
     row = conn.execute("SELECT spec, retired_at, registered_at FROM asset_specs WHERE asset_key = ?", (key,)).fetchone()
@@ -181,7 +180,7 @@ def load_history(conn: sqlite3.Connection, key: str, limit: int) -> AssetHistory
     return history
 
 
-def all_asset_keys(conn: sqlite3.Connection) -> list[str]:
+def all_asset_keys(conn: Connection) -> list[str]:
     """Every asset with a spec copy or any history."""
     return [
         r[0]
@@ -215,15 +214,3 @@ def prune(store: Store, retention_days: int, *, now: float | None = None) -> dic
         deleted["health_transitions"] = tx.execute("DELETE FROM health_transitions WHERE at < ?", (cutoff,)).rowcount
         deleted["processed_events"] = tx.execute("DELETE FROM processed_events WHERE processed_at < ?", (cutoff,)).rowcount
     return deleted
-
-
-def known_keys(conn: sqlite3.Connection, keys: Iterable[str]) -> set[str]:
-    """Which of `keys` have a spec copy."""
-    wanted = list(keys)
-    found: set[str] = set()
-    for i in range(0, len(wanted), 500):
-        chunk = wanted[i : i + 500]
-        found.update(
-            r[0] for r in conn.execute(f"SELECT asset_key FROM asset_specs WHERE asset_key IN ({','.join('?' * len(chunk))})", chunk)
-        )
-    return found

@@ -10,7 +10,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from libs.common.events import AssetSpecData
-from libs.common.settings import HealthSettings, HealthThresholds, parse_duration_s
+from libs.common.settings import parse_duration_s
+from services.health.settings import HealthSettings, HealthThresholds
 
 TAG_PREFIX = "ams/"
 FIELDS = frozenset(HealthThresholds.model_fields)

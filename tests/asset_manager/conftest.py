@@ -88,7 +88,7 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureF
         "AMS_REDIS__URL": redis_url,
         "AMS_BUS__PREFIX": f"cli-{uuid.uuid4().hex[:8]}",
         "AMS_DISCOVERY__DEFINITIONS": f"{package}.definitions:defs",
-        "AMS_DISCOVERY__CODE_LOCATION": "orchestrator",
+        "AMS_DAGSTER__CODE_LOCATION": "orchestrator",
         "AMS_LOGGING__LEVEL": "WARNING",
         # Nothing listens on these: tests never depend on what else runs on this machine.
         "AMS_SERVICES__DISCOVERY__PORT": str(free_port()),

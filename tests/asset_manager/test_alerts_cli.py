@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from asset_manager.settings import AppSettings
 from libs.common.bus import Delivery
 from libs.common.events import HEALTH, CheckResult, HealthChanged, HealthChangedData, new_event, utcnow
 from libs.common.settings import load_settings
@@ -37,7 +38,7 @@ def alerting(cli: Cli, receiver: RecordingReceiver, monkeypatch: pytest.MonkeyPa
 
 def publish_health(asset: str, status: str, checks: list[tuple[str, str]], n: int) -> None:
     """Apply a health event through the alerts service, as the worker would."""
-    settings = load_settings()
+    settings = load_settings(AppSettings)
     store = open_store(settings)
     try:
         data = HealthChangedData(
@@ -151,7 +152,7 @@ def test_deliveries_lists_failed_notifications(alerting: Cli, receiver: Recordin
     from services.alerts.sender import Sender
 
     publish_health("ops/load", "FAILED", [("execution_status", "error")], 1)
-    settings = load_settings()
+    settings = load_settings(AppSettings)
     store = open_store(settings)
     sender = Sender(store, settings)
     receiver.script = [Reply(status=410, body=b'{"error":"gone"}')]

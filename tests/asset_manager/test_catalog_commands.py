@@ -249,6 +249,7 @@ def test_real_process_piped(registered: Cli) -> None:
 
 def test_health_and_alerts_from_their_own_services(registered: Cli) -> None:
     """Health and alerts come from health.db and monitor.db, written by those services' own handlers."""
+    from asset_manager.settings import AppSettings
     from libs.common.bus import Delivery
     from libs.common.events import (
         AssetMaterializationFailed,
@@ -263,7 +264,7 @@ def test_health_and_alerts_from_their_own_services(registered: Cli) -> None:
     from services.health.engine import HealthEngine
     from services.health.store import open_store as open_health
 
-    settings = load_settings()
+    settings = load_settings(AppSettings)
     changes = asset_changes(registered)
     ok = new_event(AssetMaterialized, "asset.materialized", identity="raw_orders|1", source="test",
                    data=MaterializationData(asset_key="raw_orders", run_id="r1", row_count=10))
@@ -326,6 +327,7 @@ def test_concurrent_discoveries_register_once(cli: Cli) -> None:
 
 def test_asset_details_charts_row_counts(registered: Cli) -> None:
     """The row-count history is drawn as a sparkline, so a person sees the drop."""
+    from asset_manager.settings import AppSettings
     from libs.common.bus import Delivery
     from libs.common.events import AssetMaterialized, MaterializationData, new_event
     from libs.common.settings import load_settings
@@ -339,8 +341,8 @@ def test_asset_details_charts_row_counts(registered: Cli) -> None:
                   data=MaterializationData(asset_key="raw_orders", run_id=f"r{i}", row_count=n))
         for i, n in enumerate(counts)
     ]
-    store = open_health(load_settings())
-    HealthEngine(store, load_settings()).handle([Delivery("assets", str(i), e) for i, e in enumerate(events)])
+    store = open_health(load_settings(AppSettings))
+    HealthEngine(store, load_settings(AppSettings)).handle([Delivery("assets", str(i), e) for i, e in enumerate(events)])
     store.close()
     code, out, _ = registered.run("asset-details", "raw_orders", "--format", "json")
     assert code == 0

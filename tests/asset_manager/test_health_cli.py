@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from asset_manager.settings import AppSettings
 from libs.common.bus import Delivery
 from libs.common.events import (
     ASSETS,
@@ -30,7 +31,7 @@ def _dt(t: float) -> datetime:
 
 
 def populate() -> None:
-    settings = load_settings()
+    settings = load_settings(AppSettings)
     store = open_store(settings)
     engine = HealthEngine(store, settings)
     now = time.time()

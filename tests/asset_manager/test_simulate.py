@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from asset_manager.commands.simulate import INJECTIONS, SimulationSummary, generate, simulate
+from asset_manager.settings import AppSettings
 from libs.common.bus import Bus, connect
 from libs.common.events import (
     ASSETS,
@@ -27,7 +28,7 @@ NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 @pytest.fixture
 def bus(redis_url: str, bus_prefix: str) -> Iterator[Bus]:
-    settings = load_settings(redis={"url": redis_url}, bus={"prefix": bus_prefix})
+    settings = load_settings(AppSettings, redis={"url": redis_url}, bus={"prefix": bus_prefix})
     client = connect(settings.redis)
     yield Bus(client, settings.bus)
     client.close()
@@ -112,7 +113,7 @@ def test_cli(cli: Cli, redis_client: redis.Redis) -> None:
     assert code == 0, err
     assert out.startswith("published 120 events") and "for 4 assets" in out
     assert err == ""  # no progress bar when not on a terminal
-    prefix = load_settings().bus.prefix
+    prefix = load_settings(AppSettings).bus.prefix
     assert redis_client.xlen(f"{prefix}:{RUNS}") + redis_client.xlen(f"{prefix}:{ASSETS}") == 120
     code, _, err = cli.run("simulate", "--inject", "meteor")
     assert code == 2 and err.startswith("error: unknown --inject 'meteor'")

@@ -40,11 +40,11 @@ def defined_metrics() -> set[str]:
     names: set[str] = set()
     for path in [*ROOT.glob("libs/**/*.py"), *ROOT.glob("services/**/*.py")]:
         text = path.read_text()
-        for kind, name in re.findall(r"\b(Counter|Gauge|Histogram|Summary)\(\s*\"(ams_[a-z0-9_]+)\"", text):
+        for kind, name in re.findall(r"\b(Counter|Gauge|Histogram|BatchHistogram|Summary)\(\s*\"(ams_[a-z0-9_]+)\"", text):
             names.add(name)
             if kind == "Counter" and not name.endswith("_total"):
                 names.add(name + "_total")
-            if kind in ("Histogram", "Summary"):
+            if kind in ("Histogram", "BatchHistogram", "Summary"):
                 names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
     return names
 

@@ -98,7 +98,7 @@ class System:
             "AMS_BUS__BLOCK_MS": "200",
             "AMS_LOGGING__FORMAT": "json",
             "AMS_SERVICES__HEALTH__PORT": str(self.health_port),
-            "AMS_HEALTH__DAGSTER_URL": self.url,
+            "AMS_DAGSTER__URL": self.url,
             # a short history is enough to judge volume in a test
             "AMS_HEALTH__DEFAULTS__VOLUME_MIN_TRAINING_SIZE": "3",
             "E2E_MODE_FILE": str(self.mode_file),

@@ -14,8 +14,9 @@ import pytest
 from dagster import DagsterInstance, build_sensor_context, instance_for_test
 from standardwebhooks.webhooks import Webhook
 
-from libs.common.settings import Settings, get_settings
+from asset_manager.settings import AppSettings
 from libs.common.testing import ServiceProcess, wait_for
+from orchestrator.settings import get_settings
 from services.alerts.testing import RecordingReceiver
 
 pytestmark = pytest.mark.e2e
@@ -46,7 +47,7 @@ def receiver() -> Iterator[RecordingReceiver]:
 
 
 @pytest.fixture
-def system(settings: Settings, receiver: RecordingReceiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+def system(settings: AppSettings, receiver: RecordingReceiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """The three workers as processes, configured through the environment like a deployment."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("AMS_")},
@@ -80,12 +81,12 @@ def system(settings: Settings, receiver: RecordingReceiver, tmp_path: Path, monk
 
 
 @pytest.fixture
-def instance(settings: Settings) -> Iterator[DagsterInstance]:
+def instance(settings: AppSettings) -> Iterator[DagsterInstance]:
     with instance_for_test(temp_dir=str(settings.dagster_home)) as dagster_instance:
         yield dagster_instance
 
 
-def tick(settings: Settings, instance: DagsterInstance, cursor: str | None) -> str | None:
+def tick(settings: AppSettings, instance: DagsterInstance, cursor: str | None) -> str | None:
     """Evaluate the real publishing sensor once against the real code location."""
     from orchestrator.definitions import defs
     from orchestrator.sensors import build_event_sensor
@@ -107,7 +108,7 @@ def webhooks(receiver: RecordingReceiver, status: str, asset: str) -> list[dict[
 
 
 def test_failure_travels_to_a_signed_webhook_and_recovery_resolves_it(
-    settings: Settings,
+    settings: AppSettings,
     system: dict[str, Any],
     instance: DagsterInstance,
     receiver: RecordingReceiver,

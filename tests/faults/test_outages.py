@@ -14,10 +14,11 @@ import redis
 from dagster import DagsterInstance, build_sensor_context, instance_for_test
 
 from asset_manager.commands.simulate import generate
+from asset_manager.settings import AppSettings
 from libs.common.bus import Bus, connect
 from libs.common.events import ASSETS, RUNS, Event, parse_event
 from libs.common.redis_server import LocalRedis
-from libs.common.settings import Settings, load_settings
+from libs.common.settings import load_settings
 from libs.common.testing import ServiceProcess, wait_for
 from orchestrator.sensors import PublishError, build_event_sensor
 from orchestrator.testing import record_finished_runs
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 
-def test_sensor_with_redis_down_for_several_ticks_loses_nothing(settings: Settings, local_redis: LocalRedis) -> None:
+def test_sensor_with_redis_down_for_several_ticks_loses_nothing(settings: AppSettings, local_redis: LocalRedis) -> None:
     own = settings.model_copy(update={"redis": settings.redis.model_copy(update={"url": local_redis.url})})
     sensor = build_event_sensor(settings=own)
     with instance_for_test(temp_dir=str(settings.dagster_home)) as instance:
@@ -95,7 +96,7 @@ def test_health_worker_across_a_redis_restart_with_aof_loses_nothing(tmp_path: P
     worker = health_worker(server.url, home, tmp_path / "system.log")
     try:
         wait_for(worker.ready, 60, "health ready")
-        settings = load_settings(redis={"url": server.url}, bus={"prefix": "outage"}, logging={"file": None})
+        settings = load_settings(AppSettings, redis={"url": server.url}, bus={"prefix": "outage"}, logging={"file": None})
         bus = Bus(connect(settings.redis), settings.bus)
         events = list(generate(assets=20, events=3000, seed=4))
         done = threading.Event()
@@ -122,7 +123,7 @@ def test_health_worker_after_redis_restart_without_persistence_recovers_and_repo
     worker = health_worker(server.url, home, log)
     try:
         wait_for(worker.ready, 60, "health ready")
-        settings = load_settings(redis={"url": server.url}, bus={"prefix": "outage"}, logging={"file": None})
+        settings = load_settings(AppSettings, redis={"url": server.url}, bus={"prefix": "outage"}, logging={"file": None})
         events = list(generate(assets=5, events=200, seed=9))
         Bus(connect(settings.redis), settings.bus).publish_many(ASSETS, [e for s, e in events[:100] if s == ASSETS])
         wait_for(lambda: len(stored(home)) > 0, 60, "first events stored")

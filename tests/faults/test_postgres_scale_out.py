@@ -16,9 +16,9 @@ import psycopg2
 import pytest
 
 from asset_manager.commands.simulate import generate
+from asset_manager.settings import AppSettings
 from libs.common.bus import Bus, connect
 from libs.common.events import ASSETS, RUNS, Event
-from libs.common.settings import Settings
 from libs.common.testing import ServiceProcess, wait_for
 
 pytestmark = pytest.mark.faults
@@ -29,7 +29,7 @@ REPLICAS = 3
 
 
 
-def test_three_health_workers_share_one_postgres_store(settings: Settings, postgres_url: str, tmp_path: Path) -> None:
+def test_three_health_workers_share_one_postgres_store(settings: AppSettings, postgres_url: str, tmp_path: Path) -> None:
     base = {
         **{k: v for k, v in os.environ.items() if not k.startswith("AMS_")},
         "DAGSTER_HOME": str(tmp_path / "home"),

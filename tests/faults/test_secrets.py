@@ -10,6 +10,7 @@ import os
 import time
 from pathlib import Path
 
+from asset_manager.settings import AppSettings
 from libs.common.bus import Bus, connect
 from libs.common.events import HEALTH, CheckResult, HealthChanged, HealthChangedData, new_event, utcnow
 from libs.common.redis_server import LocalRedis, free_port
@@ -45,14 +46,14 @@ def test_secrets_are_not_logged_or_exposed(tmp_path: Path) -> None:
     }
     worker = ServiceProcess.service("alerts", env, tmp_path / "alerts.out")
     try:
-        settings = load_settings(redis={"url": server.url, "password": REDIS_PASSWORD}, bus={"prefix": "secrets"},
+        settings = load_settings(AppSettings, redis={"url": server.url, "password": REDIS_PASSWORD}, bus={"prefix": "secrets"},
                                  logging={"file": None})
         bus = Bus(connect(settings.redis), settings.bus)
-        bus.publish(HEALTH, new_event(HealthChanged, "health.changed", identity="secret-asset:1", source="test",
-                                      data=HealthChangedData(asset_key="secret/asset", status="FAILED",
-                                                             previous_status="HEALTHY", evaluated_at=utcnow(),
-                                                             checks=[CheckResult(check="execution_status", outcome="error",
-                                                                                 reason="run failed")])))
+        failed = HealthChangedData(asset_key="secret/asset", status="FAILED", previous_status="HEALTHY",
+                                   evaluated_at=utcnow(),
+                                   checks=[CheckResult(check="execution_status", outcome="error", reason="run failed")])
+        bus.publish_many(HEALTH, [new_event(HealthChanged, "health.changed", identity="secret-asset:1", source="test",
+                                            data=failed)])
         receiver.wait_for(lambda requests: len(requests) >= 1, timeout_s=30)
         deadline = time.monotonic() + 30
         while not (log.exists() and "notification_retry" in log.read_text()):

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from asset_manager.commands.simulate import generate
+from asset_manager.settings import AppSettings
 from libs.common.bus import Bus, connect
 from libs.common.events import ASSETS, HEALTH, RUNS, Event
 from libs.common.redis_server import LocalRedis
@@ -74,7 +75,7 @@ def test_sigkill_workers_repeatedly_loses_and_doubles_nothing(
     server, receiver, env = setup
     home = tmp_path / "home"
     workers = {name: ServiceProcess.service(name, env, tmp_path / f"{name}.out") for name in ("health", "alerts")}
-    settings = load_settings(redis={"url": server.url}, bus={"prefix": "kill"}, logging={"file": None})
+    settings = load_settings(AppSettings, redis={"url": server.url}, bus={"prefix": "kill"}, logging={"file": None})
     bus = Bus(connect(settings.redis), settings.bus)
     client = bus.client
     published: list[tuple[str, Event]] = list(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from asset_manager.settings import AppSettings
 from libs.common.bus import Bus, connect
 from libs.common.events import RUNS, RunData, RunEvent, new_event
 from libs.common.redis_server import free_port
@@ -62,7 +63,7 @@ def count_rows(db: Path) -> int:
 def test_disk_full_stops_acking_then_resumes(redis_url: str, bus_prefix: str, small_disk: Path, tmp_path: Path) -> None:
     db = small_disk / "sample.db"
     worker = start_sample(redis_url, bus_prefix, db, tmp_path)
-    settings = load_settings(redis={"url": redis_url}, bus={"prefix": bus_prefix})
+    settings = load_settings(AppSettings, redis={"url": redis_url}, bus={"prefix": bus_prefix})
     bus = Bus(connect(settings.redis), settings.bus)
     try:
         wait_for(lambda: worker.ready(), what="ready")
@@ -96,7 +97,7 @@ def test_read_only_store_file_stops_acking_then_resumes(redis_url: str, bus_pref
     store_dir.mkdir()
     db = store_dir / "sample.db"
     worker = start_sample(redis_url, bus_prefix, db, tmp_path)
-    settings = load_settings(redis={"url": redis_url}, bus={"prefix": bus_prefix})
+    settings = load_settings(AppSettings, redis={"url": redis_url}, bus={"prefix": bus_prefix})
     bus = Bus(connect(settings.redis), settings.bus)
     locked: list[Path] = []
     try:

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 import pytest
 from dagster import DagsterInstance, instance_for_test
 
-from libs.common.settings import Settings, get_settings
+from orchestrator.settings import OrchestratorSettings, get_settings
 
 
 @pytest.fixture
-def dagster_instance(settings: Settings) -> Iterator[DagsterInstance]:
+def dagster_instance(settings: OrchestratorSettings) -> Iterator[DagsterInstance]:
     """A persistent instance with Dagster's default SQLite storage (run-sharded event log) in DAGSTER_HOME.
 
     The assets read the process settings (get_settings, cached): the cache is cleared so that they see

@@ -9,15 +9,15 @@ import redis
 from dagster import DagsterInstance, build_sensor_context
 
 from libs.common.events import ASSETS, RUNS, parse_event
-from libs.common.settings import Settings
 from orchestrator.sensors import build_event_sensor
+from orchestrator.settings import OrchestratorSettings
 from orchestrator.testing import record_finished_runs
 
 BURST = 1000
 
 
 def test_a_thousand_finished_runs_are_published_within_two_ticks(
-    settings: Settings, redis_client: redis.Redis
+    settings: OrchestratorSettings, redis_client: redis.Redis
 ) -> None:
     # In-memory storage records runs ~10x faster than the SQLite files; the sensor reads it the same way.
     instance = DagsterInstance.ephemeral()
@@ -48,7 +48,7 @@ def test_a_thousand_finished_runs_are_published_within_two_ticks(
     assert all(e.data.row_count is not None for e in assets if e.type == "asset.materialized")
 
 
-def test_a_tick_stops_at_its_budget_and_the_next_one_continues(settings: Settings, redis_client: redis.Redis) -> None:
+def test_a_tick_stops_at_its_budget_and_the_next_one_continues(settings: OrchestratorSettings, redis_client: redis.Redis) -> None:
     instance = DagsterInstance.ephemeral()
     run_ids = record_finished_runs(instance, 30)
     tight = settings.model_copy(

@@ -16,18 +16,19 @@ from dagster import DagsterInstance, Definitions, RepositoryDefinition, asset, b
 
 from libs.common.events import ASSETS, CATALOG, CHECK_NAMES, RUNS, parse_event
 from libs.common.redis_server import LocalRedis
-from libs.common.settings import PROJECT_ROOT, Settings
+from libs.common.settings import PROJECT_ROOT
 from orchestrator.assets import _demo
 from orchestrator.definitions import build_definitions, defs
 from orchestrator.loader import ModuleProblem, ScanResult
 from orchestrator.sensors import SENSOR_NAME, PublisherCursor, PublishError, build_event_sensor
+from orchestrator.settings import OrchestratorSettings
 from orchestrator.testing import record_finished_runs
 
 DEMO = ["raw_customers", "raw_orders", "stg_customers", "stg_orders", "transformed_customer_orders"]
 
 
 def tick(
-    settings: Settings, instance: DagsterInstance, cursor: str | None, repo: RepositoryDefinition | None = None
+    settings: OrchestratorSettings, instance: DagsterInstance, cursor: str | None, repo: RepositoryDefinition | None = None
 ) -> tuple[str | None, str]:
     """Evaluate the sensor once as the daemon would; returns the new cursor and the tick's message."""
     context = build_sensor_context(instance=instance, cursor=cursor, repository_def=repo)
@@ -35,13 +36,13 @@ def tick(
     return context.cursor, str(getattr(result, "skip_message", ""))
 
 
-def read(client: redis.Redis, settings: Settings, stream: str) -> list[Any]:
+def read(client: redis.Redis, settings: OrchestratorSettings, stream: str) -> list[Any]:
     entries = client.xrange(f"{settings.bus.prefix}:{stream}")
     return [parse_event(fields[b"event"]) for _, fields in entries]
 
 
 def test_runs_materializations_failures_and_catalog_are_published(
-    settings: Settings, dagster_instance: DagsterInstance, redis_client: redis.Redis
+    settings: OrchestratorSettings, dagster_instance: DagsterInstance, redis_client: redis.Redis
 ) -> None:
     repo = defs.get_repository_def()
     job = defs.resolve_implicit_global_asset_job_def()
@@ -108,7 +109,7 @@ def test_runs_materializations_failures_and_catalog_are_published(
 
 
 def test_snapshot_is_published_once_per_definitions_change(
-    settings: Settings, dagster_instance: DagsterInstance, redis_client: redis.Redis
+    settings: OrchestratorSettings, dagster_instance: DagsterInstance, redis_client: redis.Redis
 ) -> None:
     @asset(group_name="g", owners=["team:a"])
     def first() -> int:
@@ -134,7 +135,7 @@ def test_snapshot_is_published_once_per_definitions_change(
 
 
 def test_redis_down_fails_the_tick_and_the_retry_publishes_the_same_ids(
-    settings: Settings, dagster_instance: DagsterInstance, local_redis: LocalRedis
+    settings: OrchestratorSettings, dagster_instance: DagsterInstance, local_redis: LocalRedis
 ) -> None:
     own = settings.model_copy(update={"redis": settings.redis.model_copy(update={"url": local_redis.url})})
     reference = own.model_copy(update={"bus": own.bus.model_copy(update={"prefix": own.bus.prefix + "-ref"})})
@@ -171,7 +172,7 @@ def test_an_unreadable_cursor_is_refused_not_reset() -> None:
 
 
 def test_the_snapshot_carries_the_asset_module_problems(
-    settings: Settings, dagster_instance: DagsterInstance, redis_client: redis.Redis
+    settings: OrchestratorSettings, dagster_instance: DagsterInstance, redis_client: redis.Redis
 ) -> None:
     @asset
     def fine() -> int:
@@ -188,7 +189,7 @@ def test_the_snapshot_carries_the_asset_module_problems(
 
 
 def test_redis_refusing_writes_mid_tick_republishes_with_the_same_ids(
-    settings: Settings, local_redis: LocalRedis
+    settings: OrchestratorSettings, local_redis: LocalRedis
 ) -> None:
     """Redis runs out of memory after some pages went out: the tick fails, and the retry publishes the
     missing events; what went out twice went out with the same ids."""
@@ -226,7 +227,7 @@ def test_redis_refusing_writes_mid_tick_republishes_with_the_same_ids(
 
 
 def test_runs_launched_by_the_dagster_cli_are_published(
-    settings: Settings, dagster_instance: DagsterInstance, redis_client: redis.Redis
+    settings: OrchestratorSettings, dagster_instance: DagsterInstance, redis_client: redis.Redis
 ) -> None:
     """`dagster asset materialize` runs in an ephemeral code location of its own; the sensor reads the
     instance-wide event log, so it sees those runs (what monitor_all_code_locations gives other sensors)."""
@@ -246,7 +247,7 @@ def test_runs_launched_by_the_dagster_cli_are_published(
     assert materialized.data.asset_key == "raw_customers" and materialized.data.row_count
 
 
-def test_a_canceled_run_is_published_with_its_message(settings: Settings, redis_client: redis.Redis) -> None:
+def test_a_canceled_run_is_published_with_its_message(settings: OrchestratorSettings, redis_client: redis.Redis) -> None:
     from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
     instance = DagsterInstance.ephemeral()

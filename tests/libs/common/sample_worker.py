@@ -12,7 +12,7 @@ import time
 from libs.common.bus import Delivery
 from libs.common.events import RUNS
 from libs.common.log import configure_logging
-from libs.common.settings import load_settings
+from libs.common.settings import Settings, load_settings
 from libs.common.store import Migration, Store
 from libs.common.worker import Worker
 
@@ -20,17 +20,17 @@ MIGRATIONS = [Migration(1, "runs", "CREATE TABLE runs (event_id TEXT PRIMARY KEY
 
 
 def main() -> int:
-    settings = load_settings()
+    settings = load_settings(Settings)
     configure_logging(settings, service="sample")
     store = Store(os.environ["SAMPLE_DB"], MIGRATIONS)
     delay = float(os.environ.get("SAMPLE_DELAY_S", "0"))
 
     def handle(deliveries: list[Delivery]) -> None:
         with store.write() as tx:
-            fresh = Store.claim_new(tx, deliveries, lambda d: d.event.id)
+            by_id = {d.event.id: d.event for d in deliveries}
             tx.executemany(
                 "INSERT INTO runs (event_id, run_id) VALUES (?, ?)",
-                [(d.event.id, d.event.data.run_id) for d in fresh],  # type: ignore[union-attr]
+                [(i, by_id[i].data.run_id) for i in Store.claim_events(tx, list(by_id))],  # type: ignore[union-attr]
             )
         time.sleep(delay)
 

@@ -47,7 +47,7 @@ def test_publish_consume_and_ack(settings: Settings) -> None:
 
 def test_group_created_after_publish_still_sees_earlier_events(settings: Settings) -> None:
     bus = make_bus(settings)
-    bus.publish(RUNS, run_event(1))
+    bus.publish_many(RUNS, [run_event(1)])
     seen: list[Delivery] = []
     poll_until(Consumer(bus=bus, group="late", name="c", streams=[RUNS], handler=seen.extend), lambda: len(seen) == 1)
 
@@ -86,7 +86,7 @@ def test_malformed_messages_are_dead_lettered_and_consumption_goes_on(settings: 
     bus.client.xadd(key, {"event": '{"id": "x", "type": "run.failed", "occurred_at": 5}', "type": "run.failed"})
     # A well-formed envelope with invalid UTF-8 inside a string is refused too, not read with replacements.
     bus.client.xadd(key, {"event": run_event(2).model_dump_json().encode().replace(b'"job"', b'"\xff\xfe"'), "type": "x"})
-    bus.publish(RUNS, run_event(1))
+    bus.publish_many(RUNS, [run_event(1)])
     seen: list[Delivery] = []
     consumer = Consumer(bus=bus, group="g", name="c", streams=[RUNS], handler=seen.extend)
     poll_until(consumer, lambda: len(seen) == 1)
@@ -139,7 +139,7 @@ def test_a_poison_in_a_large_batch_is_isolated_by_halving_in_stream_order(settin
 
 def test_infrastructure_errors_retry_in_process_without_dead_lettering(settings: Settings) -> None:
     bus = make_bus(settings.model_copy(update={"bus": settings.bus.model_copy(update={"max_deliveries": 1})}))
-    bus.publish(RUNS, run_event(1))
+    bus.publish_many(RUNS, [run_event(1)])
     attempts: list[int] = []
 
     def handler(batch: list[Delivery]) -> None:
@@ -168,13 +168,14 @@ def test_redelivered_event_changes_the_store_once(settings: Settings, tmp_path: 
 
     def handler(batch: list[Delivery]) -> None:
         with store.write() as tx:
-            for d in Store.claim_new(tx, batch, lambda d: d.event.id):
-                tx.execute("INSERT INTO runs VALUES (?)", (d.event.data.run_id,))  # type: ignore[union-attr]
+            by_id = {d.event.id: d for d in batch}
+            for event_id in Store.claim_events(tx, list(by_id)):
+                tx.execute("INSERT INTO runs VALUES (?)", (by_id[event_id].event.data.run_id,))  # type: ignore[union-attr]
 
     consumer = Consumer(bus=bus, group="g", name="c", streams=[RUNS], handler=handler)
     consumer.ensure_groups()
     poll_until(consumer, lambda: bus.unsettled("g", [RUNS]) == 0)
-    bus.publish(RUNS, event)  # and once more, much later
+    bus.publish_many(RUNS, [event])  # and once more, much later
     poll_until(consumer, lambda: bus.unsettled("g", [RUNS]) == 0)
     rows = [r[0] for r in store.connection().execute("SELECT run_id FROM runs ORDER BY run_id")]
     assert rows == ["run-7", "run-8"]
@@ -184,11 +185,11 @@ def test_group_recreated_when_stream_vanishes(settings: Settings) -> None:
     bus = make_bus(settings)
     seen: list[Delivery] = []
     consumer = Consumer(bus=bus, group="g", name="c", streams=[RUNS], handler=seen.extend)
-    bus.publish(RUNS, run_event(1))
+    bus.publish_many(RUNS, [run_event(1)])
     poll_until(consumer, lambda: len(seen) == 1)
     bus.client.delete(bus.key(RUNS))  # as after a Redis restart without persistence
     consumer.poll(block=False)  # NOGROUP: recreated on the next round
-    bus.publish(RUNS, run_event(2))
+    bus.publish_many(RUNS, [run_event(2)])
     poll_until(consumer, lambda: len(seen) == 2)
 
 
@@ -248,7 +249,7 @@ def test_entry_delivered_far_too_often_is_dead_lettered_unhandled(settings: Sett
                                                                                       "claim_idle_ms": 3_600_000})}))
     key = bus.key(RUNS)
     Consumer(bus=bus, group="g", name="me", streams=[RUNS], handler=lambda _: None).ensure_groups()
-    bus.publish(RUNS, run_event(1))
+    bus.publish_many(RUNS, [run_event(1)])
     for n in range(4):  # a poison that kills the process on every delivery
         bus.client.xreadgroup("g", "me", {key: "0" if n else ">"}, count=10)
     handled: list[Delivery] = []

@@ -64,7 +64,7 @@ def test_malformed_messages_dead_lettered_worker_keeps_going(settings: Settings,
         bus.client.xadd(key, fields)  # type: ignore[arg-type]
     good = new_event(RunEvent, "run.succeeded", identity=str(uuid.uuid4()),
                      data=RunData(run_id="ok", job_name="j", status="SUCCESS"), source="t")
-    bus.publish(RUNS, good)
+    bus.publish_many(RUNS, [good])
     seen: list[Delivery] = []
     consumer = Consumer(bus=bus, group="g", name="c", streams=[RUNS], handler=seen.extend)
     deadline = time.monotonic() + 20

@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from libs.common.bus import Bus, Consumer, Delivery, connect
 from libs.common.events import RUNS, RunData, RunEvent, new_event
 from libs.common.redis_server import LocalRedis
-from libs.common.settings import load_settings
+from libs.common.settings import Settings, load_settings
 
 
 def make_certs(directory: Path) -> tuple[Path, Path, Path]:
@@ -45,13 +45,13 @@ def test_tls_with_password_round_trip(tmp_path: Path) -> None:
                         binary=tls_server_binary()).start()
     try:
         assert server.url.startswith("rediss://")
-        settings = load_settings(redis={"url": server.url, "ssl_ca_certs": str(ca)}, bus={"prefix": "tls"},
+        settings = load_settings(Settings, redis={"url": server.url, "ssl_ca_certs": str(ca)}, bus={"prefix": "tls"},
                                  logging={"file": None})
         settings = settings.model_copy(update={"redis": settings.redis.model_copy(update={"password": SecretStr("tls-pw-123")})})
         bus = Bus(connect(settings.redis, block_ms=100), settings.bus)
         event = new_event(RunEvent, "run.failed", identity="tls", source="t",
                           data=RunData(run_id="tls", job_name="j", status="FAILURE"))
-        bus.publish(RUNS, event)
+        bus.publish_many(RUNS, [event])
         seen: list[Delivery] = []
         consumer = Consumer(bus=bus, group="g", name="c", streams=[RUNS], handler=seen.extend)
         for _ in range(20):

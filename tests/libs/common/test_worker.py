@@ -69,7 +69,7 @@ def own_redis(tmp_path: Path) -> Iterator[LocalRedis]:
 
 
 def bus_for(url: str, prefix: str) -> Bus:
-    settings: Settings = load_settings(redis={"url": url}, bus={"prefix": prefix})
+    settings: Settings = load_settings(Settings, redis={"url": url}, bus={"prefix": prefix})
     return Bus(connect(settings.redis), settings.bus)
 
 

@@ -11,7 +11,8 @@ from urllib.parse import urlparse
 import pyodbc
 import pytest
 
-from libs.common.settings import Settings, SqlConnection, load_settings
+from libs.common.settings import load_settings
+from orchestrator.settings import OrchestratorSettings, SqlConnection
 from orchestrator.shared.demo_source import create_demo_source
 
 # Fixed "now" for the demo source, so windows and counts are reproducible.
@@ -42,7 +43,7 @@ def need_driver() -> Callable[[str], None]:
 
 
 @pytest.fixture
-def shared_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def shared_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> OrchestratorSettings:
     """Settings with DAGSTER_HOME in tmp_path and fast retries; no Redis needed."""
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -50,7 +51,7 @@ def shared_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings
     for name in list(os.environ):
         if name.startswith("AMS_") and name not in ("AMS_FAIL_ON_SKIP", "AMS_CONFIG_DIR"):
             monkeypatch.delenv(name)
-    return load_settings(
+    return load_settings(OrchestratorSettings,
         dagster_home=str(home),
         logging={"file": None, "format": "console"},
         connections={
@@ -62,7 +63,7 @@ def shared_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings
 
 
 @pytest.fixture
-def demo_db(shared_settings: Settings) -> Path:
+def demo_db(shared_settings: OrchestratorSettings) -> Path:
     return create_demo_source(shared_settings.dagster_home / "demo_source.db", rows=300, seed=7, now=DEMO_NOW)
 
 

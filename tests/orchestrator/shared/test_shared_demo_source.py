@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from libs.common.settings import Settings
+from orchestrator.settings import OrchestratorSettings
 from orchestrator.shared.demo_source import create_demo_source, default_demo_source_path
 from orchestrator.shared.ingest_utils import ingest_from_sql
 from orchestrator.shared.load_to_sql_utils import load_to_stg_table, read_stg_table, sanitize_dataframe
@@ -63,11 +63,11 @@ def test_deterministic_and_not_overwritten(tmp_path: Path, demo_now: dt.datetime
         create_demo_source(tmp_path / "bad.db", rows=-1)
 
 
-def test_default_path(shared_settings: Settings) -> None:
+def test_default_path(shared_settings: OrchestratorSettings) -> None:
     assert default_demo_source_path(shared_settings) == shared_settings.dagster_home / "demo_source.db"
 
 
-def test_readme_pipeline_raw_to_stg(shared_settings: Settings, demo_db: Path, demo_now: dt.datetime) -> None:
+def test_readme_pipeline_raw_to_stg(shared_settings: OrchestratorSettings, demo_db: Path, demo_now: dt.datetime) -> None:
     """The README's ingestion + loader pattern, on the configured demo_source and warehouse connections."""
     start, end = get_load_window(now=demo_now, settings=shared_settings)
     raw = ingest_from_sql(

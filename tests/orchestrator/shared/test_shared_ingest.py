@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from libs.common.log import configure_logging
-from libs.common.settings import Settings, SqlConnection
+from orchestrator.settings import OrchestratorSettings, SqlConnection
 from orchestrator.shared.ingest_utils import count_placeholders, ingest_from_sql
 from orchestrator.shared.load_window import get_load_window
 from orchestrator.shared.sql import SqlConnectionError, SqlError, SqlQueryError, resolve
@@ -29,12 +29,12 @@ from orchestrator.shared.sql import SqlConnectionError, SqlError, SqlQueryError,
 WINDOW_QUERY = "SELECT * FROM orders WHERE created_date >= ? AND created_date < ? ORDER BY order_id"
 
 
-def _fallback(settings: Settings) -> SqlConnection:
+def _fallback(settings: OrchestratorSettings) -> SqlConnection:
     return settings.connections["demo_source"].model_copy(update={"engine": "sqlite3"})
 
 
 def test_window_query_through_the_sqlite_odbc_driver(
-    shared_settings: Settings, demo_db: Path, demo_now: dt.datetime, sqlite_odbc: None
+    shared_settings: OrchestratorSettings, demo_db: Path, demo_now: dt.datetime, sqlite_odbc: None
 ) -> None:
     assert resolve("demo_source", settings=shared_settings).engine == "odbc"
     start, end = get_load_window(now=demo_now, settings=shared_settings)
@@ -70,7 +70,7 @@ def test_window_query_through_the_sqlite_odbc_driver(
 
 
 def test_fallback_returns_identical_frames(
-    shared_settings: Settings, demo_db: Path, demo_now: dt.datetime, sqlite_odbc: None
+    shared_settings: OrchestratorSettings, demo_db: Path, demo_now: dt.datetime, sqlite_odbc: None
 ) -> None:
     start, end = get_load_window(now=demo_now, settings=shared_settings, lookback=dt.timedelta(days=5))
     queries = [
@@ -88,7 +88,7 @@ def test_fallback_returns_identical_frames(
         pd.testing.assert_frame_equal(odbc, fallback)
 
 
-def test_unicode_nulls_and_chunking(shared_settings: Settings, demo_db: Path, sqlite_odbc: None) -> None:
+def test_unicode_nulls_and_chunking(shared_settings: OrchestratorSettings, demo_db: Path, sqlite_odbc: None) -> None:
     query = "SELECT customer_id, name, email, city, is_active FROM customers ORDER BY customer_id"
     whole = ingest_from_sql(connection="demo_source", query=query, settings=shared_settings)
     chunked = ingest_from_sql(connection="demo_source", query=query, chunk_size=7, settings=shared_settings)
@@ -103,7 +103,7 @@ def test_unicode_nulls_and_chunking(shared_settings: Settings, demo_db: Path, sq
     assert str(whole["is_active"].dtype) == "boolean"
 
 
-def test_empty_result(shared_settings: Settings, demo_db: Path, sqlite_odbc: None) -> None:
+def test_empty_result(shared_settings: OrchestratorSettings, demo_db: Path, sqlite_odbc: None) -> None:
     long_ago = [dt.datetime(1990, 1, 1), dt.datetime(1990, 1, 2)]
     for connection in ("demo_source", _fallback(shared_settings)):
         df = ingest_from_sql(
@@ -113,7 +113,7 @@ def test_empty_result(shared_settings: Settings, demo_db: Path, sqlite_odbc: Non
 
 
 def test_values_only_travel_as_parameters(
-    shared_settings: Settings, demo_db: Path, sqlite_odbc: None
+    shared_settings: OrchestratorSettings, demo_db: Path, sqlite_odbc: None
 ) -> None:
     hostile = "x'; DROP TABLE orders; --"
     for connection in ("demo_source", _fallback(shared_settings)):
@@ -159,7 +159,7 @@ def test_count_placeholders_never_crashes(query: str) -> None:
         assert "more than one" in str(exc)
 
 
-def test_missing_file_is_not_created(shared_settings: Settings) -> None:
+def test_missing_file_is_not_created(shared_settings: OrchestratorSettings) -> None:
     missing = shared_settings.connections["demo_source"].model_copy(update={"database": "nope.db"})
     for engine in ("auto", "sqlite3"):
         with pytest.raises(SqlConnectionError, match=r"connection '\(inline\)'.*does not exist"):
@@ -172,7 +172,7 @@ def test_missing_file_is_not_created(shared_settings: Settings) -> None:
 
 
 def test_auto_engine_falls_back_when_the_driver_is_not_registered(
-    shared_settings: Settings, demo_db: Path, tmp_path: Path
+    shared_settings: OrchestratorSettings, demo_db: Path, tmp_path: Path
 ) -> None:
     """With an empty odbcinst.ini the same call and config read the file through sqlite3."""
     empty = tmp_path / "odbc"
@@ -180,9 +180,10 @@ def test_auto_engine_falls_back_when_the_driver_is_not_registered(
     script = (
         "import json, sys\n"
         "from libs.common.settings import load_settings\n"
+        "from orchestrator.settings import OrchestratorSettings\n"
         "from orchestrator.shared.ingest_utils import ingest_from_sql\n"
         "from orchestrator.shared.sql import resolve\n"
-        "s = load_settings(dagster_home=sys.argv[1], logging={'file': None},\n"
+        "s = load_settings(OrchestratorSettings, dagster_home=sys.argv[1], logging={'file': None},\n"
         "                  connections={'demo_source': {'driver': 'SQLite3', 'database': 'demo_source.db'}})\n"
         "df = ingest_from_sql(connection='demo_source', query='SELECT * FROM orders WHERE quantity > ?',\n"
         "                     params=[3], settings=s)\n"
@@ -211,7 +212,7 @@ def test_auto_engine_falls_back_when_the_driver_is_not_registered(
 
 
 def test_unknown_connection_and_missing_secret(
-    shared_settings: Settings, monkeypatch: pytest.MonkeyPatch
+    shared_settings: OrchestratorSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with pytest.raises(SqlError, match=r"connection .nope. is not configured.*demo_source"):
         ingest_from_sql(connection="nope", query="SELECT 1", settings=shared_settings)
@@ -245,7 +246,7 @@ def _pg_exec(pg: SqlConnection, *statements: str) -> None:
             raw.cursor().execute(statement)
 
 
-def test_postgres_types_nulls_unicode_and_decimals(pg: SqlConnection, shared_settings: Settings) -> None:
+def test_postgres_types_nulls_unicode_and_decimals(pg: SqlConnection, shared_settings: OrchestratorSettings) -> None:
     _pg_exec(
         pg,
         "CREATE TABLE src (id bigint, name text, amount numeric(14,4), ratio double precision, active boolean,"
@@ -300,7 +301,7 @@ def test_postgres_types_nulls_unicode_and_decimals(pg: SqlConnection, shared_set
 
 
 def test_adhoc_server_and_database_use_the_default_profile(
-    pg: SqlConnection, shared_settings: Settings, demo_now: dt.datetime
+    pg: SqlConnection, shared_settings: OrchestratorSettings, demo_now: dt.datetime
 ) -> None:
     """The README's form: ingest_from_sql(sql_server=..., sql_database=..., query=..., date_params=[...])."""
     _pg_exec(
@@ -323,7 +324,7 @@ def test_adhoc_server_and_database_use_the_default_profile(
     assert df["id"].tolist() == [1]
 
 
-def test_query_timeout(pg: SqlConnection, shared_settings: Settings, demo_db: Path) -> None:
+def test_query_timeout(pg: SqlConnection, shared_settings: OrchestratorSettings, demo_db: Path) -> None:
     with pytest.raises(SqlQueryError, match=r"query on connection .\(inline\).*(timeout|cancel)"):
         ingest_from_sql(
             connection=pg.model_copy(update={"query_timeout_s": 1}),
@@ -344,7 +345,7 @@ def _closed_port() -> int:
 
 def test_transient_errors_are_retried_then_fail_naming_the_connection(
     pg: SqlConnection,
-    shared_settings: Settings,
+    shared_settings: OrchestratorSettings,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -379,7 +380,7 @@ def test_transient_errors_are_retried_then_fail_naming_the_connection(
 
 
 def test_query_errors_name_the_connection(
-    shared_settings: Settings, demo_db: Path, sqlite_odbc: None
+    shared_settings: OrchestratorSettings, demo_db: Path, sqlite_odbc: None
 ) -> None:
     for connection, name in (("demo_source", "demo_source"), (_fallback(shared_settings), "(inline)")):
         with pytest.raises(
@@ -392,7 +393,7 @@ def test_query_errors_name_the_connection(
 
 
 def test_connection_strings_from_config(
-    shared_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    shared_settings: OrchestratorSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from orchestrator.shared.sql import connection_string, scrub
 
@@ -428,7 +429,7 @@ def test_connection_strings_from_config(
 
 
 def test_connection_string_template(
-    pg: SqlConnection, shared_settings: Settings, monkeypatch: pytest.MonkeyPatch
+    pg: SqlConnection, shared_settings: OrchestratorSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AMS_TEST_PG_TEMPLATE_PW", "unused-by-trust")
     templated = pg.model_copy(
@@ -447,7 +448,7 @@ def test_connection_string_template(
 
 
 def test_odd_file_paths(
-    tmp_path: Path, shared_settings: Settings, demo_now: dt.datetime, sqlite_odbc: None
+    tmp_path: Path, shared_settings: OrchestratorSettings, demo_now: dt.datetime, sqlite_odbc: None
 ) -> None:
     from orchestrator.shared.demo_source import create_demo_source
 

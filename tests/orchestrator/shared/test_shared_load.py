@@ -16,7 +16,7 @@ from dagster import DagsterInstance, TableSchema, asset, materialize
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from libs.common.settings import Settings, SqlConnection
+from orchestrator.settings import OrchestratorSettings, SqlConnection
 from orchestrator.shared.ingest_utils import ingest_from_sql
 from orchestrator.shared.load_to_sql_utils import (
     IDENTIFIER,
@@ -185,7 +185,7 @@ def test_bad_identifiers_are_rejected(name: str) -> None:
         validate_identifier(name, "table name")
 
 
-def test_injection_attempt_is_never_executed(shared_settings: Settings, sqlite_odbc: None) -> None:
+def test_injection_attempt_is_never_executed(shared_settings: OrchestratorSettings, sqlite_odbc: None) -> None:
     victim = pd.DataFrame({"id": [1, 2, 3]})
     load_to_stg_table(None, victim, "y", settings=shared_settings)
     for table, schema in [
@@ -206,7 +206,7 @@ def test_injection_attempt_is_never_executed(shared_settings: Settings, sqlite_o
 # ------------------------------------------------------------------------------------------------ SQLite
 
 
-def _round_trip(settings_: Settings, connection: str | SqlConnection | None) -> None:
+def _round_trip(settings_: OrchestratorSettings, connection: str | SqlConnection | None) -> None:
     result = load_to_stg_table(None, _frame(), "orders_staging", connection=connection, settings=settings_)
     assert (result.rows, result.created, result.target) == (3, True, "stg.orders_staging")
     back = read_stg_table("orders_staging", connection=connection, settings=settings_)
@@ -215,7 +215,7 @@ def _round_trip(settings_: Settings, connection: str | SqlConnection | None) -> 
     return None
 
 
-def test_sqlite_odbc_round_trip(shared_settings: Settings, sqlite_odbc: None) -> None:
+def test_sqlite_odbc_round_trip(shared_settings: OrchestratorSettings, sqlite_odbc: None) -> None:
     assert resolve("warehouse", settings=shared_settings).engine == "odbc"
     _round_trip(shared_settings, None)
     back = read_stg_table("orders_staging", settings=shared_settings)
@@ -226,7 +226,7 @@ def test_sqlite_odbc_round_trip(shared_settings: Settings, sqlite_odbc: None) ->
         assert raw.execute("SELECT COUNT(*) FROM orders_staging").fetchone()[0] == 3
 
 
-def test_sqlite_fallback_writes_what_odbc_writes(shared_settings: Settings, sqlite_odbc: None) -> None:
+def test_sqlite_fallback_writes_what_odbc_writes(shared_settings: OrchestratorSettings, sqlite_odbc: None) -> None:
     fallback = SqlConnection(driver="SQLite3", database="warehouse_fb.db", engine="sqlite3")
     _round_trip(shared_settings, fallback)
     _round_trip(shared_settings, None)
@@ -240,7 +240,7 @@ def test_sqlite_fallback_writes_what_odbc_writes(shared_settings: Settings, sqli
     )
 
 
-def test_replace_append_and_schema_changes(shared_settings: Settings, sqlite_odbc: None) -> None:
+def test_replace_append_and_schema_changes(shared_settings: OrchestratorSettings, sqlite_odbc: None) -> None:
     first = pd.DataFrame({"id": [1, 2], "name": ["a", "b"], "old": [1.0, 2.0]})
     load_to_stg_table(None, first, "evolving", settings=shared_settings)
     appended = load_to_stg_table(
@@ -268,7 +268,7 @@ def test_replace_append_and_schema_changes(shared_settings: Settings, sqlite_odb
         load_to_stg_table(None, pd.DataFrame(), "evolving", settings=shared_settings)
 
 
-def test_load_many_rows_in_batches(shared_settings: Settings, sqlite_odbc: None) -> None:
+def test_load_many_rows_in_batches(shared_settings: OrchestratorSettings, sqlite_odbc: None) -> None:
     n = 2500
     df = pd.DataFrame({"id": range(n), "label": [f"row {i} ü" for i in range(n)]})
     for connection in (None, SqlConnection(driver="SQLite3", database="warehouse.db", engine="sqlite3")):
@@ -280,7 +280,7 @@ def test_load_many_rows_in_batches(shared_settings: Settings, sqlite_odbc: None)
         assert back["id"].tolist() == list(range(n)) and back["label"].iloc[-1] == f"row {n - 1} ü"
 
 
-def test_metadata_on_a_real_materialization(shared_settings: Settings, sqlite_odbc: None) -> None:
+def test_metadata_on_a_real_materialization(shared_settings: OrchestratorSettings, sqlite_odbc: None) -> None:
     @asset
     def stg_probe(context) -> None:  # type: ignore[no-untyped-def]
         load_to_stg_table(context=context, df=sanitize_dataframe(_frame()), target_table_name="probe_staging",
@@ -305,7 +305,7 @@ def test_metadata_on_a_real_materialization(shared_settings: Settings, sqlite_od
 # --------------------------------------------------------------------------------------------- PostgreSQL
 
 
-def test_postgres_round_trip_exact_decimals(pg: SqlConnection, shared_settings: Settings) -> None:
+def test_postgres_round_trip_exact_decimals(pg: SqlConnection, shared_settings: OrchestratorSettings) -> None:
     _round_trip(shared_settings, pg)
     back = read_stg_table("orders_staging", connection=pg, settings=shared_settings)
     assert back["amount"].tolist() == [Decimal("12345.6789"), None, Decimal("-0.0001")]
@@ -322,7 +322,7 @@ def test_postgres_round_trip_exact_decimals(pg: SqlConnection, shared_settings: 
     }  # fmt: skip
 
 
-def test_postgres_append_replace_and_atomic_failure(pg: SqlConnection, shared_settings: Settings) -> None:
+def test_postgres_append_replace_and_atomic_failure(pg: SqlConnection, shared_settings: OrchestratorSettings) -> None:
     load_to_stg_table(
         None, pd.DataFrame({"id": [1, 2], "name": ["a", "ü"]}), "t", connection=pg, settings=shared_settings
     )
@@ -345,7 +345,7 @@ def test_postgres_append_replace_and_atomic_failure(pg: SqlConnection, shared_se
     assert _plain(read_stg_table("t", connection=pg, settings=shared_settings)) == {"only": ["x"]}
 
 
-def test_postgres_injection_attempt_leaves_the_table(pg: SqlConnection, shared_settings: Settings) -> None:
+def test_postgres_injection_attempt_leaves_the_table(pg: SqlConnection, shared_settings: OrchestratorSettings) -> None:
     load_to_stg_table(None, pd.DataFrame({"id": [1]}), "y", connection=pg, settings=shared_settings)
     with pytest.raises(ValueError, match="invalid table name"):
         load_to_stg_table(None, pd.DataFrame({"id": [2]}), 'x"; DROP TABLE stg.y; --', connection=pg,
@@ -358,7 +358,7 @@ def test_postgres_injection_attempt_leaves_the_table(pg: SqlConnection, shared_s
     }  # fmt: skip
 
 
-def test_fast_executemany_choice(shared_settings: Settings, tmp_path: Path) -> None:
+def test_fast_executemany_choice(shared_settings: OrchestratorSettings, tmp_path: Path) -> None:
     from orchestrator.shared.load_to_sql_utils import _fast_executemany
 
     def choice(**fields: Any) -> bool:

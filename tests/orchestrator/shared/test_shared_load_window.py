@@ -16,7 +16,7 @@ from dagster import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from libs.common.settings import Settings
+from orchestrator.settings import OrchestratorSettings
 from orchestrator.shared.load_window import compute_load_window, floor_to, get_load_window
 
 ZONES = [
@@ -119,7 +119,7 @@ def test_bad_arguments() -> None:
         compute_load_window(now, lookback=dt.timedelta(days=1), end_offset=dt.timedelta(hours=-1))
 
 
-def test_config_defaults_and_overrides(shared_settings: Settings) -> None:
+def test_config_defaults_and_overrides(shared_settings: OrchestratorSettings) -> None:
     now = dt.datetime(2026, 3, 15, 10, 30, tzinfo=dt.UTC)
     assert get_load_window(now=now, settings=shared_settings) == (
         dt.datetime(2026, 3, 14, tzinfo=dt.UTC),
@@ -140,7 +140,7 @@ def test_config_defaults_and_overrides(shared_settings: Settings) -> None:
     assert (start.isoformat(), end.isoformat()) == ("2026-03-12T00:00:00+09:00", "2026-03-15T00:00:00+09:00")
 
 
-def test_partition_window_on_a_real_run(shared_settings: Settings) -> None:
+def test_partition_window_on_a_real_run(shared_settings: OrchestratorSettings) -> None:
     seen: dict[str, tuple[dt.datetime, dt.datetime]] = {}
     now = dt.datetime(2026, 3, 15, 10, 30, tzinfo=dt.UTC)
 

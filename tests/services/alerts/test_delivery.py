@@ -16,11 +16,12 @@ from hypothesis import strategies as st
 
 from libs.common.bus import Delivery
 from libs.common.events import HEALTH, CheckResult, HealthChanged, HealthChangedData, new_event, utcnow
-from libs.common.settings import AlertsSettings, Settings, load_settings
+from libs.common.settings import load_settings
 from libs.common.store import Store
 from services.alerts import queries
 from services.alerts.sender import Sender
 from services.alerts.service import AlertService
+from services.alerts.settings import AlertsSettings, AlertsWorkerSettings
 from services.alerts.store import open_store
 from services.alerts.testing import Received, RecordingReceiver, Reply
 
@@ -33,8 +34,8 @@ def receiver() -> Iterator[RecordingReceiver]:
         yield srv
 
 
-def make_settings(tmp_path: Path, url: str, **alerts: Any) -> Settings:
-    return load_settings(
+def make_settings(tmp_path: Path, url: str, **alerts: Any) -> AlertsWorkerSettings:
+    return load_settings(AlertsWorkerSettings,
         dagster_home=str(tmp_path),
         logging={"file": None},
         alerts={

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from libs.common.settings import WebhookReceiver
 from services.alerts.receivers import AlertPayload, deliver, parse_retry_after, render
+from services.alerts.settings import WebhookReceiver
 from services.alerts.testing import RecordingReceiver, Reply
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from libs.common.settings import AlertsSettings, ConfigError, MuteWindow, load_settings
+from libs.common.settings import ConfigError, load_settings
 from services.alerts.routing import AlertLabels, parse_matcher, route, silence_matches, teams_of, window_open
+from services.alerts.settings import AlertsSettings, AlertsWorkerSettings, MuteWindow
 
 
 def cfg(**data: object) -> AlertsSettings:
@@ -136,15 +137,20 @@ def test_teams_from_owners_and_tags() -> None:
 
 def test_settings_reject_unknown_receivers_and_windows() -> None:
     with pytest.raises(ConfigError, match="unknown receivers: nope"):
-        load_settings(alerts={"routes": [{"receivers": ["nope"]}]})
+        load_settings(AlertsWorkerSettings, alerts={"routes": [{"receivers": ["nope"]}]})
     with pytest.raises(ConfigError, match="unknown mute windows"):
-        load_settings(
+        load_settings(AlertsWorkerSettings,
             alerts={"receivers": [{"name": "a", "url": "http://x"}], "routes": [{"receivers": ["a"], "mute_windows": ["n"]}]}
         )
-    with pytest.raises(ConfigError, match="unknown time zone"):
-        load_settings(alerts={"mute_windows": [{"name": "n", "timezone": "Mars/Base"}]})
+    with pytest.raises(ConfigError, match="unknown IANA time zone"):
+        load_settings(AlertsWorkerSettings, alerts={"mute_windows": [{"name": "n", "timezone": "Mars/Base"}]})
 
 
 def test_pagerduty_receiver_needs_a_routing_key_variable() -> None:
     with pytest.raises(ConfigError, match="pagerduty receiver needs secret_env"):
-        load_settings(alerts={"receivers": [{"name": "pd", "kind": "pagerduty", "url": "https://events.pagerduty.com/v2/enqueue"}]})
+        load_settings(AlertsWorkerSettings, alerts={"receivers": [{"name": "pd", "kind": "pagerduty", "url": "https://events.pagerduty.com/v2/enqueue"}]})
+
+
+def test_webhook_url_must_be_http() -> None:
+    with pytest.raises(ConfigError, match=r"alerts\.receivers\.0\.url"):
+        load_settings(AlertsWorkerSettings, alerts={"receivers": [{"name": "ops", "url": "file:///etc/passwd"}]})

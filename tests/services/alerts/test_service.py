@@ -26,10 +26,11 @@ from libs.common.events import (
     new_event,
     utcnow,
 )
-from libs.common.settings import Settings, load_settings
+from libs.common.settings import load_settings
 from libs.common.store import Store
 from services.alerts import queries
 from services.alerts.service import AlertsError, AlertService, fingerprint
+from services.alerts.settings import AlertsWorkerSettings
 from services.alerts.store import open_store
 
 
@@ -42,9 +43,9 @@ class Clock:
 
 
 @pytest.fixture
-def alert_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def alert_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AlertsWorkerSettings:
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
-    return load_settings(
+    return load_settings(AlertsWorkerSettings,
         dagster_home=str(tmp_path),
         logging={"file": None},
         alerts={
@@ -62,7 +63,7 @@ def alert_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 
 @pytest.fixture
-def store(alert_settings: Settings) -> Iterator[Store]:
+def store(alert_settings: AlertsWorkerSettings) -> Iterator[Store]:
     s = open_store(alert_settings)
     yield s
     s.close()
@@ -74,7 +75,7 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def service(store: Store, alert_settings: Settings, clock: Clock) -> AlertService:
+def service(store: Store, alert_settings: AlertsWorkerSettings, clock: Clock) -> AlertService:
     return AlertService(store, alert_settings, clock=clock)
 
 
@@ -220,7 +221,7 @@ def test_fingerprint_is_stable() -> None:
 
 def test_muted_route_records_the_notice_without_sending(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
-    settings = load_settings(
+    settings = load_settings(AlertsWorkerSettings,
         dagster_home=str(tmp_path),
         logging={"file": None},
         alerts={
@@ -276,7 +277,7 @@ store_ops = st.one_of(
 
 @hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(store_ops, max_size=25))
-def test_store_level_notices_are_well_formed(alert_settings: Settings, tmp_path_factory: pytest.TempPathFactory,
+def test_store_level_notices_are_well_formed(alert_settings: AlertsWorkerSettings, tmp_path_factory: pytest.TempPathFactory,
                                              ops: list[tuple[Any, ...]]) -> None:
     home = tmp_path_factory.mktemp("prop")
     settings = alert_settings.model_copy(update={"dagster_home": home})

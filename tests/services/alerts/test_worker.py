@@ -29,6 +29,7 @@ from libs.common.events import (
 from libs.common.redis_server import free_port
 from libs.common.settings import load_settings
 from libs.common.testing import ServiceProcess, wait_for
+from services.alerts.settings import AlertsWorkerSettings
 from services.alerts.testing import RecordingReceiver, Reply
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -82,7 +83,7 @@ class AlertsWorker(ServiceProcess):
 
 @pytest.fixture
 def bus(redis_url: str, bus_prefix: str) -> Iterator[Bus]:
-    settings = load_settings(redis={"url": redis_url}, bus={"prefix": bus_prefix})
+    settings = load_settings(AlertsWorkerSettings, redis={"url": redis_url}, bus={"prefix": bus_prefix})
     client = connect(settings.redis)
     yield Bus(client, settings.bus)
     client.close()
@@ -118,9 +119,10 @@ def test_failed_then_healthy_sends_signed_firing_then_resolved(
         )
         try:
             spec = AssetSpecData(key="sales/orders", owners=["ann@example.com", "team:sales"], group="sales")
-            bus.publish(ASSET_CHANGES, new_event(AssetChanged, "asset.registered", identity="sales/orders|1",
-                                                 data=AssetChangeData(spec=spec, version=1), source="test"))
-            bus.publish(HEALTH, health_event("sales/orders", "FAILED", "error", 1))
+            registered = new_event(AssetChanged, "asset.registered", identity="sales/orders|1",
+                                   data=AssetChangeData(spec=spec, version=1), source="test")
+            bus.publish_many(ASSET_CHANGES, [registered])
+            bus.publish_many(HEALTH, [health_event("sales/orders", "FAILED", "error", 1)])
             (firing,) = receiver.wait_for(lambda reqs: len(reqs) >= 1)
             body = RecordingReceiver.verify(firing, SECRET)
             assert body["type"] == "alert.firing"
@@ -130,7 +132,7 @@ def test_failed_then_healthy_sends_signed_firing_then_resolved(
             assert data["dagster_url"] == "http://dagster.test:3000/assets/sales/orders"
             assert data["downstream"] == ["sales/report"] and "failed_runs=1" in data["why"]
 
-            bus.publish(HEALTH, health_event("sales/orders", "HEALTHY", "passed", 2))
+            bus.publish_many(HEALTH, [health_event("sales/orders", "HEALTHY", "passed", 2)])
             got = receiver.wait_for(lambda reqs: len(reqs) >= 2)
             resolved = RecordingReceiver.verify(got[1], SECRET)
             assert resolved["type"] == "alert.resolved" and resolved["data"]["fingerprint"] == data["fingerprint"]

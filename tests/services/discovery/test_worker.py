@@ -24,9 +24,9 @@ from libs.common.events import (
     parse_event,
 )
 from libs.common.redis_server import free_port
-from libs.common.settings import Settings
 from libs.common.testing import ServiceProcess, wait_for
 from services.discovery.scan import definitions_loader
+from services.discovery.settings import DiscoveryWorkerSettings
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -65,7 +65,7 @@ def location(tmp_path: Path) -> tuple[Path, str]:
 
 @pytest.fixture
 def worker(
-    request: pytest.FixtureRequest, settings: Settings, location: tuple[Path, str], tmp_path: Path
+    request: pytest.FixtureRequest, settings: DiscoveryWorkerSettings, location: tuple[Path, str], tmp_path: Path
 ) -> Iterator[ServiceProcess]:
     directory, package = location
     extra_env: dict[str, str] = getattr(request, "param", {})
@@ -76,7 +76,7 @@ def worker(
         "AMS_BUS__PREFIX": settings.bus.prefix,
         "AMS_BUS__BLOCK_MS": "200",
         "AMS_SERVICES__DISCOVERY__PORT": str(port),
-        "AMS_DISCOVERY__CODE_LOCATION": "testloc",
+        "AMS_DAGSTER__CODE_LOCATION": "testloc",
         "AMS_DISCOVERY__DEFINITIONS": f"{package}.definitions:defs",
         "AMS_DISCOVERY__RESCAN_AT_START": "false",
         "AMS_LOGGING__FORMAT": "json",
@@ -92,7 +92,7 @@ def worker(
     assert process.stop() == 0, process.output()
 
 
-def changes(client: redis.Redis, settings: Settings) -> list[AssetChanged]:
+def changes(client: redis.Redis, settings: DiscoveryWorkerSettings) -> list[AssetChanged]:
     out = []
     for _, fields in client.xrange(f"{settings.bus.prefix}:{ASSET_CHANGES}"):
         event = parse_event(fields[b"event"])
@@ -104,7 +104,7 @@ def changes(client: redis.Redis, settings: Settings) -> list[AssetChanged]:
 
 
 def test_snapshot_to_asset_changes_and_redelivery(
-    settings: Settings, redis_client: redis.Redis, worker: ServiceProcess, location: tuple[Path, str]
+    settings: DiscoveryWorkerSettings, redis_client: redis.Redis, worker: ServiceProcess, location: tuple[Path, str]
 ) -> None:
     directory, package = location
     sys.path.insert(0, str(directory))
@@ -114,7 +114,7 @@ def test_snapshot_to_asset_changes_and_redelivery(
         sys.path.remove(str(directory))
     bus = Bus(connect(settings.redis), settings.bus)
     event = new_event(CatalogSnapshot, "catalog.snapshot", identity=f"testloc|{snapshot.fingerprint}", data=snapshot, source="test")
-    bus.publish(CATALOG, event)
+    bus.publish_many(CATALOG, [event])
     wait_for(lambda: len(changes(redis_client, settings)) == 3, what="3 asset-changes events")
     got = {e.data.spec.key: e for e in changes(redis_client, settings)}
     assert {e.type for e in got.values()} == {"asset.registered"}
@@ -123,9 +123,9 @@ def test_snapshot_to_asset_changes_and_redelivery(
     assert got["orders_report"].data.spec.upstream == ["stg_orders"]
 
     # The same event again (a redelivery), and the same content under another id: nothing new.
-    bus.publish(CATALOG, event)
+    bus.publish_many(CATALOG, [event])
     again = new_event(CatalogSnapshot, "catalog.snapshot", identity="testloc|other", data=snapshot, source="test")
-    bus.publish(CATALOG, again)
+    bus.publish_many(CATALOG, [again])
     bus = Bus(redis_client, settings.bus)
     wait_for(lambda: bus.unsettled("discovery", [CATALOG]) == 0, what="catalog consumed")
     assert len(changes(redis_client, settings)) == 3
@@ -134,7 +134,7 @@ def test_snapshot_to_asset_changes_and_redelivery(
     write_location(directory, package, "Raw orders from the ERP.")
     request = new_event(DiscoveryRequested, "catalog.discovery_requested", identity=str(uuid.uuid4()),
                         data=DiscoveryRequestData(code_location="testloc", requested_by="test"), source="test")
-    bus.publish(CATALOG, request)
+    bus.publish_many(CATALOG, [request])
     wait_for(lambda: len(changes(redis_client, settings)) == 4, what="asset.changed event")
     last = changes(redis_client, settings)[-1]
     assert last.type == "asset.changed" and last.data.version == 2
@@ -148,14 +148,14 @@ def test_snapshot_to_asset_changes_and_redelivery(
 
 
 def test_broken_code_location_is_reported_and_worker_keeps_running(
-    settings: Settings, redis_client: redis.Redis, worker: ServiceProcess, location: tuple[Path, str]
+    settings: DiscoveryWorkerSettings, redis_client: redis.Redis, worker: ServiceProcess, location: tuple[Path, str]
 ) -> None:
     directory, package = location
     (directory / package / "definitions.py").write_text("import dagster as dg\nraise RuntimeError('boom')\n")
     bus = Bus(connect(settings.redis), settings.bus)
     request = new_event(DiscoveryRequested, "catalog.discovery_requested", identity=str(uuid.uuid4()),
                         data=DiscoveryRequestData(code_location="testloc"), source="test")
-    bus.publish(CATALOG, request)
+    bus.publish_many(CATALOG, [request])
     wait_for(lambda: 'ams_discovery_scan_problems{code_location="testloc"} 1.0' in worker.metrics(),
              what="problem metric")
     assert worker.answers() and worker.ready()
@@ -165,7 +165,7 @@ def test_broken_code_location_is_reported_and_worker_keeps_running(
 
 @pytest.mark.parametrize("worker", [{"AMS_DISCOVERY__RESCAN_AT_START": "true"}], indirect=True)
 def test_rescan_job_registers_the_code_location(
-    settings: Settings, redis_client: redis.Redis, worker: ServiceProcess
+    settings: DiscoveryWorkerSettings, redis_client: redis.Redis, worker: ServiceProcess
 ) -> None:
     # Nothing is published: the periodic rescan (run once at start) loads the code location itself.
     wait_for(lambda: len(changes(redis_client, settings)) == 3, what="3 asset.registered from the rescan")

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from libs.common.events import CHECK_NAMES, Event, HealthChanged, parse_event
-from libs.common.settings import Settings, load_settings
+from libs.common.settings import load_settings
 from libs.common.store import Store
 from services.health.engine import HealthEngine
 from services.health.queries import history, latest_health
+from services.health.settings import HealthWorkerSettings
 from services.health.store import open_store
 
 DAY = 86400.0
@@ -29,12 +30,12 @@ class Clock:
 
 
 @pytest.fixture
-def hsettings(tmp_path: Path) -> Settings:
-    return load_settings(dagster_home=str(tmp_path), stores={"data_dir": str(tmp_path)})
+def hsettings(tmp_path: Path) -> HealthWorkerSettings:
+    return load_settings(HealthWorkerSettings, dagster_home=str(tmp_path), stores={"data_dir": str(tmp_path)})
 
 
 @pytest.fixture
-def store(hsettings: Settings) -> Store:
+def store(hsettings: HealthWorkerSettings) -> Store:
     s = open_store(hsettings)
     yield s  # type: ignore[misc]
     s.close()
@@ -61,11 +62,11 @@ def deliveries(*events: Event) -> list[Any]:
             for i, e in enumerate(events, 1)]
 
 
-def engine_for(store: Store, settings: Settings, clock: Callable[[], float]) -> HealthEngine:
+def engine_for(store: Store, settings: HealthWorkerSettings, clock: Callable[[], float]) -> HealthEngine:
     return HealthEngine(store, settings, clock=clock)
 
 
-def test_failure_then_recovery_publishes_two_transitions(store: Store, hsettings: Settings, ev: Any) -> None:
+def test_failure_then_recovery_publishes_two_transitions(store: Store, hsettings: HealthWorkerSettings, ev: Any) -> None:
     clock = Clock(T0 + 100)
     engine = engine_for(store, hsettings, clock)
     engine.handle(deliveries(ev.spec("a", owners=["team:data"], downstream=["b"]), ev.spec("b", upstream=["a"])))
@@ -91,7 +92,7 @@ def test_failure_then_recovery_publishes_two_transitions(store: Store, hsettings
     assert health.status == "HEALTHY" and health.transitions == 2 and len(health.checks) == len(CHECK_NAMES)
 
 
-def test_redelivered_events_change_nothing(store: Store, hsettings: Settings, ev: Any) -> None:
+def test_redelivered_events_change_nothing(store: Store, hsettings: HealthWorkerSettings, ev: Any) -> None:
     engine = engine_for(store, hsettings, Clock(T0 + DAY))
     batch = deliveries(ev.spec("a"), ev.run("r1", "SUCCESS", ["a"], start=T0, end=T0 + 5), ev.mat("a", T0 + 5, run_id="r1", rows=3),
                        ev.failed("a", "r0", T0 - 10))
@@ -105,7 +106,7 @@ def test_redelivered_events_change_nothing(store: Store, hsettings: Settings, ev
     assert [tuple(r) for r in store.connection().execute("SELECT * FROM asset_health").fetchall()] == [tuple(r) for r in snapshot]
 
 
-def test_unchanged_evaluation_publishes_nothing_and_new_failing_check_does(store: Store, hsettings: Settings, ev: Any) -> None:
+def test_unchanged_evaluation_publishes_nothing_and_new_failing_check_does(store: Store, hsettings: HealthWorkerSettings, ev: Any) -> None:
     clock = Clock(T0)
     engine = engine_for(store, hsettings, clock)
     engine.handle(deliveries(ev.spec("a")))
@@ -129,7 +130,7 @@ def test_unchanged_evaluation_publishes_nothing_and_new_failing_check_does(store
     assert {c.check: c.outcome for c in last.checks}["freshness"] == "error"
 
 
-def test_freshness_is_evaluated_by_time(store: Store, hsettings: Settings, ev: Any) -> None:
+def test_freshness_is_evaluated_by_time(store: Store, hsettings: HealthWorkerSettings, ev: Any) -> None:
     clock = Clock(T0)
     engine = engine_for(store, hsettings, clock)
     engine.handle(deliveries(*[ev.mat("a", T0 - (7 - i) * DAY, rows=100) for i in range(8)]))
@@ -146,7 +147,7 @@ def test_freshness_is_evaluated_by_time(store: Store, hsettings: Settings, ev: A
 
 
 def test_the_full_evaluation_takes_the_lock_a_chunk_at_a_time(
-    store: Store, hsettings: Settings, ev: Any, monkeypatch: pytest.MonkeyPatch
+    store: Store, hsettings: HealthWorkerSettings, ev: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import services.health.engine as engine_module
 
@@ -170,7 +171,7 @@ def test_the_full_evaluation_takes_the_lock_a_chunk_at_a_time(
     assert store.connection().execute("SELECT COUNT(*) FROM dirty_assets").fetchone()[0] == 0
 
 
-def test_retention_keeps_latest(store: Store, hsettings: Settings, ev: Any) -> None:
+def test_retention_keeps_latest(store: Store, hsettings: HealthWorkerSettings, ev: Any) -> None:
     clock = Clock(T0 + 200 * DAY)
     engine = engine_for(store, hsettings, clock)
     engine.handle(deliveries(*[ev.mat("a", T0 + i * DAY, rows=5) for i in range(10)],
@@ -180,7 +181,7 @@ def test_retention_keeps_latest(store: Store, hsettings: Settings, ev: Any) -> N
     assert len(history(store, "a", 100)) == 2
 
 
-def test_spec_copy_orders_versions_and_retires(store: Store, hsettings: Settings, ev: Any) -> None:
+def test_spec_copy_orders_versions_and_retires(store: Store, hsettings: HealthWorkerSettings, ev: Any) -> None:
     engine = engine_for(store, hsettings, Clock(T0 + 10))
     engine.handle(deliveries(ev.spec("a", version=2, group="g2"), ev.spec("a", version=1, group="g1")))
     spec = json.loads(store.connection().execute("SELECT spec FROM asset_specs").fetchone()[0])
@@ -192,7 +193,7 @@ def test_spec_copy_orders_versions_and_retires(store: Store, hsettings: Settings
 
 
 def test_backlog_defers_evaluation_durably(store: Store, tmp_path: Path, ev: Any) -> None:
-    settings = load_settings(dagster_home=str(tmp_path), stores={"data_dir": str(tmp_path)},
+    settings = load_settings(HealthWorkerSettings, dagster_home=str(tmp_path), stores={"data_dir": str(tmp_path)},
                              bus={"batch_size": 2}, health={"max_defer_s": 60})
     engine = engine_for(store, settings, Clock(T0 + 10))
     full = deliveries(ev.run("r1", "FAILURE", ["a"], start=T0, end=T0 + 1), ev.run("r2", "FAILURE", ["b"], start=T0, end=T0 + 1))
@@ -209,13 +210,13 @@ def test_backlog_defers_evaluation_durably(store: Store, tmp_path: Path, ev: Any
     assert outbox(store)[-1].data.transition == 2
 
 
-def test_unknown_downstream_gets_no_health_row(store: Store, hsettings: Settings, ev: Any) -> None:
+def test_unknown_downstream_gets_no_health_row(store: Store, hsettings: HealthWorkerSettings, ev: Any) -> None:
     engine = engine_for(store, hsettings, Clock(T0 + 10))
     engine.handle(deliveries(ev.spec("a", downstream=["not_yet_registered"]), ev.run("r", "FAILURE", ["a"], start=T0, end=T0 + 1)))
     assert [h.asset_key for h in latest_health(store)] == ["a"]
 
 
-def test_status_gauges_by_group_and_per_unhealthy_asset(store: Store, hsettings: Settings, ev: Any) -> None:
+def test_status_gauges_by_group_and_per_unhealthy_asset(store: Store, hsettings: HealthWorkerSettings, ev: Any) -> None:
     from prometheus_client import REGISTRY
 
     engine = engine_for(store, hsettings, Clock(T0 + 100))

@@ -6,7 +6,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from libs.common.events import CHECK_NAMES, AssetSpecData, CheckResult
-from libs.common.settings import HealthSettings, HealthThresholds
 from services.health.evaluators import (
     dependencies,
     duration_anomaly,
@@ -20,6 +19,7 @@ from services.health.evaluators import (
     volume_anomaly,
 )
 from services.health.model import AssetHistory, Execution, Failure, Materialization, UpstreamState
+from services.health.settings import HealthSettings, HealthThresholds
 from services.health.thresholds import Resolved, dagster_policy, resolve
 
 DAY = 86400.0

@@ -14,6 +14,7 @@ from libs.common.settings import load_settings
 from services.health.dagster_checks import check_payload, check_url
 from services.health.engine import HealthEngine
 from services.health.queries import history, last_materializations, latest_health, series, sparkline
+from services.health.settings import HealthWorkerSettings
 from services.health.store import open_store
 
 T0 = 1_780_000_000.0
@@ -34,7 +35,7 @@ def test_sparkline_one_char_per_value(values: list[float | None]) -> None:
 
 
 def test_history_and_latest(tmp_path: Path, ev: Any) -> None:
-    settings = load_settings(dagster_home=str(tmp_path), stores={"data_dir": str(tmp_path)})
+    settings = load_settings(HealthWorkerSettings, dagster_home=str(tmp_path), stores={"data_dir": str(tmp_path)})
     store = open_store(settings)
     engine = HealthEngine(store, settings, clock=lambda: T0 + 10_000)
     events = [ev.mat("a/b", T0 + i * 100, run_id=f"r{i}", rows=10 * (i + 1)) for i in range(5)]

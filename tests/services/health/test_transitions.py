@@ -23,6 +23,7 @@ from libs.common.events import AssetMaterialized as Mat
 from libs.common.settings import load_settings
 from services.health.engine import HealthEngine
 from services.health.evaluators import health_status, signature
+from services.health.settings import HealthWorkerSettings
 from services.health.store import open_store
 
 T0 = 1_780_000_000.0
@@ -35,7 +36,7 @@ def test_events_exactly_on_signature_changes(steps: list[tuple[str, int]]) -> No
     from datetime import UTC, datetime
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_settings(dagster_home=tmp, stores={"data_dir": tmp}, health={"defaults": {"volume_min_training_size": 3}})
+        cfg = load_settings(HealthWorkerSettings, dagster_home=tmp, stores={"data_dir": tmp}, health={"defaults": {"volume_min_training_size": 3}})
         store = open_store(cfg)
         clock = [T0]
         engine = HealthEngine(store, cfg, clock=lambda: clock[0])

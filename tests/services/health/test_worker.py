@@ -21,8 +21,8 @@ import redis
 from libs.common.bus import Bus, connect
 from libs.common.events import ASSETS, CHECK_NAMES, HEALTH, RUNS, HealthChanged, parse_event
 from libs.common.redis_server import free_port
-from libs.common.settings import Settings
 from libs.common.testing import ServiceProcess, wait_for
+from services.health.settings import HealthWorkerSettings
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -72,7 +72,7 @@ def receiver() -> Iterator[CheckReceiver]:
 
 
 @pytest.fixture
-def worker(settings: Settings, receiver: CheckReceiver, tmp_path: Path) -> Iterator[ServiceProcess]:
+def worker(settings: HealthWorkerSettings, receiver: CheckReceiver, tmp_path: Path) -> Iterator[ServiceProcess]:
     port = free_port()
     env = {
         **os.environ,
@@ -80,7 +80,7 @@ def worker(settings: Settings, receiver: CheckReceiver, tmp_path: Path) -> Itera
         "AMS_BUS__PREFIX": settings.bus.prefix,
         "AMS_BUS__BLOCK_MS": "200",
         "AMS_SERVICES__HEALTH__PORT": str(port),
-        "AMS_HEALTH__DAGSTER_URL": receiver.url,
+        "AMS_DAGSTER__URL": receiver.url,
         "AMS_LOGGING__FORMAT": "json",
         "DAGSTER_HOME": str(settings.dagster_home),
         "PYTHONPATH": str(ROOT),
@@ -93,7 +93,7 @@ def worker(settings: Settings, receiver: CheckReceiver, tmp_path: Path) -> Itera
     assert process.stop() == 0, process.output()
 
 
-def health_events(client: redis.Redis, settings: Settings) -> list[HealthChanged]:
+def health_events(client: redis.Redis, settings: HealthWorkerSettings) -> list[HealthChanged]:
     out = []
     for _, fields in client.xrange(f"{settings.bus.prefix}:{HEALTH}"):
         event = parse_event(fields[b"event"])
@@ -105,7 +105,7 @@ def health_events(client: redis.Redis, settings: Settings) -> list[HealthChanged
 
 
 def test_failure_and_recovery_reach_health_stream_db_and_dagster(
-    settings: Settings, redis_client: redis.Redis, worker: ServiceProcess, receiver: CheckReceiver, ev: Any
+    settings: HealthWorkerSettings, redis_client: redis.Redis, worker: ServiceProcess, receiver: CheckReceiver, ev: Any
 ) -> None:
     bus = Bus(connect(settings.redis), settings.bus)
     now = time.time()

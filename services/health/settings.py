@@ -1,0 +1,91 @@
+"""The health worker's settings: the `health:` section (thresholds per asset, group and default)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from libs.common.settings import DurationS, Section, Settings
+
+AnomalyDirection = Literal["both", "spike", "drop"]
+Seasonality = Literal["none", "day_of_week", "hour_of_day", "auto"]
+
+
+class HealthThresholds(Section):
+    """Tunable thresholds of the health evaluators.
+
+    Global defaults live in `health.defaults`, per Dagster group overrides in `health.groups.<group>`, and
+    per asset overrides in the asset's tags or metadata as `ams/<field>` (e.g. `ams/volume_sensitivity`).
+    """
+
+    # volume_anomaly: robust z-score of the row count against its training window
+    volume_sensitivity: float = Field(default=3.0, gt=0)
+    volume_direction: AnomalyDirection = "both"
+    volume_training_days: float = Field(default=30.0, gt=0)
+    volume_min_training_size: int = Field(default=7, ge=3)
+    # auto: a weekday (or, for sub-daily assets, hour-of-day) profile when the history clearly shows one
+    volume_seasonality: Seasonality = "auto"
+    volume_ignore_small_spike_pct: float = Field(default=0.0, ge=0)
+    volume_ignore_small_drop_pct: float = Field(default=0.0, ge=0)
+    volume_severity: Literal["warn", "error"] = "error"
+    zero_rows: Literal["warn", "error", "ignore"] = "error"
+    # duration_anomaly: the same detector on run durations, plus an absolute maximum
+    duration_sensitivity: float = Field(default=3.0, gt=0)
+    duration_direction: AnomalyDirection = "spike"
+    duration_training_days: float = Field(default=30.0, gt=0)
+    duration_min_training_size: int = Field(default=7, ge=3)
+    duration_seasonality: Seasonality = "none"
+    duration_ignore_small_spike_pct: float = Field(default=0.0, ge=0)
+    duration_ignore_small_drop_pct: float = Field(default=0.0, ge=0)
+    duration_min_delta_s: float = Field(default=1.0, ge=0)
+    duration_max_s: DurationS = None
+    duration_severity: Literal["warn", "error"] = "warn"
+    # freshness: an explicit maximum lag, else a cadence learned from past materializations
+    freshness_max_lag: DurationS = None
+    freshness_warn_lag: DurationS = None
+    freshness_cadence_warn_factor: float = Field(default=1.5, gt=1)
+    freshness_cadence_error_factor: float = Field(default=3.0, gt=1)
+    freshness_min_history: int = Field(default=5, ge=2)
+    # execution_status: how a canceled last run counts (a failed one is always an error)
+    canceled_run: Literal["warn", "error", "ignore"] = "warn"
+    # checks switched off for an asset or group, e.g. ["volume_anomaly"]
+    disabled_checks: list[str] = Field(default_factory=list)
+
+    @field_validator("disabled_checks", mode="before")
+    @classmethod
+    def _split_checks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+
+class HealthSettings(Section):
+    retention_days: int = Field(default=90, ge=1)
+    retention_interval_s: float = Field(default=3600.0, gt=0)
+    # Time-driven re-evaluation of every asset (freshness changes with time, not only with events).
+    evaluation_interval_s: float = Field(default=60.0, gt=0)
+    # Past materializations per asset the evaluators see (and the service keeps in memory).
+    history_limit: int = Field(default=400, ge=20, le=100_000)
+    # Under a backlog (full batches) evaluation is deferred and coalesced for at most this long.
+    max_defer_s: float = Field(default=2.0, gt=0, le=60)
+    defaults: HealthThresholds = HealthThresholds()
+    groups: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _valid_groups(self) -> HealthSettings:
+        base = self.defaults.model_dump()
+        for group, overrides in self.groups.items():
+            try:
+                HealthThresholds.model_validate({**base, **overrides})
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                raise ValueError(f"groups.{group}.{where}: {first['msg']}") from None
+        return self
+
+
+class HealthWorkerSettings(Settings):
+    """Everything the health worker reads."""
+
+    health: HealthSettings = HealthSettings()
