@@ -43,7 +43,9 @@ from dagster import (
     DagsterInstance,
     DefaultSensorStatus,
     EventLogRecord,
+    EventRecordsFilter,
     RepositoryDefinition,
+    RunRecord,
     RunsFilter,
     SensorDefinition,
     SensorEvaluationContext,
@@ -51,9 +53,11 @@ from dagster import (
     TableSchema,
     sensor,
 )
-from dagster._core.event_api import EventLogCursor, EventRecordsFilter
+
+# No public names (read in dagster 1.13.28): the fetch_* APIs take their cursor as the string EventLogCursor
+# writes, and a run's planned materializations are only told apart by this event-specific data class.
+from dagster._core.event_api import EventLogCursor
 from dagster._core.events import AssetMaterializationPlannedData
-from dagster._core.storage.dagster_run import RunRecord
 from pydantic import BaseModel, ValidationError
 
 from libs.common.bus import Bus, connect
