@@ -1,8 +1,48 @@
 #!/bin/sh
-# Container entrypoint: prepares DAGSTER_HOME, installs the Dagster instance config, then runs the command.
+# Container entrypoint (also in front of the HEALTHCHECK): reads secrets from files, prepares DAGSTER_HOME,
+# installs the Dagster instance config, then runs the command.
+#   <NAME>_FILE              a file holding the value of <NAME> (compose `secrets:`, mounted secret volumes),
+#                            e.g. AMS_REDIS__PASSWORD_FILE=/run/secrets/redis_password. Secrets stay out of
+#                            the container's configuration (`docker inspect`). Setting both is an error.
+#   DAGSTER_CELERY_BROKER_URL, DAGSTER_CELERY_BACKEND_URL
+#                            Celery shares the system's Redis: a redis:// URL given without credentials gets
+#                            AMS_REDIS__PASSWORD (which must then be URL-safe: letters, digits, . _ ~ -).
 #   DAGSTER_INSTANCE_CONFIG  optional path of a dagster.yaml (e.g. /app/deploy/dagster/dagster.prod.yaml);
 #                            copied atomically to $DAGSTER_HOME/dagster.yaml, since Dagster reads it there.
 set -eu
+
+fail() {
+  echo "entrypoint: $*" >&2
+  exit 64
+}
+
+# <NAME>_FILE -> <NAME>. AMS_LOGGING__FILE and the like name a file setting, not a secret: their <NAME>
+# would end in "_", and they are left alone.
+for assignment in $(env | sed -n 's/^\([A-Za-z][A-Za-z0-9_]*[A-Za-z0-9]\)_FILE=.*/\1/p'); do
+  name=$assignment
+  eval "file=\${${name}_FILE}"
+  eval "already=\${${name}+set}"
+  [ -z "$already" ] || fail "both $name and ${name}_FILE are set; keep one"
+  [ -f "$file" ] && [ -r "$file" ] || fail "${name}_FILE=$file is not a readable file"
+  value=$(cat "$file")  # command substitution drops the trailing newline
+  export "$name=$value"
+done
+
+if [ -n "${AMS_REDIS__PASSWORD:-}" ]; then
+  for name in DAGSTER_CELERY_BROKER_URL DAGSTER_CELERY_BACKEND_URL; do
+    eval "url=\${$name:-}"
+    case $url in
+      redis://*@* | "") ;;
+      redis://*)
+        case $AMS_REDIS__PASSWORD in
+          *[!A-Za-z0-9._~-]*) fail "AMS_REDIS__PASSWORD must be URL-safe (letters, digits, . _ ~ -) for $name" ;;
+        esac
+        export "$name=redis://:${AMS_REDIS__PASSWORD}@${url#redis://}"
+        ;;
+    esac
+  done
+fi
+
 : "${DAGSTER_HOME:?DAGSTER_HOME must be set}"
 mkdir -p "$DAGSTER_HOME"
 if [ -n "${AMS_STORES__DATA_DIR:-}" ]; then

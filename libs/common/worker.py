@@ -189,7 +189,7 @@ class Worker:
             try:
                 job.func()
             except Exception:
-                metrics.JOB_FAILURES.labels(service=self.service, job=job.name).inc()
+                metrics.JOB_FAILURES.labels(service=self.service, job_name=job.name).inc()
                 log.exception("job_failed", service=self.service, job=job.name)
 
         return run
