@@ -1,9 +1,11 @@
 #!/bin/sh
 # Container entrypoint (also in front of the HEALTHCHECK): reads secrets from files, prepares DAGSTER_HOME,
 # installs the Dagster instance config, then runs the command.
-#   <NAME>_FILE              a file holding the value of <NAME> (compose `secrets:`, mounted secret volumes),
-#                            e.g. AMS_REDIS__PASSWORD_FILE=/run/secrets/redis_password. Secrets stay out of
-#                            the container's configuration (`docker inspect`). Setting both is an error.
+#   <NAME>_FILE              for <NAME> ending in PASSWORD, SECRET, TOKEN or KEY: a file holding its value
+#                            (compose `secrets:`, mounted secret volumes), e.g.
+#                            AMS_REDIS__PASSWORD_FILE=/run/secrets/redis_password. Secrets stay out of the
+#                            container's configuration (`docker inspect`). Setting both is an error. (Other
+#                            *_FILE variables, like SSL_CERT_FILE or AMS_LOGGING__FILE, name files and stay.)
 #   DAGSTER_CELERY_BROKER_URL, DAGSTER_CELERY_BACKEND_URL
 #                            Celery shares the system's Redis: a redis:// URL given without credentials gets
 #                            AMS_REDIS__PASSWORD (which must then be URL-safe: letters, digits, . _ ~ -).
@@ -16,16 +18,14 @@ fail() {
   exit 64
 }
 
-# <NAME>_FILE -> <NAME>. AMS_LOGGING__FILE and the like name a file setting, not a secret: their <NAME>
-# would end in "_", and they are left alone.
-for assignment in $(env | sed -n 's/^\([A-Za-z][A-Za-z0-9_]*[A-Za-z0-9]\)_FILE=.*/\1/p'); do
-  name=$assignment
+for name in $(env | sed -n 's/^\([A-Za-z0-9_]*\(PASSWORD\|SECRET\|TOKEN\|KEY\)\)_FILE=.*/\1/p'); do
   eval "file=\${${name}_FILE}"
   eval "already=\${${name}+set}"
   [ -z "$already" ] || fail "both $name and ${name}_FILE are set; keep one"
   [ -f "$file" ] && [ -r "$file" ] || fail "${name}_FILE=$file is not a readable file"
   value=$(cat "$file")  # command substitution drops the trailing newline
   export "$name=$value"
+  unset "${name}_FILE"  # the settings would take AMS_X__PASSWORD_FILE for an unknown field
 done
 
 if [ -n "${AMS_REDIS__PASSWORD:-}" ]; then

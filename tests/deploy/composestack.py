@@ -59,7 +59,7 @@ def container_ports(compose: dict[str, Any]) -> set[int]:
     text = json.dumps(compose)
     ports |= {int(p) for p in re.findall(r"(?<![\d.])[a-z0-9.-]+:(\d{4,5})\b", text)}
     for service in compose["services"].values():
-        ports |= {int(p["target"]) if isinstance(p, dict) else int(str(p).rsplit(":", 1)[-1])
+        ports |= {int(p["target"]) if isinstance(p, dict) else int(str(p).rsplit(":", 1)[-1].split("/")[0])
                   for p in service.get("ports", [])}
         ports |= {int(v) for k, v in (service.get("environment") or {}).items() if k.endswith("_PORT") and str(v).isdigit()}
         command = service.get("command") or []
