@@ -14,8 +14,8 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG INSTALL_MSODBC=1
 
-# ---- builder: compilers and headers live here only -----------------------------------------------------
-FROM ${PYTHON_IMAGE} AS builder
+# ---- deps: the locked packages, built with compilers and headers that stay in this stage ------------------
+FROM ${PYTHON_IMAGE} AS deps
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 # Debian's current packages of the base image's release, security fixes included: a pinned Debian version
@@ -31,18 +31,6 @@ WORKDIR /app
 COPY requirements.lock ./
 RUN pip install --no-deps --require-hashes -r requirements.lock \
  && pip check
-# The project itself, editable at /app so settings find /app/config (PROJECT_ROOT) exactly as in a checkout.
-COPY pyproject.toml README.md ./
-COPY libs ./libs
-COPY orchestrator ./orchestrator
-COPY services ./services
-COPY asset_manager ./asset_manager
-COPY config ./config
-COPY deploy/docker ./deploy/docker
-COPY deploy/dagster ./deploy/dagster
-RUN pip install --no-deps -e . \
- && rm -rf ./build ./*.egg-info \
- && python -m compileall -q /app/libs /app/orchestrator /app/services /app/asset_manager
 
 # ---- msodbc: fetches Microsoft's repository package (curl stays in this stage) ----------------------------
 FROM ${PYTHON_IMAGE} AS msodbc
@@ -83,13 +71,26 @@ RUN groupadd --system --gid ${APP_UID} app \
  && useradd --system --uid ${APP_UID} --gid app --home-dir /var/lib/ams --shell /usr/sbin/nologin app \
  && install -d -o app -g app -m 0750 /var/lib/ams /var/lib/ams/dagster_home /var/lib/ams/stores /var/lib/ams/shared
 
-COPY --from=builder /opt/venv /opt/venv
-COPY --from=builder /app /app
+# The locked packages: this large layer is reused until requirements.lock changes.
+COPY --from=deps /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# The project itself, editable at /app so settings find /app/config (PROJECT_ROOT) exactly as in a checkout.
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY libs ./libs
+COPY orchestrator ./orchestrator
+COPY services ./services
+COPY asset_manager ./asset_manager
+COPY config ./config
+COPY deploy/docker ./deploy/docker
+COPY deploy/dagster ./deploy/dagster
+RUN PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 pip install --no-deps -e . \
+ && rm -rf ./build ./*.egg-info \
+ && python -m compileall -q /app/libs /app/orchestrator /app/services /app/asset_manager
 
 # Containers log JSON lines to stdout (the runtime collects and rotates them); the file log is disabled
 # by pointing it at /dev/null, which RotatingFileHandler never rotates.
-ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONUNBUFFERED=1 \
+ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     ENVIRONMENT=production \
     AMS_CONFIG_DIR=/app/config \
@@ -100,7 +101,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     DAGSTER_GRPC_HOST=code-location \
     DAGSTER_GRPC_PORT=4000
 
-WORKDIR /app
 USER ${APP_UID}:${APP_UID}
 EXPOSE 3000 4000 9101 9102 9103
 

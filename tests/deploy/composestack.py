@@ -234,9 +234,35 @@ class Stack:
         """Start `name` after its depends_on services are healthy; return once its healthcheck passes."""
         if name in self.running:
             return self.running[name]
-        for dep in self.compose["services"][name].get("depends_on") or {}:
-            if dep not in self.provided:
-                self.up(dep, timeout_s)
+        for dep in self.dependencies(name):
+            self.up(dep, timeout_s)
+        running = self.start(name)
+        self.wait_healthy(running, timeout_s)
+        return running
+
+    def up_all(self, names: list[str], timeout_s: float = 300.0) -> None:
+        """Start `names` (and their dependencies) in waves: everything whose dependencies are healthy starts
+        at once, then the wave is waited for. Same order as compose, in far less time than one by one."""
+        def depth(name: str) -> int:
+            return 1 + max((depth(d) for d in self.dependencies(name)), default=-1)
+
+        wanted: set[str] = set()
+        todo = list(names)
+        while todo:
+            name = todo.pop()
+            if name not in wanted:
+                wanted.add(name)
+                todo += self.dependencies(name)
+        for level in sorted({depth(n) for n in wanted}):
+            wave = [self.start(n) for n in sorted(wanted) if depth(n) == level and n not in self.running]
+            for running in wave:
+                self.wait_healthy(running, timeout_s)
+
+    def dependencies(self, name: str) -> list[str]:
+        return [d for d in self.compose["services"][name].get("depends_on") or {} if d not in self.provided]
+
+    def start(self, name: str) -> Running:
+        """Launch `name` without waiting for it."""
         (self.workdir / "home").mkdir(parents=True, exist_ok=True)
         log = self.workdir / f"{name}.log"
         env = self.environment(name)
@@ -244,8 +270,25 @@ class Stack:
                                    stderr=subprocess.STDOUT, start_new_session=True)
         running = Running(name, process, log, env, self.healthcheck(name))
         self.running[name] = running
-        self.wait_healthy(running, timeout_s)
         return running
+
+    def wait_code_location_loaded(self, location: str = "orchestrator", timeout_s: float = 120) -> None:
+        """The webserver reached the code location's gRPC server through the workspace file's variables."""
+        import httpx
+
+        url = f"http://127.0.0.1:{self.port_map[3000]}/graphql"
+        query = "{ workspaceOrError { ... on Workspace { locationEntries { name locationOrLoadError { __typename } } } } }"
+
+        def loaded() -> bool:
+            entries = httpx.post(url, json={"query": query}, timeout=10).json()["data"]["workspaceOrError"]["locationEntries"]
+            return [(e["name"], (e["locationOrLoadError"] or {}).get("__typename")) for e in entries] == [
+                (location, "RepositoryLocation")]
+
+        from deploytools import wait_for
+
+        wait_for(loaded, timeout_s=timeout_s, what="code location loaded in the webserver",
+                 diagnose=lambda: httpx.post(url, json={"query": query.replace("__typename", "__typename ... on "
+                                                        "PythonError { message }")}, timeout=10).text)
 
     def check(self, running: Running) -> subprocess.CompletedProcess[str]:
         return subprocess.run(running.healthcheck, env=running.env, cwd=self.workdir, capture_output=True,

@@ -10,23 +10,21 @@ the Celery step worker, each in a process of its own, passing outputs through th
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import httpx
 import pytest
 from composestack import Stack
-from deploytools import COMPOSE_PROD, ENV_EXAMPLE, ROOT, compose_config, wait_for
+from deploytools import COMPOSE_PROD, IMAGE_ROLES, ROOT, compose_config, prod_secrets, wait_for
 from imagetools import build_project_image, podman, podman_env
 from packaging.requirements import Requirement
 
-# Every role the compose files and manifests run from our image (k8s runs the same commands, test_k8s.py).
-ROLES = ["code-location", "webserver", "daemon", "dagster-run-worker", "dagster-worker", "discovery", "health",
-         "alerts"]
+ROLES = IMAGE_ROLES
 DEMO_ASSETS = {"raw_orders", "raw_customers", "stg_orders", "stg_customers", "transformed_customer_orders"}
 # The environment markers of the image's interpreter (PEP 508), for the lock's conditional lines.
 MARKER_ENVIRONMENT = (
@@ -44,18 +42,13 @@ def image() -> str:
 
 
 @pytest.fixture(scope="module")
-def secrets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The secret files docker-compose.prod.yml mounts, in a private directory; name -> value."""
-    folder = tmp_path_factory.mktemp("secrets")
-    folder.chmod(0o700)
-    values = {name: uuid.uuid4().hex for name in ("redis_password", "postgres_password", "grafana_admin_password")}
-    for name, value in values.items():
-        (folder / name).write_text(value + "\n")
-    shutil.copy(ROOT / "deploy/alertmanager/alertmanager.example.yml", folder / "alertmanager.yml")
-    for path in folder.iterdir():
-        path.chmod(0o444)  # read by the containers' own users through their mounts; the folder guards them
-    values["dir"] = str(folder)
-    return values
+def prod_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    return prod_secrets(tmp_path_factory.mktemp("prod-env"))
+
+
+@pytest.fixture(scope="module")
+def secrets(prod_env: tuple[Path, dict[str, str]]) -> dict[str, str]:
+    return prod_env[1]
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +70,9 @@ def dagster_db(postgres_server: str) -> Iterator[tuple[int, str]]:
 
 
 @pytest.fixture(scope="module")
-def stack(image: str, secrets: dict[str, str], dagster_db: tuple[int, str],
+def stack(image: str, prod_env: tuple[Path, dict[str, str]], dagster_db: tuple[int, str],
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env_file = tmp_path_factory.mktemp("env") / ".env"
-    env_file.write_text(ENV_EXAMPLE.read_text().replace("AMS_SECRETS_DIR=./secrets", f"AMS_SECRETS_DIR={secrets['dir']}"))
-    compose = compose_config(COMPOSE_PROD, env_file=env_file)
+    compose = compose_config(COMPOSE_PROD, env_file=prod_env[0])
     port, database = dagster_db
     workdir = tmp_path_factory.mktemp("image-stack")
     workdir.chmod(0o755)  # the containers' user reaches the volumes below it
@@ -93,7 +84,7 @@ def stack(image: str, secrets: dict[str, str], dagster_db: tuple[int, str],
 
 
 def container(stack: Stack, role: str) -> str:
-    stack.up(role, timeout_s=300)
+    stack.up_all(ROLES)  # all roles at once, in compose's dependency order
     return stack.containers[role]
 
 
@@ -137,8 +128,8 @@ def test_prod_run_executes_its_steps_in_celery_worker_processes(stack: Stack, po
     it, the CeleryRunLauncher hands it to the run worker, the Celery executor sends each step to the step
     worker, where each runs in a fresh process and reads its upstream's output from the shared volume. The
     code location is stopped while the run is in flight: the run does not depend on it."""
-    for role in ROLES:
-        container(stack, role)
+    stack.up_all(ROLES)
+    stack.wait_code_location_loaded()
     url = f"http://127.0.0.1:{stack.port_map[3000]}/graphql"
     launch = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
         __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
