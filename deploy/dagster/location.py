@@ -18,7 +18,8 @@ from typing import Any
 import yaml
 from dagster import Definitions, ExecutorDefinition, in_process_executor, multiprocess_executor
 
-from orchestrator.definitions import defs as orchestrator_defs
+# The module, not its `defs`: `dagster ... -f location.py` refuses two Definitions objects at module scope.
+import orchestrator.definitions as orchestrator
 
 CELERY_CONFIG = Path(__file__).with_name("celery.yaml")
 
@@ -53,4 +54,4 @@ def with_executor(defs: Definitions, executor: ExecutorDefinition | None) -> Def
     return defs if executor is None else Definitions.merge(defs, Definitions(executor=executor))
 
 
-defs = with_executor(orchestrator_defs, executor_from_env())
+defs = with_executor(orchestrator.defs, executor_from_env())
