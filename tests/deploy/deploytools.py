@@ -27,8 +27,7 @@ DASHBOARDS = sorted((GRAFANA_DIR / "dashboards").glob("*.json"))
 DATASOURCES = GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml"
 OVERLAYS = ["dev", "prod"]
 # Every role docker-compose.prod.yml runs from our image (k8s runs the same commands): test_image.py starts each.
-IMAGE_ROLES = ["code-location", "webserver", "daemon", "dagster-run-worker", "dagster-worker", "discovery", "health",
-               "alerts"]
+IMAGE_ROLES = ["code-location", "webserver", "daemon", "dagster-worker", "discovery", "health", "alerts"]
 
 
 def tool(name: str) -> str:

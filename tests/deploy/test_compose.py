@@ -156,9 +156,6 @@ def test_prod_publishes_only_the_ui_and_only_on_loopback(prod: dict[str, Any]) -
     assert published["webserver"] == [("127.0.0.1", 3000, 3000)]
 
 
-CELERY_WORKERS = {"dagster-run-worker": "dagster-runs", "dagster-worker": "dagster"}
-
-
 def option(command: list[str], flag: str) -> str:
     return command[command.index(flag) + 1]
 
@@ -168,49 +165,52 @@ def test_prod_uses_postgres_storage_and_runs_outside_the_code_location(prod: dic
     assert services["postgres"]["image"].startswith("postgres:")
     instance = yaml.safe_load((ROOT / "deploy/dagster/dagster.prod.yaml").read_text())
     assert "postgres" in instance["storage"]
-    for name in ("code-location", "webserver", "daemon", *CELERY_WORKERS):
+    for name in ("code-location", "webserver", "daemon", "dagster-worker"):
         assert services[name]["environment"]["DAGSTER_INSTANCE_CONFIG"] == "/app/deploy/dagster/dagster.prod.yaml"
-    # runs are Celery tasks on the run workers' queue, never children of the code location (a redeploy of it
-    # would kill them)
+    # runs are Celery tasks executed by the dagster-workers, never children of the code location (a redeploy
+    # of it would kill them)
     launcher = instance["run_launcher"]
     assert (launcher["module"], launcher["class"]) == ("dagster_celery.launcher", "CeleryRunLauncher")
-    for name, queue in CELERY_WORKERS.items():
-        command = services[name]["command"]
-        assert command[:3] == ["dagster-celery", "worker", "start"]
-        assert option(command, "-q") == queue and option(command, "-y") == "/app/deploy/dagster/celery.yaml"
-        # scalable with --scale: no fixed container name, no published port
-        assert "container_name" not in services[name] and "ports" not in services[name]
-    assert launcher["config"]["default_queue"] == CELERY_WORKERS["dagster-run-worker"]
-    # jobs send their steps to the step workers (Celery's default queue, `dagster`)
+    worker = services["dagster-worker"]
+    command = worker["command"]
+    assert command[:3] == ["dagster-celery", "worker", "start"]
+    assert option(command, "-q") == launcher["config"]["default_queue"]
+    assert option(command, "-y") == "/app/deploy/dagster/celery.yaml"
+    # scalable with --scale: no fixed container name, no published port
+    assert "container_name" not in worker and "ports" not in worker
+    # inside a run, each step is a process of its own (location.py applies the executor to every job)
     assert services["code-location"]["command"][-2:] == ["-f", "/app/deploy/dagster/location.py"]
-    for name in ("code-location", *CELERY_WORKERS):
-        assert services[name]["environment"]["DAGSTER_EXECUTOR"] == "celery"
+    for name in ("code-location", "dagster-worker"):
+        assert services[name]["environment"]["DAGSTER_EXECUTOR"] == "multiprocess"
     celery = yaml.safe_load((ROOT / "deploy/dagster/celery.yaml").read_text())
     assert celery["execution"]["config"]["broker"] == {"env": "DAGSTER_CELERY_BROKER_URL"}
+    assert launcher["config"]["broker"] == {"env": "DAGSTER_CELERY_BROKER_URL"}
 
 
-def test_prod_celery_concurrency_is_set_and_fits_the_cpu_limit(prod: dict[str, Any]) -> None:
-    """Celery's default concurrency is the host's CPU count, whatever the container's limit."""
-    for name in CELERY_WORKERS:
-        service = prod["services"][name]
-        flags = [t for t in service["command"] if t.startswith("--concurrency=")]
-        assert len(flags) == 1, name
-        concurrency = int(flags[0].split("=")[1])
-        cpus = float(service["deploy"]["resources"]["limits"]["cpus"])
-        if name == "dagster-worker":  # steps compute
-            assert concurrency == cpus
-        else:  # runs mostly wait for their steps
-            assert 1 <= concurrency <= 4 * cpus
-        assert service["stop_grace_period"] in ("30m", "30m0s", 1800), name  # warm shutdown lets tasks finish
+def test_prod_run_and_step_concurrency_are_set_and_fit_the_cpu_limit(prod: dict[str, Any]) -> None:
+    """Celery's and Dagster's multiprocess defaults are the host's CPU count, whatever the container's limit."""
+    worker = prod["services"]["dagster-worker"]
+    flags = [t for t in worker["command"] if t.startswith("--concurrency=")]
+    assert len(flags) == 1
+    runs = int(flags[0].split("=")[1])
+    steps = int(worker["environment"]["DAGSTER_MAX_CONCURRENT_STEPS"])
+    cpus = float(worker["deploy"]["resources"]["limits"]["cpus"])
+    assert runs >= 1 and steps >= 2  # at least two steps of a run in parallel processes
+    # a run's steps are processes: a run may not be a daemonic prefork child (test_image.py runs one)
+    assert "--pool=threads" in worker["command"]
+    assert runs * steps <= 2 * cpus
+    assert worker["stop_grace_period"] in ("30m", "30m0s", 1800)  # warm shutdown lets running runs finish
 
 
 def test_prod_dagster_outputs_and_compute_logs_are_on_the_shared_volume(prod: dict[str, Any]) -> None:
     """Every path of the instance that holds run data is on the one volume all Dagster containers mount."""
+    dagster = {n for n, s in prod["services"].items() if ours(s) and str(s["command"][0]).startswith("dagster")}
+    assert dagster == {"code-location", "webserver", "daemon", "dagster-worker"}
     instance = yaml.safe_load((ROOT / "deploy/dagster/dagster.prod.yaml").read_text())
     paths = [instance["local_artifact_storage"]["config"]["base_dir"], instance["compute_logs"]["config"]["base_dir"]]
     for name, service in prod["services"].items():
-        if service.get("environment", {}).get("DAGSTER_INSTANCE_CONFIG") != "/app/deploy/dagster/dagster.prod.yaml":
-            continue
+        if not ours(service) or not str(service["command"][0]).startswith("dagster"):
+            continue  # the workers (python -m services.x) run no Dagster run
         volumes = {target: source for kind, source, target in mounts(service, prod["volumes"]) if kind == "volume"}
         for path in paths:
             holders = [t for t in volumes if path.startswith(t.rstrip("/") + "/")]

@@ -44,7 +44,6 @@ PROD_NOT_RUN = {
     "code-location": IN_IMAGE_TEST,
     "webserver": IN_IMAGE_TEST,
     "daemon": IN_IMAGE_TEST,
-    "dagster-run-worker": IN_IMAGE_TEST,
     "dagster-worker": IN_IMAGE_TEST,
 }
 
