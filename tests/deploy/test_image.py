@@ -161,7 +161,8 @@ def test_prod_run_survives_the_code_location_and_steps_share_outputs(stack: Stac
                 if e["dagster_event"] and e["dagster_event"]["event_type_value"] == event_type}
 
     # the run went through the Celery queue to the worker, not into the code location
-    assert any("Celery task has been forwarded to the broker" in (e["user_message"] or "") for e in events)
+    messages = [(e["dagster_event"] or {}).get("message") or "" for e in events]
+    assert any("Celery task has been forwarded to the broker" in m for m in messages), messages
     (run_pid,) = pids("PIPELINE_START").values()
     steps = pids("STEP_START")
     assert set(steps) == DEMO_ASSETS

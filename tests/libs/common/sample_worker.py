@@ -9,12 +9,12 @@ import os
 import sys
 import time
 
+from libs.common import worker as worker_runtime
 from libs.common.bus import Delivery
 from libs.common.events import RUNS
 from libs.common.log import configure_logging
 from libs.common.settings import load_settings
 from libs.common.store import Migration, Store
-from libs.common import worker as worker_runtime
 from libs.common.worker import Worker
 
 MIGRATIONS = [Migration(1, "runs", "CREATE TABLE runs (event_id TEXT PRIMARY KEY, run_id TEXT NOT NULL)")]
