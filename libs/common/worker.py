@@ -145,11 +145,11 @@ class Worker:
         # 22 µs -> 10 µs per event). Start-up objects go to the permanent generation; collect less often.
         gc.freeze()
         gc.set_threshold(50_000, 50, 100)
-        self._start_jobs()
         try:
-            self._loop()
+            self._loop()  # starts the periodic jobs once the worker may write its store (the lease)
         finally:
-            self.scheduler.shutdown(wait=True)
+            if self.scheduler.running:
+                self.scheduler.shutdown(wait=True)
             if self.on_shutdown:
                 self.on_shutdown(self)
             self.server.stop()
@@ -172,6 +172,8 @@ class Worker:
             try:
                 if self._single and not self._hold_lease():
                     continue
+                if not self.scheduler.running:
+                    self._start_jobs()
                 if self.consumer.poll(block=True) or self._outbox_dirty:
                     # Derived events staged by the handler go out once their transaction is committed.
                     outbox.flush(self.store, self.bus)

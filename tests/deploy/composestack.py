@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploytools import ROOT, mounts
+import httpx
+from deploytools import ROOT, mounts, wait_for
 
 from libs.common.redis_server import free_port
 
@@ -274,8 +275,6 @@ class Stack:
 
     def wait_code_location_loaded(self, location: str = "orchestrator", timeout_s: float = 120) -> None:
         """The webserver reached the code location's gRPC server through the workspace file's variables."""
-        import httpx
-
         url = f"http://127.0.0.1:{self.port_map[3000]}/graphql"
         query = "{ workspaceOrError { ... on Workspace { locationEntries { name locationOrLoadError { __typename } } } } }"
 
@@ -283,8 +282,6 @@ class Stack:
             entries = httpx.post(url, json={"query": query}, timeout=10).json()["data"]["workspaceOrError"]["locationEntries"]
             return [(e["name"], (e["locationOrLoadError"] or {}).get("__typename")) for e in entries] == [
                 (location, "RepositoryLocation")]
-
-        from deploytools import wait_for
 
         wait_for(loaded, timeout_s=timeout_s, what="code location loaded in the webserver",
                  diagnose=lambda: httpx.post(url, json={"query": query.replace("__typename", "__typename ... on "

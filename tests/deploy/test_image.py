@@ -2,10 +2,11 @@
 docker-compose.prod.yml as a container (podman, host network) with the compose file's own command,
 environment, secrets, volumes and healthcheck, against a real Redis (the compose `redis` service's own
 command, Debian's redis-server) and a real PostgreSQL (the tests' server). Then one run of the demo pipeline
-with the production Dagster configuration: the daemon hands it to the Celery run worker, whose steps run on
-the Celery step worker, each in a process of its own, passing outputs through the shared volume.
+with the production Dagster configuration: the daemon hands it to the Celery run worker through the queue,
+which runs each step in a process of its own, outputs passing through the shared volume.
 
-`make image-test` runs this module alone (about 2-4 minutes once the base images are cached)."""
+`make image-test` runs this module alone: about 4 minutes once the base images are cached (the first run on a
+machine also makes the base images and installs the locked packages: about 10 minutes more)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ from deploytools import COMPOSE_PROD, IMAGE_ROLES, ROOT, compose_config, prod_se
 from imagetools import build_project_image, podman, podman_env
 from packaging.requirements import Requirement
 
-ROLES = IMAGE_ROLES
 DEMO_ASSETS = {"raw_orders", "raw_customers", "stg_orders", "stg_customers", "transformed_customer_orders"}
 # The environment markers of the image's interpreter (PEP 508), for the lock's conditional lines.
 MARKER_ENVIRONMENT = (
@@ -84,7 +84,7 @@ def stack(image: str, prod_env: tuple[Path, dict[str, str]], dagster_db: tuple[i
 
 
 def container(stack: Stack, role: str) -> str:
-    stack.up_all(ROLES)  # all roles at once, in compose's dependency order
+    stack.up_all(IMAGE_ROLES)  # all roles at once, in compose's dependency order
     return stack.containers[role]
 
 
@@ -106,7 +106,7 @@ def test_image_holds_exactly_the_locked_runtime_packages(image: str) -> None:
     assert TEST_ONLY & set(installed) == set()
 
 
-@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("role", IMAGE_ROLES)
 def test_role_is_healthy_and_runs_as_non_root(role: str, stack: Stack, secrets: dict[str, str]) -> None:
     name = container(stack, role)  # returns once the compose healthcheck passed (`podman healthcheck run`)
     assert podman("healthcheck", "run", name, check=False).returncode == 0
@@ -128,7 +128,7 @@ def test_prod_run_survives_the_code_location_and_steps_share_outputs(stack: Stac
     it, the CeleryRunLauncher hands it to the Celery worker, which runs each step in a process of its own;
     downstream steps read their upstream's output from the shared volume. The code location is stopped while
     the run is in flight: the run does not depend on it."""
-    stack.up_all(ROLES)
+    stack.up_all(IMAGE_ROLES)
     stack.wait_code_location_loaded()
     url = f"http://127.0.0.1:{stack.port_map[3000]}/graphql"
     launch = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
