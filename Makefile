@@ -1,31 +1,50 @@
 # The two commands: `make dev` runs the whole system, `make test` runs the whole suite.
-# Both create .venv and install the project when needed (pyproject.toml newer than the last install).
+# Both create .venv and install the project when needed (pyproject.toml or the lock newer than the last
+# install): the exact versions of requirements-dev.lock, hashes checked, then the project itself.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: dev test install test-tools lint bench clean
+UV_VERSION := 0.13.9
 
-$(STAMP): pyproject.toml
+.PHONY: dev test install test-tools lint bench clean lock image-test
+
+$(STAMP): pyproject.toml requirements-dev.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
+
+# After changing dependencies in pyproject.toml: resolve both lock files again (one resolution, so the image's
+# requirements.lock pins exactly the versions of requirements-dev.lock). tests/deploy/test_lock.py checks them.
+lock:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet 'uv==$(UV_VERSION)'
+	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 --generate-hashes \
+		--no-emit-package dagster-asset-management -o requirements-dev.lock
+	$(BIN)/uv pip compile pyproject.toml --extra deploy --universal --python-version 3.11 --generate-hashes \
+		-c requirements-dev.lock -o requirements.lock
 
 install: $(STAMP)
 
 dev: install
 	$(BIN)/asset-manager dev
 
-# Debian tools some tests need (ODBC drivers, promtool, docker-compose, kubectl); installed when missing
-# and we are root, otherwise those tests skip with the reason.
+# Debian tools some tests need (ODBC drivers, promtool, docker-compose, kubectl, podman for the image);
+# installed when missing and we are root, otherwise those tests skip with the reason (a failure in CI).
 test-tools:
 	@scripts/install-test-tools.sh
 
 test: install test-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Builds the image from the Dockerfile with podman (no Docker engine needed) and starts every role of
+# docker-compose.prod.yml from it; part of `make test` too. About 2-4 minutes once the base images are cached.
+image-test: install test-tools
+	$(BIN)/python -m pytest tests/deploy/test_image.py $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check libs services orchestrator asset_manager tests bench

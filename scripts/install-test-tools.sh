@@ -13,6 +13,13 @@ declare -A wanted=(
   [prometheus]=prometheus
   [wget]=wget
   [redis-cli]=redis-tools
+  # tests/deploy/test_prometheus*.py: Alertmanager and amtool
+  [amtool]=prometheus-alertmanager
+  # tests/deploy/test_image.py: build and run the image without a Docker engine
+  [podman]=podman
+  [buildah]=buildah
+  [debootstrap]=debootstrap
+  [runc]=runc
 )
 missing=()
 for tool in "${!wanted[@]}"; do

@@ -3,9 +3,11 @@ deployment picks through DAGSTER_EXECUTOR, so jobs need no deployment-specific c
 
     dagster code-server start -h 0.0.0.0 -p 4000 -f /app/deploy/dagster/location.py
 
-DAGSTER_EXECUTOR: unset or `default` (the orchestrator's own choice), `multiprocess`, `in_process`, or
-`celery` (dagster-celery, configured from celery.yaml beside this file: the same broker and backend the
-`dagster-celery worker start -y celery.yaml` workers listen to).
+DAGSTER_EXECUTOR: unset or `default` (the orchestrator's own choice), `multiprocess` (each step a process of
+its own, at most DAGSTER_MAX_CONCURRENT_STEPS at once; docker-compose.prod.yml's choice, inside the Celery
+run worker that executes the run), `in_process`, or `celery` (dagster-celery, configured from celery.yaml
+beside this file; not for runs that are themselves Celery tasks: Celery refuses to wait for a task inside a
+task).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Any
 import yaml
 from dagster import Definitions, ExecutorDefinition, in_process_executor, multiprocess_executor
 
-from orchestrator.definitions import defs as orchestrator_defs
+# The module, not its `defs`: `dagster ... -f location.py` refuses two Definitions objects at module scope.
+import orchestrator.definitions as orchestrator
 
 CELERY_CONFIG = Path(__file__).with_name("celery.yaml")
 
@@ -38,7 +41,9 @@ def executor_from_env(env: Mapping[str, str] = os.environ) -> ExecutorDefinition
     if kind in ("", "default"):
         return None
     if kind == "multiprocess":
-        return multiprocess_executor
+        # Dagster's default is one step per CPU of the host, whatever the container's limit.
+        steps = env.get("DAGSTER_MAX_CONCURRENT_STEPS", "").strip()
+        return multiprocess_executor.configured({"max_concurrent": int(steps)}) if steps else multiprocess_executor
     if kind == "in_process":
         return in_process_executor
     if kind == "celery":
@@ -53,4 +58,4 @@ def with_executor(defs: Definitions, executor: ExecutorDefinition | None) -> Def
     return defs if executor is None else Definitions.merge(defs, Definitions(executor=executor))
 
 
-defs = with_executor(orchestrator_defs, executor_from_env())
+defs = with_executor(orchestrator.defs, executor_from_env())

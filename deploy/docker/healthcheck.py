@@ -5,12 +5,14 @@ Usage: python healthcheck.py [URL]
 - Otherwise the role is read from the container's processes: a worker (`python -m services.<name>`) is
   probed on /healthz of its port (AMS_SERVICES__<NAME>__PORT, default 9101-9103), the webserver on
   /server_info, the code location with `dagster api grpc-health-check`, the daemon with
-  `dagster-daemon liveness-check`. Exit 0 healthy, 1 unhealthy, 2 nothing to probe.
+  `dagster-daemon liveness-check`, a Celery worker with `celery inspect ping` of its own node.
+Exit 0 healthy, 1 unhealthy or nothing to probe: Docker reserves exit code 2 (`HEALTHCHECK` docs).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -44,6 +46,11 @@ def probe_for(cmdlines: Iterable[list[str]], env: Mapping[str, str]) -> str | li
             return ["dagster", "api", "grpc-health-check", "-p", _option(args, "-p", "--port", default="4000")]
         if "dagster-daemon" in names and "run" in args:
             return ["dagster-daemon", "liveness-check"]
+        if "celery" in names and "worker" in args and "-n" in args:  # the child of `dagster-celery worker start`
+            node = _option(args, "-n", default="").replace("%h", env.get("HOSTNAME") or socket.gethostname())
+            broker = env.get("DAGSTER_CELERY_BROKER_URL", "")
+            app = _option(args, "-A", "--app", default="dagster_celery.app")
+            return ["celery", "-A", app, "-b", broker, "inspect", "ping", "-d", node, "--timeout", "10"]
     return None
 
 
@@ -81,12 +88,12 @@ def main(argv: list[str]) -> int:
         target = probe_for(_cmdlines(), os.environ)
     if target is None:
         print("healthcheck: no URL given and no known role running", file=sys.stderr)
-        return 2
+        return 1
     if isinstance(target, list):
         return 0 if subprocess.run(target, timeout=max(timeout, 30), check=False).returncode == 0 else 1
     if not target.startswith(("http://", "https://")):
         print(f"healthcheck: not an http(s) URL: {target!r}", file=sys.stderr)
-        return 2
+        return 1
     return check_url(target, timeout)
 
 

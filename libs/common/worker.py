@@ -41,6 +41,23 @@ from libs.common.store import Store, StoreError
 log = get_logger(__name__)
 # Often enough that the consume loop's commits almost never checkpoint themselves under a backlog.
 _CHECKPOINT_INTERVAL_S = 0.25
+# A SQLite store has one writer host, so a service on one runs as one consumer: the first holds a lease in
+# Redis, renewed every third of its TTL. A second (`--scale health=2`, StatefulSet replicas: 2, each with its
+# own volume) waits one TTL (the holder may be a crashed predecessor) and then exits with an error.
+LEASE_TTL_S = 30.0
+# Take the lease when free or already ours (a restarted consumer keeps its name); else return the holder.
+_TAKE_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return ''
+end
+return holder
+"""
+_RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 class StartupError(Exception):
@@ -97,6 +114,11 @@ class Worker:
         self._problem: str | None = None
         self._ready = False  # mirrors ams_worker_ready
         self._outbox_dirty = True  # flush what a previous process staged but did not publish
+        self._single = store.dialect == "sqlite"  # see LEASE_TTL_S
+        self._lease_key = self.bus.key(f"lease:{service}")
+        self._lease_due = 0.0  # monotonic time of the next renewal
+        self._lease_denied_since: float | None = None
+        self._refused_by: str | None = None
         self.server: ServiceServer | None = None
         self.scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
 
@@ -132,18 +154,21 @@ class Worker:
         # 22 µs -> 10 µs per event). Start-up objects go to the permanent generation; collect less often.
         gc.freeze()
         gc.set_threshold(50_000, 50, 100)
-        self._start_jobs()
         try:
-            self._loop()
+            self._loop()  # starts the periodic jobs once the worker may write its store (the lease)
         finally:
-            self.scheduler.shutdown(wait=True)
+            if self.scheduler.running:
+                self.scheduler.shutdown(wait=True)
             if self.on_shutdown:
                 self.on_shutdown(self)
             self.server.stop()
             self.store.close()
+            if self._single and self._refused_by is None:
+                with contextlib.suppress(*INFRASTRUCTURE_ERRORS):
+                    self.client.eval(_RELEASE_LEASE, 1, self._lease_key, self.consumer.name)
             self.client.close()
             log.info("worker_stopped", service=self.service)
-        return 0
+        return 0 if self._refused_by is None else 1
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info("worker_stopping", service=self.service, signal=signal.Signals(signum).name)
@@ -154,6 +179,10 @@ class Worker:
         while not self._stop.is_set():
             self._last_loop = time.monotonic()
             try:
+                if self._single and not self._hold_lease():
+                    continue
+                if not self.scheduler.running:
+                    self._start_jobs()
                 if self.consumer.poll(block=True) or self._outbox_dirty:
                     # Derived events staged by the handler go out once their transaction is committed.
                     outbox.flush(self.store, self.bus)
@@ -171,6 +200,28 @@ class Worker:
                 self._ready = True
                 metrics.READY.labels(service=self.service).set(1)
             delays = backoff_delays()
+
+    def _hold_lease(self) -> bool:
+        """Take or renew the single-consumer lease; False while another consumer holds it."""
+        now = time.monotonic()
+        if now < self._lease_due:
+            return True
+        holder = self.client.eval(_TAKE_LEASE, 1, self._lease_key, self.consumer.name, int(LEASE_TTL_S * 1000))
+        holder = holder.decode() if isinstance(holder, bytes) else str(holder)
+        if not holder:
+            self._lease_due = now + LEASE_TTL_S / 3
+            self._lease_denied_since = None
+            return True
+        self._lease_denied_since = self._lease_denied_since or now
+        if now - self._lease_denied_since > LEASE_TTL_S:
+            self._refused_by = holder
+            log.error("worker_refused", service=self.service, holder=holder, store=str(self.store.path),
+                      reason="a SQLite store takes one consumer; point the store URL at PostgreSQL to scale")
+            self.stop()
+        else:
+            self._set_problem(f"{holder} holds this service's SQLite store lease; waiting for it to expire")
+            self._stop.wait(1.0)
+        return False
 
     def _set_problem(self, problem: str) -> None:
         self._ready = False
@@ -198,7 +249,7 @@ class Worker:
             try:
                 job.func()
             except Exception:
-                metrics.JOB_FAILURES.labels(service=self.service, job=job.name).inc()
+                metrics.JOB_FAILURES.labels(service=self.service, job_name=job.name).inc()
                 log.exception("job_failed", service=self.service, job=job.name)
             finally:
                 # A job may have staged derived events (a time-driven transition, a rescan's changes).

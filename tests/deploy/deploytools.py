@@ -26,6 +26,8 @@ GRAFANA_DIR = ROOT / "deploy" / "grafana"
 DASHBOARDS = sorted((GRAFANA_DIR / "dashboards").glob("*.json"))
 DATASOURCES = GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml"
 OVERLAYS = ["dev", "prod"]
+# Every role docker-compose.prod.yml runs from our image (k8s runs the same commands): test_image.py starts each.
+IMAGE_ROLES = ["code-location", "webserver", "daemon", "dagster-worker", "discovery", "health", "alerts"]
 
 
 def tool(name: str) -> str:
@@ -121,3 +123,22 @@ def mounts(service: dict[str, Any], named_volumes: dict[str, Any]) -> list[tuple
         kind = "volume" if source in named_volumes else "bind"
         found.append((kind, source, target))
     return found
+
+
+def prod_secrets(folder: Path) -> tuple[Path, dict[str, str]]:
+    """The secret files docker-compose.prod.yml mounts, made in `folder` (private, files readable by the
+    containers' users), and an env file pointing AMS_SECRETS_DIR at them: (env file, secret name -> value)."""
+    import shutil
+    import uuid
+
+    secrets = folder / "secrets"
+    secrets.mkdir(mode=0o700)
+    values = {name: uuid.uuid4().hex for name in ("redis_password", "postgres_password", "grafana_admin_password")}
+    for name, value in values.items():
+        (secrets / name).write_text(value + "\n")
+    shutil.copy(ROOT / "deploy/alertmanager/alertmanager.example.yml", secrets / "alertmanager.yml")
+    for path in secrets.iterdir():
+        path.chmod(0o444)
+    env_file = folder / ".env"
+    env_file.write_text(ENV_EXAMPLE.read_text().replace("AMS_SECRETS_DIR=./secrets", f"AMS_SECRETS_DIR={secrets}"))
+    return env_file, values

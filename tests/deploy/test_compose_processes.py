@@ -20,20 +20,31 @@ import pytest
 import redis
 import yaml
 from composestack import Stack
-from deploytools import COMPOSE_DEV, COMPOSE_PROD, ENV_EXAMPLE, ROOT, compose_config, mounts, tool, wait_for
+from deploytools import (
+    COMPOSE_DEV,
+    COMPOSE_PROD,
+    IMAGE_ROLES,
+    ROOT,
+    compose_config,
+    mounts,
+    prod_secrets,
+    tool,
+    wait_for,
+)
 
-SERVICES = ["redis", "code-location", "webserver", "daemon", "discovery", "health", "alerts", "prometheus"]
+SERVICES = ["redis", "code-location", "webserver", "daemon", "discovery", "health", "alerts", "prometheus",
+            "alertmanager"]
 NOT_RUN = {"grafana": "not-run-third-party-image-no-debian-package-provisioning-checked-instead"}
 # docker-compose.prod.yml: its own password-protected Redis (AOF), the workers authenticating to it, Prometheus.
-PROD_SERVICES = ["redis", "discovery", "health", "alerts", "prometheus"]
-DEPLOY_EXTRA = "not-run-needs-the-image-only-deploy-extra-dagster-postgres-celery-which-pin-another-dagster-patch"
+PROD_SERVICES = ["redis", "discovery", "health", "alerts", "prometheus", "alertmanager"]
+IN_IMAGE_TEST = "run-from-the-image-in-test_image"
 PROD_NOT_RUN = {
     "postgres": "not-run-third-party-image-debian-postgresql-is-packaged-differently",
     "grafana": NOT_RUN["grafana"],
-    "code-location": DEPLOY_EXTRA,
-    "webserver": DEPLOY_EXTRA,
-    "daemon": DEPLOY_EXTRA,
-    "dagster-worker": DEPLOY_EXTRA,
+    "code-location": IN_IMAGE_TEST,
+    "webserver": IN_IMAGE_TEST,
+    "daemon": IN_IMAGE_TEST,
+    "dagster-worker": IN_IMAGE_TEST,
 }
 
 
@@ -43,12 +54,17 @@ def dev() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def prod() -> dict[str, Any]:
-    return compose_config(COMPOSE_PROD, env_file=ENV_EXAMPLE)
+def prod_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    return prod_secrets(tmp_path_factory.mktemp("prod-env"))
+
+
+@pytest.fixture(scope="module")
+def prod(prod_env: tuple[Path, dict[str, str]]) -> dict[str, Any]:
+    return compose_config(COMPOSE_PROD, env_file=prod_env[0])
 
 
 def _tools() -> None:
-    for name in ("prometheus", "wget", "redis-server", "redis-cli"):
+    for name in ("prometheus", "prometheus-alertmanager", "wget", "redis-server", "redis-cli"):
         tool(name)
 
 
@@ -94,28 +110,30 @@ def test_service_command_becomes_healthy(name: str, stack: Stack, tmp_path: Path
     assert running.process.poll() is None
     assert stack.check(running).returncode == 0
     if name == "webserver":
-        assert_code_location_loaded(stack)
+        stack.wait_code_location_loaded()
 
 
 @pytest.mark.parametrize("name", PROD_SERVICES)
-def test_prod_service_command_becomes_healthy(name: str, prod_stack: Stack) -> None:
+def test_prod_service_command_becomes_healthy(name: str, prod_stack: Stack,
+                                              prod_env: tuple[Path, dict[str, str]]) -> None:
     running = prod_stack.up(name)
     assert running.process.poll() is None
     assert prod_stack.check(running).returncode == 0
     if name == "redis":
-        assert_prod_redis_requires_its_password_and_appends(prod_stack)
+        assert_prod_redis_requires_its_password_and_appends(prod_stack, prod_env[1]["redis_password"])
 
 
-def assert_prod_redis_requires_its_password_and_appends(stack: Stack) -> None:
+def assert_prod_redis_requires_its_password_and_appends(stack: Stack, password: str) -> None:
     port = stack.port_map[6379]
     anonymous = redis.Redis(host="127.0.0.1", port=port)
     with pytest.raises(redis.AuthenticationError):
         anonymous.ping()
     anonymous.close()
-    client = redis.Redis(host="127.0.0.1", port=port, password=stack.compose["services"]["redis"]["environment"]["REDIS_PASSWORD"])
+    client = redis.Redis(host="127.0.0.1", port=port, password=password)
     try:
         assert client.config_get("appendonly") == {"appendonly": "yes"}
         assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        assert client.config_get("maxmemory") == {"maxmemory": str(2**30)}
     finally:
         client.close()
     # the password file lives in the container's private /tmp, readable by its owner only
@@ -127,33 +145,15 @@ def assert_prod_redis_requires_its_password_and_appends(stack: Stack) -> None:
 def test_prod_service_not_run(name: str, prod: dict[str, Any], dev: dict[str, Any]) -> None:
     service = prod["services"][name]
     reason = PROD_NOT_RUN[name]
-    if reason == DEPLOY_EXTRA:
-        # Same program as in development (run above) or a dagster-celery worker; the instance file it is
-        # given is validated with Dagster's schema in test_dagster_config.py.
-        env = service["environment"]
-        assert env["DAGSTER_INSTANCE_CONFIG"] == "/app/deploy/dagster/dagster.prod.yaml"
-        assert (ROOT / "deploy/dagster/dagster.prod.yaml").exists()
-        if name in dev["services"] and name != "code-location":
-            assert service["command"] == dev["services"][name]["command"]
+    if reason == IN_IMAGE_TEST:
+        # started from the built image with this very compose definition (tests/deploy/test_image.py)
+        assert name in IMAGE_ROLES
+        assert service["environment"]["DAGSTER_INSTANCE_CONFIG"] == "/app/deploy/dagster/dagster.prod.yaml"
     elif name == "grafana":
         assert service["image"] == dev["services"]["grafana"]["image"]
     else:
         assert service["image"].startswith("postgres:")
         assert "pg_isready" in " ".join(service["healthcheck"]["test"])
-
-
-def assert_code_location_loaded(stack: Stack) -> None:
-    """The webserver reached the code location's gRPC server through the workspace file's variables."""
-    url = f"http://127.0.0.1:{stack.port_map[3000]}/graphql"
-    query = "{ workspaceOrError { ... on Workspace { locationEntries { name locationOrLoadError { __typename } } } } }"
-
-    def loaded() -> bool:
-        entries = httpx.post(url, json={"query": query}, timeout=10).json()["data"]["workspaceOrError"]["locationEntries"]
-        return [(e["name"], (e["locationOrLoadError"] or {}).get("__typename")) for e in entries] == [
-            ("orchestrator", "RepositoryLocation")]
-
-    wait_for(loaded, timeout_s=60, what="code location loaded in the webserver",
-             diagnose=lambda: httpx.post(url, json={"query": query}, timeout=10).text)
 
 
 @pytest.mark.parametrize("name", list(NOT_RUN), ids=[f"{n}-{reason}" for n, reason in NOT_RUN.items()])

@@ -65,15 +65,19 @@ def dashboard(request: pytest.FixtureRequest) -> dict[str, Any]:
     return data
 
 
-def test_datasource_is_provisioned_with_the_uid_the_dashboards_use(dashboard: dict[str, Any]) -> None:
+def test_dashboards_pick_their_prometheus_through_a_variable(dashboard: dict[str, Any]) -> None:
+    """No hard-coded datasource uid: the dashboard works with whatever Prometheus a Grafana has (the one
+    provisioned here, kube-prometheus-stack's, an import), chosen by the `datasource` variable."""
     (source,) = yaml.safe_load(DATASOURCES.read_text())["datasources"]
-    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090" and source["isDefault"]
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "datasource"]
+    assert variable["type"] == "datasource" and variable["query"] == "prometheus"
     for panel in all_panels(dashboard):
         if panel["type"] == "row":
             continue
-        assert panel["datasource"] == {"type": "prometheus", "uid": source["uid"]}, panel["title"]
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
         for target in panel["targets"]:
-            assert target["datasource"]["uid"] == source["uid"], panel["title"]
+            assert target["datasource"]["uid"] == "${datasource}", panel["title"]
 
 
 def test_dashboard_structure(dashboard: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ from deploytools import OVERLAYS, ROOT, kustomize, run, tool
 
 WORKERS = {"discovery": 9101, "health": 9102, "alerts": 9103}
 # Custom resources have no schema in kubernetes-validate; they are checked field by field below instead.
-CRD_KINDS = {"ServiceMonitor"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 ALLOWED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
                         "projected", "secret"}
@@ -260,3 +260,52 @@ def test_dev_runs_in_the_code_location_with_its_own_postgres() -> None:
     assert instance["run_launcher"]["class"] == "DefaultRunLauncher"
     assert "postgres" in instance["storage"]
     assert "postgres" in by_kind(docs, "StatefulSet")
+
+
+def test_alert_rules_are_a_prometheusrule_equal_to_the_rules_file(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    """The Prometheus Operator loads PrometheusRule objects, not rule files in a ConfigMap."""
+    _, docs = overlay
+    (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "prometheus"  # kube-prometheus-stack's ruleSelector
+    assert rule["spec"]["groups"] == yaml.safe_load((ROOT / "deploy/prometheus/rules/ams-alerts.yml").read_text())["groups"]
+    assert not [d for d in docs if d["kind"] == "ConfigMap" and "rules" in d["metadata"]["name"]]
+
+
+def test_redis_refuses_writes_before_its_memory_limit(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = overlay
+    container = by_kind(docs, "StatefulSet")["redis"]["spec"]["template"]["spec"]["containers"][0]
+    args = " ".join(container["args"])
+    assert "--maxmemory 1gb" in args and "--maxmemory-policy noeviction" in args
+    limit = container["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi") and int(limit[:-2]) >= 2  # room for the AOF rewrite's fork above 1 GiB
+
+
+def test_prod_run_pods_can_write_everything_a_run_writes() -> None:
+    """Run pods have a read-only root filesystem: DAGSTER_HOME, /tmp, step outputs and compute logs must all be
+    on volumes, and outputs and compute logs on the one every run pod and the webserver mount."""
+    docs = kustomize("prod")
+    instance = instance_of(docs)
+    launcher = instance["run_launcher"]["config"]
+    assert launcher["run_k8s_config"]["container_config"]["security_context"]["read_only_root_filesystem"] is True
+    volumes = {v["name"]: v for v in launcher["volumes"]}
+    mounts = {m["mount_path"]: m["name"] for m in launcher["volume_mounts"]}
+
+    def volume_of(path: str) -> str:
+        holders = [m for m in mounts if path == m or path.startswith(m.rstrip("/") + "/")]
+        assert holders, f"{path} is on the run pod's read-only root filesystem"
+        return mounts[max(holders, key=len)]
+
+    volume_of(launcher["dagster_home"])
+    volume_of("/tmp")
+    shared = {volume_of(instance["local_artifact_storage"]["config"]["base_dir"]),
+              volume_of(instance["compute_logs"]["config"]["base_dir"])}
+    (name,) = shared
+    claim = volumes[name]["persistentVolumeClaim"]["claimName"]
+    pvc = by_kind(docs, "PersistentVolumeClaim")[claim]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]  # run pods land on any node
+    webserver = by_kind(docs, "Deployment")["webserver"]["spec"]["template"]["spec"]
+    claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in webserver["volumes"]}
+    logs = instance["compute_logs"]["config"]["base_dir"]
+    assert any(claims.get(m["name"]) == claim and logs.startswith(m["mountPath"].rstrip("/") + "/")
+               for m in webserver["containers"][0]["volumeMounts"]), "the UI cannot read the compute logs"

@@ -63,3 +63,18 @@ def test_celery_executor_config_is_the_workers_config(monkeypatch: pytest.Monkey
     bad.write_text("execution: {}\n")
     with pytest.raises(ValueError, match=r"no execution\.config"):
         module.celery_config(bad)
+
+
+@pytest.mark.parametrize("executor", ["celery", "default"])
+def test_dagster_loads_the_file_as_the_code_server_does(executor: str, tmp_path: Path) -> None:
+    """`dagster code-server start -f location.py` scans the module for Definitions objects: exactly one."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "DAGSTER_EXECUTOR": executor,
+           "DAGSTER_CELERY_BROKER_URL": "redis://127.0.0.1:1/1", "DAGSTER_CELERY_BACKEND_URL": "redis://127.0.0.1:1/2"}
+    dagster = Path(sys.executable).with_name("dagster")
+    proc = subprocess.run([str(dagster), "definitions", "validate", "-f", str(LOCATION)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

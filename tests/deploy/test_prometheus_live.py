@@ -7,8 +7,10 @@ copy of deploy/prometheus whose targets are the local workers (and 2 s intervals
 from __future__ import annotations
 
 import copy
+import http.server
 import json
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from composestack import Stack
 from deploytools import (
     COMPOSE_DEV,
     PROMETHEUS_DIR,
+    ROOT,
     compose_config,
     dashboard_targets,
     rule_expressions,
@@ -32,6 +35,7 @@ from deploytools import (
 )
 
 WORKERS = ["discovery", "health", "alerts"]
+ALERTMANAGER_EXAMPLE = ROOT / "deploy" / "alertmanager" / "alertmanager.example.yml"
 
 
 def local_prometheus_dir(stack: Stack, dest: Path) -> Path:
@@ -41,6 +45,9 @@ def local_prometheus_dir(stack: Stack, dest: Path) -> Path:
     config["global"]["scrape_interval"] = "2s"
     config["global"]["evaluation_interval"] = "2s"
     config["global"]["scrape_timeout"] = "1s"
+    for manager in config["alerting"]["alertmanagers"]:
+        for static in manager["static_configs"]:
+            static["targets"] = [f"127.0.0.1:{stack.port_map[int(t.rsplit(':', 1)[1])]}" for t in static["targets"]]
     for job in config["scrape_configs"]:
         for static in job["static_configs"]:
             mapped = []
@@ -57,11 +64,38 @@ class Live:
     url: str
     redis_url: str
     prefix: str
+    notifications: list[dict[str, Any]]
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    """An on-call tool's webhook: records what Alertmanager posts."""
+
+    received: list[dict[str, Any]]
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.received.append(json.loads(body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        return
+
+
+def local_alertmanager_config(receiver_url: str, dest: Path) -> Path:
+    """deploy/alertmanager/alertmanager.example.yml with its webhook pointed at `receiver_url`, and
+    Alertmanager's waits shortened so the test is quick."""
+    config = yaml.safe_load(ALERTMANAGER_EXAMPLE.read_text())
+    config["route"].update({"group_wait": "1s", "group_interval": "2s"})
+    (webhook,) = [w for r in config["receivers"] for w in r.get("webhook_configs", [])]
+    webhook["url"] = receiver_url
+    dest.write_text(yaml.safe_dump(config))
+    return dest
 
 
 @pytest.fixture(scope="module")
 def live(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    for name in ("prometheus", "wget"):
+    for name in ("prometheus", "prometheus-alertmanager", "wget"):
         tool(name)
     compose = copy.deepcopy(compose_config(COMPOSE_DEV))
     workdir = tmp_path_factory.mktemp("prometheus-live")
@@ -72,6 +106,15 @@ def live(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
     service = compose["services"]["prometheus"]
     service["volumes"] = [v.replace(str(PROMETHEUS_DIR), str(local)) if isinstance(v, str) else v
                           for v in service["volumes"]]
+    received: list[dict[str, Any]] = []
+    handler = type("Receiver", (_Receiver,), {"received": received})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    routed = local_alertmanager_config(f"http://127.0.0.1:{server.server_address[1]}/alertmanager",
+                                       workdir / "alertmanager.yml")
+    manager = compose["services"]["alertmanager"]
+    manager["volumes"] = [v.replace(str(ALERTMANAGER_EXAMPLE), str(routed)) if isinstance(v, str) else v
+                          for v in manager["volumes"]]
     try:
         stack.up("prometheus")  # depends_on: the three workers, healthy first
         url = f"http://127.0.0.1:{stack.port_map[9090]}"
@@ -83,9 +126,11 @@ def live(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
 
         wait_for(all_up, timeout_s=60, what="all worker targets up",
                  diagnose=lambda: str(api(url, "targets")["activeTargets"]))
-        yield Live(url, redis_url, prefix)
+        yield Live(url, redis_url, prefix, received)
     finally:
         stack.down()
+        server.shutdown()
+        server.server_close()
         client = redis.Redis.from_url(redis_url)
         keys = list(client.scan_iter(f"{prefix}:*"))
         if keys:
@@ -165,6 +210,15 @@ def test_a_dead_letter_reaches_the_dashboard_and_fires_its_alert(live: Live) -> 
         return any(a["labels"]["alertname"] == "AmsDeadLettersGrowing" and a["state"] == "firing"
                    and a["labels"]["stream"] == "runs" for a in api(live.url, "alerts")["alerts"])
 
-    wait_for(firing, timeout_s=60, what="AmsDeadLettersGrowing firing")
+    wait_for(firing, timeout_s=150, what="AmsDeadLettersGrowing firing (after its `for: 1m`)")
+
+    # Prometheus sends it to Alertmanager, which routes it to the receiver of its configuration
+    def delivered() -> bool:
+        return any(a["labels"]["alertname"] == "AmsDeadLettersGrowing" and a["status"] == "firing"
+                   and a["annotations"]["runbook_url"].startswith("docs/runbooks.md#")
+                   for n in live.notifications for a in n["alerts"])
+
+    wait_for(delivered, timeout_s=60, what="the alert delivered to the receiver through Alertmanager",
+             diagnose=lambda: json.dumps(live.notifications)[:2000])
     consumed = api(live.url, "query", query='sum by (stream, group) (ams_events_consumed_total{stream="runs"})')
     assert [r["metric"]["group"] for r in consumed["result"]] == ["health"]

@@ -9,6 +9,7 @@ import os
 import sys
 import time
 
+from libs.common import worker as worker_runtime
 from libs.common.bus import Delivery
 from libs.common.events import RUNS
 from libs.common.log import configure_logging
@@ -34,6 +35,8 @@ def main() -> int:
             )
         time.sleep(delay)
 
+    # the single-consumer lease of a SQLite store, shortened for the tests that start a second consumer
+    worker_runtime.LEASE_TTL_S = float(os.environ.get("SAMPLE_LEASE_TTL_S", worker_runtime.LEASE_TTL_S))
     worker = Worker(service="sample", settings=settings, store=store, streams=[RUNS], handler=handle,
                     port=int(os.environ.get("SAMPLE_PORT", "0")))
     return worker.run()

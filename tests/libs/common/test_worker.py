@@ -30,7 +30,8 @@ def run_event(n: int) -> RunEvent:
 class SampleWorker(ServiceProcess):
     """tests/libs/common/sample_worker.py: a minimal service on the real worker runtime."""
 
-    def __init__(self, redis_url: str, prefix: str, db: Path, home: Path, *, delay_s: float = 0) -> None:
+    def __init__(self, redis_url: str, prefix: str, db: Path, home: Path, *, delay_s: float = 0,
+                 extra_env: dict[str, str] | None = None) -> None:
         port = free_port()
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("AMS_")},
@@ -44,8 +45,10 @@ class SampleWorker(ServiceProcess):
             "SAMPLE_PORT": str(port),
             "SAMPLE_DELAY_S": str(delay_s),
             "PYTHONPATH": str(ROOT),
+            **(extra_env or {}),
         }
-        super().__init__([sys.executable, str(SAMPLE)], env, port=port, log=home / f"sample-{prefix}.out")
+        log = home / f"sample-{prefix}-{port}.out"
+        super().__init__([sys.executable, str(SAMPLE)], env, port=port, log=log)
         self.db = db
         self.start()
 
@@ -136,3 +139,29 @@ def test_redis_down_makes_worker_unready_then_recovers_with_aof(tmp_path: Path) 
     finally:
         assert worker.stop() == 0
         server.stop()
+
+
+def test_a_second_consumer_of_a_sqlite_store_is_refused(own_redis: LocalRedis, tmp_path: Path) -> None:
+    """`--scale sample=2` (same volume) or a second StatefulSet replica (a volume of its own): a SQLite store
+    takes one consumer. The second waits one lease TTL (the holder might have crashed), then exits 1."""
+    lease = {"SAMPLE_LEASE_TTL_S": "2"}
+    first = SampleWorker(own_redis.url, "w5", tmp_path / "one.db", tmp_path,
+                         extra_env={**lease, "AMS_BUS__CONSUMER_NAME": "sample-a"})
+    try:
+        wait_for(first.ready, what="first consumer ready")
+        second = SampleWorker(own_redis.url, "w5", tmp_path / "two.db", tmp_path,
+                              extra_env={**lease, "AMS_BUS__CONSUMER_NAME": "sample-b"})
+        assert second.process is not None
+        assert second.process.wait(timeout=60) == 1
+        assert "worker_refused" in second.output() and "sample-a" in second.output()
+        bus_for(own_redis.url, "w5").publish_many(RUNS, [run_event(i) for i in range(3)])
+        wait_for(lambda: first.rows() == 3, what="the first consumer keeps working")
+    finally:
+        assert first.stop() == 0
+    # stopped cleanly, it released the lease: a successor starts at once
+    successor = SampleWorker(own_redis.url, "w5", tmp_path / "one.db", tmp_path,
+                             extra_env={**lease, "AMS_BUS__CONSUMER_NAME": "sample-c"})
+    try:
+        wait_for(successor.ready, what="successor ready")
+    finally:
+        assert successor.stop() == 0
