@@ -191,7 +191,8 @@ class HealthEngine:
                 with self.store.write() as conn:
                     self._refresh_if_shared()
                     fresh = Store.claim_events(conn, [e.id for e in events])
-                    new = [e for e in events if e.id in fresh]
+                    # the same event twice in one batch (a producer's retry after a lost reply) counts once
+                    new = list({e.id: e for e in events if e.id in fresh}.values())
                     touched = self._record(conn, new)
                     self._mark_dirty(conn, touched)
                     # A full batch means a backlog: coalesce evaluations instead of evaluating after every

@@ -16,7 +16,7 @@ from deploytools import COMPOSE_PROD, compose_config, kustomize, prod_secrets
 
 from libs.common.bus import Bus
 from libs.common.events import STREAMS, AssetMaterialized, Column, MaterializationData, new_event
-from libs.common.settings import load_settings
+from libs.common.settings import Settings, load_settings
 
 # Of maxmemory, what the streams may fill at their cap: the rest is Celery's (queues, results) and headroom.
 STREAM_SHARE = 0.75
@@ -35,7 +35,7 @@ def entry_bytes(redis_url: str) -> Iterator[float]:
     and metadata), as MEMORY USAGE reports it for a stream of SAMPLE such entries."""
     prefix = f"budget-{uuid.uuid4().hex[:8]}"
     client = redis.Redis.from_url(redis_url)
-    bus = Bus(client, load_settings(bus={"prefix": prefix}).bus)
+    bus = Bus(client, load_settings(Settings, bus={"prefix": prefix}).bus)
     events = [new_event(AssetMaterialized, "asset.materialized", identity=f"m{i}", source="orchestrator",
                         data=MaterializationData(asset_key=f"stg/orders_{i % 50}", run_id=uuid.uuid4().hex,
                                                  storage_id=i, row_count=1000 + i, duration_s=1.5,

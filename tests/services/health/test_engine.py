@@ -106,6 +106,17 @@ def test_redelivered_events_change_nothing(store: Store, hsettings: HealthWorker
     assert [tuple(r) for r in store.connection().execute("SELECT * FROM asset_health").fetchall()] == [tuple(r) for r in snapshot]
 
 
+def test_the_same_event_twice_in_one_batch_is_recorded_once(store: Store, hsettings: HealthWorkerSettings, ev: Any) -> None:
+    """A producer that retries a chunk Redis had taken (its reply lost) puts both copies in one batch."""
+    engine = engine_for(store, hsettings, Clock(T0 + DAY))
+    mat = ev.mat("a", T0 + 5, run_id="r1", rows=3)
+    run = ev.run("r1", "SUCCESS", ["a"], start=T0, end=T0 + 5)
+    engine.handle(deliveries(ev.spec("a"), run, mat, run, mat))
+    rows = store.connection().execute("SELECT event_id FROM materializations").fetchall()
+    assert [r[0] for r in rows] == [mat.id]
+    assert store.connection().execute("SELECT COUNT(*) FROM executions").fetchone()[0] == 1
+
+
 def test_unchanged_evaluation_publishes_nothing_and_new_failing_check_does(store: Store, hsettings: HealthWorkerSettings, ev: Any) -> None:
     clock = Clock(T0)
     engine = engine_for(store, hsettings, clock)
