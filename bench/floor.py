@@ -14,6 +14,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -51,11 +52,12 @@ def measure_floor(client: redis.Redis, n: int, *, synchronous: str = "FULL") -> 
         done = 0
         start = time.perf_counter()
         while done < n:
-            reply = client.xreadgroup("floor", "c", {key: ">"}, count=1000)
-            entries = reply[0][1]
+            # redis-py types a reply as a union of every RESP shape; RESP2 gives [[key, [(id, fields)]]]
+            reply: Any = client.xreadgroup("floor", "c", {key: ">"}, count=1000)
+            entries: list[tuple[bytes, dict[bytes, bytes]]] = reply[0][1]
             rows = []
-            for _, fields in entries:
-                event = json.loads(fields[b"event"])
+            for _, entry in entries:
+                event = json.loads(entry[b"event"])
                 rows.append((event["id"], event["type"], event["data"]["asset_key"], event["data"]["row_count"]))
             db.execute("BEGIN IMMEDIATE")
             db.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", rows)

@@ -75,6 +75,10 @@ def stored(home: Path) -> list[str]:
         conn.close()
 
 
+def materializations(events: list[tuple[str, Event]]) -> set[str]:
+    return {e.id for _, e in events if e.type == "asset.materialized"}
+
+
 def publish_through_outages(bus: Bus, events: list[tuple[str, Event]], done: threading.Event) -> None:
     """A producer that retries until Redis takes each chunk, as the sensor's next tick does."""
     for i in range(0, len(events), 50):
@@ -107,8 +111,7 @@ def test_health_worker_across_a_redis_restart_with_aof_loses_nothing(tmp_path: P
         time.sleep(1)
         server.start()  # AOF replayed: streams, groups and pending entries are back
         wait_for(done.is_set, 120, "everything published")
-        expected = {e.id for _, e in events if e.type == "asset.materialized"}
-        wait_for(lambda: set(stored(home)) == expected, 120, "every materialization stored")
+        wait_for(lambda: set(stored(home)) == materializations(events), 120, "every materialization stored")
         ids = stored(home)
         assert len(ids) == len(set(ids))
     finally:
@@ -125,14 +128,16 @@ def test_health_worker_after_redis_restart_without_persistence_recovers_and_repo
         wait_for(worker.ready, 60, "health ready")
         settings = load_settings(AppSettings, redis={"url": server.url}, bus={"prefix": "outage"}, logging={"file": None})
         events = list(generate(assets=5, events=200, seed=9))
-        Bus(connect(settings.redis), settings.bus).publish_many(ASSETS, [e for s, e in events[:100] if s == ASSETS])
-        wait_for(lambda: len(stored(home)) > 0, 60, "first events stored")
-        before = len(stored(home))
+        first, rest = events[:100], events[100:]
+        Bus(connect(settings.redis), settings.bus).publish_many(ASSETS, [e for s, e in first if s == ASSETS])
+        # every materialization of the first part stored before the restart, so none is in flight across it
+        wait_for(lambda: set(stored(home)) == materializations(first), 60, "first events stored")
         server.restart()  # no persistence: the streams and the consumer group are gone
         wait_for(worker.ready, 60, "ready again")
-        Bus(connect(settings.redis), settings.bus).publish_many(ASSETS, [e for s, e in events[100:] if s == ASSETS])
-        wait_for(lambda: len(stored(home)) == before + sum(1 for s, e in events[100:] if s == ASSETS), 60,
-                 "events after the restart stored")
+        Bus(connect(settings.redis), settings.bus).publish_many(ASSETS, [e for s, e in rest if s == ASSETS])
+        wait_for(lambda: set(stored(home)) == materializations(events), 60, "events after the restart stored")
+        ids = stored(home)
+        assert len(ids) == len(set(ids))
         assert 'ams_consumer_group_recreated_total{group="health"}' in worker.metrics()
         assert "consumer_group_missing_possible_event_gap" in log.read_text()
     finally:
