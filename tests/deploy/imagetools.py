@@ -18,6 +18,8 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 
 from deploytools import ROOT, run, tool
@@ -129,3 +131,29 @@ def build_project_image() -> str:
            "--build-arg", "INSTALL_MSODBC=0", "-t", IMAGE, "-f", str(ROOT / "Dockerfile"), str(ROOT),
            timeout=1800)
     return IMAGE
+
+
+_build: Future[str] | None = None
+
+
+def start_build() -> None:
+    """Build the project image in the background (at collection, so it overlaps the rest of the suite)."""
+    global _build
+    if _build is not None:
+        return
+    future: Future[str] = Future()
+
+    def build() -> None:
+        try:
+            future.set_result(build_project_image())
+        except BaseException as exc:  # a skip for a missing tool too: `project_image` raises it in the test
+            future.set_exception(exc)
+
+    # A daemon thread, not an executor: a session that stops early must not wait for the build.
+    threading.Thread(target=build, name="image-build", daemon=True).start()
+    _build = future
+
+
+def project_image() -> str:
+    """The project image: the background build's result, or built now when none was started."""
+    return _build.result() if _build is not None else build_project_image()

