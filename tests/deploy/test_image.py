@@ -25,6 +25,8 @@ from deploytools import COMPOSE_PROD, IMAGE_ROLES, ROOT, compose_config, prod_se
 from imagetools import podman, podman_env, project_image
 from packaging.requirements import Requirement
 
+# The first test waits for the build (about 10 minutes on a machine without the base images): not a hang.
+pytestmark = pytest.mark.timeout(2400)
 DEMO_ASSETS = {"raw_orders", "raw_customers", "stg_orders", "stg_customers", "transformed_customer_orders"}
 # The environment markers of the image's interpreter (PEP 508), for the lock's conditional lines.
 MARKER_ENVIRONMENT = (

@@ -82,7 +82,7 @@ def test_disk_full_stops_acking_then_resumes(redis_url: str, bus_prefix: str, sm
         pending = bus.client.xpending(bus.key(RUNS), "sample")["pending"]
         assert pending > 0, "entries must stay unacknowledged while the store cannot commit"
         filler.unlink()
-        wait_for(lambda: worker.ready(), what="ready after space is freed")
+        wait_for(lambda: worker.ready(), 90, what="ready after space is freed")
         wait_for(lambda: count_rows(db) == 2020, what="every event stored once")
         wait_for(lambda: bus.client.xpending(bus.key(RUNS), "sample")["pending"] == 0, what="all acked")
         assert bus.client.xlen(bus.key(RUNS) + ":dlq") == 0
@@ -115,7 +115,7 @@ def test_read_only_store_file_stops_acking_then_resumes(redis_url: str, bus_pref
         for path in locked:
             subprocess.run(["chattr", "-i", str(path)], check=True)
         locked.clear()
-        wait_for(lambda: worker.ready(), what="ready after the file is writable again")
+        wait_for(lambda: worker.ready(), 90, what="ready after the file is writable again")
         wait_for(lambda: count_rows(db) == 500, what="every event stored once")
         assert bus.client.xlen(bus.key(RUNS) + ":dlq") == 0
     finally:
