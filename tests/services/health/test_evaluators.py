@@ -6,16 +6,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from libs.common.events import CHECK_NAMES, AssetSpecData, CheckResult
+from services.health.decide import health_status, signature
 from services.health.evaluators import (
     dependencies,
     duration_anomaly,
     evaluate,
     execution_status,
     freshness,
-    health_status,
     normalize_type,
     schema_drift,
-    signature,
     volume_anomaly,
 )
 from services.health.model import AssetHistory, Execution, Failure, Materialization, UpstreamState
