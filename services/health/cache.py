@@ -66,6 +66,10 @@ class HistoryCache:
         self._entries.clear()
         self.used = 0
 
+    def peek(self, key: str) -> Entry | None:
+        """The entry of `key` if cached (its place in the order unchanged)."""
+        return self._entries.get(key)
+
     def entry(self, key: str, load: Callable[[str], AssetHistory]) -> Entry:
         """The entry of `key` (most recently used now), loading its history on a miss."""
         entry = self._entries.get(key)

@@ -523,3 +523,38 @@ def evaluate(
         else reuse[name] if name in reuse else run[name]()
         for name in CHECK_NAMES
     ]
+
+
+def next_change(history: AssetHistory, resolved: Resolved, now: float) -> float | None:
+    """The earliest time after `now` at which the checks of this asset can change with the clock alone
+    (a freshness limit crossed, a running run passing `duration_max_s`); None when only new events can
+    change them. Evaluating the asset again before that time gives the same outcomes (reasons quoting an
+    age aside), so the periodic pass skips it until then."""
+    th = resolved.thresholds
+    if history.retired:
+        return None
+    limits: list[float] = []
+    if th.duration_max_s is not None and DURATION not in th.disabled_checks:
+        limits += [e.started_at + th.duration_max_s for e in history.executions
+                   if e.status == "STARTED" and e.started_at is not None]
+    if FRESHNESS not in th.disabled_checks:
+        policy = history.spec.freshness if history.spec else None
+        asset_level = resolved.source("freshness_max_lag").startswith(("tag", "metadata"))
+        if policy and policy.get("kind") == "cron" and not asset_level:
+            return now  # deadlines move with every cron tick: always evaluated
+        last = history.last_materialization
+        explicit = th.freshness_max_lag
+        if last is None:
+            if explicit is not None and history.registered_at is not None:
+                limits.append(history.registered_at + explicit)
+        elif explicit is not None:
+            limits.append(last.at + explicit)
+            if th.freshness_warn_lag is not None:
+                limits.append(last.at + th.freshness_warn_lag)
+        else:
+            cadence, intervals = learned_cadence([m.at for m in history.materializations[-31:]])
+            if cadence is not None and intervals >= th.freshness_min_history:
+                limits += [last.at + cadence * th.freshness_cadence_warn_factor,
+                           last.at + cadence * th.freshness_cadence_error_factor]
+    ahead = [t for t in limits if t >= now]
+    return min(ahead) if ahead else None

@@ -5,7 +5,7 @@ in-memory histories. Pure: the store writes the same facts with its own statemen
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +60,16 @@ class Facts:
     materializations: list[MaterializationFact] = field(default_factory=list)
     failures: list[FailureFact] = field(default_factory=list)
     touched: list[str] = field(default_factory=list)
+
+    def only(self, keys: Collection[str]) -> Facts:
+        """The facts about `keys` alone."""
+        return Facts(
+            specs=[s for s in self.specs if s.key in keys],
+            runs=[r for r in self.runs if r.key in keys],
+            materializations=[m for m in self.materializations if m.key in keys],
+            failures=[f for f in self.failures if f.key in keys],
+            touched=[k for k in self.touched if k in keys],
+        )
 
 
 def _ts(event: Event) -> float:
@@ -162,18 +172,6 @@ def _add_execution(history: AssetHistory, incoming: Execution) -> None:
         executions.append(incoming)
     else:
         bisect.insort(executions, incoming, key=_execution_at)
-
-
-def with_downstream(touched: Sequence[str], histories: Mapping[str, AssetHistory]) -> list[str]:
-    """`touched` and the downstream assets their specs name: a registration, retirement or failure changes
-    what their downstream assets' dependency check says."""
-    out = dict.fromkeys(touched)
-    for key in touched:
-        spec = histories[key].spec
-        if spec is not None:
-            for down in spec.downstream:
-                out.setdefault(down, None)
-    return list(out)
 
 
 def merge(old: Execution, new: Execution) -> Execution:

@@ -5,7 +5,7 @@ to Dagster and the metrics move.
 
     events ─ record.facts_of ─► store.write_facts + record.apply (in-memory histories)
     history ─ evaluators.evaluate ─► results ─ decide.decide(previous state, results, now) ─► Decision
-    Decision ─► store.write_decisions + outbox.stage (one transaction) ─► report, metrics (after commit)
+    Decision ─► store.write_decision + outbox.stage (one transaction) ─► report, metrics (after commit)
 
 One lock serialises the consume loop and the periodic jobs (time-driven evaluation, retention), so both
 see the same cache (`cache.HistoryCache`). The cache is discarded whenever a transaction fails and rebuilt
@@ -30,7 +30,7 @@ from services.health import metrics, record
 from services.health import store as db
 from services.health.cache import Entry, HistoryCache, Memo
 from services.health.decide import Decision, HealthState, Subject, Trigger, decide
-from services.health.evaluators import HISTORY_ONLY, evaluate
+from services.health.evaluators import HISTORY_ONLY, evaluate, next_change
 from services.health.model import AssetHistory, UpstreamState
 from services.health.settings import HealthWorkerSettings
 from services.health.thresholds import Resolved, resolve
@@ -39,6 +39,8 @@ log = get_logger(__name__)
 _GAUGE_INTERVAL_S = 1.0
 # Assets per transaction of the periodic full evaluation (~1 ms each at worst: about 0.1 s of lock).
 EVALUATE_ALL_CHUNK = 100
+# Assets a batch evaluates in its own transaction; more (a deferred backlog) go in chunks after it.
+_EVALUATE_IN_BATCH = 1000
 
 Report = Callable[[str, Sequence[CheckResult]], None]
 
@@ -61,7 +63,6 @@ class HealthService:
         self.report = report
         self.lock = threading.RLock()
         self.cache = HistoryCache(self.cfg.cache_mb * 1024 * 1024)
-        self._pinned: dict[str, Entry] = {}  # the entries one transaction uses (never evicted under it)
         self._dirty: dict[str, None] = {}
         self._dirty_since: float | None = None  # monotonic
         self._last_evaluation_s = 0.0
@@ -69,19 +70,18 @@ class HealthService:
         self._gauge_lock = threading.Lock()
         self._gauges_stale = False
         self._gauges_refreshed = 0.0
+        self._passes = 0  # periodic passes since start: the first evaluates every asset
         self._load_dirty()
 
     # -- cache -------------------------------------------------------------------------------------------
 
     def _forget(self) -> None:
         self.cache.clear()
-        self._pinned.clear()
         self._load_dirty()
 
     def _begin(self) -> None:
         """At the start of a transaction: on a store shared by several replicas (PostgreSQL), other
         workers write too, so drop the in-memory copy and read what is needed afresh."""
-        self._pinned.clear()
         if self.store.dialect != "sqlite":
             self.cache.clear()
 
@@ -96,11 +96,7 @@ class HealthService:
         self._dirty_since = time.monotonic() if self._dirty else None
 
     def _entry(self, conn: Connection, key: str) -> Entry:
-        entry = self._pinned.get(key)
-        if entry is None:
-            entry = self.cache.entry(key, lambda k: db.load_history(conn, k, self.cfg.history_limit))
-            self._pinned[key] = entry
-        return entry
+        return self.cache.entry(key, lambda k: db.load_history(conn, k, self.cfg.history_limit))
 
     def _state(self, conn: Connection, entry: Entry) -> HealthState:
         if entry.state is None:
@@ -120,28 +116,32 @@ class HealthService:
     # -- the handler -------------------------------------------------------------------------------------
 
     def handle(self, deliveries: list[Delivery]) -> None:
-        """Record a batch (dedupe by event id), evaluate the touched assets, stage transitions; one commit."""
+        """Record a batch (dedupe by event id), evaluate the touched assets, stage transitions; one commit
+        (a long deferred evaluation follows in transactions of its own)."""
         if not deliveries:
             return
         with self.lock:
             now = self.clock()
+            decisions: list[Decision] = []
             try:
                 with self.store.write() as conn:
                     self._begin()
                     fresh = Store.claim_events(conn, [d.event.id for d in deliveries])
                     facts = record.facts_of(d.event for d in deliveries if d.event.id in fresh)
-                    touched = self._record(conn, facts, now)
-                    self._mark_dirty(conn, touched, now)
+                    self._record(conn, facts, now)
+                    self._mark_dirty(conn, facts.touched, now)
                     # A full batch means a backlog: coalesce evaluations instead of evaluating after every
                     # batch; caught up, evaluate at once.
                     backlog = len(deliveries) >= self.settings.bus.batch_size
-                    decisions = self._evaluate_dirty(conn, now) if (not backlog or self._due()) else []
+                    due = bool(self._dirty) and (not backlog or self._due())
+                    if due and len(self._dirty) <= _EVALUATE_IN_BATCH:
+                        decisions = self._evaluate_dirty(conn, now)
                 self._last_handled = time.monotonic()
             except BaseException:
                 self._forget()
                 raise
-            finally:
-                self._pinned.clear()
+            if due and self._dirty:
+                self._evaluate_pending_now()
         lags: dict[str, list[float]] = {}
         for delivery in deliveries:
             if delivery.event.id in fresh:
@@ -150,16 +150,17 @@ class HealthService:
             metrics.EVENT_LAG_SECONDS.labels(stream=stream).observe_many(values)
         self._after_commit(decisions)
 
-    def _record(self, conn: Connection, facts: record.Facts, now: float) -> list[str]:
-        """Write the batch's facts to health.db and the cache; returns the asset keys to re-evaluate."""
-        # Load what the store held before this batch, then add the batch to both.
-        entries = {key: self._entry(conn, key) for key in facts.touched}
-        histories = {key: e.history for key, e in entries.items()}
+    def _record(self, conn: Connection, facts: record.Facts, now: float) -> None:
+        """Write the batch's facts to health.db, and to the histories in the cache (the others are read
+        from the store, facts included, when next evaluated)."""
         db.write_facts(conn, facts, now)
-        record.apply(facts, histories, self.cfg.history_limit)
+        cached = {key: self.cache.peek(key) for key in facts.touched}
+        entries = {key: e for key, e in cached.items() if e is not None}
+        if len(entries) < len(cached):
+            facts = facts.only(entries.keys())
+        record.apply(facts, {key: e.history for key, e in entries.items()}, self.cfg.history_limit)
         for entry in entries.values():
             self.cache.resize(entry)
-        return record.with_downstream(facts.touched, histories)
 
     def _mark_dirty(self, conn: Connection, keys: Sequence[str], now: float) -> None:
         """Remember `keys` as awaiting evaluation, durably (a crash before evaluating loses nothing)."""
@@ -181,15 +182,22 @@ class HealthService:
         return time.monotonic() - self._dirty_since >= wait
 
     def _evaluate_dirty(self, conn: Connection, now: float) -> list[Decision]:
-        if not self._dirty:
-            return []
+        """Every asset awaiting evaluation, in the caller's transaction (a batch's few)."""
         started = time.monotonic()
-        decisions = self._evaluate(conn, list(self._dirty), now, Trigger.EVENTS)
+        keys = list(self._dirty)
+        decisions = self._evaluate(conn, keys, now, Trigger.EVENTS)
         db.clear_dirty(conn)
         self._dirty.clear()
         self._dirty_since = None
         self._last_evaluation_s = time.monotonic() - started
         return decisions
+
+    def _evaluate_pending_now(self) -> int:
+        """Every asset awaiting evaluation, `EVALUATE_ALL_CHUNK` per transaction (caller holds the lock)."""
+        started = time.monotonic()
+        evaluated = self._in_chunks(list(self._dirty), Trigger.EVENTS)
+        self._last_evaluation_s = time.monotonic() - started
+        return evaluated[0]
 
     def evaluate_pending(self) -> int:
         """Evaluate assets whose evaluation was deferred (periodic, every `max_defer_s`), once the stream
@@ -198,18 +206,33 @@ class HealthService:
             idle = time.monotonic() - self._last_handled >= self.cfg.max_defer_s
             if not self._dirty or not (idle or self._due()):
                 return 0
-            now = self.clock()
-            try:
-                with self.store.write() as conn:
-                    self._begin()
-                    decisions = self._evaluate_dirty(conn, now)
-            except BaseException:
-                self._forget()
-                raise
-            finally:
-                self._pinned.clear()
-        self._after_commit(decisions)
-        return len(decisions)
+            return self._evaluate_pending_now()
+
+    def _in_chunks(self, keys: Sequence[str], trigger: Trigger) -> tuple[int, int]:
+        """Evaluate `keys` `EVALUATE_ALL_CHUNK` per transaction; the lock is taken for each chunk (it is
+        reentrant: a caller holding it keeps it). Returns (evaluations, transitions)."""
+        evaluated = changed = 0
+        for start in range(0, len(keys), EVALUATE_ALL_CHUNK):
+            chunk = keys[start : start + EVALUATE_ALL_CHUNK]
+            with self.lock:
+                now = self.clock()
+                try:
+                    with self.store.write() as conn:
+                        self._begin()
+                        decisions = self._evaluate(conn, chunk, now, trigger)
+                        done = {*chunk, *(d.key for d in decisions)} & self._dirty.keys()
+                        db.clear_dirty(conn, done)
+                    for key in done:
+                        self._dirty.pop(key, None)
+                    if not self._dirty:
+                        self._dirty_since = None
+                except BaseException:
+                    self._forget()
+                    raise
+            self._after_commit(decisions)
+            evaluated += len(decisions)
+            changed += sum(d.changed for d in decisions)
+        return evaluated, changed
 
     # -- evaluation --------------------------------------------------------------------------------------
 
@@ -235,10 +258,20 @@ class HealthService:
         return states
 
     def _evaluate(self, conn: Connection, keys: Iterable[str], now: float, trigger: Trigger) -> list[Decision]:
-        """Evaluate `keys` (then, once, the downstream of those whose health changed); stage transitions."""
+        """Evaluate `keys` and stage their transitions. After new facts (`Trigger.EVENTS`) the downstream
+        assets of `keys` are evaluated too (they judge their upstreams); then, once, the downstream of
+        those whose health changed.
+
+        Each decision is written at once, so that an asset the cache drops meanwhile is read back as
+        decided."""
         decisions: list[Decision] = []
         done: set[str] = set()
         queue = list(dict.fromkeys(keys))
+        if trigger is Trigger.EVENTS:
+            for key in list(queue):
+                spec = self._entry(conn, key).history.spec
+                if spec is not None:
+                    queue.extend(spec.downstream)
         second_pass: list[str] = []
         for pass_keys in (queue, second_pass):
             for key in pass_keys:
@@ -250,10 +283,10 @@ class HealthService:
                 if history.spec is None and not history.has_data and not self._state(conn, entry).stored:
                     continue  # named as someone's downstream, but nothing known about it yet
                 decision = self._evaluate_one(conn, entry, now, trigger)
+                db.write_decision(conn, decision, now, next_change(history, self._resolve(entry), now))
                 decisions.append(decision)
                 if decision.changed and pass_keys is queue and history.spec is not None:
                     second_pass.extend(d for d in history.spec.downstream if d not in done)
-        db.write_decisions(conn, decisions, now)
         staged = [d.event for d in decisions if d.event is not None]
         if staged:
             outbox.stage(conn, HEALTH, staged)
@@ -310,36 +343,21 @@ class HealthService:
     # -- periodic jobs -----------------------------------------------------------------------------------
 
     def evaluate_all(self) -> int:
-        """Re-evaluate every asset now (freshness and running-time limits move with the clock); returns
-        how many transitions were staged.
+        """The periodic pass: re-evaluate every asset whose checks the clock may have changed (freshness
+        and running-time limits, `evaluators.next_change`), every asset on the first pass after a start
+        (thresholds may have changed); returns how many transitions were staged.
 
         Assets are evaluated `EVALUATE_ALL_CHUNK` at a time, one transaction each, releasing the lock in
         between: with thousands of assets a single pass takes seconds, and the consume loop must not wait
         that long for the lock (a failing materialization would wait with it)."""
+        started = time.monotonic()
         with self.lock:
-            keys = db.all_asset_keys(self.store.connection())
-        changed = 0
-        for start in range(0, len(keys), EVALUATE_ALL_CHUNK):
-            chunk = keys[start : start + EVALUATE_ALL_CHUNK]
-            with self.lock:
-                now = self.clock()
-                try:
-                    with self.store.write() as conn:
-                        self._begin()
-                        decisions = self._evaluate(conn, chunk, now, Trigger.CLOCK)
-                        done = {*chunk, *(d.key for d in decisions)} & self._dirty.keys()
-                        db.clear_dirty(conn, done)
-                    for key in done:
-                        self._dirty.pop(key, None)
-                    if not self._dirty:
-                        self._dirty_since = None
-                except BaseException:
-                    self._forget()
-                    raise
-                finally:
-                    self._pinned.clear()
-            self._after_commit(decisions)
-            changed += sum(d.changed for d in decisions)
+            conn = self.store.connection()
+            keys = db.all_asset_keys(conn) if self._passes == 0 else db.due_asset_keys(conn, self.clock())
+            self._passes += 1
+        _, changed = self._in_chunks(keys, Trigger.CLOCK)
+        metrics.FULL_EVALUATION_SECONDS.observe(time.monotonic() - started)
+        metrics.CACHE_BYTES.set(self.cache.used)
         return changed
 
     def retention(self) -> dict[str, int]:

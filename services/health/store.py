@@ -118,6 +118,9 @@ MIGRATIONS = [
     # spends per event. What it served, the newest runs of one asset on a cache miss, reads that asset's
     # range of the primary key and sorts it (bounded by retention).
     Migration(3, "no run-time index on executions", "DROP INDEX IF EXISTS executions_at;"),
+    # When the clock alone can next change an asset's checks (`evaluators.next_change`): the periodic
+    # pass evaluates the assets that are due, not all of them. NULL: only an event can.
+    Migration(4, "time-driven evaluation due", "ALTER TABLE asset_health ADD COLUMN due_at REAL;"),
 ]
 
 
@@ -206,12 +209,27 @@ def load_state(conn: Connection, key: str) -> HealthState:
 
 
 def all_asset_keys(conn: Connection) -> list[str]:
-    """Every asset with a spec copy or any history."""
+    """Every asset with a spec copy or any history: an asset with history has been evaluated (a health
+    row) or awaits its evaluation (dirty)."""
     return [
         r[0]
         for r in conn.execute(
-            "SELECT asset_key FROM asset_specs UNION SELECT asset_key FROM executions "
-            "UNION SELECT asset_key FROM materializations UNION SELECT asset_key FROM materialization_failures"
+            "SELECT asset_key FROM asset_specs UNION SELECT asset_key FROM asset_health "
+            "UNION SELECT asset_key FROM dirty_assets"
+        )
+    ]
+
+
+def due_asset_keys(conn: Connection, now: float) -> list[str]:
+    """The assets whose checks the clock may have changed by `now`, and those never evaluated."""
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT asset_key FROM asset_health WHERE due_at <= ? "
+            "UNION SELECT s.asset_key FROM asset_specs s WHERE NOT EXISTS "
+            "(SELECT 1 FROM asset_health h WHERE h.asset_key = s.asset_key) "
+            "UNION SELECT asset_key FROM dirty_assets",
+            (now,),
         )
     ]
 
@@ -259,31 +277,29 @@ def write_facts(conn: Connection, facts: Facts, now: float) -> None:
         )
 
 
-def write_decisions(conn: Connection, decisions: Sequence[Decision], now: float) -> None:
-    """Each decision's check results and health row, and the transitions it published."""
-    if not decisions:
-        return
+def write_decision(conn: Connection, d: Decision, now: float, due_at: float | None) -> None:
+    """A decision's check results and health row (with `due_at`, when the clock may next change it), and
+    the transition it published."""
     conn.executemany(
         "INSERT INTO check_results (asset_key, check_name, outcome, reason, check_values, evaluated_at) "
         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (asset_key, check_name) DO UPDATE SET outcome = excluded.outcome, "
         "reason = excluded.reason, check_values = excluded.check_values, evaluated_at = excluded.evaluated_at",
-        [(d.key, r.check, r.outcome, r.reason, json.dumps(r.values), now) for d in decisions for r in d.results],
+        [(d.key, r.check, r.outcome, r.reason, json.dumps(r.values), now) for r in d.results],
     )
-    conn.executemany(
-        "INSERT INTO asset_health (asset_key, status, signature, reasons, transitions, evaluated_at, changed_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (asset_key) DO UPDATE SET status = excluded.status, "
+    conn.execute(
+        "INSERT INTO asset_health (asset_key, status, signature, reasons, transitions, evaluated_at, changed_at, "
+        "due_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (asset_key) DO UPDATE SET status = excluded.status, "
         "signature = excluded.signature, reasons = excluded.reasons, transitions = excluded.transitions, "
         "evaluated_at = excluded.evaluated_at, changed_at = CASE WHEN excluded.signature = asset_health.signature "
-        "THEN asset_health.changed_at ELSE excluded.changed_at END",
-        [(d.key, str(d.status), d.signature, json.dumps(d.reasons), d.state.transitions, now, now) for d in decisions],
+        "THEN asset_health.changed_at ELSE excluded.changed_at END, due_at = excluded.due_at",
+        (d.key, str(d.status), d.signature, json.dumps(d.reasons), d.state.transitions, now, now, due_at),
     )
-    published = [d for d in decisions if d.event is not None]
-    if published:
-        conn.executemany(
+    if d.event is not None:
+        conn.execute(
             "INSERT OR IGNORE INTO health_transitions (asset_key, transition, status, previous_status, reasons, "
             "event_id, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(d.key, d.state.transitions, str(d.status), str(d.event.data.previous_status), json.dumps(d.reasons),
-              d.event.id, now) for d in published if d.event is not None],
+            (d.key, d.state.transitions, str(d.status), str(d.event.data.previous_status), json.dumps(d.reasons),
+             d.event.id, now),
         )
 
 

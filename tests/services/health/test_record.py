@@ -8,13 +8,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.health.model import AssetHistory, Execution
-from services.health.record import apply, facts_of, merge, with_downstream
+from services.health.record import apply, facts_of, merge
 
 T0 = 1_780_000_000.0
 
 
 def histories(*keys: str) -> dict[str, AssetHistory]:
     return {k: AssetHistory(key=k) for k in keys}
+
+
+def test_only_keeps_the_facts_of_some_assets(ev: Any) -> None:
+    facts = facts_of([ev.mat("a", T0, rows=1), ev.run("r", "SUCCESS", ["a", "b"], start=T0, end=T0 + 1),
+                      ev.failed("b", "r", T0), ev.spec("b")])
+    only_b = facts.only({"b"})
+    assert only_b.touched == ["b"] and not only_b.materializations
+    assert [r.key for r in only_b.runs] == ["b"] and len(only_b.failures) == 1 and len(only_b.specs) == 1
 
 
 def test_a_batch_merges_a_runs_start_and_end_per_asset(ev: Any) -> None:
@@ -46,7 +54,7 @@ def test_older_spec_versions_never_replace_newer_ones(ev: Any) -> None:
     apply(facts_of([ev.spec("a", version=1, group="g1")]), h, limit=100)
     assert h["a"].spec.group == "g2"
     apply(facts_of([ev.spec("a", version=3, retired=True, downstream=["b"])]), h, limit=100)
-    assert h["a"].retired and with_downstream(["a"], h) == ["a", "b"]
+    assert h["a"].retired and h["a"].spec.downstream == ["b"]
 
 
 def test_histories_keep_the_newest_limit_in_time_order(ev: Any) -> None:

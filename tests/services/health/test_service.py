@@ -258,3 +258,27 @@ def test_a_tiny_cache_decides_as_a_large_one(tmp_path: Path, ev: Any) -> None:
             assert len(service.cache) == 1
         s.close()
     assert published["None"] == published["1"] and len(published["None"]) > 6
+
+
+def test_the_periodic_pass_evaluates_the_assets_the_clock_can_change(store: Store, hsettings: HealthWorkerSettings,
+                                                                     ev: Any) -> None:
+    clock = Clock(T0 + 60)
+    service = engine_for(store, hsettings, clock)
+    service.handle(deliveries(ev.spec("lagging", tags={"ams/freshness_max_lag": "1h"}), ev.spec("plain"),
+                              ev.mat("lagging", T0, rows=5), ev.mat("plain", T0, rows=5)))
+
+    def evaluated() -> dict[str, tuple[float, float | None]]:
+        rows = store.connection().execute("SELECT asset_key, evaluated_at, due_at FROM asset_health").fetchall()
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    assert evaluated() == {"lagging": (T0 + 60, T0 + 3600), "plain": (T0 + 60, None)}
+    clock.t = T0 + 120
+    service.evaluate_all()  # the first pass after a start: every asset (thresholds may have changed)
+    assert {k: v[0] for k, v in evaluated().items()} == {"lagging": T0 + 120, "plain": T0 + 120}
+    clock.t = T0 + 1800
+    assert service.evaluate_all() == 0
+    assert {k: v[0] for k, v in evaluated().items()} == {"lagging": T0 + 120, "plain": T0 + 120}  # none due
+    clock.t = T0 + 3700
+    assert service.evaluate_all() == 1
+    assert evaluated() == {"lagging": (T0 + 3700, None), "plain": (T0 + 120, None)}
+    assert outbox(store)[-1].data.status == "DEGRADED"
