@@ -5,7 +5,7 @@ in-memory histories. Pure: the store writes the same facts with its own statemen
 from __future__ import annotations
 
 import bisect
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -8,12 +8,12 @@ from hypothesis import strategies as st
 from libs.common.events import CHECK_NAMES, AssetSpecData, CheckResult
 from services.health.decide import health_status, signature
 from services.health.evaluators import (
-    next_change,
     dependencies,
     duration_anomaly,
     evaluate,
     execution_status,
     freshness,
+    next_change,
     normalize_type,
     schema_drift,
     volume_anomaly,
