@@ -20,17 +20,17 @@ from dagster import (
     multi_asset_check,
 )
 
-from libs.common.events import CHECK_NAMES
+from libs.common.events import CHECK_NAMES, CheckName
 
 CHECK_OP_NAME = "ams_health_checks"
 
-DESCRIPTIONS: dict[str, str] = {
-    "execution_status": "Last run outcome, consecutive failures and failed materializations of planned runs.",
-    "volume_anomaly": "Row count (dagster/row_count) against a robust z-score over its recent history.",
-    "duration_anomaly": "Step duration against its recent history and any configured maximum.",
-    "freshness": "Time since the last materialization against the freshness policy or learned cadence.",
-    "dependencies": "Upstream assets failed, stale, retired or undeclared.",
-    "schema_drift": "Columns added, removed or retyped in dagster/column_schema.",
+DESCRIPTIONS: dict[CheckName, str] = {
+    CheckName.EXECUTION: "Last run outcome, consecutive failures and failed materializations of planned runs.",
+    CheckName.VOLUME: "Row count (dagster/row_count) against a robust z-score over its recent history.",
+    CheckName.DURATION: "Step duration against its recent history and any configured maximum.",
+    CheckName.FRESHNESS: "Time since the last materialization against the freshness policy or learned cadence.",
+    CheckName.DEPENDENCIES: "Upstream assets failed, stale, retired or undeclared.",
+    CheckName.SCHEMA: "Columns added, removed or retyped in dagster/column_schema.",
 }
 if set(DESCRIPTIONS) != set(CHECK_NAMES):  # a new evaluator needs its description here
     raise RuntimeError(f"check descriptions {sorted(DESCRIPTIONS)} do not match CHECK_NAMES {sorted(CHECK_NAMES)}")
@@ -40,11 +40,11 @@ def check_specs(keys: Iterable[AssetKey]) -> list[AssetCheckSpec]:
     """One non-blocking spec per evaluator for each asset key."""
     return [
         AssetCheckSpec(
-            name=name,
+            name=name.value,  # plain strings for Dagster's serialisation
             asset=key,
             description=f"{DESCRIPTIONS[name]} Reported by the health service.",
             blocking=False,
-            metadata={"ams/evaluator": name, "ams/reported_by": "services.health"},
+            metadata={"ams/evaluator": name.value, "ams/reported_by": "services.health"},
         )
         for key in sorted(set(keys), key=lambda k: k.to_user_string())
         for name in CHECK_NAMES

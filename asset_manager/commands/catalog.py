@@ -29,6 +29,7 @@ from asset_manager.output import (
     render_text,
 )
 from asset_manager.stores import open_service_store, store_file
+from libs.common.events import UNHEALTHY, HealthStatus
 from libs.common.settings import StoreName
 from libs.common.sql import Connection
 from libs.common.store import Store, StoreError
@@ -36,8 +37,7 @@ from libs.common.store import Store, StoreError
 if TYPE_CHECKING:
     from asset_manager.settings import AppSettings
 
-HEALTH_STATUSES = ("HEALTHY", "WARNING", "DEGRADED", "FAILED", "UNKNOWN")
-UNHEALTHY = frozenset({"WARNING", "DEGRADED", "FAILED"})
+HEALTH_STATUSES = tuple(HealthStatus)
 
 
 # -- stores ------------------------------------------------------------------------------------------------
@@ -116,25 +116,12 @@ def health_by_asset(settings: AppSettings, key: str | None = None) -> dict[str, 
     with _peer_store(settings, StoreName.HEALTH) as store:
         if store is None:
             return out
-        for item in health_queries.latest_health(store, key):
-            out[item.asset_key] = item.model_dump(mode="json")
-        last = _last_materializations(store, key)
+        for asset_key, item in health_queries.statuses(store, key).items():
+            out[asset_key] = item.model_dump(mode="json")
+        last = health_queries.last_materializations(store, key)
     for asset_key, at in last.items():
         out.setdefault(asset_key, {"asset_key": asset_key, "status": "UNKNOWN"})["last_materialization"] = at
     return out
-
-
-def _last_materializations(store: Store, key: str | None) -> dict[str, str]:
-    from services.discovery.queries import iso
-    from services.health import queries as health_queries
-
-    if key is not None:
-        points = [p for p in health_queries.history(store, key, limit=50) if p.kind == "materialization"]
-        return {key: points[0].at.isoformat(timespec="seconds")} if points else {}
-    # The whole inventory at once: one grouped read instead of a history() call per asset.
-    with store.read() as conn:
-        rows = conn.execute("SELECT asset_key, MAX(occurred_at) FROM materializations GROUP BY asset_key").fetchall()
-    return {str(r[0]): str(iso(r[1])) for r in rows if r[1] is not None}
 
 
 def history_chart(settings: AppSettings, key: str, limit: int = 60) -> list[dict[str, Any]]:

@@ -9,13 +9,14 @@ import typer
 
 from asset_manager.errors import CliError
 from asset_manager.output import FormatOption, OutputFormat, OutputOption, emit
+from libs.common.events import HealthStatus
 
-STATUSES = ("FAILED", "DEGRADED", "WARNING", "HEALTHY", "UNKNOWN")
+STATUSES = tuple(HealthStatus)
 ASSET_COLUMNS = ["asset_key", "status", "failing_checks", "reasons", "since", "evaluated_at"]
 CHECK_COLUMNS = ["check", "outcome", "reason", "evaluated_at"]
 
 
-def parse_statuses(text: str | None) -> set[str] | None:
+def parse_statuses(text: str | None) -> set[HealthStatus] | None:
     """`FAILED,warning` → {"FAILED", "WARNING"}; unknown names are a usage error."""
     if text is None:
         return None
@@ -26,7 +27,7 @@ def parse_statuses(text: str | None) -> set[str] | None:
         close = difflib.get_close_matches(bad, STATUSES, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise CliError(f"unknown --status '{bad}'{hint}; use a comma-separated list of {', '.join(STATUSES)}")
-    return wanted
+    return {HealthStatus(s) for s in wanted}
 
 
 def _when(value: Any) -> str:
@@ -59,16 +60,13 @@ def asset_health(
         return
     store = open_store(settings, migrate=False)
     try:
-        items = queries.latest_health(store, key)
-        if key is not None and not items:
-            known = [a.asset_key for a in queries.latest_health(store)]
-            close = difflib.get_close_matches(key, known, n=1)
+        items = queries.latest_health(store, key, statuses=wanted)
+        if key is not None and not items and not queries.statuses(store, key):
+            close = difflib.get_close_matches(key, queries.known_assets(store), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise CliError(f"no health recorded for asset '{key}'{hint}")
     finally:
         store.close()
-    if wanted is not None:
-        items = [a for a in items if a.status in wanted]
     if key is not None and items:
         (item,) = items
         check_rows: list[dict[str, Any]] = [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, field_validator
@@ -23,16 +24,41 @@ ASSET_CHANGES = "asset-changes"
 HEALTH = "health"
 STREAMS = (CATALOG, RUNS, ASSETS, ASSET_CHANGES, HEALTH)
 
-# The health evaluators, one Dagster asset check of this name per asset (declared by the orchestrator,
-# reported by the health service through the webserver's /report_asset_check/ endpoint).
-CHECK_NAMES = (
-    "execution_status",
-    "volume_anomaly",
-    "duration_anomaly",
-    "freshness",
-    "dependencies",
-    "schema_drift",
-)
+
+
+class CheckName(StrEnum):
+    """The health evaluators, one Dagster asset check of this name per asset (declared by the orchestrator,
+    reported by the health service through the webserver's /report_asset_check/ endpoint). The order is
+    the order of `HealthChangedData.checks` and of the CLI's listings."""
+
+    EXECUTION = "execution_status"
+    VOLUME = "volume_anomaly"
+    DURATION = "duration_anomaly"
+    FRESHNESS = "freshness"
+    DEPENDENCIES = "dependencies"
+    SCHEMA = "schema_drift"
+
+
+CHECK_NAMES: tuple[CheckName, ...] = tuple(CheckName)
+
+
+class HealthStatus(StrEnum):
+    """An asset's health, worst first (the order of every listing)."""
+
+    FAILED = "FAILED"
+    DEGRADED = "DEGRADED"
+    WARNING = "WARNING"
+    HEALTHY = "HEALTHY"
+    UNKNOWN = "UNKNOWN"
+
+    @property
+    def rank(self) -> int:
+        """0 for FAILED ... 4 for UNKNOWN: sort by it for worst first."""
+        return _STATUS_RANK[self]
+
+
+_STATUS_RANK = {status: i for i, status in enumerate(HealthStatus)}
+UNHEALTHY: frozenset[HealthStatus] = frozenset({HealthStatus.FAILED, HealthStatus.DEGRADED, HealthStatus.WARNING})
 
 
 def utcnow() -> datetime:
@@ -130,7 +156,6 @@ class AssetChangeData(_Payload):
 
 
 CheckOutcome = Literal["passed", "warn", "error"]
-HealthStatus = Literal["HEALTHY", "WARNING", "DEGRADED", "FAILED", "UNKNOWN"]
 
 
 class CheckResult(_Payload):

@@ -1,4 +1,4 @@
-"""Wiring of the health worker: store, engine, Dagster check reporter, periodic jobs."""
+"""Wiring of the health worker: store, service, Dagster check reporter, periodic jobs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from libs.common.log import get_logger
 from libs.common.settings import ServiceName
 from libs.common.worker import PeriodicJob, Worker, run_service
 from services.health.dagster_checks import DagsterCheckReporter
-from services.health.engine import HealthEngine
+from services.health.service import HealthService
 from services.health.settings import HealthWorkerSettings
 from services.health.store import open_store
 
@@ -28,8 +28,8 @@ def build(settings: HealthWorkerSettings, *, port: int | None = None) -> Worker:
         if dagster.url
         else None
     )
-    engine = HealthEngine(store, settings, report=reporter.submit if reporter else None)
-    engine.update_status_gauge()
+    service = HealthService(store, settings, report=reporter.submit if reporter else None)
+    service.update_status_gauge()
 
     def start_reporting(_: Worker) -> None:
         if reporter is not None:
@@ -45,13 +45,13 @@ def build(settings: HealthWorkerSettings, *, port: int | None = None) -> Worker:
         settings=settings,
         store=store,
         streams=STREAMS,
-        handler=engine.handle,
+        handler=service.handle,
         jobs=[
-            PeriodicJob(name="evaluate", func=engine.evaluate_all, interval_s=cfg.evaluation_interval_s,
+            PeriodicJob(name="evaluate", func=service.evaluate_all, interval_s=cfg.evaluation_interval_s,
                         run_at_start=True),
-            PeriodicJob(name="evaluate_pending", func=engine.evaluate_pending, interval_s=cfg.max_defer_s),
-            PeriodicJob(name="retention", func=engine.retention, interval_s=cfg.retention_interval_s),
-            PeriodicJob(name="status_gauges", func=engine.refresh_status_gauges, interval_s=1.0),
+            PeriodicJob(name="evaluate_pending", func=service.evaluate_pending, interval_s=cfg.max_defer_s),
+            PeriodicJob(name="retention", func=service.retention, interval_s=cfg.retention_interval_s),
+            PeriodicJob(name="status_gauges", func=service.refresh_status_gauges, interval_s=1.0),
         ],
         on_startup=start_reporting,
         on_shutdown=stop_reporting,

@@ -13,14 +13,18 @@ from typing import Any
 
 from pydantic import JsonValue
 
-from libs.common.events import CHECK_NAMES, CheckOutcome, CheckResult, HealthStatus
+from libs.common.events import CHECK_NAMES, CheckName, CheckOutcome, CheckResult
 from services.health.anomaly import DetectorConfig, Score, score
 from services.health.model import AssetHistory, Execution, UpstreamState
 from services.health.settings import HealthThresholds
 from services.health.thresholds import Resolved
 
-EXECUTION, VOLUME, DURATION, FRESHNESS, DEPENDENCIES, SCHEMA = CHECK_NAMES
-_RANK: dict[str, int] = {"passed": 0, "warn": 1, "error": 2}
+EXECUTION = CheckName.EXECUTION
+VOLUME = CheckName.VOLUME
+DURATION = CheckName.DURATION
+FRESHNESS = CheckName.FRESHNESS
+DEPENDENCIES = CheckName.DEPENDENCIES
+SCHEMA = CheckName.SCHEMA
 _DAY = 86400.0
 _RECENT = 100  # runs that decide the execution status and streak
 # Training points per detector: plenty for robust statistics, and bounded cost per evaluation.
@@ -28,7 +32,7 @@ MAX_TRAINING_POINTS = 120
 MAX_TRAINING_POINTS_HOURLY = 24 * 7
 
 
-def _result(check: str, outcome: CheckOutcome, reason: str, **values: Any) -> CheckResult:
+def _result(check: CheckName, outcome: CheckOutcome, reason: str, **values: Any) -> CheckResult:
     clean: dict[str, JsonValue] = {}
     for name, value in values.items():
         if value is None:
@@ -122,7 +126,7 @@ def execution_status(history: AssetHistory, th: HealthThresholds) -> CheckResult
 # -- volume and duration anomalies --------------------------------------------------------------------
 
 
-def _anomaly_result(check: str, s: Score, severity: CheckOutcome, what: str, unit: str, sensitivity: float) -> CheckResult:
+def _anomaly_result(check: CheckName, s: Score, severity: CheckOutcome, what: str, unit: str, sensitivity: float) -> CheckResult:
     values: dict[str, Any] = {
         "value": s.value,
         "expected": s.expected,
@@ -485,7 +489,7 @@ def schema_drift(history: AssetHistory) -> CheckResult:
 # -- the asset's health ----------------------------------------------------------------------------------
 
 # Checks that depend only on the asset's history and thresholds (not on the clock or other assets).
-HISTORY_ONLY = (EXECUTION, VOLUME, DURATION, SCHEMA)
+HISTORY_ONLY = frozenset({EXECUTION, VOLUME, DURATION, SCHEMA})
 
 
 def evaluate(
@@ -504,7 +508,7 @@ def evaluate(
     if history.retired:
         return [_result(name, "passed", "asset retired") for name in CHECK_NAMES]
     reuse = reuse or {}
-    run: dict[str, Callable[[], CheckResult]] = {
+    run: dict[CheckName, Callable[[], CheckResult]] = {
         EXECUTION: lambda: execution_status(history, th),
         VOLUME: lambda: volume_anomaly(history, th),
         DURATION: lambda: duration_anomaly(history, th, now),
@@ -521,31 +525,36 @@ def evaluate(
     ]
 
 
-def health_status(results: Sequence[CheckResult], *, has_data: bool, retired: bool) -> HealthStatus:
-    """The worst of the checks: a failed execution → FAILED, any other error → DEGRADED, a warning →
-    WARNING, else HEALTHY; UNKNOWN for a retired asset or one with nothing on record and nothing wrong."""
-    if retired:
-        return "UNKNOWN"
-    outcomes = {r.check: r.outcome for r in results}
-    if outcomes.get(EXECUTION) == "error":
-        return "FAILED"
-    if "error" in outcomes.values():
-        return "DEGRADED"
-    if "warn" in outcomes.values():
-        return "WARNING"
-    return "HEALTHY" if has_data else "UNKNOWN"
-
-
-def reasons_of(results: Sequence[CheckResult], status: HealthStatus, *, retired: bool) -> list[str]:
-    """The reasons behind `status`: every non-passed check, worst first."""
-    if retired:
-        return ["asset retired"]
-    bad = sorted((r for r in results if r.outcome != "passed"), key=lambda r: -_RANK[r.outcome])
-    if bad:
-        return [f"{r.check} ({r.outcome}): {r.reason}" for r in bad]
-    return ["no run or materialization on record yet"] if status == "UNKNOWN" else []
-
-
-def signature(status: HealthStatus, results: Sequence[CheckResult]) -> str:
-    """What must change for a health.changed event: the status and each non-passed check's outcome."""
-    return status + "|" + ",".join(f"{r.check}={r.outcome}" for r in sorted(results, key=lambda r: r.check) if r.outcome != "passed")
+def next_change(history: AssetHistory, resolved: Resolved, now: float) -> float | None:
+    """The earliest time after `now` at which the checks of this asset can change with the clock alone
+    (a freshness limit crossed, a running run passing `duration_max_s`); None when only new events can
+    change them. Evaluating the asset again before that time gives the same outcomes (reasons quoting an
+    age aside), so the periodic pass skips it until then."""
+    th = resolved.thresholds
+    if history.retired:
+        return None
+    limits: list[float] = []
+    if th.duration_max_s is not None and DURATION not in th.disabled_checks:
+        limits += [e.started_at + th.duration_max_s for e in history.executions
+                   if e.status == "STARTED" and e.started_at is not None]
+    if FRESHNESS not in th.disabled_checks:
+        policy = history.spec.freshness if history.spec else None
+        asset_level = resolved.source("freshness_max_lag").startswith(("tag", "metadata"))
+        if policy and policy.get("kind") == "cron" and not asset_level:
+            return now  # deadlines move with every cron tick: always evaluated
+        last = history.last_materialization
+        explicit = th.freshness_max_lag
+        if last is None:
+            if explicit is not None and history.registered_at is not None:
+                limits.append(history.registered_at + explicit)
+        elif explicit is not None:
+            limits.append(last.at + explicit)
+            if th.freshness_warn_lag is not None:
+                limits.append(last.at + th.freshness_warn_lag)
+        else:
+            cadence, intervals = learned_cadence([m.at for m in history.materializations[-31:]])
+            if cadence is not None and intervals >= th.freshness_min_history:
+                limits += [last.at + cadence * th.freshness_cadence_warn_factor,
+                           last.at + cadence * th.freshness_cadence_error_factor]
+    ahead = [t for t in limits if t >= now]
+    return min(ahead) if ahead else None

@@ -28,3 +28,9 @@ TRANSITIONS = Counter("ams_health_transitions_total", "health.changed events sta
 DAGSTER_REPORTS = Counter(
     "ams_health_dagster_reports_total", "Check results reported to the Dagster webserver, by result", ["result"]
 )
+FULL_EVALUATION_SECONDS = Histogram(
+    "ams_health_full_evaluation_seconds",
+    "Duration of each periodic evaluation of every asset (compare with health.evaluation_interval_s)",
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 300),
+)
+CACHE_BYTES = Gauge("ams_health_cache_bytes", "Estimated memory of the histories the health service keeps (cache_mb)")

@@ -63,6 +63,7 @@ class AssetHistory:
 
     key: str
     spec: AssetSpecData | None = None
+    spec_version: int = 0
     retired: bool = False
     registered_at: float | None = None
     materializations: list[Materialization] = field(default_factory=list)
@@ -90,7 +91,7 @@ class UpstreamState:
     key: str
     registered: bool
     retired: bool = False
-    status: HealthStatus = "UNKNOWN"
+    status: HealthStatus = HealthStatus.UNKNOWN
     execution_failed: bool = False
     stale: bool = False
     last_materialized_at: float | None = None

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, JsonValue
 
 from libs.common.events import CHECK_NAMES, CheckResult, HealthStatus
 from libs.common.store import Store
+from services.health import store as db
 
-HEALTH_STATUSES: tuple[HealthStatus, ...] = ("FAILED", "DEGRADED", "WARNING", "HEALTHY", "UNKNOWN")
 _SPARKS = "▁▂▃▄▅▆▇█"
 
 
@@ -27,6 +27,15 @@ class AssetHealth(BaseModel):
     transitions: int
     group: str | None = None
     owners: list[str] = []
+
+
+class AssetStatus(BaseModel):
+    """An asset's status and reasons, without its checks (what listings show)."""
+
+    asset_key: str
+    status: HealthStatus
+    reasons: list[str]
+    evaluated_at: datetime
 
 
 class HistoryPoint(BaseModel):
@@ -47,22 +56,19 @@ def _dt(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
 
 
-def latest_health(store: Store, key: str | None = None) -> list[AssetHealth]:
-    """The latest health of every asset (or only `key`), worst status first, then by key."""
+_CHECK_ORDER = {name: i for i, name in enumerate(CHECK_NAMES)}
+
+
+def latest_health(
+    store: Store, key: str | None = None, *, statuses: Collection[HealthStatus] | None = None
+) -> list[AssetHealth]:
+    """The latest health of every asset (or only `key`, or only those of `statuses`), worst status first,
+    then by key."""
+    wanted = sorted(statuses) if statuses is not None else None
     with store.read() as conn:
-        where, args = ("WHERE h.asset_key = ?", (key,)) if key is not None else ("", ())
-        rows = conn.execute(
-            "SELECT h.asset_key, h.status, h.reasons, h.evaluated_at, h.changed_at, h.transitions, s.spec "
-            f"FROM asset_health h LEFT JOIN asset_specs s ON s.asset_key = h.asset_key {where}",
-            args,
-        ).fetchall()
-        checks: dict[str, list[CheckResult]] = {}
-        check_rows = conn.execute(
-            f"SELECT asset_key, check_name, outcome, reason, check_values FROM check_results "
-            f"{'WHERE asset_key = ?' if key is not None else ''}",
-            args,
-        ).fetchall()
-    order = {name: i for i, name in enumerate(CHECK_NAMES)}
+        rows = db.read_health(conn, key, wanted)
+        check_rows = db.read_checks(conn, key, wanted) if rows else []
+    checks: dict[str, list[CheckResult]] = {}
     for r in check_rows:
         values: dict[str, JsonValue] = json.loads(r["check_values"])
         checks.setdefault(r["asset_key"], []).append(
@@ -70,53 +76,65 @@ def latest_health(store: Store, key: str | None = None) -> list[AssetHealth]:
         )
     out = []
     for r in rows:
-        spec = json.loads(r["spec"]) if r["spec"] else {}
+        owners: list[str] = json.loads(r["spec"]).get("owners", []) if r["spec"] else []
         out.append(
             AssetHealth(
                 asset_key=r["asset_key"],
                 status=r["status"],
                 reasons=json.loads(r["reasons"]),
-                checks=sorted(checks.get(r["asset_key"], []), key=lambda c: order.get(c.check, 99)),
+                checks=sorted(checks.get(r["asset_key"], []), key=lambda c: _CHECK_ORDER.get(c.check, 99)),
                 evaluated_at=_dt(r["evaluated_at"]),
                 changed_at=_dt(r["changed_at"]),
                 transitions=r["transitions"],
-                group=spec.get("group"),
-                owners=spec.get("owners", []),
+                group=r["group_name"],
+                owners=owners,
             )
         )
-    rank = {s: i for i, s in enumerate(HEALTH_STATUSES)}
-    return sorted(out, key=lambda a: (rank.get(a.status, 9), a.asset_key))
+    return sorted(out, key=lambda a: (a.status.rank, a.asset_key))
+
+
+def statuses(store: Store, key: str | None = None) -> dict[str, AssetStatus]:
+    """Every evaluated asset's (or only `key`'s) status and reasons (no check results: cheap for a whole
+    inventory)."""
+    with store.read() as conn:
+        rows = db.read_statuses(conn, key)
+    return {
+        r["asset_key"]: AssetStatus(asset_key=r["asset_key"], status=r["status"], reasons=json.loads(r["reasons"]),
+                                    evaluated_at=_dt(r["evaluated_at"]))
+        for r in rows
+    }
+
+
+def known_assets(store: Store) -> list[str]:
+    """Every asset with a health row (for "did you mean" hints)."""
+    with store.read() as conn:
+        return db.read_health_keys(conn)
 
 
 def history(store: Store, key: str, limit: int = 50) -> list[HistoryPoint]:
     """The asset's newest `limit` materializations, failed materializations and runs, newest first."""
     with store.read() as conn:
-        points = [
-            HistoryPoint(
-                at=_dt(r["occurred_at"]), kind="materialization", run_id=r["run_id"], status="SUCCESS",
-                row_count=r["row_count"], duration_s=r["duration_s"], partition=r["partition"],
-                columns=len(json.loads(r["column_schema"])) if r["column_schema"] else None,
-            )
-            for r in conn.execute(
-                "SELECT * FROM materializations WHERE asset_key = ? ORDER BY occurred_at DESC LIMIT ?", (key, limit)
-            )
-        ]
-        points += [
-            HistoryPoint(at=_dt(r["occurred_at"]), kind="failed_materialization", run_id=r["run_id"], status="FAILURE",
-                         partition=r["partition"], error=r["error"])
-            for r in conn.execute(
-                "SELECT * FROM materialization_failures WHERE asset_key = ? ORDER BY occurred_at DESC LIMIT ?", (key, limit)
-            )
-        ]
-        points += [
-            HistoryPoint(at=_dt(r["at"]), kind="run", run_id=r["run_id"], status=r["status"], duration_s=r["duration_s"],
-                         partition=r["partition"], error=r["error"])
-            for r in conn.execute(
-                "SELECT *, COALESCE(ended_at, started_at, updated_at) AS at FROM executions WHERE asset_key = ? "
-                "ORDER BY at DESC LIMIT ?",
-                (key, limit),
-            )
-        ]
+        mats = db.read_materializations(conn, key, limit)
+        fails = db.read_failures(conn, key, limit)
+        runs = db.read_executions(conn, key, limit)
+    points = [
+        HistoryPoint(
+            at=_dt(r["occurred_at"]), kind="materialization", run_id=r["run_id"], status="SUCCESS",
+            row_count=r["row_count"], duration_s=r["duration_s"], partition=r["partition"],
+            columns=len(json.loads(r["column_schema"])) if r["column_schema"] else None,
+        )
+        for r in mats
+    ]
+    points += [
+        HistoryPoint(at=_dt(r["occurred_at"]), kind="failed_materialization", run_id=r["run_id"], status="FAILURE",
+                     partition=r["partition"], error=r["error"])
+        for r in fails
+    ]
+    points += [
+        HistoryPoint(at=_dt(r["at"]), kind="run", run_id=r["run_id"], status=r["status"], duration_s=r["duration_s"],
+                     partition=r["partition"], error=r["error"])
+        for r in runs
+    ]
     return sorted(points, key=lambda p: p.at, reverse=True)[:limit]
 
 
@@ -153,8 +171,5 @@ def sparkline(values: Sequence[float | None], width: int | None = None) -> str:
 def last_materializations(store: Store, key: str | None = None) -> dict[str, str]:
     """The time of each asset's latest materialization (ISO 8601, UTC), for listings."""
     with store.read() as conn:
-        if key is None:
-            rows = conn.execute("SELECT asset_key, MAX(occurred_at) FROM materializations GROUP BY asset_key").fetchall()
-        else:
-            rows = conn.execute("SELECT asset_key, MAX(occurred_at) FROM materializations WHERE asset_key = ?", (key,)).fetchall()
-    return {str(r[0]): _dt(r[1]).isoformat(timespec="seconds") for r in rows if r[1] is not None}
+        rows = db.read_last_materializations(conn, key)
+    return {k: _dt(at).isoformat(timespec="seconds") for k, at in rows}

@@ -65,8 +65,11 @@ class HealthSettings(Section):
     retention_interval_s: float = Field(default=3600.0, gt=0)
     # Time-driven re-evaluation of every asset (freshness changes with time, not only with events).
     evaluation_interval_s: float = Field(default=60.0, gt=0)
-    # Past materializations per asset the evaluators see (and the service keeps in memory).
+    # Past materializations (and runs, and failures) per asset the evaluators see.
     history_limit: int = Field(default=400, ge=20, le=100_000)
+    # Memory the service may use to keep histories between evaluations (an estimate; least recently used
+    # assets are dropped beyond it and read again from health.db when needed).
+    cache_mb: int = Field(default=64, ge=1, le=65_536)
     # Under a backlog (full batches) evaluation is deferred and coalesced for at most this long.
     max_defer_s: float = Field(default=2.0, gt=0, le=60)
     defaults: HealthThresholds = HealthThresholds()

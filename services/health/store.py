@@ -1,16 +1,24 @@
 """health.db: execution history per asset, the spec copy of each asset, the latest check results and
-health per asset, and the transitions published."""
+health per asset, the transitions published and the assets awaiting evaluation.
+
+This module owns the database: its schema, its migrations and every SQL statement run against it. The
+service writes through `write_facts` / `write_decisions` / the dirty-set functions; the CLI reads through
+`services.health.queries`, which calls the `read_*` functions here.
+"""
 
 from __future__ import annotations
 
 import json
-import time
+from collections.abc import Iterable, Sequence
+from typing import Any
 
-from libs.common.events import AssetSpecData
+from libs.common.events import AssetSpecData, HealthStatus
 from libs.common.settings import Settings, StoreName
 from libs.common.sql import Connection
 from libs.common.store import Migration, Store
+from services.health.decide import Decision, HealthState
 from services.health.model import AssetHistory, Execution, Failure, Materialization
+from services.health.record import Facts
 
 # Redeliveries are recognised by `Store.claim_events` (processed_events); the event_id columns are kept for
 # tracing, without a unique index of their own (a second random-key B-tree per event costs throughput).
@@ -110,6 +118,9 @@ MIGRATIONS = [
     # spends per event. What it served, the newest runs of one asset on a cache miss, reads that asset's
     # range of the primary key and sorts it (bounded by retention).
     Migration(3, "no run-time index on executions", "DROP INDEX IF EXISTS executions_at;"),
+    # When the clock alone can next change an asset's checks (`evaluators.next_change`): the periodic
+    # pass evaluates the assets that are due, not all of them. NULL: only an event can.
+    Migration(4, "time-driven evaluation due", "ALTER TABLE asset_health ADD COLUMN due_at REAL;"),
 ]
 
 
@@ -137,12 +148,18 @@ def _columns(raw: str | None) -> tuple[tuple[str, str], ...] | None:
     return tuple((str(n), str(t)) for n, t in json.loads(raw)) if raw else None
 
 
+# -- the service's reads ---------------------------------------------------------------------------------
+
+
 def load_history(conn: Connection, key: str, limit: int) -> AssetHistory:
     """The asset's spec copy and its newest `limit` materializations, executions and failures."""
     history = AssetHistory(key=key)
-    row = conn.execute("SELECT spec, retired_at, registered_at FROM asset_specs WHERE asset_key = ?", (key,)).fetchone()
+    row = conn.execute(
+        "SELECT spec, version, retired_at, registered_at FROM asset_specs WHERE asset_key = ?", (key,)
+    ).fetchone()
     if row is not None:
         history.spec = AssetSpecData.model_validate_json(row["spec"])
+        history.spec_version = int(row["version"])
         history.retired = row["retired_at"] is not None
         history.registered_at = row["registered_at"]
     history.materializations = [
@@ -180,21 +197,138 @@ def load_history(conn: Connection, key: str, limit: int) -> AssetHistory:
     return history
 
 
+def load_state(conn: Connection, key: str) -> HealthState:
+    """The asset's last evaluation as the transition remembers it (a fresh state if never evaluated)."""
+    row = conn.execute(
+        "SELECT status, signature, transitions FROM asset_health WHERE asset_key = ?", (key,)
+    ).fetchone()
+    if row is None:
+        return HealthState()
+    outcomes = dict(conn.execute("SELECT check_name, outcome FROM check_results WHERE asset_key = ?", (key,)).fetchall())
+    return HealthState(HealthStatus(row[0]), row[1], row[2], outcomes, stored=True)
+
+
 def all_asset_keys(conn: Connection) -> list[str]:
-    """Every asset with a spec copy or any history."""
+    """Every asset with a spec copy or any history: an asset with history has been evaluated (a health
+    row) or awaits its evaluation (dirty)."""
     return [
         r[0]
         for r in conn.execute(
-            "SELECT asset_key FROM asset_specs UNION SELECT asset_key FROM executions "
-            "UNION SELECT asset_key FROM materializations UNION SELECT asset_key FROM materialization_failures"
+            "SELECT asset_key FROM asset_specs UNION SELECT asset_key FROM asset_health "
+            "UNION SELECT asset_key FROM dirty_assets"
         )
     ]
 
 
-def prune(store: Store, retention_days: int, *, now: float | None = None) -> dict[str, int]:
+def due_asset_keys(conn: Connection, now: float) -> list[str]:
+    """The assets whose checks the clock may have changed by `now`, and those never evaluated."""
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT asset_key FROM asset_health WHERE due_at <= ? "
+            "UNION SELECT s.asset_key FROM asset_specs s WHERE NOT EXISTS "
+            "(SELECT 1 FROM asset_health h WHERE h.asset_key = s.asset_key) "
+            "UNION SELECT asset_key FROM dirty_assets",
+            (now,),
+        )
+    ]
+
+
+# -- the service's writes --------------------------------------------------------------------------------
+
+
+def write_facts(conn: Connection, facts: Facts, now: float) -> None:
+    """Insert a batch's facts (`record.facts_of`); redeliveries were filtered out by `Store.claim_events`."""
+    if facts.specs:
+        # An older version arriving late never replaces a newer one.
+        conn.executemany(
+            "INSERT INTO asset_specs (asset_key, version, group_name, spec, retired_at, registered_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (asset_key) DO UPDATE SET version = excluded.version, "
+            "group_name = excluded.group_name, spec = excluded.spec, retired_at = excluded.retired_at, "
+            "updated_at = excluded.updated_at WHERE excluded.version >= asset_specs.version",
+            [(s.key, s.version, s.spec.group, s.spec.model_dump_json(), s.retired_at, s.at, now) for s in facts.specs],
+        )
+    if facts.runs:
+        # A late run.started never downgrades a finished run; known timings are kept.
+        conn.executemany(
+            "INSERT INTO executions (asset_key, run_id, job_name, status, started_at, ended_at, duration_s, error, "
+            "partition, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (asset_key, run_id) DO UPDATE SET "
+            "status = CASE WHEN excluded.status = 'STARTED' THEN executions.status ELSE excluded.status END, "
+            "started_at = COALESCE(executions.started_at, excluded.started_at), "
+            "ended_at = COALESCE(excluded.ended_at, executions.ended_at), "
+            "duration_s = COALESCE(excluded.duration_s, executions.duration_s), "
+            "error = COALESCE(excluded.error, executions.error), updated_at = excluded.updated_at",
+            [(r.key, e.run_id, r.job_name, e.status, e.started_at, e.ended_at, e.duration_s, e.error, e.partition, now)
+             for r in facts.runs for e in (r.execution,)],
+        )
+    if facts.materializations:
+        conn.executemany(
+            "INSERT INTO materializations (event_id, asset_key, run_id, storage_id, partition, row_count, "
+            "duration_s, column_schema, occurred_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(m.event_id, m.key, x.run_id, x.storage_id, x.partition, x.row_count, x.duration_s,
+              columns_json(x.columns), x.at) for m in facts.materializations for x in (m.materialization,)],
+        )
+    if facts.failures:
+        conn.executemany(
+            "INSERT INTO materialization_failures (event_id, asset_key, run_id, storage_id, partition, error, "
+            "occurred_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(f.event_id, f.key, x.run_id, f.storage_id, x.partition, x.error, x.at)
+             for f in facts.failures for x in (f.failure,)],
+        )
+
+
+def write_decision(conn: Connection, d: Decision, now: float, due_at: float | None) -> None:
+    """A decision's check results and health row (with `due_at`, when the clock may next change it), and
+    the transition it published."""
+    conn.executemany(
+        "INSERT INTO check_results (asset_key, check_name, outcome, reason, check_values, evaluated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (asset_key, check_name) DO UPDATE SET outcome = excluded.outcome, "
+        "reason = excluded.reason, check_values = excluded.check_values, evaluated_at = excluded.evaluated_at",
+        [(d.key, r.check, r.outcome, r.reason, json.dumps(r.values), now) for r in d.results],
+    )
+    conn.execute(
+        "INSERT INTO asset_health (asset_key, status, signature, reasons, transitions, evaluated_at, changed_at, "
+        "due_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (asset_key) DO UPDATE SET status = excluded.status, "
+        "signature = excluded.signature, reasons = excluded.reasons, transitions = excluded.transitions, "
+        "evaluated_at = excluded.evaluated_at, changed_at = CASE WHEN excluded.signature = asset_health.signature "
+        "THEN asset_health.changed_at ELSE excluded.changed_at END, due_at = excluded.due_at",
+        (d.key, str(d.status), d.signature, json.dumps(d.reasons), d.state.transitions, now, now, due_at),
+    )
+    if d.event is not None:
+        conn.execute(
+            "INSERT OR IGNORE INTO health_transitions (asset_key, transition, status, previous_status, reasons, "
+            "event_id, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (d.key, d.state.transitions, str(d.status), str(d.event.data.previous_status), json.dumps(d.reasons),
+             d.event.id, now),
+        )
+
+
+# -- assets awaiting evaluation (deferred under a backlog, durable across a restart) ------------------
+
+
+def dirty_assets(conn: Connection) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT asset_key FROM dirty_assets").fetchall()]
+
+
+def mark_dirty(conn: Connection, keys: Iterable[str], now: float) -> None:
+    conn.executemany("INSERT OR IGNORE INTO dirty_assets (asset_key, since) VALUES (?, ?)", [(k, now) for k in keys])
+
+
+def clear_dirty(conn: Connection, keys: Iterable[str] | None = None) -> None:
+    """Forget `keys` (every asset when None) as awaiting evaluation."""
+    if keys is None:
+        conn.execute("DELETE FROM dirty_assets")
+    else:
+        conn.executemany("DELETE FROM dirty_assets WHERE asset_key = ?", [(k,) for k in keys])
+
+
+# -- maintenance ---------------------------------------------------------------------------------------------
+
+
+def prune(store: Store, retention_days: int, *, now: float) -> dict[str, int]:
     """Delete history older than `retention_days`, keeping each asset's latest materialization and run
     (so freshness and the last outcome survive a long pause); returns the rows deleted per table."""
-    cutoff = (now or time.time()) - retention_days * 86400.0
+    cutoff = now - retention_days * 86400.0
     deleted: dict[str, int] = {}
     with store.write() as tx:
         deleted["materializations"] = tx.execute(
@@ -214,3 +348,119 @@ def prune(store: Store, retention_days: int, *, now: float | None = None) -> dic
         deleted["health_transitions"] = tx.execute("DELETE FROM health_transitions WHERE at < ?", (cutoff,)).rowcount
         deleted["processed_events"] = tx.execute("DELETE FROM processed_events WHERE processed_at < ?", (cutoff,)).rowcount
     return deleted
+
+
+def status_counts(conn: Connection) -> list[tuple[str, str, int]]:
+    """(group, status, assets) for every group and status present."""
+    return [
+        (r[0], r[1], r[2])
+        for r in conn.execute(
+            "SELECT COALESCE(s.group_name, ''), h.status, COUNT(*) FROM asset_health h "
+            "LEFT JOIN asset_specs s ON s.asset_key = h.asset_key GROUP BY 1, 2"
+        )
+    ]
+
+
+def unhealthy_assets(conn: Connection) -> list[tuple[str, str, str]]:
+    """(asset, group, status) of every asset neither HEALTHY nor UNKNOWN."""
+    return [
+        (r[0], r[1], r[2])
+        for r in conn.execute(
+            "SELECT h.asset_key, COALESCE(s.group_name, ''), h.status FROM asset_health h "
+            "LEFT JOIN asset_specs s ON s.asset_key = h.asset_key WHERE h.status NOT IN ('HEALTHY', 'UNKNOWN')"
+        )
+    ]
+
+
+# -- the CLI's reads (through services.health.queries) -----------------------------------------------------
+
+
+def _where(key: str | None, statuses: Sequence[str] | None, alias: str = "h") -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    args: list[Any] = []
+    if key is not None:
+        clauses.append(f"{alias}.asset_key = ?")
+        args.append(key)
+    if statuses is not None:
+        clauses.append(f"{alias}.status IN ({', '.join('?' for _ in statuses)})")
+        args.extend(statuses)
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+
+def read_health(conn: Connection, key: str | None = None, statuses: Sequence[str] | None = None) -> list[Any]:
+    """asset_health rows (asset_key, status, reasons, evaluated_at, changed_at, transitions, group_name,
+    spec) of one asset, of some statuses, or of every asset."""
+    where, args = _where(key, statuses)
+    return conn.execute(
+        "SELECT h.asset_key, h.status, h.reasons, h.evaluated_at, h.changed_at, h.transitions, s.group_name, s.spec "
+        f"FROM asset_health h LEFT JOIN asset_specs s ON s.asset_key = h.asset_key {where}",
+        args,
+    ).fetchall()
+
+
+def read_statuses(conn: Connection, key: str | None = None) -> list[Any]:
+    """(asset_key, status, reasons, evaluated_at) of one or every evaluated asset: what listings show."""
+    if key is not None:
+        return conn.execute(
+            "SELECT asset_key, status, reasons, evaluated_at FROM asset_health WHERE asset_key = ?", (key,)
+        ).fetchall()
+    return conn.execute("SELECT asset_key, status, reasons, evaluated_at FROM asset_health").fetchall()
+
+
+def read_checks(conn: Connection, key: str | None = None, statuses: Sequence[str] | None = None) -> list[Any]:
+    """check_results rows (asset_key, check_name, outcome, reason, check_values) for the same selection as
+    `read_health`."""
+    if key is None and statuses is None:
+        return conn.execute(
+            "SELECT asset_key, check_name, outcome, reason, check_values FROM check_results"
+        ).fetchall()
+    if statuses is None:
+        return conn.execute(
+            "SELECT asset_key, check_name, outcome, reason, check_values FROM check_results WHERE asset_key = ?",
+            (key,),
+        ).fetchall()
+    where, args = _where(key, statuses)
+    return conn.execute(
+        "SELECT c.asset_key, c.check_name, c.outcome, c.reason, c.check_values FROM asset_health h "
+        f"JOIN check_results c ON c.asset_key = h.asset_key {where}",
+        args,
+    ).fetchall()
+
+
+def read_health_keys(conn: Connection) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT asset_key FROM asset_health")]
+
+
+def read_materializations(conn: Connection, key: str, limit: int) -> list[Any]:
+    return conn.execute(
+        "SELECT occurred_at, run_id, row_count, duration_s, partition, column_schema FROM materializations "
+        "WHERE asset_key = ? ORDER BY occurred_at DESC LIMIT ?",
+        (key, limit),
+    ).fetchall()
+
+
+def read_failures(conn: Connection, key: str, limit: int) -> list[Any]:
+    return conn.execute(
+        "SELECT occurred_at, run_id, partition, error FROM materialization_failures WHERE asset_key = ? "
+        "ORDER BY occurred_at DESC LIMIT ?",
+        (key, limit),
+    ).fetchall()
+
+
+def read_executions(conn: Connection, key: str, limit: int) -> list[Any]:
+    return conn.execute(
+        "SELECT run_id, status, duration_s, partition, error, COALESCE(ended_at, started_at, updated_at) AS at "
+        "FROM executions WHERE asset_key = ? ORDER BY at DESC LIMIT ?",
+        (key, limit),
+    ).fetchall()
+
+
+def read_last_materializations(conn: Connection, key: str | None = None) -> list[tuple[str, float]]:
+    """(asset_key, time of its latest materialization) of one asset or every asset."""
+    if key is None:
+        rows = conn.execute("SELECT asset_key, MAX(occurred_at) FROM materializations GROUP BY asset_key").fetchall()
+    else:
+        rows = conn.execute(
+            "SELECT asset_key, MAX(occurred_at) FROM materializations WHERE asset_key = ?", (key,)
+        ).fetchall()
+    return [(str(r[0]), float(r[1])) for r in rows if r[1] is not None]

@@ -261,7 +261,7 @@ def test_health_and_alerts_from_their_own_services(registered: Cli) -> None:
     from libs.common.settings import load_settings
     from services.alerts.service import AlertService
     from services.alerts.store import open_store as open_monitor
-    from services.health.engine import HealthEngine
+    from services.health.service import HealthService
     from services.health.store import open_store as open_health
 
     settings = load_settings(AppSettings)
@@ -271,7 +271,7 @@ def test_health_and_alerts_from_their_own_services(registered: Cli) -> None:
     failed = new_event(AssetMaterializationFailed, "asset.materialization_failed", identity="stg_orders|1", source="test",
                        data=MaterializationFailedData(asset_key="stg_orders", run_id="r2", error="boom"))
     health_store = open_health(settings)
-    HealthEngine(health_store, settings).handle(
+    HealthService(health_store, settings).handle(
         [Delivery("x", str(i), e) for i, e in enumerate([*changes, ok, failed])]  # type: ignore[list-item]
     )
     staged = [parse_event(r[0]) for r in health_store.connection().execute("SELECT payload FROM event_outbox ORDER BY seq")]
@@ -331,7 +331,7 @@ def test_asset_details_charts_row_counts(registered: Cli) -> None:
     from libs.common.bus import Delivery
     from libs.common.events import AssetMaterialized, MaterializationData, new_event
     from libs.common.settings import load_settings
-    from services.health.engine import HealthEngine
+    from services.health.service import HealthService
     from services.health.store import open_store as open_health
 
     counts = [1000, 1010, 990, 1005, 995, 1002, 12]
@@ -342,7 +342,7 @@ def test_asset_details_charts_row_counts(registered: Cli) -> None:
         for i, n in enumerate(counts)
     ]
     store = open_health(load_settings(AppSettings))
-    HealthEngine(store, load_settings(AppSettings)).handle([Delivery("assets", str(i), e) for i, e in enumerate(events)])
+    HealthService(store, load_settings(AppSettings)).handle([Delivery("assets", str(i), e) for i, e in enumerate(events)])
     store.close()
     code, out, _ = registered.run("asset-details", "raw_orders", "--format", "json")
     assert code == 0

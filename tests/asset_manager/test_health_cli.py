@@ -21,7 +21,7 @@ from libs.common.events import (
     new_event,
 )
 from libs.common.settings import load_settings
-from services.health.engine import HealthEngine
+from services.health.service import HealthService
 from services.health.store import open_store
 from tests.asset_manager.conftest import Cli
 
@@ -33,7 +33,7 @@ def _dt(t: float) -> datetime:
 def populate() -> None:
     settings = load_settings(AppSettings)
     store = open_store(settings)
-    engine = HealthEngine(store, settings)
+    engine = HealthService(store, settings)
     now = time.time()
     events: list[Delivery] = []
     for i in range(3):

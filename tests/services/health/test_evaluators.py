@@ -6,16 +6,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from libs.common.events import CHECK_NAMES, AssetSpecData, CheckResult
+from services.health.decide import health_status, signature
 from services.health.evaluators import (
     dependencies,
     duration_anomaly,
     evaluate,
     execution_status,
     freshness,
-    health_status,
+    next_change,
     normalize_type,
     schema_drift,
-    signature,
     volume_anomaly,
 )
 from services.health.model import AssetHistory, Execution, Failure, Materialization, UpstreamState
@@ -233,3 +233,29 @@ def test_cron_freshness_policy() -> None:
     assert r.outcome == "error" and "before the deadline" in r.reason
     # an explicit tag on the asset overrides the Dagster policy
     assert freshness(late, resolved(freshness_max_lag=DAY), day + 10 * 3600).outcome == "passed"
+
+
+@given(
+    intervals=st.lists(st.floats(600, 3 * DAY), min_size=1, max_size=40),
+    max_lag=st.one_of(st.none(), st.floats(60, 5 * DAY)),
+    running_for=st.one_of(st.none(), st.floats(0, DAY)),
+    offsets=st.lists(st.floats(0, 1), min_size=1, max_size=5),
+)
+def test_outcomes_do_not_change_with_the_clock_before_next_change(
+    intervals: list[float], max_lag: float | None, running_for: float | None, offsets: list[float]
+) -> None:
+    """The periodic pass skips an asset until `next_change`: before it, the clock alone changes no outcome."""
+    times = [T0]
+    for gap in intervals:
+        times.append(times[-1] + gap)
+    now = times[-1] + intervals[0] / 2
+    executions = [Execution("run", "STARTED", now - running_for)] if running_for is not None else []
+    h = AssetHistory("a", spec=AssetSpecData(key="a"), registered_at=T0, executions=executions,
+                     materializations=[Materialization(t, f"r{i}", 100) for i, t in enumerate(times)])
+    res = resolved(freshness_max_lag=max_lag, duration_max_s=DAY / 2)
+    before = {r.check: r.outcome for r in evaluate(h, res, now, {})}
+    due = next_change(h, res, now)
+    horizon = due if due is not None else now + 30 * DAY
+    for offset in offsets:
+        later = now + (horizon - now) * offset * 0.999
+        assert {r.check: r.outcome for r in evaluate(h, res, later, {})} == before

@@ -12,8 +12,8 @@ from libs.common.bus import Delivery
 from libs.common.events import CheckResult
 from libs.common.settings import load_settings
 from services.health.dagster_checks import check_payload, check_url
-from services.health.engine import HealthEngine
 from services.health.queries import history, last_materializations, latest_health, series, sparkline
+from services.health.service import HealthService
 from services.health.settings import HealthWorkerSettings
 from services.health.store import open_store
 
@@ -37,7 +37,7 @@ def test_sparkline_one_char_per_value(values: list[float | None]) -> None:
 def test_history_and_latest(tmp_path: Path, ev: Any) -> None:
     settings = load_settings(HealthWorkerSettings, dagster_home=str(tmp_path), stores={"data_dir": str(tmp_path)})
     store = open_store(settings)
-    engine = HealthEngine(store, settings, clock=lambda: T0 + 10_000)
+    engine = HealthService(store, settings, clock=lambda: T0 + 10_000)
     events = [ev.mat("a/b", T0 + i * 100, run_id=f"r{i}", rows=10 * (i + 1)) for i in range(5)]
     events.append(ev.run("r4", "SUCCESS", ["a/b"], start=T0 + 390, end=T0 + 400))
     engine.handle([Delivery("assets", f"{i}-0", e) for i, e in enumerate(events)])

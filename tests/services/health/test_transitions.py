@@ -21,8 +21,8 @@ from libs.common.events import (
 )
 from libs.common.events import AssetMaterialized as Mat
 from libs.common.settings import load_settings
-from services.health.engine import HealthEngine
-from services.health.evaluators import health_status, signature
+from services.health.decide import health_status, signature
+from services.health.service import HealthService
 from services.health.settings import HealthWorkerSettings
 from services.health.store import open_store
 
@@ -39,7 +39,7 @@ def test_events_exactly_on_signature_changes(steps: list[tuple[str, int]]) -> No
         cfg = load_settings(HealthWorkerSettings, dagster_home=tmp, stores={"data_dir": tmp}, health={"defaults": {"volume_min_training_size": 3}})
         store = open_store(cfg)
         clock = [T0]
-        engine = HealthEngine(store, cfg, clock=lambda: clock[0])
+        engine = HealthService(store, cfg, clock=lambda: clock[0])
         signatures = ["UNKNOWN|"]
         for i, (status, size) in enumerate(steps):
             t = T0 + i * 3600

@@ -1,4 +1,4 @@
-"""The engine on a real health.db: recording, dedupe, transitions, time-driven evaluation, retention."""
+"""The service on a real health.db: recording, dedupe, transitions, time-driven evaluation, retention."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from libs.common.events import CHECK_NAMES, Event, HealthChanged, parse_event
 from libs.common.settings import load_settings
 from libs.common.store import Store
-from services.health.engine import HealthEngine
 from services.health.queries import history, latest_health
+from services.health.service import HealthService
 from services.health.settings import HealthWorkerSettings
 from services.health.store import open_store
 
@@ -62,8 +62,8 @@ def deliveries(*events: Event) -> list[Any]:
             for i, e in enumerate(events, 1)]
 
 
-def engine_for(store: Store, settings: HealthWorkerSettings, clock: Callable[[], float]) -> HealthEngine:
-    return HealthEngine(store, settings, clock=clock)
+def engine_for(store: Store, settings: HealthWorkerSettings, clock: Callable[[], float]) -> HealthService:
+    return HealthService(store, settings, clock=clock)
 
 
 def test_failure_then_recovery_publishes_two_transitions(store: Store, hsettings: HealthWorkerSettings, ev: Any) -> None:
@@ -160,9 +160,9 @@ def test_freshness_is_evaluated_by_time(store: Store, hsettings: HealthWorkerSet
 def test_the_full_evaluation_takes_the_lock_a_chunk_at_a_time(
     store: Store, hsettings: HealthWorkerSettings, ev: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import services.health.engine as engine_module
+    import services.health.service as service_module
 
-    monkeypatch.setattr(engine_module, "_EVALUATE_ALL_CHUNK", 2)
+    monkeypatch.setattr(service_module, "EVALUATE_ALL_CHUNK", 2)
     clock = Clock(T0)
     engine = engine_for(store, hsettings, clock)
     keys = [f"k{i}" for i in range(5)]
@@ -243,3 +243,53 @@ def test_status_gauges_by_group_and_per_unhealthy_asset(store: Store, hsettings:
     engine.update_status_gauge()
     assert value("ams_health_asset_status", {"asset_key": "g/a", "group": "sales", "status": "FAILED"}) is None
     assert value("ams_health_assets", {"group": "sales", "status": "FAILED"}) is None
+
+
+def test_a_tiny_cache_decides_as_a_large_one(tmp_path: Path, ev: Any) -> None:
+    """Evicting histories and states (the cache's memory budget) changes no decision: what the cache
+    drops is read again from health.db, and what a transaction uses stays pinned until its commit."""
+    published: dict[str, list[tuple[str, str, int | None]]] = {}
+    for budget in (None, 1):
+        home = tmp_path / str(budget)
+        settings = load_settings(HealthWorkerSettings, dagster_home=str(home), stores={"data_dir": str(home)})
+        s = open_store(settings)
+        service = HealthService(s, settings, clock=Clock(T0 + DAY))
+        if budget is not None:
+            service.cache.budget = budget  # every entry but the newest is evicted at once
+        keys = [f"k{i}" for i in range(6)]
+        service.handle(deliveries(*[ev.spec(k, upstream=keys[:i][-1:], downstream=keys[i + 1 : i + 2])
+                                    for i, k in enumerate(keys)]))
+        for day in range(3):
+            service.handle(deliveries(*[ev.run(f"{k}-{day}", "FAILURE" if (i + day) % 3 == 0 else "SUCCESS", [k],
+                                               start=T0 + day * 3600, end=T0 + day * 3600 + 60)
+                                        for i, k in enumerate(keys)]))
+        service.evaluate_all()
+        published[str(budget)] = [(e.data.asset_key, e.data.status, e.data.transition) for e in outbox(s)]
+        if budget is not None:
+            assert len(service.cache) == 1
+        s.close()
+    assert published["None"] == published["1"] and len(published["None"]) > 6
+
+
+def test_the_periodic_pass_evaluates_the_assets_the_clock_can_change(store: Store, hsettings: HealthWorkerSettings,
+                                                                     ev: Any) -> None:
+    clock = Clock(T0 + 60)
+    service = engine_for(store, hsettings, clock)
+    service.handle(deliveries(ev.spec("lagging", tags={"ams/freshness_max_lag": "1h"}), ev.spec("plain"),
+                              ev.mat("lagging", T0, rows=5), ev.mat("plain", T0, rows=5)))
+
+    def evaluated() -> dict[str, tuple[float, float | None]]:
+        rows = store.connection().execute("SELECT asset_key, evaluated_at, due_at FROM asset_health").fetchall()
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    assert evaluated() == {"lagging": (T0 + 60, T0 + 3600), "plain": (T0 + 60, None)}
+    clock.t = T0 + 120
+    service.evaluate_all()  # the first pass after a start: every asset (thresholds may have changed)
+    assert {k: v[0] for k, v in evaluated().items()} == {"lagging": T0 + 120, "plain": T0 + 120}
+    clock.t = T0 + 1800
+    assert service.evaluate_all() == 0
+    assert {k: v[0] for k, v in evaluated().items()} == {"lagging": T0 + 120, "plain": T0 + 120}  # none due
+    clock.t = T0 + 3700
+    assert service.evaluate_all() == 1
+    assert evaluated() == {"lagging": (T0 + 3700, None), "plain": (T0 + 120, None)}
+    assert outbox(store)[-1].data.status == "DEGRADED"

@@ -1,0 +1,156 @@
+"""The health transition: a pure function of (previous state, new check results, now) → decision.
+
+`decide` says what one evaluation of one asset means: the asset's new status and signature, the
+health.changed event to publish (when the signature changed), and the check results to report to Dagster.
+It reads no clock, store or network; the service applies the decision (rows, outbox, reports, metrics).
+
+Rules:
+
+* The *signature* is the status plus the outcome of every check that is not `passed`. A health.changed
+  event is published exactly when it changes, numbered 1, 2, 3... per asset (`transition`); an evaluation
+  that only changes a reason's text or numbers publishes nothing.
+* Checks are reported to Dagster after every evaluation triggered by new facts (`Trigger.EVENTS`), and
+  after a time-driven one (`Trigger.CLOCK`) only when the signature changed, so that a full pass over every
+  asset each minute does not post every check of every asset.
+
+This is where rules about *when* a finding counts belong (a skipped run that must not count as failed,
+a catch-up that must not judge old history against the wall clock): they are decisions over the previous
+state, the results and the trigger, testable with two lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from libs.common.events import (
+    CheckName,
+    CheckOutcome,
+    CheckResult,
+    HealthChanged,
+    HealthChangedData,
+    HealthStatus,
+    new_event,
+)
+
+SOURCE = "health"
+_RANK: dict[str, int] = {"passed": 0, "warn": 1, "error": 2}
+
+
+class Trigger(StrEnum):
+    """Why an asset is evaluated."""
+
+    EVENTS = "events"  # new facts about the asset (or its upstreams) were recorded
+    CLOCK = "clock"  # the periodic pass: freshness and running-time limits move with time
+
+
+@dataclass(frozen=True, slots=True)
+class HealthState:
+    """What the transition remembers of an asset: its last published status and signature."""
+
+    status: HealthStatus = HealthStatus.UNKNOWN
+    signature: str = "UNKNOWN|"
+    transitions: int = 0
+    outcomes: Mapping[str, CheckOutcome] = field(default_factory=dict)
+    stored: bool = False  # evaluated before (a row exists in asset_health)
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """What the decision needs to know about the asset besides its results."""
+
+    key: str
+    has_data: bool
+    retired: bool = False
+    owners: tuple[str, ...] = ()
+    downstream: tuple[str, ...] = ()
+    group: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of one evaluation: the next state, the event to publish (if any), what to report."""
+
+    key: str
+    status: HealthStatus
+    signature: str
+    reasons: list[str]
+    results: list[CheckResult]
+    state: HealthState
+    event: HealthChanged | None
+    report: tuple[CheckResult, ...]
+
+    @property
+    def changed(self) -> bool:
+        return self.event is not None
+
+
+def health_status(results: Sequence[CheckResult], *, has_data: bool, retired: bool) -> HealthStatus:
+    """The worst of the checks: a failed execution → FAILED, any other error → DEGRADED, a warning →
+    WARNING, else HEALTHY; UNKNOWN for a retired asset or one with nothing on record and nothing wrong."""
+    if retired:
+        return HealthStatus.UNKNOWN
+    outcomes = {r.check: r.outcome for r in results}
+    if outcomes.get(CheckName.EXECUTION) == "error":
+        return HealthStatus.FAILED
+    if "error" in outcomes.values():
+        return HealthStatus.DEGRADED
+    if "warn" in outcomes.values():
+        return HealthStatus.WARNING
+    return HealthStatus.HEALTHY if has_data else HealthStatus.UNKNOWN
+
+
+def reasons_of(results: Sequence[CheckResult], status: HealthStatus, *, retired: bool) -> list[str]:
+    """The reasons behind `status`: every non-passed check, worst first."""
+    if retired:
+        return ["asset retired"]
+    bad = sorted((r for r in results if r.outcome != "passed"), key=lambda r: -_RANK[r.outcome])
+    if bad:
+        return [f"{r.check} ({r.outcome}): {r.reason}" for r in bad]
+    return ["no run or materialization on record yet"] if status == HealthStatus.UNKNOWN else []
+
+
+def signature(status: HealthStatus, results: Sequence[CheckResult]) -> str:
+    """What must change for a health.changed event: the status and each non-passed check's outcome."""
+    failing = sorted((r for r in results if r.outcome != "passed"), key=lambda r: r.check)
+    return str(status) + "|" + ",".join(f"{r.check}={r.outcome}" for r in failing)
+
+
+def decide(
+    previous: HealthState, results: Sequence[CheckResult], now: float, subject: Subject, trigger: Trigger
+) -> Decision:
+    """The transition of one asset from `previous` given its new `results`, evaluated at `now`."""
+    results = list(results)
+    status = health_status(results, has_data=subject.has_data, retired=subject.retired)
+    sig = signature(status, results)
+    reasons = reasons_of(results, status, retired=subject.retired)
+    outcomes = {r.check: r.outcome for r in results}
+    event: HealthChanged | None = None
+    transitions = previous.transitions
+    if sig != previous.signature:
+        transitions += 1
+        evaluated_at = datetime.fromtimestamp(now, UTC)
+        data = HealthChangedData(
+            asset_key=subject.key,
+            status=status,
+            previous_status=previous.status,
+            checks=results,
+            reasons=reasons,
+            evaluated_at=evaluated_at,
+            owners=list(subject.owners),
+            downstream=list(subject.downstream),
+            transition=transitions,
+            group=subject.group,
+            changed_checks=[r.check for r in results if previous.outcomes.get(r.check, "passed") != r.outcome],
+        )
+        # The evaluation time is part of the identity: a health.db rebuilt from scratch numbers its
+        # transitions from 1 again, and those must not collide with ids consumers already processed.
+        event = new_event(HealthChanged, "health.changed", identity=f"{subject.key}:{transitions}:{now!r}",
+                          data=data, source=SOURCE, occurred_at=evaluated_at)
+        state = HealthState(status, sig, transitions, outcomes, stored=True)
+    else:
+        state = HealthState(previous.status, previous.signature, transitions, outcomes, stored=True)
+    report = tuple(results) if event is not None or trigger is Trigger.EVENTS else ()
+    return Decision(subject.key, status, sig, reasons, results, state, event, report)

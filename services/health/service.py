@@ -1,0 +1,403 @@
+"""The health service's effects: each batch of events is recorded in health.db, the assets it touched are
+evaluated (once per batch, or coalesced under a backlog), and each decision is applied in the same
+transaction: its rows, its health.changed event in the outbox. After the commit, the checks to report go
+to Dagster and the metrics move.
+
+    events ─ record.facts_of ─► store.write_facts + record.apply (in-memory histories)
+    history ─ evaluators.evaluate ─► results ─ decide.decide(previous state, results, now) ─► Decision
+    Decision ─► store.write_decision + outbox.stage (one transaction) ─► report, metrics (after commit)
+
+One lock serialises the consume loop and the periodic jobs (time-driven evaluation, retention), so both
+see the same cache (`cache.HistoryCache`). The cache is discarded whenever a transaction fails and rebuilt
+from the store on demand; on a PostgreSQL store shared by several replicas it is discarded at the start
+of every transaction instead, since other replicas write between them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from libs.common import outbox
+from libs.common.bus import Delivery
+from libs.common.events import HEALTH, CheckName, CheckResult, HealthStatus
+from libs.common.log import get_logger
+from libs.common.sql import Connection
+from libs.common.store import Store
+from services.health import metrics, record
+from services.health import store as db
+from services.health.cache import Entry, HistoryCache, Memo
+from services.health.decide import Decision, HealthState, Subject, Trigger, decide
+from services.health.evaluators import HISTORY_ONLY, evaluate, next_change
+from services.health.model import AssetHistory, UpstreamState
+from services.health.settings import HealthWorkerSettings
+from services.health.thresholds import Resolved, resolve
+
+log = get_logger(__name__)
+_GAUGE_INTERVAL_S = 1.0
+# Assets per transaction of the periodic full evaluation (~1 ms each at worst: about 0.1 s of lock).
+EVALUATE_ALL_CHUNK = 100
+# Assets a batch evaluates in its own transaction; more (a deferred backlog) go in chunks after it.
+_EVALUATE_IN_BATCH = 1000
+
+Report = Callable[[str, Sequence[CheckResult]], None]
+
+
+class HealthService:
+    """health.db's writer; `handle` is the consumer's handler, the other public methods periodic jobs."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: HealthWorkerSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        report: Report | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.cfg = settings.health
+        self.clock = clock
+        self.report = report
+        self.lock = threading.RLock()
+        self.cache = HistoryCache(self.cfg.cache_mb * 1024 * 1024)
+        self._dirty: dict[str, None] = {}
+        self._dirty_since: float | None = None  # monotonic
+        self._last_evaluation_s = 0.0
+        self._last_handled = 0.0
+        self._gauge_lock = threading.Lock()
+        self._gauges_stale = False
+        self._gauges_refreshed = 0.0
+        self._passes = 0  # periodic passes since start: the first evaluates every asset
+        self._load_dirty()
+
+    # -- cache -------------------------------------------------------------------------------------------
+
+    def _forget(self) -> None:
+        self.cache.clear()
+        self._load_dirty()
+
+    def _begin(self) -> None:
+        """At the start of a transaction: on a store shared by several replicas (PostgreSQL), other
+        workers write too, so drop the in-memory copy and read what is needed afresh."""
+        if self.store.dialect != "sqlite":
+            self.cache.clear()
+
+    def _load_dirty(self) -> None:
+        """The assets awaiting evaluation according to the store (after a restart or a failed batch)."""
+        try:
+            keys = db.dirty_assets(self.store.connection())
+        except Exception as exc:  # the store is unwell; the periodic evaluate_all covers these assets
+            log.warning("dirty_assets_unreadable", error=str(exc))
+            keys = []
+        self._dirty = dict.fromkeys(keys)
+        self._dirty_since = time.monotonic() if self._dirty else None
+
+    def _entry(self, conn: Connection, key: str) -> Entry:
+        return self.cache.entry(key, lambda k: db.load_history(conn, k, self.cfg.history_limit))
+
+    def _state(self, conn: Connection, entry: Entry) -> HealthState:
+        if entry.state is None:
+            entry.state = db.load_state(conn, entry.history.key)
+        return entry.state
+
+    def _resolve(self, entry: Entry) -> Resolved:
+        history = entry.history
+        if entry.resolved is not None and entry.resolved[0] is history.spec:
+            return entry.resolved[1]
+        resolved = resolve(self.cfg, history.spec)
+        for problem in resolved.problems:
+            log.warning("asset_threshold_ignored", asset=history.key, problem=problem)
+        entry.resolved = (history.spec, resolved)
+        return resolved
+
+    # -- the handler -------------------------------------------------------------------------------------
+
+    def handle(self, deliveries: list[Delivery]) -> None:
+        """Record a batch (dedupe by event id), evaluate the touched assets, stage transitions; one commit
+        (a long deferred evaluation follows in transactions of its own)."""
+        if not deliveries:
+            return
+        with self.lock:
+            now = self.clock()
+            decisions: list[Decision] = []
+            try:
+                with self.store.write() as conn:
+                    self._begin()
+                    fresh = Store.claim_events(conn, [d.event.id for d in deliveries])
+                    # the same event twice in one batch (a producer's retry after a lost reply) counts once
+                    unique = {d.event.id: d.event for d in deliveries if d.event.id in fresh}
+                    facts = record.facts_of(unique.values())
+                    self._record(conn, facts, now)
+                    self._mark_dirty(conn, facts.touched, now)
+                    # A full batch means a backlog: coalesce evaluations instead of evaluating after every
+                    # batch; caught up, evaluate at once.
+                    backlog = len(deliveries) >= self.settings.bus.batch_size
+                    due = bool(self._dirty) and (not backlog or self._due())
+                    if due and len(self._dirty) <= _EVALUATE_IN_BATCH:
+                        decisions = self._evaluate_dirty(conn, now)
+                self._last_handled = time.monotonic()
+            except BaseException:
+                self._forget()
+                raise
+            if due and self._dirty:
+                self._evaluate_pending_now()
+        lags: dict[str, list[float]] = {}
+        for delivery in deliveries:
+            if delivery.event.id in fresh:
+                lags.setdefault(delivery.stream, []).append(max(0.0, now - delivery.event.occurred_at.timestamp()))
+        for stream, values in lags.items():
+            metrics.EVENT_LAG_SECONDS.labels(stream=stream).observe_many(values)
+        self._after_commit(decisions)
+
+    def _record(self, conn: Connection, facts: record.Facts, now: float) -> None:
+        """Write the batch's facts to health.db, and to the histories in the cache (the others are read
+        from the store, facts included, when next evaluated)."""
+        db.write_facts(conn, facts, now)
+        cached = {key: self.cache.peek(key) for key in facts.touched}
+        entries = {key: e for key, e in cached.items() if e is not None}
+        if len(entries) < len(cached):
+            facts = facts.only(entries.keys())
+        record.apply(facts, {key: e.history for key, e in entries.items()}, self.cfg.history_limit)
+        for entry in entries.values():
+            self.cache.resize(entry)
+
+    def _mark_dirty(self, conn: Connection, keys: Sequence[str], now: float) -> None:
+        """Remember `keys` as awaiting evaluation, durably (a crash before evaluating loses nothing)."""
+        fresh = [k for k in keys if k not in self._dirty]
+        if not fresh:
+            return
+        db.mark_dirty(conn, fresh, now)
+        for k in fresh:
+            self._dirty[k] = None
+        if self._dirty_since is None:
+            self._dirty_since = time.monotonic()
+
+    def _due(self) -> bool:
+        """Deferred evaluations are due: waiting `max_defer_s`, or nine times what the last one took, so
+        that under a backlog evaluation takes at most about a tenth of the worker's time."""
+        if self._dirty_since is None:
+            return False
+        wait = max(self.cfg.max_defer_s, 9 * self._last_evaluation_s)
+        return time.monotonic() - self._dirty_since >= wait
+
+    def _evaluate_dirty(self, conn: Connection, now: float) -> list[Decision]:
+        """Every asset awaiting evaluation, in the caller's transaction (a batch's few)."""
+        started = time.monotonic()
+        keys = list(self._dirty)
+        decisions = self._evaluate(conn, keys, now, Trigger.EVENTS)
+        db.clear_dirty(conn)
+        self._dirty.clear()
+        self._dirty_since = None
+        self._last_evaluation_s = time.monotonic() - started
+        return decisions
+
+    def _evaluate_pending_now(self) -> int:
+        """Every asset awaiting evaluation, `EVALUATE_ALL_CHUNK` per transaction (caller holds the lock)."""
+        started = time.monotonic()
+        evaluated = self._in_chunks(list(self._dirty), Trigger.EVENTS)
+        self._last_evaluation_s = time.monotonic() - started
+        return evaluated[0]
+
+    def evaluate_pending(self) -> int:
+        """Evaluate assets whose evaluation was deferred (periodic, every `max_defer_s`), once the stream
+        is quiet or the deferral is due; returns how many."""
+        with self.lock:
+            idle = time.monotonic() - self._last_handled >= self.cfg.max_defer_s
+            if not self._dirty or not (idle or self._due()):
+                return 0
+            return self._evaluate_pending_now()
+
+    def _in_chunks(self, keys: Sequence[str], trigger: Trigger) -> tuple[int, int]:
+        """Evaluate `keys` `EVALUATE_ALL_CHUNK` per transaction; the lock is taken for each chunk (it is
+        reentrant: a caller holding it keeps it). Returns (evaluations, transitions)."""
+        evaluated = changed = 0
+        for start in range(0, len(keys), EVALUATE_ALL_CHUNK):
+            chunk = keys[start : start + EVALUATE_ALL_CHUNK]
+            with self.lock:
+                now = self.clock()
+                try:
+                    with self.store.write() as conn:
+                        self._begin()
+                        decisions = self._evaluate(conn, chunk, now, trigger)
+                        done = {*chunk, *(d.key for d in decisions)} & self._dirty.keys()
+                        db.clear_dirty(conn, done)
+                    for key in done:
+                        self._dirty.pop(key, None)
+                    if not self._dirty:
+                        self._dirty_since = None
+                except BaseException:
+                    self._forget()
+                    raise
+            self._after_commit(decisions)
+            evaluated += len(decisions)
+            changed += sum(d.changed for d in decisions)
+        return evaluated, changed
+
+    # -- evaluation --------------------------------------------------------------------------------------
+
+    def _upstreams(self, conn: Connection, history: AssetHistory) -> dict[str, UpstreamState]:
+        states: dict[str, UpstreamState] = {}
+        if history.spec is None:
+            return states
+        for key in history.spec.upstream:
+            entry = self._entry(conn, key)
+            up = entry.history
+            st = self._state(conn, entry)
+            last = up.last_materialization
+            states[key] = UpstreamState(
+                key=key,
+                registered=up.spec is not None,
+                retired=up.retired,
+                status=st.status,
+                execution_failed=st.outcomes.get(CheckName.EXECUTION) == "error",
+                stale=st.outcomes.get(CheckName.FRESHNESS, "passed") != "passed",
+                last_materialized_at=last.at if last else None,
+                last_run_id=last.run_id if last else None,
+            )
+        return states
+
+    def _evaluate(self, conn: Connection, keys: Iterable[str], now: float, trigger: Trigger) -> list[Decision]:
+        """Evaluate `keys` and stage their transitions. After new facts (`Trigger.EVENTS`) the downstream
+        assets of `keys` are evaluated too (they judge their upstreams); then, once, the downstream of
+        those whose health changed.
+
+        Each decision is written at once, so that an asset the cache drops meanwhile is read back as
+        decided."""
+        decisions: list[Decision] = []
+        done: set[str] = set()
+        queue = list(dict.fromkeys(keys))
+        if trigger is Trigger.EVENTS:
+            for key in list(queue):
+                spec = self._entry(conn, key).history.spec
+                if spec is not None:
+                    queue.extend(spec.downstream)
+        second_pass: list[str] = []
+        for pass_keys in (queue, second_pass):
+            for key in pass_keys:
+                if key in done:
+                    continue
+                done.add(key)
+                entry = self._entry(conn, key)
+                history = entry.history
+                if history.spec is None and not history.has_data and not self._state(conn, entry).stored:
+                    continue  # named as someone's downstream, but nothing known about it yet
+                decision = self._evaluate_one(conn, entry, now, trigger)
+                db.write_decision(conn, decision, now, next_change(history, self._resolve(entry), now))
+                decisions.append(decision)
+                if decision.changed and pass_keys is queue and history.spec is not None:
+                    second_pass.extend(d for d in history.spec.downstream if d not in done)
+        staged = [d.event for d in decisions if d.event is not None]
+        if staged:
+            outbox.stage(conn, HEALTH, staged)
+        return decisions
+
+    def _results(self, conn: Connection, entry: Entry, now: float) -> list[CheckResult]:
+        """Every check of the asset; those depending only on an unchanged history are reused."""
+        history = entry.history
+        resolved = self._resolve(entry)
+        memo = entry.memo
+        reuse: dict[str, CheckResult] = {}
+        if memo is not None and memo.version == history.version and memo.resolved is resolved:
+            running = any(e.status == "STARTED" for e in history.executions[-20:])
+            reuse = {c: r for c, r in memo.results.items() if not (c == CheckName.DURATION and running)}
+        results = evaluate(history, resolved, now, self._upstreams(conn, history), reuse)
+        entry.memo = Memo(history.version, resolved, {r.check: r for r in results if r.check in HISTORY_ONLY})
+        return results
+
+    def _evaluate_one(self, conn: Connection, entry: Entry, now: float, trigger: Trigger) -> Decision:
+        started = time.perf_counter()
+        history = entry.history
+        results = self._results(conn, entry, now)
+        spec = history.spec
+        subject = Subject(
+            key=history.key,
+            has_data=history.has_data,
+            retired=history.retired,
+            owners=tuple(spec.owners) if spec else (),
+            downstream=tuple(spec.downstream) if spec else (),
+            group=spec.group if spec else None,
+        )
+        decision = decide(self._state(conn, entry), results, now, subject, trigger)
+        entry.state = decision.state
+        self.cache.resize(entry)
+        metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
+        return decision
+
+    def _after_commit(self, decisions: Sequence[Decision]) -> None:
+        changed = False
+        for d in decisions:
+            for r in d.results:
+                metrics.CHECK_RESULTS.labels(check=r.check, outcome=r.outcome).inc()
+            if d.event is not None:
+                changed = True
+                metrics.TRANSITIONS.labels(status=d.status).inc()
+        if self.report is not None:
+            for d in decisions:
+                if d.report:
+                    self.report(d.key, d.report)
+        if changed:  # the gauges only move with a transition
+            self._gauges_stale = True
+            self.refresh_status_gauges()
+
+    # -- periodic jobs -----------------------------------------------------------------------------------
+
+    def evaluate_all(self) -> int:
+        """The periodic pass: re-evaluate every asset whose checks the clock may have changed (freshness
+        and running-time limits, `evaluators.next_change`), every asset on the first pass after a start
+        (thresholds may have changed); returns how many transitions were staged.
+
+        Assets are evaluated `EVALUATE_ALL_CHUNK` at a time, one transaction each, releasing the lock in
+        between: with thousands of assets a single pass takes seconds, and the consume loop must not wait
+        that long for the lock (a failing materialization would wait with it)."""
+        started = time.monotonic()
+        with self.lock:
+            conn = self.store.connection()
+            keys = db.all_asset_keys(conn) if self._passes == 0 else db.due_asset_keys(conn, self.clock())
+            self._passes += 1
+        _, changed = self._in_chunks(keys, Trigger.CLOCK)
+        metrics.FULL_EVALUATION_SECONDS.observe(time.monotonic() - started)
+        metrics.CACHE_BYTES.set(self.cache.used)
+        return changed
+
+    def retention(self) -> dict[str, int]:
+        """Delete history older than `health.retention_days`; the cache is rebuilt from what is left."""
+        with self.lock:
+            deleted = db.prune(self.store, self.cfg.retention_days, now=self.clock())
+            self._forget()
+        if any(deleted.values()):
+            log.info("health_retention", deleted=deleted)
+        return deleted
+
+    def refresh_status_gauges(self) -> None:
+        """Rebuild the status gauges if a transition happened since the last rebuild, at most once a
+        second: a rebuild reads every asset's health, and a worker keeping up with a busy stream sees a
+        transition in most batches (the `status_gauges` job brings in the last ones)."""
+        with self._gauge_lock:
+            if not self._gauges_stale or time.monotonic() - self._gauges_refreshed < _GAUGE_INTERVAL_S:
+                return
+            self._gauges_stale = False
+            self._gauges_refreshed = time.monotonic()
+            self.update_status_gauge()
+
+    def update_status_gauge(self) -> None:
+        """Set the assets-by-group-and-status and the per-unhealthy-asset gauges from health.db."""
+        conn = self.store.connection()
+        counts: dict[tuple[str, str], int] = {(g, s): n for g, s, n in db.status_counts(conn)}
+        unhealthy = db.unhealthy_assets(conn)
+        # Groups and broken assets come and go: rebuild the series rather than leave stale ones behind.
+        metrics.ASSETS_BY_STATUS.clear()
+        for each in HealthStatus:
+            metrics.ASSETS_BY_STATUS.labels(group="", status=each).set(counts.pop(("", each), 0))
+        for (group, status), n in counts.items():
+            metrics.ASSETS_BY_STATUS.labels(group=group, status=status).set(n)
+        metrics.ASSET_STATUS.clear()
+        for key, group, status in unhealthy:
+            metrics.ASSET_STATUS.labels(asset_key=key, group=group, status=status).set(1)
+
+    def stats(self) -> dict[str, Any]:
+        """What the cache holds (for benchmarks and debugging)."""
+        return {"cached_assets": len(self.cache), "cache_bytes_estimated": self.cache.used,
+                "dirty_assets": len(self._dirty)}
