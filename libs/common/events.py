@@ -40,6 +40,18 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_MIN_TS = datetime(1, 1, 2, tzinfo=UTC).timestamp()
+_MAX_TS = datetime(9999, 12, 30, tzinfo=UTC).timestamp()
+
+
+def from_timestamp(ts: float) -> datetime:
+    """The UTC time of epoch seconds `ts`, clamped to what a datetime can hold: a stored time out of range
+    (written before it was bounded) never crashes a listing."""
+    if not ts < _MAX_TS:  # NaN too
+        return datetime.fromtimestamp(_MAX_TS, UTC)
+    return datetime.fromtimestamp(max(ts, _MIN_TS), UTC)
+
+
 def event_id(event_type: str, identity: str) -> str:
     """The deterministic id of the event of `event_type` about `identity`."""
     return str(uuid.uuid5(_ID_NAMESPACE, f"{event_type}|{identity}"))

@@ -14,6 +14,7 @@ A bad file or value raises :class:`ConfigError` naming the field and the file it
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -200,6 +201,8 @@ def parse_duration_s(value: Any) -> float | None:
             if not parts or "".join(n + u for n, u in parts) != text:
                 raise ValueError(f"not a duration: {value!r} (use seconds or e.g. '45m', '26h', '1d')") from None
             seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if not math.isfinite(seconds):
+        raise ValueError(f"not a duration: {value!r} (use seconds or e.g. '45m', '26h', '1d')")
     if seconds <= 0:
         raise ValueError(f"a duration must be positive, got {value!r}")
     return seconds
