@@ -114,6 +114,12 @@ class BusSettings(Section):
     claim_idle_ms: int = Field(default=60_000, ge=10)
     claim_interval_s: float = Field(default=15.0, gt=0)
     consumer_name: str | None = None
+    # How far ahead of this host's clock an event's times may be (hosts' clocks differ a little); an event
+    # dated later is dead-lettered with the reason when read (it would outrank every correct event after it).
+    max_clock_skew_s: float = Field(default=300.0, ge=0, le=86_400)
+    # A dead letter keeps at most this many characters of each field of the entry (the rest is cut, its
+    # original size recorded): one huge bad entry must not be copied whole into Redis again per group.
+    dead_letter_max_chars: int = Field(default=65_536, ge=1024)
 
 
 class StoreSettings(Section):
