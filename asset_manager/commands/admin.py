@@ -66,13 +66,16 @@ def _config_problems(directory: Path) -> list[str]:
     seen: set[str] = set()
     for environment in environments:
         try:
-            load_app_settings(environment=environment)
+            settings = load_app_settings(environment=environment)
         except ConfigError as exc:
             for line in str(exc).splitlines():
                 line = line.strip()
                 if line and line != "invalid configuration:" and line not in seen:
                     seen.add(line)
                     problems.append(f"app_config ({environment}): {line}")
+            continue
+        if environment == current:  # the variables and files of secrets belong to this environment
+            problems.extend(f"app_config ({environment}): {line}" for line in settings.missing_secrets())
     return problems
 
 

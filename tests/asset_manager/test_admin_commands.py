@@ -323,3 +323,19 @@ def test_restore_puts_back_what_it_replaced_when_one_store_fails(
         k: v for k, v in before.items() if k != "monitor"}
     for name in ("metadata", "health"):
         assert integrity(stores.home / f"{name}.db") == "ok"
+
+
+def test_validate_config_names_every_secret_that_is_not_set(cli: Cli, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = config_dir(tmp_path)
+    monkeypatch.setenv("AMS_ALERTS__RECEIVERS", json.dumps(
+        [{"name": "hook", "url": "http://127.0.0.1:9/x", "secret_env": "AMS_TEST_UNSET_WHSEC"}]))
+    monkeypatch.setenv("AMS_CONNECTIONS", json.dumps({"wh": {"password_env": "AMS_TEST_UNSET_PW"}}))
+    code, out, _ = cli.run("validate-config", "--config-dir", str(directory))
+    assert code == 1
+    assert "alerts.receivers.0.secret_env: environment variable AMS_TEST_UNSET_WHSEC" in out
+    assert "connections.wh.password_env: environment variable AMS_TEST_UNSET_PW is not set" in out
+    monkeypatch.setenv("AMS_TEST_UNSET_WHSEC", "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0")
+    monkeypatch.setenv("AMS_TEST_UNSET_PW", "pw")
+    code, out, _ = cli.run("validate-config", "--config-dir", str(directory))
+    assert code == 0, out
