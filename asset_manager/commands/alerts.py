@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from asset_manager.errors import CliError
-from asset_manager.output import FormatOption, OutputFormat, OutputOption, emit
+from asset_manager.output import FormatOption, OutputFormat, OutputOption, emit, safe_text, write_output
 from asset_manager.settings import AppSettings, load_app_settings
 from libs.common.events import from_timestamp
 from libs.common.settings import parse_duration_s
@@ -145,7 +145,7 @@ def show(
 
         text = json.dumps(alert, indent=2, default=str) + "\n"
         if output:
-            output.write_text(text, encoding="utf-8")
+            write_output(output, text)
         else:
             typer.echo(text, nl=False)
         return
@@ -165,7 +165,8 @@ def ack(
     """Acknowledge a firing alert: no more repeats; the resolved notice still goes out."""
     with _service(_settings()) as service:
         row = service.acknowledge(alert_id, by or _user(), reason)
-    typer.echo(f"acknowledged alert {alert_id} ({row['asset_key']}: {row['check_name']}) as {row['acked_by']}")
+    typer.echo(safe_text(f"acknowledged alert {alert_id} ({row['asset_key']}: {row['check_name']}) "
+                         f"as {row['acked_by']}"))
 
 
 @alerts_app.command("silence")
@@ -200,7 +201,7 @@ def silence(
         silence_id, covered = service.silence(matchers, seconds, by or _user(), reason)
     until = from_timestamp(time.time() + seconds).isoformat(timespec="seconds")
     shown = " ".join(f"{k}={v}" for k, v in matchers.items())
-    typer.echo(f"silence {silence_id}: {shown} until {until} (covers {covered} current alert(s))")
+    typer.echo(safe_text(f"silence {silence_id}: {shown} until {until} (covers {covered} current alert(s))"))
 
 
 @alerts_app.command("unsilence")
