@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         return _error(str(exc), 2)
     except CliError as exc:
         return _error(str(exc), exc.code)
+    except OSError as exc:  # the machine refused (permissions, disk full): one line, exit 1
+        where = f" ({exc.filename})" if exc.filename else ""
+        return _error(f"{exc.strerror or exc}{where}", 1)
     return int(result) if isinstance(result, int) else 0
 
 

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from asset_manager.errors import CliError
+from asset_manager.errors import CliError, check_path
 
 
 class OutputFormat(StrEnum):
@@ -39,7 +39,7 @@ def check_output_path(path: Path) -> Path:
 
 def _checked_output(path: Path | None) -> Path | None:
     # Checked while the arguments are parsed, before the command does anything, for every listing.
-    return None if path is None else check_output_path(path)
+    return None if path is None else check_output_path(check_path(path) or path)
 
 
 def write_output(path: Path, text: str) -> None:

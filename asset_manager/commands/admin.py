@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from asset_manager.errors import CliError
+from asset_manager.errors import CliError, check_path
 from asset_manager.stores import code_schema_version, store_file
 from libs.common.settings import ENVIRONMENTS, ServiceName, StoreName
 
@@ -157,7 +157,8 @@ def _workspace_problems(path: Path) -> list[str]:
 
 
 def validate_config(
-    config_dir: Annotated[Path | None, typer.Option("--config-dir", help="Directory to check (default: AMS_CONFIG_DIR or config/)")] = None,
+    config_dir: Annotated[Path | None, typer.Option("--config-dir", help="Directory to check (default: AMS_CONFIG_DIR or config/)",
+                                                     callback=check_path)] = None,
 ) -> None:
     """Check app_config.yaml (with its overlays), dagster.yaml and workspace.yaml; exit 1 listing every problem."""
     from libs.common.settings import config_dir as default_dir
@@ -257,7 +258,8 @@ def _refuse_live_destination(dest: Path, sources: dict[StoreName, Path]) -> None
 
 
 def backup(
-    dest: Annotated[Path, typer.Option("--dest", help="Directory for the copies (created if missing)")],
+    dest: Annotated[Path, typer.Option("--dest", help="Directory for the copies (created if missing)",
+                                             callback=check_path)],
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier backup in DEST")] = False,
 ) -> None:
     """Consistent online copies of every store (SQLite backup API), safe while the workers run.
@@ -420,7 +422,8 @@ def _stage(source: Path, name: StoreName, entry: ManifestEntry, staging: Path) -
 
 
 def restore(
-    source: Annotated[Path, typer.Option("--from", help="A directory written by `asset-manager backup`")],
+    source: Annotated[Path, typer.Option("--from", help="A directory written by `asset-manager backup`",
+                                               callback=check_path)],
 ) -> None:
     """Replace the stores with a backup, all of them or none; refuses while any worker is running.
 
