@@ -9,6 +9,7 @@ from typer.exceptions import TyperException
 
 from asset_manager.commands import admin, alerts, catalog, health, simulate, system
 from asset_manager.errors import CliError
+from asset_manager.output import safe_text
 from libs.common.settings import ConfigError
 
 app = typer.Typer(
@@ -33,18 +34,24 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo("aborted", err=True)
         return 130
     except typer.BadParameter as exc:  # a missing or invalid value, named with its option
-        typer.echo(f"error: {exc.format_message()}", err=True)
-        return 2
+        return _error(exc.format_message(), 2)
     except TyperException as exc:  # other bad arguments: typer's (vendored) click exceptions derive from it
-        typer.echo(f"error: {exc}", err=True)
-        return 2
+        return _error(str(exc), 2)
     except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        return 2
+        return _error(str(exc), 2)
     except CliError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        return exc.code
+        return _error(str(exc), exc.code)
+    except OSError as exc:  # the machine refused (permissions, disk full): one line, exit 1
+        where = f" ({exc.filename})" if exc.filename else ""
+        return _error(f"{exc.strerror or exc}{where}", 1)
     return int(result) if isinstance(result, int) else 0
+
+
+def _error(message: str, code: int) -> int:
+    # Messages quote what was typed or stored: escaped like every output (one line, nothing a terminal runs).
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    typer.echo(f"error: {safe_text(' '.join(lines))}", err=True)
+    return code
 
 
 if __name__ == "__main__":

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
+from pathlib import Path
+
 
 class CliError(Exception):
     """Raised by commands; `main` prints `error: <message>` on one line and exits with `code`."""
@@ -9,3 +13,29 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = 2) -> None:
         super().__init__(message)
         self.code = code
+
+
+# A path that no file system call can take is bad input (exit 2), not a state of the machine.
+_BAD_PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EINVAL}
+
+
+def check_path(path: Path | None) -> Path | None:
+    """A typer callback for every path option: refuse, while the arguments are parsed, a path that is empty,
+    holds a NUL byte, or that the file system rejects as a name (too long, a loop of links, a file used as
+    a directory)."""
+    if path is None:
+        return None
+    text = str(path)
+    if not text.strip() or text != str(path).strip():
+        raise CliError(f"invalid path {text!r}: empty or surrounded by spaces")
+    if "\x00" in text:
+        raise CliError("invalid path: it holds a NUL byte")
+    for candidate in (path, path.parent):
+        try:
+            os.stat(candidate)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            if exc.errno in _BAD_PATH_ERRNOS:
+                raise CliError(f"invalid path {text[:80]!r}{'...' if len(text) > 80 else ''}: {exc.strerror}") from None
+    return path

@@ -14,8 +14,9 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from asset_manager.errors import CliError
+from asset_manager.errors import CliError, check_path
 
 
 class OutputFormat(StrEnum):
@@ -25,22 +26,54 @@ class OutputFormat(StrEnum):
     markdown = "markdown"
 
 
-FormatOption = Annotated[OutputFormat, typer.Option("--format", "-f", help="table, json, csv or markdown")]
-OutputOption = Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout")]
-
-
 def check_output_path(path: Path) -> Path:
     """Refuse output paths that climb out with `..`, point at a directory, or have no parent directory."""
     if ".." in path.parts:
         raise CliError(f"refusing --output {path}: '..' is not allowed in output paths")
     if path.is_dir():
         raise CliError(f"--output {path} is a directory")
-    if not path.parent.exists():
+    if not path.parent.is_dir():
         raise CliError(f"--output {path}: directory {path.parent} does not exist")
     return path
 
 
-def _cell(value: Any) -> str:
+def _checked_output(path: Path | None) -> Path | None:
+    # Checked while the arguments are parsed, before the command does anything, for every listing.
+    return None if path is None else check_output_path(check_path(path) or path)
+
+
+def write_output(path: Path, text: str) -> None:
+    """Write a listing to `path` (checked again: the directory may have gone since); one-line errors."""
+    check_output_path(path)
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot write --output {path}: {exc.strerror or exc}", code=1) from None
+
+
+FormatOption = Annotated[OutputFormat, typer.Option("--format", "-f", help="table, json, csv or markdown")]
+OutputOption = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", help="Write to this file instead of stdout", callback=_checked_output),
+]
+
+
+# Characters a terminal acts on (C0 and C1 controls: ESC sequences, carriage returns, backspaces) and the
+# ones that reorder what is shown (bidirectional overrides, "Trojan Source"): shown as escapes, never raw.
+_UNSAFE = [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A),
+           0x2028, 0x2029]
+_ESCAPES = str.maketrans({c: (f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}") for c in _UNSAFE}
+                         | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"})
+# OWASP (CSV injection): a cell starting with one of these is a formula to a spreadsheet.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_text(text: str) -> str:
+    """`text` with every control and reordering character escaped (`\\x1b`, `\\n`, `\\u202e`): safe to print."""
+    return text.translate(_ESCAPES)
+
+
+def _raw_cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, list | tuple | set):
@@ -50,23 +83,48 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _cell(value: Any) -> str:
+    return safe_text(_raw_cell(value))
+
+
+def csv_cell(value: Any) -> str:
+    """A cell for CSV: escaped like every cell, and a text that a spreadsheet would take for a formula
+    (starting with = + - @ tab or CR) prefixed with `'` as OWASP recommends; numbers stay numbers."""
+    raw = _raw_cell(value)
+    if raw.startswith(_FORMULA_START) and not isinstance(value, int | float):
+        return "'" + safe_text(raw)
+    return safe_text(raw)
+
+
 # Above this many rows, tables are plain aligned text and JSON one object per line: rich's table layout
 # costs about a millisecond per row (10,000 assets: 12 s instead of 0.2 s).
 LARGE_LISTING = 500
 
 
 def _plain_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], title: str | None) -> str:
-    cells = [[_cell(r.get(c)).replace("\n", " ") for c in columns] for r in rows]
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
     widths = [min(60, max([len(c), *(len(row[i]) for row in cells)])) for i, c in enumerate(columns)]
 
     def line(values: Sequence[str]) -> str:
         return "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
 
-    out = [title] if title else []
+    out = [safe_text(title)] if title else []
     out.append(line(columns))
     out.append(line(["-" * w for w in widths]))
     out.extend(line(row) for row in cells)
     return "\n".join(out) + "\n"
+
+
+def rich_table(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], title: str | None, **options: Any
+) -> Table:
+    # Cells and title as Text: a string would be read as rich markup ("[/]" in an asset key raises).
+    table = Table(title=Text(safe_text(title)) if title else None, **options)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(Text(_cell(row.get(c))) for c in columns))
+    return table
 
 
 def render_text(
@@ -84,24 +142,20 @@ def render_text(
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(columns)
         for row in rows:
-            writer.writerow([_cell(row.get(c)) for c in columns])
+            writer.writerow([csv_cell(row.get(c)) for c in columns])
         return buffer.getvalue()
     if fmt is OutputFormat.markdown:
-        def esc(text: str) -> str:
-            return text.replace("|", "\\|").replace("\n", " ")
+        def esc(text: str) -> str:  # after safe_text: no raw newline or control character is left
+            return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
-        lines = [f"### {title}", ""] if title else []
+        lines = [f"### {esc(safe_text(title))}", ""] if title else []
         lines.append("| " + " | ".join(columns) + " |")
         lines.append("|" + "|".join("---" for _ in columns) + "|")
         lines.extend("| " + " | ".join(esc(_cell(r.get(c))) for c in columns) + " |" for r in rows)
         return "\n".join(lines) + "\n"
     if len(rows) > LARGE_LISTING:
         return _plain_table(rows, columns, title)
-    table = Table(title=title, show_lines=False)
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*(_cell(row.get(c)) for c in columns))
+    table = rich_table(rows, columns, title, show_lines=False)
     buffer = io.StringIO()
     Console(file=buffer, width=200, no_color=True, force_terminal=False).print(table)
     return buffer.getvalue()
@@ -117,15 +171,10 @@ def emit(
 ) -> None:
     """Print the listing, or write it to `output`."""
     if output is not None:
-        check_output_path(output).write_text(render_text(rows, columns, fmt, title=title), encoding="utf-8")
+        write_output(output, render_text(rows, columns, fmt, title=title))
         typer.echo(f"wrote {len(rows)} rows to {output}", err=True)
         return
     if fmt is OutputFormat.table and sys.stdout.isatty() and len(rows) <= LARGE_LISTING:
-        table = Table(title=title)
-        for column in columns:
-            table.add_column(column, overflow="fold")
-        for row in rows:
-            table.add_row(*(_cell(row.get(c)) for c in columns))
-        Console().print(table)
+        Console().print(rich_table(rows, columns, title))
         return
     sys.stdout.write(render_text(rows, columns, fmt, title=title))

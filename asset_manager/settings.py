@@ -20,6 +20,12 @@ class AppSettings(DiscoveryWorkerSettings, HealthWorkerSettings, AlertsWorkerSet
             [*AlertsWorkerSettings.secrets(self), *OrchestratorSettings.secrets(self)]
         )
 
+    def missing_secrets(self) -> list[str]:
+        """Every component's unreadable secrets, each once."""
+        return list(dict.fromkeys(
+            [*AlertsWorkerSettings.missing_secrets(self), *OrchestratorSettings.missing_secrets(self)]
+        ))
+
 
 def load_app_settings(*, environment: str | None = None, **overrides: object) -> AppSettings:
     """Load and validate the whole configuration (see `libs.common.settings.load_settings`)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -96,6 +97,19 @@ class OrchestratorSettings(Settings):
         for connection in self.connections.values():
             if connection.password:
                 yield connection.password.get_secret_value()
+
+    def missing_secrets(self) -> list[str]:
+        """Connections whose `password_env` variable is unset or whose `password_file` does not exist."""
+        problems = super().missing_secrets()
+        for name, connection in self.connections.items():
+            if connection.password is not None:
+                continue
+            if connection.password_env and os.environ.get(connection.password_env) is None:
+                problems.append(f"connections.{name}.password_env: environment variable "
+                                f"{connection.password_env} is not set")
+            elif connection.password_file and not connection.password_file.is_file():
+                problems.append(f"connections.{name}.password_file: {connection.password_file} does not exist")
+        return problems
 
 
 @lru_cache(maxsize=1)

@@ -1,10 +1,13 @@
 """Administration commands: validate-config, backup, restore.
 
 `backup` copies every service store online through SQLite's backup API (consistent while the workers run)
-and writes a manifest with each copy's schema version, size and SHA-256. `restore` refuses while any worker
-is running: a worker answers on its `/healthz` port from settings, and a store held by a writer cannot be
-locked exclusively; either one stops the restore before anything is touched. The previous database is kept
-beside the restored one as `<name>.db.pre-restore-<time>`.
+and writes a manifest with each copy's schema version, size and SHA-256; it refuses a destination where a
+store lives (its copy would replace a database a worker holds open). `restore` validates the manifest
+(pydantic), then copies every store of the backup to a temporary directory and checks it (checksum,
+PRAGMA integrity_check, schema version) before touching any live store; it refuses while any worker is
+running (a worker answers on its `/healthz` port from settings, and a store held by a writer cannot be
+locked exclusively), and replaces all the stores or none (those already replaced are put back when one
+fails). The previous database is kept beside the restored one as `<name>.db.pre-restore-<time>`.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from asset_manager.errors import CliError
-from asset_manager.stores import store_file
+from asset_manager.errors import CliError, check_path
+from asset_manager.stores import code_schema_version, store_file
 from libs.common.settings import ENVIRONMENTS, ServiceName, StoreName
 
 if TYPE_CHECKING:
@@ -62,13 +66,16 @@ def _config_problems(directory: Path) -> list[str]:
     seen: set[str] = set()
     for environment in environments:
         try:
-            load_app_settings(environment=environment)
+            settings = load_app_settings(environment=environment)
         except ConfigError as exc:
             for line in str(exc).splitlines():
                 line = line.strip()
                 if line and line != "invalid configuration:" and line not in seen:
                     seen.add(line)
                     problems.append(f"app_config ({environment}): {line}")
+            continue
+        if environment == current:  # the variables and files of secrets belong to this environment
+            problems.extend(f"app_config ({environment}): {line}" for line in settings.missing_secrets())
     return problems
 
 
@@ -150,7 +157,8 @@ def _workspace_problems(path: Path) -> list[str]:
 
 
 def validate_config(
-    config_dir: Annotated[Path | None, typer.Option("--config-dir", help="Directory to check (default: AMS_CONFIG_DIR or config/)")] = None,
+    config_dir: Annotated[Path | None, typer.Option("--config-dir", help="Directory to check (default: AMS_CONFIG_DIR or config/)",
+                                                     callback=check_path)] = None,
 ) -> None:
     """Check app_config.yaml (with its overlays), dagster.yaml and workspace.yaml; exit 1 listing every problem."""
     from libs.common.settings import config_dir as default_dir
@@ -201,12 +209,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_copy(path: Path) -> int:
+def _check_copy(path: Path, *, code: int = 1) -> int:
+    """PRAGMA integrity_check of the database at `path`; its schema version (0 without migrations)."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         verdict = conn.execute("PRAGMA integrity_check").fetchone()[0]
         if verdict != "ok":
-            raise CliError(f"{path}: integrity check failed: {verdict}", code=1)
+            raise CliError(f"{path}: integrity check failed: {' '.join(str(verdict).split())[:200]}", code=code)
         try:
             row = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
         except sqlite3.OperationalError:
@@ -239,27 +248,47 @@ def _steps(total: int, description: str) -> Iterator[Any]:
         yield _Bar()
 
 
+def _refuse_live_destination(dest: Path, sources: dict[StoreName, Path]) -> None:
+    """A backup never goes where a store lives: its copy would replace a database a worker holds open."""
+    where = dest.resolve()
+    for name, source in sources.items():
+        if where in (source.parent.resolve(), source.resolve().parent):
+            raise CliError(f"refusing --dest {dest}: it is the live store directory (where {name}.db lives); "
+                           "choose another directory")
+
+
 def backup(
-    dest: Annotated[Path, typer.Option("--dest", help="Directory for the copies (created if missing)")],
+    dest: Annotated[Path, typer.Option("--dest", help="Directory for the copies (created if missing)",
+                                             callback=check_path)],
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier backup in DEST")] = False,
 ) -> None:
-    """Consistent online copies of every store (SQLite backup API), safe while the workers run."""
+    """Consistent online copies of every store (SQLite backup API), safe while the workers run.
+
+    Refuses a DEST where a store lives. Each copy is written beside its final name, checked
+    (PRAGMA integrity_check) and renamed within DEST; the manifest is written last, so a backup cut short
+    has none and `restore` refuses it."""
     from libs.common.store import Store
 
     settings = _settings()
     if dest.exists() and not dest.is_dir():
         raise CliError(f"--dest {dest} is not a directory")
+    sources = {name: store_file(settings, name) for name in StoreName}
+    _refuse_live_destination(dest, sources)
     if (dest / MANIFEST).exists() and not overwrite:
         raise CliError(f"{dest} already holds a backup: choose another --dest or pass --overwrite")
+    present = {name: source for name, source in sources.items() if source.exists()}
+    if not present:
+        raise CliError("no store found to back up: run `asset-manager init` first", code=1)
     try:
         dest.mkdir(parents=True, exist_ok=True)
+        (dest / MANIFEST).unlink(missing_ok=True)  # until the new one is complete, DEST is no backup
     except OSError as exc:
         raise CliError(f"cannot create {dest}: {exc.strerror}") from exc
     manifest: dict[str, Any] = {"created_at": datetime.now(UTC).isoformat(), "stores": {}}
     with _steps(len(StoreName), "backing up") as bar:
         for name in StoreName:
-            source = store_file(settings, name)
-            if not source.exists():
+            source = sources[name]
+            if name not in present:
                 typer.echo(f"skip {name}.db: not found at {source}")
                 bar.advance()
                 continue
@@ -270,13 +299,13 @@ def backup(
             started = time.perf_counter()
             try:
                 store.backup(tmp)
+                version = _check_copy(tmp)
             except sqlite3.Error as exc:
                 tmp.unlink(missing_ok=True)
                 raise CliError(f"cannot back up {source}: {exc}", code=1) from exc
             finally:
                 store.close()
-            version = _check_copy(tmp)
-            tmp.replace(target)
+            tmp.replace(target)  # within DEST, never a live store (see _refuse_live_destination)
             manifest["stores"][name] = {
                 "file": target.name,
                 "source": str(source),
@@ -287,9 +316,9 @@ def backup(
             typer.echo(f"{name + '.db':<12} -> {target} ({target.stat().st_size} bytes, schema v{version}, "
                        f"{time.perf_counter() - started:.2f} s)")
             bar.advance()
-    (dest / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    if not manifest["stores"]:
-        raise CliError("no store found to back up: run `asset-manager init` first", code=1)
+    partial = dest / f".{MANIFEST}.partial"
+    partial.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    partial.replace(dest / MANIFEST)
     typer.echo(f"backup complete: {len(manifest['stores'])} stores in {dest}")
 
 
@@ -330,56 +359,125 @@ def _locked_by_writer(path: Path) -> str | None:
         conn.close()
 
 
-def restore(
-    source: Annotated[Path, typer.Option("--from", help="A directory written by `asset-manager backup`")],
-) -> None:
-    """Replace the stores with a backup; refuses while any worker is running."""
-    settings = _settings()
-    manifest_path = source / MANIFEST
+class ManifestEntry(BaseModel):
+    """One store's copy in a backup."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    file: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\.db$", max_length=200)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    schema_version: int = Field(ge=1)
+    bytes: int | None = Field(default=None, ge=0)
+    source: str | None = None
+
+
+class Manifest(BaseModel):
+    """`manifest.json` of a backup: at least one store, each named once."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    created_at: str | None = None
+    stores: dict[StoreName, ManifestEntry] = Field(min_length=1)
+
+
+def read_manifest(source: Path) -> Manifest:
+    """The validated manifest of the backup in `source`; a one-line CliError (exit 2) otherwise."""
+    path = source / MANIFEST
     if not source.is_dir():
         raise CliError(f"--from {source} is not a directory")
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        stores = manifest["stores"]
-        if not isinstance(stores, dict):
-            raise TypeError("stores must be a mapping")
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise CliError(f"{source} is not a backup: {MANIFEST} is missing") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CliError(f"{manifest_path}: unreadable manifest ({exc})") from None
-    for name, entry in stores.items():
-        if name not in {store.value for store in StoreName}:
-            raise CliError(f"{manifest_path}: unknown store {name!r}")
-        file = source / Path(str(entry.get("file", ""))).name
-        if not file.exists():
-            raise CliError(f"{file}: listed in the manifest but missing")
-        if _sha256(file) != entry.get("sha256"):
-            raise CliError(f"{file}: checksum differs from the manifest (damaged or edited backup)")
-    running = running_workers(settings)
-    if running:
-        raise CliError(f"refusing to restore while workers run: {', '.join(running)}; stop them first", code=1)
-    busy = [reason for name in stores if (reason := _locked_by_writer(store_file(settings, StoreName(name))))]
-    if busy:
-        raise CliError(f"refusing to restore: {'; '.join(busy)}", code=1)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    with _steps(len(stores), "restoring") as bar:
-        for name, entry in stores.items():
-            file = source / Path(str(entry["file"])).name
-            target = store_file(settings, StoreName(name))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if target.exists():
-                keep = target.with_name(f"{target.name}.pre-restore-{stamp}")
-                _copy_db(target, keep)
-                typer.echo(f"kept the previous {name}.db as {keep}")
-            _copy_db(file, target)
-            version = _check_copy(target)
-            typer.echo(f"{name + '.db':<12} <- {file} (schema v{version})")
-            bar.advance()
-    typer.echo(f"restore complete: {len(stores)} stores from {source}")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"{path}: unreadable manifest ({exc})") from None
+    try:
+        return Manifest.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise CliError(f"{path}: invalid manifest: {where}: {first['msg']}{more}") from None
+
+
+def _stage(source: Path, name: StoreName, entry: ManifestEntry, staging: Path) -> Path:
+    """A checked copy of one store of the backup in `staging`: checksum, SQLite integrity, schema."""
+    file = source / entry.file
+    if not file.is_file():
+        raise CliError(f"{file}: listed in the manifest but missing")
+    if _sha256(file) != entry.sha256:
+        raise CliError(f"{file}: checksum differs from the manifest (damaged or edited backup)")
+    copy = staging / f"{name}.db"
+    try:
+        _copy_db(file, copy)
+        version = _check_copy(copy, code=2)
+    except sqlite3.Error as exc:
+        raise CliError(f"{file}: not a usable SQLite database ({exc})") from None
+    if version != entry.schema_version:
+        raise CliError(f"{file}: schema v{version}, but the manifest says v{entry.schema_version}")
+    known = code_schema_version(name)
+    if version > known:
+        raise CliError(f"{file}: schema v{version} is newer than this version of asset-manager knows (v{known})")
+    return copy
+
+
+def restore(
+    source: Annotated[Path, typer.Option("--from", help="A directory written by `asset-manager backup`",
+                                               callback=check_path)],
+) -> None:
+    """Replace the stores with a backup, all of them or none; refuses while any worker is running.
+
+    Every store of the backup is first copied to a temporary directory and checked (checksum, PRAGMA
+    integrity_check, schema version) before any live store is touched; if replacing one fails, the ones
+    already replaced are put back."""
+    import tempfile
+
+    settings = _settings()
+    manifest = read_manifest(source)
+    with tempfile.TemporaryDirectory(prefix="ams-restore-") as tmp:
+        staged = {name: _stage(source, name, entry, Path(tmp)) for name, entry in manifest.stores.items()}
+        running = running_workers(settings)
+        if running:
+            raise CliError(f"refusing to restore while workers run: {', '.join(running)}; stop them first", code=1)
+        busy = [reason for name in staged if (reason := _locked_by_writer(store_file(settings, name)))]
+        if busy:
+            raise CliError(f"refusing to restore: {'; '.join(busy)}", code=1)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        done: list[tuple[Path, Path | None]] = []
+        with _steps(len(staged), "restoring") as bar:
+            try:
+                for name, copy in staged.items():
+                    target = store_file(settings, name)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    keep = None
+                    if target.exists():
+                        keep = target.with_name(f"{target.name}.pre-restore-{stamp}")
+                        _copy_db(target, keep)
+                    _copy_db(copy, target)  # one transaction: the target is either replaced or as it was
+                    done.append((target, keep))
+                    if keep is not None:
+                        typer.echo(f"kept the previous {name}.db as {keep}")
+                    typer.echo(f"{name + '.db':<12} <- {source / manifest.stores[name].file} "
+                               f"(schema v{manifest.stores[name].schema_version})")
+                    bar.advance()
+            except (sqlite3.Error, OSError) as exc:
+                _put_back(done)
+                raise CliError(f"restore failed ({exc}); every store is as it was before", code=1) from None
+    typer.echo(f"restore complete: {len(staged)} stores from {source}")
+
+
+def _put_back(done: list[tuple[Path, Path | None]]) -> None:
+    for target, keep in reversed(done):
+        if keep is not None:
+            _copy_db(keep, target)
+        else:  # the store did not exist before the restore
+            for suffix in ("", "-wal", "-shm"):
+                target.with_name(target.name + suffix).unlink(missing_ok=True)
 
 
 def _copy_db(source: Path, target: Path) -> None:
-    # Through SQLite (not a file copy): the target's WAL and locks stay consistent.
+    # Through SQLite's backup API (never a file copy or a rename): a connection holding the target open
+    # sees the new content, and the target's WAL and locks stay consistent.
     src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
     dst = sqlite3.connect(target)
     try:

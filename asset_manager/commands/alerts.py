@@ -7,23 +7,22 @@ from __future__ import annotations
 
 import getpass
 import os
-import re
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
 
 from asset_manager.errors import CliError
-from asset_manager.output import FormatOption, OutputFormat, OutputOption, emit
+from asset_manager.output import FormatOption, OutputFormat, OutputOption, emit, safe_text, write_output
 from asset_manager.settings import AppSettings, load_app_settings
+from libs.common.events import from_timestamp
+from libs.common.settings import parse_duration_s
 from libs.common.store import Store
 
 SEVERITIES = ("critical", "error", "warning", "info")
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(w|d|h|m|s)", re.I)
-_UNIT_S = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
 
 alerts_app = typer.Typer(
     help="Alerts: list (active by default), ack, silence, unsilence, deliveries, test-receiver.",
@@ -31,15 +30,17 @@ alerts_app = typer.Typer(
 )
 
 
-def parse_duration(text: str) -> float:
-    """`2h`, `90m`, `1d12h`, `45s`, `1w` → seconds."""
-    compact = text.strip().replace(" ", "")
-    parts = _DURATION.findall(compact)
-    if not compact or not parts or "".join(n + u for n, u in parts).lower() != compact.lower():
-        raise CliError(f"invalid duration {text!r}: use e.g. 30m, 2h, 1d, 1h30m")
-    seconds = sum(float(n) * _UNIT_S[u.lower()] for n, u in parts)
-    if seconds <= 0:
-        raise CliError(f"invalid duration {text!r}: must be positive")
+def parse_duration(text: str, *, maximum_s: float) -> float:
+    """`2h`, `90m`, `1d12h`, `45s`, `1w` → seconds, at most `maximum_s` (the parser of the config files)."""
+    shown = text if len(text) <= 40 else text[:40] + "..."
+    try:
+        seconds = parse_duration_s(text) if len(text) <= 100 else None
+    except ValueError:
+        seconds = None
+    if seconds is None:
+        raise CliError(f"invalid duration {shown!r}: use e.g. 30m, 2h, 1d, 1h30m")
+    if seconds > maximum_s:
+        raise CliError(f"invalid duration {shown!r}: at most {maximum_s / 86400:g}d")
     return seconds
 
 
@@ -144,7 +145,7 @@ def show(
 
         text = json.dumps(alert, indent=2, default=str) + "\n"
         if output:
-            output.write_text(text, encoding="utf-8")
+            write_output(output, text)
         else:
             typer.echo(text, nl=False)
         return
@@ -164,7 +165,8 @@ def ack(
     """Acknowledge a firing alert: no more repeats; the resolved notice still goes out."""
     with _service(_settings()) as service:
         row = service.acknowledge(alert_id, by or _user(), reason)
-    typer.echo(f"acknowledged alert {alert_id} ({row['asset_key']}: {row['check_name']}) as {row['acked_by']}")
+    typer.echo(safe_text(f"acknowledged alert {alert_id} ({row['asset_key']}: {row['check_name']}) "
+                         f"as {row['acked_by']}"))
 
 
 @alerts_app.command("silence")
@@ -192,12 +194,14 @@ def silence(
         matchers[key] = value
     if not matchers:
         raise CliError("give --asset KEY or at least one --matcher k=v")
-    seconds = parse_duration(duration)
+    from services.alerts.service import MAX_SILENCE_S
+
+    seconds = parse_duration(duration, maximum_s=MAX_SILENCE_S)
     with _service(_settings(), error_code=2) as service:
         silence_id, covered = service.silence(matchers, seconds, by or _user(), reason)
-    until = datetime.fromtimestamp(datetime.now(UTC).timestamp() + seconds, UTC).isoformat(timespec="seconds")
+    until = from_timestamp(time.time() + seconds).isoformat(timespec="seconds")
     shown = " ".join(f"{k}={v}" for k, v in matchers.items())
-    typer.echo(f"silence {silence_id}: {shown} until {until} (covers {covered} current alert(s))")
+    typer.echo(safe_text(f"silence {silence_id}: {shown} until {until} (covers {covered} current alert(s))"))
 
 
 @alerts_app.command("unsilence")

@@ -24,9 +24,11 @@ from asset_manager.output import (
     FormatOption,
     OutputFormat,
     OutputOption,
-    check_output_path,
     emit,
     render_text,
+    rich_table,
+    safe_text,
+    write_output,
 )
 from asset_manager.stores import open_service_store, store_file
 from libs.common.events import UNHEALTHY, HealthStatus
@@ -250,16 +252,10 @@ def _write_sections(document: dict[str, Any], sections: Sequence[Section], fmt: 
         text = json.dumps(document, indent=2, default=str) + "\n"
     elif fmt is OutputFormat.table and output is None and sys.stdout.isatty():
         from rich.console import Console
-        from rich.table import Table
 
         console = Console()
         for title, rows, columns in sections:
-            table = Table(title=title)
-            for column in columns:
-                table.add_column(column, overflow="fold")
-            for row in rows:
-                table.add_row(*(_text(row.get(c)) for c in columns))
-            console.print(table)
+            console.print(rich_table(rows, columns, title))
         return
     else:
         parts = []
@@ -268,20 +264,10 @@ def _write_sections(document: dict[str, Any], sections: Sequence[Section], fmt: 
             parts.append(f"# {title}\n{body}" if fmt is OutputFormat.csv else body)
         text = "\n".join(parts)
     if output is not None:
-        check_output_path(output).write_text(text, encoding="utf-8")
+        write_output(output, text)
         typer.echo(f"wrote {output}", err=True)
     else:
         sys.stdout.write(text)
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, list | tuple):
-        return ", ".join(str(v) for v in value)
-    if isinstance(value, dict):
-        return json.dumps(value, default=str, sort_keys=True)
-    return str(value)
 
 
 def asset_details(
@@ -436,7 +422,7 @@ def _report_changes(changes: Sequence[Any], verbose: bool, *, prefix: str = "") 
     shown = changes if verbose else changes[:50]
     for change in shown:
         fields = f" ({', '.join(sorted(change.changes))})" if change.kind in ("changed", "returned") else ""
-        typer.echo(f"  {change.kind:<10} {change.key} v{change.version}{fields}")
+        typer.echo(safe_text(f"  {change.kind:<10} {change.key} v{change.version}{fields}"))
     if len(changes) > len(shown):
         typer.echo(f"  ... {len(changes) - len(shown)} more (use --verbose)")
 

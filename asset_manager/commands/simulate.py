@@ -139,6 +139,8 @@ def generate(
             changed = list(asset.columns[:-1]) if len(asset.columns) > 2 else list(asset.columns)
             changed.append(Column(name=f"new_col_{asset.runs}", type=rng.choice(_TYPES)))
             asset.columns = changed  # a schema change persists
+        # Every time stays in the past: consumers dead-letter events dated beyond their clock (plus skew).
+        at = min(at, now - timedelta(seconds=duration))
         ended = at + timedelta(seconds=duration)
         failed = injection == "failure"
         base = {"run_id": run_id, "job_name": f"{asset.key.replace('/', '__')}_job", "asset_keys": [asset.key]}

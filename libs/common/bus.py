@@ -23,7 +23,15 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from libs.common import metrics
-from libs.common.events import AnyEvent, Event, parse_event
+from libs.common.events import (
+    STREAM_TYPES,
+    AnyEvent,
+    Event,
+    implausible_time,
+    latest_plausible,
+    parse_event,
+    wrong_stream,
+)
 from libs.common.log import get_logger
 from libs.common.settings import BusSettings, RedisSettings
 
@@ -110,18 +118,30 @@ class Bus:
             total += int(info.get("lag") or 0) + int(info["pending"])
         return total
 
-    def dead_letter(self, stream: str, entry_id: str, fields: dict[str, str], error: str, group: str) -> None:
-        """Copy an entry to `<stream>:dlq` with the reason it could not be handled."""
+    def dead_letter(
+        self, stream: str, entry_id: str, fields: dict[str, str], error: str, group: str, *, reason: str
+    ) -> None:
+        """Copy an entry to `<stream>:dlq` with the error it met; `reason` is its class (the metric's label:
+        invalid, wrong_stream, clock_skew, handler_failed, redelivered).
+
+        Each field is kept up to `dead_letter_max_chars` characters; a longer one is cut, with its original
+        size in `original_<field>_bytes` and `truncated: 1`."""
+        cap = self.cfg.dead_letter_max_chars
         record = {
             "stream": stream,
             "entry_id": entry_id,
             "group": group,
+            "reason": reason,
             "error": error[:4000],
             "failed_at": str(time.time()),
-            **{f"original_{k}": v for k, v in fields.items()},
         }
+        for name, value in fields.items():
+            record[f"original_{name}"] = value[:cap]
+            if len(value) > cap:
+                record[f"original_{name}_bytes"] = str(len(value.encode("utf-8", "surrogatepass")))
+                record["truncated"] = "1"
         self.client.xadd(self.key(stream) + DLQ_SUFFIX, record, maxlen=self.cfg.maxlen, approximate=True)  # type: ignore[arg-type]
-        metrics.DEAD_LETTERS.labels(stream=stream, group=group).inc()
+        metrics.DEAD_LETTERS.labels(stream=stream, group=group, reason=reason).inc()
 
 
 def _text(value: Any) -> str:
@@ -261,8 +281,10 @@ class Consumer:
         suspects: list[tuple[Delivery, dict[str, str], int]] = []
         done: dict[str, list[str]] = {}
         max_deliveries = self.cfg.max_deliveries
+        latest = latest_plausible(self.cfg.max_clock_skew_s)
         for stream, entries in batches.items():
             settled = done.setdefault(stream, [])
+            allowed = STREAM_TYPES.get(stream)
             counts = self._delivery_counts(self.bus.key(stream), [i for i, _ in entries]) if redelivered else {}
             for entry_id, raw in entries:
                 if not raw:
@@ -271,7 +293,8 @@ class Consumer:
                 deliveries = counts.get(entry_id, 1)
                 if deliveries > 4 * max_deliveries:
                     self.bus.dead_letter(stream, entry_id, _decode_fields(raw),
-                                         f"delivered {deliveries} times without success", self.group)
+                                         f"delivered {deliveries} times without success", self.group,
+                                         reason="redelivered")
                     settled.append(entry_id)
                     continue
                 # The JSON is validated as the bytes Redis sent; the fields are decoded only for a dead letter.
@@ -282,7 +305,21 @@ class Consumer:
                     delivery = Delivery(stream, entry_id, parse_event(payload))
                 except (ValidationError, ValueError) as exc:
                     log.warning("event_invalid", stream=stream, entry_id=entry_id, error=str(exc)[:500])
-                    self.bus.dead_letter(stream, entry_id, _decode_fields(raw), f"invalid event: {exc}", self.group)
+                    self.bus.dead_letter(stream, entry_id, _decode_fields(raw), f"invalid event: {exc}", self.group,
+                                         reason="invalid")
+                    settled.append(entry_id)
+                    continue
+                # Valid, but not on this stream, or dated where no true event can be: dead-lettered now, never
+                # handed to a handler (which could only fail on it, slowly, through redelivery).
+                event = delivery.event
+                if allowed is not None and event.type not in allowed:
+                    reason, problem = "wrong_stream", wrong_stream(event, stream)
+                else:
+                    reason, problem = "clock_skew", implausible_time(event, latest)
+                if problem is not None:
+                    log.warning("event_rejected", stream=stream, entry_id=entry_id, event_id=event.id,
+                                event_type=event.type, reason=reason, error=problem)
+                    self.bus.dead_letter(stream, entry_id, _decode_fields(raw), problem, self.group, reason=reason)
                     settled.append(entry_id)
                     continue
                 if deliveries > max_deliveries:
@@ -299,7 +336,8 @@ class Consumer:
                     raise
                 except Exception as exc:
                     self.bus.dead_letter(delivery.stream, delivery.entry_id, fields,
-                                         f"delivered {deliveries} times without success: {exc!r}"[:4000], self.group)
+                                         f"delivered {deliveries} times without success: {exc!r}"[:4000], self.group,
+                                         reason="handler_failed")
                 done.setdefault(delivery.stream, []).append(delivery.entry_id)
         finally:
             # Dead-lettered entries are acked even when the batch has to be retried.

@@ -16,7 +16,10 @@ EVENTS_PUBLISHED = Counter("ams_events_published_total", "Events written to a st
 EVENTS_CONSUMED = Counter(
     "ams_events_consumed_total", "Stream entries settled (handled or dead-lettered) and acknowledged", ["stream", "group"]
 )
-DEAD_LETTERS = Counter("ams_dead_letters_total", "Entries moved to a dead-letter stream", ["stream", "group"])
+# reason: invalid, wrong_stream, clock_skew, handler_failed, redelivered (see Bus.dead_letter)
+DEAD_LETTERS = Counter(
+    "ams_dead_letters_total", "Entries moved to a dead-letter stream", ["stream", "group", "reason"]
+)
 ENTRIES_CLAIMED = Counter("ams_entries_claimed_total", "Idle pending entries claimed from other consumers", ["stream", "group"])
 GROUP_RECREATED = Counter("ams_consumer_group_recreated_total", "Consumer groups recreated after NOGROUP", ["group"])
 HANDLER_FAILURES = Counter("ams_handler_failures_total", "Entries whose handler raised (left pending)", ["group"])

@@ -14,6 +14,7 @@ A bad file or value raises :class:`ConfigError` naming the field and the file it
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -113,6 +114,12 @@ class BusSettings(Section):
     claim_idle_ms: int = Field(default=60_000, ge=10)
     claim_interval_s: float = Field(default=15.0, gt=0)
     consumer_name: str | None = None
+    # How far ahead of this host's clock an event's times may be (hosts' clocks differ a little); an event
+    # dated later is dead-lettered with the reason when read (it would outrank every correct event after it).
+    max_clock_skew_s: float = Field(default=300.0, ge=0, le=86_400)
+    # A dead letter keeps at most this many characters of each field of the entry (the rest is cut, its
+    # original size recorded): one huge bad entry must not be copied whole into Redis again per group.
+    dead_letter_max_chars: int = Field(default=65_536, ge=1024)
 
 
 class StoreSettings(Section):
@@ -200,6 +207,8 @@ def parse_duration_s(value: Any) -> float | None:
             if not parts or "".join(n + u for n, u in parts) != text:
                 raise ValueError(f"not a duration: {value!r} (use seconds or e.g. '45m', '26h', '1d')") from None
             seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if not math.isfinite(seconds):
+        raise ValueError(f"not a duration: {value!r} (use seconds or e.g. '45m', '26h', '1d')")
     if seconds <= 0:
         raise ValueError(f"a duration must be positive, got {value!r}")
     return seconds
@@ -284,6 +293,12 @@ class Settings(BaseSettings):
         """Every secret value these settings hold (redacted from logs); components add their own."""
         if self.redis.password:
             yield self.redis.password.get_secret_value()
+
+    def missing_secrets(self) -> list[str]:
+        """One line per configured secret that cannot be read now (an unset variable, a missing file), each
+        naming the field: checked at a worker's start and by `asset-manager validate-config`, so a missing
+        secret stops the start instead of failing every delivery for a day. Components add their own."""
+        return []
 
 
 SettingsT = TypeVar("SettingsT", bound=Settings)

@@ -27,7 +27,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
+from urllib.parse import urlparse
 
+import redis
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from libs.common import metrics, outbox
@@ -136,6 +138,7 @@ class Worker:
         """Run until stopped; returns the process exit code."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        self._check_credentials()
         try:
             self.server = ServiceServer(
                 self.host,
@@ -144,7 +147,10 @@ class Worker:
                 alive=self._alive,
             ).start()
         except OSError as exc:
-            raise StartupError(f"cannot serve on {self.host}:{self.port}: {exc.strerror or exc}") from exc
+            self.client.close()
+            self.store.close()
+            raise StartupError(f"cannot serve on {self.host}:{self.port} (services.{self.service}.port): "
+                               f"{exc.strerror or exc}") from None
         log.info("worker_started", service=self.service, port=self.server.port, streams=self.streams,
                  consumer=self.consumer.name, store=str(self.store.path))
         if self.on_startup:
@@ -169,6 +175,24 @@ class Worker:
             self.client.close()
             log.info("worker_stopped", service=self.service)
         return 0 if self._refused_by is None else 1
+
+    def _check_credentials(self) -> None:
+        """Stop the start when Redis refuses this worker's credentials: retrying cannot help. Redis merely
+        unreachable is not an error here; the loop retries and /readyz reports it."""
+        try:
+            self.client.ping()
+        except (redis.AuthenticationError, redis.exceptions.AuthorizationError, redis.ResponseError) as exc:
+            text = str(exc)
+            if isinstance(exc, redis.ResponseError) and not text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
+                return
+            where = urlparse(self.settings.redis.url)
+            self.client.close()
+            self.store.close()
+            server = f"{where.hostname}:{where.port or 6379}" if where.hostname else where.path
+            raise StartupError(f"Redis at {server} refused the credentials "
+                               f"(redis.password / AMS_REDIS__PASSWORD or the URL's): {text}") from None
+        except INFRASTRUCTURE_ERRORS:
+            return
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info("worker_stopping", service=self.service, signal=signal.Signals(signum).name)
@@ -294,12 +318,15 @@ def run_service(service: ServiceName, model: type[SettingsT], build: Callable[[S
     """Run the worker `build` makes from the settings `model`: the entry point of `python -m services.<name>`.
 
     Start-up problems end the process with one line each on stderr: exit code 2 for the configuration (the
-    field and the file or variable named), 1 for the environment (a store that cannot be opened, the port
-    taken)."""
+    field and the file or variable named, a configured secret that is not set), 1 for the environment (a
+    store that cannot be opened, the port taken, Redis unreachable or refusing the credentials)."""
     try:
         settings = load_settings(model)
     except ConfigError as exc:
         return startup_error(service, exc, code=2)
+    missing = settings.missing_secrets()
+    if missing:
+        return startup_error(service, "\n".join(missing), code=2)
     configure_logging(settings, service=service)
     try:
         worker = build(settings)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime
 from typing import Any
 
+from libs.common.events import from_timestamp
 from libs.common.store import Store
 
 SEVERITY_ORDER = {"critical": 0, "error": 1, "warning": 2, "info": 3}
 
 
 def _iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts is not None else None
+    return from_timestamp(ts).isoformat(timespec="seconds") if ts is not None else None
 
 
 def _alert(row: Any, now: float) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from libs.common.bus import Delivery
-from libs.common.events import AssetChanged, CheckResult, HealthChanged
+from libs.common.events import AssetChanged, CheckResult, HealthChanged, from_timestamp
 from libs.common.log import get_logger
 from libs.common.sql import Connection
 from libs.common.store import Store
@@ -47,6 +47,10 @@ log = get_logger(__name__)
 # The check alerts use when a health event carries a status but no check results.
 STATUS_CHECK = "health_status"
 
+
+# The longest silence: a year and a day. Longer is a mistake (or a wish to delete the alert's rule), and
+# every stored time stays a date a listing can print.
+MAX_SILENCE_S = 366 * 86400.0
 
 class AlertsError(Exception):
     """A request about alerts or silences that cannot be honoured (unknown id, resolved alert...)."""
@@ -240,8 +244,8 @@ class AlertService:
         Returns the silence id and how many current alert states it covers."""
         if not matchers:
             raise AlertsError("a silence needs at least one matcher")
-        if duration_s <= 0:
-            raise AlertsError("a silence must last a positive time")
+        if not 0 < duration_s <= MAX_SILENCE_S:  # NaN too
+            raise AlertsError(f"a silence must last a positive time of at most {MAX_SILENCE_S / 86400:g} days")
         now = self.clock()
         silence_id = uuid.uuid4().hex[:12]
         ends_at = now + duration_s
@@ -562,6 +566,6 @@ class AlertService:
 
 
 def _dt(ts: float | None) -> datetime | None:
-    return datetime.fromtimestamp(ts, UTC) if ts is not None else None
+    return from_timestamp(ts) if ts is not None else None
 
 

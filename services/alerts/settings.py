@@ -143,3 +143,12 @@ class AlertsWorkerSettings(Settings):
                 yield secret
             if receiver.kind in ("slack", "teams"):
                 yield receiver.url
+
+    def missing_secrets(self) -> list[str]:
+        """Receivers whose `secret_env` names a variable that is unset or empty."""
+        problems = super().missing_secrets()
+        for i, receiver in enumerate(self.alerts.receivers):
+            if receiver.secret_env and not receiver.secret():
+                problems.append(f"alerts.receivers.{i}.secret_env: environment variable {receiver.secret_env} "
+                                f"(the secret of receiver {receiver.name!r}) is not set")
+        return problems

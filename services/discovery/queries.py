@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import UTC, datetime
 from typing import Any
 
+from libs.common.events import from_timestamp
 from libs.common.sql import Connection
 from services.discovery.registry import downstream_map, downstream_of, upstream_of
 
@@ -20,7 +20,7 @@ _LIGHT_COLUMNS = "key, group_name, description, owners, tags, kinds, version, co
 
 def iso(ts: float | None) -> str | None:
     """A stored epoch time as ISO-8601 UTC (seconds precision)."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts is not None else None
+    return from_timestamp(ts).isoformat(timespec="seconds") if ts is not None else None
 
 
 def _asset(row: sqlite3.Row) -> dict[str, Any]:

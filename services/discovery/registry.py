@@ -34,7 +34,14 @@ from typing import Any, Literal
 
 from pydantic_core import to_json
 
-from libs.common.events import AssetChanged, AssetChangeData, AssetSpecData, CatalogSnapshotData, new_event
+from libs.common.events import (
+    AssetChanged,
+    AssetChangeData,
+    AssetSpecData,
+    CatalogSnapshotData,
+    from_timestamp,
+    new_event,
+)
 from libs.common.sql import Connection
 
 ChangeKind = Literal["registered", "changed", "returned", "retired"]
@@ -151,7 +158,7 @@ def _ts(when: datetime) -> float:
 
 
 def _iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, UTC).isoformat() if ts is not None else None
+    return from_timestamp(ts).isoformat() if ts is not None else None
 
 
 def _row_definition(row: sqlite3.Row) -> dict[str, Any]:

@@ -76,9 +76,10 @@ def test_validate_config_missing_dir_exit_2(cli: Cli, tmp_path: Path) -> None:
     assert code == 2 and err.strip().count("\n") == 0 and "does not exist" in err
 
 
-def add_rows(db: Path, n: int) -> None:
+def add_rows(db: Path, n: int, prefix: str = "x") -> None:
     conn = sqlite3.connect(db)
-    conn.executemany("INSERT INTO processed_events (event_id, processed_at) VALUES (?, 0)", [(f"x{i}",) for i in range(n)])
+    conn.executemany("INSERT INTO processed_events (event_id, processed_at) VALUES (?, 0)",
+                     [(f"{prefix}{i}",) for i in range(n)])
     conn.commit()
     conn.close()
 
@@ -204,3 +205,137 @@ def test_progress_bar_only_on_a_terminal(registered: Cli, tmp_path: Path) -> Non
     assert "\x1b[" in on_terminal and "backup complete" in on_terminal
     piped = registered.run_process("backup", "--dest", str(tmp_path / "piped"))
     assert piped.returncode == 0 and "\x1b[" not in piped.stdout + piped.stderr
+
+
+# -- issue 16: a backup never lands on a live store; a restore checks everything, then replaces all or none --
+
+
+@pytest.fixture
+def stores(cli: Cli) -> Cli:
+    """All three stores, migrated and empty (`init`)."""
+    code, out, err = cli.run("init", "--no-demo")
+    assert code == 0, (out, err)
+    return cli
+
+
+def integrity(db: Path) -> str:
+    conn = sqlite3.connect(db)
+    try:
+        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("dest", [".", "./", "{home}", "{home}/../home"])
+def test_backup_refuses_the_live_store_directory(stores: Cli, dest: str) -> None:
+    health = stores.home / "health.db"
+    worker = sqlite3.connect(health, isolation_level=None)  # a running worker holds its store open
+    try:
+        worker.execute("INSERT INTO processed_events (event_id, processed_at) VALUES ('before', 0)")
+        code, out, err = stores.run("backup", "--dest", dest.format(home=stores.home))
+        assert code == 2 and err.count("\n") == 1 and "live store directory" in err, (out, err)
+        worker.execute("INSERT INTO processed_events (event_id, processed_at) VALUES ('after', 0)")
+    finally:
+        worker.close()
+    assert count(health, "processed_events") == 2  # the worker's later write is in the file on disk
+    assert not list(stores.home.glob("*.partial")) and not (stores.home / "manifest.json").exists()
+
+
+def corrupt_backup(backup: Path, store: str, data: bytes | None) -> None:
+    """Replace `store`'s copy (with `data`, or flipped bytes inside it) and fix its checksum in the manifest."""
+    import hashlib
+
+    file = backup / f"{store}.db"
+    if data is None:
+        raw = bytearray(file.read_bytes())
+        for at in range(len(raw) // 2, len(raw) // 2 + 2048):
+            raw[at] ^= 0x5A
+        data = bytes(raw)
+    file.write_bytes(data)
+    manifest = json.loads((backup / "manifest.json").read_text())
+    manifest["stores"][store]["sha256"] = hashlib.sha256(data).hexdigest()
+    (backup / "manifest.json").write_text(json.dumps(manifest))
+
+
+def snapshot(home: Path) -> dict[str, int]:
+    return {name: count(home / f"{name}.db", "processed_events") for name in ("metadata", "health", "monitor")}
+
+
+@pytest.mark.parametrize("damage", ["flipped", "text", "truncated", "wrong-version"])
+def test_restore_checks_every_store_before_replacing_any(stores: Cli, tmp_path: Path, damage: str) -> None:
+    for name in ("metadata", "health", "monitor"):
+        add_rows(stores.home / f"{name}.db", 300)  # pages enough for a flipped byte to land in a table
+    assert stores.run("backup", "--dest", str(tmp_path / "b"))[0] == 0
+    backup = tmp_path / "b"
+    if damage == "flipped":
+        corrupt_backup(backup, "health", None)
+    elif damage == "text":
+        corrupt_backup(backup, "health", b"hello, I am not a database\n" * 100)
+    elif damage == "truncated":
+        corrupt_backup(backup, "health", (backup / "health.db").read_bytes()[: 4096 * 2])
+    else:
+        manifest = json.loads((backup / "manifest.json").read_text())
+        manifest["stores"]["health"]["schema_version"] = 999
+        (backup / "manifest.json").write_text(json.dumps(manifest))
+    for name in ("metadata", "health", "monitor"):
+        add_rows(stores.home / f"{name}.db", 7, prefix="later")
+    before = snapshot(stores.home)
+    code, out, err = stores.run("restore", "--from", str(backup))
+    assert code == 2 and err.count("\n") == 1 and "health.db" in err, (damage, out, err)
+    assert snapshot(stores.home) == before  # metadata.db (restored first) untouched too
+    assert not list(stores.home.glob("*.pre-restore-*"))
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        ('{"stores": {"health": "x"}}', "stores.health"),
+        ('{"stores": {}}', "stores"),
+        ('{"stores": {"nope": {}}}', "stores.nope"),
+        ('[1, 2]', "invalid manifest"),
+        ('{"stores": {"health": {"file": "../metadata.db", "sha256": "' + "0" * 64 + '", "schema_version": 1}}}',
+         "stores.health.file"),
+        ("not json", "invalid manifest"),
+    ],
+)
+def test_restore_rejects_malformed_manifests(stores: Cli, tmp_path: Path, manifest: str, message: str) -> None:
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "manifest.json").write_text(manifest)
+    before = snapshot(stores.home)
+    code, _, err = stores.run("restore", "--from", str(tmp_path / "b"))
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert snapshot(stores.home) == before
+
+
+def test_restore_puts_back_what_it_replaced_when_one_store_fails(
+    stores: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert stores.run("backup", "--dest", str(tmp_path / "b"))[0] == 0
+    for name in ("metadata", "health", "monitor"):
+        add_rows(stores.home / f"{name}.db", 11, prefix="later")
+    before = snapshot(stores.home)
+    # monitor.db now lives where no directory can be made: replacing it fails after the other two.
+    (tmp_path / "blocker").write_text("a file, not a directory")
+    monkeypatch.setenv("AMS_STORES__MONITOR_URL", f"sqlite:///{tmp_path / 'blocker' / 'monitor.db'}")
+    code, _, err = stores.run("restore", "--from", str(tmp_path / "b"))
+    assert code == 1 and err.count("\n") == 1 and "every store is as it was" in err, err
+    assert {k: v for k, v in snapshot(stores.home).items() if k != "monitor"} == {
+        k: v for k, v in before.items() if k != "monitor"}
+    for name in ("metadata", "health"):
+        assert integrity(stores.home / f"{name}.db") == "ok"
+
+
+def test_validate_config_names_every_secret_that_is_not_set(cli: Cli, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = config_dir(tmp_path)
+    monkeypatch.setenv("AMS_ALERTS__RECEIVERS", json.dumps(
+        [{"name": "hook", "url": "http://127.0.0.1:9/x", "secret_env": "AMS_TEST_UNSET_WHSEC"}]))
+    monkeypatch.setenv("AMS_CONNECTIONS", json.dumps({"wh": {"password_env": "AMS_TEST_UNSET_PW"}}))
+    code, out, _ = cli.run("validate-config", "--config-dir", str(directory))
+    assert code == 1
+    assert "alerts.receivers.0.secret_env: environment variable AMS_TEST_UNSET_WHSEC" in out
+    assert "connections.wh.password_env: environment variable AMS_TEST_UNSET_PW is not set" in out
+    monkeypatch.setenv("AMS_TEST_UNSET_WHSEC", "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0")
+    monkeypatch.setenv("AMS_TEST_UNSET_PW", "pw")
+    code, out, _ = cli.run("validate-config", "--config-dir", str(directory))
+    assert code == 0, out

@@ -168,3 +168,32 @@ def test_deliveries_lists_failed_notifications(alerting: Cli, receiver: Recordin
     code, out, _ = alerting.run("alerts", "deliveries", "--format", "csv")
     assert code == 0
     assert len(out.splitlines()) == 2
+
+
+@pytest.mark.parametrize("duration", ["99999999999999999999w", "367d", "1e400", "nan", "inf", "0s", "-1h", "1" * 500])
+def test_silence_durations_are_bounded(alerting: Cli, duration: str) -> None:
+    publish_health("fin/revenue", "FAILED", [("execution_status", "error")], 1)
+    code, out, err = alerting.run("alerts", "silence", "--asset", "fin/*", "--for", duration, "--reason", "x")
+    assert code == 2 and err.count("\n") == 1 and "invalid duration" in err, (out, err)
+    assert listing(alerting, "silences", "--all") == [] and listing(alerting)[0]["status"] == "firing"
+
+
+def test_listings_survive_times_out_of_range_in_the_store(alerting: Cli) -> None:
+    """Rows written before durations were bounded (or by hand) never crash a listing."""
+    assert alerting.run("discover-assets")[0] == 0  # ownership-report counts the alerts of registered assets
+    publish_health("raw_orders", "FAILED", [("execution_status", "error")], 1)
+    store = open_store(load_settings(AppSettings))
+    try:
+        with store.write() as conn:
+            conn.execute("INSERT INTO silences (id, matchers, created_by, reason, created_at, ends_at) "
+                         "VALUES ('huge', '{\"asset\": \"raw_*\"}', 'x', 'x', 0, 1e300)")
+            conn.execute("UPDATE alert_states SET state = json_set(state, '$.silenced_until', 1e300, "
+                         "'$.silence_id', 'huge')")
+            conn.execute("UPDATE alerts SET silence_id = 'huge', silenced_until = 1e300")
+    finally:
+        store.close()
+    for args in (["alerts"], ["alerts", "--all"], ["alerts", "silences"], ["alerts", "silences", "--all"],
+                 ["ownership-report"], ["alerts", "show", "1"]):
+        code, out, err = alerting.run(*args)
+        assert code == 0, (args, out, err)
+    assert listing(alerting)[0]["silenced_until"].startswith("9999-")
