@@ -32,6 +32,7 @@ from asset_manager.stores import open_service_store, store_file
 from libs.common.settings import StoreName
 from libs.common.sql import Connection
 from libs.common.store import Store, StoreError
+from libs.common.text import clip
 
 if TYPE_CHECKING:
     from asset_manager.settings import AppSettings
@@ -187,7 +188,7 @@ def did_you_mean(value: str, candidates: Sequence[str] | set[str]) -> str:
 
 
 def _printable(value: str) -> str:
-    return value.encode("unicode_escape").decode()[:200]
+    return clip(value.encode("unicode_escape").decode(), 200)
 
 
 def parse_tags(tags: Sequence[str]) -> dict[str, str]:
