@@ -70,10 +70,11 @@ def write_dagster_home(home: Path, path: Path | None = None) -> Path:
     return path
 
 
-def record_dagster_home(home: Path) -> str:
+def record_dagster_home(home: Path, path: Path | None = None) -> str:
     """Write DAGSTER_HOME to the project's `.env` unless it was exported; a line saying what was done."""
+    path = path or PROJECT_ROOT / ENV_FILE_NAME
     if dagster_home_exported():
         return (f"DAGSTER_HOME {home} is exported in this shell: export it in every shell (or put it in "
-                f"{PROJECT_ROOT / ENV_FILE_NAME}), or Dagster's CLI runs on a temporary instance")
-    path = write_dagster_home(home)
+                f"{path}), or Dagster's CLI runs on a temporary instance")
+    path = write_dagster_home(home, path)
     return f"DAGSTER_HOME {home} recorded in {path} (Dagster's CLI and asset-manager read it there)"
