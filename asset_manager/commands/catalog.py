@@ -209,7 +209,7 @@ def _check_known(what: str, value: str | None, known: set[str]) -> None:
 
 # -- list-assets -------------------------------------------------------------------------------------------
 
-LIST_COLUMNS = ["key", "group", "owners", "kinds", "tags", "version", "health", "status", "last_seen"]
+LIST_COLUMNS = ["key", "group", "owners", "kinds", "tags", "upstream", "version", "health", "status", "last_seen"]
 
 
 def list_assets(
@@ -243,6 +243,9 @@ def list_assets(
             for tag_key in tags:
                 _check_known("tag", tag_key, known["tag"])
         assets = queries.list_assets(conn, group=group, owner=owner, tags=tags, kind=kind, retired=retired, light=True)
+        upstream = queries.direct_upstream(conn) if assets else {}
+    for asset in assets:
+        asset["upstream"] = upstream.get(asset["key"], [])
     health_map = health_by_asset(settings) if assets else {}
     rows = []
     for asset in assets:

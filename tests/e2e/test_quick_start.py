@@ -166,7 +166,10 @@ def test_quick_start_seed_assets_appear_in_seconds_and_materialize_on_the_one_in
     seconds = time.monotonic() - written
     print(f"seed assets registered and in GraphQL {seconds:.1f} s after the files were written")
 
+    upstream = {"raw_my_new_data": [], "stg_my_new_data": ["raw_my_new_data"],
+                "transformed_my_new_data": ["stg_my_new_data"]}
     for asset in registered():
+        assert asset["upstream"] == upstream[asset["key"]], asset
         assert asset["owners"] == ["your.email@company.com"], asset
         assert asset["kinds"] == ["pandas"], asset  # compute_kind="pandas"
         assert asset["tags"]["domain"] == "my_domain", asset
