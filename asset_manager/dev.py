@@ -119,9 +119,16 @@ class DevSystem:
             f"http://127.0.0.1:{self.dagster_port}",
         ))
         for child in self.children:
-            child_env = env if child.name != "dagster" else {**env, "PYTHONWARNINGS": QUIET_DAGSTER_WARNINGS}
+            child_env = env
+            if child.name == "dagster":
+                quiet = ",".join(filter(None, (env.get("PYTHONWARNINGS"), QUIET_DAGSTER_WARNINGS)))
+                child_env = {**env, "PYTHONWARNINGS": quiet}
             child.process = subprocess.Popen(child.args, env=child_env, cwd=PROJECT_ROOT, start_new_session=True)
         self.print_endpoints(env["AMS_REDIS__URL"])
+        self.start_watching()
+
+    def start_watching(self) -> None:
+        """Watch `watch_dir` in a background thread until stop()."""
         self._watcher = threading.Thread(target=self._watch, name="asset-watcher", daemon=True)
         self._watcher.start()
 
