@@ -26,9 +26,8 @@ _loaded: set[str] = set()
 
 
 def env_file() -> Path:
-    """The `.env` asset-manager reads: the working directory's (as Dagster's CLI), else the project's."""
-    here = Path.cwd() / ENV_FILE_NAME
-    return here if here.is_file() else PROJECT_ROOT / ENV_FILE_NAME
+    """The `.env` asset-manager reads: the working directory's, as Dagster's CLI does (so both agree)."""
+    return Path.cwd() / ENV_FILE_NAME
 
 
 def load_env_file(path: Path | None = None) -> list[str]:
