@@ -11,11 +11,13 @@ UV_VERSION := 0.13.9
 
 .PHONY: dev test install test-tools lint bench clean lock image-test
 
+# PYTHONWARNINGS: setuptools' editable build prints an information-only "Editable installation" notice (a
+# UserWarning) that reads like an error on a first `make dev`.
 $(STAMP): pyproject.toml requirements-dev.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements-dev.lock
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
 # After changing dependencies in pyproject.toml: resolve both lock files again (one resolution, so the image's

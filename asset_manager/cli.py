@@ -8,6 +8,7 @@ import typer
 from typer.exceptions import TyperException
 
 from asset_manager.commands import admin, alerts, catalog, health, simulate, system
+from asset_manager.envfile import load_env_file
 from asset_manager.errors import CliError
 from asset_manager.output import safe_text
 from libs.common.settings import ConfigError
@@ -25,7 +26,13 @@ for module in (system, catalog, admin, health, alerts, simulate):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; usage and input errors print one line and exit 2."""
+    """Run the CLI; usage and input errors print one line and exit 2.
+
+    As a command (`argv` None) it first reads the project's `.env` (DAGSTER_HOME), as Dagster's CLI does.
+    """
+    if argv is None:
+        for warning in load_env_file():
+            typer.echo(f"warning: {warning}", err=True)
     try:
         result = app(args=argv, standalone_mode=False, prog_name="asset-manager")
     except typer.Exit as exc:

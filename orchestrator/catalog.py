@@ -19,6 +19,7 @@ from typing import Any
 
 from dagster import (
     AssetKey,
+    AssetsDefinition,
     CodeReferencesMetadataValue,
     Definitions,
     LocalFileCodeReference,
@@ -31,6 +32,7 @@ from pydantic import BaseModel, JsonValue
 
 from libs.common.events import AssetSpecData, CatalogSnapshotData, Column
 from libs.common.settings import PROJECT_ROOT
+from libs.common.text import clip
 
 # Definitions metadata key under which definitions.py records the asset-module problems of the scan.
 PROBLEMS_METADATA_KEY = "ams/asset_module_problems"
@@ -50,7 +52,7 @@ def key_string(key: AssetKey) -> str:
 def json_safe(value: Any, *, _depth: int = 0) -> JsonValue:
     """`value` (metadata values, Dagster records, dates, ...) as plain JSON data."""
     if _depth > 20:
-        return str(value)[:MAX_TEXT]
+        return clip(str(value), MAX_TEXT)
     if isinstance(value, MetadataValue):
         value = value.value
     if value is None or isinstance(value, bool | int):
@@ -58,7 +60,7 @@ def json_safe(value: Any, *, _depth: int = 0) -> JsonValue:
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, str):
-        return value if len(value) <= MAX_TEXT else value[:MAX_TEXT] + "…"
+        return clip(value, MAX_TEXT)
     if isinstance(value, AssetKey):
         return key_string(value)
     if isinstance(value, TableSchema):
@@ -86,7 +88,7 @@ def json_safe(value: Any, *, _depth: int = 0) -> JsonValue:
     data = getattr(value, "data", None)
     if isinstance(data, Mapping):  # TableRecord
         return json_safe(data, _depth=_depth + 1)
-    return str(value)[:MAX_TEXT]
+    return clip(str(value), MAX_TEXT)
 
 
 def json_safe_metadata(metadata: Mapping[str, Any], *, exclude: Iterable[str] = ()) -> dict[str, JsonValue]:
@@ -145,12 +147,28 @@ def _freshness_of(node: BaseAssetNode) -> dict[str, JsonValue] | None:
     return None
 
 
+def kinds_of(node: BaseAssetNode, tags: Mapping[str, str]) -> list[str]:
+    """The asset's kinds as Dagster shows them: `kinds=`, `dagster/kind/<kind>` tags and `compute_kind=`.
+
+    `compute_kind` is not an asset tag: Dagster keeps it on the op (`dagster/compute_kind`) and reports it as
+    a kind (GraphQL `kinds`), so it is read from there as well.
+    """
+    found = {k.removeprefix(KIND_TAG_PREFIX) for k in tags if k.startswith(KIND_TAG_PREFIX)}
+    found.update(str(k) for k in getattr(node, "kinds", ()) or ())
+    if COMPUTE_KIND_TAG in tags:
+        found.add(tags[COMPUTE_KIND_TAG])
+    assets_def = getattr(node, "assets_def", None)  # local graphs; remote nodes carry kinds as tags
+    if isinstance(assets_def, AssetsDefinition) and assets_def.is_executable:
+        op_tags = assets_def.node_def.tags or {}
+        if op_tags.get(COMPUTE_KIND_TAG):
+            found.add(str(op_tags[COMPUTE_KIND_TAG]))
+    return sorted(k for k in found if k)
+
+
 def spec_of(node: BaseAssetNode, code_location: str) -> AssetSpecData:
     """One asset node of the graph as `AssetSpecData`."""
     tags = {str(k): str(v) for k, v in node.tags.items()}
-    kinds = sorted(k.removeprefix(KIND_TAG_PREFIX) for k in tags if k.startswith(KIND_TAG_PREFIX))
-    if not kinds and COMPUTE_KIND_TAG in tags:
-        kinds = [tags[COMPUTE_KIND_TAG]]
+    kinds = kinds_of(node, tags)
     plain_tags = {k: v for k, v in sorted(tags.items()) if not k.startswith(KIND_TAG_PREFIX)}
     source_file, source_line = _source_of(node.metadata)
     return AssetSpecData(

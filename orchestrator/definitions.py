@@ -8,6 +8,8 @@ to import is logged as a warning here, recorded in the Definitions metadata (sho
 from __future__ import annotations
 
 import json
+import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,28 @@ def load_definitions(package: str = ASSETS_PACKAGE, *, search_path: Path | None 
     """Scan `package` and build its Definitions."""
     return build_definitions(scan_asset_modules(package, search_path=search_path))
 
+
+def warn_without_dagster_home(argv: list[str] | None = None) -> bool:
+    """Say loudly when a Dagster command loads this code location without DAGSTER_HOME (True if it did).
+
+    Dagster then runs on a temporary instance that is deleted afterwards: the run "succeeds" and the asset
+    management system never sees it. Only Dagster's own processes are concerned (`dagster ...`, its code
+    servers); asset-manager and the workers read DAGSTER_HOME from their settings.
+    """
+    first = Path((argv if argv is not None else sys.argv)[0] if (argv or sys.argv) else "")
+    if os.environ.get("DAGSTER_HOME") or not (first.name.startswith("dagster") or first.parent.name == "dagster"):
+        return False
+    log.warning(
+        "dagster_home_not_set",
+        problem="this Dagster command runs on a TEMPORARY instance: its runs are lost and no worker sees them",
+        fix="start it in the project folder (its .env, written by `asset-manager init`, sets DAGSTER_HOME) "
+            "or export DAGSTER_HOME",
+        cwd=os.getcwd(),
+    )
+    return True
+
+
+warn_without_dagster_home()
 
 # Module-level results of the scan, read by services.discovery and `asset-manager discover-assets`.
 scan_result = scan_asset_modules()

@@ -4,16 +4,23 @@ Every materialization of a DataFrame-returning asset carries `dagster/row_count`
 `dagster/column_schema` (a TableSchema) without the asset author writing them: the health service's volume
 and schema-drift evaluators read exactly these two entries. An asset that reports them itself (e.g. through
 `load_to_stg_table`) keeps its own values.
+
+A loader that writes a staging table with `load_to_stg_table` and returns nothing (the seed's style) has
+that table as its value: the IO manager stores a `StagingTable` reference instead of None, and an asset
+that takes the loader as input receives the table's rows as a DataFrame (`read_stg_table`), read when the
+downstream step runs. A loader that returns its DataFrame hands on that DataFrame, as before.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 from dagster import (
     FilesystemIOManager,
     InitResourceContext,
+    InputContext,
     MetadataValue,
     OutputContext,
     TableColumn,
@@ -23,6 +30,36 @@ from dagster._core.storage.fs_io_manager import PickledObjectFilesystemIOManager
 
 ROW_COUNT = "dagster/row_count"
 COLUMN_SCHEMA = "dagster/column_schema"
+# Written by load_to_stg_table (`_report`): "<schema>.<table>" and the connection's name.
+TARGET_TABLE = "target_table"
+TARGET_CONNECTION = "target_connection"
+
+
+@dataclass(frozen=True)
+class StagingTable:
+    """The value of an asset that loaded a staging table and returned nothing: where its rows are."""
+
+    connection: str
+    schema: str
+    table: str
+
+    def read(self) -> pd.DataFrame:
+        from orchestrator.shared.load_to_sql_utils import read_stg_table
+
+        return read_stg_table(self.table, schema=self.schema, connection=self.connection)
+
+
+def staging_table_of(metadata: Any) -> StagingTable | None:
+    """The staging table an asset reported with load_to_stg_table (its latest load), if any."""
+    if not metadata:
+        return None
+    target, connection = metadata.get(TARGET_TABLE), metadata.get(TARGET_CONNECTION)
+    target = getattr(target, "value", target)
+    connection = getattr(connection, "value", connection)
+    if not isinstance(target, str) or not isinstance(connection, str) or target.count(".") != 1:
+        return None
+    schema, table = target.split(".")
+    return StagingTable(connection=connection, schema=schema, table=table)
 
 
 def table_schema_of(df: pd.DataFrame) -> TableSchema:
@@ -36,6 +73,19 @@ def table_metadata(df: pd.DataFrame) -> dict[str, Any]:
 
 
 class _TableMetadataPickleIOManager(PickledObjectFilesystemIOManager):
+    def handle_output(self, context: OutputContext, obj: Any) -> None:
+        if obj is None:
+            obj = staging_table_of(context.output_metadata)
+        super().handle_output(context, obj)
+
+    def load_input(self, context: InputContext) -> Any:
+        value = super().load_input(context)
+        if isinstance(value, StagingTable):
+            return value.read()
+        if isinstance(value, dict):  # several partitions of the upstream
+            return {k: v.read() if isinstance(v, StagingTable) else v for k, v in value.items()}
+        return value
+
     def get_metadata(self, context: OutputContext, obj: Any) -> dict[str, MetadataValue]:
         if not isinstance(obj, pd.DataFrame):
             return {}

@@ -79,6 +79,7 @@ from libs.common.events import (
 )
 from libs.common.log import get_logger
 from libs.common.settings import RedisSettings, Settings
+from libs.common.text import clip
 from orchestrator.catalog import build_catalog, columns_of, json_safe_metadata, key_string
 from orchestrator.settings import OrchestratorSettings, get_settings
 
@@ -248,7 +249,7 @@ def _cut(text: str | None) -> str | None:
     if text is None:
         return None
     text = text.strip()
-    return text if len(text) <= MAX_ERROR else text[: MAX_ERROR - 1] + "…"
+    return clip(text, MAX_ERROR)
 
 
 def _root_error(error: Any) -> str | None:

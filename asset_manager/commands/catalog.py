@@ -35,6 +35,7 @@ from libs.common.events import UNHEALTHY, HealthStatus
 from libs.common.settings import StoreName
 from libs.common.sql import Connection
 from libs.common.store import Store, StoreError
+from libs.common.text import clip
 
 if TYPE_CHECKING:
     from asset_manager.settings import AppSettings
@@ -176,7 +177,7 @@ def did_you_mean(value: str, candidates: Sequence[str] | set[str]) -> str:
 
 
 def _printable(value: str) -> str:
-    return value.encode("unicode_escape").decode()[:200]
+    return clip(value.encode("unicode_escape").decode(), 200)
 
 
 def parse_tags(tags: Sequence[str]) -> dict[str, str]:
@@ -197,7 +198,7 @@ def _check_known(what: str, value: str | None, known: set[str]) -> None:
 
 # -- list-assets -------------------------------------------------------------------------------------------
 
-LIST_COLUMNS = ["key", "group", "owners", "kinds", "tags", "version", "health", "status", "last_seen"]
+LIST_COLUMNS = ["key", "group", "owners", "kinds", "tags", "upstream", "version", "health", "status", "last_seen"]
 
 
 def list_assets(
@@ -231,6 +232,9 @@ def list_assets(
             for tag_key in tags:
                 _check_known("tag", tag_key, known["tag"])
         assets = queries.list_assets(conn, group=group, owner=owner, tags=tags, kind=kind, retired=retired, light=True)
+        upstream = queries.direct_upstream(conn) if assets else {}
+    for asset in assets:
+        asset["upstream"] = upstream.get(asset["key"], [])
     health_map = health_by_asset(settings) if assets else {}
     rows = []
     for asset in assets:

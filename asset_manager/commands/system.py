@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from asset_manager.dev import DevSystem, prepare_dagster_home
+from asset_manager.envfile import record_dagster_home
 from asset_manager.errors import CliError
 from asset_manager.settings import load_app_settings
 from asset_manager.stores import open_service_store
@@ -20,6 +21,7 @@ def init(
     settings = load_app_settings()
     home = prepare_dagster_home(settings)
     typer.echo(f"DAGSTER_HOME  {home}")
+    typer.echo(record_dagster_home(home))
     for name in StoreName:
         store = open_service_store(settings, name)
         typer.echo(f"{name + '.db':<13} {store.path} (schema v{store.schema_version()})")

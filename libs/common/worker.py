@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import signal
 import socket
 import sqlite3
@@ -122,7 +123,12 @@ class Worker:
         self._lease_denied_since: float | None = None
         self._refused_by: str | None = None
         self.server: ServiceServer | None = None
-        self.scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
+        # A periodic job still running at its next turn is skipped, and a late one runs once (coalesce, no
+        # misfire limit): by design, so APScheduler's warnings about it are dropped (_QuietSkips).
+        self.scheduler = BackgroundScheduler(
+            timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
+        )
+        _install_quiet_skips()
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -348,3 +354,16 @@ def startup_error(service: ServiceName | str, problem: Exception | str, *, code:
     for line in lines:
         print(f"{service}: error: {line}", file=sys.stderr)
     return code
+
+
+class _QuietSkips(logging.Filter):
+    """Drops APScheduler's "skipped: maximum number of running instances reached" (a skip is intended)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances reached" not in record.getMessage()
+
+
+def _install_quiet_skips() -> None:
+    logger = logging.getLogger("apscheduler.scheduler")
+    if not any(isinstance(f, _QuietSkips) for f in logger.filters):
+        logger.addFilter(_QuietSkips())

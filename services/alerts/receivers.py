@@ -26,6 +26,7 @@ import httpx
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
 from standardwebhooks import Webhook
 
+from libs.common.text import clip
 from services.alerts.settings import AlertsWorkerSettings, WebhookReceiver
 
 USER_AGENT = "dagster-asset-management-alerts/1"
@@ -102,7 +103,7 @@ def _short(value: Any) -> str:
         # 305200.0 reads better as 305,200 than 3.052e+05; small values keep 4 significant digits
         return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
     text = json.dumps(value, default=str) if isinstance(value, dict | list) else str(value)
-    return text if len(text) <= 120 else text[:117] + "..."
+    return clip(text, 120)
 
 
 def test_payload(settings: AlertsWorkerSettings) -> AlertPayload:
@@ -181,8 +182,8 @@ def webhook_message(payload: AlertPayload) -> dict[str, Any]:
 def slack_message(payload: AlertPayload) -> dict[str, Any]:
     """A Slack incoming-webhook message in Block Kit."""
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": payload.title[:150]}},
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"*Why:* {payload.why}"[:3000]}},
+        {"type": "header", "text": {"type": "plain_text", "text": clip(payload.title, 150)}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": clip(f"*Why:* {payload.why}", 3000)}},
         {
             "type": "section",
             "fields": [
@@ -192,7 +193,7 @@ def slack_message(payload: AlertPayload) -> dict[str, Any]:
                 {"type": "mrkdwn", "text": f"*Owner*\n{payload.owner_text}"},
             ],
         },
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"*Downstream at risk:* {payload.downstream_text}"[:3000]}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": clip(f"*Downstream at risk:* {payload.downstream_text}", 3000)}},
     ]
     if payload.dagster_url:
         blocks.append(
@@ -211,7 +212,7 @@ def slack_message(payload: AlertPayload) -> dict[str, Any]:
             ],
         }
     )
-    return {"text": f"{payload.title}: {payload.why}"[:3000], "blocks": blocks}
+    return {"text": clip(f"{payload.title}: {payload.why}", 3000), "blocks": blocks}
 
 
 def teams_message(payload: AlertPayload) -> dict[str, Any]:
@@ -261,7 +262,7 @@ def pagerduty_event(payload: AlertPayload, routing_key: str) -> dict[str, Any]:
         "event_action": "trigger",
         "dedup_key": payload.fingerprint,
         "payload": {
-            "summary": f"{payload.title}: {payload.why}"[:1024],
+            "summary": clip(f"{payload.title}: {payload.why}", 1024),
             "source": payload.asset_key,
             "severity": severity,
             "component": payload.asset_key,
@@ -328,12 +329,12 @@ def deliver(client: httpx.Client, receiver: WebhookReceiver, payload: AlertPaylo
     except httpx.TimeoutException:
         return Attempt(ok=False, retryable=True, error=f"timed out after {receiver.timeout_s:g}s")
     except httpx.HTTPError as exc:
-        return Attempt(ok=False, retryable=True, error=f"{type(exc).__name__}: {str(exc)[:200]}")
+        return Attempt(ok=False, retryable=True, error=f"{type(exc).__name__}: {clip(str(exc), 200)}")
     status = response.status_code
     if 200 <= status < 300:
         return Attempt(ok=True, status=status)
     retryable = status >= 500 or status in (408, 429)
-    text = response.text[:200].replace("\n", " ")
+    text = clip(response.text.replace("\n", " "), 200)
     return Attempt(
         ok=False,
         status=status,

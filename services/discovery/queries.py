@@ -169,3 +169,11 @@ def code_locations(conn: Connection) -> list[dict[str, Any]]:
         }
         for row in conn.execute("SELECT name, asset_count, problems, changed_at FROM code_locations ORDER BY name")
     ]
+
+
+def direct_upstream(conn: Connection) -> dict[str, list[str]]:
+    """Every asset's direct upstream keys (sorted), in one read of the edges (for listings)."""
+    found: dict[str, list[str]] = {}
+    for key, upstream in conn.execute("SELECT asset_key, upstream_key FROM asset_deps ORDER BY asset_key, upstream_key"):
+        found.setdefault(key, []).append(upstream)
+    return found

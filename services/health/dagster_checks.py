@@ -4,12 +4,15 @@ Dagster UI shows them on each asset's Checks tab.
 Reporting happens in a background thread after the store commit: the consume loop only hands over the
 latest results per asset (a newer set replaces a queued older one), and a slow or absent webserver never
 holds it up. Transport errors and 5xx answers are retried with exponential backoff; a 4xx is logged and
-dropped (e.g. an asset this Dagster does not know).
+dropped (e.g. an asset this Dagster does not know). Until the webserver has answered once, results wait
+quietly (it usually starts after the workers); a webserver still silent after `patience_s` is named in one
+warning, and results keep waiting for it.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -51,8 +54,11 @@ def check_url(base_url: str, asset_key: str) -> str:
 class DagsterCheckReporter:
     """Posts the newest check results of each asset to Dagster from a background thread."""
 
-    def __init__(self, base_url: str, *, timeout_s: float = 5.0, attempts: int = 3, max_wait_s: float = 8.0) -> None:
+    def __init__(self, base_url: str, *, timeout_s: float = 5.0, attempts: int = 3, max_wait_s: float = 8.0,
+                 patience_s: float = 120.0) -> None:
         self.base_url = base_url
+        self.patience_s = patience_s
+        self._answered = False
         self.attempts = attempts
         self.max_wait_s = max_wait_s
         self._client = httpx.Client(timeout=timeout_s)
@@ -80,8 +86,35 @@ class DagsterCheckReporter:
             self._thread.join(timeout_s)
         self._client.close()
 
+    def _webserver_answers(self) -> bool:
+        # Any HTTP answer will do: the point is not to post into a refused connection during start-up.
+        try:
+            self._client.get(f"{self.base_url.rstrip('/')}/server_info", timeout=2.0)
+        except httpx.HTTPError:
+            return False
+        return True
+
+    def _wait_for_webserver(self) -> None:
+        """Block (quietly) until the webserver answers once, or stop is requested."""
+        started = time.monotonic()
+        warned = False
+        while not self._stop.is_set():
+            if self._webserver_answers():
+                self._answered = True
+                if warned:
+                    log.info("dagster_webserver_answers", url=self.base_url)
+                return
+            if not warned and time.monotonic() - started > self.patience_s:
+                log.warning("dagster_webserver_not_answering", url=self.base_url, waited_s=round(self.patience_s),
+                            note="check results wait for it (dagster.url)")
+                warned = True
+            self._stop.wait(0.5)
+
     def _run(self) -> None:
         while not self._stop.is_set():
+            if not self._answered:
+                self._wait_for_webserver()
+                continue
             with self._lock:
                 item = self._pending.popitem(last=False) if self._pending else None
                 if item is None:

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import JsonValue
 
 from libs.common.events import CHECK_NAMES, CheckName, CheckOutcome, CheckResult
+from libs.common.text import clip
 from services.health.anomaly import DetectorConfig, Score, score
 from services.health.model import AssetHistory, Execution, UpstreamState
 from services.health.settings import HealthThresholds
@@ -115,7 +116,7 @@ def execution_status(history: AssetHistory, th: HealthThresholds) -> CheckResult
     }
     if status == "FAILURE":
         times = f"{streak} consecutive failures" if streak > 1 else "first failure"
-        detail = f": {error.strip().splitlines()[0][:200]}" if error and error.strip() else ""
+        detail = f": {clip(error.strip().splitlines()[0], 300)}" if error and error.strip() else ""
         since = f"; last success {when(last_success)}" if last_success else "; no success on record"
         return _result(EXECUTION, "error", f"run {run_id[:8]} failed at {when(at)} ({times}{since}){detail}", **values)
     if status == "CANCELED" and th.canceled_run != "ignore":

@@ -84,6 +84,8 @@ def test_list_assets_every_format(registered: Cli, fmt: str) -> None:
         rows = json.loads(out)
         assert [r["key"] for r in rows] == ["orders_report", "raw_orders", "stg_orders"]
         assert rows[1]["owners"] == ["ana@example.com"] and rows[1]["health"] == "UNKNOWN"
+        assert {r["key"]: r["upstream"] for r in rows} == {
+            "orders_report": ["stg_orders"], "raw_orders": [], "stg_orders": ["raw_orders"]}
     if fmt == "csv":
         rows = list(csv.DictReader(io.StringIO(out)))
         assert len(rows) == 3 and rows[0]["key"] == "orders_report"

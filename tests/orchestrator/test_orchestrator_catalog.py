@@ -74,3 +74,24 @@ def test_json_safe_handles_what_metadata_holds() -> None:
     assert len(str(json_safe("x" * 10_000))) < 5000
     metadata = {"md": MetadataValue.md("# hi"), "j": MetadataValue.json({"a": [1]}), "drop": 1}
     assert json_safe_metadata(metadata, exclude=["drop"]) == {"md": "# hi", "j": {"a": [1]}}
+
+
+@asset(compute_kind="pandas")
+def by_compute_kind() -> None:
+    """The seed's style: compute_kind, which Dagster keeps on the op and reports as a kind."""
+
+
+@asset(kinds={"python"}, tags={"dagster/kind/s3": "", "domain": "x"})
+def by_kinds_and_tags() -> None:
+    """kinds= and a kind tag together."""
+
+
+def test_kinds_come_from_compute_kind_kinds_and_kind_tags() -> None:
+    snapshot = build_catalog(Definitions(assets=[by_compute_kind, by_kinds_and_tags]), "loc")
+    kinds = {a.key: a.kinds for a in snapshot.assets}
+    assert kinds == {"by_compute_kind": ["pandas"], "by_kinds_and_tags": ["python", "s3"]}
+    (tagged,) = (a for a in snapshot.assets if a.key == "by_kinds_and_tags")
+    assert tagged.tags == {"domain": "x"}
+    # the same through the repository (what the sensor builds its snapshot from)
+    repo = Definitions(assets=[by_compute_kind]).get_repository_def()
+    assert build_catalog(repo, "loc").assets[0].kinds == ["pandas"]

@@ -165,3 +165,17 @@ def test_a_second_consumer_of_a_sqlite_store_is_refused(own_redis: LocalRedis, t
         wait_for(successor.ready, what="successor ready")
     finally:
         assert successor.stop() == 0
+
+
+def test_an_intended_job_skip_is_not_logged_as_a_warning() -> None:
+    import logging
+
+    from libs.common.worker import _install_quiet_skips
+
+    _install_quiet_skips()
+    logger = logging.getLogger("apscheduler.scheduler")
+    skip = logger.makeRecord(logger.name, logging.WARNING, __file__, 1,
+                             'Execution of job "x" skipped: maximum number of running instances reached (1)', (), None)
+    other = logger.makeRecord(logger.name, logging.WARNING, __file__, 1, "Job x raised an exception", (), None)
+    assert not logger.filter(skip)
+    assert logger.filter(other)
