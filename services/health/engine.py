@@ -537,6 +537,7 @@ class HealthEngine:
                 downstream=list(spec.downstream) if spec else [],
                 transition=state.transitions,
                 group=spec.group if spec else None,
+                code_location=spec.code_location if spec else None,
                 changed_checks=[r.check for r in results if outcomes_before.get(r.check, "passed") != r.outcome],
             )
             # The evaluation time is part of the identity: a health.db rebuilt from scratch numbers its
