@@ -79,6 +79,16 @@ class Evaluation:
     status: HealthStatus
     results: list[CheckResult]
     changed: bool
+    # The checks the asset's definitions declare (spec.checks), None while its spec is unknown: only
+    # declared checks are reported to Dagster, so a team that did not add `with_health_checks` gets no
+    # undeclared check results in its instance.
+    declared: frozenset[str] | None = None
+
+    @property
+    def reportable(self) -> list[CheckResult]:
+        if self.declared is None:
+            return self.results
+        return [r for r in self.results if r.check in self.declared]
 
 
 def _ts(event: Event) -> float:
@@ -552,15 +562,16 @@ class HealthEngine:
         state.outcomes = {r.check: r.outcome for r in results}
         state.stored = True
         health_rows.append((key, status, sig, json.dumps(reasons), state.transitions, now, now))
-        return Evaluation(key, status, results, changed)
+        declared = frozenset(history.spec.checks) if history.spec is not None else None
+        return Evaluation(key, status, results, changed, declared)
 
     def _after_commit(self, evaluations: Sequence[Evaluation], *, report_all: bool) -> None:
         if any(e.changed for e in evaluations) and self.on_staged is not None:
             self.on_staged()
         if self.report is not None:
             for e in evaluations:
-                if report_all or e.changed:
-                    self.report(e.key, e.results)
+                if (report_all or e.changed) and e.reportable:
+                    self.report(e.key, e.reportable)
         if any(e.changed for e in evaluations):  # the gauges only move with a transition
             self._gauges_stale = True
             self.refresh_status_gauges()
