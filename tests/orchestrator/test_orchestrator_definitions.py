@@ -120,3 +120,12 @@ def test_with_health_checks_declares_the_six_checks_on_a_teams_own_definitions(
     # The team's assets still materialize as before (the declared checks never run or block).
     job = declared.resolve_implicit_global_asset_job_def()
     assert job.execute_in_process(instance=dagster_instance).success
+
+
+def test_publisher_location_holds_only_the_sensor() -> None:
+    from orchestrator.publisher import defs as publisher_defs
+
+    Definitions.validate_loadable(publisher_defs)
+    repository = publisher_defs.get_repository_def()
+    assert [s.name for s in repository.sensor_defs] == ["ams_event_publisher"]
+    assert not list(repository.asset_graph.get_all_asset_keys())
