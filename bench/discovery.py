@@ -98,7 +98,7 @@ defs = build_definitions({n})
 
 
 def measure_graphql(n: int, tmp: Path) -> dict[str, float]:
-    """Discovery through a real dagster-webserver serving `n` generated assets, against Dagster's own answer."""
+    """Discovery through a real dagster-webserver serving `n` generated assets, against Dagster's answer."""
     import signal
 
     import httpx
@@ -117,8 +117,9 @@ def measure_graphql(n: int, tmp: Path) -> dict[str, float]:
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "DAGSTER_HOME": str(tmp), "PYTHONPATH": os.pathsep.join([str(code), str(ROOT)])}
     log = (tmp / "webserver.log").open("wb")
-    server = subprocess.Popen([sys.executable, "-m", "dagster_webserver", "-m", "bench_generated", "-h", "127.0.0.1",
-                               "-p", str(port)], env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT,
+    args = [sys.executable, "-m", "dagster_webserver", "-m", "bench_generated", "-h", "127.0.0.1",
+            "-p", str(port)]
+    server = subprocess.Popen(args, env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True)
     client = WebserverClient(url, timeout_s=600, retries=1)
 
@@ -137,7 +138,8 @@ def measure_graphql(n: int, tmp: Path) -> dict[str, float]:
 
         def dagster_answer() -> float:
             started = time.perf_counter()
-            response = raw.post(f"{url}/graphql", json={"query": ASSET_NODES_QUERY, "variables": {"selector": selector}})
+            body = {"query": ASSET_NODES_QUERY, "variables": {"selector": selector}}
+            response = raw.post(f"{url}/graphql", json=body)
             response.read()
             assert response.status_code == 200
             return time.perf_counter() - started
@@ -192,7 +194,8 @@ def main() -> int:
         os.environ.update({"DAGSTER_HOME": str(home)})
         settings = load_settings(AppSettings, dagster_home=str(home), logging={"file": None, "level": "WARNING"})
         configure_logging(settings)
-        store = Store(settings.store_url(StoreName.METADATA), MIGRATIONS, synchronous=settings.stores.synchronous)
+        store = Store(settings.store_url(StoreName.METADATA), MIGRATIONS,
+                      synchronous=settings.stores.synchronous)
 
         profiler = None
         if options.profile:

@@ -64,7 +64,9 @@ def materializable_keys(assets: Sequence[object]) -> list[AssetKey]:
     return keys
 
 
-def build_health_checks(keys: Iterable[AssetKey], *, skip: Iterable[AssetCheckKey] = ()) -> list[AssetsDefinition]:
+def build_health_checks(
+    keys: Iterable[AssetKey], *, skip: Iterable[AssetCheckKey] = ()
+) -> list[AssetsDefinition]:
     """The declared health checks of `keys` (an empty list when there is no asset)."""
     specs = check_specs(keys, skip=skip)
     if not specs:
@@ -87,7 +89,7 @@ def build_health_checks(keys: Iterable[AssetKey], *, skip: Iterable[AssetCheckKe
 
 
 def with_health_checks(defs: Definitions) -> Definitions:
-    """`defs` plus the six health checks declared on every materializable asset, for a team's own code location.
+    """`defs` plus the six health checks declared on every materializable asset (a team's own location).
 
     One line in the team's definitions module, `defs = with_health_checks(Definitions(...))`, and the
     results the health service reports appear on each asset's Checks tab. Nothing else changes: no op runs

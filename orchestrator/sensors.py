@@ -166,7 +166,9 @@ class PublisherCursor:
 
     def copy(self) -> PublisherCursor:
         return PublisherCursor(
-            positions=dict(self.positions), catalog=self.catalog, seen={k: list(v) for k, v in self.seen.items()}
+            positions=dict(self.positions),
+            catalog=self.catalog,
+            seen={k: list(v) for k, v in self.seen.items()},
         )
 
 

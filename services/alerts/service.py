@@ -130,8 +130,8 @@ class AlertService:
             return 0  # an older version arriving late
         retired = event.type == "asset.retired" or event.data.retired_at is not None
         conn.execute(
-            """INSERT INTO assets (asset_key, owners, group_name, tags, downstream, version, retired, updated_at,
-                 code_location)
+            """INSERT INTO assets (asset_key, owners, group_name, tags, downstream, version, retired,
+                 updated_at, code_location)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT(asset_key) DO UPDATE SET owners = excluded.owners, group_name = excluded.group_name,
                  tags = excluded.tags, downstream = excluded.downstream, version = excluded.version,
@@ -312,7 +312,8 @@ class AlertService:
 
     def _asset_info(self, conn: Connection, asset_key: str, hints: AssetInfo | None) -> AssetInfo:
         row = conn.execute(
-            "SELECT owners, group_name, tags, downstream, code_location FROM assets WHERE asset_key = ?", (asset_key,)
+            "SELECT owners, group_name, tags, downstream, code_location FROM assets WHERE asset_key = ?",
+            (asset_key,),
         ).fetchone()
         if hints is None:
             # No event at hand (a tick, a person's action): what the last health event said about the asset.

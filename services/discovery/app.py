@@ -39,7 +39,7 @@ def build(settings: DiscoveryWorkerSettings, *, port: int | None = None, loader:
         settings=settings,
         store=store,
         streams=[CATALOG],
-        handler=make_handler(store, settings.dagster.code_location, loader=loader, defer=defer),
+        handler=make_handler(store, settings.dagster.code_location, loader=loader, defer=defer, sync=sync),
         jobs=[
             *jobs,
             PeriodicJob(

@@ -130,8 +130,9 @@ def all_keys(conn: Connection) -> list[str]:
 
 def distinct_values(conn: Connection) -> dict[str, set[str]]:
     """The groups, owners, kinds and tag keys in use (to reject filters that match nothing by typo)."""
-    out: dict[str, set[str]] = {"group": set(), "owner": set(), "kind": set(), "tag": set(), "location": set()}
-    out["location"] = {r[0] for r in conn.execute("SELECT DISTINCT code_location FROM assets") if r[0] is not None}
+    out: dict[str, set[str]] = {name: set() for name in ("group", "owner", "kind", "tag", "location")}
+    locations = conn.execute("SELECT DISTINCT code_location FROM assets")
+    out["location"] = {r[0] for r in locations if r[0] is not None}
     out["group"] = {r[0] for r in conn.execute("SELECT DISTINCT group_name FROM assets") if r[0] is not None}
     out["owner"] = {r[0] for r in conn.execute("SELECT DISTINCT o.value FROM assets, json_each(assets.owners) o")}
     out["kind"] = {r[0] for r in conn.execute("SELECT DISTINCT k.value FROM assets, json_each(assets.kinds) k")}

@@ -452,7 +452,9 @@ def downstream_of(conn: Connection, key: str) -> list[tuple[str, int]]:
 # -- code locations ------------------------------------------------------------------------------------
 
 
-def record_problems(conn: Connection, location: str, problems: Sequence[str], now: datetime | None = None) -> bool:
+def record_problems(
+    conn: Connection, location: str, problems: Sequence[str], now: datetime | None = None
+) -> bool:
     """Record that `location` could not be read (its problems), touching none of its assets.
 
     A location in error must not retire what it defined; the registry keeps its last assets and the location
@@ -468,14 +470,16 @@ def record_problems(conn: Connection, location: str, problems: Sequence[str], no
             "SELECT COUNT(*) FROM assets WHERE code_location = ? AND retired_at IS NULL", (location,)
         ).fetchone()[0]
         conn.execute(
-            "INSERT INTO code_locations (name, fingerprint, snapshot_fingerprint, asset_count, problems, changed_at) "
+            "INSERT INTO code_locations "
+            "(name, fingerprint, snapshot_fingerprint, asset_count, problems, changed_at) "
             "VALUES (?, '', NULL, ?, ?, ?)",
             (location, int(count), _dumps(found), ts),
         )
     else:
         # The producer fingerprint is forgotten: the next good snapshot is compared asset by asset.
         conn.execute(
-            "UPDATE code_locations SET problems = ?, snapshot_fingerprint = NULL, changed_at = ? WHERE name = ?",
+            "UPDATE code_locations SET problems = ?, snapshot_fingerprint = NULL, changed_at = ? "
+            "WHERE name = ?",
             (_dumps(found), ts, location),
         )
     return True
@@ -483,7 +487,9 @@ def record_problems(conn: Connection, location: str, problems: Sequence[str], no
 
 def set_source(conn: Connection, location: str, source: str) -> None:
     """Remember which reader registered `location` last (`dagster`, `sensor` or `local`)."""
-    conn.execute("UPDATE code_locations SET source = ? WHERE name = ? AND source != ?", (source, location, source))
+    conn.execute(
+        "UPDATE code_locations SET source = ? WHERE name = ? AND source != ?", (source, location, source)
+    )
 
 
 def source_of(conn: Connection, location: str) -> str | None:
@@ -498,7 +504,8 @@ def locations_from(conn: Connection, source: str) -> list[str]:
         str(r[0])
         for r in conn.execute(
             "SELECT c.name FROM code_locations c WHERE c.source = ? AND EXISTS "
-            "(SELECT 1 FROM assets a WHERE a.code_location = c.name AND a.retired_at IS NULL) ORDER BY c.name",
+            "(SELECT 1 FROM assets a WHERE a.code_location = c.name AND a.retired_at IS NULL) "
+            "ORDER BY c.name",
             (source,),
         )
     ]

@@ -124,9 +124,15 @@ def rescan(
 
 
 def make_handler(
-    store: Store, default_location: str, *, loader: Loader, defer: bool = False
+    store: Store,
+    default_location: str,
+    *,
+    loader: Loader,
+    defer: bool = False,
+    sync: WorkspaceSync | None = None,
 ) -> Callable[[list[Delivery]], None]:
-    """The worker's batch handler for the catalog stream (`defer`: see `rescan`)."""
+    """The worker's batch handler for the catalog stream (`defer`: see `rescan`). With `sync` (a webserver
+    is configured) a discovery request also polls it: a reloaded location is registered at once."""
 
     def handle(deliveries: list[Delivery]) -> None:
         requests: list[DiscoveryRequested] = []
@@ -140,6 +146,8 @@ def make_handler(
             _register_events(store, snapshots, defer=defer)
         for request in requests:
             _handle_request(store, request, default_location, loader, defer=defer)
+        if requests and sync is not None:
+            sync_from_dagster(sync)
 
     return handle
 
@@ -245,6 +253,8 @@ class WorkspaceSync:
         report = SyncReport(self.client.url)
         entries = self.client.workspace()
         for entry in entries:
+            if target is None:
+                metrics.LAST_SCAN.labels(code_location=entry.name).set(time.time())
             if entry.status != "LOADED":
                 report.locations.append(LocationReport(entry.name, "loading"))
                 continue
@@ -264,9 +274,11 @@ class WorkspaceSync:
                 report.locations.append(LocationReport(entry.name, "error", 0, list(snapshot.problems),
                                                        duration_s=read.duration_s))
             else:
-                outcome = register(store, snapshot, trigger=trigger, source=self.source, origin=DAGSTER_SOURCE)
-                report.locations.append(LocationReport(entry.name, "registered", len(snapshot.assets),
-                                                       list(snapshot.problems), outcome.changes, read.duration_s))
+                outcome = register(store, snapshot, trigger=trigger, source=self.source,
+                                   origin=DAGSTER_SOURCE)
+                found = LocationReport(entry.name, "registered", len(snapshot.assets),
+                                       list(snapshot.problems), outcome.changes, read.duration_s)
+                report.locations.append(found)
             if target is None:
                 self.seen[entry.name] = entry.version
         listed = {e.name for e in entries}
@@ -274,7 +286,8 @@ class WorkspaceSync:
             gone = [name for name in locations_from(conn, DAGSTER_SOURCE) if name not in listed]
         for name in gone:
             # Removed from workspace.yaml (or renamed): its assets are retired, as a deleted module's are.
-            empty = CatalogSnapshotData(code_location=name, fingerprint=f"gone:{time.time()}", assets=[], problems=[])
+            empty = CatalogSnapshotData(code_location=name, fingerprint=f"gone:{time.time()}", assets=[],
+                                        problems=[])
             outcome = register(store, empty, trigger=trigger, source=self.source, origin=DAGSTER_SOURCE)
             report.locations.append(LocationReport(name, "gone", 0, [], outcome.changes))
             self.seen.pop(name, None)

@@ -163,7 +163,9 @@ class LocationRead:
 class WebserverClient:
     """POSTs GraphQL queries to `<url>/graphql` with a timeout and a few retries on transient errors."""
 
-    def __init__(self, url: str, *, timeout_s: float = 5.0, retries: int = 3, client: httpx.Client | None = None):
+    def __init__(
+        self, url: str, *, timeout_s: float = 5.0, retries: int = 3, client: httpx.Client | None = None
+    ):
         self.url = url.rstrip("/")
         self.endpoint = f"{self.url}/graphql"
         self.timeout_s = timeout_s
@@ -180,7 +182,9 @@ class WebserverClient:
             if attempt:
                 time.sleep(min(0.2 * 2**attempt, 2.0))
             try:
-                response = self._client.post(self.endpoint, json={"query": text, "variables": dict(variables or {})})
+                response = self._client.post(
+                    self.endpoint, json={"query": text, "variables": dict(variables or {})}
+                )
             except httpx.TimeoutException as exc:
                 last = f"no answer within {self.timeout_s:g} s ({type(exc).__name__})"
                 continue
@@ -196,34 +200,56 @@ class WebserverClient:
                 body = None
             errors = body.get("errors") if isinstance(body, dict) else None
             if response.status_code != 200 and not errors:
-                raise DagsterUnavailable(f"Dagster webserver {self.endpoint} answered HTTP {response.status_code}: "
-                                         f"{response.text[:300]}")
+                raise DagsterUnavailable(
+                    f"Dagster webserver {self.endpoint} answered HTTP {response.status_code}: "
+                    f"{response.text[:300]}"
+                )
             if body is None:
-                raise DagsterUnavailable(f"Dagster webserver {self.endpoint} answered something that is not JSON: "
-                                         f"{response.text[:200]!r}")
+                raise DagsterUnavailable(
+                    f"Dagster webserver {self.endpoint} answered something that is not JSON: "
+                    f"{response.text[:200]!r}"
+                )
             if errors:
                 messages = "; ".join(str(e.get("message", e))[:300] for e in errors[:3])
-                raise DagsterUnavailable(f"Dagster webserver {self.endpoint} answered GraphQL errors: {messages}")
+                raise DagsterUnavailable(
+                    f"Dagster webserver {self.endpoint} answered GraphQL errors: {messages}"
+                )
             data = body.get("data") if isinstance(body, dict) else None
             if not isinstance(data, dict):
                 raise DagsterUnavailable(f"Dagster webserver {self.endpoint} answered without data")
             return data
-        raise DagsterUnavailable(f"cannot reach the Dagster webserver at {self.url} after {self.retries} attempts: {last}")
+        raise DagsterUnavailable(
+            f"cannot reach the Dagster webserver at {self.url} after {self.retries} attempts: {last}"
+        )
 
     def workspace(self) -> list[LocationEntry]:
         """Every code location of the workspace, with its load status, version and repositories or error."""
         data = self.query(WORKSPACE_QUERY)["workspaceOrError"]
         if data.get("__typename") != "Workspace":
-            raise DagsterUnavailable(f"Dagster webserver {self.url} cannot list its workspace: "
-                                     f"{str(data.get('message', data.get('__typename')))[:300]}")
+            raise DagsterUnavailable(
+                f"Dagster webserver {self.url} cannot list its workspace: "
+                f"{str(data.get('message', data.get('__typename')))[:300]}"
+            )
         out = []
         for raw in data["locationEntries"]:
             loaded = raw.get("locationOrLoadError") or {}
             kind = loaded.get("__typename")
             error = _first_lines(str(loaded.get("message", ""))) if kind == "PythonError" else None
-            repositories = tuple(r["name"] for r in loaded.get("repositories", [])) if kind == "RepositoryLocation" else ()
-            out.append(LocationEntry(name=raw["name"], status=str(raw["loadStatus"]), updated=float(raw["updatedTimestamp"]),
-                                     version_key=str(raw["versionKey"]), repositories=repositories, error=error))
+            repositories = (
+                tuple(r["name"] for r in loaded.get("repositories", []))
+                if kind == "RepositoryLocation"
+                else ()
+            )
+            out.append(
+                LocationEntry(
+                    name=raw["name"],
+                    status=str(raw["loadStatus"]),
+                    updated=float(raw["updatedTimestamp"]),
+                    version_key=str(raw["versionKey"]),
+                    repositories=repositories,
+                    error=error,
+                )
+            )
         return out
 
     def read_location(self, entry: LocationEntry) -> LocationRead:
@@ -237,8 +263,10 @@ class WebserverClient:
             selector = {"repositoryLocationName": entry.name, "repositoryName": repository}
             answer = self.query(ASSET_NODES_QUERY, {"selector": selector})["repositoryOrError"]
             if answer.get("__typename") != "Repository":
-                problems.append(f"{entry.name}/{repository}: {answer.get('__typename')}: "
-                                f"{_first_lines(str(answer.get('message', '')))}")
+                problems.append(
+                    f"{entry.name}/{repository}: {answer.get('__typename')}: "
+                    f"{_first_lines(str(answer.get('message', '')))}"
+                )
                 continue
             nodes.extend(answer["assetNodes"])
         snapshot = snapshot_from_nodes(entry.name, nodes, problems)
@@ -299,8 +327,10 @@ def _metadata_value(entry: Mapping[str, Any]) -> Any:
     if kind == "JobMetadataEntry":
         return f"{entry['locationName']}:{entry['jobName']}"
     if kind == "TableSchemaMetadataEntry":
-        return [Column(name=c["name"], type=c.get("type") or "", description=c.get("description")).model_dump()
-                for c in entry["schema"]["columns"]]
+        return [
+            Column(name=c["name"], type=c.get("type") or "", description=c.get("description")).model_dump()
+            for c in entry["schema"]["columns"]
+        ]
     if kind == "NullMetadataEntry":
         return None
     return f"<{kind}>"
@@ -326,15 +356,26 @@ def _freshness(node: Mapping[str, Any]) -> dict[str, JsonValue] | None:
     policy = node.get("internalFreshnessPolicy")
     if policy and policy.get("__typename") == "TimeWindowFreshnessPolicy":
         warn = policy.get("warnWindowSeconds")
-        return {"kind": "time_window", "fail_window_s": float(policy["failWindowSeconds"]),
-                "warn_window_s": float(warn) if warn is not None else None}
+        return {
+            "kind": "time_window",
+            "fail_window_s": float(policy["failWindowSeconds"]),
+            "warn_window_s": float(warn) if warn is not None else None,
+        }
     if policy and policy.get("__typename") == "CronFreshnessPolicy":
-        return {"kind": "cron", "deadline_cron": policy["deadlineCron"],
-                "lower_bound_delta_s": float(policy["lowerBoundDeltaSeconds"]), "timezone": policy["timezone"]}
+        return {
+            "kind": "cron",
+            "deadline_cron": policy["deadlineCron"],
+            "lower_bound_delta_s": float(policy["lowerBoundDeltaSeconds"]),
+            "timezone": policy["timezone"],
+        }
     legacy = node.get("freshnessPolicy")
     if legacy:
-        return {"kind": "legacy", "maximum_lag_minutes": legacy["maximumLagMinutes"],
-                "cron_schedule": legacy.get("cronSchedule"), "cron_schedule_timezone": legacy.get("cronScheduleTimezone")}
+        return {
+            "kind": "legacy",
+            "maximum_lag_minutes": legacy["maximumLagMinutes"],
+            "cron_schedule": legacy.get("cronSchedule"),
+            "cron_schedule_timezone": legacy.get("cronScheduleTimezone"),
+        }
     return None
 
 
@@ -354,14 +395,20 @@ def spec_from_node(node: Mapping[str, Any], code_location: str) -> AssetSpecData
         kinds = [tags[COMPUTE_KIND_TAG]]
     plain_tags = {k: v for k, v in sorted(tags.items()) if not k.startswith(KIND_TAG_PREFIX)}
     entries = node.get("metadataEntries") or []
-    metadata = {str(e["label"]): metadata_value(e) for e in entries if e.get("label") != CODE_REFERENCES_LABEL}
+    metadata = {
+        str(e["label"]): metadata_value(e) for e in entries if e.get("label") != CODE_REFERENCES_LABEL
+    }
     if node.get("automationCondition"):
-        metadata["dagster/automation_condition"] = node["automationCondition"].get("label") or \
-            _text(str(node["automationCondition"].get("expandedLabel")))
+        metadata["dagster/automation_condition"] = node["automationCondition"].get("label") or _text(
+            str(node["automationCondition"].get("expandedLabel"))
+        )
     source_file, source_line = _source(entries)
     checks_answer = node.get("assetChecksOrError") or {}
-    checks = sorted({c["name"] for c in checks_answer.get("checks", [])}) if checks_answer.get(
-        "__typename") == "AssetChecks" else []
+    checks = (
+        sorted({c["name"] for c in checks_answer.get("checks", [])})
+        if checks_answer.get("__typename") == "AssetChecks"
+        else []
+    )
     partitioning = (node.get("partitionDefinition") or {}).get("description")
     return AssetSpecData(
         key=key_of(node),
@@ -386,14 +433,19 @@ def spec_from_node(node: Mapping[str, Any], code_location: str) -> AssetSpecData
 def fingerprint_of(assets: Sequence[AssetSpecData], problems: Sequence[str]) -> str:
     """A stable hash of a snapshot's content (the same recipe as `orchestrator.catalog.fingerprint_of`)."""
     canonical = json.dumps(
-        {"assets": [a.model_dump(mode="json") for a in sorted(assets, key=lambda a: a.key)], "problems": sorted(problems)},
+        {
+            "assets": [a.model_dump(mode="json") for a in sorted(assets, key=lambda a: a.key)],
+            "problems": sorted(problems),
+        },
         sort_keys=True,
         separators=(",", ":"),
     )
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
-def snapshot_from_nodes(code_location: str, nodes: Sequence[Mapping[str, Any]], problems: Sequence[str]) -> CatalogSnapshotData:
+def snapshot_from_nodes(
+    code_location: str, nodes: Sequence[Mapping[str, Any]], problems: Sequence[str]
+) -> CatalogSnapshotData:
     """The location's snapshot from its asset nodes (stubs of undefined upstreams excluded, as in-process)."""
     specs: dict[str, AssetSpecData] = {}
     for node in nodes:
@@ -403,5 +455,6 @@ def snapshot_from_nodes(code_location: str, nodes: Sequence[Mapping[str, Any]], 
         specs[spec.key] = spec
     assets = [specs[k] for k in sorted(specs)]
     found = sorted(problems)
-    return CatalogSnapshotData(code_location=code_location, fingerprint=fingerprint_of(assets, found), assets=assets,
-                               problems=found)
+    return CatalogSnapshotData(
+        code_location=code_location, fingerprint=fingerprint_of(assets, found), assets=assets, problems=found
+    )

@@ -1,5 +1,5 @@
-"""Attached to a Dagster deployment a team already runs: ONE `dagster dev` on a workspace of two code locations
-(this project's, which only adds the publishing sensor, and `finance`, a separate package under
+"""Attached to a Dagster deployment a team already runs: ONE `dagster dev` on a workspace of two code
+locations (this project's, which only adds the publishing sensor, and `finance`, a separate package under
 tests/e2e/finance_location that knows nothing of this project), the three workers as processes on real
 Redis, a real HTTP receiver on loopback.
 
@@ -108,9 +108,9 @@ class Deployment:
             "AMS_DISCOVERY__POLL_INTERVAL_S": "1",
             "AMS_DISCOVERY__RESCAN_AT_START": "false",
             "AMS_ALERTS__FLAP_WINDOW_S": "0",
-            "AMS_ALERTS__RECEIVERS": json.dumps([
-                {"name": "ops", "kind": "webhook", "url": receiver.url, "secret_env": "E2E_WEBHOOK_SECRET"}
-            ]),
+            "AMS_ALERTS__RECEIVERS": json.dumps(
+                [{"name": "ops", "kind": "webhook", "url": receiver.url, "secret_env": "E2E_WEBHOOK_SECRET"}]
+            ),
             "E2E_WEBHOOK_SECRET": SECRET,
             "FINANCE_CONTROL_DIR": str(self.control),
             "PYTHONPATH": str(ROOT),
@@ -121,9 +121,24 @@ class Deployment:
     def start(self) -> None:
         with (self.logs / "dagster.log").open("wb") as log:
             self.dagster = subprocess.Popen(
-                [sys.executable, "-m", "dagster", "dev", "-w", str(self.workspace), "-h", "127.0.0.1", "-p",
-                 str(self.port)], env=self.env, cwd=self.home, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "dagster",
+                    "dev",
+                    "-w",
+                    str(self.workspace),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                ],
+                env=self.env,
+                cwd=self.home,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         for name in ("discovery", "health", "alerts"):
             self.workers[name] = ServiceProcess.service(name, self.env, self.logs / f"{name}.log")
 
@@ -139,8 +154,9 @@ class Deployment:
         return codes
 
     def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
-        answer: dict[str, Any] = httpx.post(f"{self.url}/graphql", json={"query": query, "variables": variables},
-                                            timeout=60).json()
+        answer: dict[str, Any] = httpx.post(
+            f"{self.url}/graphql", json={"query": query, "variables": variables}, timeout=60
+        ).json()
         assert answer.get("data") is not None, answer
         return answer["data"]
 
@@ -151,9 +167,15 @@ class Deployment:
             return False
 
     def launch(self, location: str, key: list[str]) -> str:
-        params = {"selector": {"repositoryLocationName": location, "repositoryName": "__repository__",
-                               "jobName": "__ASSET_JOB", "assetSelection": [{"path": key}]},
-                  "mode": "default"}
+        params = {
+            "selector": {
+                "repositoryLocationName": location,
+                "repositoryName": "__repository__",
+                "jobName": "__ASSET_JOB",
+                "assetSelection": [{"path": key}],
+            },
+            "mode": "default",
+        }
         result = self.graphql(LAUNCH, params=params)["launchRun"]
         assert result["__typename"] == "LaunchRunSuccess", result
         return str(result["run"]["runId"])
@@ -179,8 +201,12 @@ def deployment(tmp_path: Path, redis_url: str, receiver: RecordingReceiver) -> I
     d = Deployment(tmp_path, redis_url, receiver)
     try:
         d.start()
-        wait_for(lambda: d.answers() and all(w.answers() and w.ready() for w in d.workers.values()), 240,
-                 "dagster dev and the three workers", d.log)
+        wait_for(
+            lambda: d.answers() and all(w.answers() and w.ready() for w in d.workers.values()),
+            240,
+            "dagster dev and the three workers",
+            d.log,
+        )
         yield d
     finally:
         codes = d.stop()
@@ -207,12 +233,24 @@ def test_second_location_registered_alerted_resolved_and_versioned(
         return {r["key"]: r for r in rows(metadata_db, "SELECT * FROM assets WHERE retired_at IS NULL")}
 
     # 1. Both locations registered from the webserver, each asset under its own location.
-    expected = {"finance/bank_feed", ENTRIES, "finance/revenue", "finance/costs", "finance/daily_balances",
-                "raw_orders", "stg_orders"}
-    found = wait_for(lambda: (lambda r: r if expected <= set(r) else None)(registry()), 120,
-                     "both locations in metadata.db", d.log)
+    expected = {
+        "finance/bank_feed",
+        ENTRIES,
+        "finance/revenue",
+        "finance/costs",
+        "finance/daily_balances",
+        "raw_orders",
+        "stg_orders",
+    }
+    found = wait_for(
+        lambda: (lambda r: r if expected <= set(r) else None)(registry()),
+        120,
+        "both locations in metadata.db",
+        d.log,
+    )
     assert {k: found[k]["code_location"] for k in expected} == {
-        k: ("orchestrator" if "/" not in k else "finance") for k in expected}
+        k: ("orchestrator" if "/" not in k else "finance") for k in expected
+    }
     entries = found[ENTRIES]
     assert json.loads(entries["owners"]) == ["controller@example.com", "team:finance"]
     assert json.loads(entries["tags"]) == {"domain": "finance", "tier": "gold"}
@@ -230,7 +268,7 @@ def test_second_location_registered_alerted_resolved_and_versioned(
     finally:
         conn.close()
 
-    # 2. A failing materialization launched in the finance location: a signed webhook names owner and location.
+    # 2. A failing materialization launched in the finance location: a signed webhook names owner, location.
     (d.control / "fail").write_text("")
     failed_run = d.launch("finance", ["finance", "ledger", "entries"])
     wait_for(lambda: d.run_status(failed_run) == "FAILURE", 180, "the finance run failed", d.log)
@@ -253,10 +291,22 @@ def test_second_location_registered_alerted_resolved_and_versioned(
     # 4. The finance team edits its code and reloads its location: the next poll versions the change.
     ledger = d.finance / "finance_pipelines" / "ledger.py"
     ledger.write_text(ledger.read_text().replace('"tier": "gold"', '"tier": "platinum"'))
-    assert d.graphql(RELOAD, name="finance")["reloadRepositoryLocation"]["__typename"] == "WorkspaceLocationEntry"
+    assert (
+        d.graphql(RELOAD, name="finance")["reloadRepositoryLocation"]["__typename"]
+        == "WorkspaceLocationEntry"
+    )
     version = wait_for(
-        lambda: rows(metadata_db, "SELECT version, changes FROM asset_versions WHERE key = ? AND version = 2", ENTRIES),
-        60, "finance/ledger/entries v2", d.log)[0]
-    assert json.loads(version["changes"]) == {"tags": {"old": {"domain": "finance", "tier": "gold"},
-                                                       "new": {"domain": "finance", "tier": "platinum"}}}
+        lambda: rows(
+            metadata_db, "SELECT version, changes FROM asset_versions WHERE key = ? AND version = 2", ENTRIES
+        ),
+        60,
+        "finance/ledger/entries v2",
+        d.log,
+    )[0]
+    assert json.loads(version["changes"]) == {
+        "tags": {
+            "old": {"domain": "finance", "tier": "gold"},
+            "new": {"domain": "finance", "tier": "platinum"},
+        }
+    }
     assert registry()["stg_orders"]["version"] == 1  # the other location was not touched

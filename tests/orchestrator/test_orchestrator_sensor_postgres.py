@@ -30,7 +30,7 @@ from orchestrator.settings import OrchestratorSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
-ASSETS_CODE = '''
+ASSETS_CODE = """
 import os
 import dagster as dg
 
@@ -50,9 +50,9 @@ def pg_pair():
     yield dg.MaterializeResult(asset_key="pg_b")
 
 defs = dg.Definitions(assets=[pg_orders, pg_report, pg_pair])
-'''
+"""
 
-RUNNER = '''
+RUNNER = """
 import os, sys
 import dagster as dg
 sys.path.insert(0, sys.argv[1])
@@ -62,7 +62,7 @@ instance = dg.DagsterInstance.get()
 for i in range(int(sys.argv[2])):
     os.environ["PG_FAIL"] = "1" if (int(sys.argv[3]) + i) % 3 == 0 else "0"
     job.execute_in_process(instance=instance, raise_on_error=False)
-'''
+"""
 
 
 @pytest.fixture
@@ -70,7 +70,9 @@ def pg_home(tmp_path: Path, postgres_url: str) -> Iterator[Path]:
     """A DAGSTER_HOME whose dagster.yaml puts runs, the event log and schedules in PostgreSQL."""
     home = tmp_path / "pg_home"
     home.mkdir()
-    url = postgres_url.replace("postgresql://", "postgresql+psycopg2://", 1)  # SQLAlchemy's default is psycopg 3
+    url = postgres_url.replace(
+        "postgresql://", "postgresql+psycopg2://", 1
+    )  # SQLAlchemy's default is psycopg 3
     (home / "dagster.yaml").write_text(f"storage:\n  postgres:\n    postgres_url: {url}\n")
     code = tmp_path / "code"
     code.mkdir()
@@ -83,7 +85,10 @@ def published(client: redis.Redis, prefix: str, stream: str) -> list[Any]:
 
 
 def test_concurrent_runs_and_a_late_commit_are_published_exactly_once(
-    pg_home: Path, postgres_url: str, settings: OrchestratorSettings, redis_client: redis.Redis,
+    pg_home: Path,
+    postgres_url: str,
+    settings: OrchestratorSettings,
+    redis_client: redis.Redis,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("DAGSTER_HOME", str(pg_home))
@@ -96,7 +101,9 @@ def test_concurrent_runs_and_a_late_commit_are_published_exactly_once(
     # 1. Three processes run jobs concurrently while the publisher ticks.
     env = {**os.environ, "DAGSTER_HOME": str(pg_home), "PYTHONPATH": str(ROOT)}
     code_dir = str(pg_home.parent / "code")
-    runners = [subprocess.Popen([sys.executable, "-c", RUNNER, code_dir, "2", str(n)], env=env) for n in range(3)]
+    runners = [
+        subprocess.Popen([sys.executable, "-c", RUNNER, code_dir, "2", str(n)], env=env) for n in range(3)
+    ]
     try:
         while any(p.poll() is None for p in runners):
             cursor = publisher.run_tick(cursor).cursor
@@ -109,15 +116,26 @@ def test_concurrent_runs_and_a_late_commit_are_published_exactly_once(
 
     # 2. A transaction takes its storage id, later events commit and are published, then it commits.
     storage: Any = instance.event_log_storage
-    template = next(iter(storage.get_event_records(
-        EventRecordsFilter(event_type=DagsterEventType.ASSET_MATERIALIZATION), limit=1))).event_log_entry
+    template = next(
+        iter(
+            storage.get_event_records(
+                EventRecordsFilter(event_type=DagsterEventType.ASSET_MATERIALIZATION), limit=1
+            )
+        )
+    ).event_log_entry
     plain_prefix = "plain-" + settings.bus.prefix
-    plain = EventPublisher(instance, Bus(redis_client, settings.bus.model_copy(update={"prefix": plain_prefix})),
-                           code_location="pg", late_commit_window=0)  # a plain "after id N" cursor
+    plain = EventPublisher(
+        instance,
+        Bus(redis_client, settings.bus.model_copy(update={"prefix": plain_prefix})),
+        code_location="pg",
+        late_commit_window=0,
+    )  # a plain "after id N" cursor
     engine = sa.create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg2://", 1))
     with engine.connect() as conn:
         transaction = conn.begin()
-        late_id = int(conn.execute(sa.text("SELECT nextval(pg_get_serial_sequence('event_logs', 'id'))")).scalar_one())
+        late_id = int(
+            conn.execute(sa.text("SELECT nextval(pg_get_serial_sequence('event_logs', 'id'))")).scalar_one()
+        )
         subprocess.run([sys.executable, "-c", RUNNER, code_dir, "1", "1"], env=env, check=True)
         plain_cursor = plain.run_tick(cursor).cursor
         cursor = publisher.run_tick(cursor).cursor
@@ -128,15 +146,19 @@ def test_concurrent_runs_and_a_late_commit_are_published_exactly_once(
     engine.dispose()
     # The plain cursor passes over the late commit for good ...
     plain.run_tick(plain_cursor)
-    assert late_id not in {e.data.storage_id for e in published(redis_client, plain_prefix, ASSETS)
-                           if e.type == "asset.materialized"}
+    assert late_id not in {
+        e.data.storage_id
+        for e in published(redis_client, plain_prefix, ASSETS)
+        if e.type == "asset.materialized"
+    }
     # ... the windowed cursor publishes it, once.
     for _ in range(2):
         cursor = publisher.run_tick(cursor).cursor
 
     # 3. Exactly once: every materialization record and every run outcome, no duplicate.
-    records = storage.get_event_records(EventRecordsFilter(event_type=DagsterEventType.ASSET_MATERIALIZATION),
-                                        limit=10_000)
+    records = storage.get_event_records(
+        EventRecordsFilter(event_type=DagsterEventType.ASSET_MATERIALIZATION), limit=10_000
+    )
     assets = published(redis_client, settings.bus.prefix, ASSETS)
     materialized = [e for e in assets if e.type == "asset.materialized"]
     assert Counter(e.id for e in materialized).most_common(1)[0][1] == 1

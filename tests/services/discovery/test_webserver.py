@@ -30,7 +30,7 @@ from services.discovery.webserver import DagsterUnavailable, LocationEntry, Loca
 
 ROOT = Path(__file__).resolve().parents[3]
 
-SALES = '''
+SALES = """
 import dagster as dg
 
 @dg.asset(key_prefix=["sales"], group_name="sales", owners=["team:sales"], tags={{"domain": "sales"}},
@@ -43,7 +43,7 @@ def orders() -> None: ...
 def report() -> None: ...
 
 defs = dg.Definitions(assets=[orders, report])
-'''
+"""
 
 WORKSPACE = """
 load_from:
@@ -73,19 +73,31 @@ class Webserver:
     workspace: Path
     log: Path
 
-    def write_sales(self, description: str = "Orders of the shop.", version: str = "1", *, broken: bool = False) -> None:
-        text = "raise ImportError('sales database driver missing')\n" if broken else textwrap.dedent(
-            SALES.format(description=description, version=version))
+    def write_sales(
+        self, description: str = "Orders of the shop.", version: str = "1", *, broken: bool = False
+    ) -> None:
+        text = (
+            "raise ImportError('sales database driver missing')\n"
+            if broken
+            else textwrap.dedent(SALES.format(description=description, version=version))
+        )
         (self.code / self.sales / "definitions.py").write_text(text)
 
     def write_workspace(self, *, with_sales: bool = True) -> None:
         entries = [(self.broken, "broken")] + ([(self.sales, "sales")] if with_sales else [])
-        self.workspace.write_text(WORKSPACE.format(entries="".join(
-            ENTRY.format(module=f"{pkg}.definitions", name=name, directory=self.code) for pkg, name in entries)))
+        self.workspace.write_text(
+            WORKSPACE.format(
+                entries="".join(
+                    ENTRY.format(module=f"{pkg}.definitions", name=name, directory=self.code)
+                    for pkg, name in entries
+                )
+            )
+        )
 
     def graphql(self, query: str, **variables: str) -> dict[str, object]:
-        answer: dict[str, object] = httpx.post(f"{self.url}/graphql", json={"query": query, "variables": variables},
-                                               timeout=60).json()
+        answer: dict[str, object] = httpx.post(
+            f"{self.url}/graphql", json={"query": query, "variables": variables}, timeout=60
+        ).json()
         return answer
 
     def reload(self, name: str) -> None:
@@ -107,8 +119,14 @@ def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webserver]:
     """`dagster-webserver` (no daemon) on a workspace of a good location (`sales`) and a broken one."""
     tmp = tmp_path_factory.mktemp("webserver")
     suffix = uuid.uuid4().hex[:8]
-    server = Webserver(url="", code=tmp / "code", sales=f"sales_{suffix}", broken=f"broken_{suffix}",
-                       workspace=tmp / "workspace.yaml", log=tmp / "webserver.log")
+    server = Webserver(
+        url="",
+        code=tmp / "code",
+        sales=f"sales_{suffix}",
+        broken=f"broken_{suffix}",
+        workspace=tmp / "workspace.yaml",
+        log=tmp / "webserver.log",
+    )
     for package in (server.sales, server.broken):
         (server.code / package).mkdir(parents=True)
         (server.code / package / "__init__.py").write_text("")
@@ -118,15 +136,37 @@ def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webserver]:
     (tmp / "home").mkdir()
     port = free_port()
     server.url = f"http://127.0.0.1:{port}"
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AMS_")}, "DAGSTER_HOME": str(tmp / "home"),
-           "PYTHONPATH": os.pathsep.join([str(server.code), str(ROOT)])}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AMS_")},
+        "DAGSTER_HOME": str(tmp / "home"),
+        "PYTHONPATH": os.pathsep.join([str(server.code), str(ROOT)]),
+    }
     with server.log.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "dagster_webserver", "-w", str(server.workspace), "-h", "127.0.0.1", "-p", str(port)],
-            env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "dagster_webserver",
+                "-w",
+                str(server.workspace),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            env=env,
+            cwd=tmp,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
-        wait_for(lambda: server.loaded("sales"), 120, "dagster-webserver with the sales location",
-                 lambda: server.log.read_text(errors="replace")[-3000:])
+        wait_for(
+            lambda: server.loaded("sales"),
+            120,
+            "dagster-webserver with the sales location",
+            lambda: server.log.read_text(errors="replace")[-3000:],
+        )
         yield server
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -158,7 +198,11 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 def active(store: Store, location: str | None = None) -> dict[str, dict[str, object]]:
     with store.read() as conn:
-        return {a["key"]: a for a in queries.list_assets(conn) if location is None or a["code_location"] == location}
+        return {
+            a["key"]: a
+            for a in queries.list_assets(conn)
+            if location is None or a["code_location"] == location
+        }
 
 
 def test_every_location_registered_then_only_changed_ones_reread(webserver: Webserver, store: Store) -> None:
@@ -176,12 +220,16 @@ def test_every_location_registered_then_only_changed_ones_reread(webserver: Webs
     orders, report_asset = assets["sales/orders"], assets["sales/report"]
     assert orders["owners"] == ["team:sales"] and orders["kinds"] == ["postgres"]
     assert orders["tags"] == {"domain": "sales"} and orders["group"] == "sales"
-    assert orders["code_version"] == "1" and orders["metadata"] == {"owner_note": "nightly", "rows_expected": 100}
+    assert orders["code_version"] == "1" and orders["metadata"] == {
+        "owner_note": "nightly",
+        "rows_expected": 100,
+    }
     assert report_asset["upstream"] == ["sales/orders"] and report_asset["owners"] == ["ana@example.com"]
     assert "Daily" in str(report_asset["partitioning"])
     with store.read() as conn:
         locations = {loc["code_location"]: loc for loc in queries.code_locations(conn)}
-        assert queries.get_asset(conn, "sales/orders")["downstream"] == ["sales/report"]  # type: ignore[index]
+        orders_details = queries.get_asset(conn, "sales/orders")
+    assert orders_details is not None and orders_details["downstream"] == ["sales/report"]
     assert "nothing_by_this_name" in locations["broken"]["problems"][0]
 
     # 2. Nothing reloaded: one workspace query, no location read again, nothing written.
@@ -254,7 +302,10 @@ def test_unreachable_silent_or_wrong_answers_keep_the_registry(webserver: Webser
     try:
         cases = {
             "unreachable": (WebserverClient(f"http://127.0.0.1:{free_port()}", retries=2), "cannot reach"),
-            "timeout": (WebserverClient(f"http://127.0.0.1:{silent_port}", timeout_s=0.3, retries=2), "no answer within"),
+            "timeout": (
+                WebserverClient(f"http://127.0.0.1:{silent_port}", timeout_s=0.3, retries=2),
+                "no answer within",
+            ),
             "not graphql": (WebserverClient(f"{webserver.url}/no-such-page", retries=1), "answered HTTP 405"),
         }
         for name, (client, message) in cases.items():
@@ -278,7 +329,9 @@ def test_discover_assets_reads_every_location_and_names_the_broken_one(
         if name.startswith("AMS_") and name not in ("AMS_FAIL_ON_SKIP", "AMS_TEST_REDIS_URL"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
-    monkeypatch.setenv("AMS_REDIS__URL", f"redis://127.0.0.1:{free_port()}")  # Redis down: changes wait in the outbox
+    monkeypatch.setenv(
+        "AMS_REDIS__URL", f"redis://127.0.0.1:{free_port()}"
+    )  # Redis down: changes wait in the outbox
     monkeypatch.setenv("AMS_DAGSTER__URL", webserver.url)
     monkeypatch.chdir(tmp_path)
 

@@ -9,10 +9,20 @@ from finance_pipelines import ledger
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec(["finance", "revenue"], deps=[["finance", "ledger", "entries"]], owners=["team:finance"],
-                     kinds={"dbt"}, group_name="finance_reporting"),
-        dg.AssetSpec(["finance", "costs"], deps=[["finance", "ledger", "entries"]], owners=["team:finance"],
-                     kinds={"dbt"}, group_name="finance_reporting"),
+        dg.AssetSpec(
+            ["finance", "revenue"],
+            deps=[["finance", "ledger", "entries"]],
+            owners=["team:finance"],
+            kinds={"dbt"},
+            group_name="finance_reporting",
+        ),
+        dg.AssetSpec(
+            ["finance", "costs"],
+            deps=[["finance", "ledger", "entries"]],
+            owners=["team:finance"],
+            kinds={"dbt"},
+            group_name="finance_reporting",
+        ),
     ]
 )
 def revenue_and_costs() -> Iterator[dg.MaterializeResult]:

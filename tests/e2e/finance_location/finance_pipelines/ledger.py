@@ -6,8 +6,11 @@ from pathlib import Path
 import dagster as dg
 
 
-@dg.observable_source_asset(key=["finance", "bank_feed"], group_name="finance_sources",
-                            description="Daily statement files dropped by the bank.")
+@dg.observable_source_asset(
+    key=["finance", "bank_feed"],
+    group_name="finance_sources",
+    description="Daily statement files dropped by the bank.",
+)
 def bank_feed() -> dg.DataVersion:
     return dg.DataVersion("v1")
 
