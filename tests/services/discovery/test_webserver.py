@@ -335,7 +335,12 @@ def test_discover_assets_reads_every_location_and_names_the_broken_one(
     monkeypatch.setenv("AMS_DAGSTER__URL", webserver.url)
     monkeypatch.chdir(tmp_path)
 
-    assert main(["discover-assets", "--verbose"]) == 1  # a location has problems
+    assert main(["discover-assets", "--test"]) == 1  # a location has problems
+    out = capsys.readouterr().out
+    assert "would register 2, change 0, bring back 0, retire 0" in out and "nothing was written" in out
+    assert not (tmp_path / "metadata.db").exists()
+
+    assert main(["discover-assets", "--verbose"]) == 1
     out = capsys.readouterr().out
     assert "code location sales: registered, 2 assets, 0 problems" in out
     assert "code location broken: error, 0 assets, 1 problems" in out
