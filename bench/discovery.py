@@ -112,6 +112,8 @@ def measure_graphql(n: int, tmp: Path) -> dict[str, float]:
 
     code = tmp / "graphql_code"
     code.mkdir()
+    # Building thousands of assets can take longer than the code server's default 180 s start-up limit.
+    (tmp / "dagster.yaml").write_text("code_servers:\n  local_startup_timeout: 1800\n")
     (code / "bench_generated.py").write_text(GRAPHQL_MODULE.format(bench=str(ROOT / "bench"), n=n))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -125,12 +127,16 @@ def measure_graphql(n: int, tmp: Path) -> dict[str, float]:
 
     def loaded() -> bool:
         try:
-            return any(e.status == "LOADED" and e.repositories for e in client.workspace())
+            entries = client.workspace()
         except DagsterUnavailable:
             return False
+        for entry in entries:
+            if entry.error:
+                raise SystemExit(f"the generated code location failed to load: {entry.error}")
+        return any(e.status == "LOADED" and e.repositories for e in entries)
 
     try:
-        wait_for(loaded, 900, "dagster-webserver with the generated location",
+        wait_for(loaded, 1800, "dagster-webserver with the generated location",
                  lambda: (tmp / "webserver.log").read_text(errors="replace")[-2000:])
         (entry,) = client.workspace()
         selector = {"repositoryLocationName": entry.name, "repositoryName": entry.repositories[0]}
