@@ -13,10 +13,12 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from dagster import (
     AssetCheckExecutionContext,
+    AssetCheckKey,
     AssetCheckResult,
     AssetCheckSpec,
     AssetKey,
     AssetsDefinition,
+    Definitions,
     multi_asset_check,
 )
 
@@ -36,8 +38,9 @@ if set(DESCRIPTIONS) != set(CHECK_NAMES):  # a new evaluator needs its descripti
     raise RuntimeError(f"check descriptions {sorted(DESCRIPTIONS)} do not match CHECK_NAMES {sorted(CHECK_NAMES)}")
 
 
-def check_specs(keys: Iterable[AssetKey]) -> list[AssetCheckSpec]:
-    """One non-blocking spec per evaluator for each asset key."""
+def check_specs(keys: Iterable[AssetKey], *, skip: Iterable[AssetCheckKey] = ()) -> list[AssetCheckSpec]:
+    """One non-blocking spec per evaluator for each asset key (but the check keys in `skip`)."""
+    taken = set(skip)
     return [
         AssetCheckSpec(
             name=name.value,  # plain strings for Dagster's serialisation
@@ -48,6 +51,7 @@ def check_specs(keys: Iterable[AssetKey]) -> list[AssetCheckSpec]:
         )
         for key in sorted(set(keys), key=lambda k: k.to_user_string())
         for name in CHECK_NAMES
+        if AssetCheckKey(key, name) not in taken
     ]
 
 
@@ -60,9 +64,11 @@ def materializable_keys(assets: Sequence[object]) -> list[AssetKey]:
     return keys
 
 
-def build_health_checks(keys: Iterable[AssetKey]) -> list[AssetsDefinition]:
+def build_health_checks(
+    keys: Iterable[AssetKey], *, skip: Iterable[AssetCheckKey] = ()
+) -> list[AssetsDefinition]:
     """The declared health checks of `keys` (an empty list when there is no asset)."""
-    specs = check_specs(keys)
+    specs = check_specs(keys, skip=skip)
     if not specs:
         return []
 
@@ -80,3 +86,22 @@ def build_health_checks(keys: Iterable[AssetKey]) -> list[AssetsDefinition]:
         yield from ()
 
     return [ams_health_checks]
+
+
+def with_health_checks(defs: Definitions) -> Definitions:
+    """`defs` plus the six health checks declared on every materializable asset (a team's own location).
+
+    One line in the team's definitions module, `defs = with_health_checks(Definitions(...))`, and the
+    results the health service reports appear on each asset's Checks tab. Nothing else changes: no op runs
+    them, no run is blocked. A check name the team already declares on an asset is left as it is, and
+    definitions that already carry these checks are returned unchanged (applying it twice is harmless).
+    Without it the results still reach the CLI, metrics and webhooks; the health service then posts
+    nothing to this location's assets.
+    """
+    graph = defs.resolve_asset_graph()
+    existing = set(graph.asset_check_keys)
+    keys = sorted(graph.materializable_asset_keys, key=lambda k: k.to_user_string())
+    checks = build_health_checks(keys, skip=existing)
+    if not checks:
+        return defs
+    return Definitions.merge(defs, Definitions(asset_checks=checks))

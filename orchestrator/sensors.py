@@ -20,8 +20,12 @@ the XADDs succeeded. When Redis is down the tick raises, Dagster keeps the previ
 republishes from there with the same deterministic event ids. A tick reads pages of `sensors.page_size`
 records per kind until caught up or `sensors.tick_budget_s` is spent.
 
-Caveat: storage ids are assigned at insert. SQLite commits them in order; on PostgreSQL a long transaction
-could commit a lower id after a higher one was read, which an id cursor would pass over.
+Late commits: storage ids are assigned at insert. SQLite commits them in order; on PostgreSQL (or MySQL) a
+transaction of one run can commit a lower id after a higher one of a concurrent run was already read, which a
+plain "after id N" cursor would pass over for good. So on those storages each tick re-reads a trailing window
+of `sensors.late_commit_window` storage ids below the cursor's position and publishes only the records whose
+ids are not in the cursor's `seen` set (the ids it published inside that window). An event committed late,
+but within the window, is published once; ids below the window are settled.
 """
 
 from __future__ import annotations
@@ -106,6 +110,8 @@ ASSET_KINDS: dict[str, DagsterEventType] = {
 }
 # Read order within a tick: starts, then asset events, then run outcomes (the natural order of a run).
 KINDS = ("run_started", "materialized", "materialization_failed", "run_succeeded", "run_failed", "run_canceled")
+# Storage ids re-read below the cursor on storages that may commit ids out of order (PostgreSQL, MySQL).
+DEFAULT_LATE_COMMIT_WINDOW = 2000
 
 
 class PublishError(RuntimeError):
@@ -121,13 +127,15 @@ class PublisherCursor:
 
     positions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, -1))
     catalog: str | None = None
+    # Per kind, the storage ids published inside the late-commit window below its position (empty on SQLite).
+    seen: dict[str, list[int]] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(
-            {"v": CURSOR_VERSION, "positions": self.positions, "catalog": self.catalog},
-            sort_keys=True,
-            separators=(",", ":"),
-        )
+        data: dict[str, Any] = {"v": CURSOR_VERSION, "positions": self.positions, "catalog": self.catalog}
+        seen = {kind: sorted(ids) for kind, ids in self.seen.items() if ids}
+        if seen:
+            data["seen"] = seen
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, raw: str | None) -> PublisherCursor:
@@ -147,6 +155,9 @@ class PublisherCursor:
                     cursor.positions[kind] = int(position)
             catalog = data.get("catalog")
             cursor.catalog = str(catalog) if catalog else None
+            for kind, ids in dict(data.get("seen") or {}).items():
+                if kind in cursor.positions and ids:
+                    cursor.seen[kind] = sorted(int(i) for i in ids)
         except (ValueError, TypeError, AttributeError) as exc:
             raise ValueError(
                 f"unreadable {SENSOR_NAME} cursor {raw[:200]!r}: {exc}; reset the sensor's cursor in the "
@@ -155,7 +166,11 @@ class PublisherCursor:
         return cursor
 
     def copy(self) -> PublisherCursor:
-        return PublisherCursor(positions=dict(self.positions), catalog=self.catalog)
+        return PublisherCursor(
+            positions=dict(self.positions),
+            catalog=self.catalog,
+            seen={k: list(v) for k, v in self.seen.items()},
+        )
 
 
 @dataclass
@@ -314,6 +329,7 @@ class EventPublisher:
         page_size: int = 1000,
         budget_s: float = 30.0,
         source: str = SOURCE,
+        late_commit_window: int | None = None,
     ) -> None:
         self.instance = instance
         self.bus = bus
@@ -321,6 +337,7 @@ class EventPublisher:
         self.page_size = max(1, min(page_size, 10_000))
         self.budget_s = budget_s
         self.source = source
+        self.window = default_window(instance) if late_commit_window is None else max(0, late_commit_window)
 
     # -- reading
 
@@ -609,15 +626,26 @@ class EventPublisher:
         report.catalog_published = self.publish_catalog(current, repository)
         if report.catalog_published:
             report.published[CATALOG] = 1
+        # Each kind is read from the bottom of its late-commit window; ids already published are skipped.
+        read_from = {kind: max(-1, current.positions[kind] - self.window) for kind in KINDS}
+        seen = {kind: set(current.seen.get(kind, ())) for kind in KINDS}
         while True:
             more = False
             for kind in KINDS:
                 if report.pages and time.monotonic() >= deadline:
                     more = True  # every tick makes progress; the kinds not read now wait for the next one
                     break
-                records = self.fetch(kind, current.positions[kind])
+                page = self.fetch(kind, read_from[kind])
+                if not page:
+                    continue
+                read_from[kind] = page[-1].storage_id
+                more = more or len(page) >= self.page_size
+                records = [r for r in page if r.storage_id not in seen[kind]]
                 if not records:
                     continue
+                late = [r.storage_id for r in records if r.storage_id < current.positions[kind]]
+                if late:
+                    log.info("sensor_late_commit", kind=kind, storage_ids=late[:20])
                 report.pages += 1
                 report.records += len(records)
                 assets, runs, skipped = self.build(kind, records)
@@ -627,8 +655,12 @@ class EventPublisher:
                 for stream, events in ((ASSETS, assets), (RUNS, runs)):
                     if events:
                         report.published[stream] = report.published.get(stream, 0) + len(events)
-                current.positions[kind] = records[-1].storage_id
-                more = more or len(records) >= self.page_size
+                current.positions[kind] = max(current.positions[kind], records[-1].storage_id)
+                if self.window:
+                    floor = current.positions[kind] - self.window
+                    kept = {i for i in seen[kind] if i > floor}
+                    seen[kind] = kept | {r.storage_id for r in records if r.storage_id > floor}
+                    current.seen[kind] = sorted(seen[kind])
             if not more:
                 report.caught_up = True
                 break
@@ -636,6 +668,15 @@ class EventPublisher:
                 report.caught_up = False
                 break
         return report
+
+
+def default_window(instance: DagsterInstance) -> int:
+    """The late-commit window for this instance's event log: none on SQLite (commits in id order), else
+    `DEFAULT_LATE_COMMIT_WINDOW` storage ids."""
+    # No public name tells storages apart; the SQLite ones are SqliteEventLogStorage and
+    # ConsolidatedSqliteEventLogStorage (dagster 1.13.28).
+    name = type(instance.event_log_storage).__name__.lower()
+    return 0 if "sqlite" in name else DEFAULT_LATE_COMMIT_WINDOW
 
 
 def _storage_cursor(after: int) -> str | None:
@@ -689,6 +730,7 @@ def build_event_sensor(
             code_location=cfg.dagster.code_location,
             page_size=cfg.sensors.page_size,
             budget_s=cfg.sensors.tick_budget_s,
+            late_commit_window=cfg.sensors.late_commit_window,
         )
         report = publisher.run_tick(PublisherCursor.from_json(context.cursor), context.repository_def)
         context.update_cursor(report.cursor.to_json())

@@ -28,6 +28,9 @@ class SensorSettings(Section):
     page_size: int = Field(default=1000, ge=1, le=10_000)
     # A tick keeps paging until caught up or this budget is spent (Dagster times a tick out at 60 s).
     tick_budget_s: float = Field(default=30.0, gt=0, le=50)
+    # Storage ids re-read below the cursor each tick so that an event committed late (PostgreSQL: concurrent
+    # runs commit ids out of order) is still published once. None: 0 on SQLite (in-order commits), else 2000.
+    late_commit_window: int | None = Field(default=None, ge=0, le=1_000_000)
 
 
 SqlAuthentication = Literal["auto", "sql", "trusted", "none"]

@@ -198,7 +198,9 @@ def _check_known(what: str, value: str | None, known: set[str]) -> None:
 
 # -- list-assets -------------------------------------------------------------------------------------------
 
-LIST_COLUMNS = ["key", "group", "owners", "kinds", "tags", "upstream", "version", "health", "status", "last_seen"]
+LIST_COLUMNS = [
+    "key", "location", "group", "owners", "kinds", "tags", "upstream", "version", "health", "status", "last_seen",
+]
 
 
 def list_assets(
@@ -210,6 +212,7 @@ def list_assets(
     kind: Annotated[str | None, typer.Option("--kind", "-k", help="Only assets of this kind (e.g. pandas)")] = None,
     health: Annotated[str | None, typer.Option("--health", help="HEALTHY, WARNING, DEGRADED, FAILED or UNKNOWN")] = None,
     retired: Annotated[bool, typer.Option("--retired", help="List retired assets instead of active ones")] = False,
+    location: Annotated[str | None, typer.Option("--location", "-l", help="Only assets of this code location")] = None,
 ) -> None:
     """List registered assets (filters combine with AND)."""
     from services.discovery import queries
@@ -224,14 +227,16 @@ def list_assets(
     settings = _settings()
     with read_store(settings) as conn:
         conn = _registry_ready(conn, settings)
-        if group is not None or owner is not None or kind is not None or tags:
+        if group is not None or owner is not None or kind is not None or tags or location is not None:
             known = queries.distinct_values(conn)
+            _check_known("code location", location, known["location"])
             _check_known("group", group, known["group"])
             _check_known("owner", owner, known["owner"])
             _check_known("kind", kind, known["kind"])
             for tag_key in tags:
                 _check_known("tag", tag_key, known["tag"])
-        assets = queries.list_assets(conn, group=group, owner=owner, tags=tags, kind=kind, retired=retired, light=True)
+        assets = queries.list_assets(conn, group=group, owner=owner, tags=tags, kind=kind, retired=retired, light=True,
+                                     location=location)
         upstream = queries.direct_upstream(conn) if assets else {}
     for asset in assets:
         asset["upstream"] = upstream.get(asset["key"], [])
@@ -242,6 +247,7 @@ def list_assets(
         if wanted_health is not None and status != wanted_health:
             continue
         asset["health"] = status
+        asset["location"] = asset["code_location"]
         rows.append(asset)
     emit(rows, LIST_COLUMNS, fmt, output, title=f"{len(rows)} assets")
 
@@ -294,8 +300,8 @@ def asset_details(
     alerts = alerts_by_asset(settings, key).get(key, [])
     chart = history_chart(settings, key)
     spec_fields = [
-        "key", "status", "group", "description", "owners", "kinds", "tags", "metadata", "code_version", "partitioning",
-        "freshness", "checks", "code_location", "source_file", "source_line", "upstream", "downstream", "version",
+        "key", "status", "code_location", "group", "description", "owners", "kinds", "tags", "metadata", "code_version",
+        "partitioning", "freshness", "checks", "source_file", "source_line", "upstream", "downstream", "version",
         "fingerprint", "first_seen", "last_seen", "retired_at",
     ]
     spec_rows = [{"field": name, "value": asset.get(name)} for name in spec_fields]
@@ -340,41 +346,38 @@ def progress(description: str) -> Iterator[Any]:
 
 def _dry_run(settings: AppSettings, snapshot: Any) -> list[Any]:
     """The changes `snapshot` would make, computed on a scratch copy: the real store is not touched."""
-    import tempfile
-
-    from libs.common.store import Store
     from services.discovery.registry import register_snapshot
-    from services.discovery.store import MIGRATIONS
 
-    with tempfile.TemporaryDirectory(prefix="ams-discover-test-") as tmp:
-        scratch = Path(tmp) / "metadata.db"
-        source = store_file(settings, StoreName.METADATA)
-        if source.exists():
-            src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=5)
-            dst = sqlite3.connect(scratch)
-            try:
-                src.backup(dst)
-            finally:
-                src.close()
-                dst.close()
-        store = Store(f"sqlite:///{scratch}", MIGRATIONS, synchronous="OFF")
-        try:
-            with store.write() as conn:
-                return register_snapshot(conn, snapshot)
-        finally:
-            store.close()
+    with _scratch_store(settings) as store, store.write() as conn:
+        return register_snapshot(conn, snapshot)
+
+
+SOURCES = ("auto", "dagster", "local")
 
 
 def discover_assets(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every module scanned and every problem")] = False,
     test: Annotated[bool, typer.Option("--test", help="Validate discovery and report; write nothing")] = False,
+    source: Annotated[str, typer.Option(
+        "--source", help="dagster: every code location through the webserver at dagster.url; local: this "
+        "project's code location loaded in-process; auto (default): dagster when dagster.url is set")] = "auto",
 ) -> None:
-    """Load the code location, register its assets (new versions, retirements) and publish the changes.
+    """Register the assets of the code location(s) (new versions, retirements) and publish the changes.
 
-    Works whether or not the discovery worker runs. Exit 1 when the code location has problems.
+    Works whether or not the discovery worker runs. Exit 1 when a code location has problems or the
+    webserver does not answer (then nothing is changed).
     """
+    if source not in SOURCES:
+        raise CliError(f"unknown --source '{_printable(source)}'{did_you_mean(source, set(SOURCES))}; "
+                       "use auto, dagster or local")
     settings = _settings()
     _quiet_logging(settings)
+    if source == "dagster" and not settings.dagster.url:
+        raise CliError("--source dagster needs the webserver's URL: set dagster.url in config/app_config.yaml "
+                       "(or AMS_DAGSTER__URL)")
+    if source == "dagster" or (source == "auto" and settings.dagster.url):
+        _discover_from_dagster(settings, verbose, test)
+        return
     from services.discovery.scan import definitions_loader, scan
 
     location = settings.dagster.code_location
@@ -409,6 +412,69 @@ def discover_assets(
         raise typer.Exit(1)
 
 
+def _discover_from_dagster(settings: AppSettings, verbose: bool, test: bool) -> None:
+    """Every code location of the running Dagster, read through the webserver's GraphQL API."""
+    from services.discovery.service import WorkspaceSync
+    from services.discovery.webserver import DagsterUnavailable, WebserverClient
+
+    cfg = settings.dagster
+    assert cfg.url is not None
+    client = WebserverClient(cfg.url, timeout_s=cfg.timeout_s, retries=cfg.retries)
+    out = typer.echo
+    try:
+        if test:
+            with _scratch_store(settings) as scratch, progress(f"reading {cfg.url}"):
+                report = WorkspaceSync(scratch, client, source="asset-manager").poll(force=True, dry_run=scratch)
+        else:
+            store = _open_metadata(settings)
+            try:
+                with progress(f"reading {cfg.url}"):
+                    report = WorkspaceSync(store, client, source="asset-manager").poll(force=True, trigger="cli")
+                _publish_outbox(settings, store)
+            finally:
+                store.close()
+    except DagsterUnavailable as exc:
+        raise CliError(f"discovery failed: {exc}; the registry was not changed (use --source local to load "
+                       f"this project's code location in-process)", code=1) from exc
+    finally:
+        client.close()
+    out(f"Dagster webserver {cfg.url}: {len(report.locations)} code locations ({report.duration_s:.2f} s)")
+    for loc in report.locations:
+        out(f"code location {loc.name}: {loc.status}, {loc.assets} assets, {len(loc.problems)} problems")
+        for problem in loc.problems if verbose else loc.problems[:5]:
+            out(f"  problem: {problem if verbose else problem.splitlines()[0][:300]}")
+    _report_changes(report.changes, verbose, prefix="would " if test else "")
+    if test:
+        out("test only: nothing was written")
+    if report.problems:
+        raise typer.Exit(1)
+
+
+@contextmanager
+def _scratch_store(settings: AppSettings) -> Iterator[Store]:
+    """A throwaway copy of metadata.db to compute what a registration would change."""
+    import tempfile
+
+    from services.discovery.store import MIGRATIONS
+
+    with tempfile.TemporaryDirectory(prefix="ams-discover-test-") as tmp:
+        scratch = Path(tmp) / "metadata.db"
+        source = store_file(settings, StoreName.METADATA)
+        if source.exists():
+            src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=5)
+            dst = sqlite3.connect(scratch)
+            try:
+                src.backup(dst)
+            finally:
+                src.close()
+                dst.close()
+        store = Store(f"sqlite:///{scratch}", MIGRATIONS, synchronous="OFF")
+        try:
+            yield store
+        finally:
+            store.close()
+
+
 def _quiet_logging(settings: AppSettings) -> None:
     """Service logs to stderr, warnings and worse only: the command's own output is the report."""
     from libs.common.log import configure_logging
@@ -431,16 +497,19 @@ def _report_changes(changes: Sequence[Any], verbose: bool, *, prefix: str = "") 
         typer.echo(f"  ... {len(changes) - len(shown)} more (use --verbose)")
 
 
-def _register(settings: AppSettings, snapshot: Any, verbose: bool) -> list[Any]:
-    from libs.common import outbox
-    from libs.common.store import StoreError
-    from services.discovery.service import register
+def _open_metadata(settings: AppSettings) -> Store:
     from services.discovery.store import open_store
 
     try:
-        store = open_store(settings)
+        return open_store(settings)
     except (StoreError, sqlite3.Error) as exc:
         raise CliError(f"cannot open the metadata store: {exc}") from exc
+
+
+def _register(settings: AppSettings, snapshot: Any, verbose: bool) -> list[Any]:
+    from services.discovery.service import register
+
+    store = _open_metadata(settings)
     try:
         with progress(f"registering {len(snapshot.assets)} assets"):
             try:
@@ -448,26 +517,33 @@ def _register(settings: AppSettings, snapshot: Any, verbose: bool) -> list[Any]:
             except sqlite3.OperationalError as exc:
                 raise CliError(f"cannot write the metadata store {store.path}: {exc}") from exc
         _report_changes(outcome.changes, verbose)
-        waiting = outbox.pending(store)
-        if not waiting:
-            return outcome.changes
-        import redis
-
-        from libs.common.bus import Bus, connect
-
-        client = connect(settings.redis)
-        try:
-            published = outbox.flush(store, Bus(client, settings.bus))
-            typer.echo(f"published {published} asset change events to {settings.bus.prefix}:asset-changes")
-        except (redis.RedisError, OSError) as exc:
-            typer.echo(f"Redis unreachable at {_redacted(settings.redis.url)} ({type(exc).__name__}): registration is "
-                       f"saved; {waiting} events wait in the metadata store's outbox and the discovery worker "
-                       "publishes them when it runs")
-        finally:
-            client.close()
+        _publish_outbox(settings, store)
         return outcome.changes
     finally:
         store.close()
+
+
+def _publish_outbox(settings: AppSettings, store: Store) -> None:
+    """Publish the staged asset changes now; with Redis down they wait for the discovery worker."""
+    from libs.common import outbox
+
+    waiting = outbox.pending(store)
+    if not waiting:
+        return
+    import redis
+
+    from libs.common.bus import Bus, connect
+
+    client = connect(settings.redis)
+    try:
+        published = outbox.flush(store, Bus(client, settings.bus))
+        typer.echo(f"published {published} asset change events to {settings.bus.prefix}:asset-changes")
+    except (redis.RedisError, OSError) as exc:
+        typer.echo(f"Redis unreachable at {_redacted(settings.redis.url)} ({type(exc).__name__}): registration is "
+                   f"saved; {waiting} events wait in the metadata store's outbox and the discovery worker "
+                   "publishes them when it runs")
+    finally:
+        client.close()
 
 
 def _redacted(url: str) -> str:

@@ -206,6 +206,7 @@ class HealthChangedData(_Payload):
     transition: int | None = Field(default=None, ge=1)
     group: str | None = None
     changed_checks: list[str] = Field(default_factory=list)
+    code_location: str | None = None  # of the asset's spec, for messages naming where the asset is defined
 
 
 class Event(BaseModel):

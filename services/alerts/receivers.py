@@ -52,6 +52,9 @@ class AlertPayload(BaseModel):
     owners: list[str] = Field(default_factory=list)
     teams: list[str] = Field(default_factory=list)
     group: str | None = None
+    # The Dagster code location that defines the asset (keys are unique per deployment, but a person needs
+    # to know which team's code it is).
+    code_location: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
     downstream: list[str] = Field(default_factory=list)
     dagster_url: str | None = None
@@ -191,6 +194,7 @@ def slack_message(payload: AlertPayload) -> dict[str, Any]:
                 {"type": "mrkdwn", "text": f"*Check*\n{payload.check}"},
                 {"type": "mrkdwn", "text": f"*Severity*\n{payload.severity or '-'}"},
                 {"type": "mrkdwn", "text": f"*Owner*\n{payload.owner_text}"},
+                {"type": "mrkdwn", "text": f"*Code location*\n{payload.code_location or '-'}"},
             ],
         },
         {"type": "section", "text": {"type": "mrkdwn", "text": clip(f"*Downstream at risk:* {payload.downstream_text}", 3000)}},
@@ -222,6 +226,7 @@ def teams_message(payload: AlertPayload) -> dict[str, Any]:
         {"title": "Check", "value": payload.check},
         {"title": "Severity", "value": payload.severity or "-"},
         {"title": "Owner", "value": payload.owner_text},
+        {"title": "Code location", "value": payload.code_location or "-"},
         {"title": "Downstream at risk", "value": payload.downstream_text},
         {"title": "Alert", "value": f"#{payload.alert_id} ({payload.fingerprint})"},
     ]
@@ -272,6 +277,7 @@ def pagerduty_event(payload: AlertPayload, routing_key: str) -> dict[str, Any]:
                 "why": payload.why,
                 "values": payload.values,
                 "owners": payload.owners,
+                "code_location": payload.code_location,
                 "downstream_at_risk": payload.downstream,
                 "alert_id": payload.alert_id,
                 "notification_id": payload.notification_id,

@@ -83,6 +83,7 @@ class AssetInfo:
     group: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
     downstream: tuple[str, ...] = ()
+    code_location: str | None = None
 
 
 class AlertService:
@@ -133,11 +134,13 @@ class AlertService:
             return 0  # an older version arriving late
         retired = event.type == "asset.retired" or event.data.retired_at is not None
         conn.execute(
-            """INSERT INTO assets (asset_key, owners, group_name, tags, downstream, version, retired, updated_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+            """INSERT INTO assets (asset_key, owners, group_name, tags, downstream, version, retired,
+                 updated_at, code_location)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT(asset_key) DO UPDATE SET owners = excluded.owners, group_name = excluded.group_name,
                  tags = excluded.tags, downstream = excluded.downstream, version = excluded.version,
-                 retired = excluded.retired, updated_at = excluded.updated_at""",
+                 retired = excluded.retired, updated_at = excluded.updated_at,
+                 code_location = excluded.code_location""",
             (
                 spec.key,
                 json.dumps(spec.owners),
@@ -147,6 +150,7 @@ class AlertService:
                 event.data.version,
                 int(retired),
                 now,
+                spec.code_location,
             ),
         )
         if not retired:
@@ -193,7 +197,8 @@ class AlertService:
                 observations.setdefault(
                     state_row["check_name"], Observe(firing=False, at=at, summary="asset is healthy again")
                 )
-        hints = AssetInfo(owners=tuple(data.owners), downstream=tuple(data.downstream), group=data.group)
+        hints = AssetInfo(owners=tuple(data.owners), downstream=tuple(data.downstream), group=data.group,
+                          code_location=data.code_location)
         produced = 0
         for check, observation in observations.items():
             produced += self._apply(
@@ -311,7 +316,8 @@ class AlertService:
 
     def _asset_info(self, conn: Connection, asset_key: str, hints: AssetInfo | None) -> AssetInfo:
         row = conn.execute(
-            "SELECT owners, group_name, tags, downstream FROM assets WHERE asset_key = ?", (asset_key,)
+            "SELECT owners, group_name, tags, downstream, code_location FROM assets WHERE asset_key = ?",
+            (asset_key,),
         ).fetchone()
         if hints is None:
             # No event at hand (a tick, a person's action): what the last health event said about the asset.
@@ -328,7 +334,8 @@ class AlertService:
         owners = tuple(json.loads(row["owners"])) or hints.owners
         downstream = hints.downstream or tuple(json.loads(row["downstream"]))
         group = row["group_name"] or hints.group
-        return AssetInfo(owners=owners, group=group, tags=json.loads(row["tags"]), downstream=downstream)
+        return AssetInfo(owners=owners, group=group, tags=json.loads(row["tags"]), downstream=downstream,
+                         code_location=row["code_location"] or hints.code_location)
 
     def _labels(
         self, conn: Connection, asset_key: str, check: str, severity: str, hints: AssetInfo | None = None
@@ -500,6 +507,7 @@ class AlertService:
                 owners=list(info.owners),
                 teams=list(labels.teams),
                 group=info.group,
+                code_location=info.code_location,
                 tags=dict(info.tags),
                 downstream=list(info.downstream),
                 dagster_url=dagster_asset_url(self.settings.alerts.dagster_ui_url, asset_key),

@@ -116,6 +116,14 @@ MIGRATIONS = [
         CREATE INDEX notifications_order ON notifications (fingerprint, receiver, status);
         """,
     ),
+    Migration(
+        3,
+        "asset code location",
+        """
+        -- The code location that defines the asset, shown in every message.
+        ALTER TABLE assets ADD COLUMN code_location TEXT;
+        """,
+    ),
 ]
 
 

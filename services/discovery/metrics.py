@@ -41,3 +41,7 @@ def refresh_gauges(conn: Connection) -> None:
     ).fetchone()
     ASSETS_BY_OWNERSHIP.labels(ownership="owned").set(int(row[0] or 0))
     ASSETS_BY_OWNERSHIP.labels(ownership="unowned").set(int(row[1] or 0))
+DAGSTER_UNAVAILABLE = Counter(
+    "ams_discovery_dagster_unavailable_total",
+    "Polls of the Dagster webserver that got no usable answer (the registry was kept as it was)",
+)

@@ -58,6 +58,7 @@ def list_assets(
     kind: str | None = None,
     retired: bool | None = False,
     light: bool = False,
+    location: str | None = None,
 ) -> list[dict[str, Any]]:
     """Registered assets matching every given filter, by key. `retired`: False active, True retired, None all.
 
@@ -73,6 +74,9 @@ def list_assets(
     if group is not None:
         where.append("group_name = ?")
         params.append(group)
+    if location is not None:
+        where.append("code_location = ?")
+        params.append(location)
     if owner is not None:
         # An owner matches as given, or as a team name without its `team:` prefix.
         where.append("EXISTS (SELECT 1 FROM json_each(assets.owners) o WHERE o.value = ? OR o.value = ?)")
@@ -126,7 +130,9 @@ def all_keys(conn: Connection) -> list[str]:
 
 def distinct_values(conn: Connection) -> dict[str, set[str]]:
     """The groups, owners, kinds and tag keys in use (to reject filters that match nothing by typo)."""
-    out: dict[str, set[str]] = {"group": set(), "owner": set(), "kind": set(), "tag": set()}
+    out: dict[str, set[str]] = {name: set() for name in ("group", "owner", "kind", "tag", "location")}
+    locations = conn.execute("SELECT DISTINCT code_location FROM assets")
+    out["location"] = {r[0] for r in locations if r[0] is not None}
     out["group"] = {r[0] for r in conn.execute("SELECT DISTINCT group_name FROM assets") if r[0] is not None}
     out["owner"] = {r[0] for r in conn.execute("SELECT DISTINCT o.value FROM assets, json_each(assets.owners) o")}
     out["kind"] = {r[0] for r in conn.execute("SELECT DISTINCT k.value FROM assets, json_each(assets.kinds) k")}

@@ -454,3 +454,65 @@ def upstream_of(conn: Connection, key: str) -> list[tuple[str, int]]:
 def downstream_of(conn: Connection, key: str) -> list[tuple[str, int]]:
     """Every asset depending on `key`, at any depth: (key, depth) sorted by depth then key."""
     return _walk(conn, key, up=False)
+
+
+# -- code locations ------------------------------------------------------------------------------------
+
+
+def record_problems(
+    conn: Connection, location: str, problems: Sequence[str], now: datetime | None = None
+) -> bool:
+    """Record that `location` could not be read (its problems), touching none of its assets.
+
+    A location in error must not retire what it defined; the registry keeps its last assets and the location
+    row says why it is stale. Returns True when the recorded problems changed.
+    """
+    ts = _ts(now or datetime.now(UTC))
+    found = sorted(problems)
+    row = conn.execute("SELECT problems FROM code_locations WHERE name = ?", (location,)).fetchone()
+    if row is not None and json.loads(row["problems"]) == found:
+        return False
+    if row is None:
+        count = conn.execute(
+            "SELECT COUNT(*) FROM assets WHERE code_location = ? AND retired_at IS NULL", (location,)
+        ).fetchone()[0]
+        conn.execute(
+            "INSERT INTO code_locations "
+            "(name, fingerprint, snapshot_fingerprint, asset_count, problems, changed_at) "
+            "VALUES (?, '', NULL, ?, ?, ?)",
+            (location, int(count), _dumps(found), ts),
+        )
+    else:
+        # The producer fingerprint is forgotten: the next good snapshot is compared asset by asset.
+        conn.execute(
+            "UPDATE code_locations SET problems = ?, snapshot_fingerprint = NULL, changed_at = ? "
+            "WHERE name = ?",
+            (_dumps(found), ts, location),
+        )
+    return True
+
+
+def set_source(conn: Connection, location: str, source: str) -> None:
+    """Remember which reader registered `location` last (`dagster`, `sensor` or `local`)."""
+    conn.execute(
+        "UPDATE code_locations SET source = ? WHERE name = ? AND source != ?", (source, location, source)
+    )
+
+
+def source_of(conn: Connection, location: str) -> str | None:
+    """The reader that registered `location` last, or None for an unknown location."""
+    row = conn.execute("SELECT source FROM code_locations WHERE name = ?", (location,)).fetchone()
+    return str(row[0]) if row is not None else None
+
+
+def locations_from(conn: Connection, source: str) -> list[str]:
+    """The locations registered last by `source` that still have active assets."""
+    return [
+        str(r[0])
+        for r in conn.execute(
+            "SELECT c.name FROM code_locations c WHERE c.source = ? AND EXISTS "
+            "(SELECT 1 FROM assets a WHERE a.code_location = c.name AND a.retired_at IS NULL) "
+            "ORDER BY c.name",
+            (source,),
+        )
+    ]

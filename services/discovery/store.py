@@ -64,6 +64,15 @@ MIGRATIONS = [
         CREATE INDEX asset_deps_upstream ON asset_deps (upstream_key, asset_key);
         """,
     ),
+    Migration(
+        2,
+        "code location source",
+        """
+        -- Who registered the location last: dagster (the webserver's GraphQL), sensor (the publisher's
+        -- catalog snapshot) or local (an in-process scan). With a webserver configured it wins.
+        ALTER TABLE code_locations ADD COLUMN source TEXT NOT NULL DEFAULT 'local';
+        """,
+    ),
 ]
 
 

@@ -67,6 +67,11 @@ class Subject:
     owners: tuple[str, ...] = ()
     downstream: tuple[str, ...] = ()
     group: str | None = None
+    code_location: str | None = None
+    # The checks the asset's definitions declare (spec.checks), None while its spec is unknown: only declared
+    # checks are reported to Dagster, so a team that did not add `with_health_checks` gets no undeclared
+    # check results in its instance.
+    declared: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +148,7 @@ def decide(
             downstream=list(subject.downstream),
             transition=transitions,
             group=subject.group,
+            code_location=subject.code_location,
             changed_checks=[r.check for r in results if previous.outcomes.get(r.check, "passed") != r.outcome],
         )
         # The evaluation time is part of the identity: a health.db rebuilt from scratch numbers its
@@ -152,5 +158,6 @@ def decide(
         state = HealthState(status, sig, transitions, outcomes, stored=True)
     else:
         state = HealthState(previous.status, previous.signature, transitions, outcomes, stored=True)
-    report = tuple(results) if event is not None or trigger is Trigger.EVENTS else ()
+    reportable = [r for r in results if subject.declared is None or r.check in subject.declared]
+    report = tuple(reportable) if event is not None or trigger is Trigger.EVENTS else ()
     return Decision(subject.key, status, sig, reasons, results, state, event, report)

@@ -319,6 +319,8 @@ class HealthService:
             owners=tuple(spec.owners) if spec else (),
             downstream=tuple(spec.downstream) if spec else (),
             group=spec.group if spec else None,
+            code_location=spec.code_location if spec else None,
+            declared=frozenset(spec.checks) if spec else None,
         )
         decision = decide(self._state(conn, entry), results, now, subject, trigger)
         entry.state = decision.state

@@ -90,7 +90,7 @@ def test_list_assets_every_format(registered: Cli, fmt: str) -> None:
         rows = list(csv.DictReader(io.StringIO(out)))
         assert len(rows) == 3 and rows[0]["key"] == "orders_report"
     if fmt == "markdown":
-        assert "| key | group |" in out
+        assert "| key | location | group |" in out
 
 
 def test_list_assets_output_file(registered: Cli) -> None:
@@ -240,7 +240,7 @@ def test_unreadable_store_is_one_line_exit_2(cli: Cli) -> None:
 def test_real_process_piped(registered: Cli) -> None:
     done = registered.run_process("list-assets", "--format", "csv")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[0].startswith("key,group,owners")
+    assert done.stdout.splitlines()[0].startswith("key,location,group,owners")
     assert "\x1b[" not in done.stdout + done.stderr  # no colours or progress bar when piped
     done = registered.run_process("asset-details", "raw_order")
     assert done.returncode == 2

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dagster as dg
 import pytest
 from dagster import AssetKey, DagsterInstance, DefaultSensorStatus, Definitions
 
@@ -93,3 +94,38 @@ def test_dagster_loads_the_module_and_the_workspace(tmp_path: Path) -> None:
             timeout=120,
         )
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_with_health_checks_declares_the_six_checks_on_a_teams_own_definitions(
+    dagster_instance: DagsterInstance,
+) -> None:
+    from orchestrator import with_health_checks
+
+    @dg.asset(key=["finance", "entries"])
+    def entries() -> None: ...
+
+    @dg.asset(key=["finance", "revenue"], deps=[entries],
+              check_specs=[dg.AssetCheckSpec("freshness", asset=["finance", "revenue"])])
+    def revenue() -> dg.MaterializeResult:
+        return dg.MaterializeResult(check_results=[dg.AssetCheckResult(passed=True, check_name="freshness")])
+
+    team = dg.Definitions(assets=[entries, revenue, dg.AssetSpec(["bank", "feed"])])
+    declared = with_health_checks(team)
+    Definitions.validate_loadable(declared)
+    checks = declared.resolve_asset_graph().asset_check_keys
+    assert {(c.asset_key.to_user_string(), c.name) for c in checks} == {
+        (key, name) for key in ("finance/entries", "finance/revenue") for name in CHECK_NAMES
+    }  # not on the external asset; the team's own `freshness` check on revenue is kept, not duplicated
+    assert len(with_health_checks(declared).resolve_asset_graph().asset_check_keys) == len(checks)
+    # The team's assets still materialize as before (the declared checks never run or block).
+    job = declared.resolve_implicit_global_asset_job_def()
+    assert job.execute_in_process(instance=dagster_instance).success
+
+
+def test_publisher_location_holds_only_the_sensor() -> None:
+    from orchestrator.publisher import defs as publisher_defs
+
+    Definitions.validate_loadable(publisher_defs)
+    repository = publisher_defs.get_repository_def()
+    assert [s.name for s in repository.sensor_defs] == ["ams_event_publisher"]
+    assert not list(repository.asset_graph.get_all_asset_keys())

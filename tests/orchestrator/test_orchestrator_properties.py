@@ -14,9 +14,13 @@ from orchestrator.sensors import KINDS, PublisherCursor
 positions = st.fixed_dictionaries({kind: st.integers(min_value=-1, max_value=2**62) for kind in KINDS})
 
 
-@given(positions, st.one_of(st.none(), st.text(alphabet="0123456789abcdef", min_size=1, max_size=64)))
-def test_cursor_round_trips(pos: dict[str, int], catalog: str | None) -> None:
-    cursor = PublisherCursor(positions=pos, catalog=catalog)
+seen_ids = st.dictionaries(st.sampled_from(KINDS), st.lists(st.integers(min_value=0, max_value=2**62), min_size=1,
+                                                            max_size=20, unique=True).map(sorted))
+
+
+@given(positions, st.one_of(st.none(), st.text(alphabet="0123456789abcdef", min_size=1, max_size=64)), seen_ids)
+def test_cursor_round_trips(pos: dict[str, int], catalog: str | None, seen: dict[str, list[int]]) -> None:
+    cursor = PublisherCursor(positions=pos, catalog=catalog, seen=seen)
     assert PublisherCursor.from_json(cursor.to_json()) == cursor
 
 

@@ -51,6 +51,7 @@ def payload(status: str = "firing", kind: str = "firing") -> AlertPayload:
         reason="row count 12 is 4.1 MADs below the median 1,000",
         values={"row_count": 12, "median": 1000, "mad_score": -4.1},
         owners=["team:finance", "ann@example.com"],
+        code_location="finance_pipelines",
         teams=["finance"],
         group="finance",
         downstream=["finance/report", "finance/dashboard"],
@@ -106,7 +107,8 @@ def test_slack_block_kit(server: RecordingReceiver, client: httpx.Client) -> Non
     types = [b["type"] for b in body["blocks"]]
     assert types[0] == "header" and "actions" in types
     text = json.dumps(body["blocks"])
-    for needle in ("row_count=12", "team:finance", "finance/report", "http://localhost:3000/assets/finance/revenue"):
+    for needle in ("row_count=12", "team:finance", "finance/report", "http://localhost:3000/assets/finance/revenue",
+                   "*Code location*\\nfinance_pipelines"):
         assert needle in text
     assert server.requests[0].webhook_id == "msg_abc123"
 
@@ -122,6 +124,7 @@ def test_teams_adaptive_card(server: RecordingReceiver, client: httpx.Client) ->
     assert card["body"][0]["color"] == "Good"
     facts = {f["title"]: f["value"] for f in card["body"][2]["facts"]}
     assert facts["Owner"] == "team:finance, ann@example.com"
+    assert facts["Code location"] == "finance_pipelines"
     assert facts["Downstream at risk"] == "finance/report, finance/dashboard"
     assert card["actions"][0]["url"] == "http://localhost:3000/assets/finance/revenue"
 

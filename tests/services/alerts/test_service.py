@@ -154,11 +154,13 @@ def test_status_without_checks_and_healthy_resolves_everything(service: AlertSer
 
 
 def test_owner_change_reroutes_without_restart(service: AlertService, store: Store, clock: Clock) -> None:
-    service.handle([asset_changed("fin/revenue", ["team:finance"], 1, group="finance", downstream=["fin/report"])])
+    service.handle([asset_changed("fin/revenue", ["team:finance"], 1, group="finance", downstream=["fin/report"],
+                                  code_location="finance_pipelines")])
     service.handle([health("fin/revenue", "FAILED", FAIL, n=1)])
     assert [r["receiver"] for r in outbox(store)] == ["finance"]
     content = json.loads(outbox(store)[0]["content"])
     assert content["teams"] == ["finance"] and content["downstream"] == ["fin/report"]
+    assert content["code_location"] == "finance_pipelines"  # from the asset's spec, in every message
     # finance does not want resolved notices
     clock.now += 10
     service.handle([health("fin/revenue", "HEALTHY", PASS, n=2)])

@@ -293,3 +293,19 @@ def test_the_periodic_pass_evaluates_the_assets_the_clock_can_change(store: Stor
     assert service.evaluate_all() == 1
     assert evaluated() == {"lagging": (T0 + 3700, None), "plain": (T0 + 120, None)}
     assert outbox(store)[-1].data.status == "DEGRADED"
+
+
+def test_only_declared_checks_are_reported_to_dagster(store: Store, hsettings: HealthWorkerSettings, ev: Any) -> None:
+    reported: dict[str, list[str]] = {}
+    engine = HealthService(store, hsettings, clock=Clock(T0 + 100),
+                           report=lambda key, results: reported.update({key: [r.check for r in results]}))
+    engine.handle(deliveries(
+        ev.spec("ours", code_location="orchestrator", checks=list(CHECK_NAMES)),  # with_health_checks applied
+        ev.spec("theirs", code_location="finance", checks=["row_count_positive"]),  # a team's own check only
+    ))
+    engine.handle(deliveries(ev.run("r1", "FAILURE", ["ours", "theirs", "unknown"], start=T0, end=T0 + 60)))
+    assert reported["ours"] == list(CHECK_NAMES)
+    assert "theirs" not in reported  # nothing of ours is declared there: nothing posted, nothing errors
+    assert reported["unknown"] == list(CHECK_NAMES)  # no spec yet: reported as before (Dagster stores them)
+    theirs = [e for e in outbox(store) if e.data.asset_key == "theirs"]
+    assert theirs and theirs[-1].data.status == "FAILED" and theirs[-1].data.code_location == "finance"
