@@ -224,6 +224,9 @@ class SyncReport:
         return [p for loc in self.locations for p in loc.problems]
 
 
+START_PATIENCE_S = 120.0
+
+
 class WorkspaceSync:
     """Registers every code location of a running Dagster, re-reading only the locations that changed.
 
@@ -240,6 +243,10 @@ class WorkspaceSync:
         self.source = source
         self.seen: dict[str, tuple[float, str]] = {}
         self._lock = threading.Lock()
+        # The webserver usually starts after the workers: until it has answered once (or for START_PATIENCE_S),
+        # an unreachable webserver is expected, not worth a warning.
+        self.answered = False
+        self.created = time.monotonic()
 
     def poll(self, *, force: bool = False, trigger: str = "poll", dry_run: Store | None = None) -> SyncReport:
         """Poll once. `force` re-reads every location; `dry_run` registers into that store instead (and
@@ -298,11 +305,16 @@ class WorkspaceSync:
 def sync_from_dagster(sync: WorkspaceSync) -> SyncReport | None:
     """The worker's periodic poll: a webserver that does not answer is logged and changes nothing."""
     try:
-        return sync.poll()
+        report = sync.poll()
     except DagsterUnavailable as exc:
         metrics.DAGSTER_UNAVAILABLE.inc()
+        if not sync.answered and time.monotonic() - sync.created < START_PATIENCE_S:
+            log.debug("dagster_not_answering_yet", error=str(exc))
+            return None
         log.warning("dagster_unavailable", error=str(exc), action="registry kept as it is; next poll retries")
         return None
+    sync.answered = True
+    return report
 
 
 def defers_to_dagster(store: Store, location: str) -> bool:

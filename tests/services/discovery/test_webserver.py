@@ -24,7 +24,7 @@ from libs.common.redis_server import free_port
 from libs.common.store import Store
 from libs.common.testing import wait_for
 from services.discovery import queries
-from services.discovery.service import WorkspaceSync, sync_from_dagster
+from services.discovery.service import START_PATIENCE_S, WorkspaceSync, sync_from_dagster
 from services.discovery.store import MIGRATIONS
 from services.discovery.webserver import DagsterUnavailable, LocationEntry, LocationRead, WebserverClient
 
@@ -318,6 +318,25 @@ def test_unreachable_silent_or_wrong_answers_keep_the_registry(webserver: Webser
     # A GraphQL error from the real webserver is a clear message too.
     with pytest.raises(DagsterUnavailable, match=r"GraphQL errors: .*noSuchField"):
         WebserverClient(webserver.url).query("{ noSuchField }")
+
+
+def test_a_webserver_not_up_yet_is_quiet_until_it_answered_once_or_patience_ran_out(store: Store) -> None:
+    """Under `asset-manager dev` discovery starts before the webserver: refusals then are expected."""
+    from structlog.testing import capture_logs
+
+    sync = WorkspaceSync(store, WebserverClient(f"http://127.0.0.1:{free_port()}", retries=1))
+    with capture_logs() as quiet:
+        assert sync_from_dagster(sync) is None
+    assert not [e for e in quiet if e["log_level"] == "warning"]
+    sync.created -= START_PATIENCE_S  # still silent after the patience: named
+    with capture_logs() as named:
+        sync_from_dagster(sync)
+    assert [e["event"] for e in named if e["log_level"] == "warning"] == ["dagster_unavailable"]
+    late = WorkspaceSync(store, sync.client)
+    late.answered = True  # it answered before and stopped: named at once
+    with capture_logs() as stopped:
+        sync_from_dagster(late)
+    assert [e["event"] for e in stopped if e["log_level"] == "warning"] == ["dagster_unavailable"]
 
 
 def test_discover_assets_reads_every_location_and_names_the_broken_one(
