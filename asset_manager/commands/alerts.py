@@ -159,7 +159,9 @@ def show(
 
 @alerts_app.command("ack")
 def ack(
-    alert_id: Annotated[int, typer.Argument(help="Alert id (from `asset-manager alerts`)", min=1, max=MAX_ID)],
+    alert_id: Annotated[
+        int, typer.Argument(help="Alert id (from `asset-manager alerts`)", min=1, max=MAX_ID)
+    ],
     by: Annotated[str | None, typer.Option("--by", help="Who acknowledges (default: $USER)")] = None,
     reason: Annotated[str | None, typer.Option("--reason", help="Why")] = None,
 ) -> None:
