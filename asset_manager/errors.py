@@ -37,5 +37,6 @@ def check_path(path: Path | None) -> Path | None:
             continue
         except OSError as exc:
             if exc.errno in _BAD_PATH_ERRNOS:
-                raise CliError(f"invalid path {text[:80]!r}{'...' if len(text) > 80 else ''}: {exc.strerror}") from None
+                shown = text[:80] + ("..." if len(text) > 80 else "")
+                raise CliError(f"invalid path {shown!r}: {exc.strerror}") from None
     return path

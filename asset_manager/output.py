@@ -70,7 +70,7 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def safe_text(text: str) -> str:
-    """`text` with every control and reordering character escaped (`\\x1b`, `\\n`, `\\u202e`): safe to print."""
+    """`text` with every control and reordering character escaped (`\\x1b`, `\\n`, `\\u202e`)."""
     return text.translate(_ESCAPES)
 
 

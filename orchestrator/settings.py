@@ -111,7 +111,8 @@ class OrchestratorSettings(Settings):
                 problems.append(f"connections.{name}.password_env: environment variable "
                                 f"{connection.password_env} is not set")
             elif connection.password_file and not connection.password_file.is_file():
-                problems.append(f"connections.{name}.password_file: {connection.password_file} does not exist")
+                problems.append(
+                    f"connections.{name}.password_file: {connection.password_file} does not exist")
         return problems
 
 

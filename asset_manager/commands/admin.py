@@ -157,8 +157,11 @@ def _workspace_problems(path: Path) -> list[str]:
 
 
 def validate_config(
-    config_dir: Annotated[Path | None, typer.Option("--config-dir", help="Directory to check (default: AMS_CONFIG_DIR or config/)",
-                                                     callback=check_path)] = None,
+    config_dir: Annotated[
+        Path | None,
+        typer.Option("--config-dir", help="Directory to check (default: AMS_CONFIG_DIR or config/)",
+                     callback=check_path),
+    ] = None,
 ) -> None:
     """Check app_config.yaml (with its overlays), dagster.yaml and workspace.yaml; exit 1 listing every problem."""
     from libs.common.settings import config_dir as default_dir
@@ -215,7 +218,8 @@ def _check_copy(path: Path, *, code: int = 1) -> int:
     try:
         verdict = conn.execute("PRAGMA integrity_check").fetchone()[0]
         if verdict != "ok":
-            raise CliError(f"{path}: integrity check failed: {' '.join(str(verdict).split())[:200]}", code=code)
+            detail = " ".join(str(verdict).split())[:200]
+            raise CliError(f"{path}: integrity check failed: {detail}", code=code)
         try:
             row = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
         except sqlite3.OperationalError:
@@ -417,7 +421,7 @@ def _stage(source: Path, name: StoreName, entry: ManifestEntry, staging: Path) -
         raise CliError(f"{file}: schema v{version}, but the manifest says v{entry.schema_version}")
     known = code_schema_version(name)
     if version > known:
-        raise CliError(f"{file}: schema v{version} is newer than this version of asset-manager knows (v{known})")
+        raise CliError(f"{file}: schema v{version} is newer than this asset-manager knows (v{known})")
     return copy
 
 
@@ -438,7 +442,8 @@ def restore(
         staged = {name: _stage(source, name, entry, Path(tmp)) for name, entry in manifest.stores.items()}
         running = running_workers(settings)
         if running:
-            raise CliError(f"refusing to restore while workers run: {', '.join(running)}; stop them first", code=1)
+            raise CliError(f"refusing to restore while workers run: {', '.join(running)}; stop them first",
+                           code=1)
         busy = [reason for name in staged if (reason := _locked_by_writer(store_file(settings, name)))]
         if busy:
             raise CliError(f"refusing to restore: {'; '.join(busy)}", code=1)

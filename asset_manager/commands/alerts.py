@@ -23,6 +23,7 @@ from libs.common.settings import parse_duration_s
 from libs.common.store import Store
 
 SEVERITIES = ("critical", "error", "warning", "info")
+MAX_ID = 2**63 - 1  # the largest id (and limit) a store can hold; a larger one is an error, not an overflow
 
 alerts_app = typer.Typer(
     help="Alerts: list (active by default), ack, silence, unsilence, deliveries, test-receiver.",
@@ -128,7 +129,7 @@ def alerts(
 
 @alerts_app.command("show")
 def show(
-    alert_id: Annotated[int, typer.Argument(help="Alert id")],
+    alert_id: Annotated[int, typer.Argument(help="Alert id", min=1, max=MAX_ID)],
     fmt: FormatOption = OutputFormat.table,
     output: OutputOption = None,
 ) -> None:
@@ -158,7 +159,9 @@ def show(
 
 @alerts_app.command("ack")
 def ack(
-    alert_id: Annotated[int, typer.Argument(help="Alert id (from `asset-manager alerts`)")],
+    alert_id: Annotated[
+        int, typer.Argument(help="Alert id (from `asset-manager alerts`)", min=1, max=MAX_ID)
+    ],
     by: Annotated[str | None, typer.Option("--by", help="Who acknowledges (default: $USER)")] = None,
     reason: Annotated[str | None, typer.Option("--reason", help="Why")] = None,
 ) -> None:
@@ -235,7 +238,7 @@ def silences(
 @alerts_app.command("deliveries")
 def deliveries(
     failed: Annotated[bool, typer.Option("--failed", help="Only dead ones and ones being retried")] = False,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many, newest first")] = 200,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=MAX_ID, help="At most this many, newest first")] = 200,
     fmt: FormatOption = OutputFormat.table,
     output: OutputOption = None,
 ) -> None:

@@ -248,7 +248,7 @@ def _parse_inject(values: Sequence[str]) -> list[str]:
 
 def simulate_command(
     assets: Annotated[int, typer.Option("--assets", min=1, max=100_000, help="How many simulated assets")] = 20,
-    events: Annotated[int, typer.Option("--events", min=1, help="How many events to publish")] = 1000,
+    events: Annotated[int, typer.Option("--events", min=1, max=100_000_000, help="How many events to publish")] = 1000,
     rate: Annotated[float, typer.Option("--rate", min=0, help="Events per second (0: as fast as possible)")] = 0,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed: same events, same ids)")] = 0,
     inject: Annotated[

@@ -34,7 +34,7 @@ def init(
 
 
 def dev(
-    port: Annotated[int, typer.Option("--port", help="Dagster UI port")] = 3000,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Dagster UI port")] = 3000,
 ) -> None:
     """Start Redis (configured or embedded), the three workers and `dagster dev`; Ctrl-C stops all."""
     settings = load_app_settings()

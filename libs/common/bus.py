@@ -305,8 +305,8 @@ class Consumer:
                     delivery = Delivery(stream, entry_id, parse_event(payload))
                 except (ValidationError, ValueError) as exc:
                     log.warning("event_invalid", stream=stream, entry_id=entry_id, error=str(exc)[:500])
-                    self.bus.dead_letter(stream, entry_id, _decode_fields(raw), f"invalid event: {exc}", self.group,
-                                         reason="invalid")
+                    self.bus.dead_letter(stream, entry_id, _decode_fields(raw), f"invalid event: {exc}",
+                                         self.group, reason="invalid")
                     settled.append(entry_id)
                     continue
                 # Valid, but not on this stream, or dated where no true event can be: dead-lettered now, never
@@ -319,7 +319,8 @@ class Consumer:
                 if problem is not None:
                     log.warning("event_rejected", stream=stream, entry_id=entry_id, event_id=event.id,
                                 event_type=event.type, reason=reason, error=problem)
-                    self.bus.dead_letter(stream, entry_id, _decode_fields(raw), problem, self.group, reason=reason)
+                    self.bus.dead_letter(stream, entry_id, _decode_fields(raw), problem, self.group,
+                                         reason=reason)
                     settled.append(entry_id)
                     continue
                 if deliveries > max_deliveries:
@@ -336,8 +337,8 @@ class Consumer:
                     raise
                 except Exception as exc:
                     self.bus.dead_letter(delivery.stream, delivery.entry_id, fields,
-                                         f"delivered {deliveries} times without success: {exc!r}"[:4000], self.group,
-                                         reason="handler_failed")
+                                         f"delivered {deliveries} times without success: {exc!r}"[:4000],
+                                         self.group, reason="handler_failed")
                 done.setdefault(delivery.stream, []).append(delivery.entry_id)
         finally:
             # Dead-lettered entries are acked even when the batch has to be retried.

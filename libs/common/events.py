@@ -61,6 +61,14 @@ _STATUS_RANK = {status: i for i, status in enumerate(HealthStatus)}
 UNHEALTHY: frozenset[HealthStatus] = frozenset({HealthStatus.FAILED, HealthStatus.DEGRADED, HealthStatus.WARNING})
 
 
+# Integers a store can hold (SQLite and PostgreSQL BIGINT: signed 64 bits); a larger one is an invalid
+# event (dead-lettered when read), never an OverflowError in a handler, retried until dead-lettered.
+MAX_INT = 2**63 - 1
+Count = Annotated[int, Field(ge=0, le=MAX_INT)]
+# A run or materialization lasting longer than this (about 31 years) is not a duration but a mistake.
+Seconds = Annotated[float, Field(ge=0, le=1e9)]
+
+
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(UTC)
@@ -101,7 +109,7 @@ class RunData(_Payload):
     asset_keys: list[str] = Field(default_factory=list)
     started_at: AwareDatetime | None = None
     ended_at: AwareDatetime | None = None
-    duration_s: float | None = Field(default=None, ge=0)
+    duration_s: Seconds | None = None
     error: str | None = None
     code_location: str | None = None
     partition: str | None = None
@@ -111,20 +119,23 @@ class RunData(_Payload):
 class MaterializationData(_Payload):
     asset_key: str
     run_id: str
-    storage_id: int | None = None
+    storage_id: Count | None = None
     partition: str | None = None
-    row_count: int | None = Field(default=None, ge=0)
+    row_count: Count | None = None
     column_schema: list[Column] | None = None
-    duration_s: float | None = Field(default=None, ge=0)
+    duration_s: Seconds | None = None
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
 
 
 class MaterializationFailedData(_Payload):
     asset_key: str
     run_id: str
-    storage_id: int | None = None
+    storage_id: Count | None = None
     partition: str | None = None
     error: str | None = None
+
+
+_FRESHNESS_TEXTS = ("kind", "deadline_cron", "cron_schedule", "timezone", "cron_schedule_timezone")
 
 
 class AssetSpecData(_Payload):
@@ -140,12 +151,29 @@ class AssetSpecData(_Payload):
     code_version: str | None = None
     partitioning: str | None = None
     source_file: str | None = None
-    source_line: int | None = None
+    source_line: Count | None = None
     code_location: str | None = None
     upstream: list[str] = Field(default_factory=list)
     downstream: list[str] = Field(default_factory=list)
     freshness: dict[str, JsonValue] | None = None
     checks: list[str] = Field(default_factory=list)
+
+    @field_validator("freshness")
+    @classmethod
+    def _readable_freshness(cls, value: dict[str, JsonValue] | None) -> dict[str, JsonValue] | None:
+        """A serialized freshness policy (see orchestrator.catalog): its durations (`*_s`, `*_seconds`,
+        `*_minutes`) are numbers from 0 to 1e9, its cron and time zone texts; anything else would fail every
+        consumer that reads it."""
+        for key, item in (value or {}).items():
+            if item is None:
+                continue
+            if key.endswith(("_s", "_seconds", "_minutes")):
+                if isinstance(item, bool) or not isinstance(item, int | float) or not 0 <= item <= 1e9:
+                    raise ValueError(f"freshness.{key} must be a number of {key.rsplit('_', 1)[1]} "
+                                     f"from 0 to 1e9, got {str(item)[:40]!r}")
+            elif key in _FRESHNESS_TEXTS and not isinstance(item, str):
+                raise ValueError(f"freshness.{key} must be a text, got {str(item)[:40]!r}")
+        return value
 
 
 class CatalogSnapshotData(_Payload):
@@ -162,7 +190,7 @@ class DiscoveryRequestData(_Payload):
 
 class AssetChangeData(_Payload):
     spec: AssetSpecData
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_INT)
     changes: dict[str, JsonValue] = Field(default_factory=dict)
     retired_at: AwareDatetime | None = None
 
@@ -203,7 +231,7 @@ class HealthChangedData(_Payload):
     evaluated_at: AwareDatetime
     owners: list[str] = Field(default_factory=list)
     downstream: list[str] = Field(default_factory=list)
-    transition: int | None = Field(default=None, ge=1)
+    transition: int | None = Field(default=None, ge=1, le=MAX_INT)
     group: str | None = None
     changed_checks: list[str] = Field(default_factory=list)
     code_location: str | None = None  # of the asset's spec, for messages naming where the asset is defined
@@ -315,12 +343,13 @@ EARLIEST = datetime(1970, 1, 1, tzinfo=_PARSED_UTC)
 
 def latest_plausible(max_clock_skew_s: float, now: datetime | None = None) -> datetime:
     """The latest time an event may carry: this host's clock plus the allowed skew between hosts."""
-    return ((now or utcnow()) + timedelta(seconds=max_clock_skew_s)).astimezone(UTC).replace(tzinfo=_PARSED_UTC)
+    latest = (now or utcnow()) + timedelta(seconds=max_clock_skew_s)
+    return latest.astimezone(UTC).replace(tzinfo=_PARSED_UTC)
 
 
 def implausible_time(event: Event, latest: datetime) -> str | None:
     """Why a time of `event` cannot be true (after `latest`, see `latest_plausible`, or before 1970), or
-    None. A time from the future would outrank every later, correct event (an alert no event could resolve)."""
+    None. A time from the future would outrank every later, correct event (an alert nothing could resolve)."""
     occurred = event.occurred_at
     if not EARLIEST <= occurred <= latest:
         return _implausible("occurred_at", occurred, latest)
@@ -346,7 +375,8 @@ def wrong_stream(event: Event, stream: str) -> str | None:
     allowed = STREAM_TYPES.get(stream)
     if allowed is None or event.type in allowed:
         return None
-    return f"event type {event.type!r} does not belong on stream {stream!r} (it carries {', '.join(sorted(allowed))})"
+    carries = ", ".join(sorted(allowed))
+    return f"event type {event.type!r} does not belong on stream {stream!r} (it carries {carries})"
 
 
 E = TypeVar("E", bound=Event)

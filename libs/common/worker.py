@@ -189,7 +189,8 @@ class Worker:
             self.client.ping()
         except (redis.AuthenticationError, redis.exceptions.AuthorizationError, redis.ResponseError) as exc:
             text = str(exc)
-            if isinstance(exc, redis.ResponseError) and not text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
+            refused = text.startswith(("NOAUTH", "WRONGPASS", "NOPERM"))
+            if isinstance(exc, redis.ResponseError) and not refused:
                 return
             where = urlparse(self.settings.redis.url)
             self.client.close()

@@ -250,7 +250,8 @@ class AlertService:
         if not matchers:
             raise AlertsError("a silence needs at least one matcher")
         if not 0 < duration_s <= MAX_SILENCE_S:  # NaN too
-            raise AlertsError(f"a silence must last a positive time of at most {MAX_SILENCE_S / 86400:g} days")
+            limit = f"{MAX_SILENCE_S / 86400:g} days"
+            raise AlertsError(f"a silence must last a positive time of at most {limit}")
         now = self.clock()
         silence_id = uuid.uuid4().hex[:12]
         ends_at = now + duration_s

@@ -149,6 +149,6 @@ class AlertsWorkerSettings(Settings):
         problems = super().missing_secrets()
         for i, receiver in enumerate(self.alerts.receivers):
             if receiver.secret_env and not receiver.secret():
-                problems.append(f"alerts.receivers.{i}.secret_env: environment variable {receiver.secret_env} "
-                                f"(the secret of receiver {receiver.name!r}) is not set")
+                problems.append(f"alerts.receivers.{i}.secret_env: environment variable "
+                                f"{receiver.secret_env} (receiver {receiver.name!r}'s secret) is not set")
         return problems

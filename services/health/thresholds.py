@@ -43,14 +43,16 @@ def asset_overrides(spec: AssetSpecData) -> dict[str, tuple[Any, str]]:
 
 
 def _seconds(value: Any) -> float | None:
-    if isinstance(value, dict):
-        for unit, factor in (("seconds", 1.0), ("total_seconds", 1.0), ("minutes", 60.0), ("hours", 3600.0)):
-            if unit in value:
-                return _seconds(value[unit]) if factor == 1.0 else float(value[unit]) * factor
-        return None
+    """Seconds from a number, a duration text or `{"seconds": ...}`; None for anything unreadable (a
+    hostile spec must not fail the evaluation of its asset)."""
     try:
+        if isinstance(value, dict):
+            for unit, factor in (("seconds", 1.0), ("total_seconds", 1.0), ("minutes", 60.0), ("hours", 3600.0)):
+                if unit in value:
+                    return _seconds(value[unit]) if factor == 1.0 else _seconds(float(value[unit]) * factor)
+            return None
         return parse_duration_s(value)
-    except ValueError:
+    except (ValueError, TypeError, OverflowError):
         return None
 
 
@@ -64,7 +66,8 @@ def dagster_policy(freshness: Mapping[str, Any] | None) -> dict[str, float]:
         return {}
     out: dict[str, float] = {}
     if freshness.get("maximum_lag_minutes") is not None:
-        lag = _seconds(float(freshness["maximum_lag_minutes"]) * 60)
+        minutes = _seconds(freshness["maximum_lag_minutes"])  # minutes, read as a number
+        lag = _seconds(minutes * 60) if minutes else None
         if lag:
             out["freshness_max_lag"] = lag
     for target, names in (

@@ -242,7 +242,7 @@ def test_backup_refuses_the_live_store_directory(stores: Cli, dest: str) -> None
 
 
 def corrupt_backup(backup: Path, store: str, data: bytes | None) -> None:
-    """Replace `store`'s copy (with `data`, or flipped bytes inside it) and fix its checksum in the manifest."""
+    """Replace `store`'s copy (with `data`, or bytes flipped inside it); fix its checksum in the manifest."""
     import hashlib
 
     file = backup / f"{store}.db"
@@ -258,7 +258,8 @@ def corrupt_backup(backup: Path, store: str, data: bytes | None) -> None:
 
 
 def snapshot(home: Path) -> dict[str, int]:
-    return {name: count(home / f"{name}.db", "processed_events") for name in ("metadata", "health", "monitor")}
+    return {name: count(home / f"{name}.db", "processed_events")
+            for name in ("metadata", "health", "monitor")}
 
 
 @pytest.mark.parametrize("damage", ["flipped", "text", "truncated", "wrong-version"])
@@ -293,12 +294,14 @@ def test_restore_checks_every_store_before_replacing_any(stores: Cli, tmp_path: 
         ('{"stores": {}}', "stores"),
         ('{"stores": {"nope": {}}}', "stores.nope"),
         ('[1, 2]', "invalid manifest"),
-        ('{"stores": {"health": {"file": "../metadata.db", "sha256": "' + "0" * 64 + '", "schema_version": 1}}}',
-         "stores.health.file"),
+        ('{"stores": {"health": {"file": "../metadata.db", "sha256": "' + "0" * 64
+         + '", "schema_version": 1}}}', "stores.health.file"),
         ("not json", "invalid manifest"),
     ],
 )
-def test_restore_rejects_malformed_manifests(stores: Cli, tmp_path: Path, manifest: str, message: str) -> None:
+def test_restore_rejects_malformed_manifests(
+    stores: Cli, tmp_path: Path, manifest: str, message: str
+) -> None:
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "manifest.json").write_text(manifest)
     before = snapshot(stores.home)

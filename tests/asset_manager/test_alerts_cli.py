@@ -170,7 +170,9 @@ def test_deliveries_lists_failed_notifications(alerting: Cli, receiver: Recordin
     assert len(out.splitlines()) == 2
 
 
-@pytest.mark.parametrize("duration", ["99999999999999999999w", "367d", "1e400", "nan", "inf", "0s", "-1h", "1" * 500])
+@pytest.mark.parametrize(
+    "duration", ["99999999999999999999w", "367d", "1e400", "nan", "inf", "0s", "-1h", "1" * 500]
+)
 def test_silence_durations_are_bounded(alerting: Cli, duration: str) -> None:
     publish_health("fin/revenue", "FAILED", [("execution_status", "error")], 1)
     code, out, err = alerting.run("alerts", "silence", "--asset", "fin/*", "--for", duration, "--reason", "x")

@@ -52,19 +52,29 @@ def rows(db: Path, sql: str) -> list[tuple[object, ...]]:
 
 
 def processed(db: Path) -> set[str]:
-    return {stored_event_id(r[0]) for r in rows(db, "SELECT event_id FROM processed_events")}  # type: ignore[arg-type]
+    ids = rows(db, "SELECT event_id FROM processed_events")
+    return {stored_event_id(r[0]) for r in ids}  # type: ignore[arg-type]
 
 
 def snapshot(n: int) -> CatalogSnapshot:
     """The catalog of a code location whose description changes at each snapshot: discovery registers
     changes and publishes them to health and alerts."""
-    assets = [AssetSpecData(key=f"load/a{i}", description=f"version {n}", owners=["team:data"]) for i in range(20)]
-    return new_event(CatalogSnapshot, "catalog.snapshot", identity=f"load:{n}", source="test",
-                     data=CatalogSnapshotData(code_location="load", fingerprint=f"f{n}", assets=assets))
+    assets = [
+        AssetSpecData(key=f"load/a{i}", description=f"version {n}", owners=["team:data"]) for i in range(20)
+    ]
+    return new_event(
+        CatalogSnapshot,
+        "catalog.snapshot",
+        identity=f"load:{n}",
+        source="test",
+        data=CatalogSnapshotData(code_location="load", fingerprint=f"f{n}", assets=assets),
+    )
 
 
 @pytest.fixture
-def system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Bus, dict[str, ServiceProcess]]]:
+def system(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Bus, dict[str, ServiceProcess]]]:
     server = LocalRedis(directory=tmp_path / "redis").start()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("AMS_")},
@@ -76,15 +86,19 @@ def system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Bu
         "AMS_DISCOVERY__RESCAN_AT_START": "false",
         "AMS_DAGSTER__CODE_LOCATION": "load",
     }
-    workers = {name: ServiceProcess.service(name, env, tmp_path / f"{name}.out")
-               for name in ("discovery", "health", "alerts")}
+    workers = {
+        name: ServiceProcess.service(name, env, tmp_path / f"{name}.out")
+        for name in ("discovery", "health", "alerts")
+    }
     # The CLI in this process sees the same system (settings from the environment, the workers' ports).
     for name, value in env.items():
         if name.startswith(("AMS_", "DAGSTER_HOME")):
             monkeypatch.setenv(name, value)
     for name, worker in workers.items():
         monkeypatch.setenv(f"AMS_SERVICES__{name.upper()}__PORT", str(worker.port))
-    settings = load_settings(AppSettings, redis={"url": server.url}, bus={"prefix": "bk"}, logging={"file": None})
+    settings = load_settings(
+        AppSettings, redis={"url": server.url}, bus={"prefix": "bk"}, logging={"file": None}
+    )
     bus = Bus(connect(settings.redis), settings.bus)
     try:
         yield bus, workers
@@ -109,7 +123,8 @@ def test_backup_and_restore_under_load_lose_nothing_acknowledged(
     home = tmp_path / "home"
     wait_for(lambda: all(w.answers() for w in workers.values()), 90, "workers up")
     published: list[tuple[str, Event]] = list(
-        generate(assets=30, events=EVENTS, seed=3, inject=("failure", "volume"), inject_rate=0.1, history=0.3))
+        generate(assets=30, events=EVENTS, seed=3, inject=("failure", "volume"), inject_rate=0.1, history=0.3)
+    )
     snapshots = [snapshot(n) for n in range(20)]
     done = threading.Event()
 
@@ -164,7 +179,7 @@ def test_backup_and_restore_under_load_lose_nothing_acknowledged(
         for store in ("metadata", "health", "monitor"):
             assert rows(dest / f"{store}.db", "PRAGMA integrity_check") == [("ok",)]
 
-    # Stopped, the system takes the restore: the stores hold the backup's content, and a worker starts on them.
+    # Stopped, the system takes the restore: the stores hold the backup's content; a worker starts on them.
     assert {name: w.stop() for name, w in workers.items()} == {"discovery": 0, "health": 0, "alerts": 0}
     chosen = backups[len(backups) // 2]
     code, err = cli(capsys, "restore", "--from", str(chosen))
@@ -174,5 +189,14 @@ def test_backup_and_restore_under_load_lose_nothing_acknowledged(
     workers["health"].start()
     wait_for(workers["health"].ready, 60, "health ready on the restored store")
     assert workers["health"].stop() == 0
-    print(json.dumps({"events": len(published), "backups": len(backups), "refused_restores": len(refused),
-                      "asset_versions": changes[0], "health_events": len(health_ids)}))
+    print(
+        json.dumps(
+            {
+                "events": len(published),
+                "backups": len(backups),
+                "refused_restores": len(refused),
+                "asset_versions": changes[0],
+                "health_events": len(health_ids),
+            }
+        )
+    )
