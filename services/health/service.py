@@ -283,7 +283,9 @@ class HealthService:
                 if history.spec is None and not history.has_data and not self._state(conn, entry).stored:
                     continue  # named as someone's downstream, but nothing known about it yet
                 decision = self._evaluate_one(conn, entry, now, trigger)
-                db.write_decision(conn, decision, now, next_change(history, self._resolve(entry), now))
+                last = history.last_materialization
+                db.write_decision(conn, decision, now, next_change(history, self._resolve(entry), now),
+                                  last.at if last else None)
                 decisions.append(decision)
                 if decision.changed and pass_keys is queue and history.spec is not None:
                     second_pass.extend(d for d in history.spec.downstream if d not in done)
