@@ -258,17 +258,17 @@ class HealthService:
         return states
 
     def _evaluate(self, conn: Connection, keys: Iterable[str], now: float, trigger: Trigger) -> list[Decision]:
-        """Evaluate `keys` and stage their transitions. After new facts (`Trigger.EVENTS`) the downstream
-        assets of `keys` are evaluated too (they judge their upstreams); then, once, the downstream of
-        those whose health changed.
+        """Evaluate `keys` and stage their transitions. The downstream assets of those with new facts
+        (`Trigger.EVENTS`, or awaiting evaluation) are evaluated too (they judge their upstreams); then,
+        once, the downstream of those whose health changed.
 
         Each decision is written at once, so that an asset the cache drops meanwhile is read back as
         decided."""
         decisions: list[Decision] = []
         done: set[str] = set()
         queue = list(dict.fromkeys(keys))
-        if trigger is Trigger.EVENTS:
-            for key in list(queue):
+        for key in list(queue):
+            if trigger is Trigger.EVENTS or key in self._dirty:  # new facts: their downstream judge them
                 spec = self._entry(conn, key).history.spec
                 if spec is not None:
                     queue.extend(spec.downstream)
