@@ -67,6 +67,7 @@ class HealthService:
         self._dirty_since: float | None = None  # monotonic
         self._last_evaluation_s = 0.0
         self._last_handled = 0.0
+        self._backlog = False  # the last batch was full
         self._gauge_lock = threading.Lock()
         self._gauges_stale = False
         self._gauges_refreshed = 0.0
@@ -132,7 +133,7 @@ class HealthService:
                     self._mark_dirty(conn, facts.touched, now)
                     # A full batch means a backlog: coalesce evaluations instead of evaluating after every
                     # batch; caught up, evaluate at once.
-                    backlog = len(deliveries) >= self.settings.bus.batch_size
+                    backlog = self._backlog = len(deliveries) >= self.settings.bus.batch_size
                     due = bool(self._dirty) and (not backlog or self._due())
                     if due and len(self._dirty) <= _EVALUATE_IN_BATCH:
                         decisions = self._evaluate_dirty(conn, now)
@@ -203,7 +204,9 @@ class HealthService:
         """Evaluate assets whose evaluation was deferred (periodic, every `max_defer_s`), once the stream
         is quiet or the deferral is due; returns how many."""
         with self.lock:
-            idle = time.monotonic() - self._last_handled >= self.cfg.max_defer_s
+            # Quiet: the last batch was not full and none came for `max_defer_s`. Under a backlog a batch
+            # can take longer than that on a busy machine: only the deferral rule (`_due`) applies then.
+            idle = not self._backlog and time.monotonic() - self._last_handled >= self.cfg.max_defer_s
             if not self._dirty or not (idle or self._due()):
                 return 0
             return self._evaluate_pending_now()
