@@ -86,6 +86,11 @@ class HealthService:
         if self.store.dialect != "sqlite":
             self.cache.clear()
 
+    def _release_memory(self) -> None:
+        """At the end of a periodic job: free the page cache of this (job) thread's SQLite connection."""
+        if self.store.dialect == "sqlite":
+            db.release_memory(self.store.connection())
+
     def _load_dirty(self) -> None:
         """The assets awaiting evaluation according to the store (after a restart or a failed batch)."""
         try:
@@ -209,7 +214,9 @@ class HealthService:
             idle = not self._backlog and time.monotonic() - self._last_handled >= self.cfg.max_defer_s
             if not self._dirty or not (idle or self._due()):
                 return 0
-            return self._evaluate_pending_now()
+            evaluated = self._evaluate_pending_now()
+        self._release_memory()
+        return evaluated
 
     def _in_chunks(self, keys: Sequence[str], trigger: Trigger) -> tuple[int, int]:
         """Evaluate `keys` `EVALUATE_ALL_CHUNK` per transaction; the lock is taken for each chunk (it is
@@ -361,6 +368,7 @@ class HealthService:
             keys = db.all_asset_keys(conn) if self._passes == 0 else db.due_asset_keys(conn, self.clock())
             self._passes += 1
         _, changed = self._in_chunks(keys, Trigger.CLOCK)
+        self._release_memory()
         metrics.FULL_EVALUATION_SECONDS.observe(time.monotonic() - started)
         metrics.CACHE_BYTES.set(self.cache.used)
         return changed
@@ -370,6 +378,7 @@ class HealthService:
         with self.lock:
             deleted = db.prune(self.store, self.cfg.retention_days, now=self.clock())
             self._forget()
+            self._release_memory()
         if any(deleted.values()):
             log.info("health_retention", deleted=deleted)
         return deleted
@@ -384,6 +393,14 @@ class HealthService:
             self._gauges_stale = False
             self._gauges_refreshed = time.monotonic()
             self.update_status_gauge()
+
+    def status_gauges(self) -> None:
+        """The periodic job of the status gauges (`refresh_status_gauges` on a job thread)."""
+        with self._gauge_lock:
+            stale = self._gauges_stale
+        self.refresh_status_gauges()
+        if stale:
+            self._release_memory()
 
     def update_status_gauge(self) -> None:
         """Set the assets-by-group-and-status and the per-unhealthy-asset gauges from health.db."""
