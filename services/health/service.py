@@ -142,11 +142,15 @@ class HealthService:
                     due = bool(self._dirty) and (not backlog or self._due())
                     if due and len(self._dirty) <= _EVALUATE_IN_BATCH:
                         decisions = self._evaluate_dirty(conn, now)
+                    elif due and not backlog:
+                        # Caught up after a long backlog: this batch's assets at once; the thousands still
+                        # waiting go to the evaluate_pending job, in chunks between which batches are handled.
+                        decisions = self._evaluate_some(conn, facts.touched, now)
                 self._last_handled = time.monotonic()
             except BaseException:
                 self._forget()
                 raise
-            if due and self._dirty:
+            if due and backlog and len(self._dirty) > _EVALUATE_IN_BATCH:
                 self._evaluate_pending_now()
         lags: dict[str, list[float]] = {}
         for delivery in deliveries:
@@ -198,6 +202,16 @@ class HealthService:
         self._last_evaluation_s = time.monotonic() - started
         return decisions
 
+    def _evaluate_some(self, conn: Connection, keys: Sequence[str], now: float) -> list[Decision]:
+        """`keys` among the assets awaiting evaluation, in the caller's transaction."""
+        keys = [k for k in keys if k in self._dirty]
+        decisions = self._evaluate(conn, keys, now, Trigger.EVENTS)
+        done = {*keys, *(d.key for d in decisions)} & self._dirty.keys()
+        db.clear_dirty(conn, done)
+        for key in done:
+            self._dirty.pop(key, None)
+        return decisions
+
     def _evaluate_pending_now(self) -> int:
         """Every asset awaiting evaluation, `EVALUATE_ALL_CHUNK` per transaction (caller holds the lock)."""
         started = time.monotonic()
@@ -206,15 +220,19 @@ class HealthService:
         return evaluated[0]
 
     def evaluate_pending(self) -> int:
-        """Evaluate assets whose evaluation was deferred (periodic, every `max_defer_s`), once the stream
-        is quiet or the deferral is due; returns how many."""
+        """Evaluate assets whose evaluation was deferred (periodic, every `max_defer_s`), once the worker
+        has caught up or the deferral is due; returns how many."""
         with self.lock:
-            # Quiet: the last batch was not full and none came for `max_defer_s`. Under a backlog a batch
-            # can take longer than that on a busy machine: only the deferral rule (`_due`) applies then.
-            idle = not self._backlog and time.monotonic() - self._last_handled >= self.cfg.max_defer_s
-            if not self._dirty or not (idle or self._due()):
+            # Caught up (the last batch was not full): what still waits is evaluated now. Under a backlog
+            # only the deferral rule (`_due`) starts an evaluation: a batch can take longer than
+            # `max_defer_s` on a busy machine, which is not a quiet stream.
+            if not self._dirty or not (not self._backlog or self._due()):
                 return 0
-            evaluated = self._evaluate_pending_now()
+            keys = list(self._dirty)
+        # In chunks, the lock taken for each: batches are handled in between.
+        started = time.monotonic()
+        evaluated, _ = self._in_chunks(keys, Trigger.EVENTS)
+        self._last_evaluation_s = time.monotonic() - started
         self._release_memory()
         return evaluated
 
@@ -225,6 +243,8 @@ class HealthService:
         for start in range(0, len(keys), EVALUATE_ALL_CHUNK):
             chunk = keys[start : start + EVALUATE_ALL_CHUNK]
             with self.lock:
+                if trigger is Trigger.EVENTS:  # those a batch evaluated meanwhile are done
+                    chunk = [k for k in chunk if k in self._dirty]
                 now = self.clock()
                 try:
                     with self.store.write() as conn:

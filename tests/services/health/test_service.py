@@ -282,3 +282,21 @@ def test_the_periodic_pass_evaluates_the_assets_the_clock_can_change(store: Stor
     assert service.evaluate_all() == 1
     assert evaluated() == {"lagging": (T0 + 3700, None), "plain": (T0 + 120, None)}
     assert outbox(store)[-1].data.status == "DEGRADED"
+
+
+def test_caught_up_after_a_long_backlog_a_batch_evaluates_its_own_assets_first(
+    store: Store, tmp_path: Path, ev: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import services.health.service as service_module
+
+    monkeypatch.setattr(service_module, "_EVALUATE_IN_BATCH", 2)
+    settings = load_settings(HealthWorkerSettings, dagster_home=str(tmp_path), stores={"data_dir": str(tmp_path)},
+                             bus={"batch_size": 3}, health={"max_defer_s": 60})
+    service = engine_for(store, settings, Clock(T0 + 10))
+    service.handle(deliveries(*[ev.run(f"r{k}", "FAILURE", [k], start=T0, end=T0 + 1) for k in "abc"]))  # backlog
+    assert outbox(store) == [] and service.stats()["dirty_assets"] == 3
+    service.handle(deliveries(ev.run("rz", "FAILURE", ["z"], start=T0, end=T0 + 1)))  # caught up
+    assert [e.data.asset_key for e in outbox(store)] == ["z"]  # at once; the three others wait for the job
+    assert service.evaluate_pending() == 3
+    assert sorted(e.data.asset_key for e in outbox(store)) == ["a", "b", "c", "z"]
+    assert store.connection().execute("SELECT COUNT(*) FROM dirty_assets").fetchone()[0] == 0
