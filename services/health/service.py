@@ -155,7 +155,9 @@ class HealthService:
         lags: dict[str, list[float]] = {}
         for delivery in deliveries:
             if delivery.event.id in fresh:
-                lags.setdefault(delivery.stream, []).append(max(0.0, now - delivery.event.occurred_at.timestamp()))
+                lags.setdefault(delivery.stream, []).append(
+                    max(0.0, now - delivery.event.occurred_at.timestamp())
+                )
         for stream, values in lags.items():
             metrics.EVENT_LAG_SECONDS.labels(stream=stream).observe_many(values)
         self._after_commit(decisions)
@@ -287,7 +289,9 @@ class HealthService:
             )
         return states
 
-    def _evaluate(self, conn: Connection, keys: Iterable[str], now: float, trigger: Trigger) -> list[Decision]:
+    def _evaluate(
+        self, conn: Connection, keys: Iterable[str], now: float, trigger: Trigger
+    ) -> list[Decision]:
         """Evaluate `keys` and stage their transitions. The downstream assets of those with new facts
         (`Trigger.EVENTS`, or awaiting evaluation) are evaluated too (they judge their upstreams); then,
         once, the downstream of those whose health changed.
@@ -314,8 +318,13 @@ class HealthService:
                     continue  # named as someone's downstream, but nothing known about it yet
                 decision = self._evaluate_one(conn, entry, now, trigger)
                 last = history.last_materialization
-                db.write_decision(conn, decision, now, next_change(history, self._resolve(entry), now),
-                                  last.at if last else None)
+                db.write_decision(
+                    conn,
+                    decision,
+                    now,
+                    next_change(history, self._resolve(entry), now),
+                    last.at if last else None,
+                )
                 decisions.append(decision)
                 if decision.changed and pass_keys is queue and history.spec is not None:
                     second_pass.extend(d for d in history.spec.downstream if d not in done)
@@ -439,5 +448,8 @@ class HealthService:
 
     def stats(self) -> dict[str, Any]:
         """What the cache holds (for benchmarks and debugging)."""
-        return {"cached_assets": len(self.cache), "cache_bytes_estimated": self.cache.used,
-                "dirty_assets": len(self._dirty)}
+        return {
+            "cached_assets": len(self.cache),
+            "cache_bytes_estimated": self.cache.used,
+            "dirty_assets": len(self._dirty),
+        }
