@@ -39,6 +39,8 @@ log = get_logger(__name__)
 _GAUGE_INTERVAL_S = 1.0
 # Assets per transaction of the periodic full evaluation (~1 ms each at worst: about 0.1 s of lock).
 EVALUATE_ALL_CHUNK = 100
+# Pause between two chunks, so that a thread waiting for the lock gets it.
+_YIELD_S = 0.002
 # Assets a batch evaluates in its own transaction; more (a deferred backlog) go in chunks after it.
 _EVALUATE_IN_BATCH = 1000
 
@@ -264,6 +266,10 @@ class HealthService:
             self._after_commit(decisions)
             evaluated += len(decisions)
             changed += sum(d.changed for d in decisions)
+            if start + EVALUATE_ALL_CHUNK < len(keys):
+                # Python's locks are not fair: re-taken at once, this one would starve the consume loop
+                # waiting for it (measured: a probe 87 s behind a catch-up of 50,000 assets).
+                time.sleep(_YIELD_S)
         return evaluated, changed
 
     # -- evaluation --------------------------------------------------------------------------------------
