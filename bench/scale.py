@@ -287,18 +287,27 @@ def main() -> None:
         client = redis.Redis.from_url(server.url, protocol=2)
 
         def watch() -> None:
-            last = "$"
+            # From the stream's newest entry (not "$" at every call: entries between two calls would be missed).
+            info = client.xinfo_stream(bus.key(HEALTH)) if client.exists(bus.key(HEALTH)) else {}
+            last = info.get("last-generated-id", "0-0")
             while not stop.is_set():
-                for _, entries in client.xread({bus.key(HEALTH): last}, block=200) or []:
+                try:
+                    replies = client.xread({bus.key(HEALTH): last}, block=200, count=1000) or []
+                except redis.RedisError:  # a slow moment of a loaded machine: read again
+                    time.sleep(0.1)
+                    continue
+                for _, entries in replies:
                     for entry_id, fields in entries:
                         last = entry_id
                         body = json.loads(fields[b"event"])
-                        arrived.setdefault(body["data"]["asset_key"], time.time())
+                        key = body["data"]["asset_key"]
+                        if key in sent:
+                            arrived.setdefault(key, time.time())
 
+        sent: dict[str, float] = {}
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         probe_keys = [specs[i].key for i in rng.sample(range(args.assets), min(args.probes, args.assets))]
-        sent: dict[str, float] = {}
         rss_peak = proc.memory_info().rss
         steady_started = time.monotonic()
         n = 0
