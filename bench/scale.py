@@ -79,8 +79,17 @@ def catalog(n: int) -> list[AssetSpecData]:
         chain = i % 5
         up = [f"scale/{GROUPS[(i - 1) % len(GROUPS)]}/asset_{i - 1:06d}"] if chain else []
         down = [f"scale/{GROUPS[(i + 1) % len(GROUPS)]}/asset_{i + 1:06d}"] if chain < 4 and i + 1 < n else []
-        specs.append(AssetSpecData(key=key, group=group, owners=[f"team:{group}"], upstream=up, downstream=down,
-                                   code_location="scale", kinds=["python"]))
+        specs.append(
+            AssetSpecData(
+                key=key,
+                group=group,
+                owners=[f"team:{group}"],
+                upstream=up,
+                downstream=down,
+                code_location="scale",
+                kinds=["python"],
+            )
+        )
     return specs
 
 
@@ -132,8 +141,14 @@ def cadences(n: int, hourly_pct: float, six_hourly_pct: float, rng: random.Rando
     return out
 
 
-def publish_history(pub: Publisher, specs: list[AssetSpecData], periods: list[float], start: float, end: float,
-                    rng: random.Random) -> int:
+def publish_history(
+    pub: Publisher,
+    specs: list[AssetSpecData],
+    periods: list[float],
+    start: float,
+    end: float,
+    rng: random.Random,
+) -> int:
     """Every asset's materializations from `start` to `end`, in time order, a day at a time."""
     base_rows = [rng.randint(1_000, 1_000_000) for _ in specs]
     base_s = [rng.uniform(5, 600) for _ in specs]
@@ -160,9 +175,11 @@ def publish_history(pub: Publisher, specs: list[AssetSpecData], periods: list[fl
 
 def histogram(metrics_text: str, name: str) -> tuple[float, float]:
     """(count, sum) of a histogram in a Prometheus text exposition."""
+
     def value(suffix: str) -> float:
         m = re.search(rf"^{name}_{suffix} ([0-9.e+]+)$", metrics_text, re.M)
         return float(m.group(1)) if m else 0.0
+
     return value("count"), value("sum")
 
 
@@ -184,11 +201,15 @@ def cli_time(cli: list[str], env: dict[str, str], repeat: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--assets", type=int, default=int(os.environ.get("SCALE_ASSETS", 50_000)))
     parser.add_argument("--days", type=float, default=float(os.environ.get("SCALE_DAYS", 90)))
     parser.add_argument("--hourly-pct", type=float, default=1.0, help="percent of assets materialized hourly")
-    parser.add_argument("--six-hourly-pct", type=float, default=4.0, help="percent materialized every 6 hours")
+    parser.add_argument(
+        "--six-hourly-pct", type=float, default=4.0, help="percent materialized every 6 hours"
+    )
     parser.add_argument("--window", type=int, default=200_000, help="unacknowledged entries at most")
     parser.add_argument("--rate", type=float, default=200.0, help="steady events/s after the backlog")
     parser.add_argument("--steady-s", type=float, default=None, help="default: 1.5 evaluation intervals")
@@ -226,14 +247,17 @@ def main() -> None:
     try:
         wait_for(lambda: worker.answers() and worker.ready(), 60, "health worker ready")
         bus = Bus(connect(settings.redis), settings.bus)
-        wait_for(lambda: bus.unsettled("health", [ASSET_CHANGES, ASSETS, RUNS]) is not None, 30, "consumer groups")
+        wait_for(
+            lambda: bus.unsettled("health", [ASSET_CHANGES, ASSETS, RUNS]) is not None, 30, "consumer groups"
+        )
 
         # 1. the catalog, registered as discovery does, then announced
         specs = catalog(args.assets)
         metadata = open_metadata(settings)
         with metadata.write() as conn:
-            changes = register_snapshot(conn, CatalogSnapshotData(code_location="scale", fingerprint="scale-1",
-                                                                  assets=specs))
+            changes = register_snapshot(
+                conn, CatalogSnapshotData(code_location="scale", fingerprint="scale-1", assets=specs)
+            )
         metadata.close()
         pub = Publisher(bus, args.window)
         for event in to_events(changes, source=SOURCE):
@@ -245,10 +269,16 @@ def main() -> None:
         periods = cadences(args.assets, args.hourly_pct, args.six_hourly_pct, rng)
         started = time.perf_counter()
         events = publish_history(pub, specs, periods, end - args.days * DAY, end, rng)
-        wait_for(lambda: bus.unsettled("health", [ASSET_CHANGES, ASSETS, RUNS]) == 0, 3600, "backlog consumed")
+        wait_for(
+            lambda: bus.unsettled("health", [ASSET_CHANGES, ASSETS, RUNS]) == 0, 3600, "backlog consumed"
+        )
         backlog_s = time.perf_counter() - started
-        result.update(history_events=events, backlog_s=round(backlog_s, 1),
-                      backlog_eps=round(events / backlog_s), rss_mb_after_backlog=round(proc.memory_info().rss / 2**20))
+        result.update(
+            history_events=events,
+            backlog_s=round(backlog_s, 1),
+            backlog_eps=round(events / backlog_s),
+            rss_mb_after_backlog=round(proc.memory_info().rss / 2**20),
+        )
 
         # 3. steady traffic with probes; at least one full evaluation pass runs under it
         passes_before = histogram(worker.metrics(), "ams_health_full_evaluation_seconds")
@@ -257,18 +287,27 @@ def main() -> None:
         client = redis.Redis.from_url(server.url, protocol=2)
 
         def watch() -> None:
-            last = "$"
+            # From the stream's newest entry (not "$" at every call: entries between two calls would be missed).
+            info = client.xinfo_stream(bus.key(HEALTH)) if client.exists(bus.key(HEALTH)) else {}
+            last = info.get("last-generated-id", "0-0")
             while not stop.is_set():
-                for _, entries in client.xread({bus.key(HEALTH): last}, block=200) or []:
+                try:
+                    replies = client.xread({bus.key(HEALTH): last}, block=200, count=1000) or []
+                except redis.RedisError:  # a slow moment of a loaded machine: read again
+                    time.sleep(0.1)
+                    continue
+                for _, entries in replies:
                     for entry_id, fields in entries:
                         last = entry_id
                         body = json.loads(fields[b"event"])
-                        arrived.setdefault(body["data"]["asset_key"], time.time())
+                        key = body["data"]["asset_key"]
+                        if key in sent:
+                            arrived.setdefault(key, time.time())
 
+        sent: dict[str, float] = {}
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         probe_keys = [specs[i].key for i in rng.sample(range(args.assets), min(args.probes, args.assets))]
-        sent: dict[str, float] = {}
         rss_peak = proc.memory_info().rss
         steady_started = time.monotonic()
         n = 0
@@ -278,16 +317,29 @@ def main() -> None:
             tick = time.monotonic()
             for _ in range(max(1, int(args.rate / 10))):
                 i = rng.randrange(args.assets)
-                pub.add(ASSETS, materialization(specs[i].key, f"s-{n}", time.time(), rng.randint(1000, 10**6), 10.0))
+                pub.add(
+                    ASSETS,
+                    materialization(specs[i].key, f"s-{n}", time.time(), rng.randint(1000, 10**6), 10.0),
+                )
                 n += 1
             pub.flush()
             if probe_keys and time.monotonic() >= next_probe:
                 key = probe_keys.pop()
                 run_id = f"probe-{uuid.uuid4().hex[:8]}"
                 sent[key] = time.time()
-                probe = new_event(RunEvent, "run.failed", identity=run_id, source=SOURCE,
-                                  data=RunData(run_id=run_id, job_name="probe", status="FAILURE", asset_keys=[key],
-                                               error="probe failure"))
+                probe = new_event(
+                    RunEvent,
+                    "run.failed",
+                    identity=run_id,
+                    source=SOURCE,
+                    data=RunData(
+                        run_id=run_id,
+                        job_name="probe",
+                        status="FAILURE",
+                        asset_keys=[key],
+                        error="probe failure",
+                    ),
+                )
                 bus.client.xadd(bus.key(RUNS), probe.to_fields())  # type: ignore[arg-type]
                 next_probe += probe_every
             rss_peak = max(rss_peak, proc.memory_info().rss)
@@ -308,7 +360,9 @@ def main() -> None:
         result.update(
             steady_events=n,
             probe_p50_ms=round(statistics.median(latencies), 1) if latencies else None,
-            probe_p99_ms=round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 1) if latencies else None,
+            probe_p99_ms=round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 1)
+            if latencies
+            else None,
             probe_max_ms=round(latencies[-1], 1) if latencies else None,
             full_pass_s=round(full_pass_s, 2),
             evaluation_interval_s=args.evaluation_interval,
@@ -319,14 +373,17 @@ def main() -> None:
 
         # 4. the CLI against the same stores
         health_db = sqlite_path(settings.store_url(StoreName.HEALTH))
-        result["health_db_mb"] = round(sum(p.stat().st_size for p in health_db.parent.glob(health_db.name + "*"))
-                                       / 2**20, 1)
+        result["health_db_mb"] = round(
+            sum(p.stat().st_size for p in health_db.parent.glob(health_db.name + "*")) / 2**20, 1
+        )
         cli = str(Path(sys.executable).with_name("asset-manager"))
         startup = cli_time([cli, "--help"], env, args.cli_repeat)
         one = specs[args.assets // 2].key
         timings = {
             "asset_health_one": cli_time([cli, "asset-health", one], env, args.cli_repeat),
-            "asset_health_failed": cli_time([cli, "asset-health", "--status", "FAILED"], env, args.cli_repeat),
+            "asset_health_failed": cli_time(
+                [cli, "asset-health", "--status", "FAILED"], env, args.cli_repeat
+            ),
             "list_assets_json": cli_time([cli, "list-assets", "--format", "json"], env, args.cli_repeat),
         }
         result["cli_startup_s"] = round(startup, 3)

@@ -51,7 +51,7 @@ def build(settings: HealthWorkerSettings, *, port: int | None = None) -> Worker:
                         run_at_start=True),
             PeriodicJob(name="evaluate_pending", func=service.evaluate_pending, interval_s=cfg.max_defer_s),
             PeriodicJob(name="retention", func=service.retention, interval_s=cfg.retention_interval_s),
-            PeriodicJob(name="status_gauges", func=service.refresh_status_gauges, interval_s=1.0),
+            PeriodicJob(name="status_gauges", func=service.status_gauges, interval_s=1.0),
         ],
         on_startup=start_reporting,
         on_shutdown=stop_reporting,

@@ -149,12 +149,20 @@ def decide(
             transition=transitions,
             group=subject.group,
             code_location=subject.code_location,
-            changed_checks=[r.check for r in results if previous.outcomes.get(r.check, "passed") != r.outcome],
+            changed_checks=[
+                r.check for r in results if previous.outcomes.get(r.check, "passed") != r.outcome
+            ],
         )
         # The evaluation time is part of the identity: a health.db rebuilt from scratch numbers its
         # transitions from 1 again, and those must not collide with ids consumers already processed.
-        event = new_event(HealthChanged, "health.changed", identity=f"{subject.key}:{transitions}:{now!r}",
-                          data=data, source=SOURCE, occurred_at=evaluated_at)
+        event = new_event(
+            HealthChanged,
+            "health.changed",
+            identity=f"{subject.key}:{transitions}:{now!r}",
+            data=data,
+            source=SOURCE,
+            occurred_at=evaluated_at,
+        )
         state = HealthState(status, sig, transitions, outcomes, stored=True)
     else:
         state = HealthState(previous.status, previous.signature, transitions, outcomes, stored=True)

@@ -99,8 +99,12 @@ def statuses(store: Store, key: str | None = None) -> dict[str, AssetStatus]:
     with store.read() as conn:
         rows = db.read_statuses(conn, key)
     return {
-        r["asset_key"]: AssetStatus(asset_key=r["asset_key"], status=r["status"], reasons=json.loads(r["reasons"]),
-                                    evaluated_at=_dt(r["evaluated_at"]))
+        r["asset_key"]: AssetStatus(
+            asset_key=r["asset_key"],
+            status=r["status"],
+            reasons=json.loads(r["reasons"]),
+            evaluated_at=_dt(r["evaluated_at"]),
+        )
         for r in rows
     }
 
@@ -119,20 +123,38 @@ def history(store: Store, key: str, limit: int = 50) -> list[HistoryPoint]:
         runs = db.read_executions(conn, key, limit)
     points = [
         HistoryPoint(
-            at=_dt(r["occurred_at"]), kind="materialization", run_id=r["run_id"], status="SUCCESS",
-            row_count=r["row_count"], duration_s=r["duration_s"], partition=r["partition"],
+            at=_dt(r["occurred_at"]),
+            kind="materialization",
+            run_id=r["run_id"],
+            status="SUCCESS",
+            row_count=r["row_count"],
+            duration_s=r["duration_s"],
+            partition=r["partition"],
             columns=len(json.loads(r["column_schema"])) if r["column_schema"] else None,
         )
         for r in mats
     ]
     points += [
-        HistoryPoint(at=_dt(r["occurred_at"]), kind="failed_materialization", run_id=r["run_id"], status="FAILURE",
-                     partition=r["partition"], error=r["error"])
+        HistoryPoint(
+            at=_dt(r["occurred_at"]),
+            kind="failed_materialization",
+            run_id=r["run_id"],
+            status="FAILURE",
+            partition=r["partition"],
+            error=r["error"],
+        )
         for r in fails
     ]
     points += [
-        HistoryPoint(at=_dt(r["at"]), kind="run", run_id=r["run_id"], status=r["status"], duration_s=r["duration_s"],
-                     partition=r["partition"], error=r["error"])
+        HistoryPoint(
+            at=_dt(r["at"]),
+            kind="run",
+            run_id=r["run_id"],
+            status=r["status"],
+            duration_s=r["duration_s"],
+            partition=r["partition"],
+            error=r["error"],
+        )
         for r in runs
     ]
     return sorted(points, key=lambda p: p.at, reverse=True)[:limit]

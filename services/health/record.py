@@ -86,14 +86,19 @@ def facts_of(events: Iterable[Event]) -> Facts:
     for event in events:
         if isinstance(event, AssetMaterialized):
             d = event.data
-            columns = tuple((c.name, c.type) for c in d.column_schema) if d.column_schema is not None else None
-            record = Materialization(_ts(event), d.run_id, d.row_count, d.duration_s, columns, d.partition,
-                                     d.storage_id)
+            columns = (
+                tuple((c.name, c.type) for c in d.column_schema) if d.column_schema is not None else None
+            )
+            record = Materialization(
+                _ts(event), d.run_id, d.row_count, d.duration_s, columns, d.partition, d.storage_id
+            )
             out.materializations.append(MaterializationFact(event.id, d.asset_key, record))
             touched[d.asset_key] = None
         elif isinstance(event, RunEvent):
             r = event.data
-            started = r.started_at.timestamp() if r.started_at else (_ts(event) if r.status == "STARTED" else None)
+            started = (
+                r.started_at.timestamp() if r.started_at else (_ts(event) if r.status == "STARTED" else None)
+            )
             ended = r.ended_at.timestamp() if r.ended_at else (_ts(event) if r.status in TERMINAL else None)
             duration = r.duration_s
             if duration is None and started is not None and ended is not None:
@@ -102,19 +107,25 @@ def facts_of(events: Iterable[Event]) -> Facts:
             for key in r.asset_keys:
                 earlier = merged.get((key, r.run_id))
                 merged[(key, r.run_id)] = (
-                    RunFact(key, earlier.job_name, merge(earlier.execution, incoming)) if earlier
+                    RunFact(key, earlier.job_name, merge(earlier.execution, incoming))
+                    if earlier
                     else RunFact(key, r.job_name, incoming)
                 )
                 touched[key] = None
         elif isinstance(event, AssetMaterializationFailed):
             f = event.data
-            out.failures.append(FailureFact(event.id, f.asset_key, f.storage_id,
-                                            Failure(_ts(event), f.run_id, f.error, f.partition)))
+            out.failures.append(
+                FailureFact(
+                    event.id, f.asset_key, f.storage_id, Failure(_ts(event), f.run_id, f.error, f.partition)
+                )
+            )
             touched[f.asset_key] = None
         elif isinstance(event, AssetChanged):
             c = event.data
-            retired_at = c.retired_at.timestamp() if c.retired_at else (
-                _ts(event) if event.type == "asset.retired" else None
+            retired_at = (
+                c.retired_at.timestamp()
+                if c.retired_at
+                else (_ts(event) if event.type == "asset.retired" else None)
             )
             out.specs.append(SpecFact(c.spec.key, c.version, c.spec, retired_at, _ts(event)))
             touched[c.spec.key] = None

@@ -39,6 +39,8 @@ log = get_logger(__name__)
 _GAUGE_INTERVAL_S = 1.0
 # Assets per transaction of the periodic full evaluation (~1 ms each at worst: about 0.1 s of lock).
 EVALUATE_ALL_CHUNK = 100
+# Pause between two chunks, so that a thread waiting for the lock gets it.
+_YIELD_S = 0.002
 # Assets a batch evaluates in its own transaction; more (a deferred backlog) go in chunks after it.
 _EVALUATE_IN_BATCH = 1000
 
@@ -67,6 +69,7 @@ class HealthService:
         self._dirty_since: float | None = None  # monotonic
         self._last_evaluation_s = 0.0
         self._last_handled = 0.0
+        self._backlog = False  # the last batch was full
         self._gauge_lock = threading.Lock()
         self._gauges_stale = False
         self._gauges_refreshed = 0.0
@@ -84,6 +87,11 @@ class HealthService:
         workers write too, so drop the in-memory copy and read what is needed afresh."""
         if self.store.dialect != "sqlite":
             self.cache.clear()
+
+    def _release_memory(self) -> None:
+        """At the end of a periodic job: free the page cache of this (job) thread's SQLite connection."""
+        if self.store.dialect == "sqlite":
+            db.release_memory(self.store.connection())
 
     def _load_dirty(self) -> None:
         """The assets awaiting evaluation according to the store (after a restart or a failed batch)."""
@@ -134,20 +142,26 @@ class HealthService:
                     self._mark_dirty(conn, facts.touched, now)
                     # A full batch means a backlog: coalesce evaluations instead of evaluating after every
                     # batch; caught up, evaluate at once.
-                    backlog = len(deliveries) >= self.settings.bus.batch_size
+                    backlog = self._backlog = len(deliveries) >= self.settings.bus.batch_size
                     due = bool(self._dirty) and (not backlog or self._due())
                     if due and len(self._dirty) <= _EVALUATE_IN_BATCH:
                         decisions = self._evaluate_dirty(conn, now)
+                    elif due and not backlog:
+                        # Caught up after a long backlog: this batch's assets at once; the thousands still
+                        # waiting go to the evaluate_pending job, in chunks between which batches are handled.
+                        decisions = self._evaluate_some(conn, facts.touched, now)
                 self._last_handled = time.monotonic()
             except BaseException:
                 self._forget()
                 raise
-            if due and self._dirty:
+            if due and backlog and len(self._dirty) > _EVALUATE_IN_BATCH:
                 self._evaluate_pending_now()
         lags: dict[str, list[float]] = {}
         for delivery in deliveries:
             if delivery.event.id in fresh:
-                lags.setdefault(delivery.stream, []).append(max(0.0, now - delivery.event.occurred_at.timestamp()))
+                lags.setdefault(delivery.stream, []).append(
+                    max(0.0, now - delivery.event.occurred_at.timestamp())
+                )
         for stream, values in lags.items():
             metrics.EVENT_LAG_SECONDS.labels(stream=stream).observe_many(values)
         self._after_commit(decisions)
@@ -194,6 +208,16 @@ class HealthService:
         self._last_evaluation_s = time.monotonic() - started
         return decisions
 
+    def _evaluate_some(self, conn: Connection, keys: Sequence[str], now: float) -> list[Decision]:
+        """`keys` among the assets awaiting evaluation, in the caller's transaction."""
+        keys = [k for k in keys if k in self._dirty]
+        decisions = self._evaluate(conn, keys, now, Trigger.EVENTS)
+        done = {*keys, *(d.key for d in decisions)} & self._dirty.keys()
+        db.clear_dirty(conn, done)
+        for key in done:
+            self._dirty.pop(key, None)
+        return decisions
+
     def _evaluate_pending_now(self) -> int:
         """Every asset awaiting evaluation, `EVALUATE_ALL_CHUNK` per transaction (caller holds the lock)."""
         started = time.monotonic()
@@ -202,13 +226,21 @@ class HealthService:
         return evaluated[0]
 
     def evaluate_pending(self) -> int:
-        """Evaluate assets whose evaluation was deferred (periodic, every `max_defer_s`), once the stream
-        is quiet or the deferral is due; returns how many."""
+        """Evaluate assets whose evaluation was deferred (periodic, every `max_defer_s`), once the worker
+        has caught up or the deferral is due; returns how many."""
         with self.lock:
-            idle = time.monotonic() - self._last_handled >= self.cfg.max_defer_s
-            if not self._dirty or not (idle or self._due()):
+            # Caught up (the last batch was not full): what still waits is evaluated now. Under a backlog
+            # only the deferral rule (`_due`) starts an evaluation: a batch can take longer than
+            # `max_defer_s` on a busy machine, which is not a quiet stream.
+            if not self._dirty or not (not self._backlog or self._due()):
                 return 0
-            return self._evaluate_pending_now()
+            keys = list(self._dirty)
+        # In chunks, the lock taken for each: batches are handled in between.
+        started = time.monotonic()
+        evaluated, _ = self._in_chunks(keys, Trigger.EVENTS)
+        self._last_evaluation_s = time.monotonic() - started
+        self._release_memory()
+        return evaluated
 
     def _in_chunks(self, keys: Sequence[str], trigger: Trigger) -> tuple[int, int]:
         """Evaluate `keys` `EVALUATE_ALL_CHUNK` per transaction; the lock is taken for each chunk (it is
@@ -217,6 +249,8 @@ class HealthService:
         for start in range(0, len(keys), EVALUATE_ALL_CHUNK):
             chunk = keys[start : start + EVALUATE_ALL_CHUNK]
             with self.lock:
+                if trigger is Trigger.EVENTS:  # those a batch evaluated meanwhile are done
+                    chunk = [k for k in chunk if k in self._dirty]
                 now = self.clock()
                 try:
                     with self.store.write() as conn:
@@ -234,6 +268,10 @@ class HealthService:
             self._after_commit(decisions)
             evaluated += len(decisions)
             changed += sum(d.changed for d in decisions)
+            if start + EVALUATE_ALL_CHUNK < len(keys):
+                # Python's locks are not fair: re-taken at once, this one would starve the consume loop
+                # waiting for it (measured: a probe 87 s behind a catch-up of 50,000 assets).
+                time.sleep(_YIELD_S)
         return evaluated, changed
 
     # -- evaluation --------------------------------------------------------------------------------------
@@ -259,18 +297,20 @@ class HealthService:
             )
         return states
 
-    def _evaluate(self, conn: Connection, keys: Iterable[str], now: float, trigger: Trigger) -> list[Decision]:
-        """Evaluate `keys` and stage their transitions. After new facts (`Trigger.EVENTS`) the downstream
-        assets of `keys` are evaluated too (they judge their upstreams); then, once, the downstream of
-        those whose health changed.
+    def _evaluate(
+        self, conn: Connection, keys: Iterable[str], now: float, trigger: Trigger
+    ) -> list[Decision]:
+        """Evaluate `keys` and stage their transitions. The downstream assets of those with new facts
+        (`Trigger.EVENTS`, or awaiting evaluation) are evaluated too (they judge their upstreams); then,
+        once, the downstream of those whose health changed.
 
         Each decision is written at once, so that an asset the cache drops meanwhile is read back as
         decided."""
         decisions: list[Decision] = []
         done: set[str] = set()
         queue = list(dict.fromkeys(keys))
-        if trigger is Trigger.EVENTS:
-            for key in list(queue):
+        for key in list(queue):
+            if trigger is Trigger.EVENTS or key in self._dirty:  # new facts: their downstream judge them
                 spec = self._entry(conn, key).history.spec
                 if spec is not None:
                     queue.extend(spec.downstream)
@@ -285,7 +325,14 @@ class HealthService:
                 if history.spec is None and not history.has_data and not self._state(conn, entry).stored:
                     continue  # named as someone's downstream, but nothing known about it yet
                 decision = self._evaluate_one(conn, entry, now, trigger)
-                db.write_decision(conn, decision, now, next_change(history, self._resolve(entry), now))
+                last = history.last_materialization
+                db.write_decision(
+                    conn,
+                    decision,
+                    now,
+                    next_change(history, self._resolve(entry), now),
+                    last.at if last else None,
+                )
                 decisions.append(decision)
                 if decision.changed and pass_keys is queue and history.spec is not None:
                     second_pass.extend(d for d in history.spec.downstream if d not in done)
@@ -360,6 +407,7 @@ class HealthService:
             keys = db.all_asset_keys(conn) if self._passes == 0 else db.due_asset_keys(conn, self.clock())
             self._passes += 1
         _, changed = self._in_chunks(keys, Trigger.CLOCK)
+        self._release_memory()
         metrics.FULL_EVALUATION_SECONDS.observe(time.monotonic() - started)
         metrics.CACHE_BYTES.set(self.cache.used)
         return changed
@@ -369,6 +417,7 @@ class HealthService:
         with self.lock:
             deleted = db.prune(self.store, self.cfg.retention_days, now=self.clock())
             self._forget()
+            self._release_memory()
         if any(deleted.values()):
             log.info("health_retention", deleted=deleted)
         return deleted
@@ -383,6 +432,14 @@ class HealthService:
             self._gauges_stale = False
             self._gauges_refreshed = time.monotonic()
             self.update_status_gauge()
+
+    def status_gauges(self) -> None:
+        """The periodic job of the status gauges (`refresh_status_gauges` on a job thread)."""
+        with self._gauge_lock:
+            stale = self._gauges_stale
+        self.refresh_status_gauges()
+        if stale:
+            self._release_memory()
 
     def update_status_gauge(self) -> None:
         """Set the assets-by-group-and-status and the per-unhealthy-asset gauges from health.db."""
@@ -401,5 +458,8 @@ class HealthService:
 
     def stats(self) -> dict[str, Any]:
         """What the cache holds (for benchmarks and debugging)."""
-        return {"cached_assets": len(self.cache), "cache_bytes_estimated": self.cache.used,
-                "dirty_assets": len(self._dirty)}
+        return {
+            "cached_assets": len(self.cache),
+            "cache_bytes_estimated": self.cache.used,
+            "dirty_assets": len(self._dirty),
+        }

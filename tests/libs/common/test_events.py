@@ -14,6 +14,7 @@ from libs.common.events import (
     Column,
     HealthChanged,
     HealthChangedData,
+    HealthStatus,
     MaterializationData,
     RunData,
     RunEvent,
@@ -88,7 +89,7 @@ def test_arbitrary_bytes_never_crash_the_parser(blob: bytes) -> None:
 
 @given(
     key=st.text(min_size=1, max_size=50),
-    status=st.sampled_from(["HEALTHY", "WARNING", "DEGRADED", "FAILED", "UNKNOWN"]),
+    status=st.sampled_from(list(HealthStatus)),
     owners=st.lists(st.emails(), max_size=3),
 )
 def test_health_event_round_trip(key: str, status: str, owners: list[str]) -> None:

@@ -24,8 +24,14 @@ SUBJECT = Subject(key="a", has_data=True, owners=("team:data",), downstream=("b"
 
 def results(**outcomes: str) -> list[CheckResult]:
     """Every check, passed unless named: `results(execution_status="error")`."""
-    return [CheckResult(check=name, outcome=outcomes.get(name, "passed"), reason=f"{name} says so")  # type: ignore[arg-type]
-            for name in CHECK_NAMES]
+    return [
+        CheckResult(
+            check=name,
+            outcome=outcomes.get(name, "passed"),  # type: ignore[arg-type]
+            reason=f"{name} says so",
+        )
+        for name in CHECK_NAMES
+    ]
 
 
 outcome = st.sampled_from(["passed", "warn", "error"])
@@ -43,8 +49,13 @@ def test_first_failure_publishes_with_everything_a_consumer_needs() -> None:
     assert [c.check for c in data.checks] == list(CHECK_NAMES)
     assert data.reasons == ["execution_status (error): execution_status says so"]
     assert d.event.occurred_at.timestamp() == T0 == data.evaluated_at.timestamp()
-    assert d.state == HealthState(HealthStatus.FAILED, "FAILED|execution_status=error", 1,
-                                  {c: r.outcome for c, r in zip(CHECK_NAMES, d.results, strict=True)}, stored=True)
+    assert d.state == HealthState(
+        HealthStatus.FAILED,
+        "FAILED|execution_status=error",
+        1,
+        {c: r.outcome for c, r in zip(CHECK_NAMES, d.results, strict=True)},
+        stored=True,
+    )
 
 
 def test_same_signature_publishes_nothing_new_reason_text_included() -> None:
@@ -59,7 +70,9 @@ def test_same_signature_publishes_nothing_new_reason_text_included() -> None:
 
 def test_a_second_failing_check_while_failed_publishes() -> None:
     first = decide(HealthState(), results(execution_status="error"), T0, SUBJECT, Trigger.EVENTS)
-    second = decide(first.state, results(execution_status="error", freshness="error"), T0 + 1, SUBJECT, Trigger.CLOCK)
+    second = decide(
+        first.state, results(execution_status="error", freshness="error"), T0 + 1, SUBJECT, Trigger.CLOCK
+    )
     assert second.event is not None
     assert (second.event.data.previous_status, second.event.data.status) == ("FAILED", "FAILED")
     assert second.event.data.changed_checks == ["freshness"] and second.event.data.transition == 2
@@ -76,8 +89,13 @@ def test_event_ids_differ_by_time_for_a_rebuilt_store() -> None:
 
 def test_retired_and_empty_assets() -> None:
     retired = Subject(key="a", has_data=True, retired=True)
-    d = decide(HealthState(HealthStatus.FAILED, "FAILED|execution_status=error", 3),
-               results(), T0, retired, Trigger.EVENTS)
+    d = decide(
+        HealthState(HealthStatus.FAILED, "FAILED|execution_status=error", 3),
+        results(),
+        T0,
+        retired,
+        Trigger.EVENTS,
+    )
     assert d.status is HealthStatus.UNKNOWN and d.reasons == ["asset retired"] and d.event is not None
     empty = decide(HealthState(), results(), T0, Subject(key="a", has_data=False), Trigger.EVENTS)
     assert empty.status is HealthStatus.UNKNOWN and not empty.changed
@@ -87,15 +105,23 @@ def test_retired_and_empty_assets() -> None:
 def test_health_status_mapping() -> None:
     assert health_status(results(), has_data=True, retired=False) == "HEALTHY"
     assert health_status(results(volume_anomaly="warn"), has_data=True, retired=False) == "WARNING"
-    assert health_status(results(volume_anomaly="error", freshness="warn"), has_data=False, retired=False) == "DEGRADED"
-    assert health_status(results(execution_status="error"), has_data=True, retired=False) == "FAILED"
-    assert reasons_of(results(freshness="warn", schema_drift="error"), HealthStatus.DEGRADED, retired=False)[0].startswith(
-        "schema_drift (error)"
+    assert (
+        health_status(results(volume_anomaly="error", freshness="warn"), has_data=False, retired=False)
+        == "DEGRADED"
     )
+    assert health_status(results(execution_status="error"), has_data=True, retired=False) == "FAILED"
+    assert reasons_of(results(freshness="warn", schema_drift="error"), HealthStatus.DEGRADED, retired=False)[
+        0
+    ].startswith("schema_drift (error)")
 
 
-@given(st.lists(result_sets, min_size=1, max_size=30), st.lists(st.sampled_from(list(Trigger)), min_size=30, max_size=30))
-def test_events_exactly_on_signature_changes(sequence: list[list[CheckResult]], triggers: list[Trigger]) -> None:
+@given(
+    st.lists(result_sets, min_size=1, max_size=30),
+    st.lists(st.sampled_from(list(Trigger)), min_size=30, max_size=30),
+)
+def test_events_exactly_on_signature_changes(
+    sequence: list[list[CheckResult]], triggers: list[Trigger]
+) -> None:
     state = HealthState()
     events = []
     for i, (rs, trigger) in enumerate(zip(sequence, triggers, strict=False)):
@@ -107,7 +133,9 @@ def test_events_exactly_on_signature_changes(sequence: list[list[CheckResult]], 
         if d.event is not None:
             data = d.event.data
             assert data.previous_status == state.status
-            assert data.changed_checks == [r.check for r in rs if state.outcomes.get(r.check, "passed") != r.outcome]
+            assert data.changed_checks == [
+                r.check for r in rs if state.outcomes.get(r.check, "passed") != r.outcome
+            ]
             assert data.changed_checks or data.status != data.previous_status
             events.append(d.event)
         # deciding again on the same results is a fixed point: nothing new to publish
@@ -117,14 +145,20 @@ def test_events_exactly_on_signature_changes(sequence: list[list[CheckResult]], 
     assert len({e.id for e in events}) == len(events)
     for before, after in itertools.pairwise(events):
         assert after.data.previous_status == before.data.status
-        assert signature(after.data.status, after.data.checks) != signature(before.data.status, before.data.checks)
+        assert signature(after.data.status, after.data.checks) != signature(
+            before.data.status, before.data.checks
+        )
 
 
 @given(result_sets, st.booleans(), st.booleans())
 def test_decide_is_pure(rs: list[CheckResult], has_data: bool, retired: bool) -> None:
     subject = Subject(key="k", has_data=has_data, retired=retired)
-    previous = HealthState(HealthStatus.WARNING, "WARNING|freshness=warn", 4, {"freshness": "warn"}, stored=True)
+    previous = HealthState(
+        HealthStatus.WARNING, "WARNING|freshness=warn", 4, {"freshness": "warn"}, stored=True
+    )
     one = decide(previous, rs, T0, subject, Trigger.EVENTS)
     two = decide(previous, rs, T0, subject, Trigger.EVENTS)
     assert one == two
-    assert previous == HealthState(HealthStatus.WARNING, "WARNING|freshness=warn", 4, {"freshness": "warn"}, stored=True)
+    assert previous == HealthState(
+        HealthStatus.WARNING, "WARNING|freshness=warn", 4, {"freshness": "warn"}, stored=True
+    )

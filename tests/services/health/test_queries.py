@@ -9,10 +9,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from libs.common.bus import Delivery
-from libs.common.events import CheckResult
+from libs.common.events import CheckResult, HealthStatus
 from libs.common.settings import load_settings
 from services.health.dagster_checks import check_payload, check_url
-from services.health.queries import history, last_materializations, latest_health, series, sparkline
+from services.health.queries import (
+    history,
+    known_assets,
+    last_materializations,
+    latest_health,
+    series,
+    sparkline,
+    statuses,
+)
 from services.health.service import HealthService
 from services.health.settings import HealthWorkerSettings
 from services.health.store import open_store
@@ -47,8 +55,14 @@ def test_history_and_latest(tmp_path: Path, ev: Any) -> None:
     assert rows == [10.0, 20.0, 30.0, 40.0, 50.0] and durations == [10.0]
     (health,) = latest_health(store)
     assert health.asset_key == "a/b" and health.status == "HEALTHY" and len(health.checks) == 6
-    assert set(last_materializations(store)) == {"a/b"}
+    assert last_materializations(store) == last_materializations(store, "a/b") == {"a/b": "2026-05-28T20:33:20+00:00"}
     assert latest_health(store, "nope") == []
+    engine.handle([Delivery("runs", "9-0", ev.run("bad", "FAILURE", ["c"], start=T0, end=T0 + 1))])
+    assert [h.asset_key for h in latest_health(store, statuses={HealthStatus.FAILED})] == ["c"]
+    assert [h.asset_key for h in latest_health(store, statuses={HealthStatus.FAILED, HealthStatus.HEALTHY})] == ["c", "a/b"]
+    assert latest_health(store, "a/b", statuses={HealthStatus.FAILED}) == []
+    assert {k: v.status for k, v in statuses(store).items()} == {"a/b": "HEALTHY", "c": "FAILED"}
+    assert sorted(known_assets(store)) == ["a/b", "c"]
     store.close()
 
 

@@ -18,8 +18,14 @@ def histories(*keys: str) -> dict[str, AssetHistory]:
 
 
 def test_only_keeps_the_facts_of_some_assets(ev: Any) -> None:
-    facts = facts_of([ev.mat("a", T0, rows=1), ev.run("r", "SUCCESS", ["a", "b"], start=T0, end=T0 + 1),
-                      ev.failed("b", "r", T0), ev.spec("b")])
+    facts = facts_of(
+        [
+            ev.mat("a", T0, rows=1),
+            ev.run("r", "SUCCESS", ["a", "b"], start=T0, end=T0 + 1),
+            ev.failed("b", "r", T0),
+            ev.spec("b"),
+        ]
+    )
     only_b = facts.only({"b"})
     assert only_b.touched == ["b"] and not only_b.materializations
     assert [r.key for r in only_b.runs] == ["b"] and len(only_b.failures) == 1 and len(only_b.specs) == 1
@@ -31,7 +37,8 @@ def test_a_batch_merges_a_runs_start_and_end_per_asset(ev: Any) -> None:
     facts = facts_of([start, end, ev.mat("a", T0 + 20, run_id="r1", rows=5)])
     assert facts.touched == ["a", "b"]
     assert [(r.key, r.execution.status, r.execution.duration_s) for r in facts.runs] == [
-        ("a", "FAILURE", 30.0), ("b", "FAILURE", 30.0)
+        ("a", "FAILURE", 30.0),
+        ("b", "FAILURE", 30.0),
     ]
     h = histories("a", "b")
     apply(facts, h, limit=100)
@@ -68,8 +75,15 @@ def test_histories_keep_the_newest_limit_in_time_order(ev: Any) -> None:
 
 statuses = st.sampled_from(["STARTED", "SUCCESS", "FAILURE", "CANCELED"])
 times = st.one_of(st.none(), st.floats(0, 1e6))
-executions = st.builds(Execution, run_id=st.just("r"), status=statuses, started_at=times, ended_at=times,
-                       duration_s=times, error=st.one_of(st.none(), st.text(max_size=3)))
+executions = st.builds(
+    Execution,
+    run_id=st.just("r"),
+    status=statuses,
+    started_at=times,
+    ended_at=times,
+    duration_s=times,
+    error=st.one_of(st.none(), st.text(max_size=3)),
+)
 
 
 @given(executions, executions, executions)

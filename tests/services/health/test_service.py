@@ -309,3 +309,21 @@ def test_only_declared_checks_are_reported_to_dagster(store: Store, hsettings: H
     assert reported["unknown"] == list(CHECK_NAMES)  # no spec yet: reported as before (Dagster stores them)
     theirs = [e for e in outbox(store) if e.data.asset_key == "theirs"]
     assert theirs and theirs[-1].data.status == "FAILED" and theirs[-1].data.code_location == "finance"
+
+
+def test_caught_up_after_a_long_backlog_a_batch_evaluates_its_own_assets_first(
+    store: Store, tmp_path: Path, ev: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import services.health.service as service_module
+
+    monkeypatch.setattr(service_module, "_EVALUATE_IN_BATCH", 2)
+    settings = load_settings(HealthWorkerSettings, dagster_home=str(tmp_path), stores={"data_dir": str(tmp_path)},
+                             bus={"batch_size": 3}, health={"max_defer_s": 60})
+    service = engine_for(store, settings, Clock(T0 + 10))
+    service.handle(deliveries(*[ev.run(f"r{k}", "FAILURE", [k], start=T0, end=T0 + 1) for k in "abc"]))  # backlog
+    assert outbox(store) == [] and service.stats()["dirty_assets"] == 3
+    service.handle(deliveries(ev.run("rz", "FAILURE", ["z"], start=T0, end=T0 + 1)))  # caught up
+    assert [e.data.asset_key for e in outbox(store)] == ["z"]  # at once; the three others wait for the job
+    assert service.evaluate_pending() == 3
+    assert sorted(e.data.asset_key for e in outbox(store)) == ["a", "b", "c", "z"]
+    assert store.connection().execute("SELECT COUNT(*) FROM dirty_assets").fetchone()[0] == 0
