@@ -18,6 +18,18 @@ from libs.common.settings import load_settings
 FAIL_ON_SKIP = os.environ.get("AMS_FAIL_ON_SKIP") == "1"
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored() -> Iterator[None]:
+    """Every test leaves os.environ as it found it. Code under test may set variables in-process (the CLI
+    reads the project's `.env` into os.environ, as Dagster's CLI does), and `monkeypatch.delenv` of a
+    variable that was not set records nothing to undo: such a leak made later tests read ENVIRONMENT."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield
