@@ -664,19 +664,21 @@ class EventPublisher:
             if not more:
                 report.caught_up = True
                 break
-            if time.monotonic() >= deadline:
+            # Only after progress: a tick that spent its budget re-reading the late-commit window must go on
+            # to new records, or every tick would re-read the same window and publish nothing.
+            if report.pages and time.monotonic() >= deadline:
                 report.caught_up = False
                 break
         return report
 
 
 def default_window(instance: DagsterInstance) -> int:
-    """The late-commit window for this instance's event log: none on SQLite (commits in id order), else
-    `DEFAULT_LATE_COMMIT_WINDOW` storage ids."""
-    # No public name tells storages apart; the SQLite ones are SqliteEventLogStorage and
-    # ConsolidatedSqliteEventLogStorage (dagster 1.13.28).
+    """The late-commit window for this instance's event log: `DEFAULT_LATE_COMMIT_WINDOW` storage ids on a
+    server database (PostgreSQL, MySQL: concurrent runs commit out of id order), else none (SQLite and the
+    in-memory storage commit in id order)."""
+    # No public name tells storages apart: PostgresEventLogStorage, MySQLEventLogStorage (dagster 1.13.28).
     name = type(instance.event_log_storage).__name__.lower()
-    return 0 if "sqlite" in name else DEFAULT_LATE_COMMIT_WINDOW
+    return DEFAULT_LATE_COMMIT_WINDOW if ("postgres" in name or "mysql" in name) else 0
 
 
 def _storage_cursor(after: int) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 import redis
 from dagster import DagsterInstance, build_sensor_context
 
@@ -48,12 +49,15 @@ def test_a_thousand_finished_runs_are_published_within_two_ticks(
     assert all(e.data.row_count is not None for e in assets if e.type == "asset.materialized")
 
 
-def test_a_tick_stops_at_its_budget_and_the_next_one_continues(settings: OrchestratorSettings, redis_client: redis.Redis) -> None:
+@pytest.mark.parametrize("window", [0, 2000], ids=["no window", "late-commit window"])
+def test_a_tick_stops_at_its_budget_and_the_next_one_continues(
+    settings: OrchestratorSettings, redis_client: redis.Redis, window: int
+) -> None:
+    """Every tick makes progress, also when re-reading the late-commit window (PostgreSQL) takes its budget."""
     instance = DagsterInstance.ephemeral()
     run_ids = record_finished_runs(instance, 30)
-    tight = settings.model_copy(
-        update={"sensors": settings.sensors.model_copy(update={"page_size": 5, "tick_budget_s": 0.01})}
-    )
+    sensors = settings.sensors.model_copy(update={"page_size": 5, "tick_budget_s": 0.01, "late_commit_window": window})
+    tight = settings.model_copy(update={"sensors": sensors})
     sensor = build_event_sensor(settings=tight)
     cursor = None
     ticks = 0
