@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -36,7 +37,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -217,9 +218,10 @@ def main() -> int:
         cold_s = snapshot_s + register_s
         assert len(outcome.changes) == options.assets, len(outcome.changes)
 
-        before = store.connection().total_changes
+        sqlite = cast(sqlite3.Connection, store.connection())  # a SQLite store here: total_changes exists
+        before = sqlite.total_changes
         rescan_s, again = timed(register, store, snapshot, trigger="bench")
-        assert again.changes == [] and store.connection().total_changes == before, "unchanged rescan wrote"
+        assert again.changes == [] and sqlite.total_changes == before, "unchanged rescan wrote"
         rescan_full_s, _ = timed(lambda: register(store, build_catalog(defs, "orchestrator"), trigger="bench"))
         # The same content under another producer fingerprint: every asset is hashed and compared.
         relabelled = snapshot.model_copy(update={"fingerprint": "relabelled"})

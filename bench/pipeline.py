@@ -52,7 +52,7 @@ from libs.common.events import (  # noqa: E402
 from libs.common.redis_server import LocalRedis  # noqa: E402
 from libs.common.settings import load_settings  # noqa: E402
 from libs.common.testing import ServiceProcess, wait_for  # noqa: E402
-from services.alerts.testing import RecordingReceiver  # noqa: E402
+from services.alerts.testing import Received, RecordingReceiver  # noqa: E402
 
 SECRET = "whsec_" + "YmVuY2htYXJrLXNlY3JldC1vbmx5LWZvci1iZW5jaA=="
 
@@ -67,7 +67,7 @@ def start_worker(name: str, env: dict[str, str], log: Path, profile: Path | None
     return worker
 
 
-def probe_events(n: int) -> list[tuple[str, object]]:
+def probe_events(n: int) -> list[tuple[str, Event]]:
     asset = f"probe/asset_{n}"
     run_id = f"probe-run-{n}"
     return [
@@ -151,7 +151,7 @@ def main() -> None:
                     worker.process.send_signal(signal.SIGCONT)
                 started = time.perf_counter()
                 settled(target)
-                return args.events / (time.perf_counter() - started)
+                return float(args.events) / (time.perf_counter() - started)
             finally:
                 worker.stop()
                 target.client.close()
@@ -186,8 +186,10 @@ def main() -> None:
         time.sleep(args.settle)  # let the load settle
         sent: dict[str, float] = {}
         arrived: dict[str, float] = {}
-        receiver.on_request = lambda r: arrived.setdefault(
-            json.loads(r.body).get("data", {}).get("asset_key", ""), time.time())
+        def record_arrival(request: Received) -> None:
+            arrived.setdefault(json.loads(request.body).get("data", {}).get("asset_key", ""), time.time())
+
+        receiver.on_request = record_arrival
         for n in range(args.probes):
             events = probe_events(n)
             sent[f"probe/asset_{n}"] = time.time()

@@ -292,7 +292,8 @@ def main() -> None:
             last = info.get("last-generated-id", "0-0")
             while not stop.is_set():
                 try:
-                    replies = client.xread({bus.key(HEALTH): last}, block=200, count=1000) or []
+                    # redis-py types a reply as every RESP shape; RESP2 gives [[key, [(id, fields)]]]
+                    replies: Any = client.xread({bus.key(HEALTH): last}, block=200, count=1000) or []
                 except redis.RedisError:  # a slow moment of a loaded machine: read again
                     time.sleep(0.1)
                     continue
