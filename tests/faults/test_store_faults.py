@@ -45,7 +45,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 def start_sample(redis_url: str, prefix: str, db: Path, home: Path) -> ServiceProcess:
     port = free_port()
-    env = {**os.environ, "AMS_REDIS__URL": redis_url, "AMS_BUS__PREFIX": prefix, "AMS_BUS__BLOCK_MS": "200",
+    # Only what this test sets: an AMS_* variable of the suite's environment must not change the worker.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("AMS_")}
+    env = {**inherited, "AMS_REDIS__URL": redis_url, "AMS_BUS__PREFIX": prefix, "AMS_BUS__BLOCK_MS": "200",
            "DAGSTER_HOME": str(home), "SAMPLE_DB": str(db), "SAMPLE_PORT": str(port), "PYTHONPATH": str(ROOT)}
     return ServiceProcess([sys.executable, str(SAMPLE)], env, port=port, log=home / "sample.out").start()
 
@@ -82,7 +84,8 @@ def test_disk_full_stops_acking_then_resumes(redis_url: str, bus_prefix: str, sm
         pending = bus.client.xpending(bus.key(RUNS), "sample")["pending"]
         assert pending > 0, "entries must stay unacknowledged while the store cannot commit"
         filler.unlink()
-        wait_for(lambda: worker.ready(), 90, what="ready after space is freed")
+        wait_for(lambda: worker.ready(), 90, what="ready after space is freed",
+                 diagnose=lambda: f"{worker.metrics()[-1500:]}\n{worker.output()}")
         wait_for(lambda: count_rows(db) == 2020, what="every event stored once")
         wait_for(lambda: bus.client.xpending(bus.key(RUNS), "sample")["pending"] == 0, what="all acked")
         assert bus.client.xlen(bus.key(RUNS) + ":dlq") == 0
@@ -115,7 +118,8 @@ def test_read_only_store_file_stops_acking_then_resumes(redis_url: str, bus_pref
         for path in locked:
             subprocess.run(["chattr", "-i", str(path)], check=True)
         locked.clear()
-        wait_for(lambda: worker.ready(), 90, what="ready after the file is writable again")
+        wait_for(lambda: worker.ready(), 90, what="ready after the file is writable again",
+                 diagnose=lambda: f"{worker.metrics()[-1500:]}\n{worker.output()}")
         wait_for(lambda: count_rows(db) == 500, what="every event stored once")
         assert bus.client.xlen(bus.key(RUNS) + ":dlq") == 0
     finally:
