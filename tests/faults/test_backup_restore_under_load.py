@@ -129,14 +129,15 @@ def test_backup_and_restore_under_load_lose_nothing_acknowledged(
     done = threading.Event()
 
     def publish() -> None:  # about 6 s of steady load on every worker
-        for i in range(0, len(published), 100):
+        starts = range(0, len(published), 100)
+        for n, i in enumerate(starts):
             chunk = published[i : i + 100]
             for stream in (ASSETS, RUNS):
                 bus.publish_many(stream, [e for s, e in chunk if s == stream])
-            if i // 100 < len(snapshots):
-                bus.publish_many(CATALOG, [snapshots[i // 100]])
-            time.sleep(6.0 / (len(published) / 100))
-        bus.publish_many(CATALOG, snapshots[len(published) // 100 + 1 :])
+            if n < len(snapshots):
+                bus.publish_many(CATALOG, [snapshots[n]])
+            time.sleep(6.0 / len(starts))  # pacing, so backups are taken mid-stream
+        bus.publish_many(CATALOG, snapshots[len(starts) :])  # the snapshots left when chunks ran out
         done.set()
 
     producer = threading.Thread(target=publish, daemon=True)
