@@ -10,15 +10,18 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import unquote, urlparse
 
 from libs.common.log import get_logger
 from libs.common.settings import Settings, StoreName
 from libs.common.sql import Connection, split_statements
+
+Item = TypeVar("Item")
 
 log = get_logger(__name__)
 
@@ -299,6 +302,19 @@ class Store:
         fresh = [(e, k) for e, k in zip(unique, keys, strict=True) if k not in seen]
         conn.executemany("INSERT INTO processed_events (event_id, processed_at) VALUES (?, ?)", [(k, now) for _, k in fresh])
         return {e for e, _ in fresh}
+
+    @staticmethod
+    def claim_new(conn: Connection, items: Sequence[Item], event_id: Callable[[Item], str]) -> list[Item]:
+        """The items whose event was not processed before, each event once (the first of its copies in the
+        batch: a producer's retry after a lost reply puts both in one batch), in order; claims them."""
+        fresh = Store.claim_events(conn, [event_id(i) for i in items])
+        new = []
+        for item in items:
+            key = event_id(item)
+            if key in fresh:
+                fresh.discard(key)
+                new.append(item)
+        return new
 
     def prune_processed(self, older_than_s: float) -> int:
         """Forget processed-event ids older than `older_than_s` seconds; returns how many."""

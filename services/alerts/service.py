@@ -110,12 +110,8 @@ class AlertService:
         now = self.clock()
         produced = 0
         with self.store.write() as conn:
-            fresh = Store.claim_events(conn, [d.event.id for d in deliveries])
-            for delivery in deliveries:
+            for delivery in Store.claim_new(conn, deliveries, lambda d: d.event.id):
                 event = delivery.event
-                if event.id not in fresh:
-                    continue
-                fresh.discard(event.id)  # a duplicate inside the batch is applied once
                 if isinstance(event, AssetChanged):
                     produced += self._asset_changed(conn, event, now)
                 elif isinstance(event, HealthChanged):

@@ -156,11 +156,7 @@ def _register_events(store: Store, snapshots: Sequence[CatalogSnapshot], *, defe
     started = time.perf_counter()
     outcomes: list[Outcome] = []
     with store.write() as conn:
-        fresh = Store.claim_events(conn, [e.id for e in snapshots])
-        for event in snapshots:
-            if event.id not in fresh:
-                continue
-            fresh.discard(event.id)  # the same snapshot twice in one batch is registered once
+        for event in Store.claim_new(conn, snapshots, lambda e: e.id):
             if defer and source_of(conn, event.data.code_location) == DAGSTER_SOURCE:
                 continue  # the webserver's reading of this location wins (README "Discovery sources")
             changes = register_snapshot(conn, event.data, event.occurred_at)

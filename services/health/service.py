@@ -134,10 +134,8 @@ class HealthService:
             try:
                 with self.store.write() as conn:
                     self._begin()
-                    fresh = Store.claim_events(conn, [d.event.id for d in deliveries])
-                    # the same event twice in one batch (a producer's retry after a lost reply) counts once
-                    unique = {d.event.id: d.event for d in deliveries if d.event.id in fresh}
-                    facts = record.facts_of(unique.values())
+                    new = Store.claim_new(conn, deliveries, lambda d: d.event.id)
+                    facts = record.facts_of(d.event for d in new)
                     self._record(conn, facts, now)
                     self._mark_dirty(conn, facts.touched, now)
                     # A full batch means a backlog: coalesce evaluations instead of evaluating after every
@@ -157,11 +155,8 @@ class HealthService:
             if due and backlog and len(self._dirty) > _EVALUATE_IN_BATCH:
                 self._evaluate_pending_now()
         lags: dict[str, list[float]] = {}
-        for delivery in deliveries:
-            if delivery.event.id in fresh:
-                lags.setdefault(delivery.stream, []).append(
-                    max(0.0, now - delivery.event.occurred_at.timestamp())
-                )
+        for delivery in new:
+            lags.setdefault(delivery.stream, []).append(max(0.0, now - delivery.event.occurred_at.timestamp()))
         for stream, values in lags.items():
             metrics.EVENT_LAG_SECONDS.labels(stream=stream).observe_many(values)
         self._after_commit(decisions)

@@ -20,7 +20,7 @@ from services.health.decide import Decision, HealthState
 from services.health.model import AssetHistory, Execution, Failure, Materialization
 from services.health.record import Facts
 
-# Redeliveries are recognised by `Store.claim_events` (processed_events); the event_id columns are kept for
+# Redeliveries are recognised by `Store.claim_new` (processed_events); the event_id columns are kept for
 # tracing, without a unique index of their own (a second random-key B-tree per event costs throughput).
 MIGRATIONS = [
     Migration(
@@ -249,7 +249,7 @@ def due_asset_keys(conn: Connection, now: float) -> list[str]:
 
 
 def write_facts(conn: Connection, facts: Facts, now: float) -> None:
-    """Insert a batch's facts (`record.facts_of`); redeliveries were filtered out by `Store.claim_events`."""
+    """Insert a batch's facts (`record.facts_of`); redeliveries were filtered out by `Store.claim_new`."""
     if facts.specs:
         # An older version arriving late never replaces a newer one.
         conn.executemany(

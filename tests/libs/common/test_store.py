@@ -61,6 +61,17 @@ def test_claim_events_dedupes_within_and_across_transactions(tmp_path: Path) -> 
         assert Store.claim_events(tx, ["d"]) == {"d"}
 
 
+def test_claim_new_keeps_the_first_copy_of_each_new_event_in_order(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "x.db"), MIGRATIONS)
+    with store.write() as tx:
+        Store.claim_events(tx, ["seen"])
+    batch = [("b", 1), ("seen", 2), ("a", 3), ("b", 4), ("c", 5), ("a", 6)]
+    with store.write() as tx:
+        assert Store.claim_new(tx, batch, lambda item: item[0]) == [("b", 1), ("a", 3), ("c", 5)]
+    with store.write() as tx:
+        assert Store.claim_new(tx, batch, lambda item: item[0]) == []
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.lists(st.sampled_from("abcdefgh"), max_size=8), max_size=8))
 def test_claim_events_returns_exactly_the_ids_never_claimed_before(batches: list[list[str]]) -> None:
