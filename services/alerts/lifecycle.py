@@ -241,7 +241,7 @@ def step(state: AlertState, inp: Input, now: float, config: LifecycleConfig) -> 
         s = replace(s, notified="resolved", last_notified_at=now, last_resolved_notice_at=now, notices=notice.seq)
     else:
         s = replace(s, notified="firing", notified_severity=s.severity, last_notified_at=now, notices=notice.seq)
-    record("notified", "system", None, kind=kind)
+    record("announced", "system", None, kind=kind)
     return Step(s, (notice,), tuple(history))
 
 

@@ -24,3 +24,16 @@ OUTBOX_DEPTH = Gauge("ams_alert_outbox_depth", "Notifications waiting to be deli
 OUTBOX_OLDEST_AGE = Gauge(
     "ams_alert_outbox_oldest_age_seconds", "Age of the oldest notification not yet delivered (0 when none)"
 )
+INCIDENTS_OPEN = Gauge("ams_incidents_open", "Incidents open (at least one member alert firing)")
+INCIDENTS_OPENED = Counter("ams_incidents_opened_total", "Incidents opened (alerts with one root cause)")
+_RESPONSE_BUCKETS = (60, 300, 900, 1800, 3600, 2 * 3600, 4 * 3600, 8 * 3600, 86400, 3 * 86400, 7 * 86400)
+INCIDENT_TIME_TO_ACK = Histogram(
+    "ams_incident_time_to_acknowledge_seconds",
+    "From an incident's first alert to its acknowledgement (MTTA = sum / count)",
+    buckets=_RESPONSE_BUCKETS,
+)
+INCIDENT_TIME_TO_RESOLVE = Histogram(
+    "ams_incident_time_to_resolve_seconds",
+    "From an incident's first alert to its resolution (MTTR = sum / count)",
+    buckets=_RESPONSE_BUCKETS,
+)

@@ -5,11 +5,15 @@
   secret from the environment variable named by `secret_env`).
 * `slack`: Slack incoming webhook with Block Kit blocks.
 * `teams`: Microsoft Teams workflow webhook carrying an Adaptive Card.
-* `pagerduty`: PagerDuty Events API v2, trigger/resolve with the fingerprint as `dedup_key`; the routing
-  key comes from the environment variable named by `secret_env`.
+* `pagerduty`: PagerDuty Events API v2, trigger/resolve with the incident's key as `dedup_key` (an update
+  re-triggers the same key: PagerDuty adds it to the open incident, no new page); the routing key comes from
+  the environment variable named by `secret_env`.
 
-Every message says what broke, why (the check's numbers), who owns it, the Dagster UI link and the
-downstream assets at risk. Every request carries the `webhook-id` header, so any receiver can deduplicate.
+A notification is about an incident (services/alerts/incidents.py): its root cause (the top-level asset,
+check, reason and numbers) and every affected asset with its owner (`members`). Every message says what
+broke, why, who owns it, the Dagster UI link and the downstream assets at risk. Every request carries the
+`webhook-id` header, so any receiver can deduplicate. Slack and Teams incoming webhooks can neither thread
+nor edit a message, so an update is a short new message naming the incident.
 """
 
 from __future__ import annotations
@@ -33,13 +37,29 @@ USER_AGENT = "dagster-asset-management-alerts/1"
 PAGERDUTY_SEVERITIES = {"critical", "error", "warning", "info"}
 
 
+class IncidentMember(BaseModel):
+    """One affected asset's alert in an incident notice."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    alert_id: int | None = None
+    asset_key: str
+    check: str
+    severity: str | None = None
+    status: str = "firing"
+    reason: str = ""
+    owners: list[str] = Field(default_factory=list)
+    code_location: str | None = None
+    why: str = ""  # why it belongs to the incident
+
+
 class AlertPayload(BaseModel):
     """The canonical content of one notification (stored in the outbox, rendered per receiver kind)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     notification_id: str
-    kind: Literal["firing", "escalated", "repeat", "resolved", "test"]
+    kind: Literal["firing", "updated", "escalated", "repeat", "resolved", "merged", "test"]
     status: Literal["firing", "resolved"]
     alert_id: int | None = None
     fingerprint: str
@@ -62,6 +82,28 @@ class AlertPayload(BaseModel):
     resolved_at: AwareDatetime | None = None
     acknowledged_by: str | None = None
     created_at: AwareDatetime
+    # The incident this notice is about: the top-level fields describe its root cause.
+    incident_id: int | None = None
+    members: list[IncidentMember] = Field(default_factory=list)
+    merged_into: int | None = None
+
+    @property
+    def dedup_key(self) -> str:
+        """What a receiver deduplicates on: the incident, else the alert's fingerprint."""
+        return f"incident-{self.incident_id}" if self.incident_id is not None else self.fingerprint
+
+    @property
+    def affected(self) -> list[IncidentMember]:
+        """The members other than the root cause's own alert."""
+        return [m for m in self.members if m.alert_id != self.alert_id]
+
+    @property
+    def affected_text(self) -> str:
+        """Each affected asset with its check, status and owners, one per line (at most 20)."""
+        lines = [f"{m.asset_key} ({m.check}, {m.status}; owner {', '.join(m.owners) or 'none'})"
+                 for m in self.affected[:20]]
+        more = len(self.affected) - 20
+        return "\n".join(lines + ([f"and {more} more"] if more > 0 else [])) or "none"
 
     @property
     def why(self) -> str:
@@ -84,13 +126,22 @@ class AlertPayload(BaseModel):
         return shown + (f" and {more} more" if more > 0 else "")
 
 
-def title_for(kind: str, status: str, severity: str | None, asset_key: str, check: str) -> str:
-    """One line: what broke (or recovered)."""
+def title_for(
+    kind: str, status: str, severity: str | None, asset_key: str, check: str, *, affected: int = 0,
+    incident_id: int | None = None, merged_into: int | None = None,
+) -> str:
+    """One line: what broke (or recovered), and how many other assets the incident affects."""
+    more = f" · {affected} more asset{'s' if affected != 1 else ''} affected" if affected else ""
+    if kind == "merged":
+        return f"MERGED incident #{incident_id} ({asset_key}) into incident #{merged_into}"
     if status == "resolved":
-        return f"RESOLVED {asset_key}: {check} passes again"
+        recovered = f" · all {affected + 1} assets recovered" if affected else ""
+        return f"RESOLVED {asset_key}: {check} passes again{recovered}"
     label = (severity or "error").upper()
-    prefix = {"repeat": "STILL FIRING ", "escalated": "ESCALATED ", "test": "TEST "}.get(kind, "")
-    return f"{prefix}[{label}] {asset_key}: {check} failed"
+    prefix = {"repeat": "STILL FIRING ", "escalated": "ESCALATED ", "updated": "UPDATE ", "test": "TEST "}.get(
+        kind, ""
+    )
+    return f"{prefix}[{label}] {asset_key}: {check} failed{more}"
 
 
 def dagster_asset_url(ui_url: str | None, asset_key: str) -> str | None:
@@ -199,6 +250,9 @@ def slack_message(payload: AlertPayload) -> dict[str, Any]:
         },
         {"type": "section", "text": {"type": "mrkdwn", "text": clip(f"*Downstream at risk:* {payload.downstream_text}", 3000)}},
     ]
+    if payload.affected:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn",
+                                                   "text": clip(f"*Affected:*\n{payload.affected_text}", 3000)}})
     if payload.dagster_url:
         blocks.append(
             {
@@ -212,7 +266,8 @@ def slack_message(payload: AlertPayload) -> dict[str, Any]:
         {
             "type": "context",
             "elements": [
-                {"type": "mrkdwn", "text": f"alert #{payload.alert_id} · {payload.fingerprint} · {payload.notification_id}"}
+                {"type": "mrkdwn", "text": f"{_incident_label(payload)}alert #{payload.alert_id} · "
+                                           f"{payload.fingerprint} · {payload.notification_id}"}
             ],
         }
     )
@@ -228,8 +283,10 @@ def teams_message(payload: AlertPayload) -> dict[str, Any]:
         {"title": "Owner", "value": payload.owner_text},
         {"title": "Code location", "value": payload.code_location or "-"},
         {"title": "Downstream at risk", "value": payload.downstream_text},
-        {"title": "Alert", "value": f"#{payload.alert_id} ({payload.fingerprint})"},
+        {"title": "Alert", "value": f"{_incident_label(payload)}#{payload.alert_id} ({payload.fingerprint})"},
     ]
+    if payload.affected:
+        facts.insert(6, {"title": "Affected", "value": payload.affected_text})
     card: dict[str, Any] = {
         "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
         "type": "AdaptiveCard",
@@ -257,15 +314,19 @@ def teams_message(payload: AlertPayload) -> dict[str, Any]:
     }
 
 
+def _incident_label(payload: AlertPayload) -> str:
+    return f"incident #{payload.incident_id} · " if payload.incident_id is not None else ""
+
+
 def pagerduty_event(payload: AlertPayload, routing_key: str) -> dict[str, Any]:
-    """A PagerDuty Events API v2 event: trigger (firing) or resolve, deduplicated by the fingerprint."""
+    """A PagerDuty Events API v2 event: trigger (firing, update) or resolve, deduplicated by the incident."""
     if payload.status == "resolved":
-        return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": payload.fingerprint}
+        return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": payload.dedup_key}
     severity = payload.severity if payload.severity in PAGERDUTY_SEVERITIES else "error"
     event: dict[str, Any] = {
         "routing_key": routing_key,
         "event_action": "trigger",
-        "dedup_key": payload.fingerprint,
+        "dedup_key": payload.dedup_key,
         "payload": {
             "summary": clip(f"{payload.title}: {payload.why}", 1024),
             "source": payload.asset_key,
@@ -281,6 +342,8 @@ def pagerduty_event(payload: AlertPayload, routing_key: str) -> dict[str, Any]:
                 "downstream_at_risk": payload.downstream,
                 "alert_id": payload.alert_id,
                 "notification_id": payload.notification_id,
+                "incident_id": payload.incident_id,
+                "affected": [m.model_dump(mode="json") for m in payload.affected],
             },
         },
         "client": "dagster-asset-management",

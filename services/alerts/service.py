@@ -2,7 +2,10 @@
 
 Every state change, its history and the notifications it produces (one outbox row per receiver) are
 written in one transaction, so a notification exists if and only if its state change was committed.
-The CLI uses the same code for acknowledgements and silences.
+Each alert's own state machine (lifecycle.py) decides when it would announce itself; at the end of the
+transaction the alerts that started firing are grouped into incidents (incidents.py) and each incident whose
+members announced something sends one notice per receiver. The CLI uses the same code for acknowledgements
+and silences.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 from libs.common.bus import Delivery
@@ -23,6 +27,15 @@ from libs.common.log import get_logger
 from libs.common.sql import Connection
 from libs.common.store import Store
 from services.alerts import metrics
+from services.alerts.incidents import (
+    SEVERITY_RANK,
+    IncidentNoticeKind,
+    IncidentView,
+    Member,
+    causes_of,
+    group,
+    incident_notice,
+)
 from services.alerts.lifecycle import (
     Ack,
     AlertState,
@@ -38,12 +51,14 @@ from services.alerts.lifecycle import (
     next_due,
     step,
 )
-from services.alerts.receivers import AlertPayload, dagster_asset_url, title_for
+from services.alerts.receivers import AlertPayload, IncidentMember, dagster_asset_url, title_for
 from services.alerts.routing import AlertLabels, route, silence_matches, teams_of
 from services.alerts.settings import AlertsWorkerSettings
 
 log = get_logger(__name__)
 
+# How far up (and down) the lineage incident grouping looks.
+LINEAGE_DEPTH = 50
 # The check alerts use when a health event carries a status but no check results.
 STATUS_CHECK = "health_status"
 
@@ -73,6 +88,23 @@ def lifecycle_config(settings: AlertsWorkerSettings) -> LifecycleConfig:
     return LifecycleConfig(
         group_wait_s=cfg.group_wait_s, flap_window_s=cfg.flap_window_s, repeat_interval_s=cfg.repeat_interval_s
     )
+
+
+@dataclass
+class _Txn:
+    """What one transaction's alert state changes produced, for the incident step at its end."""
+
+    notices: list[tuple[int, str]] = field(default_factory=list)  # (alert id, member notice kind)
+    alerts: set[int] = field(default_factory=set)  # alerts whose row changed
+    opened: int = 0  # incidents opened
+    resolved: list[float] = field(default_factory=list)  # their time to resolve, for the metrics
+
+    def committed(self) -> None:
+        """Count what the committed transaction did in the metrics (never for a rolled-back one)."""
+        if self.opened:
+            metrics.INCIDENTS_OPENED.inc(self.opened)
+        for seconds in self.resolved:
+            metrics.INCIDENT_TIME_TO_RESOLVE.observe(seconds)
 
 
 @dataclass(frozen=True)
@@ -108,14 +140,16 @@ class AlertService:
     def handle(self, deliveries: list[Delivery]) -> None:
         """The bus handler: apply a batch in one transaction, then wake the sender if it produced mail."""
         now = self.clock()
-        produced = 0
+        txn = _Txn()
         with self.store.write() as conn:
             for delivery in Store.claim_new(conn, deliveries, lambda d: d.event.id):
                 event = delivery.event
                 if isinstance(event, AssetChanged):
-                    produced += self._asset_changed(conn, event, now)
+                    self._asset_changed(conn, event, now, txn)
                 elif isinstance(event, HealthChanged):
-                    produced += self._health_changed(conn, event, now)
+                    self._health_changed(conn, event, now, txn)
+            produced = self._settle_incidents(conn, txn, now)
+        txn.committed()
         if produced:
             self._committed()
 
@@ -123,11 +157,11 @@ class AlertService:
         if self.on_commit is not None:
             self.on_commit()
 
-    def _asset_changed(self, conn: Connection, event: AssetChanged, now: float) -> int:
+    def _asset_changed(self, conn: Connection, event: AssetChanged, now: float, txn: _Txn) -> None:
         spec = event.data.spec
         row = conn.execute("SELECT version FROM assets WHERE asset_key = ?", (spec.key,)).fetchone()
         if row is not None and int(row["version"]) > event.data.version:
-            return 0  # an older version arriving late
+            return  # an older version arriving late
         retired = event.type == "asset.retired" or event.data.retired_at is not None
         conn.execute(
             """INSERT INTO assets (asset_key, owners, group_name, tags, downstream, version, retired,
@@ -149,23 +183,30 @@ class AlertService:
                 spec.code_location,
             ),
         )
+        conn.execute("DELETE FROM asset_edges WHERE downstream = ?", (spec.key,))
+        self._add_edges(conn, [(up, spec.key) for up in spec.upstream] + [(spec.key, d) for d in spec.downstream])
         if not retired:
-            return 0
-        produced = 0
+            return
         for state_row in conn.execute(
             "SELECT fingerprint, check_name FROM alert_states WHERE asset_key = ?", (spec.key,)
         ).fetchall():
-            produced += self._apply(
+            self._apply(
                 conn,
                 state_row["fingerprint"],
                 spec.key,
                 state_row["check_name"],
                 [Observe(firing=False, at=event.occurred_at.timestamp(), summary="asset retired")],
                 now,
+                txn,
             )
-        return produced
 
-    def _health_changed(self, conn: Connection, event: HealthChanged, now: float) -> int:
+    @staticmethod
+    def _add_edges(conn: Connection, edges: Sequence[tuple[str, str]]) -> None:
+        edges = [(up, down) for up, down in edges if up != down]
+        if edges:
+            conn.executemany("INSERT OR IGNORE INTO asset_edges (upstream, downstream) VALUES (?, ?)", edges)
+
+    def _health_changed(self, conn: Connection, event: HealthChanged, now: float, txn: _Txn) -> None:
         data = event.data
         at = data.evaluated_at.timestamp()
         observations: dict[str, Observe] = {}
@@ -195,26 +236,27 @@ class AlertService:
                 )
         hints = AssetInfo(owners=tuple(data.owners), downstream=tuple(data.downstream), group=data.group,
                           code_location=data.code_location)
-        produced = 0
+        self._add_edges(conn, [(data.asset_key, d) for d in data.downstream])
         for check, observation in observations.items():
-            produced += self._apply(
-                conn, fingerprint(data.asset_key, check), data.asset_key, check, [observation], now, hints=hints
+            self._apply(
+                conn, fingerprint(data.asset_key, check), data.asset_key, check, [observation], now, txn, hints=hints
             )
-        return produced
 
     # -- clock -----------------------------------------------------------------------------------------
 
     def tick(self) -> int:
         """Apply the clock to every state with something due (waits, repeats, silence expiry)."""
         now = self.clock()
+        txn = _Txn()
         with self.store.write() as conn:
             rows = conn.execute(
                 "SELECT fingerprint, asset_key, check_name FROM alert_states WHERE next_due IS NOT NULL AND next_due <= ?",
                 (now,),
             ).fetchall()
-            produced = sum(
-                self._apply(conn, r["fingerprint"], r["asset_key"], r["check_name"], [Tick()], now) for r in rows
-            )
+            for r in rows:
+                self._apply(conn, r["fingerprint"], r["asset_key"], r["check_name"], [Tick()], now, txn)
+            produced = self._settle_incidents(conn, txn, now)
+        txn.committed()
         if produced:
             self._committed()
         return produced
@@ -222,8 +264,10 @@ class AlertService:
     # -- people ----------------------------------------------------------------------------------------
 
     def acknowledge(self, alert_id: int, by: str, reason: str | None = None) -> dict[str, Any]:
-        """Acknowledge a firing alert (stops its repeats); returns the alert row."""
+        """Acknowledge a firing alert and, with it, its incident: every firing member of the incident stops
+        repeating. Returns the alert row, with `acknowledged` the number of alerts acknowledged."""
         now = self.clock()
+        txn = _Txn()
         with self.store.write() as conn:
             alert = conn.execute("SELECT * FROM alerts WHERE id = ?", (alert_id,)).fetchone()
             if alert is None:
@@ -233,9 +277,30 @@ class AlertService:
                 raise AlertsError(f"alert {alert_id} is resolved; nothing to acknowledge")
             if state.acked_by is not None:
                 raise AlertsError(f"alert {alert_id} was already acknowledged by {state.acked_by}")
-            self._apply(conn, alert["fingerprint"], alert["asset_key"], alert["check_name"], [Ack(by, reason)], now)
+            members = [alert]
+            if alert["incident_id"] is not None:
+                members += conn.execute(
+                    """SELECT * FROM alerts WHERE incident_id = ? AND status = 'firing' AND acked_by IS NULL
+                         AND id != ? ORDER BY id""",
+                    (alert["incident_id"], alert_id),
+                ).fetchall()
+                conn.execute(
+                    "UPDATE incidents SET acked_by = ?, acked_at = ?, updated_at = ? WHERE id = ? AND acked_at IS NULL",
+                    (by, now, now, alert["incident_id"]),
+                )
+            for member in members:
+                self._apply(conn, member["fingerprint"], member["asset_key"], member["check_name"],
+                            [Ack(by, reason)], now, txn)
+            incident = conn.execute("SELECT opened_at, acked_at FROM incidents WHERE id = ?",
+                                    (alert["incident_id"],)).fetchone()
+            produced = self._settle_incidents(conn, txn, now)
             row = conn.execute("SELECT * FROM alerts WHERE id = ?", (alert_id,)).fetchone()
-        return dict(row)
+        txn.committed()
+        if incident is not None and incident["acked_at"] == now:
+            metrics.INCIDENT_TIME_TO_ACK.observe(max(0.0, now - incident["opened_at"]))
+        if produced:
+            self._committed()
+        return {**dict(row), "acknowledged": len(members)}
 
     def silence(
         self, matchers: Mapping[str, str], duration_s: float, by: str, reason: str | None = None
@@ -251,6 +316,7 @@ class AlertService:
         now = self.clock()
         silence_id = uuid.uuid4().hex[:12]
         ends_at = now + duration_s
+        txn = _Txn()
         with self.store.write() as conn:
             conn.execute(
                 "INSERT INTO silences (id, matchers, created_by, reason, created_at, ends_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -271,13 +337,18 @@ class AlertService:
                         row["check_name"],
                         [Silence(silence_id, ends_at, by, reason)],
                         now,
+                        txn,
                     )
+            produced = self._settle_incidents(conn, txn, now)
+        txn.committed()
+        if produced:
+            self._committed()
         return silence_id, covered
 
     def unsilence(self, silence_id: str, by: str, reason: str | None = None) -> int:
         """End a silence now; alerts it held that still fire are announced. Returns the states released."""
         now = self.clock()
-        produced = 0
+        txn = _Txn()
         with self.store.write() as conn:
             row = conn.execute("SELECT * FROM silences WHERE id = ?", (silence_id,)).fetchone()
             if row is None:
@@ -293,14 +364,17 @@ class AlertService:
                 if state.silence_id != silence_id:
                     continue
                 released += 1
-                produced += self._apply(
+                self._apply(
                     conn,
                     state_row["fingerprint"],
                     state_row["asset_key"],
                     state_row["check_name"],
                     [Unsilence(silence_id, by, reason)],
                     now,
+                    txn,
                 )
+            produced = self._settle_incidents(conn, txn, now)
+        txn.committed()
         if produced:
             self._committed()
         return released
@@ -366,15 +440,15 @@ class AlertService:
         check: str,
         inputs: Sequence[Input],
         now: float,
+        txn: _Txn,
         *,
         hints: AssetInfo | None = None,
-    ) -> int:
-        """Run inputs through the state machine and persist state, incident, history and notifications.
-
-        Returns how many notifications were queued for delivery."""
+    ) -> None:
+        """Run inputs through the state machine and persist state, alert row and history; the notices it
+        decided go to `txn` for the incident step."""
         exists = conn.execute("SELECT 1 FROM alert_states WHERE fingerprint = ?", (fp,)).fetchone() is not None
         if not exists and not any(isinstance(i, Observe) and i.firing for i in inputs):
-            return 0  # a passing check that never failed: nothing to remember
+            return  # a passing check that never failed: nothing to remember
         state = original = self._load(conn, fp)
         inputs = list(inputs)
         first = inputs[0]
@@ -391,7 +465,7 @@ class AlertService:
             history.extend(result.history)
             notices.extend(result.notices)
         if exists and state == original:
-            return 0  # nothing changed (not even the latest numbers)
+            return  # nothing changed (not even the latest numbers)
         info = self._asset_info(conn, asset_key, hints)
         alert_id = self._save(conn, state, asset_key, check, info, now) if state.incident else None
         conn.execute(
@@ -408,10 +482,9 @@ class AlertService:
                 for h in history
             ],
         )
-        queued = 0
-        for notice in notices:
-            queued += self._enqueue(conn, notice, state, alert_id, asset_key, check, info, now)
-        return queued
+        if alert_id is not None:
+            txn.alerts.add(alert_id)
+            txn.notices.extend((alert_id, notice.kind) for notice in notices)
 
     def _save(
         self, conn: Connection, s: AlertState, asset_key: str, check: str, info: AssetInfo, now: float
@@ -454,33 +527,261 @@ class AlertService:
         ).fetchone()
         return int(row[0])
 
-    def _enqueue(
-        self,
-        conn: Connection,
-        notice: Notice,
-        state: AlertState,
-        alert_id: int | None,
-        asset_key: str,
-        check: str,
-        info: AssetInfo,
-        now: float,
-    ) -> int:
-        severity = notice.severity or "error"
-        labels = AlertLabels(
-            asset_key=asset_key,
-            check=check,
-            severity=severity,
-            owners=info.owners,
-            teams=teams_of(info.owners, info.tags),
-            group=info.group,
-            tags=info.tags,
+    # -- incidents -------------------------------------------------------------------------------------
+
+    def _settle_incidents(self, conn: Connection, txn: _Txn, now: float) -> int:
+        """The incident step at the end of a transaction: group the alerts that started firing, then let
+        each incident whose members changed decide its one notice. Returns the notifications queued."""
+        incidents_of: dict[int, list[tuple[str, str]]] = {}
+        queued = 0
+        touched, merged = self._group(conn, now, txn)
+        for absorbed, survivor, announced in merged:
+            queued += self._merge_notice(conn, absorbed, survivor, now)
+            # The survivor announces what the absorbed incident had announced, as an update of its own.
+            incidents_of.setdefault(survivor, []).extend((key, "firing") for key in announced)
+        ids = sorted(txn.alerts)
+        for chunk in range(0, len(ids), 500):
+            part = ids[chunk : chunk + 500]
+            rows = conn.execute(
+                f"SELECT id, incident_id FROM alerts WHERE id IN ({','.join('?' * len(part))})", part
+            ).fetchall()
+            for row in rows:
+                if row["incident_id"] is not None:
+                    incidents_of.setdefault(int(row["incident_id"]), [])
+            by_alert = {int(r["id"]): r["incident_id"] for r in rows}
+            for alert_id, kind in txn.notices:
+                incident = by_alert.get(alert_id)
+                if incident is not None and alert_id in part:
+                    incidents_of.setdefault(int(incident), []).append((str(alert_id), kind))
+        for incident in touched:
+            incidents_of.setdefault(incident, [])
+        for incident, member_notices in sorted(incidents_of.items()):
+            queued += self._settle(conn, incident, member_notices, now, txn)
+        return queued
+
+    def _lineage(self, conn: Connection) -> Callable[[str], frozenset[str]]:
+        """Every asset upstream of an asset (any depth, cycle-safe), read once per asset and transaction."""
+
+        @cache
+        def ancestors(asset_key: str) -> frozenset[str]:
+            rows = conn.execute(
+                """WITH RECURSIVE up(asset_key, depth) AS (
+                     SELECT upstream, 1 FROM asset_edges WHERE downstream = ?
+                     UNION
+                     SELECT e.upstream, up.depth + 1 FROM asset_edges AS e JOIN up ON e.downstream = up.asset_key
+                     WHERE up.depth < ?)
+                   SELECT DISTINCT asset_key FROM up""",
+                (asset_key, LINEAGE_DEPTH),
+            ).fetchall()
+            return frozenset(r[0] for r in rows)
+
+        return ancestors
+
+    def _descendants(self, conn: Connection, asset_key: str) -> set[str]:
+        rows = conn.execute(
+            """WITH RECURSIVE down(asset_key, depth) AS (
+                 SELECT downstream, 1 FROM asset_edges WHERE upstream = ?
+                 UNION
+                 SELECT e.downstream, down.depth + 1 FROM asset_edges AS e JOIN down ON e.upstream = down.asset_key
+                 WHERE down.depth < ?)
+               SELECT DISTINCT asset_key FROM down""",
+            (asset_key, LINEAGE_DEPTH),
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def _group(self, conn: Connection, now: float, txn: _Txn) -> tuple[set[int], list[tuple[int, int, list[str]]]]:
+        """Put every firing alert that has no incident yet into one (new, or the open incident it links to,
+        merging incidents it links together). Returns the incidents touched and the merges made
+        (absorbed, survivor, the absorbed incident's announced members)."""
+        new = conn.execute(
+            "SELECT * FROM alerts WHERE incident_id IS NULL AND status = 'firing' ORDER BY id"
+        ).fetchall()
+        if not new:
+            return set(), []
+        ancestors = self._lineage(conn)
+        related: set[str] = set()
+        for row in new:
+            key = row["asset_key"]
+            related |= {key} | ancestors(key) | self._descendants(conn, key) | causes_of(json.loads(row["detail"]))
+        open_members = self._open_members(conn, related)
+        rows = {int(r["id"]): r for r in [*open_members, *new]}
+        together: dict[int, list[str]] = {}
+        for r in open_members:
+            together.setdefault(int(r["incident_id"]), []).append(str(r["id"]))
+        members = [
+            Member(key=str(i), asset_key=r["asset_key"], check=r["check_name"], started_at=float(r["started_at"]),
+                   causes=causes_of(json.loads(r["detail"])))
+            for i, r in rows.items()
+        ]
+        touched: set[int] = set()
+        merges: list[tuple[int, int, list[str]]] = []
+        window = self.settings.alerts.incident_window_s
+        for g in group(members, ancestors, window, together.values()):
+            existing = sorted({int(rows[int(m.key)]["incident_id"]) for m in g.members
+                               if rows[int(m.key)]["incident_id"] is not None})
+            root = rows[int(g.root.key)]
+            if not existing:
+                incident = self._open_incident(conn, root, now)
+                txn.opened += 1
+            else:
+                incident = int(root["incident_id"]) if root["incident_id"] is not None else existing[0]
+                for absorbed in existing:
+                    if absorbed != incident:
+                        merges.append((absorbed, incident, self._absorb(conn, absorbed, incident, now)))
+            touched.add(incident)
+            for placement in g.placements:
+                row = rows[int(placement.member.key)]
+                if row["incident_id"] != incident or row["incident_reason"] != placement.why:
+                    conn.execute("UPDATE alerts SET incident_id = ?, incident_reason = ? WHERE id = ?",
+                                 (incident, placement.why, row["id"]))
+                    if row["incident_id"] is None:
+                        self._history(conn, int(row["id"]), row["fingerprint"], now, "grouped", placement.why,
+                                      incident=incident)
+            conn.execute(
+                """UPDATE incidents SET root_alert_id = ?, root_asset = ?, root_check = ?,
+                     opened_at = MIN(opened_at, ?), updated_at = ? WHERE id = ?""",
+                (root["id"], root["asset_key"], root["check_name"], min(m.started_at for m in g.members), now,
+                 incident),
+            )
+        return touched, merges
+
+    def _open_members(self, conn: Connection, assets: set[str]) -> list[Any]:
+        """Every member of each open incident that has a member on one of `assets`."""
+        keys = sorted(assets)
+        incidents: set[int] = set()
+        for chunk in range(0, len(keys), 500):
+            part = keys[chunk : chunk + 500]
+            incidents |= {int(r[0]) for r in conn.execute(
+                f"""SELECT DISTINCT a.incident_id FROM alerts AS a JOIN incidents AS i ON i.id = a.incident_id
+                    WHERE i.status = 'open' AND a.asset_key IN ({','.join('?' * len(part))})""",
+                part,
+            ).fetchall()}
+        if not incidents:
+            return []
+        ids = sorted(incidents)
+        return conn.execute(
+            f"SELECT * FROM alerts WHERE incident_id IN ({','.join('?' * len(ids))}) ORDER BY id", ids
+        ).fetchall()
+
+    def _open_incident(self, conn: Connection, root: Any, now: float) -> int:
+        # An alert announced before incidents existed (an upgraded store) keeps its receivers and announcement.
+        told = [r[0] for r in conn.execute(
+            "SELECT DISTINCT receiver FROM notifications WHERE alert_id = ? AND kind != 'resolved' ORDER BY 1",
+            (root["id"],),
+        ).fetchall()] if root["notices"] else []
+        row = conn.execute(
+            """INSERT INTO incidents (status, root_alert_id, root_asset, root_check, severity, opened_at,
+                 announced_at, notified_severity, last_notified_at, receivers, announced_members, updated_at)
+               VALUES ('open', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
+            (root["id"], root["asset_key"], root["check_name"], root["severity"], root["started_at"],
+             root["last_notified_at"] if told else None, root["severity"] if told else None,
+             root["last_notified_at"] if told else None, json.dumps(told),
+             json.dumps([str(root["id"])] if told else []), now),
+        ).fetchone()
+        return int(row[0])
+
+    def _absorb(self, conn: Connection, absorbed: int, survivor: int, now: float) -> list[str]:
+        """Merge incident `absorbed` into `survivor`; returns the members `absorbed` had announced."""
+        row = conn.execute("SELECT * FROM incidents WHERE id = ?", (absorbed,)).fetchone()
+        conn.execute("UPDATE alerts SET incident_id = ? WHERE incident_id = ?", (survivor, absorbed))
+        conn.execute(
+            """UPDATE incidents SET status = 'merged', merged_into = ?, resolved_at = ?, updated_at = ?
+               WHERE id = ?""",
+            (survivor, now, now, absorbed),
         )
-        decision = route(labels, self.settings.alerts, datetime.fromtimestamp(now, UTC))
-        status = "resolved" if notice.kind == "resolved" else "firing"
+        if row["acked_at"] is not None:
+            conn.execute(
+                "UPDATE incidents SET acked_by = ?, acked_at = ? WHERE id = ? AND (acked_at IS NULL OR acked_at > ?)",
+                (row["acked_by"], row["acked_at"], survivor, row["acked_at"]),
+            )
+        return list(json.loads(row["announced_members"])) if row["announced_at"] is not None else []
+
+    def _history(self, conn: Connection, alert_id: int, fp: str, now: float, event: str, reason: str | None,
+                 **detail: Any) -> None:
+        conn.execute(
+            "INSERT INTO alert_history (alert_id, fingerprint, at, event, actor, reason, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (alert_id, fp, now, event, "system", reason, json.dumps(detail, default=str)),
+        )
+
+    def _settle(
+        self, conn: Connection, incident_id: int, member_notices: list[tuple[str, str]], now: float, txn: _Txn
+    ) -> int:
+        """Bring one incident's status up to date with its members and send its notice, if any."""
+        row = conn.execute("SELECT * FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+        if row is None or row["status"] == "merged":
+            return 0
+        members = conn.execute("SELECT * FROM alerts WHERE incident_id = ? ORDER BY started_at, id",
+                               (incident_id,)).fetchall()
+        firing = [m for m in members if m["status"] == "firing"]
+        if not firing and row["status"] != "open":
+            return 0
+        severity = max((m["severity"] or "error" for m in firing), key=lambda s: SEVERITY_RANK.get(s, 0),
+                       default=row["severity"])
+        view = IncidentView(
+            open=bool(firing),
+            announced=row["announced_at"] is not None,
+            acked=row["acked_at"] is not None,
+            severity=severity,
+            notified_severity=row["notified_severity"],
+            last_notified_at=row["last_notified_at"],
+            announced_members=frozenset(json.loads(row["announced_members"])),
+        )
+        kind = incident_notice(view, member_notices, now, self.config.repeat_interval_s)
+        if firing:
+            conn.execute("UPDATE incidents SET severity = ?, updated_at = ? WHERE id = ?",
+                         (severity, now, incident_id))
+        else:
+            conn.execute("UPDATE incidents SET status = 'resolved', resolved_at = ?, updated_at = ? WHERE id = ?",
+                         (now, now, incident_id))
+            txn.resolved.append(max(0.0, now - row["opened_at"]))
+        if kind is None:
+            return 0
+        return self._notify(conn, dict(row) | {"severity": severity, "resolved_at": None if firing else now},
+                            members, kind, now)
+
+    def _member(self, conn: Connection, row: Any, now: float) -> tuple[IncidentMember, AlertLabels]:
+        info = self._asset_info(conn, row["asset_key"], None)
+        status = row["status"]
+        if status == "firing" and row["silenced_until"] is not None and row["silenced_until"] > now:
+            status = "silenced"
+        elif status == "firing" and row["acked_by"]:
+            status = "acknowledged"
+        member = IncidentMember(
+            alert_id=row["id"], asset_key=row["asset_key"], check=row["check_name"], severity=row["severity"],
+            status=status, reason=row["summary"], owners=list(info.owners), code_location=info.code_location,
+            why=row["incident_reason"] or "",
+        )
+        labels = AlertLabels(asset_key=row["asset_key"], check=row["check_name"], severity=row["severity"] or "error",
+                             owners=info.owners, teams=teams_of(info.owners, info.tags), group=info.group,
+                             tags=info.tags)
+        return member, labels
+
+    def _notify(self, conn: Connection, incident: Mapping[str, Any], members: Sequence[Any],
+                kind: IncidentNoticeKind, now: float) -> int:
+        """Queue one notification per receiver for the incident's notice `kind`."""
+        root = next((m for m in members if m["id"] == incident["root_alert_id"]), members[0])
+        described = [self._member(conn, m, now) for m in members]
+        told = list(json.loads(incident["receivers"]))
+        receivers: list[str] = []
+        muted: list[str] = []
+        if kind in ("resolved", "merged"):
+            receivers = told
+        else:
+            at = datetime.fromtimestamp(now, UTC)
+            for member, labels in described:
+                if member.status in ("firing", "acknowledged"):
+                    decision = route(labels, self.settings.alerts, at)
+                    receivers += decision.receivers
+                    muted += decision.muted
+        receivers = list(dict.fromkeys(receivers))
+        muted = [r for r in dict.fromkeys(muted) if r not in receivers]
+        root_info = self._asset_info(conn, root["asset_key"], None)
+        owners = list(dict.fromkeys(o for member, _ in described for o in member.owners))
+        teams = list(dict.fromkeys(t for _, labels in described for t in labels.teams))
+        status = "resolved" if kind in ("resolved", "merged") else "firing"
         rows: list[tuple[Any, ...]] = []
         queued = declined = 0
-        targets = [(name, "pending") for name in decision.receivers] + [(name, "muted") for name in decision.muted]
-        for name, row_status in targets:
+        for name, row_status in [(n, "pending") for n in receivers] + [(n, "muted") for n in muted]:
             try:
                 receiver = self.settings.receiver(name)
             except KeyError:
@@ -488,46 +789,73 @@ class AlertService:
             if status == "resolved" and not receiver.send_resolved:
                 declined += 1
                 continue
+            # A receiver hearing of the incident for the first time gets it as news, not as an update.
+            own_kind = "firing" if kind in ("updated", "escalated", "repeat") and name not in told else kind
             notification_id = f"msg_{uuid.uuid4().hex}"
             payload = AlertPayload(
                 notification_id=notification_id,
-                kind=notice.kind,
+                kind=own_kind,
                 status=status,
-                alert_id=alert_id,
-                fingerprint=notice.fingerprint,
-                asset_key=asset_key,
-                check=check,
-                severity=notice.severity,
-                title=title_for(notice.kind, status, notice.severity, asset_key, check),
-                reason=notice.summary,
-                values=dict(notice.values),
-                owners=list(info.owners),
-                teams=list(labels.teams),
-                group=info.group,
-                code_location=info.code_location,
-                tags=dict(info.tags),
-                downstream=list(info.downstream),
-                dagster_url=dagster_asset_url(self.settings.alerts.dagster_ui_url, asset_key),
-                started_at=_dt(notice.started_at),
-                resolved_at=_dt(notice.resolved_at),
-                acknowledged_by=state.acked_by,
+                alert_id=root["id"],
+                fingerprint=root["fingerprint"],
+                asset_key=root["asset_key"],
+                check=root["check_name"],
+                severity=incident["severity"],
+                title=title_for(own_kind, status, incident["severity"], root["asset_key"], root["check_name"],
+                                affected=len(members) - 1, incident_id=incident["id"],
+                                merged_into=incident.get("merged_into")),
+                reason=root["summary"],
+                values=json.loads(root["detail"] or "{}"),
+                owners=owners,
+                teams=teams,
+                group=root_info.group,
+                code_location=root_info.code_location,
+                tags=dict(root_info.tags),
+                downstream=list(root_info.downstream),
+                dagster_url=dagster_asset_url(self.settings.alerts.dagster_ui_url, root["asset_key"]),
+                started_at=_dt(incident["opened_at"]),
+                resolved_at=_dt(incident["resolved_at"]),
+                acknowledged_by=incident["acked_by"],
                 created_at=_dt(now) or datetime.now(UTC),
+                incident_id=incident["id"],
+                members=[member for member, _ in described],
+                merged_into=incident.get("merged_into"),
             )
-            rows.append(
-                (notification_id, alert_id, notice.fingerprint, notice.kind, name, payload.model_dump_json(), row_status, now, now)
-            )
+            rows.append((notification_id, root["id"], f"incident-{incident['id']}", own_kind, name,
+                         payload.model_dump_json(), row_status, now, now, incident["id"]))
             queued += row_status == "pending"
         conn.executemany(
             """INSERT INTO notifications (id, alert_id, fingerprint, kind, receiver, content, status, created_at,
-                 next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                 next_attempt_at, incident_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             rows,
         )
-        if not rows and not declined:
+        if status == "firing":
+            announced = sorted(set(json.loads(incident["announced_members"]))
+                               | {str(m["id"]) for m in members if m["status"] == "firing"})
             conn.execute(
-                "INSERT INTO alert_history (alert_id, fingerprint, at, event, actor, reason, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (alert_id, notice.fingerprint, now, "unrouted", "system", "no receiver configured or matched", "{}"),
+                """UPDATE incidents SET announced_at = COALESCE(announced_at, ?), notified_severity = ?,
+                     last_notified_at = ?, notices = notices + 1, receivers = ?, announced_members = ?
+                   WHERE id = ?""",
+                (now, incident["severity"], now, json.dumps(list(dict.fromkeys([*told, *receivers]))),
+                 json.dumps(announced), incident["id"]),
             )
+        else:
+            conn.execute("UPDATE incidents SET last_notified_at = ?, notices = notices + 1 WHERE id = ?",
+                         (now, incident["id"]))
+        reason = None if rows or declined else "no receiver configured or matched"
+        self._history(conn, int(root["id"]), root["fingerprint"], now, "incident_notice" if rows else "unrouted",
+                      reason, incident=incident["id"], kind=kind, receivers=[r[4] for r in rows])
         return queued
+
+    def _merge_notice(self, conn: Connection, absorbed: int, survivor: int, now: float) -> int:
+        """Tell the receivers of an announced incident that it continues as `survivor` (resolving its key)."""
+        row = conn.execute("SELECT * FROM incidents WHERE id = ?", (absorbed,)).fetchone()
+        if row["announced_at"] is None:
+            return 0
+        members = conn.execute(
+            "SELECT * FROM alerts WHERE id = ?", (row["root_alert_id"],)
+        ).fetchall()
+        return self._notify(conn, dict(row), members, "merged", now) if members else 0
 
     # -- housekeeping ----------------------------------------------------------------------------------
 
@@ -541,9 +869,11 @@ class AlertService:
             depth, oldest = conn.execute(
                 "SELECT COUNT(*), MIN(created_at) FROM notifications WHERE status = 'pending'"
             ).fetchone()
+            incidents_open = conn.execute("SELECT COUNT(*) FROM incidents WHERE status = 'open'").fetchone()[0]
         for severity, count in firing.items():
             metrics.ALERTS_FIRING.labels(severity=severity).set(count)
         metrics.OUTBOX_DEPTH.set(int(depth))
+        metrics.INCIDENTS_OPEN.set(int(incidents_open))
         metrics.OUTBOX_OLDEST_AGE.set(max(0.0, now - oldest) if oldest is not None else 0.0)
 
     def prune(self) -> dict[str, int]:
@@ -565,6 +895,11 @@ class AlertService:
                     (cutoff,),
                 ).rowcount,
                 "silences": conn.execute("DELETE FROM silences WHERE ends_at < ?", (cutoff,)).rowcount,
+                "incidents": conn.execute(
+                    """DELETE FROM incidents WHERE status != 'open' AND resolved_at < ?
+                         AND id NOT IN (SELECT incident_id FROM alerts WHERE incident_id IS NOT NULL)""",
+                    (cutoff,),
+                ).rowcount,
             }
         self.store.prune_processed(7 * 86400)
         return counts

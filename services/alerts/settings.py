@@ -90,6 +90,9 @@ class AlertsSettings(Section):
     # After a resolved notice, the same alert firing again is announced only once this has passed and it is
     # still firing: a flapping check sends at most one firing/resolved pair per window.
     flap_window_s: float = Field(default=300.0, ge=0)
+    # Alerts on the same asset or along its lineage that start within this long of each other belong to one
+    # incident (an alert that names its upstream cause joins that upstream's incident whenever it starts).
+    incident_window_s: float = Field(default=3600.0, ge=0)
     # A still-firing, unacknowledged, unsilenced alert is announced again after this long.
     repeat_interval_s: float = Field(default=4 * 3600.0, gt=0)
     # How often clock-driven transitions (waits, repeats, silence expiry) are evaluated.

@@ -124,6 +124,45 @@ MIGRATIONS = [
         ALTER TABLE assets ADD COLUMN code_location TEXT;
         """,
     ),
+    Migration(
+        4,
+        "incidents",
+        """
+        -- Alerts with one root cause (services/alerts/incidents.py): one notification per receiver each.
+        CREATE TABLE incidents (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            status TEXT NOT NULL,                       -- open, resolved, merged
+            root_alert_id INTEGER,
+            root_asset TEXT NOT NULL,
+            root_check TEXT NOT NULL,
+            severity TEXT,
+            opened_at REAL NOT NULL,
+            resolved_at REAL,
+            acked_by TEXT,
+            acked_at REAL,
+            merged_into INTEGER,
+            announced_at REAL,
+            notified_severity TEXT,
+            last_notified_at REAL,
+            notices INTEGER NOT NULL DEFAULT 0,
+            receivers TEXT NOT NULL DEFAULT '[]',           -- receivers told it fires
+            announced_members TEXT NOT NULL DEFAULT '[]',   -- alert ids named in a notice so far
+            updated_at REAL NOT NULL
+        );
+        CREATE INDEX incidents_status ON incidents (status, opened_at);
+        ALTER TABLE alerts ADD COLUMN incident_id INTEGER;
+        ALTER TABLE alerts ADD COLUMN incident_reason TEXT;
+        CREATE INDEX alerts_incident ON alerts (incident_id, status);
+        ALTER TABLE notifications ADD COLUMN incident_id INTEGER;
+        -- The lineage, from asset specs (both directions) and health events' downstream lists.
+        CREATE TABLE asset_edges (
+            upstream TEXT NOT NULL,
+            downstream TEXT NOT NULL,
+            PRIMARY KEY (upstream, downstream)
+        );
+        CREATE INDEX asset_edges_down ON asset_edges (downstream);
+        """,
+    ),
 ]
 
 

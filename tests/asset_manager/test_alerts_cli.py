@@ -114,9 +114,9 @@ def test_ack_silence_unsilence_and_history(alerting: Cli) -> None:
     code, out, _ = alerting.run("alerts", "show", str(alert["id"]), "--format", "json")
     history = json.loads(out)["history"]
     assert [(h["event"], h["actor"]) for h in history] == [
-        ("firing", "check"), ("notified", "system"), ("acknowledged", "ann"), ("silenced", "bob"), ("unsilenced", "bob")
+        ("firing", "check"), ("announced", "system"), ("grouped", "system"), ("incident_notice", "system"), ("acknowledged", "ann"), ("silenced", "bob"), ("unsilenced", "bob")
     ]
-    assert history[2]["reason"] == "rerunning" and history[3]["reason"] == "maintenance window"
+    assert history[4]["reason"] == "rerunning" and history[5]["reason"] == "maintenance window"
 
 
 @pytest.mark.parametrize(

@@ -52,7 +52,7 @@ def test_fires_at_once_and_resolves() -> None:
     assert kinds(steps) == ["firing", "resolved"]
     assert steps[0].notices[0].values == {"rows": 0}
     assert not state.firing and state.incident == 1
-    assert [h.event for s in steps for h in s.history] == ["firing", "notified", "resolved", "notified"]
+    assert [h.event for s in steps for h in s.history] == ["firing", "announced", "resolved", "announced"]
 
 
 def test_group_wait_swallows_a_blip() -> None:

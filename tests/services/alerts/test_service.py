@@ -142,7 +142,7 @@ def test_failed_then_healthy_fires_and_resolves_once(service: AlertService, stor
     (history_alert,) = queries.list_alerts(store, include_resolved=True)
     detail = queries.get_alert(store, history_alert["id"])
     assert detail is not None
-    assert [h["event"] for h in detail["history"]] == ["firing", "notified", "resolved", "notified"]
+    assert [h["event"] for h in detail["history"]] == ["firing", "announced", "grouped", "incident_notice", "resolved", "announced", "incident_notice"]
 
 
 def test_status_without_checks_and_healthy_resolves_everything(service: AlertService, store: Store) -> None:
@@ -297,7 +297,7 @@ def test_store_level_notices_are_well_formed(alert_settings: AlertsWorkerSetting
                 worst = {"error": "FAILED", "warn": "DEGRADED"}.get(
                     "error" if "error" in (first, second) else "warn" if "warn" in (first, second) else "", "HEALTHY")
                 service.handle([health(f"asset{asset}", worst, checks, n=n)])
-                assert len(outbox(store)) - before <= 2  # at most one notice per (asset, check)
+                assert len(outbox(store)) - before <= 1  # one notice per incident and receiver at most
             elif op[0] == "tick":
                 clock.now += op[1]
                 service.tick()
@@ -312,15 +312,17 @@ def test_store_level_notices_are_well_formed(alert_settings: AlertsWorkerSetting
                 with contextlib.suppress(AlertsError):
                     service.unsilence(silences.pop(0), "bob")
         with store.read() as conn:
-            rows = conn.execute("SELECT alert_id, kind FROM notifications ORDER BY rowid").fetchall()
-            alerts = {r["id"]: r["status"] for r in conn.execute("SELECT id, status FROM alerts")}
-        per_alert: dict[int, list[str]] = {}
+            rows = conn.execute("SELECT incident_id, receiver, kind FROM notifications ORDER BY rowid").fetchall()
+            incidents = {r["id"]: r["status"] for r in conn.execute("SELECT id, status FROM incidents")}
+            ungrouped = conn.execute("SELECT COUNT(*) FROM alerts WHERE incident_id IS NULL").fetchone()[0]
+        assert ungrouped == 0  # every alert belongs to an incident
+        per_incident: dict[tuple[int, str], list[str]] = {}
         for row in rows:
-            per_alert.setdefault(row["alert_id"], []).append(row["kind"])
-        for alert_id, kinds in per_alert.items():
+            per_incident.setdefault((row["incident_id"], row["receiver"]), []).append(row["kind"])
+        for (incident_id, _), kinds in per_incident.items():
             assert kinds[0] == "firing" and kinds.count("firing") == 1
             assert kinds.count("resolved") <= 1 and ("resolved" not in kinds or kinds[-1] == "resolved")
-            # every announced alert that resolved was announced as resolved
-            assert (alerts[alert_id] == "resolved") == ("resolved" in kinds)
+            # every announced incident that resolved was announced as resolved
+            assert (incidents[incident_id] == "resolved") == ("resolved" in kinds)
     finally:
         store.close()
