@@ -181,3 +181,31 @@ def emit(
         Console().print(rich_table(rows, columns, title))
         return
     sys.stdout.write(render_text(rows, columns, fmt, title=title))
+
+
+Section = tuple[str, list[dict[str, Any]], list[str]]
+
+
+def write_sections(
+    document: Mapping[str, Any], sections: Sequence[Section], fmt: OutputFormat, output: Path | None
+) -> None:
+    """A report of several listings: `document` as JSON, else each section as a titled table, CSV block or
+    markdown table."""
+    if fmt is OutputFormat.json:
+        text = json.dumps(document, indent=2, default=str) + "\n"
+    elif fmt is OutputFormat.table and output is None and sys.stdout.isatty():
+        console = Console()
+        for title, rows, columns in sections:
+            console.print(rich_table(rows, columns, title))
+        return
+    else:
+        parts = []
+        for title, rows, columns in sections:
+            body = render_text(rows, columns, fmt, title=title)
+            parts.append(f"# {title}\n{body}" if fmt is OutputFormat.csv else body)
+        text = "\n".join(parts)
+    if output is not None:
+        write_output(output, text)
+        typer.echo(f"wrote {output}", err=True)
+    else:
+        sys.stdout.write(text)

@@ -16,7 +16,15 @@ from typing import Annotated, Any
 import typer
 
 from asset_manager.errors import CliError
-from asset_manager.output import FormatOption, OutputFormat, OutputOption, emit, safe_text, write_output
+from asset_manager.output import (
+    FormatOption,
+    OutputFormat,
+    OutputOption,
+    Section,
+    emit,
+    safe_text,
+    write_sections,
+)
 from asset_manager.settings import AppSettings, load_app_settings
 from libs.common.events import from_timestamp
 from libs.common.settings import parse_duration_s
@@ -26,7 +34,7 @@ SEVERITIES = ("critical", "error", "warning", "info")
 MAX_ID = 2**63 - 1  # the largest id (and limit) a store can hold; a larger one is an error, not an overflow
 
 alerts_app = typer.Typer(
-    help="Alerts: list (active by default), ack, silence, unsilence, deliveries, test-receiver.",
+    help="Alerts: list (active by default), show, incidents, ack, silence, unsilence, deliveries, test-receiver.",
     no_args_is_help=False,
 )
 
@@ -115,7 +123,7 @@ def alerts(
         rows = [] if store is None else queries.list_alerts(
             store, include_resolved=all_, asset_key=asset, severity=severity
         )
-    columns = ["id", "status", "severity", "asset_key", "check", "summary", "owners", "started_at"]
+    columns = ["id", "incident", "status", "severity", "asset_key", "check", "summary", "owners", "started_at"]
     if all_:
         columns.append("resolved_at")
     columns += ["acked_by"]
@@ -133,28 +141,69 @@ def show(
     fmt: FormatOption = OutputFormat.table,
     output: OutputOption = None,
 ) -> None:
-    """One alert with its full history: every state change, who made it and why."""
+    """One alert with its incident (the alerts sharing its root cause, and why each is there) and its full
+    history: every state change, who made it and why."""
     settings = _settings()
     from services.alerts import queries
 
     with _store(settings, create=False) as store:
         alert = None if store is None else queries.get_alert(store, alert_id)
+        if alert is not None:
+            alert["incident"] = queries.incident_of(store, alert_id) if store is not None else None
     if alert is None:
         raise CliError(f"no alert with id {alert_id}")
-    if fmt is OutputFormat.json:
-        import json
-
-        text = json.dumps(alert, indent=2, default=str) + "\n"
-        if output:
-            write_output(output, text)
-        else:
-            typer.echo(text, nl=False)
-        return
     header = [{"field": k, "value": alert[k]} for k in
               ("id", "status", "severity", "asset_key", "check", "summary", "values", "owners", "downstream",
                "started_at", "resolved_at", "acked_by", "ack_reason", "silence_id", "silenced_until")]
-    emit(header, ["field", "value"], fmt, None, title=f"Alert {alert_id}")
-    emit(alert["history"], ["at", "event", "actor", "reason", "detail"], fmt, output, title="History")
+    incident = alert["incident"]
+    sections: list[Section] = [(f"Alert {alert_id}", header, ["field", "value"])]
+    if incident is not None:
+        header.insert(1, {"field": "incident", "value": _incident_line(incident)})
+        header.insert(2, {"field": "grouped because", "value": _why(incident, alert_id)})
+        sections.append((f"Incident #{incident['id']}: every alert with the same root cause, and why",
+                         incident["alerts"], ["id", "asset_key", "check", "status", "owners", "why"]))
+    sections.append(("History", alert["history"], ["at", "event", "actor", "reason", "detail"]))
+    write_sections(alert, sections, fmt, output)
+
+
+def _incident_line(incident: dict[str, Any]) -> str:
+    root = f"root cause {incident['root_asset']} ({incident['root_check']})"
+    merged = f", merged into #{incident['merged_into']}" if incident["merged_into"] else ""
+    return f"#{incident['id']} {incident['status']}{merged}: {root}, {incident['members']} alert(s)"
+
+
+def _why(incident: dict[str, Any], alert_id: int) -> str:
+    member = next((m for m in incident["alerts"] if m["id"] == alert_id), None)
+    why = (member or {}).get("why") or "not grouped yet"
+    if incident["root_alert_id"] == alert_id:
+        return why
+    root_retired = any(m["id"] == incident["root_alert_id"] and "retired" in (m["summary"] or "")
+                       for m in incident["alerts"])
+    return why + ("; the root cause's asset is retired" if root_retired else "")
+
+
+@alerts_app.command("incidents")
+def incidents(
+    all_: Annotated[bool, typer.Option("--all", help="Include resolved and merged incidents")] = False,
+    fmt: FormatOption = OutputFormat.table,
+    output: OutputOption = None,
+) -> None:
+    """List incidents (alerts grouped by root cause): open ones unless --all, each with its members."""
+    settings = _settings()
+    from services.alerts import queries
+
+    with _store(settings, create=False) as store:
+        rows = [] if store is None else queries.list_incidents(store, include_resolved=all_)
+    if not rows and fmt is OutputFormat.table and output is None:
+        typer.echo("no incidents" if all_ else "no open incidents")
+        return
+    columns = ["id", "status", "severity", "root_asset", "root_check", "members", "affected", "owners",
+               "opened_at", "acked_by"]
+    if all_:
+        columns += ["resolved_at", "merged_into"]
+    if fmt is OutputFormat.json:
+        columns += ["alerts"]
+    emit(rows, columns, fmt, output, title="Incidents" if all_ else "Open incidents")
 
 
 @alerts_app.command("ack")
@@ -168,7 +217,9 @@ def ack(
     """Acknowledge a firing alert: no more repeats; the resolved notice still goes out."""
     with _service(_settings()) as service:
         row = service.acknowledge(alert_id, by or _user(), reason)
-    typer.echo(safe_text(f"acknowledged alert {alert_id} ({row['asset_key']}: {row['check_name']}) "
+    others = row["acknowledged"] - 1
+    incident = f" and {others} other alert(s) of incident #{row['incident_id']}" if others else ""
+    typer.echo(safe_text(f"acknowledged alert {alert_id} ({row['asset_key']}: {row['check_name']}){incident} "
                          f"as {row['acked_by']}"))
 
 
@@ -276,5 +327,55 @@ def test_receiver(name: Annotated[str, typer.Argument(help="Receiver name from a
                f"(HTTP {attempt.status}, webhook-id {payload.notification_id})")
 
 
+# -- reliability-report ------------------------------------------------------------------------------------
+
+RELIABILITY_COLUMNS = ["incidents", "acknowledged", "resolved", "mtta_s", "mttr_s"]
+MAX_PERIOD_S = 10 * 366 * 86400.0
+
+
+SinceOption = Annotated[str, typer.Option("--since", help="Period: incidents opened in the last 30d, 12h, 2w...")]
+
+
+def reliability_since(text: str) -> float:
+    """The start of the period `--since <duration>` names, as epoch seconds."""
+    return time.time() - parse_duration(text, maximum_s=MAX_PERIOD_S)
+
+
+def reliability_document(settings: AppSettings, since: float) -> dict[str, list[dict[str, Any]]]:
+    """`services.alerts.queries.reliability` over monitor.db; empty sections when it does not exist yet."""
+    from services.alerts import queries
+
+    with _store(settings, create=False) as store:
+        if store is None:
+            return {"totals": [], "owner": [], "team": [], "group": [], "worst_assets": []}
+        return queries.reliability(store, since)
+
+
+def reliability_report(
+    since: SinceOption = "30d",
+    fmt: FormatOption = OutputFormat.table,
+    output: OutputOption = None,
+) -> None:
+    """Per owner, team and group: incidents, mean time to acknowledge (MTTA) and to resolve (MTTR), and
+    the assets in the most incidents, over a period."""
+    start = reliability_since(since)
+    document = reliability_document(_settings(), start)
+    period = f"since {from_timestamp(start).isoformat(timespec='seconds')}"
+    if not document["totals"] or not document["totals"][0]["incidents"]:
+        if fmt is OutputFormat.table and output is None:
+            typer.echo(f"no incidents {period}")
+            return
+    sections: list[Section] = [
+        (f"incidents {period}", document["totals"], ["scope", *RELIABILITY_COLUMNS]),
+        ("per owner", document["owner"], ["owner", *RELIABILITY_COLUMNS]),
+        ("per team", document["team"], ["team", *RELIABILITY_COLUMNS]),
+        ("per group", document["group"], ["group", *RELIABILITY_COLUMNS]),
+        ("assets in the most incidents", document["worst_assets"], ["asset_key", "incidents", "as_root", "firing_s"]),
+    ]
+    write_sections({"since": from_timestamp(start).isoformat(timespec="seconds"), **document}, sections, fmt,
+                   output)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(alerts_app, name="alerts")
+    app.command("reliability-report")(reliability_report)

@@ -9,7 +9,6 @@ commands that need them, so listing commands start fast.
 from __future__ import annotations
 
 import difflib
-import json
 import sqlite3
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,16 +18,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from asset_manager.commands.alerts import SinceOption, reliability_document, reliability_since
 from asset_manager.errors import CliError
 from asset_manager.output import (
     FormatOption,
     OutputFormat,
     OutputOption,
+    Section,
     emit,
-    render_text,
-    rich_table,
     safe_text,
-    write_output,
+    write_sections,
 )
 from asset_manager.stores import open_service_store, store_file
 from libs.common.events import UNHEALTHY, HealthStatus
@@ -254,32 +253,6 @@ def list_assets(
 
 # -- asset-details -----------------------------------------------------------------------------------------
 
-Section = tuple[str, list[dict[str, Any]], list[str]]
-
-
-def _write_sections(document: dict[str, Any], sections: Sequence[Section], fmt: OutputFormat, output: Path | None) -> None:
-    if fmt is OutputFormat.json:
-        text = json.dumps(document, indent=2, default=str) + "\n"
-    elif fmt is OutputFormat.table and output is None and sys.stdout.isatty():
-        from rich.console import Console
-
-        console = Console()
-        for title, rows, columns in sections:
-            console.print(rich_table(rows, columns, title))
-        return
-    else:
-        parts = []
-        for title, rows, columns in sections:
-            body = render_text(rows, columns, fmt, title=title)
-            parts.append(f"# {title}\n{body}" if fmt is OutputFormat.csv else body)
-        text = "\n".join(parts)
-    if output is not None:
-        write_output(output, text)
-        typer.echo(f"wrote {output}", err=True)
-    else:
-        sys.stdout.write(text)
-
-
 def asset_details(
     key: Annotated[str, typer.Argument(help="Asset key, e.g. raw_orders or path/to/asset")],
     fmt: FormatOption = OutputFormat.table,
@@ -323,7 +296,7 @@ def asset_details(
         ("row counts and durations, oldest → newest", chart, ["metric", "chart", "points", "min", "max", "last"]),
         ("open alerts", alert_rows, ["id", "check", "severity", "state", "since", "summary"]),
     ]
-    _write_sections(document, sections, fmt, output)
+    write_sections(document, sections, fmt, output)
 
 
 # -- discover-assets ---------------------------------------------------------------------------------------
@@ -605,7 +578,8 @@ def asset_inventory(
 
 # -- ownership-report --------------------------------------------------------------------------------------
 
-OWNER_COLUMNS = ["owner", "type", "assets", "unhealthy", "open_alerts", "described_pct"]
+OWNER_COLUMNS = ["owner", "type", "assets", "unhealthy", "open_alerts", "described_pct", "incidents", "mtta_s",
+                 "mttr_s"]
 
 
 def _pct(part: int, whole: int) -> float:
@@ -613,12 +587,15 @@ def _pct(part: int, whole: int) -> float:
 
 
 def ownership_report(
+    since: SinceOption = "30d",
     fmt: FormatOption = OutputFormat.table,
     output: OutputOption = None,
 ) -> None:
-    """Per owner and team: assets, unhealthy assets, open alerts; unowned and undescribed assets; coverage KPIs."""
+    """Per owner and team: assets, unhealthy assets, open alerts, incidents with their MTTA and MTTR over the
+    period; unowned and undescribed assets; coverage KPIs."""
     from services.discovery import queries
 
+    start = reliability_since(since)
     settings = _settings()
     with read_store(settings) as conn:
         assets = queries.list_assets(_registry_ready(conn, settings), light=True)
@@ -634,7 +611,11 @@ def ownership_report(
             row["unhealthy"] += _status(health.get(asset["key"])) in UNHEALTHY
             row["open_alerts"] += len(alerts.get(asset["key"], []))
             row["_described"] += described
-    owner_rows = [{**r, "described_pct": _pct(r["_described"], r["assets"])} for _, r in sorted(owners.items())]
+    responses = {r["owner"]: r for r in reliability_document(settings, start)["owner"]} if assets else {}
+    owner_rows = [{**r, "described_pct": _pct(r["_described"], r["assets"]),
+                   **{k: responses.get(owner, {}).get(k, 0 if k == "incidents" else None)
+                      for k in ("incidents", "mtta_s", "mttr_s")}}
+                  for owner, r in sorted(owners.items())]
     unowned = [a for a in assets if not a["owners"]]
     undescribed = [a for a in assets if not (a.get("description") or "").strip()]
     total = len(assets)
@@ -660,7 +641,7 @@ def ownership_report(
         ("owners", owner_rows, OWNER_COLUMNS),
         ("assets missing an owner or a description", gaps, ["key", "group", "missing"]),
     ]
-    _write_sections(document, sections, fmt, output)
+    write_sections(document, sections, fmt, output)
 
 
 def register(app: typer.Typer) -> None:

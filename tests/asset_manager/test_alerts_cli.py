@@ -36,7 +36,9 @@ def alerting(cli: Cli, receiver: RecordingReceiver, monkeypatch: pytest.MonkeyPa
     return cli
 
 
-def publish_health(asset: str, status: str, checks: list[tuple[str, str]], n: int) -> None:
+def publish_health(asset: str, status: str, checks: list[tuple[str, str]], n: int, *,
+                   owners: tuple[str, ...] = ("ana@example.com",), downstream: tuple[str, ...] = (),
+                   values: dict[str, object] | None = None) -> None:
     """Apply a health event through the alerts service, as the worker would."""
     settings = load_settings(AppSettings)
     store = open_store(settings)
@@ -45,9 +47,11 @@ def publish_health(asset: str, status: str, checks: list[tuple[str, str]], n: in
             asset_key=asset,
             status=status,  # type: ignore[arg-type]
             previous_status="UNKNOWN",
-            checks=[CheckResult(check=c, outcome=o, reason=f"{c} is {o}", values={"n": n}) for c, o in checks],  # type: ignore[arg-type]
+            checks=[CheckResult(check=c, outcome=o, reason=f"{c} is {o}", values=values or {"n": n})  # type: ignore[arg-type]
+                    for c, o in checks],
             evaluated_at=utcnow(),
-            owners=["ana@example.com"],
+            owners=list(owners),
+            downstream=list(downstream),
         )
         event = new_event(HealthChanged, "health.changed", identity=f"{asset}|{n}", data=data, source="test")
         AlertService(store, settings).handle([Delivery(HEALTH, f"{n}-0", event)])
@@ -81,7 +85,7 @@ def test_list_filters_and_empty_store(alerting: Cli) -> None:
     resolved = [r for r in listing(alerting, "--all") if r["status"] == "resolved"]
     assert [r["asset_key"] for r in resolved] == ["sales/customers"]
     code, out, _ = alerting.run("alerts", "--format", "csv")
-    assert out.splitlines()[0] == "id,status,severity,asset_key,check,summary,owners,started_at,acked_by"
+    assert out.splitlines()[0] == "id,incident,status,severity,asset_key,check,summary,owners,started_at,acked_by"
     code, _, err = alerting.run("alerts", "--severity", "bogus")
     assert code == 2 and err.count("\n") == 1 and "unknown severity" in err
 
@@ -199,3 +203,41 @@ def test_listings_survive_times_out_of_range_in_the_store(alerting: Cli) -> None
         code, out, err = alerting.run(*args)
         assert code == 0, (args, out, err)
     assert listing(alerting)[0]["silenced_until"].startswith("9999-")
+
+
+def test_incidents_listing_show_explains_grouping_and_reliability_report(alerting: Cli) -> None:
+    code, out, _ = alerting.run("reliability-report")
+    assert (code, out.startswith("no incidents since")) == (0, True)
+    publish_health("shop/root", "FAILED", [("execution_status", "error")], 1, downstream=("shop/child",))
+    publish_health("shop/child", "WARNING", [("execution_status", "warn")], 2, owners=("team:web",),
+                   values={"blocked_by": ["shop/root"]})
+    (incident,) = listing(alerting, "incidents")
+    assert incident["root_asset"] == "shop/root" and incident["members"] == 2
+    assert incident["affected"] == "shop/child" and incident["owners"] == ["ana@example.com", "team:web"]
+    child = next(a for a in listing(alerting) if a["asset_key"] == "shop/child")
+    assert child["incident"] == incident["id"]
+    code, out, err = alerting.run("alerts", "show", str(child["id"]), "--format", "json")
+    assert code == 0, err
+    shown = json.loads(out)["incident"]
+    why = {m["asset_key"]: m["why"] for m in shown["alerts"]}
+    assert why["shop/child"] == "execution_status on shop/child names upstream shop/root as its cause"
+    code, out, _ = alerting.run("alerts", "show", str(child["id"]), "--format", "markdown")
+    assert "names upstream shop/root as its cause" in out and f"Incident #{incident['id']}" in out
+
+    code, out, err = alerting.run("alerts", "ack", str(child["id"]), "--by", "ann")
+    assert code == 0 and "and 1 other alert(s) of incident" in out, err
+    publish_health("shop/root", "HEALTHY", [("execution_status", "passed")], 3)
+    publish_health("shop/child", "HEALTHY", [("execution_status", "passed")], 4, owners=("team:web",))
+    code, out, err = alerting.run("reliability-report", "--since", "1d", "--format", "json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["totals"][0]["incidents"] == 1 and report["totals"][0]["resolved"] == 1
+    assert report["totals"][0]["mtta_s"] is not None and report["totals"][0]["mttr_s"] is not None
+    assert [r["team"] for r in report["team"]] == ["web"]
+    assert {r["owner"] for r in report["owner"]} == {"ana@example.com", "team:web"}
+    assert report["worst_assets"][0]["asset_key"] == "shop/root" and report["worst_assets"][0]["as_root"] == 1
+    for fmt in ("csv", "markdown", "table"):
+        code, out, err = alerting.run("reliability-report", "--format", fmt)
+        assert code == 0 and "per team" in out, err
+    code, _, err = alerting.run("reliability-report", "--since", "forever")
+    assert code == 2 and err.count("\n") == 1 and "invalid duration" in err
