@@ -113,7 +113,10 @@ def run_outcomes(history: AssetHistory) -> list[Outcome]:
     for f in history.failures[-_RECENT:]:
         prior = by_run.get(f.run_id)
         by_run[f.run_id] = Outcome(
-            max(f.at, prior.at) if prior else f.at, f.run_id, "FAILURE", f.error or (prior.error if prior else None)
+            max(f.at, prior.at) if prior else f.at,
+            f.run_id,
+            "FAILURE",
+            f.error or (prior.error if prior else None),
         )
     return sorted(by_run.values(), key=lambda o: o.at)
 
@@ -122,7 +125,9 @@ def blocking_failures(history: AssetHistory) -> tuple[str, ...]:
     """The own failures of the run that blocked the asset, when its last finished run blocked it; else ().
     Cheap for every other asset: only a failed last run that names its failed assets is looked at closer."""
     last = next((e for e in reversed(history.executions) if e.status != "STARTED"), None)
-    if last is None or last.status != "FAILURE" or last.failed_assets is None or history.key in last.failed_assets:
+    if last is None or last.status != "FAILURE" or last.failed_assets is None:
+        return ()
+    if history.key in last.failed_assets:
         return ()
     outcome = run_outcomes(history)[-1]
     return outcome.failed if outcome.status == BLOCKED else ()
@@ -473,7 +478,9 @@ def dependencies(
     if spec is None or not spec.upstream:
         if warns:
             return _result(DEPENDENCIES, "warn", warns[0], problems=warns, failed_upstream=failed_upstream)
-        return _result(DEPENDENCIES, "passed", "no declared upstream assets" if spec else "no definition on record")
+        return _result(
+            DEPENDENCIES, "passed", "no declared upstream assets" if spec else "no definition on record"
+        )
     last = history.last_materialization
     run = next((e for e in reversed(history.executions) if last and e.run_id == last.run_id), None)
     for key in spec.upstream:

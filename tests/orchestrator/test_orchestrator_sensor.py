@@ -273,5 +273,6 @@ def test_a_run_that_died_without_a_failed_step_failed_every_asset_it_did_not_mat
     runs = {(e.type, e.data.run_id): e.data for e in read(redis_client, settings, RUNS)}
     assert runs[("run.failed", died)].failed_asset_keys == ["lonely"]
     assert runs[("run.succeeded", good)].failed_asset_keys is None
-    failures = [e.data for e in read(redis_client, settings, ASSETS) if e.type == "asset.materialization_failed"]
+    assets = read(redis_client, settings, ASSETS)
+    failures = [e.data for e in assets if e.type == "asset.materialization_failed"]
     assert [(f.asset_key, f.run_id) for f in failures] == [("lonely", died)]

@@ -29,7 +29,9 @@ T0 = 1_780_000_000.0
 TH = HealthThresholds()
 
 
-def failed_run(run_id: str, at: float, failed: tuple[str, ...] | None, error: str = "root raised") -> Execution:
+def failed_run(
+    run_id: str, at: float, failed: tuple[str, ...] | None, error: str = "root raised"
+) -> Execution:
     return Execution(run_id, "FAILURE", at, at + 10, 10.0, error, failed_assets=failed)
 
 
@@ -65,7 +67,7 @@ def test_an_asset_that_failed_on_its_own_is_failed_as_before() -> None:
     r = execution_status(recorded, TH)
     assert r.outcome == "error" and "disk full" in r.reason and "blocked_by" not in r.values
     # Materialized before the run failed elsewhere: a success.
-    run, mat = ok_run("r1", T0)
+    _, mat = ok_run("r1", T0)
     done = AssetHistory("child", executions=[failed_run("r1", T0, ("root",))], materializations=[mat])
     assert execution_status(done, TH).outcome == "passed" and blocking_failures(done) == ()
 
@@ -74,7 +76,8 @@ def test_blocked_by_names_the_failed_assets_upstream_of_it_else_all_of_the_runs(
     h = AssetHistory("grandchild", executions=[failed_run("r1", T0, ("other", "root"))])
     assert execution_status(h, TH, frozenset({"root"})).values["blocked_by"] == ["root"]
     assert execution_status(h, TH, None).values["blocked_by"] == ["other", "root"]  # lineage unknown
-    assert execution_status(h, TH, frozenset()).values["blocked_by"] == ["other", "root"]  # none found upstream
+    # None of them is known to be upstream: all of them.
+    assert execution_status(h, TH, frozenset()).values["blocked_by"] == ["other", "root"]
     assert blocked_by(("b", "a"), {"a"}) == ["a"] and blocked_by(("b", "a"), None) == ["a", "b"]
     # A failing step that is no asset's (the run names no failed asset) still blocks, and says so.
     empty = AssetHistory("x", executions=[failed_run("r1", T0, ())])
@@ -90,7 +93,8 @@ def test_blocked_runs_count_in_no_streak_and_keep_the_last_success() -> None:
     assert r.outcome == "warn" and r.values["consecutive"] == 2 and "(2 runs in a row)" in r.reason
     assert r.values["last_success_at"] is not None and "last success" in r.reason
     # Own failures around a blocked run make a streak of two, not three, and not broken by the block.
-    h = AssetHistory("child", executions=[failed_run("f1", T0, ("child",)), failed_run("b1", T0 + 100, ("root",)),
+    h = AssetHistory("child", executions=[failed_run("f1", T0, ("child",)),
+                                          failed_run("b1", T0 + 100, ("root",)),
                                           failed_run("f2", T0 + 200, ("child",))])
     r = execution_status(h, TH)
     assert r.outcome == "error" and r.values["consecutive"] == 2 and r.values["last_run_id"] == "f2"
@@ -124,8 +128,10 @@ def test_dependencies_carry_the_cause_of_the_block() -> None:
     assert r.outcome == "warn" and r.values["failed_upstream"] == ["root"]
     assert "blocked in run abc12345 by the failure of upstream root" in r.reason
     # The direct child of the failed root names it once, though the root's own execution failed too.
-    child = AssetHistory("child_a", spec=spec("child_a", ["root"]), executions=[failed_run("abc12345", T0, ("root",))])
-    r = dependencies(child, {"root": UpstreamState("root", registered=True, execution_failed=True)}, frozenset({"root"}))
+    child = AssetHistory("child_a", spec=spec("child_a", ["root"]),
+                         executions=[failed_run("abc12345", T0, ("root",))])
+    failed_root = {"root": UpstreamState("root", registered=True, execution_failed=True)}
+    r = dependencies(child, failed_root, frozenset({"root"}))
     assert r.values["failed_upstream"] == ["root"] and r.reason.count("root") == 1
     # No definition on record: the cause is still carried.
     bare = AssetHistory("x", executions=[failed_run("abc12345", T0, ("root",))])
@@ -133,9 +139,10 @@ def test_dependencies_carry_the_cause_of_the_block() -> None:
     assert r.outcome == "warn" and r.values["failed_upstream"] == ["root"]
     # A failed direct upstream outside any blocked run is a failed upstream too; a healthy one is not.
     later = AssetHistory("child_a", spec=spec("child_a", ["root"]))
-    r = dependencies(later, {"root": UpstreamState("root", registered=True, execution_failed=True)})
+    r = dependencies(later, failed_root)
     assert r.outcome == "warn" and r.values["failed_upstream"] == ["root"]
-    assert "failed_upstream" not in dependencies(later, {"root": UpstreamState("root", registered=True)}).values
+    healthy_root = {"root": UpstreamState("root", registered=True)}
+    assert "failed_upstream" not in dependencies(later, healthy_root).values
 
 
 def test_upstream_among_follows_the_lineage_at_any_depth_and_survives_cycles() -> None:

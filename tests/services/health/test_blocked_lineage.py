@@ -1,6 +1,6 @@
-"""A real Dagster run of root → child_a, child_b → grandchild where the root raises: the real sensor publishes it
-to real Redis, discovery and health handle it in-process through their workers. The root is FAILED; the three
-Dagster skipped are WARNING, blocked by the root, never FAILED; a good run makes all four HEALTHY."""
+"""A real Dagster run of root → child_a, child_b → grandchild where the root raises: the real sensor publishes
+it to real Redis, discovery and health handle it in-process through their workers. The root is FAILED; the
+three Dagster skipped are WARNING, blocked by the root, never FAILED; a good run makes all four HEALTHY."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from dagster import Definitions, DagsterInstance, asset, build_sensor_context, instance_for_test
+from dagster import DagsterInstance, Definitions, asset, build_sensor_context, instance_for_test
 
 from asset_manager.settings import AppSettings
 from libs.common import outbox
@@ -82,9 +82,12 @@ def settle(workers: dict[str, Worker]) -> None:
     raise AssertionError("the workers did not settle")
 
 
-def run_and_publish(settings: AppSettings, instance: DagsterInstance, cursor: str | None) -> tuple[bool, str | None]:
+def run_and_publish(
+    settings: AppSettings, instance: DagsterInstance, cursor: str | None
+) -> tuple[bool, str | None]:
     """One run of the four assets, then one tick of the real sensor (as the daemon evaluates it)."""
-    result = DEFS.resolve_implicit_global_asset_job_def().execute_in_process(instance=instance, raise_on_error=False)
+    job = DEFS.resolve_implicit_global_asset_job_def()
+    result = job.execute_in_process(instance=instance, raise_on_error=False)
     context = build_sensor_context(instance=instance, cursor=cursor, repository_def=DEFS.get_repository_def())
     build_event_sensor(settings=settings).evaluate_tick(context)
     return result.success, context.cursor

@@ -340,7 +340,8 @@ def test_assets_a_failed_run_only_skipped_are_blocked_by_the_upstream_that_faile
     lineage = {"root": [], "child_a": ["root"], "child_b": ["root"], "grandchild": ["child_a", "child_b"],
                "other": []}
     downstream = {"root": ["child_a", "child_b"], "child_a": ["grandchild"], "child_b": ["grandchild"]}
-    engine.handle(deliveries(*(ev.spec(k, upstream=up, downstream=downstream.get(k, [])) for k, up in lineage.items())))
+    specs = [ev.spec(k, upstream=up, downstream=downstream.get(k, [])) for k, up in lineage.items()]
+    engine.handle(deliveries(*specs))
     keys = list(lineage)
     engine.handle(deliveries(
         ev.run("run-one-1", "STARTED", keys, start=T0),
@@ -357,7 +358,8 @@ def test_assets_a_failed_run_only_skipped_are_blocked_by_the_upstream_that_faile
 
     now = health()
     assert {k: h.status for k, h in now.items()} == {
-        "root": "FAILED", "other": "FAILED", "child_a": "WARNING", "child_b": "WARNING", "grandchild": "WARNING"
+        "root": "FAILED", "other": "FAILED", "child_a": "WARNING", "child_b": "WARNING",
+        "grandchild": "WARNING",
     }
     for key in ("child_a", "child_b", "grandchild"):
         execution = check(now[key], "execution_status")
@@ -368,8 +370,8 @@ def test_assets_a_failed_run_only_skipped_are_blocked_by_the_upstream_that_faile
         deps = check(now[key], "dependencies")
         assert deps.outcome == "warn" and deps.values["failed_upstream"] == ["root"] and "root" in deps.reason
     events = [e for e in outbox(store) if e.data.asset_key == "grandchild"]
-    assert [(e.data.status, check(e.data, "execution_status").values.get("blocked_by")) for e in events][-1] == (
-        "WARNING", ["root"])
+    last = events[-1].data
+    assert (last.status, check(last, "execution_status").values.get("blocked_by")) == ("WARNING", ["root"])
 
     # A restart reads the histories back from health.db: the same decisions, nothing published.
     published = len(outbox(store))
