@@ -121,16 +121,16 @@ def run_outcomes(history: AssetHistory) -> list[Outcome]:
     return sorted(by_run.values(), key=lambda o: o.at)
 
 
-def blocking_failures(history: AssetHistory) -> tuple[str, ...]:
-    """The own failures of the run that blocked the asset, when its last finished run blocked it; else ().
-    Cheap for every other asset: only a failed last run that names its failed assets is looked at closer."""
+def blocking_run(history: AssetHistory) -> Outcome | None:
+    """The asset's last finished run when it BLOCKED the asset (its `failed`: the run's own failures), else
+    None. Cheap for every other asset: only a failed last run that names its failed assets is looked at."""
     last = next((e for e in reversed(history.executions) if e.status != "STARTED"), None)
     if last is None or last.status != "FAILURE" or last.failed_assets is None:
-        return ()
+        return None
     if history.key in last.failed_assets:
-        return ()
+        return None
     outcome = run_outcomes(history)[-1]
-    return outcome.failed if outcome.status == BLOCKED else ()
+    return outcome if outcome.status == BLOCKED else None
 
 
 def upstream_among(
@@ -470,11 +470,10 @@ def dependencies(
     errors: list[str] = []
     warns: list[str] = []
     failed_upstream: list[str] = []
-    blocking = blocking_failures(history)
-    if blocking:
-        failed_upstream = blocked_by(blocking, lineage)
-        blocked_run = next(e for e in reversed(history.executions) if e.status != "STARTED")
-        warns.append(f"blocked in run {blocked_run.run_id[:8]} by {_blocked_text(failed_upstream)}")
+    blocked = blocking_run(history)
+    if blocked is not None:
+        failed_upstream = blocked_by(blocked.failed, lineage)
+        warns.append(f"blocked in run {blocked.run_id[:8]} by {_blocked_text(failed_upstream)}")
     if spec is None or not spec.upstream:
         if warns:
             return _result(DEPENDENCIES, "warn", warns[0], problems=warns, failed_upstream=failed_upstream)

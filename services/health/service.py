@@ -30,7 +30,7 @@ from services.health import metrics, record
 from services.health import store as db
 from services.health.cache import Entry, HistoryCache, Memo
 from services.health.decide import Decision, HealthState, Subject, Trigger, decide
-from services.health.evaluators import HISTORY_ONLY, blocking_failures, evaluate, next_change, upstream_among
+from services.health.evaluators import HISTORY_ONLY, blocking_run, evaluate, next_change, upstream_among
 from services.health.model import AssetHistory, UpstreamState
 from services.health.settings import HealthWorkerSettings
 from services.health.thresholds import Resolved, resolve
@@ -339,15 +339,15 @@ class HealthService:
     def _lineage(self, conn: Connection, history: AssetHistory) -> frozenset[str] | None:
         """Of an asset its last run blocked, the failed assets of that run that are upstream of it, as far
         as the spec copies tell; None for every other asset, and when its own spec is unknown."""
-        failed = blocking_failures(history)
-        if not failed or history.spec is None:
+        blocked = blocking_run(history)
+        if blocked is None or history.spec is None:
             return None
 
         def upstream_of(key: str) -> list[str] | None:
             spec = history.spec if key == history.key else self._entry(conn, key).history.spec
             return spec.upstream if spec is not None else None
 
-        return upstream_among(history.key, failed, upstream_of)
+        return upstream_among(history.key, blocked.failed, upstream_of)
 
     def _results(self, conn: Connection, entry: Entry, now: float) -> list[CheckResult]:
         """Every check of the asset; those depending only on an unchanged history are reused."""

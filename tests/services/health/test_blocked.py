@@ -13,7 +13,7 @@ from services.health.decide import health_status
 from services.health.evaluators import (
     BLOCKED,
     blocked_by,
-    blocking_failures,
+    blocking_run,
     dependencies,
     evaluate,
     execution_status,
@@ -69,7 +69,7 @@ def test_an_asset_that_failed_on_its_own_is_failed_as_before() -> None:
     # Materialized before the run failed elsewhere: a success.
     _, mat = ok_run("r1", T0)
     done = AssetHistory("child", executions=[failed_run("r1", T0, ("root",))], materializations=[mat])
-    assert execution_status(done, TH).outcome == "passed" and blocking_failures(done) == ()
+    assert execution_status(done, TH).outcome == "passed" and blocking_run(done) is None
 
 
 def test_blocked_by_names_the_failed_assets_upstream_of_it_else_all_of_the_runs() -> None:
@@ -112,7 +112,7 @@ def test_an_own_failure_stands_while_later_runs_only_skip_the_asset() -> None:
 def test_a_blocked_asset_recovers_when_it_materializes_again() -> None:
     run, mat = ok_run("r2", T0 + 100)
     h = AssetHistory("child", executions=[failed_run("r1", T0, ("root",)), run], materializations=[mat])
-    assert execution_status(h, TH).outcome == "passed" and blocking_failures(h) == ()
+    assert execution_status(h, TH).outcome == "passed" and blocking_run(h) is None
     assert [o.status for o in run_outcomes(h)] == [BLOCKED, "SUCCESS"]
 
 
