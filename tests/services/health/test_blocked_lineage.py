@@ -12,7 +12,7 @@ from dagster import DagsterInstance, Definitions, asset, build_sensor_context, i
 
 from asset_manager.settings import AppSettings
 from libs.common import outbox
-from libs.common.events import HEALTH, HealthChanged, HealthStatus, parse_event
+from libs.common.events import ASSETS, HEALTH, RUNS, HealthChanged, HealthStatus, parse_event
 from libs.common.worker import Worker
 from orchestrator.sensors import build_event_sensor
 from orchestrator.settings import get_settings
@@ -93,12 +93,15 @@ def run_and_publish(
     return result.success, context.cursor
 
 
-def health_events(workers: dict[str, Worker]) -> list[HealthChanged]:
+def stream(workers: dict[str, Worker], name: str) -> list[Any]:
     worker = workers["health"]
-    entries = worker.client.xrange(worker.bus.key(HEALTH))
-    events = [parse_event(fields[b"event"]) for _, fields in entries]
+    return [parse_event(fields[b"event"]) for _, fields in worker.client.xrange(worker.bus.key(name))]
+
+
+def health_events(workers: dict[str, Worker]) -> list[HealthChanged]:
+    events = stream(workers, HEALTH)
     assert all(isinstance(e, HealthChanged) for e in events)
-    return events  # type: ignore[return-value]
+    return events
 
 
 def test_a_failing_root_blocks_its_lineage_and_its_recovery_heals_it(
@@ -107,6 +110,12 @@ def test_a_failing_root_blocks_its_lineage_and_its_recovery_heals_it(
     FAILING.add("root")
     succeeded, cursor = run_and_publish(settings, instance, None)
     assert not succeeded
+    # The sensor says which asset failed on its own; Dagster skipped the three others.
+    (failed_run,) = [e.data for e in stream(workers, RUNS) if e.type == "run.failed"]
+    assert failed_run.asset_keys == ["child_a", "child_b", "grandchild", "root"]
+    assert failed_run.failed_asset_keys == ["root"]
+    failures = [e.data.asset_key for e in stream(workers, ASSETS) if e.type == "asset.materialization_failed"]
+    assert failures == ["root"]
     settle(workers)
 
     def health() -> dict[str, Any]:
