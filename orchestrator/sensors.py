@@ -9,7 +9,9 @@ Every tick reads the instance's event log after its own cursor and publishes
 - failed materializations as `asset.materialization_failed` to ASSETS: the assets a failed run planned and
   whose own step failed (Dagster 1.13 OSS stores no ASSET_FAILED_TO_MATERIALIZE records and its SQL
   `fetch_failed_materializations` always answers empty, so they are derived from the run), plus any
-  ASSET_FAILED_TO_MATERIALIZE record a newer Dagster writes (same event identity, so never twice);
+  ASSET_FAILED_TO_MATERIALIZE record a newer Dagster writes (same event identity, so never twice); the
+  `run.failed` event lists the same assets in `failed_asset_keys`, so consumers can tell an asset that
+  failed from one Dagster skipped because an upstream failed;
 - a `catalog.snapshot` to CATALOG whenever the fingerprint of the code location's asset definitions changes.
 
 It reads the instance-wide event log, so it sees runs of every code location, including the ephemeral ones of
@@ -410,7 +412,15 @@ class EventPublisher:
 
     # -- building
 
-    def run_event(self, kind: str, record: EventLogRecord, run_record: RunRecord | None) -> RunEvent:
+    def run_event(
+        self,
+        kind: str,
+        record: EventLogRecord,
+        run_record: RunRecord | None,
+        failed_asset_keys: list[str] | None = None,
+    ) -> RunEvent:
+        """The run event of a status change; a failed run's says which assets failed on their own
+        (`failed_asset_keys`, the keys of its `derived_failures`)."""
         entry = record.event_log_entry
         dagster_event = entry.dagster_event
         status = RUN_KINDS[kind][1]
@@ -435,6 +445,7 @@ class EventPublisher:
             code_location=_location_of(run) if run else None,
             partition=tags.get(PARTITION_TAG),
             tags=tags,
+            failed_asset_keys=failed_asset_keys,
         )
         event_type = RUN_STATUS_TYPES[status]
         return new_event(
@@ -560,9 +571,14 @@ class EventPublisher:
         for record in records:
             try:
                 if kind in RUN_KINDS:
+                    own: list[str] | None = None
                     if kind == "run_failed":
-                        assets.extend(self.derived_failures(record))
-                    runs.append(self.run_event(kind, record, run_records.get(record.run_id)))
+                        # One read of the run's log gives both: the assets that failed on their own, and
+                        # so (the run event's `failed_asset_keys`) those that were only blocked by them.
+                        failures = self.derived_failures(record)
+                        assets.extend(failures)
+                        own = sorted({e.data.asset_key for e in failures})
+                    runs.append(self.run_event(kind, record, run_records.get(record.run_id), own))
                 elif kind == "materialized":
                     assets.append(self.materialization_event(record))
                 else:

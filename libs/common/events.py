@@ -114,6 +114,10 @@ class RunData(_Payload):
     code_location: str | None = None
     partition: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
+    # Of a failed run: the planned assets that failed on their own (their step failed, or the run died before
+    # they materialized); the others it did not materialize were blocked by those. None: the producer does
+    # not say (then each unmaterialized asset of a failed run counts as failed).
+    failed_asset_keys: list[str] | None = None
 
 
 class MaterializationData(_Payload):

@@ -13,9 +13,11 @@ Rules:
   after a time-driven one (`Trigger.CLOCK`) only when the signature changed, so that a full pass over every
   asset each minute does not post every check of every asset.
 
-This is where rules about *when* a finding counts belong (a skipped run that must not count as failed,
-a catch-up that must not judge old history against the wall clock): they are decisions over the previous
-state, the results and the trigger, testable with two lists.
+This is where rules about *when* a finding counts belong (a catch-up that must not judge old history
+against the wall clock): they are decisions over the previous state, the results and the trigger, testable
+with two lists. What a run means for an asset is the evaluators' (a run that only skipped the asset because
+an upstream failed is a `warn` of `execution_status`, never an `error`: `evaluators.run_outcomes`), so the
+status here stays "the worst check", and a blocked asset is at most WARNING.
 """
 
 from __future__ import annotations

@@ -7,9 +7,10 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import JsonValue
 
@@ -68,44 +69,141 @@ def _num(value: float) -> str:
 # -- execution status -------------------------------------------------------------------------------
 
 
-def run_outcomes(history: AssetHistory) -> list[tuple[float, str, str, str | None]]:
-    """(time, run id, SUCCESS|FAILURE|CANCELED, error) of each finished run of the asset, oldest first.
+BLOCKED = "BLOCKED"
+
+
+class Outcome(NamedTuple):
+    """How one finished run went for the asset."""
+
+    at: float
+    run_id: str
+    status: str  # SUCCESS | FAILURE | CANCELED | BLOCKED
+    error: str | None = None
+    # BLOCKED: the run's assets that failed on their own (the asset was not run because of them).
+    failed: tuple[str, ...] = ()
+
+
+def run_outcomes(history: AssetHistory) -> list[Outcome]:
+    """The outcome of each finished run of the asset, oldest first.
 
     A run counts as a success for this asset when the asset materialized in it and no failed
-    materialization of the asset is on record for it, even if the run failed elsewhere.
+    materialization of the asset is on record for it, even if the run failed elsewhere. A failed run that
+    did not materialize the asset and says which of its assets failed on their own (`failed_assets`), the
+    asset not among them and no failed materialization of it on record, BLOCKED it: Dagster skipped it
+    because an upstream failed. Without that list (an older producer) the run is the asset's failure.
     """
-    by_run: dict[str, tuple[float, str, str | None]] = {}
+    by_run: dict[str, Outcome] = {}
+    key = history.key
     # The recent past decides the last outcome and the streak.
     materialized = {m.run_id: m.at for m in history.materializations[-_RECENT:]}
     for e in history.executions[-_RECENT:]:
         if e.status == "STARTED":
             continue
-        status = e.status
-        if status == "FAILURE" and e.run_id in materialized:
-            status = "SUCCESS"
-        by_run[e.run_id] = (e.at, status, e.error)
+        if e.status != "FAILURE":
+            by_run[e.run_id] = Outcome(e.at, e.run_id, e.status, e.error)
+        elif e.run_id in materialized:
+            by_run[e.run_id] = Outcome(e.at, e.run_id, "SUCCESS", e.error)
+        elif e.failed_assets is not None and key not in e.failed_assets:
+            by_run[e.run_id] = Outcome(e.at, e.run_id, BLOCKED, e.error, e.failed_assets)
+        else:
+            by_run[e.run_id] = Outcome(e.at, e.run_id, "FAILURE", e.error)
     for run_id, at in materialized.items():
         if run_id not in by_run:
-            by_run[run_id] = (at, "SUCCESS", None)
+            by_run[run_id] = Outcome(at, run_id, "SUCCESS")
     for f in history.failures[-_RECENT:]:
         prior = by_run.get(f.run_id)
-        by_run[f.run_id] = (max(f.at, prior[0]) if prior else f.at, "FAILURE", f.error or (prior[2] if prior else None))
-    return sorted(((at, run, status, err) for run, (at, status, err) in by_run.items()), key=lambda r: r[0])
+        by_run[f.run_id] = Outcome(
+            max(f.at, prior.at) if prior else f.at,
+            f.run_id,
+            "FAILURE",
+            f.error or (prior.error if prior else None),
+        )
+    return sorted(by_run.values(), key=lambda o: o.at)
 
 
-def execution_status(history: AssetHistory, th: HealthThresholds) -> CheckResult:
-    """Error when the asset's last run failed (naming the streak); a canceled last run per `canceled_run`."""
+def blocking_run(history: AssetHistory) -> Outcome | None:
+    """The asset's last finished run when it BLOCKED the asset (its `failed`: the run's own failures), else
+    None. Cheap for every other asset: only a failed last run that names its failed assets is looked at."""
+    last = next((e for e in reversed(history.executions) if e.status != "STARTED"), None)
+    if last is None or last.status != "FAILURE" or last.failed_assets is None:
+        return None
+    if history.key in last.failed_assets:
+        return None
+    outcome = run_outcomes(history)[-1]
+    return outcome if outcome.status == BLOCKED else None
+
+
+def upstream_among(
+    key: str, wanted: Collection[str], upstream_of: Callable[[str], Sequence[str] | None], limit: int = 10_000
+) -> frozenset[str]:
+    """Those of `wanted` that are upstream of `key`, at any depth, following `upstream_of` (a key's declared
+    upstream assets, None when unknown); cycle-safe, at most `limit` assets visited."""
+    wanted = frozenset(wanted)
+    found: set[str] = set()
+    seen = {key}
+    queue = deque(upstream_of(key) or ())
+    while queue and len(seen) < limit:
+        k = queue.popleft()
+        if k in seen:
+            continue
+        seen.add(k)
+        if k in wanted:
+            found.add(k)
+            if len(found) == len(wanted):
+                break
+        queue.extend(upstream_of(k) or ())
+    return frozenset(found)
+
+
+def blocked_by(failed: Sequence[str], lineage: Collection[str] | None) -> list[str]:
+    """The assets that blocked this one: the run's own failures upstream of it (`lineage`: those known to be
+    upstream, see `upstream_among`); all of the run's own failures when none is known to be."""
+    upstream = [k for k in failed if k in lineage] if lineage else []
+    return sorted(upstream or failed)
+
+
+def _blocked_text(keys: Sequence[str]) -> str:
+    if not keys:
+        return "an upstream failure"
+    names = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+    return f"the failure of upstream {names}"
+
+
+def execution_status(
+    history: AssetHistory, th: HealthThresholds, lineage: Collection[str] | None = None
+) -> CheckResult:
+    """Error when the asset's last run failed (naming the streak); a canceled last run per `canceled_run`;
+    a warning when the last run(s) blocked it (an upstream failed in the same run) and its own last run did
+    not fail. Blocked runs count in no streak and hide no success. `lineage`: see `blocked_by`."""
     outcomes = run_outcomes(history)
     running = [e.run_id for e in history.executions if e.status == "STARTED"]
     if not outcomes:
         return _result(EXECUTION, "passed", "no finished run on record", running=running or None)
-    at, run_id, status, error = outcomes[-1]
+    own = [o for o in outcomes if o.status != BLOCKED]
+    blocked = outcomes[-1] if outcomes[-1].status == BLOCKED else None
+    last_success = next((o.at for o in reversed(own) if o.status == "SUCCESS"), None)
+    since = f"; last success {when(last_success)}" if last_success else "; no success on record"
+    if blocked is not None and (not own or own[-1].status != "FAILURE"):
+        keys = blocked_by(blocked.failed, lineage)
+        times = 0  # blocked runs in a row, the last one included
+        for o in reversed(outcomes):
+            if o.status != BLOCKED:
+                break
+            times += 1
+        reason = (f"not materialized in run {blocked.run_id[:8]} at {when(blocked.at)}: blocked by "
+                  f"{_blocked_text(keys)}" + (f" ({times} runs in a row)" if times > 1 else "") + since)
+        return _result(
+            EXECUTION, "warn", reason,
+            last_run_id=blocked.run_id, last_status=BLOCKED, last_run_at=when(blocked.at), consecutive=times,
+            last_success_at=when(last_success) if last_success else None, runs=len(outcomes),
+            blocked_by=keys, blocked_run_id=blocked.run_id,
+        )
+    at, run_id, status, error, _ = own[-1]
     streak = 0
-    for _, _, s, _ in reversed(outcomes):
-        if s != status:
+    for o in reversed(own):
+        if o.status != status:
             break
         streak += 1
-    last_success = next((o[0] for o in reversed(outcomes) if o[2] == "SUCCESS"), None)
     values: dict[str, Any] = {
         "last_run_id": run_id,
         "last_status": status,
@@ -115,10 +213,15 @@ def execution_status(history: AssetHistory, th: HealthThresholds) -> CheckResult
         "runs": len(outcomes),
     }
     if status == "FAILURE":
-        times = f"{streak} consecutive failures" if streak > 1 else "first failure"
+        times_text = f"{streak} consecutive failures" if streak > 1 else "first failure"
         detail = f": {clip(error.strip().splitlines()[0], 300)}" if error and error.strip() else ""
-        since = f"; last success {when(last_success)}" if last_success else "; no success on record"
-        return _result(EXECUTION, "error", f"run {run_id[:8]} failed at {when(at)} ({times}{since}){detail}", **values)
+        # Its own failure stands until it runs again: a later run that only skipped it changes nothing.
+        later = (f"; not run since: blocked in run {blocked.run_id[:8]} by "
+                 f"{_blocked_text(blocked_by(blocked.failed, lineage))}" if blocked is not None else "")
+        return _result(
+            EXECUTION, "error", f"run {run_id[:8]} failed at {when(at)} ({times_text}{since}){detail}{later}",
+            **values,
+        )
     if status == "CANCELED" and th.canceled_run != "ignore":
         return _result(EXECUTION, th.canceled_run, f"run {run_id[:8]} was canceled at {when(at)}", **values)
     return _result(EXECUTION, "passed", f"last run {run_id[:8]} succeeded at {when(at)}", **values)
@@ -357,13 +460,26 @@ def freshness(history: AssetHistory, resolved: Resolved, now: float) -> CheckRes
 # -- dependencies ---------------------------------------------------------------------------------------
 
 
-def dependencies(history: AssetHistory, upstreams: Mapping[str, UpstreamState]) -> CheckResult:
-    """Upstreams that are unregistered, retired, failed or stale, or that changed during this asset's run."""
+def dependencies(
+    history: AssetHistory, upstreams: Mapping[str, UpstreamState], lineage: Collection[str] | None = None
+) -> CheckResult:
+    """Upstreams that are unregistered, retired, failed or stale, or that changed during this asset's run;
+    and the failed upstreams that blocked its last run (`failed_upstream` names every failed upstream).
+    `lineage`: see `blocked_by`."""
     spec = history.spec
-    if spec is None or not spec.upstream:
-        return _result(DEPENDENCIES, "passed", "no declared upstream assets" if spec else "no definition on record")
     errors: list[str] = []
     warns: list[str] = []
+    failed_upstream: list[str] = []
+    blocked = blocking_run(history)
+    if blocked is not None:
+        failed_upstream = blocked_by(blocked.failed, lineage)
+        warns.append(f"blocked in run {blocked.run_id[:8]} by {_blocked_text(failed_upstream)}")
+    if spec is None or not spec.upstream:
+        if warns:
+            return _result(DEPENDENCIES, "warn", warns[0], problems=warns, failed_upstream=failed_upstream)
+        return _result(
+            DEPENDENCIES, "passed", "no declared upstream assets" if spec else "no definition on record"
+        )
     last = history.last_materialization
     run = next((e for e in reversed(history.executions) if last and e.run_id == last.run_id), None)
     for key in spec.upstream:
@@ -375,7 +491,9 @@ def dependencies(history: AssetHistory, upstreams: Mapping[str, UpstreamState]) 
             errors.append(f"upstream {key} is retired")
             continue
         if up.execution_failed:
-            warns.append(f"upstream {key} failed")
+            if key not in failed_upstream:  # a blocking failure is named once
+                warns.append(f"upstream {key} failed")
+                failed_upstream.append(key)
         elif up.stale:
             warns.append(f"upstream {key} is stale")
         if (
@@ -390,7 +508,11 @@ def dependencies(history: AssetHistory, upstreams: Mapping[str, UpstreamState]) 
                 f"materialized at {when(last.at)} from older input: upstream {key} changed at "
                 f"{when(up.last_materialized_at)}, during this run"
             )
-    values = {"upstream": list(spec.upstream), "problems": [*errors, *warns] or None}
+    values = {
+        "upstream": list(spec.upstream),
+        "problems": [*errors, *warns] or None,
+        "failed_upstream": failed_upstream or None,
+    }
     if errors:
         return _result(DEPENDENCIES, "error", "; ".join(errors + warns), **values)
     if warns:
@@ -499,22 +621,25 @@ def evaluate(
     now: float,
     upstreams: Mapping[str, UpstreamState],
     reuse: Mapping[str, CheckResult] | None = None,
+    lineage: Collection[str] | None = None,
 ) -> list[CheckResult]:
     """Every check of `CHECK_NAMES` for one asset, in that order.
 
     `reuse` holds results the caller knows are unchanged (same history, same thresholds, and for
     `duration_anomaly` no run in progress): they are returned as they are instead of recomputed.
+    `lineage`: of an asset its last run blocked, which of that run's failed assets are upstream of it
+    (`upstream_among`; None when unknown).
     """
     th = resolved.thresholds
     if history.retired:
         return [_result(name, "passed", "asset retired") for name in CHECK_NAMES]
     reuse = reuse or {}
     run: dict[CheckName, Callable[[], CheckResult]] = {
-        EXECUTION: lambda: execution_status(history, th),
+        EXECUTION: lambda: execution_status(history, th, lineage),
         VOLUME: lambda: volume_anomaly(history, th),
         DURATION: lambda: duration_anomaly(history, th, now),
         FRESHNESS: lambda: freshness(history, resolved, now),
-        DEPENDENCIES: lambda: dependencies(history, upstreams),
+        DEPENDENCIES: lambda: dependencies(history, upstreams, lineage),
         SCHEMA: lambda: schema_drift(history),
     }
     disabled = set(th.disabled_checks)

@@ -40,6 +40,9 @@ class Execution:
     duration_s: float | None = None
     error: str | None = None
     partition: str | None = None
+    # Of a failed run: the assets that failed on their own (`RunData.failed_asset_keys`); an asset of the run
+    # not among them and not materialized was blocked by them. None: not said (an older producer).
+    failed_assets: tuple[str, ...] | None = None
 
     @property
     def at(self) -> float:

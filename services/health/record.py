@@ -103,7 +103,8 @@ def facts_of(events: Iterable[Event]) -> Facts:
             duration = r.duration_s
             if duration is None and started is not None and ended is not None:
                 duration = max(0.0, ended - started)
-            incoming = Execution(r.run_id, r.status, started, ended, duration, r.error, r.partition)
+            failed = tuple(r.failed_asset_keys) if r.failed_asset_keys is not None else None
+            incoming = Execution(r.run_id, r.status, started, ended, duration, r.error, r.partition, failed)
             for key in r.asset_keys:
                 earlier = merged.get((key, r.run_id))
                 merged[(key, r.run_id)] = (
@@ -196,6 +197,7 @@ def merge(old: Execution, new: Execution) -> Execution:
         duration_s=new.duration_s if new.duration_s is not None else old.duration_s,
         error=new.error or old.error,
         partition=new.partition or old.partition,
+        failed_assets=new.failed_assets if new.failed_assets is not None else old.failed_assets,
     )
 
 

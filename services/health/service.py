@@ -30,7 +30,7 @@ from services.health import metrics, record
 from services.health import store as db
 from services.health.cache import Entry, HistoryCache, Memo
 from services.health.decide import Decision, HealthState, Subject, Trigger, decide
-from services.health.evaluators import HISTORY_ONLY, evaluate, next_change
+from services.health.evaluators import HISTORY_ONLY, blocking_run, evaluate, next_change, upstream_among
 from services.health.model import AssetHistory, UpstreamState
 from services.health.settings import HealthWorkerSettings
 from services.health.thresholds import Resolved, resolve
@@ -336,6 +336,19 @@ class HealthService:
             outbox.stage(conn, HEALTH, staged)
         return decisions
 
+    def _lineage(self, conn: Connection, history: AssetHistory) -> frozenset[str] | None:
+        """Of an asset its last run blocked, the failed assets of that run that are upstream of it, as far
+        as the spec copies tell; None for every other asset, and when its own spec is unknown."""
+        blocked = blocking_run(history)
+        if blocked is None or history.spec is None:
+            return None
+
+        def upstream_of(key: str) -> list[str] | None:
+            spec = history.spec if key == history.key else self._entry(conn, key).history.spec
+            return spec.upstream if spec is not None else None
+
+        return upstream_among(history.key, blocked.failed, upstream_of)
+
     def _results(self, conn: Connection, entry: Entry, now: float) -> list[CheckResult]:
         """Every check of the asset; those depending only on an unchanged history are reused."""
         history = entry.history
@@ -345,7 +358,10 @@ class HealthService:
         if memo is not None and memo.version == history.version and memo.resolved is resolved:
             running = any(e.status == "STARTED" for e in history.executions[-20:])
             reuse = {c: r for c, r in memo.results.items() if not (c == CheckName.DURATION and running)}
-        results = evaluate(history, resolved, now, self._upstreams(conn, history), reuse)
+        lineage = self._lineage(conn, history)
+        if lineage is not None:  # its execution status also depends on other assets' specs
+            reuse.pop(CheckName.EXECUTION, None)
+        results = evaluate(history, resolved, now, self._upstreams(conn, history), reuse, lineage)
         entry.memo = Memo(history.version, resolved, {r.check: r for r in results if r.check in HISTORY_ONLY})
         return results
 

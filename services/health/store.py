@@ -8,6 +8,7 @@ service writes through `write_facts` / `write_decisions` / the dirty-set functio
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -130,6 +131,9 @@ MIGRATIONS = [
         ALTER TABLE asset_health ADD COLUMN last_materialized_at REAL;
         """,
     ),
+    # failed_assets: of a failed run, the assets that failed on their own (JSON list; NULL: not said), so
+    # that an asset the run only skipped is told apart from one that failed.
+    Migration(5, "own failures of a failed run", "ALTER TABLE executions ADD COLUMN failed_assets TEXT;"),
 ]
 
 
@@ -155,6 +159,17 @@ def columns_json(columns: tuple[tuple[str, str], ...] | None) -> str | None:
 
 def _columns(raw: str | None) -> tuple[tuple[str, str], ...] | None:
     return tuple((str(n), str(t)) for n, t in json.loads(raw)) if raw else None
+
+
+@functools.lru_cache(maxsize=256)
+def failed_assets_json(keys: tuple[str, ...] | None) -> str | None:
+    """The stored form of `Execution.failed_assets` (NULL: not said); memoised, as every asset of a run
+    carries the same."""
+    return json.dumps(list(keys)) if keys is not None else None
+
+
+def _failed_assets(raw: str | None) -> tuple[str, ...] | None:
+    return tuple(str(k) for k in json.loads(raw)) if raw is not None else None
 
 
 # -- the service's reads ---------------------------------------------------------------------------------
@@ -183,10 +198,10 @@ def load_history(conn: Connection, key: str, limit: int) -> AssetHistory:
     ]
     history.executions = sorted(
         (
-            Execution(r[0], r[1], r[2], r[3], r[4], r[5], r[6])
+            Execution(r[0], r[1], r[2], r[3], r[4], r[5], r[6], _failed_assets(r[7]))
             for r in conn.execute(
-                "SELECT run_id, status, started_at, ended_at, duration_s, error, partition FROM executions "
-                "WHERE asset_key = ? ORDER BY COALESCE(ended_at, started_at) DESC LIMIT ?",
+                "SELECT run_id, status, started_at, ended_at, duration_s, error, partition, failed_assets "
+                "FROM executions WHERE asset_key = ? ORDER BY COALESCE(ended_at, started_at) DESC LIMIT ?",
                 (key, limit),
             )
         ),
@@ -267,14 +282,15 @@ def write_facts(conn: Connection, facts: Facts, now: float) -> None:
         # A late run.started never downgrades a finished run; known timings are kept.
         conn.executemany(
             "INSERT INTO executions (asset_key, run_id, job_name, status, started_at, ended_at, duration_s, "
-            "error, "
-            "partition, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (asset_key, run_id) "
-            "DO UPDATE SET "
+            "error, partition, failed_assets, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (asset_key, run_id) DO UPDATE SET "
             "status = CASE WHEN excluded.status = 'STARTED' THEN executions.status ELSE excluded.status END, "
             "started_at = COALESCE(executions.started_at, excluded.started_at), "
             "ended_at = COALESCE(excluded.ended_at, executions.ended_at), "
             "duration_s = COALESCE(excluded.duration_s, executions.duration_s), "
-            "error = COALESCE(excluded.error, executions.error), updated_at = excluded.updated_at",
+            "error = COALESCE(excluded.error, executions.error), "
+            "failed_assets = COALESCE(excluded.failed_assets, executions.failed_assets), "
+            "updated_at = excluded.updated_at",
             [
                 (
                     r.key,
@@ -286,6 +302,7 @@ def write_facts(conn: Connection, facts: Facts, now: float) -> None:
                     e.duration_s,
                     e.error,
                     e.partition,
+                    failed_assets_json(e.failed_assets),
                     now,
                 )
                 for r in facts.runs

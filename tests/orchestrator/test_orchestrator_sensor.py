@@ -59,6 +59,9 @@ def test_runs_materializations_failures_and_catalog_are_published(
     failed = next(e for e in runs if e.type == "run.failed")
     assert failed.data.run_id == failed_run.run_id
     assert "stg_orders was asked to fail" in (failed.data.error or "")
+    # It names the asset that failed on its own, not transformed_customer_orders, which Dagster skipped.
+    assert failed.data.failed_asset_keys == ["stg_orders"]
+    assert all(e.data.failed_asset_keys is None for e in runs if e.type != "run.failed")
     for event in runs:
         assert event.data.asset_keys == DEMO
         assert event.data.started_at is not None
@@ -258,3 +261,18 @@ def test_a_canceled_run_is_published_with_its_message(settings: OrchestratorSett
     assert event.type == "run.canceled" and event.data.status == "CANCELED"
     assert event.data.job_name == "some_job" and "alice@example.com" in (event.data.error or "")
     assert read(redis_client, settings, ASSETS) == []  # a canceled run is no failed materialization
+
+
+def test_a_run_that_died_without_a_failed_step_failed_every_asset_it_did_not_materialize(
+    settings: OrchestratorSettings, redis_client: redis.Redis
+) -> None:
+    """No step failed (the run's process died): no asset was blocked by another, each failed on its own."""
+    instance = DagsterInstance.ephemeral()
+    good, died = record_finished_runs(instance, 2, asset="lonely", failed_every=2)
+    tick(settings, instance, None)
+    runs = {(e.type, e.data.run_id): e.data for e in read(redis_client, settings, RUNS)}
+    assert runs[("run.failed", died)].failed_asset_keys == ["lonely"]
+    assert runs[("run.succeeded", good)].failed_asset_keys is None
+    assets = read(redis_client, settings, ASSETS)
+    failures = [e.data for e in assets if e.type == "asset.materialization_failed"]
+    assert [(f.asset_key, f.run_id) for f in failures] == [("lonely", died)]

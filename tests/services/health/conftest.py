@@ -66,10 +66,11 @@ class Events:
                          source="orchestrator", occurred_at=dt(at))
 
     def run(self, run_id: str, status: str, keys: list[str], *, start: float, end: float | None = None,
-            error: str | None = None) -> RunEvent:
+            error: str | None = None, failed: list[str] | None = None) -> RunEvent:
         data = RunData(run_id=run_id, job_name="job", status=status, asset_keys=keys,  # type: ignore[arg-type]
                        started_at=dt(start), ended_at=dt(end) if end is not None else None,
-                       duration_s=(end - start) if end is not None else None, error=error)
+                       duration_s=(end - start) if end is not None else None, error=error,
+                       failed_asset_keys=failed)
         etype = RUN_STATUS_TYPES[status]
         return new_event(RunEvent, etype, identity=run_id, data=data, source="orchestrator",
                          occurred_at=dt(end if end is not None else start))

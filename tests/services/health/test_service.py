@@ -327,3 +327,63 @@ def test_caught_up_after_a_long_backlog_a_batch_evaluates_its_own_assets_first(
     assert service.evaluate_pending() == 3
     assert sorted(e.data.asset_key for e in outbox(store)) == ["a", "b", "c", "z"]
     assert store.connection().execute("SELECT COUNT(*) FROM dirty_assets").fetchone()[0] == 0
+
+
+def test_assets_a_failed_run_only_skipped_are_blocked_by_the_upstream_that_failed(
+    store: Store, hsettings: HealthWorkerSettings, ev: Any
+) -> None:
+    """root → child_a, child_b → grandchild, and an unrelated `other`; root and other fail in run r1: the
+    three below root are WARNING, blocked by root alone (the lineage of the spec copies, at any depth), and
+    stay so after a restart (health.db keeps which assets failed); the next good run makes them HEALTHY."""
+    clock = Clock(T0 + 100)
+    engine = engine_for(store, hsettings, clock)
+    lineage = {"root": [], "child_a": ["root"], "child_b": ["root"], "grandchild": ["child_a", "child_b"],
+               "other": []}
+    downstream = {"root": ["child_a", "child_b"], "child_a": ["grandchild"], "child_b": ["grandchild"]}
+    specs = [ev.spec(k, upstream=up, downstream=downstream.get(k, [])) for k, up in lineage.items()]
+    engine.handle(deliveries(*specs))
+    keys = list(lineage)
+    engine.handle(deliveries(
+        ev.run("run-one-1", "STARTED", keys, start=T0),
+        ev.failed("root", "run-one-1", T0 + 5, "ValueError: root raised"),
+        ev.failed("other", "run-one-1", T0 + 6, "other raised"),
+        ev.run("run-one-1", "FAILURE", keys, start=T0, end=T0 + 10, failed=["other", "root"]),
+    ))
+
+    def health() -> dict[str, Any]:
+        return {h.asset_key: h for h in latest_health(store)}
+
+    def check(h: Any, name: str) -> Any:
+        return next(c for c in h.checks if c.check == name)
+
+    now = health()
+    assert {k: h.status for k, h in now.items()} == {
+        "root": "FAILED", "other": "FAILED", "child_a": "WARNING", "child_b": "WARNING",
+        "grandchild": "WARNING",
+    }
+    for key in ("child_a", "child_b", "grandchild"):
+        execution = check(now[key], "execution_status")
+        assert execution.outcome == "warn" and execution.values["blocked_by"] == ["root"]
+        assert execution.values["blocked_run_id"] == "run-one-1"
+        assert "not materialized in run run-one- at" in execution.reason
+        assert "blocked by the failure of upstream root" in execution.reason
+        deps = check(now[key], "dependencies")
+        assert deps.outcome == "warn" and deps.values["failed_upstream"] == ["root"] and "root" in deps.reason
+    events = [e for e in outbox(store) if e.data.asset_key == "grandchild"]
+    last = events[-1].data
+    assert (last.status, check(last, "execution_status").values.get("blocked_by")) == ("WARNING", ["root"])
+
+    # A restart reads the histories back from health.db: the same decisions, nothing published.
+    published = len(outbox(store))
+    restarted = engine_for(store, hsettings, clock)
+    restarted.evaluate_all()
+    assert len(outbox(store)) == published
+    assert check(health()["grandchild"], "execution_status").values["blocked_by"] == ["root"]
+
+    clock.t = T0 + 300
+    engine = restarted
+    engine.handle(deliveries(
+        *(ev.mat(k, T0 + 210 + i, run_id="run-two-2", rows=10) for i, k in enumerate(keys)),
+        ev.run("run-two-2", "SUCCESS", keys, start=T0 + 200, end=T0 + 250),
+    ))
+    assert {k: h.status for k, h in health().items()} == dict.fromkeys(keys, "HEALTHY")
