@@ -361,10 +361,10 @@ def reliability_report(
     start = reliability_since(since)
     document = reliability_document(_settings(), start)
     period = f"since {from_timestamp(start).isoformat(timespec='seconds')}"
-    if not document["totals"] or not document["totals"][0]["incidents"]:
-        if fmt is OutputFormat.table and output is None:
-            typer.echo(f"no incidents {period}")
-            return
+    empty = not document["totals"] or not document["totals"][0]["incidents"]
+    if empty and fmt is OutputFormat.table and output is None:
+        typer.echo(f"no incidents {period}")
+        return
     sections: list[Section] = [
         (f"incidents {period}", document["totals"], ["scope", *RELIABILITY_COLUMNS]),
         ("per owner", document["owner"], ["owner", *RELIABILITY_COLUMNS]),
