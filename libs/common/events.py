@@ -239,6 +239,10 @@ class HealthChangedData(_Payload):
     group: str | None = None
     changed_checks: list[str] = Field(default_factory=list)
     code_location: str | None = None  # of the asset's spec, for messages naming where the asset is defined
+    # Evaluated while history was being replayed (catch-up), as of `evaluated_at`: a state a later event of
+    # the backlog may supersede. Consumers record it but page no one; the health service publishes the
+    # asset again, not replayed, once caught up.
+    replay: bool = False
 
 
 class Event(BaseModel):

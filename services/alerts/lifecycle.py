@@ -10,7 +10,12 @@ Notification rules (Alertmanager-like, tuned for low latency):
   sends at most one firing/resolved pair per window;
 * escalated: the severity rose above the one last announced (not while silenced);
 * repeat: still firing, not acknowledged, not silenced, `repeat_interval_s` after the last notice;
-* resolved: at once when an incident that was announced as firing resolves, whatever its ack or silence.
+* resolved: at once when an incident that was announced as firing resolves, whatever its ack or silence;
+* replayed observations (health catching up on history, `Observe.replay`) move the state, timed by the
+  history, but announce nothing while they are the latest (`held`): a later one of the backlog may supersede
+  them. The health service confirms the caught-up state with an observation that is not replayed, which
+  announces at once (a replayed resolution never starts a flap window). The end of an incident that was
+  announced is still announced when the backlog shows it.
 
 Each call yields at most one notice. Nothing here reads the clock, the store or the network.
 """
@@ -58,6 +63,7 @@ class AlertState:
     ack_reason: str | None = None
     silence_id: str | None = None
     silenced_until: float | None = None
+    held: bool = False  # the latest observation was replayed history: announce nothing yet
 
     @property
     def silenced(self) -> bool:
@@ -87,6 +93,7 @@ class Observe:
     severity: Severity = "error"
     summary: str = ""
     values: Mapping[str, Any] = field(default_factory=dict)
+    replay: bool = False  # evaluated while history was replayed: a state the backlog may supersede
 
 
 @dataclass(frozen=True)
@@ -179,7 +186,9 @@ def step(state: AlertState, inp: Input, now: float, config: LifecycleConfig) -> 
     if isinstance(inp, Observe):
         if s.observed_at is not None and inp.at < s.observed_at:
             return Step(state)  # stale: a newer evaluation was already applied
-        s = replace(s, observed_at=inp.at)
+        # A replayed observation is timed by the history it judged, not by when it was read.
+        at = inp.at if inp.replay else now
+        s = replace(s, observed_at=inp.at, held=inp.replay)
         if inp.firing and not s.firing:
             s = replace(
                 s,
@@ -188,7 +197,7 @@ def step(state: AlertState, inp: Input, now: float, config: LifecycleConfig) -> 
                 severity=inp.severity,
                 summary=inp.summary,
                 values=dict(inp.values),
-                active_since=now,
+                active_since=at,
                 resolved_at=None,
                 notified=None,
                 notified_severity=None,
@@ -202,7 +211,7 @@ def step(state: AlertState, inp: Input, now: float, config: LifecycleConfig) -> 
                 record("severity_changed", "check", inp.summary, previous=s.severity, severity=inp.severity)
             s = replace(s, severity=inp.severity, summary=inp.summary, values=dict(inp.values))
         elif s.firing:
-            s = replace(s, firing=False, resolved_at=now)
+            s = replace(s, firing=False, resolved_at=at)
             record("resolved", "check", inp.summary or "check passed")
     elif isinstance(inp, Ack):
         if s.firing and s.acked_by is None:
@@ -238,7 +247,9 @@ def step(state: AlertState, inp: Input, now: float, config: LifecycleConfig) -> 
         resolved_at=s.resolved_at,
     )
     if kind == "resolved":
-        s = replace(s, notified="resolved", last_notified_at=now, last_resolved_notice_at=now, notices=notice.seq)
+        flap_from = s.last_resolved_notice_at if s.held else now
+        s = replace(s, notified="resolved", last_notified_at=now, last_resolved_notice_at=flap_from,
+                    notices=notice.seq)
     else:
         s = replace(s, notified="firing", notified_severity=s.severity, last_notified_at=now, notices=notice.seq)
     record("announced", "system", None, kind=kind)
@@ -248,7 +259,7 @@ def step(state: AlertState, inp: Input, now: float, config: LifecycleConfig) -> 
 def _due(s: AlertState, now: float, config: LifecycleConfig) -> NoticeKind | None:
     if not s.firing:
         return "resolved" if s.notified == "firing" else None
-    if s.silenced:
+    if s.silenced or s.held:
         return None
     if s.notified != "firing":
         due_at = (now if s.active_since is None else s.active_since) + config.group_wait_s
@@ -267,7 +278,7 @@ def next_due(s: AlertState, config: LifecycleConfig) -> float | None:
     times: list[float] = []
     if s.silenced_until is not None:
         times.append(s.silenced_until)
-    if s.firing and not s.silenced:
+    if s.firing and not s.silenced and not s.held:
         if s.notified != "firing":
             due_at = (0.0 if s.active_since is None else s.active_since) + config.group_wait_s
             if s.last_resolved_notice_at is not None:

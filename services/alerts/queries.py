@@ -216,13 +216,16 @@ def incident_of(store: Store, alert_id: int) -> dict[str, Any] | None:
 def reliability(store: Store, since: float, *, worst: int = 10) -> dict[str, list[dict[str, Any]]]:
     """Incidents opened since `since` (epoch seconds) per owner, team and group: how many, how many were
     acknowledged and resolved, the mean time to acknowledge (MTTA) and to resolve (MTTR) in seconds, and the
-    assets in the most incidents. An incident counts for every owner, team and group of an asset it
-    affected; merged incidents count once, in the incident they continued as."""
+    assets in the most incidents. Only incidents someone was told of count (not those silenced throughout,
+    nor history replayed during a catch-up). An incident counts for every owner, team and group of an asset
+    it affected; merged incidents count once, in the incident they continued as."""
     from services.alerts.routing import teams_of
 
     with store.read() as conn:
         incidents = conn.execute(
-            "SELECT * FROM incidents WHERE status != 'merged' AND opened_at >= ? ORDER BY id", (since,)
+            """SELECT * FROM incidents WHERE status != 'merged' AND announced_at IS NOT NULL AND opened_at >= ?
+               ORDER BY id""",
+            (since,),
         ).fetchall()
         members: dict[int, list[Any]] = {}
         for alert in conn.execute(
@@ -230,7 +233,7 @@ def reliability(store: Store, since: float, *, worst: int = 10) -> dict[str, lis
                       s.owners AS spec_owners
                FROM alerts AS a JOIN incidents AS i ON i.id = a.incident_id
                LEFT JOIN assets AS s ON s.asset_key = a.asset_key
-               WHERE i.status != 'merged' AND i.opened_at >= ?""",
+               WHERE i.status != 'merged' AND i.announced_at IS NOT NULL AND i.opened_at >= ?""",
             (since,),
         ):
             members.setdefault(alert["incident_id"], []).append(alert)

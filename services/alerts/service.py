@@ -217,6 +217,7 @@ class AlertService:
                 severity=severity_of(result, data.status),
                 summary=result.reason,
                 values=dict(result.values),
+                replay=data.replay,
             )
         if not data.checks and data.status != "UNKNOWN":
             # A status without check results: one alert about the status itself.
@@ -224,7 +225,8 @@ class AlertService:
             severity: Severity = "critical" if data.status == "FAILED" else "warning"
             summary = "; ".join(data.reasons) or f"asset is {data.status.lower()}"
             observations[STATUS_CHECK] = Observe(
-                firing=firing, at=at, severity=severity, summary=summary, values={"status": data.status}
+                firing=firing, at=at, severity=severity, summary=summary, values={"status": data.status},
+                replay=data.replay,
             )
         if data.status == "HEALTHY":
             # A healthy asset has nothing firing, whatever checks this event happened to list.
@@ -232,7 +234,8 @@ class AlertService:
                 "SELECT check_name FROM alert_states WHERE asset_key = ?", (data.asset_key,)
             ).fetchall():
                 observations.setdefault(
-                    state_row["check_name"], Observe(firing=False, at=at, summary="asset is healthy again")
+                    state_row["check_name"],
+                    Observe(firing=False, at=at, summary="asset is healthy again", replay=data.replay),
                 )
         hints = AssetInfo(owners=tuple(data.owners), downstream=tuple(data.downstream), group=data.group,
                           code_location=data.code_location)

@@ -12,6 +12,10 @@ Rules:
 * Checks are reported to Dagster after every evaluation triggered by new facts (`Trigger.EVENTS`), and
   after a time-driven one (`Trigger.CLOCK`) only when the signature changed, so that a full pass over every
   asset each minute does not post every check of every asset.
+* Catch-up (`replay=True`: history being replayed, judged as of its own time): the events published are
+  marked `replay`, a state the rest of the backlog may supersede, for which no one is paged. The first
+  evaluation on the wall clock after a replayed one publishes the asset again when something fails, even
+  with an unchanged signature: that confirmation is what the alerts announce.
 
 This is where rules about *when* a finding counts belong (a catch-up that must not judge old history
 against the wall clock): they are decisions over the previous state, the results and the trigger, testable
@@ -57,6 +61,7 @@ class HealthState:
     transitions: int = 0
     outcomes: Mapping[str, CheckOutcome] = field(default_factory=dict)
     stored: bool = False  # evaluated before (a row exists in asset_health)
+    replayed: bool = False  # the last evaluation was made while history was replayed (catch-up)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,9 +131,16 @@ def signature(status: HealthStatus, results: Sequence[CheckResult]) -> str:
 
 
 def decide(
-    previous: HealthState, results: Sequence[CheckResult], now: float, subject: Subject, trigger: Trigger
+    previous: HealthState,
+    results: Sequence[CheckResult],
+    now: float,
+    subject: Subject,
+    trigger: Trigger,
+    *,
+    replay: bool = False,
 ) -> Decision:
-    """The transition of one asset from `previous` given its new `results`, evaluated at `now`."""
+    """The transition of one asset from `previous` given its new `results`, evaluated at `now` (during a
+    catch-up, `replay`: the time of the history being replayed)."""
     results = list(results)
     status = health_status(results, has_data=subject.has_data, retired=subject.retired)
     sig = signature(status, results)
@@ -136,7 +148,8 @@ def decide(
     outcomes = {r.check: r.outcome for r in results}
     event: HealthChanged | None = None
     transitions = previous.transitions
-    if sig != previous.signature:
+    confirm = previous.replayed and not replay and "=" in sig  # caught up, and something fails
+    if sig != previous.signature or confirm:
         transitions += 1
         evaluated_at = datetime.fromtimestamp(now, UTC)
         data = HealthChangedData(
@@ -154,6 +167,7 @@ def decide(
             changed_checks=[
                 r.check for r in results if previous.outcomes.get(r.check, "passed") != r.outcome
             ],
+            replay=replay,
         )
         # The evaluation time is part of the identity: a health.db rebuilt from scratch numbers its
         # transitions from 1 again, and those must not collide with ids consumers already processed.
@@ -165,9 +179,10 @@ def decide(
             source=SOURCE,
             occurred_at=evaluated_at,
         )
-        state = HealthState(status, sig, transitions, outcomes, stored=True)
+        state = HealthState(status, sig, transitions, outcomes, stored=True, replayed=replay)
     else:
-        state = HealthState(previous.status, previous.signature, transitions, outcomes, stored=True)
+        state = HealthState(previous.status, previous.signature, transitions, outcomes, stored=True,
+                            replayed=replay)
     reportable = [r for r in results if subject.declared is None or r.check in subject.declared]
     report = tuple(reportable) if event is not None or trigger is Trigger.EVENTS else ()
     return Decision(subject.key, status, sig, reasons, results, state, event, report)

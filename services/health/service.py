@@ -45,6 +45,8 @@ _YIELD_S = 0.002
 _EVALUATE_IN_BATCH = 1000
 
 Report = Callable[[str, Sequence[CheckResult]], None]
+# The events that carry history (runs, materializations): their times tell a replay from live events.
+_FACT_TYPES = ("run.", "asset.materialized", "asset.materialization_failed")
 
 
 class HealthService:
@@ -74,6 +76,10 @@ class HealthService:
         self._gauges_stale = False
         self._gauges_refreshed = 0.0
         self._passes = 0  # periodic passes since start: the first evaluates every asset
+        # Catch-up: the time of the history being replayed (None when live), and whether replayed assets may
+        # still await their evaluation on the wall clock (unknown after a start, so True).
+        self._replay_as_of: float | None = None
+        self._confirm_pending = True
         self._load_dirty()
 
     # -- cache -------------------------------------------------------------------------------------------
@@ -129,7 +135,8 @@ class HealthService:
         if not deliveries:
             return
         with self.lock:
-            now = self.clock()
+            now = self._catch_up(deliveries)
+            replay = self._replay_as_of is not None
             decisions: list[Decision] = []
             try:
                 with self.store.write() as conn:
@@ -138,28 +145,65 @@ class HealthService:
                     facts = record.facts_of(d.event for d in new)
                     self._record(conn, facts, now)
                     self._mark_dirty(conn, facts.touched, now)
+                    confirming = self._confirm_pending and not replay
+                    if confirming:  # caught up: what was replayed is judged again on the wall clock
+                        self._mark_dirty(conn, db.replayed_asset_keys(conn), now)
                     # A full batch means a backlog: coalesce evaluations instead of evaluating after every
                     # batch; caught up, evaluate at once.
                     backlog = self._backlog = len(deliveries) >= self.settings.bus.batch_size
                     due = bool(self._dirty) and (not backlog or self._due())
                     if due and len(self._dirty) <= _EVALUATE_IN_BATCH:
-                        decisions = self._evaluate_dirty(conn, now)
+                        decisions = self._evaluate_dirty(conn, now, replay)
                     elif due and not backlog:
                         # Caught up after a long backlog: this batch's assets at once; the thousands still
                         # waiting go to the evaluate_pending job, in chunks between which batches are handled.
-                        decisions = self._evaluate_some(conn, facts.touched, now)
+                        decisions = self._evaluate_some(conn, facts.touched, now, replay)
                 self._last_handled = time.monotonic()
+                if confirming:
+                    self._confirm_pending = False
             except BaseException:
                 self._forget()
                 raise
             if due and backlog and len(self._dirty) > _EVALUATE_IN_BATCH:
                 self._evaluate_pending_now()
         lags: dict[str, list[float]] = {}
+        wall = self.clock()
         for delivery in new:
-            lags.setdefault(delivery.stream, []).append(max(0.0, now - delivery.event.occurred_at.timestamp()))
+            lags.setdefault(delivery.stream, []).append(max(0.0, wall - delivery.event.occurred_at.timestamp()))
         for stream, values in lags.items():
             metrics.EVENT_LAG_SECONDS.labels(stream=stream).observe_many(values)
         self._after_commit(decisions)
+
+    def _catch_up(self, deliveries: Sequence[Delivery]) -> float:
+        """The time a batch is judged at: the wall clock, or while history is being replayed (its newest run
+        or materialization is older than `catch_up_lag_s`) the time of that history, so that freshness and
+        running-time limits are not judged against the wall clock. A batch without runs or
+        materializations (asset specs only) leaves the mode as it is."""
+        now = self.clock()
+        times = [d.event.occurred_at.timestamp() for d in deliveries if d.event.type.startswith(_FACT_TYPES)]
+        if times:
+            newest = max(times)
+            if now - newest > self.cfg.catch_up_lag_s:
+                if self._replay_as_of is None:
+                    log.info("health_catching_up", history_at=newest, behind_s=round(now - newest))
+                self._replay_as_of = max(self._replay_as_of or newest, newest)
+                self._confirm_pending = True
+            elif self._replay_as_of is not None:
+                log.info("health_caught_up")
+                self._replay_as_of = None
+        return self._replay_as_of if self._replay_as_of is not None else now
+
+    def _end_quiet_catch_up(self) -> None:
+        """No batch for `catch_up_quiet_s` after a replay: the history is read. Every replayed asset is marked
+        for evaluation on the wall clock (done by the caller, `evaluate_pending`). Caller holds the lock."""
+        quiet = time.monotonic() - self._last_handled >= self.cfg.catch_up_quiet_s
+        if self._replay_as_of is not None and quiet:
+            log.info("health_caught_up", quiet_s=self.cfg.catch_up_quiet_s)
+            self._replay_as_of = None
+        if self._replay_as_of is None and self._confirm_pending:
+            with self.store.write() as conn:
+                self._mark_dirty(conn, db.replayed_asset_keys(conn), self.clock())
+            self._confirm_pending = False
 
     def _record(self, conn: Connection, facts: record.Facts, now: float) -> None:
         """Write the batch's facts to health.db, and to the histories in the cache (the others are read
@@ -192,21 +236,21 @@ class HealthService:
         wait = max(self.cfg.max_defer_s, 9 * self._last_evaluation_s)
         return time.monotonic() - self._dirty_since >= wait
 
-    def _evaluate_dirty(self, conn: Connection, now: float) -> list[Decision]:
+    def _evaluate_dirty(self, conn: Connection, now: float, replay: bool) -> list[Decision]:
         """Every asset awaiting evaluation, in the caller's transaction (a batch's few)."""
         started = time.monotonic()
         keys = list(self._dirty)
-        decisions = self._evaluate(conn, keys, now, Trigger.EVENTS)
+        decisions = self._evaluate(conn, keys, now, Trigger.EVENTS, replay)
         db.clear_dirty(conn)
         self._dirty.clear()
         self._dirty_since = None
         self._last_evaluation_s = time.monotonic() - started
         return decisions
 
-    def _evaluate_some(self, conn: Connection, keys: Sequence[str], now: float) -> list[Decision]:
+    def _evaluate_some(self, conn: Connection, keys: Sequence[str], now: float, replay: bool) -> list[Decision]:
         """`keys` among the assets awaiting evaluation, in the caller's transaction."""
         keys = [k for k in keys if k in self._dirty]
-        decisions = self._evaluate(conn, keys, now, Trigger.EVENTS)
+        decisions = self._evaluate(conn, keys, now, Trigger.EVENTS, replay)
         done = {*keys, *(d.key for d in decisions)} & self._dirty.keys()
         db.clear_dirty(conn, done)
         for key in done:
@@ -224,6 +268,7 @@ class HealthService:
         """Evaluate assets whose evaluation was deferred (periodic, every `max_defer_s`), once the worker
         has caught up or the deferral is due; returns how many."""
         with self.lock:
+            self._end_quiet_catch_up()
             # Caught up (the last batch was not full): what still waits is evaluated now. Under a backlog
             # only the deferral rule (`_due`) starts an evaluation: a batch can take longer than
             # `max_defer_s` on a busy machine, which is not a quiet stream.
@@ -246,11 +291,12 @@ class HealthService:
             with self.lock:
                 if trigger is Trigger.EVENTS:  # those a batch evaluated meanwhile are done
                     chunk = [k for k in chunk if k in self._dirty]
-                now = self.clock()
+                replay = self._replay_as_of is not None
+                now = self._replay_as_of if self._replay_as_of is not None else self.clock()
                 try:
                     with self.store.write() as conn:
                         self._begin()
-                        decisions = self._evaluate(conn, chunk, now, trigger)
+                        decisions = self._evaluate(conn, chunk, now, trigger, replay)
                         done = {*chunk, *(d.key for d in decisions)} & self._dirty.keys()
                         db.clear_dirty(conn, done)
                     for key in done:
@@ -293,7 +339,7 @@ class HealthService:
         return states
 
     def _evaluate(
-        self, conn: Connection, keys: Iterable[str], now: float, trigger: Trigger
+        self, conn: Connection, keys: Iterable[str], now: float, trigger: Trigger, replay: bool = False
     ) -> list[Decision]:
         """Evaluate `keys` and stage their transitions. The downstream assets of those with new facts
         (`Trigger.EVENTS`, or awaiting evaluation) are evaluated too (they judge their upstreams); then,
@@ -319,7 +365,7 @@ class HealthService:
                 history = entry.history
                 if history.spec is None and not history.has_data and not self._state(conn, entry).stored:
                     continue  # named as someone's downstream, but nothing known about it yet
-                decision = self._evaluate_one(conn, entry, now, trigger)
+                decision = self._evaluate_one(conn, entry, now, trigger, replay)
                 last = history.last_materialization
                 db.write_decision(
                     conn,
@@ -365,7 +411,9 @@ class HealthService:
         entry.memo = Memo(history.version, resolved, {r.check: r for r in results if r.check in HISTORY_ONLY})
         return results
 
-    def _evaluate_one(self, conn: Connection, entry: Entry, now: float, trigger: Trigger) -> Decision:
+    def _evaluate_one(
+        self, conn: Connection, entry: Entry, now: float, trigger: Trigger, replay: bool
+    ) -> Decision:
         started = time.perf_counter()
         history = entry.history
         results = self._results(conn, entry, now)
@@ -380,7 +428,7 @@ class HealthService:
             code_location=spec.code_location if spec else None,
             declared=frozenset(spec.checks) if spec else None,
         )
-        decision = decide(self._state(conn, entry), results, now, subject, trigger)
+        decision = decide(self._state(conn, entry), results, now, subject, trigger, replay=replay)
         entry.state = decision.state
         self.cache.resize(entry)
         metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
@@ -414,6 +462,8 @@ class HealthService:
         that long for the lock (a failing materialization would wait with it)."""
         started = time.monotonic()
         with self.lock:
+            if self._replay_as_of is not None:
+                return 0  # history is being replayed: the wall clock would judge a past not yet read
             conn = self.store.connection()
             keys = db.all_asset_keys(conn) if self._passes == 0 else db.due_asset_keys(conn, self.clock())
             self._passes += 1

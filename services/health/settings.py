@@ -72,6 +72,14 @@ class HealthSettings(Section):
     cache_mb: int = Field(default=64, ge=1, le=65_536)
     # Under a backlog (full batches) evaluation is deferred and coalesced for at most this long.
     max_defer_s: float = Field(default=2.0, gt=0, le=60)
+    # Catch-up: a batch whose newest event is older than this is history being replayed (a backlog after an
+    # outage, or a first install reading an instance's past). It is judged as of its events' time, its
+    # health events are marked `replay` (no one is paged for them), and clock-driven passes wait.
+    catch_up_lag_s: float = Field(default=300.0, gt=0)
+    # Replay ends with a batch of recent events, or after this long without any batch (the history is
+    # read; longer than the publishing sensor's interval, whose pages of history arrive once per tick).
+    # Then every replayed asset is evaluated on the wall clock and its state confirmed to the alerts.
+    catch_up_quiet_s: float = Field(default=60.0, gt=0)
     defaults: HealthThresholds = HealthThresholds()
     groups: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

@@ -134,6 +134,16 @@ MIGRATIONS = [
     # failed_assets: of a failed run, the assets that failed on their own (JSON list; NULL: not said), so
     # that an asset the run only skipped is told apart from one that failed.
     Migration(5, "own failures of a failed run", "ALTER TABLE executions ADD COLUMN failed_assets TEXT;"),
+    # replayed: the asset's last evaluation was made during a catch-up, as of its history's time; it is
+    # evaluated again on the wall clock (and its state confirmed to the alerts) once caught up.
+    Migration(
+        6,
+        "replayed evaluations",
+        """
+        ALTER TABLE asset_health ADD COLUMN replayed INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX asset_health_replayed ON asset_health (replayed);
+        """,
+    ),
 ]
 
 
@@ -224,14 +234,19 @@ def load_history(conn: Connection, key: str, limit: int) -> AssetHistory:
 def load_state(conn: Connection, key: str) -> HealthState:
     """The asset's last evaluation as the transition remembers it (a fresh state if never evaluated)."""
     row = conn.execute(
-        "SELECT status, signature, transitions FROM asset_health WHERE asset_key = ?", (key,)
+        "SELECT status, signature, transitions, replayed FROM asset_health WHERE asset_key = ?", (key,)
     ).fetchone()
     if row is None:
         return HealthState()
     outcomes = dict(
         conn.execute("SELECT check_name, outcome FROM check_results WHERE asset_key = ?", (key,)).fetchall()
     )
-    return HealthState(HealthStatus(row[0]), row[1], row[2], outcomes, stored=True)
+    return HealthState(HealthStatus(row[0]), row[1], row[2], outcomes, stored=True, replayed=bool(row[3]))
+
+
+def replayed_asset_keys(conn: Connection) -> list[str]:
+    """The assets whose last evaluation was made during a catch-up."""
+    return [r[0] for r in conn.execute("SELECT asset_key FROM asset_health WHERE replayed = 1")]
 
 
 def all_asset_keys(conn: Connection) -> list[str]:
@@ -358,13 +373,13 @@ def write_decision(
     conn.execute(
         "INSERT INTO asset_health (asset_key, status, signature, reasons, transitions, evaluated_at, "
         "changed_at, "
-        "due_at, last_materialized_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (asset_key) DO UPDATE "
-        "SET "
+        "due_at, last_materialized_at, replayed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (asset_key) "
+        "DO UPDATE SET "
         "status = excluded.status, signature = excluded.signature, reasons = excluded.reasons, "
         "transitions = excluded.transitions, evaluated_at = excluded.evaluated_at, "
         "changed_at = CASE WHEN excluded.signature = asset_health.signature THEN asset_health.changed_at "
         "ELSE excluded.changed_at END, due_at = excluded.due_at, last_materialized_at = "
-        "excluded.last_materialized_at",
+        "excluded.last_materialized_at, replayed = excluded.replayed",
         (
             d.key,
             str(d.status),
@@ -375,6 +390,7 @@ def write_decision(
             now,
             due_at,
             last_materialized_at,
+            int(d.state.replayed),
         ),
     )
     if d.event is not None:

@@ -201,3 +201,31 @@ def test_a_firing_alert_is_announced_once_nothing_holds_it(sequence: list[Op], c
         assert final.notified == "firing"
     else:
         assert final.notified in (None, "resolved")
+
+
+def test_replayed_history_announces_nothing_until_a_live_observation_confirms_it() -> None:
+    state, steps = run([
+        (1000.0, Observe(firing=True, at=10.0, replay=True)),  # a failure of the past, read during a catch-up
+        (1001.0, Observe(firing=False, at=20.0, replay=True)),  # the backlog shows it recovered
+        (1002.0, Observe(firing=True, at=30.0, replay=True)),  # ... and failing again
+        (1003.0, Tick()),
+    ])
+    assert kinds(steps) == [] and state.firing and state.held and state.active_since == 30.0
+    assert next_due(state, CFG) is None
+    # The health service's confirmation once caught up: announced at once (no flap window from the past).
+    state, steps = run([(1000.0, Observe(firing=True, at=10.0, replay=True)),
+                        (1001.0, Observe(firing=False, at=20.0, replay=True)),
+                        (1002.0, Observe(firing=True, at=30.0, replay=True)),
+                        (1010.0, Observe(firing=True, at=1009.0))])
+    assert kinds(steps) == ["firing"] and not state.held
+
+
+def test_an_announced_alert_that_the_backlog_resolves_is_resolved_without_starting_a_flap_window() -> None:
+    state, steps = run([
+        (0.0, fail(0.0)),  # announced live
+        (5000.0, Observe(firing=False, at=100.0, replay=True)),  # the backlog after an outage: it recovered
+        (5001.0, Observe(firing=True, at=200.0, replay=True)),  # and failed again
+        (5002.0, Observe(firing=True, at=5001.0)),  # confirmed once caught up
+    ])
+    assert kinds(steps) == ["firing", "resolved", "firing"]
+    assert state.active_since == 200.0

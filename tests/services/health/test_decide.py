@@ -162,3 +162,38 @@ def test_decide_is_pure(rs: list[CheckResult], has_data: bool, retired: bool) ->
     assert previous == HealthState(
         HealthStatus.WARNING, "WARNING|freshness=warn", 4, {"freshness": "warn"}, stored=True
     )
+
+
+def test_a_replayed_evaluation_is_marked_and_the_first_live_one_confirms_what_fails() -> None:
+    failing = results(execution_status="error")
+    replayed = decide(HealthState(), failing, T0, SUBJECT, Trigger.EVENTS, replay=True)
+    assert replayed.event is not None and replayed.event.data.replay and replayed.state.replayed
+    again = decide(replayed.state, failing, T0 + 60, SUBJECT, Trigger.EVENTS, replay=True)
+    assert again.event is None and again.state.replayed  # unchanged while replaying: nothing new
+    live = decide(again.state, failing, T0 + 120, SUBJECT, Trigger.EVENTS)
+    assert live.event is not None and not live.event.data.replay  # the confirmation the alerts announce
+    assert live.event.data.previous_status == live.event.data.status == "FAILED"
+    assert not live.state.replayed
+    assert decide(live.state, failing, T0 + 180, SUBJECT, Trigger.EVENTS).event is None
+
+
+def test_a_healthy_replayed_asset_needs_no_confirmation() -> None:
+    replayed = decide(HealthState(), results(), T0, SUBJECT, Trigger.EVENTS, replay=True)
+    live = decide(replayed.state, results(), T0 + 60, SUBJECT, Trigger.CLOCK)
+    assert live.event is None and not live.state.replayed
+
+
+@given(st.lists(st.tuples(result_sets, st.booleans()), min_size=1, max_size=12))
+def test_every_live_evaluation_after_a_replay_leaves_failing_checks_announced_live(
+        steps: list[tuple[list[CheckResult], bool]]) -> None:
+    """Whatever mix of replayed and live evaluations: after a live one, the last published event is live
+    whenever something fails (so the alerts can announce the caught-up state)."""
+    state = HealthState()
+    last_replay: bool | None = None
+    for n, (res, replay) in enumerate(steps):
+        d = decide(state, res, T0 + n, SUBJECT, Trigger.EVENTS, replay=replay)
+        if d.event is not None:
+            last_replay = d.event.data.replay
+        state = d.state
+        if not replay and "=" in d.signature:
+            assert last_replay is False
