@@ -44,6 +44,7 @@ from services.alerts.lifecycle import (
     LifecycleConfig,
     Notice,
     Observe,
+    Release,
     Severity,
     Silence,
     Tick,
@@ -57,6 +58,8 @@ from services.alerts.settings import AlertsWorkerSettings
 
 log = get_logger(__name__)
 
+# No batch for this long after a full one: the worker has caught up with its streams.
+CAUGHT_UP_QUIET_S = 2.0
 # How far up (and down) the lineage incident grouping looks.
 LINEAGE_DEPTH = 50
 # The check alerts use when a health event carries a status but no check results.
@@ -134,6 +137,10 @@ class AlertService:
         self.config = lifecycle_config(settings)
         self.on_commit = on_commit
         self.clock = clock
+        # Behind on the streams (the last batch was full): observations are held until caught up. Unknown
+        # after a start, so whatever an earlier process held is released at the first chance.
+        self._behind = True
+        self._last_batch = 0.0  # monotonic
 
     # -- consuming -------------------------------------------------------------------------------------
 
@@ -141,14 +148,19 @@ class AlertService:
         """The bus handler: apply a batch in one transaction, then wake the sender if it produced mail."""
         now = self.clock()
         txn = _Txn()
+        behind = len(deliveries) >= self.settings.bus.batch_size
         with self.store.write() as conn:
             for delivery in Store.claim_new(conn, deliveries, lambda d: d.event.id):
                 event = delivery.event
                 if isinstance(event, AssetChanged):
                     self._asset_changed(conn, event, now, txn)
                 elif isinstance(event, HealthChanged):
-                    self._health_changed(conn, event, now, txn)
+                    self._health_changed(conn, event, now, txn, behind=behind)
+            if not behind:
+                self._release_held(conn, now, txn)
             produced = self._settle_incidents(conn, txn, now)
+        self._behind = behind
+        self._last_batch = time.monotonic()
         txn.committed()
         if produced:
             self._committed()
@@ -206,7 +218,8 @@ class AlertService:
         if edges:
             conn.executemany("INSERT OR IGNORE INTO asset_edges (upstream, downstream) VALUES (?, ?)", edges)
 
-    def _health_changed(self, conn: Connection, event: HealthChanged, now: float, txn: _Txn) -> None:
+    def _health_changed(self, conn: Connection, event: HealthChanged, now: float, txn: _Txn, *,
+                        behind: bool = False) -> None:
         data = event.data
         at = data.evaluated_at.timestamp()
         observations: dict[str, Observe] = {}
@@ -218,6 +231,7 @@ class AlertService:
                 summary=result.reason,
                 values=dict(result.values),
                 replay=data.replay,
+                behind=behind,
             )
         if not data.checks and data.status != "UNKNOWN":
             # A status without check results: one alert about the status itself.
@@ -226,7 +240,7 @@ class AlertService:
             summary = "; ".join(data.reasons) or f"asset is {data.status.lower()}"
             observations[STATUS_CHECK] = Observe(
                 firing=firing, at=at, severity=severity, summary=summary, values={"status": data.status},
-                replay=data.replay,
+                replay=data.replay, behind=behind,
             )
         if data.status == "HEALTHY":
             # A healthy asset has nothing firing, whatever checks this event happened to list.
@@ -235,7 +249,8 @@ class AlertService:
             ).fetchall():
                 observations.setdefault(
                     state_row["check_name"],
-                    Observe(firing=False, at=at, summary="asset is healthy again", replay=data.replay),
+                    Observe(firing=False, at=at, summary="asset is healthy again", replay=data.replay,
+                            behind=behind),
                 )
         hints = AssetInfo(owners=tuple(data.owners), downstream=tuple(data.downstream), group=data.group,
                           code_location=data.code_location)
@@ -252,6 +267,9 @@ class AlertService:
         now = self.clock()
         txn = _Txn()
         with self.store.write() as conn:
+            if self._behind and time.monotonic() - self._last_batch >= CAUGHT_UP_QUIET_S:
+                self._release_held(conn, now, txn)  # the last batch was full, and nothing came since
+                self._behind = False
             rows = conn.execute(
                 "SELECT fingerprint, asset_key, check_name FROM alert_states WHERE next_due IS NOT NULL AND next_due <= ?",
                 (now,),
@@ -263,6 +281,13 @@ class AlertService:
         if produced:
             self._committed()
         return produced
+
+    def _release_held(self, conn: Connection, now: float, txn: _Txn) -> None:
+        """Caught up with the streams: what was held as read from a backlog is current; announce it."""
+        for r in conn.execute(
+            "SELECT fingerprint, asset_key, check_name FROM alert_states WHERE held = 'backlog'"
+        ).fetchall():
+            self._apply(conn, r["fingerprint"], r["asset_key"], r["check_name"], [Release()], now, txn)
 
     # -- people ----------------------------------------------------------------------------------------
 
@@ -472,11 +497,13 @@ class AlertService:
         info = self._asset_info(conn, asset_key, hints)
         alert_id = self._save(conn, state, asset_key, check, info, now) if state.incident else None
         conn.execute(
-            """INSERT INTO alert_states (fingerprint, asset_key, check_name, state, alert_id, next_due, updated_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?)
+            """INSERT INTO alert_states (fingerprint, asset_key, check_name, state, alert_id, next_due, updated_at,
+                 held)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT(fingerprint) DO UPDATE SET state = excluded.state, alert_id = excluded.alert_id,
-                 next_due = excluded.next_due, updated_at = excluded.updated_at""",
-            (fp, asset_key, check, json.dumps(state.to_dict()), alert_id, next_due(state, self.config), now),
+                 next_due = excluded.next_due, updated_at = excluded.updated_at, held = excluded.held""",
+            (fp, asset_key, check, json.dumps(state.to_dict()), alert_id, next_due(state, self.config), now,
+             state.held),
         )
         conn.executemany(
             "INSERT INTO alert_history (alert_id, fingerprint, at, event, actor, reason, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -153,6 +153,9 @@ MIGRATIONS = [
         ALTER TABLE alerts ADD COLUMN incident_id INTEGER;
         ALTER TABLE alerts ADD COLUMN incident_reason TEXT;
         CREATE INDEX alerts_incident ON alerts (incident_id, status);
+        -- Why a state announces nothing yet (lifecycle.AlertState.held): replayed history, or a backlog.
+        ALTER TABLE alert_states ADD COLUMN held TEXT;
+        CREATE INDEX alert_states_held ON alert_states (held);
         ALTER TABLE notifications ADD COLUMN incident_id INTEGER;
         -- The lineage, from asset specs (both directions) and health events' downstream lists.
         CREATE TABLE asset_edges (

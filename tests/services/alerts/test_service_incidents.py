@@ -217,3 +217,29 @@ def test_an_incident_whose_root_is_retired_resolves_when_its_members_do(tmp_path
         assert incidents(store)[0]["status"] == "resolved"
     finally:
         store.close()
+
+
+def test_a_backlog_read_in_full_batches_sends_only_what_is_current_once_caught_up(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path).model_copy(
+        update={"bus": make_settings(tmp_path).bus.model_copy(update={"batch_size": 2})})
+    store = open_store(settings)
+    clock = Clock()
+    service = AlertService(store, settings, clock=clock)
+    try:
+        service.handle(specs()[:2])  # full: behind
+        blip = failing(1, T0)
+        service.handle([blip["shop/root"], blip["shop/child_a"]])  # full: behind, held
+        fixed = recovered(2, T0 + 60)
+        service.handle(fixed[:2])  # the backlog already resolved them: full, behind
+        again = failing(3, T0 + 120)
+        service.handle([again["shop/root"], again["shop/child_b"]])  # failing again, still behind
+        assert notifications(store) == []
+        clock.now = T0 + 180
+        service.handle([specs()[2]])  # not full: caught up, the held states are current
+        sent = notifications(store)
+        assert sorted((r["receiver"], r["kind"]) for r in sent) == [("finance", "firing"), ("ops", "firing")]
+        payload = json.loads(sent[0]["content"])
+        assert {m["asset_key"] for m in payload["members"]} == {"shop/root", "shop/child_b"}
+        assert payload["started_at"].startswith(from_timestamp(T0 + 120).isoformat()[:19])
+    finally:
+        store.close()
