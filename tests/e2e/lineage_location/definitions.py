@@ -1,4 +1,4 @@
-"""`defs`: root → sessions, orders → revenue, owned by four different owners; `LINEAGE_FAIL_ROOT=1` fails root."""
+"""`defs`: root → sessions, orders → revenue, four owners; `LINEAGE_FAIL_ROOT=1` makes root raise."""
 
 import os
 
@@ -33,7 +33,8 @@ def orders(root: int) -> int:
 
 
 @dg.asset(key_prefix=PREFIX, owners=OWNERS["lineage/revenue"], group_name="lineage",
-          ins={"sessions": dg.AssetIn(key=[PREFIX, "sessions"]), "orders": dg.AssetIn(key=[PREFIX, "orders"])})
+          ins={"sessions": dg.AssetIn(key=[PREFIX, "sessions"]),
+               "orders": dg.AssetIn(key=[PREFIX, "orders"])})
 def revenue(sessions: int, orders: int) -> int:
     return sessions + orders
 
