@@ -9,6 +9,7 @@ team:marketing, who own nothing here. The root fails in a run that Dagster skips
 three routed receivers gets exactly one firing notice naming the root as the cause and all four assets with
 their owners, then nothing more while the failure stands; marketing gets nothing. Health never makes the
 skipped assets FAILED. A good run resolves the incident: one resolved notice per receiver, same incident id.
+Alerts run with `group_wait_s: 2` (why: the `system` fixture); everything else is the default.
 """
 
 from __future__ import annotations
