@@ -9,7 +9,7 @@ team:marketing, who own nothing here. The root fails in a run that Dagster skips
 three routed receivers gets exactly one firing notice naming the root as the cause and all four assets with
 their owners, then nothing more while the failure stands; marketing gets nothing. Health never makes the
 skipped assets FAILED. A good run resolves the incident: one resolved notice per receiver, same incident id.
-Alerts run with `group_wait_s: 2` (why: the `system` fixture); everything else is the default.
+Alerts run with `group_wait_s: 2` and a 0.5 s tick (why: the `system` fixture), not the default 0 and 5 s.
 """
 
 from __future__ import annotations
