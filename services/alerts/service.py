@@ -100,6 +100,7 @@ class _Txn:
     notices: list[tuple[int, str]] = field(default_factory=list)  # (alert id, member notice kind)
     alerts: set[int] = field(default_factory=set)  # alerts whose row changed
     opened: int = 0  # incidents opened
+    waited: list[int] = field(default_factory=list)  # incidents whose first notice's wait is over
     resolved: list[float] = field(default_factory=list)  # their time to resolve, for the metrics
 
     def committed(self) -> None:
@@ -276,6 +277,11 @@ class AlertService:
             ).fetchall()
             for r in rows:
                 self._apply(conn, r["fingerprint"], r["asset_key"], r["check_name"], [Tick()], now, txn)
+            for incident in conn.execute(
+                """SELECT id FROM incidents WHERE announce_at <= ? AND announced_at IS NULL AND status = 'open'""",
+                (now,),
+            ).fetchall():  # the wait of its first notice is over
+                txn.waited.append(int(incident["id"]))
             produced = self._settle_incidents(conn, txn, now)
         txn.committed()
         if produced:
@@ -585,6 +591,8 @@ class AlertService:
                     incidents_of.setdefault(int(incident), []).append((str(alert_id), kind))
         for incident in touched:
             incidents_of.setdefault(incident, [])
+        for incident in txn.waited:  # announced now for what its members announced during the wait
+            incidents_of.setdefault(incident, []).append(("", "firing"))
         for incident, member_notices in sorted(incidents_of.items()):
             queued += self._settle(conn, incident, member_notices, now, txn)
         return queued
@@ -701,12 +709,13 @@ class AlertService:
         ).fetchall()] if root["notices"] else []
         row = conn.execute(
             """INSERT INTO incidents (status, root_alert_id, root_asset, root_check, severity, opened_at,
-                 announced_at, notified_severity, last_notified_at, receivers, announced_members, updated_at)
-               VALUES ('open', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
+                 announced_at, notified_severity, last_notified_at, receivers, announced_members, updated_at,
+                 created_at)
+               VALUES ('open', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
             (root["id"], root["asset_key"], root["check_name"], root["severity"], root["started_at"],
              root["last_notified_at"] if told else None, root["severity"] if told else None,
              root["last_notified_at"] if told else None, json.dumps(told),
-             json.dumps([str(root["id"])] if told else []), now),
+             json.dumps([str(root["id"])] if told else []), now, now),
         ).fetchone()
         return int(row[0])
 
@@ -757,6 +766,12 @@ class AlertService:
             announced_members=frozenset(json.loads(row["announced_members"])),
         )
         kind = incident_notice(view, member_notices, now, self.config.repeat_interval_s)
+        if kind == "firing":
+            # The first notice waits `incident_wait_s` from the incident's opening, gathering its members.
+            due = row["announce_at"] or row["created_at"] + self.settings.alerts.incident_wait_s
+            if now < due:
+                conn.execute("UPDATE incidents SET announce_at = ? WHERE id = ?", (due, incident_id))
+                kind = None
         if firing:
             conn.execute("UPDATE incidents SET severity = ?, updated_at = ? WHERE id = ?",
                          (severity, now, incident_id))

@@ -52,6 +52,7 @@ def make_settings(home: Path) -> AlertsWorkerSettings:
         dagster_home=str(home),
         logging={"file": None},
         alerts={
+            "incident_wait_s": 0,  # notices at once: these tests are about other rules
             "receivers": [{"name": "ops", "url": "http://127.0.0.1:9/ops"},
                           {"name": "finance", "url": "http://127.0.0.1:9/fin"}],
             "routes": [{"receivers": ["finance"], "teams": ["finance"], "continue": True}],
@@ -241,5 +242,49 @@ def test_a_backlog_read_in_full_batches_sends_only_what_is_current_once_caught_u
         payload = json.loads(sent[0]["content"])
         assert {m["asset_key"] for m in payload["members"]} == {"shop/root", "shop/child_b"}
         assert payload["started_at"].startswith(from_timestamp(T0 + 120).isoformat()[:19])
+    finally:
+        store.close()
+
+
+def test_the_first_notice_waits_for_the_rest_of_the_incident(tmp_path: Path) -> None:
+    """The default `incident_wait_s`: the consequences of one failure arriving in batches milliseconds (here a
+    second) apart are one first notice, sent when the wait is over."""
+    settings = make_settings(tmp_path)
+    settings = settings.model_copy(update={"alerts": settings.alerts.model_copy(update={"incident_wait_s": 2.0})})
+    store = open_store(settings)
+    clock = Clock()
+    service = AlertService(store, settings, clock=clock)
+    try:
+        service.handle(specs())
+        events = failing(1, T0)
+        service.handle([events["shop/root"]])
+        clock.now += 1
+        service.handle([events["shop/child_a"], events["shop/child_b"]])
+        clock.now += 0.5
+        assert service.tick() == 0 and notifications(store) == []
+        clock.now += 0.5
+        service.handle([events["shop/grandchild"]])  # at the end of the wait: in the first notice too
+        sent = notifications(store)
+        assert sorted(r["receiver"] for r in sent) == ["finance", "ops"]
+        assert all(len(json.loads(r["content"])["members"]) == 7 for r in sent)
+        clock.now += 10
+        assert service.tick() == 0 and len(notifications(store)) == 2
+    finally:
+        store.close()
+
+
+def test_a_waiting_incident_is_announced_by_the_clock(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    settings = settings.model_copy(update={"alerts": settings.alerts.model_copy(update={"incident_wait_s": 2.0})})
+    store = open_store(settings)
+    clock = Clock()
+    service = AlertService(store, settings, clock=clock)
+    try:
+        service.handle(specs())
+        service.handle(list(failing(1, T0).values()))
+        assert notifications(store) == []
+        clock.now += 2
+        assert service.tick() == 2  # one notice per receiver
+        assert {json.loads(r["content"])["kind"] for r in notifications(store)} == {"firing"}
     finally:
         store.close()
