@@ -244,6 +244,20 @@ class HealthChangedData(_Payload):
     # the backlog may supersede. Consumers record it but page no one; the health service publishes the
     # asset again, not replayed, once caught up.
     replay: bool = False
+    # What the key names: "asset" (also when None: an older producer), or an automation object of the
+    # automation stream ("sensor", "schedule", "daemon", "publisher"; keys `sensor:<location>/<name>`...).
+    object_kind: str | None = None
+    # The object's tags as its producer knows them (automation objects have no asset spec to carry them).
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+AUTOMATION_KINDS = ("sensor", "schedule", "daemon", "publisher")
+
+
+def object_kind_of(key: str) -> str:
+    """The kind of object a health key names: an automation kind by its `<kind>:` prefix, else "asset"."""
+    kind, sep, _ = key.partition(":")
+    return kind if sep and kind in AUTOMATION_KINDS else "asset"
 
 
 AutomationKind = Literal["sensor", "schedule"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from libs.common.events import ASSET_CHANGES, ASSETS, RUNS
+from libs.common.events import ASSET_CHANGES, ASSETS, AUTOMATION, RUNS
 from libs.common.log import get_logger
 from libs.common.settings import ServiceName
 from libs.common.worker import PeriodicJob, Worker, run_service
@@ -14,12 +14,14 @@ from services.health.store import open_store
 log = get_logger(__name__)
 
 # Asset specs first, then materializations, then runs: in one poll, evaluations see the current spec, and a
-# run's failure is not judged before the materializations it did produce are on record.
-STREAMS = (ASSET_CHANGES, ASSETS, RUNS)
+# run's failure is not judged before the materializations it did produce are on record. Automation (sensor and
+# schedule ticks, heartbeats: services/health/automation.py) last; it touches no asset.
+STREAMS = (ASSET_CHANGES, ASSETS, RUNS, AUTOMATION)
 
 
 def build(settings: HealthWorkerSettings, *, port: int | None = None) -> Worker:
-    """The health worker: consumes asset-changes, assets and runs; evaluates by time; reports to Dagster."""
+    """The health worker: consumes asset-changes, assets, runs and automation; evaluates by time; reports
+    to Dagster."""
     store = open_store(settings)
     cfg = settings.health
     dagster = settings.dagster
@@ -30,6 +32,7 @@ def build(settings: HealthWorkerSettings, *, port: int | None = None) -> Worker:
     )
     service = HealthService(store, settings, report=reporter.submit if reporter else None)
     service.update_status_gauge()
+    service.update_publisher_gauge()
 
     def start_reporting(_: Worker) -> None:
         if reporter is not None:

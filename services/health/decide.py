@@ -43,6 +43,8 @@ from libs.common.events import (
 
 SOURCE = "health"
 _RANK: dict[str, int] = {"passed": 0, "warn": 1, "error": 2}
+# An error of these checks makes the subject FAILED (an asset's own execution); of any other, DEGRADED.
+_FAILING: frozenset[str] = frozenset({CheckName.EXECUTION})
 
 
 class Trigger(StrEnum):
@@ -79,6 +81,11 @@ class Subject:
     # checks are reported to Dagster, so a team that did not add `with_health_checks` gets no undeclared
     # check results in its instance.
     declared: frozenset[str] | None = None
+    # An automation object (`automation.py`) instead of an asset: its kind, tags, and the checks whose error
+    # means FAILED.
+    kind: str = "asset"
+    tags: Mapping[str, str] = field(default_factory=dict)
+    failing: frozenset[str] = _FAILING
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,13 +106,15 @@ class Decision:
         return self.event is not None
 
 
-def health_status(results: Sequence[CheckResult], *, has_data: bool, retired: bool) -> HealthStatus:
-    """The worst of the checks: a failed execution → FAILED, any other error → DEGRADED, a warning →
-    WARNING, else HEALTHY; UNKNOWN for a retired asset or one with nothing on record and nothing wrong."""
+def health_status(results: Sequence[CheckResult], *, has_data: bool, retired: bool,
+                  failing: frozenset[str] = _FAILING) -> HealthStatus:
+    """The worst of the checks: an error of a `failing` check (an asset's execution) → FAILED, any other
+    error → DEGRADED, a warning → WARNING, else HEALTHY; UNKNOWN for a retired asset or one with nothing on
+    record and nothing wrong."""
     if retired:
         return HealthStatus.UNKNOWN
     outcomes = {r.check: r.outcome for r in results}
-    if outcomes.get(CheckName.EXECUTION) == "error":
+    if any(outcomes.get(check) == "error" for check in failing):
         return HealthStatus.FAILED
     if "error" in outcomes.values():
         return HealthStatus.DEGRADED
@@ -142,7 +151,7 @@ def decide(
     """The transition of one asset from `previous` given its new `results`, evaluated at `now` (during a
     catch-up, `replay`: the time of the history being replayed)."""
     results = list(results)
-    status = health_status(results, has_data=subject.has_data, retired=subject.retired)
+    status = health_status(results, has_data=subject.has_data, retired=subject.retired, failing=subject.failing)
     sig = signature(status, results)
     reasons = reasons_of(results, status, retired=subject.retired)
     outcomes = {r.check: r.outcome for r in results}
@@ -168,6 +177,8 @@ def decide(
                 r.check for r in results if previous.outcomes.get(r.check, "passed") != r.outcome
             ],
             replay=replay,
+            object_kind=subject.kind,
+            tags=dict(subject.tags),
         )
         # The evaluation time is part of the identity: a health.db rebuilt from scratch numbers its
         # transitions from 1 again, and those must not collide with ids consumers already processed.

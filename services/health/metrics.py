@@ -34,3 +34,10 @@ FULL_EVALUATION_SECONDS = Histogram(
     buckets=(0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 300),
 )
 CACHE_BYTES = Gauge("ams_health_cache_bytes", "Estimated memory of the histories the health service keeps (cache_mb)")
+# The time of each code location's publisher's last heartbeat as health recorded it: the Prometheus rule
+# AmsPublisherHeartbeatLate fires on its age (it keeps its value while Redis or the publisher is down).
+PUBLISHER_LAST_HEARTBEAT = Gauge(
+    "ams_publisher_last_heartbeat_timestamp_seconds",
+    "Epoch time of the publisher's last heartbeat on the automation stream, by code location",
+    ["code_location"],
+)

@@ -22,11 +22,11 @@ from typing import Any
 
 from libs.common import outbox
 from libs.common.bus import Delivery
-from libs.common.events import HEALTH, CheckName, CheckResult, HealthStatus
+from libs.common.events import HEALTH, CheckName, CheckResult, Event, HealthStatus
 from libs.common.log import get_logger
 from libs.common.sql import Connection
 from libs.common.store import Store
-from services.health import metrics, record
+from services.health import automation, metrics, record
 from services.health import store as db
 from services.health.cache import Entry, HistoryCache, Memo
 from services.health.decide import Decision, HealthState, Subject, Trigger, decide
@@ -47,6 +47,9 @@ _EVALUATE_IN_BATCH = 1000
 Report = Callable[[str, Sequence[CheckResult]], None]
 # The events that carry history (runs, materializations): their times tell a replay from live events.
 _FACT_TYPES = ("run.", "asset.materialized", "asset.materialization_failed")
+# Automation events dated by what they tell (a tick, the publisher's tick); a daemon heartbeat is not: an old
+# one is the finding itself, not history being replayed.
+_AUTOMATION_FACT_TYPES = ("automation.tick", "automation.publisher_heartbeat")
 
 
 class HealthService:
@@ -146,6 +149,7 @@ class HealthService:
                     self._record(conn, facts, now)
                     self._mark_dirty(conn, facts.touched, now)
                     confirming = self._confirm_pending and not replay
+                    automated = self._record_automation(conn, [d.event for d in new], now, replay, confirming)
                     if confirming:  # caught up: what was replayed is judged again on the wall clock
                         self._mark_dirty(conn, db.replayed_asset_keys(conn), now)
                     # A full batch means a backlog: coalesce evaluations instead of evaluating after every
@@ -172,7 +176,9 @@ class HealthService:
             lags.setdefault(delivery.stream, []).append(max(0.0, wall - delivery.event.occurred_at.timestamp()))
         for stream, values in lags.items():
             metrics.EVENT_LAG_SECONDS.labels(stream=stream).observe_many(values)
-        self._after_commit(decisions)
+        self._after_commit([*decisions, *automated])
+        if any(e.event.type == "automation.publisher_heartbeat" for e in new):
+            self.update_publisher_gauge()
 
     def _catch_up(self, deliveries: Sequence[Delivery]) -> float:
         """The time a batch is judged at: the wall clock, or while history is being replayed (its newest run
@@ -181,6 +187,8 @@ class HealthService:
         materializations (asset specs only) leaves the mode as it is."""
         now = self.clock()
         times = [d.event.occurred_at.timestamp() for d in deliveries if d.event.type.startswith(_FACT_TYPES)]
+        times += [t for d in deliveries if d.event.type in _AUTOMATION_FACT_TYPES
+                  for t in (automation.event_time(d.event),) if t is not None]
         if times:
             newest = max(times)
             if now - newest > self.cfg.catch_up_lag_s:
@@ -468,10 +476,78 @@ class HealthService:
             keys = db.all_asset_keys(conn) if self._passes == 0 else db.due_asset_keys(conn, self.clock())
             self._passes += 1
         _, changed = self._in_chunks(keys, Trigger.CLOCK)
+        changed += self.evaluate_automation(every=self._passes == 1)
         self._release_memory()
         metrics.FULL_EVALUATION_SECONDS.observe(time.monotonic() - started)
         metrics.CACHE_BYTES.set(self.cache.used)
         return changed
+
+    # -- automation objects (automation.py): sensors, schedules, daemons, publishers ------------------------
+    # Kept apart from the asset path: no cache (a few hundred objects, read per batch), no lineage, nothing
+    # reported to Dagster; judged at the same `now` as the batch (the history's time during a replay).
+
+    def _record_automation(
+        self, conn: Connection, events: Sequence[Event], now: float, replay: bool, confirming: bool
+    ) -> list[Decision]:
+        """Fold a batch's automation events into their objects and evaluate those (and, once caught up, the
+        objects last judged during a replay, on the wall clock)."""
+        keyed = [(key, e) for e in events if (key := automation.object_key(e)) is not None]
+        keys = list(dict.fromkeys(key for key, _ in keyed))
+        if keys:
+            objects = {key: obj for key, (obj, _) in db.load_automation(conn, keys).items()}
+            for key, event in keyed:
+                obj = objects.get(key) or automation.new_object(event)
+                if obj is not None:
+                    objects[key] = automation.apply(obj, event)
+            db.write_automation_objects(conn, [objects[k] for k in keys if k in objects], now)
+        if confirming:
+            keys = list(dict.fromkeys([*keys, *db.replayed_automation_keys(conn)]))
+        return self._evaluate_automation(conn, keys, now, Trigger.EVENTS, replay)
+
+    def _evaluate_automation(
+        self, conn: Connection, keys: Sequence[str], now: float, trigger: Trigger, replay: bool
+    ) -> list[Decision]:
+        """Evaluate automation objects `keys` at `now`, write each decision, stage their health.changed."""
+        if not keys:
+            return []
+        cfg = self.cfg.automation
+        daemons = {key: obj for key, (obj, _) in db.load_automation(conn, kind="daemon").items()}
+        decisions: list[Decision] = []
+        for key, (obj, state) in db.load_automation(conn, keys).items():
+            results = automation.evaluate(obj, cfg, now, daemons)
+            subject = Subject(key=key, has_data=obj.last_at is not None, owners=obj.owners,
+                              code_location=obj.code_location, declared=frozenset(), kind=obj.kind, tags=obj.tags,
+                              failing=automation.FAILING_CHECKS)
+            decision = decide(state, results, now, subject, trigger, replay=replay)
+            db.write_automation_decision(conn, decision, now, automation.next_change(obj, cfg, now))
+            decisions.append(decision)
+        staged = [d.event for d in decisions if d.event is not None]
+        if staged:
+            outbox.stage(conn, HEALTH, staged)
+        return decisions
+
+    def evaluate_automation(self, *, every: bool = False) -> int:
+        """The periodic pass over automation objects: those whose `due_at` has come (a heartbeat or tick
+        limit passing) and those judged during a replay, or `every` one; returns the transitions staged."""
+        with self.lock:
+            if self._replay_as_of is not None:
+                return 0
+            now = self.clock()
+            try:
+                with self.store.write() as conn:
+                    self._begin()
+                    keys = db.due_automation_keys(conn, None if every else now)
+                    decisions = self._evaluate_automation(conn, keys, now, Trigger.CLOCK, False)
+            except BaseException:
+                self._forget()
+                raise
+        self._after_commit(decisions)
+        return sum(d.changed for d in decisions)
+
+    def update_publisher_gauge(self) -> None:
+        """Set each code location's publisher heartbeat time from health.db."""
+        for location, at in db.publisher_heartbeats(self.store.connection()):
+            metrics.PUBLISHER_LAST_HEARTBEAT.labels(code_location=location).set(at)
 
     def retention(self) -> dict[str, int]:
         """Delete history older than `health.retention_days`; the cache is rebuilt from what is left."""

@@ -60,6 +60,23 @@ class HealthThresholds(Section):
         return value
 
 
+class AutomationHealthSettings(Section):
+    """Thresholds of the automation objects' checks (sensors, schedules, daemons, the publisher)."""
+
+    # tick_failures: an error once this many of the latest ticks failed in a row
+    failed_ticks: int = Field(default=1, ge=1)
+    # stopped: a running sensor with no tick for this many times its minimum interval (Dagster's default
+    # interval, 30 s, when the tick does not say), or a schedule past its next cron tick plus the grace
+    stopped_intervals: float = Field(default=3.0, gt=1)
+    sensor_interval_s: float = Field(default=30.0, gt=0)
+    schedule_grace_s: float = Field(default=120.0, ge=0)
+    # daemon_heartbeat: a daemon's last heartbeat older than this
+    daemon_heartbeat_max_s: float = Field(default=120.0, gt=0)
+    # publisher_heartbeat: older than this many times the publisher's interval, and at least the minimum
+    publisher_intervals: float = Field(default=3.0, gt=1)
+    publisher_min_s: float = Field(default=60.0, gt=0)
+
+
 class HealthSettings(Section):
     retention_days: int = Field(default=90, ge=1)
     retention_interval_s: float = Field(default=3600.0, gt=0)
@@ -81,6 +98,7 @@ class HealthSettings(Section):
     # Then every replayed asset is evaluated on the wall clock and its state confirmed to the alerts.
     catch_up_quiet_s: float = Field(default=60.0, gt=0)
     defaults: HealthThresholds = HealthThresholds()
+    automation: AutomationHealthSettings = AutomationHealthSettings()
     groups: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @model_validator(mode="after")

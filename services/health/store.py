@@ -13,10 +13,11 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from libs.common.events import AssetSpecData, HealthStatus
+from libs.common.events import AssetSpecData, CheckResult, HealthStatus
 from libs.common.settings import Settings, StoreName
 from libs.common.sql import Connection
 from libs.common.store import Migration, Store
+from services.health.automation import AutomationObject, from_row, to_row
 from services.health.decide import Decision, HealthState
 from services.health.model import AssetHistory, Execution, Failure, Materialization
 from services.health.record import Facts
@@ -142,6 +143,32 @@ MIGRATIONS = [
         """
         ALTER TABLE asset_health ADD COLUMN replayed INTEGER NOT NULL DEFAULT 0;
         CREATE INDEX asset_health_replayed ON asset_health (replayed);
+        """,
+    ),
+    # Automation objects (sensors, schedules, daemons, publishers: services/health/automation.py): the
+    # folded record of their ticks or heartbeats (`state`, JSON), and their health as for assets.
+    Migration(
+        7,
+        "automation objects",
+        """
+        CREATE TABLE automation_objects (
+            object_key TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            code_location TEXT,
+            state TEXT NOT NULL,
+            last_at REAL,
+            status TEXT NOT NULL DEFAULT 'UNKNOWN',
+            signature TEXT NOT NULL DEFAULT 'UNKNOWN|',
+            checks TEXT NOT NULL DEFAULT '[]',
+            reasons TEXT NOT NULL DEFAULT '[]',
+            transitions INTEGER NOT NULL DEFAULT 0,
+            evaluated_at REAL,
+            changed_at REAL,
+            due_at REAL,
+            replayed INTEGER NOT NULL DEFAULT 0,
+            updated_at REAL NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX automation_objects_due ON automation_objects (due_at);
         """,
     ),
 ]
@@ -594,3 +621,78 @@ def read_last_materializations(conn: Connection, key: str | None = None) -> list
             "SELECT asset_key, MAX(occurred_at) FROM materializations WHERE asset_key = ?", (key,)
         ).fetchall()
     return [(str(r[0]), float(r[1])) for r in rows if r[1] is not None]
+
+
+# -- automation objects (services/health/automation.py) ---------------------------------------------------
+
+
+def load_automation(conn: Connection, keys: Iterable[str] | None = None,
+                    kind: str | None = None) -> dict[str, tuple[AutomationObject, HealthState]]:
+    """The stored automation objects with their health state: of `keys`, of one `kind`, or all."""
+    sql = "SELECT object_key, state, status, signature, checks, transitions, replayed FROM automation_objects"
+    if keys is not None:
+        wanted = list(keys)
+        if not wanted:
+            return {}
+        rows = conn.execute(f"{sql} WHERE object_key IN ({', '.join('?' for _ in wanted)})", wanted).fetchall()
+    elif kind is not None:
+        rows = conn.execute(f"{sql} WHERE kind = ?", (kind,)).fetchall()
+    else:
+        rows = conn.execute(sql).fetchall()
+    found: dict[str, tuple[AutomationObject, HealthState]] = {}
+    for r in rows:
+        checks = [CheckResult.model_validate(c) for c in json.loads(r[4])]
+        state = HealthState(HealthStatus(r[2]), r[3], int(r[5]), {c.check: c.outcome for c in checks},
+                            stored=bool(checks), replayed=bool(r[6]))
+        found[r[0]] = (from_row(json.loads(r[1])), state)
+    return found
+
+
+def write_automation_objects(conn: Connection, objects: Iterable[AutomationObject], now: float) -> None:
+    """The folded records of objects a batch changed (their health is written by `write_automation_decision`)."""
+    conn.executemany(
+        "INSERT INTO automation_objects (object_key, kind, code_location, state, last_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (object_key) DO UPDATE SET code_location = excluded.code_location, "
+        "state = excluded.state, last_at = excluded.last_at, updated_at = excluded.updated_at",
+        [(o.key, o.kind, o.code_location, json.dumps(to_row(o)), o.last_at, now) for o in objects],
+    )
+
+
+def write_automation_decision(conn: Connection, d: Decision, now: float, due_at: float | None) -> None:
+    """An automation object's evaluation: its checks, status, reasons and when the clock may next change it."""
+    conn.execute(
+        "UPDATE automation_objects SET status = ?, signature = ?, checks = ?, reasons = ?, transitions = ?, "
+        "evaluated_at = ?, changed_at = CASE WHEN signature = ? AND changed_at IS NOT NULL THEN changed_at "
+        "ELSE ? END, due_at = ?, replayed = ? WHERE object_key = ?",
+        (str(d.status), d.signature, json.dumps([r.model_dump(mode="json") for r in d.results]),
+         json.dumps(d.reasons), d.state.transitions, now, d.signature, now, due_at, int(d.state.replayed), d.key),
+    )
+
+
+def due_automation_keys(conn: Connection, now: float | None) -> list[str]:
+    """The automation objects whose checks the clock may have changed by `now` (every one when None), and
+    those evaluated during a replay (judged again on the wall clock)."""
+    if now is None:
+        return [r[0] for r in conn.execute("SELECT object_key FROM automation_objects")]
+    return [r[0] for r in conn.execute(
+        "SELECT object_key FROM automation_objects WHERE due_at <= ? OR replayed = 1 OR evaluated_at IS NULL",
+        (now,))]
+
+
+def replayed_automation_keys(conn: Connection) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT object_key FROM automation_objects WHERE replayed = 1")]
+
+
+def read_automation(conn: Connection) -> list[Any]:
+    """(object_key, kind, code_location, status, reasons, checks, last_at, evaluated_at, changed_at, state)
+    of every automation object: what `asset-manager automation-health` lists."""
+    return conn.execute(
+        "SELECT object_key, kind, code_location, status, reasons, checks, last_at, evaluated_at, changed_at, state "
+        "FROM automation_objects"
+    ).fetchall()
+
+
+def publisher_heartbeats(conn: Connection) -> list[tuple[str, float]]:
+    """(code location, time of its publisher's last heartbeat) of every publisher on record."""
+    return [(str(r[0] or ""), float(r[1])) for r in conn.execute(
+        "SELECT code_location, last_at FROM automation_objects WHERE kind = 'publisher' AND last_at IS NOT NULL")]

@@ -1,0 +1,387 @@
+"""Automation health, pure: the automation stream's events folded into one record per object (a sensor, a
+schedule, a daemon, the publisher), and that record judged at a time into check results with reasons.
+
+    event ─ apply(previous, event) ─► AutomationObject ─ evaluate(obj, cfg, now, daemons) ─► [CheckResult]
+    next_change(obj, cfg, now) ─► when the clock alone can next change an outcome (the periodic pass)
+
+Objects are keyed `sensor:<location>/<name>`, `schedule:<location>/<name>`, `daemon:<type>` and
+`publisher:<location>`. The status and the published event come from `decide.decide`, as for assets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from libs.common.events import (
+    AutomationTicked,
+    CheckOutcome,
+    CheckResult,
+    DaemonHeartbeat,
+    Event,
+    PublisherHeartbeat,
+)
+from libs.common.text import clip
+from services.health.settings import AutomationHealthSettings
+
+# The daemon that evaluates each kind of instigator (Dagster's daemon types): when it is silent, a stopped
+# sensor or schedule (and the publisher, a sensor) names it as the cause, so alerts make one incident of it.
+DAEMON_OF = {"sensor": "SENSOR", "publisher": "SENSOR", "schedule": "SCHEDULER"}
+_ERROR_CHARS = 300
+
+
+class AutomationCheck(StrEnum):
+    TICK_FAILURES = "tick_failures"
+    STOPPED = "stopped"
+    DAEMON_HEARTBEAT = "daemon_heartbeat"
+    PUBLISHER_HEARTBEAT = "publisher_heartbeat"
+
+
+CHECKS_OF: dict[str, tuple[AutomationCheck, ...]] = {
+    "sensor": (AutomationCheck.TICK_FAILURES, AutomationCheck.STOPPED),
+    "schedule": (AutomationCheck.TICK_FAILURES, AutomationCheck.STOPPED),
+    "daemon": (AutomationCheck.DAEMON_HEARTBEAT,),
+    "publisher": (AutomationCheck.PUBLISHER_HEARTBEAT,),
+}
+# An error of these makes the object FAILED (it does not work); of the others DEGRADED (it may not run).
+FAILING_CHECKS = frozenset({AutomationCheck.TICK_FAILURES, AutomationCheck.DAEMON_HEARTBEAT,
+                            AutomationCheck.PUBLISHER_HEARTBEAT})
+
+
+@dataclass(slots=True)
+class AutomationObject:
+    """What is known of one automation object: its description from the newest event, and its ticks folded
+    (times are epoch seconds)."""
+
+    key: str
+    kind: str
+    name: str
+    code_location: str | None = None
+    repository: str | None = None
+    running: bool = True
+    interval_s: float | None = None
+    cron_schedule: str | None = None
+    timezone: str | None = None
+    owners: tuple[str, ...] = ()
+    tags: dict[str, str] = field(default_factory=dict)
+    last_at: float | None = None  # the newest tick or heartbeat
+    last_tick_id: int | None = None
+    last_status: str | None = None
+    last_success_at: float | None = None
+    failed_ticks: int = 0  # the latest ticks that failed, in a row
+    first_failed_at: float | None = None
+    last_error: str | None = None
+    skipped_ticks: int = 0
+    skip_reason: str | None = None
+    errors: tuple[str, ...] = ()  # a daemon's reported errors
+    published: int = 0  # the publisher's last tick: events published
+    caught_up: bool = True
+
+
+def object_key(event: Event) -> str | None:
+    """The key of the object an automation event is about (None for any other event)."""
+    if isinstance(event, AutomationTicked):
+        d = event.data
+        return f"{d.kind}:{d.code_location or ''}/{d.name}"
+    if isinstance(event, DaemonHeartbeat):
+        return f"daemon:{event.data.daemon_type}"
+    if isinstance(event, PublisherHeartbeat):
+        return f"publisher:{event.data.code_location}"
+    return None
+
+
+def event_time(event: Event) -> float | None:
+    """The time an automation event tells about (a tick's, a heartbeat's), None for other events."""
+    if isinstance(event, AutomationTicked | PublisherHeartbeat):
+        return event.data.tick_at.timestamp()
+    if isinstance(event, DaemonHeartbeat):
+        return event.data.last_heartbeat_at.timestamp()
+    return None
+
+
+def new_object(event: Event) -> AutomationObject | None:
+    """The empty record of the object `event` is about."""
+    key = object_key(event)
+    if key is None:
+        return None
+    if isinstance(event, AutomationTicked):
+        return AutomationObject(key, event.data.kind, event.data.name, code_location=event.data.code_location)
+    if isinstance(event, DaemonHeartbeat):
+        return AutomationObject(key, "daemon", event.data.daemon_type)
+    assert isinstance(event, PublisherHeartbeat)
+    return AutomationObject(key, "publisher", event.data.code_location, code_location=event.data.code_location)
+
+
+def apply(obj: AutomationObject, event: Event) -> AutomationObject:
+    """`obj` with `event` folded in (a new record; `obj` is not changed). Events older than the newest one
+    applied change no streak (a late tick is history already superseded); a tick's terminal status after its
+    STARTED (same id, same time) replaces it."""
+    at = event_time(event)
+    if at is None:
+        return obj
+    new = dataclasses.replace(obj)
+    if isinstance(event, DaemonHeartbeat):
+        if new.last_at is None or at >= new.last_at:
+            new.last_at, new.errors = at, tuple(event.data.errors)
+        return new
+    if isinstance(event, PublisherHeartbeat):
+        if new.last_at is None or at >= new.last_at:
+            beat = event.data
+            new.last_at, new.interval_s = at, beat.interval_s
+            new.published, new.caught_up = beat.published, beat.caught_up
+        return new
+    assert isinstance(event, AutomationTicked)
+    d = event.data
+    if d.status == "SUCCESS":
+        new.last_success_at = max(at, new.last_success_at or at)
+    if new.last_at is not None and at < new.last_at:
+        return new
+    same_tick = d.tick_id is not None and d.tick_id == new.last_tick_id and at == new.last_at
+    if same_tick and d.status in (new.last_status, "STARTED"):
+        return new  # a repeat, or a STARTED arriving after its tick's end
+    new.last_at, new.last_tick_id, new.last_status = at, d.tick_id, d.status
+    new.repository, new.running = d.repository, d.running
+    new.interval_s, new.cron_schedule, new.timezone = d.interval_s, d.cron_schedule, d.timezone
+    new.owners, new.tags = tuple(d.owners), dict(d.tags)
+    if d.code_location is not None:
+        new.code_location = d.code_location
+    if d.status == "FAILURE":
+        if new.failed_ticks == 0:
+            new.first_failed_at = at
+        new.failed_ticks += 1
+        new.last_error = d.error
+        new.skipped_ticks, new.skip_reason = 0, None
+    elif d.status == "SKIPPED":
+        new.failed_ticks, new.first_failed_at = 0, None
+        new.skipped_ticks += 1
+        new.skip_reason = d.skip_reason
+    elif d.status == "SUCCESS":
+        new.failed_ticks, new.first_failed_at = 0, None
+        new.skipped_ticks, new.skip_reason = 0, None
+    return new
+
+
+# -- evaluation ------------------------------------------------------------------------------------------
+
+
+def when(t: float | None) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%SZ") if t is not None else "never"
+
+
+def span(seconds: float) -> str:
+    """`95` → "1m35s": ages in reasons."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _result(check: AutomationCheck, outcome: CheckOutcome, reason: str, **values: Any) -> CheckResult:
+    return CheckResult(check=check, outcome=outcome, reason=clip(reason, 500),
+                       values={k: v for k, v in values.items() if v is not None})
+
+
+def tick_failures(obj: AutomationObject, cfg: AutomationHealthSettings) -> CheckResult:
+    """An error when the latest `cfg.failed_ticks` ticks (or more) failed; passes once a tick succeeds or
+    skips."""
+    check = AutomationCheck.TICK_FAILURES
+    if obj.failed_ticks >= cfg.failed_ticks:
+        error = clip(obj.last_error or "no error text", _ERROR_CHARS)
+        ticks = "tick" if obj.failed_ticks == 1 else f"{obj.failed_ticks} ticks in a row"
+        reason = (f"{obj.kind} {obj.name} ({obj.code_location or 'unknown location'}): {ticks} failed since "
+                  f"{when(obj.first_failed_at)}; last success {when(obj.last_success_at)}: {error}")
+        return _result(check, "error", reason, failed_ticks=obj.failed_ticks, error=error,
+                       first_failed_at=when(obj.first_failed_at), last_success_at=when(obj.last_success_at),
+                       code_location=obj.code_location)
+    if obj.failed_ticks:
+        return _result(check, "passed", f"{obj.failed_ticks} failed tick(s), below {cfg.failed_ticks}",
+                       failed_ticks=obj.failed_ticks)
+    if obj.last_status == "SKIPPED":
+        return _result(check, "passed", f"last tick skipped at {when(obj.last_at)}: "
+                       f"{clip(obj.skip_reason or 'no reason given', 200)}", skipped_ticks=obj.skipped_ticks)
+    if obj.last_at is None:
+        return _result(check, "passed", "no tick on record yet")
+    return _result(check, "passed", f"last tick {str(obj.last_status).lower()} at {when(obj.last_at)}")
+
+
+Cron = Callable[[str, float, str | None], float]
+
+
+def _latest_cron_tick(cron: str, at: float, timezone: str | None) -> float:
+    """The latest tick of `cron` at or before `at`, as Dagster computes it (private name, read in dagster
+    1.13; `evaluators.latest_cron_tick` uses the same module)."""
+    from dagster._utils.schedules import get_latest_completed_cron_tick
+
+    return get_latest_completed_cron_tick(cron, datetime.fromtimestamp(at, UTC), timezone or "UTC").timestamp()
+
+
+def _next_cron_tick(cron: str, at: float, timezone: str | None) -> float:
+    """The first tick of `cron` after `at`."""
+    from dagster._utils.schedules import get_next_cron_tick
+
+    return get_next_cron_tick(cron, datetime.fromtimestamp(at, UTC), timezone or "UTC").timestamp()
+
+
+def _after_daemon(obj: AutomationObject, cfg: AutomationHealthSettings) -> float:
+    """The least lateness judged: the daemon running the object would be judged silent first (it stopped at
+    most one interval after the object's last tick), so its alert is the cause the others name, not one
+    more incident of its own."""
+    return cfg.daemon_heartbeat_max_s + (obj.interval_s or cfg.sensor_interval_s)
+
+
+def stopped_limit(obj: AutomationObject, cfg: AutomationHealthSettings) -> float:
+    """How long a running sensor may go without a tick."""
+    return max(cfg.stopped_intervals * (obj.interval_s or cfg.sensor_interval_s), _after_daemon(obj, cfg))
+
+
+def schedule_grace(obj: AutomationObject, cfg: AutomationHealthSettings) -> float:
+    """How late a schedule's cron tick may be (at least the scheduler daemon's own limit, see above)."""
+    return max(cfg.schedule_grace_s, cfg.daemon_heartbeat_max_s)
+
+
+def daemon_late(daemon: AutomationObject | None, cfg: AutomationHealthSettings, now: float) -> bool:
+    return daemon is not None and daemon.last_at is not None and now - daemon.last_at > cfg.daemon_heartbeat_max_s
+
+
+def _cause(obj: AutomationObject, cfg: AutomationHealthSettings, now: float,
+           daemons: Mapping[str, AutomationObject]) -> tuple[str, dict[str, Any]]:
+    """The silent daemon behind a late object (text and values naming it as `blocked_by`), if any."""
+    daemon = daemons.get(f"daemon:{DAEMON_OF.get(obj.kind, '')}")
+    if daemon is None or not daemon_late(daemon, cfg, now):
+        return "", {}
+    assert daemon.last_at is not None
+    return (f"; the {daemon.name} daemon's last heartbeat is {span(now - daemon.last_at)} old",
+            {"blocked_by": daemon.key})
+
+
+def stopped(obj: AutomationObject, cfg: AutomationHealthSettings, now: float,
+            daemons: Mapping[str, AutomationObject], cron: Cron = _latest_cron_tick) -> CheckResult:
+    """An error when a running sensor has not ticked for `stopped_intervals` times its interval, or a running
+    schedule has missed a cron tick by more than `schedule_grace_s`."""
+    check = AutomationCheck.STOPPED
+    if not obj.running:
+        return _result(check, "passed", f"{obj.kind} is stopped in Dagster (not expected to tick)")
+    if obj.last_at is None:
+        return _result(check, "passed", "no tick on record yet")
+    age = now - obj.last_at
+    if obj.kind == "schedule" and obj.cron_schedule:
+        try:
+            expected = cron(obj.cron_schedule, now - schedule_grace(obj, cfg), obj.timezone)
+        except Exception as exc:  # a cron Dagster accepted but we cannot read: say so, do not fail
+            return _result(check, "warn", f"cannot read cron {obj.cron_schedule!r}: {clip(str(exc), 200)}")
+        if expected > obj.last_at:
+            cause, values = _cause(obj, cfg, now, daemons)
+            reason = (f"schedule {obj.name} ({obj.code_location or 'unknown location'}) missed its tick of "
+                      f"{when(expected)} ({obj.cron_schedule}); last tick {when(obj.last_at)}, "
+                      f"{span(age)} ago{cause}")
+            return _result(check, "error", reason, expected_at=when(expected), last_tick_at=when(obj.last_at),
+                            age_s=round(age, 1), cron_schedule=obj.cron_schedule, **values)
+        return _result(check, "passed", f"last tick {when(obj.last_at)}; no cron tick missed "
+                       f"({obj.cron_schedule})")
+    limit = stopped_limit(obj, cfg)
+    if age > limit:
+        cause, values = _cause(obj, cfg, now, daemons)
+        reason = (f"{obj.kind} {obj.name} ({obj.code_location or 'unknown location'}): no tick for {span(age)}, "
+                  f"limit {span(limit)} (its interval {span(obj.interval_s or cfg.sensor_interval_s)}); "
+                  f"last tick {when(obj.last_at)}{cause}")
+        return _result(check, "error", reason, last_tick_at=when(obj.last_at), age_s=round(age, 1),
+                       limit_s=limit, **values)
+    return _result(check, "passed", f"last tick {span(age)} ago (limit {span(limit)})")
+
+
+def daemon_heartbeat(obj: AutomationObject, cfg: AutomationHealthSettings, now: float) -> CheckResult:
+    """An error when the daemon's last heartbeat is older than `daemon_heartbeat_max_s`; a warning when it
+    reports errors."""
+    check = AutomationCheck.DAEMON_HEARTBEAT
+    if obj.last_at is None:
+        return _result(check, "passed", "no heartbeat on record yet")
+    age = now - obj.last_at
+    if age > cfg.daemon_heartbeat_max_s:
+        return _result(check, "error", f"the {obj.name} daemon's last heartbeat is {span(age)} old "
+                       f"(at {when(obj.last_at)}; limit {span(cfg.daemon_heartbeat_max_s)}): is dagster-daemon "
+                       f"running?", age_s=round(age, 1), last_heartbeat_at=when(obj.last_at))
+    if obj.errors:
+        return _result(check, "warn", f"the {obj.name} daemon reports {len(obj.errors)} error(s): "
+                       f"{clip(obj.errors[0], _ERROR_CHARS)}", errors=[clip(e, _ERROR_CHARS) for e in obj.errors[:5]])
+    return _result(check, "passed", f"last heartbeat {span(age)} ago")
+
+
+def publisher_limit(obj: AutomationObject, cfg: AutomationHealthSettings) -> float:
+    interval = obj.interval_s or cfg.sensor_interval_s
+    return max(cfg.publisher_intervals * interval, cfg.publisher_min_s, _after_daemon(obj, cfg))
+
+
+def publisher_heartbeat(obj: AutomationObject, cfg: AutomationHealthSettings, now: float,
+                        daemons: Mapping[str, AutomationObject]) -> CheckResult:
+    """An error when the publisher's last heartbeat is older than `publisher_intervals` times its interval (at
+    least `publisher_min_s`): no event of its code location reaches the workers."""
+    check = AutomationCheck.PUBLISHER_HEARTBEAT
+    if obj.last_at is None:
+        return _result(check, "passed", "no heartbeat on record yet")
+    age = now - obj.last_at
+    limit = publisher_limit(obj, cfg)
+    if age > limit:
+        cause, values = _cause(obj, cfg, now, daemons)
+        return _result(check, "error", f"the publisher of {obj.name} has not published for {span(age)} (last "
+                       f"heartbeat {when(obj.last_at)}, limit {span(limit)}): its events are not reaching the "
+                       f"workers{cause}", age_s=round(age, 1), limit_s=limit, last_heartbeat_at=when(obj.last_at),
+                       **values)
+    behind = "" if obj.caught_up else "; its last tick stopped at its time budget with more to read"
+    return _result(check, "passed", f"last heartbeat {span(age)} ago, {obj.published} event(s) published{behind}")
+
+
+def evaluate(obj: AutomationObject, cfg: AutomationHealthSettings, now: float,
+             daemons: Mapping[str, AutomationObject], cron: Cron = _latest_cron_tick) -> list[CheckResult]:
+    """Every check of the object's kind, at `now`."""
+    if obj.kind == "daemon":
+        return [daemon_heartbeat(obj, cfg, now)]
+    if obj.kind == "publisher":
+        return [publisher_heartbeat(obj, cfg, now, daemons)]
+    return [tick_failures(obj, cfg), stopped(obj, cfg, now, daemons, cron)]
+
+
+def next_change(obj: AutomationObject, cfg: AutomationHealthSettings, now: float,
+                next_cron: Cron = _next_cron_tick) -> float | None:
+    """The earliest time after `now` the clock alone can change one of the object's outcomes (a limit
+    passing), None when only an event can (already late, stopped in Dagster, nothing on record). A sensor or
+    the publisher late because of a silent daemon is also due when that daemon's own limit passes."""
+    if obj.last_at is None:
+        return None
+    if obj.kind == "daemon":
+        due = obj.last_at + cfg.daemon_heartbeat_max_s
+    elif obj.kind == "publisher":
+        due = obj.last_at + publisher_limit(obj, cfg)
+    elif not obj.running:
+        return None
+    elif obj.kind == "schedule" and obj.cron_schedule:
+        try:
+            due = next_cron(obj.cron_schedule, obj.last_at, obj.timezone) + schedule_grace(obj, cfg)
+        except Exception:
+            return None
+    else:
+        due = obj.last_at + stopped_limit(obj, cfg)
+    # Strictly after the limit (the checks compare with `>`); None once passed: it stays late until an event.
+    return due + 0.001 if due >= now else None
+
+
+def to_row(obj: AutomationObject) -> dict[str, Any]:
+    """The stored form (JSON-able) of an object; `from_row` reads it back."""
+    row = dataclasses.asdict(obj)
+    row["owners"], row["errors"] = list(obj.owners), list(obj.errors)
+    return row
+
+
+def from_row(row: Mapping[str, Any]) -> AutomationObject:
+    names = {f.name for f in dataclasses.fields(AutomationObject)}
+    values = {k: v for k, v in row.items() if k in names}  # a field added later reads as its default
+    values["owners"] = tuple(values.get("owners") or ())
+    values["errors"] = tuple(values.get("errors") or ())
+    return AutomationObject(**values)
