@@ -533,6 +533,9 @@ class HealthService:
             if self._replay_as_of is not None:
                 return 0
             now = self.clock()
+            # Read first: most passes find nothing due and take no write lock.
+            if not db.due_automation_keys(self.store.connection(), None if every else now):
+                return 0
             try:
                 with self.store.write() as conn:
                     self._begin()

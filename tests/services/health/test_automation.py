@@ -1,0 +1,193 @@
+"""The pure automation evaluators: ticks and heartbeats folded into objects, and the checks judged on them."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from libs.common.events import (
+    AutomationTickData,
+    AutomationTicked,
+    DaemonHeartbeat,
+    DaemonHeartbeatData,
+    Event,
+    PublisherHeartbeat,
+    PublisherHeartbeatData,
+    new_event,
+)
+from services.health import automation
+from services.health.automation import AutomationObject, apply, evaluate, new_object, next_change
+from services.health.decide import HealthState, Subject, Trigger, decide
+from services.health.settings import AutomationHealthSettings
+
+T0 = 1_780_000_000.0  # 2026-05-28T20:26:40Z
+CFG = AutomationHealthSettings()
+_ids = itertools.count(1)
+
+
+def dt(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+def tick(status: str, at: float, *, name: str = "orders_sensor", kind: str = "sensor", tick_id: int | None = None,
+         error: str | None = None, **fields: Any) -> AutomationTicked:
+    tick_id = next(_ids) if tick_id is None else tick_id
+    data = AutomationTickData(kind=kind, name=name, code_location="loc", status=status,  # type: ignore[arg-type]
+                              tick_at=dt(at), tick_id=tick_id, error=error, **fields)
+    return new_event(AutomationTicked, "automation.tick", identity=f"{tick_id}:{status}", data=data, source="t",
+                     occurred_at=dt(at))
+
+
+def daemon(at: float, daemon_type: str = "SENSOR", errors: list[str] | None = None) -> DaemonHeartbeat:
+    data = DaemonHeartbeatData(daemon_type=daemon_type, last_heartbeat_at=dt(at), errors=errors or [])
+    return new_event(DaemonHeartbeat, "automation.daemon_heartbeat", identity=f"{daemon_type}:{at}", data=data,
+                     source="t", occurred_at=dt(at))
+
+
+def beat(at: float, interval_s: float = 30.0) -> PublisherHeartbeat:
+    data = PublisherHeartbeatData(code_location="loc", tick_at=dt(at), interval_s=interval_s)
+    return new_event(PublisherHeartbeat, "automation.publisher_heartbeat", identity=f"loc:{at}", data=data,
+                     source="t", occurred_at=dt(at))
+
+
+def fold(*events: Event) -> AutomationObject:
+    obj = new_object(events[0])
+    assert obj is not None
+    for e in events:
+        obj = apply(obj, e)
+    return obj
+
+
+def outcomes(obj: AutomationObject, now: float, daemons: dict[str, AutomationObject] | None = None) -> dict[str, str]:
+    return {r.check: r.outcome for r in evaluate(obj, CFG, now, daemons or {})}
+
+
+def test_keys_name_kind_location_and_name() -> None:
+    assert automation.object_key(tick("SUCCESS", T0)) == "sensor:loc/orders_sensor"
+    assert automation.object_key(tick("SUCCESS", T0, kind="schedule", name="daily")) == "schedule:loc/daily"
+    assert automation.object_key(daemon(T0)) == "daemon:SENSOR"
+    assert automation.object_key(beat(T0)) == "publisher:loc"
+
+
+def test_a_failing_sensor_is_an_error_naming_streak_and_error_until_a_tick_succeeds() -> None:
+    obj = fold(tick("SUCCESS", T0), tick("FAILURE", T0 + 30, error="KeyError: 'x'"),
+               tick("FAILURE", T0 + 60, error="ValueError: bad cursor"))
+    (failures,) = [r for r in evaluate(obj, CFG, T0 + 61, {}) if r.check == "tick_failures"]
+    assert failures.outcome == "error"
+    assert "2 ticks in a row" in failures.reason and "ValueError: bad cursor" in failures.reason
+    assert "loc" in failures.reason and failures.values["failed_ticks"] == 2
+    assert outcomes(apply(obj, tick("SUCCESS", T0 + 90)), T0 + 91)["tick_failures"] == "passed"
+    assert outcomes(apply(obj, tick("SKIPPED", T0 + 90)), T0 + 91)["tick_failures"] == "passed"
+
+
+def test_a_late_or_repeated_tick_changes_no_streak() -> None:
+    failed = fold(tick("FAILURE", T0 + 60, tick_id=7))
+    assert apply(failed, tick("SUCCESS", T0)).failed_ticks == 1  # older than the newest tick: history
+    assert apply(failed, tick("STARTED", T0 + 60, tick_id=7)).failed_ticks == 1  # its own start, late
+    assert apply(failed, tick("FAILURE", T0 + 60, tick_id=7)).failed_ticks == 1  # the same tick again
+    started = fold(tick("STARTED", T0 + 90, tick_id=8))
+    assert apply(started, tick("FAILURE", T0 + 90, tick_id=8)).failed_ticks == 1  # STARTED, then its end
+
+
+def test_a_sensor_stops_after_n_intervals_and_never_before_its_daemon_could_be_judged() -> None:
+    obj = fold(tick("SUCCESS", T0, interval_s=60))
+    limit = max(3 * 60, CFG.daemon_heartbeat_max_s + 60)
+    assert outcomes(obj, T0 + limit)["stopped"] == "passed"
+    assert outcomes(obj, T0 + limit + 1)["stopped"] == "error"
+    assert next_change(obj, CFG, T0 + 5) == T0 + limit + 0.001
+    assert next_change(obj, CFG, T0 + limit + 1) is None  # late: only a tick changes it now
+    assert outcomes(fold(tick("SUCCESS", T0, running=False)), T0 + 10 * limit)["stopped"] == "passed"
+
+
+def test_a_stopped_sensor_names_its_silent_daemon_as_the_cause() -> None:
+    obj = fold(tick("SUCCESS", T0))
+    sensor_daemon = fold(daemon(T0 - 10))
+    now = T0 + 1000
+    results = {r.check: r for r in evaluate(obj, CFG, now, {"daemon:SENSOR": sensor_daemon})}
+    assert results["stopped"].values["blocked_by"] == "daemon:SENSOR"
+    assert "SENSOR daemon" in results["stopped"].reason
+    assert outcomes(sensor_daemon, now) == {"daemon_heartbeat": "error"}
+
+
+def test_a_schedule_is_stopped_past_its_next_cron_tick_plus_the_grace() -> None:
+    hourly = "0 * * * *"
+    top = 1_780_002_000.0  # 2026-05-28T21:00:00Z
+    obj = fold(tick("SUCCESS", top + 2, kind="schedule", name="hourly", cron_schedule=hourly))
+    grace = max(CFG.schedule_grace_s, CFG.daemon_heartbeat_max_s)
+    assert outcomes(obj, top + 3600 + grace - 1)["stopped"] == "passed"
+    late = [r for r in evaluate(obj, CFG, top + 3600 + grace + 1, {}) if r.check == "stopped"][0]
+    assert late.outcome == "error" and "missed its tick of 2026-05-28 22:00:00Z" in late.reason
+    assert next_change(obj, CFG, top + 10) == top + 3600 + grace + 0.001
+    assert outcomes(apply(obj, tick("SUCCESS", top + 3601, kind="schedule", name="hourly",
+                                     cron_schedule=hourly)), top + 3600 + grace + 1)["stopped"] == "passed"
+
+
+def test_daemon_heartbeat_limit_and_reported_errors() -> None:
+    obj = fold(daemon(T0))
+    assert outcomes(obj, T0 + CFG.daemon_heartbeat_max_s) == {"daemon_heartbeat": "passed"}
+    assert outcomes(obj, T0 + CFG.daemon_heartbeat_max_s + 1) == {"daemon_heartbeat": "error"}
+    assert outcomes(fold(daemon(T0, errors=["boom"])), T0 + 1) == {"daemon_heartbeat": "warn"}
+    assert apply(obj, daemon(T0 - 50)).last_at == T0  # an older heartbeat never moves it back
+
+
+def test_publisher_heartbeat_lateness() -> None:
+    obj = fold(beat(T0, interval_s=30))
+    limit = automation.publisher_limit(obj, CFG)
+    assert limit >= max(3 * 30, CFG.publisher_min_s)
+    assert outcomes(obj, T0 + limit) == {"publisher_heartbeat": "passed"}
+    (late,) = evaluate(obj, CFG, T0 + limit + 1, {})
+    assert late.outcome == "error" and "not published" in late.reason
+    assert next_change(obj, CFG, T0) == T0 + limit + 0.001
+
+
+def test_failing_automation_checks_make_the_object_failed_and_publish_its_kind_and_tags() -> None:
+    obj = fold(tick("FAILURE", T0, error="boom", owners=["team:data"], tags={"tier": "1"}))
+    subject = Subject(key=obj.key, has_data=True, owners=obj.owners, code_location=obj.code_location,
+                      declared=frozenset(), kind=obj.kind, tags=obj.tags, failing=automation.FAILING_CHECKS)
+    d = decide(HealthState(), evaluate(obj, CFG, T0 + 1, {}), T0 + 1, subject, Trigger.EVENTS)
+    assert d.status == "FAILED" and d.event is not None and d.report == ()
+    assert d.event.data.object_kind == "sensor" and d.event.data.tags == {"tier": "1"}
+    assert d.event.data.owners == ["team:data"] and d.event.data.code_location == "loc"
+
+
+def test_stored_form_round_trips() -> None:
+    obj = fold(tick("FAILURE", T0, error="e", owners=["a"], tags={"k": "v"}), daemon(T0))
+    assert automation.from_row(automation.to_row(obj)) == obj
+
+
+statuses = st.sampled_from(["STARTED", "SKIPPED", "SUCCESS", "FAILURE"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(statuses, st.integers(0, 10_000)), min_size=1, max_size=30))
+def test_the_failure_streak_counts_the_newest_failed_ticks(ticks: list[tuple[str, int]]) -> None:
+    """Whatever the arrival order, applied in time order the streak is the failed ticks since the last
+    success or skip; an error is reported exactly when it is at least the threshold."""
+    ordered = sorted(ticks, key=lambda t: t[1])
+    events = [tick(status, T0 + at, tick_id=i) for i, (status, at) in enumerate(ordered)]
+    obj = fold(*events)
+    streak = 0
+    for status, _ in ordered:
+        if status == "FAILURE":
+            streak += 1
+        elif status in ("SUCCESS", "SKIPPED"):
+            streak = 0
+    assert obj.failed_ticks == streak
+    result = automation.tick_failures(obj, CFG)
+    assert (result.outcome == "error") == (streak >= CFG.failed_ticks)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(1, 3600), st.floats(0, 20_000))
+def test_next_change_is_when_the_stopped_outcome_flips(interval: float, elapsed: float) -> None:
+    obj = fold(tick("SUCCESS", T0, interval_s=interval))
+    now = T0 + elapsed
+    due = next_change(obj, CFG, now)
+    if due is None:
+        assert outcomes(obj, now)["stopped"] == "error"
+    else:
+        assert outcomes(obj, now)["stopped"] == "passed" and outcomes(obj, due)["stopped"] == "error"

@@ -1,0 +1,134 @@
+"""Automation objects through the health service on a real health.db: ticks and heartbeats in, health.changed
+events (with the object's kind) in the outbox, the periodic pass for clock-driven checks, and a replay."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from libs.common.bus import Delivery
+from libs.common.events import AUTOMATION, Event, HealthChanged, parse_event
+from libs.common.settings import load_settings
+from libs.common.store import Store
+from services.health import metrics
+from services.health import store as db
+from services.health.service import HealthService
+from services.health.settings import HealthWorkerSettings
+from services.health.store import open_store
+
+
+def _helpers() -> Any:
+    # The builders of test_automation.py (tests run in importlib mode: no package imports between them).
+    name = "automation_event_builders"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_automation.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+h = _helpers()
+T0 = h.T0
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def hsettings(tmp_path: Path) -> HealthWorkerSettings:
+    return load_settings(HealthWorkerSettings, dagster_home=str(tmp_path), stores={"data_dir": str(tmp_path)})
+
+
+@pytest.fixture
+def store(hsettings: HealthWorkerSettings) -> Store:
+    s = open_store(hsettings)
+    yield s  # type: ignore[misc]
+    s.close()
+
+
+def batch(*events: Event) -> list[Delivery]:
+    return [Delivery(AUTOMATION, f"{i + 1}-0", e) for i, e in enumerate(events)]  # type: ignore[arg-type]
+
+
+def published(store: Store) -> list[HealthChanged]:
+    rows = store.connection().execute("SELECT payload FROM event_outbox ORDER BY seq").fetchall()
+    return [e for e in (parse_event(r[0]) for r in rows) if isinstance(e, HealthChanged)]
+
+
+def status_of(store: Store, key: str) -> str:
+    row = store.connection().execute("SELECT status FROM automation_objects WHERE object_key = ?", (key,)).fetchone()
+    return str(row[0])
+
+
+def test_a_failing_sensor_is_published_failed_then_healthy(store: Store, hsettings: HealthWorkerSettings) -> None:
+    clock = Clock(T0 + 1)
+    engine = HealthService(store, hsettings, clock=clock)
+    engine.handle(batch(h.tick("FAILURE", T0, error="RuntimeError: sensor raised", owners=["team:ops"],
+                               tags={"tier": "1"}), h.beat(T0)))
+    (event,) = [e for e in published(store) if e.data.asset_key == "sensor:loc/orders_sensor"]
+    assert event.data.status == "FAILED" and event.data.object_kind == "sensor"
+    assert event.data.code_location == "loc" and event.data.owners == ["team:ops"] and event.data.tags == {"tier": "1"}
+    failing = [c for c in event.data.checks if c.outcome != "passed"]
+    assert [c.check for c in failing] == ["tick_failures"] and "sensor raised" in failing[0].reason
+    assert not event.data.replay
+    assert status_of(store, "publisher:loc") == "HEALTHY"
+    assert metrics.PUBLISHER_LAST_HEARTBEAT.labels(code_location="loc")._value.get() == T0
+
+    clock.t = T0 + 31
+    engine.handle(batch(h.tick("SUCCESS", T0 + 30), h.beat(T0 + 30)))
+    last = [e for e in published(store) if e.data.asset_key == "sensor:loc/orders_sensor"][-1]
+    assert last.data.status == "HEALTHY" and last.data.changed_checks == ["tick_failures"]
+    # Redelivered: nothing new.
+    before = len(published(store))
+    engine.handle(batch(h.tick("SUCCESS", T0 + 30, tick_id=10**6), h.beat(T0 + 30)))
+    engine.handle(batch(h.beat(T0 + 30)))
+    assert len(published(store)) == before
+
+
+def test_the_periodic_pass_finds_a_silent_daemon_and_the_sensors_it_stopped(
+    store: Store, hsettings: HealthWorkerSettings
+) -> None:
+    clock = Clock(T0 + 1)
+    engine = HealthService(store, hsettings, clock=clock)
+    engine.handle(batch(h.tick("SUCCESS", T0), h.daemon(T0), h.beat(T0)))
+    engine.evaluate_all()  # the first pass evaluates everything: all healthy
+    assert {status_of(store, k) for k in ("sensor:loc/orders_sensor", "daemon:SENSOR", "publisher:loc")} == {
+        "HEALTHY"}
+    clock.t = T0 + 10_000  # the daemon died: nothing arrives any more
+    assert engine.evaluate_all() == 3
+    events = {e.data.asset_key: e for e in published(store)[-3:]}
+    assert events["daemon:SENSOR"].data.status == "FAILED"
+    stopped = next(c for c in events["sensor:loc/orders_sensor"].data.checks if c.check == "stopped")
+    assert stopped.outcome == "error" and stopped.values["blocked_by"] == "daemon:SENSOR"
+    assert events["sensor:loc/orders_sensor"].data.status == "DEGRADED"
+    assert events["publisher:loc"].data.status == "FAILED"
+    assert engine.evaluate_all() == 0  # already late: not due again until an event comes
+    assert db.due_automation_keys(store.connection(), clock.t) == []
+
+
+def test_ticks_replayed_from_the_past_are_judged_as_of_their_time(
+    store: Store, hsettings: HealthWorkerSettings
+) -> None:
+    clock = Clock(T0 + 7 * 86400)  # a first install reads a week-old tick history
+    engine = HealthService(store, hsettings, clock=clock)
+    engine.handle(batch(h.tick("FAILURE", T0, error="boom"), h.tick("SUCCESS", T0 + 30), h.beat(T0 + 30)))
+    sensor = [e for e in published(store) if e.data.asset_key == "sensor:loc/orders_sensor"]
+    # As of the history's time the sensor had just ticked: not stopped, and marked as a replay.
+    assert [e.data.status for e in sensor] == ["HEALTHY"] and sensor[0].data.replay
+    assert engine.evaluate_all() == 0  # the periodic pass waits during a replay
+    # Caught up (a recent batch): replayed objects are judged on the wall clock; the week of silence counts.
+    engine.handle(batch(h.beat(clock.t)))
+    last = [e for e in published(store) if e.data.asset_key == "sensor:loc/orders_sensor"][-1]
+    assert last.data.status == "DEGRADED" and not last.data.replay
+    assert status_of(store, "publisher:loc") == "HEALTHY"
