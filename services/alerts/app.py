@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from libs.common.events import ASSET_CHANGES, HEALTH
+from libs.common.bus import connect
+from libs.common.events import ASSET_CHANGES, AUTOMATION, HEALTH
 from libs.common.settings import ServiceName
 from libs.common.worker import PeriodicJob, Worker, run_service
 from services.alerts.sender import Sender
 from services.alerts.service import AlertService
 from services.alerts.settings import AlertsWorkerSettings
 from services.alerts.store import open_store
+from services.alerts.watch import PublisherWatch
 
 
 def build(settings: AlertsWorkerSettings, *, port: int | None = None) -> Worker:
@@ -17,6 +19,12 @@ def build(settings: AlertsWorkerSettings, *, port: int | None = None) -> Worker:
     sender = Sender(store, settings)
     service = AlertService(store, settings, on_commit=sender.wake)
     cfg = settings.alerts
+    # Its own client: the watch must not depend on health, which may be down (watch.py).
+    watch = PublisherWatch(connect(settings.redis), f"{settings.bus.prefix}:{AUTOMATION}")
+
+    def watch_publishers() -> None:
+        service.publisher_heartbeats(watch.read(), watch.seen)
+
     return Worker(
         service=ServiceName.ALERTS,
         settings=settings,
@@ -28,6 +36,8 @@ def build(settings: AlertsWorkerSettings, *, port: int | None = None) -> Worker:
             PeriodicJob(name="alerts_tick", func=service.tick, interval_s=cfg.tick_interval_s, run_at_start=True),
             PeriodicJob(name="alerts_gauges", func=service.update_gauges, interval_s=5.0, run_at_start=True),
             PeriodicJob(name="alerts_retention", func=service.prune, interval_s=3600.0),
+            PeriodicJob(name="alerts_publisher_watch", func=watch_publishers, interval_s=cfg.publisher_watch_interval_s,
+                        run_at_start=True),
         ],
         on_startup=lambda _worker: sender.start(),
         on_shutdown=lambda _worker: sender.stop(),

@@ -22,7 +22,7 @@ from functools import cache
 from typing import Any
 
 from libs.common.bus import Delivery
-from libs.common.events import AssetChanged, CheckResult, HealthChanged, from_timestamp
+from libs.common.events import AssetChanged, CheckResult, HealthChanged, from_timestamp, object_kind_of
 from libs.common.log import get_logger
 from libs.common.sql import Connection
 from libs.common.store import Store
@@ -55,6 +55,7 @@ from services.alerts.lifecycle import (
 from services.alerts.receivers import AlertPayload, IncidentMember, dagster_asset_url, title_for
 from services.alerts.routing import AlertLabels, route, silence_matches, teams_of
 from services.alerts.settings import AlertsWorkerSettings
+from services.alerts.watch import Heartbeat, heartbeat_limit
 
 log = get_logger(__name__)
 
@@ -64,6 +65,8 @@ CAUGHT_UP_QUIET_S = 2.0
 LINEAGE_DEPTH = 50
 # The check alerts use when a health event carries a status but no check results.
 STATUS_CHECK = "health_status"
+# The check of the alert the worker raises itself when a publisher's heartbeat is late (watch.py).
+PUBLISHER_CHECK = "heartbeat"
 
 
 # The longest silence: a year and a day. Longer is a mistake (or a wish to delete the alert's rule), and
@@ -254,12 +257,58 @@ class AlertService:
                             behind=behind),
                 )
         hints = AssetInfo(owners=tuple(data.owners), downstream=tuple(data.downstream), group=data.group,
-                          code_location=data.code_location)
+                          code_location=data.code_location, tags=dict(data.tags))
+        if object_kind_of(data.asset_key) != "asset":  # by its key: an event cannot overwrite an asset's spec
+            self._automation_object(conn, data.asset_key, hints, now)
         self._add_edges(conn, [(data.asset_key, d) for d in data.downstream])
         for check, observation in observations.items():
             self._apply(
                 conn, fingerprint(data.asset_key, check), data.asset_key, check, [observation], now, txn, hints=hints
             )
+
+    @staticmethod
+    def _automation_object(conn: Connection, key: str, info: AssetInfo, now: float, *, replace: bool = True) -> None:
+        """An automation object (a sensor, schedule, daemon, publisher) has no asset spec: what its health
+        event says of it (owners, tags, code location) is kept as its spec copy, so that routing when an
+        incident's notice is sent later (a tick, a person's action) sees it too."""
+        update = ("DO UPDATE SET owners = excluded.owners, tags = excluded.tags, updated_at = excluded.updated_at, "
+                  "code_location = excluded.code_location" if replace else "DO NOTHING")
+        conn.execute(
+            f"""INSERT INTO assets (asset_key, owners, tags, version, updated_at, code_location)
+               VALUES (?, ?, ?, 0, ?, ?) ON CONFLICT(asset_key) {update}""",
+            (key, json.dumps(list(info.owners)), json.dumps(dict(info.tags)), now, info.code_location),
+        )
+
+    def publisher_heartbeats(self, now_redis: float, seen: Mapping[str, Heartbeat]) -> int:
+        """Watching the watcher: fire (or resolve) `publisher:<location>` / `heartbeat` for each publisher
+        whose newest heartbeat (`watch.PublisherWatch`, times on Redis's clock as `now_redis`) is older than
+        its limit. Returns the notifications queued."""
+        cfg = self.settings.alerts
+        if not seen or cfg.publisher_heartbeat_intervals <= 0:
+            return 0
+        now = self.clock()
+        txn = _Txn()
+        with self.store.write() as conn:
+            for location, beat in sorted(seen.items()):
+                limit = heartbeat_limit(beat, cfg.publisher_heartbeat_intervals, cfg.publisher_heartbeat_min_s)
+                late = now_redis - beat.at > limit
+                last = from_timestamp(beat.at).isoformat(timespec="seconds")
+                summary = (f"the publisher of code location {location} has written no heartbeat to the automation "
+                           f"stream since {last} (limit {limit:g} s): no Dagster event reaches the workers; is "
+                           f"the daemon running, does the publishing sensor fail?" if late
+                           else f"the publisher of {location} writes heartbeats again")
+                key = f"publisher:{location}"
+                info = AssetInfo(code_location=location)
+                self._automation_object(conn, key, info, now, replace=False)
+                observation = Observe(firing=late, at=now, severity="critical", summary=summary,
+                                      values={"last_heartbeat_at": last, "limit_s": limit, "code_location": location})
+                self._apply(conn, fingerprint(key, PUBLISHER_CHECK), key, PUBLISHER_CHECK, [observation], now, txn,
+                            hints=info)
+            produced = self._settle_incidents(conn, txn, now)
+        txn.committed()
+        if produced:
+            self._committed()
+        return produced
 
     # -- clock -----------------------------------------------------------------------------------------
 
@@ -857,7 +906,8 @@ class AlertService:
                 code_location=root_info.code_location,
                 tags=dict(root_info.tags),
                 downstream=list(root_info.downstream),
-                dagster_url=dagster_asset_url(self.settings.alerts.dagster_ui_url, root["asset_key"]),
+                dagster_url=dagster_asset_url(self.settings.alerts.dagster_ui_url, root["asset_key"])
+                if object_kind_of(root["asset_key"]) == "asset" else None,
                 started_at=_dt(incident["opened_at"]),
                 resolved_at=_dt(incident["resolved_at"]),
                 acknowledged_by=incident["acked_by"],
@@ -865,6 +915,7 @@ class AlertService:
                 incident_id=incident["id"],
                 members=[member for member, _ in described],
                 merged_into=incident.get("merged_into"),
+                object_kind=object_kind_of(root["asset_key"]),
             )
             rows.append((notification_id, root["id"], f"incident-{incident['id']}", own_kind, name,
                          payload.model_dump_json(), row_status, now, now, incident["id"]))

@@ -107,6 +107,13 @@ class AlertsSettings(Section):
     retry_after_max_s: float = Field(default=3600.0, gt=0)
     max_age_s: float = Field(default=24 * 3600.0, gt=0)
     sender_concurrency: int = Field(default=8, ge=1, le=64)
+    # Watching the watcher (services/alerts/watch.py): the automation stream is read directly every
+    # publisher_watch_interval_s, and `publisher:<code location>` / `heartbeat` fires when a publisher seen
+    # before has written no heartbeat for publisher_heartbeat_intervals times its interval (at least
+    # publisher_heartbeat_min_s); it resolves with the next heartbeat. 0 intervals turns the watch off.
+    publisher_heartbeat_intervals: float = Field(default=3.0, ge=0)
+    publisher_heartbeat_min_s: float = Field(default=60.0, gt=0)
+    publisher_watch_interval_s: float = Field(default=15.0, gt=0)
 
     @model_validator(mode="after")
     def _unique_receivers(self) -> AlertsSettings:
