@@ -93,5 +93,84 @@ def asset_health(
     emit(rows, columns, fmt, output, title="Asset health")
 
 
+
+
+# -- automation-health -----------------------------------------------------------------------------------
+
+AUTOMATION_KINDS = ("sensor", "schedule", "daemon", "publisher")
+AUTOMATION_COLUMNS = ["object", "kind", "location", "status", "failing_checks", "reasons", "last_seen", "since"]
+
+
+def parse_kinds(text: str | None) -> set[str] | None:
+    """`sensor,Schedule` → {"sensor", "schedule"}; unknown kinds are a usage error."""
+    if text is None:
+        return None
+    wanted = {part.strip().lower() for part in text.split(",") if part.strip()}
+    unknown = sorted(wanted - set(AUTOMATION_KINDS))
+    if unknown or not wanted:
+        bad = unknown[0] if unknown else text
+        close = difflib.get_close_matches(bad, AUTOMATION_KINDS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise CliError(f"unknown --kind '{bad}'{hint}; use a comma-separated list of {', '.join(AUTOMATION_KINDS)}")
+    return wanted
+
+
+def automation_health(
+    location: Annotated[str | None, typer.Option("--location", "-l", help="Only objects of this code location")] = None,
+    status: Annotated[str | None, typer.Option(
+        "--status", "--health", "-s", help="Only these statuses, comma-separated (e.g. FAILED,DEGRADED)")] = None,
+    kind: Annotated[str | None, typer.Option(
+        "--kind", "-k", help="Only these kinds, comma-separated: sensor, schedule, daemon, publisher")] = None,
+    fmt: FormatOption = OutputFormat.table,
+    output: OutputOption = None,
+) -> None:
+    """Health of the sensors, schedules, daemons and publishers (worst first) with every reason."""
+    from asset_manager.settings import load_app_settings
+    from asset_manager.stores import store_file
+    from libs.common.settings import StoreName
+    from services.health import queries
+    from services.health.store import open_store
+
+    wanted = parse_statuses(status)
+    kinds = parse_kinds(kind)
+    settings = load_app_settings()
+    path = store_file(settings, StoreName.HEALTH)
+    if not path.exists():
+        typer.echo(f"no health data yet: {path} does not exist (start the health service)", err=True)
+        emit([], AUTOMATION_COLUMNS, fmt, output, title="Automation health")
+        return
+    store = open_store(settings, migrate=False)
+    try:
+        items = queries.automation_health(store)
+    finally:
+        store.close()
+    known = {i.code_location for i in items if i.code_location}
+    if location is not None and location not in known:
+        close = difflib.get_close_matches(location, sorted(known), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise CliError(f"unknown code location '{location}'{hint}: no sensor, schedule or publisher of it on record")
+    rows: list[dict[str, Any]] = []
+    for item in items:
+        if (wanted is not None and item.status not in wanted) or (kinds is not None and item.kind not in kinds):
+            continue
+        if location is not None and item.code_location != location:
+            continue
+        rows.append({
+            "object": item.key,
+            "kind": item.kind,
+            "location": item.code_location or "",
+            "status": item.status,
+            "failing_checks": [f"{c.check}={c.outcome}" for c in item.checks if c.outcome != "passed"],
+            "reasons": item.reasons if fmt is OutputFormat.json else "\n".join(item.reasons),
+            "last_seen": _when(item.last_seen),
+            "since": _when(item.changed_at),
+            "owners": item.owners,
+            "checks": [c.model_dump(mode="json") for c in item.checks],
+        })
+    columns = [*AUTOMATION_COLUMNS, "owners", "checks"] if fmt is OutputFormat.json else AUTOMATION_COLUMNS
+    emit(rows, columns, fmt, output, title="Automation health")
+
+
 def register(app: typer.Typer) -> None:
     app.command("asset-health")(asset_health)
+    app.command("automation-health")(automation_health)

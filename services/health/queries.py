@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, JsonValue
 
-from libs.common.events import CHECK_NAMES, CheckResult, HealthStatus
+from libs.common.events import CHECK_NAMES, CheckResult, HealthStatus, from_timestamp
 from libs.common.store import Store
 from services.health import store as db
 
@@ -195,3 +195,36 @@ def last_materializations(store: Store, key: str | None = None) -> dict[str, str
     with store.read() as conn:
         rows = db.read_last_materializations(conn, key)
     return {k: _dt(at).isoformat(timespec="seconds") for k, at in rows}
+
+
+class AutomationHealth(BaseModel):
+    """The latest health of one automation object (sensor, schedule, daemon, publisher) with its checks."""
+
+    key: str
+    kind: str
+    code_location: str | None = None
+    status: HealthStatus
+    reasons: list[str]
+    checks: list[CheckResult]
+    owners: list[str] = []
+    last_seen: datetime | None = None  # its newest tick or heartbeat
+    evaluated_at: datetime | None = None
+    changed_at: datetime | None = None
+
+
+def automation_health(store: Store) -> list[AutomationHealth]:
+    """Every automation object on record, worst first, then by kind and key."""
+    items: list[AutomationHealth] = []
+    with store.read() as conn:
+        rows = db.read_automation(conn)
+    for key, kind, location, status, reasons, checks, last_at, evaluated_at, changed_at, state in rows:
+        items.append(AutomationHealth(
+            key=key, kind=kind, code_location=location, status=HealthStatus(status), reasons=json.loads(reasons),
+            checks=[CheckResult.model_validate(c) for c in json.loads(checks)],
+            owners=list(json.loads(state).get("owners") or []),
+            last_seen=from_timestamp(last_at) if last_at is not None else None,
+            evaluated_at=from_timestamp(evaluated_at) if evaluated_at is not None else None,
+            changed_at=from_timestamp(changed_at) if changed_at is not None else None,
+        ))
+    items.sort(key=lambda i: (i.status.rank, i.kind, i.key))
+    return items

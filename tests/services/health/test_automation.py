@@ -119,7 +119,7 @@ def test_a_schedule_is_stopped_past_its_next_cron_tick_plus_the_grace() -> None:
     obj = fold(tick("SUCCESS", top + 2, kind="schedule", name="hourly", cron_schedule=hourly))
     grace = max(CFG.schedule_grace_s, CFG.daemon_heartbeat_max_s)
     assert outcomes(obj, top + 3600 + grace - 1)["stopped"] == "passed"
-    late = [r for r in evaluate(obj, CFG, top + 3600 + grace + 1, {}) if r.check == "stopped"][0]
+    late = next(r for r in evaluate(obj, CFG, top + 3600 + grace + 1, {}) if r.check == "stopped")
     assert late.outcome == "error" and "missed its tick of 2026-05-28 22:00:00Z" in late.reason
     assert next_change(obj, CFG, top + 10) == top + 3600 + grace + 0.001
     assert outcomes(apply(obj, tick("SUCCESS", top + 3601, kind="schedule", name="hourly",

@@ -1,0 +1,107 @@
+"""`automation-health` against a real health.db written by the health service from automation events."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from asset_manager.settings import AppSettings
+from libs.common.bus import Delivery
+from libs.common.events import (
+    AUTOMATION,
+    AutomationTickData,
+    AutomationTicked,
+    DaemonHeartbeat,
+    DaemonHeartbeatData,
+    Event,
+    PublisherHeartbeat,
+    PublisherHeartbeatData,
+    new_event,
+)
+from libs.common.settings import load_settings
+from services.health.service import HealthService
+from services.health.store import open_store
+from tests.asset_manager.conftest import Cli
+
+
+def _dt(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+def populate() -> None:
+    """A failing sensor of `sales`, a healthy schedule of `finance`, a healthy daemon and publisher."""
+    settings = load_settings(AppSettings)
+    store = open_store(settings)
+    engine = HealthService(store, settings)
+    now = time.time()
+
+    def tick(kind: str, name: str, location: str, status: str, tick_id: int, error: str | None = None) -> Event:
+        data = AutomationTickData(kind=kind, name=name, code_location=location, status=status,  # type: ignore[arg-type]
+                                  tick_at=_dt(now - 5), tick_id=tick_id, error=error, owners=["team:sales"],
+                                  cron_schedule="*/5 * * * *" if kind == "schedule" else None)
+        return new_event(AutomationTicked, "automation.tick", identity=f"{tick_id}:{status}", data=data, source="t")
+
+    events: list[Event] = [
+        tick("sensor", "orders_sensor", "sales", "FAILURE", 1, "RuntimeError: source down"),
+        tick("schedule", "daily_report", "finance", "SUCCESS", 2),
+        new_event(DaemonHeartbeat, "automation.daemon_heartbeat", identity="SENSOR:1", source="t",
+                  data=DaemonHeartbeatData(daemon_type="SENSOR", last_heartbeat_at=_dt(now - 5))),
+        new_event(PublisherHeartbeat, "automation.publisher_heartbeat", identity="sales:1", source="t",
+                  data=PublisherHeartbeatData(code_location="sales", tick_at=_dt(now - 5), interval_s=30)),
+    ]
+    engine.handle([Delivery(AUTOMATION, f"{i + 1}-0", e) for i, e in enumerate(events)])  # type: ignore[arg-type]
+    store.close()
+
+
+@pytest.fixture
+def with_automation(cli: Cli) -> Cli:
+    populate()
+    return cli
+
+
+def test_lists_objects_worst_first_with_reasons(with_automation: Cli) -> None:
+    code, out, err = with_automation.run("automation-health")
+    assert code == 0, err
+    assert "sensor:sales/orders_sensor" in out and "FAILED" in out
+    assert out.index("sensor:sales/orders_sensor") < out.index("schedule:finance/daily_report")
+
+
+def test_filters_and_json(with_automation: Cli) -> None:
+    code, out, err = with_automation.run("automation-health", "--status", "failed", "--format", "json")
+    assert code == 0, err
+    (row,) = json.loads(out)
+    assert row["object"] == "sensor:sales/orders_sensor" and row["kind"] == "sensor" and row["location"] == "sales"
+    assert row["failing_checks"] == ["tick_failures=error"] and "source down" in row["reasons"][0]
+    assert row["owners"] == ["team:sales"] and {c["check"] for c in row["checks"]} == {"tick_failures", "stopped"}
+    code, out, _ = with_automation.run("automation-health", "--kind", "daemon,publisher", "-f", "json")
+    assert code == 0 and sorted(r["object"] for r in json.loads(out)) == ["daemon:SENSOR", "publisher:sales"]
+    code, out, _ = with_automation.run("automation-health", "--location", "finance", "--health", "HEALTHY",
+                                       "-f", "json")
+    assert code == 0 and [r["object"] for r in json.loads(out)] == ["schedule:finance/daily_report"]
+
+
+def test_csv_to_a_file_and_markdown(with_automation: Cli) -> None:
+    target = with_automation.home / "automation.csv"
+    code, _, err = with_automation.run("automation-health", "-k", "sensor", "-f", "csv", "-o", str(target))
+    assert code == 0, err
+    (row,) = list(csv.DictReader(io.StringIO(target.read_text())))
+    assert row["object"] == "sensor:sales/orders_sensor" and "source down" in row["reasons"]
+    code, out, _ = with_automation.run("automation-health", "-f", "markdown")
+    assert code == 0 and "| sensor:sales/orders_sensor |" in out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--kind", "sensr"], "unknown --kind 'sensr' (did you mean sensor?)"),
+    (["--status", "BROKEN"], "unknown --status 'BROKEN'"),
+    (["--location", "sale"], "unknown code location 'sale' (did you mean sales?)"),
+    (["--format", "yaml"], "yaml"),
+])
+def test_bad_arguments_are_one_line_and_exit_2(with_automation: Cli, args: list[str], message: str) -> None:
+    code, out, err = with_automation.run("automation-health", *args)
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
