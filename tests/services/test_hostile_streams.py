@@ -20,6 +20,7 @@ from libs.common import outbox
 from libs.common.events import (
     ASSET_CHANGES,
     ASSETS,
+    AUTOMATION,
     CATALOG,
     HEALTH,
     RUNS,
@@ -29,10 +30,14 @@ from libs.common.events import (
     AssetMaterializationFailed,
     AssetMaterialized,
     AssetSpecData,
+    AutomationTickData,
+    AutomationTicked,
     CatalogSnapshot,
     CatalogSnapshotData,
     CheckResult,
     Column,
+    DaemonHeartbeat,
+    DaemonHeartbeatData,
     DiscoveryRequestData,
     DiscoveryRequested,
     Event,
@@ -40,6 +45,8 @@ from libs.common.events import (
     HealthChangedData,
     MaterializationData,
     MaterializationFailedData,
+    PublisherHeartbeat,
+    PublisherHeartbeatData,
     RunData,
     RunEvent,
     latest_plausible,
@@ -233,6 +240,54 @@ health = _event(
         transition=st.one_of(st.none(), numbers.filter(bool)),
     ),
 )
+# Automation: names that collide across kinds and locations, crons Dagster cannot read, time zones that do
+# not exist, intervals of 0 and out of range, a daemon's heartbeat from far in the past.
+# Mostly plausible times here: the objects must be recorded, not only dead-lettered, to be fuzzed at all.
+recent = st.one_of(st.sampled_from([NOW, NOW - timedelta(seconds=30), NOW - timedelta(days=1)]), times)
+
+
+def _automation(cls: type[Event], types: list[str], data: st.SearchStrategy[Any]) -> st.SearchStrategy[Event]:
+    return st.builds(
+        lambda t, d, at, n: new_event(cls, t, identity=f"fuzz-{n}", data=d, source="fuzz", occurred_at=at),
+        st.sampled_from(types), data, recent, st.integers(0, 10**9),
+    )
+
+
+crons = st.one_of(st.none(), st.sampled_from(["* * * * *", "not a cron", "0 0 31 2 *", "@daily"]), huge_text)
+ticks = _automation(
+    AutomationTicked,
+    ["automation.tick"],
+    st.builds(
+        raw(AutomationTickData),
+        kind=st.sampled_from(["sensor", "schedule"]),
+        name=st.one_of(small_keys, keys),
+        code_location=st.one_of(st.none(), small_keys, keys),
+        tick_id=st.one_of(st.none(), st.integers(0, 5), numbers),
+        status=st.sampled_from(["STARTED", "SKIPPED", "SUCCESS", "FAILURE"]),
+        tick_at=recent,
+        error=st.one_of(st.none(), huge_text),
+        skip_reason=st.one_of(st.none(), huge_text),
+        running=st.booleans(),
+        interval_s=st.one_of(st.none(), st.floats(0, 100), floats),
+        cron_schedule=crons,
+        timezone=st.one_of(st.none(), st.sampled_from(["UTC", "Not/AZone", "Pacific/Kiritimati"])),
+        owners=st.lists(keys, max_size=2),
+        tags=st.dictionaries(keys, keys, max_size=2),
+    ),
+)
+daemon_beats = _automation(
+    DaemonHeartbeat,
+    ["automation.daemon_heartbeat"],
+    st.builds(raw(DaemonHeartbeatData), daemon_type=st.one_of(st.sampled_from(["SENSOR", "SCHEDULER"]), keys),
+              last_heartbeat_at=recent, errors=st.lists(huge_text, max_size=2)),
+)
+publisher_beats = _automation(
+    PublisherHeartbeat,
+    ["automation.publisher_heartbeat"],
+    st.builds(raw(PublisherHeartbeatData), code_location=st.one_of(small_keys, keys), tick_at=recent,
+              published=st.one_of(st.integers(0, 5), numbers), caught_up=st.booleans(),
+              interval_s=st.one_of(st.none(), st.floats(0, 100), floats)),
+)
 HOME_STREAM = {
     RunEvent: RUNS,
     AssetMaterialized: ASSETS,
@@ -241,9 +296,12 @@ HOME_STREAM = {
     DiscoveryRequested: CATALOG,
     AssetChanged: ASSET_CHANGES,
     HealthChanged: HEALTH,
+    AutomationTicked: AUTOMATION,
+    DaemonHeartbeat: AUTOMATION,
+    PublisherHeartbeat: AUTOMATION,
 }
 placed = st.tuples(
-    st.one_of(runs, materialized, failed, snapshots, requests, changes, health),
+    st.one_of(runs, materialized, failed, snapshots, requests, changes, health, ticks, daemon_beats, publisher_beats),
     st.one_of(st.none(), st.none(), st.none(), st.sampled_from(STREAMS)),
 )
 
@@ -322,6 +380,9 @@ def test_hostile_events_on_every_stream(settings: AppSettings) -> None:
             assert _failures() == before  # nothing failed in a handler (no retry cycle, no redelivery)
 
         fuzz()
+        with workers["health"].store.read() as conn:
+            objects = conn.execute("SELECT COUNT(*) FROM automation_objects").fetchone()[0]
+        assert objects, "no automation object was recorded: the generator is too tame"
         dead = [f for s in STREAMS for _, f in bus.client.xrange(bus.key(s) + ":dlq")]
         assert dead, "no hostile event was dead-lettered: the generator is too tame"
         reasons = {f[b"reason"].decode() for f in dead}
