@@ -50,9 +50,13 @@ def hsettings(tmp_path: Path) -> HealthWorkerSettings:
     return load_settings(HealthWorkerSettings, dagster_home=str(tmp_path), stores={"data_dir": str(tmp_path)})
 
 
-@pytest.fixture
-def store(hsettings: HealthWorkerSettings) -> Store:
-    s = open_store(hsettings)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, hsettings: HealthWorkerSettings) -> Store:
+    """health.db on SQLite, and the same schema and statements on a real PostgreSQL."""
+    if request.param == "sqlite":
+        s = open_store(hsettings)
+    else:
+        s = Store(request.getfixturevalue("postgres_url"), db.MIGRATIONS)
     yield s  # type: ignore[misc]
     s.close()
 
