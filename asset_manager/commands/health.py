@@ -98,7 +98,9 @@ def asset_health(
 # -- automation-health -----------------------------------------------------------------------------------
 
 AUTOMATION_KINDS = ("sensor", "schedule", "daemon", "publisher")
-AUTOMATION_COLUMNS = ["object", "kind", "location", "status", "failing_checks", "reasons", "last_seen", "since"]
+AUTOMATION_COLUMNS = [
+    "object", "kind", "location", "status", "failing_checks", "reasons", "last_seen", "since",
+]
 
 
 def parse_kinds(text: str | None) -> set[str] | None:
@@ -111,16 +113,21 @@ def parse_kinds(text: str | None) -> set[str] | None:
         bad = unknown[0] if unknown else text
         close = difflib.get_close_matches(bad, AUTOMATION_KINDS, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        raise CliError(f"unknown --kind '{bad}'{hint}; use a comma-separated list of {', '.join(AUTOMATION_KINDS)}")
+        kinds = ", ".join(AUTOMATION_KINDS)
+        raise CliError(f"unknown --kind '{bad}'{hint}; use a comma-separated list of {kinds}")
     return wanted
 
 
 def automation_health(
-    location: Annotated[str | None, typer.Option("--location", "-l", help="Only objects of this code location")] = None,
+    location: Annotated[
+        str | None, typer.Option("--location", "-l", help="Only objects of this code location")
+    ] = None,
     status: Annotated[str | None, typer.Option(
-        "--status", "--health", "-s", help="Only these statuses, comma-separated (e.g. FAILED,DEGRADED)")] = None,
+        "--status", "--health", "-s", help="Only these statuses, comma-separated (e.g. FAILED,DEGRADED)"
+    )] = None,
     kind: Annotated[str | None, typer.Option(
-        "--kind", "-k", help="Only these kinds, comma-separated: sensor, schedule, daemon, publisher")] = None,
+        "--kind", "-k", help="Only these kinds, comma-separated: sensor, schedule, daemon, publisher"
+    )] = None,
     fmt: FormatOption = OutputFormat.table,
     output: OutputOption = None,
 ) -> None:
@@ -148,12 +155,14 @@ def automation_health(
     if location is not None and location not in known:
         close = difflib.get_close_matches(location, sorted(known), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        raise CliError(f"unknown code location '{location}'{hint}: no sensor, schedule or publisher of it on record")
+        raise CliError(
+            f"unknown code location '{location}'{hint}: no sensor, schedule or publisher of it on record"
+        )
     rows: list[dict[str, Any]] = []
     for item in items:
-        if (wanted is not None and item.status not in wanted) or (kinds is not None and item.kind not in kinds):
+        if wanted is not None and item.status not in wanted:
             continue
-        if location is not None and item.code_location != location:
+        if (kinds is not None and item.kind not in kinds) or (location not in (None, item.code_location)):
             continue
         rows.append({
             "object": item.key,

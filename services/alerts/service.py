@@ -267,12 +267,17 @@ class AlertService:
             )
 
     @staticmethod
-    def _automation_object(conn: Connection, key: str, info: AssetInfo, now: float, *, replace: bool = True) -> None:
+    def _automation_object(
+        conn: Connection, key: str, info: AssetInfo, now: float, *, replace: bool = True
+    ) -> None:
         """An automation object (a sensor, schedule, daemon, publisher) has no asset spec: what its health
         event says of it (owners, tags, code location) is kept as its spec copy, so that routing when an
         incident's notice is sent later (a tick, a person's action) sees it too."""
-        update = ("DO UPDATE SET owners = excluded.owners, tags = excluded.tags, updated_at = excluded.updated_at, "
-                  "code_location = excluded.code_location" if replace else "DO NOTHING")
+        update = (
+            "DO UPDATE SET owners = excluded.owners, tags = excluded.tags, "
+            "updated_at = excluded.updated_at, code_location = excluded.code_location"
+            if replace else "DO NOTHING"
+        )
         conn.execute(
             f"""INSERT INTO assets (asset_key, owners, tags, version, updated_at, code_location)
                VALUES (?, ?, ?, 0, ?, ?) ON CONFLICT(asset_key) {update}""",
@@ -290,20 +295,25 @@ class AlertService:
         txn = _Txn()
         with self.store.write() as conn:
             for location, beat in sorted(seen.items()):
-                limit = heartbeat_limit(beat, cfg.publisher_heartbeat_intervals, cfg.publisher_heartbeat_min_s)
+                limit = heartbeat_limit(
+                    beat, cfg.publisher_heartbeat_intervals, cfg.publisher_heartbeat_min_s
+                )
                 late = now_redis - beat.at > limit
                 last = from_timestamp(beat.at).isoformat(timespec="seconds")
-                summary = (f"the publisher of code location {location} has written no heartbeat to the automation "
-                           f"stream since {last} (limit {limit:g} s): no Dagster event reaches the workers; is "
-                           f"the daemon running, does the publishing sensor fail?" if late
-                           else f"the publisher of {location} writes heartbeats again")
+                summary = (
+                    f"the publisher of code location {location} has written no heartbeat to the "
+                    f"automation stream since {last} (limit {limit:g} s): no Dagster event reaches the "
+                    f"workers; is the daemon running, does the publishing sensor fail?"
+                    if late else f"the publisher of {location} writes heartbeats again"
+                )
                 key = f"publisher:{location}"
                 info = AssetInfo(code_location=location)
                 self._automation_object(conn, key, info, now, replace=False)
+                values = {"last_heartbeat_at": last, "limit_s": limit, "code_location": location}
                 observation = Observe(firing=late, at=now, severity="critical", summary=summary,
-                                      values={"last_heartbeat_at": last, "limit_s": limit, "code_location": location})
-                self._apply(conn, fingerprint(key, PUBLISHER_CHECK), key, PUBLISHER_CHECK, [observation], now, txn,
-                            hints=info)
+                                      values=values)
+                fp = fingerprint(key, PUBLISHER_CHECK)
+                self._apply(conn, fp, key, PUBLISHER_CHECK, [observation], now, txn, hints=info)
             produced = self._settle_incidents(conn, txn, now)
         txn.committed()
         if produced:

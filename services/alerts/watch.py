@@ -83,7 +83,9 @@ class PublisherWatch:
             return None
 
 
-def heartbeat_limit(beat: Heartbeat, intervals: float, minimum_s: float, default_interval_s: float = 30.0) -> float:
+def heartbeat_limit(
+    beat: Heartbeat, intervals: float, minimum_s: float, default_interval_s: float = 30.0
+) -> float:
     """How old a heartbeat may be before its publisher is late: `intervals` times its interval (Dagster's
     default sensor interval when it does not say), at least `minimum_s`."""
     return max(intervals * (beat.interval_s or default_interval_s), minimum_s)

@@ -48,8 +48,9 @@ CHECKS_OF: dict[str, tuple[AutomationCheck, ...]] = {
     "publisher": (AutomationCheck.PUBLISHER_HEARTBEAT,),
 }
 # An error of these makes the object FAILED (it does not work); of the others DEGRADED (it may not run).
-FAILING_CHECKS = frozenset({AutomationCheck.TICK_FAILURES, AutomationCheck.DAEMON_HEARTBEAT,
-                            AutomationCheck.PUBLISHER_HEARTBEAT})
+FAILING_CHECKS = frozenset(
+    {AutomationCheck.TICK_FAILURES, AutomationCheck.DAEMON_HEARTBEAT, AutomationCheck.PUBLISHER_HEARTBEAT}
+)
 
 
 @dataclass(slots=True)
@@ -113,7 +114,9 @@ def new_object(event: Event) -> AutomationObject | None:
     if isinstance(event, DaemonHeartbeat):
         return AutomationObject(key, "daemon", event.data.daemon_type)
     assert isinstance(event, PublisherHeartbeat)
-    return AutomationObject(key, "publisher", event.data.code_location, code_location=event.data.code_location)
+    return AutomationObject(
+        key, "publisher", event.data.code_location, code_location=event.data.code_location
+    )
 
 
 def apply(obj: AutomationObject, event: Event) -> AutomationObject:
@@ -185,8 +188,12 @@ def span(seconds: float) -> str:
 
 
 def _result(check: AutomationCheck, outcome: CheckOutcome, reason: str, **values: Any) -> CheckResult:
-    return CheckResult(check=check, outcome=outcome, reason=clip(reason, 500),
-                       values={k: v for k, v in values.items() if v is not None})
+    return CheckResult(
+        check=check,
+        outcome=outcome,
+        reason=clip(reason, 500),
+        values={k: v for k, v in values.items() if v is not None},
+    )
 
 
 def tick_failures(obj: AutomationObject, cfg: AutomationHealthSettings) -> CheckResult:
@@ -196,17 +203,34 @@ def tick_failures(obj: AutomationObject, cfg: AutomationHealthSettings) -> Check
     if obj.failed_ticks >= cfg.failed_ticks:
         error = clip(obj.last_error or "no error text", _ERROR_CHARS)
         ticks = "tick" if obj.failed_ticks == 1 else f"{obj.failed_ticks} ticks in a row"
-        reason = (f"{obj.kind} {obj.name} ({obj.code_location or 'unknown location'}): {ticks} failed since "
-                  f"{when(obj.first_failed_at)}; last success {when(obj.last_success_at)}: {error}")
-        return _result(check, "error", reason, failed_ticks=obj.failed_ticks, error=error,
-                       first_failed_at=when(obj.first_failed_at), last_success_at=when(obj.last_success_at),
-                       code_location=obj.code_location)
+        reason = (
+            f"{obj.kind} {obj.name} ({obj.code_location or 'unknown location'}): {ticks} failed since "
+            f"{when(obj.first_failed_at)}; last success {when(obj.last_success_at)}: {error}"
+        )
+        return _result(
+            check,
+            "error",
+            reason,
+            failed_ticks=obj.failed_ticks,
+            error=error,
+            first_failed_at=when(obj.first_failed_at),
+            last_success_at=when(obj.last_success_at),
+            code_location=obj.code_location,
+        )
     if obj.failed_ticks:
-        return _result(check, "passed", f"{obj.failed_ticks} failed tick(s), below {cfg.failed_ticks}",
-                       failed_ticks=obj.failed_ticks)
+        return _result(
+            check,
+            "passed",
+            f"{obj.failed_ticks} failed tick(s), below {cfg.failed_ticks}",
+            failed_ticks=obj.failed_ticks,
+        )
     if obj.last_status == "SKIPPED":
-        return _result(check, "passed", f"last tick skipped at {when(obj.last_at)}: "
-                       f"{clip(obj.skip_reason or 'no reason given', 200)}", skipped_ticks=obj.skipped_ticks)
+        return _result(
+            check,
+            "passed",
+            f"last tick skipped at {when(obj.last_at)}: {clip(obj.skip_reason or 'no reason given', 200)}",
+            skipped_ticks=obj.skipped_ticks,
+        )
     if obj.last_at is None:
         return _result(check, "passed", "no tick on record yet")
     return _result(check, "passed", f"last tick {str(obj.last_status).lower()} at {when(obj.last_at)}")
@@ -220,7 +244,9 @@ def _latest_cron_tick(cron: str, at: float, timezone: str | None) -> float:
     1.13; `evaluators.latest_cron_tick` uses the same module)."""
     from dagster._utils.schedules import get_latest_completed_cron_tick
 
-    return get_latest_completed_cron_tick(cron, datetime.fromtimestamp(at, UTC), timezone or "UTC").timestamp()
+    return get_latest_completed_cron_tick(
+        cron, datetime.fromtimestamp(at, UTC), timezone or "UTC"
+    ).timestamp()
 
 
 def _next_cron_tick(cron: str, at: float, timezone: str | None) -> float:
@@ -248,22 +274,34 @@ def schedule_grace(obj: AutomationObject, cfg: AutomationHealthSettings) -> floa
 
 
 def daemon_late(daemon: AutomationObject | None, cfg: AutomationHealthSettings, now: float) -> bool:
-    return daemon is not None and daemon.last_at is not None and now - daemon.last_at > cfg.daemon_heartbeat_max_s
+    return (
+        daemon is not None
+        and daemon.last_at is not None
+        and now - daemon.last_at > cfg.daemon_heartbeat_max_s
+    )
 
 
-def _cause(obj: AutomationObject, cfg: AutomationHealthSettings, now: float,
-           daemons: Mapping[str, AutomationObject]) -> tuple[str, dict[str, Any]]:
+def _cause(
+    obj: AutomationObject, cfg: AutomationHealthSettings, now: float, daemons: Mapping[str, AutomationObject]
+) -> tuple[str, dict[str, Any]]:
     """The silent daemon behind a late object (text and values naming it as `blocked_by`), if any."""
     daemon = daemons.get(f"daemon:{DAEMON_OF.get(obj.kind, '')}")
     if daemon is None or not daemon_late(daemon, cfg, now):
         return "", {}
     assert daemon.last_at is not None
-    return (f"; the {daemon.name} daemon's last heartbeat is {span(now - daemon.last_at)} old",
-            {"blocked_by": daemon.key})
+    return (
+        f"; the {daemon.name} daemon's last heartbeat is {span(now - daemon.last_at)} old",
+        {"blocked_by": daemon.key},
+    )
 
 
-def stopped(obj: AutomationObject, cfg: AutomationHealthSettings, now: float,
-            daemons: Mapping[str, AutomationObject], cron: Cron = _latest_cron_tick) -> CheckResult:
+def stopped(
+    obj: AutomationObject,
+    cfg: AutomationHealthSettings,
+    now: float,
+    daemons: Mapping[str, AutomationObject],
+    cron: Cron = _latest_cron_tick,
+) -> CheckResult:
     """An error when a running sensor has not ticked for `stopped_intervals` times its interval, or a running
     schedule has missed a cron tick by more than `schedule_grace_s`."""
     check = AutomationCheck.STOPPED
@@ -279,21 +317,41 @@ def stopped(obj: AutomationObject, cfg: AutomationHealthSettings, now: float,
             return _result(check, "warn", f"cannot read cron {obj.cron_schedule!r}: {clip(str(exc), 200)}")
         if expected > obj.last_at:
             cause, values = _cause(obj, cfg, now, daemons)
-            reason = (f"schedule {obj.name} ({obj.code_location or 'unknown location'}) missed its tick of "
-                      f"{when(expected)} ({obj.cron_schedule}); last tick {when(obj.last_at)}, "
-                      f"{span(age)} ago{cause}")
-            return _result(check, "error", reason, expected_at=when(expected), last_tick_at=when(obj.last_at),
-                            age_s=round(age, 1), cron_schedule=obj.cron_schedule, **values)
-        return _result(check, "passed", f"last tick {when(obj.last_at)}; no cron tick missed "
-                       f"({obj.cron_schedule})")
+            reason = (
+                f"schedule {obj.name} ({obj.code_location or 'unknown location'}) missed its tick of "
+                f"{when(expected)} ({obj.cron_schedule}); last tick {when(obj.last_at)}, "
+                f"{span(age)} ago{cause}"
+            )
+            return _result(
+                check,
+                "error",
+                reason,
+                expected_at=when(expected),
+                last_tick_at=when(obj.last_at),
+                age_s=round(age, 1),
+                cron_schedule=obj.cron_schedule,
+                **values,
+            )
+        return _result(
+            check, "passed", f"last tick {when(obj.last_at)}; no cron tick missed ({obj.cron_schedule})"
+        )
     limit = stopped_limit(obj, cfg)
     if age > limit:
         cause, values = _cause(obj, cfg, now, daemons)
-        reason = (f"{obj.kind} {obj.name} ({obj.code_location or 'unknown location'}): no tick for {span(age)}, "
-                  f"limit {span(limit)} (its interval {span(obj.interval_s or cfg.sensor_interval_s)}); "
-                  f"last tick {when(obj.last_at)}{cause}")
-        return _result(check, "error", reason, last_tick_at=when(obj.last_at), age_s=round(age, 1),
-                       limit_s=limit, **values)
+        reason = (
+            f"{obj.kind} {obj.name} ({obj.code_location or 'unknown location'}): no tick for {span(age)}, "
+            f"limit {span(limit)} (its interval {span(obj.interval_s or cfg.sensor_interval_s)}); "
+            f"last tick {when(obj.last_at)}{cause}"
+        )
+        return _result(
+            check,
+            "error",
+            reason,
+            last_tick_at=when(obj.last_at),
+            age_s=round(age, 1),
+            limit_s=limit,
+            **values,
+        )
     return _result(check, "passed", f"last tick {span(age)} ago (limit {span(limit)})")
 
 
@@ -305,12 +363,22 @@ def daemon_heartbeat(obj: AutomationObject, cfg: AutomationHealthSettings, now: 
         return _result(check, "passed", "no heartbeat on record yet")
     age = now - obj.last_at
     if age > cfg.daemon_heartbeat_max_s:
-        return _result(check, "error", f"the {obj.name} daemon's last heartbeat is {span(age)} old "
-                       f"(at {when(obj.last_at)}; limit {span(cfg.daemon_heartbeat_max_s)}): is dagster-daemon "
-                       f"running?", age_s=round(age, 1), last_heartbeat_at=when(obj.last_at))
+        return _result(
+            check,
+            "error",
+            f"the {obj.name} daemon's last heartbeat is {span(age)} old "
+            f"(at {when(obj.last_at)}; limit {span(cfg.daemon_heartbeat_max_s)}): is dagster-daemon "
+            f"running?",
+            age_s=round(age, 1),
+            last_heartbeat_at=when(obj.last_at),
+        )
     if obj.errors:
-        return _result(check, "warn", f"the {obj.name} daemon reports {len(obj.errors)} error(s): "
-                       f"{clip(obj.errors[0], _ERROR_CHARS)}", errors=[clip(e, _ERROR_CHARS) for e in obj.errors[:5]])
+        return _result(
+            check,
+            "warn",
+            f"the {obj.name} daemon reports {len(obj.errors)} error(s): {clip(obj.errors[0], _ERROR_CHARS)}",
+            errors=[clip(e, _ERROR_CHARS) for e in obj.errors[:5]],
+        )
     return _result(check, "passed", f"last heartbeat {span(age)} ago")
 
 
@@ -319,8 +387,9 @@ def publisher_limit(obj: AutomationObject, cfg: AutomationHealthSettings) -> flo
     return max(cfg.publisher_intervals * interval, cfg.publisher_min_s, _after_daemon(obj, cfg))
 
 
-def publisher_heartbeat(obj: AutomationObject, cfg: AutomationHealthSettings, now: float,
-                        daemons: Mapping[str, AutomationObject]) -> CheckResult:
+def publisher_heartbeat(
+    obj: AutomationObject, cfg: AutomationHealthSettings, now: float, daemons: Mapping[str, AutomationObject]
+) -> CheckResult:
     """An error when the publisher's last heartbeat is older than `publisher_intervals` times its interval (at
     least `publisher_min_s`): no event of its code location reaches the workers."""
     check = AutomationCheck.PUBLISHER_HEARTBEAT
@@ -330,16 +399,30 @@ def publisher_heartbeat(obj: AutomationObject, cfg: AutomationHealthSettings, no
     limit = publisher_limit(obj, cfg)
     if age > limit:
         cause, values = _cause(obj, cfg, now, daemons)
-        return _result(check, "error", f"the publisher of {obj.name} has not published for {span(age)} (last "
-                       f"heartbeat {when(obj.last_at)}, limit {span(limit)}): its events are not reaching the "
-                       f"workers{cause}", age_s=round(age, 1), limit_s=limit, last_heartbeat_at=when(obj.last_at),
-                       **values)
+        return _result(
+            check,
+            "error",
+            f"the publisher of {obj.name} has not published for {span(age)} (last "
+            f"heartbeat {when(obj.last_at)}, limit {span(limit)}): its events are not reaching the "
+            f"workers{cause}",
+            age_s=round(age, 1),
+            limit_s=limit,
+            last_heartbeat_at=when(obj.last_at),
+            **values,
+        )
     behind = "" if obj.caught_up else "; its last tick stopped at its time budget with more to read"
-    return _result(check, "passed", f"last heartbeat {span(age)} ago, {obj.published} event(s) published{behind}")
+    return _result(
+        check, "passed", f"last heartbeat {span(age)} ago, {obj.published} event(s) published{behind}"
+    )
 
 
-def evaluate(obj: AutomationObject, cfg: AutomationHealthSettings, now: float,
-             daemons: Mapping[str, AutomationObject], cron: Cron = _latest_cron_tick) -> list[CheckResult]:
+def evaluate(
+    obj: AutomationObject,
+    cfg: AutomationHealthSettings,
+    now: float,
+    daemons: Mapping[str, AutomationObject],
+    cron: Cron = _latest_cron_tick,
+) -> list[CheckResult]:
     """Every check of the object's kind, at `now`."""
     if obj.kind == "daemon":
         return [daemon_heartbeat(obj, cfg, now)]
@@ -348,8 +431,9 @@ def evaluate(obj: AutomationObject, cfg: AutomationHealthSettings, now: float,
     return [tick_failures(obj, cfg), stopped(obj, cfg, now, daemons, cron)]
 
 
-def next_change(obj: AutomationObject, cfg: AutomationHealthSettings, now: float,
-                next_cron: Cron = _next_cron_tick) -> float | None:
+def next_change(
+    obj: AutomationObject, cfg: AutomationHealthSettings, now: float, next_cron: Cron = _next_cron_tick
+) -> float | None:
     """The earliest time after `now` the clock alone can change one of the object's outcomes (a limit
     passing), None when only an event can (already late, stopped in Dagster, nothing on record). A sensor or
     the publisher late because of a silent daemon is also due when that daemon's own limit passes."""

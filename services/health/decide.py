@@ -151,7 +151,9 @@ def decide(
     """The transition of one asset from `previous` given its new `results`, evaluated at `now` (during a
     catch-up, `replay`: the time of the history being replayed)."""
     results = list(results)
-    status = health_status(results, has_data=subject.has_data, retired=subject.retired, failing=subject.failing)
+    status = health_status(
+        results, has_data=subject.has_data, retired=subject.retired, failing=subject.failing
+    )
     sig = signature(status, results)
     reasons = reasons_of(results, status, retired=subject.retired)
     outcomes = {r.check: r.outcome for r in results}

@@ -219,7 +219,8 @@ def automation_health(store: Store) -> list[AutomationHealth]:
         rows = db.read_automation(conn)
     for key, kind, location, status, reasons, checks, last_at, evaluated_at, changed_at, state in rows:
         items.append(AutomationHealth(
-            key=key, kind=kind, code_location=location, status=HealthStatus(status), reasons=json.loads(reasons),
+            key=key, kind=kind, code_location=location, status=HealthStatus(status),
+            reasons=json.loads(reasons),
             checks=[CheckResult.model_validate(c) for c in json.loads(checks)],
             owners=list(json.loads(state).get("owners") or []),
             last_seen=from_timestamp(last_at) if last_at is not None else None,

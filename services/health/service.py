@@ -515,9 +515,10 @@ class HealthService:
         decisions: list[Decision] = []
         for key, (obj, state) in db.load_automation(conn, keys).items():
             results = automation.evaluate(obj, cfg, now, daemons)
-            subject = Subject(key=key, has_data=obj.last_at is not None, owners=obj.owners,
-                              code_location=obj.code_location, declared=frozenset(), kind=obj.kind, tags=obj.tags,
-                              failing=automation.FAILING_CHECKS)
+            subject = Subject(
+                key=key, has_data=obj.last_at is not None, owners=obj.owners, code_location=obj.code_location,
+                declared=frozenset(), kind=obj.kind, tags=obj.tags, failing=automation.FAILING_CHECKS,
+            )
             decision = decide(state, results, now, subject, trigger, replay=replay)
             db.write_automation_decision(conn, decision, now, automation.next_change(obj, cfg, now))
             decisions.append(decision)

@@ -629,12 +629,14 @@ def read_last_materializations(conn: Connection, key: str | None = None) -> list
 def load_automation(conn: Connection, keys: Iterable[str] | None = None,
                     kind: str | None = None) -> dict[str, tuple[AutomationObject, HealthState]]:
     """The stored automation objects with their health state: of `keys`, of one `kind`, or all."""
-    sql = "SELECT object_key, state, status, signature, checks, transitions, replayed FROM automation_objects"
+    sql = ("SELECT object_key, state, status, signature, checks, transitions, replayed "
+           "FROM automation_objects")
     if keys is not None:
         wanted = list(keys)
         if not wanted:
             return {}
-        rows = conn.execute(f"{sql} WHERE object_key IN ({', '.join('?' for _ in wanted)})", wanted).fetchall()
+        marks = ", ".join("?" for _ in wanted)
+        rows = conn.execute(f"{sql} WHERE object_key IN ({marks})", wanted).fetchall()
     elif kind is not None:
         rows = conn.execute(f"{sql} WHERE kind = ?", (kind,)).fetchall()
     else:
@@ -649,23 +651,25 @@ def load_automation(conn: Connection, keys: Iterable[str] | None = None,
 
 
 def write_automation_objects(conn: Connection, objects: Iterable[AutomationObject], now: float) -> None:
-    """The folded records of objects a batch changed (their health is written by `write_automation_decision`)."""
+    """The folded records of objects a batch changed (`write_automation_decision` writes their health)."""
     conn.executemany(
         "INSERT INTO automation_objects (object_key, kind, code_location, state, last_at, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (object_key) DO UPDATE SET code_location = excluded.code_location, "
-        "state = excluded.state, last_at = excluded.last_at, updated_at = excluded.updated_at",
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (object_key) DO UPDATE SET "
+        "code_location = excluded.code_location, state = excluded.state, last_at = excluded.last_at, "
+        "updated_at = excluded.updated_at",
         [(o.key, o.kind, o.code_location, json.dumps(to_row(o)), o.last_at, now) for o in objects],
     )
 
 
 def write_automation_decision(conn: Connection, d: Decision, now: float, due_at: float | None) -> None:
-    """An automation object's evaluation: its checks, status, reasons and when the clock may next change it."""
+    """An automation object's evaluation: its checks, status, reasons, when the clock may next change it."""
     conn.execute(
         "UPDATE automation_objects SET status = ?, signature = ?, checks = ?, reasons = ?, transitions = ?, "
         "evaluated_at = ?, changed_at = CASE WHEN signature = ? AND changed_at IS NOT NULL THEN changed_at "
         "ELSE ? END, due_at = ?, replayed = ? WHERE object_key = ?",
         (str(d.status), d.signature, json.dumps([r.model_dump(mode="json") for r in d.results]),
-         json.dumps(d.reasons), d.state.transitions, now, d.signature, now, due_at, int(d.state.replayed), d.key),
+         json.dumps(d.reasons), d.state.transitions, now, d.signature, now, due_at, int(d.state.replayed),
+         d.key),
     )
 
 
@@ -675,7 +679,8 @@ def due_automation_keys(conn: Connection, now: float | None) -> list[str]:
     if now is None:
         return [r[0] for r in conn.execute("SELECT object_key FROM automation_objects")]
     return [r[0] for r in conn.execute(
-        "SELECT object_key FROM automation_objects WHERE due_at <= ? OR replayed = 1 OR evaluated_at IS NULL",
+        "SELECT object_key FROM automation_objects "
+        "WHERE due_at <= ? OR replayed = 1 OR evaluated_at IS NULL",
         (now,))]
 
 
@@ -687,12 +692,13 @@ def read_automation(conn: Connection) -> list[Any]:
     """(object_key, kind, code_location, status, reasons, checks, last_at, evaluated_at, changed_at, state)
     of every automation object: what `asset-manager automation-health` lists."""
     return conn.execute(
-        "SELECT object_key, kind, code_location, status, reasons, checks, last_at, evaluated_at, changed_at, state "
-        "FROM automation_objects"
+        "SELECT object_key, kind, code_location, status, reasons, checks, last_at, evaluated_at, changed_at, "
+        "state FROM automation_objects"
     ).fetchall()
 
 
 def publisher_heartbeats(conn: Connection) -> list[tuple[str, float]]:
     """(code location, time of its publisher's last heartbeat) of every publisher on record."""
     return [(str(r[0] or ""), float(r[1])) for r in conn.execute(
-        "SELECT code_location, last_at FROM automation_objects WHERE kind = 'publisher' AND last_at IS NOT NULL")]
+        "SELECT code_location, last_at FROM automation_objects "
+        "WHERE kind = 'publisher' AND last_at IS NOT NULL")]

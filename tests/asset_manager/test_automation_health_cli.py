@@ -40,21 +40,44 @@ def populate() -> None:
     engine = HealthService(store, settings)
     now = time.time()
 
-    def tick(kind: str, name: str, location: str, status: str, tick_id: int, error: str | None = None) -> Event:
-        data = AutomationTickData(kind=kind, name=name, code_location=location, status=status,  # type: ignore[arg-type]
-                                  tick_at=_dt(now - 5), tick_id=tick_id, error=error, owners=["team:sales"],
-                                  cron_schedule="*/5 * * * *" if kind == "schedule" else None)
-        return new_event(AutomationTicked, "automation.tick", identity=f"{tick_id}:{status}", data=data, source="t")
+    def tick(
+        kind: str, name: str, location: str, status: str, tick_id: int, error: str | None = None
+    ) -> Event:
+        data = AutomationTickData(
+            kind=kind,
+            name=name,
+            code_location=location,
+            status=status,  # type: ignore[arg-type]
+            tick_at=_dt(now - 5),
+            tick_id=tick_id,
+            error=error,
+            owners=["team:sales"],
+            cron_schedule="*/5 * * * *" if kind == "schedule" else None,
+        )
+        return new_event(
+            AutomationTicked, "automation.tick", identity=f"{tick_id}:{status}", data=data, source="t"
+        )
 
     events: list[Event] = [
         tick("sensor", "orders_sensor", "sales", "FAILURE", 1, "RuntimeError: source down"),
         tick("schedule", "daily_report", "finance", "SUCCESS", 2),
-        new_event(DaemonHeartbeat, "automation.daemon_heartbeat", identity="SENSOR:1", source="t",
-                  data=DaemonHeartbeatData(daemon_type="SENSOR", last_heartbeat_at=_dt(now - 5))),
-        new_event(PublisherHeartbeat, "automation.publisher_heartbeat", identity="sales:1", source="t",
-                  data=PublisherHeartbeatData(code_location="sales", tick_at=_dt(now - 5), interval_s=30)),
+        new_event(
+            DaemonHeartbeat,
+            "automation.daemon_heartbeat",
+            identity="SENSOR:1",
+            source="t",
+            data=DaemonHeartbeatData(daemon_type="SENSOR", last_heartbeat_at=_dt(now - 5)),
+        ),
+        new_event(
+            PublisherHeartbeat,
+            "automation.publisher_heartbeat",
+            identity="sales:1",
+            source="t",
+            data=PublisherHeartbeatData(code_location="sales", tick_at=_dt(now - 5), interval_s=30),
+        ),
     ]
-    engine.handle([Delivery(AUTOMATION, f"{i + 1}-0", e) for i, e in enumerate(events)])  # type: ignore[arg-type]
+    batch = [Delivery(AUTOMATION, f"{i + 1}-0", e) for i, e in enumerate(events)]
+    engine.handle(batch)  # type: ignore[arg-type]
     store.close()
 
 
@@ -75,13 +98,21 @@ def test_filters_and_json(with_automation: Cli) -> None:
     code, out, err = with_automation.run("automation-health", "--status", "failed", "--format", "json")
     assert code == 0, err
     (row,) = json.loads(out)
-    assert row["object"] == "sensor:sales/orders_sensor" and row["kind"] == "sensor" and row["location"] == "sales"
+    assert (
+        row["object"] == "sensor:sales/orders_sensor"
+        and row["kind"] == "sensor"
+        and row["location"] == "sales"
+    )
     assert row["failing_checks"] == ["tick_failures=error"] and "source down" in row["reasons"][0]
-    assert row["owners"] == ["team:sales"] and {c["check"] for c in row["checks"]} == {"tick_failures", "stopped"}
+    assert row["owners"] == ["team:sales"] and {c["check"] for c in row["checks"]} == {
+        "tick_failures",
+        "stopped",
+    }
     code, out, _ = with_automation.run("automation-health", "--kind", "daemon,publisher", "-f", "json")
     assert code == 0 and sorted(r["object"] for r in json.loads(out)) == ["daemon:SENSOR", "publisher:sales"]
-    code, out, _ = with_automation.run("automation-health", "--location", "finance", "--health", "HEALTHY",
-                                       "-f", "json")
+    code, out, _ = with_automation.run(
+        "automation-health", "--location", "finance", "--health", "HEALTHY", "-f", "json"
+    )
     assert code == 0 and [r["object"] for r in json.loads(out)] == ["schedule:finance/daily_report"]
 
 
@@ -95,12 +126,15 @@ def test_csv_to_a_file_and_markdown(with_automation: Cli) -> None:
     assert code == 0 and "| sensor:sales/orders_sensor |" in out
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--kind", "sensr"], "unknown --kind 'sensr' (did you mean sensor?)"),
-    (["--status", "BROKEN"], "unknown --status 'BROKEN'"),
-    (["--location", "sale"], "unknown code location 'sale' (did you mean sales?)"),
-    (["--format", "yaml"], "yaml"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--kind", "sensr"], "unknown --kind 'sensr' (did you mean sensor?)"),
+        (["--status", "BROKEN"], "unknown --status 'BROKEN'"),
+        (["--location", "sale"], "unknown code location 'sale' (did you mean sales?)"),
+        (["--format", "yaml"], "yaml"),
+    ],
+)
 def test_bad_arguments_are_one_line_and_exit_2(with_automation: Cli, args: list[str], message: str) -> None:
     code, out, err = with_automation.run("automation-health", *args)
     assert code == 2 and out == ""

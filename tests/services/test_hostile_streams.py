@@ -301,7 +301,9 @@ HOME_STREAM = {
     PublisherHeartbeat: AUTOMATION,
 }
 placed = st.tuples(
-    st.one_of(runs, materialized, failed, snapshots, requests, changes, health, ticks, daemon_beats, publisher_beats),
+    st.one_of(
+        runs, materialized, failed, snapshots, requests, changes, health, ticks, daemon_beats, publisher_beats
+    ),
     st.one_of(st.none(), st.none(), st.none(), st.sampled_from(STREAMS)),
 )
 

@@ -34,15 +34,22 @@ from services.alerts.watch import PublisherWatch
 
 
 def make_settings(tmp_path: Path, **alerts: Any) -> AlertsWorkerSettings:
-    return load_settings(AlertsWorkerSettings, dagster_home=str(tmp_path), logging={"file": None}, alerts={
-        "incident_wait_s": 0,
-        "dagster_ui_url": "http://dagster.local:3000",
-        "receivers": [{"name": "ops", "url": "http://127.0.0.1:9/ops"},
-                      {"name": "tier1", "url": "http://127.0.0.1:9/tier1"}],
-        "routes": [{"receivers": ["tier1"], "tags": {"tier": "1"}}],
-        "default_receivers": ["ops"],
-        **alerts,
-    })
+    return load_settings(
+        AlertsWorkerSettings,
+        dagster_home=str(tmp_path),
+        logging={"file": None},
+        alerts={
+            "incident_wait_s": 0,
+            "dagster_ui_url": "http://dagster.local:3000",
+            "receivers": [
+                {"name": "ops", "url": "http://127.0.0.1:9/ops"},
+                {"name": "tier1", "url": "http://127.0.0.1:9/tier1"},
+            ],
+            "routes": [{"receivers": ["tier1"], "tags": {"tier": "1"}}],
+            "default_receivers": ["ops"],
+            **alerts,
+        },
+    )
 
 
 @pytest.fixture
@@ -60,11 +67,22 @@ def outbox(store: Store) -> list[dict[str, Any]]:
 
 def sensor_health(status: str, outcome: str, n: int) -> Delivery:
     data = HealthChangedData(
-        asset_key="sensor:loc/orders_sensor", status=status, previous_status="UNKNOWN",  # type: ignore[arg-type]
-        checks=[CheckResult(check="tick_failures", outcome=outcome,  # type: ignore[arg-type]
-                            reason="tick failed: RuntimeError: boom" if outcome == "error" else "last tick succeeded"),
-                CheckResult(check="stopped", outcome="passed", reason="ticking")],
-        evaluated_at=utcnow(), owners=["team:ops"], code_location="loc", object_kind="sensor", tags={"tier": "1"},
+        asset_key="sensor:loc/orders_sensor",
+        status=status,
+        previous_status="UNKNOWN",  # type: ignore[arg-type]
+        checks=[
+            CheckResult(
+                check="tick_failures",
+                outcome=outcome,  # type: ignore[arg-type]
+                reason="tick failed: RuntimeError: boom" if outcome == "error" else "last tick succeeded",
+            ),
+            CheckResult(check="stopped", outcome="passed", reason="ticking"),
+        ],
+        evaluated_at=utcnow(),
+        owners=["team:ops"],
+        code_location="loc",
+        object_kind="sensor",
+        tags={"tier": "1"},
         transition=n,
     )
     event = new_event(HealthChanged, "health.changed", identity=f"sensor|{n}", data=data, source="test")
@@ -79,7 +97,11 @@ def test_a_sensor_alert_routes_by_its_tags_and_names_kind_and_location(tmp_path:
     content = firing["content"]
     assert content["asset_key"] == "sensor:loc/orders_sensor" and content["check"] == "tick_failures"
     assert content["object_kind"] == "sensor" and content["code_location"] == "loc"
-    assert "boom" in content["reason"] and content["owners"] == ["team:ops"] and content["severity"] == "critical"
+    assert (
+        "boom" in content["reason"]
+        and content["owners"] == ["team:ops"]
+        and content["severity"] == "critical"
+    )
     assert content["dagster_url"] is None  # not an asset page
     service.handle([sensor_health("HEALTHY", "passed", 2)])
     assert [(n["receiver"], n["kind"]) for n in outbox(store)] == [("tier1", "firing"), ("tier1", "resolved")]
@@ -87,8 +109,13 @@ def test_a_sensor_alert_routes_by_its_tags_and_names_kind_and_location(tmp_path:
 
 def heartbeat(bus: Bus, interval_s: float) -> None:
     data = PublisherHeartbeatData(code_location="loc", tick_at=utcnow(), interval_s=interval_s)
-    event = new_event(PublisherHeartbeat, "automation.publisher_heartbeat", identity=f"loc:{time.time()}",
-                      data=data, source="test")
+    event = new_event(
+        PublisherHeartbeat,
+        "automation.publisher_heartbeat",
+        identity=f"loc:{time.time()}",
+        data=data,
+        source="test",
+    )
     bus.publish_many(AUTOMATION, [event])
 
 

@@ -33,25 +33,59 @@ def dt(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
 
 
-def tick(status: str, at: float, *, name: str = "orders_sensor", kind: str = "sensor", tick_id: int | None = None,
-         error: str | None = None, **fields: Any) -> AutomationTicked:
+def tick(
+    status: str,
+    at: float,
+    *,
+    name: str = "orders_sensor",
+    kind: str = "sensor",
+    tick_id: int | None = None,
+    error: str | None = None,
+    **fields: Any,
+) -> AutomationTicked:
     tick_id = next(_ids) if tick_id is None else tick_id
-    data = AutomationTickData(kind=kind, name=name, code_location="loc", status=status,  # type: ignore[arg-type]
-                              tick_at=dt(at), tick_id=tick_id, error=error, **fields)
-    return new_event(AutomationTicked, "automation.tick", identity=f"{tick_id}:{status}", data=data, source="t",
-                     occurred_at=dt(at))
+    data = AutomationTickData(
+        kind=kind,
+        name=name,
+        code_location="loc",
+        status=status,  # type: ignore[arg-type]
+        tick_at=dt(at),
+        tick_id=tick_id,
+        error=error,
+        **fields,
+    )
+    return new_event(
+        AutomationTicked,
+        "automation.tick",
+        identity=f"{tick_id}:{status}",
+        data=data,
+        source="t",
+        occurred_at=dt(at),
+    )
 
 
 def daemon(at: float, daemon_type: str = "SENSOR", errors: list[str] | None = None) -> DaemonHeartbeat:
     data = DaemonHeartbeatData(daemon_type=daemon_type, last_heartbeat_at=dt(at), errors=errors or [])
-    return new_event(DaemonHeartbeat, "automation.daemon_heartbeat", identity=f"{daemon_type}:{at}", data=data,
-                     source="t", occurred_at=dt(at))
+    return new_event(
+        DaemonHeartbeat,
+        "automation.daemon_heartbeat",
+        identity=f"{daemon_type}:{at}",
+        data=data,
+        source="t",
+        occurred_at=dt(at),
+    )
 
 
 def beat(at: float, interval_s: float = 30.0) -> PublisherHeartbeat:
     data = PublisherHeartbeatData(code_location="loc", tick_at=dt(at), interval_s=interval_s)
-    return new_event(PublisherHeartbeat, "automation.publisher_heartbeat", identity=f"loc:{at}", data=data,
-                     source="t", occurred_at=dt(at))
+    return new_event(
+        PublisherHeartbeat,
+        "automation.publisher_heartbeat",
+        identity=f"loc:{at}",
+        data=data,
+        source="t",
+        occurred_at=dt(at),
+    )
 
 
 def fold(*events: Event) -> AutomationObject:
@@ -62,7 +96,9 @@ def fold(*events: Event) -> AutomationObject:
     return obj
 
 
-def outcomes(obj: AutomationObject, now: float, daemons: dict[str, AutomationObject] | None = None) -> dict[str, str]:
+def outcomes(
+    obj: AutomationObject, now: float, daemons: dict[str, AutomationObject] | None = None
+) -> dict[str, str]:
     return {r.check: r.outcome for r in evaluate(obj, CFG, now, daemons or {})}
 
 
@@ -74,8 +110,11 @@ def test_keys_name_kind_location_and_name() -> None:
 
 
 def test_a_failing_sensor_is_an_error_naming_streak_and_error_until_a_tick_succeeds() -> None:
-    obj = fold(tick("SUCCESS", T0), tick("FAILURE", T0 + 30, error="KeyError: 'x'"),
-               tick("FAILURE", T0 + 60, error="ValueError: bad cursor"))
+    obj = fold(
+        tick("SUCCESS", T0),
+        tick("FAILURE", T0 + 30, error="KeyError: 'x'"),
+        tick("FAILURE", T0 + 60, error="ValueError: bad cursor"),
+    )
     (failures,) = [r for r in evaluate(obj, CFG, T0 + 61, {}) if r.check == "tick_failures"]
     assert failures.outcome == "error"
     assert "2 ticks in a row" in failures.reason and "ValueError: bad cursor" in failures.reason
@@ -122,8 +161,13 @@ def test_a_schedule_is_stopped_past_its_next_cron_tick_plus_the_grace() -> None:
     late = next(r for r in evaluate(obj, CFG, top + 3600 + grace + 1, {}) if r.check == "stopped")
     assert late.outcome == "error" and "missed its tick of 2026-05-28 22:00:00Z" in late.reason
     assert next_change(obj, CFG, top + 10) == top + 3600 + grace + 0.001
-    assert outcomes(apply(obj, tick("SUCCESS", top + 3601, kind="schedule", name="hourly",
-                                     cron_schedule=hourly)), top + 3600 + grace + 1)["stopped"] == "passed"
+    assert (
+        outcomes(
+            apply(obj, tick("SUCCESS", top + 3601, kind="schedule", name="hourly", cron_schedule=hourly)),
+            top + 3600 + grace + 1,
+        )["stopped"]
+        == "passed"
+    )
 
 
 def test_daemon_heartbeat_limit_and_reported_errors() -> None:
@@ -146,8 +190,16 @@ def test_publisher_heartbeat_lateness() -> None:
 
 def test_failing_automation_checks_make_the_object_failed_and_publish_its_kind_and_tags() -> None:
     obj = fold(tick("FAILURE", T0, error="boom", owners=["team:data"], tags={"tier": "1"}))
-    subject = Subject(key=obj.key, has_data=True, owners=obj.owners, code_location=obj.code_location,
-                      declared=frozenset(), kind=obj.kind, tags=obj.tags, failing=automation.FAILING_CHECKS)
+    subject = Subject(
+        key=obj.key,
+        has_data=True,
+        owners=obj.owners,
+        code_location=obj.code_location,
+        declared=frozenset(),
+        kind=obj.kind,
+        tags=obj.tags,
+        failing=automation.FAILING_CHECKS,
+    )
     d = decide(HealthState(), evaluate(obj, CFG, T0 + 1, {}), T0 + 1, subject, Trigger.EVENTS)
     assert d.status == "FAILED" and d.event is not None and d.report == ()
     assert d.event.data.object_kind == "sensor" and d.event.data.tags == {"tier": "1"}

@@ -71,18 +71,34 @@ def published(store: Store) -> list[HealthChanged]:
 
 
 def status_of(store: Store, key: str) -> str:
-    row = store.connection().execute("SELECT status FROM automation_objects WHERE object_key = ?", (key,)).fetchone()
+    row = (
+        store.connection()
+        .execute("SELECT status FROM automation_objects WHERE object_key = ?", (key,))
+        .fetchone()
+    )
     return str(row[0])
 
 
-def test_a_failing_sensor_is_published_failed_then_healthy(store: Store, hsettings: HealthWorkerSettings) -> None:
+def test_a_failing_sensor_is_published_failed_then_healthy(
+    store: Store, hsettings: HealthWorkerSettings
+) -> None:
     clock = Clock(T0 + 1)
     engine = HealthService(store, hsettings, clock=clock)
-    engine.handle(batch(h.tick("FAILURE", T0, error="RuntimeError: sensor raised", owners=["team:ops"],
-                               tags={"tier": "1"}), h.beat(T0)))
+    engine.handle(
+        batch(
+            h.tick(
+                "FAILURE", T0, error="RuntimeError: sensor raised", owners=["team:ops"], tags={"tier": "1"}
+            ),
+            h.beat(T0),
+        )
+    )
     (event,) = [e for e in published(store) if e.data.asset_key == "sensor:loc/orders_sensor"]
     assert event.data.status == "FAILED" and event.data.object_kind == "sensor"
-    assert event.data.code_location == "loc" and event.data.owners == ["team:ops"] and event.data.tags == {"tier": "1"}
+    assert (
+        event.data.code_location == "loc"
+        and event.data.owners == ["team:ops"]
+        and event.data.tags == {"tier": "1"}
+    )
     failing = [c for c in event.data.checks if c.outcome != "passed"]
     assert [c.check for c in failing] == ["tick_failures"] and "sensor raised" in failing[0].reason
     assert not event.data.replay
@@ -108,7 +124,8 @@ def test_the_periodic_pass_finds_a_silent_daemon_and_the_sensors_it_stopped(
     engine.handle(batch(h.tick("SUCCESS", T0), h.daemon(T0), h.beat(T0)))
     engine.evaluate_all()  # the first pass evaluates everything: all healthy
     assert {status_of(store, k) for k in ("sensor:loc/orders_sensor", "daemon:SENSOR", "publisher:loc")} == {
-        "HEALTHY"}
+        "HEALTHY"
+    }
     clock.t = T0 + 10_000  # the daemon died: nothing arrives any more
     assert engine.evaluate_all() == 3
     events = {e.data.asset_key: e for e in published(store)[-3:]}
