@@ -491,29 +491,42 @@ class HealthService:
     ) -> list[Decision]:
         """Fold a batch's automation events into their objects and evaluate those (and, once caught up, the
         objects last judged during a replay, on the wall clock)."""
-        keyed = [(key, e) for e in events if (key := automation.object_key(e)) is not None]
-        keys = list(dict.fromkeys(key for key, _ in keyed))
-        if keys:
-            objects = {key: obj for key, (obj, _) in db.load_automation(conn, keys).items()}
-            for key, event in keyed:
-                obj = objects.get(key) or automation.new_object(event)
-                if obj is not None:
-                    objects[key] = automation.apply(obj, event)
-            db.write_automation_objects(conn, [objects[k] for k in keys if k in objects], now)
+        by_key: dict[str, list[Event]] = {}
+        for event in events:
+            key = automation.object_key(event)
+            if key is not None:
+                by_key.setdefault(key, []).append(event)
+        loaded = db.load_automation(conn, by_key) if by_key else {}
+        for key, mine in by_key.items():
+            obj, state = loaded.get(key) or (automation.new_object(mine[0]), HealthState())
+            if obj is not None:
+                loaded[key] = (automation.apply(obj, *mine), state)
+        if loaded:
+            db.write_automation_objects(conn, [obj for obj, _ in loaded.values()], now)
+        keys = list(loaded)
         if confirming:
             keys = list(dict.fromkeys([*keys, *db.replayed_automation_keys(conn)]))
-        return self._evaluate_automation(conn, keys, now, Trigger.EVENTS, replay)
+        return self._evaluate_automation(conn, keys, now, Trigger.EVENTS, replay, loaded)
 
     def _evaluate_automation(
-        self, conn: Connection, keys: Sequence[str], now: float, trigger: Trigger, replay: bool
+        self, conn: Connection, keys: Sequence[str], now: float, trigger: Trigger, replay: bool,
+        loaded: dict[str, tuple[automation.AutomationObject, HealthState]] | None = None,
     ) -> list[Decision]:
-        """Evaluate automation objects `keys` at `now`, write each decision, stage their health.changed."""
+        """Evaluate automation objects `keys` (those in `loaded` as given, the others as stored) at `now`,
+        write each decision, stage their health.changed."""
         if not keys:
             return []
         cfg = self.cfg.automation
         daemons = {key: obj for key, (obj, _) in db.load_automation(conn, kind="daemon").items()}
+        objects = dict(loaded or {})
+        missing = [k for k in keys if k not in objects]
+        if missing:
+            objects.update(db.load_automation(conn, missing))
         decisions: list[Decision] = []
-        for key, (obj, state) in db.load_automation(conn, keys).items():
+        for key in keys:
+            if key not in objects:
+                continue
+            obj, state = objects[key]
             results = automation.evaluate(obj, cfg, now, daemons)
             subject = Subject(
                 key=key, has_data=obj.last_at is not None, owners=obj.owners, code_location=obj.code_location,

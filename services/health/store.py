@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from libs.common.events import AssetSpecData, CheckResult, HealthStatus
+from libs.common.events import AssetSpecData, HealthStatus
 from libs.common.settings import Settings, StoreName
 from libs.common.sql import Connection
 from libs.common.store import Migration, Store
@@ -643,8 +643,8 @@ def load_automation(conn: Connection, keys: Iterable[str] | None = None,
         rows = conn.execute(sql).fetchall()
     found: dict[str, tuple[AutomationObject, HealthState]] = {}
     for r in rows:
-        checks = [CheckResult.model_validate(c) for c in json.loads(r[4])]
-        state = HealthState(HealthStatus(r[2]), r[3], int(r[5]), {c.check: c.outcome for c in checks},
+        checks = json.loads(r[4])  # the outcomes only: no model per check on this path (per batch)
+        state = HealthState(HealthStatus(r[2]), r[3], int(r[5]), {c["check"]: c["outcome"] for c in checks},
                             stored=bool(checks), replayed=bool(r[6]))
         found[r[0]] = (from_row(json.loads(r[1])), state)
     return found

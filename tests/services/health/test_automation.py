@@ -222,6 +222,8 @@ def test_the_failure_streak_counts_the_newest_failed_ticks(ticks: list[tuple[str
     ordered = sorted(ticks, key=lambda t: t[1])
     events = [tick(status, T0 + at, tick_id=i) for i, (status, at) in enumerate(ordered)]
     obj = fold(*events)
+    first = new_object(events[0])
+    assert first is not None and apply(first, *events) == obj  # one fold of the batch = one event at a time
     streak = 0
     for status, _ in ordered:
         if status == "FAILURE":
