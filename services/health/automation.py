@@ -104,6 +104,17 @@ def event_time(event: Event) -> float | None:
     return None
 
 
+def catch_up_time(event: Event) -> float | None:
+    """The time that tells whether automation history is being replayed: a tick's, and a caught-up
+    publisher heartbeat's (one the publisher sent while paging through history says nothing about now); None
+    for a daemon heartbeat (an old one is the finding itself) and any other event."""
+    if isinstance(event, AutomationTicked):
+        return event.data.tick_at.timestamp()
+    if isinstance(event, PublisherHeartbeat) and event.data.caught_up:
+        return event.data.tick_at.timestamp()
+    return None
+
+
 def new_object(event: Event) -> AutomationObject | None:
     """The empty record of the object `event` is about."""
     key = object_key(event)

@@ -47,9 +47,6 @@ _EVALUATE_IN_BATCH = 1000
 Report = Callable[[str, Sequence[CheckResult]], None]
 # The events that carry history (runs, materializations): their times tell a replay from live events.
 _FACT_TYPES = ("run.", "asset.materialized", "asset.materialization_failed")
-# Automation events dated by what they tell (a tick, the publisher's tick); a daemon heartbeat is not: an old
-# one is the finding itself, not history being replayed.
-_AUTOMATION_FACT_TYPES = ("automation.tick", "automation.publisher_heartbeat")
 
 
 class HealthService:
@@ -83,6 +80,12 @@ class HealthService:
         # still await their evaluation on the wall clock (unknown after a start, so True).
         self._replay_as_of: float | None = None
         self._confirm_pending = True
+        # The same for automation objects, judged apart: their stream is read in step with the others, not
+        # behind them, so its events never end (or start) the assets' catch-up.
+        self._automation_as_of: float | None = None
+        self._automation_confirm = True
+        self._automation_handled = 0.0  # monotonic time of the last batch with automation events
+        self._automation_passes = 0
         self._load_dirty()
 
     # -- cache -------------------------------------------------------------------------------------------
@@ -149,7 +152,7 @@ class HealthService:
                     self._record(conn, facts, now)
                     self._mark_dirty(conn, facts.touched, now)
                     confirming = self._confirm_pending and not replay
-                    automated = self._record_automation(conn, [d.event for d in new], now, replay, confirming)
+                    automated = self._record_automation(conn, [d.event for d in new])
                     if confirming:  # caught up: what was replayed is judged again on the wall clock
                         self._mark_dirty(conn, db.replayed_asset_keys(conn), now)
                     # A full batch means a backlog: coalesce evaluations instead of evaluating after every
@@ -187,8 +190,6 @@ class HealthService:
         materializations (asset specs only) leaves the mode as it is."""
         now = self.clock()
         times = [d.event.occurred_at.timestamp() for d in deliveries if d.event.type.startswith(_FACT_TYPES)]
-        times += [t for d in deliveries if d.event.type in _AUTOMATION_FACT_TYPES
-                  for t in (automation.event_time(d.event),) if t is not None]
         if times:
             newest = max(times)
             if now - newest > self.cfg.catch_up_lag_s:
@@ -476,7 +477,6 @@ class HealthService:
             keys = db.all_asset_keys(conn) if self._passes == 0 else db.due_asset_keys(conn, self.clock())
             self._passes += 1
         _, changed = self._in_chunks(keys, Trigger.CLOCK)
-        changed += self.evaluate_automation(every=self._passes == 1)
         self._release_memory()
         metrics.FULL_EVALUATION_SECONDS.observe(time.monotonic() - started)
         metrics.CACHE_BYTES.set(self.cache.used)
@@ -486,9 +486,25 @@ class HealthService:
     # Kept apart from the asset path: no cache (a few hundred objects, read per batch), no lineage, nothing
     # reported to Dagster; judged at the same `now` as the batch (the history's time during a replay).
 
-    def _record_automation(
-        self, conn: Connection, events: Sequence[Event], now: float, replay: bool, confirming: bool
-    ) -> list[Decision]:
+    def _automation_now(self, events: Sequence[Event]) -> tuple[float, bool]:
+        """The time a batch's automation events are judged at, and whether that is a replay: as for assets
+        (`_catch_up`), the newest tick (or caught-up publisher heartbeat) older than `catch_up_lag_s` is
+        history being replayed (a first install paging through tick history, a backlog), judged as of its
+        time; a recent one ends the replay."""
+        times = [t for e in events if (t := automation.catch_up_time(e)) is not None]
+        wall = self.clock()
+        if times:
+            newest = max(times)
+            if wall - newest > self.cfg.catch_up_lag_s:
+                self._automation_as_of = max(self._automation_as_of or newest, newest)
+                self._automation_confirm = True
+            else:
+                self._automation_as_of = None
+        if self._automation_as_of is not None:
+            return self._automation_as_of, True
+        return wall, False
+
+    def _record_automation(self, conn: Connection, events: Sequence[Event]) -> list[Decision]:
         """Fold a batch's automation events into their objects and evaluate those (and, once caught up, the
         objects last judged during a replay, on the wall clock)."""
         by_key: dict[str, list[Event]] = {}
@@ -496,6 +512,11 @@ class HealthService:
             key = automation.object_key(event)
             if key is not None:
                 by_key.setdefault(key, []).append(event)
+        if not by_key:
+            return []
+        self._automation_handled = time.monotonic()
+        now, replay = self._automation_now(events)
+        confirming = self._automation_confirm and not replay
         loaded = db.load_automation(conn, by_key) if by_key else {}
         for key, mine in by_key.items():
             obj, state = loaded.get(key) or (automation.new_object(mine[0]), HealthState())
@@ -504,8 +525,9 @@ class HealthService:
         if loaded:
             db.write_automation_objects(conn, [obj for obj, _ in loaded.values()], now)
         keys = list(loaded)
-        if confirming:
+        if confirming:  # caught up: what was replayed is judged again on the wall clock
             keys = list(dict.fromkeys([*keys, *db.replayed_automation_keys(conn)]))
+            self._automation_confirm = False
         return self._evaluate_automation(conn, keys, now, Trigger.EVENTS, replay, loaded)
 
     def _evaluate_automation(
@@ -540,12 +562,19 @@ class HealthService:
             outbox.stage(conn, HEALTH, staged)
         return decisions
 
-    def evaluate_automation(self, *, every: bool = False) -> int:
-        """The periodic pass over automation objects: those whose `due_at` has come (a heartbeat or tick
-        limit passing) and those judged during a replay, or `every` one; returns the transitions staged."""
+    def evaluate_automation(self) -> int:
+        """The periodic pass over automation objects (every `evaluation_interval_s`): those whose `due_at` has
+        come (a heartbeat or tick limit passing) and those judged during a replay; every one on the first pass
+        after a start. Waits while automation history is replayed, until `catch_up_quiet_s` without any
+        automation event. Returns the transitions staged."""
         with self.lock:
-            if self._replay_as_of is not None:
-                return 0
+            if self._automation_as_of is not None:
+                if time.monotonic() - self._automation_handled < self.cfg.catch_up_quiet_s:
+                    return 0
+                log.info("automation_caught_up", quiet_s=self.cfg.catch_up_quiet_s)
+                self._automation_as_of = None
+            every = self._automation_passes == 0
+            self._automation_passes += 1
             now = self.clock()
             # Read first: most passes find nothing due and take no write lock.
             if not db.due_automation_keys(self.store.connection(), None if every else now):

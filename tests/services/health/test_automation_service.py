@@ -122,19 +122,19 @@ def test_the_periodic_pass_finds_a_silent_daemon_and_the_sensors_it_stopped(
     clock = Clock(T0 + 1)
     engine = HealthService(store, hsettings, clock=clock)
     engine.handle(batch(h.tick("SUCCESS", T0), h.daemon(T0), h.beat(T0)))
-    engine.evaluate_all()  # the first pass evaluates everything: all healthy
+    engine.evaluate_automation()  # the first pass after a start evaluates everything: all healthy
     assert {status_of(store, k) for k in ("sensor:loc/orders_sensor", "daemon:SENSOR", "publisher:loc")} == {
         "HEALTHY"
     }
     clock.t = T0 + 10_000  # the daemon died: nothing arrives any more
-    assert engine.evaluate_all() == 3
+    assert engine.evaluate_automation() == 3
     events = {e.data.asset_key: e for e in published(store)[-3:]}
     assert events["daemon:SENSOR"].data.status == "FAILED"
     stopped = next(c for c in events["sensor:loc/orders_sensor"].data.checks if c.check == "stopped")
     assert stopped.outcome == "error" and stopped.values["blocked_by"] == "daemon:SENSOR"
     assert events["sensor:loc/orders_sensor"].data.status == "DEGRADED"
     assert events["publisher:loc"].data.status == "FAILED"
-    assert engine.evaluate_all() == 0  # already late: not due again until an event comes
+    assert engine.evaluate_automation() == 0  # already late: not due again until an event comes
     assert db.due_automation_keys(store.connection(), clock.t) == []
 
 
@@ -147,9 +147,49 @@ def test_ticks_replayed_from_the_past_are_judged_as_of_their_time(
     sensor = [e for e in published(store) if e.data.asset_key == "sensor:loc/orders_sensor"]
     # As of the history's time the sensor had just ticked: not stopped, and marked as a replay.
     assert [e.data.status for e in sensor] == ["HEALTHY"] and sensor[0].data.replay
-    assert engine.evaluate_all() == 0  # the periodic pass waits during a replay
+    assert engine.evaluate_automation() == 0  # the periodic pass waits during a replay
     # Caught up (a recent batch): replayed objects are judged on the wall clock; the week of silence counts.
     engine.handle(batch(h.beat(clock.t)))
     last = [e for e in published(store) if e.data.asset_key == "sensor:loc/orders_sensor"][-1]
     assert last.data.status == "DEGRADED" and not last.data.replay
+    assert status_of(store, "publisher:loc") == "HEALTHY"
+
+
+def test_a_publisher_paging_through_history_keeps_the_replay_until_it_is_caught_up(
+    store: Store, hsettings: HealthWorkerSettings
+) -> None:
+    clock = Clock(T0 + 86400)
+    engine = HealthService(store, hsettings, clock=clock)
+    paging = h.beat(clock.t)
+    paging = paging.model_copy(update={"data": paging.data.model_copy(update={"caught_up": False})})
+    engine.handle(batch(h.tick("SUCCESS", T0), paging))  # a page of yesterday's ticks, more to read
+    (first,) = [e for e in published(store) if e.data.asset_key == "sensor:loc/orders_sensor"]
+    assert first.data.status == "HEALTHY" and first.data.replay
+    engine.handle(batch(h.tick("SUCCESS", clock.t - 5), h.beat(clock.t)))  # the last page: caught up
+    last = [e for e in published(store) if e.data.asset_key == "sensor:loc/orders_sensor"]
+    assert last == [first]  # still healthy, now on the wall clock: nothing to announce
+    assert status_of(store, "sensor:loc/orders_sensor") == "HEALTHY"
+    assert db.replayed_automation_keys(store.connection()) == []
+
+
+def test_live_automation_events_do_not_end_the_assets_catch_up(
+    store: Store, hsettings: HealthWorkerSettings
+) -> None:
+    """The automation stream is read in step with a backlog of runs, not behind it: its recent events must not
+    make health judge the runs still being replayed against the wall clock."""
+    from libs.common.events import ASSETS, AssetMaterialized, MaterializationData, new_event
+
+    clock = Clock(T0 + 86400)
+    engine = HealthService(store, hsettings, clock=clock)
+    mat = new_event(
+        AssetMaterialized,
+        "asset.materialized",
+        identity="m1",
+        source="t",
+        occurred_at=h.dt(T0),
+        data=MaterializationData(asset_key="raw/orders", run_id="r1", row_count=5),
+    )
+    engine.handle([Delivery(ASSETS, "1-0", mat), *batch(h.beat(clock.t))])
+    (asset,) = [e for e in published(store) if e.data.asset_key == "raw/orders"]
+    assert asset.data.replay and asset.data.object_kind == "asset"
     assert status_of(store, "publisher:loc") == "HEALTHY"
