@@ -146,3 +146,26 @@ def test_the_worker_fires_and_resolves_a_late_publisher_heartbeat_from_redis(
     heartbeat(bus, interval_s=0.1)
     assert check() == 1
     assert [n["kind"] for n in outbox(store)] == ["firing", "resolved"]
+
+
+def test_a_silence_by_tag_holds_a_sensor_alert_and_routes_match_its_key(tmp_path: Path) -> None:
+    """Silences match an automation object's labels like an asset's (its tags from the health event), and a
+    route's `assets` glob selects a code location's sensors by key."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    settings = make_settings(tmp_path / "a")
+    silenced = AlertService(open_store(settings), settings)
+    _, covered = silenced.silence({"tag.tier": "1"}, 3600, by="ops@example.com")
+    assert covered == 0  # nothing fires yet: the silence waits for it
+    silenced.handle([sensor_health("FAILED", "error", 1)])
+    assert outbox(silenced.store) == []
+    with silenced.store.read() as conn:
+        (row,) = conn.execute("SELECT asset_key, silence_id FROM alerts").fetchall()
+    assert row["asset_key"] == "sensor:loc/orders_sensor" and row["silence_id"] is not None
+
+    by_key = make_settings(tmp_path / "b", routes=[{"receivers": ["tier1"], "assets": ["sensor:loc/*"]}])
+    routed = AlertService(open_store(by_key), by_key)
+    routed.handle([sensor_health("FAILED", "error", 1)])
+    assert [n["receiver"] for n in outbox(routed.store)] == ["tier1"]
+    for service in (silenced, routed):
+        service.store.close()
