@@ -7,7 +7,7 @@ own embedded server): the webserver, the daemon (which ticks the publishing sens
 `sensors.minimum_interval_s`) and the three workers. One generic webhook receiver (Standard Webhooks
 signature) listens on loopback. Each of `--count` cycles runs `raw_orders` on the dev instance with its
 fail flag set (`orchestrator/assets/_demo.py`), takes the run's end time from Dagster's run storage, waits for
-the first firing notice about `raw_orders` whose signature verifies, and records receipt − end; then a
+the first firing notice about `raw_orders` whose signature verifies, and records receipt - end; then a
 successful run and its resolved notice close the cycle. The flap window is 0: each cycle is a new incident
 announced at once, which is what is measured (with the default 300 s, every cycle after the first would be
 held back on purpose). The last line is one JSON object: p50, p95, max, the sensor interval, count, and
@@ -24,7 +24,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
