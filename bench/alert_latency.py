@@ -64,7 +64,27 @@ def notice(received: Received, status: str) -> dict[str, Any] | None:
 
 
 @contextmanager
-def dev_system(home: Path, redis_url: str, receiver: RecordingReceiver, timeout_s: float) -> Iterator[int]:
+def environment(**values: str) -> Iterator[None]:
+    """`values` in os.environ (and the orchestrator's settings read afresh) until the end, then as before."""
+    from orchestrator.settings import get_settings
+
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        get_settings.cache_clear()
+
+
+@contextmanager
+def dev_system(home: Path, redis_url: str, receiver: RecordingReceiver, timeout_s: float,
+               bus: dict[str, str]) -> Iterator[int]:
     """`asset-manager dev` on `home` with the receiver configured; yields the webserver's port once the UI
     lists the assets and every worker is ready."""
     port = free_port()
@@ -75,7 +95,7 @@ def dev_system(home: Path, redis_url: str, receiver: RecordingReceiver, timeout_
         "AMS_ALERTS__FLAP_WINDOW_S": "0", "BENCH_WEBHOOK_SECRET": SECRET,
         "AMS_ALERTS__RECEIVERS": json.dumps(
             [{"name": "bench", "kind": "webhook", "url": receiver.url, "secret_env": "BENCH_WEBHOOK_SECRET"}]),
-        **{f"AMS_SERVICES__{n.upper()}__PORT": str(p) for n, p in ports.items()},
+        **{f"AMS_SERVICES__{n.upper()}__PORT": str(p) for n, p in ports.items()}, **bus,
     })
     log = home.parent / "dev.log"
     with log.open("wb") as out:
@@ -107,13 +127,15 @@ def dev_system(home: Path, redis_url: str, receiver: RecordingReceiver, timeout_
 
 
 def measure(count: int, *, redis_url: str, workdir: Path, timeout_s: float = 600,
-            notice_timeout_s: float = 120) -> dict[str, Any]:
-    """Run the benchmark on a fresh DAGSTER_HOME under `workdir`; returns the figures."""
+            notice_timeout_s: float = 120, bus_prefix: str | None = None) -> dict[str, Any]:
+    """Run the benchmark on a fresh DAGSTER_HOME under `workdir` (streams under `bus_prefix`, else the
+    configured one); returns the figures."""
     home = workdir / "dagster_home"
     home.mkdir(parents=True)
+    bus = {"AMS_BUS__PREFIX": bus_prefix} if bus_prefix else {}
     # This process runs the materializations on the dev instance, with the same settings as the system.
-    os.environ.update({"DAGSTER_HOME": str(home), "AMS_REDIS__URL": redis_url, "DEMO_SCHEDULE": "off"})
-    with RecordingReceiver() as receiver, dev_system(home, redis_url, receiver, timeout_s):
+    with environment(DAGSTER_HOME=str(home), AMS_REDIS__URL=redis_url, DEMO_SCHEDULE="off", **bus), \
+            RecordingReceiver() as receiver, dev_system(home, redis_url, receiver, timeout_s, bus):
         from dagster import AssetKey, DagsterInstance
 
         from orchestrator.assets._demo import set_failing
