@@ -431,7 +431,8 @@ def clean(settings: AppSettings, bus: Bus, prefix: str) -> tuple[CleanPlan, dict
 def _clean_report(plan: CleanPlan, removed: dict[str, dict[str, int]]) -> str:
     if plan.empty:
         return f"nothing to remove: no simulated asset under {plan.prefix} in health.db, monitor.db or the streams"
-    lines = [f"removed every trace of {len(plan.keys)} simulated assets under {plan.prefix}:"]
+    lines = [f"removed every trace of {len(plan.keys)} simulated assets under {plan.prefix}:" if plan.keys
+             else f"removed the stream entries of simulated assets under {plan.prefix} (no store held them):"]
     for place in ("health.db", "monitor.db", "redis"):
         counts = ", ".join(f"{name} {n}" for name, n in removed.get(place, {}).items() if n) or "nothing"
         lines.append(f"  {place:<11} {counts}")

@@ -282,3 +282,15 @@ def test_clean_refuses_what_is_not_simulated_or_not_yet_handled(cli: Cli, redis_
     assert code == 1 and "refusing to clean while workers have not caught up: health on " in err, err
     # Nothing was removed by the refusals.
     assert redis_client.xlen(bus.key(RUNS)) + redis_client.xlen(bus.key(ASSETS)) == 33
+    # Without the real run and the lagging group, what is left under sim/ is the simulation's: published,
+    # never handled (no store was created), removed from the streams alone.
+    redis_client.xgroup_destroy(bus.key(RUNS), "health")
+    for stream in (RUNS, ASSETS):
+        real = [i for i, e in zip((i for i, _ in redis_client.xrange(bus.key(stream))),
+                                  _events(redis_client, bus.key(stream)), strict=True) if e.source == "dagster"]
+        redis_client.xdel(bus.key(stream), *real)
+    code, out, err = cli.run("simulate", "--clean")
+    assert code == 0, err
+    assert out.startswith("removed the stream entries of simulated assets under sim/ (no store held them):")
+    assert redis_client.xlen(bus.key(RUNS)) + redis_client.xlen(bus.key(ASSETS)) == 0
+    assert not list(cli.home.glob("*.db"))
