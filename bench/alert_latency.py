@@ -6,7 +6,8 @@
 own embedded server): the webserver, the daemon (which ticks the publishing sensor at its configured
 `sensors.minimum_interval_s`) and the three workers. One generic webhook receiver (Standard Webhooks
 signature) listens on loopback. Each of `--count` cycles runs `raw_orders` on the dev instance with its
-fail flag set (`orchestrator/assets/_demo.py`), takes the run's end time from Dagster's run storage, waits for
+fail flag set (`orchestrator/assets/_demo.py`) after a random pause within the sensor's interval (failures
+come at any moment of its period), takes the run's end time from Dagster's run storage, waits for
 the first firing notice about `raw_orders` whose signature verifies, and records receipt - end; then a
 successful run and its resolved notice close the cycle. The flap window is 0: each cycle is a new incident
 announced at once, which is what is measured (with the default 300 s, every cycle after the first would be
@@ -21,10 +22,12 @@ import argparse
 import json
 import math
 import os
+import random
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -178,7 +181,11 @@ def measure(count: int, *, redis_url: str, workdir: Path, timeout_s: float = 600
                 return found[0]
 
             run(False)  # the first run: the catalog and a healthy history
+            jitter = random.Random(count)
             for i in range(count):
+                # Failures come at any moment of the sensor's period: without a random pause, each cycle
+                # (run, notice, run, notice) lasting about as long as the last would lock onto the ticks.
+                time.sleep(jitter.uniform(0, interval))
                 seen = len(receiver.requests)
                 run_id, ended = run(True)
                 firing = await_notice(seen, "firing")
