@@ -1,6 +1,6 @@
 """Alert latency: a failing materialization in a real `dagster dev` to the signed firing notice at a receiver.
 
-    .venv/bin/python bench/alert_latency.py [--count 20] [--redis-url URL] [--timeout 600]
+    .venv/bin/python bench/alert_latency.py [--count 20] [--sensor-interval S] [--redis-url URL] [--timeout 600]
 
 `asset-manager dev` runs on a fresh DAGSTER_HOME and free ports (Redis: the given URL, else the benchmark's
 own embedded server): the webserver, the daemon (which ticks the publishing sensor at its configured
@@ -19,6 +19,7 @@ run end to the sensor's XADD of run.failed (the stream entry id's time), and XAD
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -87,7 +88,7 @@ def environment(**values: str) -> Iterator[None]:
 
 @contextmanager
 def dev_system(home: Path, redis_url: str, receiver: RecordingReceiver, timeout_s: float,
-               bus: dict[str, str]) -> Iterator[int]:
+               extra: dict[str, str]) -> Iterator[int]:
     """`asset-manager dev` on `home` with the receiver configured; yields the webserver's port once the UI
     lists the assets and every worker is ready."""
     port = free_port()
@@ -98,7 +99,7 @@ def dev_system(home: Path, redis_url: str, receiver: RecordingReceiver, timeout_
         "AMS_ALERTS__FLAP_WINDOW_S": "0", "BENCH_WEBHOOK_SECRET": SECRET,
         "AMS_ALERTS__RECEIVERS": json.dumps(
             [{"name": "bench", "kind": "webhook", "url": receiver.url, "secret_env": "BENCH_WEBHOOK_SECRET"}]),
-        **{f"AMS_SERVICES__{n.upper()}__PORT": str(p) for n, p in ports.items()}, **bus,
+        **{f"AMS_SERVICES__{n.upper()}__PORT": str(p) for n, p in ports.items()}, **extra,
     })
     log = home.parent / "dev.log"
     with log.open("wb") as out:
@@ -129,16 +130,34 @@ def dev_system(home: Path, redis_url: str, receiver: RecordingReceiver, timeout_
                 process.wait(10)
 
 
+def sensor_ticks(instance: Any) -> tuple[list[float], list[float]]:
+    """(gaps between the starts of successive ticks, durations) of the publishing sensor on `instance`."""
+    from orchestrator.sensors import SENSOR_NAME
+
+    starts: list[float] = []
+    durations: list[float] = []
+    for state in instance.all_instigator_state():
+        if state.instigator_name == SENSOR_NAME:
+            ticks = sorted(instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=10_000),
+                           key=lambda t: t.timestamp)
+            starts = [t.timestamp for t in ticks]
+            durations = [t.end_timestamp - t.timestamp for t in ticks if t.end_timestamp]
+    return [b - a for a, b in itertools.pairwise(starts)], durations
+
+
 def measure(count: int, *, redis_url: str, workdir: Path, timeout_s: float = 600,
-            notice_timeout_s: float = 120, bus_prefix: str | None = None) -> dict[str, Any]:
-    """Run the benchmark on a fresh DAGSTER_HOME under `workdir` (streams under `bus_prefix`, else the
-    configured one); returns the figures."""
+            notice_timeout_s: float = 120, bus_prefix: str | None = None,
+            sensor_interval_s: int | None = None) -> dict[str, Any]:
+    """Run the benchmark on a fresh DAGSTER_HOME under `workdir` (streams under `bus_prefix`, the sensor
+    every `sensor_interval_s`; else as configured); returns the figures."""
     home = workdir / "dagster_home"
     home.mkdir(parents=True)
-    bus = {"AMS_BUS__PREFIX": bus_prefix} if bus_prefix else {}
+    extra = {"AMS_BUS__PREFIX": bus_prefix} if bus_prefix else {}
+    if sensor_interval_s:
+        extra["AMS_SENSORS__MINIMUM_INTERVAL_S"] = str(sensor_interval_s)
     # This process runs the materializations on the dev instance, with the same settings as the system.
-    with environment(DAGSTER_HOME=str(home), AMS_REDIS__URL=redis_url, DEMO_SCHEDULE="off", **bus), \
-            RecordingReceiver() as receiver, dev_system(home, redis_url, receiver, timeout_s, bus):
+    with environment(DAGSTER_HOME=str(home), AMS_REDIS__URL=redis_url, DEMO_SCHEDULE="off", **extra), \
+            RecordingReceiver() as receiver, dev_system(home, redis_url, receiver, timeout_s, extra):
         from dagster import AssetKey, DagsterInstance
 
         from orchestrator.assets._demo import set_failing
@@ -197,6 +216,7 @@ def measure(count: int, *, redis_url: str, workdir: Path, timeout_s: float = 600
                 seen = len(receiver.requests)
                 run(False)
                 await_notice(seen, "resolved")
+            ticks = sensor_ticks(instance)
         client.close()
     p95 = percentile(latencies, 95)
     after = [total - pub for total, pub in zip(latencies, published, strict=True) if not math.isnan(pub)]
@@ -215,6 +235,10 @@ def measure(count: int, *, redis_url: str, workdir: Path, timeout_s: float = 600
         "sensor_max_s": round(max([x for x in published if not math.isnan(x)], default=math.nan), 2),
         "workers_p50_s": round(percentile(after or [math.nan], 50), 3),
         "workers_max_s": round(max(after, default=math.nan), 3),
+        # the daemon's ticks of the publishing sensor meanwhile: time between starts, and each one's duration
+        "tick_gap_p50_s": round(percentile(ticks[0] or [math.nan], 50), 2),
+        "tick_gap_max_s": round(max(ticks[0], default=math.nan), 2),
+        "tick_duration_p50_s": round(percentile(ticks[1] or [math.nan], 50), 2),
         "each_s": [round(x, 2) for x in latencies],
     }
 
@@ -224,6 +248,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=20, help="failing materializations (default 20)")
     parser.add_argument("--redis-url")
     parser.add_argument("--timeout", type=float, default=600, help="seconds for the dev system to come up")
+    parser.add_argument("--sensor-interval", type=int, help="the sensor's minimum_interval_s (default: configured)")
     args = parser.parse_args()
     if args.count < 1:
         parser.error("--count must be at least 1")
@@ -231,7 +256,8 @@ def main() -> None:
     redis_url = args.redis_url or server.url  # type: ignore[union-attr]
     try:
         with tempfile.TemporaryDirectory(prefix="alert-latency-") as tmp:
-            figures = measure(args.count, redis_url=redis_url, workdir=Path(tmp), timeout_s=args.timeout)
+            figures = measure(args.count, redis_url=redis_url, workdir=Path(tmp), timeout_s=args.timeout,
+                              sensor_interval_s=args.sensor_interval)
     finally:
         if server:
             server.stop()
