@@ -175,8 +175,9 @@ def _stream_keys(client: redis.Redis, key: str) -> set[str]:
 
 
 def _workers(cli: Cli, tmp: Path, *names: str) -> list[ServiceProcess]:
+    # The simulated history reaches hours back: health replays it, and announces once quiet for 2 s.
     env = {**os.environ, "PYTHONPATH": cli.env["PYTHONPATH"], "AMS_BUS__BLOCK_MS": "200",
-           "AMS_ALERTS__FLAP_WINDOW_S": "0"}
+           "AMS_ALERTS__FLAP_WINDOW_S": "0", "AMS_HEALTH__CATCH_UP_QUIET_S": "2"}
     ports = {n: int(env[f"AMS_SERVICES__{n.upper()}__PORT"]) for n in names}  # where running_workers looks
     workers = [ServiceProcess.service(n, env, tmp / f"{n}.log", port=ports[n]) for n in names]
     wait_for(lambda: all(w.answers() and w.ready() for w in workers), 60, "workers ready",
@@ -208,8 +209,8 @@ def test_clean_removes_every_trace_of_the_simulation_and_nothing_else(
     assert "the real streams" in out and "asset-manager simulate --clean --prefix sim" in out
     workers = _workers(alerting, tmp_path, "health", "alerts")
     try:
-        wait_for(lambda: _rows(monitor_db, "SELECT 1 FROM notifications WHERE fingerprint IN "
-                                           "(SELECT fingerprint FROM alerts WHERE asset_key LIKE 'sim/%')"),
+        wait_for(lambda: _rows(monitor_db, "SELECT 1 FROM notifications WHERE incident_id IN "
+                                           "(SELECT incident_id FROM alerts WHERE asset_key LIKE 'sim/%')"),
                  60, "notices about simulated failures", lambda: workers[1].output())
         wait_for(lambda: _caught_up(redis_client, settings.bus.prefix), 60, "workers caught up")
         assert _rows(health_db, "SELECT 1 FROM asset_health WHERE asset_key = ?", REAL)
@@ -236,8 +237,10 @@ def test_clean_removes_every_trace_of_the_simulation_and_nothing_else(
         assert not _rows(health_db, f"SELECT 1 FROM {table} WHERE asset_key LIKE 'sim/%'"), table
     for table in ("alert_states", "alerts"):
         assert not _rows(monitor_db, f"SELECT 1 FROM {table} WHERE asset_key LIKE 'sim/%'"), table
+    assert not _rows(monitor_db, "SELECT 1 FROM incidents WHERE root_asset LIKE 'sim/%'")
+    assert not _rows(monitor_db, "SELECT 1 FROM asset_edges WHERE upstream LIKE 'sim/%' OR downstream LIKE 'sim/%'")
     assert not _rows(monitor_db, "SELECT 1 FROM notifications n WHERE NOT EXISTS "
-                                 "(SELECT 1 FROM alert_states s WHERE s.fingerprint = n.fingerprint)")
+                                 "(SELECT 1 FROM incidents i WHERE i.id = n.incident_id)")
     assert not _rows(monitor_db, "SELECT 1 FROM alert_history h WHERE NOT EXISTS "
                                  "(SELECT 1 FROM alert_states s WHERE s.fingerprint = h.fingerprint)")
     for stream in (RUNS, ASSETS, HEALTH):
