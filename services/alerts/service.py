@@ -658,33 +658,7 @@ class AlertService:
 
     def _lineage(self, conn: Connection) -> Callable[[str], frozenset[str]]:
         """Every asset upstream of an asset (any depth, cycle-safe), read once per asset and transaction."""
-
-        @cache
-        def ancestors(asset_key: str) -> frozenset[str]:
-            rows = conn.execute(
-                """WITH RECURSIVE up(asset_key, depth) AS (
-                     SELECT upstream, 1 FROM asset_edges WHERE downstream = ?
-                     UNION
-                     SELECT e.upstream, up.depth + 1 FROM asset_edges AS e JOIN up ON e.downstream = up.asset_key
-                     WHERE up.depth < ?)
-                   SELECT DISTINCT asset_key FROM up""",
-                (asset_key, LINEAGE_DEPTH),
-            ).fetchall()
-            return frozenset(r[0] for r in rows)
-
-        return ancestors
-
-    def _descendants(self, conn: Connection, asset_key: str) -> set[str]:
-        rows = conn.execute(
-            """WITH RECURSIVE down(asset_key, depth) AS (
-                 SELECT downstream, 1 FROM asset_edges WHERE upstream = ?
-                 UNION
-                 SELECT e.downstream, down.depth + 1 FROM asset_edges AS e JOIN down ON e.upstream = down.asset_key
-                 WHERE down.depth < ?)
-               SELECT DISTINCT asset_key FROM down""",
-            (asset_key, LINEAGE_DEPTH),
-        ).fetchall()
-        return {r[0] for r in rows}
+        return cache(lambda asset_key: frozenset(_related(conn, asset_key, upstream=True)))
 
     def _group(self, conn: Connection, now: float, txn: _Txn) -> tuple[set[int], list[tuple[int, int, list[str]]]]:
         """Put every firing alert that has no incident yet into one (new, or the open incident it links to,
@@ -699,7 +673,8 @@ class AlertService:
         related: set[str] = set()
         for row in new:
             key = row["asset_key"]
-            related |= {key} | ancestors(key) | self._descendants(conn, key) | causes_of(json.loads(row["detail"]))
+            downstream = _related(conn, key, upstream=False)
+            related |= {key} | ancestors(key) | downstream | causes_of(json.loads(row["detail"]))
         open_members = self._open_members(conn, related)
         rows = {int(r["id"]): r for r in [*open_members, *new]}
         together: dict[int, list[str]] = {}
@@ -1009,6 +984,21 @@ class AlertService:
             }
         self.store.prune_processed(7 * 86400)
         return counts
+
+
+def _related(conn: Connection, asset_key: str, *, upstream: bool) -> set[str]:
+    """The assets upstream (or downstream) of `asset_key` in `asset_edges`, any depth, cycle-safe."""
+    near, far = ("upstream", "downstream") if upstream else ("downstream", "upstream")
+    rows = conn.execute(
+        f"""WITH RECURSIVE lineage(asset_key, depth) AS (
+              SELECT {near}, 1 FROM asset_edges WHERE {far} = ?
+              UNION
+              SELECT e.{near}, lineage.depth + 1 FROM asset_edges AS e JOIN lineage ON e.{far} = lineage.asset_key
+              WHERE lineage.depth < ?)
+            SELECT DISTINCT asset_key FROM lineage""",
+        (asset_key, LINEAGE_DEPTH),
+    ).fetchall()
+    return {r[0] for r in rows}
 
 
 def _dt(ts: float | None) -> datetime | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ from dagster import DagsterInstance, build_sensor_context, instance_for_test
 
 from asset_manager.settings import AppSettings
 from libs.common.events import HEALTH, HealthChanged, parse_event
-from libs.common.testing import ServiceProcess, wait_for
+from libs.common.testing import ServiceProcess, read_store, wait_for
 from orchestrator.sensors import build_event_sensor
 from orchestrator.settings import get_settings
 from services.alerts.testing import Received, RecordingReceiver
@@ -55,17 +54,6 @@ ROUTES = [
 QUIET_S = 4.0
 
 
-def query(db: Path, sql: str, *params: Any) -> list[sqlite3.Row]:
-    if not db.exists():
-        return []
-    conn = sqlite3.connect(db, timeout=5)
-    conn.row_factory = sqlite3.Row
-    try:
-        return list(conn.execute(sql, params))
-    except sqlite3.OperationalError:  # not migrated yet
-        return []
-    finally:
-        conn.close()
 
 
 @dataclass
@@ -171,7 +159,7 @@ def quiet(system: System, expected: dict[str, int]) -> None:
 
 
 def healthy(health_db: Path) -> set[str]:
-    return {r[0] for r in query(health_db, "SELECT asset_key FROM asset_health WHERE status = 'HEALTHY'")}
+    return {r[0] for r in read_store(health_db, "SELECT asset_key FROM asset_health WHERE status = 'HEALTHY'")}
 
 
 def test_a_failing_root_is_one_incident_per_receiver_and_its_recovery_resolves_it_once(
@@ -187,7 +175,7 @@ def test_a_failing_root_is_one_incident_per_receiver_and_its_recovery_resolves_i
     # 1. A healthy deployment: everything materialized, registered, known to alerts with its owners.
     succeeded, cursor = run_and_publish(settings, instance, None)
     assert succeeded
-    wait_for(lambda: len(query(monitor_db, "SELECT 1 FROM assets WHERE asset_key LIKE 'lineage/%'")) == 4,
+    wait_for(lambda: len(read_store(monitor_db, "SELECT 1 FROM assets WHERE asset_key LIKE 'lineage/%'")) == 4,
              60, "four assets in monitor.db", system.diagnose)
     wait_for(lambda: healthy(health_db) == set(OWNERS), 60, "four HEALTHY assets", system.diagnose)
     quiet(system, {})
@@ -238,10 +226,10 @@ def test_a_failing_root_is_one_incident_per_receiver_and_its_recovery_resolves_i
     (listed,) = system.cli("alerts", "incidents", "--all")
     assert (listed["id"], listed["status"]) == (incident_id, "resolved")
     assert listed["members"] == len(firing["ops"]["members"])
-    assert not query(monitor_db, "SELECT 1 FROM alerts WHERE status = 'firing'")
+    assert not read_store(monitor_db, "SELECT 1 FROM alerts WHERE status = 'firing'")
 
     # Health never judged a skipped asset FAILED: not in a transition it recorded, nor in what it published.
-    transitions = query(health_db, "SELECT asset_key, status, previous_status FROM health_transitions")
+    transitions = read_store(health_db, "SELECT asset_key, status, previous_status FROM health_transitions")
     below = [dict(r) for r in transitions if r["asset_key"] in BELOW]
     seen = {(r["asset_key"], r["status"]) for r in below}
     assert seen >= {(a, s) for a in BELOW for s in ("WARNING", "HEALTHY")}

@@ -232,9 +232,9 @@ def test_sixty_days_of_history_page_no_one_about_the_past(tmp_path: Path, redis_
             for events in days:
                 publish(events)
                 time.sleep(0.3)  # a sensor tick later; much shorter than the quiet period that ends a catch-up
-        wait_for(lambda: open_alerts(home) == expected, timeout_s=180,
-                 what=lambda: f"open alerts {sorted(open_alerts(home) ^ expected)} differ from the reference"
-                 f"\n{workers[0].output()}")
+        wait_for(lambda: open_alerts(home) == expected, timeout_s=180, what="the reference's open alerts",
+                 diagnose=lambda: f"differing: {sorted(open_alerts(home) ^ expected)}\n"
+                 + (tmp_path / "workers.log").read_text()[-4000:])
 
         def announced() -> bool:
             with sqlite3.connect(home / "monitor.db", timeout=5) as conn:
