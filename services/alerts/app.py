@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from libs.common.bus import connect
+from libs.common.bus import TRANSIENT_ERRORS, connect
 from libs.common.events import ASSET_CHANGES, AUTOMATION, HEALTH
 from libs.common.settings import ServiceName
 from libs.common.worker import PeriodicJob, Worker, run_service
@@ -23,7 +23,13 @@ def build(settings: AlertsWorkerSettings, *, port: int | None = None) -> Worker:
     watch = PublisherWatch(connect(settings.redis), f"{settings.bus.prefix}:{AUTOMATION}")
 
     def watch_publishers() -> None:
-        service.publisher_heartbeats(watch.read(), watch.seen)
+        try:
+            now = watch.read()
+        except TRANSIENT_ERRORS:
+            # Redis is down: the worker already says so (unready, one log line); a failed job every 15 s
+            # would add nothing but noise. Prometheus's AmsPublisherHeartbeatLate covers this case.
+            return
+        service.publisher_heartbeats(now, watch.seen)
 
     return Worker(
         service=ServiceName.ALERTS,

@@ -169,3 +169,25 @@ def test_a_silence_by_tag_holds_a_sensor_alert_and_routes_match_its_key(tmp_path
     assert [n["receiver"] for n in outbox(routed.store)] == ["tier1"]
     for service in (silenced, routed):
         service.store.close()
+
+
+def test_the_watch_job_is_quiet_while_redis_is_down(tmp_path: Path) -> None:
+    """With Redis unreachable the worker reports it itself; the watch neither raises (a failed job every
+    15 s) nor fires anything."""
+    from libs.common.redis_server import free_port
+    from services.alerts.app import build
+
+    settings = make_settings(tmp_path).model_copy(
+        update={
+            "redis": make_settings(tmp_path).redis.model_copy(
+                update={"url": f"redis://127.0.0.1:{free_port()}"}
+            )
+        }
+    )
+    worker = build(settings, port=0)
+    try:
+        (job,) = [j for j in worker.jobs if j.name == "alerts_publisher_watch"]
+        job.func()
+        assert outbox(worker.store) == []
+    finally:
+        worker.store.close()
