@@ -11,7 +11,7 @@ Objects are keyed `sensor:<location>/<name>`, `schedule:<location>/<name>`, `dae
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -433,6 +433,18 @@ def publisher_heartbeat(
     )
 
 
+def daemon_chain(key: str, daemon_keys: Iterable[str]) -> tuple[str, ...]:
+    """A daemon's "downstream" in its health event: the next daemon of the instance in key order. All of an
+    instance's daemons run in one dagster-daemon process; chained, they are one lineage to the alerts, so that
+    the process stopping is one incident (the sensors and schedules join it by `blocked_by`), not one per
+    daemon type, whatever order their limits pass in."""
+    ordered = sorted(daemon_keys)
+    if key not in ordered:
+        return ()
+    at = ordered.index(key)
+    return (ordered[at + 1],) if at + 1 < len(ordered) else ()
+
+
 def evaluate(
     obj: AutomationObject,
     cfg: AutomationHealthSettings,
@@ -464,7 +476,12 @@ def next_change(
         return None
     elif obj.kind == "schedule" and obj.cron_schedule:
         try:
-            due = next_cron(obj.cron_schedule, obj.last_at, obj.timezone) + schedule_grace(obj, cfg)
+            # The first cron tick after the last one: Dagster stamps a schedule's tick with its cron time, and
+            # the next tick from a time on the boundary is that time itself.
+            following = next_cron(obj.cron_schedule, obj.last_at, obj.timezone)
+            if following <= obj.last_at:
+                following = next_cron(obj.cron_schedule, obj.last_at + 1, obj.timezone)
+            due = following + schedule_grace(obj, cfg)
         except Exception:
             return None
     else:

@@ -550,9 +550,11 @@ class HealthService:
                 continue
             obj, state = objects[key]
             results = automation.evaluate(obj, cfg, now, daemons)
+            downstream = automation.daemon_chain(key, daemons) if obj.kind == "daemon" else ()
             subject = Subject(
                 key=key, has_data=obj.last_at is not None, owners=obj.owners, code_location=obj.code_location,
                 declared=frozenset(), kind=obj.kind, tags=obj.tags, failing=automation.FAILING_CHECKS,
+                downstream=downstream,
             )
             decision = decide(state, results, now, subject, trigger, replay=replay)
             db.write_automation_decision(conn, decision, now, automation.next_change(obj, cfg, now))

@@ -245,3 +245,20 @@ def test_next_change_is_when_the_stopped_outcome_flips(interval: float, elapsed:
         assert outcomes(obj, now)["stopped"] == "error"
     else:
         assert outcomes(obj, now)["stopped"] == "passed" and outcomes(obj, due)["stopped"] == "error"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from(["*/5 * * * *", "0 * * * *", "30 2 * * 1-5"]), st.integers(-1, 1), st.floats(0, 3 * 86400)
+)
+def test_next_change_is_when_a_schedule_is_first_late(cron: str, offset: int, elapsed: float) -> None:
+    """From a tick on its cron time (as Dagster stamps them) or a second either side: the periodic pass is
+    due exactly when the stopped outcome flips, and None only once it has."""
+    on_time = automation._latest_cron_tick(cron, T0, "UTC") + offset
+    obj = fold(tick("SUCCESS", on_time, kind="schedule", name="s", cron_schedule=cron))
+    now = on_time + elapsed
+    due = next_change(obj, CFG, now)
+    if due is None:
+        assert outcomes(obj, now)["stopped"] == "error"
+    else:
+        assert outcomes(obj, now)["stopped"] == "passed" and outcomes(obj, due)["stopped"] == "error"

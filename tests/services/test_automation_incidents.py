@@ -1,0 +1,123 @@
+"""The Dagster daemon stopping, through both services in-process on real stores: health judges by the clock
+that every daemon, sensor, schedule and the publisher went silent, and alerts make ONE incident of it (the
+daemons chained as one lineage, the others naming their daemon as `blocked_by`), whether the health events
+arrive in one batch or one by one.
+
+Health publishes a daemon's silence no later than that of the sensors and schedules it runs (their limits
+are floored by the daemon's, `automation._after_daemon`), and that order matters: alerts link an alert to
+the cause it names when the cause is already firing, but an incident opened by a sensor is not found again
+from its daemon's later alert (no lineage edge leads from a daemon to its sensors)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from libs.common.bus import Delivery
+from libs.common.events import AUTOMATION, HEALTH, Event, HealthChanged, parse_event
+from libs.common.settings import load_settings
+from libs.common.store import Store
+from services.alerts.service import AlertService
+from services.alerts.settings import AlertsWorkerSettings
+from services.alerts.store import open_store as open_monitor
+from services.health.service import HealthService
+from services.health.settings import HealthWorkerSettings
+from services.health.store import open_store as open_health
+
+
+def _builders() -> Any:
+    name = "automation_event_builders"
+    if name not in sys.modules:
+        path = Path(__file__).parent / "health" / "test_automation.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+h = _builders()
+T0 = 1_780_002_000.0  # 2026-05-28T21:00:00Z, a 5-minute boundary
+DAEMONS = ("SENSOR", "SCHEDULER", "QUEUED_RUN_COORDINATOR", "BACKFILL")
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def silent_daemon(tmp_path: Path) -> list[HealthChanged]:
+    """Health's events: all well at T0, then the clock alone finds everything silent."""
+    settings = load_settings(
+        HealthWorkerSettings, dagster_home=str(tmp_path), stores={"data_dir": str(tmp_path)}
+    )
+    store = open_health(settings)
+    clock = Clock(T0 + 1)
+    engine = HealthService(store, settings, clock=clock)
+    events: list[Event] = [h.tick("SUCCESS", T0 - i, name=f"sensor_{i}", interval_s=30) for i in range(3)]
+    events.append(h.tick("SUCCESS", T0, kind="schedule", name="every_5_min", cron_schedule="*/5 * * * *"))
+    # Each daemon heartbeats on its own 30 s cycle: their limits pass at different moments.
+    events += [h.daemon(T0 - 7 * i, daemon_type=d) for i, d in enumerate(DAEMONS)]
+    events.append(h.beat(T0, interval_s=4))
+    engine.handle([Delivery(AUTOMATION, f"{i + 1}-0", e) for i, e in enumerate(events)])  # type: ignore[arg-type]
+    engine.evaluate_automation()
+    for t in (T0 + 130, T0 + 150, T0 + 2000):  # three periodic passes as the limits pass
+        clock.t = t
+        engine.evaluate_automation()
+    rows = store.connection().execute("SELECT payload FROM event_outbox ORDER BY seq").fetchall()
+    store.close()
+    return [e for e in (parse_event(r[0]) for r in rows) if isinstance(e, HealthChanged)]
+
+
+def alerts(tmp_path: Path) -> AlertService:
+    settings = load_settings(
+        AlertsWorkerSettings,
+        dagster_home=str(tmp_path),
+        logging={"file": None},
+        alerts={"incident_wait_s": 0, "receivers": [{"name": "ops", "url": "http://127.0.0.1:9/ops"}]},
+    )
+    return AlertService(open_monitor(settings), settings)
+
+
+def incidents(store: Store) -> list[tuple[int, set[str]]]:
+    with store.read() as conn:
+        rows = conn.execute("SELECT incident_id, asset_key FROM alerts WHERE status = 'firing'").fetchall()
+    found: dict[int, set[str]] = {}
+    for r in rows:
+        found.setdefault(int(r[0]), set()).add(str(r[1]))
+    return sorted(found.items())
+
+
+@pytest.mark.parametrize("order", ["one batch", "one at a time"])
+def test_the_daemon_stopping_is_one_incident(tmp_path: Path, order: str) -> None:
+    published = silent_daemon(tmp_path / "health")
+    first_late = min(e.data.evaluated_at for e in published if e.data.status != "HEALTHY")
+    daemons_late = {e.data.asset_key for e in published if e.data.evaluated_at == first_late}
+    assert {f"daemon:{d}" for d in DAEMONS} <= daemons_late  # the daemons' silence comes first
+    failing = {e.data.asset_key for e in published if e.data.status != "HEALTHY"}
+    assert {f"daemon:{d}" for d in DAEMONS} | {"publisher:loc", "schedule:loc/every_5_min"} <= failing
+    assert {f"sensor:loc/sensor_{i}" for i in range(3)} <= failing
+    service = alerts(tmp_path / "alerts")
+    deliveries = [Delivery(HEALTH, f"{i + 1}-0", e) for i, e in enumerate(published)]  # type: ignore[arg-type]
+    if order == "one batch":
+        service.handle(deliveries)
+    else:
+        for delivery in deliveries:
+            service.handle([delivery])
+    ((_, members),) = incidents(service.store)
+    assert members == failing
+    with service.store.read() as conn:
+        opened = conn.execute("SELECT COUNT(*) FROM incidents").fetchone()[0]
+        firing = conn.execute("SELECT COUNT(*) FROM notifications WHERE kind = 'firing'").fetchone()[0]
+    assert opened == 1
+    if order == "one batch":
+        assert firing == 1
+    service.store.close()
