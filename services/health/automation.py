@@ -41,12 +41,6 @@ class AutomationCheck(StrEnum):
     PUBLISHER_HEARTBEAT = "publisher_heartbeat"
 
 
-CHECKS_OF: dict[str, tuple[AutomationCheck, ...]] = {
-    "sensor": (AutomationCheck.TICK_FAILURES, AutomationCheck.STOPPED),
-    "schedule": (AutomationCheck.TICK_FAILURES, AutomationCheck.STOPPED),
-    "daemon": (AutomationCheck.DAEMON_HEARTBEAT,),
-    "publisher": (AutomationCheck.PUBLISHER_HEARTBEAT,),
-}
 # An error of these makes the object FAILED (it does not work); of the others DEGRADED (it may not run).
 FAILING_CHECKS = frozenset(
     {AutomationCheck.TICK_FAILURES, AutomationCheck.DAEMON_HEARTBEAT, AutomationCheck.PUBLISHER_HEARTBEAT}
