@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import sqlite3
 from typing import Annotated, Any
 
 import typer
@@ -149,6 +150,12 @@ def automation_health(
     store = open_store(settings, migrate=False)
     try:
         items = queries.automation_health(store)
+    except sqlite3.OperationalError as exc:
+        if "no such table" not in str(exc):
+            raise
+        # health.db from before automation health: the health service adds the table when it next starts.
+        typer.echo(f"no automation health yet: {path} predates it (restart the health service)", err=True)
+        items = []
     finally:
         store.close()
     known = {i.code_location for i in items if i.code_location}

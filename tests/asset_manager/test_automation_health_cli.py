@@ -139,3 +139,16 @@ def test_bad_arguments_are_one_line_and_exit_2(with_automation: Cli, args: list[
     code, out, err = with_automation.run("automation-health", *args)
     assert code == 2 and out == ""
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_a_health_db_from_before_automation_health_lists_nothing(cli: Cli) -> None:
+    import sqlite3
+
+    settings = load_settings(AppSettings)
+    open_store(settings).close()
+    db = sqlite3.connect(settings.data_dir / "health.db")
+    db.execute("DROP TABLE automation_objects")  # as a health.db of migration 6 has none
+    db.commit()
+    db.close()
+    code, out, err = cli.run("automation-health", "-f", "json")
+    assert code == 0 and json.loads(out) == [] and "restart the health service" in err
