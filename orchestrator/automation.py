@@ -86,8 +86,8 @@ class InstigatorCursor:
             raise ValueError(f"unreadable instigator cursor {str(raw)[:100]!r}")
         last, status, since, open_ids, marker, running, read = raw
         return cls(
-            int(last), str(status), float(since), sorted(int(i) for i in open_ids), str(marker), bool(running),
-            int(read),
+            last=int(last), status=str(status), since=float(since), open=sorted(int(i) for i in open_ids),
+            marker=str(marker), running=bool(running), read=int(read),
         )
 
 
@@ -204,7 +204,7 @@ class AutomationReader:
         previous = cursor.instigators.get(state.selector_id)
         entry = previous or InstigatorCursor()
         limit = self.ticks_per_instigator if previous else FIRST_SIGHT_TICKS
-        # `after` is exclusive and times are stored to the microsecond: one second back re-reads the last tick.
+        # `after` is exclusive and times are stored to the microsecond: a second back re-reads the last tick.
         ticks = sorted(
             self.instance.get_ticks(
                 state.instigator_origin_id,
@@ -237,7 +237,8 @@ class AutomationReader:
             # Turned on or off without a new tick: its latest tick again, so consumers learn the state.
             latest = next((t for t in ticks if t.tick_id == last and t.status.value == status), None)
             if latest is not None:
-                events.append(self._tick_event(latest, info, suffix=":running" if info.running else ":stopped"))
+                suffix = ":running" if info.running else ":stopped"
+                events.append(self._tick_event(latest, info, suffix=suffix))
         times = [t.timestamp for t in ticks if t.tick_id == last or t.tick_id in still_open]
         cursor.instigators[state.selector_id] = InstigatorCursor(
             last=last,
@@ -279,7 +280,9 @@ class AutomationReader:
     def _definition(
         self, info: _Instigator, repository: RepositoryDefinition | None
     ) -> SensorDefinition | ScheduleDefinition | None:
-        if repository is None or info.code_location != self.code_location or info.repository != repository.name:
+        if repository is None:
+            return None
+        if info.code_location != self.code_location or info.repository != repository.name:
             return None
         if info.kind == "sensor" and repository.has_sensor_def(info.name):
             return repository.get_sensor_def(info.name)

@@ -1,4 +1,4 @@
-"""Dagster's error records as the one-line text events carry (shared by the event and automation publishers)."""
+"""Dagster's error records as the text events carry (shared by the event and automation publishers)."""
 
 from __future__ import annotations
 
