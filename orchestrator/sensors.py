@@ -199,6 +199,7 @@ class TickReport:
     catalog_published: bool = False
     skipped_records: int = 0
     instigators_pending: int = 0  # sensors/schedules that may have new ticks, left for the next tick
+    asset_s: float = 0.0  # seconds from the tick's start until its asset, run and catalog events were published
 
     @property
     def events(self) -> int:
@@ -642,7 +643,8 @@ class EventPublisher:
 
         Raises PublishError when Redis refuses; the caller must then keep the cursor it passed in.
         """
-        deadline = time.monotonic() + self.budget_s
+        started = time.monotonic()
+        deadline = started + self.budget_s
         current = cursor.copy()
         report = TickReport(cursor=current)
         report.catalog_published = self.publish_catalog(current, repository)
@@ -691,6 +693,7 @@ class EventPublisher:
             if report.pages and time.monotonic() >= deadline:
                 report.caught_up = False
                 break
+        report.asset_s = time.monotonic() - started
         self.publish_automation(current, repository, deadline, report)
         return report
 
