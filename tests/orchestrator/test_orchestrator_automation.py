@@ -29,7 +29,7 @@ from dagster._scheduler.scheduler import launch_scheduled_runs
 from libs.common.events import ASSETS, AUTOMATION, RUNS, parse_event
 from orchestrator.sensors import PublisherCursor, build_event_sensor
 from orchestrator.settings import OrchestratorSettings
-from orchestrator.testing import record_finished_runs
+from orchestrator.testing import add_sensor_states, record_finished_runs, record_sensor_ticks
 from tests.orchestrator import automation_defs
 
 DEFS_FILE = Path(automation_defs.__file__)
@@ -248,3 +248,32 @@ def test_a_cursor_written_before_tick_history_is_read() -> None:
     assert PublisherCursor.from_json(cursor.to_json()) == cursor
     with pytest.raises(ValueError):
         PublisherCursor.from_json('{"v":1,"automation":{"i":{"x":[1,2]}}}')
+
+
+def test_tick_history_reads_a_bounded_number_of_sensors_per_tick_least_recently_read_first(
+    settings: OrchestratorSettings, dagster_instance: DagsterInstance, redis_client: redis.Redis
+) -> None:
+    states = add_sensor_states(dagster_instance, 5)
+    record_sensor_ticks(dagster_instance, states, 10, failed_every=4)
+    sensors = settings.sensors.model_copy(update={"tick_history_instigators": 2})
+    bounded = settings.model_copy(update={"sensors": sensors})
+    cursor = None
+    names_per_tick = []
+    for _ in range(3):
+        seen = len(automation(redis_client, settings, "automation.tick"))
+        cursor = publish(bounded, dagster_instance, cursor)
+        names_per_tick.append({e.data.name for e in automation(redis_client, settings, "automation.tick")[seen:]})
+    assert [len(names) for names in names_per_tick] == [2, 2, 1]
+    assert set().union(*names_per_tick) == {s.name for s in states}
+    ticks = automation(redis_client, settings, "automation.tick")
+    assert len(ticks) == 10 and len({e.id for e in ticks}) == 10
+    assert sorted(e.data.status for e in ticks) == ["FAILURE"] * 2 + ["SKIPPED"] * 8
+    assert {e.data.code_location for e in ticks} == {"load_location"}
+    assert all(e.data.error == "RuntimeError: source unreachable" for e in ticks if e.data.status == "FAILURE")
+
+    # New ticks of one sensor: only it is read again.
+    record_sensor_ticks(dagster_instance, states[:1], 2)
+    publish(bounded, dagster_instance, cursor)
+    assert [(e.data.name, e.data.status) for e in automation(redis_client, settings, "automation.tick")[10:]] == [
+        (states[0].name, "SKIPPED"), (states[0].name, "SKIPPED")
+    ]
