@@ -144,8 +144,11 @@ def compare_tick_load(args: argparse.Namespace) -> int:
         for name in configs:
             (home / name).mkdir()
             # One event-log file (not one per run): recording the rounds' runs stays fast.
-            storage = {"module": "dagster._core.storage.event_log", "class": "ConsolidatedSqliteEventLogStorage",
-                       "config": {"base_dir": str(home / name / "events")}}
+            storage = {
+                "module": "dagster._core.storage.event_log",
+                "class": "ConsolidatedSqliteEventLogStorage",
+                "config": {"base_dir": str(home / name / "events")},
+            }
             instances[name] = stack.enter_context(
                 instance_for_test(temp_dir=str(home / name), overrides={"event_log_storage": storage})
             )

@@ -214,7 +214,8 @@ class AutomationReader:
             ),
             key=lambda t: t.tick_id,
         )
-        if previous and len(ticks) == limit and entry.last >= 0 and all(t.tick_id > entry.last for t in ticks):
+        behind = entry.last >= 0 and all(t.tick_id > entry.last for t in ticks)
+        if previous and len(ticks) == limit and behind:
             # More new ticks than one read takes: the older ones in between are not published.
             log.warning("automation_ticks_skipped", instigator=state.name, after_tick=entry.last,
                         first_read=ticks[0].tick_id, limit=limit)

@@ -13,10 +13,10 @@ Every tick reads the instance's event log after its own cursor and publishes
   `run.failed` event lists the same assets in `failed_asset_keys`, so consumers can tell an asset that
   failed from one Dagster skipped because an upstream failed;
 - a `catalog.snapshot` to CATALOG whenever the fingerprint of the code location's asset definitions changes;
-- to AUTOMATION, after those: the new or changed ticks of every sensor and schedule of the instance and the
-  daemons' changed heartbeats (orchestrator.automation, bounded reads), then, at the end of every tick, even an
-  empty one or one stopped at its budget, an `automation.publisher_heartbeat`, whose absence shows that the
-  publisher is down.
+- to AUTOMATION, after those: the new or changed ticks of every sensor and schedule of the instance and
+  the daemons' changed heartbeats (orchestrator.automation, bounded reads), then, at the end of every tick,
+  even an empty one or one stopped at its budget, an `automation.publisher_heartbeat`, whose absence shows
+  that the publisher is down.
 
 It reads the instance-wide event log, so it sees runs of every code location, including the ephemeral ones of
 `dagster asset materialize -f` (what `monitor_all_code_locations=True` gives a run-status sensor).
@@ -199,7 +199,7 @@ class TickReport:
     catalog_published: bool = False
     skipped_records: int = 0
     instigators_pending: int = 0  # sensors/schedules that may have new ticks, left for the next tick
-    asset_s: float = 0.0  # seconds from the tick's start until its asset, run and catalog events were published
+    asset_s: float = 0.0  # from the tick's start until its asset, run and catalog events were published (s)
 
     @property
     def events(self) -> int:
@@ -213,7 +213,7 @@ class TickReport:
         if self.skipped_records:
             parts.append(f"{self.skipped_records} unreadable records skipped (see logs)")
         if self.instigators_pending:
-            parts.append(f"tick history of {self.instigators_pending} sensors/schedules left for the next tick")
+            parts.append(f"tick history of {self.instigators_pending} sensors/schedules left for next tick")
         parts.append("caught up" if self.caught_up else "more pending (next tick continues)")
         return "; ".join(parts)
 
@@ -518,7 +518,9 @@ class EventPublisher:
             return None
         if getattr(failure.reason, "value", None) == "UPSTREAM_FAILED_TO_MATERIALIZE":
             return None  # reported as a dependency problem of this asset, not as its own failure
-        error = cut_error(root_error(getattr(data, "error", None)) or failure.description or str(failure.reason.value))
+        error = cut_error(
+            root_error(getattr(data, "error", None)) or failure.description or str(failure.reason.value)
+        )
         return self._failed_event(
             entry.run_id, failure.asset_key, failure.partition, error, record.storage_id, entry.timestamp
         )
@@ -698,7 +700,11 @@ class EventPublisher:
         return report
 
     def publish_automation(
-        self, cursor: PublisherCursor, repository: RepositoryDefinition | None, deadline: float, report: TickReport
+        self,
+        cursor: PublisherCursor,
+        repository: RepositoryDefinition | None,
+        deadline: float,
+        report: TickReport,
     ) -> None:
         """After the asset and run events: new ticks of every sensor and schedule, changed daemon heartbeats
         (bounded reads, see orchestrator.automation), then the publisher's heartbeat; moves `cursor`."""

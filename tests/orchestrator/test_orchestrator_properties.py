@@ -37,8 +37,9 @@ instigator_cursors = st.builds(
 )
 automation_cursors = st.builds(
     AutomationCursor,
-    instigators=st.dictionaries(st.text(alphabet="0123456789abcdef", min_size=1, max_size=40), instigator_cursors,
-                                max_size=5),
+    instigators=st.dictionaries(
+        st.text(alphabet="0123456789abcdef", min_size=1, max_size=40), instigator_cursors, max_size=5
+    ),
     daemons=st.dictionaries(st.sampled_from(["SENSOR", "SCHEDULER", "QUEUED_RUN_COORDINATOR"]),
                             st.floats(min_value=0, max_value=4e9, allow_nan=False)),
     seq=st.integers(min_value=0, max_value=2**62),
