@@ -284,6 +284,23 @@ def schedule_grace(obj: AutomationObject, cfg: AutomationHealthSettings) -> floa
     return max(cfg.schedule_grace_s, cfg.daemon_heartbeat_max_s)
 
 
+# UTC offsets run from -12 h to +14 h: a cron read in UTC ticks at most this much before (after) the same
+# cron in the schedule's own time zone.
+_AHEAD_S, _BEHIND_S = 12 * 3600.0, 14 * 3600.0
+
+
+def zone_slack(obj: AutomationObject) -> tuple[float, float]:
+    """(lead, lag) of a schedule's cron reading when its time zone is unknown (the publisher knows it only for
+    its own repository's schedules): read in UTC, a tick is missed for sure only when the UTC tick at least
+    `lead` before the deadline is more than `lag` after the last tick, whatever the real zone. So detection
+    waits up to a day longer, and never fires for a running schedule of another zone. A cron whose hours, days
+    and months are all `*` ticks alike in every whole-hour zone: no slack."""
+    fields = (obj.cron_schedule or "").split()
+    if obj.timezone or (len(fields) == 5 and fields[1:] == ["*", "*", "*", "*"]):
+        return 0.0, 0.0
+    return _AHEAD_S, _BEHIND_S
+
+
 def daemon_late(daemon: AutomationObject | None, cfg: AutomationHealthSettings, now: float) -> bool:
     return (
         daemon is not None
@@ -323,14 +340,16 @@ def stopped(
     age = now - obj.last_at
     if obj.kind == "schedule" and obj.cron_schedule:
         try:
-            expected = cron(obj.cron_schedule, now - schedule_grace(obj, cfg), obj.timezone)
+            lead, lag = zone_slack(obj)
+            expected = cron(obj.cron_schedule, now - schedule_grace(obj, cfg) - lead, obj.timezone)
         except Exception as exc:  # a cron Dagster accepted but we cannot read: say so, do not fail
             return _result(check, "warn", f"cannot read cron {obj.cron_schedule!r}: {clip(str(exc), 200)}")
-        if expected > obj.last_at:
+        if expected - lag > obj.last_at:
+            zone = "" if lead == 0 else " read in UTC, its time zone unknown"
             cause, values = _cause(obj, cfg, now, daemons)
             reason = (
                 f"schedule {obj.name} ({obj.code_location or 'unknown location'}) missed its tick of "
-                f"{when(expected)} ({obj.cron_schedule}); last tick {when(obj.last_at)}, "
+                f"{when(expected)} ({obj.cron_schedule}{zone}); last tick {when(obj.last_at)}, "
                 f"{span(age)} ago{cause}"
             )
             return _result(
@@ -472,10 +491,12 @@ def next_change(
         try:
             # The first cron tick after the last one: Dagster stamps a schedule's tick with its cron time, and
             # the next tick from a time on the boundary is that time itself.
-            following = next_cron(obj.cron_schedule, obj.last_at, obj.timezone)
-            if following <= obj.last_at:
-                following = next_cron(obj.cron_schedule, obj.last_at + 1, obj.timezone)
-            due = following + schedule_grace(obj, cfg)
+            lead, lag = zone_slack(obj)
+            after = obj.last_at + lag
+            following = next_cron(obj.cron_schedule, after, obj.timezone)
+            if following <= after:
+                following = next_cron(obj.cron_schedule, after + 1, obj.timezone)
+            due = following + schedule_grace(obj, cfg) + lead
         except Exception:
             return None
     else:

@@ -247,18 +247,47 @@ def test_next_change_is_when_the_stopped_outcome_flips(interval: float, elapsed:
         assert outcomes(obj, now)["stopped"] == "passed" and outcomes(obj, due)["stopped"] == "error"
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
-    st.sampled_from(["*/5 * * * *", "0 * * * *", "30 2 * * 1-5"]), st.integers(-1, 1), st.floats(0, 3 * 86400)
+    st.sampled_from(["*/5 * * * *", "0 * * * *", "30 2 * * 1-5"]),
+    st.integers(-1, 1),
+    st.floats(0, 5 * 86400),
+    st.sampled_from(["UTC", None]),
 )
-def test_next_change_is_when_a_schedule_is_first_late(cron: str, offset: int, elapsed: float) -> None:
+def test_next_change_is_when_a_schedule_is_first_late(
+    cron: str, offset: int, elapsed: float, zone: str | None
+) -> None:
     """From a tick on its cron time (as Dagster stamps them) or a second either side: the periodic pass is
     due exactly when the stopped outcome flips, and None only once it has."""
     on_time = automation._latest_cron_tick(cron, T0, "UTC") + offset
-    obj = fold(tick("SUCCESS", on_time, kind="schedule", name="s", cron_schedule=cron))
+    obj = fold(tick("SUCCESS", on_time, kind="schedule", name="s", cron_schedule=cron, timezone=zone))
     now = on_time + elapsed
     due = next_change(obj, CFG, now)
     if due is None:
         assert outcomes(obj, now)["stopped"] == "error"
     else:
         assert outcomes(obj, now)["stopped"] == "passed" and outcomes(obj, due)["stopped"] == "error"
+
+
+def test_a_schedule_of_an_unknown_time_zone_is_never_late_while_it_ticks() -> None:
+    """A daily 09:00 schedule of another code location in Berlin or New York (the publisher cannot say which)
+    ticks at 07:00 or 13:00 UTC: read in UTC it would look a few hours late every day."""
+    day = 1_780_012_800.0  # 2026-05-29T00:00:00Z
+    for real_hour in (7, 13):
+        last = day + real_hour * 3600
+        obj = fold(tick("SUCCESS", last, kind="schedule", name="daily", cron_schedule="0 9 * * *"))
+        for hours in range(1, 24):  # the next day's tick is not due yet
+            assert outcomes(obj, last + hours * 3600)["stopped"] == "passed"
+        (stopped,) = [r for r in evaluate(obj, CFG, last + 3 * 86400, {}) if r.check == "stopped"]
+        assert stopped.outcome == "error" and "time zone unknown" in stopped.reason
+    utc = fold(
+        tick(
+            "SUCCESS",
+            day + 9 * 3600,
+            kind="schedule",
+            name="daily",
+            cron_schedule="0 9 * * *",
+            timezone="UTC",
+        )
+    )
+    assert outcomes(utc, day + 33 * 3600 + CFG.schedule_grace_s + 1)["stopped"] == "error"  # known: exact
