@@ -155,15 +155,17 @@ def _fold(new: AutomationObject, event: Event) -> None:
         new.last_success_at = max(at, new.last_success_at or at)
     if new.last_at is not None and at < new.last_at:
         return
-    same_tick = d.tick_id is not None and d.tick_id == new.last_tick_id and at == new.last_at
-    if same_tick and d.status in (new.last_status, "STARTED"):
-        return  # a repeat, or a STARTED arriving after its tick's end
-    new.last_at, new.last_tick_id, new.last_status = at, d.tick_id, d.status
+    # The newest tick describes the instigator, a repeat of it too: the publisher sends the latest tick again
+    # when a sensor or schedule is turned on or off without ticking (`running`).
     new.repository, new.running = d.repository, d.running
     new.interval_s, new.cron_schedule, new.timezone = d.interval_s, d.cron_schedule, d.timezone
     new.owners, new.tags = tuple(d.owners), dict(d.tags)
     if d.code_location is not None:
         new.code_location = d.code_location
+    same_tick = d.tick_id is not None and d.tick_id == new.last_tick_id and at == new.last_at
+    if same_tick and d.status in (new.last_status, "STARTED"):
+        return  # a repeat, or a STARTED arriving after its tick's end: no streak moves
+    new.last_at, new.last_tick_id, new.last_status = at, d.tick_id, d.status
     if d.status == "FAILURE":
         if new.failed_ticks == 0:
             new.first_failed_at = at

@@ -132,6 +132,16 @@ def test_a_late_or_repeated_tick_changes_no_streak() -> None:
     assert apply(started, tick("FAILURE", T0 + 90, tick_id=8)).failed_ticks == 1  # STARTED, then its end
 
 
+def test_a_sensor_turned_off_is_not_expected_to_tick() -> None:
+    """The publisher sends a sensor's latest tick again, same id and status, when it is turned off or on."""
+    obj = fold(tick("FAILURE", T0, tick_id=5, error="boom"))
+    off = apply(obj, tick("FAILURE", T0, tick_id=5, error="boom", running=False))
+    assert not off.running and off.failed_ticks == 1  # no second failure counted
+    assert outcomes(off, T0 + 86400)["stopped"] == "passed"
+    on = apply(off, tick("FAILURE", T0, tick_id=5, error="boom", running=True))
+    assert on.running and outcomes(on, T0 + 86400)["stopped"] == "error"
+
+
 def test_a_sensor_stops_after_n_intervals_and_never_before_its_daemon_could_be_judged() -> None:
     obj = fold(tick("SUCCESS", T0, interval_s=60))
     limit = max(3 * 60, CFG.daemon_heartbeat_max_s + 60)
