@@ -269,7 +269,7 @@ def _score(
         sigma *= math.sqrt(k / (k - 1))
     sigma *= math.sqrt(inflation)
     if use_log:
-        expected = math.exp(expected)
+        expected = math.exp(min(expected, _MAX_EXP))
         spread = max(sigma, RELATIVE_SPREAD_FLOOR)
         deviation = value / expected - 1
         lower, upper = expected * (1 - cfg.sensitivity * spread), expected * (1 + cfg.sensitivity * spread)
@@ -306,8 +306,21 @@ def _score(
         lower=lower,
         upper=upper,
         change_pct=change_pct,
-        trend_per_day=(math.expm1(trend * _DAY) * level if use_log else trend * _DAY) if trend else None,
+        trend_per_day=_per_day(trend, level, use_log) if trend else None,
         seasonal=seasonal,
         seasonality=cfg.seasonality,
         fit_error=fit_error if use_log else (fit_error / level if level > 0 else None),
     )
+
+
+# exp() of more overflows a float. A slope fitted to points fractions of a second apart (a fast backfill) can
+# be that steep: the trend is then no number a person could use, and must not crash the evaluation.
+_MAX_EXP = 700.0
+
+
+def _per_day(trend: float, level: float, use_log: bool) -> float | None:
+    """The trend as a change per day (relative on the log scale), None when it is not a finite number."""
+    per_day = trend * _DAY
+    if use_log:
+        per_day = math.expm1(per_day) * level if per_day < _MAX_EXP else math.inf
+    return per_day if math.isfinite(per_day) else None

@@ -112,3 +112,15 @@ def test_auto_seasonality_finds_the_weekly_profile(seed: int, dip: float) -> Non
     flat = [(t, 5000 * (1 + rng.gauss(0, 0.03))) for t, _ in weekly]
     # on a series without a weekly profile, auto may or may not fit one, but a normal value stays normal
     assert score(flat, (t_next, 5000.0), DetectorConfig(seasonality="auto")).anomaly is None
+
+
+@given(st.floats(0.001, 1.0), st.lists(st.integers(1, 10_000_000), min_size=13, max_size=30))
+def test_points_fractions_of_a_second_apart_never_overflow(gap_s: float, values: list[int]) -> None:
+    """A fast backfill materializes an asset many times within a second: the fitted slope per second is
+    huge, and its trend per day is no finite number. The score must still be computed (found by a
+    benchmark: OverflowError in math.expm1 crashed the health handler)."""
+    series = [(1_780_000_000.0 + i * gap_s, float(v)) for i, v in enumerate(values)]
+    *past, point = series
+    s = score(past, point, DetectorConfig(min_training_size=5))
+    assert s.trend_per_day is None or math.isfinite(s.trend_per_day)
+    assert s.expected is None or math.isfinite(s.expected)
