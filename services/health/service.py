@@ -22,7 +22,7 @@ from typing import Any
 
 from libs.common import outbox
 from libs.common.bus import Delivery
-from libs.common.events import HEALTH, CheckName, CheckResult, Event, HealthStatus
+from libs.common.events import HEALTH, CheckName, CheckResult, Event, HealthStatus, PublisherHeartbeatData
 from libs.common.log import get_logger
 from libs.common.sql import Connection
 from libs.common.store import Store
@@ -200,6 +200,17 @@ class HealthService:
             elif self._replay_as_of is not None:
                 log.info("health_caught_up")
                 self._replay_as_of = None
+        if self._replay_as_of is not None and len(deliveries) < self.settings.bus.batch_size:
+            # The publisher says it has read the whole event log (its heartbeat comes last in its tick, and this
+            # batch, not full, holds everything published before it): the replay is over, no need to wait
+            # for `catch_up_quiet_s`.
+            for d in deliveries:
+                beat = d.event.data
+                if isinstance(beat, PublisherHeartbeatData) and beat.caught_up and \
+                        now - beat.tick_at.timestamp() <= self.cfg.catch_up_lag_s:
+                    log.info("health_caught_up", publisher=beat.code_location)
+                    self._replay_as_of = None
+                    break
         return self._replay_as_of if self._replay_as_of is not None else now
 
     def _end_quiet_catch_up(self) -> None:
