@@ -597,8 +597,13 @@ class AlertService:
         merging incidents it links together). Returns the incidents touched and the merges made
         (absorbed, survivor, the absorbed incident's announced members)."""
         new = conn.execute(
-            "SELECT * FROM alerts WHERE incident_id IS NULL AND status = 'firing' ORDER BY id"
+            """SELECT a.*, s.state AS fp_state FROM alerts AS a LEFT JOIN alert_states AS s
+                 ON s.fingerprint = a.fingerprint
+               WHERE a.incident_id IS NULL AND a.status = 'firing' ORDER BY a.id"""
         ).fetchall()
+        # Replayed history not yet confirmed live (held) may be superseded by the rest of the backlog: it
+        # joins an incident once confirmed, so no incident rests on a past that did not last.
+        new = [r for r in new if not (r["fp_state"] and json.loads(r["fp_state"]).get("held"))]
         if not new:
             return set(), []
         ancestors = self._lineage(conn)
