@@ -108,19 +108,21 @@ def worker_env(tmp_path: Path, home: Path, redis_url: str, prefix: str, receiver
 
 
 def settle(home: Path, expected: set[tuple[str, str]], workers: Sequence[ServiceProcess]) -> None:
-    """Wait until the open alerts are `expected` and every open incident was announced, then long enough
-    for anything more the workers would send to arrive."""
+    """Wait until the open alerts are `expected` and every one of them is in an incident announced (alerts of
+    replayed history join one only once health confirms them live), then long enough for anything more the
+    workers would send to arrive."""
     wait_for(lambda: open_alerts(home) == expected, timeout_s=180,
              what=lambda: f"open alerts {sorted(open_alerts(home) ^ expected)} differ from the reference"
              f"\n{workers[0].output()}")
 
     def announced() -> bool:
         with sqlite3.connect(home / "monitor.db", timeout=5) as conn:
-            waiting = conn.execute("SELECT COUNT(*) FROM incidents WHERE status = 'open' "
-                                   "AND announced_at IS NULL").fetchone()[0]
+            waiting = conn.execute(
+                """SELECT COUNT(*) FROM alerts AS a LEFT JOIN incidents AS i ON i.id = a.incident_id
+                   WHERE a.status = 'firing' AND (i.id IS NULL OR i.announced_at IS NULL)""").fetchone()[0]
         return bool(waiting == 0)
 
-    wait_for(announced, timeout_s=60, what="every open incident announced")
+    wait_for(announced, timeout_s=60, what="every open alert announced in its incident")
     time.sleep(QUIET_S)
 
 
