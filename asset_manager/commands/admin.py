@@ -348,7 +348,7 @@ def running_workers(settings: AppSettings, timeout_s: float = 1.0) -> list[str]:
     return found
 
 
-def _locked_by_writer(path: Path) -> str | None:
+def locked_by_writer(path: Path) -> str | None:
     """A reason when another connection writes `path` now, else None."""
     if not path.exists():
         return None
@@ -444,7 +444,7 @@ def restore(
         if running:
             raise CliError(f"refusing to restore while workers run: {', '.join(running)}; stop them first",
                            code=1)
-        busy = [reason for name in staged if (reason := _locked_by_writer(store_file(settings, name)))]
+        busy = [reason for name in staged if (reason := locked_by_writer(store_file(settings, name)))]
         if busy:
             raise CliError(f"refusing to restore: {'; '.join(busy)}", code=1)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -500,4 +500,4 @@ def register(app: typer.Typer) -> None:
     app.command("restore")(restore)
 
 
-__all__ = ["register", "running_workers"]
+__all__ = ["locked_by_writer", "register", "running_workers"]

@@ -22,7 +22,8 @@ RUNS = "runs"
 ASSETS = "assets"
 ASSET_CHANGES = "asset-changes"
 HEALTH = "health"
-STREAMS = (CATALOG, RUNS, ASSETS, ASSET_CHANGES, HEALTH)
+AUTOMATION = "automation"
+STREAMS = (CATALOG, RUNS, ASSETS, ASSET_CHANGES, HEALTH, AUTOMATION)
 
 
 
@@ -245,6 +246,50 @@ class HealthChangedData(_Payload):
     replay: bool = False
 
 
+AutomationKind = Literal["sensor", "schedule"]
+TickStatus = Literal["STARTED", "SKIPPED", "SUCCESS", "FAILURE"]
+
+
+class AutomationTickData(_Payload):
+    """One tick of a sensor or schedule of any code location, as the instance's tick history holds it
+    (published once per tick status the publisher sees; identity: the tick id and its status)."""
+
+    kind: AutomationKind
+    name: str
+    code_location: str | None = None
+    repository: str | None = None
+    tick_id: Count | None = None
+    status: TickStatus
+    tick_at: AwareDatetime  # when the tick was evaluated
+    error: str | None = None
+    skip_reason: str | None = None
+    run_ids: list[str] = Field(default_factory=list)
+    running: bool = True  # the instigator is turned on (a stopped one is not expected to tick)
+    interval_s: Seconds | None = None  # a sensor's minimum interval
+    cron_schedule: str | None = None  # a schedule's cron
+    timezone: str | None = None
+    owners: list[str] = Field(default_factory=list)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class DaemonHeartbeatData(_Payload):
+    """The latest heartbeat of one Dagster daemon (scheduler, sensor, run queue...)."""
+
+    daemon_type: str
+    last_heartbeat_at: AwareDatetime
+    errors: list[str] = Field(default_factory=list)
+
+
+class PublisherHeartbeatData(_Payload):
+    """The publishing sensor's own heartbeat: one per tick, even an empty one, so that its silence shows."""
+
+    code_location: str
+    tick_at: AwareDatetime
+    published: Count = 0  # events this tick published
+    caught_up: bool = True  # False when the tick stopped at its time budget with more to read
+    interval_s: Seconds | None = None  # the sensor's minimum interval: when the next heartbeat is due
+
+
 class Event(BaseModel):
     """The envelope every message carries."""
 
@@ -304,6 +349,21 @@ class HealthChanged(Event):
     data: HealthChangedData
 
 
+class AutomationTicked(Event):
+    type: Literal["automation.tick"]
+    data: AutomationTickData
+
+
+class DaemonHeartbeat(Event):
+    type: Literal["automation.daemon_heartbeat"]
+    data: DaemonHeartbeatData
+
+
+class PublisherHeartbeat(Event):
+    type: Literal["automation.publisher_heartbeat"]
+    data: PublisherHeartbeatData
+
+
 AnyEvent = Annotated[
     RunEvent
     | AssetMaterialized
@@ -311,7 +371,10 @@ AnyEvent = Annotated[
     | CatalogSnapshot
     | DiscoveryRequested
     | AssetChanged
-    | HealthChanged,
+    | HealthChanged
+    | AutomationTicked
+    | DaemonHeartbeat
+    | PublisherHeartbeat,
     Field(discriminator="type"),
 ]
 _ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
@@ -334,6 +397,7 @@ STREAM_TYPES: dict[str, frozenset[str]] = {
     ASSETS: frozenset({"asset.materialized", "asset.materialization_failed"}),
     ASSET_CHANGES: frozenset({"asset.registered", "asset.changed", "asset.retired"}),
     HEALTH: frozenset({"health.changed"}),
+    AUTOMATION: frozenset({"automation.tick", "automation.daemon_heartbeat", "automation.publisher_heartbeat"}),
 }
 
 # The times an event carries besides `occurred_at`, by event type (all are bounded, see `implausible_time`).
@@ -341,6 +405,9 @@ _DATA_TIMES: dict[str, tuple[str, ...]] = {
     **{t: ("started_at", "ended_at") for t in RUN_STATUS_TYPES.values()},
     **{t: ("retired_at",) for t in ("asset.registered", "asset.changed", "asset.retired")},
     "health.changed": ("evaluated_at",),
+    "automation.tick": ("tick_at",),
+    "automation.daemon_heartbeat": ("last_heartbeat_at",),
+    "automation.publisher_heartbeat": ("tick_at",),
 }
 # pydantic gives every parsed UTC time one shared tzinfo object; bounds carrying that same object compare
 # with a parsed time field by field, without a utcoffset() call on each side (measured: ~1.3 -> 0.1 us).

@@ -316,6 +316,20 @@ class Store:
                 new.append(item)
         return new
 
+    @staticmethod
+    def forget_events(conn: Connection, event_ids: Sequence[str]) -> int:
+        """Drop `event_ids` from processed_events in the caller's transaction (their effects were removed, so
+        the same events published again must be processed again); returns how many were recorded."""
+        keys: list[str | bytes] = (
+            [event_key(e) for e in event_ids] if isinstance(conn, sqlite3.Connection) else list(event_ids)
+        )
+        forgotten = 0
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            forgotten += conn.execute(f"DELETE FROM processed_events WHERE event_id IN ({marks})", chunk).rowcount
+        return forgotten
+
     def prune_processed(self, older_than_s: float) -> int:
         """Forget processed-event ids older than `older_than_s` seconds; returns how many."""
         with self.write() as tx:

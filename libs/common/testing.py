@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
@@ -94,3 +95,18 @@ class ServiceProcess:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout_s)
+
+
+def read_store(db: Path, sql: str, *params: Any) -> list[sqlite3.Row]:
+    """Rows of `sql` in the SQLite store `db`, read from outside its worker; [] while the file or its tables
+    do not exist yet (a worker starting)."""
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(db, timeout=5)
+    conn.row_factory = sqlite3.Row
+    try:
+        return list(conn.execute(sql, params))
+    except sqlite3.OperationalError:  # not migrated yet
+        return []
+    finally:
+        conn.close()

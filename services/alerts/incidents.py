@@ -130,9 +130,20 @@ def group(
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
 
+    by_asset: dict[str, list[Member]] = {}
+    for m in ordered:
+        by_asset.setdefault(m.asset_key, []).append(m)
     links: dict[str, list[tuple[str, str]]] = {k: [] for k in by_key}
-    for i, a in enumerate(ordered):
-        for b in ordered[i + 1 :]:
+    tried: set[tuple[str, str]] = set()
+    for member in ordered:
+        # Every link has one end whose own asset, upstream assets or named causes hold the other end: only
+        # those members are tried (not every pair, which thousands of alerts of a catch-up would make slow).
+        near = {member.asset_key} | ((ancestors(member.asset_key) | member.causes) & by_asset.keys())
+        for other in (o for asset in sorted(near) for o in by_asset[asset]):
+            a, b = (member, other) if member.key < other.key else (other, member)
+            if a.key == b.key or (a.key, b.key) in tried:
+                continue
+            tried.add((a.key, b.key))
             why_b = _link(a, b, ancestors, window_s)
             if why_b is not None:
                 why_a = _link(b, a, ancestors, window_s) or why_b

@@ -11,11 +11,12 @@ Notification rules (Alertmanager-like, tuned for low latency):
 * escalated: the severity rose above the one last announced (not while silenced);
 * repeat: still firing, not acknowledged, not silenced, `repeat_interval_s` after the last notice;
 * resolved: at once when an incident that was announced as firing resolves, whatever its ack or silence;
-* replayed observations (health catching up on history, `Observe.replay`) move the state, timed by the
-  history, but announce nothing while they are the latest (`held`): a later one of the backlog may supersede
-  them. The health service confirms the caught-up state with an observation that is not replayed, which
-  announces at once (a replayed resolution never starts a flap window). The end of an incident that was
-  announced is still announced when the backlog shows it.
+* observations read from a backlog move the state, timed by the evaluation, but announce nothing while
+  they are the latest (`held`): a later one of the backlog may supersede them. Held `replay`: health was
+  replaying history (`Observe.replay`); its confirmation once caught up, an observation that is not
+  replayed, releases it. Held `backlog`: this worker read it while behind (`Observe.behind`); `Release`
+  frees it once the worker has caught up. Released, a firing alert is announced at once (a held resolution
+  never starts a flap window). The end of an alert that was announced is still announced from a backlog.
 
 Each call yields at most one notice. Nothing here reads the clock, the store or the network.
 """
@@ -63,7 +64,7 @@ class AlertState:
     ack_reason: str | None = None
     silence_id: str | None = None
     silenced_until: float | None = None
-    held: bool = False  # the latest observation was replayed history: announce nothing yet
+    held: Literal["replay", "backlog"] | None = None  # the latest observation came from a backlog
 
     @property
     def silenced(self) -> bool:
@@ -93,7 +94,8 @@ class Observe:
     severity: Severity = "error"
     summary: str = ""
     values: Mapping[str, Any] = field(default_factory=dict)
-    replay: bool = False  # evaluated while history was replayed: a state the backlog may supersede
+    replay: bool = False  # evaluated while health replayed history: a state the backlog may supersede
+    behind: bool = False  # read while this worker was behind: a later event of its backlog may supersede it
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,12 @@ class Tick:
     """The clock moved; only time-driven transitions can happen."""
 
 
-Input = Observe | Ack | Silence | Unsilence | Tick
+@dataclass(frozen=True)
+class Release:
+    """This worker caught up with its backlog: what it held for that reason is current."""
+
+
+Input = Observe | Ack | Silence | Unsilence | Tick | Release
 
 
 # -- outputs -----------------------------------------------------------------------------------------------
@@ -186,9 +193,10 @@ def step(state: AlertState, inp: Input, now: float, config: LifecycleConfig) -> 
     if isinstance(inp, Observe):
         if s.observed_at is not None and inp.at < s.observed_at:
             return Step(state)  # stale: a newer evaluation was already applied
-        # A replayed observation is timed by the history it judged, not by when it was read.
-        at = inp.at if inp.replay else now
-        s = replace(s, observed_at=inp.at, held=inp.replay)
+        # An observation from a backlog is timed by its evaluation, not by when it was read.
+        held: Literal["replay", "backlog"] | None = "replay" if inp.replay else "backlog" if inp.behind else None
+        at = inp.at if held else now
+        s = replace(s, observed_at=inp.at, held=held)
         if inp.firing and not s.firing:
             s = replace(
                 s,
@@ -223,6 +231,8 @@ def step(state: AlertState, inp: Input, now: float, config: LifecycleConfig) -> 
         ):
             s = replace(s, silence_id=inp.silence_id, silenced_until=inp.until)
             record("silenced", inp.by, inp.reason, silence_id=inp.silence_id, until=inp.until)
+    elif isinstance(inp, Release) and s.held == "backlog":
+        s = replace(s, held=None)
     elif isinstance(inp, Unsilence) and s.silence_id == inp.silence_id:
         s = replace(s, silence_id=None, silenced_until=None)
         record("unsilenced", inp.by, inp.reason, silence_id=inp.silence_id)

@@ -272,7 +272,8 @@ def reliability(store: Store, since: float, *, worst: int = 10) -> dict[str, lis
         out["mttr_s"] = round(row["_ttr"] / row["resolved"], 1) if row["resolved"] else None
         return out
 
-    worst_assets = sorted(assets.values(), key=lambda a: (-len(a["incidents"]), -a["firing_s"], a["asset_key"]))
+    worst_assets = sorted(assets.values(),
+                          key=lambda a: (-len(a["incidents"]), -a["as_root"], -a["firing_s"], a["asset_key"]))
     return {
         **{kind: [finish(r) for _, r in sorted(rows.items())] for kind, rows in buckets.items()},
         "worst_assets": [{"asset_key": a["asset_key"], "incidents": len(a["incidents"]), "as_root": a["as_root"],

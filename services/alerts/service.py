@@ -44,6 +44,7 @@ from services.alerts.lifecycle import (
     LifecycleConfig,
     Notice,
     Observe,
+    Release,
     Severity,
     Silence,
     Tick,
@@ -57,6 +58,8 @@ from services.alerts.settings import AlertsWorkerSettings
 
 log = get_logger(__name__)
 
+# No batch for this long after a full one: the worker has caught up with its streams.
+CAUGHT_UP_QUIET_S = 2.0
 # How far up (and down) the lineage incident grouping looks.
 LINEAGE_DEPTH = 50
 # The check alerts use when a health event carries a status but no check results.
@@ -97,6 +100,7 @@ class _Txn:
     notices: list[tuple[int, str]] = field(default_factory=list)  # (alert id, member notice kind)
     alerts: set[int] = field(default_factory=set)  # alerts whose row changed
     opened: int = 0  # incidents opened
+    waited: list[int] = field(default_factory=list)  # incidents whose first notice's wait is over
     resolved: list[float] = field(default_factory=list)  # their time to resolve, for the metrics
 
     def committed(self) -> None:
@@ -134,6 +138,10 @@ class AlertService:
         self.config = lifecycle_config(settings)
         self.on_commit = on_commit
         self.clock = clock
+        # Behind on the streams (the last batch was full): observations are held until caught up. Unknown
+        # after a start, so whatever an earlier process held is released at the first chance.
+        self._behind = True
+        self._last_batch = 0.0  # monotonic
 
     # -- consuming -------------------------------------------------------------------------------------
 
@@ -141,14 +149,19 @@ class AlertService:
         """The bus handler: apply a batch in one transaction, then wake the sender if it produced mail."""
         now = self.clock()
         txn = _Txn()
+        behind = len(deliveries) >= self.settings.bus.batch_size
         with self.store.write() as conn:
             for delivery in Store.claim_new(conn, deliveries, lambda d: d.event.id):
                 event = delivery.event
                 if isinstance(event, AssetChanged):
                     self._asset_changed(conn, event, now, txn)
                 elif isinstance(event, HealthChanged):
-                    self._health_changed(conn, event, now, txn)
+                    self._health_changed(conn, event, now, txn, behind=behind)
+            if not behind:
+                self._release_held(conn, now, txn)
             produced = self._settle_incidents(conn, txn, now)
+        self._behind = behind
+        self._last_batch = time.monotonic()
         txn.committed()
         if produced:
             self._committed()
@@ -206,7 +219,8 @@ class AlertService:
         if edges:
             conn.executemany("INSERT OR IGNORE INTO asset_edges (upstream, downstream) VALUES (?, ?)", edges)
 
-    def _health_changed(self, conn: Connection, event: HealthChanged, now: float, txn: _Txn) -> None:
+    def _health_changed(self, conn: Connection, event: HealthChanged, now: float, txn: _Txn, *,
+                        behind: bool = False) -> None:
         data = event.data
         at = data.evaluated_at.timestamp()
         observations: dict[str, Observe] = {}
@@ -218,6 +232,7 @@ class AlertService:
                 summary=result.reason,
                 values=dict(result.values),
                 replay=data.replay,
+                behind=behind,
             )
         if not data.checks and data.status != "UNKNOWN":
             # A status without check results: one alert about the status itself.
@@ -226,7 +241,7 @@ class AlertService:
             summary = "; ".join(data.reasons) or f"asset is {data.status.lower()}"
             observations[STATUS_CHECK] = Observe(
                 firing=firing, at=at, severity=severity, summary=summary, values={"status": data.status},
-                replay=data.replay,
+                replay=data.replay, behind=behind,
             )
         if data.status == "HEALTHY":
             # A healthy asset has nothing firing, whatever checks this event happened to list.
@@ -235,7 +250,8 @@ class AlertService:
             ).fetchall():
                 observations.setdefault(
                     state_row["check_name"],
-                    Observe(firing=False, at=at, summary="asset is healthy again", replay=data.replay),
+                    Observe(firing=False, at=at, summary="asset is healthy again", replay=data.replay,
+                            behind=behind),
                 )
         hints = AssetInfo(owners=tuple(data.owners), downstream=tuple(data.downstream), group=data.group,
                           code_location=data.code_location)
@@ -252,17 +268,32 @@ class AlertService:
         now = self.clock()
         txn = _Txn()
         with self.store.write() as conn:
+            if self._behind and time.monotonic() - self._last_batch >= CAUGHT_UP_QUIET_S:
+                self._release_held(conn, now, txn)  # the last batch was full, and nothing came since
+                self._behind = False
             rows = conn.execute(
                 "SELECT fingerprint, asset_key, check_name FROM alert_states WHERE next_due IS NOT NULL AND next_due <= ?",
                 (now,),
             ).fetchall()
             for r in rows:
                 self._apply(conn, r["fingerprint"], r["asset_key"], r["check_name"], [Tick()], now, txn)
+            for incident in conn.execute(
+                """SELECT id FROM incidents WHERE announce_at <= ? AND announced_at IS NULL AND status = 'open'""",
+                (now,),
+            ).fetchall():  # the wait of its first notice is over
+                txn.waited.append(int(incident["id"]))
             produced = self._settle_incidents(conn, txn, now)
         txn.committed()
         if produced:
             self._committed()
         return produced
+
+    def _release_held(self, conn: Connection, now: float, txn: _Txn) -> None:
+        """Caught up with the streams: what was held as read from a backlog is current; announce it."""
+        for r in conn.execute(
+            "SELECT fingerprint, asset_key, check_name FROM alert_states WHERE held = 'backlog'"
+        ).fetchall():
+            self._apply(conn, r["fingerprint"], r["asset_key"], r["check_name"], [Release()], now, txn)
 
     # -- people ----------------------------------------------------------------------------------------
 
@@ -472,11 +503,13 @@ class AlertService:
         info = self._asset_info(conn, asset_key, hints)
         alert_id = self._save(conn, state, asset_key, check, info, now) if state.incident else None
         conn.execute(
-            """INSERT INTO alert_states (fingerprint, asset_key, check_name, state, alert_id, next_due, updated_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?)
+            """INSERT INTO alert_states (fingerprint, asset_key, check_name, state, alert_id, next_due, updated_at,
+                 held)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT(fingerprint) DO UPDATE SET state = excluded.state, alert_id = excluded.alert_id,
-                 next_due = excluded.next_due, updated_at = excluded.updated_at""",
-            (fp, asset_key, check, json.dumps(state.to_dict()), alert_id, next_due(state, self.config), now),
+                 next_due = excluded.next_due, updated_at = excluded.updated_at, held = excluded.held""",
+            (fp, asset_key, check, json.dumps(state.to_dict()), alert_id, next_due(state, self.config), now,
+             state.held),
         )
         conn.executemany(
             "INSERT INTO alert_history (alert_id, fingerprint, at, event, actor, reason, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -558,59 +591,34 @@ class AlertService:
                     incidents_of.setdefault(int(incident), []).append((str(alert_id), kind))
         for incident in touched:
             incidents_of.setdefault(incident, [])
+        for incident in txn.waited:  # announced now for what its members announced during the wait
+            incidents_of.setdefault(incident, []).append(("", "firing"))
         for incident, member_notices in sorted(incidents_of.items()):
             queued += self._settle(conn, incident, member_notices, now, txn)
         return queued
 
     def _lineage(self, conn: Connection) -> Callable[[str], frozenset[str]]:
         """Every asset upstream of an asset (any depth, cycle-safe), read once per asset and transaction."""
-
-        @cache
-        def ancestors(asset_key: str) -> frozenset[str]:
-            rows = conn.execute(
-                """WITH RECURSIVE up(asset_key, depth) AS (
-                     SELECT upstream, 1 FROM asset_edges WHERE downstream = ?
-                     UNION
-                     SELECT e.upstream, up.depth + 1 FROM asset_edges AS e JOIN up ON e.downstream = up.asset_key
-                     WHERE up.depth < ?)
-                   SELECT DISTINCT asset_key FROM up""",
-                (asset_key, LINEAGE_DEPTH),
-            ).fetchall()
-            return frozenset(r[0] for r in rows)
-
-        return ancestors
-
-    def _descendants(self, conn: Connection, asset_key: str) -> set[str]:
-        rows = conn.execute(
-            """WITH RECURSIVE down(asset_key, depth) AS (
-                 SELECT downstream, 1 FROM asset_edges WHERE upstream = ?
-                 UNION
-                 SELECT e.downstream, down.depth + 1 FROM asset_edges AS e JOIN down ON e.upstream = down.asset_key
-                 WHERE down.depth < ?)
-               SELECT DISTINCT asset_key FROM down""",
-            (asset_key, LINEAGE_DEPTH),
-        ).fetchall()
-        return {r[0] for r in rows}
+        return cache(lambda asset_key: frozenset(_related(conn, asset_key, upstream=True)))
 
     def _group(self, conn: Connection, now: float, txn: _Txn) -> tuple[set[int], list[tuple[int, int, list[str]]]]:
         """Put every firing alert that has no incident yet into one (new, or the open incident it links to,
         merging incidents it links together). Returns the incidents touched and the merges made
         (absorbed, survivor, the absorbed incident's announced members)."""
+        # A held state (replayed history not yet confirmed live, or read from a backlog) may be superseded by
+        # the rest of the backlog: it joins an incident once released, so no incident rests on a passing past.
         new = conn.execute(
-            """SELECT a.*, s.state AS fp_state FROM alerts AS a LEFT JOIN alert_states AS s
-                 ON s.fingerprint = a.fingerprint
-               WHERE a.incident_id IS NULL AND a.status = 'firing' ORDER BY a.id"""
+            """SELECT a.* FROM alerts AS a LEFT JOIN alert_states AS s ON s.fingerprint = a.fingerprint
+               WHERE a.incident_id IS NULL AND a.status = 'firing' AND s.held IS NULL ORDER BY a.id"""
         ).fetchall()
-        # Replayed history not yet confirmed live (held) may be superseded by the rest of the backlog: it
-        # joins an incident once confirmed, so no incident rests on a past that did not last.
-        new = [r for r in new if not (r["fp_state"] and json.loads(r["fp_state"]).get("held"))]
         if not new:
             return set(), []
         ancestors = self._lineage(conn)
         related: set[str] = set()
         for row in new:
             key = row["asset_key"]
-            related |= {key} | ancestors(key) | self._descendants(conn, key) | causes_of(json.loads(row["detail"]))
+            downstream = _related(conn, key, upstream=False)
+            related |= {key} | ancestors(key) | downstream | causes_of(json.loads(row["detail"]))
         open_members = self._open_members(conn, related)
         rows = {int(r["id"]): r for r in [*open_members, *new]}
         together: dict[int, list[str]] = {}
@@ -679,12 +687,13 @@ class AlertService:
         ).fetchall()] if root["notices"] else []
         row = conn.execute(
             """INSERT INTO incidents (status, root_alert_id, root_asset, root_check, severity, opened_at,
-                 announced_at, notified_severity, last_notified_at, receivers, announced_members, updated_at)
-               VALUES ('open', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
+                 announced_at, notified_severity, last_notified_at, receivers, announced_members, updated_at,
+                 created_at)
+               VALUES ('open', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
             (root["id"], root["asset_key"], root["check_name"], root["severity"], root["started_at"],
              root["last_notified_at"] if told else None, root["severity"] if told else None,
              root["last_notified_at"] if told else None, json.dumps(told),
-             json.dumps([str(root["id"])] if told else []), now),
+             json.dumps([str(root["id"])] if told else []), now, now),
         ).fetchone()
         return int(row[0])
 
@@ -735,6 +744,12 @@ class AlertService:
             announced_members=frozenset(json.loads(row["announced_members"])),
         )
         kind = incident_notice(view, member_notices, now, self.config.repeat_interval_s)
+        if kind == "firing":
+            # The first notice waits `incident_wait_s` from the incident's opening, gathering its members.
+            due = row["announce_at"] or row["created_at"] + self.settings.alerts.incident_wait_s
+            if now < due:
+                conn.execute("UPDATE incidents SET announce_at = ? WHERE id = ?", (due, incident_id))
+                kind = None
         if firing:
             conn.execute("UPDATE incidents SET severity = ?, updated_at = ? WHERE id = ?",
                          (severity, now, incident_id))
@@ -911,6 +926,21 @@ class AlertService:
             }
         self.store.prune_processed(7 * 86400)
         return counts
+
+
+def _related(conn: Connection, asset_key: str, *, upstream: bool) -> set[str]:
+    """The assets upstream (or downstream) of `asset_key` in `asset_edges`, any depth, cycle-safe."""
+    near, far = ("upstream", "downstream") if upstream else ("downstream", "upstream")
+    rows = conn.execute(
+        f"""WITH RECURSIVE lineage(asset_key, depth) AS (
+              SELECT {near}, 1 FROM asset_edges WHERE {far} = ?
+              UNION
+              SELECT e.{near}, lineage.depth + 1 FROM asset_edges AS e JOIN lineage ON e.{far} = lineage.asset_key
+              WHERE lineage.depth < ?)
+            SELECT DISTINCT asset_key FROM lineage""",
+        (asset_key, LINEAGE_DEPTH),
+    ).fetchall()
+    return {r[0] for r in rows}
 
 
 def _dt(ts: float | None) -> datetime | None:

@@ -95,8 +95,12 @@ class AlertsSettings(Section):
     incident_window_s: float = Field(default=3600.0, ge=0)
     # A still-firing, unacknowledged, unsilenced alert is announced again after this long.
     repeat_interval_s: float = Field(default=4 * 3600.0, gt=0)
+    # An incident's first notice waits this long after the incident opened, so that it names every asset
+    # one failure affects: the consequences of one failed run reach the worker in batches milliseconds
+    # apart (the sensor's, then health's publishes), and 0 would page the root alone and then update it.
+    incident_wait_s: float = Field(default=2.0, ge=0)
     # How often clock-driven transitions (waits, repeats, silence expiry) are evaluated.
-    tick_interval_s: float = Field(default=5.0, gt=0)
+    tick_interval_s: float = Field(default=0.5, gt=0)
     # Delivery: exponential backoff with jitter between attempts, a notification older than max_age_s is dead.
     retry_base_s: float = Field(default=2.0, gt=0)
     retry_max_delay_s: float = Field(default=1800.0, gt=0)

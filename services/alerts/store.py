@@ -147,12 +147,18 @@ MIGRATIONS = [
             notices INTEGER NOT NULL DEFAULT 0,
             receivers TEXT NOT NULL DEFAULT '[]',           -- receivers told it fires
             announced_members TEXT NOT NULL DEFAULT '[]',   -- alert ids named in a notice so far
+            created_at REAL NOT NULL,                       -- when this worker opened it (wall clock)
+            announce_at REAL,                               -- its first notice waits until then
             updated_at REAL NOT NULL
         );
         CREATE INDEX incidents_status ON incidents (status, opened_at);
+        CREATE INDEX incidents_announce ON incidents (announce_at);
         ALTER TABLE alerts ADD COLUMN incident_id INTEGER;
         ALTER TABLE alerts ADD COLUMN incident_reason TEXT;
         CREATE INDEX alerts_incident ON alerts (incident_id, status);
+        -- Why a state announces nothing yet (lifecycle.AlertState.held): replayed history, or a backlog.
+        ALTER TABLE alert_states ADD COLUMN held TEXT;
+        CREATE INDEX alert_states_held ON alert_states (held);
         ALTER TABLE notifications ADD COLUMN incident_id INTEGER;
         -- The lineage, from asset specs (both directions) and health events' downstream lists.
         CREATE TABLE asset_edges (

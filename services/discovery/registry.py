@@ -25,6 +25,7 @@ Decisions (see also README "Discovery"):
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -356,7 +357,37 @@ def register_snapshot(
              problems = excluded.problems, changed_at = excluded.changed_at""",
         (location, stored_hash, snapshot.fingerprint, len(planned), _dumps(problems), ts),
     )
-    return _with_downstream(conn, changes)
+    return _with_downstream(conn, upstream_first(changes))
+
+
+def upstream_first(changes: Sequence[Change]) -> list[Change]:
+    """`changes` with every asset after the changed assets it depends on, otherwise in their order (a cycle
+    is released at its earliest member). Consumers apply the events in this order, so a downstream asset
+    registered in the same snapshot as its upstream never finds that upstream unregistered (health judged
+    it degraded for an instant, and alerts paged for it)."""
+    position = {c.key: i for i, c in enumerate(changes)}
+    blocking = [{position[u] for u in c.spec.upstream if u in position and u != c.key} for c in changes]
+    dependents: dict[int, list[int]] = {}
+    for i, ups in enumerate(blocking):
+        for u in ups:
+            dependents.setdefault(u, []).append(i)
+    ready = [i for i, ups in enumerate(blocking) if not ups]
+    heapq.heapify(ready)
+    ordered: list[int] = []
+    placed = [False] * len(changes)
+    while len(ordered) < len(changes):
+        if not ready:  # only cycles are left
+            ready = [next(i for i, p in enumerate(placed) if not p)]
+        i = heapq.heappop(ready)
+        if placed[i]:
+            continue
+        placed[i] = True
+        ordered.append(i)
+        for d in dependents.get(i, []):
+            blocking[d].discard(i)
+            if not blocking[d] and not placed[d]:
+                heapq.heappush(ready, d)
+    return [changes[i] for i in ordered]
 
 
 def _with_downstream(conn: Connection, changes: list[Change]) -> list[Change]:

@@ -79,7 +79,7 @@ class HealthSettings(Section):
     # Replay ends with a batch of recent events, or after this long without any batch (the history is
     # read; longer than the publishing sensor's interval, whose pages of history arrive once per tick).
     # Then every replayed asset is evaluated on the wall clock and its state confirmed to the alerts.
-    catch_up_quiet_s: float = Field(default=60.0, gt=0)
+    catch_up_quiet_s: float = Field(default=30.0, gt=0)
     defaults: HealthThresholds = HealthThresholds()
     groups: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

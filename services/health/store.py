@@ -594,3 +594,72 @@ def read_last_materializations(conn: Connection, key: str | None = None) -> list
             "SELECT asset_key, MAX(occurred_at) FROM materializations WHERE asset_key = ?", (key,)
         ).fetchall()
     return [(str(r[0]), float(r[1])) for r in rows if r[1] is not None]
+
+
+# -- removal of simulated assets (`asset-manager simulate --clean`) -------------------------------------------
+
+# Every table with a row per asset (or per asset and something): what an asset leaves behind in health.db.
+_ASSET_TABLES = (
+    "executions",
+    "materializations",
+    "materialization_failures",
+    "asset_specs",
+    "check_results",
+    "asset_health",
+    "health_transitions",
+    "dirty_assets",
+)
+
+
+def _chunks(keys: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:
+    for start in range(0, len(keys), size):
+        yield keys[start : start + size]
+
+
+def keys_under(conn: Connection, prefix: str) -> list[str]:
+    """Every asset key of any health.db table that starts with `prefix` (compared as text, no pattern)."""
+    union = " UNION ".join(f"SELECT asset_key FROM {t} WHERE substr(asset_key, 1, ?) = ?" for t in _ASSET_TABLES)
+    return sorted(str(r[0]) for r in conn.execute(union, [len(prefix), prefix] * len(_ASSET_TABLES)))
+
+
+def runs_of(conn: Connection, keys: Sequence[str]) -> list[tuple[str, str]]:
+    """(asset key, run id) of every run, materialization and failure recorded for `keys`."""
+    found: set[tuple[str, str]] = set()
+    for chunk in _chunks(keys):
+        marks = ",".join("?" * len(chunk))
+        for table in ("executions", "materializations", "materialization_failures"):
+            found.update(
+                (str(r[0]), str(r[1]))
+                for r in conn.execute(f"SELECT asset_key, run_id FROM {table} WHERE asset_key IN ({marks})", chunk)
+            )
+    return sorted(found)
+
+
+def keys_with_spec(conn: Connection, keys: Sequence[str]) -> list[str]:
+    """Those of `keys` that have a spec copy (a catalog's asset, not one known from events alone)."""
+    found: list[str] = []
+    for chunk in _chunks(keys):
+        marks = ",".join("?" * len(chunk))
+        found.extend(str(r[0]) for r in conn.execute(
+            f"SELECT asset_key FROM asset_specs WHERE asset_key IN ({marks})", chunk))
+    return sorted(found)
+
+
+def delete_assets(conn: Connection, keys: Sequence[str]) -> dict[str, int]:
+    """Delete every row about `keys` (history, spec copies, check results, health, transitions, dirty marks)
+    and their events still waiting in the outbox, in the caller's transaction; rows deleted per table."""
+    wanted = set(keys)
+    deleted = dict.fromkeys(_ASSET_TABLES, 0)
+    for chunk in _chunks(keys):
+        marks = ",".join("?" * len(chunk))
+        for table in _ASSET_TABLES:
+            deleted[table] += conn.execute(f"DELETE FROM {table} WHERE asset_key IN ({marks})", chunk).rowcount
+    # Outbox payloads are events; those about one of `keys` (health.changed) must not be published later.
+    staged = [
+        int(r[0])
+        for r in conn.execute("SELECT seq, payload FROM event_outbox").fetchall()
+        if json.loads(r[1]).get("data", {}).get("asset_key") in wanted
+    ]
+    conn.executemany("DELETE FROM event_outbox WHERE seq = ?", [(seq,) for seq in staged])
+    deleted["event_outbox"] = len(staged)
+    return deleted

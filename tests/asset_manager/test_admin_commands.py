@@ -248,8 +248,11 @@ def corrupt_backup(backup: Path, store: str, data: bytes | None) -> None:
     file = backup / f"{store}.db"
     if data is None:
         raw = bytearray(file.read_bytes())
-        for at in range(len(raw) // 2, len(raw) // 2 + 2048):
-            raw[at] ^= 0x5A
+        page = int.from_bytes(raw[16:18], "big") or 65536  # the header's page size (1 means 65536)
+        # 64 bytes of every page but the first: whichever pages hold rows, some are damaged.
+        for start in range(page + 100, len(raw), page):
+            for at in range(start, min(start + 64, len(raw))):
+                raw[at] ^= 0x5A
         data = bytes(raw)
     file.write_bytes(data)
     manifest = json.loads((backup / "manifest.json").read_text())

@@ -29,6 +29,7 @@ def receiver() -> Iterator[RecordingReceiver]:
 @pytest.fixture
 def alerting(cli: Cli, receiver: RecordingReceiver, monkeypatch: pytest.MonkeyPatch) -> Cli:
     monkeypatch.setenv("CLI_WHSEC", SECRET)
+    monkeypatch.setenv("AMS_ALERTS__INCIDENT_WAIT_S", "0")
     monkeypatch.setenv(
         "AMS_ALERTS__RECEIVERS",
         json.dumps([{"name": "hook", "url": receiver.url, "secret_env": "CLI_WHSEC", "timeout_s": 2}]),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from dagster import DagsterInstance, build_sensor_context, instance_for_test
 from standardwebhooks.webhooks import Webhook
 
 from asset_manager.settings import AppSettings
-from libs.common.testing import ServiceProcess, wait_for
+from libs.common.testing import ServiceProcess, read_store, wait_for
 from orchestrator.settings import get_settings
 from services.alerts.testing import RecordingReceiver
 
@@ -27,17 +26,6 @@ WORKERS = ("discovery", "health", "alerts")
 
 
 
-def query(db: Path, sql: str, *params: Any) -> list[sqlite3.Row]:
-    if not db.exists():
-        return []
-    conn = sqlite3.connect(db, timeout=5)
-    conn.row_factory = sqlite3.Row
-    try:
-        return list(conn.execute(sql, params))
-    except sqlite3.OperationalError:  # not migrated yet
-        return []
-    finally:
-        conn.close()
 
 
 @pytest.fixture
@@ -132,16 +120,16 @@ def test_failure_travels_to_a_signed_webhook_and_recovery_resolves_it(
             [json.loads(r.body).get("data", {}).get("status") for r in receiver.requests])
 
     # 2. Discovery registered the code location's assets from the sensor's snapshot.
-    keys = wait_for(lambda: {r["key"] for r in query(metadata_db, "SELECT key FROM assets")} >= {"raw_orders", "stg_orders"},
+    keys = wait_for(lambda: {r["key"] for r in read_store(metadata_db, "SELECT key FROM assets")} >= {"raw_orders", "stg_orders"},
                     30, "assets in metadata.db", diagnose)
     assert keys
     # 3. Health recorded the failure and turned the asset FAILED.
-    wait_for(lambda: query(health_db, "SELECT 1 FROM executions WHERE asset_key = ? AND status = 'FAILURE'", "raw_orders"),
+    wait_for(lambda: read_store(health_db, "SELECT 1 FROM executions WHERE asset_key = ? AND status = 'FAILURE'", "raw_orders"),
              30, "failed execution in health.db", diagnose)
-    wait_for(lambda: query(health_db, "SELECT 1 FROM asset_health WHERE asset_key = ? AND status = 'FAILED'", "raw_orders"),
+    wait_for(lambda: read_store(health_db, "SELECT 1 FROM asset_health WHERE asset_key = ? AND status = 'FAILED'", "raw_orders"),
              30, "raw_orders FAILED in health.db", diagnose)
     # 4. Alerts opened an alert and delivered a signed firing webhook.
-    wait_for(lambda: query(monitor_db, "SELECT 1 FROM alerts WHERE asset_key = ? AND resolved_at IS NULL", "raw_orders"),
+    wait_for(lambda: read_store(monitor_db, "SELECT 1 FROM alerts WHERE asset_key = ? AND resolved_at IS NULL", "raw_orders"),
              30, "open alert in monitor.db", diagnose)
     firing = wait_for(lambda: webhooks(receiver, "firing", "raw_orders"), 30, "firing webhook", diagnose)[0]
     request = firing["request"]
@@ -160,9 +148,9 @@ def test_failure_travels_to_a_signed_webhook_and_recovery_resolves_it(
     resolved = wait_for(lambda: webhooks(receiver, "resolved", "raw_orders"), 30, "resolved webhook", diagnose)[0]
     Webhook(SECRET).verify(resolved["request"].body, resolved["request"].headers)
     assert resolved["body"]["data"]["fingerprint"] == firing["body"]["data"]["fingerprint"]
-    wait_for(lambda: query(health_db, "SELECT 1 FROM asset_health WHERE asset_key = ? AND status != 'FAILED'", "raw_orders"),
+    wait_for(lambda: read_store(health_db, "SELECT 1 FROM asset_health WHERE asset_key = ? AND status != 'FAILED'", "raw_orders"),
              30, "raw_orders recovered in health.db", diagnose)
-    assert not query(monitor_db, "SELECT 1 FROM alerts WHERE asset_key = ? AND check_name = ? AND resolved_at IS NULL",
+    assert not read_store(monitor_db, "SELECT 1 FROM alerts WHERE asset_key = ? AND check_name = ? AND resolved_at IS NULL",
                      "raw_orders", firing["body"]["data"]["check"])
     # Every notice was delivered once: webhook-ids are unique.
     ids = [r.webhook_id for r in receiver.accepted()]

@@ -28,7 +28,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from libs.common.redis_server import free_port
-from libs.common.testing import ServiceProcess, wait_for
+from libs.common.testing import ServiceProcess, read_store, wait_for
 from services.alerts.testing import RecordingReceiver
 
 pytestmark = pytest.mark.e2e
@@ -67,17 +67,6 @@ mutation Reload($name: String!) { reloadRepositoryLocation(repositoryLocationNam
 """
 
 
-def rows(db: Path, sql: str, *params: Any) -> list[sqlite3.Row]:
-    if not db.exists():
-        return []
-    conn = sqlite3.connect(db, timeout=5)
-    conn.row_factory = sqlite3.Row
-    try:
-        return list(conn.execute(sql, params))
-    except sqlite3.OperationalError:  # not migrated yet
-        return []
-    finally:
-        conn.close()
 
 
 class Deployment:
@@ -230,7 +219,7 @@ def test_second_location_registered_alerted_resolved_and_versioned(
     metadata_db, monitor_db = d.home / "metadata.db", d.home / "monitor.db"
 
     def registry() -> dict[str, sqlite3.Row]:
-        return {r["key"]: r for r in rows(metadata_db, "SELECT * FROM assets WHERE retired_at IS NULL")}
+        return {r["key"]: r for r in read_store(metadata_db, "SELECT * FROM assets WHERE retired_at IS NULL")}
 
     # 1. Both locations registered from the webserver, each asset under its own location.
     expected = {
@@ -278,7 +267,7 @@ def test_second_location_registered_alerted_resolved_and_versioned(
     assert verified["data"]["asset_key"] == ENTRIES
     assert body["data"]["code_location"] == "finance"
     assert "team:finance" in body["data"]["owners"] and "ledger database refused" in json.dumps(body["data"])
-    assert rows(monitor_db, "SELECT 1 FROM alerts WHERE asset_key = ? AND resolved_at IS NULL", ENTRIES)
+    assert read_store(monitor_db, "SELECT 1 FROM alerts WHERE asset_key = ? AND resolved_at IS NULL", ENTRIES)
 
     # 3. Recovery resolves it.
     (d.control / "fail").unlink()
@@ -296,7 +285,7 @@ def test_second_location_registered_alerted_resolved_and_versioned(
         == "WorkspaceLocationEntry"
     )
     version = wait_for(
-        lambda: rows(
+        lambda: read_store(
             metadata_db, "SELECT version, changes FROM asset_versions WHERE key = ? AND version = 2", ENTRIES
         ),
         60,

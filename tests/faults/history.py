@@ -15,7 +15,7 @@ from typing import Any
 from libs.common.bus import Delivery
 from libs.common.events import ASSET_CHANGES, HEALTH, Event, parse_event
 from libs.common.settings import load_settings
-from libs.common.testing import ServiceProcess, wait_for
+from libs.common.testing import wait_for
 from services.alerts.service import AlertService
 from services.alerts.settings import AlertsWorkerSettings
 from services.alerts.store import open_store as open_monitor
@@ -107,13 +107,12 @@ def worker_env(tmp_path: Path, home: Path, redis_url: str, prefix: str, receiver
             **extra}
 
 
-def settle(home: Path, expected: set[tuple[str, str]], workers: Sequence[ServiceProcess]) -> None:
+def settle(home: Path, expected: set[tuple[str, str]], log: Path) -> None:
     """Wait until the open alerts are `expected` and every one of them is in an incident announced (alerts of
     replayed history join one only once health confirms them live), then long enough for anything more the
-    workers would send to arrive."""
-    wait_for(lambda: open_alerts(home) == expected, timeout_s=180,
-             what=lambda: f"open alerts {sorted(open_alerts(home) ^ expected)} differ from the reference"
-             f"\n{workers[0].output()}")
+    workers would send to arrive. `log`: the workers' log, shown when the alerts differ."""
+    wait_for(lambda: open_alerts(home) == expected, timeout_s=180, what="the reference's open alerts",
+             diagnose=lambda: f"differing: {sorted(open_alerts(home) ^ expected)}\n" + log.read_text()[-4000:])
 
     def announced() -> bool:
         with sqlite3.connect(home / "monitor.db", timeout=5) as conn:

@@ -153,7 +153,7 @@ def test_sixty_days_of_history_page_no_one_about_the_past(tmp_path: Path, redis_
             for events in days:
                 publish(events)
                 time.sleep(0.3)  # a sensor tick later; much shorter than the quiet period that ends a catch-up
-        settle(home, expected, workers)
+        settle(home, expected, tmp_path / "workers.log")
     finally:
         for worker in workers:
             worker.stop()

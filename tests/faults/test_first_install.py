@@ -163,7 +163,7 @@ def test_a_month_in_the_instance_on_first_install_pages_no_one_about_the_past(
             failing_assets = {a for a, _ in expected}
             assert {"shop/a06", "shop/a12", STOPPED} <= failing_assets
             assert not failing_assets & {_key(i) for i in range(5)}  # the chain whose failure recovered
-            settle(home, expected, workers)
+            settle(home, expected, tmp_path / "workers.log")
         finally:
             for worker in workers:
                 worker.stop()

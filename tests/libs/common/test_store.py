@@ -61,6 +61,18 @@ def test_claim_events_dedupes_within_and_across_transactions(tmp_path: Path) -> 
         assert Store.claim_events(tx, ["d"]) == {"d"}
 
 
+def test_forgotten_events_are_new_again(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "x.db"), MIGRATIONS)
+    ids = [str(uuid.uuid4()) for _ in range(600)] + ["plain-a", "plain-b"]  # compact keys and text keys
+    with store.write() as tx:
+        assert Store.claim_events(tx, ids) == set(ids)
+    forgotten = [*ids[::2], "plain-b", "never-claimed"]
+    with store.write() as tx:
+        assert Store.forget_events(tx, forgotten) == len(forgotten) - 1
+    with store.write() as tx:
+        assert Store.claim_events(tx, ids) == set(forgotten) - {"never-claimed"}
+
+
 def test_claim_new_keeps_the_first_copy_of_each_new_event_in_order(tmp_path: Path) -> None:
     store = Store(str(tmp_path / "x.db"), MIGRATIONS)
     with store.write() as tx:

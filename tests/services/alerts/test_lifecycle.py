@@ -229,3 +229,20 @@ def test_an_announced_alert_that_the_backlog_resolves_is_resolved_without_starti
     ])
     assert kinds(steps) == ["firing", "resolved", "firing"]
     assert state.active_since == 200.0
+
+
+def test_a_state_read_while_behind_is_held_until_the_worker_catches_up() -> None:
+    from services.alerts.lifecycle import Release
+
+    state, steps = run([
+        (1000.0, Observe(firing=True, at=10.0, behind=True)),
+        (1001.0, Observe(firing=False, at=20.0, behind=True)),  # superseded within the backlog: nothing sent
+        (1002.0, Observe(firing=True, at=30.0, behind=True)),
+        (1003.0, Tick()),
+    ])
+    assert kinds(steps) == [] and state.held == "backlog" and state.active_since == 30.0
+    state, steps = run([(1000.0, Observe(firing=True, at=10.0, behind=True)), (1004.0, Release())])
+    assert kinds(steps) == ["firing"] and state.held is None
+    # A replayed state is not released by this worker catching up: it waits for health's confirmation.
+    state, steps = run([(1000.0, Observe(firing=True, at=10.0, replay=True)), (1004.0, Release())])
+    assert kinds(steps) == [] and state.held == "replay"

@@ -52,6 +52,7 @@ def make_settings(home: Path) -> AlertsWorkerSettings:
         dagster_home=str(home),
         logging={"file": None},
         alerts={
+            "incident_wait_s": 0,  # notices at once: these tests are about other rules
             "receivers": [{"name": "ops", "url": "http://127.0.0.1:9/ops"},
                           {"name": "finance", "url": "http://127.0.0.1:9/fin"}],
             "routes": [{"receivers": ["finance"], "teams": ["finance"], "continue": True}],
@@ -256,5 +257,75 @@ def test_replayed_alerts_join_incidents_only_once_confirmed_live(tmp_path: Path)
             assert payload["kind"] == "firing" and payload["incident_id"] == incident["id"]
             members = [(m["asset_key"], m["check"]) for m in payload["members"]]
             assert members == [("shop/child_a", "volume_anomaly")]
+    finally:
+        store.close()
+
+
+def test_a_backlog_read_in_full_batches_sends_only_what_is_current_once_caught_up(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path).model_copy(
+        update={"bus": make_settings(tmp_path).bus.model_copy(update={"batch_size": 2})})
+    store = open_store(settings)
+    clock = Clock()
+    service = AlertService(store, settings, clock=clock)
+    try:
+        service.handle(specs()[:2])  # full: behind
+        blip = failing(1, T0)
+        service.handle([blip["shop/root"], blip["shop/child_a"]])  # full: behind, held
+        fixed = recovered(2, T0 + 60)
+        service.handle(fixed[:2])  # the backlog already resolved them: full, behind
+        again = failing(3, T0 + 120)
+        service.handle([again["shop/root"], again["shop/child_b"]])  # failing again, still behind
+        assert notifications(store) == []
+        clock.now = T0 + 180
+        service.handle([specs()[2]])  # not full: caught up, the held states are current
+        sent = notifications(store)
+        assert sorted((r["receiver"], r["kind"]) for r in sent) == [("finance", "firing"), ("ops", "firing")]
+        payload = json.loads(sent[0]["content"])
+        assert {m["asset_key"] for m in payload["members"]} == {"shop/root", "shop/child_b"}
+        assert payload["started_at"].startswith(from_timestamp(T0 + 120).isoformat()[:19])
+    finally:
+        store.close()
+
+
+def test_the_first_notice_waits_for_the_rest_of_the_incident(tmp_path: Path) -> None:
+    """The default `incident_wait_s`: the consequences of one failure arriving in batches milliseconds (here a
+    second) apart are one first notice, sent when the wait is over."""
+    settings = make_settings(tmp_path)
+    settings = settings.model_copy(update={"alerts": settings.alerts.model_copy(update={"incident_wait_s": 2.0})})
+    store = open_store(settings)
+    clock = Clock()
+    service = AlertService(store, settings, clock=clock)
+    try:
+        service.handle(specs())
+        events = failing(1, T0)
+        service.handle([events["shop/root"]])
+        clock.now += 1
+        service.handle([events["shop/child_a"], events["shop/child_b"]])
+        clock.now += 0.5
+        assert service.tick() == 0 and notifications(store) == []
+        clock.now += 0.5
+        service.handle([events["shop/grandchild"]])  # at the end of the wait: in the first notice too
+        sent = notifications(store)
+        assert sorted(r["receiver"] for r in sent) == ["finance", "ops"]
+        assert all(len(json.loads(r["content"])["members"]) == 7 for r in sent)
+        clock.now += 10
+        assert service.tick() == 0 and len(notifications(store)) == 2
+    finally:
+        store.close()
+
+
+def test_a_waiting_incident_is_announced_by_the_clock(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    settings = settings.model_copy(update={"alerts": settings.alerts.model_copy(update={"incident_wait_s": 2.0})})
+    store = open_store(settings)
+    clock = Clock()
+    service = AlertService(store, settings, clock=clock)
+    try:
+        service.handle(specs())
+        service.handle(list(failing(1, T0).values()))
+        assert notifications(store) == []
+        clock.now += 2
+        assert service.tick() == 2  # one notice per receiver
+        assert {json.loads(r["content"])["kind"] for r in notifications(store)} == {"firing"}
     finally:
         store.close()

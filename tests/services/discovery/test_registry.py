@@ -16,12 +16,14 @@ from libs.common.store import Store
 from orchestrator.catalog import build_catalog
 from services.discovery import queries
 from services.discovery.registry import (
+    Change,
     diff,
     downstream_of,
     fingerprint,
     normalise,
     register_snapshot,
     to_events,
+    upstream_first,
     upstream_of,
 )
 from services.discovery.store import MIGRATIONS
@@ -149,6 +151,34 @@ def test_lineage_survives_cycles(store: Store) -> None:
     with store.read() as conn:
         assert upstream_of(conn, "a") == [("b", 1)]
         assert downstream_of(conn, "a") == [("b", 1)]
+
+
+def test_changes_come_upstream_first(store: Store) -> None:
+    """Consumers apply the events in order: a downstream asset registered with its upstream in one snapshot
+    must come after it (keys sorting the other way made health see an unregistered upstream)."""
+    specs = [AssetSpecData(key="a/report", upstream=["z/orders"]),
+             AssetSpecData(key="m/orders", upstream=["z/raw"]),
+             AssetSpecData(key="z/orders", upstream=["z/raw", "elsewhere/x"]),
+             AssetSpecData(key="z/raw")]
+    changes = register(store, CatalogSnapshotData(code_location="loc", fingerprint="1", assets=specs), T0)
+    assert [c.key for c in changes] == ["z/raw", "m/orders", "z/orders", "a/report"]
+    cycle = [AssetSpecData(key="a", upstream=["b"]), AssetSpecData(key="b", upstream=["a"]),
+             AssetSpecData(key="c", upstream=["b"])]
+    ordered = upstream_first([Change("registered", s.key, 1, s) for s in cycle])
+    assert [c.key for c in ordered] == ["a", "b", "c"]
+
+
+@given(st.lists(st.sets(st.integers(0, 11), max_size=3), min_size=1, max_size=12))
+@settings(max_examples=100, deadline=None)
+def test_upstream_first_is_a_permutation_with_every_acyclic_upstream_first(ups: list[set[int]]) -> None:
+    specs = [AssetSpecData(key=f"k{i}", upstream=[f"k{u}" for u in sorted(us)]) for i, us in enumerate(ups)]
+    ordered = [c.key for c in upstream_first([Change("registered", s.key, 1, s) for s in specs])]
+    assert sorted(ordered) == sorted(s.key for s in specs)
+    # Edges from a lower to a higher index form a DAG: those are always respected.
+    for i, us in enumerate(ups):
+        for u in us:
+            if u < i and u < len(ups):
+                assert ordered.index(f"k{u}") < ordered.index(f"k{i}")
 
 
 def test_events_are_deterministic(store: Store) -> None:

@@ -1,0 +1,1 @@
+"""A small code location of four assets in three levels (test fixture; see README.md)."""
