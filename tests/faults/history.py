@@ -112,7 +112,8 @@ def settle(home: Path, expected: set[tuple[str, str]], log: Path) -> None:
     replayed history join one only once health confirms them live), then long enough for anything more the
     workers would send to arrive. `log`: the workers' log, shown when the alerts differ."""
     wait_for(lambda: open_alerts(home) == expected, timeout_s=180, what="the reference's open alerts",
-             diagnose=lambda: f"differing: {sorted(open_alerts(home) ^ expected)}\n" + log.read_text()[-4000:])
+             diagnose=lambda: f"differing: {sorted(open_alerts(home) ^ expected)}\n"
+             + log.read_text()[-4000:])
 
     def announced() -> bool:
         with sqlite3.connect(home / "monitor.db", timeout=5) as conn:
