@@ -12,7 +12,11 @@ Every tick reads the instance's event log after its own cursor and publishes
   ASSET_FAILED_TO_MATERIALIZE record a newer Dagster writes (same event identity, so never twice); the
   `run.failed` event lists the same assets in `failed_asset_keys`, so consumers can tell an asset that
   failed from one Dagster skipped because an upstream failed;
-- a `catalog.snapshot` to CATALOG whenever the fingerprint of the code location's asset definitions changes.
+- a `catalog.snapshot` to CATALOG whenever the fingerprint of the code location's asset definitions changes;
+- to AUTOMATION, after those: the new or changed ticks of every sensor and schedule of the instance and
+  the daemons' changed heartbeats (orchestrator.automation, bounded reads), then, at the end of every tick,
+  even an empty one or one stopped at its budget, an `automation.publisher_heartbeat`, whose absence shows
+  that the publisher is down.
 
 It reads the instance-wide event log, so it sees runs of every code location, including the ephemeral ones of
 `dagster asset materialize -f` (what `monitor_all_code_locations=True` gives a run-status sensor).
@@ -69,6 +73,7 @@ from pydantic import BaseModel, ValidationError
 from libs.common.bus import Bus, connect
 from libs.common.events import (
     ASSETS,
+    AUTOMATION,
     CATALOG,
     RUN_STATUS_TYPES,
     RUNS,
@@ -85,8 +90,9 @@ from libs.common.events import (
 )
 from libs.common.log import get_logger
 from libs.common.settings import RedisSettings, Settings
-from libs.common.text import clip
+from orchestrator.automation import AutomationCursor, AutomationReader
 from orchestrator.catalog import build_catalog, columns_of, json_safe_metadata, key_string
+from orchestrator.errors import cut_error, root_error
 from orchestrator.settings import OrchestratorSettings, get_settings
 
 log = get_logger(__name__)
@@ -97,7 +103,6 @@ CURSOR_VERSION = 1
 ROW_COUNT_KEYS = ("dagster/row_count", "row_count")  # the second is what the README's examples write
 COLUMN_SCHEMA_KEY = "dagster/column_schema"
 PARTITION_TAG = "dagster/partition"
-MAX_ERROR = 2000
 
 # kind -> (Dagster event type, RunData.status)
 RUN_KINDS: dict[str, tuple[DagsterEventType, str]] = {
@@ -131,12 +136,16 @@ class PublisherCursor:
     catalog: str | None = None
     # Per kind, the storage ids published inside the late-commit window below its position (empty on SQLite).
     seen: dict[str, list[int]] = field(default_factory=dict)
+    # What was published of the instance's tick history and daemon heartbeats (absent in older cursors).
+    automation: AutomationCursor = field(default_factory=AutomationCursor)
 
     def to_json(self) -> str:
         data: dict[str, Any] = {"v": CURSOR_VERSION, "positions": self.positions, "catalog": self.catalog}
         seen = {kind: sorted(ids) for kind, ids in self.seen.items() if ids}
         if seen:
             data["seen"] = seen
+        if self.automation:
+            data["automation"] = self.automation.to_json()
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @classmethod
@@ -160,7 +169,9 @@ class PublisherCursor:
             for kind, ids in dict(data.get("seen") or {}).items():
                 if kind in cursor.positions and ids:
                     cursor.seen[kind] = sorted(int(i) for i in ids)
-        except (ValueError, TypeError, AttributeError) as exc:
+            if data.get("automation") is not None:
+                cursor.automation = AutomationCursor.from_json(data["automation"])
+        except (ValueError, TypeError, AttributeError, OverflowError) as exc:
             raise ValueError(
                 f"unreadable {SENSOR_NAME} cursor {raw[:200]!r}: {exc}; reset the sensor's cursor in the "
                 "Dagster UI to start over (consumers deduplicate the republished events)"
@@ -172,6 +183,7 @@ class PublisherCursor:
             positions=dict(self.positions),
             catalog=self.catalog,
             seen={k: list(v) for k, v in self.seen.items()},
+            automation=self.automation.copy(),
         )
 
 
@@ -186,6 +198,8 @@ class TickReport:
     caught_up: bool = True
     catalog_published: bool = False
     skipped_records: int = 0
+    instigators_pending: int = 0  # sensors/schedules that may have new ticks, left for the next tick
+    asset_s: float = 0.0  # from the tick's start until its asset, run and catalog events were published (s)
 
     @property
     def events(self) -> int:
@@ -198,6 +212,8 @@ class TickReport:
             parts.append("catalog snapshot published")
         if self.skipped_records:
             parts.append(f"{self.skipped_records} unreadable records skipped (see logs)")
+        if self.instigators_pending:
+            parts.append(f"tick history of {self.instigators_pending} sensors/schedules left for next tick")
         parts.append("caught up" if self.caught_up else "more pending (next tick continues)")
         return "; ".join(parts)
 
@@ -262,33 +278,13 @@ def _ts(seconds: float | None) -> datetime | None:
     return datetime.fromtimestamp(seconds, UTC) if seconds is not None else None
 
 
-def _cut(text: str | None) -> str | None:
-    if text is None:
-        return None
-    text = text.strip()
-    return clip(text, MAX_ERROR)
-
-
-def _root_error(error: Any) -> str | None:
-    """The innermost cause of a SerializableErrorInfo, as `Class: message` (what the user raised)."""
-    if error is None:
-        return None
-    while getattr(error, "cause", None) is not None:
-        error = error.cause
-    message = str(getattr(error, "message", "") or "").strip()
-    cls_name = getattr(error, "cls_name", None)
-    if cls_name and f"{cls_name}:" not in message.split("\n", 1)[0]:
-        message = f"{cls_name}: {message}"
-    return message or None
-
-
 def _failure_text(dagster_event: Any) -> str | None:
     data = dagster_event.event_specific_data
-    root = _root_error(getattr(data, "error", None))
+    root = root_error(getattr(data, "error", None))
     head = (dagster_event.message or "").strip()
     if root and head:
-        return _cut(f"{head} {root}")
-    return _cut(root or head or None)
+        return cut_error(f"{head} {root}")
+    return cut_error(root or head or None)
 
 
 def _row_count(metadata: Any) -> int | None:
@@ -332,6 +328,9 @@ class EventPublisher:
         budget_s: float = 30.0,
         source: str = SOURCE,
         late_commit_window: int | None = None,
+        interval_s: float | None = None,
+        tick_history_instigators: int = 200,
+        tick_history_ticks: int = 100,
     ) -> None:
         self.instance = instance
         self.bus = bus
@@ -340,6 +339,14 @@ class EventPublisher:
         self.budget_s = budget_s
         self.source = source
         self.window = default_window(instance) if late_commit_window is None else max(0, late_commit_window)
+        self.interval_s = interval_s
+        self.automation = AutomationReader(
+            instance,
+            code_location=code_location,
+            source=source,
+            instigators_per_tick=tick_history_instigators,
+            ticks_per_instigator=tick_history_ticks,
+        )
 
     # -- reading
 
@@ -511,7 +518,9 @@ class EventPublisher:
             return None
         if getattr(failure.reason, "value", None) == "UPSTREAM_FAILED_TO_MATERIALIZE":
             return None  # reported as a dependency problem of this asset, not as its own failure
-        error = _cut(_root_error(getattr(data, "error", None)) or failure.description or str(failure.reason.value))
+        error = cut_error(
+            root_error(getattr(data, "error", None)) or failure.description or str(failure.reason.value)
+        )
         return self._failed_event(
             entry.run_id, failure.asset_key, failure.partition, error, record.storage_id, entry.timestamp
         )
@@ -546,7 +555,7 @@ class EventPublisher:
                 mat = ev.step_materialization_data.materialization
                 materialized.add((mat.asset_key, mat.partition))
             elif ev.event_type == DagsterEventType.STEP_FAILURE and ev.step_key:
-                message = _cut(_root_error(getattr(ev.event_specific_data, "error", None)) or ev.message)
+                message = cut_error(root_error(getattr(ev.event_specific_data, "error", None)) or ev.message)
                 step_errors[ev.step_key] = (message, log_record.event_log_entry.timestamp)
         run_error = _failure_text(entry.dagster_event) if entry.dagster_event else None
         events = []
@@ -636,7 +645,8 @@ class EventPublisher:
 
         Raises PublishError when Redis refuses; the caller must then keep the cursor it passed in.
         """
-        deadline = time.monotonic() + self.budget_s
+        started = time.monotonic()
+        deadline = started + self.budget_s
         current = cursor.copy()
         report = TickReport(cursor=current)
         report.catalog_published = self.publish_catalog(current, repository)
@@ -685,7 +695,29 @@ class EventPublisher:
             if report.pages and time.monotonic() >= deadline:
                 report.caught_up = False
                 break
+        report.asset_s = time.monotonic() - started
+        self.publish_automation(current, repository, deadline, report)
         return report
+
+    def publish_automation(
+        self,
+        cursor: PublisherCursor,
+        repository: RepositoryDefinition | None,
+        deadline: float,
+        report: TickReport,
+    ) -> None:
+        """After the asset and run events: new ticks of every sensor and schedule, changed daemon heartbeats
+        (bounded reads, see orchestrator.automation), then the publisher's heartbeat; moves `cursor`."""
+        automation = cursor.automation
+        events, report.instigators_pending = self.automation.tick_events(automation, repository, deadline)
+        events += self.automation.daemon_events(automation)
+        self.publish(AUTOMATION, events)
+        if events:
+            report.published[AUTOMATION] = len(events)
+        heartbeat = self.automation.heartbeat(
+            published=report.events, caught_up=report.caught_up, interval_s=self.interval_s
+        )
+        self.publish(AUTOMATION, [heartbeat])
 
 
 def default_window(instance: DagsterInstance) -> int:
@@ -736,8 +768,9 @@ def build_event_sensor(
         minimum_interval_seconds=interval,
         default_status=DefaultSensorStatus.RUNNING,
         description=(
-            "Publishes run status changes, materializations, failed materializations and catalog snapshots "
-            "of this Dagster instance to the Redis streams (runs, assets, catalog)."
+            "Publishes run status changes, materializations, failed materializations, catalog snapshots, "
+            "sensor and schedule ticks and daemon heartbeats of this Dagster instance to the Redis streams "
+            "(runs, assets, catalog, automation), and a heartbeat of its own every tick."
         ),
     )
     def ams_event_publisher(context: SensorEvaluationContext) -> SkipReason:
@@ -749,6 +782,9 @@ def build_event_sensor(
             page_size=cfg.sensors.page_size,
             budget_s=cfg.sensors.tick_budget_s,
             late_commit_window=cfg.sensors.late_commit_window,
+            interval_s=float(interval),
+            tick_history_instigators=cfg.sensors.tick_history_instigators,
+            tick_history_ticks=cfg.sensors.tick_history_ticks,
         )
         report = publisher.run_tick(PublisherCursor.from_json(context.cursor), context.repository_def)
         context.update_cursor(report.cursor.to_json())

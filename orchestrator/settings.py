@@ -33,6 +33,10 @@ class SensorSettings(Section):
     # Storage ids re-read below the cursor each tick so that an event committed late (PostgreSQL: concurrent
     # runs commit ids out of order) is still published once. None: 0 on SQLite (in-order commits), else 2000.
     late_commit_window: int | None = Field(default=None, ge=0, le=1_000_000)
+    # Tick history (every sensor and schedule of the instance): at most this many instigators read per tick,
+    # least recently read first (0: no tick history), and at most this many ticks read of each.
+    tick_history_instigators: int = Field(default=200, ge=0, le=10_000)
+    tick_history_ticks: int = Field(default=100, ge=1, le=1000)
 
 
 SqlAuthentication = Literal["auto", "sql", "trusted", "none"]

@@ -6,10 +6,15 @@ STEP_FAILURE, RUN_SUCCESS or RUN_FAILURE) through `DagsterInstance.add_run` and 
 without executing anything, at the times given: an instance can hold a past (Dagster itself stamps events
 with the current time). The run storage and the event log end up as after real runs, at a fraction of the
 cost of `materialize()`. `record_finished_runs` records bursts of one-asset runs now.
+
+`add_sensor_states` and `record_sensor_ticks` write sensor ticks as the sensor daemon writes them (the state
+marked with the tick's start, the tick created STARTED, then finished, then the state's last tick time), for
+a tick-history load without a daemon.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,8 +35,22 @@ from dagster import (
 # No public names (read in dagster 1.13.28): writing run and step events straight into the event log, as a
 # burst of thousands of runs needs, takes these event-specific data classes (and the error a step failure
 # carries, defined in dagster's own dagster_shared).
+from dagster._core.definitions.run_request import InstigatorType
+from dagster._core.definitions.sensor_definition import SensorType
 from dagster._core.events import AssetMaterializationPlannedData, StepMaterializationData
 from dagster._core.execution.plan.objects import StepFailureData
+from dagster._core.remote_origin import (
+    RegisteredCodeLocationOrigin,
+    RemoteInstigatorOrigin,
+    RemoteRepositoryOrigin,
+)
+from dagster._core.scheduler.instigation import (
+    InstigatorState,
+    InstigatorStatus,
+    SensorInstigatorData,
+    TickData,
+    TickStatus,
+)
 from dagster_shared.error import SerializableErrorInfo
 
 BURST_JOB = "burst_job"
@@ -117,3 +136,54 @@ def record_finished_runs(
         died = f"run {i} failed on purpose" if failed else None
         run_ids.append(record_run(instance, [Step(asset, rows=100 + i % 7)], job_name=job_name, died=died))
     return run_ids
+
+
+def add_sensor_states(
+    instance: DagsterInstance, count: int, *, location: str = "load_location", interval_s: int = 30
+) -> list[InstigatorState]:
+    """`count` running sensors of a code location `location`, as the daemon records them."""
+    repository = RemoteRepositoryOrigin(RegisteredCodeLocationOrigin(location), "__repository__")
+    states = []
+    for i in range(count):
+        state = InstigatorState(
+            RemoteInstigatorOrigin(repository, f"load_sensor_{i}"),
+            InstigatorType.SENSOR,
+            InstigatorStatus.RUNNING,
+            SensorInstigatorData(min_interval=interval_s, sensor_type=SensorType.STANDARD),
+        )
+        states.append(instance.add_instigator_state(state))
+    return states
+
+
+def record_sensor_ticks(
+    instance: DagsterInstance, states: list[InstigatorState], count: int, *, failed_every: int = 0
+) -> None:
+    """`count` finished ticks spread over `states` (round robin); every `failed_every`-th one fails."""
+    for i in range(count):
+        selector_id = states[i % len(states)].selector_id
+        state = instance.get_instigator_state(states[i % len(states)].instigator_origin_id, selector_id)
+        assert state is not None and isinstance(state.instigator_data, SensorInstigatorData)
+        now = time.time()
+        instance.update_instigator_state(
+            state.with_data(state.instigator_data._replace(last_tick_start_timestamp=now))
+        )
+        tick = instance.create_tick(
+            TickData(
+                instigator_origin_id=state.instigator_origin_id,
+                instigator_name=state.name,
+                instigator_type=InstigatorType.SENSOR,
+                status=TickStatus.STARTED,
+                timestamp=now,
+                selector_id=selector_id,
+            )
+        )
+        if failed_every and (i + 1) % failed_every == 0:
+            error = SerializableErrorInfo("RuntimeError: source unreachable\n", [], "RuntimeError")
+            instance.update_tick(tick.with_status(TickStatus.FAILURE, error=error))
+        else:
+            instance.update_tick(tick.with_status(TickStatus.SKIPPED).with_reason("no new files"))
+        marked = instance.get_instigator_state(state.instigator_origin_id, selector_id)
+        assert marked is not None and isinstance(marked.instigator_data, SensorInstigatorData)
+        instance.update_instigator_state(
+            marked.with_data(marked.instigator_data._replace(last_tick_timestamp=now))
+        )

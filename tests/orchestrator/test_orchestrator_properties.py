@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from orchestrator.automation import AutomationCursor, InstigatorCursor
 from orchestrator.catalog import json_safe
 from orchestrator.sensors import KINDS, PublisherCursor
 
@@ -21,6 +22,33 @@ seen_ids = st.dictionaries(st.sampled_from(KINDS), st.lists(st.integers(min_valu
 @given(positions, st.one_of(st.none(), st.text(alphabet="0123456789abcdef", min_size=1, max_size=64)), seen_ids)
 def test_cursor_round_trips(pos: dict[str, int], catalog: str | None, seen: dict[str, list[int]]) -> None:
     cursor = PublisherCursor(positions=pos, catalog=catalog, seen=seen)
+    assert PublisherCursor.from_json(cursor.to_json()) == cursor
+
+
+instigator_cursors = st.builds(
+    InstigatorCursor,
+    last=st.integers(min_value=-1, max_value=2**62),
+    status=st.sampled_from(["", "SUCCESS", "SKIPPED", "FAILURE"]),
+    since=st.floats(min_value=0, max_value=4e9, allow_nan=False),
+    open=st.lists(st.integers(min_value=0, max_value=2**62), max_size=5).map(sorted),
+    marker=st.text(max_size=40),
+    running=st.booleans(),
+    read=st.integers(min_value=0, max_value=2**62),
+)
+automation_cursors = st.builds(
+    AutomationCursor,
+    instigators=st.dictionaries(
+        st.text(alphabet="0123456789abcdef", min_size=1, max_size=40), instigator_cursors, max_size=5
+    ),
+    daemons=st.dictionaries(st.sampled_from(["SENSOR", "SCHEDULER", "QUEUED_RUN_COORDINATOR"]),
+                            st.floats(min_value=0, max_value=4e9, allow_nan=False)),
+    seq=st.integers(min_value=0, max_value=2**62),
+)
+
+
+@given(positions, automation_cursors)
+def test_cursor_with_tick_history_round_trips(pos: dict[str, int], automation: AutomationCursor) -> None:
+    cursor = PublisherCursor(positions=pos, automation=automation)
     assert PublisherCursor.from_json(cursor.to_json()) == cursor
 
 
