@@ -664,8 +664,11 @@ class AlertService:
         """Put every firing alert that has no incident yet into one (new, or the open incident it links to,
         merging incidents it links together). Returns the incidents touched and the merges made
         (absorbed, survivor, the absorbed incident's announced members)."""
+        # A held state (replayed history not yet confirmed live, or read from a backlog) may be superseded by
+        # the rest of the backlog: it joins an incident once released, so no incident rests on a passing past.
         new = conn.execute(
-            "SELECT * FROM alerts WHERE incident_id IS NULL AND status = 'firing' ORDER BY id"
+            """SELECT a.* FROM alerts AS a LEFT JOIN alert_states AS s ON s.fingerprint = a.fingerprint
+               WHERE a.incident_id IS NULL AND a.status = 'firing' AND s.held IS NULL ORDER BY a.id"""
         ).fetchall()
         if not new:
             return set(), []

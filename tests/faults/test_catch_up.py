@@ -8,23 +8,17 @@ follows the events (a batch per day, as a worker keeping up would see it), then 
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import sqlite3
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from libs.common.bus import Bus, Delivery, connect
+from libs.common.bus import Bus, connect
 from libs.common.events import (
     ASSET_CHANGES,
     ASSETS,
-    HEALTH,
     RUNS,
     AssetChanged,
     AssetChangeData,
@@ -37,20 +31,20 @@ from libs.common.events import (
     RunData,
     RunEvent,
     new_event,
-    parse_event,
 )
 from libs.common.settings import load_settings
 from libs.common.testing import ServiceProcess, wait_for
-from services.alerts.service import AlertService
-from services.alerts.settings import AlertsWorkerSettings
-from services.alerts.store import open_store as open_monitor
 from services.alerts.testing import RecordingReceiver
-from services.health.service import HealthService
 from services.health.settings import HealthWorkerSettings
-from services.health.store import open_store as open_health
+from tests.faults.history import (
+    DAY,
+    assert_nothing_about_the_past,
+    reference,
+    settle,
+    worker_env,
+)
 
 pytestmark = pytest.mark.faults
-DAY = 86400.0
 ASSETS_N = 50
 DAYS = 60
 
@@ -121,72 +115,6 @@ def _run(run_id: str, status: str, key: str, start: float, end: float | None) ->
                      occurred_at=_dt(end or start))
 
 
-def open_alerts(home: Path) -> set[tuple[str, str]]:
-    db = home / "monitor.db"
-    if not db.exists():
-        return set()
-    conn = sqlite3.connect(db, timeout=5)
-    try:
-        return {(r[0], r[1]) for r in conn.execute("SELECT asset_key, check_name FROM alerts WHERE status = 'firing'")}
-    except sqlite3.OperationalError:
-        return set()
-    finally:
-        conn.close()
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def reference(home: Path, specs: list[tuple[str, Event]], days: list[list[tuple[str, Event]]]) -> set[tuple[str, str]]:
-    """The alerts open after the same history arrived in real time (in-process, clock following it)."""
-    home.mkdir()
-    hcfg = load_settings(HealthWorkerSettings, dagster_home=str(home), logging={"file": None})
-    acfg = load_settings(AlertsWorkerSettings, dagster_home=str(home), logging={"file": None})
-    hstore, mstore = open_health(hcfg), open_monitor(acfg)
-    first = specs[0][1].occurred_at.timestamp()
-    clock = Clock(first)
-    health = HealthService(hstore, hcfg, clock=clock)
-    alerts = AlertService(mstore, acfg, clock=clock)
-
-    def deliver(batch: list[tuple[str, Event]]) -> None:
-        health.handle([Delivery(stream, f"{n}-0", e) for n, (stream, e) in enumerate(batch, 1)])
-        alerts.handle([d for d in drain(hstore)] + [Delivery(s, "0-0", e) for s, e in batch if s == ASSET_CHANGES])
-
-    try:
-        deliver(specs)
-        for events in days:
-            clock.now = max(e.occurred_at.timestamp() for _, e in events) + 30
-            deliver(events)
-            health.evaluate_all()
-            alerts.handle(drain(hstore))
-        clock.now = time.time()
-        health.evaluate_all()
-        alerts.handle(drain(hstore))
-        return open_alerts(home)
-    finally:
-        hstore.close()
-        mstore.close()
-
-
-def drain(store: Any) -> list[Delivery]:
-    """The health events staged in the outbox, removed from it (what the worker loop would publish)."""
-    with store.write() as conn:
-        rows = conn.execute("SELECT seq, payload FROM event_outbox ORDER BY seq").fetchall()
-        conn.execute("DELETE FROM event_outbox")
-    return [Delivery(HEALTH, f"{r['seq']}-0", parse_event(r["payload"])) for r in rows]
-
-
-@pytest.fixture
-def receiver() -> Iterator[RecordingReceiver]:
-    with RecordingReceiver() as server:
-        yield server
-
-
 @pytest.mark.parametrize("arrival", ["backlog", "paced"])
 def test_sixty_days_of_history_page_no_one_about_the_past(tmp_path: Path, redis_url: str, bus_prefix: str,
                                                           receiver: RecordingReceiver, arrival: str) -> None:
@@ -195,7 +123,7 @@ def test_sixty_days_of_history_page_no_one_about_the_past(tmp_path: Path, redis_
     a day at a time, as the publishing sensor's pages bring an instance's past on a first install."""
     end = time.time() - 2 * 3600
     specs, days = history(end)
-    expected = reference(tmp_path / "reference", specs, days)
+    expected = reference(tmp_path / "reference", specs, days, since=end - DAYS * DAY)
     # The history's own problems at its end, and nothing of the resolved past.
     failing_assets = {a for a, _ in expected}
     assert {"shop/a40", "shop/a41", "shop/a42", "shop/a43", "shop/a44", "shop/a45"} <= failing_assets
@@ -215,14 +143,7 @@ def test_sixty_days_of_history_page_no_one_about_the_past(tmp_path: Path, redis_
         publish(specs)
         for events in days:
             publish(events)
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AMS_")},
-           "DAGSTER_HOME": str(home), "AMS_REDIS__URL": redis_url, "AMS_BUS__PREFIX": bus_prefix,
-           "AMS_BUS__BLOCK_MS": "200", "AMS_LOGGING__FORMAT": "json",
-           "AMS_LOGGING__FILE": str(tmp_path / "workers.log"),
-           "AMS_HEALTH__CATCH_UP_QUIET_S": "3", "AMS_HEALTH__EVALUATION_INTERVAL_S": "2",
-           "AMS_BUS__BATCH_SIZE": "100", "AMS_HEALTH__MAX_DEFER_S": "0.2",
-           "AMS_ALERTS__TICK_INTERVAL_S": "1",
-           "AMS_ALERTS__RECEIVERS": json.dumps([{"name": "hook", "url": receiver.url, "timeout_s": 5}])}
+    env = worker_env(tmp_path, home, redis_url, bus_prefix, receiver)
     workers = [ServiceProcess.service(name, env, tmp_path / f"{name}.out") for name in ("health", "alerts")]
     try:
         for worker in workers:
@@ -232,27 +153,8 @@ def test_sixty_days_of_history_page_no_one_about_the_past(tmp_path: Path, redis_
             for events in days:
                 publish(events)
                 time.sleep(0.3)  # a sensor tick later; much shorter than the quiet period that ends a catch-up
-        wait_for(lambda: open_alerts(home) == expected, timeout_s=180, what="the reference's open alerts",
-                 diagnose=lambda: f"differing: {sorted(open_alerts(home) ^ expected)}\n"
-                 + (tmp_path / "workers.log").read_text()[-4000:])
-
-        def announced() -> bool:
-            with sqlite3.connect(home / "monitor.db", timeout=5) as conn:
-                waiting = conn.execute("SELECT COUNT(*) FROM incidents WHERE status = 'open' AND announced_at IS NULL"
-                                       ).fetchone()[0]
-            return bool(waiting == 0)
-
-        wait_for(announced, timeout_s=60, what="every open incident announced")
-        time.sleep(3)  # anything more the workers would send has had time to arrive
+        settle(home, expected, tmp_path / "workers.log")
     finally:
         for worker in workers:
             worker.stop()
-    bodies = [json.loads(r.body) for r in receiver.requests]
-    kinds = [b["type"] for b in bodies]
-    assert "alert.resolved" not in kinds and "alert.merged" not in kinds, kinds  # nothing of the past
-    with sqlite3.connect(home / "monitor.db") as conn:
-        open_incidents = {r[0] for r in conn.execute("SELECT id FROM incidents WHERE status = 'open'")}
-    firing = [b["data"]["incident_id"] for b in bodies if b["type"] == "alert.firing"]
-    assert sorted(firing) == sorted(open_incidents)  # each open incident announced once, nothing else
-    named = {m["asset_key"] for b in bodies for m in b["data"]["members"]}
-    assert named == failing_assets
+    assert_nothing_about_the_past(receiver, home, failing_assets)

@@ -220,6 +220,47 @@ def test_an_incident_whose_root_is_retired_resolves_when_its_members_do(tmp_path
         store.close()
 
 
+def test_replayed_alerts_join_incidents_only_once_confirmed_live(tmp_path: Path) -> None:
+    """Catch-up: the history shows the root failing, child_a's volume dropping meanwhile, the root
+    recovering. Only the volume drop is confirmed live: its incident holds it alone, so the notice names
+    nothing of the past (a root that recovered, the assets it blocked), which a later event of the backlog
+    may have superseded anyway."""
+    store = open_store(make_settings(tmp_path))
+    clock = Clock()
+    service = AlertService(store, make_settings(tmp_path), clock=clock)
+
+    def replayed(delivery: Delivery) -> Delivery:
+        data = delivery.event.data.model_copy(update={"replay": True})  # type: ignore[attr-defined]
+        event = delivery.event.model_copy(update={"data": data})
+        return Delivery(delivery.stream, delivery.entry_id, event)
+
+    def volume(n: int, at: float) -> Delivery:
+        checks = [("execution_status", "passed", {}), ("dependencies", "passed", {}),
+                  ("volume_anomaly", "error", {})]
+        return health("shop/child_a", "FAILED", checks, n, at)
+
+    try:
+        service.handle(specs())
+        clock.now = T0 + 7200  # the history is read later than it happened
+        service.handle([replayed(d) for d in failing(1, T0).values()])
+        service.handle([replayed(volume(2, T0 + 300))])
+        others = [d for d in recovered(3, T0 + 600) if d.event.data.asset_key != "shop/child_a"]  # type: ignore
+        service.handle([replayed(d) for d in others])
+        assert notifications(store) == []  # nothing announced while replaying
+        clock.now += 60
+        service.handle([volume(4, clock.now)])  # confirmed live after the catch-up
+        (incident,) = [i for i in incidents(store) if i["status"] == "open"]
+        assert (incident["root_asset"], incident["root_check"]) == ("shop/child_a", "volume_anomaly")
+        assert notifications(store)
+        for row in notifications(store):
+            payload = json.loads(row["content"])
+            assert payload["kind"] == "firing" and payload["incident_id"] == incident["id"]
+            members = [(m["asset_key"], m["check"]) for m in payload["members"]]
+            assert members == [("shop/child_a", "volume_anomaly")]
+    finally:
+        store.close()
+
+
 def test_a_backlog_read_in_full_batches_sends_only_what_is_current_once_caught_up(tmp_path: Path) -> None:
     settings = make_settings(tmp_path).model_copy(
         update={"bus": make_settings(tmp_path).bus.model_copy(update={"batch_size": 2})})
