@@ -10,7 +10,7 @@ import typer
 
 from asset_manager.errors import CliError
 from asset_manager.output import FormatOption, OutputFormat, OutputOption, emit
-from libs.common.events import HealthStatus
+from libs.common.events import AUTOMATION_KINDS, HealthStatus
 
 STATUSES = tuple(HealthStatus)
 ASSET_COLUMNS = ["asset_key", "status", "failing_checks", "reasons", "since", "evaluated_at"]
@@ -98,7 +98,6 @@ def asset_health(
 
 # -- automation-health -----------------------------------------------------------------------------------
 
-AUTOMATION_KINDS = ("sensor", "schedule", "daemon", "publisher")
 AUTOMATION_COLUMNS = [
     "object", "kind", "location", "status", "failing_checks", "reasons", "last_seen", "since",
 ]
@@ -127,12 +126,12 @@ def automation_health(
         "--status", "--health", "-s", help="Only these statuses, comma-separated (e.g. FAILED,DEGRADED)"
     )] = None,
     kind: Annotated[str | None, typer.Option(
-        "--kind", "-k", help="Only these kinds, comma-separated: sensor, schedule, daemon, publisher"
+        "--kind", "-k", help="Only these kinds, comma-separated: sensor, schedule, daemon, publisher, job"
     )] = None,
     fmt: FormatOption = OutputFormat.table,
     output: OutputOption = None,
 ) -> None:
-    """Health of the sensors, schedules, daemons and publishers (worst first) with every reason."""
+    """Health of the sensors, schedules, daemons, publishers and op jobs (worst first) with every reason."""
     from asset_manager.settings import load_app_settings
     from asset_manager.stores import store_file
     from libs.common.settings import StoreName
@@ -163,7 +162,7 @@ def automation_health(
         close = difflib.get_close_matches(location, sorted(known), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise CliError(
-            f"unknown code location '{location}'{hint}: no sensor, schedule or publisher of it on record"
+            f"unknown code location '{location}'{hint}: no sensor, schedule, publisher or job of it on record"
         )
     rows: list[dict[str, Any]] = []
     for item in items:

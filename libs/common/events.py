@@ -245,13 +245,14 @@ class HealthChangedData(_Payload):
     # asset again, not replayed, once caught up.
     replay: bool = False
     # What the key names: "asset" (also when None: an older producer), or an automation object of the
-    # automation stream ("sensor", "schedule", "daemon", "publisher"; keys `sensor:<location>/<name>`...).
+    # automation stream ("sensor", "schedule", "daemon", "publisher"; keys `sensor:<location>/<name>`...), or
+    # a job that materializes no asset ("job", `job:<location>/<job>`, from its runs).
     object_kind: str | None = None
     # The object's tags as its producer knows them (automation objects have no asset spec to carry them).
     tags: dict[str, str] = Field(default_factory=dict)
 
 
-AUTOMATION_KINDS = ("sensor", "schedule", "daemon", "publisher")
+AUTOMATION_KINDS = ("sensor", "schedule", "daemon", "publisher", "job")
 
 
 def object_kind_of(key: str) -> str:

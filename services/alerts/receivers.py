@@ -86,7 +86,8 @@ class AlertPayload(BaseModel):
     incident_id: int | None = None
     members: list[IncidentMember] = Field(default_factory=list)
     merged_into: int | None = None
-    # What the root key names: "asset", or an automation object ("sensor", "schedule", "daemon", "publisher").
+    # What the root key names: "asset", or an automation object ("sensor", "schedule", "daemon", "publisher",
+    # "job": an op job).
     object_kind: str = "asset"
 
     @property

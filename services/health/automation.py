@@ -1,11 +1,13 @@
 """Automation health, pure: the automation stream's events folded into one record per object (a sensor, a
-schedule, a daemon, the publisher), and that record judged at a time into check results with reasons.
+schedule, a daemon, the publisher), and that record judged at a time into check results with reasons. Runs of
+jobs that materialize no asset (op jobs: `run.*` with no asset keys) are folded into one object per job too.
 
     event ─ apply(previous, event) ─► AutomationObject ─ evaluate(obj, cfg, now, daemons) ─► [CheckResult]
     next_change(obj, cfg, now) ─► when the clock alone can next change an outcome (the periodic pass)
 
-Objects are keyed `sensor:<location>/<name>`, `schedule:<location>/<name>`, `daemon:<type>` and
-`publisher:<location>`. The status and the published event come from `decide.decide`, as for assets.
+Objects are keyed `sensor:<location>/<name>`, `schedule:<location>/<name>`, `daemon:<type>`,
+`publisher:<location>` and `job:<location>/<job>`. The status and the published event come from
+`decide.decide`, as for assets.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from typing import Any
 
 from libs.common.events import (
     AutomationTicked,
+    CheckName,
     CheckOutcome,
     CheckResult,
     DaemonHeartbeat,
     Event,
     PublisherHeartbeat,
+    RunEvent,
 )
 from libs.common.text import clip
 from services.health.settings import AutomationHealthSettings
@@ -42,9 +46,15 @@ class AutomationCheck(StrEnum):
 
 
 # An error of these makes the object FAILED (it does not work); of the others DEGRADED (it may not run).
-FAILING_CHECKS = frozenset(
-    {AutomationCheck.TICK_FAILURES, AutomationCheck.DAEMON_HEARTBEAT, AutomationCheck.PUBLISHER_HEARTBEAT}
-)
+# A job's check is the assets' `execution_status` (same meaning: the latest finished run failed), so routes,
+# silences and listings that name it cover op jobs too.
+FAILING_CHECKS: frozenset[str] = frozenset({
+    AutomationCheck.TICK_FAILURES, AutomationCheck.DAEMON_HEARTBEAT, AutomationCheck.PUBLISHER_HEARTBEAT,
+    CheckName.EXECUTION,
+})
+# Run tags that are Dagster's own (run keys, partitions, backfills...), not a team's: not a job's tags.
+_SYSTEM_TAG_PREFIXES = ("dagster/", ".dagster")
+_OWNER_TAGS = ("owner", "owners")
 
 
 @dataclass(slots=True)
@@ -75,6 +85,8 @@ class AutomationObject:
     errors: tuple[str, ...] = ()  # a daemon's reported errors
     published: int = 0  # the publisher's last tick: events published
     caught_up: bool = True
+    last_run_id: str | None = None  # a job's newest finished run (its status `last_status`, end `last_at`)
+    failed_runs: int = 0  # a job's newest finished runs that failed, in a row
 
 
 def object_key(event: Event) -> str | None:
@@ -89,8 +101,36 @@ def object_key(event: Event) -> str | None:
     return None
 
 
+def job_key(event: Event) -> str | None:
+    """The key of the job a run event is about when the run materializes no asset (an op job), else None."""
+    if isinstance(event, RunEvent) and not event.data.asset_keys:
+        return f"job:{event.data.code_location or ''}/{event.data.job_name}"
+    return None
+
+
+def run_time(event: RunEvent) -> float:
+    """When a run event happened: a finished run's end, a started one's start (the event's time if unsaid)."""
+    d = event.data
+    at = d.ended_at if d.status != "STARTED" else d.started_at
+    return (at or event.occurred_at).timestamp()
+
+
+def run_owners(tags: Mapping[str, str]) -> tuple[str, ...]:
+    """A job's owners from its run's `owner` / `owners` tags (comma-separated)."""
+    found = (o.strip() for name in _OWNER_TAGS for o in tags.get(name, "").split(","))
+    return tuple(dict.fromkeys(o for o in found if o))
+
+
+def run_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """A run's tags without Dagster's own (a `team` tag routes alerts as for assets)."""
+    return {k: v for k, v in tags.items() if not k.startswith(_SYSTEM_TAG_PREFIXES)}
+
+
 def event_time(event: Event) -> float | None:
-    """The time an automation event tells about (a tick's, a heartbeat's), None for other events."""
+    """The time an automation event tells about (a tick's, a heartbeat's, an op job run's), None for other
+    events."""
+    if isinstance(event, RunEvent):
+        return run_time(event) if not event.data.asset_keys else None
     if isinstance(event, AutomationTicked | PublisherHeartbeat):
         return event.data.tick_at.timestamp()
     if isinstance(event, DaemonHeartbeat):
@@ -111,9 +151,11 @@ def catch_up_time(event: Event) -> float | None:
 
 def new_object(event: Event) -> AutomationObject | None:
     """The empty record of the object `event` is about."""
-    key = object_key(event)
+    key = object_key(event) or job_key(event)
     if key is None:
         return None
+    if isinstance(event, RunEvent):
+        return AutomationObject(key, "job", event.data.job_name, code_location=event.data.code_location)
     if isinstance(event, AutomationTicked):
         return AutomationObject(key, event.data.kind, event.data.name, code_location=event.data.code_location)
     if isinstance(event, DaemonHeartbeat):
@@ -138,6 +180,9 @@ def _fold(new: AutomationObject, event: Event) -> None:
     """Fold one event into `new`, in place."""
     at = event_time(event)
     if at is None:
+        return
+    if isinstance(event, RunEvent):
+        _fold_run(new, event, at)
         return
     if isinstance(event, DaemonHeartbeat):
         if new.last_at is None or at >= new.last_at:
@@ -181,6 +226,29 @@ def _fold(new: AutomationObject, event: Event) -> None:
         new.skipped_ticks, new.skip_reason = 0, None
 
 
+def _fold_run(new: AutomationObject, event: RunEvent, at: float) -> None:
+    """An op job's run: its end moves the streak unless a later run's end is already folded (a late event),
+    or it is the same run's end again; its start only describes the job."""
+    d = event.data
+    if d.status == "SUCCESS":
+        new.last_success_at = max(at, new.last_success_at or at)
+    if new.last_at is not None and at < new.last_at:
+        return
+    new.owners, new.tags = run_owners(d.tags), run_tags(d.tags)
+    if d.code_location is not None:
+        new.code_location = d.code_location
+    if d.status == "STARTED" or d.run_id == new.last_run_id:
+        return
+    new.last_at, new.last_run_id, new.last_status = at, d.run_id, d.status
+    if d.status == "FAILURE":
+        if new.failed_runs == 0:
+            new.first_failed_at = at
+        new.failed_runs += 1
+        new.last_error = d.error
+    else:
+        new.failed_runs, new.first_failed_at, new.last_error = 0, None, None
+
+
 # -- evaluation ------------------------------------------------------------------------------------------
 
 
@@ -200,7 +268,7 @@ def span(seconds: float) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
-def _result(check: AutomationCheck, outcome: CheckOutcome, reason: str, **values: Any) -> CheckResult:
+def _result(check: str, outcome: CheckOutcome, reason: str, **values: Any) -> CheckResult:
     return CheckResult(
         check=check,
         outcome=outcome,
@@ -247,6 +315,40 @@ def tick_failures(obj: AutomationObject, cfg: AutomationHealthSettings) -> Check
     if obj.last_at is None:
         return _result(check, "passed", "no tick on record yet")
     return _result(check, "passed", f"last tick {str(obj.last_status).lower()} at {when(obj.last_at)}")
+
+
+def job_execution(obj: AutomationObject, canceled_run: str = "warn") -> CheckResult:
+    """An op job's `execution_status`: an error when its newest finished run failed (the streak, the error,
+    the run, the last success); a canceled newest run per `canceled_run` (warn, error, ignore) as for assets;
+    passed after a later success."""
+    check = CheckName.EXECUTION
+    run = (obj.last_run_id or "")[:8]
+    values: dict[str, Any] = {
+        "last_run_id": obj.last_run_id,
+        "last_status": obj.last_status,
+        "last_run_at": when(obj.last_at) if obj.last_at is not None else None,
+        "last_success_at": when(obj.last_success_at) if obj.last_success_at is not None else None,
+    }
+    if obj.last_run_id is None:
+        return _result(check, "passed", "no finished run on record yet")
+    if obj.last_status == "FAILURE":
+        error = clip((obj.last_error or "").strip() or "no error text", _ERROR_CHARS)
+        runs = "run" if obj.failed_runs == 1 else f"{obj.failed_runs} runs in a row"
+        reason = (
+            f"job {obj.name} ({obj.code_location or 'unknown location'}): {runs} failed since "
+            f"{when(obj.first_failed_at)}, last run {run}; last success {when(obj.last_success_at)}: {error}"
+        )
+        return _result(
+            check, "error", reason, consecutive=obj.failed_runs, error=error,
+            first_failed_at=when(obj.first_failed_at), code_location=obj.code_location, **values,
+        )
+    if obj.last_status == "CANCELED" and canceled_run in ("warn", "error"):
+        outcome: CheckOutcome = "warn" if canceled_run == "warn" else "error"
+        reason = f"job {obj.name} ({obj.code_location or 'unknown location'}): run {run} was canceled at " \
+                 f"{when(obj.last_at)}"
+        return _result(check, outcome, reason, **values)
+    return _result(check, "passed", f"last run {run} {str(obj.last_status).lower()} at {when(obj.last_at)}",
+                   **values)
 
 
 Cron = Callable[[str, float, str | None], float]
@@ -466,8 +568,11 @@ def evaluate(
     now: float,
     daemons: Mapping[str, AutomationObject],
     cron: Cron = _latest_cron_tick,
+    canceled_run: str = "warn",
 ) -> list[CheckResult]:
-    """Every check of the object's kind, at `now`."""
+    """Every check of the object's kind, at `now` (`canceled_run`: the assets' threshold, for a job)."""
+    if obj.kind == "job":
+        return [job_execution(obj, canceled_run)]
     if obj.kind == "daemon":
         return [daemon_heartbeat(obj, cfg, now)]
     if obj.kind == "publisher":
@@ -481,7 +586,7 @@ def next_change(
     """The earliest time after `now` the clock alone can change one of the object's outcomes (a limit
     passing), None when only an event can (already late, stopped in Dagster, nothing on record). A sensor or
     the publisher late because of a silent daemon is also due when that daemon's own limit passes."""
-    if obj.last_at is None:
+    if obj.last_at is None or obj.kind == "job":  # a job's outcome changes only with its runs
         return None
     if obj.kind == "daemon":
         due = obj.last_at + cfg.daemon_heartbeat_max_s

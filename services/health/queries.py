@@ -198,7 +198,8 @@ def last_materializations(store: Store, key: str | None = None) -> dict[str, str
 
 
 class AutomationHealth(BaseModel):
-    """The latest health of one automation object (sensor, schedule, daemon, publisher) with its checks."""
+    """The latest health of one automation object (sensor, schedule, daemon, publisher, op job) with its
+    checks."""
 
     key: str
     kind: str

@@ -152,7 +152,9 @@ class HealthService:
                     self._record(conn, facts, now)
                     self._mark_dirty(conn, facts.touched, now)
                     confirming = self._confirm_pending and not replay
-                    automated = self._record_automation(conn, [d.event for d in new])
+                    events = [d.event for d in new]
+                    automated = self._record_automation(conn, events)
+                    automated += self._record_jobs(conn, events, now, replay, confirming)
                     if confirming:  # caught up: what was replayed is judged again on the wall clock
                         self._mark_dirty(conn, db.replayed_asset_keys(conn), now)
                     # A full batch means a backlog: coalesce evaluations instead of evaluating after every
@@ -221,9 +223,17 @@ class HealthService:
             log.info("health_caught_up", quiet_s=self.cfg.catch_up_quiet_s)
             self._replay_as_of = None
         if self._replay_as_of is None and self._confirm_pending:
-            with self.store.write() as conn:
-                self._mark_dirty(conn, db.replayed_asset_keys(conn), self.clock())
+            now = self.clock()
+            try:
+                with self.store.write() as conn:
+                    self._mark_dirty(conn, db.replayed_asset_keys(conn), now)
+                    jobs = db.replayed_automation_keys(conn, jobs=True)
+                    decisions = self._evaluate_automation(conn, jobs, now, Trigger.EVENTS, False)
+            except BaseException:
+                self._forget()
+                raise
             self._confirm_pending = False
+            self._after_commit(decisions)
 
     def _record(self, conn: Connection, facts: record.Facts, now: float) -> None:
         """Write the batch's facts to health.db, and to the histories in the cache (the others are read
@@ -493,7 +503,7 @@ class HealthService:
         metrics.CACHE_BYTES.set(self.cache.used)
         return changed
 
-    # -- automation objects (automation.py): sensors, schedules, daemons, publishers ------------------------
+    # -- automation objects (automation.py): sensors, schedules, daemons, publishers, op jobs ---------------
     # Kept apart from the asset path: no cache (a few hundred objects, read per batch), no lineage, nothing
     # reported to Dagster; judged at the same `now` as the batch (the history's time during a replay).
 
@@ -528,18 +538,43 @@ class HealthService:
         self._automation_handled = time.monotonic()
         now, replay = self._automation_now(events)
         confirming = self._automation_confirm and not replay
-        loaded = db.load_automation(conn, by_key) if by_key else {}
+        loaded = self._fold_objects(conn, by_key, now)
+        keys = list(loaded)
+        if confirming:  # caught up: what was replayed is judged again on the wall clock
+            keys = list(dict.fromkeys([*keys, *db.replayed_automation_keys(conn)]))
+            self._automation_confirm = False
+        return self._evaluate_automation(conn, keys, now, Trigger.EVENTS, replay, loaded)
+
+    def _record_jobs(
+        self, conn: Connection, events: Sequence[Event], now: float, replay: bool, confirming: bool
+    ) -> list[Decision]:
+        """Fold the batch's runs of op jobs (no asset keys) into their `job:` objects and evaluate those. They
+        come on the runs stream, behind the same backlog as the assets' runs: judged at the assets' `now` and
+        replay (`_catch_up`), and once that replay ends (`confirming`) the replayed jobs again."""
+        by_key: dict[str, list[Event]] = {}
+        for event in events:
+            key = automation.job_key(event)
+            if key is not None:
+                by_key.setdefault(key, []).append(event)
+        loaded = self._fold_objects(conn, by_key, now) if by_key else {}
+        keys = list(loaded)
+        if confirming:
+            keys = list(dict.fromkeys([*keys, *db.replayed_automation_keys(conn, jobs=True)]))
+        return self._evaluate_automation(conn, keys, now, Trigger.EVENTS, replay, loaded)
+
+    @staticmethod
+    def _fold_objects(
+        conn: Connection, by_key: dict[str, list[Event]], now: float
+    ) -> dict[str, tuple[automation.AutomationObject, HealthState]]:
+        """Each object's stored record (a new one for an unknown key) with its events folded in, written."""
+        loaded = db.load_automation(conn, by_key)
         for key, mine in by_key.items():
             obj, state = loaded.get(key) or (automation.new_object(mine[0]), HealthState())
             if obj is not None:
                 loaded[key] = (automation.apply(obj, *mine), state)
         if loaded:
             db.write_automation_objects(conn, [obj for obj, _ in loaded.values()], now)
-        keys = list(loaded)
-        if confirming:  # caught up: what was replayed is judged again on the wall clock
-            keys = list(dict.fromkeys([*keys, *db.replayed_automation_keys(conn)]))
-            self._automation_confirm = False
-        return self._evaluate_automation(conn, keys, now, Trigger.EVENTS, replay, loaded)
+        return loaded
 
     def _evaluate_automation(
         self, conn: Connection, keys: Sequence[str], now: float, trigger: Trigger, replay: bool,
@@ -560,7 +595,7 @@ class HealthService:
             if key not in objects:
                 continue
             obj, state = objects[key]
-            results = automation.evaluate(obj, cfg, now, daemons)
+            results = automation.evaluate(obj, cfg, now, daemons, canceled_run=self.cfg.defaults.canceled_run)
             downstream = automation.daemon_chain(key, daemons) if obj.kind == "daemon" else ()
             subject = Subject(
                 key=key, has_data=obj.last_at is not None, owners=obj.owners, code_location=obj.code_location,
@@ -589,13 +624,15 @@ class HealthService:
             every = self._automation_passes == 0
             self._automation_passes += 1
             now = self.clock()
+            # Op jobs wait while the runs are replayed (they are judged in step with them, `_record_jobs`).
+            jobs = self._replay_as_of is None
             # Read first: most passes find nothing due and take no write lock.
-            if not db.due_automation_keys(self.store.connection(), None if every else now):
+            if not db.due_automation_keys(self.store.connection(), None if every else now, jobs=jobs):
                 return 0
             try:
                 with self.store.write() as conn:
                     self._begin()
-                    keys = db.due_automation_keys(conn, None if every else now)
+                    keys = db.due_automation_keys(conn, None if every else now, jobs=jobs)
                     decisions = self._evaluate_automation(conn, keys, now, Trigger.CLOCK, False)
             except BaseException:
                 self._forget()

@@ -673,19 +673,25 @@ def write_automation_decision(conn: Connection, d: Decision, now: float, due_at:
     )
 
 
-def due_automation_keys(conn: Connection, now: float | None) -> list[str]:
+def due_automation_keys(conn: Connection, now: float | None, *, jobs: bool = True) -> list[str]:
     """The automation objects whose checks the clock may have changed by `now` (every one when None), and
-    those evaluated during a replay (judged again on the wall clock)."""
+    those evaluated during a replay (judged again on the wall clock); op jobs only with `jobs` (they follow
+    the runs' catch-up, not the automation stream's)."""
+    only = "" if jobs else " AND kind <> 'job'"
     if now is None:
-        return [r[0] for r in conn.execute("SELECT object_key FROM automation_objects")]
+        return [r[0] for r in conn.execute(f"SELECT object_key FROM automation_objects WHERE 1 = 1{only}")]
     return [r[0] for r in conn.execute(
         "SELECT object_key FROM automation_objects "
-        "WHERE due_at <= ? OR replayed = 1 OR evaluated_at IS NULL",
+        f"WHERE (due_at <= ? OR replayed = 1 OR evaluated_at IS NULL){only}",
         (now,))]
 
 
-def replayed_automation_keys(conn: Connection) -> list[str]:
-    return [r[0] for r in conn.execute("SELECT object_key FROM automation_objects WHERE replayed = 1")]
+def replayed_automation_keys(conn: Connection, *, jobs: bool = False) -> list[str]:
+    """The objects last judged during a replay: the automation stream's, or with `jobs` the op jobs (judged in
+    step with the runs' catch-up)."""
+    op = "=" if jobs else "<>"
+    return [r[0] for r in conn.execute(
+        f"SELECT object_key FROM automation_objects WHERE replayed = 1 AND kind {op} 'job'")]
 
 
 def read_automation(conn: Connection) -> list[Any]:

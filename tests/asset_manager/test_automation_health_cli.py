@@ -152,3 +152,28 @@ def test_a_health_db_from_before_automation_health_lists_nothing(cli: Cli) -> No
     db.close()
     code, out, err = cli.run("automation-health", "-f", "json")
     assert code == 0 and json.loads(out) == [] and "restart the health service" in err
+
+
+def test_op_jobs_are_listed_by_kind(with_automation: Cli) -> None:
+    from libs.common.events import RUNS, RunData, RunEvent
+
+    settings = load_settings(AppSettings)
+    store = open_store(settings)
+    now = time.time()
+    failed = new_event(
+        RunEvent, "run.failed", identity="op1:FAILURE", source="t", occurred_at=_dt(now - 5),
+        data=RunData(run_id="op000001", job_name="report_job", status="FAILURE", code_location="billing",
+                     ended_at=_dt(now - 5), error="SMTPError: relay refused", tags={"owner": "team:billing"}),
+    )
+    HealthService(store, settings).handle([Delivery(RUNS, "1-0", failed)])  # type: ignore[list-item]
+    store.close()
+    code, out, err = with_automation.run("automation-health", "--kind", "job", "-f", "json")
+    assert code == 0, err
+    (row,) = json.loads(out)
+    assert row["object"] == "job:billing/report_job" and row["kind"] == "job" and row["location"] == "billing"
+    assert row["status"] == "FAILED" and row["failing_checks"] == ["execution_status=error"]
+    assert "relay refused" in row["reasons"][0] and row["owners"] == ["team:billing"]
+    code, out, _ = with_automation.run("automation-health", "--location", "billing")
+    assert code == 0 and "job:billing/report_job" in out and "sensor:sales" not in out
+    code, _, err = with_automation.run("automation-health", "--kind", "jobs")
+    assert code == 2 and "did you mean job?" in err

@@ -11,6 +11,7 @@ from its daemon's later alert (no lineage edge leads from a daemon to its sensor
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -121,3 +122,51 @@ def test_the_daemon_stopping_is_one_incident(tmp_path: Path, order: str) -> None
     if order == "one batch":
         assert firing == 1
     service.store.close()
+
+
+def test_a_failing_op_job_alerts_its_team_naming_job_and_code_location(tmp_path: Path) -> None:
+    """An op job's health events through alerts: routed by the run's `team` tag, one firing notice naming
+    the job, its code location and the error; one resolved notice after a successful run."""
+    from libs.common.events import RUNS
+
+    hsettings = load_settings(
+        HealthWorkerSettings, dagster_home=str(tmp_path), stores={"data_dir": str(tmp_path / "health")}
+    )
+    health = open_health(hsettings)
+    clock = Clock(T0 + 1)
+    engine = HealthService(health, hsettings, clock=clock)
+    tags = {"team": "reports"}
+    failed = h.run("FAILURE", T0, "r1", error="SMTPError: relay refused", tags=tags)
+    engine.handle([Delivery(RUNS, "1-0", failed)])
+    clock.t = T0 + 61
+    engine.handle([Delivery(RUNS, "2-0", h.run("SUCCESS", T0 + 60, "r2", tags=tags))])
+    rows = health.connection().execute("SELECT payload FROM event_outbox ORDER BY seq").fetchall()
+    health.close()
+    events = [e for e in (parse_event(r[0]) for r in rows) if isinstance(e, HealthChanged)]
+    assert [e.data.status for e in events] == ["FAILED", "HEALTHY"]
+
+    settings = load_settings(
+        AlertsWorkerSettings,
+        dagster_home=str(tmp_path / "alerts"),
+        logging={"file": None},
+        alerts={
+            "incident_wait_s": 0,
+            "receivers": [{"name": "ops", "url": "http://127.0.0.1:9/ops"},
+                          {"name": "reports", "url": "http://127.0.0.1:9/reports"}],
+            "routes": [{"teams": ["reports"], "receivers": ["reports"]}],
+            "default_receivers": ["ops"],
+        },
+    )
+    service = AlertService(open_monitor(settings), settings)
+    service.handle([Delivery(HEALTH, "1-0", events[0])])  # type: ignore[list-item]
+    service.handle([Delivery(HEALTH, "2-0", events[1])])  # type: ignore[list-item]
+    with service.store.read() as conn:
+        sent = conn.execute(
+            "SELECT kind, receiver, content FROM notifications ORDER BY created_at"
+        ).fetchall()
+    service.store.close()
+    assert [(r[0], r[1]) for r in sent] == [("firing", "reports"), ("resolved", "reports")]
+    firing = json.loads(sent[0][2])
+    assert firing["asset_key"] == "job:loc/report_job" and firing["object_kind"] == "job"
+    assert firing["code_location"] == "loc" and "relay refused" in firing["reason"]
+    assert firing["dagster_url"] is None

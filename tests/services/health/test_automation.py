@@ -17,7 +17,10 @@ from libs.common.events import (
     Event,
     PublisherHeartbeat,
     PublisherHeartbeatData,
+    RunData,
+    RunEvent,
     new_event,
+    object_kind_of,
 )
 from services.health import automation
 from services.health.automation import AutomationObject, apply, evaluate, new_object, next_change
@@ -301,3 +304,126 @@ def test_a_schedule_of_an_unknown_time_zone_is_never_late_while_it_ticks() -> No
         )
     )
     assert outcomes(utc, day + 33 * 3600 + CFG.schedule_grace_s + 1)["stopped"] == "error"  # known: exact
+
+
+# -- op jobs: runs of jobs that materialize no asset ------------------------------------------------------
+
+
+def run(
+    status: str,
+    at: float,
+    run_id: str,
+    *,
+    job: str = "report_job",
+    error: str | None = None,
+    tags: dict[str, str] | None = None,
+    asset_keys: list[str] | None = None,
+) -> RunEvent:
+    """A `run.*` event as the publisher sends it for an op job (no asset keys)."""
+    ended = dt(at) if status != "STARTED" else None
+    data = RunData(
+        run_id=run_id,
+        job_name=job,
+        status=status,  # type: ignore[arg-type]
+        asset_keys=asset_keys or [],
+        failed_asset_keys=[] if status == "FAILURE" else None,
+        started_at=dt(at - 5),
+        ended_at=ended,
+        error=error,
+        code_location="loc",
+        tags=tags or {},
+    )
+    kind = {"STARTED": "started", "SUCCESS": "succeeded", "FAILURE": "failed", "CANCELED": "canceled"}[status]
+    return new_event(
+        RunEvent, f"run.{kind}", identity=f"{run_id}:{status}", data=data, source="t", occurred_at=dt(at)
+    )
+
+
+def test_a_run_without_assets_is_its_job_s_object_and_a_run_with_assets_is_not() -> None:
+    assert automation.job_key(run("FAILURE", T0, "r1")) == "job:loc/report_job"
+    assert automation.job_key(run("FAILURE", T0, "r1", asset_keys=["raw/orders"])) is None
+    assert automation.object_key(run("FAILURE", T0, "r1")) is None  # not the automation stream's
+    tags = {"owner": "ann@x.io, team:ops", "team": "ops", "dagster/run_key": "k"}
+    obj = fold(run("STARTED", T0, "r1", tags=tags))
+    assert (obj.kind, obj.name, obj.code_location) == ("job", "report_job", "loc")
+    assert obj.owners == ("ann@x.io", "team:ops") and "dagster/run_key" not in obj.tags
+    assert obj.tags["team"] == "ops"  # routes alerts by team, as for assets
+    # Started only: nothing finished yet, nothing judged.
+    assert [r.outcome for r in evaluate(obj, CFG, T0, {})] == ["passed"] and obj.last_at is None
+
+
+def test_a_failed_op_job_is_an_error_naming_streak_error_run_and_last_success_until_a_success() -> None:
+    obj = fold(
+        run("SUCCESS", T0, "ok000001"),
+        run("FAILURE", T0 + 60, "bad00001", error="SMTPError: relay refused"),
+        run("FAILURE", T0 + 120, "bad00002", error="SMTPError: relay refused the report"),
+    )
+    (result,) = evaluate(obj, CFG, T0 + 121, {})
+    assert result.check == "execution_status" and result.outcome == "error"
+    assert "2 runs in a row" in result.reason and "relay refused the report" in result.reason
+    assert "bad00002" in result.reason and automation.when(T0) in result.reason and "loc" in result.reason
+    assert result.values["consecutive"] == 2 and result.values["last_run_id"] == "bad00002"
+    assert result.values["first_failed_at"] == automation.when(T0 + 60)
+    assert next_change(obj, CFG, T0 + 121) is None  # only a run changes it
+    healed = apply(obj, run("SUCCESS", T0 + 180, "ok000002"))
+    (passed,) = evaluate(healed, CFG, T0 + 181, {})
+    assert passed.outcome == "passed" and healed.failed_runs == 0 and healed.last_success_at == T0 + 180
+
+
+def test_a_late_or_repeated_run_end_changes_no_streak() -> None:
+    failed = fold(run("FAILURE", T0 + 60, "r2", error="boom"))
+    late = apply(failed, run("SUCCESS", T0, "r1"))  # ended before the failure: history
+    assert late.failed_runs == 1 and late.last_success_at == T0
+    assert apply(failed, run("FAILURE", T0 + 60, "r2")).failed_runs == 1  # the same run's end again
+    assert apply(failed, run("STARTED", T0 + 90, "r3")).failed_runs == 1  # a new run, not finished
+
+
+def test_a_canceled_op_job_follows_the_assets_canceled_run_threshold() -> None:
+    obj = fold(run("FAILURE", T0, "r1"), run("CANCELED", T0 + 60, "r2"))
+    assert obj.failed_runs == 0
+    for threshold, outcome in (("warn", "warn"), ("error", "error"), ("ignore", "passed")):
+        (result,) = evaluate(obj, CFG, T0 + 61, {}, canceled_run=threshold)
+        assert result.outcome == outcome and ("canceled" in result.reason)
+
+
+def test_a_failed_op_job_makes_its_object_failed_with_owners_tags_and_location() -> None:
+    obj = fold(run("FAILURE", T0, "r1", error="boom", tags={"owner": "team:data", "tier": "1"}))
+    subject = Subject(
+        key=obj.key, has_data=obj.last_at is not None, owners=obj.owners, code_location=obj.code_location,
+        declared=frozenset(), kind=obj.kind, tags=obj.tags, failing=automation.FAILING_CHECKS,
+    )
+    d = decide(HealthState(), evaluate(obj, CFG, T0 + 1, {}), T0 + 1, subject, Trigger.EVENTS)
+    assert d.status == "FAILED" and d.event is not None
+    assert d.event.data.object_kind == "job" and object_kind_of(d.event.data.asset_key) == "job"
+    assert d.event.data.owners == ["team:data"] and d.event.data.tags == {"owner": "team:data", "tier": "1"}
+    assert d.event.data.code_location == "loc"
+    assert automation.from_row(automation.to_row(obj)) == obj
+
+
+run_statuses = st.sampled_from(["STARTED", "SUCCESS", "FAILURE", "CANCELED"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(run_statuses, st.integers(0, 10_000)), min_size=1, max_size=30), st.randoms())
+def test_the_run_failure_streak_counts_the_newest_failed_runs(
+    runs: list[tuple[str, int]], rnd: Any
+) -> None:
+    """Runs ending in time order make the streak of failed runs since the last success or cancel; an error
+    exactly when the newest finished run failed; the same run's end delivered again changes nothing."""
+    ordered = sorted(runs, key=lambda r: r[1])
+    events = [run(status, T0 + at, f"run{i}") for i, (status, at) in enumerate(ordered)]
+    redelivered = [e for e in events for _ in range(rnd.choice((1, 2)))]
+    obj = fold(*redelivered)
+    first = new_object(events[0])
+    assert first is not None and apply(first, *events) == obj  # one fold of the batch = one event at a time
+    streak = 0
+    for status, _ in ordered:
+        if status == "FAILURE":
+            streak += 1
+        elif status != "STARTED":
+            streak = 0
+    assert obj.failed_runs == streak
+    (result,) = evaluate(obj, CFG, T0 + 20_000, {})
+    assert (result.outcome == "error") == (streak > 0)
+    if streak:
+        assert result.values["consecutive"] == streak

@@ -193,3 +193,98 @@ def test_live_automation_events_do_not_end_the_assets_catch_up(
     (asset,) = [e for e in published(store) if e.data.asset_key == "raw/orders"]
     assert asset.data.replay and asset.data.object_kind == "asset"
     assert status_of(store, "publisher:loc") == "HEALTHY"
+
+
+# -- op jobs: failed runs of jobs that materialize no asset -------------------------------------------------
+
+
+def runs(*events: Event) -> list[Delivery]:
+    from libs.common.events import RUNS
+
+    return [Delivery(RUNS, f"{i + 1}-0", e) for i, e in enumerate(events)]  # type: ignore[arg-type]
+
+
+def job_events(store: Store) -> list[HealthChanged]:
+    return [e for e in published(store) if e.data.asset_key == "job:loc/report_job"]
+
+
+def test_a_failing_op_job_is_published_failed_then_healthy_and_is_no_asset(
+    store: Store, hsettings: HealthWorkerSettings
+) -> None:
+    clock = Clock(T0 + 1)
+    engine = HealthService(store, hsettings, clock=clock)
+    tags = {"owner": "team:reports", "team": "reports", "dagster/run_key": "x"}
+    engine.handle(runs(h.run("STARTED", T0 - 10, "r0000001", tags=tags)))
+    assert job_events(store) == []  # started only: nothing to say yet
+    engine.handle(runs(h.run("FAILURE", T0, "r0000001", error="SMTPError: relay refused", tags=tags)))
+    (failed,) = job_events(store)
+    assert failed.data.status == "FAILED" and failed.data.object_kind == "job"
+    assert failed.data.code_location == "loc" and failed.data.owners == ["team:reports"]
+    assert failed.data.tags == {"owner": "team:reports", "team": "reports"} and not failed.data.replay
+    (check,) = failed.data.checks
+    assert check.check == "execution_status" and check.outcome == "error"
+    assert "relay refused" in check.reason and check.values["last_run_id"] == "r0000001"
+    assert status_of(store, "job:loc/report_job") == "FAILED"
+    # Not an asset: no asset health row, no asset event.
+    conn = store.connection()
+    assert conn.execute("SELECT COUNT(*) FROM asset_health").fetchone()[0] == 0
+    assert all(e.data.object_kind == "job" for e in published(store))
+
+    clock.t = T0 + 61
+    engine.handle(runs(h.run("FAILURE", T0 + 60, "r0000002", error="SMTPError: again", tags=tags)))
+    assert len(job_events(store)) == 1  # a longer streak changes no signature
+    (row,) = [r for r in db.read_automation(conn) if r[0] == "job:loc/report_job"]
+    assert '"consecutive": 2' in row[5]
+    assert engine.evaluate_automation() == 0  # the periodic pass changes nothing: only runs do
+    clock.t = T0 + 121
+    engine.handle(runs(h.run("SUCCESS", T0 + 120, "r0000003", tags=tags)))
+    last = job_events(store)[-1]
+    assert last.data.status == "HEALTHY" and last.data.changed_checks == ["execution_status"]
+    before = len(published(store))
+    engine.handle(runs(h.run("SUCCESS", T0 + 120, "r0000003", tags=tags)))  # redelivered
+    assert len(published(store)) == before
+
+
+def test_op_job_runs_replayed_from_the_past_follow_the_runs_catch_up(
+    store: Store, hsettings: HealthWorkerSettings
+) -> None:
+    """An op job's runs come on the runs stream behind the same backlog as the assets': while they are
+    replayed, its events are `replay` and no live automation event or periodic pass confirms them early; the
+    end of the runs' replay does."""
+    clock = Clock(T0 + 7 * 86400)
+    engine = HealthService(store, hsettings, clock=clock)
+    engine.handle(runs(h.run("SUCCESS", T0, "r1"), h.run("FAILURE", T0 + 60, "r2", error="boom")))
+    (replayed,) = job_events(store)
+    assert replayed.data.status == "FAILED" and replayed.data.replay
+    engine.handle(batch(h.tick("SUCCESS", clock.t)))  # a live tick ends the automation stream's replay only
+    engine.evaluate_automation()
+    assert job_events(store) == [replayed]
+    assert db.replayed_automation_keys(store.connection(), jobs=True) == ["job:loc/report_job"]
+    # Caught up: a recent run (of another job) ends the runs' replay; the failing job is confirmed live.
+    engine.handle(runs(h.run("SUCCESS", clock.t - 1, "r3", job="other_job")))
+    confirmed = job_events(store)[-1]
+    assert confirmed.data.status == "FAILED" and not confirmed.data.replay
+    assert db.replayed_automation_keys(store.connection(), jobs=True) == []
+
+
+def test_a_replayed_op_job_is_confirmed_when_the_runs_go_quiet(tmp_path: Path) -> None:
+    """The other end of the runs' replay, no batch for `catch_up_quiet_s`: the replayed job is judged live."""
+    from libs.common.testing import wait_for
+
+    settings = load_settings(
+        HealthWorkerSettings, dagster_home=str(tmp_path), stores={"data_dir": str(tmp_path)},
+        health={"catch_up_quiet_s": 0.2},
+    )
+    store = open_store(settings)
+    engine = HealthService(store, settings, clock=Clock(T0 + 86400))
+    engine.handle(runs(h.run("FAILURE", T0, "r1", error="boom")))
+    assert [e.data.replay for e in job_events(store)] == [True]
+
+    def confirmed() -> bool:
+        engine.evaluate_pending()
+        return len(job_events(store)) == 2
+
+    wait_for(confirmed, 10, "the replayed job confirmed")
+    last = job_events(store)[-1]
+    assert last.data.status == "FAILED" and not last.data.replay
+    store.close()
