@@ -32,7 +32,7 @@ NOT_YET_DEFINED = {
 PROMETHEUS_BUILTINS = {"up"}
 PROMQL_WORDS = {"sum", "max", "min", "avg", "by", "without", "rate", "increase", "histogram_quantile", "absent",
                 "and", "or", "unless", "le", "count", "on", "ignoring", "group_left", "deriv", "bool", "topk",
-                "offset"}
+                "offset", "time"}
 
 
 def defined_metrics() -> set[str]:

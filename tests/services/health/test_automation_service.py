@@ -176,7 +176,8 @@ def test_live_automation_events_do_not_end_the_assets_catch_up(
     store: Store, hsettings: HealthWorkerSettings
 ) -> None:
     """The automation stream is read in step with a backlog of runs, not behind it: its recent events must not
-    make health judge the runs still being replayed against the wall clock."""
+    make health judge the runs still being replayed against the wall clock — unless the publisher's heartbeat
+    says it has read the whole event log (`caught_up`, tests/services/health/test_catch_up.py)."""
     from libs.common.events import ASSETS, AssetMaterialized, MaterializationData, new_event
 
     clock = Clock(T0 + 86400)
@@ -189,7 +190,9 @@ def test_live_automation_events_do_not_end_the_assets_catch_up(
         occurred_at=h.dt(T0),
         data=MaterializationData(asset_key="raw/orders", run_id="r1", row_count=5),
     )
-    engine.handle([Delivery(ASSETS, "1-0", mat), *batch(h.beat(clock.t))])
+    still_paging = h.beat(clock.t)
+    still_paging = still_paging.model_copy(update={"data": still_paging.data.model_copy(update={"caught_up": False})})
+    engine.handle([Delivery(ASSETS, "1-0", mat), *batch(still_paging)])
     (asset,) = [e for e in published(store) if e.data.asset_key == "raw/orders"]
     assert asset.data.replay and asset.data.object_kind == "asset"
     assert status_of(store, "publisher:loc") == "HEALTHY"
