@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -146,15 +146,25 @@ class Deployment:
 
 
 @pytest.fixture
-def deployment(tmp_path: Path, redis_url: str) -> Iterator[Deployment]:
+def deploy(tmp_path: Path, redis_url: str) -> Iterator[Callable[[dict[str, str]], Deployment]]:
+    """Start the workers with extra settings (environment variables); stopped, daemon included, at the end."""
+    started: list[Deployment] = []
     with RecordingReceiver() as receiver:
-        d = Deployment(tmp_path, redis_url, receiver)
-        try:
+
+        def start(extra: dict[str, str]) -> Deployment:
+            d = Deployment(tmp_path, redis_url, receiver)
+            d.env.update(extra)
+            started.append(d)
             d.start_workers()
-            yield d
+            return d
+
+        try:
+            yield start
         finally:
-            codes = d.stop()
-            assert codes == {"health": 0, "alerts": 0}, f"workers did not stop cleanly: {codes}\n{d.log()}"
+            for d in started:
+                codes = d.stop()
+                assert codes == {"health": 0, "alerts": 0}, (
+                    f"workers did not stop cleanly: {codes}\n{d.log()}")
 
 
 def kinds(deployment: Deployment, key: str) -> list[str]:
@@ -177,8 +187,9 @@ def hold(deployment: Deployment, expected: dict[str, list[str]]) -> None:
 
 
 def test_failing_sensor_and_schedule_alert_once_and_resolve_with_a_real_daemon(
-    deployment: Deployment,
+    deploy: Callable[[dict[str, str]], Deployment],
 ) -> None:
+    deployment = deploy({})
     deployment.flag(SENSOR_FLAG, True)
     deployment.flag(SCHEDULE_FLAG, True)
     deployment.start_daemon()
@@ -217,3 +228,71 @@ def test_failing_sensor_and_schedule_alert_once_and_resolve_with_a_real_daemon(
     assert deployment.notices(SCHEDULE)[1]["incident_id"] == scheduled["incident_id"]
     # Every request was accepted once: nothing refused, retried or delivered twice.
     assert len(deployment.receiver.requests) == len(deployment.receiver.accepted()) == 4
+
+
+# The documented times are the defaults' (README "what pages whom": the publisher's notice < 80 s, the
+# daemons' after 120 s); shortened here so that the test takes about a minute of silence, the same rules
+# otherwise.
+SHORT = {
+    "AMS_ALERTS__PUBLISHER_HEARTBEAT_MIN_S": "10",
+    "AMS_ALERTS__PUBLISHER_WATCH_INTERVAL_S": "1",
+    "AMS_HEALTH__EVALUATION_INTERVAL_S": "2",
+    # Dagster writes a daemon's heartbeat every 30 s: the limit stays above that.
+    "AMS_HEALTH__AUTOMATION__DAEMON_HEARTBEAT_MAX_S": "45",
+}
+
+
+def healthy(deployment: Deployment, keys: set[str]) -> bool:
+    rows = read_store(deployment.home / "health.db", "SELECT object_key, status FROM automation_objects")
+    status = {r["object_key"]: r["status"] for r in rows}
+    return all(status.get(k) == "HEALTHY" for k in keys)
+
+
+def test_stopping_the_daemon_is_noticed_and_restarting_it_resolves(
+    deploy: Callable[[dict[str, str]], Deployment],
+) -> None:
+    deployment = deploy(SHORT)
+    watched = {f"publisher:{LOCATION}", "daemon:SENSOR", "daemon:SCHEDULER", SENSOR}
+    deployment.start_daemon()
+    wait_for(lambda: healthy(deployment, watched), 240, "the daemon's objects HEALTHY", deployment.log)
+    assert deployment.notices() == [], deployment.log()
+
+    # The daemon stops, the publisher with it: the alerts worker notices the silent publisher by itself,
+    # health the silent daemons.
+    deployment.stop_daemon()
+    stopped_at = time.monotonic()
+    wait_for(lambda: f"publisher:{LOCATION}" in {d["asset_key"] for d in deployment.notices()}, 120,
+             "the silent publisher's notice", deployment.log)
+    publisher_s = time.monotonic() - stopped_at
+    (notice,) = deployment.notices(f"publisher:{LOCATION}")
+    assert (notice["kind"], notice["object_kind"]) == ("firing", "publisher"), notice
+
+    def firing_keys() -> set[str]:
+        keys = {d["asset_key"] for d in deployment.notices() if d["status"] == "firing"}
+        return keys | {m["asset_key"] for d in deployment.notices() for m in d["members"]}
+
+    wait_for(lambda: {"daemon:SENSOR", "daemon:SCHEDULER"} <= firing_keys(), 180, "the daemons' notices",
+             deployment.log)
+    daemons_s = time.monotonic() - stopped_at
+    daemon = next(d for d in deployment.notices() if "daemon:SENSOR" in
+                  {d["asset_key"], *(m["asset_key"] for m in d["members"])})
+    assert "is dagster-daemon running?" in json.dumps(daemon), daemon
+
+    # Restarted: every incident that was announced is resolved, once.
+    deployment.start_daemon()
+
+    def incidents() -> dict[int | None, list[str]]:
+        told: dict[int | None, list[str]] = {}
+        for d in deployment.notices():
+            told.setdefault(d["incident_id"] if d["incident_id"] is not None else d["asset_key"], []).append(
+                d["kind"])
+        return told
+
+    wait_for(lambda: all(k[-1] == "resolved" for k in incidents().values()), 240, "every incident resolved",
+             deployment.log)
+    monitor = deployment.home / "monitor.db"
+    wait_for(lambda: not read_store(monitor, "SELECT 1 FROM alerts WHERE status = 'firing'"), 60,
+             "no alert firing", deployment.log)
+    for told in incidents().values():
+        assert told.count("firing") == 1 and told.count("resolved") == 1, incidents()
+    print(f"publisher notice after {publisher_s:.1f} s, daemons' after {daemons_s:.1f} s; {incidents()}")

@@ -24,8 +24,8 @@ from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 from dagster._daemon.sensor import execute_sensor_iteration
 from dagster._daemon.types import DaemonHeartbeat as DagsterDaemonHeartbeat
-from dagster._utils.error import SerializableErrorInfo
 from dagster._scheduler.scheduler import launch_scheduled_runs
+from dagster._utils.error import SerializableErrorInfo
 
 from libs.common.events import ASSETS, AUTOMATION, RUNS, parse_event
 from orchestrator.sensors import PublisherCursor, build_event_sensor
