@@ -293,6 +293,10 @@ def test_stopping_the_daemon_is_noticed_and_restarting_it_resolves(
     monitor = deployment.home / "monitor.db"
     wait_for(lambda: not read_store(monitor, "SELECT 1 FROM alerts WHERE status = 'firing'"), 60,
              "no alert firing", deployment.log)
+    # Each incident announced once and resolved once. Not asserted: how many incidents. A sensor whose
+    # `stopped` limit passes between the daemon's return (its fresh heartbeat published) and the sensor's
+    # first tick is judged late with no silent daemon to name, so it is announced alone and resolved seconds
+    # later (seen once in three runs; a known race of health's `stopped`, not fixed here).
     for told in incidents().values():
         assert told.count("firing") == 1 and told.count("resolved") == 1, incidents()
     print(f"publisher notice after {publisher_s:.1f} s, daemons' after {daemons_s:.1f} s; {incidents()}")
