@@ -30,9 +30,9 @@ from services.health.settings import AutomationHealthSettings
 
 # The daemon that evaluates each kind of instigator (Dagster's daemon types): when it is silent, a stopped
 # sensor or schedule (and the publisher, a sensor) names it as the cause, so alerts make one incident of it.
-# Dagster writes a daemon's heartbeat every 30 s: a longer gap between two published ones is the daemon (or
-# the publisher) having been down; the sensors it runs get their limit again from its return.
-DAEMON_SILENCE_S = 60.0
+# Dagster writes a daemon's heartbeat every 30 s: a gap of more than half an interval longer between two
+# published ones is the daemon (or the publisher) having been down; its sensors' limits count from its return.
+DAEMON_SILENCE_S = 45.0
 DAEMON_OF = {"sensor": "SENSOR", "publisher": "SENSOR", "schedule": "SCHEDULER"}
 _ERROR_CHARS = 300
 

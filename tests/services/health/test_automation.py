@@ -179,8 +179,9 @@ def test_a_sensor_is_not_late_between_its_daemons_return_and_its_first_tick() ->
     assert stopped(T0 + limit + 10) == "passed"
     assert next_change(obj, CFG, T0 + limit + 10, daemons=daemons) == back + limit + 0.001
     assert stopped(back + limit + 1) == "error"  # it never ticks in the daemon that came back: late again
-    # Heartbeats in step (Dagster's every 30 s) are no return.
-    assert apply(sensor_daemon, daemon(back + 30)).resumed_at == back
+    # Heartbeats in step (Dagster's every 30 s, a little late under load) are no return; a short outage is.
+    assert apply(sensor_daemon, daemon(back + 40)).resumed_at == back
+    assert apply(sensor_daemon, daemon(back + 52)).resumed_at == back + 52
 
 
 def test_a_schedule_is_stopped_past_its_next_cron_tick_plus_the_grace() -> None:
