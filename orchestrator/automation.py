@@ -59,6 +59,10 @@ FIRST_SIGHT_TICKS = 10
 # Read even when the tick's time budget is spent, so tick history never starves behind an asset backlog.
 MIN_INSTIGATORS_PER_TICK = 10
 MAX_DAEMON_ERRORS = 10
+# The sensor daemon and the scheduler also report a sensor's or schedule's own exception as an error of theirs
+# (for five minutes). Each is already that instigator's failed tick, with its owners: published again as the
+# daemon's error it would alert a second time, and go on alerting minutes after the sensor is fixed.
+INSTIGATOR_ERRORS = frozenset({"SensorExecutionError", "ScheduleExecutionError"})
 
 
 def _ts(seconds: float) -> datetime:
@@ -329,7 +333,8 @@ class AutomationReader:
         for daemon_type, beat in sorted(self.instance.get_daemon_heartbeats().items()):
             if cursor.daemons.get(daemon_type) == beat.timestamp:
                 continue
-            errors = [cut_error(root_error(e)) or "" for e in (beat.errors or [])[:MAX_DAEMON_ERRORS]]
+            own = [e for e in beat.errors or [] if e.cls_name not in INSTIGATOR_ERRORS]
+            errors = [cut_error(root_error(e)) or "" for e in own[:MAX_DAEMON_ERRORS]]
             events.append(
                 new_event(
                     DaemonHeartbeat,

@@ -34,6 +34,9 @@ from services.health.settings import AutomationHealthSettings
 
 # The daemon that evaluates each kind of instigator (Dagster's daemon types): when it is silent, a stopped
 # sensor or schedule (and the publisher, a sensor) names it as the cause, so alerts make one incident of it.
+# Dagster writes a daemon's heartbeat every 30 s: a gap of more than half an interval longer between two
+# published ones is the daemon (or the publisher) having been down; its sensors' limits count from its return.
+DAEMON_SILENCE_S = 45.0
 DAEMON_OF = {"sensor": "SENSOR", "publisher": "SENSOR", "schedule": "SCHEDULER"}
 _ERROR_CHARS = 300
 
@@ -83,6 +86,7 @@ class AutomationObject:
     skipped_ticks: int = 0
     skip_reason: str | None = None
     errors: tuple[str, ...] = ()  # a daemon's reported errors
+    resumed_at: float | None = None  # a daemon: its first heartbeat after a silence (DAEMON_SILENCE_S)
     published: int = 0  # the publisher's last tick: events published
     caught_up: bool = True
     last_run_id: str | None = None  # a job's newest finished run (its status `last_status`, end `last_at`)
@@ -186,6 +190,8 @@ def _fold(new: AutomationObject, event: Event) -> None:
         return
     if isinstance(event, DaemonHeartbeat):
         if new.last_at is None or at >= new.last_at:
+            if new.last_at is not None and at - new.last_at > DAEMON_SILENCE_S:
+                new.resumed_at = at
             new.last_at, new.errors = at, tuple(event.data.errors)
         return
     if isinstance(event, PublisherHeartbeat):
@@ -378,6 +384,15 @@ def _after_daemon(obj: AutomationObject, cfg: AutomationHealthSettings) -> float
     return cfg.daemon_heartbeat_max_s + (obj.interval_s or cfg.sensor_interval_s)
 
 
+def _late_since(obj: AutomationObject, daemons: Mapping[str, AutomationObject]) -> float:
+    """Where a sensor's silence counts from: its last tick, or its daemon's return after a silence if later (a
+    sensor cannot tick while its daemon is down; after the daemon's first heartbeat, before the sensor's first
+    tick, it is not late yet)."""
+    assert obj.last_at is not None
+    daemon = daemons.get(f"daemon:{DAEMON_OF.get(obj.kind, '')}")
+    return max(obj.last_at, (daemon.resumed_at or 0.0) if daemon is not None else 0.0)
+
+
 def stopped_limit(obj: AutomationObject, cfg: AutomationHealthSettings) -> float:
     """How long a running sensor may go without a tick."""
     return max(cfg.stopped_intervals * (obj.interval_s or cfg.sensor_interval_s), _after_daemon(obj, cfg))
@@ -470,7 +485,7 @@ def stopped(
             check, "passed", f"last tick {when(obj.last_at)}; no cron tick missed ({obj.cron_schedule})"
         )
     limit = stopped_limit(obj, cfg)
-    if age > limit:
+    if now - _late_since(obj, daemons) > limit:
         cause, values = _cause(obj, cfg, now, daemons)
         reason = (
             f"{obj.kind} {obj.name} ({obj.code_location or 'unknown location'}): no tick for {span(age)}, "
@@ -581,7 +596,11 @@ def evaluate(
 
 
 def next_change(
-    obj: AutomationObject, cfg: AutomationHealthSettings, now: float, next_cron: Cron = _next_cron_tick
+    obj: AutomationObject,
+    cfg: AutomationHealthSettings,
+    now: float,
+    next_cron: Cron = _next_cron_tick,
+    daemons: Mapping[str, AutomationObject] | None = None,
 ) -> float | None:
     """The earliest time after `now` the clock alone can change one of the object's outcomes (a limit
     passing), None when only an event can (already late, stopped in Dagster, nothing on record). A sensor or
@@ -607,7 +626,7 @@ def next_change(
         except Exception:
             return None
     else:
-        due = obj.last_at + stopped_limit(obj, cfg)
+        due = _late_since(obj, daemons or {}) + stopped_limit(obj, cfg)
     # Strictly after the limit (the checks compare with `>`); None once passed: it stays late until an event.
     return due + 0.001 if due >= now else None
 

@@ -603,7 +603,8 @@ class HealthService:
                 downstream=downstream,
             )
             decision = decide(state, results, now, subject, trigger, replay=replay)
-            db.write_automation_decision(conn, decision, now, automation.next_change(obj, cfg, now))
+            due = automation.next_change(obj, cfg, now, daemons=daemons)
+            db.write_automation_decision(conn, decision, now, due)
             decisions.append(decision)
         staged = [d.event for d in decisions if d.event is not None]
         if staged:

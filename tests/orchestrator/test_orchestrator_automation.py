@@ -25,6 +25,7 @@ from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 from dagster._daemon.sensor import execute_sensor_iteration
 from dagster._daemon.types import DaemonHeartbeat as DagsterDaemonHeartbeat
 from dagster._scheduler.scheduler import launch_scheduled_runs
+from dagster._utils.error import SerializableErrorInfo
 
 from libs.common.events import ASSETS, AUTOMATION, RUNS, parse_event
 from orchestrator.sensors import PublisherCursor, build_event_sensor
@@ -200,6 +201,32 @@ def test_daemon_heartbeats_are_published_when_they_change(
     (latest,) = automation(redis_client, settings, "automation.daemon_heartbeat")[2:]
     assert latest.data.daemon_type == "SENSOR"
     assert latest.data.last_heartbeat_at.timestamp() == pytest.approx(now - 5)
+
+
+def test_a_daemon_heartbeat_leaves_out_the_errors_of_its_sensors_and_schedules(
+    settings: OrchestratorSettings, dagster_instance: DagsterInstance, redis_client: redis.Redis
+) -> None:
+    """The sensor daemon reports a sensor's exception as its own error too (as the real daemon does, seen in
+    tests/e2e/test_automation_daemon.py); that is the sensor's failed tick, not the daemon's problem."""
+    def error(cls_name: str, message: str, cause: SerializableErrorInfo | None = None) -> SerializableErrorInfo:
+        return SerializableErrorInfo(f"{cls_name}: {message}\n", [], cls_name, cause)
+
+    sensor_failed = error("SensorExecutionError", "Error occurred during the execution of evaluation_fn for "
+                          "sensor flaky", error("RuntimeError", "inbox unreachable"))
+    schedule_failed = error("ScheduleExecutionError", "Error occurred during the evaluation of schedule daily",
+                            error("RuntimeError", "partition config unavailable"))
+    unreachable = error("DagsterUserCodeUnreachableError", "Could not reach user code server")
+    now = time.time()
+    dagster_instance.add_daemon_heartbeat(
+        DagsterDaemonHeartbeat(now, "SENSOR", "d-1", [sensor_failed, unreachable])
+    )
+    dagster_instance.add_daemon_heartbeat(DagsterDaemonHeartbeat(now, "SCHEDULER", "d-1", [schedule_failed]))
+    publish(settings, dagster_instance, None)
+    beats = {e.data.daemon_type: e.data.errors
+             for e in automation(redis_client, settings, "automation.daemon_heartbeat")}
+    assert beats == {
+        "SENSOR": ["DagsterUserCodeUnreachableError: Could not reach user code server"], "SCHEDULER": []
+    }
 
 
 def test_every_tick_ends_with_the_publisher_heartbeat(

@@ -165,6 +165,28 @@ def test_a_stopped_sensor_names_its_silent_daemon_as_the_cause() -> None:
     assert outcomes(sensor_daemon, now) == {"daemon_heartbeat": "error"}
 
 
+def test_a_sensor_is_not_late_between_its_daemons_return_and_its_first_tick() -> None:
+    """Seen with a real daemon restarted (tests/e2e/test_automation_daemon.py): the publisher ticks first and
+    publishes the daemon's fresh heartbeat; the sensor's limit passing before its own first tick made it late
+    with no silent daemon to name, one more incident, resolved seconds later."""
+    obj = fold(tick("SUCCESS", T0))
+    limit = automation.stopped_limit(obj, CFG)
+    back = T0 + limit - 5  # the daemon returns just before the sensor's limit passes
+    sensor_daemon = apply(fold(daemon(T0 - 10)), daemon(back))
+    assert sensor_daemon.resumed_at == back
+    daemons = {"daemon:SENSOR": sensor_daemon}
+
+    def stopped(at: float) -> str:
+        return next(r.outcome for r in evaluate(obj, CFG, at, daemons) if r.check == "stopped")
+
+    assert stopped(T0 + limit + 10) == "passed"
+    assert next_change(obj, CFG, T0 + limit + 10, daemons=daemons) == back + limit + 0.001
+    assert stopped(back + limit + 1) == "error"  # it never ticks in the daemon that came back: late again
+    # Heartbeats in step (Dagster's every 30 s, a little late under load) are no return; a short outage is.
+    assert apply(sensor_daemon, daemon(back + 40)).resumed_at == back
+    assert apply(sensor_daemon, daemon(back + 52)).resumed_at == back + 52
+
+
 def test_a_schedule_is_stopped_past_its_next_cron_tick_plus_the_grace() -> None:
     hourly = "0 * * * *"
     top = 1_780_002_000.0  # 2026-05-28T21:00:00Z
