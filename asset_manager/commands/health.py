@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import sqlite3
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
@@ -17,18 +18,25 @@ ASSET_COLUMNS = ["asset_key", "status", "failing_checks", "reasons", "since", "e
 CHECK_COLUMNS = ["check", "outcome", "reason", "evaluated_at"]
 
 
+def parse_choices(text: str, choices: Sequence[str], option: str) -> set[str]:
+    """`a,B` → {"a", "b"} among `choices` (compared in their case); an unknown or empty one is a usage error
+    naming `option`, with the closest choice."""
+    upper = all(c.isupper() for c in choices)
+    wanted = {(part.strip().upper() if upper else part.strip().lower()) for part in text.split(",") if part.strip()}
+    unknown = sorted(wanted - set(choices))
+    if unknown or not wanted:
+        bad = unknown[0] if unknown else text
+        close = difflib.get_close_matches(bad, choices, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise CliError(f"unknown {option} '{bad}'{hint}; use a comma-separated list of {', '.join(choices)}")
+    return wanted
+
+
 def parse_statuses(text: str | None) -> set[HealthStatus] | None:
     """`FAILED,warning` → {"FAILED", "WARNING"}; unknown names are a usage error."""
     if text is None:
         return None
-    wanted = {part.strip().upper() for part in text.split(",") if part.strip()}
-    unknown = sorted(wanted - set(STATUSES))
-    if unknown or not wanted:
-        bad = unknown[0] if unknown else text
-        close = difflib.get_close_matches(bad, STATUSES, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise CliError(f"unknown --status '{bad}'{hint}; use a comma-separated list of {', '.join(STATUSES)}")
-    return {HealthStatus(s) for s in wanted}
+    return {HealthStatus(s) for s in parse_choices(text, STATUSES, "--status")}
 
 
 def _when(value: Any) -> str:
@@ -105,17 +113,7 @@ AUTOMATION_COLUMNS = [
 
 def parse_kinds(text: str | None) -> set[str] | None:
     """`sensor,Schedule` → {"sensor", "schedule"}; unknown kinds are a usage error."""
-    if text is None:
-        return None
-    wanted = {part.strip().lower() for part in text.split(",") if part.strip()}
-    unknown = sorted(wanted - set(AUTOMATION_KINDS))
-    if unknown or not wanted:
-        bad = unknown[0] if unknown else text
-        close = difflib.get_close_matches(bad, AUTOMATION_KINDS, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        kinds = ", ".join(AUTOMATION_KINDS)
-        raise CliError(f"unknown --kind '{bad}'{hint}; use a comma-separated list of {kinds}")
-    return wanted
+    return None if text is None else parse_choices(text, AUTOMATION_KINDS, "--kind")
 
 
 def automation_health(
