@@ -35,6 +35,16 @@ def dt(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
 
 
+class Clock:
+    """A settable clock for the services' `clock=` (`clock.t = ...`)."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
 class Events:
     """Event builders with deterministic, unique identities."""
 

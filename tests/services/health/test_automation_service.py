@@ -19,6 +19,7 @@ from services.health import store as db
 from services.health.service import HealthService
 from services.health.settings import HealthWorkerSettings
 from services.health.store import open_store
+from tests.services.health.conftest import Clock
 
 
 def _helpers() -> Any:
@@ -35,14 +36,6 @@ def _helpers() -> Any:
 
 h = _helpers()
 T0 = h.T0
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture

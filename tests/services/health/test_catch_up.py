@@ -22,17 +22,9 @@ from libs.common.store import Store
 from services.health.service import HealthService
 from services.health.settings import HealthWorkerSettings
 from services.health.store import open_store
-from tests.services.health.conftest import T0, Events, dt
+from tests.services.health.conftest import T0, Clock, Events, dt
 
 DAY = 86400.0
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture

@@ -16,17 +16,10 @@ from services.health.queries import history, latest_health
 from services.health.service import HealthService
 from services.health.settings import HealthWorkerSettings
 from services.health.store import open_store
+from tests.services.health.conftest import Clock
 
 DAY = 86400.0
 T0 = 1_780_000_000.0
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture
