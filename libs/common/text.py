@@ -1,4 +1,4 @@
-"""Text shortening for everything people read: a cut text always ends with an ellipsis."""
+"""Text for everything people read: shortening (a cut text always ends with an ellipsis) and durations."""
 
 from __future__ import annotations
 
@@ -20,3 +20,15 @@ def clip(text: str, width: int) -> str:
     if boundary >= (width - 1) // 2 and not text[width - 1].isspace():
         kept = kept[:boundary]
     return kept.rstrip() + ELLIPSIS
+
+
+def duration(seconds: float) -> str:
+    """A duration as people read it in reasons: `42s`, `1m35s`, `3h05m`, `2d04h` (never negative)."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from libs.common.events import CHECK_NAMES
+from libs.common.text import duration
 
 IncidentNoticeKind = Literal["firing", "updated", "escalated", "repeat", "resolved", "merged"]
 # Check-result values naming the upstream assets that caused this result (set by the health service).
@@ -86,20 +87,12 @@ def _link(a: Member, b: Member, ancestors: Callable[[str], frozenset[str]], wind
     if apart > window_s:
         return None
     if a.asset_key == b.asset_key:
-        return f"same asset as {a.check}, started within {_span(apart)}"
+        return f"same asset as {a.check}, started within {duration(apart)}"
     if a.asset_key in ancestors(b.asset_key):
-        return f"downstream of {a.asset_key} ({a.check}), started within {_span(apart)}"
+        return f"downstream of {a.asset_key} ({a.check}), started within {duration(apart)}"
     if b.asset_key in ancestors(a.asset_key):
-        return f"upstream of {a.asset_key} ({a.check}), started within {_span(apart)}"
+        return f"upstream of {a.asset_key} ({a.check}), started within {duration(apart)}"
     return None
-
-
-def _span(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
 
 
 def _root_order(m: Member) -> tuple[float, int, str, str]:

@@ -29,7 +29,7 @@ from libs.common.events import (
     PublisherHeartbeat,
     RunEvent,
 )
-from libs.common.text import clip
+from libs.common.text import clip, duration
 from services.health.settings import AutomationHealthSettings
 
 # The daemon that evaluates each kind of instigator (Dagster's daemon types): when it is silent, a stopped
@@ -262,18 +262,6 @@ def when(t: float | None) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%SZ") if t is not None else "never"
 
 
-def span(seconds: float) -> str:
-    """`95` → "1m35s": ages in reasons."""
-    s = max(0, round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
 def _result(check: str, outcome: CheckOutcome, reason: str, **values: Any) -> CheckResult:
     return CheckResult(
         check=check,
@@ -437,7 +425,7 @@ def _cause(
         return "", {}
     assert daemon.last_at is not None
     return (
-        f"; the {daemon.name} daemon's last heartbeat is {span(now - daemon.last_at)} old",
+        f"; the {daemon.name} daemon's last heartbeat is {duration(now - daemon.last_at)} old",
         {"blocked_by": daemon.key},
     )
 
@@ -469,7 +457,7 @@ def stopped(
             reason = (
                 f"schedule {obj.name} ({obj.code_location or 'unknown location'}) missed its tick of "
                 f"{when(expected)} ({obj.cron_schedule}{zone}); last tick {when(obj.last_at)}, "
-                f"{span(age)} ago{cause}"
+                f"{duration(age)} ago{cause}"
             )
             return _result(
                 check,
@@ -488,8 +476,8 @@ def stopped(
     if now - _late_since(obj, daemons) > limit:
         cause, values = _cause(obj, cfg, now, daemons)
         reason = (
-            f"{obj.kind} {obj.name} ({obj.code_location or 'unknown location'}): no tick for {span(age)}, "
-            f"limit {span(limit)} (its interval {span(obj.interval_s or cfg.sensor_interval_s)}); "
+            f"{obj.kind} {obj.name} ({obj.code_location or 'unknown location'}): no tick for {duration(age)}, "
+            f"limit {duration(limit)} (its interval {duration(obj.interval_s or cfg.sensor_interval_s)}); "
             f"last tick {when(obj.last_at)}{cause}"
         )
         return _result(
@@ -501,7 +489,7 @@ def stopped(
             limit_s=limit,
             **values,
         )
-    return _result(check, "passed", f"last tick {span(age)} ago (limit {span(limit)})")
+    return _result(check, "passed", f"last tick {duration(age)} ago (limit {duration(limit)})")
 
 
 def daemon_heartbeat(obj: AutomationObject, cfg: AutomationHealthSettings, now: float) -> CheckResult:
@@ -515,8 +503,8 @@ def daemon_heartbeat(obj: AutomationObject, cfg: AutomationHealthSettings, now: 
         return _result(
             check,
             "error",
-            f"the {obj.name} daemon's last heartbeat is {span(age)} old "
-            f"(at {when(obj.last_at)}; limit {span(cfg.daemon_heartbeat_max_s)}): is dagster-daemon "
+            f"the {obj.name} daemon's last heartbeat is {duration(age)} old "
+            f"(at {when(obj.last_at)}; limit {duration(cfg.daemon_heartbeat_max_s)}): is dagster-daemon "
             f"running?",
             age_s=round(age, 1),
             last_heartbeat_at=when(obj.last_at),
@@ -528,7 +516,7 @@ def daemon_heartbeat(obj: AutomationObject, cfg: AutomationHealthSettings, now: 
             f"the {obj.name} daemon reports {len(obj.errors)} error(s): {clip(obj.errors[0], _ERROR_CHARS)}",
             errors=[clip(e, _ERROR_CHARS) for e in obj.errors[:5]],
         )
-    return _result(check, "passed", f"last heartbeat {span(age)} ago")
+    return _result(check, "passed", f"last heartbeat {duration(age)} ago")
 
 
 def publisher_limit(obj: AutomationObject, cfg: AutomationHealthSettings) -> float:
@@ -551,8 +539,8 @@ def publisher_heartbeat(
         return _result(
             check,
             "error",
-            f"the publisher of {obj.name} has not published for {span(age)} (last "
-            f"heartbeat {when(obj.last_at)}, limit {span(limit)}): its events are not reaching the "
+            f"the publisher of {obj.name} has not published for {duration(age)} (last "
+            f"heartbeat {when(obj.last_at)}, limit {duration(limit)}): its events are not reaching the "
             f"workers{cause}",
             age_s=round(age, 1),
             limit_s=limit,
@@ -561,7 +549,7 @@ def publisher_heartbeat(
         )
     behind = "" if obj.caught_up else "; its last tick stopped at its time budget with more to read"
     return _result(
-        check, "passed", f"last heartbeat {span(age)} ago, {obj.published} event(s) published{behind}"
+        check, "passed", f"last heartbeat {duration(age)} ago, {obj.published} event(s) published{behind}"
     )
 
 

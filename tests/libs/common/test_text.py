@@ -37,3 +37,9 @@ def test_clip_fits_and_keeps_a_prefix(text: str, width: int) -> None:
     else:
         assert out.endswith(ELLIPSIS)
         assert text.startswith(out[:-1])
+
+
+def test_duration_reads_in_at_most_two_units() -> None:
+    from libs.common.text import duration
+
+    assert [duration(s) for s in (-3, 42.4, 95, 11_100, 187_200)] == ["0s", "42s", "1m35s", "3h05m", "2d04h"]
