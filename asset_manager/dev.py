@@ -86,18 +86,22 @@ class DevSystem:
             client.close()
         data = self.settings.dagster_home / "redis"
         self.redis_server = LocalRedis(port=free_port(), appendonly=True, directory=data).start()
-        self.console.print(f"Redis: {url} does not answer; started {self.redis_server.binary} on {self.redis_server.url}")
+        self.console.print(
+            f"Redis: {url} does not answer; started {self.redis_server.binary} on {self.redis_server.url}"
+        )
         return self.redis_server.url
 
     def environment(self, redis_url: str) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({
-            "AMS_REDIS__URL": redis_url,
-            "DAGSTER_HOME": str(self.settings.dagster_home),
-            "ENVIRONMENT": self.settings.environment,
-            "AMS_CONFIG_DIR": str(config_dir()),
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "AMS_REDIS__URL": redis_url,
+                "DAGSTER_HOME": str(self.settings.dagster_home),
+                "ENVIRONMENT": self.settings.environment,
+                "AMS_CONFIG_DIR": str(config_dir()),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         if not env.get("AMS_DAGSTER__URL"):
             env["AMS_DAGSTER__URL"] = f"http://127.0.0.1:{self.dagster_port}"
         return env
@@ -110,20 +114,34 @@ class DevSystem:
         python = sys.executable
         for name in WORKERS:
             endpoint = getattr(self.settings.services, name)
-            self.children.append(Child(name, [python, "-m", f"services.{name}"],
-                                       f"http://127.0.0.1:{endpoint.port}/metrics"))
+            self.children.append(
+                Child(name, [python, "-m", f"services.{name}"], f"http://127.0.0.1:{endpoint.port}/metrics")
+            )
         dagster = shutil.which("dagster", path=str(Path(python).parent)) or "dagster"
-        self.children.append(Child(
-            "dagster", [dagster, "dev", "-w", str(config_dir() / "workspace.yaml"), "-p", str(self.dagster_port),
-                        "-h", "127.0.0.1"],
-            f"http://127.0.0.1:{self.dagster_port}",
-        ))
+        self.children.append(
+            Child(
+                "dagster",
+                [
+                    dagster,
+                    "dev",
+                    "-w",
+                    str(config_dir() / "workspace.yaml"),
+                    "-p",
+                    str(self.dagster_port),
+                    "-h",
+                    "127.0.0.1",
+                ],
+                f"http://127.0.0.1:{self.dagster_port}",
+            )
+        )
         for child in self.children:
             child_env = env
             if child.name == "dagster":
                 quiet = ",".join(filter(None, (env.get("PYTHONWARNINGS"), QUIET_DAGSTER_WARNINGS)))
                 child_env = {**env, "PYTHONWARNINGS": quiet}
-            child.process = subprocess.Popen(child.args, env=child_env, cwd=PROJECT_ROOT, start_new_session=True)
+            child.process = subprocess.Popen(
+                child.args, env=child_env, cwd=PROJECT_ROOT, start_new_session=True
+            )
         self.print_endpoints(env["AMS_REDIS__URL"])
         self.start_watching()
 
@@ -139,8 +157,15 @@ class DevSystem:
 
         if not self.watch_dir.is_dir():
             return
-        for changes in watch(self.watch_dir, watch_filter=PythonFilter(), stop_event=self._stop_watching,
-                             debounce=300, step=50, yield_on_timeout=False, raise_interrupt=False):
+        for changes in watch(
+            self.watch_dir,
+            watch_filter=PythonFilter(),
+            stop_event=self._stop_watching,
+            debounce=300,
+            step=50,
+            yield_on_timeout=False,
+            raise_interrupt=False,
+        ):
             files = sorted({Path(path).name for _, path in changes})
             try:
                 self.on_assets_changed(files)
@@ -156,7 +181,9 @@ class DevSystem:
     def request_discovery(self) -> str:
         location = self.settings.dagster.code_location
         event = new_event(
-            DiscoveryRequested, "catalog.discovery_requested", identity=f"dev|{uuid.uuid4()}",
+            DiscoveryRequested,
+            "catalog.discovery_requested",
+            identity=f"dev|{uuid.uuid4()}",
             data=DiscoveryRequestData(code_location=location, requested_by="asset-manager dev"),
             source="asset-manager-dev",
         )
@@ -172,7 +199,8 @@ class DevSystem:
         location = self.settings.dagster.code_location
         response = httpx.post(
             f"http://127.0.0.1:{self.dagster_port}/graphql",
-            json={"query": RELOAD_MUTATION, "variables": {"name": location}}, timeout=120,
+            json={"query": RELOAD_MUTATION, "variables": {"name": location}},
+            timeout=120,
         )
         response.raise_for_status()
         result = response.json()["data"]["reloadRepositoryLocation"]
@@ -211,7 +239,9 @@ class DevSystem:
             dead = self.dead()
             if dead:
                 for child in dead:
-                    self.console.print(f"[red]{child.name} exited with {child.process.returncode if child.process else '?'}")
+                    self.console.print(
+                        f"[red]{child.name} exited with {child.process.returncode if child.process else '?'}"
+                    )
                 code = 1
                 break
             time.sleep(0.5)

@@ -43,7 +43,9 @@ def load_env_file(path: Path | None = None) -> list[str]:
         if current is None:
             os.environ[key] = value
             _loaded.add(key)
-        elif key == DAGSTER_HOME and Path(current).expanduser().resolve() != Path(value).expanduser().resolve():
+        elif (
+            key == DAGSTER_HOME and Path(current).expanduser().resolve() != Path(value).expanduser().resolve()
+        ):
             warnings.append(
                 f"DAGSTER_HOME is {current} in the environment but {value} in {path}: asset-manager uses "
                 f"{current}, Dagster's CLI started in {path.parent} uses {value}. Unset one of them."
@@ -73,7 +75,9 @@ def record_dagster_home(home: Path, path: Path | None = None) -> str:
     """Write DAGSTER_HOME to the project's `.env` unless it was exported; a line saying what was done."""
     path = path or PROJECT_ROOT / ENV_FILE_NAME
     if dagster_home_exported():
-        return (f"DAGSTER_HOME {home} is exported in this shell: export it in every shell (or put it in "
-                f"{path}), or Dagster's CLI runs on a temporary instance")
+        return (
+            f"DAGSTER_HOME {home} is exported in this shell: export it in every shell (or put it in "
+            f"{path}), or Dagster's CLI runs on a temporary instance"
+        )
     path = write_dagster_home(home, path)
     return f"DAGSTER_HOME {home} recorded in {path} (Dagster's CLI and asset-manager read it there)"

@@ -61,10 +61,19 @@ OutputOption = Annotated[
 
 # Characters a terminal acts on (C0 and C1 controls: ESC sequences, carriage returns, backspaces) and the
 # ones that reorder what is shown (bidirectional overrides, "Trojan Source"): shown as escapes, never raw.
-_UNSAFE = [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A),
-           0x2028, 0x2029]
-_ESCAPES = str.maketrans({c: (f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}") for c in _UNSAFE}
-                         | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"})
+_UNSAFE = [
+    *range(0x00, 0x20),
+    0x7F,
+    *range(0x80, 0xA0),
+    *range(0x202A, 0x202F),
+    *range(0x2066, 0x206A),
+    0x2028,
+    0x2029,
+]
+_ESCAPES = str.maketrans(
+    {c: (f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}") for c in _UNSAFE}
+    | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
+)
 # OWASP (CSV injection): a cell starting with one of these is a formula to a spreadsheet.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -148,6 +157,7 @@ def render_text(
             writer.writerow([csv_cell(row.get(c)) for c in columns])
         return buffer.getvalue()
     if fmt is OutputFormat.markdown:
+
         def esc(text: str) -> str:  # after safe_text: no raw newline or control character is left
             return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 

@@ -16,15 +16,15 @@ class AppSettings(DiscoveryWorkerSettings, HealthWorkerSettings, AlertsWorkerSet
 
     def secrets(self) -> Iterator[str]:
         """Every component's secrets, each once."""
-        yield from dict.fromkeys(
-            [*AlertsWorkerSettings.secrets(self), *OrchestratorSettings.secrets(self)]
-        )
+        yield from dict.fromkeys([*AlertsWorkerSettings.secrets(self), *OrchestratorSettings.secrets(self)])
 
     def missing_secrets(self) -> list[str]:
         """Every component's unreadable secrets, each once."""
-        return list(dict.fromkeys(
-            [*AlertsWorkerSettings.missing_secrets(self), *OrchestratorSettings.missing_secrets(self)]
-        ))
+        return list(
+            dict.fromkeys(
+                [*AlertsWorkerSettings.missing_secrets(self), *OrchestratorSettings.missing_secrets(self)]
+            )
+        )
 
 
 def load_app_settings(*, environment: str | None = None, **overrides: object) -> AppSettings:

@@ -33,13 +33,15 @@ def open_service_store(settings: Settings, name: StoreName, *, migrate: bool = T
     return open_monitor(settings, migrate=migrate)
 
 
-
 def code_schema_version(name: StoreName) -> int:
     """The newest migration of store `name` that this code knows."""
     from services.alerts import store as monitor_store
     from services.discovery import store as metadata_store
     from services.health import store as health_store
 
-    module = {StoreName.METADATA: metadata_store, StoreName.HEALTH: health_store,
-              StoreName.MONITOR: monitor_store}[name]
+    module = {
+        StoreName.METADATA: metadata_store,
+        StoreName.HEALTH: health_store,
+        StoreName.MONITOR: monitor_store,
+    }[name]
     return max((m.version for m in module.MIGRATIONS), default=0)

@@ -87,33 +87,58 @@ def environment(**values: str) -> Iterator[None]:
 
 
 @contextmanager
-def dev_system(home: Path, redis_url: str, receiver: RecordingReceiver, timeout_s: float,
-               extra: dict[str, str]) -> Iterator[int]:
+def dev_system(
+    home: Path, redis_url: str, receiver: RecordingReceiver, timeout_s: float, extra: dict[str, str]
+) -> Iterator[int]:
     """`asset-manager dev` on `home` with the receiver configured; yields the webserver's port once the UI
     lists the assets and every worker is ready."""
     port = free_port()
     ports = {name: free_port() for name in WORKERS}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AMS_", "DAGSTER_"))}
-    env.update({
-        "DAGSTER_HOME": str(home), "AMS_REDIS__URL": redis_url, "AMS_LOGGING__FILE": "", "DEMO_SCHEDULE": "off",
-        "AMS_ALERTS__FLAP_WINDOW_S": "0", "BENCH_WEBHOOK_SECRET": SECRET,
-        "AMS_ALERTS__RECEIVERS": json.dumps(
-            [{"name": "bench", "kind": "webhook", "url": receiver.url, "secret_env": "BENCH_WEBHOOK_SECRET"}]),
-        **{f"AMS_SERVICES__{n.upper()}__PORT": str(p) for n, p in ports.items()}, **extra,
-    })
+    env.update(
+        {
+            "DAGSTER_HOME": str(home),
+            "AMS_REDIS__URL": redis_url,
+            "AMS_LOGGING__FILE": "",
+            "DEMO_SCHEDULE": "off",
+            "AMS_ALERTS__FLAP_WINDOW_S": "0",
+            "BENCH_WEBHOOK_SECRET": SECRET,
+            "AMS_ALERTS__RECEIVERS": json.dumps(
+                [
+                    {
+                        "name": "bench",
+                        "kind": "webhook",
+                        "url": receiver.url,
+                        "secret_env": "BENCH_WEBHOOK_SECRET",
+                    }
+                ]
+            ),
+            **{f"AMS_SERVICES__{n.upper()}__PORT": str(p) for n, p in ports.items()},
+            **extra,
+        }
+    )
     log = home.parent / "dev.log"
     with log.open("wb") as out:
-        process = subprocess.Popen([str(BIN / "asset-manager"), "dev", "--port", str(port)], cwd=ROOT, env=env,
-                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [str(BIN / "asset-manager"), "dev", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def up() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"asset-manager dev exited {process.returncode}: {log.read_text()[-2000:]}")
         try:
-            nodes = httpx.post(f"http://127.0.0.1:{port}/graphql", json={"query": "{ assetNodes { id } }"},
-                               timeout=5).json()["data"]["assetNodes"]
+            nodes = httpx.post(
+                f"http://127.0.0.1:{port}/graphql", json={"query": "{ assetNodes { id } }"}, timeout=5
+            ).json()["data"]["assetNodes"]
             return bool(nodes) and all(
-                httpx.get(f"http://127.0.0.1:{p}/readyz", timeout=2).status_code == 200 for p in ports.values())
+                httpx.get(f"http://127.0.0.1:{p}/readyz", timeout=2).status_code == 200
+                for p in ports.values()
+            )
         except (httpx.HTTPError, KeyError, TypeError, ValueError):
             return False
 
@@ -138,16 +163,25 @@ def sensor_ticks(instance: Any) -> tuple[list[float], list[float]]:
     durations: list[float] = []
     for state in instance.all_instigator_state():
         if state.instigator_name == SENSOR_NAME:
-            ticks = sorted(instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=10_000),
-                           key=lambda t: t.timestamp)
+            ticks = sorted(
+                instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=10_000),
+                key=lambda t: t.timestamp,
+            )
             starts = [t.timestamp for t in ticks]
             durations = [t.end_timestamp - t.timestamp for t in ticks if t.end_timestamp]
     return [b - a for a, b in itertools.pairwise(starts)], durations
 
 
-def measure(count: int, *, redis_url: str, workdir: Path, timeout_s: float = 600,
-            notice_timeout_s: float = 120, bus_prefix: str | None = None,
-            sensor_interval_s: int | None = None) -> dict[str, Any]:
+def measure(
+    count: int,
+    *,
+    redis_url: str,
+    workdir: Path,
+    timeout_s: float = 600,
+    notice_timeout_s: float = 120,
+    bus_prefix: str | None = None,
+    sensor_interval_s: int | None = None,
+) -> dict[str, Any]:
     """Run the benchmark on a fresh DAGSTER_HOME under `workdir` (streams under `bus_prefix`, the sensor
     every `sensor_interval_s`; else as configured); returns the figures."""
     home = workdir / "dagster_home"
@@ -156,8 +190,11 @@ def measure(count: int, *, redis_url: str, workdir: Path, timeout_s: float = 600
     if sensor_interval_s:
         extra["AMS_SENSORS__MINIMUM_INTERVAL_S"] = str(sensor_interval_s)
     # This process runs the materializations on the dev instance, with the same settings as the system.
-    with environment(DAGSTER_HOME=str(home), AMS_REDIS__URL=redis_url, DEMO_SCHEDULE="off", **extra), \
-            RecordingReceiver() as receiver, dev_system(home, redis_url, receiver, timeout_s, extra):
+    with (
+        environment(DAGSTER_HOME=str(home), AMS_REDIS__URL=redis_url, DEMO_SCHEDULE="off", **extra),
+        RecordingReceiver() as receiver,
+        dev_system(home, redis_url, receiver, timeout_s, extra),
+    ):
         from dagster import AssetKey, DagsterInstance
 
         from orchestrator.assets._demo import set_failing
@@ -178,12 +215,14 @@ def measure(count: int, *, redis_url: str, workdir: Path, timeout_s: float = 600
                 if event.get("type") == "run.failed" and event.get("data", {}).get("run_id") == run_id:
                     return int(entry_id.split(b"-")[0]) / 1000
             return None
+
         with DagsterInstance.get() as instance:
 
             def run(failing: bool) -> tuple[str, float]:
                 set_failing(ASSET, failing)
-                result = job.execute_in_process(instance=instance, asset_selection=[AssetKey(ASSET)],
-                                                raise_on_error=False)
+                result = job.execute_in_process(
+                    instance=instance, asset_selection=[AssetKey(ASSET)], raise_on_error=False
+                )
                 assert result.success is not failing, f"{ASSET} run: success={result.success}"
                 record = instance.get_run_record_by_id(result.run_id)
                 assert record is not None and record.end_time is not None, "run without an end time"
@@ -211,8 +250,11 @@ def measure(count: int, *, redis_url: str, workdir: Path, timeout_s: float = 600
                 latencies.append(firing.at - ended)
                 xadd = xadd_time(run_id)
                 published.append((xadd if xadd is not None else math.nan) - ended)
-                print(f"cycle {i + 1}/{count}: {latencies[-1]:.2f} s (sensor published after "
-                      f"{published[-1]:.2f} s)", file=sys.stderr)
+                print(
+                    f"cycle {i + 1}/{count}: {latencies[-1]:.2f} s (sensor published after "
+                    f"{published[-1]:.2f} s)",
+                    file=sys.stderr,
+                )
                 seen = len(receiver.requests)
                 run(False)
                 await_notice(seen, "resolved")
@@ -248,7 +290,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=20, help="failing materializations (default 20)")
     parser.add_argument("--redis-url")
     parser.add_argument("--timeout", type=float, default=600, help="seconds for the dev system to come up")
-    parser.add_argument("--sensor-interval", type=int, help="the sensor's minimum_interval_s (default: configured)")
+    parser.add_argument(
+        "--sensor-interval", type=int, help="the sensor's minimum_interval_s (default: configured)"
+    )
     args = parser.parse_args()
     if args.count < 1:
         parser.error("--count must be at least 1")
@@ -256,8 +300,13 @@ def main() -> None:
     redis_url = args.redis_url or server.url  # type: ignore[union-attr]
     try:
         with tempfile.TemporaryDirectory(prefix="alert-latency-") as tmp:
-            figures = measure(args.count, redis_url=redis_url, workdir=Path(tmp), timeout_s=args.timeout,
-                              sensor_interval_s=args.sensor_interval)
+            figures = measure(
+                args.count,
+                redis_url=redis_url,
+                workdir=Path(tmp),
+                timeout_s=args.timeout,
+                sensor_interval_s=args.sensor_interval,
+            )
     finally:
         if server:
             server.stop()

@@ -98,7 +98,9 @@ def volume_bench(rng: random.Random, n_series: int) -> Tally:
         injected: dict[int, str] = {}
         if anomalous:
             for day in rng.sample(range(20, DAYS), 12):
-                injected[day] = rng.choice(["spike", "drop", "zero"] if rng.random() < 0.15 else ["spike", "drop"])
+                injected[day] = rng.choice(
+                    ["spike", "drop", "zero"] if rng.random() < 0.15 else ["spike", "drop"]
+                )
         for day in range(DAYS):
             t = T0 + day * DAY + 2 * 3600 + rng.uniform(-600, 600)  # a daily run at about 02:00 UTC
             base = level * (1 + trend * day) * (weekend if bucket_of(t, "day_of_week") >= 5 else 1.0)
@@ -113,8 +115,12 @@ def volume_bench(rng: random.Random, n_series: int) -> Tally:
             mats.append(Materialization(t, f"r{day}", max(0, value)))
             if day >= FIRST_EVAL:
                 result = volume_anomaly(AssetHistory("a", materializations=mats), th)
-                tally.add(kind is not None, found(result.outcome), clean=not anomalous,
-                          note=f"{kind} noise={noise:.2f} {result.reason}")
+                tally.add(
+                    kind is not None,
+                    found(result.outcome),
+                    clean=not anomalous,
+                    note=f"{kind} noise={noise:.2f} {result.reason}",
+                )
     return tally
 
 
@@ -190,19 +196,27 @@ def execution_bench(rng: random.Random, n_series: int) -> Tally:
         for i in range(40):
             t = T0 + i * 3600
             failed = anomalous and rng.random() < 0.2
-            status = "FAILURE" if failed else rng.choice(["SUCCESS"] * 20 + ["CANCELED"] * (1 if anomalous else 0))
+            status = (
+                "FAILURE" if failed else rng.choice(["SUCCESS"] * 20 + ["CANCELED"] * (1 if anomalous else 0))
+            )
             runs.append(Execution(f"r{i}", status, t, t + 30, 30.0, "boom" if failed else None))  # type: ignore[arg-type]
             if status == "SUCCESS":
                 mats.append(Materialization(t + 30, f"r{i}", 1))
-            result = execution_status(AssetHistory("a", materializations=list(mats), executions=list(runs)), th)
+            result = execution_status(
+                AssetHistory("a", materializations=list(mats), executions=list(runs)), th
+            )
             tally.add(status != "SUCCESS", found(result.outcome), clean=not anomalous, note=result.reason)
     return tally
 
 
 # -- schema drift ---------------------------------------------------------------------------------------
 
-TYPES = {"integer": ["int64", "bigint", "INTEGER", "int"], "string": ["object", "varchar(50)", "TEXT", "str"],
-         "float": ["float64", "double", "REAL"], "timestamp": ["datetime64[ns]", "TIMESTAMP", "datetime"]}
+TYPES = {
+    "integer": ["int64", "bigint", "INTEGER", "int"],
+    "string": ["object", "varchar(50)", "TEXT", "str"],
+    "float": ["float64", "double", "REAL"],
+    "timestamp": ["datetime64[ns]", "TIMESTAMP", "datetime"],
+}
 
 
 def schema_bench(rng: random.Random, n_series: int) -> Tally:
@@ -216,7 +230,9 @@ def schema_bench(rng: random.Random, n_series: int) -> Tally:
             change = rng.random() < 0.3
             truth = False
             if change:
-                kind = rng.choice(["synonym", "synonym", "add", "remove", "retype"] if anomalous else ["synonym"])
+                kind = rng.choice(
+                    ["synonym", "synonym", "add", "remove", "retype"] if anomalous else ["synonym"]
+                )
                 idx = rng.randrange(len(cols))
                 name, _ = cols[idx]
                 if kind == "synonym":
@@ -235,7 +251,9 @@ def schema_bench(rng: random.Random, n_series: int) -> Tally:
                     canon[name] = other
                     truth = True
             mats.append(Materialization(T0 + i * DAY, f"r{i}", columns=tuple(cols)))
-            result = schema_drift(AssetHistory("a", spec=AssetSpecData(key="a", downstream=["b"]), materializations=list(mats)))
+            result = schema_drift(
+                AssetHistory("a", spec=AssetSpecData(key="a", downstream=["b"]), materializations=list(mats))
+            )
             tally.add(truth, found(result.outcome), clean=not anomalous, note=result.reason)
     return tally
 
@@ -251,12 +269,21 @@ def dependency_bench(rng: random.Random, n_series: int) -> Tally:
         states: dict[str, UpstreamState] = {}
         truth = False
         for key in ups:
-            problem = rng.choice(["failed", "stale", "retired", "unregistered", None, None, None]) if anomalous else None
+            problem = (
+                rng.choice(["failed", "stale", "retired", "unregistered", None, None, None])
+                if anomalous
+                else None
+            )
             truth = truth or problem is not None
             if problem == "unregistered":
                 continue
-            states[key] = UpstreamState(key, registered=True, retired=problem == "retired",
-                                        execution_failed=problem == "failed", stale=problem == "stale")
+            states[key] = UpstreamState(
+                key,
+                registered=True,
+                retired=problem == "retired",
+                execution_failed=problem == "failed",
+                stale=problem == "stale",
+            )
         result = dependencies(AssetHistory("a", spec=AssetSpecData(key="a", upstream=ups)), states)
         tally.add(truth, found(result.outcome), clean=not anomalous, note=result.reason)
     return tally
@@ -265,18 +292,28 @@ def dependency_bench(rng: random.Random, n_series: int) -> Tally:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--series", type=int, default=120, help="series per evaluator (half clean, half anomalous)")
+    parser.add_argument(
+        "--series", type=int, default=120, help="series per evaluator (half clean, half anomalous)"
+    )
     args = parser.parse_args()
     results: dict[str, dict[str, float | int]] = {}
-    for name, bench in (("volume_anomaly", volume_bench), ("duration_anomaly", duration_bench),
-                        ("freshness", freshness_bench), ("execution_status", execution_bench),
-                        ("schema_drift", schema_bench), ("dependencies", dependency_bench)):
+    for name, bench in (
+        ("volume_anomaly", volume_bench),
+        ("duration_anomaly", duration_bench),
+        ("freshness", freshness_bench),
+        ("execution_status", execution_bench),
+        ("schema_drift", schema_bench),
+        ("dependencies", dependency_bench),
+    ):
         started = time.perf_counter()
         tally = bench(random.Random(f"{args.seed}:{name}"), args.series)
         results[name] = {**tally.summary(), "seconds": round(time.perf_counter() - started, 2)}
         r = results[name]
-        print(f"{name:18} recall {r['recall']:.3f}  fpr {r['false_positive_rate']:.4f}  precision {r['precision']:.3f}"
-              f"  ({r['positives']} anomalies, {r['clean_points']} clean points)", flush=True)
+        print(
+            f"{name:18} recall {r['recall']:.3f}  fpr {r['false_positive_rate']:.4f}  precision {r['precision']:.3f}"
+            f"  ({r['positives']} anomalies, {r['clean_points']} clean points)",
+            flush=True,
+        )
         for note in tally.missed[:3]:
             print(f"    missed: {note[:160]}", flush=True)
     ok = all(r["recall"] >= 0.95 and r["false_positive_rate"] <= 0.01 for r in results.values())

@@ -62,8 +62,14 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 def base_env(home: Path, redis_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AMS_", "DAGSTER_"))}
-    env.update({"DAGSTER_HOME": str(home), "AMS_REDIS__URL": redis_url, "AMS_LOGGING__FILE": "",
-                "DEMO_SCHEDULE": "off"})
+    env.update(
+        {
+            "DAGSTER_HOME": str(home),
+            "AMS_REDIS__URL": redis_url,
+            "AMS_LOGGING__FILE": "",
+            "DEMO_SCHEDULE": "off",
+        }
+    )
     return env
 
 
@@ -74,8 +80,20 @@ def time_dagster(tmp: Path, redis_url: str, timeout_s: float) -> float:
     port = free_port()
     started = time.monotonic()
     process = subprocess.Popen(
-        [str(BIN / "dagster"), "dev", "-w", str(ROOT / "config" / "workspace.yaml"), "-p", str(port), "-h", "127.0.0.1"],
-        cwd=ROOT, env=base_env(home, redis_url), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(BIN / "dagster"),
+            "dev",
+            "-w",
+            str(ROOT / "config" / "workspace.yaml"),
+            "-p",
+            str(port),
+            "-h",
+            "127.0.0.1",
+        ],
+        cwd=ROOT,
+        env=base_env(home, redis_url),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     try:
@@ -97,7 +115,11 @@ def time_asset_manager(tmp: Path, redis_url: str, timeout_s: float) -> tuple[flo
     started = time.monotonic()
     process = subprocess.Popen(
         [str(BIN / "asset-manager"), "dev", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     ui_s: float | None = None
     try:
@@ -129,23 +151,33 @@ def main() -> None:
                 ui, all_ready = time_asset_manager(Path(tmp), redis_url, args.timeout)
                 ui_s.append(ui)
                 ready_s.append(all_ready)
-                print(f"run {i + 1}: dagster dev {dagster_s[-1]:.1f} s; asset-manager dev UI {ui:.1f} s, "
-                      f"all ready {all_ready:.1f} s", file=sys.stderr)
+                print(
+                    f"run {i + 1}: dagster dev {dagster_s[-1]:.1f} s; asset-manager dev UI {ui:.1f} s, "
+                    f"all ready {all_ready:.1f} s",
+                    file=sys.stderr,
+                )
     finally:
         if server:
             server.stop()
     floor = statistics.median(dagster_s)
-    print(json.dumps({
-        "runs": args.runs,
-        "dagster_ui_s": round(floor, 2),
-        "dev_ui_s": round(statistics.median(ui_s), 2),
-        "dev_ready_s": round(statistics.median(ready_s), 2),
-        "ratio_ready": round(statistics.median(ready_s) / floor, 2),
-        "ratio_ui": round(statistics.median(ui_s) / floor, 2),
-        "target_ratio": 1.3,
-        "each": {"dagster_ui_s": [round(x, 2) for x in dagster_s], "dev_ui_s": [round(x, 2) for x in ui_s],
-                 "dev_ready_s": [round(x, 2) for x in ready_s]},
-    }))
+    print(
+        json.dumps(
+            {
+                "runs": args.runs,
+                "dagster_ui_s": round(floor, 2),
+                "dev_ui_s": round(statistics.median(ui_s), 2),
+                "dev_ready_s": round(statistics.median(ready_s), 2),
+                "ratio_ready": round(statistics.median(ready_s) / floor, 2),
+                "ratio_ui": round(statistics.median(ui_s) / floor, 2),
+                "target_ratio": 1.3,
+                "each": {
+                    "dagster_ui_s": [round(x, 2) for x in dagster_s],
+                    "dev_ui_s": [round(x, 2) for x in ui_s],
+                    "dev_ready_s": [round(x, 2) for x in ready_s],
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -82,7 +82,9 @@ def run_cli(args: list[str], env: dict[str, str], repeat: int) -> float:
     times = []
     for _ in range(repeat):
         started = time.perf_counter()
-        done = subprocess.run([str(EXE), *args], env=env, capture_output=True, text=True, cwd=env["DAGSTER_HOME"])
+        done = subprocess.run(
+            [str(EXE), *args], env=env, capture_output=True, text=True, cwd=env["DAGSTER_HOME"]
+        )
         times.append(time.perf_counter() - started)
         if done.returncode != 0:
             raise SystemExit(f"asset-manager {' '.join(args)} failed: {done.stderr.strip()}")
@@ -120,10 +122,20 @@ def measure_graphql(n: int, tmp: Path) -> dict[str, float]:
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "DAGSTER_HOME": str(tmp), "PYTHONPATH": os.pathsep.join([str(code), str(ROOT)])}
     log = (tmp / "webserver.log").open("wb")
-    args = [sys.executable, "-m", "dagster_webserver", "-m", "bench_generated", "-h", "127.0.0.1",
-            "-p", str(port)]
-    server = subprocess.Popen(args, env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    args = [
+        sys.executable,
+        "-m",
+        "dagster_webserver",
+        "-m",
+        "bench_generated",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
+    server = subprocess.Popen(
+        args, env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     client = WebserverClient(url, timeout_s=600, retries=1)
 
     def loaded() -> bool:
@@ -137,8 +149,12 @@ def measure_graphql(n: int, tmp: Path) -> dict[str, float]:
         return any(e.status == "LOADED" and e.repositories for e in entries)
 
     try:
-        wait_for(loaded, 1800, "dagster-webserver with the generated location",
-                 lambda: (tmp / "webserver.log").read_text(errors="replace")[-2000:])
+        wait_for(
+            loaded,
+            1800,
+            "dagster-webserver with the generated location",
+            lambda: (tmp / "webserver.log").read_text(errors="replace")[-2000:],
+        )
         (entry,) = client.workspace()
         selector = {"repositoryLocationName": entry.name, "repositoryName": entry.repositories[0]}
         raw = httpx.Client(timeout=600)
@@ -179,7 +195,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--assets", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=5, help="runs of each CLI command (median)")
-    parser.add_argument("--profile", action="store_true", help="print a pyinstrument profile of cold registration")
+    parser.add_argument(
+        "--profile", action="store_true", help="print a pyinstrument profile of cold registration"
+    )
     parser.add_argument("--no-graphql", action="store_true", help="skip discovery through dagster-webserver")
     options = parser.parse_args()
     warnings.simplefilter("ignore")
@@ -196,13 +214,21 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-discovery-") as tmp:
         home = Path(tmp)
-        env = {**os.environ, "DAGSTER_HOME": str(home), "AMS_LOGGING__FILE": "", "AMS_LOGGING__LEVEL": "WARNING",
-               "PYTHONPATH": str(ROOT)}
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(home),
+            "AMS_LOGGING__FILE": "",
+            "AMS_LOGGING__LEVEL": "WARNING",
+            "PYTHONPATH": str(ROOT),
+        }
         os.environ.update({"DAGSTER_HOME": str(home)})
-        settings = load_settings(AppSettings, dagster_home=str(home), logging={"file": None, "level": "WARNING"})
+        settings = load_settings(
+            AppSettings, dagster_home=str(home), logging={"file": None, "level": "WARNING"}
+        )
         configure_logging(settings)
-        store = Store(settings.store_url(StoreName.METADATA), MIGRATIONS,
-                      synchronous=settings.stores.synchronous)
+        store = Store(
+            settings.store_url(StoreName.METADATA), MIGRATIONS, synchronous=settings.stores.synchronous
+        )
 
         profiler = None
         if options.profile:
@@ -222,7 +248,9 @@ def main() -> int:
         before = sqlite.total_changes
         rescan_s, again = timed(register, store, snapshot, trigger="bench")
         assert again.changes == [] and sqlite.total_changes == before, "unchanged rescan wrote"
-        rescan_full_s, _ = timed(lambda: register(store, build_catalog(defs, "orchestrator"), trigger="bench"))
+        rescan_full_s, _ = timed(
+            lambda: register(store, build_catalog(defs, "orchestrator"), trigger="bench")
+        )
         # The same content under another producer fingerprint: every asset is hashed and compared.
         relabelled = snapshot.model_copy(update={"fingerprint": "relabelled"})
         rescan_content_s, again = timed(register, store, relabelled, trigger="bench")

@@ -27,10 +27,19 @@ def sample_payloads(n: int) -> list[dict[str, str]]:
     """N realistic materialization events as stream fields."""
     out = []
     for i in range(n):
-        event = new_event(AssetMaterialized, "asset.materialized", identity=f"floor-{i}",
-                          data=MaterializationData(asset_key=f"asset_{i % 200}", run_id=f"run-{i}", storage_id=i,
-                                                   row_count=1000 + i % 50, duration_s=1.5),
-                          source="bench")
+        event = new_event(
+            AssetMaterialized,
+            "asset.materialized",
+            identity=f"floor-{i}",
+            data=MaterializationData(
+                asset_key=f"asset_{i % 200}",
+                run_id=f"run-{i}",
+                storage_id=i,
+                row_count=1000 + i % 50,
+                duration_s=1.5,
+            ),
+            source="bench",
+        )
         out.append(event.to_fields())
     return out
 
@@ -58,7 +67,9 @@ def measure_floor(client: redis.Redis, n: int, *, synchronous: str = "FULL") -> 
             rows = []
             for _, entry in entries:
                 event = json.loads(entry[b"event"])
-                rows.append((event["id"], event["type"], event["data"]["asset_key"], event["data"]["row_count"]))
+                rows.append(
+                    (event["id"], event["type"], event["data"]["asset_key"], event["data"]["row_count"])
+                )
             db.execute("BEGIN IMMEDIATE")
             db.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", rows)
             db.execute("COMMIT")

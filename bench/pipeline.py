@@ -59,11 +59,27 @@ SECRET = "whsec_" + "YmVuY2htYXJrLXNlY3JldC1vbmx5LWZvci1iZW5jaA=="
 
 def start_worker(name: str, env: dict[str, str], log: Path, profile: Path | None) -> ServiceProcess:
     worker = ServiceProcess.service(name, env, log)
-    if profile is not None:  # collapsed stacks of the running worker, for flame graphs or a top-functions list
+    if (
+        profile is not None
+    ):  # collapsed stacks of the running worker, for flame graphs or a top-functions list
         profile.mkdir(parents=True, exist_ok=True)
         assert worker.process is not None
-        subprocess.Popen(["py-spy", "record", "--format", "raw", "--rate", "200", "-o", str(profile / f"{name}.txt"),
-                          "--pid", str(worker.process.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "--format",
+                "raw",
+                "--rate",
+                "200",
+                "-o",
+                str(profile / f"{name}.txt"),
+                "--pid",
+                str(worker.process.pid),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     return worker
 
 
@@ -71,24 +87,48 @@ def probe_events(n: int) -> list[tuple[str, Event]]:
     asset = f"probe/asset_{n}"
     run_id = f"probe-run-{n}"
     return [
-        (ASSETS, new_event(AssetMaterializationFailed, "asset.materialization_failed", identity=f"{run_id}:{asset}",
-                           source="bench", data=MaterializationFailedData(asset_key=asset, run_id=run_id,
-                                                                          error="probe failure"))),
-        (RUNS, new_event(RunEvent, "run.failed", identity=f"{run_id}:FAILURE", source="bench",
-                         data=RunData(run_id=run_id, job_name="probe", status="FAILURE", asset_keys=[asset],
-                                      error="probe failure"))),
+        (
+            ASSETS,
+            new_event(
+                AssetMaterializationFailed,
+                "asset.materialization_failed",
+                identity=f"{run_id}:{asset}",
+                source="bench",
+                data=MaterializationFailedData(asset_key=asset, run_id=run_id, error="probe failure"),
+            ),
+        ),
+        (
+            RUNS,
+            new_event(
+                RunEvent,
+                "run.failed",
+                identity=f"{run_id}:FAILURE",
+                source="bench",
+                data=RunData(
+                    run_id=run_id,
+                    job_name="probe",
+                    status="FAILURE",
+                    asset_keys=[asset],
+                    error="probe failure",
+                ),
+            ),
+        ),
     ]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     # 100k: the size of the run the fault tests kill workers in; the store and the floor's table grow to it.
     parser.add_argument("--events", type=int, default=100_000, help="events per throughput run")
     parser.add_argument("--rate", type=float, default=1000.0, help="background events/s in the latency phase")
     parser.add_argument("--probes", type=int, default=100, help="failing materializations timed end to end")
     parser.add_argument("--assets", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3, help="floor and backlog runs (medians are reported)")
-    parser.add_argument("--settle", type=float, default=2.0, help="seconds of background load before the probes")
+    parser.add_argument(
+        "--settle", type=float, default=2.0, help="seconds of background load before the probes"
+    )
     parser.add_argument("--profile", type=Path, default=None, help="record each worker with py-spy into DIR")
     args = parser.parse_args()
 
@@ -105,16 +145,22 @@ def main() -> None:
         "AMS_LOGGING__FILE": str(work / "system.log"),
         "AMS_LOGGING__LEVEL": "WARNING",
         "AMS_ALERTS__GROUP_WAIT_S": "0",
-        "AMS_ALERTS__RECEIVERS": json.dumps([{"name": "bench", "url": receiver.url, "secret_env": "BENCH_WHSEC"}]),
+        "AMS_ALERTS__RECEIVERS": json.dumps(
+            [{"name": "bench", "url": receiver.url, "secret_env": "BENCH_WHSEC"}]
+        ),
         "AMS_ALERTS__DEFAULT_RECEIVERS": json.dumps(["bench"]),
         "BENCH_WHSEC": SECRET,
     }
-    workers = {name: start_worker(name, env, work / f"{name}.out", args.profile) for name in ("health", "alerts")}
+    workers = {
+        name: start_worker(name, env, work / f"{name}.out", args.profile) for name in ("health", "alerts")
+    }
     result: dict[str, object] = {"events": args.events}
     try:
         wait_for(lambda: all(w.answers() and w.ready() for w in workers.values()), 60, "workers ready")
         client = redis.Redis.from_url(server.url, protocol=2)
-        settings = load_settings(AppSettings, redis={"url": server.url}, bus={"prefix": prefix}, logging={"file": None})
+        settings = load_settings(
+            AppSettings, redis={"url": server.url}, bus={"prefix": prefix}, logging={"file": None}
+        )
         bus = Bus(connect(settings.redis), settings.bus)
 
         # 1+2. The floor and the health worker's throughput over a backlog, measured alike and interleaved
@@ -124,8 +170,9 @@ def main() -> None:
         #    median worker run over the median floor run.
         def publish(target: Bus, assets_prefix: str) -> None:
             by_stream: dict[str, list[Event]] = {}
-            for stream, event in generate(assets=args.assets, events=args.events, seed=1, inject_rate=0.02,
-                                          prefix=assets_prefix):
+            for stream, event in generate(
+                assets=args.assets, events=args.events, seed=1, inject_rate=0.02, prefix=assets_prefix
+            ):
                 by_stream.setdefault(stream, []).append(event)
             for stream, items in by_stream.items():
                 for i in range(0, len(items), 1000):
@@ -141,8 +188,15 @@ def main() -> None:
             worker = start_worker("health", run_env, work / f"health-backlog{run}.out", None)
             target = Bus(connect(settings.redis), settings.bus.model_copy(update={"prefix": run_prefix}))
             try:
-                wait_for(lambda: worker.answers() and worker.ready() and target.unsettled("health", [RUNS, ASSETS]) == 0,
-                         60, "backlog worker ready")
+                wait_for(
+                    lambda: (
+                        worker.answers()
+                        and worker.ready()
+                        and target.unsettled("health", [RUNS, ASSETS]) == 0
+                    ),
+                    60,
+                    "backlog worker ready",
+                )
                 assert worker.process is not None
                 worker.process.send_signal(signal.SIGSTOP)
                 try:
@@ -177,8 +231,15 @@ def main() -> None:
         def background() -> None:
             seed = 100
             while not stop.is_set():
-                simulate(bus, assets=args.assets, events=int(args.rate * 2), rate=args.rate, seed=seed,
-                         inject=(), prefix=f"bg{seed}")
+                simulate(
+                    bus,
+                    assets=args.assets,
+                    events=int(args.rate * 2),
+                    rate=args.rate,
+                    seed=seed,
+                    inject=(),
+                    prefix=f"bg{seed}",
+                )
                 seed += 1
 
         loader = threading.Thread(target=background, daemon=True)
@@ -186,6 +247,7 @@ def main() -> None:
         time.sleep(args.settle)  # let the load settle
         sent: dict[str, float] = {}
         arrived: dict[str, float] = {}
+
         def record_arrival(request: Received) -> None:
             arrived.setdefault(json.loads(request.body).get("data", {}).get("asset_key", ""), time.time())
 
@@ -205,26 +267,32 @@ def main() -> None:
         missing = len(sent) - len(latencies)
 
         def pct(q: float) -> float:
-            return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1) if latencies else -1.0
+            return (
+                round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1) if latencies else -1.0
+            )
 
-        rss = {name: round(psutil.Process(w.process.pid).memory_info().rss / 2**20, 1)  # type: ignore[union-attr]
-               for name, w in workers.items()}
-        result.update({
-            "throughput_eps": round(throughput, 1),
-            "live_throughput_eps": round(live_throughput, 1),
-            "floor_eps": round(floor, 1),
-            "floor_runs_eps": [round(f, 1) for f in floor_runs],
-            "throughput_runs_eps": [round(t, 1) for t in backlog_runs],
-            "ratio": round(throughput / floor, 3),
-            "p50_ms": pct(0.5),
-            "p99_ms": pct(0.99),
-            "latency_mean_ms": round(statistics.fmean(latencies), 1) if latencies else -1.0,
-            "latency_max_ms": round(latencies[-1], 1) if latencies else -1.0,
-            "probes": args.probes,
-            "probes_missing": missing,
-            "background_eps": args.rate,
-            "rss_mb": rss,
-        })
+        rss = {
+            name: round(psutil.Process(w.process.pid).memory_info().rss / 2**20, 1)  # type: ignore[union-attr]
+            for name, w in workers.items()
+        }
+        result.update(
+            {
+                "throughput_eps": round(throughput, 1),
+                "live_throughput_eps": round(live_throughput, 1),
+                "floor_eps": round(floor, 1),
+                "floor_runs_eps": [round(f, 1) for f in floor_runs],
+                "throughput_runs_eps": [round(t, 1) for t in backlog_runs],
+                "ratio": round(throughput / floor, 3),
+                "p50_ms": pct(0.5),
+                "p99_ms": pct(0.99),
+                "latency_mean_ms": round(statistics.fmean(latencies), 1) if latencies else -1.0,
+                "latency_max_ms": round(latencies[-1], 1) if latencies else -1.0,
+                "probes": args.probes,
+                "probes_missing": missing,
+                "background_eps": args.rate,
+                "rss_mb": rss,
+            }
+        )
     finally:
         for worker in workers.values():
             worker.stop()

@@ -54,8 +54,13 @@ def main() -> int:
     parser.add_argument("--page-size", type=int, default=1000)
     parser.add_argument("--redis-url", default=None)
     parser.add_argument("--max-ticks", type=int, default=1000)
-    parser.add_argument("--tick-load", type=int, default=None, metavar="TICKS_PER_MINUTE",
-                        help="compare publishing with and without this many sensor ticks per minute")
+    parser.add_argument(
+        "--tick-load",
+        type=int,
+        default=None,
+        metavar="TICKS_PER_MINUTE",
+        help="compare publishing with and without this many sensor ticks per minute",
+    )
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--runs-per-round", type=int, default=25)
     parser.add_argument("--sensors", type=int, default=50)
@@ -73,7 +78,8 @@ def main() -> int:
         if url is None:
             url = stack.enter_context(LocalRedis(directory=Path(home) / "redis")).url
         prefix = f"bench-{os.getpid()}"
-        settings = load_settings(AppSettings,
+        settings = load_settings(
+            AppSettings,
             redis={"url": url},
             bus={"prefix": prefix},
             sensors={"page_size": args.page_size},
@@ -152,7 +158,8 @@ def compare_tick_load(args: argparse.Namespace) -> int:
             instances[name] = stack.enter_context(
                 instance_for_test(temp_dir=str(home / name), overrides={"event_log_storage": storage})
             )
-            settings = load_settings(AppSettings,
+            settings = load_settings(
+                AppSettings,
                 redis={"url": url},
                 bus={"prefix": f"bench-{os.getpid()}-{name}"},
                 sensors={"page_size": args.page_size},
@@ -161,8 +168,12 @@ def compare_tick_load(args: argparse.Namespace) -> int:
             )
             # What the sensor builds each tick, kept to read the tick's report (TickReport.asset_s).
             publishers[name] = EventPublisher(
-                instances[name], bus_for(settings), code_location=settings.dagster.code_location,
-                page_size=args.page_size, budget_s=settings.sensors.tick_budget_s, interval_s=args.interval,
+                instances[name],
+                bus_for(settings),
+                code_location=settings.dagster.code_location,
+                page_size=args.page_size,
+                budget_s=settings.sensors.tick_budget_s,
+                interval_s=args.interval,
                 tick_history_instigators=settings.sensors.tick_history_instigators,
                 tick_history_ticks=settings.sensors.tick_history_ticks,
             )
@@ -184,8 +195,12 @@ def compare_tick_load(args: argparse.Namespace) -> int:
                 asset_s[name].append(report.asset_s)
                 cursors[name] = PublisherCursor.from_json(report.cursor.to_json())
         result: dict[str, object] = {
-            "mode": "tick_load", "ticks_per_minute": args.tick_load, "sensor_ticks_per_round": per_round,
-            "sensors": args.sensors, "rounds": args.rounds, "runs_per_round": args.runs_per_round,
+            "mode": "tick_load",
+            "ticks_per_minute": args.tick_load,
+            "sensor_ticks_per_round": per_round,
+            "sensors": args.sensors,
+            "rounds": args.rounds,
+            "runs_per_round": args.runs_per_round,
         }
         rates = {}
         for name in configs:

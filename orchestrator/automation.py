@@ -90,8 +90,13 @@ class InstigatorCursor:
             raise ValueError(f"unreadable instigator cursor {str(raw)[:100]!r}")
         last, status, since, open_ids, marker, running, read = raw
         return cls(
-            last=int(last), status=str(status), since=float(since), open=sorted(int(i) for i in open_ids),
-            marker=str(marker), running=bool(running), read=int(read),
+            last=int(last),
+            status=str(status),
+            since=float(since),
+            open=sorted(int(i) for i in open_ids),
+            marker=str(marker),
+            running=bool(running),
+            read=int(read),
         )
 
 
@@ -190,8 +195,12 @@ class AutomationReader:
         due = [s for s in states if self._due(s, cursor.instigators.get(s.selector_id))]
         if not due:
             return [], 0
-        due.sort(key=lambda s: (cursor.instigators[s.selector_id].read if s.selector_id in cursor.instigators
-                                else -1, s.selector_id))
+        due.sort(
+            key=lambda s: (
+                cursor.instigators[s.selector_id].read if s.selector_id in cursor.instigators else -1,
+                s.selector_id,
+            )
+        )
         cursor.seq += 1
         events: list[Event] = []
         read = 0
@@ -221,8 +230,13 @@ class AutomationReader:
         behind = entry.last >= 0 and all(t.tick_id > entry.last for t in ticks)
         if previous and len(ticks) == limit and behind:
             # More new ticks than one read takes: the older ones in between are not published.
-            log.warning("automation_ticks_skipped", instigator=state.name, after_tick=entry.last,
-                        first_read=ticks[0].tick_id, limit=limit)
+            log.warning(
+                "automation_ticks_skipped",
+                instigator=state.name,
+                after_tick=entry.last,
+                first_read=ticks[0].tick_id,
+                limit=limit,
+            )
         info = self._describe(state, repository)
         open_before = set(entry.open)
         still_open: list[int] = []

@@ -194,14 +194,19 @@ def spec_of(node: BaseAssetNode, code_location: str) -> AssetSpecData:
 def fingerprint_of(assets: list[AssetSpecData], problems: list[str]) -> str:
     """A stable hash of the snapshot's content (order-independent)."""
     canonical = json.dumps(
-        {"assets": [a.model_dump(mode="json") for a in sorted(assets, key=lambda a: a.key)], "problems": sorted(problems)},
+        {
+            "assets": [a.model_dump(mode="json") for a in sorted(assets, key=lambda a: a.key)],
+            "problems": sorted(problems),
+        },
         sort_keys=True,
         separators=(",", ":"),
     )
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
-def _graph_and_metadata(defs_or_repository: Definitions | RepositoryDefinition) -> tuple[BaseAssetGraph[Any], Mapping[str, Any]]:
+def _graph_and_metadata(
+    defs_or_repository: Definitions | RepositoryDefinition,
+) -> tuple[BaseAssetGraph[Any], Mapping[str, Any]]:
     if isinstance(defs_or_repository, Definitions):
         return defs_or_repository.resolve_asset_graph(), defs_or_repository.metadata or {}
     return defs_or_repository.asset_graph, defs_or_repository.metadata or {}

@@ -8,7 +8,6 @@ checks, the op only logs where the results come from and succeeds. `blocking=Fal
 back or fails a materialization.
 """
 
-
 from collections.abc import Iterable, Iterator, Sequence
 
 from dagster import (
@@ -35,7 +34,9 @@ DESCRIPTIONS: dict[CheckName, str] = {
     CheckName.SCHEMA: "Columns added, removed or retyped in dagster/column_schema.",
 }
 if set(DESCRIPTIONS) != set(CHECK_NAMES):  # a new evaluator needs its description here
-    raise RuntimeError(f"check descriptions {sorted(DESCRIPTIONS)} do not match CHECK_NAMES {sorted(CHECK_NAMES)}")
+    raise RuntimeError(
+        f"check descriptions {sorted(DESCRIPTIONS)} do not match CHECK_NAMES {sorted(CHECK_NAMES)}"
+    )
 
 
 def check_specs(keys: Iterable[AssetKey], *, skip: Iterable[AssetCheckKey] = ()) -> list[AssetCheckSpec]:

@@ -72,13 +72,15 @@ def warn_without_dagster_home(argv: list[str] | None = None) -> bool:
     servers); asset-manager and the workers read DAGSTER_HOME from their settings.
     """
     first = Path((argv if argv is not None else sys.argv)[0] if (argv or sys.argv) else "")
-    if os.environ.get("DAGSTER_HOME") or not (first.name.startswith("dagster") or first.parent.name == "dagster"):
+    if os.environ.get("DAGSTER_HOME") or not (
+        first.name.startswith("dagster") or first.parent.name == "dagster"
+    ):
         return False
     log.warning(
         "dagster_home_not_set",
         problem="this Dagster command runs on a TEMPORARY instance: its runs are lost and no worker sees them",
         fix="start it in the project folder (its .env, written by `asset-manager init`, sets DAGSTER_HOME) "
-            "or export DAGSTER_HOME",
+        "or export DAGSTER_HOME",
         cwd=os.getcwd(),
     )
     return True

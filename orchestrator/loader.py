@@ -86,7 +86,9 @@ def _error_text(exc: BaseException) -> str:
 
 def _collect(module_name: str, module: Any, path: Path) -> tuple[list[AssetLike], ModuleProblem | None]:
     if not hasattr(module, "all_assets"):
-        return [], ModuleProblem(module_name, str(path), "no `all_assets` list: add `all_assets = [<your assets>]`")
+        return [], ModuleProblem(
+            module_name, str(path), "no `all_assets` list: add `all_assets = [<your assets>]`"
+        )
     items = module.all_assets
     if not isinstance(items, list | tuple):
         return [], ModuleProblem(
@@ -132,7 +134,9 @@ def scan_asset_modules(package: str = ASSETS_PACKAGE, *, search_path: Path | Non
         clash = [f"{k} (also in {seen[k]})" for k in keys if k in seen]
         if clash:
             # Dagster would refuse the whole code location on a duplicate key: keep the first definition.
-            result.problems.append(ModuleProblem(module_name, str(path), f"duplicate asset keys: {', '.join(clash)}"))
+            result.problems.append(
+                ModuleProblem(module_name, str(path), f"duplicate asset keys: {', '.join(clash)}")
+            )
             continue
         seen.update(dict.fromkeys(keys, module_name))
         result.assets.extend(items)

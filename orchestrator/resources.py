@@ -64,12 +64,17 @@ def staging_table_of(metadata: Any) -> StagingTable | None:
 
 def table_schema_of(df: pd.DataFrame) -> TableSchema:
     """The column schema of `df` (column name and pandas dtype)."""
-    return TableSchema(columns=[TableColumn(name=str(name), type=str(dtype)) for name, dtype in df.dtypes.items()])
+    return TableSchema(
+        columns=[TableColumn(name=str(name), type=str(dtype)) for name, dtype in df.dtypes.items()]
+    )
 
 
 def table_metadata(df: pd.DataFrame) -> dict[str, Any]:
     """`dagster/row_count` and `dagster/column_schema` of `df`, ready for add_output_metadata."""
-    return {ROW_COUNT: MetadataValue.int(len(df)), COLUMN_SCHEMA: MetadataValue.table_schema(table_schema_of(df))}
+    return {
+        ROW_COUNT: MetadataValue.int(len(df)),
+        COLUMN_SCHEMA: MetadataValue.table_schema(table_schema_of(df)),
+    }
 
 
 class _TableMetadataPickleIOManager(PickledObjectFilesystemIOManager):

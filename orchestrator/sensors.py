@@ -116,7 +116,14 @@ ASSET_KINDS: dict[str, DagsterEventType] = {
     "materialization_failed": DagsterEventType.ASSET_FAILED_TO_MATERIALIZE,
 }
 # Read order within a tick: starts, then asset events, then run outcomes (the natural order of a run).
-KINDS = ("run_started", "materialized", "materialization_failed", "run_succeeded", "run_failed", "run_canceled")
+KINDS = (
+    "run_started",
+    "materialized",
+    "materialization_failed",
+    "run_succeeded",
+    "run_failed",
+    "run_canceled",
+)
 # Storage ids re-read below the cursor on storages that may commit ids out of order (PostgreSQL, MySQL).
 DEFAULT_LATE_COMMIT_WINDOW = 2000
 
@@ -442,13 +449,17 @@ class EventPublisher:
         tags = {str(k): str(v) for k, v in (run.tags if run else {}).items()}
         data = RunData(
             run_id=entry.run_id,
-            job_name=(dagster_event.job_name if dagster_event else None) or (run.job_name if run else "") or "",
+            job_name=(dagster_event.job_name if dagster_event else None)
+            or (run.job_name if run else "")
+            or "",
             status=status,
             asset_keys=self.asset_keys_of(run) if run else [],
             started_at=_ts(started),
             ended_at=_ts(ended),
             duration_s=duration,
-            error=_failure_text(dagster_event) if status in ("FAILURE", "CANCELED") and dagster_event else None,
+            error=_failure_text(dagster_event)
+            if status in ("FAILURE", "CANCELED") and dagster_event
+            else None,
             code_location=_location_of(run) if run else None,
             partition=tags.get(PARTITION_TAG),
             tags=tags,
@@ -492,10 +503,20 @@ class EventPublisher:
         )
 
     def _failed_event(
-        self, run_id: str, asset_key: AssetKey, partition: str | None, error: str | None, storage_id: int | None, at: float
+        self,
+        run_id: str,
+        asset_key: AssetKey,
+        partition: str | None,
+        error: str | None,
+        storage_id: int | None,
+        at: float,
     ) -> AssetMaterializationFailed:
         data = MaterializationFailedData(
-            asset_key=key_string(asset_key), run_id=run_id, storage_id=storage_id, partition=partition, error=error
+            asset_key=key_string(asset_key),
+            run_id=run_id,
+            storage_id=storage_id,
+            partition=partition,
+            error=error,
         )
         return new_event(
             AssetMaterializationFailed,
@@ -597,7 +618,9 @@ class EventPublisher:
             except (ValidationError, ValueError, AttributeError, TypeError) as exc:
                 # A record no event can describe would otherwise stop the sensor forever.
                 skipped += 1
-                log.error("sensor_record_unreadable", kind=kind, storage_id=record.storage_id, error=str(exc)[:500])
+                log.error(
+                    "sensor_record_unreadable", kind=kind, storage_id=record.storage_id, error=str(exc)[:500]
+                )
         return assets, runs, skipped
 
     # -- publishing
@@ -760,7 +783,9 @@ def build_event_sensor(
         return settings() if callable(settings) else settings
 
     interval = minimum_interval_s or (
-        current_settings().sensors.minimum_interval_s if isinstance(settings, BaseModel) else _interval_default()
+        current_settings().sensors.minimum_interval_s
+        if isinstance(settings, BaseModel)
+        else _interval_default()
     )
 
     @sensor(

@@ -114,11 +114,14 @@ class OrchestratorSettings(Settings):
             if connection.password is not None:
                 continue
             if connection.password_env and os.environ.get(connection.password_env) is None:
-                problems.append(f"connections.{name}.password_env: environment variable "
-                                f"{connection.password_env} is not set")
+                problems.append(
+                    f"connections.{name}.password_env: environment variable "
+                    f"{connection.password_env} is not set"
+                )
             elif connection.password_file and not connection.password_file.is_file():
                 problems.append(
-                    f"connections.{name}.password_file: {connection.password_file} does not exist")
+                    f"connections.{name}.password_file: {connection.password_file} does not exist"
+                )
         return problems
 
 

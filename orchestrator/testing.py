@@ -86,8 +86,9 @@ def record_run(
         return None if start is None else start + elapsed
 
     def report(event_type: DagsterEventType, step_key: str | None = None, **kwargs: object) -> None:
-        event = DagsterEvent(event_type_value=event_type.value, job_name=job_name, step_key=step_key,
-                             **kwargs)  # type: ignore[arg-type]
+        event = DagsterEvent(
+            event_type_value=event_type.value, job_name=job_name, step_key=step_key, **kwargs
+        )  # type: ignore[arg-type]
         instance.report_dagster_event(event, run_id=run_id, timestamp=at())
 
     instance.add_run(DagsterRun(job_name=job_name, run_id=run_id, status=DagsterRunStatus.NOT_STARTED))
@@ -110,8 +111,11 @@ def record_run(
             break
         metadata: dict[str, Any] = {"dagster/row_count": step.rows, "dagster/column_schema": SCHEMA}
         materialization = AssetMaterialization(AssetKey(step.asset.split("/")), metadata=metadata)
-        report(DagsterEventType.ASSET_MATERIALIZATION, step.asset,
-               event_specific_data=StepMaterializationData(materialization))
+        report(
+            DagsterEventType.ASSET_MATERIALIZATION,
+            step.asset,
+            event_specific_data=StepMaterializationData(materialization),
+        )
     if died is not None or errors:
         message = died or f'Execution of run for "{job_name}" failed. Steps failed: {errors}.'
         report(DagsterEventType.RUN_FAILURE, message=message)

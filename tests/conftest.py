@@ -101,9 +101,14 @@ def settings(tmp_path: Path, redis_url: str, bus_prefix: str, monkeypatch: pytes
     home.mkdir()
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     for name in list(os.environ):
-        if name.startswith("AMS_") and name not in ("AMS_FAIL_ON_SKIP", "AMS_TEST_REDIS_URL", "AMS_CONFIG_DIR"):
+        if name.startswith("AMS_") and name not in (
+            "AMS_FAIL_ON_SKIP",
+            "AMS_TEST_REDIS_URL",
+            "AMS_CONFIG_DIR",
+        ):
             monkeypatch.delenv(name)
-    return load_settings(AppSettings,
+    return load_settings(
+        AppSettings,
         redis={"url": redis_url},
         bus={"prefix": bus_prefix, "block_ms": 200, "claim_idle_ms": 500, "claim_interval_s": 0.5},
         logging={"file": None, "format": "console", "level": "INFO"},
@@ -115,7 +120,11 @@ def _postgres_server_url() -> str | None:
     """A PostgreSQL server URL (without database): AMS_TEST_POSTGRES_URL, else the local one if it answers."""
     import psycopg2
 
-    candidates = [os.environ.get("AMS_TEST_POSTGRES_URL", ""), "postgresql://postgres@127.0.0.1:5432", "postgresql://root@127.0.0.1:5432"]
+    candidates = [
+        os.environ.get("AMS_TEST_POSTGRES_URL", ""),
+        "postgresql://postgres@127.0.0.1:5432",
+        "postgresql://root@127.0.0.1:5432",
+    ]
     for base in filter(None, candidates):
         try:
             psycopg2.connect(f"{base.rstrip('/')}/postgres", connect_timeout=2).close()
@@ -151,15 +160,35 @@ def postgres_server() -> Iterator[str]:
     if os.geteuid() == 0:  # initdb refuses root
         shutil.chown(data, "postgres")
         run_as = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)
-    subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-o", f"-p {port} -k {data} -h 127.0.0.1",
-                    "-w", "start", "-l", str(data / "log")], check=True, capture_output=True)
+    subprocess.run(
+        [*run_as, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *run_as,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            f"-p {port} -k {data} -h 127.0.0.1",
+            "-w",
+            "start",
+            "-l",
+            str(data / "log"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}"
     finally:
-        subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], check=False,
-                       capture_output=True)
+        subprocess.run(
+            [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+            check=False,
+            capture_output=True,
+        )
         shutil.rmtree(data, ignore_errors=True)
 
 

@@ -12,8 +12,12 @@ BIN = Path(sys.executable).parent
 
 
 def test_ruff_clean() -> None:
-    result = subprocess.run([str(BIN / "ruff"), "check", "libs", "services", "orchestrator", "asset_manager", "tests",
-                             "bench"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [str(BIN / "ruff"), "check", "libs", "services", "orchestrator", "asset_manager", "tests", "bench"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout[-5000:]
 
 

@@ -106,7 +106,9 @@ def _dagster_problems(path: Path) -> list[str]:
     if not result.success:
         problems.extend(f"{path}: {_short(err.message)}" for err in result.errors or [])
     if "storage" in data and any(k in data for k in ("run_storage", "event_log_storage", "schedule_storage")):
-        problems.append(f"{path}: `storage` cannot be combined with run_storage/event_log_storage/schedule_storage")
+        problems.append(
+            f"{path}: `storage` cannot be combined with run_storage/event_log_storage/schedule_storage"
+        )
     return problems
 
 
@@ -159,8 +161,11 @@ def _workspace_problems(path: Path) -> list[str]:
 def validate_config(
     config_dir: Annotated[
         Path | None,
-        typer.Option("--config-dir", help="Directory to check (default: AMS_CONFIG_DIR or config/)",
-                     callback=check_path),
+        typer.Option(
+            "--config-dir",
+            help="Directory to check (default: AMS_CONFIG_DIR or config/)",
+            callback=check_path,
+        ),
     ] = None,
 ) -> None:
     """Check app_config.yaml (with its overlays), dagster.yaml and workspace.yaml; exit 1 listing every problem."""
@@ -202,8 +207,6 @@ def _settings() -> AppSettings:
     return load_app_settings()
 
 
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -233,6 +236,7 @@ def _check_copy(path: Path, *, code: int = 1) -> int:
 def _steps(total: int, description: str) -> Iterator[Any]:
     """A rich progress bar on a terminal; a no-op advance when stderr is piped."""
     if not sys.stderr.isatty():
+
         class _Quiet:
             def advance(self) -> None:
                 return None
@@ -257,13 +261,17 @@ def _refuse_live_destination(dest: Path, sources: dict[StoreName, Path]) -> None
     where = dest.resolve()
     for name, source in sources.items():
         if where in (source.parent.resolve(), source.resolve().parent):
-            raise CliError(f"refusing --dest {dest}: it is the live store directory (where {name}.db lives); "
-                           "choose another directory")
+            raise CliError(
+                f"refusing --dest {dest}: it is the live store directory (where {name}.db lives); "
+                "choose another directory"
+            )
 
 
 def backup(
-    dest: Annotated[Path, typer.Option("--dest", help="Directory for the copies (created if missing)",
-                                             callback=check_path)],
+    dest: Annotated[
+        Path,
+        typer.Option("--dest", help="Directory for the copies (created if missing)", callback=check_path),
+    ],
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier backup in DEST")] = False,
 ) -> None:
     """Consistent online copies of every store (SQLite backup API), safe while the workers run.
@@ -317,8 +325,10 @@ def backup(
                 "bytes": target.stat().st_size,
                 "sha256": _sha256(target),
             }
-            typer.echo(f"{name + '.db':<12} -> {target} ({target.stat().st_size} bytes, schema v{version}, "
-                       f"{time.perf_counter() - started:.2f} s)")
+            typer.echo(
+                f"{name + '.db':<12} -> {target} ({target.stat().st_size} bytes, schema v{version}, "
+                f"{time.perf_counter() - started:.2f} s)"
+            )
             bar.advance()
     partial = dest / f".{MANIFEST}.partial"
     partial.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -426,8 +436,10 @@ def _stage(source: Path, name: StoreName, entry: ManifestEntry, staging: Path) -
 
 
 def restore(
-    source: Annotated[Path, typer.Option("--from", help="A directory written by `asset-manager backup`",
-                                               callback=check_path)],
+    source: Annotated[
+        Path,
+        typer.Option("--from", help="A directory written by `asset-manager backup`", callback=check_path),
+    ],
 ) -> None:
     """Replace the stores with a backup, all of them or none; refuses while any worker is running.
 
@@ -442,8 +454,9 @@ def restore(
         staged = {name: _stage(source, name, entry, Path(tmp)) for name, entry in manifest.stores.items()}
         running = running_workers(settings)
         if running:
-            raise CliError(f"refusing to restore while workers run: {', '.join(running)}; stop them first",
-                           code=1)
+            raise CliError(
+                f"refusing to restore while workers run: {', '.join(running)}; stop them first", code=1
+            )
         busy = [reason for name in staged if (reason := locked_by_writer(store_file(settings, name)))]
         if busy:
             raise CliError(f"refusing to restore: {'; '.join(busy)}", code=1)
@@ -462,8 +475,10 @@ def restore(
                     done.append((target, keep))
                     if keep is not None:
                         typer.echo(f"kept the previous {name}.db as {keep}")
-                    typer.echo(f"{name + '.db':<12} <- {source / manifest.stores[name].file} "
-                               f"(schema v{manifest.stores[name].schema_version})")
+                    typer.echo(
+                        f"{name + '.db':<12} <- {source / manifest.stores[name].file} "
+                        f"(schema v{manifest.stores[name].schema_version})"
+                    )
                     bar.advance()
             except (sqlite3.Error, OSError) as exc:
                 _put_back(done)

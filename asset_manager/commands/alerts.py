@@ -108,7 +108,9 @@ def alerts(
     ctx: typer.Context,
     all_: Annotated[bool, typer.Option("--all", help="Include resolved alerts")] = False,
     asset: Annotated[str | None, typer.Option("--asset", help="Only this asset key")] = None,
-    severity: Annotated[str | None, typer.Option("--severity", help="critical, error, warning or info")] = None,
+    severity: Annotated[
+        str | None, typer.Option("--severity", help="critical, error, warning or info")
+    ] = None,
     fmt: FormatOption = OutputFormat.table,
     output: OutputOption = None,
 ) -> None:
@@ -120,10 +122,22 @@ def alerts(
     from services.alerts import queries
 
     with _store(settings, create=False) as store:
-        rows = [] if store is None else queries.list_alerts(
-            store, include_resolved=all_, asset_key=asset, severity=severity
+        rows = (
+            []
+            if store is None
+            else queries.list_alerts(store, include_resolved=all_, asset_key=asset, severity=severity)
         )
-    columns = ["id", "incident", "status", "severity", "asset_key", "check", "summary", "owners", "started_at"]
+    columns = [
+        "id",
+        "incident",
+        "status",
+        "severity",
+        "asset_key",
+        "check",
+        "summary",
+        "owners",
+        "started_at",
+    ]
     if all_:
         columns.append("resolved_at")
     columns += ["acked_by"]
@@ -152,16 +166,38 @@ def show(
             alert["incident"] = queries.incident_of(store, alert_id) if store is not None else None
     if alert is None:
         raise CliError(f"no alert with id {alert_id}")
-    header = [{"field": k, "value": alert[k]} for k in
-              ("id", "status", "severity", "asset_key", "check", "summary", "values", "owners", "downstream",
-               "started_at", "resolved_at", "acked_by", "ack_reason", "silence_id", "silenced_until")]
+    header = [
+        {"field": k, "value": alert[k]}
+        for k in (
+            "id",
+            "status",
+            "severity",
+            "asset_key",
+            "check",
+            "summary",
+            "values",
+            "owners",
+            "downstream",
+            "started_at",
+            "resolved_at",
+            "acked_by",
+            "ack_reason",
+            "silence_id",
+            "silenced_until",
+        )
+    ]
     incident = alert["incident"]
     sections: list[Section] = [(f"Alert {alert_id}", header, ["field", "value"])]
     if incident is not None:
         header.insert(1, {"field": "incident", "value": _incident_line(incident)})
         header.insert(2, {"field": "grouped because", "value": _why(incident, alert_id)})
-        sections.append((f"Incident #{incident['id']}: every alert with the same root cause, and why",
-                         incident["alerts"], ["id", "asset_key", "check", "status", "owners", "why"]))
+        sections.append(
+            (
+                f"Incident #{incident['id']}: every alert with the same root cause, and why",
+                incident["alerts"],
+                ["id", "asset_key", "check", "status", "owners", "why"],
+            )
+        )
     sections.append(("History", alert["history"], ["at", "event", "actor", "reason", "detail"]))
     write_sections(alert, sections, fmt, output)
 
@@ -177,8 +213,9 @@ def _why(incident: dict[str, Any], alert_id: int) -> str:
     why = (member or {}).get("why") or "not grouped yet"
     if incident["root_alert_id"] == alert_id:
         return why
-    root_retired = any(m["id"] == incident["root_alert_id"] and "retired" in (m["summary"] or "")
-                       for m in incident["alerts"])
+    root_retired = any(
+        m["id"] == incident["root_alert_id"] and "retired" in (m["summary"] or "") for m in incident["alerts"]
+    )
     return why + ("; the root cause's asset is retired" if root_retired else "")
 
 
@@ -197,8 +234,18 @@ def incidents(
     if not rows and fmt is OutputFormat.table and output is None:
         typer.echo("no incidents" if all_ else "no open incidents")
         return
-    columns = ["id", "status", "severity", "root_asset", "root_check", "members", "affected", "owners",
-               "opened_at", "acked_by"]
+    columns = [
+        "id",
+        "status",
+        "severity",
+        "root_asset",
+        "root_check",
+        "members",
+        "affected",
+        "owners",
+        "opened_at",
+        "acked_by",
+    ]
     if all_:
         columns += ["resolved_at", "merged_into"]
     if fmt is OutputFormat.json:
@@ -219,8 +266,12 @@ def ack(
         row = service.acknowledge(alert_id, by or _user(), reason)
     others = row["acknowledged"] - 1
     incident = f" and {others} other alert(s) of incident #{row['incident_id']}" if others else ""
-    typer.echo(safe_text(f"acknowledged alert {alert_id} ({row['asset_key']}: {row['check_name']}){incident} "
-                         f"as {row['acked_by']}"))
+    typer.echo(
+        safe_text(
+            f"acknowledged alert {alert_id} ({row['asset_key']}: {row['check_name']}){incident} "
+            f"as {row['acked_by']}"
+        )
+    )
 
 
 @alerts_app.command("silence")
@@ -230,7 +281,9 @@ def silence(
     asset: Annotated[str | None, typer.Option("--asset", help="Asset key (glob) to silence")] = None,
     matcher: Annotated[
         list[str] | None,
-        typer.Option("--matcher", "-m", help="k=v (asset, check, severity, owner, team, group, tag.<name>); repeatable"),
+        typer.Option(
+            "--matcher", "-m", help="k=v (asset, check, severity, owner, team, group, tag.<name>); repeatable"
+        ),
     ] = None,
     by: Annotated[str | None, typer.Option("--by", help="Who silences (default: $USER)")] = None,
 ) -> None:
@@ -260,7 +313,9 @@ def silence(
 
 @alerts_app.command("unsilence")
 def unsilence(
-    silence_id: Annotated[str, typer.Argument(help="Silence id (from `alerts silence` or `alerts silences`)")],
+    silence_id: Annotated[
+        str, typer.Argument(help="Silence id (from `alerts silence` or `alerts silences`)")
+    ],
     by: Annotated[str | None, typer.Option("--by", help="Who lifts it (default: $USER)")] = None,
     reason: Annotated[str | None, typer.Option("--reason", help="Why")] = None,
 ) -> None:
@@ -282,14 +337,21 @@ def silences(
 
     with _store(settings, create=False) as store:
         rows = [] if store is None else queries.silences(store, active_only=not all_)
-    emit(rows, ["id", "matchers", "created_by", "reason", "created_at", "ends_at", "removed_at", "removed_by"],
-         fmt, output, title="Silences")
+    emit(
+        rows,
+        ["id", "matchers", "created_by", "reason", "created_at", "ends_at", "removed_at", "removed_by"],
+        fmt,
+        output,
+        title="Silences",
+    )
 
 
 @alerts_app.command("deliveries")
 def deliveries(
     failed: Annotated[bool, typer.Option("--failed", help="Only dead ones and ones being retried")] = False,
-    limit: Annotated[int, typer.Option("--limit", min=1, max=MAX_ID, help="At most this many, newest first")] = 200,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, max=MAX_ID, help="At most this many, newest first")
+    ] = 200,
     fmt: FormatOption = OutputFormat.table,
     output: OutputOption = None,
 ) -> None:
@@ -299,8 +361,25 @@ def deliveries(
 
     with _store(settings, create=False) as store:
         rows = [] if store is None else queries.deliveries(store, failed_only=failed, limit=limit)
-    emit(rows, ["id", "alert_id", "kind", "receiver", "status", "attempts", "created_at", "next_attempt_at",
-                "delivered_at", "last_status", "last_error"], fmt, output, title="Deliveries")
+    emit(
+        rows,
+        [
+            "id",
+            "alert_id",
+            "kind",
+            "receiver",
+            "status",
+            "attempts",
+            "created_at",
+            "next_attempt_at",
+            "delivered_at",
+            "last_status",
+            "last_error",
+        ],
+        fmt,
+        output,
+        title="Deliveries",
+    )
 
 
 @alerts_app.command("test-receiver")
@@ -323,8 +402,10 @@ def test_receiver(name: Annotated[str, typer.Argument(help="Receiver name from a
     if not attempt.ok:
         raise CliError(f"receiver {name} ({receiver.kind}) failed: {attempt.error}", code=1)
     signed = " signed" if receiver.kind == "webhook" and receiver.secret_env else ""
-    typer.echo(f"receiver {name} ({receiver.kind}) accepted the{signed} test message "
-               f"(HTTP {attempt.status}, webhook-id {payload.notification_id})")
+    typer.echo(
+        f"receiver {name} ({receiver.kind}) accepted the{signed} test message "
+        f"(HTTP {attempt.status}, webhook-id {payload.notification_id})"
+    )
 
 
 # -- reliability-report ------------------------------------------------------------------------------------
@@ -333,7 +414,9 @@ RELIABILITY_COLUMNS = ["incidents", "acknowledged", "resolved", "mtta_s", "mttr_
 MAX_PERIOD_S = 10 * 366 * 86400.0
 
 
-SinceOption = Annotated[str, typer.Option("--since", help="Period: incidents opened in the last 30d, 12h, 2w...")]
+SinceOption = Annotated[
+    str, typer.Option("--since", help="Period: incidents opened in the last 30d, 12h, 2w...")
+]
 
 
 def reliability_since(text: str) -> float:
@@ -370,10 +453,15 @@ def reliability_report(
         ("per owner", document["owner"], ["owner", *RELIABILITY_COLUMNS]),
         ("per team", document["team"], ["team", *RELIABILITY_COLUMNS]),
         ("per group", document["group"], ["group", *RELIABILITY_COLUMNS]),
-        ("assets in the most incidents", document["worst_assets"], ["asset_key", "incidents", "as_root", "firing_s"]),
+        (
+            "assets in the most incidents",
+            document["worst_assets"],
+            ["asset_key", "incidents", "as_root", "firing_s"],
+        ),
     ]
-    write_sections({"since": from_timestamp(start).isoformat(timespec="seconds"), **document}, sections, fmt,
-                   output)
+    write_sections(
+        {"since": from_timestamp(start).isoformat(timespec="seconds"), **document}, sections, fmt, output
+    )
 
 
 def register(app: typer.Typer) -> None:

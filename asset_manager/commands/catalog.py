@@ -59,7 +59,9 @@ def read_store(
     path = store_file(settings, name)
     if not path.exists():
         if required:
-            raise CliError(f"{name} store not found at {path}: run `asset-manager init` then `asset-manager discover-assets`")
+            raise CliError(
+                f"{name} store not found at {path}: run `asset-manager init` then `asset-manager discover-assets`"
+            )
         yield None
         return
     try:
@@ -137,8 +139,16 @@ def history_chart(settings: AppSettings, key: str, limit: int = 60) -> list[dict
     chart = []
     for metric, values in (("row_count", rows), ("duration_s", durations)):
         if values:
-            chart.append({"metric": metric, "chart": health_queries.sparkline(values, width=60), "points": len(values),
-                          "min": round(min(values), 2), "max": round(max(values), 2), "last": round(values[-1], 2)})
+            chart.append(
+                {
+                    "metric": metric,
+                    "chart": health_queries.sparkline(values, width=60),
+                    "points": len(values),
+                    "min": round(min(values), 2),
+                    "max": round(max(values), 2),
+                    "last": round(values[-1], 2),
+                }
+            )
     return chart
 
 
@@ -198,7 +208,17 @@ def _check_known(what: str, value: str | None, known: set[str]) -> None:
 # -- list-assets -------------------------------------------------------------------------------------------
 
 LIST_COLUMNS = [
-    "key", "location", "group", "owners", "kinds", "tags", "upstream", "version", "health", "status", "last_seen",
+    "key",
+    "location",
+    "group",
+    "owners",
+    "kinds",
+    "tags",
+    "upstream",
+    "version",
+    "health",
+    "status",
+    "last_seen",
 ]
 
 
@@ -206,12 +226,24 @@ def list_assets(
     fmt: FormatOption = OutputFormat.table,
     output: OutputOption = None,
     group: Annotated[str | None, typer.Option("--group", "-g", help="Only assets of this group")] = None,
-    owner: Annotated[str | None, typer.Option("--owner", help="Only assets owned by this email or team")] = None,
-    tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="key=value; repeat to require several")] = None,
-    kind: Annotated[str | None, typer.Option("--kind", "-k", help="Only assets of this kind (e.g. pandas)")] = None,
-    health: Annotated[str | None, typer.Option("--health", help="HEALTHY, WARNING, DEGRADED, FAILED or UNKNOWN")] = None,
-    retired: Annotated[bool, typer.Option("--retired", help="List retired assets instead of active ones")] = False,
-    location: Annotated[str | None, typer.Option("--location", "-l", help="Only assets of this code location")] = None,
+    owner: Annotated[
+        str | None, typer.Option("--owner", help="Only assets owned by this email or team")
+    ] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", "-t", help="key=value; repeat to require several")
+    ] = None,
+    kind: Annotated[
+        str | None, typer.Option("--kind", "-k", help="Only assets of this kind (e.g. pandas)")
+    ] = None,
+    health: Annotated[
+        str | None, typer.Option("--health", help="HEALTHY, WARNING, DEGRADED, FAILED or UNKNOWN")
+    ] = None,
+    retired: Annotated[
+        bool, typer.Option("--retired", help="List retired assets instead of active ones")
+    ] = False,
+    location: Annotated[
+        str | None, typer.Option("--location", "-l", help="Only assets of this code location")
+    ] = None,
 ) -> None:
     """List registered assets (filters combine with AND)."""
     from services.discovery import queries
@@ -221,8 +253,10 @@ def list_assets(
     if health is not None:
         wanted_health = health.strip().upper()
         if wanted_health not in HEALTH_STATUSES:
-            raise CliError(f"unknown --health '{_printable(health)}'{did_you_mean(wanted_health, set(HEALTH_STATUSES))}; "
-                           f"use one of {', '.join(HEALTH_STATUSES)}")
+            raise CliError(
+                f"unknown --health '{_printable(health)}'{did_you_mean(wanted_health, set(HEALTH_STATUSES))}; "
+                f"use one of {', '.join(HEALTH_STATUSES)}"
+            )
     settings = _settings()
     with read_store(settings) as conn:
         conn = _registry_ready(conn, settings)
@@ -234,8 +268,16 @@ def list_assets(
             _check_known("kind", kind, known["kind"])
             for tag_key in tags:
                 _check_known("tag", tag_key, known["tag"])
-        assets = queries.list_assets(conn, group=group, owner=owner, tags=tags, kind=kind, retired=retired, light=True,
-                                     location=location)
+        assets = queries.list_assets(
+            conn,
+            group=group,
+            owner=owner,
+            tags=tags,
+            kind=kind,
+            retired=retired,
+            light=True,
+            location=location,
+        )
         upstream = queries.direct_upstream(conn) if assets else {}
     for asset in assets:
         asset["upstream"] = upstream.get(asset["key"], [])
@@ -253,6 +295,7 @@ def list_assets(
 
 # -- asset-details -----------------------------------------------------------------------------------------
 
+
 def asset_details(
     key: Annotated[str, typer.Argument(help="Asset key, e.g. raw_orders or path/to/asset")],
     fmt: FormatOption = OutputFormat.table,
@@ -266,34 +309,78 @@ def asset_details(
         conn = _registry_ready(conn, settings)
         asset = queries.get_asset(conn, key)
         if asset is None:
-            raise CliError(f"unknown asset key '{_printable(key)}'{did_you_mean(key, queries.all_keys(conn))}")
+            raise CliError(
+                f"unknown asset key '{_printable(key)}'{did_you_mean(key, queries.all_keys(conn))}"
+            )
         history = queries.history(conn, key)
         lineage = queries.lineage(conn, key)
     health = health_by_asset(settings, key).get(key)
     alerts = alerts_by_asset(settings, key).get(key, [])
     chart = history_chart(settings, key)
     spec_fields = [
-        "key", "status", "code_location", "group", "description", "owners", "kinds", "tags", "metadata", "code_version",
-        "partitioning", "freshness", "checks", "source_file", "source_line", "upstream", "downstream", "version",
-        "fingerprint", "first_seen", "last_seen", "retired_at",
+        "key",
+        "status",
+        "code_location",
+        "group",
+        "description",
+        "owners",
+        "kinds",
+        "tags",
+        "metadata",
+        "code_version",
+        "partitioning",
+        "freshness",
+        "checks",
+        "source_file",
+        "source_line",
+        "upstream",
+        "downstream",
+        "version",
+        "fingerprint",
+        "first_seen",
+        "last_seen",
+        "retired_at",
     ]
     spec_rows = [{"field": name, "value": asset.get(name)} for name in spec_fields]
     up = [{"key": k, "depth": d} for k, d in lineage["upstream"]]
     down = [{"key": k, "depth": d} for k, d in lineage["downstream"]]
     hist = [{**h, "changed": sorted(h["changes"])} for h in history]
-    health_row = {"status": _status(health), "last_materialization": _last_materialization(health),
-                  "reasons": (health or {}).get("reasons"), "evaluated_at": (health or {}).get("evaluated_at")}
-    alert_rows = [{"id": a.get("id"), "check": a.get("check"), "severity": a.get("severity"),
-                   "state": a.get("status"), "since": a.get("started_at"), "summary": a.get("summary")} for a in alerts]
-    document = {**{name: asset.get(name) for name in spec_fields}, "lineage": {"upstream": up, "downstream": down},
-                "history": history, "health": health_row, "history_chart": chart, "open_alerts": alert_rows}
+    health_row = {
+        "status": _status(health),
+        "last_materialization": _last_materialization(health),
+        "reasons": (health or {}).get("reasons"),
+        "evaluated_at": (health or {}).get("evaluated_at"),
+    }
+    alert_rows = [
+        {
+            "id": a.get("id"),
+            "check": a.get("check"),
+            "severity": a.get("severity"),
+            "state": a.get("status"),
+            "since": a.get("started_at"),
+            "summary": a.get("summary"),
+        }
+        for a in alerts
+    ]
+    document = {
+        **{name: asset.get(name) for name in spec_fields},
+        "lineage": {"upstream": up, "downstream": down},
+        "history": history,
+        "health": health_row,
+        "history_chart": chart,
+        "open_alerts": alert_rows,
+    }
     sections: list[Section] = [
         (f"asset {key}", spec_rows, ["field", "value"]),
         ("upstream (all depths)", up, ["key", "depth"]),
         ("downstream (all depths)", down, ["key", "depth"]),
         ("version history", hist, ["version", "change", "recorded_at", "changed", "retired_at"]),
         ("latest health", [health_row], ["status", "last_materialization", "evaluated_at", "reasons"]),
-        ("row counts and durations, oldest → newest", chart, ["metric", "chart", "points", "min", "max", "last"]),
+        (
+            "row counts and durations, oldest → newest",
+            chart,
+            ["metric", "chart", "points", "min", "max", "last"],
+        ),
         ("open alerts", alert_rows, ["id", "check", "severity", "state", "since", "summary"]),
     ]
     write_sections(document, sections, fmt, output)
@@ -311,8 +398,14 @@ def progress(description: str) -> Iterator[Any]:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
         bar.add_task(description, total=None)
         yield bar
 
@@ -329,11 +422,20 @@ SOURCES = ("auto", "dagster", "local")
 
 
 def discover_assets(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every module scanned and every problem")] = False,
-    test: Annotated[bool, typer.Option("--test", help="Validate discovery and report; write nothing")] = False,
-    source: Annotated[str, typer.Option(
-        "--source", help="dagster: every code location through the webserver at dagster.url; local: this "
-        "project's code location loaded in-process; auto (default): dagster when dagster.url is set")] = "auto",
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="List every module scanned and every problem")
+    ] = False,
+    test: Annotated[
+        bool, typer.Option("--test", help="Validate discovery and report; write nothing")
+    ] = False,
+    source: Annotated[
+        str,
+        typer.Option(
+            "--source",
+            help="dagster: every code location through the webserver at dagster.url; local: this "
+            "project's code location loaded in-process; auto (default): dagster when dagster.url is set",
+        ),
+    ] = "auto",
 ) -> None:
     """Register the assets of the code location(s) (new versions, retirements) and publish the changes.
 
@@ -341,13 +443,17 @@ def discover_assets(
     webserver does not answer (then nothing is changed).
     """
     if source not in SOURCES:
-        raise CliError(f"unknown --source '{_printable(source)}'{did_you_mean(source, set(SOURCES))}; "
-                       "use auto, dagster or local")
+        raise CliError(
+            f"unknown --source '{_printable(source)}'{did_you_mean(source, set(SOURCES))}; "
+            "use auto, dagster or local"
+        )
     settings = _settings()
     _quiet_logging(settings)
     if source == "dagster" and not settings.dagster.url:
-        raise CliError("--source dagster needs the webserver's URL: set dagster.url in config/app_config.yaml "
-                       "(or AMS_DAGSTER__URL)")
+        raise CliError(
+            "--source dagster needs the webserver's URL: set dagster.url in config/app_config.yaml "
+            "(or AMS_DAGSTER__URL)"
+        )
     if source == "dagster" or (source == "auto" and settings.dagster.url):
         _discover_from_dagster(settings, verbose, test)
         return
@@ -363,8 +469,10 @@ def discover_assets(
             out(f"  {module}")
     snapshot = result.snapshot
     found = len(snapshot.assets) if snapshot else 0
-    out(f"code location {location}: {len(result.modules)} modules, {found} assets, {len(result.problems)} problems "
-        f"({result.duration_s:.2f} s)")
+    out(
+        f"code location {location}: {len(result.modules)} modules, {found} assets, {len(result.problems)} problems "
+        f"({result.duration_s:.2f} s)"
+    )
     if result.problems:
         out(f"problems ({len(result.problems)}):")
         for problem in result.problems if verbose else result.problems[:20]:
@@ -397,18 +505,25 @@ def _discover_from_dagster(settings: AppSettings, verbose: bool, test: bool) -> 
     try:
         if test:
             with _scratch_store(settings) as scratch, progress(f"reading {cfg.url}"):
-                report = WorkspaceSync(scratch, client, source="asset-manager").poll(force=True, dry_run=scratch)
+                report = WorkspaceSync(scratch, client, source="asset-manager").poll(
+                    force=True, dry_run=scratch
+                )
         else:
             store = _open_metadata(settings)
             try:
                 with progress(f"reading {cfg.url}"):
-                    report = WorkspaceSync(store, client, source="asset-manager").poll(force=True, trigger="cli")
+                    report = WorkspaceSync(store, client, source="asset-manager").poll(
+                        force=True, trigger="cli"
+                    )
                 _publish_outbox(settings, store)
             finally:
                 store.close()
     except DagsterUnavailable as exc:
-        raise CliError(f"discovery failed: {exc}; the registry was not changed (use --source local to load "
-                       f"this project's code location in-process)", code=1) from exc
+        raise CliError(
+            f"discovery failed: {exc}; the registry was not changed (use --source local to load "
+            f"this project's code location in-process)",
+            code=1,
+        ) from exc
     finally:
         client.close()
     out(f"Dagster webserver {cfg.url}: {len(report.locations)} code locations ({report.duration_s:.2f} s)")
@@ -457,11 +572,17 @@ def _quiet_logging(settings: AppSettings) -> None:
 
 
 def _report_changes(changes: Sequence[Any], verbose: bool, *, prefix: str = "") -> None:
-    counts = {kind: sum(1 for c in changes if c.kind == kind) for kind in ("registered", "changed", "returned", "retired")}
-    typer.echo(f"{prefix}register {counts['registered']}, change {counts['changed']}, bring back {counts['returned']}, "
-               f"retire {counts['retired']}" if prefix else
-               f"registered {counts['registered']}, changed {counts['changed']}, returned {counts['returned']}, "
-               f"retired {counts['retired']}")
+    counts = {
+        kind: sum(1 for c in changes if c.kind == kind)
+        for kind in ("registered", "changed", "returned", "retired")
+    }
+    typer.echo(
+        f"{prefix}register {counts['registered']}, change {counts['changed']}, bring back {counts['returned']}, "
+        f"retire {counts['retired']}"
+        if prefix
+        else f"registered {counts['registered']}, changed {counts['changed']}, returned {counts['returned']}, "
+        f"retired {counts['retired']}"
+    )
     shown = changes if verbose else changes[:50]
     for change in shown:
         fields = f" ({', '.join(sorted(change.changes))})" if change.kind in ("changed", "returned") else ""
@@ -512,9 +633,11 @@ def _publish_outbox(settings: AppSettings, store: Store) -> None:
         published = outbox.flush(store, Bus(client, settings.bus))
         typer.echo(f"published {published} asset change events to {settings.bus.prefix}:asset-changes")
     except (redis.RedisError, OSError) as exc:
-        typer.echo(f"Redis unreachable at {_redacted(settings.redis.url)} ({type(exc).__name__}): registration is "
-                   f"saved; {waiting} events wait in the metadata store's outbox and the discovery worker "
-                   "publishes them when it runs")
+        typer.echo(
+            f"Redis unreachable at {_redacted(settings.redis.url)} ({type(exc).__name__}): registration is "
+            f"saved; {waiting} events wait in the metadata store's outbox and the discovery worker "
+            "publishes them when it runs"
+        )
     finally:
         client.close()
 
@@ -531,7 +654,15 @@ def _redacted(url: str) -> str:
 # -- asset-inventory ---------------------------------------------------------------------------------------
 
 DIMENSIONS = ("group", "domain", "source", "kind")
-INVENTORY_COLUMNS = ["dimension", "value", "assets", "healthy", "unhealthy", "unknown", "last_materialization"]
+INVENTORY_COLUMNS = [
+    "dimension",
+    "value",
+    "assets",
+    "healthy",
+    "unhealthy",
+    "unknown",
+    "last_materialization",
+]
 
 
 def _dimension_values(asset: Mapping[str, Any], dimension: str) -> list[str]:
@@ -553,7 +684,9 @@ def asset_inventory(
 
     dimensions = DIMENSIONS if by == "all" else (by,)
     if by != "all" and by not in DIMENSIONS:
-        raise CliError(f"unknown --by '{_printable(by)}'{did_you_mean(by, {*DIMENSIONS, 'all'})}; use group, domain, source, kind or all")
+        raise CliError(
+            f"unknown --by '{_printable(by)}'{did_you_mean(by, {*DIMENSIONS, 'all'})}; use group, domain, source, kind or all"
+        )
     settings = _settings()
     with read_store(settings) as conn:
         assets = queries.list_assets(_registry_ready(conn, settings), light=True)
@@ -566,10 +699,22 @@ def asset_inventory(
             status = _status(state)
             last = _last_materialization(state)
             for value in _dimension_values(asset, dimension):
-                row = buckets.setdefault(value, {"dimension": dimension, "value": value, "assets": 0, "healthy": 0,
-                                                 "unhealthy": 0, "unknown": 0, "last_materialization": None})
+                row = buckets.setdefault(
+                    value,
+                    {
+                        "dimension": dimension,
+                        "value": value,
+                        "assets": 0,
+                        "healthy": 0,
+                        "unhealthy": 0,
+                        "unknown": 0,
+                        "last_materialization": None,
+                    },
+                )
                 row["assets"] += 1
-                row["healthy" if status == "HEALTHY" else "unhealthy" if status in UNHEALTHY else "unknown"] += 1
+                row[
+                    "healthy" if status == "HEALTHY" else "unhealthy" if status in UNHEALTHY else "unknown"
+                ] += 1
                 if last and (row["last_materialization"] is None or last > row["last_materialization"]):
                     row["last_materialization"] = last
         rows.extend(buckets[v] for v in sorted(buckets))
@@ -578,8 +723,17 @@ def asset_inventory(
 
 # -- ownership-report --------------------------------------------------------------------------------------
 
-OWNER_COLUMNS = ["owner", "type", "assets", "unhealthy", "open_alerts", "described_pct", "incidents", "mtta_s",
-                 "mttr_s"]
+OWNER_COLUMNS = [
+    "owner",
+    "type",
+    "assets",
+    "unhealthy",
+    "open_alerts",
+    "described_pct",
+    "incidents",
+    "mtta_s",
+    "mttr_s",
+]
 
 
 def _pct(part: int, whole: int) -> float:
@@ -605,17 +759,33 @@ def ownership_report(
     for asset in assets:
         described = bool((asset.get("description") or "").strip())
         for owner in asset["owners"]:
-            row = owners.setdefault(owner, {"owner": owner, "type": "team" if owner.startswith("team:") else "person",
-                                            "assets": 0, "unhealthy": 0, "open_alerts": 0, "_described": 0})
+            row = owners.setdefault(
+                owner,
+                {
+                    "owner": owner,
+                    "type": "team" if owner.startswith("team:") else "person",
+                    "assets": 0,
+                    "unhealthy": 0,
+                    "open_alerts": 0,
+                    "_described": 0,
+                },
+            )
             row["assets"] += 1
             row["unhealthy"] += _status(health.get(asset["key"])) in UNHEALTHY
             row["open_alerts"] += len(alerts.get(asset["key"], []))
             row["_described"] += described
     responses = {r["owner"]: r for r in reliability_document(settings, start)["owner"]} if assets else {}
-    owner_rows = [{**r, "described_pct": _pct(r["_described"], r["assets"]),
-                   **{k: responses.get(owner, {}).get(k, 0 if k == "incidents" else None)
-                      for k in ("incidents", "mtta_s", "mttr_s")}}
-                  for owner, r in sorted(owners.items())]
+    owner_rows = [
+        {
+            **r,
+            "described_pct": _pct(r["_described"], r["assets"]),
+            **{
+                k: responses.get(owner, {}).get(k, 0 if k == "incidents" else None)
+                for k in ("incidents", "mtta_s", "mttr_s")
+            },
+        }
+        for owner, r in sorted(owners.items())
+    ]
     unowned = [a for a in assets if not a["owners"]]
     undescribed = [a for a in assets if not (a.get("description") or "").strip()]
     total = len(assets)
@@ -623,13 +793,32 @@ def ownership_report(
         {"kpi": "assets", "value": total},
         {"kpi": "owned_pct", "value": _pct(total - len(unowned), total)},
         {"kpi": "described_pct", "value": _pct(total - len(undescribed), total)},
-        {"kpi": "team_owned_pct", "value": _pct(sum(1 for a in assets if any(o.startswith("team:") for o in a["owners"])), total)},
-        {"kpi": "unhealthy_pct", "value": _pct(sum(1 for a in assets if _status(health.get(a["key"])) in UNHEALTHY), total)},
+        {
+            "kpi": "team_owned_pct",
+            "value": _pct(sum(1 for a in assets if any(o.startswith("team:") for o in a["owners"])), total),
+        },
+        {
+            "kpi": "unhealthy_pct",
+            "value": _pct(sum(1 for a in assets if _status(health.get(a["key"])) in UNHEALTHY), total),
+        },
         {"kpi": "owners", "value": len(owners)},
     ]
-    gaps = [{"key": a["key"], "group": a.get("group"), "missing": ", ".join(
-        m for m, bad in (("owner", not a["owners"]), ("description", not (a.get("description") or "").strip())) if bad)}
-        for a in assets if not a["owners"] or not (a.get("description") or "").strip()]
+    gaps = [
+        {
+            "key": a["key"],
+            "group": a.get("group"),
+            "missing": ", ".join(
+                m
+                for m, bad in (
+                    ("owner", not a["owners"]),
+                    ("description", not (a.get("description") or "").strip()),
+                )
+                if bad
+            ),
+        }
+        for a in assets
+        if not a["owners"] or not (a.get("description") or "").strip()
+    ]
     document = {
         "kpis": {k["kpi"]: k["value"] for k in kpis},
         "owners": [{c: r[c] for c in OWNER_COLUMNS} for r in owner_rows],

@@ -22,7 +22,9 @@ def parse_choices(text: str, choices: Sequence[str], option: str) -> set[str]:
     """`a,B` → {"a", "b"} among `choices` (compared in their case); an unknown or empty one is a usage error
     naming `option`, with the closest choice."""
     upper = all(c.isupper() for c in choices)
-    wanted = {(part.strip().upper() if upper else part.strip().lower()) for part in text.split(",") if part.strip()}
+    wanted = {
+        (part.strip().upper() if upper else part.strip().lower()) for part in text.split(",") if part.strip()
+    }
     unknown = sorted(wanted - set(choices))
     if unknown or not wanted:
         bad = unknown[0] if unknown else text
@@ -44,9 +46,12 @@ def _when(value: Any) -> str:
 
 
 def asset_health(
-    key: Annotated[str | None, typer.Argument(help="Asset key (e.g. raw/orders); all assets when omitted")] = None,
+    key: Annotated[
+        str | None, typer.Argument(help="Asset key (e.g. raw/orders); all assets when omitted")
+    ] = None,
     status: Annotated[
-        str | None, typer.Option("--status", "-s", help="Only these statuses, comma-separated (e.g. FAILED,WARNING)")
+        str | None,
+        typer.Option("--status", "-s", help="Only these statuses, comma-separated (e.g. FAILED,WARNING)"),
     ] = None,
     fmt: FormatOption = OutputFormat.table,
     output: OutputOption = None,
@@ -63,7 +68,9 @@ def asset_health(
     path = store_file(settings, StoreName.HEALTH)
     if not path.exists():
         if key is not None:
-            raise CliError(f"no health recorded for '{key}': {path} does not exist yet (is the health service running?)")
+            raise CliError(
+                f"no health recorded for '{key}': {path} does not exist yet (is the health service running?)"
+            )
         typer.echo(f"no health data yet: {path} does not exist (start the health service)", err=True)
         emit([], ASSET_COLUMNS, fmt, output, title="Asset health")
         return
@@ -79,35 +86,53 @@ def asset_health(
     if key is not None and items:
         (item,) = items
         check_rows: list[dict[str, Any]] = [
-            {"check": c.check, "outcome": c.outcome, "reason": c.reason, "evaluated_at": _when(item.evaluated_at),
-             "values": c.values}
+            {
+                "check": c.check,
+                "outcome": c.outcome,
+                "reason": c.reason,
+                "evaluated_at": _when(item.evaluated_at),
+                "values": c.values,
+            }
             for c in item.checks
         ]
         columns = [*CHECK_COLUMNS, "values"] if fmt is OutputFormat.json else CHECK_COLUMNS
-        emit(check_rows, columns, fmt, output, title=f"{item.asset_key}: {item.status} since {_when(item.changed_at)}")
+        emit(
+            check_rows,
+            columns,
+            fmt,
+            output,
+            title=f"{item.asset_key}: {item.status} since {_when(item.changed_at)}",
+        )
         return
     rows: list[dict[str, Any]] = []
     for a in items:
         failing = [f"{c.check}={c.outcome}" for c in a.checks if c.outcome != "passed"]
-        rows.append({
-            "asset_key": a.asset_key,
-            "status": a.status,
-            "failing_checks": failing,
-            "reasons": a.reasons if fmt is OutputFormat.json else "\n".join(a.reasons),
-            "since": _when(a.changed_at),
-            "evaluated_at": _when(a.evaluated_at),
-            "checks": [c.model_dump(mode="json") for c in a.checks],
-        })
+        rows.append(
+            {
+                "asset_key": a.asset_key,
+                "status": a.status,
+                "failing_checks": failing,
+                "reasons": a.reasons if fmt is OutputFormat.json else "\n".join(a.reasons),
+                "since": _when(a.changed_at),
+                "evaluated_at": _when(a.evaluated_at),
+                "checks": [c.model_dump(mode="json") for c in a.checks],
+            }
+        )
     columns = [*ASSET_COLUMNS, "checks"] if fmt is OutputFormat.json else ASSET_COLUMNS
     emit(rows, columns, fmt, output, title="Asset health")
-
-
 
 
 # -- automation-health -----------------------------------------------------------------------------------
 
 AUTOMATION_COLUMNS = [
-    "object", "kind", "location", "status", "failing_checks", "reasons", "last_seen", "since",
+    "object",
+    "kind",
+    "location",
+    "status",
+    "failing_checks",
+    "reasons",
+    "last_seen",
+    "since",
 ]
 
 
@@ -120,12 +145,18 @@ def automation_health(
     location: Annotated[
         str | None, typer.Option("--location", "-l", help="Only objects of this code location")
     ] = None,
-    status: Annotated[str | None, typer.Option(
-        "--status", "--health", "-s", help="Only these statuses, comma-separated (e.g. FAILED,DEGRADED)"
-    )] = None,
-    kind: Annotated[str | None, typer.Option(
-        "--kind", "-k", help="Only these kinds, comma-separated: sensor, schedule, daemon, publisher, job"
-    )] = None,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            "--status", "--health", "-s", help="Only these statuses, comma-separated (e.g. FAILED,DEGRADED)"
+        ),
+    ] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            "--kind", "-k", help="Only these kinds, comma-separated: sensor, schedule, daemon, publisher, job"
+        ),
+    ] = None,
     fmt: FormatOption = OutputFormat.table,
     output: OutputOption = None,
 ) -> None:
@@ -168,18 +199,20 @@ def automation_health(
             continue
         if (kinds is not None and item.kind not in kinds) or (location not in (None, item.code_location)):
             continue
-        rows.append({
-            "object": item.key,
-            "kind": item.kind,
-            "location": item.code_location or "",
-            "status": item.status,
-            "failing_checks": [f"{c.check}={c.outcome}" for c in item.checks if c.outcome != "passed"],
-            "reasons": item.reasons if fmt is OutputFormat.json else "\n".join(item.reasons),
-            "last_seen": _when(item.last_seen),
-            "since": _when(item.changed_at),
-            "owners": item.owners,
-            "checks": [c.model_dump(mode="json") for c in item.checks],
-        })
+        rows.append(
+            {
+                "object": item.key,
+                "kind": item.kind,
+                "location": item.code_location or "",
+                "status": item.status,
+                "failing_checks": [f"{c.check}={c.outcome}" for c in item.checks if c.outcome != "passed"],
+                "reasons": item.reasons if fmt is OutputFormat.json else "\n".join(item.reasons),
+                "last_seen": _when(item.last_seen),
+                "since": _when(item.changed_at),
+                "owners": item.owners,
+                "checks": [c.model_dump(mode="json") for c in item.checks],
+            }
+        )
     columns = [*AUTOMATION_COLUMNS, "owners", "checks"] if fmt is OutputFormat.json else AUTOMATION_COLUMNS
     emit(rows, columns, fmt, output, title="Automation health")
 

@@ -141,7 +141,9 @@ def generate(
         asset = pool[index]
         asset.runs += 1
         at = min(at, now)
-        injection = rng.choice(list(inject)) if inject and produced >= warmup and rng.random() < inject_rate else None
+        injection = (
+            rng.choice(list(inject)) if inject and produced >= warmup and rng.random() < inject_rate else None
+        )
         if injection:
             summary.injected[injection] = summary.injected.get(injection, 0) + 1
         run_id = f"{RUN_ID_PREFIX}{seed}-{index}-{asset.runs}"
@@ -159,34 +161,103 @@ def generate(
         at = min(at, now - timedelta(seconds=duration))
         ended = at + timedelta(seconds=duration)
         failed = injection == "failure"
-        base = {"run_id": run_id, "job_name": f"{asset.key.replace('/', '__')}_job", "asset_keys": [asset.key]}
+        base = {
+            "run_id": run_id,
+            "job_name": f"{asset.key.replace('/', '__')}_job",
+            "asset_keys": [asset.key],
+        }
         batch: list[tuple[str, Event]] = [
-            (RUNS, new_event(RunEvent, "run.started", identity=f"{run_id}:STARTED", source=SOURCE, occurred_at=at,
-                             data=RunData(status="STARTED", started_at=at, **base))),
+            (
+                RUNS,
+                new_event(
+                    RunEvent,
+                    "run.started",
+                    identity=f"{run_id}:STARTED",
+                    source=SOURCE,
+                    occurred_at=at,
+                    data=RunData(status="STARTED", started_at=at, **base),
+                ),
+            ),
         ]
         if failed:
-            error = rng.choice(["ConnectionError: source database unreachable", "KeyError: 'customer_id'",
-                                "TimeoutError: query exceeded 600 s", "ValueError: could not convert 'n/a' to float"])
-            batch.append((ASSETS, new_event(
-                AssetMaterializationFailed, "asset.materialization_failed", identity=f"{run_id}:{asset.key}:failed",
-                source=SOURCE, occurred_at=ended,
-                data=MaterializationFailedData(asset_key=asset.key, run_id=run_id, error=error))))
-            batch.append((RUNS, new_event(RunEvent, "run.failed", identity=f"{run_id}:FAILURE", source=SOURCE,
-                                          occurred_at=ended,
-                                          data=RunData(status="FAILURE", started_at=at, ended_at=ended,
-                                                       duration_s=duration, error=error, **base))))
+            error = rng.choice(
+                [
+                    "ConnectionError: source database unreachable",
+                    "KeyError: 'customer_id'",
+                    "TimeoutError: query exceeded 600 s",
+                    "ValueError: could not convert 'n/a' to float",
+                ]
+            )
+            batch.append(
+                (
+                    ASSETS,
+                    new_event(
+                        AssetMaterializationFailed,
+                        "asset.materialization_failed",
+                        identity=f"{run_id}:{asset.key}:failed",
+                        source=SOURCE,
+                        occurred_at=ended,
+                        data=MaterializationFailedData(asset_key=asset.key, run_id=run_id, error=error),
+                    ),
+                )
+            )
+            batch.append(
+                (
+                    RUNS,
+                    new_event(
+                        RunEvent,
+                        "run.failed",
+                        identity=f"{run_id}:FAILURE",
+                        source=SOURCE,
+                        occurred_at=ended,
+                        data=RunData(
+                            status="FAILURE",
+                            started_at=at,
+                            ended_at=ended,
+                            duration_s=duration,
+                            error=error,
+                            **base,
+                        ),
+                    ),
+                )
+            )
             summary.failures += 1
         else:
-            batch.append((ASSETS, new_event(
-                AssetMaterialized, "asset.materialized", identity=f"{run_id}:{asset.key}", source=SOURCE,
-                occurred_at=ended,
-                data=MaterializationData(asset_key=asset.key, run_id=run_id, row_count=rows,
-                                         column_schema=list(asset.columns), duration_s=round(duration, 3),
-                                         metadata={"dagster/row_count": rows, "simulated": True}))))
-            batch.append((RUNS, new_event(RunEvent, "run.succeeded", identity=f"{run_id}:SUCCESS", source=SOURCE,
-                                          occurred_at=ended,
-                                          data=RunData(status="SUCCESS", started_at=at, ended_at=ended,
-                                                       duration_s=duration, **base))))
+            batch.append(
+                (
+                    ASSETS,
+                    new_event(
+                        AssetMaterialized,
+                        "asset.materialized",
+                        identity=f"{run_id}:{asset.key}",
+                        source=SOURCE,
+                        occurred_at=ended,
+                        data=MaterializationData(
+                            asset_key=asset.key,
+                            run_id=run_id,
+                            row_count=rows,
+                            column_schema=list(asset.columns),
+                            duration_s=round(duration, 3),
+                            metadata={"dagster/row_count": rows, "simulated": True},
+                        ),
+                    ),
+                )
+            )
+            batch.append(
+                (
+                    RUNS,
+                    new_event(
+                        RunEvent,
+                        "run.succeeded",
+                        identity=f"{run_id}:SUCCESS",
+                        source=SOURCE,
+                        occurred_at=ended,
+                        data=RunData(
+                            status="SUCCESS", started_at=at, ended_at=ended, duration_s=duration, **base
+                        ),
+                    ),
+                )
+            )
         summary.runs += 1
         for item in batch[: events - produced]:
             produced += 1
@@ -227,8 +298,15 @@ def simulate(
         pending.clear()
 
     buffered = 0
-    for stream, event in generate(assets=assets, events=events, seed=seed, inject=inject, inject_rate=inject_rate,
-                                  prefix=prefix, summary=summary):
+    for stream, event in generate(
+        assets=assets,
+        events=events,
+        seed=seed,
+        inject=inject,
+        inject_rate=inject_rate,
+        prefix=prefix,
+        summary=summary,
+    ):
         pending.setdefault(stream, []).append(event)
         buffered += 1
         if buffered >= chunk:
@@ -295,7 +373,9 @@ def _unsettled_groups(bus: Bus, streams: Sequence[str]) -> list[str]:
             name = group["name"].decode() if isinstance(group["name"], bytes) else str(group["name"])
             unread = _entry_id(group["last-delivered-id"]) < last
             if group["pending"] or unread:
-                behind.append(f"{name} on {key} ({group['pending']} pending{', unread entries' if unread else ''})")
+                behind.append(
+                    f"{name} on {key} ({group['pending']} pending{', unread entries' if unread else ''})"
+                )
     return behind
 
 
@@ -315,7 +395,9 @@ def _scan_stream(bus: Bus, stream: str, prefix: str, *, simulated_only: bool) ->
             try:
                 event = json.loads(fields[b"event"])
                 data = event["data"]
-                keys = list(data.get("asset_keys") or []) + ([data["asset_key"]] if data.get("asset_key") else [])
+                keys = list(data.get("asset_keys") or []) + (
+                    [data["asset_key"]] if data.get("asset_key") else []
+                )
             except (KeyError, TypeError, ValueError, AttributeError):
                 continue  # not an event of ours: the consumers dead-letter it
             under = [k for k in keys if isinstance(k, str) and k.startswith(prefix)]
@@ -357,42 +439,61 @@ def plan_clean(settings: AppSettings, bus: Bus, prefix: str) -> CleanPlan:
     running = running_workers(settings)
     leased = [str(s) for s in ServiceName if bus.client.exists(bus.key(f"lease:{s}"))]
     if running or leased:
-        held = running + [f"{s} (holds its lease in Redis; stopped less than 30 s ago, or running elsewhere)"
-                          for s in leased if not any(r.startswith(s) for r in running)]
+        held = running + [
+            f"{s} (holds its lease in Redis; stopped less than 30 s ago, or running elsewhere)"
+            for s in leased
+            if not any(r.startswith(s) for r in running)
+        ]
         raise CliError(f"refusing to clean while workers run: {', '.join(held)}; stop them first", code=1)
-    busy = [reason for name in StoreName if not is_postgres(settings.store_url(name))
-            and (reason := locked_by_writer(store_file(settings, name)))]
+    busy = [
+        reason
+        for name in StoreName
+        if not is_postgres(settings.store_url(name))
+        and (reason := locked_by_writer(store_file(settings, name)))
+    ]
     if busy:
         raise CliError(f"refusing to clean: {'; '.join(busy)}", code=1)
     # Entries not yet handled would bring simulated assets back after the clean.
     behind = _unsettled_groups(bus, (RUNS, ASSETS, HEALTH))
     if behind:
-        raise CliError(f"refusing to clean while workers have not caught up: {'; '.join(behind)}; start them "
-                       "until they have, stop them, then clean", code=1)
+        raise CliError(
+            f"refusing to clean while workers have not caught up: {'; '.join(behind)}; start them "
+            "until they have, stop them, then clean",
+            code=1,
+        )
     looks_real: list[str] = []
     metadata = _existing_store(settings, StoreName.METADATA)
     if metadata is not None:
         with metadata.read() as conn:
-            looks_real += [f"{k} is in the catalog (metadata.db)" for k in catalog.all_keys(conn)
-                           if k.startswith(plan.prefix)]
+            looks_real += [
+                f"{k} is in the catalog (metadata.db)"
+                for k in catalog.all_keys(conn)
+                if k.startswith(plan.prefix)
+            ]
         metadata.close()
     health = _existing_store(settings, StoreName.HEALTH)
     if health is not None:
         with health.read() as conn:
             plan.keys = health_store.keys_under(conn, plan.prefix)
             plan.runs = health_store.runs_of(conn, plan.keys)
-            looks_real += [f"{k} has an asset spec (health.db)" for k in health_store.keys_with_spec(conn, plan.keys)]
+            looks_real += [
+                f"{k} has an asset spec (health.db)" for k in health_store.keys_with_spec(conn, plan.keys)
+            ]
         health.close()
-        looks_real += [f"{k} has run {r!r}, not a simulated one" for k, r in plan.runs
-                       if not r.startswith(RUN_ID_PREFIX)]
+        looks_real += [
+            f"{k} has run {r!r}, not a simulated one" for k, r in plan.runs if not r.startswith(RUN_ID_PREFIX)
+        ]
     for stream in (RUNS, ASSETS, HEALTH):
         ids, foreign = _scan_stream(bus, stream, plan.prefix, simulated_only=stream != HEALTH)
         plan.entries[stream] = ids
         looks_real += foreign
     if looks_real:
         more = f" (and {len(looks_real) - 3} more)" if len(looks_real) > 3 else ""
-        raise CliError(f"refusing to clean {plan.prefix}: not only simulated assets there: "
-                       f"{'; '.join(looks_real[:3])}{more}", code=1)
+        raise CliError(
+            f"refusing to clean {plan.prefix}: not only simulated assets there: "
+            f"{'; '.join(looks_real[:3])}{more}",
+            code=1,
+        )
     return plan
 
 
@@ -407,7 +508,9 @@ def apply_clean(settings: AppSettings, bus: Bus, plan: CleanPlan) -> dict[str, d
     if health is not None and plan.keys:
         with health.write() as conn:
             removed["health.db"] = health_store.delete_assets(conn, plan.keys)
-            removed["health.db"]["processed_events"] = Store.forget_events(conn, simulated_event_ids(plan.runs))
+            removed["health.db"]["processed_events"] = Store.forget_events(
+                conn, simulated_event_ids(plan.runs)
+            )
         health.close()
     monitor = _existing_store(settings, StoreName.MONITOR)
     if monitor is not None and plan.keys:
@@ -431,12 +534,17 @@ def clean(settings: AppSettings, bus: Bus, prefix: str) -> tuple[CleanPlan, dict
 def _clean_report(plan: CleanPlan, removed: dict[str, dict[str, int]]) -> str:
     if plan.empty:
         return f"nothing to remove: no simulated asset under {plan.prefix} in health.db, monitor.db or the streams"
-    lines = [f"removed every trace of {len(plan.keys)} simulated assets under {plan.prefix}:" if plan.keys
-             else f"removed the stream entries of simulated assets under {plan.prefix} (no store held them):"]
+    lines = [
+        f"removed every trace of {len(plan.keys)} simulated assets under {plan.prefix}:"
+        if plan.keys
+        else f"removed the stream entries of simulated assets under {plan.prefix} (no store held them):"
+    ]
     for place in ("health.db", "monitor.db", "redis"):
         counts = ", ".join(f"{name} {n}" for name, n in removed.get(place, {}).items() if n) or "nothing"
         lines.append(f"  {place:<11} {counts}")
-    lines.append("  metadata.db nothing (simulate publishes no asset specs; no catalog asset is under the prefix)")
+    lines.append(
+        "  metadata.db nothing (simulate publishes no asset specs; no catalog asset is under the prefix)"
+    )
     return "\n".join(lines)
 
 
@@ -459,19 +567,35 @@ def _parse_inject(values: Sequence[str]) -> list[str]:
 
 
 def simulate_command(
-    assets: Annotated[int, typer.Option("--assets", min=1, max=100_000, help="How many simulated assets")] = 20,
-    events: Annotated[int, typer.Option("--events", min=1, max=100_000_000, help="How many events to publish")] = 1000,
-    rate: Annotated[float, typer.Option("--rate", min=0, help="Events per second (0: as fast as possible)")] = 0,
+    assets: Annotated[
+        int, typer.Option("--assets", min=1, max=100_000, help="How many simulated assets")
+    ] = 20,
+    events: Annotated[
+        int, typer.Option("--events", min=1, max=100_000_000, help="How many events to publish")
+    ] = 1000,
+    rate: Annotated[
+        float, typer.Option("--rate", min=0, help="Events per second (0: as fast as possible)")
+    ] = 0,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed: same events, same ids)")] = 0,
     inject: Annotated[
         list[str] | None,
-        typer.Option("--inject", help=f"Anomalies to inject: {', '.join(INJECTIONS)}, all or none (repeatable or comma-separated)"),
+        typer.Option(
+            "--inject",
+            help=f"Anomalies to inject: {', '.join(INJECTIONS)}, all or none (repeatable or comma-separated)",
+        ),
     ] = None,
-    inject_rate: Annotated[float, typer.Option("--inject-rate", min=0, max=1, help="Share of runs with an anomaly")] = 0.05,
+    inject_rate: Annotated[
+        float, typer.Option("--inject-rate", min=0, max=1, help="Share of runs with an anomaly")
+    ] = 0.05,
     prefix: Annotated[str, typer.Option("--prefix", help="Asset key prefix of the simulated assets")] = "sim",
-    clean_: Annotated[bool, typer.Option(
-        "--clean", help="Publish nothing: remove every trace of the simulated assets under --prefix from the "
-        "stores and streams (workers stopped)")] = False,
+    clean_: Annotated[
+        bool,
+        typer.Option(
+            "--clean",
+            help="Publish nothing: remove every trace of the simulated assets under --prefix from the "
+            "stores and streams (workers stopped)",
+        ),
+    ] = False,
 ) -> None:
     """Publish realistic run and materialization events (normal history, then injected anomalies) to the real
     streams, where the workers record them like real runs; `--clean` removes them again."""
@@ -503,15 +627,37 @@ def simulate_command(
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            with Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                          console=Console(stderr=True), transient=True) as bar:
+            with Progress(
+                TextColumn("simulating"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            ) as bar:
                 task = bar.add_task("events", total=events)
-                summary = simulate(bus, assets=assets, events=events, rate=rate or None, seed=seed, inject=kinds,
-                                   inject_rate=inject_rate, prefix=prefix,
-                                   progress=lambda n: bar.advance(task, n))
+                summary = simulate(
+                    bus,
+                    assets=assets,
+                    events=events,
+                    rate=rate or None,
+                    seed=seed,
+                    inject=kinds,
+                    inject_rate=inject_rate,
+                    prefix=prefix,
+                    progress=lambda n: bar.advance(task, n),
+                )
         else:
-            summary = simulate(bus, assets=assets, events=events, rate=rate or None, seed=seed, inject=kinds,
-                               inject_rate=inject_rate, prefix=prefix)
+            summary = simulate(
+                bus,
+                assets=assets,
+                events=events,
+                rate=rate or None,
+                seed=seed,
+                inject=kinds,
+                inject_rate=inject_rate,
+                prefix=prefix,
+            )
     finally:
         client.close()
     injected = ", ".join(f"{k} {v}" for k, v in sorted(summary.injected.items())) or "none"

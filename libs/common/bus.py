@@ -47,7 +47,11 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 # Failures of the infrastructure rather than of an event (Redis gone, store locked, disk full, read-only
 # file): the batch is kept and retried in-process, so these never count towards dead-lettering.
-INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, sqlite3.OperationalError, OSError)
+INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
+    *TRANSIENT_ERRORS,
+    sqlite3.OperationalError,
+    OSError,
+)
 
 
 def connect(cfg: RedisSettings, *, block_ms: int = 0) -> redis.Redis:
@@ -213,8 +217,12 @@ class Consumer:
             if "NOGROUP" in str(exc):
                 # The stream or group vanished: Redis restarted without persistence or the key was
                 # deleted. Entries published meanwhile and not yet read are gone: say so loudly.
-                log.warning("consumer_group_missing_possible_event_gap", group=self.group, error=str(exc),
-                            consumer=self.name)
+                log.warning(
+                    "consumer_group_missing_possible_event_gap",
+                    group=self.group,
+                    error=str(exc),
+                    consumer=self.name,
+                )
                 metrics.GROUP_RECREATED.labels(group=self.group).inc()
                 self._groups_ready = False
                 self._drained.clear()
@@ -238,7 +246,12 @@ class Consumer:
             start = "0-0"
             while True:
                 reply = self.bus.client.xautoclaim(
-                    key, self.group, self.name, self.cfg.claim_idle_ms, start_id=start, count=self.cfg.batch_size
+                    key,
+                    self.group,
+                    self.name,
+                    self.cfg.claim_idle_ms,
+                    start_id=start,
+                    count=self.cfg.batch_size,
                 )
                 start = _text(reply[0])
                 entries = [(_text(i), f) for i, f in reply[1]]
@@ -285,16 +298,23 @@ class Consumer:
         for stream, entries in batches.items():
             settled = done.setdefault(stream, [])
             allowed = STREAM_TYPES.get(stream)
-            counts = self._delivery_counts(self.bus.key(stream), [i for i, _ in entries]) if redelivered else {}
+            counts = (
+                self._delivery_counts(self.bus.key(stream), [i for i, _ in entries]) if redelivered else {}
+            )
             for entry_id, raw in entries:
                 if not raw:
                     settled.append(entry_id)  # trimmed while pending
                     continue
                 deliveries = counts.get(entry_id, 1)
                 if deliveries > 4 * max_deliveries:
-                    self.bus.dead_letter(stream, entry_id, _decode_fields(raw),
-                                         f"delivered {deliveries} times without success", self.group,
-                                         reason="redelivered")
+                    self.bus.dead_letter(
+                        stream,
+                        entry_id,
+                        _decode_fields(raw),
+                        f"delivered {deliveries} times without success",
+                        self.group,
+                        reason="redelivered",
+                    )
                     settled.append(entry_id)
                     continue
                 # The JSON is validated as the bytes Redis sent; the fields are decoded only for a dead letter.
@@ -305,8 +325,14 @@ class Consumer:
                     delivery = Delivery(stream, entry_id, parse_event(payload))
                 except (ValidationError, ValueError) as exc:
                     log.warning("event_invalid", stream=stream, entry_id=entry_id, error=str(exc)[:500])
-                    self.bus.dead_letter(stream, entry_id, _decode_fields(raw), f"invalid event: {exc}",
-                                         self.group, reason="invalid")
+                    self.bus.dead_letter(
+                        stream,
+                        entry_id,
+                        _decode_fields(raw),
+                        f"invalid event: {exc}",
+                        self.group,
+                        reason="invalid",
+                    )
                     settled.append(entry_id)
                     continue
                 # Valid, but not on this stream, or dated where no true event can be: dead-lettered now, never
@@ -317,10 +343,18 @@ class Consumer:
                 else:
                     reason, problem = "clock_skew", implausible_time(event, latest)
                 if problem is not None:
-                    log.warning("event_rejected", stream=stream, entry_id=entry_id, event_id=event.id,
-                                event_type=event.type, reason=reason, error=problem)
-                    self.bus.dead_letter(stream, entry_id, _decode_fields(raw), problem, self.group,
-                                         reason=reason)
+                    log.warning(
+                        "event_rejected",
+                        stream=stream,
+                        entry_id=entry_id,
+                        event_id=event.id,
+                        event_type=event.type,
+                        reason=reason,
+                        error=problem,
+                    )
+                    self.bus.dead_letter(
+                        stream, entry_id, _decode_fields(raw), problem, self.group, reason=reason
+                    )
                     settled.append(entry_id)
                     continue
                 if deliveries > max_deliveries:
@@ -336,9 +370,14 @@ class Consumer:
                 except INFRASTRUCTURE_ERRORS:
                     raise
                 except Exception as exc:
-                    self.bus.dead_letter(delivery.stream, delivery.entry_id, fields,
-                                         f"delivered {deliveries} times without success: {exc!r}"[:4000],
-                                         self.group, reason="handler_failed")
+                    self.bus.dead_letter(
+                        delivery.stream,
+                        delivery.entry_id,
+                        fields,
+                        f"delivered {deliveries} times without success: {exc!r}"[:4000],
+                        self.group,
+                        reason="handler_failed",
+                    )
                 done.setdefault(delivery.stream, []).append(delivery.entry_id)
         finally:
             # Dead-lettered entries are acked even when the batch has to be retried.

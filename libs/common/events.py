@@ -26,7 +26,6 @@ AUTOMATION = "automation"
 STREAMS = (CATALOG, RUNS, ASSETS, ASSET_CHANGES, HEALTH, AUTOMATION)
 
 
-
 class CheckName(StrEnum):
     """The health evaluators, one Dagster asset check of this name per asset (declared by the orchestrator,
     reported by the health service through the webserver's /report_asset_check/ endpoint). The order is
@@ -59,7 +58,9 @@ class HealthStatus(StrEnum):
 
 
 _STATUS_RANK = {status: i for i, status in enumerate(HealthStatus)}
-UNHEALTHY: frozenset[HealthStatus] = frozenset({HealthStatus.FAILED, HealthStatus.DEGRADED, HealthStatus.WARNING})
+UNHEALTHY: frozenset[HealthStatus] = frozenset(
+    {HealthStatus.FAILED, HealthStatus.DEGRADED, HealthStatus.WARNING}
+)
 
 
 # Integers a store can hold (SQLite and PostgreSQL BIGINT: signed 64 bits); a larger one is an invalid
@@ -174,8 +175,10 @@ class AssetSpecData(_Payload):
                 continue
             if key.endswith(("_s", "_seconds", "_minutes")):
                 if isinstance(item, bool) or not isinstance(item, int | float) or not 0 <= item <= 1e9:
-                    raise ValueError(f"freshness.{key} must be a number of {key.rsplit('_', 1)[1]} "
-                                     f"from 0 to 1e9, got {str(item)[:40]!r}")
+                    raise ValueError(
+                        f"freshness.{key} must be a number of {key.rsplit('_', 1)[1]} "
+                        f"from 0 to 1e9, got {str(item)[:40]!r}"
+                    )
             elif key in _FRESHNESS_TEXTS and not isinstance(item, str):
                 raise ValueError(f"freshness.{key} must be a text, got {str(item)[:40]!r}")
         return value
@@ -412,7 +415,9 @@ STREAM_TYPES: dict[str, frozenset[str]] = {
     ASSETS: frozenset({"asset.materialized", "asset.materialization_failed"}),
     ASSET_CHANGES: frozenset({"asset.registered", "asset.changed", "asset.retired"}),
     HEALTH: frozenset({"health.changed"}),
-    AUTOMATION: frozenset({"automation.tick", "automation.daemon_heartbeat", "automation.publisher_heartbeat"}),
+    AUTOMATION: frozenset(
+        {"automation.tick", "automation.daemon_heartbeat", "automation.publisher_heartbeat"}
+    ),
 }
 
 # The times an event carries besides `occurred_at`, by event type (all are bounded, see `implausible_time`).
@@ -455,8 +460,10 @@ def implausible_time(event: Event, latest: datetime) -> str | None:
 
 def _implausible(name: str, value: datetime, latest: datetime) -> str:
     if value > latest:
-        return (f"{name} {value.isoformat()} is in the future: later than this consumer's clock plus "
-                f"bus.max_clock_skew_s ({latest.isoformat(timespec='seconds')})")
+        return (
+            f"{name} {value.isoformat()} is in the future: later than this consumer's clock plus "
+            f"bus.max_clock_skew_s ({latest.isoformat(timespec='seconds')})"
+        )
     return f"{name} {value.isoformat()} is before {EARLIEST.date()}"
 
 

@@ -40,7 +40,9 @@ class ServiceServer:
                 elif path == "/readyz":
                     results = server.readiness()
                     ok = all(v == "ok" for v in results.values())
-                    self._json(200 if ok else 503, {"status": "ready" if ok else "not ready", "checks": results})
+                    self._json(
+                        200 if ok else 503, {"status": "ready" if ok else "not ready", "checks": results}
+                    )
                 else:
                     self._json(404, {"error": "not found"})
 

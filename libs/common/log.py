@@ -44,7 +44,9 @@ def _scrub(value: Any) -> Any:
     return value
 
 
-def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def redact_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """structlog processor: replace secret-looking keys and known secret values with `***`."""
     for key in list(event_dict):
         if _SECRET_KEY.search(key):
@@ -82,8 +84,10 @@ def configure_logging(settings: Settings, *, service: str | None = None, stream:
     handlers: list[logging.Handler] = []
     console = logging.StreamHandler(stream or sys.stderr)
     console.setFormatter(
-        structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer])
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
     )
     handlers.append(console)
     if cfg.file:
@@ -93,8 +97,13 @@ def configure_logging(settings: Settings, *, service: str | None = None, stream:
             path, maxBytes=cfg.file_max_bytes, backupCount=cfg.file_backups, encoding="utf-8"
         )
         rotating.setFormatter(
-            structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=[
-                structlog.stdlib.ProcessorFormatter.remove_processors_meta, structlog.processors.JSONRenderer()])
+            structlog.stdlib.ProcessorFormatter(
+                foreign_pre_chain=shared,
+                processors=[
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.JSONRenderer(),
+                ],
+            )
         )
         handlers.append(rotating)
 

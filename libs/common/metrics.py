@@ -14,28 +14,46 @@ from prometheus_client.registry import Collector
 
 EVENTS_PUBLISHED = Counter("ams_events_published_total", "Events written to a stream", ["stream"])
 EVENTS_CONSUMED = Counter(
-    "ams_events_consumed_total", "Stream entries settled (handled or dead-lettered) and acknowledged", ["stream", "group"]
+    "ams_events_consumed_total",
+    "Stream entries settled (handled or dead-lettered) and acknowledged",
+    ["stream", "group"],
 )
 # reason: invalid, wrong_stream, clock_skew, handler_failed, redelivered (see Bus.dead_letter)
 DEAD_LETTERS = Counter(
     "ams_dead_letters_total", "Entries moved to a dead-letter stream", ["stream", "group", "reason"]
 )
-ENTRIES_CLAIMED = Counter("ams_entries_claimed_total", "Idle pending entries claimed from other consumers", ["stream", "group"])
-GROUP_RECREATED = Counter("ams_consumer_group_recreated_total", "Consumer groups recreated after NOGROUP", ["group"])
-HANDLER_FAILURES = Counter("ams_handler_failures_total", "Entries whose handler raised (left pending)", ["group"])
+ENTRIES_CLAIMED = Counter(
+    "ams_entries_claimed_total", "Idle pending entries claimed from other consumers", ["stream", "group"]
+)
+GROUP_RECREATED = Counter(
+    "ams_consumer_group_recreated_total", "Consumer groups recreated after NOGROUP", ["group"]
+)
+HANDLER_FAILURES = Counter(
+    "ams_handler_failures_total", "Entries whose handler raised (left pending)", ["group"]
+)
 HANDLER_SECONDS = Histogram(
     "ams_handler_duration_seconds",
     "Time to handle one batch of events, store commit included",
     ["group"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
-REDIS_RECONNECTS = Counter("ams_redis_reconnects_total", "Times the worker lost Redis and retried", ["service"])
-CONSUMER_LAG = Gauge("ams_consumer_lag_entries", "Entries in the stream not yet delivered to the group", ["stream", "group"])
-PENDING = Gauge("ams_consumer_pending_entries", "Entries delivered to the group but not yet acknowledged", ["stream", "group"])
+REDIS_RECONNECTS = Counter(
+    "ams_redis_reconnects_total", "Times the worker lost Redis and retried", ["service"]
+)
+CONSUMER_LAG = Gauge(
+    "ams_consumer_lag_entries", "Entries in the stream not yet delivered to the group", ["stream", "group"]
+)
+PENDING = Gauge(
+    "ams_consumer_pending_entries",
+    "Entries delivered to the group but not yet acknowledged",
+    ["stream", "group"],
+)
 DLQ_LENGTH = Gauge("ams_dead_letter_stream_length", "Entries in a dead-letter stream", ["stream"])
 READY = Gauge("ams_worker_ready", "1 when the worker reaches Redis and its store", ["service"])
 # `job_name`, not `job`: Prometheus's target label `job` would rename ours to `exported_job` at scrape time.
-JOB_FAILURES = Counter("ams_scheduled_job_failures_total", "Periodic jobs that raised", ["service", "job_name"])
+JOB_FAILURES = Counter(
+    "ams_scheduled_job_failures_total", "Periodic jobs that raised", ["service", "job_name"]
+)
 
 
 class BatchHistogram(Collector):

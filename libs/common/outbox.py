@@ -53,4 +53,3 @@ def flush(store: Store, bus: Bus, *, batch: int = 500) -> int:
 def pending(store: Store) -> int:
     """How many staged events wait to be published."""
     return int(store.connection().execute("SELECT COUNT(*) FROM event_outbox").fetchone()[0])
-

@@ -22,7 +22,9 @@ try:
     import psycopg2
     import psycopg2.extras
 except ImportError as exc:  # pragma: no cover - psycopg2 is an optional dependency
-    raise ImportError("a postgresql:// store needs psycopg2 (pip install 'dagster-asset-management[postgres]')") from exc
+    raise ImportError(
+        "a postgresql:// store needs psycopg2 (pip install 'dagster-asset-management[postgres]')"
+    ) from exc
 
 _TYPE_RULES = [
     (re.compile(r"\bINTEGER\s+PRIMARY\s+KEY(\s+AUTOINCREMENT)?\b", re.I), "BIGSERIAL PRIMARY KEY"),
@@ -105,7 +107,11 @@ class PgConnection:
             if "IMMEDIATE" in upper:
                 self._run("SELECT pg_advisory_xact_lock(%s)", (self._lock_id,))
             return PgCursor(_EmptyCursor())
-        return PgCursor(self._run(translate(statement), tuple(params) if not isinstance(params, Mapping) else dict(params)))
+        return PgCursor(
+            self._run(
+                translate(statement), tuple(params) if not isinstance(params, Mapping) else dict(params)
+            )
+        )
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> PgCursor:
         """Run one statement for every row, in pages (psycopg2's execute_batch)."""

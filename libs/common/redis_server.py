@@ -73,12 +73,35 @@ class LocalRedis:
         ports = ["--port", str(self.port)]
         if self.tls:
             cert, key, ca = self.tls
-            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
-                     "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]
+            ports = [
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                str(cert),
+                "--tls-key-file",
+                str(key),
+                "--tls-ca-cert-file",
+                str(ca),
+                "--tls-auth-clients",
+                "no",
+            ]
         args = [
-            self.binary, *ports, "--bind", "127.0.0.1", "--dir", str(self.directory),
-            "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--daemonize", "no",
-            "--logfile", str(self.directory / "server.log"),
+            self.binary,
+            *ports,
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.directory / "server.log"),
         ]
         if self.appendonly:
             args += ["--appendfsync", "always"]
@@ -87,7 +110,9 @@ class LocalRedis:
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
         tls: dict[str, Any] = {"ssl": True, "ssl_ca_certs": str(self.tls[2])} if self.tls else {}
-        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=1, **tls)
+        client = redis.Redis(
+            host="127.0.0.1", port=self.port, password=self.password, socket_timeout=1, **tls
+        )
         try:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:

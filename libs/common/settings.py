@@ -161,7 +161,9 @@ class LoggingSettings(Section):
     @classmethod
     def _no_file(cls, value: Any) -> Any:
         # AMS_LOGGING__FILE="" (or none) switches the file off; Path("") would mean the cwd.
-        return None if isinstance(value, str) and value.strip().lower() in ("", "none", "null", "off") else value
+        return (
+            None if isinstance(value, str) and value.strip().lower() in ("", "none", "null", "off") else value
+        )
 
 
 class DagsterSettings(Section):
@@ -205,7 +207,9 @@ def parse_duration_s(value: Any) -> float | None:
         except ValueError:
             parts = _DURATION_PART.findall(text)
             if not parts or "".join(n + u for n, u in parts) != text:
-                raise ValueError(f"not a duration: {value!r} (use seconds or e.g. '45m', '26h', '1d')") from None
+                raise ValueError(
+                    f"not a duration: {value!r} (use seconds or e.g. '45m', '26h', '1d')"
+                ) from None
             seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
     if not math.isfinite(seconds):
         raise ValueError(f"not a duration: {value!r} (use seconds or e.g. '45m', '26h', '1d')")
@@ -358,9 +362,7 @@ def _source_of(loc: tuple[str | int, ...], files: list[tuple[Path, dict[str, Any
     return str(files[0][0]) if files else "defaults"
 
 
-def load_settings(
-    model: type[SettingsT], *, environment: str | None = None, **overrides: Any
-) -> SettingsT:
+def load_settings(model: type[SettingsT], *, environment: str | None = None, **overrides: Any) -> SettingsT:
     """Load and validate `model` from the config directory, the environment and `overrides`.
 
     Sections of other components (`COMPONENT_SECTIONS` that `model` does not declare) are left to them.

@@ -108,7 +108,9 @@ def sqlite_path(url: str) -> Path:
         return Path(url)
     parsed = urlparse(url)
     if parsed.scheme != "sqlite":
-        raise StoreError(f"unsupported store URL scheme {parsed.scheme!r} in {url!r} (expected sqlite:///path)")
+        raise StoreError(
+            f"unsupported store URL scheme {parsed.scheme!r} in {url!r} (expected sqlite:///path)"
+        )
     # sqlite:////abs/path and sqlite:///rel/path, as SQLAlchemy spells them
     return Path(unquote(parsed.path[1:] if parsed.path.startswith("//") else parsed.path))
 
@@ -136,7 +138,11 @@ class Store:
     ) -> None:
         self.url = url
         self.dialect = "postgresql" if is_postgres(url) else "sqlite"
-        self.path = Path(urlparse(url).path.lstrip("/") or "postgres") if self.dialect == "postgresql" else sqlite_path(url)
+        self.path = (
+            Path(urlparse(url).path.lstrip("/") or "postgres")
+            if self.dialect == "postgresql"
+            else sqlite_path(url)
+        )
         self.migrations = sorted(migrations, key=lambda m: m.version)
         self.synchronous = synchronous
         self.busy_timeout_ms = busy_timeout_ms
@@ -151,8 +157,13 @@ class Store:
         cls, settings: Settings, name: StoreName, migrations: Sequence[Migration], *, migrate: bool = True
     ) -> Store:
         """The service store `name` as configured (`stores.<name>_url`, `stores.synchronous`, busy timeout)."""
-        return cls(settings.store_url(name), migrations, synchronous=settings.stores.synchronous,
-                   busy_timeout_ms=settings.stores.busy_timeout_ms, migrate=migrate)
+        return cls(
+            settings.store_url(name),
+            migrations,
+            synchronous=settings.stores.synchronous,
+            busy_timeout_ms=settings.stores.busy_timeout_ms,
+            migrate=migrate,
+        )
 
     def connection(self) -> Connection:
         """This thread's connection (opened on first use)."""
@@ -259,11 +270,17 @@ class Store:
         with self.write() as tx:
             if tx.execute("PRAGMA user_version").fetchone()[0] >= _KEY_FORMAT_VERSION:
                 return
-            rows = tx.execute("SELECT event_id, processed_at FROM processed_events WHERE typeof(event_id) = 'text'").fetchall()
+            rows = tx.execute(
+                "SELECT event_id, processed_at FROM processed_events WHERE typeof(event_id) = 'text'"
+            ).fetchall()
             converted = [(text, key, at) for text, at in rows if (key := event_key(text)) != text]
-            tx.executemany("DELETE FROM processed_events WHERE event_id = ?", [(text,) for text, _, _ in converted])
-            tx.executemany("INSERT OR IGNORE INTO processed_events (event_id, processed_at) VALUES (?, ?)",
-                           [(key, at) for _, key, at in converted])
+            tx.executemany(
+                "DELETE FROM processed_events WHERE event_id = ?", [(text,) for text, _, _ in converted]
+            )
+            tx.executemany(
+                "INSERT OR IGNORE INTO processed_events (event_id, processed_at) VALUES (?, ?)",
+                [(key, at) for _, key, at in converted],
+            )
             tx.execute(f"PRAGMA user_version = {_KEY_FORMAT_VERSION}")
         if converted:
             log.info("processed_event_keys_converted", store=str(self.path), converted=len(converted))
@@ -280,12 +297,17 @@ class Store:
             return set()
         unique = list(dict.fromkeys(event_ids))
         # PostgreSQL keeps the ids as text (its key column is TEXT, and its writes are not the bottleneck).
-        keys: list[str | bytes] = [event_key(e) for e in unique] if isinstance(conn, sqlite3.Connection) else list(unique)
+        keys: list[str | bytes] = (
+            [event_key(e) for e in unique] if isinstance(conn, sqlite3.Connection) else list(unique)
+        )
         now = time.time()
         # Redeliveries are rare: insert every id at once, and look up which were seen only if that fails.
         conn.execute("SAVEPOINT claim_events")
         try:
-            conn.executemany("INSERT INTO processed_events (event_id, processed_at) VALUES (?, ?)", [(k, now) for k in keys])
+            conn.executemany(
+                "INSERT INTO processed_events (event_id, processed_at) VALUES (?, ?)",
+                [(k, now) for k in keys],
+            )
         except sqlite3.IntegrityError:
             conn.execute("ROLLBACK TO SAVEPOINT claim_events")
         else:
@@ -297,10 +319,16 @@ class Store:
             chunk = keys[chunk_start : chunk_start + 500]
             marks = ",".join("?" * len(chunk))
             seen.update(
-                r[0] for r in conn.execute(f"SELECT event_id FROM processed_events WHERE event_id IN ({marks})", chunk)
+                r[0]
+                for r in conn.execute(
+                    f"SELECT event_id FROM processed_events WHERE event_id IN ({marks})", chunk
+                )
             )
         fresh = [(e, k) for e, k in zip(unique, keys, strict=True) if k not in seen]
-        conn.executemany("INSERT INTO processed_events (event_id, processed_at) VALUES (?, ?)", [(k, now) for _, k in fresh])
+        conn.executemany(
+            "INSERT INTO processed_events (event_id, processed_at) VALUES (?, ?)",
+            [(k, now) for _, k in fresh],
+        )
         return {e for e, _ in fresh}
 
     @staticmethod
@@ -327,13 +355,17 @@ class Store:
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            forgotten += conn.execute(f"DELETE FROM processed_events WHERE event_id IN ({marks})", chunk).rowcount
+            forgotten += conn.execute(
+                f"DELETE FROM processed_events WHERE event_id IN ({marks})", chunk
+            ).rowcount
         return forgotten
 
     def prune_processed(self, older_than_s: float) -> int:
         """Forget processed-event ids older than `older_than_s` seconds; returns how many."""
         with self.write() as tx:
-            cur = tx.execute("DELETE FROM processed_events WHERE processed_at < ?", (time.time() - older_than_s,))
+            cur = tx.execute(
+                "DELETE FROM processed_events WHERE processed_at < ?", (time.time() - older_than_s,)
+            )
             return cur.rowcount
 
     def ping(self) -> None:

@@ -20,7 +20,10 @@ T = TypeVar("T")
 
 
 def wait_for(
-    condition: Callable[[], T], timeout_s: float = 30.0, what: str = "condition", diagnose: Callable[[], str] = lambda: ""
+    condition: Callable[[], T],
+    timeout_s: float = 30.0,
+    what: str = "condition",
+    diagnose: Callable[[], str] = lambda: "",
 ) -> T:
     """Poll `condition` until it returns something truthy (returned); AssertionError at the deadline."""
     deadline = time.monotonic() + timeout_s
@@ -37,7 +40,9 @@ class ServiceProcess:
     """A worker (`python -m services.<name>`, or any script) as a child process with its own log file: what
     the end-to-end tests, fault tests and benchmarks start, kill and restart."""
 
-    def __init__(self, args: list[str], env: dict[str, str], *, port: int, log: Path, cwd: Path = PROJECT_ROOT) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], *, port: int, log: Path, cwd: Path = PROJECT_ROOT
+    ) -> None:
         self.args = args
         self.env = env
         self.port = port
@@ -54,7 +59,9 @@ class ServiceProcess:
 
     def start(self) -> ServiceProcess:
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen(self.args, env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                self.args, env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT
+            )
         return self
 
     def output(self, tail: int = 3000) -> str:

@@ -149,16 +149,28 @@ class Worker:
             self.server = ServiceServer(
                 self.host,
                 self.port,
-                checks={"redis": self._check_redis, "store": self._check_store, "worker": lambda: self._problem},
+                checks={
+                    "redis": self._check_redis,
+                    "store": self._check_store,
+                    "worker": lambda: self._problem,
+                },
                 alive=self._alive,
             ).start()
         except OSError as exc:
             self.client.close()
             self.store.close()
-            raise StartupError(f"cannot serve on {self.host}:{self.port} (services.{self.service}.port): "
-                               f"{exc.strerror or exc}") from None
-        log.info("worker_started", service=self.service, port=self.server.port, streams=self.streams,
-                 consumer=self.consumer.name, store=str(self.store.path))
+            raise StartupError(
+                f"cannot serve on {self.host}:{self.port} (services.{self.service}.port): "
+                f"{exc.strerror or exc}"
+            ) from None
+        log.info(
+            "worker_started",
+            service=self.service,
+            port=self.server.port,
+            streams=self.streams,
+            consumer=self.consumer.name,
+            store=str(self.store.path),
+        )
         if self.on_startup:
             self.on_startup(self)
         # Workers keep large long-lived caches and allocate many short-lived event objects: with CPython's
@@ -196,8 +208,10 @@ class Worker:
             self.client.close()
             self.store.close()
             server = f"{where.hostname}:{where.port or 6379}" if where.hostname else where.path
-            raise StartupError(f"Redis at {server} refused the credentials "
-                               f"(redis.password / AMS_REDIS__PASSWORD or the URL's): {text}") from None
+            raise StartupError(
+                f"Redis at {server} refused the credentials "
+                f"(redis.password / AMS_REDIS__PASSWORD or the URL's): {text}"
+            ) from None
         except INFRASTRUCTURE_ERRORS:
             return
 
@@ -237,7 +251,9 @@ class Worker:
         now = time.monotonic()
         if now < self._lease_due:
             return True
-        holder = self.client.eval(_TAKE_LEASE, 1, self._lease_key, self.consumer.name, int(LEASE_TTL_S * 1000))
+        holder = self.client.eval(
+            _TAKE_LEASE, 1, self._lease_key, self.consumer.name, int(LEASE_TTL_S * 1000)
+        )
         holder = holder.decode() if isinstance(holder, bytes) else str(holder)
         if not holder:
             self._lease_due = now + LEASE_TTL_S / 3
@@ -246,8 +262,13 @@ class Worker:
         self._lease_denied_since = self._lease_denied_since or now
         if now - self._lease_denied_since > LEASE_TTL_S:
             self._refused_by = holder
-            log.error("worker_refused", service=self.service, holder=holder, store=str(self.store.path),
-                      reason="a SQLite store takes one consumer; point the store URL at PostgreSQL to scale")
+            log.error(
+                "worker_refused",
+                service=self.service,
+                holder=holder,
+                store=str(self.store.path),
+                reason="a SQLite store takes one consumer; point the store URL at PostgreSQL to scale",
+            )
             self.stop()
         else:
             self._set_problem(f"{holder} holds this service's SQLite store lease; waiting for it to expire")
@@ -267,12 +288,16 @@ class Worker:
         jobs = [
             *self.jobs,
             PeriodicJob(name="stream_gauges", func=self.update_stream_gauges, interval_s=15),
-            PeriodicJob(name="store_checkpoint", func=self.checkpoint_store, interval_s=_CHECKPOINT_INTERVAL_S),
+            PeriodicJob(
+                name="store_checkpoint", func=self.checkpoint_store, interval_s=_CHECKPOINT_INTERVAL_S
+            ),
         ]
         for job in jobs:
             # APScheduler pauses a job given next_run_time=None, so pass it only to run at once.
             start = {"next_run_time": utcnow()} if job.run_at_start else {}
-            self.scheduler.add_job(self._guarded(job), "interval", seconds=job.interval_s, id=job.name, **start)
+            self.scheduler.add_job(
+                self._guarded(job), "interval", seconds=job.interval_s, id=job.name, **start
+            )
         self.scheduler.start()
 
     def _guarded(self, job: PeriodicJob) -> Callable[[], None]:

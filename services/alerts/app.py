@@ -39,11 +39,17 @@ def build(settings: AlertsWorkerSettings, *, port: int | None = None) -> Worker:
         streams=[ASSET_CHANGES, HEALTH],
         handler=service.handle,
         jobs=[
-            PeriodicJob(name="alerts_tick", func=service.tick, interval_s=cfg.tick_interval_s, run_at_start=True),
+            PeriodicJob(
+                name="alerts_tick", func=service.tick, interval_s=cfg.tick_interval_s, run_at_start=True
+            ),
             PeriodicJob(name="alerts_gauges", func=service.update_gauges, interval_s=5.0, run_at_start=True),
             PeriodicJob(name="alerts_retention", func=service.prune, interval_s=3600.0),
-            PeriodicJob(name="alerts_publisher_watch", func=watch_publishers,
-                        interval_s=cfg.publisher_watch_interval_s, run_at_start=True),
+            PeriodicJob(
+                name="alerts_publisher_watch",
+                func=watch_publishers,
+                interval_s=cfg.publisher_watch_interval_s,
+                run_at_start=True,
+            ),
         ],
         on_startup=lambda _worker: sender.start(),
         on_shutdown=lambda _worker: sender.stop(),

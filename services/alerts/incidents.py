@@ -150,11 +150,16 @@ def group(
     components: dict[str, list[Member]] = {}
     for m in ordered:
         components.setdefault(find(m.key), []).append(m)
-    return sorted((_placed(c, links, ancestors) for c in components.values()), key=lambda g: _root_order(g.root))
+    return sorted(
+        (_placed(c, links, ancestors) for c in components.values()), key=lambda g: _root_order(g.root)
+    )
 
 
-def _placed(component: list[Member], links: Mapping[str, list[tuple[str, str]]],
-            ancestors: Callable[[str], frozenset[str]]) -> Group:
+def _placed(
+    component: list[Member],
+    links: Mapping[str, list[tuple[str, str]]],
+    ancestors: Callable[[str], frozenset[str]],
+) -> Group:
     assets = {m.asset_key for m in component}
     heads = [m for m in component if not (ancestors(m.asset_key) - {m.asset_key}) & assets]
     root = min(heads or component, key=_root_order)
@@ -214,8 +219,10 @@ def incident_notice(
         return "updated"
     if SEVERITY_RANK.get(view.severity or "", 0) > SEVERITY_RANK.get(view.notified_severity or "", 0):
         return "escalated"
-    if "repeat" in kinds and not view.acked and (
-        view.last_notified_at is None or now >= view.last_notified_at + repeat_interval_s
+    if (
+        "repeat" in kinds
+        and not view.acked
+        and (view.last_notified_at is None or now >= view.last_notified_at + repeat_interval_s)
     ):
         return "repeat"
     return None

@@ -188,13 +188,17 @@ def step(state: AlertState, inp: Input, now: float, config: LifecycleConfig) -> 
     history: list[HistoryEntry] = []
 
     def record(event: str, actor: str, reason: str | None = None, **detail: Any) -> None:
-        history.append(HistoryEntry(event=event, incident=s.incident, at=now, actor=actor, reason=reason, detail=detail))
+        history.append(
+            HistoryEntry(event=event, incident=s.incident, at=now, actor=actor, reason=reason, detail=detail)
+        )
 
     if isinstance(inp, Observe):
         if s.observed_at is not None and inp.at < s.observed_at:
             return Step(state)  # stale: a newer evaluation was already applied
         # An observation from a backlog is timed by its evaluation, not by when it was read.
-        held: Literal["replay", "backlog"] | None = "replay" if inp.replay else "backlog" if inp.behind else None
+        held: Literal["replay", "backlog"] | None = (
+            "replay" if inp.replay else "backlog" if inp.behind else None
+        )
         at = inp.at if held else now
         s = replace(s, observed_at=inp.at, held=held)
         if inp.firing and not s.firing:
@@ -258,10 +262,17 @@ def step(state: AlertState, inp: Input, now: float, config: LifecycleConfig) -> 
     )
     if kind == "resolved":
         flap_from = s.last_resolved_notice_at if s.held else now
-        s = replace(s, notified="resolved", last_notified_at=now, last_resolved_notice_at=flap_from,
-                    notices=notice.seq)
+        s = replace(
+            s,
+            notified="resolved",
+            last_notified_at=now,
+            last_resolved_notice_at=flap_from,
+            notices=notice.seq,
+        )
     else:
-        s = replace(s, notified="firing", notified_severity=s.severity, last_notified_at=now, notices=notice.seq)
+        s = replace(
+            s, notified="firing", notified_severity=s.severity, last_notified_at=now, notices=notice.seq
+        )
     record("announced", "system", None, kind=kind)
     return Step(s, (notice,), tuple(history))
 
@@ -278,7 +289,11 @@ def _due(s: AlertState, now: float, config: LifecycleConfig) -> NoticeKind | Non
         return "firing" if now >= due_at else None
     if SEVERITY_RANK.get(s.severity or "", 0) > SEVERITY_RANK.get(s.notified_severity or "", 0):
         return "escalated"
-    if s.acked_by is None and s.last_notified_at is not None and now >= s.last_notified_at + config.repeat_interval_s:
+    if (
+        s.acked_by is None
+        and s.last_notified_at is not None
+        and now >= s.last_notified_at + config.repeat_interval_s
+    ):
         return "repeat"
     return None
 

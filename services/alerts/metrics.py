@@ -9,10 +9,14 @@ NOTIFICATIONS_SENT = Counter(
     "ams_alert_notifications_sent_total", "Notifications a receiver accepted (2xx)", ["receiver"]
 )
 NOTIFICATIONS_FAILED = Counter(
-    "ams_alert_notifications_failed_total", "Delivery attempts that failed (will be retried unless dead)", ["receiver"]
+    "ams_alert_notifications_failed_total",
+    "Delivery attempts that failed (will be retried unless dead)",
+    ["receiver"],
 )
 NOTIFICATIONS_DEAD = Counter(
-    "ams_alert_notifications_dead_total", "Notifications given up (rejected, or older than max_age_s)", ["receiver"]
+    "ams_alert_notifications_dead_total",
+    "Notifications given up (rejected, or older than max_age_s)",
+    ["receiver"],
 )
 DELIVERY_LATENCY = Histogram(
     "ams_alert_delivery_latency_seconds",

@@ -90,12 +90,18 @@ def get_alert(store: Store, alert_id: int) -> dict[str, Any] | None:
         if row is None:
             return None
         history = conn.execute(
-            "SELECT at, event, actor, reason, detail FROM alert_history WHERE alert_id = ? ORDER BY id", (alert_id,)
+            "SELECT at, event, actor, reason, detail FROM alert_history WHERE alert_id = ? ORDER BY id",
+            (alert_id,),
         ).fetchall()
     alert = _alert(row, time.time())
     alert["history"] = [
-        {"at": _iso(h["at"]), "event": h["event"], "actor": h["actor"], "reason": h["reason"],
-         "detail": json.loads(h["detail"] or "{}")}
+        {
+            "at": _iso(h["at"]),
+            "event": h["event"],
+            "actor": h["actor"],
+            "reason": h["reason"],
+            "detail": json.loads(h["detail"] or "{}"),
+        }
         for h in history
     ]
     return alert
@@ -177,7 +183,9 @@ def _incident(row: Any, members: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def list_incidents(store: Store, *, include_resolved: bool = False, limit: int = 1000) -> list[dict[str, Any]]:
+def list_incidents(
+    store: Store, *, include_resolved: bool = False, limit: int = 1000
+) -> list[dict[str, Any]]:
     """Incidents with their member alerts, open ones first then newest; only open ones unless asked."""
     where = "" if include_resolved else "WHERE status = 'open'"
     now = time.time()
@@ -206,8 +214,9 @@ def incident_of(store: Store, alert_id: int) -> dict[str, Any] | None:
         if row is None or row[0] is None:
             return None
         incident = conn.execute("SELECT * FROM incidents WHERE id = ?", (row[0],)).fetchone()
-        alerts = conn.execute("SELECT * FROM alerts WHERE incident_id = ? ORDER BY started_at, id",
-                              (row[0],)).fetchall()
+        alerts = conn.execute(
+            "SELECT * FROM alerts WHERE incident_id = ? ORDER BY started_at, id", (row[0],)
+        ).fetchall()
     now = time.time()
     members = [{**_alert(a, now), "why": a["incident_reason"]} for a in alerts]
     return _incident(incident, members)
@@ -247,8 +256,10 @@ def reliability(store: Store, since: float, *, worst: int = 10) -> dict[str, lis
             keys["team"].update(teams_of(owners, json.loads(m["tags"] or "{}")))
             if m["group_name"]:
                 keys["group"].add(m["group_name"])
-            asset = assets.setdefault(m["asset_key"], {"asset_key": m["asset_key"], "incidents": set(),
-                                                       "as_root": 0, "firing_s": 0.0})
+            asset = assets.setdefault(
+                m["asset_key"],
+                {"asset_key": m["asset_key"], "incidents": set(), "as_root": 0, "firing_s": 0.0},
+            )
             asset["incidents"].add(incident["id"])
             end = m["resolved_at"] if m["resolved_at"] is not None else time.time()
             asset["firing_s"] += max(0.0, end - m["started_at"])
@@ -256,8 +267,10 @@ def reliability(store: Store, since: float, *, worst: int = 10) -> dict[str, lis
             assets[incident["root_asset"]]["as_root"] += 1
         for kind, names in keys.items():
             for name in names:
-                row = buckets[kind].setdefault(name, {kind: name, "incidents": 0, "acknowledged": 0,
-                                                      "resolved": 0, "_tta": 0.0, "_ttr": 0.0})
+                row = buckets[kind].setdefault(
+                    name,
+                    {kind: name, "incidents": 0, "acknowledged": 0, "resolved": 0, "_tta": 0.0, "_ttr": 0.0},
+                )
                 row["incidents"] += 1
                 if incident["acked_at"] is not None:
                     row["acknowledged"] += 1
@@ -272,16 +285,34 @@ def reliability(store: Store, since: float, *, worst: int = 10) -> dict[str, lis
         out["mttr_s"] = round(row["_ttr"] / row["resolved"], 1) if row["resolved"] else None
         return out
 
-    worst_assets = sorted(assets.values(),
-                          key=lambda a: (-len(a["incidents"]), -a["as_root"], -a["firing_s"], a["asset_key"]))
+    worst_assets = sorted(
+        assets.values(), key=lambda a: (-len(a["incidents"]), -a["as_root"], -a["firing_s"], a["asset_key"])
+    )
     return {
         **{kind: [finish(r) for _, r in sorted(rows.items())] for kind, rows in buckets.items()},
-        "worst_assets": [{"asset_key": a["asset_key"], "incidents": len(a["incidents"]), "as_root": a["as_root"],
-                          "firing_s": round(a["firing_s"], 1)} for a in worst_assets[:worst]],
-        "totals": [finish({"scope": "all", "incidents": len(incidents),
-                           "acknowledged": sum(i["acked_at"] is not None for i in incidents),
-                           "resolved": sum(i["resolved_at"] is not None for i in incidents),
-                           "_tta": sum(i["acked_at"] - i["opened_at"] for i in incidents if i["acked_at"] is not None),
-                           "_ttr": sum(i["resolved_at"] - i["opened_at"] for i in incidents
-                                       if i["resolved_at"] is not None)})],
+        "worst_assets": [
+            {
+                "asset_key": a["asset_key"],
+                "incidents": len(a["incidents"]),
+                "as_root": a["as_root"],
+                "firing_s": round(a["firing_s"], 1),
+            }
+            for a in worst_assets[:worst]
+        ],
+        "totals": [
+            finish(
+                {
+                    "scope": "all",
+                    "incidents": len(incidents),
+                    "acknowledged": sum(i["acked_at"] is not None for i in incidents),
+                    "resolved": sum(i["resolved_at"] is not None for i in incidents),
+                    "_tta": sum(
+                        i["acked_at"] - i["opened_at"] for i in incidents if i["acked_at"] is not None
+                    ),
+                    "_ttr": sum(
+                        i["resolved_at"] - i["opened_at"] for i in incidents if i["resolved_at"] is not None
+                    ),
+                }
+            )
+        ],
     }

@@ -103,8 +103,10 @@ class AlertPayload(BaseModel):
     @property
     def affected_text(self) -> str:
         """Each affected asset with its check, status and owners, one per line (at most 20)."""
-        lines = [f"{m.asset_key} ({m.check}, {m.status}; owner {', '.join(m.owners) or 'none'})"
-                 for m in self.affected[:20]]
+        lines = [
+            f"{m.asset_key} ({m.check}, {m.status}; owner {', '.join(m.owners) or 'none'})"
+            for m in self.affected[:20]
+        ]
         more = len(self.affected) - 20
         return "\n".join(lines + ([f"and {more} more"] if more > 0 else [])) or "none"
 
@@ -130,8 +132,15 @@ class AlertPayload(BaseModel):
 
 
 def title_for(
-    kind: str, status: str, severity: str | None, asset_key: str, check: str, *, affected: int = 0,
-    incident_id: int | None = None, merged_into: int | None = None,
+    kind: str,
+    status: str,
+    severity: str | None,
+    asset_key: str,
+    check: str,
+    *,
+    affected: int = 0,
+    incident_id: int | None = None,
+    merged_into: int | None = None,
 ) -> str:
     """One line: what broke (or recovered), and how many other assets the incident affects."""
     more = f" · {affected} more asset{'s' if affected != 1 else ''} affected" if affected else ""
@@ -141,9 +150,12 @@ def title_for(
         recovered = f" · all {affected + 1} assets recovered" if affected else ""
         return f"RESOLVED {asset_key}: {check} passes again{recovered}"
     label = (severity or "error").upper()
-    prefix = {"repeat": "STILL FIRING ", "escalated": "ESCALATED ", "updated": "UPDATE ", "test": "TEST "}.get(
-        kind, ""
-    )
+    prefix = {
+        "repeat": "STILL FIRING ",
+        "escalated": "ESCALATED ",
+        "updated": "UPDATE ",
+        "test": "TEST ",
+    }.get(kind, "")
     return f"{prefix}[{label}] {asset_key}: {check} failed{more}"
 
 
@@ -251,17 +263,31 @@ def slack_message(payload: AlertPayload) -> dict[str, Any]:
                 {"type": "mrkdwn", "text": f"*Code location*\n{payload.code_location or '-'}"},
             ],
         },
-        {"type": "section", "text": {"type": "mrkdwn", "text": clip(f"*Downstream at risk:* {payload.downstream_text}", 3000)}},
+        {
+            "type": "section",
+            "text": {
+                "type": "mrkdwn",
+                "text": clip(f"*Downstream at risk:* {payload.downstream_text}", 3000),
+            },
+        },
     ]
     if payload.affected:
-        blocks.append({"type": "section", "text": {"type": "mrkdwn",
-                                                   "text": clip(f"*Affected:*\n{payload.affected_text}", 3000)}})
+        blocks.append(
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": clip(f"*Affected:*\n{payload.affected_text}", 3000)},
+            }
+        )
     if payload.dagster_url:
         blocks.append(
             {
                 "type": "actions",
                 "elements": [
-                    {"type": "button", "text": {"type": "plain_text", "text": "Open in Dagster"}, "url": payload.dagster_url}
+                    {
+                        "type": "button",
+                        "text": {"type": "plain_text", "text": "Open in Dagster"},
+                        "url": payload.dagster_url,
+                    }
                 ],
             }
         )
@@ -269,8 +295,11 @@ def slack_message(payload: AlertPayload) -> dict[str, Any]:
         {
             "type": "context",
             "elements": [
-                {"type": "mrkdwn", "text": f"{_incident_label(payload)}alert #{payload.alert_id} · "
-                                           f"{payload.fingerprint} · {payload.notification_id}"}
+                {
+                    "type": "mrkdwn",
+                    "text": f"{_incident_label(payload)}alert #{payload.alert_id} · "
+                    f"{payload.fingerprint} · {payload.notification_id}",
+                }
             ],
         }
     )
@@ -397,7 +426,9 @@ def deliver(client: httpx.Client, receiver: WebhookReceiver, payload: AlertPaylo
     except MissingSecret as exc:
         return Attempt(ok=False, retryable=True, error=str(exc))
     try:
-        response = client.post(request.url, content=request.body, headers=request.headers, timeout=receiver.timeout_s)
+        response = client.post(
+            request.url, content=request.body, headers=request.headers, timeout=receiver.timeout_s
+        )
     except httpx.TimeoutException:
         return Attempt(ok=False, retryable=True, error=f"timed out after {receiver.timeout_s:g}s")
     except httpx.HTTPError as exc:

@@ -58,7 +58,9 @@ class Sender:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._inflight: set[str] = set()
-        self._pool = ThreadPoolExecutor(max_workers=self.cfg.sender_concurrency, thread_name_prefix="alerts-send")
+        self._pool = ThreadPoolExecutor(
+            max_workers=self.cfg.sender_concurrency, thread_name_prefix="alerts-send"
+        )
         self._thread = threading.Thread(target=self._run, name="alerts-sender", daemon=True)
         timeouts = [r.timeout_s for r in self.cfg.receivers] or [10.0]
         self.lease_s = max(timeouts) + 30.0
@@ -114,10 +116,14 @@ class Sender:
             self._pool.submit(self._attempt_guarded, row)
         if len(rows) == free:
             return POLL_S
-        nxt = self.store.connection().execute(
-            "SELECT MIN(next_attempt_at) FROM notifications WHERE status = 'pending' AND next_attempt_at > ?",
-            (now,),
-        ).fetchone()[0]
+        nxt = (
+            self.store.connection()
+            .execute(
+                "SELECT MIN(next_attempt_at) FROM notifications WHERE status = 'pending' AND next_attempt_at > ?",
+                (now,),
+            )
+            .fetchone()[0]
+        )
         return POLL_S if nxt is None else max(0.0, min(POLL_S, float(nxt) - now))
 
     def run_until_idle(self, timeout_s: float = 30.0) -> None:
@@ -146,7 +152,8 @@ class Sender:
                 )
             ]
             conn.executemany(
-                "UPDATE notifications SET lease_until = ? WHERE id = ?", [(now + self.lease_s, r["id"]) for r in rows]
+                "UPDATE notifications SET lease_until = ? WHERE id = ?",
+                [(now + self.lease_s, r["id"]) for r in rows],
             )
         return rows
 
@@ -165,7 +172,9 @@ class Sender:
         try:
             receiver = self.settings.receiver(name)
         except KeyError:
-            self._finish(row, Attempt(ok=False, retryable=False, error=f"receiver {name!r} is no longer configured"))
+            self._finish(
+                row, Attempt(ok=False, retryable=False, error=f"receiver {name!r} is no longer configured")
+            )
             return
         if self.clock() - row["created_at"] > self.cfg.max_age_s:
             last = f"; last error: {row['last_error']}" if row["last_error"] else ""
@@ -187,8 +196,14 @@ class Sender:
             )
             metrics.NOTIFICATIONS_SENT.labels(receiver=receiver).inc()
             metrics.DELIVERY_LATENCY.labels(receiver=receiver).observe(max(0.0, now - row["created_at"]))
-            log.info("notification_delivered", notification=row["id"], receiver=receiver, kind=row["kind"],
-                     attempts=attempts, status=attempt.status)
+            log.info(
+                "notification_delivered",
+                notification=row["id"],
+                receiver=receiver,
+                kind=row["kind"],
+                attempts=attempts,
+                status=attempt.status,
+            )
             return
         metrics.NOTIFICATIONS_FAILED.labels(receiver=receiver).inc()
         error = attempt.error or "failed"
@@ -201,8 +216,14 @@ class Sender:
                          last_error = ?, lease_until = NULL WHERE id = ? AND status = 'pending'""",
                     (attempts, next_at, now, attempt.status, error, row["id"]),
                 )
-                log.warning("notification_retry", notification=row["id"], receiver=receiver, attempts=attempts,
-                            error=error, retry_in_s=round(delay, 3))
+                log.warning(
+                    "notification_retry",
+                    notification=row["id"],
+                    receiver=receiver,
+                    attempts=attempts,
+                    error=error,
+                    retry_in_s=round(delay, 3),
+                )
                 return
             error = f"gave up after {attempts} attempts (max_age_s {self.cfg.max_age_s:g}): {error}"
         else:

@@ -73,6 +73,7 @@ PUBLISHER_CHECK = "heartbeat"
 # every stored time stays a date a listing can print.
 MAX_SILENCE_S = 366 * 86400.0
 
+
 class AlertsError(Exception):
     """A request about alerts or silences that cannot be honoured (unknown id, resolved alert...)."""
 
@@ -92,7 +93,9 @@ def severity_of(result: CheckResult, status: str) -> Severity:
 def lifecycle_config(settings: AlertsWorkerSettings) -> LifecycleConfig:
     cfg = settings.alerts
     return LifecycleConfig(
-        group_wait_s=cfg.group_wait_s, flap_window_s=cfg.flap_window_s, repeat_interval_s=cfg.repeat_interval_s
+        group_wait_s=cfg.group_wait_s,
+        flap_window_s=cfg.flap_window_s,
+        repeat_interval_s=cfg.repeat_interval_s,
     )
 
 
@@ -200,7 +203,9 @@ class AlertService:
             ),
         )
         conn.execute("DELETE FROM asset_edges WHERE downstream = ?", (spec.key,))
-        self._add_edges(conn, [(up, spec.key) for up in spec.upstream] + [(spec.key, d) for d in spec.downstream])
+        self._add_edges(
+            conn, [(up, spec.key) for up in spec.upstream] + [(spec.key, d) for d in spec.downstream]
+        )
         if not retired:
             return
         for state_row in conn.execute(
@@ -222,8 +227,9 @@ class AlertService:
         if edges:
             conn.executemany("INSERT OR IGNORE INTO asset_edges (upstream, downstream) VALUES (?, ?)", edges)
 
-    def _health_changed(self, conn: Connection, event: HealthChanged, now: float, txn: _Txn, *,
-                        behind: bool = False) -> None:
+    def _health_changed(
+        self, conn: Connection, event: HealthChanged, now: float, txn: _Txn, *, behind: bool = False
+    ) -> None:
         data = event.data
         at = data.evaluated_at.timestamp()
         observations: dict[str, Observe] = {}
@@ -243,8 +249,13 @@ class AlertService:
             severity: Severity = "critical" if data.status == "FAILED" else "warning"
             summary = "; ".join(data.reasons) or f"asset is {data.status.lower()}"
             observations[STATUS_CHECK] = Observe(
-                firing=firing, at=at, severity=severity, summary=summary, values={"status": data.status},
-                replay=data.replay, behind=behind,
+                firing=firing,
+                at=at,
+                severity=severity,
+                summary=summary,
+                values={"status": data.status},
+                replay=data.replay,
+                behind=behind,
             )
         if data.status == "HEALTHY":
             # A healthy asset has nothing firing, whatever checks this event happened to list.
@@ -253,17 +264,34 @@ class AlertService:
             ).fetchall():
                 observations.setdefault(
                     state_row["check_name"],
-                    Observe(firing=False, at=at, summary="asset is healthy again", replay=data.replay,
-                            behind=behind),
+                    Observe(
+                        firing=False,
+                        at=at,
+                        summary="asset is healthy again",
+                        replay=data.replay,
+                        behind=behind,
+                    ),
                 )
-        hints = AssetInfo(owners=tuple(data.owners), downstream=tuple(data.downstream), group=data.group,
-                          code_location=data.code_location, tags=dict(data.tags))
+        hints = AssetInfo(
+            owners=tuple(data.owners),
+            downstream=tuple(data.downstream),
+            group=data.group,
+            code_location=data.code_location,
+            tags=dict(data.tags),
+        )
         if object_kind_of(data.asset_key) != "asset":  # by its key: an event cannot overwrite an asset's spec
             self._automation_object(conn, data.asset_key, hints, now)
         self._add_edges(conn, [(data.asset_key, d) for d in data.downstream])
         for check, observation in observations.items():
             self._apply(
-                conn, fingerprint(data.asset_key, check), data.asset_key, check, [observation], now, txn, hints=hints
+                conn,
+                fingerprint(data.asset_key, check),
+                data.asset_key,
+                check,
+                [observation],
+                now,
+                txn,
+                hints=hints,
             )
 
     @staticmethod
@@ -276,7 +304,8 @@ class AlertService:
         update = (
             "DO UPDATE SET owners = excluded.owners, tags = excluded.tags, "
             "updated_at = excluded.updated_at, code_location = excluded.code_location"
-            if replace else "DO NOTHING"
+            if replace
+            else "DO NOTHING"
         )
         conn.execute(
             f"""INSERT INTO assets (asset_key, owners, tags, version, updated_at, code_location)
@@ -304,14 +333,16 @@ class AlertService:
                     f"the publisher of code location {location} has written no heartbeat to the "
                     f"automation stream since {last} (limit {limit:g} s): no Dagster event reaches the "
                     f"workers; is the daemon running, does the publishing sensor fail?"
-                    if late else f"the publisher of {location} writes heartbeats again"
+                    if late
+                    else f"the publisher of {location} writes heartbeats again"
                 )
                 key = f"publisher:{location}"
                 info = AssetInfo(code_location=location)
                 self._automation_object(conn, key, info, now, replace=False)
                 values = {"last_heartbeat_at": last, "limit_s": limit, "code_location": location}
-                observation = Observe(firing=late, at=now, severity="critical", summary=summary,
-                                      values=values)
+                observation = Observe(
+                    firing=late, at=now, severity="critical", summary=summary, values=values
+                )
                 fp = fingerprint(key, PUBLISHER_CHECK)
                 self._apply(conn, fp, key, PUBLISHER_CHECK, [observation], now, txn, hints=info)
             produced = self._settle_incidents(conn, txn, now)
@@ -382,10 +413,18 @@ class AlertService:
                     (by, now, now, alert["incident_id"]),
                 )
             for member in members:
-                self._apply(conn, member["fingerprint"], member["asset_key"], member["check_name"],
-                            [Ack(by, reason)], now, txn)
-            incident = conn.execute("SELECT opened_at, acked_at FROM incidents WHERE id = ?",
-                                    (alert["incident_id"],)).fetchone()
+                self._apply(
+                    conn,
+                    member["fingerprint"],
+                    member["asset_key"],
+                    member["check_name"],
+                    [Ack(by, reason)],
+                    now,
+                    txn,
+                )
+            incident = conn.execute(
+                "SELECT opened_at, acked_at FROM incidents WHERE id = ?", (alert["incident_id"],)
+            ).fetchone()
             produced = self._settle_incidents(conn, txn, now)
             row = conn.execute("SELECT * FROM alerts WHERE id = ?", (alert_id,)).fetchone()
         txn.committed()
@@ -416,7 +455,9 @@ class AlertService:
                 (silence_id, json.dumps(dict(matchers), sort_keys=True), by, reason, now, ends_at),
             )
             covered = 0
-            for row in conn.execute("SELECT fingerprint, asset_key, check_name, state FROM alert_states").fetchall():
+            for row in conn.execute(
+                "SELECT fingerprint, asset_key, check_name, state FROM alert_states"
+            ).fetchall():
                 state = AlertState.from_dict(json.loads(row["state"]))
                 if not state.firing:
                     continue  # a later incident checks the active silences when it opens
@@ -448,7 +489,9 @@ class AlertService:
                 raise AlertsError(f"no silence with id {silence_id}")
             if row["removed_at"] is not None or row["ends_at"] <= now:
                 raise AlertsError(f"silence {silence_id} is no longer active")
-            conn.execute("UPDATE silences SET removed_at = ?, removed_by = ? WHERE id = ?", (now, by, silence_id))
+            conn.execute(
+                "UPDATE silences SET removed_at = ?, removed_by = ? WHERE id = ?", (now, by, silence_id)
+            )
             released = 0
             for state_row in conn.execute(
                 "SELECT fingerprint, asset_key, check_name, state FROM alert_states"
@@ -486,10 +529,13 @@ class AlertService:
         if hints is None:
             # No event at hand (a tick, a person's action): what the last health event said about the asset.
             last = conn.execute(
-                "SELECT owners, downstream FROM alerts WHERE asset_key = ? ORDER BY id DESC LIMIT 1", (asset_key,)
+                "SELECT owners, downstream FROM alerts WHERE asset_key = ? ORDER BY id DESC LIMIT 1",
+                (asset_key,),
             ).fetchone()
             hints = (
-                AssetInfo(owners=tuple(json.loads(last["owners"])), downstream=tuple(json.loads(last["downstream"])))
+                AssetInfo(
+                    owners=tuple(json.loads(last["owners"])), downstream=tuple(json.loads(last["downstream"]))
+                )
                 if last is not None
                 else AssetInfo()
             )
@@ -498,8 +544,13 @@ class AlertService:
         owners = tuple(json.loads(row["owners"])) or hints.owners
         downstream = hints.downstream or tuple(json.loads(row["downstream"]))
         group = row["group_name"] or hints.group
-        return AssetInfo(owners=owners, group=group, tags=json.loads(row["tags"]), downstream=downstream,
-                         code_location=row["code_location"] or hints.code_location)
+        return AssetInfo(
+            owners=owners,
+            group=group,
+            tags=json.loads(row["tags"]),
+            downstream=downstream,
+            code_location=row["code_location"] or hints.code_location,
+        )
 
     def _labels(
         self, conn: Connection, asset_key: str, check: str, severity: str, hints: AssetInfo | None = None
@@ -539,7 +590,9 @@ class AlertService:
     ) -> None:
         """Run inputs through the state machine and persist state, alert row and history; the notices it
         decided go to `txn` for the incident step."""
-        exists = conn.execute("SELECT 1 FROM alert_states WHERE fingerprint = ?", (fp,)).fetchone() is not None
+        exists = (
+            conn.execute("SELECT 1 FROM alert_states WHERE fingerprint = ?", (fp,)).fetchone() is not None
+        )
         if not exists and not any(isinstance(i, Observe) and i.firing for i in inputs):
             return  # a passing check that never failed: nothing to remember
         state = original = self._load(conn, fp)
@@ -549,7 +602,9 @@ class AlertService:
             labels = self._labels(conn, asset_key, check, first.severity, hints)
             silence = self._active_silence(conn, labels, now)
             if silence is not None:
-                inputs.insert(0, Silence(silence["id"], silence["ends_at"], silence["created_by"], silence["reason"]))
+                inputs.insert(
+                    0, Silence(silence["id"], silence["ends_at"], silence["created_by"], silence["reason"])
+                )
         history: list[HistoryEntry] = []
         notices: list[Notice] = []
         for inp in inputs:
@@ -567,8 +622,16 @@ class AlertService:
                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT(fingerprint) DO UPDATE SET state = excluded.state, alert_id = excluded.alert_id,
                  next_due = excluded.next_due, updated_at = excluded.updated_at, held = excluded.held""",
-            (fp, asset_key, check, json.dumps(state.to_dict()), alert_id, next_due(state, self.config), now,
-             state.held),
+            (
+                fp,
+                asset_key,
+                check,
+                json.dumps(state.to_dict()),
+                alert_id,
+                next_due(state, self.config),
+                now,
+                state.held,
+            ),
         )
         conn.executemany(
             "INSERT INTO alert_history (alert_id, fingerprint, at, event, actor, reason, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -660,7 +723,9 @@ class AlertService:
         """Every asset upstream of an asset (any depth, cycle-safe), read once per asset and transaction."""
         return cache(lambda asset_key: frozenset(_related(conn, asset_key, upstream=True)))
 
-    def _group(self, conn: Connection, now: float, txn: _Txn) -> tuple[set[int], list[tuple[int, int, list[str]]]]:
+    def _group(
+        self, conn: Connection, now: float, txn: _Txn
+    ) -> tuple[set[int], list[tuple[int, int, list[str]]]]:
         """Put every firing alert that has no incident yet into one (new, or the open incident it links to,
         merging incidents it links together). Returns the incidents touched and the merges made
         (absorbed, survivor, the absorbed incident's announced members)."""
@@ -684,16 +749,26 @@ class AlertService:
         for r in open_members:
             together.setdefault(int(r["incident_id"]), []).append(str(r["id"]))
         members = [
-            Member(key=str(i), asset_key=r["asset_key"], check=r["check_name"], started_at=float(r["started_at"]),
-                   causes=causes_of(json.loads(r["detail"])))
+            Member(
+                key=str(i),
+                asset_key=r["asset_key"],
+                check=r["check_name"],
+                started_at=float(r["started_at"]),
+                causes=causes_of(json.loads(r["detail"])),
+            )
             for i, r in rows.items()
         ]
         touched: set[int] = set()
         merges: list[tuple[int, int, list[str]]] = []
         window = self.settings.alerts.incident_window_s
         for g in group(members, ancestors, window, together.values()):
-            existing = sorted({int(rows[int(m.key)]["incident_id"]) for m in g.members
-                               if rows[int(m.key)]["incident_id"] is not None})
+            existing = sorted(
+                {
+                    int(rows[int(m.key)]["incident_id"])
+                    for m in g.members
+                    if rows[int(m.key)]["incident_id"] is not None
+                }
+            )
             root = rows[int(g.root.key)]
             if not existing:
                 incident = self._open_incident(conn, root, now)
@@ -707,16 +782,31 @@ class AlertService:
             for placement in g.placements:
                 row = rows[int(placement.member.key)]
                 if row["incident_id"] != incident or row["incident_reason"] != placement.why:
-                    conn.execute("UPDATE alerts SET incident_id = ?, incident_reason = ? WHERE id = ?",
-                                 (incident, placement.why, row["id"]))
+                    conn.execute(
+                        "UPDATE alerts SET incident_id = ?, incident_reason = ? WHERE id = ?",
+                        (incident, placement.why, row["id"]),
+                    )
                     if row["incident_id"] is None:
-                        self._history(conn, int(row["id"]), row["fingerprint"], now, "grouped", placement.why,
-                                      incident=incident)
+                        self._history(
+                            conn,
+                            int(row["id"]),
+                            row["fingerprint"],
+                            now,
+                            "grouped",
+                            placement.why,
+                            incident=incident,
+                        )
             conn.execute(
                 """UPDATE incidents SET root_alert_id = ?, root_asset = ?, root_check = ?,
                      opened_at = MIN(opened_at, ?), updated_at = ? WHERE id = ?""",
-                (root["id"], root["asset_key"], root["check_name"], min(m.started_at for m in g.members), now,
-                 incident),
+                (
+                    root["id"],
+                    root["asset_key"],
+                    root["check_name"],
+                    min(m.started_at for m in g.members),
+                    now,
+                    incident,
+                ),
             )
         return touched, merges
 
@@ -726,11 +816,14 @@ class AlertService:
         incidents: set[int] = set()
         for chunk in range(0, len(keys), 500):
             part = keys[chunk : chunk + 500]
-            incidents |= {int(r[0]) for r in conn.execute(
-                f"""SELECT DISTINCT a.incident_id FROM alerts AS a JOIN incidents AS i ON i.id = a.incident_id
-                    WHERE i.status = 'open' AND a.asset_key IN ({','.join('?' * len(part))})""",
-                part,
-            ).fetchall()}
+            incidents |= {
+                int(r[0])
+                for r in conn.execute(
+                    f"""SELECT DISTINCT a.incident_id FROM alerts AS a JOIN incidents AS i ON i.id = a.incident_id
+                    WHERE i.status = 'open' AND a.asset_key IN ({",".join("?" * len(part))})""",
+                    part,
+                ).fetchall()
+            }
         if not incidents:
             return []
         ids = sorted(incidents)
@@ -740,19 +833,36 @@ class AlertService:
 
     def _open_incident(self, conn: Connection, root: Any, now: float) -> int:
         # An alert announced before incidents existed (an upgraded store) keeps its receivers and announcement.
-        told = [r[0] for r in conn.execute(
-            "SELECT DISTINCT receiver FROM notifications WHERE alert_id = ? AND kind != 'resolved' ORDER BY 1",
-            (root["id"],),
-        ).fetchall()] if root["notices"] else []
+        told = (
+            [
+                r[0]
+                for r in conn.execute(
+                    "SELECT DISTINCT receiver FROM notifications WHERE alert_id = ? AND kind != 'resolved' ORDER BY 1",
+                    (root["id"],),
+                ).fetchall()
+            ]
+            if root["notices"]
+            else []
+        )
         row = conn.execute(
             """INSERT INTO incidents (status, root_alert_id, root_asset, root_check, severity, opened_at,
                  announced_at, notified_severity, last_notified_at, receivers, announced_members, updated_at,
                  created_at)
                VALUES ('open', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
-            (root["id"], root["asset_key"], root["check_name"], root["severity"], root["started_at"],
-             root["last_notified_at"] if told else None, root["severity"] if told else None,
-             root["last_notified_at"] if told else None, json.dumps(told),
-             json.dumps([str(root["id"])] if told else []), now, now),
+            (
+                root["id"],
+                root["asset_key"],
+                root["check_name"],
+                root["severity"],
+                root["started_at"],
+                root["last_notified_at"] if told else None,
+                root["severity"] if told else None,
+                root["last_notified_at"] if told else None,
+                json.dumps(told),
+                json.dumps([str(root["id"])] if told else []),
+                now,
+                now,
+            ),
         ).fetchone()
         return int(row[0])
 
@@ -772,8 +882,16 @@ class AlertService:
             )
         return list(json.loads(row["announced_members"])) if row["announced_at"] is not None else []
 
-    def _history(self, conn: Connection, alert_id: int, fp: str, now: float, event: str, reason: str | None,
-                 **detail: Any) -> None:
+    def _history(
+        self,
+        conn: Connection,
+        alert_id: int,
+        fp: str,
+        now: float,
+        event: str,
+        reason: str | None,
+        **detail: Any,
+    ) -> None:
         conn.execute(
             "INSERT INTO alert_history (alert_id, fingerprint, at, event, actor, reason, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (alert_id, fp, now, event, "system", reason, json.dumps(detail, default=str)),
@@ -786,13 +904,17 @@ class AlertService:
         row = conn.execute("SELECT * FROM incidents WHERE id = ?", (incident_id,)).fetchone()
         if row is None or row["status"] == "merged":
             return 0
-        members = conn.execute("SELECT * FROM alerts WHERE incident_id = ? ORDER BY started_at, id",
-                               (incident_id,)).fetchall()
+        members = conn.execute(
+            "SELECT * FROM alerts WHERE incident_id = ? ORDER BY started_at, id", (incident_id,)
+        ).fetchall()
         firing = [m for m in members if m["status"] == "firing"]
         if not firing and row["status"] != "open":
             return 0
-        severity = max((m["severity"] or "error" for m in firing), key=lambda s: SEVERITY_RANK.get(s, 0),
-                       default=row["severity"])
+        severity = max(
+            (m["severity"] or "error" for m in firing),
+            key=lambda s: SEVERITY_RANK.get(s, 0),
+            default=row["severity"],
+        )
         view = IncidentView(
             open=bool(firing),
             announced=row["announced_at"] is not None,
@@ -810,16 +932,24 @@ class AlertService:
                 conn.execute("UPDATE incidents SET announce_at = ? WHERE id = ?", (due, incident_id))
                 kind = None
         if firing:
-            conn.execute("UPDATE incidents SET severity = ?, updated_at = ? WHERE id = ?",
-                         (severity, now, incident_id))
+            conn.execute(
+                "UPDATE incidents SET severity = ?, updated_at = ? WHERE id = ?", (severity, now, incident_id)
+            )
         else:
-            conn.execute("UPDATE incidents SET status = 'resolved', resolved_at = ?, updated_at = ? WHERE id = ?",
-                         (now, now, incident_id))
+            conn.execute(
+                "UPDATE incidents SET status = 'resolved', resolved_at = ?, updated_at = ? WHERE id = ?",
+                (now, now, incident_id),
+            )
             txn.resolved.append(max(0.0, now - row["opened_at"]))
         if kind is None:
             return 0
-        return self._notify(conn, dict(row) | {"severity": severity, "resolved_at": None if firing else now},
-                            members, kind, now)
+        return self._notify(
+            conn,
+            dict(row) | {"severity": severity, "resolved_at": None if firing else now},
+            members,
+            kind,
+            now,
+        )
 
     def _member(self, conn: Connection, row: Any, now: float) -> tuple[IncidentMember, AlertLabels]:
         info = self._asset_info(conn, row["asset_key"], None)
@@ -829,17 +959,35 @@ class AlertService:
         elif status == "firing" and row["acked_by"]:
             status = "acknowledged"
         member = IncidentMember(
-            alert_id=row["id"], asset_key=row["asset_key"], check=row["check_name"], severity=row["severity"],
-            status=status, reason=row["summary"], owners=list(info.owners), code_location=info.code_location,
+            alert_id=row["id"],
+            asset_key=row["asset_key"],
+            check=row["check_name"],
+            severity=row["severity"],
+            status=status,
+            reason=row["summary"],
+            owners=list(info.owners),
+            code_location=info.code_location,
             why=row["incident_reason"] or "",
         )
-        labels = AlertLabels(asset_key=row["asset_key"], check=row["check_name"], severity=row["severity"] or "error",
-                             owners=info.owners, teams=teams_of(info.owners, info.tags), group=info.group,
-                             tags=info.tags)
+        labels = AlertLabels(
+            asset_key=row["asset_key"],
+            check=row["check_name"],
+            severity=row["severity"] or "error",
+            owners=info.owners,
+            teams=teams_of(info.owners, info.tags),
+            group=info.group,
+            tags=info.tags,
+        )
         return member, labels
 
-    def _notify(self, conn: Connection, incident: Mapping[str, Any], members: Sequence[Any],
-                kind: IncidentNoticeKind, now: float) -> int:
+    def _notify(
+        self,
+        conn: Connection,
+        incident: Mapping[str, Any],
+        members: Sequence[Any],
+        kind: IncidentNoticeKind,
+        now: float,
+    ) -> int:
         """Queue one notification per receiver for the incident's notice `kind`."""
         root = next((m for m in members if m["id"] == incident["root_alert_id"]), members[0])
         described = [self._member(conn, m, now) for m in members]
@@ -883,9 +1031,16 @@ class AlertService:
                 asset_key=root["asset_key"],
                 check=root["check_name"],
                 severity=incident["severity"],
-                title=title_for(own_kind, status, incident["severity"], root["asset_key"], root["check_name"],
-                                affected=len(members) - 1, incident_id=incident["id"],
-                                merged_into=incident.get("merged_into")),
+                title=title_for(
+                    own_kind,
+                    status,
+                    incident["severity"],
+                    root["asset_key"],
+                    root["check_name"],
+                    affected=len(members) - 1,
+                    incident_id=incident["id"],
+                    merged_into=incident.get("merged_into"),
+                ),
                 reason=root["summary"],
                 values=json.loads(root["detail"] or "{}"),
                 owners=owners,
@@ -895,7 +1050,8 @@ class AlertService:
                 tags=dict(root_info.tags),
                 downstream=list(root_info.downstream),
                 dagster_url=dagster_asset_url(self.settings.alerts.dagster_ui_url, root["asset_key"])
-                if object_kind_of(root["asset_key"]) == "asset" else None,
+                if object_kind_of(root["asset_key"]) == "asset"
+                else None,
                 started_at=_dt(incident["opened_at"]),
                 resolved_at=_dt(incident["resolved_at"]),
                 acknowledged_by=incident["acked_by"],
@@ -905,8 +1061,20 @@ class AlertService:
                 merged_into=incident.get("merged_into"),
                 object_kind=object_kind_of(root["asset_key"]),
             )
-            rows.append((notification_id, root["id"], f"incident-{incident['id']}", own_kind, name,
-                         payload.model_dump_json(), row_status, now, now, incident["id"]))
+            rows.append(
+                (
+                    notification_id,
+                    root["id"],
+                    f"incident-{incident['id']}",
+                    own_kind,
+                    name,
+                    payload.model_dump_json(),
+                    row_status,
+                    now,
+                    now,
+                    incident["id"],
+                )
+            )
             queued += row_status == "pending"
         conn.executemany(
             """INSERT INTO notifications (id, alert_id, fingerprint, kind, receiver, content, status, created_at,
@@ -914,21 +1082,40 @@ class AlertService:
             rows,
         )
         if status == "firing":
-            announced = sorted(set(json.loads(incident["announced_members"]))
-                               | {str(m["id"]) for m in members if m["status"] == "firing"})
+            announced = sorted(
+                set(json.loads(incident["announced_members"]))
+                | {str(m["id"]) for m in members if m["status"] == "firing"}
+            )
             conn.execute(
                 """UPDATE incidents SET announced_at = COALESCE(announced_at, ?), notified_severity = ?,
                      last_notified_at = ?, notices = notices + 1, receivers = ?, announced_members = ?
                    WHERE id = ?""",
-                (now, incident["severity"], now, json.dumps(list(dict.fromkeys([*told, *receivers]))),
-                 json.dumps(announced), incident["id"]),
+                (
+                    now,
+                    incident["severity"],
+                    now,
+                    json.dumps(list(dict.fromkeys([*told, *receivers]))),
+                    json.dumps(announced),
+                    incident["id"],
+                ),
             )
         else:
-            conn.execute("UPDATE incidents SET last_notified_at = ?, notices = notices + 1 WHERE id = ?",
-                         (now, incident["id"]))
+            conn.execute(
+                "UPDATE incidents SET last_notified_at = ?, notices = notices + 1 WHERE id = ?",
+                (now, incident["id"]),
+            )
         reason = None if rows or declined else "no receiver configured or matched"
-        self._history(conn, int(root["id"]), root["fingerprint"], now, "incident_notice" if rows else "unrouted",
-                      reason, incident=incident["id"], kind=kind, receivers=[r[4] for r in rows])
+        self._history(
+            conn,
+            int(root["id"]),
+            root["fingerprint"],
+            now,
+            "incident_notice" if rows else "unrouted",
+            reason,
+            incident=incident["id"],
+            kind=kind,
+            receivers=[r[4] for r in rows],
+        )
         return queued
 
     def _merge_notice(self, conn: Connection, absorbed: int, survivor: int, now: float) -> int:
@@ -936,9 +1123,7 @@ class AlertService:
         row = conn.execute("SELECT * FROM incidents WHERE id = ?", (absorbed,)).fetchone()
         if row["announced_at"] is None:
             return 0
-        members = conn.execute(
-            "SELECT * FROM alerts WHERE id = ?", (row["root_alert_id"],)
-        ).fetchall()
+        members = conn.execute("SELECT * FROM alerts WHERE id = ?", (row["root_alert_id"],)).fetchall()
         return self._notify(conn, dict(row), members, "merged", now) if members else 0
 
     # -- housekeeping ----------------------------------------------------------------------------------
@@ -948,12 +1133,16 @@ class AlertService:
         now = self.clock()
         with self.store.read() as conn:
             firing = dict.fromkeys(("critical", "error", "warning", "info"), 0)
-            for row in conn.execute("SELECT severity, COUNT(*) FROM alerts WHERE status = 'firing' GROUP BY severity"):
+            for row in conn.execute(
+                "SELECT severity, COUNT(*) FROM alerts WHERE status = 'firing' GROUP BY severity"
+            ):
                 firing[row[0] or "error"] = int(row[1])
             depth, oldest = conn.execute(
                 "SELECT COUNT(*), MIN(created_at) FROM notifications WHERE status = 'pending'"
             ).fetchone()
-            incidents_open = conn.execute("SELECT COUNT(*) FROM incidents WHERE status = 'open'").fetchone()[0]
+            incidents_open = conn.execute("SELECT COUNT(*) FROM incidents WHERE status = 'open'").fetchone()[
+                0
+            ]
         for severity, count in firing.items():
             metrics.ALERTS_FIRING.labels(severity=severity).set(count)
         metrics.OUTBOX_DEPTH.set(int(depth))
@@ -1006,5 +1195,3 @@ def _related(conn: Connection, asset_key: str, *, upstream: bool) -> set[str]:
 
 def _dt(ts: float | None) -> datetime | None:
     return from_timestamp(ts) if ts is not None else None
-
-

@@ -56,7 +56,6 @@ class MuteWindow(Section):
     timezone: TimeZoneName = "UTC"
 
 
-
 class AlertRoute(Section):
     """Alerts matching every given criterion go to `receivers`; lists match when any entry matches
     (shell-style globs), `tags` when every tag matches. Routes are tried in order; the first match wins
@@ -163,6 +162,8 @@ class AlertsWorkerSettings(Settings):
         problems = super().missing_secrets()
         for i, receiver in enumerate(self.alerts.receivers):
             if receiver.secret_env and not receiver.secret():
-                problems.append(f"alerts.receivers.{i}.secret_env: environment variable "
-                                f"{receiver.secret_env} (receiver {receiver.name!r}'s secret) is not set")
+                problems.append(
+                    f"alerts.receivers.{i}.secret_env: environment variable "
+                    f"{receiver.secret_env} (receiver {receiver.name!r}'s secret) is not set"
+                )
         return problems

@@ -138,7 +138,9 @@ class RecordingReceiver:
         with self._cond:
             return [r for r in self.requests if 200 <= r.status < 300]
 
-    def wait_for(self, predicate: Callable[[list[Received]], bool], timeout_s: float = 20.0) -> list[Received]:
+    def wait_for(
+        self, predicate: Callable[[list[Received]], bool], timeout_s: float = 20.0
+    ) -> list[Received]:
         """Block until `predicate(requests)` holds; AssertionError with what arrived at the deadline."""
         deadline = time.monotonic() + timeout_s
         with self._cond:

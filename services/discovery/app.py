@@ -22,7 +22,9 @@ def workspace_sync(settings: DiscoveryWorkerSettings, store: Store) -> Workspace
     return WorkspaceSync(store, WebserverClient(cfg.url, timeout_s=cfg.timeout_s, retries=cfg.retries))
 
 
-def build(settings: DiscoveryWorkerSettings, *, port: int | None = None, loader: Loader | None = None) -> Worker:
+def build(
+    settings: DiscoveryWorkerSettings, *, port: int | None = None, loader: Loader | None = None
+) -> Worker:
     """The discovery worker: consumes the catalog stream, rescans periodically, publishes asset changes."""
     store = open_store(settings)
     metrics.refresh_gauges(store.connection())
@@ -32,8 +34,14 @@ def build(settings: DiscoveryWorkerSettings, *, port: int | None = None, loader:
     defer = sync is not None  # with a webserver, what it reports about a location wins (README)
     jobs = []
     if sync is not None:
-        jobs.append(PeriodicJob(name="poll_dagster", func=lambda: sync_from_dagster(sync),
-                                interval_s=cfg.poll_interval_s, run_at_start=True))
+        jobs.append(
+            PeriodicJob(
+                name="poll_dagster",
+                func=lambda: sync_from_dagster(sync),
+                interval_s=cfg.poll_interval_s,
+                run_at_start=True,
+            )
+        )
     return Worker(
         service=ServiceName.DISCOVERY,
         settings=settings,
@@ -44,8 +52,9 @@ def build(settings: DiscoveryWorkerSettings, *, port: int | None = None, loader:
             *jobs,
             PeriodicJob(
                 name="rescan",
-                func=lambda: rescan(store, settings.dagster.code_location, trigger="rescan", loader=loader,
-                                    defer=defer),
+                func=lambda: rescan(
+                    store, settings.dagster.code_location, trigger="rescan", loader=loader, defer=defer
+                ),
                 interval_s=cfg.rescan_interval_s,
                 run_at_start=cfg.rescan_at_start,
             ),

@@ -15,7 +15,9 @@ _LIST_COLUMNS = (
     "source_file, source_line, upstream, freshness, checks, fingerprint, version, first_seen, last_seen, retired_at"
 )
 
-_LIGHT_COLUMNS = "key, group_name, description, owners, tags, kinds, version, code_location, last_seen, retired_at"
+_LIGHT_COLUMNS = (
+    "key, group_name, description, owners, tags, kinds, version, code_location, last_seen, retired_at"
+)
 
 
 def iso(ts: float | None) -> str | None:
@@ -109,7 +111,9 @@ def list_assets(
             "retired_at": iso(retired_at),
             "status": "retired" if retired_at is not None else "active",
         }
-        for key, group, description, owners, tags, kinds, version, location, last_seen, retired_at in conn.execute(sql, params)
+        for key, group, description, owners, tags, kinds, version, location, last_seen, retired_at in conn.execute(
+            sql, params
+        )
     ]
 
 
@@ -134,8 +138,12 @@ def distinct_values(conn: Connection) -> dict[str, set[str]]:
     locations = conn.execute("SELECT DISTINCT code_location FROM assets")
     out["location"] = {r[0] for r in locations if r[0] is not None}
     out["group"] = {r[0] for r in conn.execute("SELECT DISTINCT group_name FROM assets") if r[0] is not None}
-    out["owner"] = {r[0] for r in conn.execute("SELECT DISTINCT o.value FROM assets, json_each(assets.owners) o")}
-    out["kind"] = {r[0] for r in conn.execute("SELECT DISTINCT k.value FROM assets, json_each(assets.kinds) k")}
+    out["owner"] = {
+        r[0] for r in conn.execute("SELECT DISTINCT o.value FROM assets, json_each(assets.owners) o")
+    }
+    out["kind"] = {
+        r[0] for r in conn.execute("SELECT DISTINCT k.value FROM assets, json_each(assets.kinds) k")
+    }
     out["tag"] = {r[0] for r in conn.execute("SELECT DISTINCT t.key FROM assets, json_each(assets.tags) t")}
     return out
 
@@ -173,13 +181,17 @@ def code_locations(conn: Connection) -> list[dict[str, Any]]:
             "problems": json.loads(row["problems"]),
             "changed_at": iso(row["changed_at"]),
         }
-        for row in conn.execute("SELECT name, asset_count, problems, changed_at FROM code_locations ORDER BY name")
+        for row in conn.execute(
+            "SELECT name, asset_count, problems, changed_at FROM code_locations ORDER BY name"
+        )
     ]
 
 
 def direct_upstream(conn: Connection) -> dict[str, list[str]]:
     """Every asset's direct upstream keys (sorted), in one read of the edges (for listings)."""
     found: dict[str, list[str]] = {}
-    for key, upstream in conn.execute("SELECT asset_key, upstream_key FROM asset_deps ORDER BY asset_key, upstream_key"):
+    for key, upstream in conn.execute(
+        "SELECT asset_key, upstream_key FROM asset_deps ORDER BY asset_key, upstream_key"
+    ):
         found.setdefault(key, []).append(upstream)
     return found

@@ -173,7 +173,9 @@ def _row_definition(row: sqlite3.Row) -> dict[str, Any]:
 def spec_from_row(row: sqlite3.Row, downstream: Sequence[str] = ()) -> AssetSpecData:
     """The AssetSpecData of a stored asset row."""
     values = _row_definition(row)
-    return AssetSpecData(key=row["key"], source_line=row["source_line"], downstream=list(downstream), **values)
+    return AssetSpecData(
+        key=row["key"], source_line=row["source_line"], downstream=list(downstream), **values
+    )
 
 
 @dataclass
@@ -188,12 +190,12 @@ def plan(snapshot: CatalogSnapshotData) -> tuple[dict[str, _Planned], str]:
     planned: dict[str, _Planned] = {}
     location = snapshot.code_location
     for raw in snapshot.assets:
-        spec = normalise(raw if raw.code_location == location else raw.model_copy(update={"code_location": location}))
+        spec = normalise(
+            raw if raw.code_location == location else raw.model_copy(update={"code_location": location})
+        )
         def_fp = fingerprint(spec)
         planned[spec.key] = _Planned(spec, def_fp, _row_hash(def_fp, spec))
     return planned, _location_hash((k, p.row_hash) for k, p in planned.items())
-
-
 
 
 _INSERT_ASSET = """
@@ -264,18 +266,25 @@ def register_snapshot(
     if same_problems and loc_row["fingerprint"] == location_hash:
         # Nothing the registry keeps differs (e.g. only downstream lists moved): remember the producer's
         # fingerprint so that the next identical snapshot takes the first exit, and record nothing else.
-        conn.execute("UPDATE code_locations SET snapshot_fingerprint = ? WHERE name = ?", (snapshot.fingerprint, location))
+        conn.execute(
+            "UPDATE code_locations SET snapshot_fingerprint = ? WHERE name = ?",
+            (snapshot.fingerprint, location),
+        )
         return []
 
     existing: dict[str, sqlite3.Row] = {
         row["key"]: row
-        for row in conn.execute("SELECT * FROM assets WHERE code_location = ? OR code_location IS NULL", (location,))
+        for row in conn.execute(
+            "SELECT * FROM assets WHERE code_location = ? OR code_location IS NULL", (location,)
+        )
     }
     missing = [k for k in planned if k not in existing]
     for start in range(0, len(missing), 500):
         chunk = missing[start : start + 500]
         marks = ",".join("?" * len(chunk))
-        existing.update((row["key"], row) for row in conn.execute(f"SELECT * FROM assets WHERE key IN ({marks})", chunk))
+        existing.update(
+            (row["key"], row) for row in conn.execute(f"SELECT * FROM assets WHERE key IN ({marks})", chunk)
+        )
 
     changes: list[Change] = []
     inserts: list[tuple[Any, ...]] = []
@@ -321,7 +330,16 @@ def register_snapshot(
         ]
     for row in retire:
         spec = spec_from_row(row)
-        changes.append(Change("retired", row["key"], int(row["version"]), spec, {"retired_at": {"old": None, "new": now.isoformat()}}, now))
+        changes.append(
+            Change(
+                "retired",
+                row["key"],
+                int(row["version"]),
+                spec,
+                {"retired_at": {"old": None, "new": now.isoformat()}},
+                now,
+            )
+        )
         dep_deletes.append((row["key"],))
 
     if inserts:
@@ -340,9 +358,13 @@ def register_snapshot(
     if dep_deletes:
         conn.executemany("DELETE FROM asset_deps WHERE asset_key = ?", dep_deletes)
     if dep_inserts:
-        conn.executemany("INSERT OR IGNORE INTO asset_deps (asset_key, upstream_key) VALUES (?, ?)", dep_inserts)
+        conn.executemany(
+            "INSERT OR IGNORE INTO asset_deps (asset_key, upstream_key) VALUES (?, ?)", dep_inserts
+        )
     # Every asset of the location was seen in this (changing) snapshot.
-    conn.execute("UPDATE assets SET last_seen = ? WHERE code_location = ? AND retired_at IS NULL", (ts, location))
+    conn.execute(
+        "UPDATE assets SET last_seen = ? WHERE code_location = ? AND retired_at IS NULL", (ts, location)
+    )
     stored_hash = _location_hash(
         (r["key"], r["row_hash"])
         for r in conn.execute(
@@ -396,7 +418,14 @@ def _with_downstream(conn: Connection, changes: list[Change]) -> list[Change]:
         return changes
     children = downstream_map(conn, [c.key for c in changes])
     return [
-        Change(c.kind, c.key, c.version, c.spec.model_copy(update={"downstream": children.get(c.key, [])}), c.changes, c.at)
+        Change(
+            c.kind,
+            c.key,
+            c.version,
+            c.spec.model_copy(update={"downstream": children.get(c.key, [])}),
+            c.changes,
+            c.at,
+        )
         for c in changes
     ]
 
@@ -436,7 +465,9 @@ def to_events(changes: Sequence[Change], *, source: str = "discovery") -> list[A
                 AssetChanged,
                 event_type,
                 identity=identity,
-                data=AssetChangeData(spec=change.spec, version=change.version, changes=change.changes, retired_at=retired_at),
+                data=AssetChangeData(
+                    spec=change.spec, version=change.version, changes=change.changes, retired_at=retired_at
+                ),
                 source=source,
                 occurred_at=change.at,
             )

@@ -55,7 +55,9 @@ def fresh_import(module: str) -> None:
 
 def catalog_builder() -> Callable[..., CatalogSnapshotData]:
     """The orchestrator's `build_catalog`: the sensor's own builder, so both snapshots agree (fingerprints too)."""
-    builder: Callable[..., CatalogSnapshotData] = importlib.import_module("orchestrator.catalog").build_catalog
+    builder: Callable[..., CatalogSnapshotData] = importlib.import_module(
+        "orchestrator.catalog"
+    ).build_catalog
     return builder
 
 
@@ -120,5 +122,9 @@ def scan(code_location: str, loader: Loader) -> ScanResult:
     try:
         snapshot, modules = loader(code_location)
     except Exception as exc:  # a broken code location is a finding, not a crash
-        return ScanResult(code_location, None, [], [_problem(code_location, exc)], time.perf_counter() - started)
-    return ScanResult(code_location, snapshot, modules, list(snapshot.problems), time.perf_counter() - started)
+        return ScanResult(
+            code_location, None, [], [_problem(code_location, exc)], time.perf_counter() - started
+        )
+    return ScanResult(
+        code_location, snapshot, modules, list(snapshot.problems), time.perf_counter() - started
+    )

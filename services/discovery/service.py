@@ -179,11 +179,17 @@ def _handle_request(
     # Claimed before scanning: a request is a nudge, and a crash mid-scan is covered by the periodic rescan.
     location = request.data.code_location or default_location
     if location != default_location:
-        log.warning("discovery_request_ignored", code_location=location, reason="not this worker's code location")
+        log.warning(
+            "discovery_request_ignored", code_location=location, reason="not this worker's code location"
+        )
         return
     outcome = rescan(store, location, trigger="request", loader=loader, defer=defer)
-    log.info("discovery_request_handled", code_location=location, requested_by=request.data.requested_by,
-             changes=len(outcome.changes))
+    log.info(
+        "discovery_request_handled",
+        code_location=location,
+        requested_by=request.data.requested_by,
+        changes=len(outcome.changes),
+    )
 
 
 # -- discovery from the running Dagster (the webserver's GraphQL) -------------------------------------------
@@ -274,13 +280,23 @@ class WorkspaceSync:
                 if new_problem and target is None:
                     for problem in snapshot.problems:
                         log.warning("discovery_problem", code_location=entry.name, problem=problem)
-                report.locations.append(LocationReport(entry.name, "error", 0, list(snapshot.problems),
-                                                       duration_s=read.duration_s))
+                report.locations.append(
+                    LocationReport(
+                        entry.name, "error", 0, list(snapshot.problems), duration_s=read.duration_s
+                    )
+                )
             else:
-                outcome = register(store, snapshot, trigger=trigger, source=self.source,
-                                   origin=DAGSTER_SOURCE)
-                found = LocationReport(entry.name, "registered", len(snapshot.assets),
-                                       list(snapshot.problems), outcome.changes, read.duration_s)
+                outcome = register(
+                    store, snapshot, trigger=trigger, source=self.source, origin=DAGSTER_SOURCE
+                )
+                found = LocationReport(
+                    entry.name,
+                    "registered",
+                    len(snapshot.assets),
+                    list(snapshot.problems),
+                    outcome.changes,
+                    read.duration_s,
+                )
                 report.locations.append(found)
             if target is None:
                 self.seen[entry.name] = entry.version
@@ -289,8 +305,9 @@ class WorkspaceSync:
             gone = [name for name in locations_from(conn, DAGSTER_SOURCE) if name not in listed]
         for name in gone:
             # Removed from workspace.yaml (or renamed): its assets are retired, as a deleted module's are.
-            empty = CatalogSnapshotData(code_location=name, fingerprint=f"gone:{time.time()}", assets=[],
-                                        problems=[])
+            empty = CatalogSnapshotData(
+                code_location=name, fingerprint=f"gone:{time.time()}", assets=[], problems=[]
+            )
             outcome = register(store, empty, trigger=trigger, source=self.source, origin=DAGSTER_SOURCE)
             report.locations.append(LocationReport(name, "gone", 0, [], outcome.changes))
             self.seen.pop(name, None)

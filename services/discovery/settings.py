@@ -12,7 +12,9 @@ class DiscoverySettings(Section):
     # Scan the code location once when the worker starts (catches edits made while it was down).
     rescan_at_start: bool = True
     # `module:attribute` of the code location's Definitions, loaded in-process by rescans and discover-assets.
-    definitions: str = Field(default="orchestrator.definitions:defs", pattern=r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$")
+    definitions: str = Field(
+        default="orchestrator.definitions:defs", pattern=r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$"
+    )
     # With `dagster.url` set: how often the webserver's workspace is polled (one small GraphQL query; only a
     # code location whose load time or version changed is read again).
     poll_interval_s: float = Field(default=30.0, gt=0)

@@ -101,7 +101,9 @@ def theil_sen_slope(ts: Sequence[float], vs: Sequence[float]) -> float:
     slopes: list[float] = []
     for i in range(n - 1):
         ti, vi = ts[i], vs[i]
-        slopes.extend([(vj - vi) / (tj - ti) for tj, vj in zip(ts[i + 1 :], vs[i + 1 :], strict=True) if tj != ti])
+        slopes.extend(
+            [(vj - vi) / (tj - ti) for tj, vj in zip(ts[i + 1 :], vs[i + 1 :], strict=True) if tj != ti]
+        )
     return median(slopes) if slopes else 0.0
 
 
@@ -174,8 +176,14 @@ def score(history: Sequence[tuple[float, float]], point: tuple[float, float], cf
         if not other.enough_data or other.fit_error is None:
             continue
         # Compare on the same training points (a weekday profile trains on a longer window).
-        window = replace(cfg, seasonality="none", training_s=max(cfg.training_s, 56 * _DAY) if kind == "day_of_week" else cfg.training_s)
-        baseline = _score(history, point, window, slopes).fit_error if kind == "day_of_week" else plain.fit_error
+        window = replace(
+            cfg,
+            seasonality="none",
+            training_s=max(cfg.training_s, 56 * _DAY) if kind == "day_of_week" else cfg.training_s,
+        )
+        baseline = (
+            _score(history, point, window, slopes).fit_error if kind == "day_of_week" else plain.fit_error
+        )
         if baseline is not None and other.fit_error < 0.85 * baseline and other.fit_error < best_error:
             best, best_error = other, other.fit_error
     return best
@@ -255,7 +263,9 @@ def _score(
     mid = median(resid)
     fit_error = sum(abs(r - mid) for r in resid) / n
     if seasonal and k < 2:
-        return Score(value, None, False, n, seasonal=True, note=f"{k} training points share this point's season")
+        return Score(
+            value, None, False, n, seasonal=True, note=f"{k} training points share this point's season"
+        )
     # The spread is estimated from few points: scale it so that `sensitivity` keeps the false-alarm rate
     # of that many standard deviations of a normal distribution (Student t with the fit's degrees of freedom).
     dof = n - 1 - (1 if trend else 0) - (len(set(buckets)) - 1 if seasonal else 0)

@@ -50,11 +50,19 @@ def build(settings: HealthWorkerSettings, *, port: int | None = None) -> Worker:
         streams=STREAMS,
         handler=service.handle,
         jobs=[
-            PeriodicJob(name="evaluate", func=service.evaluate_all, interval_s=cfg.evaluation_interval_s,
-                        run_at_start=True),
+            PeriodicJob(
+                name="evaluate",
+                func=service.evaluate_all,
+                interval_s=cfg.evaluation_interval_s,
+                run_at_start=True,
+            ),
             PeriodicJob(name="evaluate_pending", func=service.evaluate_pending, interval_s=cfg.max_defer_s),
-            PeriodicJob(name="evaluate_automation", func=service.evaluate_automation,
-                        interval_s=cfg.evaluation_interval_s, run_at_start=True),
+            PeriodicJob(
+                name="evaluate_automation",
+                func=service.evaluate_automation,
+                interval_s=cfg.evaluation_interval_s,
+                run_at_start=True,
+            ),
             PeriodicJob(name="retention", func=service.retention, interval_s=cfg.retention_interval_s),
             PeriodicJob(name="status_gauges", func=service.status_gauges, interval_s=1.0),
         ],

@@ -51,10 +51,14 @@ class AutomationCheck(StrEnum):
 # An error of these makes the object FAILED (it does not work); of the others DEGRADED (it may not run).
 # A job's check is the assets' `execution_status` (same meaning: the latest finished run failed), so routes,
 # silences and listings that name it cover op jobs too.
-FAILING_CHECKS: frozenset[str] = frozenset({
-    AutomationCheck.TICK_FAILURES, AutomationCheck.DAEMON_HEARTBEAT, AutomationCheck.PUBLISHER_HEARTBEAT,
-    CheckName.EXECUTION,
-})
+FAILING_CHECKS: frozenset[str] = frozenset(
+    {
+        AutomationCheck.TICK_FAILURES,
+        AutomationCheck.DAEMON_HEARTBEAT,
+        AutomationCheck.PUBLISHER_HEARTBEAT,
+        CheckName.EXECUTION,
+    }
+)
 # Run tags that are Dagster's own (run keys, partitions, backfills...), not a team's: not a job's tags.
 _SYSTEM_TAG_PREFIXES = ("dagster/", ".dagster")
 _OWNER_TAGS = ("owner", "owners")
@@ -333,16 +337,25 @@ def job_execution(obj: AutomationObject, canceled_run: str = "warn") -> CheckRes
             f"{when(obj.first_failed_at)}, last run {run}; last success {when(obj.last_success_at)}: {error}"
         )
         return _result(
-            check, "error", reason, consecutive=obj.failed_runs, error=error,
-            first_failed_at=when(obj.first_failed_at), code_location=obj.code_location, **values,
+            check,
+            "error",
+            reason,
+            consecutive=obj.failed_runs,
+            error=error,
+            first_failed_at=when(obj.first_failed_at),
+            code_location=obj.code_location,
+            **values,
         )
     if obj.last_status == "CANCELED" and canceled_run in ("warn", "error"):
         outcome: CheckOutcome = "warn" if canceled_run == "warn" else "error"
-        reason = f"job {obj.name} ({obj.code_location or 'unknown location'}): run {run} was canceled at " \
-                 f"{when(obj.last_at)}"
+        reason = (
+            f"job {obj.name} ({obj.code_location or 'unknown location'}): run {run} was canceled at "
+            f"{when(obj.last_at)}"
+        )
         return _result(check, outcome, reason, **values)
-    return _result(check, "passed", f"last run {run} {str(obj.last_status).lower()} at {when(obj.last_at)}",
-                   **values)
+    return _result(
+        check, "passed", f"last run {run} {str(obj.last_status).lower()} at {when(obj.last_at)}", **values
+    )
 
 
 Cron = Callable[[str, float, str | None], float]

@@ -40,7 +40,11 @@ def check_payload(result: CheckResult) -> dict[str, Any]:
             metadata[name] = ", ".join(str(v) for v in value)
         elif value is not None:
             metadata[name] = value
-    body: dict[str, Any] = {"check_name": result.check, "passed": result.outcome == "passed", "metadata": metadata}
+    body: dict[str, Any] = {
+        "check_name": result.check,
+        "passed": result.outcome == "passed",
+        "metadata": metadata,
+    }
     if result.outcome != "passed":
         body["severity"] = "WARN" if result.outcome == "warn" else "ERROR"
     return body
@@ -48,14 +52,23 @@ def check_payload(result: CheckResult) -> dict[str, Any]:
 
 def check_url(base_url: str, asset_key: str) -> str:
     """The endpoint of `asset_key` (`a/b` → `/report_asset_check/a/b`)."""
-    return f"{base_url.rstrip('/')}/report_asset_check/" + "/".join(quote(p, safe="") for p in asset_key.split("/"))
+    return f"{base_url.rstrip('/')}/report_asset_check/" + "/".join(
+        quote(p, safe="") for p in asset_key.split("/")
+    )
 
 
 class DagsterCheckReporter:
     """Posts the newest check results of each asset to Dagster from a background thread."""
 
-    def __init__(self, base_url: str, *, timeout_s: float = 5.0, attempts: int = 3, max_wait_s: float = 8.0,
-                 patience_s: float = 120.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 5.0,
+        attempts: int = 3,
+        max_wait_s: float = 8.0,
+        patience_s: float = 120.0,
+    ) -> None:
         self.base_url = base_url
         self.patience_s = patience_s
         self._answered = False
@@ -105,8 +118,12 @@ class DagsterCheckReporter:
                     log.info("dagster_webserver_answers", url=self.base_url)
                 return
             if not warned and time.monotonic() - started > self.patience_s:
-                log.warning("dagster_webserver_not_answering", url=self.base_url, waited_s=round(self.patience_s),
-                            note="check results wait for it (dagster.url)")
+                log.warning(
+                    "dagster_webserver_not_answering",
+                    url=self.base_url,
+                    waited_s=round(self.patience_s),
+                    note="check results wait for it (dagster.url)",
+                )
                 warned = True
             self._stop.wait(0.5)
 
@@ -135,7 +152,9 @@ class DagsterCheckReporter:
         @retry(
             stop=stop_after_attempt(self.attempts),
             wait=wait_exponential(multiplier=0.5, max=self.max_wait_s),
-            retry=retry_if_exception(lambda e: isinstance(e, httpx.TransportError | _Retryable) and not self._stop.is_set()),
+            retry=retry_if_exception(
+                lambda e: isinstance(e, httpx.TransportError | _Retryable) and not self._stop.is_set()
+            ),
             reraise=True,
         )
         def send() -> httpx.Response:
@@ -152,7 +171,12 @@ class DagsterCheckReporter:
             return
         if response.status_code >= 400:
             metrics.DAGSTER_REPORTS.labels(result="rejected").inc()
-            log.warning("dagster_report_rejected", asset=asset_key, check=result.check, status=response.status_code,
-                        error=response.text[:300])
+            log.warning(
+                "dagster_report_rejected",
+                asset=asset_key,
+                check=result.check,
+                status=response.status_code,
+                error=response.text[:300],
+            )
             return
         metrics.DAGSTER_REPORTS.labels(result="ok").inc()

@@ -106,8 +106,9 @@ class Decision:
         return self.event is not None
 
 
-def health_status(results: Sequence[CheckResult], *, has_data: bool, retired: bool,
-                  failing: frozenset[str] = _FAILING) -> HealthStatus:
+def health_status(
+    results: Sequence[CheckResult], *, has_data: bool, retired: bool, failing: frozenset[str] = _FAILING
+) -> HealthStatus:
     """The worst of the checks: an error of a `failing` check (an asset's execution) → FAILED, any other
     error → DEGRADED, a warning → WARNING, else HEALTHY; UNKNOWN for a retired asset or one with nothing on
     record and nothing wrong."""
@@ -194,8 +195,9 @@ def decide(
         )
         state = HealthState(status, sig, transitions, outcomes, stored=True, replayed=replay)
     else:
-        state = HealthState(previous.status, previous.signature, transitions, outcomes, stored=True,
-                            replayed=replay)
+        state = HealthState(
+            previous.status, previous.signature, transitions, outcomes, stored=True, replayed=replay
+        )
     reportable = [r for r in results if subject.declared is None or r.check in subject.declared]
     report = tuple(reportable) if event is not None or trigger is Trigger.EVENTS else ()
     return Decision(subject.key, status, sig, reasons, results, state, event, report)

@@ -190,13 +190,22 @@ def execution_status(
             if o.status != BLOCKED:
                 break
             times += 1
-        reason = (f"not materialized in run {blocked.run_id[:8]} at {when(blocked.at)}: blocked by "
-                  f"{_blocked_text(keys)}" + (f" ({times} runs in a row)" if times > 1 else "") + since)
+        reason = (
+            f"not materialized in run {blocked.run_id[:8]} at {when(blocked.at)}: blocked by "
+            f"{_blocked_text(keys)}" + (f" ({times} runs in a row)" if times > 1 else "") + since
+        )
         return _result(
-            EXECUTION, "warn", reason,
-            last_run_id=blocked.run_id, last_status=BLOCKED, last_run_at=when(blocked.at), consecutive=times,
-            last_success_at=when(last_success) if last_success else None, runs=len(outcomes),
-            blocked_by=keys, blocked_run_id=blocked.run_id,
+            EXECUTION,
+            "warn",
+            reason,
+            last_run_id=blocked.run_id,
+            last_status=BLOCKED,
+            last_run_at=when(blocked.at),
+            consecutive=times,
+            last_success_at=when(last_success) if last_success else None,
+            runs=len(outcomes),
+            blocked_by=keys,
+            blocked_run_id=blocked.run_id,
         )
     at, run_id, status, error, _ = own[-1]
     streak = 0
@@ -216,10 +225,16 @@ def execution_status(
         times_text = f"{streak} consecutive failures" if streak > 1 else "first failure"
         detail = f": {clip(error.strip().splitlines()[0], 300)}" if error and error.strip() else ""
         # Its own failure stands until it runs again: a later run that only skipped it changes nothing.
-        later = (f"; not run since: blocked in run {blocked.run_id[:8]} by "
-                 f"{_blocked_text(blocked_by(blocked.failed, lineage))}" if blocked is not None else "")
+        later = (
+            f"; not run since: blocked in run {blocked.run_id[:8]} by "
+            f"{_blocked_text(blocked_by(blocked.failed, lineage))}"
+            if blocked is not None
+            else ""
+        )
         return _result(
-            EXECUTION, "error", f"run {run_id[:8]} failed at {when(at)} ({times_text}{since}){detail}{later}",
+            EXECUTION,
+            "error",
+            f"run {run_id[:8]} failed at {when(at)} ({times_text}{since}){detail}{later}",
             **values,
         )
     if status == "CANCELED" and th.canceled_run != "ignore":
@@ -230,7 +245,9 @@ def execution_status(
 # -- volume and duration anomalies --------------------------------------------------------------------
 
 
-def _anomaly_result(check: CheckName, s: Score, severity: CheckOutcome, what: str, unit: str, sensitivity: float) -> CheckResult:
+def _anomaly_result(
+    check: CheckName, s: Score, severity: CheckOutcome, what: str, unit: str, sensitivity: float
+) -> CheckResult:
     values: dict[str, Any] = {
         "value": s.value,
         "expected": s.expected,
@@ -252,7 +269,9 @@ def _anomaly_result(check: CheckName, s: Score, severity: CheckOutcome, what: st
     z = f"z={s.z:+.1f}" if s.z is not None else "constant history"
     change = f", {s.change_pct:+.0f}%" if s.change_pct is not None else ""
     word = "spike" if s.anomaly == "spike" else "drop"
-    reason = f"{what} {word}: {_num(s.value)}{unit} vs {band}; {z}{change}, beyond sensitivity {sensitivity:g}"
+    reason = (
+        f"{what} {word}: {_num(s.value)}{unit} vs {band}; {z}{change}, beyond sensitivity {sensitivity:g}"
+    )
     return _result(check, severity, reason, direction=s.anomaly, **values)
 
 
@@ -289,10 +308,15 @@ def duration_config(th: HealthThresholds) -> DetectorConfig:
 
 def volume_anomaly(history: AssetHistory, th: HealthThresholds) -> CheckResult:
     """Row count of the latest materialization against its training window; zero rows is its own finding."""
-    series = [(m.at, float(m.row_count)) for m in history.materializations[-(MAX_TRAINING_POINTS_HOURLY + 1) :]
-              if m.row_count is not None]
+    series = [
+        (m.at, float(m.row_count))
+        for m in history.materializations[-(MAX_TRAINING_POINTS_HOURLY + 1) :]
+        if m.row_count is not None
+    ]
     if not series:
-        return _result(VOLUME, "passed", "no row count reported (add dagster/row_count metadata to judge volume)")
+        return _result(
+            VOLUME, "passed", "no row count reported (add dagster/row_count metadata to judge volume)"
+        )
     *past, (t_now, value) = series
     if value == 0 and th.zero_rows != "ignore":
         recent = [v for t, v in past if t >= t_now - th.volume_training_days * _DAY]
@@ -390,13 +414,26 @@ def _cron_freshness(history: AssetHistory, policy: Mapping[str, Any], now: float
         return _result(FRESHNESS, "warn", f"cannot evaluate the cron freshness policy {cron!r}: {exc}")
     window = float(policy.get("lower_bound_delta_s") or 0.0)
     last = history.last_materialization
-    values = {"deadline": when(deadline), "window_s": window, "policy": f"Dagster cron freshness policy {cron}"}
+    values = {
+        "deadline": when(deadline),
+        "window_s": window,
+        "policy": f"Dagster cron freshness policy {cron}",
+    }
     if last is not None and last.at >= deadline - window:
-        return _result(FRESHNESS, "passed", f"fresh: materialized {when(last.at)}, before the deadline {when(deadline)}", **values)
+        return _result(
+            FRESHNESS,
+            "passed",
+            f"fresh: materialized {when(last.at)}, before the deadline {when(deadline)}",
+            **values,
+        )
     seen = f"last materialized {when(last.at)}" if last else "never materialized"
-    return _result(FRESHNESS, "error",
-                   f"stale: no materialization in the {human_s(window)} before the deadline {when(deadline)} "
-                   f"({cron}); {seen}", **values)
+    return _result(
+        FRESHNESS,
+        "error",
+        f"stale: no materialization in the {human_s(window)} before the deadline {when(deadline)} "
+        f"({cron}); {seen}",
+        **values,
+    )
 
 
 def freshness(history: AssetHistory, resolved: Resolved, now: float) -> CheckResult:
@@ -412,7 +449,11 @@ def freshness(history: AssetHistory, resolved: Resolved, now: float) -> CheckRes
         if cron_result is not None:
             return cron_result
     if last is None:
-        if explicit is not None and history.registered_at is not None and now - history.registered_at > explicit:
+        if (
+            explicit is not None
+            and history.registered_at is not None
+            and now - history.registered_at > explicit
+        ):
             return _result(
                 FRESHNESS,
                 "warn",
@@ -427,34 +468,56 @@ def freshness(history: AssetHistory, resolved: Resolved, now: float) -> CheckRes
         values = {"age_s": age, "max_lag_s": explicit, "warn_lag_s": th.freshness_warn_lag, "policy": origin}
         if age > explicit:
             return _result(
-                FRESHNESS, "error",
+                FRESHNESS,
+                "error",
                 f"stale: last materialized {human_s(age)} ago at {when(last.at)}, max lag {human_s(explicit)} ({origin})",
                 **values,
             )
         if th.freshness_warn_lag is not None and age > th.freshness_warn_lag:
             return _result(
-                FRESHNESS, "warn",
+                FRESHNESS,
+                "warn",
                 f"getting stale: last materialized {human_s(age)} ago, warn after {human_s(th.freshness_warn_lag)}",
                 **values,
             )
-        return _result(FRESHNESS, "passed", f"fresh: materialized {human_s(age)} ago (max lag {human_s(explicit)})", **values)
+        return _result(
+            FRESHNESS,
+            "passed",
+            f"fresh: materialized {human_s(age)} ago (max lag {human_s(explicit)})",
+            **values,
+        )
     cadence, intervals = learned_cadence([m.at for m in history.materializations])
     if cadence is None or intervals < th.freshness_min_history:
         return _result(
-            FRESHNESS, "passed",
+            FRESHNESS,
+            "passed",
             f"materialized {human_s(age)} ago; no freshness policy and too few runs to learn a cadence "
             f"({intervals} of {th.freshness_min_history} intervals)",
             age_s=age,
         )
-    warn_after, error_after = cadence * th.freshness_cadence_warn_factor, cadence * th.freshness_cadence_error_factor
-    values = {"age_s": age, "cadence_s": cadence, "warn_after_s": warn_after, "error_after_s": error_after,
-              "policy": "learned cadence"}
+    warn_after, error_after = (
+        cadence * th.freshness_cadence_warn_factor,
+        cadence * th.freshness_cadence_error_factor,
+    )
+    values = {
+        "age_s": age,
+        "cadence_s": cadence,
+        "warn_after_s": warn_after,
+        "error_after_s": error_after,
+        "policy": "learned cadence",
+    }
     usual = f"usually every {human_s(cadence)}"
     if age > error_after:
-        return _result(FRESHNESS, "error", f"stale: last materialized {human_s(age)} ago, {usual} (learned)", **values)
+        return _result(
+            FRESHNESS, "error", f"stale: last materialized {human_s(age)} ago, {usual} (learned)", **values
+        )
     if age > warn_after:
-        return _result(FRESHNESS, "warn", f"late: last materialized {human_s(age)} ago, {usual} (learned)", **values)
-    return _result(FRESHNESS, "passed", f"fresh: materialized {human_s(age)} ago, {usual} (learned)", **values)
+        return _result(
+            FRESHNESS, "warn", f"late: last materialized {human_s(age)} ago, {usual} (learned)", **values
+        )
+    return _result(
+        FRESHNESS, "passed", f"fresh: materialized {human_s(age)} ago, {usual} (learned)", **values
+    )
 
 
 # -- dependencies ---------------------------------------------------------------------------------------
@@ -646,7 +709,9 @@ def evaluate(
     return [
         _result(name, "passed", f"disabled ({resolved.source('disabled_checks')})")
         if name in disabled
-        else reuse[name] if name in reuse else run[name]()
+        else reuse[name]
+        if name in reuse
+        else run[name]()
         for name in CHECK_NAMES
     ]
 
@@ -661,8 +726,11 @@ def next_change(history: AssetHistory, resolved: Resolved, now: float) -> float 
         return None
     limits: list[float] = []
     if th.duration_max_s is not None and DURATION not in th.disabled_checks:
-        limits += [e.started_at + th.duration_max_s for e in history.executions
-                   if e.status == "STARTED" and e.started_at is not None]
+        limits += [
+            e.started_at + th.duration_max_s
+            for e in history.executions
+            if e.status == "STARTED" and e.started_at is not None
+        ]
     if FRESHNESS not in th.disabled_checks:
         policy = history.spec.freshness if history.spec else None
         asset_level = resolved.source("freshness_max_lag").startswith(("tag", "metadata"))
@@ -680,7 +748,9 @@ def next_change(history: AssetHistory, resolved: Resolved, now: float) -> float 
         else:
             cadence, intervals = learned_cadence([m.at for m in history.materializations[-31:]])
             if cadence is not None and intervals >= th.freshness_min_history:
-                limits += [last.at + cadence * th.freshness_cadence_warn_factor,
-                           last.at + cadence * th.freshness_cadence_error_factor]
+                limits += [
+                    last.at + cadence * th.freshness_cadence_warn_factor,
+                    last.at + cadence * th.freshness_cadence_error_factor,
+                ]
     ahead = [t for t in limits if t >= now]
     return min(ahead) if ahead else None

@@ -6,12 +6,18 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from libs.common.metrics import BatchHistogram
 
-ASSETS_BY_STATUS = Gauge("ams_health_assets", "Assets by group and current health status", ["group", "status"])
+ASSETS_BY_STATUS = Gauge(
+    "ams_health_assets", "Assets by group and current health status", ["group", "status"]
+)
 # Per-asset series only for assets that are not HEALTHY (bounded by what is broken, not by the catalog).
 ASSET_STATUS = Gauge(
-    "ams_health_asset_status", "1 for each asset that is not healthy, by its status", ["asset_key", "group", "status"]
+    "ams_health_asset_status",
+    "1 for each asset that is not healthy, by its status",
+    ["asset_key", "group", "status"],
 )
-CHECK_RESULTS = Counter("ams_health_check_results_total", "Check evaluations by check and outcome", ["check", "outcome"])
+CHECK_RESULTS = Counter(
+    "ams_health_check_results_total", "Check evaluations by check and outcome", ["check", "outcome"]
+)
 EVALUATION_SECONDS = Histogram(
     "ams_health_evaluation_seconds",
     "Time to evaluate every check of one asset",
@@ -24,16 +30,22 @@ EVENT_LAG_SECONDS = BatchHistogram(
     ["stream"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
 )
-TRANSITIONS = Counter("ams_health_transitions_total", "health.changed events staged, by new status", ["status"])
+TRANSITIONS = Counter(
+    "ams_health_transitions_total", "health.changed events staged, by new status", ["status"]
+)
 DAGSTER_REPORTS = Counter(
-    "ams_health_dagster_reports_total", "Check results reported to the Dagster webserver, by result", ["result"]
+    "ams_health_dagster_reports_total",
+    "Check results reported to the Dagster webserver, by result",
+    ["result"],
 )
 FULL_EVALUATION_SECONDS = Histogram(
     "ams_health_full_evaluation_seconds",
     "Duration of each periodic evaluation of every asset (compare with health.evaluation_interval_s)",
     buckets=(0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 300),
 )
-CACHE_BYTES = Gauge("ams_health_cache_bytes", "Estimated memory of the histories the health service keeps (cache_mb)")
+CACHE_BYTES = Gauge(
+    "ams_health_cache_bytes", "Estimated memory of the histories the health service keeps (cache_mb)"
+)
 # The time of each code location's publisher's last heartbeat as health recorded it: the Prometheus rule
 # AmsPublisherHeartbeatLate fires on its age (it keeps its value while Redis or the publisher is down).
 PUBLISHER_LAST_HEARTBEAT = Gauge(

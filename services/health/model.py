@@ -80,7 +80,9 @@ class AssetHistory:
     @property
     def has_data(self) -> bool:
         """True once a finished run, a materialization or a failure of the asset is on record."""
-        return bool(self.materializations or self.failures or any(e.status in TERMINAL for e in self.executions))
+        return bool(
+            self.materializations or self.failures or any(e.status in TERMINAL for e in self.executions)
+        )
 
     @property
     def last_materialization(self) -> Materialization | None:

@@ -219,14 +219,19 @@ def automation_health(store: Store) -> list[AutomationHealth]:
     with store.read() as conn:
         rows = db.read_automation(conn)
     for key, kind, location, status, reasons, checks, last_at, evaluated_at, changed_at, state in rows:
-        items.append(AutomationHealth(
-            key=key, kind=kind, code_location=location, status=HealthStatus(status),
-            reasons=json.loads(reasons),
-            checks=[CheckResult.model_validate(c) for c in json.loads(checks)],
-            owners=list(json.loads(state).get("owners") or []),
-            last_seen=from_timestamp(last_at) if last_at is not None else None,
-            evaluated_at=from_timestamp(evaluated_at) if evaluated_at is not None else None,
-            changed_at=from_timestamp(changed_at) if changed_at is not None else None,
-        ))
+        items.append(
+            AutomationHealth(
+                key=key,
+                kind=kind,
+                code_location=location,
+                status=HealthStatus(status),
+                reasons=json.loads(reasons),
+                checks=[CheckResult.model_validate(c) for c in json.loads(checks)],
+                owners=list(json.loads(state).get("owners") or []),
+                last_seen=from_timestamp(last_at) if last_at is not None else None,
+                evaluated_at=from_timestamp(evaluated_at) if evaluated_at is not None else None,
+                changed_at=from_timestamp(changed_at) if changed_at is not None else None,
+            )
+        )
     items.sort(key=lambda i: (i.status.rank, i.kind, i.key))
     return items

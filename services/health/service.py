@@ -178,7 +178,9 @@ class HealthService:
         lags: dict[str, list[float]] = {}
         wall = self.clock()
         for delivery in new:
-            lags.setdefault(delivery.stream, []).append(max(0.0, wall - delivery.event.occurred_at.timestamp()))
+            lags.setdefault(delivery.stream, []).append(
+                max(0.0, wall - delivery.event.occurred_at.timestamp())
+            )
         for stream, values in lags.items():
             metrics.EVENT_LAG_SECONDS.labels(stream=stream).observe_many(values)
         self._after_commit([*decisions, *automated])
@@ -208,8 +210,11 @@ class HealthService:
             # for `catch_up_quiet_s`.
             for d in deliveries:
                 beat = d.event.data
-                if isinstance(beat, PublisherHeartbeatData) and beat.caught_up and \
-                        now - beat.tick_at.timestamp() <= self.cfg.catch_up_lag_s:
+                if (
+                    isinstance(beat, PublisherHeartbeatData)
+                    and beat.caught_up
+                    and now - beat.tick_at.timestamp() <= self.cfg.catch_up_lag_s
+                ):
                     log.info("health_caught_up", publisher=beat.code_location)
                     self._replay_as_of = None
                     break
@@ -277,7 +282,9 @@ class HealthService:
         self._last_evaluation_s = time.monotonic() - started
         return decisions
 
-    def _evaluate_some(self, conn: Connection, keys: Sequence[str], now: float, replay: bool) -> list[Decision]:
+    def _evaluate_some(
+        self, conn: Connection, keys: Sequence[str], now: float, replay: bool
+    ) -> list[Decision]:
         """`keys` among the assets awaiting evaluation, in the caller's transaction."""
         keys = [k for k in keys if k in self._dirty]
         decisions = self._evaluate(conn, keys, now, Trigger.EVENTS, replay)
@@ -577,7 +584,12 @@ class HealthService:
         return loaded
 
     def _evaluate_automation(
-        self, conn: Connection, keys: Sequence[str], now: float, trigger: Trigger, replay: bool,
+        self,
+        conn: Connection,
+        keys: Sequence[str],
+        now: float,
+        trigger: Trigger,
+        replay: bool,
         loaded: dict[str, tuple[automation.AutomationObject, HealthState]] | None = None,
     ) -> list[Decision]:
         """Evaluate automation objects `keys` (those in `loaded` as given, the others as stored) at `now`,
@@ -598,8 +610,14 @@ class HealthService:
             results = automation.evaluate(obj, cfg, now, daemons, canceled_run=self.cfg.defaults.canceled_run)
             downstream = automation.daemon_chain(key, daemons) if obj.kind == "daemon" else ()
             subject = Subject(
-                key=key, has_data=obj.last_at is not None, owners=obj.owners, code_location=obj.code_location,
-                declared=frozenset(), kind=obj.kind, tags=obj.tags, failing=automation.FAILING_CHECKS,
+                key=key,
+                has_data=obj.last_at is not None,
+                owners=obj.owners,
+                code_location=obj.code_location,
+                declared=frozenset(),
+                kind=obj.kind,
+                tags=obj.tags,
+                failing=automation.FAILING_CHECKS,
                 downstream=downstream,
             )
             decision = decide(state, results, now, subject, trigger, replay=replay)

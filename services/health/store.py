@@ -626,11 +626,11 @@ def read_last_materializations(conn: Connection, key: str | None = None) -> list
 # -- automation objects (services/health/automation.py) ---------------------------------------------------
 
 
-def load_automation(conn: Connection, keys: Iterable[str] | None = None,
-                    kind: str | None = None) -> dict[str, tuple[AutomationObject, HealthState]]:
+def load_automation(
+    conn: Connection, keys: Iterable[str] | None = None, kind: str | None = None
+) -> dict[str, tuple[AutomationObject, HealthState]]:
     """The stored automation objects with their health state: of `keys`, of one `kind`, or all."""
-    sql = ("SELECT object_key, state, status, signature, checks, transitions, replayed "
-           "FROM automation_objects")
+    sql = "SELECT object_key, state, status, signature, checks, transitions, replayed FROM automation_objects"
     if keys is not None:
         wanted = list(keys)
         if not wanted:
@@ -644,8 +644,14 @@ def load_automation(conn: Connection, keys: Iterable[str] | None = None,
     found: dict[str, tuple[AutomationObject, HealthState]] = {}
     for r in rows:
         checks = json.loads(r[4])  # the outcomes only: no model per check on this path (per batch)
-        state = HealthState(HealthStatus(r[2]), r[3], int(r[5]), {c["check"]: c["outcome"] for c in checks},
-                            stored=bool(checks), replayed=bool(r[6]))
+        state = HealthState(
+            HealthStatus(r[2]),
+            r[3],
+            int(r[5]),
+            {c["check"]: c["outcome"] for c in checks},
+            stored=bool(checks),
+            replayed=bool(r[6]),
+        )
         found[r[0]] = (from_row(json.loads(r[1])), state)
     return found
 
@@ -667,9 +673,19 @@ def write_automation_decision(conn: Connection, d: Decision, now: float, due_at:
         "UPDATE automation_objects SET status = ?, signature = ?, checks = ?, reasons = ?, transitions = ?, "
         "evaluated_at = ?, changed_at = CASE WHEN signature = ? AND changed_at IS NOT NULL THEN changed_at "
         "ELSE ? END, due_at = ?, replayed = ? WHERE object_key = ?",
-        (str(d.status), d.signature, json.dumps([r.model_dump(mode="json") for r in d.results]),
-         json.dumps(d.reasons), d.state.transitions, now, d.signature, now, due_at, int(d.state.replayed),
-         d.key),
+        (
+            str(d.status),
+            d.signature,
+            json.dumps([r.model_dump(mode="json") for r in d.results]),
+            json.dumps(d.reasons),
+            d.state.transitions,
+            now,
+            d.signature,
+            now,
+            due_at,
+            int(d.state.replayed),
+            d.key,
+        ),
     )
 
 
@@ -680,18 +696,26 @@ def due_automation_keys(conn: Connection, now: float | None, *, jobs: bool = Tru
     only = "" if jobs else " AND kind <> 'job'"
     if now is None:
         return [r[0] for r in conn.execute(f"SELECT object_key FROM automation_objects WHERE 1 = 1{only}")]
-    return [r[0] for r in conn.execute(
-        "SELECT object_key FROM automation_objects "
-        f"WHERE (due_at <= ? OR replayed = 1 OR evaluated_at IS NULL){only}",
-        (now,))]
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT object_key FROM automation_objects "
+            f"WHERE (due_at <= ? OR replayed = 1 OR evaluated_at IS NULL){only}",
+            (now,),
+        )
+    ]
 
 
 def replayed_automation_keys(conn: Connection, *, jobs: bool = False) -> list[str]:
     """The objects last judged during a replay: the automation stream's, or with `jobs` the op jobs (judged in
     step with the runs' catch-up)."""
     op = "=" if jobs else "<>"
-    return [r[0] for r in conn.execute(
-        f"SELECT object_key FROM automation_objects WHERE replayed = 1 AND kind {op} 'job'")]
+    return [
+        r[0]
+        for r in conn.execute(
+            f"SELECT object_key FROM automation_objects WHERE replayed = 1 AND kind {op} 'job'"
+        )
+    ]
 
 
 def read_automation(conn: Connection) -> list[Any]:
@@ -705,9 +729,13 @@ def read_automation(conn: Connection) -> list[Any]:
 
 def publisher_heartbeats(conn: Connection) -> list[tuple[str, float]]:
     """(code location, time of its publisher's last heartbeat) of every publisher on record."""
-    return [(str(r[0] or ""), float(r[1])) for r in conn.execute(
-        "SELECT code_location, last_at FROM automation_objects "
-        "WHERE kind = 'publisher' AND last_at IS NOT NULL")]
+    return [
+        (str(r[0] or ""), float(r[1]))
+        for r in conn.execute(
+            "SELECT code_location, last_at FROM automation_objects "
+            "WHERE kind = 'publisher' AND last_at IS NOT NULL"
+        )
+    ]
 
 
 # -- removal of simulated assets (`asset-manager simulate --clean`) -------------------------------------------
@@ -732,7 +760,9 @@ def _chunks(keys: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:
 
 def keys_under(conn: Connection, prefix: str) -> list[str]:
     """Every asset key of any health.db table that starts with `prefix` (compared as text, no pattern)."""
-    union = " UNION ".join(f"SELECT asset_key FROM {t} WHERE substr(asset_key, 1, ?) = ?" for t in _ASSET_TABLES)
+    union = " UNION ".join(
+        f"SELECT asset_key FROM {t} WHERE substr(asset_key, 1, ?) = ?" for t in _ASSET_TABLES
+    )
     return sorted(str(r[0]) for r in conn.execute(union, [len(prefix), prefix] * len(_ASSET_TABLES)))
 
 
@@ -744,7 +774,9 @@ def runs_of(conn: Connection, keys: Sequence[str]) -> list[tuple[str, str]]:
         for table in ("executions", "materializations", "materialization_failures"):
             found.update(
                 (str(r[0]), str(r[1]))
-                for r in conn.execute(f"SELECT asset_key, run_id FROM {table} WHERE asset_key IN ({marks})", chunk)
+                for r in conn.execute(
+                    f"SELECT asset_key, run_id FROM {table} WHERE asset_key IN ({marks})", chunk
+                )
             )
     return sorted(found)
 
@@ -754,8 +786,10 @@ def keys_with_spec(conn: Connection, keys: Sequence[str]) -> list[str]:
     found: list[str] = []
     for chunk in _chunks(keys):
         marks = ",".join("?" * len(chunk))
-        found.extend(str(r[0]) for r in conn.execute(
-            f"SELECT asset_key FROM asset_specs WHERE asset_key IN ({marks})", chunk))
+        found.extend(
+            str(r[0])
+            for r in conn.execute(f"SELECT asset_key FROM asset_specs WHERE asset_key IN ({marks})", chunk)
+        )
     return sorted(found)
 
 
@@ -767,7 +801,9 @@ def delete_assets(conn: Connection, keys: Sequence[str]) -> dict[str, int]:
     for chunk in _chunks(keys):
         marks = ",".join("?" * len(chunk))
         for table in _ASSET_TABLES:
-            deleted[table] += conn.execute(f"DELETE FROM {table} WHERE asset_key IN ({marks})", chunk).rowcount
+            deleted[table] += conn.execute(
+                f"DELETE FROM {table} WHERE asset_key IN ({marks})", chunk
+            ).rowcount
     # Outbox payloads are events; those about one of `keys` (health.changed) must not be published later.
     staged = [
         int(r[0])

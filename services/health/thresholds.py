@@ -47,7 +47,12 @@ def _seconds(value: Any) -> float | None:
     hostile spec must not fail the evaluation of its asset)."""
     try:
         if isinstance(value, dict):
-            for unit, factor in (("seconds", 1.0), ("total_seconds", 1.0), ("minutes", 60.0), ("hours", 3600.0)):
+            for unit, factor in (
+                ("seconds", 1.0),
+                ("total_seconds", 1.0),
+                ("minutes", 60.0),
+                ("hours", 3600.0),
+            ):
                 if unit in value:
                     return _seconds(value[unit]) if factor == 1.0 else _seconds(float(value[unit]) * factor)
             return None
@@ -71,7 +76,10 @@ def dagster_policy(freshness: Mapping[str, Any] | None) -> dict[str, float]:
         if lag:
             out["freshness_max_lag"] = lag
     for target, names in (
-        ("freshness_max_lag", ("fail_window", "fail_window_s", "fail_window_seconds", "maximum_lag_s", "max_lag_s")),
+        (
+            "freshness_max_lag",
+            ("fail_window", "fail_window_s", "fail_window_seconds", "maximum_lag_s", "max_lag_s"),
+        ),
         ("freshness_warn_lag", ("warn_window", "warn_window_s", "warn_window_seconds")),
     ):
         for name in names:

@@ -19,7 +19,7 @@ from libs.common.redis_server import free_port
 ROOT = Path(__file__).resolve().parents[2]
 EXE = Path(sys.executable).with_name("asset-manager")
 
-CODE = '''
+CODE = """
 import dagster as dg
 
 @dg.asset(group_name="stg__ingestion", owners=["ana@example.com"], tags={{"domain": "sales", "source": "ERP"}},
@@ -34,7 +34,7 @@ def stg_orders() -> None: ...
 def orders_report() -> None: ...
 {extra}
 defs = dg.Definitions(assets=[raw_orders, stg_orders, orders_report{extra_names}])
-'''
+"""
 
 
 @dataclass
@@ -54,18 +54,32 @@ class Cli:
 
     def run_process(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run `.venv/bin/asset-manager` as a process (stdout and stderr piped)."""
-        return subprocess.run([str(EXE), *args], env=self.env, capture_output=True, text=True, timeout=120, cwd=self.home)
+        return subprocess.run(
+            [str(EXE), *args], env=self.env, capture_output=True, text=True, timeout=120, cwd=self.home
+        )
 
-    def write_location(self, description: str = "Raw orders.", *, with_extra: bool = False, broken: bool = False) -> None:
+    def write_location(
+        self, description: str = "Raw orders.", *, with_extra: bool = False, broken: bool = False
+    ) -> None:
         pkg = self.location_dir / self.package
         pkg.mkdir(exist_ok=True)
         (pkg / "__init__.py").write_text("")
         if broken:
-            (pkg / "definitions.py").write_text("import dagster as dg\nraise ImportError('no module named sqlx')\n")
+            (pkg / "definitions.py").write_text(
+                "import dagster as dg\nraise ImportError('no module named sqlx')\n"
+            )
             return
-        extra = "\n@dg.asset(group_name='transformed_data')\ndef extra_asset() -> None: ...\n" if with_extra else ""
+        extra = (
+            "\n@dg.asset(group_name='transformed_data')\ndef extra_asset() -> None: ...\n"
+            if with_extra
+            else ""
+        )
         (pkg / "definitions.py").write_text(
-            textwrap.dedent(CODE.format(description=description, extra=extra, extra_names=", extra_asset" if with_extra else ""))
+            textwrap.dedent(
+                CODE.format(
+                    description=description, extra=extra, extra_names=", extra_asset" if with_extra else ""
+                )
+            )
         )
 
     @property
@@ -74,7 +88,9 @@ class Cli:
 
 
 @pytest.fixture
-def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], redis_url: str) -> Iterator[Cli]:
+def cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], redis_url: str
+) -> Iterator[Cli]:
     home = tmp_path / "home"
     home.mkdir()
     location_dir = tmp_path / "code"
@@ -105,7 +121,11 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureF
     # discover-assets re-imports the code location in-process; give later tests the modules they imported.
     kept = {n: m for n, m in sys.modules.items() if n == "orchestrator" or n.startswith("orchestrator.")}
     yield c
-    for name in [n for n in sys.modules if n in (package, "orchestrator") or n.startswith((package + ".", "orchestrator."))]:
+    for name in [
+        n
+        for n in sys.modules
+        if n in (package, "orchestrator") or n.startswith((package + ".", "orchestrator."))
+    ]:
         del sys.modules[name]
     sys.modules.update(kept)
 

@@ -46,7 +46,9 @@ def test_validate_config_ok(cli: Cli, tmp_path: Path) -> None:
     assert out.count("ok  ") == 3
 
 
-def test_validate_config_lists_every_problem(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_validate_config_lists_every_problem(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("AMS_REDIS__URL")  # the environment would override the file's bad URL
     directory = config_dir(tmp_path, module="no_such_module_here")
     (directory / "app_config.staging.yaml").write_text("bus:\n  batch_size: 0\nredis:\n  url: http://nope\n")
@@ -78,8 +80,10 @@ def test_validate_config_missing_dir_exit_2(cli: Cli, tmp_path: Path) -> None:
 
 def add_rows(db: Path, n: int, prefix: str = "x") -> None:
     conn = sqlite3.connect(db)
-    conn.executemany("INSERT INTO processed_events (event_id, processed_at) VALUES (?, 0)",
-                     [(f"{prefix}{i}",) for i in range(n)])
+    conn.executemany(
+        "INSERT INTO processed_events (event_id, processed_at) VALUES (?, 0)",
+        [(f"{prefix}{i}",) for i in range(n)],
+    )
     conn.commit()
     conn.close()
 
@@ -101,7 +105,9 @@ def test_backup_while_writing_then_restore(registered: Cli, tmp_path: Path) -> N
         conn = sqlite3.connect(db, timeout=10, isolation_level=None)
         while not stop.is_set():
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute("INSERT INTO processed_events (event_id, processed_at) VALUES (?, 0)", (f"w{written[0]}",))
+            conn.execute(
+                "INSERT INTO processed_events (event_id, processed_at) VALUES (?, 0)", (f"w{written[0]}",)
+            )
             conn.execute("COMMIT")
             written[0] += 1
         conn.close()
@@ -137,7 +143,9 @@ def test_backup_refuses_existing_backup(registered: Cli, tmp_path: Path) -> None
     assert registered.run("backup", "--dest", str(tmp_path / "b"), "--overwrite")[0] == 0
 
 
-def test_restore_refuses_while_a_worker_answers(registered: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_restore_refuses_while_a_worker_answers(
+    registered: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert registered.run("backup", "--dest", str(tmp_path / "b"))[0] == 0
     server = ServiceServer("127.0.0.1", 0, checks={}).start()
     monkeypatch.setenv("AMS_SERVICES__HEALTH__PORT", str(server.port))
@@ -186,9 +194,14 @@ def test_progress_bar_only_on_a_terminal(registered: Cli, tmp_path: Path) -> Non
     import subprocess
 
     primary, secondary = pty.openpty()
-    process = subprocess.Popen([str(EXE), "backup", "--dest", str(tmp_path / "tty")],
-                               env={**registered.env, "TERM": "xterm", "COLUMNS": "100"},
-                               stdin=secondary, stdout=secondary, stderr=secondary, cwd=registered.home)
+    process = subprocess.Popen(
+        [str(EXE), "backup", "--dest", str(tmp_path / "tty")],
+        env={**registered.env, "TERM": "xterm", "COLUMNS": "100"},
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        cwd=registered.home,
+    )
     os.close(secondary)
     chunks = []
     while True:
@@ -261,8 +274,9 @@ def corrupt_backup(backup: Path, store: str, data: bytes | None) -> None:
 
 
 def snapshot(home: Path) -> dict[str, int]:
-    return {name: count(home / f"{name}.db", "processed_events")
-            for name in ("metadata", "health", "monitor")}
+    return {
+        name: count(home / f"{name}.db", "processed_events") for name in ("metadata", "health", "monitor")
+    }
 
 
 @pytest.mark.parametrize("damage", ["flipped", "text", "truncated", "wrong-version"])
@@ -296,9 +310,13 @@ def test_restore_checks_every_store_before_replacing_any(stores: Cli, tmp_path: 
         ('{"stores": {"health": "x"}}', "stores.health"),
         ('{"stores": {}}', "stores"),
         ('{"stores": {"nope": {}}}', "stores.nope"),
-        ('[1, 2]', "invalid manifest"),
-        ('{"stores": {"health": {"file": "../metadata.db", "sha256": "' + "0" * 64
-         + '", "schema_version": 1}}}', "stores.health.file"),
+        ("[1, 2]", "invalid manifest"),
+        (
+            '{"stores": {"health": {"file": "../metadata.db", "sha256": "'
+            + "0" * 64
+            + '", "schema_version": 1}}}',
+            "stores.health.file",
+        ),
         ("not json", "invalid manifest"),
     ],
 )
@@ -326,16 +344,20 @@ def test_restore_puts_back_what_it_replaced_when_one_store_fails(
     code, _, err = stores.run("restore", "--from", str(tmp_path / "b"))
     assert code == 1 and err.count("\n") == 1 and "every store is as it was" in err, err
     assert {k: v for k, v in snapshot(stores.home).items() if k != "monitor"} == {
-        k: v for k, v in before.items() if k != "monitor"}
+        k: v for k, v in before.items() if k != "monitor"
+    }
     for name in ("metadata", "health"):
         assert integrity(stores.home / f"{name}.db") == "ok"
 
 
-def test_validate_config_names_every_secret_that_is_not_set(cli: Cli, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_validate_config_names_every_secret_that_is_not_set(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     directory = config_dir(tmp_path)
-    monkeypatch.setenv("AMS_ALERTS__RECEIVERS", json.dumps(
-        [{"name": "hook", "url": "http://127.0.0.1:9/x", "secret_env": "AMS_TEST_UNSET_WHSEC"}]))
+    monkeypatch.setenv(
+        "AMS_ALERTS__RECEIVERS",
+        json.dumps([{"name": "hook", "url": "http://127.0.0.1:9/x", "secret_env": "AMS_TEST_UNSET_WHSEC"}]),
+    )
     monkeypatch.setenv("AMS_CONNECTIONS", json.dumps({"wh": {"password_env": "AMS_TEST_UNSET_PW"}}))
     code, out, _ = cli.run("validate-config", "--config-dir", str(directory))
     assert code == 1

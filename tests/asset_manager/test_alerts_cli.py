@@ -37,9 +37,16 @@ def alerting(cli: Cli, receiver: RecordingReceiver, monkeypatch: pytest.MonkeyPa
     return cli
 
 
-def publish_health(asset: str, status: str, checks: list[tuple[str, str]], n: int, *,
-                   owners: tuple[str, ...] = ("ana@example.com",), downstream: tuple[str, ...] = (),
-                   values: dict[str, object] | None = None) -> None:
+def publish_health(
+    asset: str,
+    status: str,
+    checks: list[tuple[str, str]],
+    n: int,
+    *,
+    owners: tuple[str, ...] = ("ana@example.com",),
+    downstream: tuple[str, ...] = (),
+    values: dict[str, object] | None = None,
+) -> None:
     """Apply a health event through the alerts service, as the worker would."""
     settings = load_settings(AppSettings)
     store = open_store(settings)
@@ -48,8 +55,10 @@ def publish_health(asset: str, status: str, checks: list[tuple[str, str]], n: in
             asset_key=asset,
             status=status,  # type: ignore[arg-type]
             previous_status="UNKNOWN",
-            checks=[CheckResult(check=c, outcome=o, reason=f"{c} is {o}", values=values or {"n": n})  # type: ignore[arg-type]
-                    for c, o in checks],
+            checks=[
+                CheckResult(check=c, outcome=o, reason=f"{c} is {o}", values=values or {"n": n})  # type: ignore[arg-type]
+                for c, o in checks
+            ],
             evaluated_at=utcnow(),
             owners=list(owners),
             downstream=list(downstream),
@@ -86,7 +95,10 @@ def test_list_filters_and_empty_store(alerting: Cli) -> None:
     resolved = [r for r in listing(alerting, "--all") if r["status"] == "resolved"]
     assert [r["asset_key"] for r in resolved] == ["sales/customers"]
     code, out, _ = alerting.run("alerts", "--format", "csv")
-    assert out.splitlines()[0] == "id,incident,status,severity,asset_key,check,summary,owners,started_at,acked_by"
+    assert (
+        out.splitlines()[0]
+        == "id,incident,status,severity,asset_key,check,summary,owners,started_at,acked_by"
+    )
     code, _, err = alerting.run("alerts", "--severity", "bogus")
     assert code == 2 and err.count("\n") == 1 and "unknown severity" in err
 
@@ -103,8 +115,20 @@ def test_ack_silence_unsilence_and_history(alerting: Cli) -> None:
     code, _, err = alerting.run("alerts", "ack", "424242")
     assert code == 1 and err.strip() == "error: no alert with id 424242"
 
-    code, out, err = alerting.run("alerts", "silence", "--matcher", "check=execution_status", "-m", "owner=*@example.com",
-                                  "--for", "2h", "--reason", "maintenance window", "--by", "bob")
+    code, out, err = alerting.run(
+        "alerts",
+        "silence",
+        "--matcher",
+        "check=execution_status",
+        "-m",
+        "owner=*@example.com",
+        "--for",
+        "2h",
+        "--reason",
+        "maintenance window",
+        "--by",
+        "bob",
+    )
     assert code == 0, err
     silence_id = out.split()[1].rstrip(":")
     assert "covers 1 current alert" in out
@@ -119,7 +143,13 @@ def test_ack_silence_unsilence_and_history(alerting: Cli) -> None:
     code, out, _ = alerting.run("alerts", "show", str(alert["id"]), "--format", "json")
     history = json.loads(out)["history"]
     assert [(h["event"], h["actor"]) for h in history] == [
-        ("firing", "check"), ("announced", "system"), ("grouped", "system"), ("incident_notice", "system"), ("acknowledged", "ann"), ("silenced", "bob"), ("unsilenced", "bob")
+        ("firing", "check"),
+        ("announced", "system"),
+        ("grouped", "system"),
+        ("incident_notice", "system"),
+        ("acknowledged", "ann"),
+        ("silenced", "bob"),
+        ("unsilenced", "bob"),
     ]
     assert history[4]["reason"] == "rerunning" and history[5]["reason"] == "maintenance window"
 
@@ -192,15 +222,25 @@ def test_listings_survive_times_out_of_range_in_the_store(alerting: Cli) -> None
     store = open_store(load_settings(AppSettings))
     try:
         with store.write() as conn:
-            conn.execute("INSERT INTO silences (id, matchers, created_by, reason, created_at, ends_at) "
-                         "VALUES ('huge', '{\"asset\": \"raw_*\"}', 'x', 'x', 0, 1e300)")
-            conn.execute("UPDATE alert_states SET state = json_set(state, '$.silenced_until', 1e300, "
-                         "'$.silence_id', 'huge')")
+            conn.execute(
+                "INSERT INTO silences (id, matchers, created_by, reason, created_at, ends_at) "
+                "VALUES ('huge', '{\"asset\": \"raw_*\"}', 'x', 'x', 0, 1e300)"
+            )
+            conn.execute(
+                "UPDATE alert_states SET state = json_set(state, '$.silenced_until', 1e300, "
+                "'$.silence_id', 'huge')"
+            )
             conn.execute("UPDATE alerts SET silence_id = 'huge', silenced_until = 1e300")
     finally:
         store.close()
-    for args in (["alerts"], ["alerts", "--all"], ["alerts", "silences"], ["alerts", "silences", "--all"],
-                 ["ownership-report"], ["alerts", "show", "1"]):
+    for args in (
+        ["alerts"],
+        ["alerts", "--all"],
+        ["alerts", "silences"],
+        ["alerts", "silences", "--all"],
+        ["ownership-report"],
+        ["alerts", "show", "1"],
+    ):
         code, out, err = alerting.run(*args)
         assert code == 0, (args, out, err)
     assert listing(alerting)[0]["silenced_until"].startswith("9999-")
@@ -210,8 +250,14 @@ def test_incidents_listing_show_explains_grouping_and_reliability_report(alertin
     code, out, _ = alerting.run("reliability-report")
     assert (code, out.startswith("no incidents since")) == (0, True)
     publish_health("shop/root", "FAILED", [("execution_status", "error")], 1, downstream=("shop/child",))
-    publish_health("shop/child", "WARNING", [("execution_status", "warn")], 2, owners=("team:web",),
-                   values={"blocked_by": ["shop/root"]})
+    publish_health(
+        "shop/child",
+        "WARNING",
+        [("execution_status", "warn")],
+        2,
+        owners=("team:web",),
+        values={"blocked_by": ["shop/root"]},
+    )
     (incident,) = listing(alerting, "incidents")
     assert incident["root_asset"] == "shop/root" and incident["members"] == 2
     assert incident["affected"] == "shop/child" and incident["owners"] == ["ana@example.com", "team:web"]

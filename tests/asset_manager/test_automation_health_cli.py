@@ -161,9 +161,20 @@ def test_op_jobs_are_listed_by_kind(with_automation: Cli) -> None:
     store = open_store(settings)
     now = time.time()
     failed = new_event(
-        RunEvent, "run.failed", identity="op1:FAILURE", source="t", occurred_at=_dt(now - 5),
-        data=RunData(run_id="op000001", job_name="report_job", status="FAILURE", code_location="billing",
-                     ended_at=_dt(now - 5), error="SMTPError: relay refused", tags={"owner": "team:billing"}),
+        RunEvent,
+        "run.failed",
+        identity="op1:FAILURE",
+        source="t",
+        occurred_at=_dt(now - 5),
+        data=RunData(
+            run_id="op000001",
+            job_name="report_job",
+            status="FAILURE",
+            code_location="billing",
+            ended_at=_dt(now - 5),
+            error="SMTPError: relay refused",
+            tags={"owner": "team:billing"},
+        ),
     )
     HealthService(store, settings).handle([Delivery(RUNS, "1-0", failed)])  # type: ignore[list-item]
     store.close()

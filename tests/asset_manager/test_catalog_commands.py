@@ -52,7 +52,9 @@ def test_discover_registers_and_publishes_then_changes(cli: Cli) -> None:
     code, out, _ = cli.run("discover-assets")
     assert "changed 1" in out and "raw_orders v2 (description)" in out
     last = asset_changes(cli)[-1]
-    assert last.type == "asset.changed" and last.data.changes["description"]["new"] == "Raw orders from the ERP."
+    assert (
+        last.type == "asset.changed" and last.data.changes["description"]["new"] == "Raw orders from the ERP."
+    )
 
 
 def test_discover_without_redis_still_registers(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -85,7 +87,10 @@ def test_list_assets_every_format(registered: Cli, fmt: str) -> None:
         assert [r["key"] for r in rows] == ["orders_report", "raw_orders", "stg_orders"]
         assert rows[1]["owners"] == ["ana@example.com"] and rows[1]["health"] == "UNKNOWN"
         assert {r["key"]: r["upstream"] for r in rows} == {
-            "orders_report": ["stg_orders"], "raw_orders": [], "stg_orders": ["raw_orders"]}
+            "orders_report": ["stg_orders"],
+            "raw_orders": [],
+            "stg_orders": ["raw_orders"],
+        }
     if fmt == "csv":
         rows = list(csv.DictReader(io.StringIO(out)))
         assert len(rows) == 3 and rows[0]["key"] == "orders_report"
@@ -141,8 +146,10 @@ def test_asset_details_every_format(registered: Cli, fmt: str) -> None:
     assert "raw_orders" in out and "orders_report" in out  # lineage both ways
     if fmt == "json":
         doc = json.loads(out)
-        assert doc["lineage"] == {"upstream": [{"key": "raw_orders", "depth": 1}],
-                                  "downstream": [{"key": "orders_report", "depth": 1}]}
+        assert doc["lineage"] == {
+            "upstream": [{"key": "raw_orders", "depth": 1}],
+            "downstream": [{"key": "orders_report", "depth": 1}],
+        }
         assert [h["version"] for h in doc["history"]] == [1]
         assert doc["health"]["status"] == "UNKNOWN" and doc["open_alerts"] == []
     else:
@@ -152,7 +159,10 @@ def test_asset_details_every_format(registered: Cli, fmt: str) -> None:
 def test_asset_details_lineage_any_depth(registered: Cli) -> None:
     code, out, _ = registered.run("asset-details", "orders_report", "--format", "json")
     assert code == 0
-    assert json.loads(out)["lineage"]["upstream"] == [{"key": "stg_orders", "depth": 1}, {"key": "raw_orders", "depth": 2}]
+    assert json.loads(out)["lineage"]["upstream"] == [
+        {"key": "stg_orders", "depth": 1},
+        {"key": "raw_orders", "depth": 2},
+    ]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -207,7 +217,10 @@ def one_line_error(code: int, err: str, expected_code: int = 2) -> str:
         (["list-assets", "--owner", "x' OR '1'='1"], "unknown owner"),
         (["list-assets", "--tag", "domain') OR 1=1 --=x"], "unknown tag"),
         (["list-assets", "--tag", "domain"], "bad --tag 'domain': expected key=value"),
-        (["list-assets", "--group", "stg__loader"], "unknown group 'stg__loader' (did you mean 'stg__loaders'?)"),
+        (
+            ["list-assets", "--group", "stg__loader"],
+            "unknown group 'stg__loader' (did you mean 'stg__loaders'?)",
+        ),
         (["list-assets", "--owner", "nobody@example.com"], "unknown owner"),
         (["list-assets", "--kind", "pandsa"], "unknown kind 'pandsa' (did you mean 'pandas'?)"),
         (["list-assets", "--tag", "domian=sales"], "unknown tag 'domian' (did you mean 'domain'?)"),
@@ -268,18 +281,33 @@ def test_health_and_alerts_from_their_own_services(registered: Cli) -> None:
 
     settings = load_settings(AppSettings)
     changes = asset_changes(registered)
-    ok = new_event(AssetMaterialized, "asset.materialized", identity="raw_orders|1", source="test",
-                   data=MaterializationData(asset_key="raw_orders", run_id="r1", row_count=10))
-    failed = new_event(AssetMaterializationFailed, "asset.materialization_failed", identity="stg_orders|1", source="test",
-                       data=MaterializationFailedData(asset_key="stg_orders", run_id="r2", error="boom"))
+    ok = new_event(
+        AssetMaterialized,
+        "asset.materialized",
+        identity="raw_orders|1",
+        source="test",
+        data=MaterializationData(asset_key="raw_orders", run_id="r1", row_count=10),
+    )
+    failed = new_event(
+        AssetMaterializationFailed,
+        "asset.materialization_failed",
+        identity="stg_orders|1",
+        source="test",
+        data=MaterializationFailedData(asset_key="stg_orders", run_id="r2", error="boom"),
+    )
     health_store = open_health(settings)
     HealthService(health_store, settings).handle(
         [Delivery("x", str(i), e) for i, e in enumerate([*changes, ok, failed])]  # type: ignore[list-item]
     )
-    staged = [parse_event(r[0]) for r in health_store.connection().execute("SELECT payload FROM event_outbox ORDER BY seq")]
+    staged = [
+        parse_event(r[0])
+        for r in health_store.connection().execute("SELECT payload FROM event_outbox ORDER BY seq")
+    ]
     health_store.close()
     monitor = open_monitor(settings)
-    AlertService(monitor, settings).handle([Delivery("x", str(i), e) for i, e in enumerate([*changes, *staged])])  # type: ignore[list-item]
+    AlertService(monitor, settings).handle(
+        [Delivery("x", str(i), e) for i, e in enumerate([*changes, *staged])]
+    )  # type: ignore[list-item]
     monitor.close()
 
     code, out, _ = registered.run("list-assets", "--health", "failed", "--format", "json")
@@ -314,8 +342,14 @@ def test_concurrent_discoveries_register_once(cli: Cli) -> None:
     from tests.asset_manager.conftest import EXE
 
     processes = [
-        subprocess.Popen([str(EXE), "discover-assets"], env=cli.env, cwd=cli.home, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [str(EXE), "discover-assets"],
+            env=cli.env,
+            cwd=cli.home,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(3)
     ]
     outputs = [p.communicate(timeout=120) for p in processes]
@@ -338,13 +372,20 @@ def test_asset_details_charts_row_counts(registered: Cli) -> None:
 
     counts = [1000, 1010, 990, 1005, 995, 1002, 12]
     events = [
-        new_event(AssetMaterialized, "asset.materialized", identity=f"raw_orders|chart|{i}", source="test",
-                  occurred_at=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=i),
-                  data=MaterializationData(asset_key="raw_orders", run_id=f"r{i}", row_count=n))
+        new_event(
+            AssetMaterialized,
+            "asset.materialized",
+            identity=f"raw_orders|chart|{i}",
+            source="test",
+            occurred_at=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=i),
+            data=MaterializationData(asset_key="raw_orders", run_id=f"r{i}", row_count=n),
+        )
         for i, n in enumerate(counts)
     ]
     store = open_health(load_settings(AppSettings))
-    HealthService(store, load_settings(AppSettings)).handle([Delivery("assets", str(i), e) for i, e in enumerate(events)])
+    HealthService(store, load_settings(AppSettings)).handle(
+        [Delivery("assets", str(i), e) for i, e in enumerate(events)]
+    )
     store.close()
     code, out, _ = registered.run("asset-details", "raw_orders", "--format", "json")
     assert code == 0

@@ -22,7 +22,9 @@ class Recording(DevSystem):
         self.seen.append(files)
 
 
-def test_python_files_added_changed_or_removed_are_reported_others_not(settings: AppSettings, tmp_path: Path) -> None:
+def test_python_files_added_changed_or_removed_are_reported_others_not(
+    settings: AppSettings, tmp_path: Path
+) -> None:
     watched = tmp_path / "assets"
     (watched / "loaders").mkdir(parents=True)
     system = Recording(settings, console=Console(file=None, quiet=True), watch_dir=watched)

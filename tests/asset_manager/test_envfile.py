@@ -18,7 +18,9 @@ def clean(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(envfile, "_loaded", set())
 
 
-def test_written_home_is_read_back_and_other_lines_are_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_written_home_is_read_back_and_other_lines_are_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     env = tmp_path / ".env"
     env.write_text("ENVIRONMENT=development\nDAGSTER_HOME=/old/place\n")
     home = tmp_path / "my home"
@@ -55,7 +57,9 @@ def test_an_exported_home_wins_is_not_written_and_a_difference_is_named(
 
 def test_a_dagster_command_without_dagster_home_is_told_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
     assert warn_without_dagster_home(["/venv/bin/dagster", "asset", "materialize"])
-    assert warn_without_dagster_home(["/venv/lib/python3.11/site-packages/dagster/__main__.py", "api", "grpc"])
+    assert warn_without_dagster_home(
+        ["/venv/lib/python3.11/site-packages/dagster/__main__.py", "api", "grpc"]
+    )
     assert not warn_without_dagster_home(["/venv/bin/asset-manager", "discover-assets"])
     monkeypatch.setenv("DAGSTER_HOME", "/somewhere")
     assert not warn_without_dagster_home(["/venv/bin/dagster", "asset", "materialize"])

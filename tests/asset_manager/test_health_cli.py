@@ -39,11 +39,32 @@ def populate() -> None:
     for i in range(3):
         run_id = f"ok-{i}"
         data = MaterializationData(asset_key="stg/orders", run_id=run_id, row_count=100 + i)
-        events.append(Delivery(ASSETS, f"{i}-1", new_event(AssetMaterialized, "asset.materialized", identity=run_id, data=data,
-                                                              source="t", occurred_at=_dt(now - 3600 + i))))
-    failure = RunData(run_id="bad-1", job_name="j", status="FAILURE", asset_keys=["raw/orders"], started_at=_dt(now - 60),
-                      ended_at=_dt(now - 30), error="ConnectionError: source database unreachable")
-    events.append(Delivery(RUNS, "9-1", new_event(RunEvent, "run.failed", identity="bad-1", data=failure, source="t")))
+        events.append(
+            Delivery(
+                ASSETS,
+                f"{i}-1",
+                new_event(
+                    AssetMaterialized,
+                    "asset.materialized",
+                    identity=run_id,
+                    data=data,
+                    source="t",
+                    occurred_at=_dt(now - 3600 + i),
+                ),
+            )
+        )
+    failure = RunData(
+        run_id="bad-1",
+        job_name="j",
+        status="FAILURE",
+        asset_keys=["raw/orders"],
+        started_at=_dt(now - 60),
+        ended_at=_dt(now - 30),
+        error="ConnectionError: source database unreachable",
+    )
+    events.append(
+        Delivery(RUNS, "9-1", new_event(RunEvent, "run.failed", identity="bad-1", data=failure, source="t"))
+    )
     engine.handle(events)
     store.close()
 

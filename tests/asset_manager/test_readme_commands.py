@@ -18,9 +18,15 @@ def command_lines() -> list[str]:
     """`asset-manager ...` lines of the README's bash blocks and inline code spans."""
     lines = []
     for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S):
-        lines += [line.split("#")[0].strip() for line in block.splitlines() if line.strip().startswith("asset-manager")]
+        lines += [
+            line.split("#")[0].strip()
+            for line in block.splitlines()
+            if line.strip().startswith("asset-manager")
+        ]
     lines += re.findall(r"`(asset-manager [^`]*)`", README)
-    return [line for line in lines if line and not line.split()[1].isupper()]  # `asset-manager X`: a placeholder
+    return [
+        line for line in lines if line and not line.split()[1].isupper()
+    ]  # `asset-manager X`: a placeholder
 
 
 def check(line: str, root: Any) -> None:
@@ -47,5 +53,7 @@ def test_readme_commands_exist() -> None:
 def test_readme_make_targets_exist() -> None:
     makefile = (PROJECT_ROOT / "Makefile").read_text(encoding="utf-8")
     targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, flags=re.M))
-    for target in set(re.findall(r"`make ([a-z-]+)`", README)) | set(re.findall(r"^make ([a-z-]+)", README, flags=re.M)):
+    for target in set(re.findall(r"`make ([a-z-]+)`", README)) | set(
+        re.findall(r"^make ([a-z-]+)", README, flags=re.M)
+    ):
         assert target in targets, f"README names `make {target}`, which the Makefile does not define"

@@ -22,11 +22,17 @@ def test_secrets_of_every_component_are_redacted(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("OPS_SECRET", "whsec_c2VjcmV0LXZhbHVlLW9mLXRoZS1vcHMtcmVjZWl2ZXI=")
     settings = load_app_settings(
         redis={"password": "redis-pw"},
-        alerts={"receivers": [{"name": "ops", "url": "https://ops.example/hook", "secret_env": "OPS_SECRET"},
-                              {"name": "chat", "kind": "slack", "url": "https://hooks.slack.com/services/T/B/X"}]},
+        alerts={
+            "receivers": [
+                {"name": "ops", "url": "https://ops.example/hook", "secret_env": "OPS_SECRET"},
+                {"name": "chat", "kind": "slack", "url": "https://hooks.slack.com/services/T/B/X"},
+            ]
+        },
         connections={"erp": {"password": "erp-pw"}},
     )
     assert set(settings.secrets()) == {
-        "redis-pw", "whsec_c2VjcmV0LXZhbHVlLW9mLXRoZS1vcHMtcmVjZWl2ZXI=",
-        "https://hooks.slack.com/services/T/B/X", "erp-pw",
+        "redis-pw",
+        "whsec_c2VjcmV0LXZhbHVlLW9mLXRoZS1vcHMtcmVjZWl2ZXI=",
+        "https://hooks.slack.com/services/T/B/X",
+        "erp-pw",
     }

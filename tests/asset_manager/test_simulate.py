@@ -75,8 +75,9 @@ def test_normal_history_is_consistent() -> None:
 
 def test_injections_follow_the_history() -> None:
     summary = SimulationSummary()
-    events = list(generate(assets=10, events=3000, seed=7, inject=INJECTIONS, inject_rate=0.3, now=NOW,
-                           summary=summary))
+    events = list(
+        generate(assets=10, events=3000, seed=7, inject=INJECTIONS, inject_rate=0.3, now=NOW, summary=summary)
+    )
     assert set(summary.injected) == set(INJECTIONS)
     failed = [e for _, e in events if isinstance(e, AssetMaterializationFailed)]
     assert len(failed) == summary.failures == summary.injected["failure"]
@@ -102,8 +103,16 @@ def test_injections_follow_the_history() -> None:
 
 def test_simulate_publishes_to_redis(bus: Bus) -> None:
     progressed: list[int] = []
-    summary = simulate(bus, assets=8, events=900, seed=3, inject=("failure",), inject_rate=0.5,
-                       progress=progressed.append, batch_size=100)
+    summary = simulate(
+        bus,
+        assets=8,
+        events=900,
+        seed=3,
+        inject=("failure",),
+        inject_rate=0.5,
+        progress=progressed.append,
+        batch_size=100,
+    )
     assert summary.events == 900 and sum(progressed) == 900
     runs = read_all(bus.client, bus.key(RUNS))
     assets = read_all(bus.client, bus.key(ASSETS))
@@ -120,7 +129,9 @@ def test_simulate_paces_to_the_rate(bus: Bus) -> None:
 
 
 def test_cli(cli: Cli, redis_client: redis.Redis) -> None:
-    code, out, err = cli.run("simulate", "--assets", "4", "--events", "120", "--seed", "9", "--inject", "failure,late")
+    code, out, err = cli.run(
+        "simulate", "--assets", "4", "--events", "120", "--seed", "9", "--inject", "failure,late"
+    )
     assert code == 0, err
     assert out.startswith("published 120 events") and "for 4 assets" in out
     assert err == ""  # no progress bar when not on a terminal
@@ -151,15 +162,40 @@ def _publish_real_run(bus: Bus, key: str, run_id: str, source: str = "dagster") 
     """A real run of `key` as the sensor publishes it: started, materialized, succeeded."""
     at = datetime.now(UTC) - timedelta(minutes=5)
     base = {"run_id": run_id, "job_name": "orders_job", "asset_keys": [key]}
-    bus.publish_many(RUNS, [
-        new_event(RunEvent, "run.started", identity=f"{run_id}:STARTED", source=source, occurred_at=at,
-                  data=RunData(status="STARTED", started_at=at, **base)),
-        new_event(RunEvent, "run.succeeded", identity=f"{run_id}:SUCCESS", source=source, occurred_at=at,
-                  data=RunData(status="SUCCESS", started_at=at, ended_at=at, duration_s=1.0, **base)),
-    ])
-    bus.publish_many(ASSETS, [new_event(
-        AssetMaterialized, "asset.materialized", identity=f"{run_id}:{key}", source=source, occurred_at=at,
-        data=MaterializationData(asset_key=key, run_id=run_id, row_count=100, duration_s=1.0))])
+    bus.publish_many(
+        RUNS,
+        [
+            new_event(
+                RunEvent,
+                "run.started",
+                identity=f"{run_id}:STARTED",
+                source=source,
+                occurred_at=at,
+                data=RunData(status="STARTED", started_at=at, **base),
+            ),
+            new_event(
+                RunEvent,
+                "run.succeeded",
+                identity=f"{run_id}:SUCCESS",
+                source=source,
+                occurred_at=at,
+                data=RunData(status="SUCCESS", started_at=at, ended_at=at, duration_s=1.0, **base),
+            ),
+        ],
+    )
+    bus.publish_many(
+        ASSETS,
+        [
+            new_event(
+                AssetMaterialized,
+                "asset.materialized",
+                identity=f"{run_id}:{key}",
+                source=source,
+                occurred_at=at,
+                data=MaterializationData(asset_key=key, run_id=run_id, row_count=100, duration_s=1.0),
+            )
+        ],
+    )
 
 
 def _events(client: redis.Redis, key: str) -> list[Event]:
@@ -176,12 +212,21 @@ def _stream_keys(client: redis.Redis, key: str) -> set[str]:
 
 def _workers(cli: Cli, tmp: Path, *names: str) -> list[ServiceProcess]:
     # The simulated history reaches hours back: health replays it, and announces once quiet for 2 s.
-    env = {**os.environ, "PYTHONPATH": cli.env["PYTHONPATH"], "AMS_BUS__BLOCK_MS": "200",
-           "AMS_ALERTS__FLAP_WINDOW_S": "0", "AMS_HEALTH__CATCH_UP_QUIET_S": "2"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": cli.env["PYTHONPATH"],
+        "AMS_BUS__BLOCK_MS": "200",
+        "AMS_ALERTS__FLAP_WINDOW_S": "0",
+        "AMS_HEALTH__CATCH_UP_QUIET_S": "2",
+    }
     ports = {n: int(env[f"AMS_SERVICES__{n.upper()}__PORT"]) for n in names}  # where running_workers looks
     workers = [ServiceProcess.service(n, env, tmp / f"{n}.log", port=ports[n]) for n in names]
-    wait_for(lambda: all(w.answers() and w.ready() for w in workers), 60, "workers ready",
-             lambda: "\n".join(w.output() for w in workers))
+    wait_for(
+        lambda: all(w.answers() and w.ready() for w in workers),
+        60,
+        "workers ready",
+        lambda: "\n".join(w.output() for w in workers),
+    )
     return workers
 
 
@@ -195,7 +240,9 @@ def _caught_up(client: redis.Redis, prefix: str) -> bool:
 
 
 def test_clean_removes_every_trace_of_the_simulation_and_nothing_else(
-    alerting: Cli, redis_client: redis.Redis, tmp_path: Path  # noqa: F811 (the fixture imported above)
+    alerting: Cli,  # noqa: F811 (the fixture imported above)
+    redis_client: redis.Redis,
+    tmp_path: Path,
 ) -> None:
     settings = load_settings(AppSettings)
     bus = Bus(redis_client, settings.bus)
@@ -203,15 +250,33 @@ def test_clean_removes_every_trace_of_the_simulation_and_nothing_else(
     code, _, err = alerting.run("init", "--no-demo")
     assert code == 0, err
     _publish_real_run(bus, REAL, "run-real-1")
-    code, out, err = alerting.run("simulate", "--assets", "4", "--events", "240", "--seed", "5",
-                                  "--inject", "failure", "--inject-rate", "0.5")
+    code, out, err = alerting.run(
+        "simulate",
+        "--assets",
+        "4",
+        "--events",
+        "240",
+        "--seed",
+        "5",
+        "--inject",
+        "failure",
+        "--inject-rate",
+        "0.5",
+    )
     assert code == 0, err
     assert "the real streams" in out and "asset-manager simulate --clean --prefix sim" in out
     workers = _workers(alerting, tmp_path, "health", "alerts")
     try:
-        wait_for(lambda: _rows(monitor_db, "SELECT 1 FROM notifications WHERE incident_id IN "
-                                           "(SELECT incident_id FROM alerts WHERE asset_key LIKE 'sim/%')"),
-                 60, "notices about simulated failures", lambda: workers[1].output())
+        wait_for(
+            lambda: _rows(
+                monitor_db,
+                "SELECT 1 FROM notifications WHERE incident_id IN "
+                "(SELECT incident_id FROM alerts WHERE asset_key LIKE 'sim/%')",
+            ),
+            60,
+            "notices about simulated failures",
+            lambda: workers[1].output(),
+        )
         wait_for(lambda: _caught_up(redis_client, settings.bus.prefix), 60, "workers caught up")
         assert _rows(health_db, "SELECT 1 FROM asset_health WHERE asset_key = ?", REAL)
         before = {db: _rows(db, "SELECT COUNT(*) FROM executions") for db in (health_db,)}
@@ -232,36 +297,61 @@ def test_clean_removes_every_trace_of_the_simulation_and_nothing_else(
     assert code == 0, err
     assert out.startswith("removed every trace of 4 simulated assets under sim/:"), out
     assert "health.db" in out and "monitor.db  alert_states" in out and f"{bus.key(RUNS)} " in out
-    for table in ("executions", "materializations", "materialization_failures", "check_results",
-                  "asset_health", "health_transitions", "dirty_assets"):
+    for table in (
+        "executions",
+        "materializations",
+        "materialization_failures",
+        "check_results",
+        "asset_health",
+        "health_transitions",
+        "dirty_assets",
+    ):
         assert not _rows(health_db, f"SELECT 1 FROM {table} WHERE asset_key LIKE 'sim/%'"), table
     for table in ("alert_states", "alerts"):
         assert not _rows(monitor_db, f"SELECT 1 FROM {table} WHERE asset_key LIKE 'sim/%'"), table
     assert not _rows(monitor_db, "SELECT 1 FROM incidents WHERE root_asset LIKE 'sim/%'")
-    assert not _rows(monitor_db, "SELECT 1 FROM asset_edges WHERE upstream LIKE 'sim/%' OR downstream LIKE 'sim/%'")
-    assert not _rows(monitor_db, "SELECT 1 FROM notifications n WHERE NOT EXISTS "
-                                 "(SELECT 1 FROM incidents i WHERE i.id = n.incident_id)")
-    assert not _rows(monitor_db, "SELECT 1 FROM alert_history h WHERE NOT EXISTS "
-                                 "(SELECT 1 FROM alert_states s WHERE s.fingerprint = h.fingerprint)")
+    assert not _rows(
+        monitor_db, "SELECT 1 FROM asset_edges WHERE upstream LIKE 'sim/%' OR downstream LIKE 'sim/%'"
+    )
+    assert not _rows(
+        monitor_db,
+        "SELECT 1 FROM notifications n WHERE NOT EXISTS "
+        "(SELECT 1 FROM incidents i WHERE i.id = n.incident_id)",
+    )
+    assert not _rows(
+        monitor_db,
+        "SELECT 1 FROM alert_history h WHERE NOT EXISTS "
+        "(SELECT 1 FROM alert_states s WHERE s.fingerprint = h.fingerprint)",
+    )
     for stream in (RUNS, ASSETS, HEALTH):
         assert not {k for k in _stream_keys(redis_client, bus.key(stream)) if k.startswith("sim/")}, stream
     # The real asset is untouched: its history, its health, its events.
-    assert _rows(health_db, "SELECT * FROM executions WHERE asset_key = ?", REAL) + _rows(
-        health_db, "SELECT * FROM asset_health WHERE asset_key = ?", REAL) == real_rows["health"]
+    assert (
+        _rows(health_db, "SELECT * FROM executions WHERE asset_key = ?", REAL)
+        + _rows(health_db, "SELECT * FROM asset_health WHERE asset_key = ?", REAL)
+        == real_rows["health"]
+    )
     assert [e.id for e in _events(redis_client, bus.key(RUNS))] == real_rows["runs"]
     code, out, _ = alerting.run("simulate", "--clean")
-    assert (code, out.strip()) == (0, "nothing to remove: no simulated asset under sim/ in health.db, "
-                                      "monitor.db or the streams")
+    assert (code, out.strip()) == (
+        0,
+        "nothing to remove: no simulated asset under sim/ in health.db, monitor.db or the streams",
+    )
 
     # The same simulation published again is recorded again (its event ids were forgotten with it).
-    code, _, err = alerting.run("simulate", "--assets", "4", "--events", "240", "--seed", "5",
-                                "--inject", "none")
+    code, _, err = alerting.run(
+        "simulate", "--assets", "4", "--events", "240", "--seed", "5", "--inject", "none"
+    )
     assert code == 0, err
     workers = _workers(alerting, tmp_path, "health")
     try:
         recorded = "SELECT DISTINCT asset_key FROM executions WHERE asset_key LIKE 'sim/%'"
-        wait_for(lambda: len(_rows(health_db, recorded)) == 4, 60, "simulated assets recorded again",
-                 lambda: workers[0].output())
+        wait_for(
+            lambda: len(_rows(health_db, recorded)) == 4,
+            60,
+            "simulated assets recorded again",
+            lambda: workers[0].output(),
+        )
     finally:
         assert workers[0].stop() == 0
 
@@ -289,8 +379,15 @@ def test_clean_refuses_what_is_not_simulated_or_not_yet_handled(cli: Cli, redis_
     # never handled (no store was created), removed from the streams alone.
     redis_client.xgroup_destroy(bus.key(RUNS), "health")
     for stream in (RUNS, ASSETS):
-        real = [i for i, e in zip((i for i, _ in redis_client.xrange(bus.key(stream))),
-                                  _events(redis_client, bus.key(stream)), strict=True) if e.source == "dagster"]
+        real = [
+            i
+            for i, e in zip(
+                (i for i, _ in redis_client.xrange(bus.key(stream))),
+                _events(redis_client, bus.key(stream)),
+                strict=True,
+            )
+            if e.source == "dagster"
+        ]
         redis_client.xdel(bus.key(stream), *real)
     code, out, err = cli.run("simulate", "--clean")
     assert code == 0, err

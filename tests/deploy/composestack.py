@@ -60,11 +60,21 @@ def container_ports(compose: dict[str, Any]) -> set[int]:
     text = json.dumps(compose)
     ports |= {int(p) for p in re.findall(r"(?<![\d.])[a-z0-9.-]+:(\d{4,5})\b", text)}
     for service in compose["services"].values():
-        ports |= {int(p["target"]) if isinstance(p, dict) else int(str(p).rsplit(":", 1)[-1].split("/")[0])
-                  for p in service.get("ports", [])}
-        ports |= {int(v) for k, v in (service.get("environment") or {}).items() if k.endswith("_PORT") and str(v).isdigit()}
+        ports |= {
+            int(p["target"]) if isinstance(p, dict) else int(str(p).rsplit(":", 1)[-1].split("/")[0])
+            for p in service.get("ports", [])
+        }
+        ports |= {
+            int(v)
+            for k, v in (service.get("environment") or {}).items()
+            if k.endswith("_PORT") and str(v).isdigit()
+        }
         command = service.get("command") or []
-        ports |= {int(command[i + 1]) for i, tok in enumerate(command[:-1]) if tok == "-p" and command[i + 1].isdigit()}
+        ports |= {
+            int(command[i + 1])
+            for i, tok in enumerate(command[:-1])
+            if tok == "-p" and command[i + 1].isdigit()
+        }
     return ports
 
 
@@ -165,8 +175,11 @@ class Stack:
         value = re.sub(rf"(?<=//)({hosts})(?=:)|(?<=@)({hosts})(?=:){bare}", "127.0.0.1", value)
         value = value.replace("0.0.0.0", "127.0.0.1")
         # a known container port: after "host:", "=", or as a word of its own ("-p 6379", "4000")
-        return re.sub(r"(?:(?<=[\s:=])|^)(\d{4,5})(?=$|[\s/\"'])",
-                      lambda m: str(self.port_map.get(int(m.group(1)), m.group(1))), value)
+        return re.sub(
+            r"(?:(?<=[\s:=])|^)(\d{4,5})(?=$|[\s/\"'])",
+            lambda m: str(self.port_map.get(int(m.group(1)), m.group(1))),
+            value,
+        )
 
     def command(self, name: str) -> list[str]:
         service = self.compose["services"][name]
@@ -189,8 +202,10 @@ class Stack:
         container = self.containers.setdefault(name, f"ams-it-{uuid.uuid4().hex[:8]}-{name}")
         args = ["podman", "run", "--rm", "--name", container, "--network", "host", "--hostname", name]
         service = self.compose["services"][name]
-        env = {key: self.localize(name, "" if value is None else str(value), env_value=True)
-               for key, value in (service.get("environment") or {}).items()}
+        env = {
+            key: self.localize(name, "" if value is None else str(value), env_value=True)
+            for key, value in (service.get("environment") or {}).items()
+        }
         for key, value in {**env, **self.extra_env}.items():
             args += ["--env", f"{key}={value}"]
         for source, target in self.volumes(name):
@@ -198,7 +213,11 @@ class Stack:
         for source, target in self.secrets(name):
             args += ["--volume", f"{source}:{target}:ro"]
         test = service["healthcheck"]["test"]
-        health = json.dumps([self.localize(name, t) for t in test[1:]]) if test[0] == "CMD" else self.localize(name, test[1])
+        health = (
+            json.dumps([self.localize(name, t) for t in test[1:]])
+            if test[0] == "CMD"
+            else self.localize(name, test[1])
+        )
         args += ["--health-cmd", health, "--health-interval", "disable"]
         return [*args, self.image, *command]
 
@@ -244,6 +263,7 @@ class Stack:
     def up_all(self, names: list[str], timeout_s: float = 300.0) -> None:
         """Start `names` (and their dependencies) in waves: everything whose dependencies are healthy starts
         at once, then the wave is waited for. Same order as compose, in far less time than one by one."""
+
         def depth(name: str) -> int:
             return 1 + max((depth(d) for d in self.dependencies(name)), default=-1)
 
@@ -267,8 +287,14 @@ class Stack:
         (self.workdir / "home").mkdir(parents=True, exist_ok=True)
         log = self.workdir / f"{name}.log"
         env = self.environment(name)
-        process = subprocess.Popen(self.command(name), env=env, cwd=self.workdir, stdout=log.open("wb"),
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            self.command(name),
+            env=env,
+            cwd=self.workdir,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         running = Running(name, process, log, env, self.healthcheck(name))
         self.running[name] = running
         return running
@@ -279,31 +305,48 @@ class Stack:
         query = "{ workspaceOrError { ... on Workspace { locationEntries { name locationOrLoadError { __typename } } } } }"
 
         def loaded() -> bool:
-            entries = httpx.post(url, json={"query": query}, timeout=10).json()["data"]["workspaceOrError"]["locationEntries"]
+            entries = httpx.post(url, json={"query": query}, timeout=10).json()["data"]["workspaceOrError"][
+                "locationEntries"
+            ]
             return [(e["name"], (e["locationOrLoadError"] or {}).get("__typename")) for e in entries] == [
-                (location, "RepositoryLocation")]
+                (location, "RepositoryLocation")
+            ]
 
-        wait_for(loaded, timeout_s=timeout_s, what="code location loaded in the webserver",
-                 diagnose=lambda: httpx.post(url, json={"query": query.replace("__typename", "__typename ... on "
-                                                        "PythonError { message }")}, timeout=10).text)
+        wait_for(
+            loaded,
+            timeout_s=timeout_s,
+            what="code location loaded in the webserver",
+            diagnose=lambda: (
+                httpx.post(
+                    url,
+                    json={"query": query.replace("__typename", "__typename ... on PythonError { message }")},
+                    timeout=10,
+                ).text
+            ),
+        )
 
     def check(self, running: Running) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(running.healthcheck, env=running.env, cwd=self.workdir, capture_output=True,
-                              text=True, timeout=60)
+        return subprocess.run(
+            running.healthcheck, env=running.env, cwd=self.workdir, capture_output=True, text=True, timeout=60
+        )
 
     def wait_healthy(self, running: Running, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         last: subprocess.CompletedProcess[str] | None = None
         while time.monotonic() < deadline:
             if running.process.poll() is not None:
-                raise AssertionError(f"{running.name} exited with {running.process.returncode}:\n{running.output()}")
+                raise AssertionError(
+                    f"{running.name} exited with {running.process.returncode}:\n{running.output()}"
+                )
             last = self.check(running)
             if last.returncode == 0:
                 return
             time.sleep(0.5)
         detail = f"{last.stdout}{last.stderr}" if last else ""
-        raise AssertionError(f"{running.name}: healthcheck {running.healthcheck} still failing after {timeout_s:.0f} s:"
-                             f"\n{detail}\n--- log ---\n{running.output()}")
+        raise AssertionError(
+            f"{running.name}: healthcheck {running.healthcheck} still failing after {timeout_s:.0f} s:"
+            f"\n{detail}\n--- log ---\n{running.output()}"
+        )
 
     def down(self) -> None:
         """SIGTERM every process group (reverse start order), then SIGKILL what is left."""
@@ -319,6 +362,11 @@ class Stack:
                 running.process.wait(timeout=10)
         self.running.clear()
         for container in self.containers.values():
-            subprocess.run(["podman", "rm", "-f", "-t", "5", container], env=self.podman_env, capture_output=True,
-                           timeout=60, check=False)
+            subprocess.run(
+                ["podman", "rm", "-f", "-t", "5", container],
+                env=self.podman_env,
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
         self.containers.clear()

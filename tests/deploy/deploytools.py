@@ -38,12 +38,20 @@ def tool(name: str) -> str:
     return found
 
 
-def run(cmd: list[str], *, cwd: Path = ROOT, timeout: float = 120, env: dict[str, str] | None = None,
-        check: bool = True) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: list[str],
+    *,
+    cwd: Path = ROOT,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
     """Run a command, failing with its output when it exits non-zero and `check` is set."""
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
     return proc
 
 
@@ -101,8 +109,14 @@ def rule_expressions() -> list[tuple[str, str, str]]:
     return found
 
 
-def wait_for(condition: Callable[[], bool], *, timeout_s: float, what: str, interval_s: float = 0.25,
-             diagnose: Callable[[], str] | None = None) -> None:
+def wait_for(
+    condition: Callable[[], bool],
+    *,
+    timeout_s: float,
+    what: str,
+    interval_s: float = 0.25,
+    diagnose: Callable[[], str] | None = None,
+) -> None:
     """Poll `condition` until true; fail after `timeout_s` with `diagnose()` output."""
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -133,12 +147,16 @@ def prod_secrets(folder: Path) -> tuple[Path, dict[str, str]]:
 
     secrets = folder / "secrets"
     secrets.mkdir(mode=0o700)
-    values = {name: uuid.uuid4().hex for name in ("redis_password", "postgres_password", "grafana_admin_password")}
+    values = {
+        name: uuid.uuid4().hex for name in ("redis_password", "postgres_password", "grafana_admin_password")
+    }
     for name, value in values.items():
         (secrets / name).write_text(value + "\n")
     shutil.copy(ROOT / "deploy/alertmanager/alertmanager.example.yml", secrets / "alertmanager.yml")
     for path in secrets.iterdir():
         path.chmod(0o444)
     env_file = folder / ".env"
-    env_file.write_text(ENV_EXAMPLE.read_text().replace("AMS_SECRETS_DIR=./secrets", f"AMS_SECRETS_DIR={secrets}"))
+    env_file.write_text(
+        ENV_EXAMPLE.read_text().replace("AMS_SECRETS_DIR=./secrets", f"AMS_SECRETS_DIR={secrets}")
+    )
     return env_file, values

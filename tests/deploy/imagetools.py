@@ -103,8 +103,14 @@ def ensure_base() -> str:
     with tempfile.TemporaryDirectory(prefix="ams-rootfs-") as rootfs:
         run([debootstrap, "--variant=minbase", SUITE, rootfs, mirror], timeout=900)
         tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
-        imported = subprocess.run([tool("podman"), "import", "-", name], stdin=tar.stdout, capture_output=True,
-                                  text=True, env=podman_env(), timeout=600)
+        imported = subprocess.run(
+            [tool("podman"), "import", "-", name],
+            stdin=tar.stdout,
+            capture_output=True,
+            text=True,
+            env=podman_env(),
+            timeout=600,
+        )
         assert tar.stdout is not None
         tar.stdout.close()
         assert tar.wait() == 0 and imported.returncode == 0, imported.stderr
@@ -127,9 +133,23 @@ def ensure_python(base: str) -> str:
 def build_project_image() -> str:
     """The project's own Dockerfile built on the stand-in; podman's layer cache makes a rebuild quick."""
     python = ensure_python(ensure_base())
-    podman("build", "--network", "host", "--format", "docker", "--build-arg", f"PYTHON_IMAGE={python}",
-           "--build-arg", "INSTALL_MSODBC=0", "-t", IMAGE, "-f", str(ROOT / "Dockerfile"), str(ROOT),
-           timeout=1800)
+    podman(
+        "build",
+        "--network",
+        "host",
+        "--format",
+        "docker",
+        "--build-arg",
+        f"PYTHON_IMAGE={python}",
+        "--build-arg",
+        "INSTALL_MSODBC=0",
+        "-t",
+        IMAGE,
+        "-f",
+        str(ROOT / "Dockerfile"),
+        str(ROOT),
+        timeout=1800,
+    )
     return IMAGE
 
 

@@ -44,8 +44,10 @@ def test_dev_compose_config_is_valid() -> None:
 
 
 def test_prod_compose_config_is_valid_with_the_example_env() -> None:
-    run([tool("docker-compose"), "-f", str(COMPOSE_PROD), "--env-file", str(ENV_EXAMPLE), "config", "-q"],
-        env=clean_env())
+    run(
+        [tool("docker-compose"), "-f", str(COMPOSE_PROD), "--env-file", str(ENV_EXAMPLE), "config", "-q"],
+        env=clean_env(),
+    )
 
 
 def test_prod_secrets_are_files_and_no_environment_holds_one(prod: dict[str, Any]) -> None:
@@ -58,7 +60,9 @@ def test_prod_secrets_are_files_and_no_environment_holds_one(prod: dict[str, Any
     for name, service in prod["services"].items():
         for key, value in (service.get("environment") or {}).items():
             if re.search(r"PASSWORD|SECRET|TOKEN|_KEY", key):
-                assert key.endswith("FILE") and str(value).startswith("/run/secrets/"), f"{name}: {key}={value}"
+                assert key.endswith("FILE") and str(value).startswith("/run/secrets/"), (
+                    f"{name}: {key}={value}"
+                )
             assert not re.search(r"redis://:[^@]+@", str(value)), f"{name}: {key} carries a password"
         mounted = {s if isinstance(s, str) else s["source"] for s in service.get("secrets") or []}
         wanted = set(re.findall(r"/run/secrets/([\w.]+)", json.dumps(service)))
@@ -67,8 +71,11 @@ def test_prod_secrets_are_files_and_no_environment_holds_one(prod: dict[str, Any
 
 def test_env_example_names_every_variable_the_compose_files_use() -> None:
     used = set(re.findall(r"\$\{([A-Z0-9_]+)", COMPOSE_DEV.read_text() + COMPOSE_PROD.read_text()))
-    declared = {line.split("=", 1)[0] for line in ENV_EXAMPLE.read_text().splitlines()
-                if line and not line.startswith("#")}
+    declared = {
+        line.split("=", 1)[0]
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if line and not line.startswith("#")
+    }
     assert used - declared == set(), f"add to .env.example: {sorted(used - declared)}"
 
 
@@ -166,7 +173,10 @@ def test_prod_uses_postgres_storage_and_runs_outside_the_code_location(prod: dic
     instance = yaml.safe_load((ROOT / "deploy/dagster/dagster.prod.yaml").read_text())
     assert "postgres" in instance["storage"]
     for name in ("code-location", "webserver", "daemon", "dagster-worker"):
-        assert services[name]["environment"]["DAGSTER_INSTANCE_CONFIG"] == "/app/deploy/dagster/dagster.prod.yaml"
+        assert (
+            services[name]["environment"]["DAGSTER_INSTANCE_CONFIG"]
+            == "/app/deploy/dagster/dagster.prod.yaml"
+        )
     # runs are Celery tasks executed by the dagster-workers, never children of the code location (a redeploy
     # of it would kill them)
     launcher = instance["run_launcher"]
@@ -204,14 +214,21 @@ def test_prod_run_and_step_concurrency_are_set_and_fit_the_cpu_limit(prod: dict[
 
 def test_prod_dagster_outputs_and_compute_logs_are_on_the_shared_volume(prod: dict[str, Any]) -> None:
     """Every path of the instance that holds run data is on the one volume all Dagster containers mount."""
-    dagster = {n for n, s in prod["services"].items() if ours(s) and str(s["command"][0]).startswith("dagster")}
+    dagster = {
+        n for n, s in prod["services"].items() if ours(s) and str(s["command"][0]).startswith("dagster")
+    }
     assert dagster == {"code-location", "webserver", "daemon", "dagster-worker"}
     instance = yaml.safe_load((ROOT / "deploy/dagster/dagster.prod.yaml").read_text())
-    paths = [instance["local_artifact_storage"]["config"]["base_dir"], instance["compute_logs"]["config"]["base_dir"]]
+    paths = [
+        instance["local_artifact_storage"]["config"]["base_dir"],
+        instance["compute_logs"]["config"]["base_dir"],
+    ]
     for name, service in prod["services"].items():
         if not ours(service) or not str(service["command"][0]).startswith("dagster"):
             continue  # the workers (python -m services.x) run no Dagster run
-        volumes = {target: source for kind, source, target in mounts(service, prod["volumes"]) if kind == "volume"}
+        volumes = {
+            target: source for kind, source, target in mounts(service, prod["volumes"]) if kind == "volume"
+        }
         for path in paths:
             holders = [t for t in volumes if path.startswith(t.rstrip("/") + "/")]
             assert holders, f"{name}: {path} is on no volume (lost with the container, unseen by the others)"
@@ -219,8 +236,18 @@ def test_prod_dagster_outputs_and_compute_logs_are_on_the_shared_volume(prod: di
 
 
 def test_prod_scales_dagster_worker() -> None:
-    proc = run([tool("docker-compose"), "-f", str(COMPOSE_PROD), "--env-file", str(ENV_EXAMPLE), "config",
-                "--services"], env=clean_env())
+    proc = run(
+        [
+            tool("docker-compose"),
+            "-f",
+            str(COMPOSE_PROD),
+            "--env-file",
+            str(ENV_EXAMPLE),
+            "config",
+            "--services",
+        ],
+        env=clean_env(),
+    )
     assert "dagster-worker" in proc.stdout.split()
 
 
@@ -234,8 +261,12 @@ def test_prod_redis_persists_refuses_writes_when_full_and_requires_a_password(pr
     assert maxmemory and "--maxmemory-policy noeviction" in command
     limit = redis["deploy"]["resources"]["limits"]["memory"]
     as_bytes = {"kb": 2**10, "mb": 2**20, "gb": 2**30}
-    limit_bytes = int(limit) if str(limit).isdigit() else int(str(limit)[:-1]) * as_bytes[str(limit)[-1].lower() + "b"]
-    assert int(maxmemory.group(1)) * as_bytes[maxmemory.group(2)] <= 0.6 * limit_bytes  # room for the AOF fork
+    limit_bytes = (
+        int(limit) if str(limit).isdigit() else int(str(limit)[:-1]) * as_bytes[str(limit)[-1].lower() + "b"]
+    )
+    assert (
+        int(maxmemory.group(1)) * as_bytes[maxmemory.group(2)] <= 0.6 * limit_bytes
+    )  # room for the AOF fork
     for name, service in prod["services"].items():
         if ours(service):
             assert service["environment"]["AMS_REDIS__PASSWORD_FILE"] == "/run/secrets/redis_password", name
@@ -258,4 +289,5 @@ def test_no_secret_is_written_in_the_compose_files() -> None:
             if match:
                 value = match.group(3).strip()
                 assert "${" in value or "$$" in value or value.startswith("/run/secrets/"), (
-                    f"{path.name}: literal secret in {line.strip()!r}")
+                    f"{path.name}: literal secret in {line.strip()!r}"
+                )

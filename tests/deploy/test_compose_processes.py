@@ -32,8 +32,17 @@ from deploytools import (
     wait_for,
 )
 
-SERVICES = ["redis", "code-location", "webserver", "daemon", "discovery", "health", "alerts", "prometheus",
-            "alertmanager"]
+SERVICES = [
+    "redis",
+    "code-location",
+    "webserver",
+    "daemon",
+    "discovery",
+    "health",
+    "alerts",
+    "prometheus",
+    "alertmanager",
+]
 NOT_RUN = {"grafana": "not-run-third-party-image-no-debian-package-provisioning-checked-instead"}
 # docker-compose.prod.yml: its own password-protected Redis (AOF), the workers authenticating to it, Prometheus.
 PROD_SERVICES = ["redis", "discovery", "health", "alerts", "prometheus", "alertmanager"]
@@ -72,8 +81,12 @@ def _tools() -> None:
 def stack(dev: dict[str, Any], redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     _tools()
     prefix = f"test-deploy-{uuid.uuid4().hex[:8]}"
-    local = Stack(dev, tmp_path_factory.mktemp("compose"), provided={"redis": int(urlparse(redis_url).port or 6379)},
-                  extra_env={"AMS_BUS__PREFIX": prefix})
+    local = Stack(
+        dev,
+        tmp_path_factory.mktemp("compose"),
+        provided={"redis": int(urlparse(redis_url).port or 6379)},
+        extra_env={"AMS_BUS__PREFIX": prefix},
+    )
     yield local
     local.down()
     client = redis.Redis.from_url(redis_url)
@@ -114,8 +127,9 @@ def test_service_command_becomes_healthy(name: str, stack: Stack, tmp_path: Path
 
 
 @pytest.mark.parametrize("name", PROD_SERVICES)
-def test_prod_service_command_becomes_healthy(name: str, prod_stack: Stack,
-                                              prod_env: tuple[Path, dict[str, str]]) -> None:
+def test_prod_service_command_becomes_healthy(
+    name: str, prod_stack: Stack, prod_env: tuple[Path, dict[str, str]]
+) -> None:
     running = prod_stack.up(name)
     assert running.process.poll() is None
     assert prod_stack.check(running).returncode == 0
@@ -141,7 +155,9 @@ def assert_prod_redis_requires_its_password_and_appends(stack: Stack, password: 
     assert oct(conf.stat().st_mode & 0o777) == "0o600"
 
 
-@pytest.mark.parametrize("name", list(PROD_NOT_RUN), ids=[f"{n}-{reason}" for n, reason in PROD_NOT_RUN.items()])
+@pytest.mark.parametrize(
+    "name", list(PROD_NOT_RUN), ids=[f"{n}-{reason}" for n, reason in PROD_NOT_RUN.items()]
+)
 def test_prod_service_not_run(name: str, prod: dict[str, Any], dev: dict[str, Any]) -> None:
     service = prod["services"][name]
     reason = PROD_NOT_RUN[name]
@@ -159,7 +175,9 @@ def test_prod_service_not_run(name: str, prod: dict[str, Any], dev: dict[str, An
 @pytest.mark.parametrize("name", list(NOT_RUN), ids=[f"{n}-{reason}" for n, reason in NOT_RUN.items()])
 def test_service_not_run_is_provisioned_consistently(name: str, dev: dict[str, Any]) -> None:
     service = dev["services"][name]
-    binds = {target: Path(source) for kind, source, target in mounts(service, dev["volumes"]) if kind == "bind"}
+    binds = {
+        target: Path(source) for kind, source, target in mounts(service, dev["volumes"]) if kind == "bind"
+    }
     provisioning = binds["/etc/grafana/provisioning"]
     (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
     url = urlparse(source["url"])
@@ -180,8 +198,14 @@ def test_dev_stack_runs_the_demo_pipeline_and_the_cli_sees_it(stack: Stack) -> N
     url = f"http://127.0.0.1:{stack.port_map[3000]}/graphql"
     launch = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
         __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
-    params = {"selector": {"repositoryLocationName": "orchestrator", "repositoryName": "__repository__",
-                           "jobName": "demo_pipeline"}, "runConfigData": {}}
+    params = {
+        "selector": {
+            "repositoryLocationName": "orchestrator",
+            "repositoryName": "__repository__",
+            "jobName": "demo_pipeline",
+        },
+        "runConfigData": {},
+    }
     result = httpx.post(url, json={"query": launch, "variables": {"p": params}}, timeout=30).json()
     assert result["data"]["launchRun"]["__typename"] == "LaunchRunSuccess", result
     run_id = result["data"]["launchRun"]["run"]["runId"]
@@ -191,14 +215,25 @@ def test_dev_stack_runs_the_demo_pipeline_and_the_cli_sees_it(stack: Stack) -> N
         body = httpx.post(url, json={"query": status_query, "variables": {"id": run_id}}, timeout=30).json()
         return str(body["data"]["runOrError"]["status"])
 
-    wait_for(lambda: status() in {"SUCCESS", "FAILURE", "CANCELED"}, timeout_s=180, what="the demo run finished",
-             interval_s=1, diagnose=lambda: stack.running["daemon"].output())
+    wait_for(
+        lambda: status() in {"SUCCESS", "FAILURE", "CANCELED"},
+        timeout_s=180,
+        what="the demo run finished",
+        interval_s=1,
+        diagnose=lambda: stack.running["daemon"].output(),
+    )
     assert status() == "SUCCESS"
 
     def cli(*args: str) -> Any:
         env = stack.environment("webserver")
-        proc = subprocess.run(["asset-manager", *args, "--format", "json"], env=env, cwd=stack.workdir,
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            ["asset-manager", *args, "--format", "json"],
+            env=env,
+            cwd=stack.workdir,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr
         return json.loads(proc.stdout)
 
@@ -206,7 +241,12 @@ def test_dev_stack_runs_the_demo_pipeline_and_the_cli_sees_it(stack: Stack) -> N
         return {r["asset_key"]: r["status"] for r in cli("asset-health") if r["status"] != "UNKNOWN"}
 
     # the five demo assets evaluated after their run (their verdicts are the health service's business)
-    wait_for(lambda: len(evaluated()) == 5, timeout_s=120, what="the workers recorded the demo run", interval_s=2,
-             diagnose=lambda: json.dumps(cli("asset-health"), indent=1)[:3000])
+    wait_for(
+        lambda: len(evaluated()) == 5,
+        timeout_s=120,
+        what="the workers recorded the demo run",
+        interval_s=2,
+        diagnose=lambda: json.dumps(cli("asset-health"), indent=1)[:3000],
+    )
     assert set(evaluated().values()) <= {"HEALTHY", "WARNING", "DEGRADED", "FAILED"}
     assert sorted(evaluated()) == sorted(row["key"] for row in cli("list-assets"))

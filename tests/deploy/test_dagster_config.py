@@ -16,8 +16,13 @@ INSTANCES = [
     ROOT / "k8s/base/dagster-instance.yaml",
     ROOT / "k8s/overlays/prod/dagster-instance.yaml",
 ]
-PG_ENV = {"DAGSTER_PG_HOST": "db", "DAGSTER_PG_PORT": "5432", "DAGSTER_PG_USER": "dagster",
-          "DAGSTER_PG_PASSWORD": "secret", "DAGSTER_PG_DB": "dagster"}
+PG_ENV = {
+    "DAGSTER_PG_HOST": "db",
+    "DAGSTER_PG_PORT": "5432",
+    "DAGSTER_PG_USER": "dagster",
+    "DAGSTER_PG_PASSWORD": "secret",
+    "DAGSTER_PG_DB": "dagster",
+}
 
 
 @pytest.mark.parametrize("path", INSTANCES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -56,10 +61,14 @@ def test_celery_worker_config_matches_the_executor_schema() -> None:
     assert config["broker"] == {"env": "DAGSTER_CELERY_BROKER_URL"}
 
 
-@pytest.mark.parametrize("path", [p for p in INSTANCES if "postgres" in yaml.safe_load(p.read_text()).get("storage", {})],
-                         ids=lambda p: str(p.relative_to(ROOT)))
-def test_postgres_instance_opens_on_a_real_server(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                   postgres_url: str) -> None:
+@pytest.mark.parametrize(
+    "path",
+    [p for p in INSTANCES if "postgres" in yaml.safe_load(p.read_text()).get("storage", {})],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_postgres_instance_opens_on_a_real_server(
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgres_url: str
+) -> None:
     """The installed dagster-postgres and SQLAlchemy connect with this file (SQLAlchemy 2.1 maps a bare
     postgresql:// to psycopg 3, which dagster-postgres does not install)."""
     from urllib.parse import urlparse
@@ -67,10 +76,15 @@ def test_postgres_instance_opens_on_a_real_server(path: Path, tmp_path: Path, mo
     from dagster import DagsterInstance
 
     url = urlparse(postgres_url)
-    env = {"DAGSTER_PG_HOST": url.hostname or "", "DAGSTER_PG_PORT": str(url.port or 5432),
-           "DAGSTER_PG_USER": url.username or "postgres", "DAGSTER_PG_PASSWORD": "unused-trust-auth",
-           "DAGSTER_PG_DB": url.path.lstrip("/"), "DAGSTER_CELERY_BROKER_URL": "redis://127.0.0.1:1/1",
-           "DAGSTER_CELERY_BACKEND_URL": "redis://127.0.0.1:1/2"}
+    env = {
+        "DAGSTER_PG_HOST": url.hostname or "",
+        "DAGSTER_PG_PORT": str(url.port or 5432),
+        "DAGSTER_PG_USER": url.username or "postgres",
+        "DAGSTER_PG_PASSWORD": "unused-trust-auth",
+        "DAGSTER_PG_DB": url.path.lstrip("/"),
+        "DAGSTER_CELERY_BROKER_URL": "redis://127.0.0.1:1/1",
+        "DAGSTER_CELERY_BACKEND_URL": "redis://127.0.0.1:1/2",
+    }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     config = yaml.safe_load(path.read_text())
@@ -80,7 +94,9 @@ def test_postgres_instance_opens_on_a_real_server(path: Path, tmp_path: Path, mo
         assert instance.get_runs() == []
 
 
-def test_prod_run_launcher_and_executor_match_dagster_celerys_schemas(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prod_run_launcher_and_executor_match_dagster_celerys_schemas(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from dagster._config import process_config
     from dagster_celery.executor import celery_executor
     from dagster_celery.launcher import CeleryRunLauncher

@@ -30,9 +30,31 @@ NOT_YET_DEFINED = {
     "ams_health_asset_status",
 }
 PROMETHEUS_BUILTINS = {"up"}
-PROMQL_WORDS = {"sum", "max", "min", "avg", "by", "without", "rate", "increase", "histogram_quantile", "absent",
-                "and", "or", "unless", "le", "count", "on", "ignoring", "group_left", "deriv", "bool", "topk",
-                "offset", "time"}
+PROMQL_WORDS = {
+    "sum",
+    "max",
+    "min",
+    "avg",
+    "by",
+    "without",
+    "rate",
+    "increase",
+    "histogram_quantile",
+    "absent",
+    "and",
+    "or",
+    "unless",
+    "le",
+    "count",
+    "on",
+    "ignoring",
+    "group_left",
+    "deriv",
+    "bool",
+    "topk",
+    "offset",
+    "time",
+}
 
 
 def defined_metrics() -> set[str]:
@@ -40,7 +62,9 @@ def defined_metrics() -> set[str]:
     names: set[str] = set()
     for path in [*ROOT.glob("libs/**/*.py"), *ROOT.glob("services/**/*.py")]:
         text = path.read_text()
-        for kind, name in re.findall(r"\b(Counter|Gauge|Histogram|BatchHistogram|Summary)\(\s*\"(ams_[a-z0-9_]+)\"", text):
+        for kind, name in re.findall(
+            r"\b(Counter|Gauge|Histogram|BatchHistogram|Summary)\(\s*\"(ams_[a-z0-9_]+)\"", text
+        ):
             names.add(name)
             if kind == "Counter" and not name.endswith("_total"):
                 names.add(name + "_total")
@@ -69,7 +93,9 @@ def test_dashboards_pick_their_prometheus_through_a_variable(dashboard: dict[str
     """No hard-coded datasource uid: the dashboard works with whatever Prometheus a Grafana has (the one
     provisioned here, kube-prometheus-stack's, an import), chosen by the `datasource` variable."""
     (source,) = yaml.safe_load(DATASOURCES.read_text())["datasources"]
-    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090" and source["isDefault"]
+    assert (
+        source["type"] == "prometheus" and source["url"] == "http://prometheus:9090" and source["isDefault"]
+    )
     (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "datasource"]
     assert variable["type"] == "datasource" and variable["query"] == "prometheus"
     for panel in all_panels(dashboard):
@@ -89,7 +115,11 @@ def test_dashboard_structure(dashboard: dict[str, Any]) -> None:
     for panel in panels:
         grid = panel["gridPos"]
         assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
-        cells = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])}
+        cells = {
+            (x, y)
+            for x in range(grid["x"], grid["x"] + grid["w"])
+            for y in range(grid["y"], grid["y"] + grid["h"])
+        }
         assert not cells & occupied, f"{panel['title']} overlaps another panel"
         occupied |= cells
         if panel["type"] != "row":
@@ -103,13 +133,17 @@ def test_dashboard_covers_every_section_of_the_issue() -> None:
     used = {m for _, _, expr in dashboard_targets() for m in metrics_in(expr)}
     missing = {section: metric for section, metric in REQUIRED_SECTIONS.items() if metric not in used}
     assert missing == {}
-    (table,) = [p for path in DASHBOARDS for p in all_panels(json.loads(path.read_text())) if p["type"] == "table"]
+    (table,) = [
+        p for path in DASHBOARDS for p in all_panels(json.loads(path.read_text())) if p["type"] == "table"
+    ]
     assert table["targets"][0]["format"] == "table" and table["targets"][0]["instant"] is True
 
 
 def test_queries_and_rules_use_metrics_our_services_define() -> None:
     defined = defined_metrics() | PROMETHEUS_BUILTINS
-    used = {(where, m) for where, _, expr in dashboard_targets() + rule_expressions() for m in metrics_in(expr)}
+    used = {
+        (where, m) for where, _, expr in dashboard_targets() + rule_expressions() for m in metrics_in(expr)
+    }
     unknown = {(where, m) for where, m in used if m not in defined and m not in NOT_YET_DEFINED}
     assert unknown == set(), "metric names that no Counter/Gauge/Histogram in libs/ or services/ defines"
 
@@ -117,4 +151,7 @@ def test_queries_and_rules_use_metrics_our_services_define() -> None:
 def test_metric_name_extraction() -> None:
     expr = 'histogram_quantile(0.99, sum by (le, group) (rate(ams_handler_duration_seconds_bucket{group="x"}[5m])))'
     assert metrics_in(expr) == {"ams_handler_duration_seconds_bucket"}
-    assert metrics_in('up{job="ams-workers"} == 0 unless absent(ams_worker_ready)') == {"up", "ams_worker_ready"}
+    assert metrics_in('up{job="ams-workers"} == 0 unless absent(ams_worker_ready)') == {
+        "up",
+        "ams_worker_ready",
+    }

@@ -44,8 +44,25 @@ def text(instructions: list[dockerfile.Command]) -> str:
     return " ".join(" ".join(c.value) for c in instructions)
 
 
-KNOWN_INSTRUCTIONS = {"FROM", "ARG", "ENV", "RUN", "COPY", "ADD", "WORKDIR", "USER", "EXPOSE", "LABEL", "HEALTHCHECK",
-                      "ENTRYPOINT", "CMD", "VOLUME", "SHELL", "STOPSIGNAL", "ONBUILD"}
+KNOWN_INSTRUCTIONS = {
+    "FROM",
+    "ARG",
+    "ENV",
+    "RUN",
+    "COPY",
+    "ADD",
+    "WORKDIR",
+    "USER",
+    "EXPOSE",
+    "LABEL",
+    "HEALTHCHECK",
+    "ENTRYPOINT",
+    "CMD",
+    "VOLUME",
+    "SHELL",
+    "STOPSIGNAL",
+    "ONBUILD",
+}
 
 
 def test_every_instruction_is_well_formed() -> None:
@@ -81,7 +98,12 @@ def test_final_stage_runs_as_non_root_with_a_healthcheck_and_entrypoint() -> Non
     assert ("APP_UID=10001",) in [c.value for c in final if c.cmd == "ARG"]  # the uid k8s runs as
     (healthcheck,) = [c for c in final if c.cmd == "HEALTHCHECK"]
     # through the entrypoint, which reads the *_FILE secrets the probe's commands need
-    assert healthcheck.value == ("CMD", "/app/deploy/docker/entrypoint.sh", "python", "/app/deploy/docker/healthcheck.py")
+    assert healthcheck.value == (
+        "CMD",
+        "/app/deploy/docker/entrypoint.sh",
+        "python",
+        "/app/deploy/docker/healthcheck.py",
+    )
     (entrypoint,) = [c for c in final if c.cmd == "ENTRYPOINT"]
     assert entrypoint.json and entrypoint.value == ("/usr/bin/tini", "--", "/app/deploy/docker/entrypoint.sh")
     (cmd,) = [c for c in final if c.cmd == "CMD"]
@@ -106,13 +128,16 @@ def test_odbc_driver_18_installed_the_microsoft_way_unless_switched_off() -> Non
 def test_hadolint_finds_nothing() -> None:
     """Docker's linter, without a global ignore: the exceptions are the `# hadolint ignore=` lines, each with
     its reason in the comment above it."""
-    proc = subprocess.run([hadolint(), "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [hadolint(), "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not (ROOT / ".hadolint.yaml").exists()
     for line in DOCKERFILE.splitlines():
         if "hadolint ignore=" in line:
-            assert line.split("=", 1)[1].strip() == "DL3008", line  # apt pins: see the comment in the Dockerfile
+            assert line.split("=", 1)[1].strip() == "DL3008", (
+                line
+            )  # apt pins: see the comment in the Dockerfile
 
 
 def hadolint() -> str:
@@ -152,10 +177,19 @@ def test_entrypoint_installs_the_instance_config_and_execs(tmp_path: Path) -> No
     home = tmp_path / "home"
     source = tmp_path / "dagster.yaml"
     source.write_text("telemetry:\n  enabled: false\n")
-    env = {"PATH": os.environ["PATH"], "DAGSTER_HOME": str(home), "DAGSTER_INSTANCE_CONFIG": str(source),
-           "AMS_STORES__DATA_DIR": str(tmp_path / "stores")}
-    proc = subprocess.run([str(ENTRYPOINT), "sh", "-c", 'echo "ran $0 $DAGSTER_HOME"', "child"], env=env,
-                          capture_output=True, text=True, timeout=30)
+    env = {
+        "PATH": os.environ["PATH"],
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_INSTANCE_CONFIG": str(source),
+        "AMS_STORES__DATA_DIR": str(tmp_path / "stores"),
+    }
+    proc = subprocess.run(
+        [str(ENTRYPOINT), "sh", "-c", 'echo "ran $0 $DAGSTER_HOME"', "child"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"ran child {home}"
     assert (home / "dagster.yaml").read_text() == source.read_text()
@@ -168,8 +202,11 @@ def test_entrypoint_installs_the_instance_config_and_execs(tmp_path: Path) -> No
 
 
 def test_entrypoint_refuses_an_unreadable_instance_config(tmp_path: Path) -> None:
-    env = {"PATH": os.environ["PATH"], "DAGSTER_HOME": str(tmp_path),
-           "DAGSTER_INSTANCE_CONFIG": str(tmp_path / "missing.yaml")}
+    env = {
+        "PATH": os.environ["PATH"],
+        "DAGSTER_HOME": str(tmp_path),
+        "DAGSTER_INSTANCE_CONFIG": str(tmp_path / "missing.yaml"),
+    }
     proc = subprocess.run([str(ENTRYPOINT), "true"], env=env, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 64
     assert "missing.yaml is not readable" in proc.stderr
@@ -197,8 +234,12 @@ def http_server() -> Iterator[str]:
 
 
 def probe(*args: str, env: dict[str, str] | None = None) -> int:
-    return subprocess.run([sys.executable, str(HEALTHCHECK), *args], capture_output=True, timeout=30,
-                          env={"PATH": os.environ["PATH"], **(env or {})}).returncode
+    return subprocess.run(
+        [sys.executable, str(HEALTHCHECK), *args],
+        capture_output=True,
+        timeout=30,
+        env={"PATH": os.environ["PATH"], **(env or {})},
+    ).returncode
 
 
 def test_healthcheck_passes_on_2xx_and_fails_otherwise(http_server: str) -> None:
@@ -220,24 +261,91 @@ def load_healthcheck() -> ModuleType:
     return module
 
 
-@pytest.mark.parametrize(("cmdline", "env", "expected"), [
-    (["/opt/venv/bin/python", "-m", "services.health"], {}, "http://127.0.0.1:9102/healthz"),
-    (["python", "-m", "services.alerts"], {"AMS_SERVICES__ALERTS__PORT": "9200"}, "http://127.0.0.1:9200/healthz"),
-    (["/opt/venv/bin/python", "/opt/venv/bin/dagster-webserver", "-h", "0.0.0.0", "-p", "3000", "-w", "w.yaml"], {},
-     "http://127.0.0.1:3000/server_info"),
-    (["/opt/venv/bin/python", "/opt/venv/bin/dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", "-m", "x"],
-     {}, ["dagster", "api", "grpc-health-check", "-p", "4000"]),
-    (["/opt/venv/bin/python", "/opt/venv/bin/dagster-daemon", "run", "-w", "w.yaml"], {},
-     ["dagster-daemon", "liveness-check"]),
-    (["/opt/venv/bin/python", "-m", "dagster", "api", "grpc", "--socket", "/tmp/s"], {}, None),
-    (["/usr/bin/tini", "--", "sh"], {}, None),
-    (["/opt/venv/bin/python", "/opt/venv/bin/celery", "-A", "dagster_celery.app", "worker", "--prefetch-multiplier=1",
-      "-n", "dagster-worker@%h", "-Q", "dagster"], {"HOSTNAME": "box", "DAGSTER_CELERY_BROKER_URL": "redis://:p@r:6379/1"},
-     ["celery", "-A", "dagster_celery.app", "-b", "redis://:p@r:6379/1", "inspect", "ping", "-d", "dagster-worker@box",
-      "--timeout", "10"]),
-])
-def test_healthcheck_finds_the_role_from_the_processes(cmdline: list[str], env: dict[str, str], expected: object) -> None:
-    assert load_healthcheck().probe_for([["/usr/bin/tini", "--", "/app/deploy/docker/entrypoint.sh"], cmdline], env) == expected
+@pytest.mark.parametrize(
+    ("cmdline", "env", "expected"),
+    [
+        (["/opt/venv/bin/python", "-m", "services.health"], {}, "http://127.0.0.1:9102/healthz"),
+        (
+            ["python", "-m", "services.alerts"],
+            {"AMS_SERVICES__ALERTS__PORT": "9200"},
+            "http://127.0.0.1:9200/healthz",
+        ),
+        (
+            [
+                "/opt/venv/bin/python",
+                "/opt/venv/bin/dagster-webserver",
+                "-h",
+                "0.0.0.0",
+                "-p",
+                "3000",
+                "-w",
+                "w.yaml",
+            ],
+            {},
+            "http://127.0.0.1:3000/server_info",
+        ),
+        (
+            [
+                "/opt/venv/bin/python",
+                "/opt/venv/bin/dagster",
+                "code-server",
+                "start",
+                "-h",
+                "0.0.0.0",
+                "-p",
+                "4000",
+                "-m",
+                "x",
+            ],
+            {},
+            ["dagster", "api", "grpc-health-check", "-p", "4000"],
+        ),
+        (
+            ["/opt/venv/bin/python", "/opt/venv/bin/dagster-daemon", "run", "-w", "w.yaml"],
+            {},
+            ["dagster-daemon", "liveness-check"],
+        ),
+        (["/opt/venv/bin/python", "-m", "dagster", "api", "grpc", "--socket", "/tmp/s"], {}, None),
+        (["/usr/bin/tini", "--", "sh"], {}, None),
+        (
+            [
+                "/opt/venv/bin/python",
+                "/opt/venv/bin/celery",
+                "-A",
+                "dagster_celery.app",
+                "worker",
+                "--prefetch-multiplier=1",
+                "-n",
+                "dagster-worker@%h",
+                "-Q",
+                "dagster",
+            ],
+            {"HOSTNAME": "box", "DAGSTER_CELERY_BROKER_URL": "redis://:p@r:6379/1"},
+            [
+                "celery",
+                "-A",
+                "dagster_celery.app",
+                "-b",
+                "redis://:p@r:6379/1",
+                "inspect",
+                "ping",
+                "-d",
+                "dagster-worker@box",
+                "--timeout",
+                "10",
+            ],
+        ),
+    ],
+)
+def test_healthcheck_finds_the_role_from_the_processes(
+    cmdline: list[str], env: dict[str, str], expected: object
+) -> None:
+    assert (
+        load_healthcheck().probe_for(
+            [["/usr/bin/tini", "--", "/app/deploy/docker/entrypoint.sh"], cmdline], env
+        )
+        == expected
+    )
 
 
 def test_healthcheck_probes_a_running_worker_by_its_role(http_server: str) -> None:
@@ -253,22 +361,46 @@ def test_healthcheck_probes_a_running_worker_by_its_role(http_server: str) -> No
 def test_entrypoint_reads_secret_files_and_gives_celery_the_redis_password(tmp_path: Path) -> None:
     secret = tmp_path / "redis_password"
     secret.write_text("s3cret-1\n")
-    env = {"PATH": os.environ["PATH"], "DAGSTER_HOME": str(tmp_path / "home"), "AMS_REDIS__PASSWORD_FILE": str(secret),
-           "SSL_CERT_FILE": "/etc/ssl/certs/ca-certificates.crt", "AMS_LOGGING__FILE": "/dev/null",
-           "DAGSTER_CELERY_BROKER_URL": "redis://redis:6379/1", "DAGSTER_CELERY_BACKEND_URL": "redis://:other@r:6379/2"}
+    env = {
+        "PATH": os.environ["PATH"],
+        "DAGSTER_HOME": str(tmp_path / "home"),
+        "AMS_REDIS__PASSWORD_FILE": str(secret),
+        "SSL_CERT_FILE": "/etc/ssl/certs/ca-certificates.crt",
+        "AMS_LOGGING__FILE": "/dev/null",
+        "DAGSTER_CELERY_BROKER_URL": "redis://redis:6379/1",
+        "DAGSTER_CELERY_BACKEND_URL": "redis://:other@r:6379/2",
+    }
     script = 'echo "$AMS_REDIS__PASSWORD|$DAGSTER_CELERY_BROKER_URL|$DAGSTER_CELERY_BACKEND_URL|${AMS_REDIS__PASSWORD_FILE:-unset}|$SSL_CERT_FILE"'
-    proc = subprocess.run([str(ENTRYPOINT), "sh", "-c", script], env=env, capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [str(ENTRYPOINT), "sh", "-c", script], env=env, capture_output=True, text=True, timeout=30
+    )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == ("s3cret-1|redis://:s3cret-1@redis:6379/1|redis://:other@r:6379/2|unset|"
-                                   "/etc/ssl/certs/ca-certificates.crt")
+    assert proc.stdout.strip() == (
+        "s3cret-1|redis://:s3cret-1@redis:6379/1|redis://:other@r:6379/2|unset|"
+        "/etc/ssl/certs/ca-certificates.crt"
+    )
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    ({"AMS_REDIS__PASSWORD_FILE": "/nonexistent"}, "AMS_REDIS__PASSWORD_FILE=/nonexistent is not a readable file"),
-    ({"AMS_REDIS__PASSWORD_FILE": "/etc/hostname", "AMS_REDIS__PASSWORD": "x"}, "both AMS_REDIS__PASSWORD and"),
-    ({"AMS_REDIS__PASSWORD": "a b@c", "DAGSTER_CELERY_BROKER_URL": "redis://r:6379/1"}, "must be URL-safe"),
-])
-def test_entrypoint_refuses_missing_or_ambiguous_secrets(tmp_path: Path, extra: dict[str, str], message: str) -> None:
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            {"AMS_REDIS__PASSWORD_FILE": "/nonexistent"},
+            "AMS_REDIS__PASSWORD_FILE=/nonexistent is not a readable file",
+        ),
+        (
+            {"AMS_REDIS__PASSWORD_FILE": "/etc/hostname", "AMS_REDIS__PASSWORD": "x"},
+            "both AMS_REDIS__PASSWORD and",
+        ),
+        (
+            {"AMS_REDIS__PASSWORD": "a b@c", "DAGSTER_CELERY_BROKER_URL": "redis://r:6379/1"},
+            "must be URL-safe",
+        ),
+    ],
+)
+def test_entrypoint_refuses_missing_or_ambiguous_secrets(
+    tmp_path: Path, extra: dict[str, str], message: str
+) -> None:
     env = {"PATH": os.environ["PATH"], "DAGSTER_HOME": str(tmp_path), **extra}
     proc = subprocess.run([str(ENTRYPOINT), "true"], env=env, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 64 and message in proc.stderr, proc.stderr

@@ -72,14 +72,24 @@ def dagster_db(postgres_server: str) -> Iterator[tuple[int, str]]:
 
 
 @pytest.fixture(scope="module")
-def stack(image: str, prod_env: tuple[Path, dict[str, str]], dagster_db: tuple[int, str],
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    image: str,
+    prod_env: tuple[Path, dict[str, str]],
+    dagster_db: tuple[int, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
     compose = compose_config(COMPOSE_PROD, env_file=prod_env[0])
     port, database = dagster_db
     workdir = tmp_path_factory.mktemp("image-stack")
     workdir.chmod(0o755)  # the containers' user reaches the volumes below it
-    local = Stack(compose, workdir, provided={"postgres": port}, image=image, podman_env=podman_env(),
-                  extra_env={"DAGSTER_PG_DB": database, "AMS_BUS__PREFIX": f"image-{uuid.uuid4().hex[:8]}"})
+    local = Stack(
+        compose,
+        workdir,
+        provided={"postgres": port},
+        image=image,
+        podman_env=podman_env(),
+        extra_env={"DAGSTER_PG_DB": database, "AMS_BUS__PREFIX": f"image-{uuid.uuid4().hex[:8]}"},
+    )
     local.port_map[5432] = port
     yield local
     local.down()
@@ -93,7 +103,9 @@ def container(stack: Stack, role: str) -> str:
 def test_image_holds_exactly_the_locked_runtime_packages(image: str) -> None:
     proc = podman("run", "--rm", "--entrypoint", "python", image, "-m", "pip", "list", "--format", "json")
     installed = {p["name"].lower().replace("_", "-"): p["version"] for p in json.loads(proc.stdout)}
-    markers = json.loads(podman("run", "--rm", "--entrypoint", "python", image, "-c", MARKER_ENVIRONMENT).stdout)
+    markers = json.loads(
+        podman("run", "--rm", "--entrypoint", "python", image, "-c", MARKER_ENVIRONMENT).stdout
+    )
     locked = {}
     for line in (ROOT / "requirements.lock").read_text().splitlines():
         if line and not line.startswith((" ", "#")):
@@ -125,7 +137,9 @@ def test_role_is_healthy_and_runs_as_non_root(role: str, stack: Stack, secrets: 
         assert secrets[key] not in config, f"{key} visible in `podman inspect {name}`"
 
 
-def test_prod_run_survives_the_code_location_and_steps_share_outputs(stack: Stack, postgres_server: str) -> None:
+def test_prod_run_survives_the_code_location_and_steps_share_outputs(
+    stack: Stack, postgres_server: str
+) -> None:
     """A demo_pipeline run, launched through the UI's API with the production instance: the daemon dequeues
     it, the CeleryRunLauncher hands it to the Celery worker, which runs each step in a process of its own;
     downstream steps read their upstream's output from the shared volume. The code location is stopped while
@@ -135,8 +149,14 @@ def test_prod_run_survives_the_code_location_and_steps_share_outputs(stack: Stac
     url = f"http://127.0.0.1:{stack.port_map[3000]}/graphql"
     launch = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
         __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
-    params = {"selector": {"repositoryLocationName": "orchestrator", "repositoryName": "__repository__",
-                           "jobName": "demo_pipeline"}, "runConfigData": {}}
+    params = {
+        "selector": {
+            "repositoryLocationName": "orchestrator",
+            "repositoryName": "__repository__",
+            "jobName": "demo_pipeline",
+        },
+        "runConfigData": {},
+    }
     result = httpx.post(url, json={"query": launch, "variables": {"p": params}}, timeout=60).json()
     assert result["data"]["launchRun"]["__typename"] == "LaunchRunSuccess", result
     run_id = result["data"]["launchRun"]["run"]["runId"]
@@ -147,20 +167,35 @@ def test_prod_run_survives_the_code_location_and_steps_share_outputs(stack: Stac
         return str(body["data"]["runOrError"]["status"])
 
     def logs() -> str:
-        return "\n".join(f"--- {r}\n{stack.running[r].output()[-3000:]}" for r in ("daemon", "dagster-worker"))
+        return "\n".join(
+            f"--- {r}\n{stack.running[r].output()[-3000:]}" for r in ("daemon", "dagster-worker")
+        )
 
-    wait_for(lambda: status() in {"STARTED", "SUCCESS", "FAILURE"}, timeout_s=180, what="the run started",
-             interval_s=1, diagnose=logs)
+    wait_for(
+        lambda: status() in {"STARTED", "SUCCESS", "FAILURE"},
+        timeout_s=180,
+        what="the run started",
+        interval_s=1,
+        diagnose=logs,
+    )
     podman("stop", "-t", "10", stack.containers["code-location"])
-    wait_for(lambda: status() in {"SUCCESS", "FAILURE", "CANCELED"}, timeout_s=300, what="the run finished",
-             interval_s=1, diagnose=logs)
+    wait_for(
+        lambda: status() in {"SUCCESS", "FAILURE", "CANCELED"},
+        timeout_s=300,
+        what="the run finished",
+        interval_s=1,
+        diagnose=logs,
+    )
     assert status() == "SUCCESS", logs()
 
     events = run_events(f"{postgres_server}/{stack.extra_env['DAGSTER_PG_DB']}", run_id)
 
     def pids(event_type: str) -> dict[str | None, int]:
-        return {e["step_key"]: e["dagster_event"]["pid"] for e in events
-                if e["dagster_event"] and e["dagster_event"]["event_type_value"] == event_type}
+        return {
+            e["step_key"]: e["dagster_event"]["pid"]
+            for e in events
+            if e["dagster_event"] and e["dagster_event"]["event_type_value"] == event_type
+        }
 
     # the run went through the Celery queue to the worker, not into the code location
     messages = [(e["dagster_event"] or {}).get("message") or "" for e in events]
@@ -198,5 +233,12 @@ def test_redis_runs_as_the_compose_file_says(stack: Stack, secrets: dict[str, st
         assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
     finally:
         client.close()
-    assert subprocess.run(stack.running["redis"].healthcheck, env=stack.running["redis"].env, capture_output=True,
-                          timeout=30).returncode == 0
+    assert (
+        subprocess.run(
+            stack.running["redis"].healthcheck,
+            env=stack.running["redis"].env,
+            capture_output=True,
+            timeout=30,
+        ).returncode
+        == 0
+    )

@@ -15,8 +15,16 @@ WORKERS = {"discovery": 9101, "health": 9102, "alerts": 9103}
 # Custom resources have no schema in kubernetes-validate; they are checked field by field below instead.
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
-ALLOWED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
-                        "projected", "secret"}
+ALLOWED_VOLUME_TYPES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
@@ -29,16 +37,24 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
 
 
 def pod_specs(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    return [(f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["spec"]) for d in docs if d["kind"] in POD_KINDS]
+    return [
+        (f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["spec"])
+        for d in docs
+        if d["kind"] in POD_KINDS
+    ]
 
 
-def test_manifests_validate_against_kubernetes_1_30(overlay: tuple[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+def test_manifests_validate_against_kubernetes_1_30(
+    overlay: tuple[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
     name, docs = overlay
     plain = [d for d in docs if d["kind"] not in CRD_KINDS]
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump_all(plain))
     # a dev dependency (pyproject.toml), installed beside the interpreter running the tests
-    validator = shutil.which("kubernetes-validate", path=str(Path(sys.executable).parent)) or tool("kubernetes-validate")
+    validator = shutil.which("kubernetes-validate", path=str(Path(sys.executable).parent)) or tool(
+        "kubernetes-validate"
+    )
     proc = run([validator, "-k", "1.30", "--strict", "--quiet", str(path)], check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ERROR" not in proc.stdout + proc.stderr
@@ -52,8 +68,11 @@ def test_servicemonitor_selects_the_worker_services(overlay: tuple[str, list[dic
     monitor = monitors[0]
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     selector = monitor["spec"]["selector"]["matchLabels"]
-    selected = [s for s in docs if s["kind"] == "Service"
-                and selector.items() <= s["metadata"].get("labels", {}).items()]
+    selected = [
+        s
+        for s in docs
+        if s["kind"] == "Service" and selector.items() <= s["metadata"].get("labels", {}).items()
+    ]
     assert {s["metadata"]["name"] for s in selected} == set(WORKERS)
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["path"] == "/metrics"
@@ -65,7 +84,9 @@ def test_servicemonitor_selects_the_worker_services(overlay: tuple[str, list[dic
     assert relabel["worker"]["sourceLabels"] == ["__meta_kubernetes_service_name"]
 
 
-def test_replicas_webserver_two_or_more_singletons_exactly_one(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+def test_replicas_webserver_two_or_more_singletons_exactly_one(
+    overlay: tuple[str, list[dict[str, Any]]],
+) -> None:
     _, docs = overlay
     deployments = by_kind(docs, "Deployment")
     assert deployments["webserver"]["spec"]["replicas"] >= 2
@@ -74,7 +95,9 @@ def test_replicas_webserver_two_or_more_singletons_exactly_one(overlay: tuple[st
     assert deployments["daemon"]["spec"]["strategy"]["type"] == "Recreate"  # never two daemons at once
 
 
-def test_each_worker_is_a_statefulset_with_a_readwriteoncepod_store(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+def test_each_worker_is_a_statefulset_with_a_readwriteoncepod_store(
+    overlay: tuple[str, list[dict[str, Any]]],
+) -> None:
     _, docs = overlay
     sets = by_kind(docs, "StatefulSet")
     services = by_kind(docs, "Service")
@@ -155,7 +178,9 @@ def restricted_violations(where: str, spec: dict[str, Any]) -> list[str]:
     return bad
 
 
-def test_every_pod_passes_the_restricted_pod_security_standard(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+def test_every_pod_passes_the_restricted_pod_security_standard(
+    overlay: tuple[str, list[dict[str, Any]]],
+) -> None:
     _, docs = overlay
     violations = [v for where, spec in pod_specs(docs) for v in restricted_violations(where, spec)]
     assert violations == []
@@ -164,8 +189,11 @@ def test_every_pod_passes_the_restricted_pod_security_standard(overlay: tuple[st
 
 
 def test_the_checker_catches_a_privileged_pod() -> None:
-    spec = {"hostNetwork": True, "volumes": [{"name": "h", "hostPath": {"path": "/"}}],
-            "containers": [{"name": "c", "securityContext": {"privileged": True}}]}
+    spec = {
+        "hostNetwork": True,
+        "volumes": [{"name": "h", "hostPath": {"path": "/"}}],
+        "containers": [{"name": "c", "securityContext": {"privileged": True}}],
+    }
     assert len(restricted_violations("Pod/x", spec)) >= 6
 
 
@@ -176,15 +204,22 @@ def test_secrets_are_referenced_never_defined(overlay: tuple[str, list[dict[str,
     for _, spec in pod_specs(docs):
         for container in spec["containers"]:
             referenced |= {e["secretRef"]["name"] for e in container.get("envFrom", []) if "secretRef" in e}
-            referenced |= {e["valueFrom"]["secretKeyRef"]["name"] for e in container.get("env", [])
-                           if "secretKeyRef" in e.get("valueFrom", {})}
+            referenced |= {
+                e["valueFrom"]["secretKeyRef"]["name"]
+                for e in container.get("env", [])
+                if "secretKeyRef" in e.get("valueFrom", {})
+            }
     assert referenced == {"ams-secrets"}
 
 
 def test_configmap_is_generated_from_config_folder(overlay: tuple[str, list[dict[str, Any]]]) -> None:
     _, docs = overlay
-    (config,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("ams-config")]
-    on_disk = {p.name: p.read_text() for p in (ROOT / "config").glob("*.yaml") if p.name != "kustomization.yaml"}
+    (config,) = [
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("ams-config")
+    ]
+    on_disk = {
+        p.name: p.read_text() for p in (ROOT / "config").glob("*.yaml") if p.name != "kustomization.yaml"
+    }
     assert set(config["data"]) == set(on_disk), "list every file of config/ in config/kustomization.yaml"
     assert config["data"] == on_disk
     for where, spec in pod_specs(docs):
@@ -203,7 +238,9 @@ def test_network_policies_deny_ingress_by_default_and_pdb_guards_the_ui(
     policies = by_kind(docs, "NetworkPolicy")
     deny = policies["default-deny-ingress"]["spec"]
     assert deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"] and "ingress" not in deny
-    selected = {tuple(sorted(p["spec"]["podSelector"].get("matchLabels", {}).items())) for p in policies.values()}
+    selected = {
+        tuple(sorted(p["spec"]["podSelector"].get("matchLabels", {}).items())) for p in policies.values()
+    }
     assert (("app.kubernetes.io/name", "redis"),) in selected
     assert (("app.kubernetes.io/component", "worker"),) in selected
     pdbs = by_kind(docs, "PodDisruptionBudget")
@@ -213,12 +250,17 @@ def test_network_policies_deny_ingress_by_default_and_pdb_guards_the_ui(
         if where.split("/")[1] in {"redis", "postgres"}:
             continue
         labels = next(d for d in docs if f"{d['kind']}/{d['metadata']['name']}" == where)["spec"]["template"][
-            "metadata"]["labels"]
+            "metadata"
+        ]["labels"]
         assert labels["app.kubernetes.io/part-of"] == "dagster-asset-management", where
 
 
 def instance_of(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    (cm,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("ams-dagster-instance")]
+    (cm,) = [
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("ams-dagster-instance")
+    ]
     return yaml.safe_load(cm["data"]["dagster.yaml"])
 
 
@@ -233,7 +275,10 @@ def test_prod_runs_each_run_in_a_kubernetes_job() -> None:
     # mounted by name, so the ConfigMap must keep its name (no hash suffix)
     assert config["instance_config_map"] in by_kind(docs, "ConfigMap")
     deployments = by_kind(docs, "Deployment")
-    assert config["job_image"] == deployments["code-location"]["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert (
+        config["job_image"]
+        == deployments["code-location"]["spec"]["template"]["spec"]["containers"][0]["image"]
+    )
     assert config["env_secrets"] == ["ams-secrets"]
     assert "DAGSTER_INSTANCE_CONFIG=" in config["env_vars"]
     # run pods are restricted too (the launcher takes snake_case Kubernetes fields)
@@ -262,13 +307,18 @@ def test_dev_runs_in_the_code_location_with_its_own_postgres() -> None:
     assert "postgres" in by_kind(docs, "StatefulSet")
 
 
-def test_alert_rules_are_a_prometheusrule_equal_to_the_rules_file(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+def test_alert_rules_are_a_prometheusrule_equal_to_the_rules_file(
+    overlay: tuple[str, list[dict[str, Any]]],
+) -> None:
     """The Prometheus Operator loads PrometheusRule objects, not rule files in a ConfigMap."""
     _, docs = overlay
     (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
     assert rule["metadata"]["labels"]["release"] == "prometheus"  # kube-prometheus-stack's ruleSelector
-    assert rule["spec"]["groups"] == yaml.safe_load((ROOT / "deploy/prometheus/rules/ams-alerts.yml").read_text())["groups"]
+    assert (
+        rule["spec"]["groups"]
+        == yaml.safe_load((ROOT / "deploy/prometheus/rules/ams-alerts.yml").read_text())["groups"]
+    )
     assert not [d for d in docs if d["kind"] == "ConfigMap" and "rules" in d["metadata"]["name"]]
 
 
@@ -287,7 +337,10 @@ def test_prod_run_pods_can_write_everything_a_run_writes() -> None:
     docs = kustomize("prod")
     instance = instance_of(docs)
     launcher = instance["run_launcher"]["config"]
-    assert launcher["run_k8s_config"]["container_config"]["security_context"]["read_only_root_filesystem"] is True
+    assert (
+        launcher["run_k8s_config"]["container_config"]["security_context"]["read_only_root_filesystem"]
+        is True
+    )
     volumes = {v["name"]: v for v in launcher["volumes"]}
     mounts = {m["mount_path"]: m["name"] for m in launcher["volume_mounts"]}
 
@@ -298,8 +351,10 @@ def test_prod_run_pods_can_write_everything_a_run_writes() -> None:
 
     volume_of(launcher["dagster_home"])
     volume_of("/tmp")
-    shared = {volume_of(instance["local_artifact_storage"]["config"]["base_dir"]),
-              volume_of(instance["compute_logs"]["config"]["base_dir"])}
+    shared = {
+        volume_of(instance["local_artifact_storage"]["config"]["base_dir"]),
+        volume_of(instance["compute_logs"]["config"]["base_dir"]),
+    }
     (name,) = shared
     claim = volumes[name]["persistentVolumeClaim"]["claimName"]
     pvc = by_kind(docs, "PersistentVolumeClaim")[claim]
@@ -307,5 +362,7 @@ def test_prod_run_pods_can_write_everything_a_run_writes() -> None:
     webserver = by_kind(docs, "Deployment")["webserver"]["spec"]["template"]["spec"]
     claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in webserver["volumes"]}
     logs = instance["compute_logs"]["config"]["base_dir"]
-    assert any(claims.get(m["name"]) == claim and logs.startswith(m["mountPath"].rstrip("/") + "/")
-               for m in webserver["containers"][0]["volumeMounts"]), "the UI cannot read the compute logs"
+    assert any(
+        claims.get(m["name"]) == claim and logs.startswith(m["mountPath"].rstrip("/") + "/")
+        for m in webserver["containers"][0]["volumeMounts"]
+    ), "the UI cannot read the compute logs"

@@ -32,10 +32,13 @@ def test_default_keeps_the_orchestrators_definitions(monkeypatch: pytest.MonkeyP
     assert module.defs is defs
 
 
-@pytest.mark.parametrize(("name", "expected"), [("in_process", in_process_executor),
-                                                 ("multiprocess", multiprocess_executor)])
+@pytest.mark.parametrize(
+    ("name", "expected"), [("in_process", in_process_executor), ("multiprocess", multiprocess_executor)]
+)
 def test_executor_from_environment_applies_to_every_job(
-    monkeypatch: pytest.MonkeyPatch, name: str, expected: object,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    expected: object,
 ) -> None:
     from orchestrator.definitions import defs
 
@@ -44,7 +47,8 @@ def test_executor_from_environment_applies_to_every_job(
     assert merged.executor is expected
     Definitions.validate_loadable(merged)
     assert {k for k in merged.resolve_asset_graph().get_all_asset_keys()} == set(
-        defs.resolve_asset_graph().get_all_asset_keys())
+        defs.resolve_asset_graph().get_all_asset_keys()
+    )
     job = merged.resolve_implicit_global_asset_job_def()
     assert job.executor_def is expected
 
@@ -54,7 +58,9 @@ def test_unknown_executor_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         load(monkeypatch, "k8s")
 
 
-def test_celery_executor_config_is_the_workers_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_celery_executor_config_is_the_workers_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     module = load(monkeypatch, None)
     config = module.celery_config()
     assert config["broker"] == {"env": "DAGSTER_CELERY_BROKER_URL"}
@@ -72,9 +78,20 @@ def test_dagster_loads_the_file_as_the_code_server_does(executor: str, tmp_path:
     import subprocess
     import sys
 
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "DAGSTER_EXECUTOR": executor,
-           "DAGSTER_CELERY_BROKER_URL": "redis://127.0.0.1:1/1", "DAGSTER_CELERY_BACKEND_URL": "redis://127.0.0.1:1/2"}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(tmp_path),
+        "DAGSTER_EXECUTOR": executor,
+        "DAGSTER_CELERY_BROKER_URL": "redis://127.0.0.1:1/1",
+        "DAGSTER_CELERY_BACKEND_URL": "redis://127.0.0.1:1/2",
+    }
     dagster = Path(sys.executable).with_name("dagster")
-    proc = subprocess.run([str(dagster), "definitions", "validate", "-f", str(LOCATION)], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [str(dagster), "definitions", "validate", "-f", str(LOCATION)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

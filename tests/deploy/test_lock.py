@@ -79,7 +79,9 @@ def test_every_dependency_is_pinned_within_its_range(lock: str) -> None:
     for req in direct_requirements(LOCKS[lock]):
         name = canonicalize_name(req.name)
         assert name in locked, f"{req} is not in {lock}: run `make lock`"
-        assert req.specifier.contains(locked[name][0], prereleases=True), f"{lock} pins {name} {locked[name][0]}, outside {req}"
+        assert req.specifier.contains(locked[name][0], prereleases=True), (
+            f"{lock} pins {name} {locked[name][0]}, outside {req}"
+        )
 
 
 @pytest.mark.parametrize("lock", list(LOCKS))
@@ -115,7 +117,9 @@ def test_runtime_packages_import_test_tools_only_lazily() -> None:
 
 
 def test_testcontainers_floor_provides_the_module_conftest_imports() -> None:
-    (spec,) = [Requirement(r) for r in PYPROJECT["optional-dependencies"]["dev"] if r.startswith("testcontainers")]
+    (spec,) = [
+        Requirement(r) for r in PYPROJECT["optional-dependencies"]["dev"] if r.startswith("testcontainers")
+    ]
     assert "testcontainers.community.redis" in (ROOT / "tests/conftest.py").read_text()
     assert importlib.util.find_spec("testcontainers.community.redis") is not None
     # testcontainers.community first shipped in 4.15.0 (4.14.2's wheel has no such package)

@@ -19,8 +19,13 @@ from deploytools import (
 
 ALERTMANAGER_EXAMPLE = ROOT / "deploy" / "alertmanager" / "alertmanager.example.yml"
 
-REQUIRED_ALERTS = {"AmsWorkerDown", "AmsConsumerLagHigh", "AmsDeadLettersGrowing", "AmsAlertOutboxStuck",
-                   "AmsAssetsFailed"}
+REQUIRED_ALERTS = {
+    "AmsWorkerDown",
+    "AmsConsumerLagHigh",
+    "AmsDeadLettersGrowing",
+    "AmsAlertOutboxStuck",
+    "AmsAssetsFailed",
+}
 
 
 def test_promtool_check_config() -> None:
@@ -39,15 +44,29 @@ def test_promtool_test_rules() -> None:
 
 
 def test_required_alerts_exist_and_each_has_a_unit_test() -> None:
-    alerts = {r["alert"] for path in RULE_FILES for g in yaml.safe_load(path.read_text())["groups"]
-              for r in g["rules"] if "alert" in r}
+    alerts = {
+        r["alert"]
+        for path in RULE_FILES
+        for g in yaml.safe_load(path.read_text())["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    }
     assert alerts >= REQUIRED_ALERTS
-    tested = {t["alertname"] for path in RULE_TESTS for case in yaml.safe_load(path.read_text())["tests"]
-              for t in case.get("alert_rule_test", [])}
+    tested = {
+        t["alertname"]
+        for path in RULE_TESTS
+        for case in yaml.safe_load(path.read_text())["tests"]
+        for t in case.get("alert_rule_test", [])
+    }
     assert alerts - tested == set(), "alerts without a promtool unit test"
     # every rule fires in at least one test case, not only stays silent
-    fired = {t["alertname"] for path in RULE_TESTS for case in yaml.safe_load(path.read_text())["tests"]
-             for t in case.get("alert_rule_test", []) if t.get("exp_alerts")}
+    fired = {
+        t["alertname"]
+        for path in RULE_TESTS
+        for case in yaml.safe_load(path.read_text())["tests"]
+        for t in case.get("alert_rule_test", [])
+        if t.get("exp_alerts")
+    }
     assert alerts - fired == set(), "alerts never shown firing by a unit test"
 
 
@@ -57,7 +76,9 @@ def test_every_alert_has_severity_and_description() -> None:
             for rule in group["rules"]:
                 if "alert" in rule:
                     assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
-                    assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
+                    assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule[
+                        "alert"
+                    ]
 
 
 def test_scrape_config_targets_the_three_workers() -> None:
@@ -74,8 +95,10 @@ RUNBOOKS = ROOT / "docs" / "runbooks.md"
 
 
 def test_every_alert_waits_and_links_its_runbook() -> None:
-    headings = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-")
-                for h in re.findall(r"^#+\s+(.+)$", RUNBOOKS.read_text(), flags=re.M)}
+    headings = {
+        re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-")
+        for h in re.findall(r"^#+\s+(.+)$", RUNBOOKS.read_text(), flags=re.M)
+    }
     for path in RULE_FILES:
         for group in yaml.safe_load(path.read_text())["groups"]:
             for rule in group["rules"]:
@@ -100,13 +123,18 @@ def test_no_metric_of_ours_uses_a_label_prometheus_sets_on_targets() -> None:
 
     from prometheus_client import REGISTRY
 
-    for module in ("libs.common.metrics", "services.discovery.metrics", "services.health.metrics",
-                   "services.alerts.metrics"):
+    for module in (
+        "libs.common.metrics",
+        "services.discovery.metrics",
+        "services.health.metrics",
+        "services.alerts.metrics",
+    ):
         importlib.import_module(module)
     clashes = {
         collector._name: set(collector._labelnames) & TARGET_LABELS  # type: ignore[attr-defined]
         for collector in list(REGISTRY._collector_to_names)  # type: ignore[attr-defined]
-        if str(getattr(collector, "_name", "")).startswith("ams_") and set(getattr(collector, "_labelnames", ())) & TARGET_LABELS
+        if str(getattr(collector, "_name", "")).startswith("ams_")
+        and set(getattr(collector, "_labelnames", ())) & TARGET_LABELS
     }
     assert clashes == {}, "rename these labels: Prometheus would store them as exported_<label>"
 

@@ -47,7 +47,9 @@ def local_prometheus_dir(stack: Stack, dest: Path) -> Path:
     config["global"]["scrape_timeout"] = "1s"
     for manager in config["alerting"]["alertmanagers"]:
         for static in manager["static_configs"]:
-            static["targets"] = [f"127.0.0.1:{stack.port_map[int(t.rsplit(':', 1)[1])]}" for t in static["targets"]]
+            static["targets"] = [
+                f"127.0.0.1:{stack.port_map[int(t.rsplit(':', 1)[1])]}" for t in static["targets"]
+            ]
     for job in config["scrape_configs"]:
         for static in job["static_configs"]:
             mapped = []
@@ -100,32 +102,47 @@ def live(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
     compose = copy.deepcopy(compose_config(COMPOSE_DEV))
     workdir = tmp_path_factory.mktemp("prometheus-live")
     prefix = f"test-deploy-{uuid.uuid4().hex[:8]}"
-    stack = Stack(compose, workdir, provided={"redis": int(urlparse(redis_url).port or 6379)},
-                  extra_env={"AMS_BUS__PREFIX": prefix})
+    stack = Stack(
+        compose,
+        workdir,
+        provided={"redis": int(urlparse(redis_url).port or 6379)},
+        extra_env={"AMS_BUS__PREFIX": prefix},
+    )
     local = local_prometheus_dir(stack, workdir / "prometheus-config")
     service = compose["services"]["prometheus"]
-    service["volumes"] = [v.replace(str(PROMETHEUS_DIR), str(local)) if isinstance(v, str) else v
-                          for v in service["volumes"]]
+    service["volumes"] = [
+        v.replace(str(PROMETHEUS_DIR), str(local)) if isinstance(v, str) else v for v in service["volumes"]
+    ]
     received: list[dict[str, Any]] = []
     handler = type("Receiver", (_Receiver,), {"received": received})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    routed = local_alertmanager_config(f"http://127.0.0.1:{server.server_address[1]}/alertmanager",
-                                       workdir / "alertmanager.yml")
+    routed = local_alertmanager_config(
+        f"http://127.0.0.1:{server.server_address[1]}/alertmanager", workdir / "alertmanager.yml"
+    )
     manager = compose["services"]["alertmanager"]
-    manager["volumes"] = [v.replace(str(ALERTMANAGER_EXAMPLE), str(routed)) if isinstance(v, str) else v
-                          for v in manager["volumes"]]
+    manager["volumes"] = [
+        v.replace(str(ALERTMANAGER_EXAMPLE), str(routed)) if isinstance(v, str) else v
+        for v in manager["volumes"]
+    ]
     try:
         stack.up("prometheus")  # depends_on: the three workers, healthy first
         url = f"http://127.0.0.1:{stack.port_map[9090]}"
 
         def all_up() -> bool:
             targets = api(url, "targets")["activeTargets"]
-            return {t["labels"].get("worker") for t in targets if t["labels"]["job"] == "ams-workers"
-                    and t["health"] == "up"} == set(WORKERS)
+            return {
+                t["labels"].get("worker")
+                for t in targets
+                if t["labels"]["job"] == "ams-workers" and t["health"] == "up"
+            } == set(WORKERS)
 
-        wait_for(all_up, timeout_s=60, what="all worker targets up",
-                 diagnose=lambda: str(api(url, "targets")["activeTargets"]))
+        wait_for(
+            all_up,
+            timeout_s=60,
+            what="all worker targets up",
+            diagnose=lambda: str(api(url, "targets")["activeTargets"]),
+        )
         yield Live(url, redis_url, prefix, received)
     finally:
         stack.down()
@@ -163,7 +180,9 @@ def test_scrapes_the_three_workers(prometheus: str) -> None:
 def test_dashboard_query_evaluates(prometheus: str, where: str, title: str, expr: str) -> None:
     instant = api(prometheus, "query", query=expr)
     assert instant["resultType"] in {"vector", "scalar", "matrix"}
-    end = httpx.get(f"{prometheus}/api/v1/query", params={"query": "time()"}, timeout=10).json()["data"]["result"][0]
+    end = httpx.get(f"{prometheus}/api/v1/query", params={"query": "time()"}, timeout=10).json()["data"][
+        "result"
+    ][0]
     ranged = api(prometheus, "query_range", query=expr, start=float(end) - 300, end=float(end), step=15)
     assert ranged["resultType"] == "matrix"
 
@@ -179,8 +198,9 @@ def test_prometheus_evaluates_every_rule_without_error(prometheus: str) -> None:
 
     def evaluated() -> bool:
         rules = [r for g in api(prometheus, "rules")["groups"] for r in g["rules"]]
-        return {r["name"] for r in rules if r.get("lastEvaluation", "").startswith("0001")} == set() and \
-            {r["name"] for r in rules} == expected
+        return {r["name"] for r in rules if r.get("lastEvaluation", "").startswith("0001")} == set() and {
+            r["name"] for r in rules
+        } == expected
 
     wait_for(evaluated, timeout_s=60, what="every rule evaluated once")
     rules = [r for g in api(prometheus, "rules")["groups"] for r in g["rules"]]
@@ -194,31 +214,54 @@ def test_a_dead_letter_reaches_the_dashboard_and_fires_its_alert(live: Live) -> 
     """A message that fails validation on `runs`: health dead-letters it, Prometheus sees it, the rule fires."""
     client = redis.Redis.from_url(live.redis_url)
     try:
-        client.xadd(f"{live.prefix}:runs", {"event": json.dumps({"not": "an event"}), "type": "run.succeeded"})
+        client.xadd(
+            f"{live.prefix}:runs", {"event": json.dumps({"not": "an event"}), "type": "run.succeeded"}
+        )
     finally:
         client.close()
     dead = 'sum by (stream, group) (ams_dead_letters_total{stream="runs"})'
 
     def seen() -> bool:
         return [(r["metric"], r["value"][1]) for r in api(live.url, "query", query=dead)["result"]] == [
-            ({"stream": "runs", "group": "health"}, "1")]
+            ({"stream": "runs", "group": "health"}, "1")
+        ]
 
-    wait_for(seen, timeout_s=60, what="the dead letter counted by Prometheus",
-             diagnose=lambda: str(api(live.url, "query", query="ams_dead_letters_total or ams_events_consumed_total")))
+    wait_for(
+        seen,
+        timeout_s=60,
+        what="the dead letter counted by Prometheus",
+        diagnose=lambda: str(
+            api(live.url, "query", query="ams_dead_letters_total or ams_events_consumed_total")
+        ),
+    )
 
     def firing() -> bool:
-        return any(a["labels"]["alertname"] == "AmsDeadLettersGrowing" and a["state"] == "firing"
-                   and a["labels"]["stream"] == "runs" for a in api(live.url, "alerts")["alerts"])
+        return any(
+            a["labels"]["alertname"] == "AmsDeadLettersGrowing"
+            and a["state"] == "firing"
+            and a["labels"]["stream"] == "runs"
+            for a in api(live.url, "alerts")["alerts"]
+        )
 
     wait_for(firing, timeout_s=150, what="AmsDeadLettersGrowing firing (after its `for: 1m`)")
 
     # Prometheus sends it to Alertmanager, which routes it to the receiver of its configuration
     def delivered() -> bool:
-        return any(a["labels"]["alertname"] == "AmsDeadLettersGrowing" and a["status"] == "firing"
-                   and a["annotations"]["runbook_url"].startswith("docs/runbooks.md#")
-                   for n in live.notifications for a in n["alerts"])
+        return any(
+            a["labels"]["alertname"] == "AmsDeadLettersGrowing"
+            and a["status"] == "firing"
+            and a["annotations"]["runbook_url"].startswith("docs/runbooks.md#")
+            for n in live.notifications
+            for a in n["alerts"]
+        )
 
-    wait_for(delivered, timeout_s=60, what="the alert delivered to the receiver through Alertmanager",
-             diagnose=lambda: json.dumps(live.notifications)[:2000])
-    consumed = api(live.url, "query", query='sum by (stream, group) (ams_events_consumed_total{stream="runs"})')
+    wait_for(
+        delivered,
+        timeout_s=60,
+        what="the alert delivered to the receiver through Alertmanager",
+        diagnose=lambda: json.dumps(live.notifications)[:2000],
+    )
+    consumed = api(
+        live.url, "query", query='sum by (stream, group) (ams_events_consumed_total{stream="runs"})'
+    )
     assert [r["metric"]["group"] for r in consumed["result"]] == ["health"]

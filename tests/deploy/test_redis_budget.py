@@ -36,12 +36,24 @@ def entry_bytes(redis_url: str) -> Iterator[float]:
     prefix = f"budget-{uuid.uuid4().hex[:8]}"
     client = redis.Redis.from_url(redis_url)
     bus = Bus(client, load_settings(Settings, bus={"prefix": prefix}).bus)
-    events = [new_event(AssetMaterialized, "asset.materialized", identity=f"m{i}", source="orchestrator",
-                        data=MaterializationData(asset_key=f"stg/orders_{i % 50}", run_id=uuid.uuid4().hex,
-                                                 storage_id=i, row_count=1000 + i, duration_s=1.5,
-                                                 column_schema=[Column(name=f"column_{k}", type="int64") for k in range(12)],
-                                                 metadata={"dagster/uri": "file:///var/lib/ams/shared/x", "rows": 12}))
-              for i in range(SAMPLE)]
+    events = [
+        new_event(
+            AssetMaterialized,
+            "asset.materialized",
+            identity=f"m{i}",
+            source="orchestrator",
+            data=MaterializationData(
+                asset_key=f"stg/orders_{i % 50}",
+                run_id=uuid.uuid4().hex,
+                storage_id=i,
+                row_count=1000 + i,
+                duration_s=1.5,
+                column_schema=[Column(name=f"column_{k}", type="int64") for k in range(12)],
+                metadata={"dagster/uri": "file:///var/lib/ams/shared/x", "rows": 12},
+            ),
+        )
+        for i in range(SAMPLE)
+    ]
     bus.publish_many("assets", events)
     usage = client.memory_usage(bus.key("assets"), samples=0)
     yield float(usage) / SAMPLE
@@ -53,8 +65,11 @@ def compose_budget(tmp_path: Path) -> tuple[int, int]:
     prod = compose_config(COMPOSE_PROD, env_file=prod_secrets(tmp_path)[0])
     command = " ".join(prod["services"]["redis"]["command"])
     maxmemory = as_bytes(re.search(r"--maxmemory (\S+)", command).group(1))  # type: ignore[union-attr]
-    maxlens = {int(s["environment"]["AMS_BUS__MAXLEN"]) for s in prod["services"].values()
-               if "AMS_BUS__MAXLEN" in (s.get("environment") or {})}
+    maxlens = {
+        int(s["environment"]["AMS_BUS__MAXLEN"])
+        for s in prod["services"].values()
+        if "AMS_BUS__MAXLEN" in (s.get("environment") or {})
+    }
     (maxlen,) = maxlens
     return maxmemory, maxlen
 
@@ -69,15 +84,20 @@ def k8s_budget(docs: list[dict[str, Any]]) -> tuple[int, int]:
 
 @pytest.mark.parametrize("where", ["docker-compose.prod.yml", "k8s/overlays/prod", "k8s/overlays/dev"])
 def test_streams_at_their_cap_fit_redis_maxmemory(where: str, entry_bytes: float, tmp_path: Path) -> None:
-    maxmemory, maxlen = compose_budget(tmp_path) if where.endswith(".yml") else k8s_budget(kustomize(where.split("/")[-1]))
+    maxmemory, maxlen = (
+        compose_budget(tmp_path) if where.endswith(".yml") else k8s_budget(kustomize(where.split("/")[-1]))
+    )
     # every stream and its dead-letter stream, all full of the largest common entry
     streams = 2 * len(STREAMS)
     needed = streams * maxlen * entry_bytes
     assert needed <= STREAM_SHARE * maxmemory, (
         f"{where}: {streams} streams x {maxlen} entries x {entry_bytes:.0f} B = {needed / 2**20:.0f} MiB "
-        f"> {STREAM_SHARE:.0%} of maxmemory {maxmemory / 2**20:.0f} MiB")
+        f"> {STREAM_SHARE:.0%} of maxmemory {maxmemory / 2**20:.0f} MiB"
+    )
     # and the cap still leaves a backlog well above the consumer-lag alert's threshold before trimming
-    rules = yaml.safe_load(Path(__file__).parents[2].joinpath("deploy/prometheus/rules/ams-alerts.yml").read_text())
+    rules = yaml.safe_load(
+        Path(__file__).parents[2].joinpath("deploy/prometheus/rules/ams-alerts.yml").read_text()
+    )
     (lag,) = [r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "AmsConsumerLagHigh"]
     threshold = int(re.search(r">\s*(\d+)", lag["expr"]).group(1))  # type: ignore[union-attr]
     assert maxlen >= 4 * threshold

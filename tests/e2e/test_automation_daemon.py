@@ -91,15 +91,23 @@ class Deployment:
     def start_workers(self) -> None:
         for name in ("health", "alerts"):
             self.workers[name] = ServiceProcess.service(name, self.env, self.logs / f"{name}.log")
-        wait_for(lambda: all(w.answers() and w.ready() for w in self.workers.values()), 120,
-                 "health and alerts workers ready", self.log)
+        wait_for(
+            lambda: all(w.answers() and w.ready() for w in self.workers.values()),
+            120,
+            "health and alerts workers ready",
+            self.log,
+        )
 
     def start_daemon(self) -> None:
         """`dagster-daemon run` (the sensor daemon, the scheduler and the others) in a process group."""
         with (self.logs / "daemon.log").open("ab") as log:
             self.daemon = subprocess.Popen(
                 [sys.executable, "-m", "dagster._daemon", "run", "-w", str(self.workspace)],
-                env=self.env, cwd=self.home, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env=self.env,
+                cwd=self.home,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def stop_daemon(self) -> None:
@@ -134,8 +142,9 @@ class Deployment:
 
     def failed_ticks(self, key: str) -> int:
         """The failed ticks in a row health has folded for `key` (0 before it knows it)."""
-        rows = read_store(self.home / "health.db",
-                          "SELECT state FROM automation_objects WHERE object_key = ?", key)
+        rows = read_store(
+            self.home / "health.db", "SELECT state FROM automation_objects WHERE object_key = ?", key
+        )
         return int(json.loads(rows[0]["state"]).get("failed_ticks", 0)) if rows else 0
 
     def log(self) -> str:
@@ -164,7 +173,8 @@ def deploy(tmp_path: Path, redis_url: str) -> Iterator[Callable[[dict[str, str]]
             for d in started:
                 codes = d.stop()
                 assert codes == {"health": 0, "alerts": 0}, (
-                    f"workers did not stop cleanly: {codes}\n{d.log()}")
+                    f"workers did not stop cleanly: {codes}\n{d.log()}"
+                )
 
 
 def kinds(deployment: Deployment, key: str) -> list[str]:
@@ -173,6 +183,7 @@ def kinds(deployment: Deployment, key: str) -> list[str]:
 
 def hold(deployment: Deployment, expected: dict[str, list[str]]) -> None:
     """Wait until the receiver holds `expected` (kinds per key, nothing else), then a window without more."""
+
     def now() -> dict[str, list[str]]:
         got: dict[str, list[str]] = {}
         for d in deployment.notices():
@@ -195,8 +206,12 @@ def test_failing_sensor_and_schedule_alert_once_and_resolve_with_a_real_daemon(
     deployment.start_daemon()
 
     # The sensor fails on every tick: one firing notice, naming it, its location, owner and error.
-    wait_for(lambda: SENSOR in {d["asset_key"] for d in deployment.notices()}, 240,
-             "the failing sensor's notice", deployment.log)
+    wait_for(
+        lambda: SENSOR in {d["asset_key"] for d in deployment.notices()},
+        240,
+        "the failing sensor's notice",
+        deployment.log,
+    )
     (firing,) = deployment.notices(SENSOR)
     assert (firing["kind"], firing["status"], firing["check"]) == ("firing", "firing", "tick_failures")
     assert (firing["object_kind"], firing["code_location"]) == ("sensor", LOCATION)
@@ -209,14 +224,22 @@ def test_failing_sensor_and_schedule_alert_once_and_resolve_with_a_real_daemon(
 
     # Fixed: the next tick skips, one resolved notice.
     deployment.flag(SENSOR_FLAG, False)
-    wait_for(lambda: kinds(deployment, SENSOR) == ["firing", "resolved"], 120, "the sensor resolved",
-             deployment.log)
+    wait_for(
+        lambda: kinds(deployment, SENSOR) == ["firing", "resolved"],
+        120,
+        "the sensor resolved",
+        deployment.log,
+    )
     resolved = deployment.notices(SENSOR)[1]
     assert (resolved["status"], resolved["incident_id"]) == ("resolved", firing["incident_id"])
 
     # The schedule's first tick (the next minute after the daemon started it) fails: one firing notice.
-    wait_for(lambda: kinds(deployment, SCHEDULE) == ["firing"], 180, "the failing schedule's notice",
-             deployment.log)
+    wait_for(
+        lambda: kinds(deployment, SCHEDULE) == ["firing"],
+        180,
+        "the failing schedule's notice",
+        deployment.log,
+    )
     (scheduled,) = deployment.notices(SCHEDULE)
     assert (scheduled["check"], scheduled["object_kind"]) == ("tick_failures", "schedule")
     assert scheduled["code_location"] == LOCATION
@@ -261,8 +284,12 @@ def test_stopping_the_daemon_is_noticed_and_restarting_it_resolves(
     # health the silent daemons.
     deployment.stop_daemon()
     stopped_at = time.monotonic()
-    wait_for(lambda: f"publisher:{LOCATION}" in {d["asset_key"] for d in deployment.notices()}, 120,
-             "the silent publisher's notice", deployment.log)
+    wait_for(
+        lambda: f"publisher:{LOCATION}" in {d["asset_key"] for d in deployment.notices()},
+        120,
+        "the silent publisher's notice",
+        deployment.log,
+    )
     publisher_s = time.monotonic() - stopped_at
     (notice,) = deployment.notices(f"publisher:{LOCATION}")
     assert (notice["kind"], notice["object_kind"]) == ("firing", "publisher"), notice
@@ -271,11 +298,18 @@ def test_stopping_the_daemon_is_noticed_and_restarting_it_resolves(
         keys = {d["asset_key"] for d in deployment.notices() if d["status"] == "firing"}
         return keys | {m["asset_key"] for d in deployment.notices() for m in d["members"]}
 
-    wait_for(lambda: {"daemon:SENSOR", "daemon:SCHEDULER"} <= firing_keys(), 180, "the daemons' notices",
-             deployment.log)
+    wait_for(
+        lambda: {"daemon:SENSOR", "daemon:SCHEDULER"} <= firing_keys(),
+        180,
+        "the daemons' notices",
+        deployment.log,
+    )
     daemons_s = time.monotonic() - stopped_at
-    daemon = next(d for d in deployment.notices() if "daemon:SENSOR" in
-                  {d["asset_key"], *(m["asset_key"] for m in d["members"])})
+    daemon = next(
+        d
+        for d in deployment.notices()
+        if "daemon:SENSOR" in {d["asset_key"], *(m["asset_key"] for m in d["members"])}
+    )
     assert "is dagster-daemon running?" in json.dumps(daemon), daemon
 
     # Restarted: every incident that was announced is resolved, once.
@@ -285,14 +319,23 @@ def test_stopping_the_daemon_is_noticed_and_restarting_it_resolves(
         told: dict[int | None, list[str]] = {}
         for d in deployment.notices():
             told.setdefault(d["incident_id"] if d["incident_id"] is not None else d["asset_key"], []).append(
-                d["kind"])
+                d["kind"]
+            )
         return told
 
-    wait_for(lambda: all(k[-1] == "resolved" for k in incidents().values()), 240, "every incident resolved",
-             deployment.log)
+    wait_for(
+        lambda: all(k[-1] == "resolved" for k in incidents().values()),
+        240,
+        "every incident resolved",
+        deployment.log,
+    )
     monitor = deployment.home / "monitor.db"
-    wait_for(lambda: not read_store(monitor, "SELECT 1 FROM alerts WHERE status = 'firing'"), 60,
-             "no alert firing", deployment.log)
+    wait_for(
+        lambda: not read_store(monitor, "SELECT 1 FROM alerts WHERE status = 'firing'"),
+        60,
+        "no alert firing",
+        deployment.log,
+    )
     # Each incident announced once and resolved once, each caused by the silent daemon or publisher: a sensor
     # is never the root (its lateness names the daemon, and counts again from the daemon's return).
     roots = {d["asset_key"] for d in deployment.notices() if d["kind"] == "firing"}

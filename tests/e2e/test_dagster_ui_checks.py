@@ -24,7 +24,7 @@ from libs.common.testing import wait_for
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 
-CODE = '''
+CODE = """
 import os
 from pathlib import Path
 
@@ -49,7 +49,7 @@ defs = dg.Definitions(
     asset_checks=build_health_checks([e2e_orders.key]),
     sensors=[build_event_sensor(minimum_interval_s=1)],
 )
-'''
+"""
 
 QUERY = """
 query Checks($key: AssetKeyInput!) {
@@ -64,8 +64,6 @@ query Checks($key: AssetKeyInput!) {
   }
 }
 """
-
-
 
 
 def answers(url: str) -> bool:
@@ -111,7 +109,9 @@ class System:
 
     def start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{name}.log").open("wb")
-        process = subprocess.Popen(args, env=self.env, cwd=self.home, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            args, env=self.env, cwd=self.home, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.processes.append(process)
         return process
 
@@ -130,14 +130,21 @@ class System:
                 process.wait(10)
 
     def checks(self) -> dict[str, tuple[str | None, bool | None, str | None]]:
-        reply = httpx.post(f"{self.url}/graphql", json={"query": QUERY, "variables": {"key": {"path": ["e2e_orders"]}}},
-                           timeout=10).json()
+        reply = httpx.post(
+            f"{self.url}/graphql",
+            json={"query": QUERY, "variables": {"key": {"path": ["e2e_orders"]}}},
+            timeout=10,
+        ).json()
         node = reply["data"]["assetNodeOrError"]
         out: dict[str, tuple[str | None, bool | None, str | None]] = {}
         for check in node["assetChecksOrError"]["checks"]:
             execution = check["executionForLatestMaterialization"]
             evaluation = (execution or {}).get("evaluation") or {}
-            out[check["name"]] = ((execution or {}).get("status"), evaluation.get("success"), evaluation.get("severity"))
+            out[check["name"]] = (
+                (execution or {}).get("status"),
+                evaluation.get("success"),
+                evaluation.get("severity"),
+            )
         return out
 
 
@@ -146,10 +153,27 @@ def system(tmp_path: Path, redis_url: str) -> Iterator[System]:
     s = System(tmp_path, redis_url)
     try:
         s.start("health", [sys.executable, "-m", "services.health"])
-        s.start("dagster", [sys.executable, "-m", "dagster", "dev", "-m", f"{s.package}.definitions",
-                            "-p", str(s.dagster_port), "-h", "127.0.0.1"])
-        wait_for(lambda: answers(f"{s.url}/server_info") and answers(f"http://127.0.0.1:{s.health_port}/healthz"),
-                 180, "dagster dev and the health worker", lambda: s.log("dagster") + s.log("health"))
+        s.start(
+            "dagster",
+            [
+                sys.executable,
+                "-m",
+                "dagster",
+                "dev",
+                "-m",
+                f"{s.package}.definitions",
+                "-p",
+                str(s.dagster_port),
+                "-h",
+                "127.0.0.1",
+            ],
+        )
+        wait_for(
+            lambda: answers(f"{s.url}/server_info") and answers(f"http://127.0.0.1:{s.health_port}/healthz"),
+            180,
+            "dagster dev and the health worker",
+            lambda: s.log("dagster") + s.log("health"),
+        )
         yield s
     finally:
         s.stop()
@@ -179,8 +203,12 @@ def test_failed_and_anomalous_materializations_show_as_failed_checks_then_recove
 
     for rows in (1000, 1012, 993, 1005):
         run("ok", rows)
-    wait_for(lambda: all(v[1] is True for v in system.checks().values()) and len(system.checks()) == 6, 120,
-             "every check passed in Dagster", diagnose)
+    wait_for(
+        lambda: all(v[1] is True for v in system.checks().values()) and len(system.checks()) == 6,
+        120,
+        "every check passed in Dagster",
+        diagnose,
+    )
 
     run("ok", 250_000)  # a volume anomaly
     wait_for(check_is("volume_anomaly", False), 120, "volume_anomaly failed in Dagster", diagnose)
@@ -192,6 +220,10 @@ def test_failed_and_anomalous_materializations_show_as_failed_checks_then_recove
     assert system.checks()["execution_status"][2] == "ERROR"
 
     run("ok", 1001)  # recovery
-    wait_for(lambda: check_is("execution_status", True)() and check_is("volume_anomaly", True)(), 120,
-             "checks passing again after recovery", diagnose)
+    wait_for(
+        lambda: check_is("execution_status", True)() and check_is("volume_anomaly", True)(),
+        120,
+        "checks passing again after recovery",
+        diagnose,
+    )
     assert all(v[1] is True for v in system.checks().values()), system.checks()

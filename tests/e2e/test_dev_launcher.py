@@ -39,7 +39,11 @@ def test_dev_starts_everything_and_stops_cleanly(redis_mode: str, redis_url: str
     }
     launcher = subprocess.Popen(
         [sys.executable, "-m", "asset_manager.cli", "dev", "--port", str(ports["dagster"])],
-        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     urls = [f"http://127.0.0.1:{ports[n]}/metrics" for n in ("discovery", "health", "alerts")]
     urls.append(f"http://127.0.0.1:{ports['dagster']}/server_info")

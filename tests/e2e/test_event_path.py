@@ -24,10 +24,6 @@ SECRET = "whsec_" + "c2VjcmV0LWZvci1lMmUtdGVzdHMtb25seQ=="
 WORKERS = ("discovery", "health", "alerts")
 
 
-
-
-
-
 @pytest.fixture
 def receiver() -> Iterator[RecordingReceiver]:
     with RecordingReceiver() as server:
@@ -35,7 +31,9 @@ def receiver() -> Iterator[RecordingReceiver]:
 
 
 @pytest.fixture
-def system(settings: AppSettings, receiver: RecordingReceiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+def system(
+    settings: AppSettings, receiver: RecordingReceiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, Any]]:
     """The three workers as processes, configured through the environment like a deployment."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("AMS_")},
@@ -48,9 +46,9 @@ def system(settings: AppSettings, receiver: RecordingReceiver, tmp_path: Path, m
         "AMS_DISCOVERY__RESCAN_AT_START": "false",  # the catalog must arrive through the sensor's snapshot
         "AMS_ALERTS__FLAP_WINDOW_S": "0",
         "AMS_ALERTS__DAGSTER_UI_URL": "http://dagster.example:3000",
-        "AMS_ALERTS__RECEIVERS": json.dumps([
-            {"name": "ops", "kind": "webhook", "url": receiver.url, "secret_env": "E2E_WEBHOOK_SECRET"}
-        ]),
+        "AMS_ALERTS__RECEIVERS": json.dumps(
+            [{"name": "ops", "kind": "webhook", "url": receiver.url, "secret_env": "E2E_WEBHOOK_SECRET"}]
+        ),
         "E2E_WEBHOOK_SECRET": SECRET,
     }
     workers = {name: ServiceProcess.service(name, env, tmp_path / f"{name}.out") for name in WORKERS}
@@ -116,21 +114,49 @@ def test_failure_travels_to_a_signed_webhook_and_recovery_resolves_it(
     cursor = tick(settings, instance, cursor)
 
     def diagnose() -> str:
-        return (system["log"].read_text()[-3000:] if system["log"].exists() else "no log") + "\nwebhooks: " + str(
-            [json.loads(r.body).get("data", {}).get("status") for r in receiver.requests])
+        return (
+            (system["log"].read_text()[-3000:] if system["log"].exists() else "no log")
+            + "\nwebhooks: "
+            + str([json.loads(r.body).get("data", {}).get("status") for r in receiver.requests])
+        )
 
     # 2. Discovery registered the code location's assets from the sensor's snapshot.
-    keys = wait_for(lambda: {r["key"] for r in read_store(metadata_db, "SELECT key FROM assets")} >= {"raw_orders", "stg_orders"},
-                    30, "assets in metadata.db", diagnose)
+    keys = wait_for(
+        lambda: (
+            {r["key"] for r in read_store(metadata_db, "SELECT key FROM assets")}
+            >= {"raw_orders", "stg_orders"}
+        ),
+        30,
+        "assets in metadata.db",
+        diagnose,
+    )
     assert keys
     # 3. Health recorded the failure and turned the asset FAILED.
-    wait_for(lambda: read_store(health_db, "SELECT 1 FROM executions WHERE asset_key = ? AND status = 'FAILURE'", "raw_orders"),
-             30, "failed execution in health.db", diagnose)
-    wait_for(lambda: read_store(health_db, "SELECT 1 FROM asset_health WHERE asset_key = ? AND status = 'FAILED'", "raw_orders"),
-             30, "raw_orders FAILED in health.db", diagnose)
+    wait_for(
+        lambda: read_store(
+            health_db, "SELECT 1 FROM executions WHERE asset_key = ? AND status = 'FAILURE'", "raw_orders"
+        ),
+        30,
+        "failed execution in health.db",
+        diagnose,
+    )
+    wait_for(
+        lambda: read_store(
+            health_db, "SELECT 1 FROM asset_health WHERE asset_key = ? AND status = 'FAILED'", "raw_orders"
+        ),
+        30,
+        "raw_orders FAILED in health.db",
+        diagnose,
+    )
     # 4. Alerts opened an alert and delivered a signed firing webhook.
-    wait_for(lambda: read_store(monitor_db, "SELECT 1 FROM alerts WHERE asset_key = ? AND resolved_at IS NULL", "raw_orders"),
-             30, "open alert in monitor.db", diagnose)
+    wait_for(
+        lambda: read_store(
+            monitor_db, "SELECT 1 FROM alerts WHERE asset_key = ? AND resolved_at IS NULL", "raw_orders"
+        ),
+        30,
+        "open alert in monitor.db",
+        diagnose,
+    )
     firing = wait_for(lambda: webhooks(receiver, "firing", "raw_orders"), 30, "firing webhook", diagnose)[0]
     request = firing["request"]
     verified = Webhook(SECRET).verify(request.body, request.headers)
@@ -145,13 +171,25 @@ def test_failure_travels_to_a_signed_webhook_and_recovery_resolves_it(
     monkeypatch.delenv("DEMO_FAIL_ASSETS")
     assert job.execute_in_process(instance=instance).success
     tick(settings, instance, cursor)
-    resolved = wait_for(lambda: webhooks(receiver, "resolved", "raw_orders"), 30, "resolved webhook", diagnose)[0]
+    resolved = wait_for(
+        lambda: webhooks(receiver, "resolved", "raw_orders"), 30, "resolved webhook", diagnose
+    )[0]
     Webhook(SECRET).verify(resolved["request"].body, resolved["request"].headers)
     assert resolved["body"]["data"]["fingerprint"] == firing["body"]["data"]["fingerprint"]
-    wait_for(lambda: read_store(health_db, "SELECT 1 FROM asset_health WHERE asset_key = ? AND status != 'FAILED'", "raw_orders"),
-             30, "raw_orders recovered in health.db", diagnose)
-    assert not read_store(monitor_db, "SELECT 1 FROM alerts WHERE asset_key = ? AND check_name = ? AND resolved_at IS NULL",
-                     "raw_orders", firing["body"]["data"]["check"])
+    wait_for(
+        lambda: read_store(
+            health_db, "SELECT 1 FROM asset_health WHERE asset_key = ? AND status != 'FAILED'", "raw_orders"
+        ),
+        30,
+        "raw_orders recovered in health.db",
+        diagnose,
+    )
+    assert not read_store(
+        monitor_db,
+        "SELECT 1 FROM alerts WHERE asset_key = ? AND check_name = ? AND resolved_at IS NULL",
+        "raw_orders",
+        firing["body"]["data"]["check"],
+    )
     # Every notice was delivered once: webhook-ids are unique.
     ids = [r.webhook_id for r in receiver.accepted()]
     assert len(ids) == len(set(ids))

@@ -67,8 +67,6 @@ mutation Reload($name: String!) { reloadRepositoryLocation(repositoryLocationNam
 """
 
 
-
-
 class Deployment:
     """The team's `dagster dev` plus this project's workers, all configured through the environment."""
 

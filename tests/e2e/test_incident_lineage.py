@@ -54,8 +54,6 @@ ROUTES = [
 QUIET_S = 4.0
 
 
-
-
 @dataclass
 class System:
     home: Path
@@ -81,8 +79,14 @@ class System:
 
     def cli(self, *args: str) -> Any:
         """`asset-manager <args> --format json` as a process, on the workers' configuration."""
-        done = subprocess.run([sys.executable, "-m", "asset_manager.cli", *args, "--format", "json"],
-                              env=self.env, cwd=self.home, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "asset_manager.cli", *args, "--format", "json"],
+            env=self.env,
+            cwd=self.home,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
@@ -101,10 +105,12 @@ def system(settings: AppSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         "AMS_LOGGING__FORMAT": "json",
         "AMS_DISCOVERY__RESCAN_AT_START": "false",  # the catalog arrives through the sensor's snapshot
         "AMS_ALERTS__FLAP_WINDOW_S": "0",
-        "AMS_ALERTS__RECEIVERS": json.dumps([
-            {"name": name, "kind": "webhook", "url": r.url, "secret_env": f"E2E_SECRET_{name.upper()}"}
-            for name, r in receivers.items()
-        ]),
+        "AMS_ALERTS__RECEIVERS": json.dumps(
+            [
+                {"name": name, "kind": "webhook", "url": r.url, "secret_env": f"E2E_SECRET_{name.upper()}"}
+                for name, r in receivers.items()
+            ]
+        ),
         "AMS_ALERTS__ROUTES": json.dumps(ROUTES),
         **{f"E2E_SECRET_{name.upper()}": secret for name, secret in SECRETS.items()},
     }
@@ -148,8 +154,12 @@ def quiet(system: System, expected: dict[str, int]) -> None:
     def counts() -> dict[str, int]:
         return {n: len(system.receivers[n].accepted()) for n in RECEIVERS}
 
-    wait_for(lambda: all(counts()[n] >= expected.get(n, 0) for n in RECEIVERS), 60,
-             f"notices {expected}", system.diagnose)
+    wait_for(
+        lambda: all(counts()[n] >= expected.get(n, 0) for n in RECEIVERS),
+        60,
+        f"notices {expected}",
+        system.diagnose,
+    )
     end = time.monotonic() + QUIET_S
     while time.monotonic() < end:
         assert counts() == {n: expected.get(n, 0) for n in RECEIVERS}, system.diagnose()
@@ -159,7 +169,9 @@ def quiet(system: System, expected: dict[str, int]) -> None:
 
 
 def healthy(health_db: Path) -> set[str]:
-    return {r[0] for r in read_store(health_db, "SELECT asset_key FROM asset_health WHERE status = 'HEALTHY'")}
+    return {
+        r[0] for r in read_store(health_db, "SELECT asset_key FROM asset_health WHERE status = 'HEALTHY'")
+    }
 
 
 def test_a_failing_root_is_one_incident_per_receiver_and_its_recovery_resolves_it_once(
@@ -175,8 +187,12 @@ def test_a_failing_root_is_one_incident_per_receiver_and_its_recovery_resolves_i
     # 1. A healthy deployment: everything materialized, registered, known to alerts with its owners.
     succeeded, cursor = run_and_publish(settings, instance, None)
     assert succeeded
-    wait_for(lambda: len(read_store(monitor_db, "SELECT 1 FROM assets WHERE asset_key LIKE 'lineage/%'")) == 4,
-             60, "four assets in monitor.db", system.diagnose)
+    wait_for(
+        lambda: len(read_store(monitor_db, "SELECT 1 FROM assets WHERE asset_key LIKE 'lineage/%'")) == 4,
+        60,
+        "four assets in monitor.db",
+        system.diagnose,
+    )
     wait_for(lambda: healthy(health_db) == set(OWNERS), 60, "four HEALTHY assets", system.diagnose)
     quiet(system, {})
 

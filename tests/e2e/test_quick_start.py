@@ -34,7 +34,11 @@ from libs.common.testing import wait_for
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "tests" / "seed_examples" / "assets"
-SEED_FILES = ("ingestion/my_new_data_ingestion.py", "loaders/my_new_data_loader.py", "my_new_data_transform.py")
+SEED_FILES = (
+    "ingestion/my_new_data_ingestion.py",
+    "loaders/my_new_data_loader.py",
+    "my_new_data_transform.py",
+)
 SEED_KEYS = {"raw_my_new_data", "stg_my_new_data", "transformed_my_new_data"}
 PROJECT_PARTS = ("asset_manager", "libs", "orchestrator", "services", "config")
 # The seed's ingestion reads sql_server='MY_SERVER', sql_database='MY_DATABASE': the connection a user adds.
@@ -55,7 +59,9 @@ class Project:
     port: int
 
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(list(args), cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            list(args), cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
 
     def asset_manager(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.run(sys.executable, "-m", "asset_manager.cli", *args)
@@ -83,16 +89,25 @@ def project(tmp_path: Path, redis_url: str, bus_prefix: str) -> Project:
         shutil.copytree(ROOT / part, root / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     with (root / "config" / "app_config.yaml").open("a", encoding="utf-8") as config:
         config.write(SEED_CONNECTION)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AMS_", "DAGSTER_")) or k == "AMS_FAIL_ON_SKIP"}
-    env.update({
-        "PYTHONPATH": str(root),  # the clone's packages, not the ones this checkout installed
-        "AMS_REDIS__URL": redis_url,
-        "AMS_BUS__PREFIX": bus_prefix,
-        "AMS_LOGGING__FILE": "",
-        "AMS_DISCOVERY__RESCAN_INTERVAL_S": "3600",
-        "DEMO_SCHEDULE": "off",
-        **{f"AMS_SERVICES__{n.upper()}__PORT": str(free_port()) for n in ("discovery", "health", "alerts")},
-    })
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AMS_", "DAGSTER_")) or k == "AMS_FAIL_ON_SKIP"
+    }
+    env.update(
+        {
+            "PYTHONPATH": str(root),  # the clone's packages, not the ones this checkout installed
+            "AMS_REDIS__URL": redis_url,
+            "AMS_BUS__PREFIX": bus_prefix,
+            "AMS_LOGGING__FILE": "",
+            "AMS_DISCOVERY__RESCAN_INTERVAL_S": "3600",
+            "DEMO_SCHEDULE": "off",
+            **{
+                f"AMS_SERVICES__{n.upper()}__PORT": str(free_port())
+                for n in ("discovery", "health", "alerts")
+            },
+        }
+    )
     return Project(root=root, env=env, port=free_port())
 
 
@@ -100,10 +115,16 @@ def create_seed_source(path: Path) -> None:
     """MY_DATABASE: `my_source_table` with a row every half hour over the last four days."""
     now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
     with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE my_source_table (id INTEGER PRIMARY KEY, name TEXT, amount REAL, created_date TIMESTAMP)")
-        db.executemany("INSERT INTO my_source_table VALUES (?, ?, ?, ?)", [
-            (i, f"item {i}", i * 1.5, (now - timedelta(minutes=30 * i)).strftime("%Y-%m-%d %H:%M:%S")) for i in range(192)
-        ])
+        db.execute(
+            "CREATE TABLE my_source_table (id INTEGER PRIMARY KEY, name TEXT, amount REAL, created_date TIMESTAMP)"
+        )
+        db.executemany(
+            "INSERT INTO my_source_table VALUES (?, ?, ?, ?)",
+            [
+                (i, f"item {i}", i * 1.5, (now - timedelta(minutes=30 * i)).strftime("%Y-%m-%d %H:%M:%S"))
+                for i in range(192)
+            ],
+        )
     db.close()
 
 
@@ -116,7 +137,12 @@ def dev(project: Project) -> Iterator[subprocess.Popen[str]]:
     log = (project.root.parent / "dev.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "asset_manager.cli", "dev", "--port", str(project.port)],
-        cwd=project.root, env=project.env, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        cwd=project.root,
+        env=project.env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     yield process
     if process.poll() is None:
@@ -140,13 +166,27 @@ def test_quick_start_seed_assets_appear_in_seconds_and_materialize_on_the_one_in
     project: Project, dev: subprocess.Popen[str]
 ) -> None:
     output = project.root.parent / "dev.log"
-    ready = [f"http://127.0.0.1:{project.env[f'AMS_SERVICES__{n}__PORT']}/readyz" for n in ("DISCOVERY", "HEALTH", "ALERTS")]
-    wait_for(lambda: dev.poll() is None and answers(f"http://127.0.0.1:{project.port}/server_info")
-             and all(answers(u) for u in ready),
-             timeout_s=300, what="UI and workers ready", diagnose=lambda: output.read_text()[-3000:])
+    ready = [
+        f"http://127.0.0.1:{project.env[f'AMS_SERVICES__{n}__PORT']}/readyz"
+        for n in ("DISCOVERY", "HEALTH", "ALERTS")
+    ]
+    wait_for(
+        lambda: (
+            dev.poll() is None
+            and answers(f"http://127.0.0.1:{project.port}/server_info")
+            and all(answers(u) for u in ready)
+        ),
+        timeout_s=300,
+        what="UI and workers ready",
+        diagnose=lambda: output.read_text()[-3000:],
+    )
     # discovery's start-up scan registered the demo assets: the registry is live
-    wait_for(lambda: any(a["key"] == "raw_orders" for a in project.json_of("list-assets")), timeout_s=120,
-             what="demo assets registered", diagnose=lambda: output.read_text()[-3000:])
+    wait_for(
+        lambda: any(a["key"] == "raw_orders" for a in project.json_of("list-assets")),
+        timeout_s=120,
+        what="demo assets registered",
+        diagnose=lambda: output.read_text()[-3000:],
+    )
 
     # A second process writes the seed's three files, verbatim.
     target = project.root / "orchestrator" / "assets"
@@ -161,13 +201,20 @@ def test_quick_start_seed_assets_appear_in_seconds_and_materialize_on_the_one_in
         nodes = project.graphql(GRAPHQL_ASSETS)["assetNodes"]
         return {"/".join(n["assetKey"]["path"]) for n in nodes} & SEED_KEYS
 
-    wait_for(lambda: len(registered()) == 3 and in_graphql() == SEED_KEYS, timeout_s=REGISTRATION_WAIT_S,
-             what="the seed's assets registered and in the webserver", diagnose=lambda: output.read_text()[-3000:])
+    wait_for(
+        lambda: len(registered()) == 3 and in_graphql() == SEED_KEYS,
+        timeout_s=REGISTRATION_WAIT_S,
+        what="the seed's assets registered and in the webserver",
+        diagnose=lambda: output.read_text()[-3000:],
+    )
     seconds = time.monotonic() - written
     print(f"seed assets registered and in GraphQL {seconds:.1f} s after the files were written")
 
-    upstream = {"raw_my_new_data": [], "stg_my_new_data": ["raw_my_new_data"],
-                "transformed_my_new_data": ["stg_my_new_data"]}
+    upstream = {
+        "raw_my_new_data": [],
+        "stg_my_new_data": ["raw_my_new_data"],
+        "transformed_my_new_data": ["stg_my_new_data"],
+    }
     for asset in registered():
         assert asset["upstream"] == upstream[asset["key"]], asset
         assert asset["owners"] == ["your.email@company.com"], asset
@@ -182,20 +229,42 @@ def test_quick_start_seed_assets_appear_in_seconds_and_materialize_on_the_one_in
     # Another shell, nothing exported: Dagster's CLI reads DAGSTER_HOME from the project's .env.
     shell = {k: v for k, v in project.env.items() if k != "DAGSTER_HOME"}
     # The README's command; in one process (run config), as a process per step costs minutes on a busy machine.
-    materialize = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "orchestrator.definitions",
-                   "--select", "*", "--config-json", json.dumps({"execution": {"config": {"in_process": {}}}})]
-    done = subprocess.run(materialize, cwd=project.root, env=shell, capture_output=True, text=True, timeout=600)
+    materialize = [
+        str(Path(sys.executable).parent / "dagster"),
+        "asset",
+        "materialize",
+        "-m",
+        "orchestrator.definitions",
+        "--select",
+        "*",
+        "--config-json",
+        json.dumps({"execution": {"config": {"in_process": {}}}}),
+    ]
+    done = subprocess.run(
+        materialize, cwd=project.root, env=shell, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     assert "Using temporary directory" not in done.stderr, done.stderr[-2000:]
 
     def health() -> dict[str, str]:
         return {row["asset_key"]: row["status"] for row in project.json_of("asset-health")}
 
-    wait_for(lambda: all(health().get(k) == "HEALTHY" for k in SEED_KEYS), timeout_s=120,
-             what="the seed's runs reached health", diagnose=lambda: json.dumps(health()))
+    wait_for(
+        lambda: all(health().get(k) == "HEALTHY" for k in SEED_KEYS),
+        timeout_s=120,
+        what="the seed's runs reached health",
+        diagnose=lambda: json.dumps(health()),
+    )
 
     # A quiet start and reload: no warning, no refused connection, no `dg dev` advice.
     text = output.read_text()
-    for noise in ("Connection refused", "dagster_report_failed", "SupersessionWarning", "dg dev", "[warning",
-                  "- WARNING -", "Traceback"):
+    for noise in (
+        "Connection refused",
+        "dagster_report_failed",
+        "SupersessionWarning",
+        "dg dev",
+        "[warning",
+        "- WARNING -",
+        "Traceback",
+    ):
         assert noise not in text, "\n".join(line for line in text.splitlines() if noise in line)[:3000]

@@ -59,8 +59,9 @@ def drain(store: Any) -> list[Delivery]:
     return [Delivery(HEALTH, f"{r['seq']}-0", parse_event(r["payload"])) for r in rows]
 
 
-def reference(home: Path, specs: Sequence[tuple[str, Event]], days: Sequence[Sequence[tuple[str, Event]]],
-              since: float) -> set[tuple[str, str]]:
+def reference(
+    home: Path, specs: Sequence[tuple[str, Event]], days: Sequence[Sequence[tuple[str, Event]]], since: float
+) -> set[tuple[str, str]]:
     """The alerts open after the same history arrived in real time: the specs at `since`, then a batch per
     day as a worker keeping up would see it (in-process, the clock following the events), then the wall
     clock."""
@@ -92,34 +93,46 @@ def reference(home: Path, specs: Sequence[tuple[str, Event]], days: Sequence[Seq
         mstore.close()
 
 
-def worker_env(tmp_path: Path, home: Path, redis_url: str, prefix: str, receiver: RecordingReceiver,
-               **extra: str) -> dict[str, str]:
+def worker_env(
+    tmp_path: Path, home: Path, redis_url: str, prefix: str, receiver: RecordingReceiver, **extra: str
+) -> dict[str, str]:
     """The workers' environment: small batches evaluated often (a worker catching up sees the past in many
     steps), a short quiet period, the receiver as the one webhook."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("AMS_")},
-            "DAGSTER_HOME": str(home), "AMS_REDIS__URL": redis_url, "AMS_BUS__PREFIX": prefix,
-            "AMS_BUS__BLOCK_MS": "200", "AMS_LOGGING__FORMAT": "json",
-            "AMS_LOGGING__FILE": str(tmp_path / "workers.log"),
-            "AMS_HEALTH__CATCH_UP_QUIET_S": str(QUIET_S), "AMS_HEALTH__EVALUATION_INTERVAL_S": "2",
-            "AMS_BUS__BATCH_SIZE": "100", "AMS_HEALTH__MAX_DEFER_S": "0.2",
-            "AMS_ALERTS__TICK_INTERVAL_S": "1",
-            "AMS_ALERTS__RECEIVERS": json.dumps([{"name": "hook", "url": receiver.url, "timeout_s": 5}]),
-            **extra}
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AMS_")},
+        "DAGSTER_HOME": str(home),
+        "AMS_REDIS__URL": redis_url,
+        "AMS_BUS__PREFIX": prefix,
+        "AMS_BUS__BLOCK_MS": "200",
+        "AMS_LOGGING__FORMAT": "json",
+        "AMS_LOGGING__FILE": str(tmp_path / "workers.log"),
+        "AMS_HEALTH__CATCH_UP_QUIET_S": str(QUIET_S),
+        "AMS_HEALTH__EVALUATION_INTERVAL_S": "2",
+        "AMS_BUS__BATCH_SIZE": "100",
+        "AMS_HEALTH__MAX_DEFER_S": "0.2",
+        "AMS_ALERTS__TICK_INTERVAL_S": "1",
+        "AMS_ALERTS__RECEIVERS": json.dumps([{"name": "hook", "url": receiver.url, "timeout_s": 5}]),
+        **extra,
+    }
 
 
 def settle(home: Path, expected: set[tuple[str, str]], log: Path) -> None:
     """Wait until the open alerts are `expected` and every one of them is in an incident announced (alerts of
     replayed history join one only once health confirms them live), then long enough for anything more the
     workers would send to arrive. `log`: the workers' log, shown when the alerts differ."""
-    wait_for(lambda: open_alerts(home) == expected, timeout_s=180, what="the reference's open alerts",
-             diagnose=lambda: f"differing: {sorted(open_alerts(home) ^ expected)}\n"
-             + log.read_text()[-4000:])
+    wait_for(
+        lambda: open_alerts(home) == expected,
+        timeout_s=180,
+        what="the reference's open alerts",
+        diagnose=lambda: f"differing: {sorted(open_alerts(home) ^ expected)}\n" + log.read_text()[-4000:],
+    )
 
     def announced() -> bool:
         with sqlite3.connect(home / "monitor.db", timeout=5) as conn:
             waiting = conn.execute(
                 """SELECT COUNT(*) FROM alerts AS a LEFT JOIN incidents AS i ON i.id = a.incident_id
-                   WHERE a.status = 'firing' AND (i.id IS NULL OR i.announced_at IS NULL)""").fetchone()[0]
+                   WHERE a.status = 'firing' AND (i.id IS NULL OR i.announced_at IS NULL)"""
+            ).fetchone()[0]
         return bool(waiting == 0)
 
     wait_for(announced, timeout_s=60, what="every open alert announced in its incident")

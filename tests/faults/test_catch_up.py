@@ -66,11 +66,28 @@ def history(end: float) -> tuple[list[tuple[str, Event]], list[list[tuple[str, E
         upstream = [keys[i - 1]] if i % 5 else []
         downstream = [keys[i + 1]] if (i + 1) % 5 and i + 1 < ASSETS_N else []
         tags = {"ams/freshness_max_lag": "1d"} if i == 45 else {}
-        spec = AssetSpecData(key=key, owners=[f"team:t{i % 4}"], group=f"g{i % 3}", upstream=upstream,
-                             downstream=downstream, tags=tags, code_location="shop")
-        specs.append((ASSET_CHANGES, new_event(AssetChanged, "asset.registered", identity=key,
-                                               data=AssetChangeData(spec=spec, version=1), source="discovery",
-                                               occurred_at=_dt(end - DAYS * DAY))))
+        spec = AssetSpecData(
+            key=key,
+            owners=[f"team:t{i % 4}"],
+            group=f"g{i % 3}",
+            upstream=upstream,
+            downstream=downstream,
+            tags=tags,
+            code_location="shop",
+        )
+        specs.append(
+            (
+                ASSET_CHANGES,
+                new_event(
+                    AssetChanged,
+                    "asset.registered",
+                    identity=key,
+                    data=AssetChangeData(spec=spec, version=1),
+                    source="discovery",
+                    occurred_at=_dt(end - DAYS * DAY),
+                ),
+            )
+        )
     days: list[list[tuple[str, Event]]] = []
     start = end - (DAYS - 1) * DAY - ASSETS_N * 120
     for day in range(DAYS):
@@ -91,33 +108,65 @@ def history(end: float) -> tuple[list[tuple[str, Event]], list[list[tuple[str, E
             events.append((RUNS, _run(run_id, "STARTED", key, t0, None)))
             if failed:
                 data = MaterializationFailedData(asset_key=key, run_id=run_id, error="ValueError: boom")
-                events.append((ASSETS, new_event(AssetMaterializationFailed, "asset.materialization_failed",
-                                                 identity=f"{run_id}:{key}", data=data, source="test",
-                                                 occurred_at=_dt(t1))))
+                events.append(
+                    (
+                        ASSETS,
+                        new_event(
+                            AssetMaterializationFailed,
+                            "asset.materialization_failed",
+                            identity=f"{run_id}:{key}",
+                            data=data,
+                            source="test",
+                            occurred_at=_dt(t1),
+                        ),
+                    )
+                )
                 events.append((RUNS, _run(run_id, "FAILURE", key, t0, t1)))
             else:
-                data_m = MaterializationData(asset_key=key, run_id=run_id, row_count=rows, duration_s=took,
-                                             storage_id=day * 1000 + i)
-                events.append((ASSETS, new_event(AssetMaterialized, "asset.materialized", identity=run_id,
-                                                 data=data_m, source="test", occurred_at=_dt(t1 - 1))))
+                data_m = MaterializationData(
+                    asset_key=key, run_id=run_id, row_count=rows, duration_s=took, storage_id=day * 1000 + i
+                )
+                events.append(
+                    (
+                        ASSETS,
+                        new_event(
+                            AssetMaterialized,
+                            "asset.materialized",
+                            identity=run_id,
+                            data=data_m,
+                            source="test",
+                            occurred_at=_dt(t1 - 1),
+                        ),
+                    )
+                )
                 events.append((RUNS, _run(run_id, "SUCCESS", key, t0, t1)))
         days.append(events)
     return specs, days
 
 
 def _run(run_id: str, status: str, key: str, start: float, end: float | None) -> RunEvent:
-    data = RunData(run_id=run_id, job_name="daily", status=status, asset_keys=[key],  # type: ignore[arg-type]
-                   started_at=_dt(start), ended_at=_dt(end) if end else None,
-                   duration_s=(end - start) if end else None, error="ValueError: boom" if status == "FAILURE" else None,
-                   failed_asset_keys=[key] if status == "FAILURE" else None, code_location="shop")
+    data = RunData(
+        run_id=run_id,
+        job_name="daily",
+        status=status,
+        asset_keys=[key],  # type: ignore[arg-type]
+        started_at=_dt(start),
+        ended_at=_dt(end) if end else None,
+        duration_s=(end - start) if end else None,
+        error="ValueError: boom" if status == "FAILURE" else None,
+        failed_asset_keys=[key] if status == "FAILURE" else None,
+        code_location="shop",
+    )
     kind = {"STARTED": "run.started", "SUCCESS": "run.succeeded", "FAILURE": "run.failed"}[status]
-    return new_event(RunEvent, kind, identity=f"{run_id}:{status}", data=data, source="test",
-                     occurred_at=_dt(end or start))
+    return new_event(
+        RunEvent, kind, identity=f"{run_id}:{status}", data=data, source="test", occurred_at=_dt(end or start)
+    )
 
 
 @pytest.mark.parametrize("arrival", ["backlog", "paced"])
-def test_sixty_days_of_history_page_no_one_about_the_past(tmp_path: Path, redis_url: str, bus_prefix: str,
-                                                          receiver: RecordingReceiver, arrival: str) -> None:
+def test_sixty_days_of_history_page_no_one_about_the_past(
+    tmp_path: Path, redis_url: str, bus_prefix: str, receiver: RecordingReceiver, arrival: str
+) -> None:
     """`backlog`: all of it waits in Redis for stopped workers (read 100 entries at a time, evaluated every
     0.2 s: a worker catching up sees the past in many steps). `paced`: the workers run and the history arrives
     a day at a time, as the publishing sensor's pages bring an instance's past on a first install."""
@@ -152,7 +201,9 @@ def test_sixty_days_of_history_page_no_one_about_the_past(tmp_path: Path, redis_
             publish(specs)
             for events in days:
                 publish(events)
-                time.sleep(0.1)  # a sensor tick later; much shorter than the quiet period that ends a catch-up
+                time.sleep(
+                    0.1
+                )  # a sensor tick later; much shorter than the quiet period that ends a catch-up
         settle(home, expected, tmp_path / "workers.log")
     finally:
         for worker in workers:

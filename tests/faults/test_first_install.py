@@ -57,8 +57,13 @@ def _definition(i: int) -> AssetsDefinition:
     upstream = [AssetKey(_key(i - 1).split("/"))] if i < CHAINS * 5 and i % 5 else []
     tags = {"ams/freshness_max_lag": "1d"} if _key(i) == STOPPED else None
 
-    @asset(key=AssetKey(_key(i).split("/")), deps=upstream, owners=[f"team:t{i % 4}"],
-           group_name=f"g{i // 5}", tags=tags)
+    @asset(
+        key=AssetKey(_key(i).split("/")),
+        deps=upstream,
+        owners=[f"team:t{i % 4}"],
+        group_name=f"g{i // 5}",
+        tags=tags,
+    )
     def _asset() -> None:
         """Never executed: the month of runs is recorded into the instance."""
 
@@ -87,8 +92,14 @@ def record_month(instance: DagsterInstance, end: float) -> dict[str, list[int]]:
                 count = count // 10 if (day, i) == (15, 7) else count
                 count = 0 if (day, i) == (DAYS - 1, 12) else count
                 failed = (day, i) in ((10, 1), (DAYS - 1, 6))
-                steps.append(Step(_key(i), rows=count, seconds=rng.uniform(50, 70),
-                                  error="ValueError: boom" if failed else None))
+                steps.append(
+                    Step(
+                        _key(i),
+                        rows=count,
+                        seconds=rng.uniform(50, 70),
+                        error="ValueError: boom" if failed else None,
+                    )
+                )
             for step in steps[: next((n + 1 for n, s in enumerate(steps) if s.error), len(steps))]:
                 if step.error is None:
                     rows[step.asset].append(step.rows)
@@ -121,21 +132,35 @@ def test_a_month_in_the_instance_on_first_install_pages_no_one_about_the_past(
 ) -> None:
     end = time.time() - 2 * 3600  # the last day's runs started two hours ago
     first = end - (DAYS - 1) * DAY
-    cfg = load_settings(OrchestratorSettings, redis={"url": redis_url}, bus={"prefix": bus_prefix},
-                        dagster={"code_location": "shop"}, logging={"file": None},
-                        # One page per tick: 30 ticks for the month's 700 records.
-                        sensors={"page_size": PAGE_SIZE, "tick_budget_s": 0.001})
+    cfg = load_settings(
+        OrchestratorSettings,
+        redis={"url": redis_url},
+        bus={"prefix": bus_prefix},
+        dagster={"code_location": "shop"},
+        logging={"file": None},
+        # One page per tick: 30 ticks for the month's 700 records.
+        sensors={"page_size": PAGE_SIZE, "tick_budget_s": 0.001},
+    )
     sensor = build_event_sensor(settings=cfg)
     home = tmp_path / "home"
     home.mkdir()
     (tmp_path / "dagster").mkdir()
-    env = worker_env(tmp_path, home, redis_url, bus_prefix, receiver,
-                     AMS_DAGSTER__CODE_LOCATION="shop", AMS_DISCOVERY__RESCAN_AT_START="false")
+    env = worker_env(
+        tmp_path,
+        home,
+        redis_url,
+        bus_prefix,
+        receiver,
+        AMS_DAGSTER__CODE_LOCATION="shop",
+        AMS_DISCOVERY__RESCAN_AT_START="false",
+    )
     # DAGSTER_HOME stays unset: the reference's in-process stores are placed by their settings alone.
     with instance_for_test(temp_dir=str(tmp_path / "dagster"), set_dagster_home=False) as instance:
         rows = record_month(instance, end)
-        workers = [ServiceProcess.service(name, env, tmp_path / f"{name}.out")
-                   for name in ("health", "alerts", "discovery")]
+        workers = [
+            ServiceProcess.service(name, env, tmp_path / f"{name}.out")
+            for name in ("health", "alerts", "discovery")
+        ]
         try:
             for worker in workers:
                 wait_for(worker.answers, timeout_s=60, what=f"{worker.args[-1]} answering")
@@ -152,8 +177,11 @@ def test_a_month_in_the_instance_on_first_install_pages_no_one_about_the_past(
             assert "caught up" in message
             client = redis.Redis.from_url(redis_url, protocol=2)
             history = [*published(client, bus_prefix, ASSETS), *published(client, bus_prefix, RUNS)]
-            wait_for(lambda: len(published(client, bus_prefix, ASSET_CHANGES)) == CHAINS * 5 + 1,
-                     timeout_s=60, what="every asset registered by discovery")
+            wait_for(
+                lambda: len(published(client, bus_prefix, ASSET_CHANGES)) == CHAINS * 5 + 1,
+                timeout_s=60,
+                what="every asset registered by discovery",
+            )
             specs = published(client, bus_prefix, ASSET_CHANGES)
 
             # What a worker that had been running all month would have open now.
@@ -175,12 +203,17 @@ def test_a_month_in_the_instance_on_first_install_pages_no_one_about_the_past(
     materialized = [e for _, e in history if e.type == "asset.materialized"]
     assert len(materialized) == sum(len(v) for v in rows.values())
     assert {e.data.asset_key for _, e in history if e.type == "asset.materialization_failed"} == {
-        "shop/a01", "shop/a06", STOPPED}
+        "shop/a01",
+        "shop/a06",
+        STOPPED,
+    }
 
     assert_nothing_about_the_past(receiver, home, failing_assets)
     # Baselines learned from the month: the zero rows are judged against the asset's past runs.
     past = sorted(rows["shop/a12"][:-1])
     with sqlite3.connect(home / "monitor.db") as conn:
-        (summary,) = conn.execute("SELECT summary FROM alerts WHERE asset_key = 'shop/a12' "
-                                  "AND status = 'firing' AND check_name = 'volume_anomaly'").fetchone()
+        (summary,) = conn.execute(
+            "SELECT summary FROM alerts WHERE asset_key = 'shop/a12' "
+            "AND status = 'firing' AND check_name = 'volume_anomaly'"
+        ).fetchone()
     assert f"the last {DAYS - 1} runs had a median of {past[len(past) // 2]:,} rows" in summary, summary

@@ -27,9 +27,9 @@ pytestmark = pytest.mark.faults
 ROOT = Path(__file__).resolve().parents[2]
 
 
-
-
-def test_sensor_with_redis_down_for_several_ticks_loses_nothing(settings: AppSettings, local_redis: LocalRedis) -> None:
+def test_sensor_with_redis_down_for_several_ticks_loses_nothing(
+    settings: AppSettings, local_redis: LocalRedis
+) -> None:
     own = settings.model_copy(update={"redis": settings.redis.model_copy(update={"url": local_redis.url})})
     sensor = build_event_sensor(settings=own)
     with instance_for_test(temp_dir=str(settings.dagster_home)) as instance:
@@ -59,9 +59,15 @@ def _tick(sensor: object, instance: DagsterInstance, cursor: str | None) -> str 
 
 
 def health_worker(redis_url: str, home: Path, log: Path) -> ServiceProcess:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AMS_")},
-           "DAGSTER_HOME": str(home), "AMS_REDIS__URL": redis_url, "AMS_BUS__PREFIX": "outage",
-           "AMS_BUS__BLOCK_MS": "200", "AMS_LOGGING__FILE": str(log), "AMS_LOGGING__FORMAT": "json"}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AMS_")},
+        "DAGSTER_HOME": str(home),
+        "AMS_REDIS__URL": redis_url,
+        "AMS_BUS__PREFIX": "outage",
+        "AMS_BUS__BLOCK_MS": "200",
+        "AMS_LOGGING__FILE": str(log),
+        "AMS_LOGGING__FORMAT": "json",
+    }
     return ServiceProcess.service("health", env, log.with_suffix(".out"))
 
 
@@ -100,7 +106,9 @@ def test_health_worker_across_a_redis_restart_with_aof_loses_nothing(tmp_path: P
     worker = health_worker(server.url, home, tmp_path / "system.log")
     try:
         wait_for(worker.ready, 60, "health ready")
-        settings = load_settings(AppSettings, redis={"url": server.url}, bus={"prefix": "outage"}, logging={"file": None})
+        settings = load_settings(
+            AppSettings, redis={"url": server.url}, bus={"prefix": "outage"}, logging={"file": None}
+        )
         bus = Bus(connect(settings.redis), settings.bus)
         events = list(generate(assets=20, events=3000, seed=4))
         done = threading.Event()
@@ -119,14 +127,18 @@ def test_health_worker_across_a_redis_restart_with_aof_loses_nothing(tmp_path: P
         server.stop()
 
 
-def test_health_worker_after_redis_restart_without_persistence_recovers_and_reports_the_gap(tmp_path: Path) -> None:
+def test_health_worker_after_redis_restart_without_persistence_recovers_and_reports_the_gap(
+    tmp_path: Path,
+) -> None:
     server = LocalRedis(directory=tmp_path / "redis").start()
     log = tmp_path / "system.log"
     home = tmp_path / "home"
     worker = health_worker(server.url, home, log)
     try:
         wait_for(worker.ready, 60, "health ready")
-        settings = load_settings(AppSettings, redis={"url": server.url}, bus={"prefix": "outage"}, logging={"file": None})
+        settings = load_settings(
+            AppSettings, redis={"url": server.url}, bus={"prefix": "outage"}, logging={"file": None}
+        )
         events = list(generate(assets=5, events=200, seed=9))
         first, rest = events[:100], events[100:]
         Bus(connect(settings.redis), settings.bus).publish_many(ASSETS, [e for s, e in first if s == ASSETS])

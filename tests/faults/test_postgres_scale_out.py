@@ -27,9 +27,9 @@ EVENTS = int(os.environ.get("AMS_SCALE_EVENTS", "6000"))
 REPLICAS = 3
 
 
-
-
-def test_three_health_workers_share_one_postgres_store(settings: AppSettings, postgres_url: str, tmp_path: Path) -> None:
+def test_three_health_workers_share_one_postgres_store(
+    settings: AppSettings, postgres_url: str, tmp_path: Path
+) -> None:
     base = {
         **{k: v for k, v in os.environ.items() if not k.startswith("AMS_")},
         "DAGSTER_HOME": str(tmp_path / "home"),
@@ -41,12 +41,18 @@ def test_three_health_workers_share_one_postgres_store(settings: AppSettings, po
         "AMS_LOGGING__FILE": "",
         "AMS_LOGGING__LEVEL": "WARNING",
     }
-    workers = [ServiceProcess.service("health", {**base, "AMS_BUS__CONSUMER_NAME": f"health-{i}"},
-                                      tmp_path / f"health-{i}.out") for i in range(REPLICAS)]
+    workers = [
+        ServiceProcess.service(
+            "health", {**base, "AMS_BUS__CONSUMER_NAME": f"health-{i}"}, tmp_path / f"health-{i}.out"
+        )
+        for i in range(REPLICAS)
+    ]
     bus = Bus(connect(settings.redis), settings.bus)
     try:
         wait_for(lambda: all(w.answers() and w.ready() for w in workers), 60, "replicas ready")
-        published: list[tuple[str, Event]] = list(generate(assets=60, events=EVENTS, seed=21, inject_rate=0.03))
+        published: list[tuple[str, Event]] = list(
+            generate(assets=60, events=EVENTS, seed=21, inject_rate=0.03)
+        )
         started = time.perf_counter()
         for i in range(0, len(published), 500):
             chunk = published[i : i + 500]
@@ -78,8 +84,16 @@ def test_three_health_workers_share_one_postgres_store(settings: AppSettings, po
     assert executions == {(e.data.asset_keys[0], e.data.run_id) for s, e in published if s == RUNS}  # type: ignore[attr-defined]
     assert {e.id for _, e in published} <= processed
     assert sum(shares) >= len(published) and all(share > 0 for share in shares), f"work not shared: {shares}"
-    print(json.dumps({"events": len(published), "replicas": REPLICAS, "throughput_eps": round(len(published) / elapsed, 1),
-                      "per_worker": shares}))
+    print(
+        json.dumps(
+            {
+                "events": len(published),
+                "replicas": REPLICAS,
+                "throughput_eps": round(len(published) / elapsed, 1),
+                "per_worker": shares,
+            }
+        )
+    )
 
 
 def _consumed(metrics: str) -> int:

@@ -36,8 +36,6 @@ KILLS = int(os.environ.get("AMS_FAULT_KILLS", "20"))
 SECRET = "whsec_" + "a2lsbC10ZXN0LXNlY3JldC1mb3ItZmF1bHRzLW9ubHk="
 
 
-
-
 def rows(db: Path, sql: str) -> list[tuple[object, ...]]:
     conn = sqlite3.connect(db, timeout=10)
     try:
@@ -59,7 +57,9 @@ def setup(tmp_path: Path) -> Iterator[tuple[LocalRedis, RecordingReceiver, dict[
         "AMS_BUS__CLAIM_IDLE_MS": "2000",
         "AMS_BUS__CLAIM_INTERVAL_S": "1",
         "AMS_LOGGING__FILE": str(tmp_path / "system.log"),
-        "AMS_ALERTS__RECEIVERS": json.dumps([{"name": "ops", "url": receiver.url, "secret_env": "KILL_WHSEC"}]),
+        "AMS_ALERTS__RECEIVERS": json.dumps(
+            [{"name": "ops", "url": receiver.url, "secret_env": "KILL_WHSEC"}]
+        ),
         "AMS_ALERTS__RETRY_BASE_S": "0.2",
         "AMS_ALERTS__SENDER_CONCURRENCY": str(SENDER_CONCURRENCY),
         "AMS_ALERTS__RETRY_MAX_DELAY_S": "1",
@@ -76,13 +76,23 @@ def test_sigkill_workers_repeatedly_loses_and_doubles_nothing(
 ) -> None:
     server, receiver, env = setup
     home = tmp_path / "home"
-    workers = {name: ServiceProcess.service(name, env, tmp_path / f"{name}.out") for name in ("health", "alerts")}
-    settings = load_settings(AppSettings, redis={"url": server.url}, bus={"prefix": "kill"}, logging={"file": None})
+    workers = {
+        name: ServiceProcess.service(name, env, tmp_path / f"{name}.out") for name in ("health", "alerts")
+    }
+    settings = load_settings(
+        AppSettings, redis={"url": server.url}, bus={"prefix": "kill"}, logging={"file": None}
+    )
     bus = Bus(connect(settings.redis), settings.bus)
     client = bus.client
     published: list[tuple[str, Event]] = list(
-        generate(assets=40, events=EVENTS, seed=11, inject=("failure", "volume", "schema"), inject_rate=0.08,
-                 history=0.3)
+        generate(
+            assets=40,
+            events=EVENTS,
+            seed=11,
+            inject=("failure", "volume", "schema"),
+            inject_rate=0.08,
+            history=0.3,
+        )
     )
     done = threading.Event()
 
@@ -112,8 +122,15 @@ def test_sigkill_workers_repeatedly_loses_and_doubles_nothing(
     monitor, health = home / "monitor.db", home / "health.db"
     wait_for(lambda: bus.unsettled("health", [RUNS, ASSETS]) == 0, 180, "health caught up")
     wait_for(lambda: bus.unsettled("alerts", [HEALTH]) == 0, 180, "alerts caught up")
-    wait_for(lambda: not rows(monitor, "SELECT 1 FROM notifications WHERE status NOT IN ('delivered', 'muted', 'unrouted')"),
-             180, "every notification delivered")
+    wait_for(
+        lambda: (
+            not rows(
+                monitor, "SELECT 1 FROM notifications WHERE status NOT IN ('delivered', 'muted', 'unrouted')"
+            )
+        ),
+        180,
+        "every notification delivered",
+    )
     assert {name: w.stop() for name, w in workers.items()} == {"health": 0, "alerts": 0}
 
     # Every published event is in health.db exactly once.
@@ -129,7 +146,9 @@ def test_sigkill_workers_repeatedly_loses_and_doubles_nothing(
     assert {e.id for _, e in published} <= processed
     # Every health change health published reached alerts.
     transitions = {r[0] for r in rows(health, "SELECT event_id FROM health_transitions")}
-    assert transitions and transitions <= {stored_event_id(r[0]) for r in rows(monitor, "SELECT event_id FROM processed_events")}
+    assert transitions and transitions <= {
+        stored_event_id(r[0]) for r in rows(monitor, "SELECT event_id FROM processed_events")
+    }
     # Every notification was received, exactly once by webhook-id; nothing else arrived.
     delivered = {str(r[0]) for r in rows(monitor, "SELECT id FROM notifications WHERE status = 'delivered'")}
     received = [r.webhook_id for r in receiver.accepted()]
@@ -141,5 +160,13 @@ def test_sigkill_workers_repeatedly_loses_and_doubles_nothing(
     assert duplicates <= alerts_kills * SENDER_CONCURRENCY
     for stream in (RUNS, ASSETS, HEALTH):
         assert client.xlen(f"kill:{stream}:dlq") == 0
-    print(json.dumps({"events": len(published), "kills": kills, "notifications": len(delivered),
-                      "redelivered_webhooks": duplicates}))
+    print(
+        json.dumps(
+            {
+                "events": len(published),
+                "kills": kills,
+                "notifications": len(delivered),
+                "redelivered_webhooks": duplicates,
+            }
+        )
+    )

@@ -24,11 +24,14 @@ ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "tests" / "libs" / "common" / "sample_worker.py"
 
 
-
-
 def run_event(n: int) -> RunEvent:
-    return new_event(RunEvent, "run.succeeded", identity=f"run-{n}:SUCCESS",
-                     data=RunData(run_id=f"run-{n}", job_name="job", status="SUCCESS"), source="test")
+    return new_event(
+        RunEvent,
+        "run.succeeded",
+        identity=f"run-{n}:SUCCESS",
+        data=RunData(run_id=f"run-{n}", job_name="job", status="SUCCESS"),
+        source="test",
+    )
 
 
 @pytest.fixture
@@ -47,8 +50,16 @@ def start_sample(redis_url: str, prefix: str, db: Path, home: Path) -> ServicePr
     port = free_port()
     # Only what this test sets: an AMS_* variable of the suite's environment must not change the worker.
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("AMS_")}
-    env = {**inherited, "AMS_REDIS__URL": redis_url, "AMS_BUS__PREFIX": prefix, "AMS_BUS__BLOCK_MS": "200",
-           "DAGSTER_HOME": str(home), "SAMPLE_DB": str(db), "SAMPLE_PORT": str(port), "PYTHONPATH": str(ROOT)}
+    env = {
+        **inherited,
+        "AMS_REDIS__URL": redis_url,
+        "AMS_BUS__PREFIX": prefix,
+        "AMS_BUS__BLOCK_MS": "200",
+        "DAGSTER_HOME": str(home),
+        "SAMPLE_DB": str(db),
+        "SAMPLE_PORT": str(port),
+        "PYTHONPATH": str(ROOT),
+    }
     return ServiceProcess([sys.executable, str(SAMPLE)], env, port=port, log=home / "sample.out").start()
 
 
@@ -62,7 +73,9 @@ def count_rows(db: Path) -> int:
         conn.close()
 
 
-def test_disk_full_stops_acking_then_resumes(redis_url: str, bus_prefix: str, small_disk: Path, tmp_path: Path) -> None:
+def test_disk_full_stops_acking_then_resumes(
+    redis_url: str, bus_prefix: str, small_disk: Path, tmp_path: Path
+) -> None:
     db = small_disk / "sample.db"
     worker = start_sample(redis_url, bus_prefix, db, tmp_path)
     settings = load_settings(AppSettings, redis={"url": redis_url}, bus={"prefix": bus_prefix})
@@ -84,8 +97,12 @@ def test_disk_full_stops_acking_then_resumes(redis_url: str, bus_prefix: str, sm
         pending = bus.client.xpending(bus.key(RUNS), "sample")["pending"]
         assert pending > 0, "entries must stay unacknowledged while the store cannot commit"
         filler.unlink()
-        wait_for(lambda: worker.ready(), 90, what="ready after space is freed",
-                 diagnose=lambda: f"{worker.metrics()[-1500:]}\n{worker.output()}")
+        wait_for(
+            lambda: worker.ready(),
+            90,
+            what="ready after space is freed",
+            diagnose=lambda: f"{worker.metrics()[-1500:]}\n{worker.output()}",
+        )
         wait_for(lambda: count_rows(db) == 2020, what="every event stored once")
         wait_for(lambda: bus.client.xpending(bus.key(RUNS), "sample")["pending"] == 0, what="all acked")
         assert bus.client.xlen(bus.key(RUNS) + ":dlq") == 0
@@ -93,7 +110,9 @@ def test_disk_full_stops_acking_then_resumes(redis_url: str, bus_prefix: str, sm
         assert worker.stop() == 0
 
 
-def test_read_only_store_file_stops_acking_then_resumes(redis_url: str, bus_prefix: str, tmp_path: Path) -> None:
+def test_read_only_store_file_stops_acking_then_resumes(
+    redis_url: str, bus_prefix: str, tmp_path: Path
+) -> None:
     if os.geteuid() != 0:
         pytest.skip("chattr +i needs root (CI runs as root)")
     store_dir = tmp_path / "store"
@@ -118,8 +137,12 @@ def test_read_only_store_file_stops_acking_then_resumes(redis_url: str, bus_pref
         for path in locked:
             subprocess.run(["chattr", "-i", str(path)], check=True)
         locked.clear()
-        wait_for(lambda: worker.ready(), 90, what="ready after the file is writable again",
-                 diagnose=lambda: f"{worker.metrics()[-1500:]}\n{worker.output()}")
+        wait_for(
+            lambda: worker.ready(),
+            90,
+            what="ready after the file is writable again",
+            diagnose=lambda: f"{worker.metrics()[-1500:]}\n{worker.output()}",
+        )
         wait_for(lambda: count_rows(db) == 500, what="every event stored once")
         assert bus.client.xlen(bus.key(RUNS) + ":dlq") == 0
     finally:

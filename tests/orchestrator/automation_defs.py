@@ -2,7 +2,6 @@
 and an op job (no assets) whose op fails."""
 # No `from __future__ import annotations`: Dagster reads the context type hints of ops at definition time.
 
-
 import os
 
 from dagster import (

@@ -37,7 +37,9 @@ DEFS_FILE = Path(automation_defs.__file__)
 
 
 def publish(
-    settings: OrchestratorSettings, instance: DagsterInstance, cursor: str | None,
+    settings: OrchestratorSettings,
+    instance: DagsterInstance,
+    cursor: str | None,
     repo: RepositoryDefinition | None = None,
 ) -> str | None:
     """One tick of the publishing sensor, as the daemon would run it; returns its new cursor."""
@@ -116,7 +118,9 @@ def test_failing_sensor_and_schedule_ticks_are_published_once_per_status(
     cursor = publish(settings, dagster_instance, cursor, repo)
     ticks = automation(redis_client, settings, "automation.tick")
     assert [(e.data.name, e.data.status) for e in ticks] == [
-        ("watch_inbox", "FAILURE"), ("watch_inbox", "FAILURE"), ("every_five_minutes", "FAILURE")
+        ("watch_inbox", "FAILURE"),
+        ("watch_inbox", "FAILURE"),
+        ("every_five_minutes", "FAILURE"),
     ]
     assert ticks[0].data.tick_id != ticks[1].data.tick_id
     scheduled = ticks[2]
@@ -136,7 +140,8 @@ def test_failing_sensor_and_schedule_ticks_are_published_once_per_status(
     publish(settings, dagster_instance, again, repo)
     new = automation(redis_client, settings, "automation.tick")[3:]
     assert sorted((e.data.name, e.data.status, e.data.skip_reason) for e in new) == [
-        ("every_five_minutes", "SKIPPED", "holiday"), ("watch_inbox", "SKIPPED", "no new files")
+        ("every_five_minutes", "SKIPPED", "holiday"),
+        ("watch_inbox", "SKIPPED", "no new files"),
     ]
     retried = next(e for e in new if e.data.name == "every_five_minutes")
     assert retried.data.tick_id == scheduled.data.tick_id and retried.id != scheduled.id
@@ -168,7 +173,8 @@ def test_a_tick_still_running_is_published_when_it_finishes_and_stopping_is_publ
     cursor = publish(settings, dagster_instance, cursor)
     ticks = automation(redis_client, settings, "automation.tick")
     assert [(e.data.tick_id, e.data.status) for e in ticks] == [
-        (done.tick_id, "SKIPPED"), (started.tick_id, "SKIPPED")
+        (done.tick_id, "SKIPPED"),
+        (started.tick_id, "SKIPPED"),
     ]
 
     # Turned off without a new tick: its latest tick again, saying it is not running.
@@ -189,7 +195,8 @@ def test_daemon_heartbeats_are_published_when_they_change(
     cursor = publish(settings, dagster_instance, None)
     beats = automation(redis_client, settings, "automation.daemon_heartbeat")
     assert sorted((e.data.daemon_type, e.data.last_heartbeat_at.timestamp()) for e in beats) == [
-        ("SCHEDULER", pytest.approx(now - 25)), ("SENSOR", pytest.approx(now - 30))
+        ("SCHEDULER", pytest.approx(now - 25)),
+        ("SENSOR", pytest.approx(now - 30)),
     ]
     cursor = publish(settings, dagster_instance, cursor)
     assert len(automation(redis_client, settings, "automation.daemon_heartbeat")) == 2  # unchanged: not again
@@ -208,13 +215,22 @@ def test_a_daemon_heartbeat_leaves_out_the_errors_of_its_sensors_and_schedules(
 ) -> None:
     """The sensor daemon reports a sensor's exception as its own error too (as the real daemon does, seen in
     tests/e2e/test_automation_daemon.py); that is the sensor's failed tick, not the daemon's problem."""
-    def error(cls_name: str, message: str, cause: SerializableErrorInfo | None = None) -> SerializableErrorInfo:
+
+    def error(
+        cls_name: str, message: str, cause: SerializableErrorInfo | None = None
+    ) -> SerializableErrorInfo:
         return SerializableErrorInfo(f"{cls_name}: {message}\n", [], cls_name, cause)
 
-    sensor_failed = error("SensorExecutionError", "Error occurred during the execution of evaluation_fn for "
-                          "sensor flaky", error("RuntimeError", "inbox unreachable"))
-    schedule_failed = error("ScheduleExecutionError", "Error occurred during the evaluation of schedule daily",
-                            error("RuntimeError", "partition config unavailable"))
+    sensor_failed = error(
+        "SensorExecutionError",
+        "Error occurred during the execution of evaluation_fn for sensor flaky",
+        error("RuntimeError", "inbox unreachable"),
+    )
+    schedule_failed = error(
+        "ScheduleExecutionError",
+        "Error occurred during the evaluation of schedule daily",
+        error("RuntimeError", "partition config unavailable"),
+    )
     unreachable = error("DagsterUserCodeUnreachableError", "Could not reach user code server")
     now = time.time()
     dagster_instance.add_daemon_heartbeat(
@@ -222,10 +238,13 @@ def test_a_daemon_heartbeat_leaves_out_the_errors_of_its_sensors_and_schedules(
     )
     dagster_instance.add_daemon_heartbeat(DagsterDaemonHeartbeat(now, "SCHEDULER", "d-1", [schedule_failed]))
     publish(settings, dagster_instance, None)
-    beats = {e.data.daemon_type: e.data.errors
-             for e in automation(redis_client, settings, "automation.daemon_heartbeat")}
+    beats = {
+        e.data.daemon_type: e.data.errors
+        for e in automation(redis_client, settings, "automation.daemon_heartbeat")
+    }
     assert beats == {
-        "SENSOR": ["DagsterUserCodeUnreachableError: Could not reach user code server"], "SCHEDULER": []
+        "SENSOR": ["DagsterUserCodeUnreachableError: Could not reach user code server"],
+        "SCHEDULER": [],
     }
 
 

@@ -56,7 +56,9 @@ def test_a_tick_stops_at_its_budget_and_the_next_one_continues(
     """Every tick makes progress, also when re-reading the late-commit window (PostgreSQL) takes its budget."""
     instance = DagsterInstance.ephemeral()
     run_ids = record_finished_runs(instance, 30)
-    sensors = settings.sensors.model_copy(update={"page_size": 5, "tick_budget_s": 0.01, "late_commit_window": window})
+    sensors = settings.sensors.model_copy(
+        update={"page_size": 5, "tick_budget_s": 0.01, "late_commit_window": window}
+    )
     tight = settings.model_copy(update={"sensors": sensors})
     sensor = build_event_sensor(settings=tight)
     cursor = None

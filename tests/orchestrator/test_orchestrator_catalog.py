@@ -26,10 +26,16 @@ from orchestrator.checks import build_health_checks
     owners=["a@example.com", "team:data"],
     tags={"domain": "sales"},
     kinds={"pandas", "postgres"},
-    metadata={"schema": TableSchema(columns=[TableColumn("id", "int")]), "n": 3, "url": MetadataValue.url("http://x")},
+    metadata={
+        "schema": TableSchema(columns=[TableColumn("id", "int")]),
+        "n": 3,
+        "url": MetadataValue.url("http://x"),
+    },
     code_version="7",
     partitions_def=DailyPartitionsDefinition(start_date="2024-01-01"),
-    freshness_policy=FreshnessPolicy.time_window(fail_window=timedelta(hours=2), warn_window=timedelta(hours=1)),
+    freshness_policy=FreshnessPolicy.time_window(
+        fail_window=timedelta(hours=2), warn_window=timedelta(hours=1)
+    ),
     deps=["somewhere_else"],
 )
 def rich() -> None:
@@ -64,7 +70,10 @@ def test_fingerprint_moves_with_content_only() -> None:
     again = build_catalog(Definitions(assets=[child, rich]), "loc")
     assert one.fingerprint == again.fingerprint
     assert build_catalog(Definitions(assets=[rich]), "loc").fingerprint != one.fingerprint
-    assert build_catalog(Definitions(assets=[rich, child]), "loc", problems=["x: broken"]).fingerprint != one.fingerprint
+    assert (
+        build_catalog(Definitions(assets=[rich, child]), "loc", problems=["x: broken"]).fingerprint
+        != one.fingerprint
+    )
 
 
 def test_json_safe_handles_what_metadata_holds() -> None:

@@ -49,7 +49,9 @@ def test_sensor_runs_by_default_and_schedule_targets_the_demo_pipeline() -> None
     assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == set(DEMO)
 
 
-def test_materializing_everything_with_the_declared_checks_succeeds(dagster_instance: DagsterInstance) -> None:
+def test_materializing_everything_with_the_declared_checks_succeeds(
+    dagster_instance: DagsterInstance,
+) -> None:
     """The check op is part of the implicit asset job; it must not fail the run or block an asset."""
     result = defs.resolve_implicit_global_asset_job_def().execute_in_process(instance=dagster_instance)
     assert result.success
@@ -60,24 +62,34 @@ def test_materializing_everything_with_the_declared_checks_succeeds(dagster_inst
         assert [c.name for c in metadata["dagster/column_schema"].value.columns]
 
 
-def test_demo_asset_fails_on_request_and_recovers(dagster_instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_asset_fails_on_request_and_recovers(
+    dagster_instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
     job = defs.resolve_implicit_global_asset_job_def()
     raw_orders = [AssetKey("raw_orders")]
     flag = _demo.set_failing("raw_orders")
     assert flag.parent.parent == Path(os.environ["DAGSTER_HOME"]) / "demo"
-    failed = job.execute_in_process(instance=dagster_instance, raise_on_error=False, asset_selection=raw_orders)
+    failed = job.execute_in_process(
+        instance=dagster_instance, raise_on_error=False, asset_selection=raw_orders
+    )
     assert not failed.success
     assert "raw_orders" in {e.step_key for e in failed.all_events if e.is_step_failure}
     _demo.set_failing("raw_orders", False)
 
     _demo.set_rows("raw_orders", 3)
     assert job.execute_in_process(instance=dagster_instance, asset_selection=raw_orders).success
-    mat = dagster_instance.fetch_materializations(AssetKey("raw_orders"), limit=1).records[0].asset_materialization
+    mat = (
+        dagster_instance.fetch_materializations(AssetKey("raw_orders"), limit=1)
+        .records[0]
+        .asset_materialization
+    )
     assert mat is not None and mat.metadata["dagster/row_count"].value == 3
     _demo.set_rows("raw_orders", None)
 
     monkeypatch.setenv(_demo.FAIL_ENV, "raw_orders")
-    assert not job.execute_in_process(instance=dagster_instance, raise_on_error=False, asset_selection=raw_orders).success
+    assert not job.execute_in_process(
+        instance=dagster_instance, raise_on_error=False, asset_selection=raw_orders
+    ).success
 
 
 def test_dagster_loads_the_module_and_the_workspace(tmp_path: Path) -> None:
@@ -104,8 +116,11 @@ def test_with_health_checks_declares_the_six_checks_on_a_teams_own_definitions(
     @dg.asset(key=["finance", "entries"])
     def entries() -> None: ...
 
-    @dg.asset(key=["finance", "revenue"], deps=[entries],
-              check_specs=[dg.AssetCheckSpec("freshness", asset=["finance", "revenue"])])
+    @dg.asset(
+        key=["finance", "revenue"],
+        deps=[entries],
+        check_specs=[dg.AssetCheckSpec("freshness", asset=["finance", "revenue"])],
+    )
     def revenue() -> dg.MaterializeResult:
         return dg.MaterializeResult(check_results=[dg.AssetCheckResult(passed=True, check_name="freshness")])
 

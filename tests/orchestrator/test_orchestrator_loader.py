@@ -29,7 +29,9 @@ def readme_examples() -> dict[str, str]:
         match = re.match(r"#\s*(orchestrator/assets/\S+\.py)\s*$", first)
         if match:
             found[match.group(1)] = block
-    assert found, "README.md shows no asset module example (a python block starting `# orchestrator/assets/...`)"
+    assert found, (
+        "README.md shows no asset module example (a python block starting `# orchestrator/assets/...`)"
+    )
     return found
 
 
@@ -58,9 +60,10 @@ def write(root: Path, package: str, rel: str, code: str) -> Path:
 def test_the_project_assets_load_without_problems() -> None:
     scan = scan_asset_modules()
     assert scan.problems == []
-    assert {"orchestrator.assets.ingestion.orders_ingestion", "orchestrator.assets.customer_orders_transform"} <= set(
-        scan.modules
-    )
+    assert {
+        "orchestrator.assets.ingestion.orders_ingestion",
+        "orchestrator.assets.customer_orders_transform",
+    } <= set(scan.modules)
     keys = {k for keys in scan.assets_by_module.values() for k in keys}
     assert {"raw_orders", "stg_orders", "transformed_customer_orders"} <= keys
 
@@ -96,7 +99,11 @@ def test_readme_asset_files_are_discovered_with_no_other_edit(
 
 def test_a_broken_module_is_reported_and_the_rest_still_load(temp_package: tuple[str, Path]) -> None:
     package, root = temp_package
-    write(root, package, "ingestion/good_ingestion.py", '''
+    write(
+        root,
+        package,
+        "ingestion/good_ingestion.py",
+        """
         from dagster import asset
 
         @asset(group_name="stg__ingestion", kinds={"python"})
@@ -104,21 +111,32 @@ def test_a_broken_module_is_reported_and_the_rest_still_load(temp_package: tuple
             return 1
 
         all_assets = [raw_good]
-    ''')
-    broken = write(root, package, "ingestion/broken_ingestion.py", '''
+    """,
+    )
+    broken = write(
+        root,
+        package,
+        "ingestion/broken_ingestion.py",
+        """
         from dagster import asset
         import this_module_does_not_exist_anywhere
 
         all_assets = []
-    ''')
+    """,
+    )
     write(root, package, "loaders/syntax_loader.py", "def broken(:\n    pass\n")
-    write(root, package, "no_list_transform.py", '''
+    write(
+        root,
+        package,
+        "no_list_transform.py",
+        """
         from dagster import asset
 
         @asset
         def transformed_orphan() -> int:
             return 2
-    ''')
+    """,
+    )
     write(root, package, "not_assets_transform.py", "all_assets = ['raw_good']\n")
     write(root, package, "_helpers.py", "raise RuntimeError('helpers are never imported as asset modules')\n")
 
@@ -143,7 +161,7 @@ def test_a_broken_module_is_reported_and_the_rest_still_load(temp_package: tuple
 
 def test_duplicate_keys_are_a_problem_not_a_crash(temp_package: tuple[str, Path]) -> None:
     package, root = temp_package
-    code = '''
+    code = """
         from dagster import asset
 
         @asset
@@ -151,7 +169,7 @@ def test_duplicate_keys_are_a_problem_not_a_crash(temp_package: tuple[str, Path]
             return 1
 
         all_assets = [raw_twice]
-    '''
+    """
     write(root, package, "ingestion/a_ingestion.py", code)
     write(root, package, "ingestion/b_ingestion.py", code)
     scan = scan_asset_modules(package, search_path=root)
@@ -164,9 +182,13 @@ def test_a_rescan_sees_an_edited_and_a_fixed_module(temp_package: tuple[str, Pat
     package, root = temp_package
     path = write(root, package, "ingestion/edit_ingestion.py", "import nope_not_here\nall_assets = []\n")
     assert len(scan_asset_modules(package, search_path=root).problems) == 1
-    path.write_text("from dagster import asset\n\n@asset\ndef raw_fixed() -> int:\n    return 1\n\nall_assets = [raw_fixed]\n")
+    path.write_text(
+        "from dagster import asset\n\n@asset\ndef raw_fixed() -> int:\n    return 1\n\nall_assets = [raw_fixed]\n"
+    )
     scan = scan_asset_modules(package, search_path=root)
-    assert scan.problems == [] and scan.assets_by_module == {f"{package}.ingestion.edit_ingestion": ["raw_fixed"]}
+    assert scan.problems == [] and scan.assets_by_module == {
+        f"{package}.ingestion.edit_ingestion": ["raw_fixed"]
+    }
 
 
 def test_module_files_skip_private_files_and_folders(tmp_path: Path) -> None:

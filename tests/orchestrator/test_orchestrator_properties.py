@@ -15,11 +15,15 @@ from orchestrator.sensors import KINDS, PublisherCursor
 positions = st.fixed_dictionaries({kind: st.integers(min_value=-1, max_value=2**62) for kind in KINDS})
 
 
-seen_ids = st.dictionaries(st.sampled_from(KINDS), st.lists(st.integers(min_value=0, max_value=2**62), min_size=1,
-                                                            max_size=20, unique=True).map(sorted))
+seen_ids = st.dictionaries(
+    st.sampled_from(KINDS),
+    st.lists(st.integers(min_value=0, max_value=2**62), min_size=1, max_size=20, unique=True).map(sorted),
+)
 
 
-@given(positions, st.one_of(st.none(), st.text(alphabet="0123456789abcdef", min_size=1, max_size=64)), seen_ids)
+@given(
+    positions, st.one_of(st.none(), st.text(alphabet="0123456789abcdef", min_size=1, max_size=64)), seen_ids
+)
 def test_cursor_round_trips(pos: dict[str, int], catalog: str | None, seen: dict[str, list[int]]) -> None:
     cursor = PublisherCursor(positions=pos, catalog=catalog, seen=seen)
     assert PublisherCursor.from_json(cursor.to_json()) == cursor
@@ -40,8 +44,10 @@ automation_cursors = st.builds(
     instigators=st.dictionaries(
         st.text(alphabet="0123456789abcdef", min_size=1, max_size=40), instigator_cursors, max_size=5
     ),
-    daemons=st.dictionaries(st.sampled_from(["SENSOR", "SCHEDULER", "QUEUED_RUN_COORDINATOR"]),
-                            st.floats(min_value=0, max_value=4e9, allow_nan=False)),
+    daemons=st.dictionaries(
+        st.sampled_from(["SENSOR", "SCHEDULER", "QUEUED_RUN_COORDINATOR"]),
+        st.floats(min_value=0, max_value=4e9, allow_nan=False),
+    ),
     seq=st.integers(min_value=0, max_value=2**62),
 )
 
@@ -63,10 +69,12 @@ def test_any_text_parses_or_is_refused_with_a_value_error(raw: str) -> None:
 
 json_like = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=50),
-    lambda inner: st.lists(inner, max_size=5)
-    | st.tuples(inner, inner)
-    | st.frozensets(st.integers(), max_size=5)
-    | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=5)
+        | st.tuples(inner, inner)
+        | st.frozensets(st.integers(), max_size=5)
+        | st.dictionaries(st.text(max_size=10), inner, max_size=5)
+    ),
     max_leaves=30,
 )
 

@@ -28,7 +28,10 @@ DEMO = ["raw_customers", "raw_orders", "stg_customers", "stg_orders", "transform
 
 
 def tick(
-    settings: OrchestratorSettings, instance: DagsterInstance, cursor: str | None, repo: RepositoryDefinition | None = None
+    settings: OrchestratorSettings,
+    instance: DagsterInstance,
+    cursor: str | None,
+    repo: RepositoryDefinition | None = None,
 ) -> tuple[str | None, str]:
     """Evaluate the sensor once as the daemon would; returns the new cursor and the tick's message."""
     context = build_sensor_context(instance=instance, cursor=cursor, repository_def=repo)
@@ -74,7 +77,11 @@ def test_runs_materializations_failures_and_catalog_are_published(
     materialized = [e for e in assets if e.type == "asset.materialized"]
     # all five in the good run; in the failed one raw_*, stg_customers (stg_orders failed, transform skipped)
     assert Counter(e.data.asset_key for e in materialized) == {
-        "raw_customers": 2, "raw_orders": 2, "stg_customers": 2, "stg_orders": 1, "transformed_customer_orders": 1
+        "raw_customers": 2,
+        "raw_orders": 2,
+        "stg_customers": 2,
+        "stg_orders": 1,
+        "transformed_customer_orders": 1,
     }
     for event in materialized:
         assert event.data.row_count is not None and event.data.row_count > 0
@@ -104,9 +111,10 @@ def test_runs_materializations_failures_and_catalog_are_published(
     _demo.set_failing("stg_orders", False)
     recovered = job.execute_in_process(instance=dagster_instance)
     tick(settings, dagster_instance, again, repo)
-    new_runs = read(redis_client, settings, RUNS)[len(runs):]
+    new_runs = read(redis_client, settings, RUNS)[len(runs) :]
     assert [(e.type, e.data.run_id) for e in new_runs] == [
-        ("run.started", recovered.run_id), ("run.succeeded", recovered.run_id)
+        ("run.started", recovered.run_id),
+        ("run.succeeded", recovered.run_id),
     ]
     assert len(read(redis_client, settings, CATALOG)) == 1
 
@@ -181,7 +189,9 @@ def test_the_snapshot_carries_the_asset_module_problems(
     def fine() -> int:
         return 1
 
-    problem = ModuleProblem("orchestrator.assets.ingestion.bad", "/x/bad.py", "ModuleNotFoundError: No module named 'x'")
+    problem = ModuleProblem(
+        "orchestrator.assets.ingestion.bad", "/x/bad.py", "ModuleNotFoundError: No module named 'x'"
+    )
     scan = ScanResult(package="orchestrator.assets", root=Path("."), assets=[fine], problems=[problem])
     repo = build_definitions(scan, sensors=[]).get_repository_def()
     tick(settings, dagster_instance, None, repo)
@@ -202,7 +212,9 @@ def test_redis_refusing_writes_mid_tick_republishes_with_the_same_ids(
             "sensors": settings.sensors.model_copy(update={"page_size": 20}),
         }
     )
-    reference = small.model_copy(update={"bus": small.bus.model_copy(update={"prefix": small.bus.prefix + "-ref"})})
+    reference = small.model_copy(
+        update={"bus": small.bus.model_copy(update={"prefix": small.bus.prefix + "-ref"})}
+    )
     instance = DagsterInstance.ephemeral()
     record_finished_runs(instance, 200)
     client = redis.Redis.from_url(local_redis.url, protocol=2)
@@ -238,23 +250,32 @@ def test_runs_launched_by_the_dagster_cli_are_published(
     env = {**os.environ, "DAGSTER_HOME": str(settings.dagster_home)}
     done = subprocess.run(
         [dagster, "asset", "materialize", "-m", "orchestrator.definitions", "--select", "raw_customers"],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=180,
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     tick(settings, dagster_instance, None, defs.get_repository_def())
     runs = read(redis_client, settings, RUNS)
     assert [(e.type, e.data.asset_keys) for e in runs] == [
-        ("run.started", ["raw_customers"]), ("run.succeeded", ["raw_customers"])
+        ("run.started", ["raw_customers"]),
+        ("run.succeeded", ["raw_customers"]),
     ]
     (materialized,) = read(redis_client, settings, ASSETS)
     assert materialized.data.asset_key == "raw_customers" and materialized.data.row_count
 
 
-def test_a_canceled_run_is_published_with_its_message(settings: OrchestratorSettings, redis_client: redis.Redis) -> None:
+def test_a_canceled_run_is_published_with_its_message(
+    settings: OrchestratorSettings, redis_client: redis.Redis
+) -> None:
     from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
     instance = DagsterInstance.ephemeral()
-    run = instance.add_run(DagsterRun(job_name="some_job", run_id="r-cancel-1", status=DagsterRunStatus.NOT_STARTED))
+    run = instance.add_run(
+        DagsterRun(job_name="some_job", run_id="r-cancel-1", status=DagsterRunStatus.NOT_STARTED)
+    )
     instance.report_run_canceled(run, message="canceled by alice@example.com")
     tick(settings, instance, None)
     (event,) = read(redis_client, settings, RUNS)

@@ -27,7 +27,11 @@ from orchestrator.shared.load_window import get_load_window
 from tests.orchestrator.shared.conftest import require_driver
 
 SEED = Path(__file__).resolve().parents[1] / "seed_examples" / "assets"
-SEED_FILES = ("ingestion/my_new_data_ingestion.py", "loaders/my_new_data_loader.py", "my_new_data_transform.py")
+SEED_FILES = (
+    "ingestion/my_new_data_ingestion.py",
+    "loaders/my_new_data_loader.py",
+    "my_new_data_transform.py",
+)
 ROWS = 40
 
 
@@ -44,14 +48,26 @@ def create_source(path: Path, rows: int) -> None:
     get_settings.cache_clear()
     start, end = get_load_window()
     step = (end - start) / (rows + 1)
-    moments = [start + step * (i + 1) for i in range(rows)] + [start - dt.timedelta(days=3), end + dt.timedelta(days=3)]
+    moments = [start + step * (i + 1) for i in range(rows)] + [
+        start - dt.timedelta(days=3),
+        end + dt.timedelta(days=3),
+    ]
     with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE my_source_table (id INTEGER PRIMARY KEY, name TEXT, amount REAL, "
-                   "created_date TIMESTAMP NOT NULL)")
+        db.execute(
+            "CREATE TABLE my_source_table (id INTEGER PRIMARY KEY, name TEXT, amount REAL, "
+            "created_date TIMESTAMP NOT NULL)"
+        )
         db.executemany(
             "INSERT INTO my_source_table VALUES (?, ?, ?, ?)",
-            [(i, f"item {i}", i * 1.5, m.astimezone(dt.UTC).replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S"))
-             for i, m in enumerate(moments)],
+            [
+                (
+                    i,
+                    f"item {i}",
+                    i * 1.5,
+                    m.astimezone(dt.UTC).replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S"),
+                )
+                for i, m in enumerate(moments)
+            ],
         )
 
 
@@ -63,11 +79,21 @@ def seed_instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[D
     home.mkdir()
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("AMS_LOGGING__FILE", "")
-    monkeypatch.setenv("AMS_CONNECTIONS", json.dumps({
-        # what a user adds to app_config.yaml for the seed's sql_server=/sql_database= call
-        "my_source": {"driver": "SQLite3", "server": "MY_SERVER", "database": "MY_DATABASE", "engine": "odbc"},
-        "warehouse": {"driver": "SQLite3", "database": "warehouse.db", "engine": "odbc"},
-    }))
+    monkeypatch.setenv(
+        "AMS_CONNECTIONS",
+        json.dumps(
+            {
+                # what a user adds to app_config.yaml for the seed's sql_server=/sql_database= call
+                "my_source": {
+                    "driver": "SQLite3",
+                    "server": "MY_SERVER",
+                    "database": "MY_DATABASE",
+                    "engine": "odbc",
+                },
+                "warehouse": {"driver": "SQLite3", "database": "warehouse.db", "engine": "odbc"},
+            }
+        ),
+    )
     monkeypatch.setenv("AMS_LOAD_WINDOW__TIMEZONE", "UTC")
     create_source(home / "MY_DATABASE", ROWS)
     get_settings.cache_clear()
@@ -92,7 +118,11 @@ def test_the_seed_examples_materialize_verbatim(seed_instance: DagsterInstance) 
     assert {"processed_date", "record_count"} <= set(transformed.columns)
     assert sorted(transformed["id"].tolist()) == sorted(staged["id"].tolist())
 
-    for key, rows in (("raw_my_new_data", ROWS), ("stg_my_new_data", ROWS), ("transformed_my_new_data", ROWS)):
+    for key, rows in (
+        ("raw_my_new_data", ROWS),
+        ("stg_my_new_data", ROWS),
+        ("transformed_my_new_data", ROWS),
+    ):
         record = seed_instance.fetch_materializations(AssetKey(key), limit=1).records[0]
         metadata = record.asset_materialization.metadata  # type: ignore[union-attr]
         assert metadata["dagster/row_count"].value == rows, key

@@ -151,8 +151,10 @@ def test_a_failing_op_job_alerts_its_team_naming_job_and_code_location(tmp_path:
         logging={"file": None},
         alerts={
             "incident_wait_s": 0,
-            "receivers": [{"name": "ops", "url": "http://127.0.0.1:9/ops"},
-                          {"name": "reports", "url": "http://127.0.0.1:9/reports"}],
+            "receivers": [
+                {"name": "ops", "url": "http://127.0.0.1:9/ops"},
+                {"name": "reports", "url": "http://127.0.0.1:9/reports"},
+            ],
             "routes": [{"teams": ["reports"], "receivers": ["reports"]}],
             "default_receivers": ["ops"],
         },

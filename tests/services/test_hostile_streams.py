@@ -249,7 +249,10 @@ recent = st.one_of(st.sampled_from([NOW, NOW - timedelta(seconds=30), NOW - time
 def _automation(cls: type[Event], types: list[str], data: st.SearchStrategy[Any]) -> st.SearchStrategy[Event]:
     return st.builds(
         lambda t, d, at, n: new_event(cls, t, identity=f"fuzz-{n}", data=d, source="fuzz", occurred_at=at),
-        st.sampled_from(types), data, recent, st.integers(0, 10**9),
+        st.sampled_from(types),
+        data,
+        recent,
+        st.integers(0, 10**9),
     )
 
 
@@ -278,15 +281,24 @@ ticks = _automation(
 daemon_beats = _automation(
     DaemonHeartbeat,
     ["automation.daemon_heartbeat"],
-    st.builds(raw(DaemonHeartbeatData), daemon_type=st.one_of(st.sampled_from(["SENSOR", "SCHEDULER"]), keys),
-              last_heartbeat_at=recent, errors=st.lists(huge_text, max_size=2)),
+    st.builds(
+        raw(DaemonHeartbeatData),
+        daemon_type=st.one_of(st.sampled_from(["SENSOR", "SCHEDULER"]), keys),
+        last_heartbeat_at=recent,
+        errors=st.lists(huge_text, max_size=2),
+    ),
 )
 publisher_beats = _automation(
     PublisherHeartbeat,
     ["automation.publisher_heartbeat"],
-    st.builds(raw(PublisherHeartbeatData), code_location=st.one_of(small_keys, keys), tick_at=recent,
-              published=st.one_of(st.integers(0, 5), numbers), caught_up=st.booleans(),
-              interval_s=st.one_of(st.none(), st.floats(0, 100), floats)),
+    st.builds(
+        raw(PublisherHeartbeatData),
+        code_location=st.one_of(small_keys, keys),
+        tick_at=recent,
+        published=st.one_of(st.integers(0, 5), numbers),
+        caught_up=st.booleans(),
+        interval_s=st.one_of(st.none(), st.floats(0, 100), floats),
+    ),
 )
 HOME_STREAM = {
     RunEvent: RUNS,

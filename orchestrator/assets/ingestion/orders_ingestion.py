@@ -9,8 +9,17 @@ from orchestrator.shared.load_window import get_load_window
 # Schema changes in the source: columns downstream relies on are always present (NULL when the source
 # dropped them); columns the source adds flow through to staging as they are.
 EXPECTED_COLUMNS = [
-    "order_id", "customer_id", "product_id", "quantity", "unit_price", "discount",
-    "total_amount", "status", "order_date", "shipped_at", "created_date",
+    "order_id",
+    "customer_id",
+    "product_id",
+    "quantity",
+    "unit_price",
+    "discount",
+    "total_amount",
+    "status",
+    "order_date",
+    "shipped_at",
+    "created_date",
 ]
 
 

@@ -20,21 +20,32 @@ def root() -> int:
     return 10
 
 
-@dg.asset(key_prefix=PREFIX, owners=OWNERS["lineage/sessions"], group_name="lineage",
-          ins={"root": dg.AssetIn(key=[PREFIX, "root"])})
+@dg.asset(
+    key_prefix=PREFIX,
+    owners=OWNERS["lineage/sessions"],
+    group_name="lineage",
+    ins={"root": dg.AssetIn(key=[PREFIX, "root"])},
+)
 def sessions(root: int) -> int:
     return root * 2
 
 
-@dg.asset(key_prefix=PREFIX, owners=OWNERS["lineage/orders"], group_name="lineage",
-          ins={"root": dg.AssetIn(key=[PREFIX, "root"])})
+@dg.asset(
+    key_prefix=PREFIX,
+    owners=OWNERS["lineage/orders"],
+    group_name="lineage",
+    ins={"root": dg.AssetIn(key=[PREFIX, "root"])},
+)
 def orders(root: int) -> int:
     return root + 1
 
 
-@dg.asset(key_prefix=PREFIX, owners=OWNERS["lineage/revenue"], group_name="lineage",
-          ins={"sessions": dg.AssetIn(key=[PREFIX, "sessions"]),
-               "orders": dg.AssetIn(key=[PREFIX, "orders"])})
+@dg.asset(
+    key_prefix=PREFIX,
+    owners=OWNERS["lineage/revenue"],
+    group_name="lineage",
+    ins={"sessions": dg.AssetIn(key=[PREFIX, "sessions"]), "orders": dg.AssetIn(key=[PREFIX, "orders"])},
+)
 def revenue(sessions: int, orders: int) -> int:
     return sessions + orders
 

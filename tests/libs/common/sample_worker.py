@@ -37,8 +37,14 @@ def main() -> int:
 
     # the single-consumer lease of a SQLite store, shortened for the tests that start a second consumer
     worker_runtime.LEASE_TTL_S = float(os.environ.get("SAMPLE_LEASE_TTL_S", worker_runtime.LEASE_TTL_S))
-    worker = Worker(service="sample", settings=settings, store=store, streams=[RUNS], handler=handle,
-                    port=int(os.environ.get("SAMPLE_PORT", "0")))
+    worker = Worker(
+        service="sample",
+        settings=settings,
+        store=store,
+        streams=[RUNS],
+        handler=handle,
+        port=int(os.environ.get("SAMPLE_PORT", "0")),
+    )
     return worker.run()
 
 

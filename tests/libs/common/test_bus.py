@@ -18,8 +18,13 @@ from libs.common.store import Migration, Store
 
 
 def run_event(n: int) -> RunEvent:
-    return new_event(RunEvent, "run.succeeded", identity=f"run-{n}:SUCCESS",
-                     data=RunData(run_id=f"run-{n}", job_name="job", status="SUCCESS"), source="test")
+    return new_event(
+        RunEvent,
+        "run.succeeded",
+        identity=f"run-{n}:SUCCESS",
+        data=RunData(run_id=f"run-{n}", job_name="job", status="SUCCESS"),
+        source="test",
+    )
 
 
 def make_bus(settings: Settings) -> Bus:
@@ -31,8 +36,6 @@ def poll_until(consumer: Consumer, done: Callable[[], bool], timeout_s: float = 
     while not done():
         assert time.monotonic() < deadline, "condition not reached before the deadline"
         consumer.poll(block=True)
-
-
 
 
 def test_publish_consume_and_ack(settings: Settings) -> None:
@@ -49,7 +52,9 @@ def test_group_created_after_publish_still_sees_earlier_events(settings: Setting
     bus = make_bus(settings)
     bus.publish_many(RUNS, [run_event(1)])
     seen: list[Delivery] = []
-    poll_until(Consumer(bus=bus, group="late", name="c", streams=[RUNS], handler=seen.extend), lambda: len(seen) == 1)
+    poll_until(
+        Consumer(bus=bus, group="late", name="c", streams=[RUNS], handler=seen.extend), lambda: len(seen) == 1
+    )
 
 
 def test_consumer_killed_before_ack_loses_nothing(settings: Settings) -> None:
@@ -67,7 +72,9 @@ def test_consumer_killed_before_ack_loses_nothing(settings: Settings) -> None:
 
 
 def test_restarted_consumer_drains_its_own_pending_first(settings: Settings) -> None:
-    bus = make_bus(settings.model_copy(update={"bus": settings.bus.model_copy(update={"claim_idle_ms": 3_600_000})}))
+    bus = make_bus(
+        settings.model_copy(update={"bus": settings.bus.model_copy(update={"claim_idle_ms": 3_600_000})})
+    )
     Consumer(bus=bus, group="g", name="me", streams=[RUNS], handler=lambda _: None).ensure_groups()
     bus.publish_many(RUNS, [run_event(i) for i in range(3)])
     bus.client.xreadgroup("g", "me", {bus.key(RUNS): ">"}, count=100)  # delivered, then "crash"
@@ -83,9 +90,13 @@ def test_malformed_messages_are_dead_lettered_and_consumption_goes_on(settings: 
     bus.client.xadd(key, {"event": "{not json", "type": "run.failed"})
     bus.client.xadd(key, {"something": "else"})
     bus.client.xadd(key, {"event": b"\xff\xfe\x00invalid utf8", "type": "x"})
-    bus.client.xadd(key, {"event": '{"id": "x", "type": "run.failed", "occurred_at": 5}', "type": "run.failed"})
+    bus.client.xadd(
+        key, {"event": '{"id": "x", "type": "run.failed", "occurred_at": 5}', "type": "run.failed"}
+    )
     # A well-formed envelope with invalid UTF-8 inside a string is refused too, not read with replacements.
-    bus.client.xadd(key, {"event": run_event(2).model_dump_json().encode().replace(b'"job"', b'"\xff\xfe"'), "type": "x"})
+    bus.client.xadd(
+        key, {"event": run_event(2).model_dump_json().encode().replace(b'"job"', b'"\xff\xfe"'), "type": "x"}
+    )
     bus.publish_many(RUNS, [run_event(1)])
     seen: list[Delivery] = []
     consumer = Consumer(bus=bus, group="g", name="c", streams=[RUNS], handler=seen.extend)
@@ -112,7 +123,7 @@ def test_poison_event_dead_lettered_after_max_deliveries_others_handled(settings
     consumer = Consumer(bus=bus, group="g", name="c", streams=[RUNS], handler=handler)
     poll_until(consumer, lambda: bus.client.xlen(bus.key(RUNS) + ":dlq") == 1)
     assert sorted(handled) == sorted(run_event(i).id for i in range(6) if i != 3)
-    (_, fields), = bus.client.xrange(bus.key(RUNS) + ":dlq")
+    ((_, fields),) = bus.client.xrange(bus.key(RUNS) + ":dlq")
     assert b"delivered 3 times" in fields[b"error"]
     assert bus.client.xpending(bus.key(RUNS), "g")["pending"] == 0
 
@@ -220,8 +231,11 @@ def test_connect_uses_password(settings: Settings) -> None:
 def test_crash_looping_consumer_does_not_dead_letter_good_events(settings: Settings) -> None:
     """A worker killed mid-batch again and again redelivers its batch each time: past max_deliveries the
     entries are handled one by one, and only a handler failure (or 4 x max_deliveries) dead-letters."""
-    bus = make_bus(settings.model_copy(update={"bus": settings.bus.model_copy(update={"max_deliveries": 2,
-                                                                                      "claim_idle_ms": 3_600_000})}))
+    bus = make_bus(
+        settings.model_copy(
+            update={"bus": settings.bus.model_copy(update={"max_deliveries": 2, "claim_idle_ms": 3_600_000})}
+        )
+    )
     key = bus.key(RUNS)
     Consumer(bus=bus, group="g", name="me", streams=[RUNS], handler=lambda _: None).ensure_groups()
     bus.publish_many(RUNS, [run_event(i) for i in range(4)])
@@ -245,13 +259,18 @@ def test_crash_looping_consumer_does_not_dead_letter_good_events(settings: Setti
 
 
 def test_entry_delivered_far_too_often_is_dead_lettered_unhandled(settings: Settings) -> None:
-    bus = make_bus(settings.model_copy(update={"bus": settings.bus.model_copy(update={"max_deliveries": 1,
-                                                                                      "claim_idle_ms": 3_600_000})}))
+    bus = make_bus(
+        settings.model_copy(
+            update={"bus": settings.bus.model_copy(update={"max_deliveries": 1, "claim_idle_ms": 3_600_000})}
+        )
+    )
     key = bus.key(RUNS)
     Consumer(bus=bus, group="g", name="me", streams=[RUNS], handler=lambda _: None).ensure_groups()
     bus.publish_many(RUNS, [run_event(1)])
     for n in range(4):  # a poison that kills the process on every delivery
         bus.client.xreadgroup("g", "me", {key: "0" if n else ">"}, count=10)
     handled: list[Delivery] = []
-    assert Consumer(bus=bus, group="g", name="me", streams=[RUNS], handler=handled.extend).poll(block=False) == 1
+    assert (
+        Consumer(bus=bus, group="g", name="me", streams=[RUNS], handler=handled.extend).poll(block=False) == 1
+    )
     assert handled == [] and bus.client.xlen(key + ":dlq") == 1

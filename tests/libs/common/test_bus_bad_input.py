@@ -25,15 +25,22 @@ from libs.common.events import (
 from libs.common.settings import BusSettings, Settings
 
 VALID = json.loads(
-    new_event(RunEvent, "run.failed", identity="x", data=RunData(run_id="x", job_name="j", status="FAILURE"),
-              source="t").model_dump_json()
+    new_event(
+        RunEvent,
+        "run.failed",
+        identity="x",
+        data=RunData(run_id="x", job_name="j", status="FAILURE"),
+        source="t",
+    ).model_dump_json()
 )
 
 
 def _mutations() -> st.SearchStrategy[dict[str, bytes | str]]:
     json_values = st.recursive(
         st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-        lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+        lambda children: (
+            st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+        ),
         max_leaves=10,
     )
 
@@ -46,33 +53,60 @@ def _mutations() -> st.SearchStrategy[dict[str, bytes | str]]:
             envelope[key] = value
         return {"event": json.dumps(envelope), "type": "run.failed"}
 
-    wrong_types = st.tuples(
-        st.sampled_from(["id", "type", "occurred_at", "schema_version", "data", "data.status", "data.run_id",
-                         "data.duration_s", "data.asset_keys"]),
-        json_values,
-    ).filter(lambda p: p[1] != VALID.get(p[0], VALID["data"].get(p[0][5:]))).map(wrong_field)
+    wrong_types = (
+        st.tuples(
+            st.sampled_from(
+                [
+                    "id",
+                    "type",
+                    "occurred_at",
+                    "schema_version",
+                    "data",
+                    "data.status",
+                    "data.run_id",
+                    "data.duration_s",
+                    "data.asset_keys",
+                ]
+            ),
+            json_values,
+        )
+        .filter(lambda p: p[1] != VALID.get(p[0], VALID["data"].get(p[0][5:])))
+        .map(wrong_field)
+    )
     raw_bytes = st.binary(min_size=1, max_size=300).map(lambda b: {"event": b, "type": "x"})
     huge = st.integers(min_value=1, max_value=3).map(
         lambda n: {"event": json.dumps({**VALID, "id": "a" * (n * 400_000)}), "type": "run.failed"}
     )
-    wrong_version = st.integers().filter(lambda v: v != 1).map(
-        lambda v: {"event": json.dumps({**VALID, "schema_version": v}), "type": "run.failed"}
+    wrong_version = (
+        st.integers()
+        .filter(lambda v: v != 1)
+        .map(lambda v: {"event": json.dumps({**VALID, "schema_version": v}), "type": "run.failed"})
     )
     no_event = st.dictionaries(st.sampled_from(["type", "payload", "x"]), st.text(max_size=10), min_size=1)
     return st.one_of(wrong_types, raw_bytes, huge, wrong_version, no_event)
 
 
-@hsettings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                   HealthCheck.too_slow])
+@hsettings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(bad=st.lists(_mutations(), min_size=1, max_size=6))
-def test_malformed_messages_dead_lettered_worker_keeps_going(settings: Settings, bad: list[dict[str, bytes | str]]) -> None:
+def test_malformed_messages_dead_lettered_worker_keeps_going(
+    settings: Settings, bad: list[dict[str, bytes | str]]
+) -> None:
     cfg = settings.bus.model_copy(update={"prefix": f"{settings.bus.prefix}-{uuid.uuid4().hex[:6]}"})
     bus = Bus(connect(settings.redis, block_ms=cfg.block_ms), cfg)
     key = bus.key(RUNS)
     for fields in bad:
         bus.client.xadd(key, fields)  # type: ignore[arg-type]
-    good = new_event(RunEvent, "run.succeeded", identity=str(uuid.uuid4()),
-                     data=RunData(run_id="ok", job_name="j", status="SUCCESS"), source="t")
+    good = new_event(
+        RunEvent,
+        "run.succeeded",
+        identity=str(uuid.uuid4()),
+        data=RunData(run_id="ok", job_name="j", status="SUCCESS"),
+        source="t",
+    )
     bus.publish_many(RUNS, [good])
     seen: list[Delivery] = []
     consumer = Consumer(bus=bus, group="g", name="c", streams=[RUNS], handler=seen.extend)
@@ -123,17 +157,24 @@ def test_trimmed_pending_entries_are_settled(settings: Settings) -> None:
 def _metric(stream: str, reason: str) -> float:
     from prometheus_client import REGISTRY
 
-    value = REGISTRY.get_sample_value("ams_dead_letters_total",
-                                      {"stream": stream, "group": "g", "reason": reason})
+    value = REGISTRY.get_sample_value(
+        "ams_dead_letters_total", {"stream": stream, "group": "g", "reason": reason}
+    )
     return value or 0.0
 
 
 def _health(evaluated_at: str, occurred_at: str | None = None) -> dict[str, str]:
     from libs.common.events import HealthChanged, HealthChangedData, utcnow
 
-    event = new_event(HealthChanged, "health.changed", identity=str(uuid.uuid4()), source="t",
-                      data=HealthChangedData(asset_key="a", status="FAILED", previous_status="HEALTHY",
-                                             evaluated_at=utcnow()))
+    event = new_event(
+        HealthChanged,
+        "health.changed",
+        identity=str(uuid.uuid4()),
+        source="t",
+        data=HealthChangedData(
+            asset_key="a", status="FAILED", previous_status="HEALTHY", evaluated_at=utcnow()
+        ),
+    )
     envelope = json.loads(event.model_dump_json())
     envelope["data"]["evaluated_at"] = evaluated_at
     if occurred_at is not None:
@@ -149,8 +190,9 @@ def _run(occurred_at: str, **data: str) -> dict[str, str]:
     return {"event": json.dumps(envelope), "type": envelope["type"]}
 
 
-def _consume(settings: Settings, entries: list[tuple[str, dict[str, str]]], streams: list[str],
-             **bus: object) -> tuple[list[Delivery], list[dict[bytes, bytes]], Bus]:
+def _consume(
+    settings: Settings, entries: list[tuple[str, dict[str, str]]], streams: list[str], **bus: object
+) -> tuple[list[Delivery], list[dict[bytes, bytes]], Bus]:
     """Publish raw entries, consume them with one poll per stream round; (handled, dead letters, bus)."""
     cfg = settings.bus.model_copy(update={"prefix": f"{settings.bus.prefix}-{uuid.uuid4().hex[:6]}", **bus})
     bus_ = Bus(connect(settings.redis, block_ms=cfg.block_ms), cfg)
@@ -200,11 +242,19 @@ def test_events_from_the_future_are_dead_lettered_with_the_reason(settings: Sett
 def test_valid_events_on_the_wrong_stream_are_dead_lettered(settings: Settings) -> None:
     from libs.common.events import ASSETS, HEALTH, CatalogSnapshot, CatalogSnapshotData
 
-    snapshot = new_event(CatalogSnapshot, "catalog.snapshot", identity="s", source="t",
-                         data=CatalogSnapshotData(code_location="x", fingerprint="f", assets=[]))
+    snapshot = new_event(
+        CatalogSnapshot,
+        "catalog.snapshot",
+        identity="s",
+        source="t",
+        data=CatalogSnapshotData(code_location="x", fingerprint="f", assets=[]),
+    )
     before = _metric(RUNS, "wrong_stream"), _metric(ASSETS, "wrong_stream")
-    entries = [(RUNS, _health("2020-01-01T00:00:00Z")), (ASSETS, snapshot.to_fields()),
-               (RUNS, _run("2020-01-01T00:00:00Z"))]
+    entries = [
+        (RUNS, _health("2020-01-01T00:00:00Z")),
+        (ASSETS, snapshot.to_fields()),
+        (RUNS, _run("2020-01-01T00:00:00Z")),
+    ]
     seen, dead, _ = _consume(settings, entries, [RUNS, ASSETS, HEALTH])
     assert [d.event.type for d in seen] == ["run.failed"]
     assert sorted(f[b"reason"] for f in dead) == [b"wrong_stream", b"wrong_stream"]
@@ -215,8 +265,9 @@ def test_valid_events_on_the_wrong_stream_are_dead_lettered(settings: Settings) 
 
 def test_dead_letters_keep_a_capped_copy_with_the_original_size(settings: Settings) -> None:
     huge = json.dumps({**VALID, "id": "é" * 2_500_000})  # 5 MB of UTF-8, invalid (id too long)
-    seen, dead, bus = _consume(settings, [(RUNS, {"event": huge, "type": "run.failed"})], [RUNS],
-                               dead_letter_max_chars=4096)
+    seen, dead, bus = _consume(
+        settings, [(RUNS, {"event": huge, "type": "run.failed"})], [RUNS], dead_letter_max_chars=4096
+    )
     ((fields),) = dead
     assert seen == [] and fields[b"reason"] == b"invalid" and fields[b"truncated"] == b"1"
     assert len(fields[b"original_event"].decode()) == 4096

@@ -45,8 +45,14 @@ def test_round_trip_through_stream_fields() -> None:
         AssetMaterialized,
         "asset.materialized",
         identity="42",
-        data=MaterializationData(asset_key="raw/orders", run_id="r", storage_id=42, row_count=10,
-                                 column_schema=[Column(name="id", type="int")], metadata={"x": [1, 2]}),
+        data=MaterializationData(
+            asset_key="raw/orders",
+            run_id="r",
+            storage_id=42,
+            row_count=10,
+            column_schema=[Column(name="id", type="int")],
+            metadata={"x": [1, 2]},
+        ),
         source="test",
     )
     fields = event.to_fields()
@@ -97,8 +103,13 @@ def test_health_event_round_trip(key: str, status: str, owners: list[str]) -> No
         HealthChanged,
         "health.changed",
         identity=f"{key}:1",
-        data=HealthChangedData(asset_key=key, status=status, previous_status="UNKNOWN",  # type: ignore[arg-type]
-                               evaluated_at=datetime(2026, 1, 1, tzinfo=UTC), owners=owners),
+        data=HealthChangedData(
+            asset_key=key,
+            status=status,
+            previous_status="UNKNOWN",  # type: ignore[arg-type]
+            evaluated_at=datetime(2026, 1, 1, tzinfo=UTC),
+            owners=owners,
+        ),
         source="test",
     )
     assert parse_event(event.to_fields()["event"]) == event

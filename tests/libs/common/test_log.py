@@ -11,7 +11,8 @@ from libs.common.settings import Settings, load_settings
 
 def test_json_outside_development_and_secrets_redacted(tmp_path: Path) -> None:
     stream = io.StringIO()
-    settings = load_settings(Settings,
+    settings = load_settings(
+        Settings,
         environment="production",
         redis={"url": "redis://127.0.0.1:6379/0", "password": "s3cr3t-redis-pw"},
         logging={"file": str(tmp_path / "logs" / "system.log"), "format": "auto"},
@@ -42,8 +43,12 @@ def test_json_outside_development_and_secrets_redacted(tmp_path: Path) -> None:
 
 def test_console_in_development(tmp_path: Path) -> None:
     stream = io.StringIO()
-    settings = load_settings(Settings, environment="development", logging={"file": None, "format": "auto"},
-                             dagster_home=str(tmp_path))
+    settings = load_settings(
+        Settings,
+        environment="development",
+        logging={"file": None, "format": "auto"},
+        dagster_home=str(tmp_path),
+    )
     configure_logging(settings, stream=stream)
     get_logger("t").info("hello", n=1)
     out = stream.getvalue()

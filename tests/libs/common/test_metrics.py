@@ -27,8 +27,12 @@ def samples(registry: CollectorRegistry, name: str) -> dict[tuple[str, str, str]
     st.lists(
         st.tuples(
             st.sampled_from(["a", "b"]),
-            st.lists(st.one_of(st.sampled_from(BUCKETS), st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)),
-                     max_size=50),
+            st.lists(
+                st.one_of(
+                    st.sampled_from(BUCKETS), st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
+                ),
+                max_size=50,
+            ),
         ),
         max_size=8,
     )
@@ -42,7 +46,9 @@ def test_batch_histogram_matches_observe_one_by_one(batches: list[tuple[str, lis
         for amount in amounts:
             child.observe(amount)
         at_once.labels(stream=stream).observe_many(amounts)
-    expected = {(n.replace("one", "many", 1), s, le): v for (n, s, le), v in samples(registry, "one_seconds").items()}
+    expected = {
+        (n.replace("one", "many", 1), s, le): v for (n, s, le), v in samples(registry, "one_seconds").items()
+    }
     got = samples(registry, "many_seconds")
     assert got.keys() == expected.keys()
     for key, value in expected.items():

@@ -26,7 +26,9 @@ def test_defaults_without_files(config_dir: Path) -> None:
 
 
 def test_overlay_per_environment_and_env_override(config_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (config_dir / "app_config.yaml").write_text("bus:\n  batch_size: 100\n  maxlen: 5000\nproject_name: base\n")
+    (config_dir / "app_config.yaml").write_text(
+        "bus:\n  batch_size: 100\n  maxlen: 5000\nproject_name: base\n"
+    )
     (config_dir / "app_config.production.yaml").write_text("bus:\n  batch_size: 200\n")
     monkeypatch.setenv("ENVIRONMENT", "production")
     monkeypatch.setenv("AMS_BUS__MAXLEN", "7000")
@@ -73,7 +75,9 @@ def test_invalid_yaml_and_non_mapping(config_dir: Path) -> None:
         load_settings(Settings)
 
 
-def test_unknown_environment_names_the_variable_not_a_file(config_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unknown_environment_names_the_variable_not_a_file(
+    config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("ENVIRONMENT", "prod")
     with pytest.raises(ConfigError, match="environment variable ENVIRONMENT") as err:
         load_settings(Settings)

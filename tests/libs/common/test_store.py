@@ -14,7 +14,9 @@ from libs.common.store import Migration, Store, StoreError, event_key, sqlite_pa
 
 MIGRATIONS = [
     Migration(1, "items", "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL);"),
-    Migration(2, "items_note", "ALTER TABLE items ADD COLUMN note TEXT;\nCREATE INDEX items_name ON items (name);"),
+    Migration(
+        2, "items_note", "ALTER TABLE items ADD COLUMN note TEXT;\nCREATE INDEX items_name ON items (name);"
+    ),
 ]
 
 
@@ -173,8 +175,14 @@ def test_checkpoint_copies_the_log_while_a_writer_keeps_writing(tmp_path: Path) 
     store.close()
 
 
-@given(st.one_of(st.uuids().map(str), st.uuids().map(lambda u: str(u).upper()), st.text(min_size=1, max_size=60),
-                 st.text(alphabet="0123456789abcdef-", min_size=36, max_size=36)))
+@given(
+    st.one_of(
+        st.uuids().map(str),
+        st.uuids().map(lambda u: str(u).upper()),
+        st.text(min_size=1, max_size=60),
+        st.text(alphabet="0123456789abcdef-", min_size=36, max_size=36),
+    )
+)
 def test_event_keys_are_distinct_and_lead_back_to_the_id(event_id: str) -> None:
     key = event_key(event_id)
     assert stored_event_id(key) == event_id
@@ -187,7 +195,9 @@ def test_claims_recorded_before_the_compact_key_form_are_still_recognised(tmp_pa
     store.close()
     ids = [str(uuid.uuid4()) for _ in range(3)]
     legacy = sqlite3.connect(path)  # a store written by an earlier version: text keys, user_version 0
-    legacy.executemany("INSERT INTO processed_events (event_id, processed_at) VALUES (?, 1)", [(i,) for i in ids])
+    legacy.executemany(
+        "INSERT INTO processed_events (event_id, processed_at) VALUES (?, 1)", [(i,) for i in ids]
+    )
     legacy.execute("INSERT INTO processed_events (event_id, processed_at) VALUES ('not-a-uuid', 1)")
     legacy.execute("PRAGMA user_version = 0")
     legacy.commit()
@@ -195,6 +205,10 @@ def test_claims_recorded_before_the_compact_key_form_are_still_recognised(tmp_pa
     store = Store(str(path), MIGRATIONS)
     with store.write() as tx:
         assert Store.claim_events(tx, [*ids, "not-a-uuid", "new"]) == {"new"}
-    kinds = dict(store.connection().execute("SELECT typeof(event_id), COUNT(*) FROM processed_events GROUP BY 1").fetchall())
+    kinds = dict(
+        store.connection()
+        .execute("SELECT typeof(event_id), COUNT(*) FROM processed_events GROUP BY 1")
+        .fetchall()
+    )
     assert kinds == {"blob": 3, "text": 2}
     store.close()

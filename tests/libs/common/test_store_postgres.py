@@ -12,14 +12,24 @@ from libs.common.pg import translate
 from libs.common.store import Migration, Store, StoreError
 
 MIGRATIONS = [
-    Migration(1, "items", "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, score REAL) WITHOUT ROWID;"),
+    Migration(
+        1,
+        "items",
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, score REAL) WITHOUT ROWID;",
+    ),
     Migration(2, "counter", "CREATE TABLE counter (k TEXT PRIMARY KEY, n INTEGER NOT NULL);"),
 ]
 
 
 def test_translate() -> None:
-    assert translate("SELECT * FROM t WHERE a = ? AND b LIKE '%?%'") == "SELECT * FROM t WHERE a = %s AND b LIKE '%%?%%'"
-    assert translate("INSERT OR IGNORE INTO t (a) VALUES (?)") == "INSERT INTO t (a) VALUES (%s) ON CONFLICT DO NOTHING"
+    assert (
+        translate("SELECT * FROM t WHERE a = ? AND b LIKE '%?%'")
+        == "SELECT * FROM t WHERE a = %s AND b LIKE '%%?%%'"
+    )
+    assert (
+        translate("INSERT OR IGNORE INTO t (a) VALUES (?)")
+        == "INSERT INTO t (a) VALUES (%s) ON CONFLICT DO NOTHING"
+    )
     assert translate("CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, x REAL, b BLOB)") == (
         "CREATE TABLE t (id BIGSERIAL PRIMARY KEY, x DOUBLE PRECISION, b BYTEA)"
     )
@@ -30,7 +40,9 @@ def test_migrations_dedupe_and_rows(postgres_url: str) -> None:
     assert store.dialect == "postgresql" and store.schema_version() == 2
     assert Store(postgres_url, MIGRATIONS).migrate() == []
     with store.write() as tx:
-        tx.executemany("INSERT INTO items (id, name, score) VALUES (?, ?, ?)", [(1, "a", 1.5), (2, "b", None)])
+        tx.executemany(
+            "INSERT INTO items (id, name, score) VALUES (?, ?, ?)", [(1, "a", 1.5), (2, "b", None)]
+        )
         assert Store.claim_events(tx, ["e1", "e2", "e1"]) == {"e1", "e2"}
     with store.write() as tx:
         assert Store.claim_events(tx, ["e2", "e3"]) == {"e3"}
@@ -78,8 +90,13 @@ def test_outbox_on_postgres(postgres_url: str) -> None:
     store = Store(postgres_url, MIGRATIONS)
     from libs.common.events import RunData, RunEvent, new_event
 
-    event = new_event(RunEvent, "run.failed", identity="x", source="t",
-                      data=RunData(run_id="x", job_name="j", status="FAILURE"))
+    event = new_event(
+        RunEvent,
+        "run.failed",
+        identity="x",
+        source="t",
+        data=RunData(run_id="x", job_name="j", status="FAILURE"),
+    )
     with store.write() as tx:
         outbox.stage(tx, "runs", [event])
     assert outbox.pending(store) == 1

@@ -21,17 +21,28 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def run_event(n: int) -> RunEvent:
-    return new_event(RunEvent, "run.succeeded", identity=f"run-{n}:SUCCESS",
-                     data=RunData(run_id=f"run-{n}", job_name="job", status="SUCCESS"), source="test")
-
-
+    return new_event(
+        RunEvent,
+        "run.succeeded",
+        identity=f"run-{n}:SUCCESS",
+        data=RunData(run_id=f"run-{n}", job_name="job", status="SUCCESS"),
+        source="test",
+    )
 
 
 class SampleWorker(ServiceProcess):
     """tests/libs/common/sample_worker.py: a minimal service on the real worker runtime."""
 
-    def __init__(self, redis_url: str, prefix: str, db: Path, home: Path, *, delay_s: float = 0,
-                 extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        prefix: str,
+        db: Path,
+        home: Path,
+        *,
+        delay_s: float = 0,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         port = free_port()
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("AMS_")},
@@ -85,10 +96,16 @@ def test_surface_and_graceful_stop(own_redis: LocalRedis, tmp_path: Path) -> Non
         wait_for(lambda: worker.rows() == 50, what="50 rows")
         metrics = worker.metrics()
         assert 'ams_events_consumed_total{group="sample",stream="runs"} 50.0' in metrics
-        assert 'ams_worker_ready{service="sample"} 1.0' in metrics  # healthy since start, not only after recovery
+        assert (
+            'ams_worker_ready{service="sample"} 1.0' in metrics
+        )  # healthy since start, not only after recovery
         ready = worker.get("/readyz")
         assert ready is not None
-        assert ready.status_code == 200 and ready.json()["checks"] == {"redis": "ok", "store": "ok", "worker": "ok"}
+        assert ready.status_code == 200 and ready.json()["checks"] == {
+            "redis": "ok",
+            "store": "ok",
+            "worker": "ok",
+        }
     finally:
         assert worker.stop() == 0
     assert "worker_stopped" in worker.output()
@@ -145,12 +162,22 @@ def test_a_second_consumer_of_a_sqlite_store_is_refused(own_redis: LocalRedis, t
     """`--scale sample=2` (same volume) or a second StatefulSet replica (a volume of its own): a SQLite store
     takes one consumer. The second waits one lease TTL (the holder might have crashed), then exits 1."""
     lease = {"SAMPLE_LEASE_TTL_S": "2"}
-    first = SampleWorker(own_redis.url, "w5", tmp_path / "one.db", tmp_path,
-                         extra_env={**lease, "AMS_BUS__CONSUMER_NAME": "sample-a"})
+    first = SampleWorker(
+        own_redis.url,
+        "w5",
+        tmp_path / "one.db",
+        tmp_path,
+        extra_env={**lease, "AMS_BUS__CONSUMER_NAME": "sample-a"},
+    )
     try:
         wait_for(first.ready, what="first consumer ready")
-        second = SampleWorker(own_redis.url, "w5", tmp_path / "two.db", tmp_path,
-                              extra_env={**lease, "AMS_BUS__CONSUMER_NAME": "sample-b"})
+        second = SampleWorker(
+            own_redis.url,
+            "w5",
+            tmp_path / "two.db",
+            tmp_path,
+            extra_env={**lease, "AMS_BUS__CONSUMER_NAME": "sample-b"},
+        )
         assert second.process is not None
         assert second.process.wait(timeout=60) == 1
         assert "worker_refused" in second.output() and "sample-a" in second.output()
@@ -159,8 +186,13 @@ def test_a_second_consumer_of_a_sqlite_store_is_refused(own_redis: LocalRedis, t
     finally:
         assert first.stop() == 0
     # stopped cleanly, it released the lease: a successor starts at once
-    successor = SampleWorker(own_redis.url, "w5", tmp_path / "one.db", tmp_path,
-                             extra_env={**lease, "AMS_BUS__CONSUMER_NAME": "sample-c"})
+    successor = SampleWorker(
+        own_redis.url,
+        "w5",
+        tmp_path / "one.db",
+        tmp_path,
+        extra_env={**lease, "AMS_BUS__CONSUMER_NAME": "sample-c"},
+    )
     try:
         wait_for(successor.ready, what="successor ready")
     finally:
@@ -174,8 +206,17 @@ def test_an_intended_job_skip_is_not_logged_as_a_warning() -> None:
 
     _install_quiet_skips()
     logger = logging.getLogger("apscheduler.scheduler")
-    skip = logger.makeRecord(logger.name, logging.WARNING, __file__, 1,
-                             'Execution of job "x" skipped: maximum number of running instances reached (1)', (), None)
-    other = logger.makeRecord(logger.name, logging.WARNING, __file__, 1, "Job x raised an exception", (), None)
+    skip = logger.makeRecord(
+        logger.name,
+        logging.WARNING,
+        __file__,
+        1,
+        'Execution of job "x" skipped: maximum number of running instances reached (1)',
+        (),
+        None,
+    )
+    other = logger.makeRecord(
+        logger.name, logging.WARNING, __file__, 1, "Job x raised an exception", (), None
+    )
     assert not logger.filter(skip)
     assert logger.filter(other)

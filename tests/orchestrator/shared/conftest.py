@@ -51,7 +51,8 @@ def shared_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Orchestr
     for name in list(os.environ):
         if name.startswith("AMS_") and name not in ("AMS_FAIL_ON_SKIP", "AMS_CONFIG_DIR"):
             monkeypatch.delenv(name)
-    return load_settings(OrchestratorSettings,
+    return load_settings(
+        OrchestratorSettings,
         dagster_home=str(home),
         logging={"file": None, "format": "console"},
         connections={

@@ -67,7 +67,9 @@ def test_default_path(shared_settings: OrchestratorSettings) -> None:
     assert default_demo_source_path(shared_settings) == shared_settings.dagster_home / "demo_source.db"
 
 
-def test_readme_pipeline_raw_to_stg(shared_settings: OrchestratorSettings, demo_db: Path, demo_now: dt.datetime) -> None:
+def test_readme_pipeline_raw_to_stg(
+    shared_settings: OrchestratorSettings, demo_db: Path, demo_now: dt.datetime
+) -> None:
     """The README's ingestion + loader pattern, on the configured demo_source and warehouse connections."""
     start, end = get_load_window(now=demo_now, settings=shared_settings)
     raw = ingest_from_sql(

@@ -88,7 +88,9 @@ def test_fallback_returns_identical_frames(
         pd.testing.assert_frame_equal(odbc, fallback)
 
 
-def test_unicode_nulls_and_chunking(shared_settings: OrchestratorSettings, demo_db: Path, sqlite_odbc: None) -> None:
+def test_unicode_nulls_and_chunking(
+    shared_settings: OrchestratorSettings, demo_db: Path, sqlite_odbc: None
+) -> None:
     query = "SELECT customer_id, name, email, city, is_active FROM customers ORDER BY customer_id"
     whole = ingest_from_sql(connection="demo_source", query=query, settings=shared_settings)
     chunked = ingest_from_sql(connection="demo_source", query=query, chunk_size=7, settings=shared_settings)
@@ -246,7 +248,9 @@ def _pg_exec(pg: SqlConnection, *statements: str) -> None:
             raw.cursor().execute(statement)
 
 
-def test_postgres_types_nulls_unicode_and_decimals(pg: SqlConnection, shared_settings: OrchestratorSettings) -> None:
+def test_postgres_types_nulls_unicode_and_decimals(
+    pg: SqlConnection, shared_settings: OrchestratorSettings
+) -> None:
     _pg_exec(
         pg,
         "CREATE TABLE src (id bigint, name text, amount numeric(14,4), ratio double precision, active boolean,"

@@ -185,7 +185,9 @@ def test_bad_identifiers_are_rejected(name: str) -> None:
         validate_identifier(name, "table name")
 
 
-def test_injection_attempt_is_never_executed(shared_settings: OrchestratorSettings, sqlite_odbc: None) -> None:
+def test_injection_attempt_is_never_executed(
+    shared_settings: OrchestratorSettings, sqlite_odbc: None
+) -> None:
     victim = pd.DataFrame({"id": [1, 2, 3]})
     load_to_stg_table(None, victim, "y", settings=shared_settings)
     for table, schema in [
@@ -226,7 +228,9 @@ def test_sqlite_odbc_round_trip(shared_settings: OrchestratorSettings, sqlite_od
         assert raw.execute("SELECT COUNT(*) FROM orders_staging").fetchone()[0] == 3
 
 
-def test_sqlite_fallback_writes_what_odbc_writes(shared_settings: OrchestratorSettings, sqlite_odbc: None) -> None:
+def test_sqlite_fallback_writes_what_odbc_writes(
+    shared_settings: OrchestratorSettings, sqlite_odbc: None
+) -> None:
     fallback = SqlConnection(driver="SQLite3", database="warehouse_fb.db", engine="sqlite3")
     _round_trip(shared_settings, fallback)
     _round_trip(shared_settings, None)
@@ -322,7 +326,9 @@ def test_postgres_round_trip_exact_decimals(pg: SqlConnection, shared_settings: 
     }  # fmt: skip
 
 
-def test_postgres_append_replace_and_atomic_failure(pg: SqlConnection, shared_settings: OrchestratorSettings) -> None:
+def test_postgres_append_replace_and_atomic_failure(
+    pg: SqlConnection, shared_settings: OrchestratorSettings
+) -> None:
     load_to_stg_table(
         None, pd.DataFrame({"id": [1, 2], "name": ["a", "ü"]}), "t", connection=pg, settings=shared_settings
     )
@@ -345,7 +351,9 @@ def test_postgres_append_replace_and_atomic_failure(pg: SqlConnection, shared_se
     assert _plain(read_stg_table("t", connection=pg, settings=shared_settings)) == {"only": ["x"]}
 
 
-def test_postgres_injection_attempt_leaves_the_table(pg: SqlConnection, shared_settings: OrchestratorSettings) -> None:
+def test_postgres_injection_attempt_leaves_the_table(
+    pg: SqlConnection, shared_settings: OrchestratorSettings
+) -> None:
     load_to_stg_table(None, pd.DataFrame({"id": [1]}), "y", connection=pg, settings=shared_settings)
     with pytest.raises(ValueError, match="invalid table name"):
         load_to_stg_table(None, pd.DataFrame({"id": [2]}), 'x"; DROP TABLE stg.y; --', connection=pg,

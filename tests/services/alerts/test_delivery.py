@@ -35,7 +35,8 @@ def receiver() -> Iterator[RecordingReceiver]:
 
 
 def make_settings(tmp_path: Path, url: str, **alerts: Any) -> AlertsWorkerSettings:
-    return load_settings(AlertsWorkerSettings,
+    return load_settings(
+        AlertsWorkerSettings,
         dagster_home=str(tmp_path),
         logging={"file": None},
         alerts={
@@ -61,7 +62,11 @@ def failing(asset: str, n: int = 1) -> Delivery:
         checks=[CheckResult(check="execution_status", outcome="error", reason="run failed", values={"n": n})],
         evaluated_at=utcnow(),
     )
-    return Delivery(HEALTH, "1-0", new_event(HealthChanged, "health.changed", identity=f"{asset}|{n}", data=data, source="t"))
+    return Delivery(
+        HEALTH,
+        "1-0",
+        new_event(HealthChanged, "health.changed", identity=f"{asset}|{n}", data=data, source="t"),
+    )
 
 
 def statuses(store: Store) -> dict[str, str]:
@@ -85,7 +90,9 @@ def accepted_once(requests: list[Received]) -> dict[str, int]:
     return counts
 
 
-def test_recovering_receiver_gets_everything_exactly_once(tmp_path: Path, receiver: RecordingReceiver) -> None:
+def test_recovering_receiver_gets_everything_exactly_once(
+    tmp_path: Path, receiver: RecordingReceiver
+) -> None:
     settings = make_settings(tmp_path, receiver.url, sender_concurrency=3)
     store = open_store(settings)
     sender = Sender(store, settings)
@@ -125,7 +132,9 @@ def test_recovering_receiver_gets_everything_exactly_once(tmp_path: Path, receiv
 
 def _errors(store: Store) -> list[str]:
     with store.read() as conn:
-        return [r[0] for r in conn.execute("SELECT last_error FROM notifications WHERE last_error IS NOT NULL")]
+        return [
+            r[0] for r in conn.execute("SELECT last_error FROM notifications WHERE last_error IS NOT NULL")
+        ]
 
 
 class Clock:
@@ -138,7 +147,9 @@ class Clock:
 
 def test_retry_after_backoff_rejection_and_max_age(tmp_path: Path, receiver: RecordingReceiver) -> None:
     clock = Clock()
-    settings = make_settings(tmp_path, receiver.url, retry_base_s=2.0, retry_max_delay_s=60.0, max_age_s=100.0)
+    settings = make_settings(
+        tmp_path, receiver.url, retry_base_s=2.0, retry_max_delay_s=60.0, max_age_s=100.0
+    )
     store = open_store(settings)
     sender = Sender(store, settings, clock=clock, jitter=lambda: 1.0)
     service = AlertService(store, settings, clock=clock)
@@ -211,7 +222,9 @@ def test_resolved_notice_reaches_the_receiver(tmp_path: Path, receiver: Recordin
     sender.start()
     try:
         service.handle([failing("x")])
-        data = HealthChangedData(asset_key="x", status="HEALTHY", previous_status="FAILED", evaluated_at=utcnow())
+        data = HealthChangedData(
+            asset_key="x", status="HEALTHY", previous_status="FAILED", evaluated_at=utcnow()
+        )
         healthy = new_event(HealthChanged, "health.changed", identity="x|ok", data=data, source="t")
         service.handle([Delivery(HEALTH, "2-0", healthy)])
         got = receiver.wait_for(lambda reqs: len(reqs) >= 2)
@@ -236,7 +249,9 @@ def test_retry_delay_is_bounded(attempts: int, draw: float, retry_after: float |
         assert ceiling / 2 <= delay <= ceiling
 
 
-def test_expired_before_an_attempt_is_dead_without_sending(tmp_path: Path, receiver: RecordingReceiver) -> None:
+def test_expired_before_an_attempt_is_dead_without_sending(
+    tmp_path: Path, receiver: RecordingReceiver
+) -> None:
     clock = Clock()
     settings = make_settings(tmp_path, receiver.url, max_age_s=60.0)
     store = open_store(settings)
@@ -264,7 +279,9 @@ def test_a_resolve_never_overtakes_its_trigger(tmp_path: Path, receiver: Recordi
         receiver.script = [Reply(status=503)]
         sender.run_until_idle()  # the trigger failed; retried in 10 s
         clock.now += 1
-        data = HealthChangedData(asset_key="a", status="HEALTHY", previous_status="FAILED", evaluated_at=utcnow())
+        data = HealthChangedData(
+            asset_key="a", status="HEALTHY", previous_status="FAILED", evaluated_at=utcnow()
+        )
         healthy = new_event(HealthChanged, "health.changed", identity="a|ok", data=data, source="t")
         service.handle([Delivery(HEALTH, "2-0", healthy)])
         service.handle([failing("b")])  # another alert is not held up
@@ -273,7 +290,9 @@ def test_a_resolve_never_overtakes_its_trigger(tmp_path: Path, receiver: Recordi
         clock.now += 10
         sender.run_until_idle()
         sender.run_until_idle()
-        kinds = [(json.loads(r.body)["data"]["asset_key"], json.loads(r.body)["type"]) for r in receiver.accepted()]
+        kinds = [
+            (json.loads(r.body)["data"]["asset_key"], json.loads(r.body)["type"]) for r in receiver.accepted()
+        ]
         assert kinds == [("b", "alert.firing"), ("a", "alert.firing"), ("a", "alert.resolved")]
     finally:
         sender.stop()

@@ -79,7 +79,9 @@ ASSETS = [f"a{i}" for i in range(6)]
 
 @st.composite
 def lineages_and_members(draw: st.DrawFn) -> tuple[dict[str, set[str]], list[Member]]:
-    edges = draw(st.sets(st.tuples(st.integers(0, 5), st.integers(0, 5)).filter(lambda e: e[0] < e[1]), max_size=8))
+    edges = draw(
+        st.sets(st.tuples(st.integers(0, 5), st.integers(0, 5)).filter(lambda e: e[0] < e[1]), max_size=8)
+    )
     parents: dict[str, set[str]] = {a: set() for a in ASSETS}
     for up, down in sorted(edges):
         parents[ASSETS[down]].add(ASSETS[up])
@@ -98,15 +100,22 @@ def lineages_and_members(draw: st.DrawFn) -> tuple[dict[str, set[str]], list[Mem
     for i in range(count):
         asset = draw(st.sampled_from(ASSETS))
         causes = draw(st.sets(st.sampled_from(sorted(lineage[asset]) or ["a0"]), max_size=2))
-        members.append(Member(key=f"m{i}", asset_key=asset, check=draw(st.sampled_from(["execution_status",
-                       "dependencies", "freshness"])), started_at=draw(st.sampled_from([0.0, 600.0, 5 * HOUR])),
-                       causes=frozenset(causes)))
+        members.append(
+            Member(
+                key=f"m{i}",
+                asset_key=asset,
+                check=draw(st.sampled_from(["execution_status", "dependencies", "freshness"])),
+                started_at=draw(st.sampled_from([0.0, 600.0, 5 * HOUR])),
+                causes=frozenset(causes),
+            )
+        )
     return lineage, members
 
 
 @given(lineages_and_members(), st.randoms(use_true_random=False))
-def test_any_order_of_arrival_yields_the_same_incidents(case: tuple[dict[str, set[str]], list[Member]],
-                                                       rng: random.Random) -> None:
+def test_any_order_of_arrival_yields_the_same_incidents(
+    case: tuple[dict[str, set[str]], list[Member]], rng: random.Random
+) -> None:
     lineage, members = case
     shuffled = members[:]
     rng.shuffle(shuffled)
@@ -120,7 +129,8 @@ def test_any_order_of_arrival_yields_the_same_incidents(case: tuple[dict[str, se
 
 @given(lineages_and_members())
 def test_growing_an_incident_one_member_at_a_time_ends_where_grouping_all_at_once_does(
-        case: tuple[dict[str, set[str]], list[Member]]) -> None:
+    case: tuple[dict[str, set[str]], list[Member]],
+) -> None:
     """The service groups new alerts against the open incidents' members (kept together): arriving one by
     one must give what grouping the whole set at once gives."""
     lineage, members = case
@@ -128,30 +138,50 @@ def test_growing_an_incident_one_member_at_a_time_ends_where_grouping_all_at_onc
     incidents: list[list[str]] = []
     for i in range(len(members)):
         incidents = [[m.key for m in g.members] for g in group(members[: i + 1], ancestors, HOUR, incidents)]
-    assert sorted(map(sorted, incidents)) == sorted(sorted(m.key for m in g.members)
-                                                    for g in group(members, ancestors, HOUR))
+    assert sorted(map(sorted, incidents)) == sorted(
+        sorted(m.key for m in g.members) for g in group(members, ancestors, HOUR)
+    )
 
 
 # -- incident notices ----------------------------------------------------------------------------------------
 
 
 def view(**kw: object) -> IncidentView:
-    base: dict[str, object] = dict(open=True, announced=False, acked=False, severity="critical",
-                                   notified_severity=None, last_notified_at=None)
+    base: dict[str, object] = dict(
+        open=True,
+        announced=False,
+        acked=False,
+        severity="critical",
+        notified_severity=None,
+        last_notified_at=None,
+    )
     return IncidentView(**(base | kw))  # type: ignore[arg-type]
 
 
 def test_incident_notices() -> None:
     assert incident_notice(view(), [("1", "firing"), ("2", "firing")], 0.0, HOUR) == "firing"
-    announced = view(announced=True, notified_severity="critical", last_notified_at=0.0,
-                     announced_members=frozenset({"1"}))
+    announced = view(
+        announced=True, notified_severity="critical", last_notified_at=0.0, announced_members=frozenset({"1"})
+    )
     assert incident_notice(announced, [("2", "firing")], 10.0, HOUR) == "updated"
     assert incident_notice(announced, [("1", "repeat")], 10.0, HOUR) is None  # within the repeat interval
     assert incident_notice(announced, [("1", "repeat"), ("3", "repeat")], HOUR, HOUR) == "repeat"
-    assert incident_notice(view(announced=True, acked=True, last_notified_at=0.0, notified_severity="critical"),
-                           [("1", "repeat")], HOUR, HOUR) is None
-    worse = view(announced=True, severity="critical", notified_severity="warning", last_notified_at=0.0,
-                 announced_members=frozenset({"1"}))
+    assert (
+        incident_notice(
+            view(announced=True, acked=True, last_notified_at=0.0, notified_severity="critical"),
+            [("1", "repeat")],
+            HOUR,
+            HOUR,
+        )
+        is None
+    )
+    worse = view(
+        announced=True,
+        severity="critical",
+        notified_severity="warning",
+        last_notified_at=0.0,
+        announced_members=frozenset({"1"}),
+    )
     assert incident_notice(worse, [("1", "escalated")], 1.0, HOUR) == "escalated"
     assert incident_notice(view(open=False, announced=True), [("1", "resolved")], 1.0, HOUR) == "resolved"
     assert incident_notice(view(open=False), [("1", "resolved")], 1.0, HOUR) is None  # never announced

@@ -75,14 +75,20 @@ def test_flapping_check_notifies_once_per_window() -> None:
 
 
 def test_repeat_until_acknowledged() -> None:
-    _, steps = run([(0, fail(0)), (3599, Tick()), (3600, Tick()), (7300, Ack("ann", "on it")), (20000, Tick())])
+    _, steps = run(
+        [(0, fail(0)), (3599, Tick()), (3600, Tick()), (7300, Ack("ann", "on it")), (20000, Tick())]
+    )
     assert kinds(steps) == ["firing", "repeat"]
 
 
 def test_escalation_and_silence() -> None:
-    _, steps = run([(0, fail(0, "warning")), (5, fail(5, "critical")), (6, fail(6, "warning")), (7, fail(7, "critical"))])
+    _, steps = run(
+        [(0, fail(0, "warning")), (5, fail(5, "critical")), (6, fail(6, "warning")), (7, fail(7, "critical"))]
+    )
     assert kinds(steps) == ["firing", "escalated"]
-    _, steps = run([(0, Silence("s1", 100, "bob")), (1, fail(1)), (50, Tick()), (100, Tick()), (200, ok(200))])
+    _, steps = run(
+        [(0, Silence("s1", 100, "bob")), (1, fail(1)), (50, Tick()), (100, Tick()), (200, ok(200))]
+    )
     assert kinds(steps) == ["firing", "resolved"]
     assert [n.at for s in steps for n in s.notices] == [100, 200]
 
@@ -117,7 +123,12 @@ class Op:
 
 severities = st.sampled_from(["warning", "error", "critical"])
 ops = st.one_of(
-    st.builds(lambda dt, f, sev: Op(dt, Observe(firing=f, at=0, severity=sev)), st.floats(0, 400), st.booleans(), severities),
+    st.builds(
+        lambda dt, f, sev: Op(dt, Observe(firing=f, at=0, severity=sev)),
+        st.floats(0, 400),
+        st.booleans(),
+        severities,
+    ),
     st.builds(lambda dt: Op(dt, Tick()), st.floats(0, 5000)),
     st.builds(lambda dt: Op(dt, Ack("ann", "looking")), st.floats(0, 100)),
     st.builds(
@@ -126,7 +137,9 @@ ops = st.one_of(
         st.sampled_from(["s1", "s2"]),
         st.floats(1, 2000),
     ),
-    st.builds(lambda dt, sid: Op(dt, Unsilence(sid, "bob")), st.floats(0, 100), st.sampled_from(["s1", "s2"])),
+    st.builds(
+        lambda dt, sid: Op(dt, Unsilence(sid, "bob")), st.floats(0, 100), st.sampled_from(["s1", "s2"])
+    ),
 )
 configs = st.builds(
     LifecycleConfig,
@@ -136,7 +149,9 @@ configs = st.builds(
 )
 
 
-def play(sequence: list[Op], config: LifecycleConfig) -> list[tuple[AlertState, AlertState, Input, float, Step]]:
+def play(
+    sequence: list[Op], config: LifecycleConfig
+) -> list[tuple[AlertState, AlertState, Input, float, Step]]:
     state = AlertState(fingerprint="fp")
     now = 1_000_000.0
     trace = []
@@ -155,7 +170,9 @@ def play(sequence: list[Op], config: LifecycleConfig) -> list[tuple[AlertState, 
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(ops, max_size=60), configs)
-def test_at_most_one_notice_per_transition_and_well_formed_incidents(sequence: list[Op], config: LifecycleConfig) -> None:
+def test_at_most_one_notice_per_transition_and_well_formed_incidents(
+    sequence: list[Op], config: LifecycleConfig
+) -> None:
     announced: dict[int, list[Notice]] = {}
     for before, after, _inp, now, result in play(sequence, config):
         assert len(result.notices) <= 1
@@ -186,7 +203,9 @@ def test_at_most_one_notice_per_transition_and_well_formed_incidents(sequence: l
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(ops, max_size=40), configs)
-def test_a_firing_alert_is_announced_once_nothing_holds_it(sequence: list[Op], config: LifecycleConfig) -> None:
+def test_a_firing_alert_is_announced_once_nothing_holds_it(
+    sequence: list[Op], config: LifecycleConfig
+) -> None:
     trace = play(sequence, config)
     state = trace[-1][1] if trace else AlertState(fingerprint="fp")
     now = trace[-1][3] if trace else 0.0
@@ -204,29 +223,43 @@ def test_a_firing_alert_is_announced_once_nothing_holds_it(sequence: list[Op], c
 
 
 def test_replayed_history_announces_nothing_until_a_live_observation_confirms_it() -> None:
-    state, steps = run([
-        (1000.0, Observe(firing=True, at=10.0, replay=True)),  # a failure of the past, read during a catch-up
-        (1001.0, Observe(firing=False, at=20.0, replay=True)),  # the backlog shows it recovered
-        (1002.0, Observe(firing=True, at=30.0, replay=True)),  # ... and failing again
-        (1003.0, Tick()),
-    ])
+    state, steps = run(
+        [
+            (
+                1000.0,
+                Observe(firing=True, at=10.0, replay=True),
+            ),  # a failure of the past, read during a catch-up
+            (1001.0, Observe(firing=False, at=20.0, replay=True)),  # the backlog shows it recovered
+            (1002.0, Observe(firing=True, at=30.0, replay=True)),  # ... and failing again
+            (1003.0, Tick()),
+        ]
+    )
     assert kinds(steps) == [] and state.firing and state.held and state.active_since == 30.0
     assert next_due(state, CFG) is None
     # The health service's confirmation once caught up: announced at once (no flap window from the past).
-    state, steps = run([(1000.0, Observe(firing=True, at=10.0, replay=True)),
-                        (1001.0, Observe(firing=False, at=20.0, replay=True)),
-                        (1002.0, Observe(firing=True, at=30.0, replay=True)),
-                        (1010.0, Observe(firing=True, at=1009.0))])
+    state, steps = run(
+        [
+            (1000.0, Observe(firing=True, at=10.0, replay=True)),
+            (1001.0, Observe(firing=False, at=20.0, replay=True)),
+            (1002.0, Observe(firing=True, at=30.0, replay=True)),
+            (1010.0, Observe(firing=True, at=1009.0)),
+        ]
+    )
     assert kinds(steps) == ["firing"] and not state.held
 
 
 def test_an_announced_alert_that_the_backlog_resolves_is_resolved_without_starting_a_flap_window() -> None:
-    state, steps = run([
-        (0.0, fail(0.0)),  # announced live
-        (5000.0, Observe(firing=False, at=100.0, replay=True)),  # the backlog after an outage: it recovered
-        (5001.0, Observe(firing=True, at=200.0, replay=True)),  # and failed again
-        (5002.0, Observe(firing=True, at=5001.0)),  # confirmed once caught up
-    ])
+    state, steps = run(
+        [
+            (0.0, fail(0.0)),  # announced live
+            (
+                5000.0,
+                Observe(firing=False, at=100.0, replay=True),
+            ),  # the backlog after an outage: it recovered
+            (5001.0, Observe(firing=True, at=200.0, replay=True)),  # and failed again
+            (5002.0, Observe(firing=True, at=5001.0)),  # confirmed once caught up
+        ]
+    )
     assert kinds(steps) == ["firing", "resolved", "firing"]
     assert state.active_since == 200.0
 
@@ -234,12 +267,17 @@ def test_an_announced_alert_that_the_backlog_resolves_is_resolved_without_starti
 def test_a_state_read_while_behind_is_held_until_the_worker_catches_up() -> None:
     from services.alerts.lifecycle import Release
 
-    state, steps = run([
-        (1000.0, Observe(firing=True, at=10.0, behind=True)),
-        (1001.0, Observe(firing=False, at=20.0, behind=True)),  # superseded within the backlog: nothing sent
-        (1002.0, Observe(firing=True, at=30.0, behind=True)),
-        (1003.0, Tick()),
-    ])
+    state, steps = run(
+        [
+            (1000.0, Observe(firing=True, at=10.0, behind=True)),
+            (
+                1001.0,
+                Observe(firing=False, at=20.0, behind=True),
+            ),  # superseded within the backlog: nothing sent
+            (1002.0, Observe(firing=True, at=30.0, behind=True)),
+            (1003.0, Tick()),
+        ]
+    )
     assert kinds(steps) == [] and state.held == "backlog" and state.active_since == 30.0
     state, steps = run([(1000.0, Observe(firing=True, at=10.0, behind=True)), (1004.0, Release())])
     assert kinds(steps) == ["firing"] and state.held is None

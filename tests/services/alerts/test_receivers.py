@@ -65,7 +65,9 @@ def receiver(kind: str, url: str, **kw: object) -> WebhookReceiver:
     return WebhookReceiver.model_validate({"name": kind, "kind": kind, "url": url, **kw})
 
 
-def test_generic_webhook_is_signed_per_standard_webhooks(server: RecordingReceiver, client: httpx.Client) -> None:
+def test_generic_webhook_is_signed_per_standard_webhooks(
+    server: RecordingReceiver, client: httpx.Client
+) -> None:
     attempt = deliver(client, receiver("webhook", server.url, secret_env="TEST_WHSEC"), payload())
     assert attempt.ok and attempt.status == 200
     (got,) = server.requests
@@ -74,7 +76,10 @@ def test_generic_webhook_is_signed_per_standard_webhooks(server: RecordingReceiv
     assert body["type"] == "alert.firing"
     data = body["data"]
     assert data["asset_key"] == "finance/revenue" and data["status"] == "firing"
-    assert data["why"] == "row count 12 is 4.1 MADs below the median 1,000 (row_count=12, median=1000, mad_score=-4.1)"
+    assert (
+        data["why"]
+        == "row count 12 is 4.1 MADs below the median 1,000 (row_count=12, median=1000, mad_score=-4.1)"
+    )
     assert data["owners"] == ["team:finance", "ann@example.com"]
     assert data["dagster_url"] == "http://localhost:3000/assets/finance/revenue"
     assert data["downstream"] == ["finance/report", "finance/dashboard"]
@@ -82,7 +87,9 @@ def test_generic_webhook_is_signed_per_standard_webhooks(server: RecordingReceiv
     with pytest.raises(WebhookVerificationError):
         Webhook(SECRET).verify(got.body.replace(b"finance", b"xfinance"), got.headers)
     with pytest.raises(WebhookVerificationError):
-        Webhook("whsec_" + base64.b64encode(b"another-secret-another-secret!!").decode()).verify(got.body, got.headers)
+        Webhook("whsec_" + base64.b64encode(b"another-secret-another-secret!!").decode()).verify(
+            got.body, got.headers
+        )
 
 
 def test_webhook_id_is_stable_across_attempts(server: RecordingReceiver, client: httpx.Client) -> None:
@@ -107,8 +114,13 @@ def test_slack_block_kit(server: RecordingReceiver, client: httpx.Client) -> Non
     types = [b["type"] for b in body["blocks"]]
     assert types[0] == "header" and "actions" in types
     text = json.dumps(body["blocks"])
-    for needle in ("row_count=12", "team:finance", "finance/report", "http://localhost:3000/assets/finance/revenue",
-                   "*Code location*\\nfinance_pipelines"):
+    for needle in (
+        "row_count=12",
+        "team:finance",
+        "finance/report",
+        "http://localhost:3000/assets/finance/revenue",
+        "*Code location*\\nfinance_pipelines",
+    ):
         assert needle in text
     assert server.requests[0].webhook_id == "msg_abc123"
 
@@ -138,9 +150,16 @@ def test_pagerduty_trigger_and_resolve(server: RecordingReceiver, client: httpx.
     assert trigger["routing_key"] == os.environ["TEST_PD_KEY"]
     assert trigger["event_action"] == "trigger" and trigger["dedup_key"] == "0123456789abcdef"
     assert trigger["payload"]["severity"] == "error" and trigger["payload"]["source"] == "finance/revenue"
-    assert trigger["payload"]["custom_details"]["downstream_at_risk"] == ["finance/report", "finance/dashboard"]
+    assert trigger["payload"]["custom_details"]["downstream_at_risk"] == [
+        "finance/report",
+        "finance/dashboard",
+    ]
     assert trigger["links"][0]["href"].endswith("/assets/finance/revenue")
-    assert resolve == {"routing_key": os.environ["TEST_PD_KEY"], "event_action": "resolve", "dedup_key": "0123456789abcdef"}
+    assert resolve == {
+        "routing_key": os.environ["TEST_PD_KEY"],
+        "event_action": "resolve",
+        "dedup_key": "0123456789abcdef",
+    }
 
 
 @pytest.mark.parametrize(

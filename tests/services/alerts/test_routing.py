@@ -52,7 +52,10 @@ def test_first_match_wins_unless_continue() -> None:
     )
     finance = labels(owners=("team:finance", "ann@example.com"), teams=("finance",), group="finance")
     assert route(finance, settings, NOON).receivers == ("audit", "finance-slack")
-    assert route(labels(severity="critical", teams=("finance",)), settings, NOON).receivers == ("audit", "pager")
+    assert route(labels(severity="critical", teams=("finance",)), settings, NOON).receivers == (
+        "audit",
+        "pager",
+    )
     # only the continue route matched: it counts as matched, so no default
     assert route(labels(), settings, NOON).receivers == ("audit",)
 
@@ -86,7 +89,10 @@ def test_every_criterion_must_match() -> None:
 def test_mute_windows() -> None:
     settings = cfg(
         mute_windows=[{"name": "nights", "start": "22:00", "end": "07:00", "timezone": "Europe/Paris"}],
-        routes=[{"receivers": ["finance-slack"], "mute_windows": ["nights"], "continue": True}, {"receivers": ["pager"]}],
+        routes=[
+            {"receivers": ["finance-slack"], "mute_windows": ["nights"], "continue": True},
+            {"receivers": ["pager"]},
+        ],
     )
     night = datetime(2026, 11, 25, 23, 30, tzinfo=UTC)  # 00:30 in Paris
     decision = route(labels(), settings, night)
@@ -107,8 +113,16 @@ def test_window_open_edges() -> None:
     assert window_open(day, NOON) and not window_open(day, NOON.replace(hour=13))
 
 
-@given(st.integers(0, 23), st.integers(0, 59), st.integers(0, 23), st.integers(0, 59), st.datetimes(timezones=st.just(UTC)))
-def test_wrapping_window_is_the_complement_of_its_inverse(h1: int, m1: int, h2: int, m2: int, at: datetime) -> None:
+@given(
+    st.integers(0, 23),
+    st.integers(0, 59),
+    st.integers(0, 23),
+    st.integers(0, 59),
+    st.datetimes(timezones=st.just(UTC)),
+)
+def test_wrapping_window_is_the_complement_of_its_inverse(
+    h1: int, m1: int, h2: int, m2: int, at: datetime
+) -> None:
     start, end = f"{h1:02d}:{m1:02d}", f"{h2:02d}:{m2:02d}"
     if start == end:
         return
@@ -139,8 +153,12 @@ def test_settings_reject_unknown_receivers_and_windows() -> None:
     with pytest.raises(ConfigError, match="unknown receivers: nope"):
         load_settings(AlertsWorkerSettings, alerts={"routes": [{"receivers": ["nope"]}]})
     with pytest.raises(ConfigError, match="unknown mute windows"):
-        load_settings(AlertsWorkerSettings,
-            alerts={"receivers": [{"name": "a", "url": "http://x"}], "routes": [{"receivers": ["a"], "mute_windows": ["n"]}]}
+        load_settings(
+            AlertsWorkerSettings,
+            alerts={
+                "receivers": [{"name": "a", "url": "http://x"}],
+                "routes": [{"receivers": ["a"], "mute_windows": ["n"]}],
+            },
         )
     with pytest.raises(ConfigError, match="unknown IANA time zone"):
         load_settings(AlertsWorkerSettings, alerts={"mute_windows": [{"name": "n", "timezone": "Mars/Base"}]})
@@ -148,9 +166,18 @@ def test_settings_reject_unknown_receivers_and_windows() -> None:
 
 def test_pagerduty_receiver_needs_a_routing_key_variable() -> None:
     with pytest.raises(ConfigError, match="pagerduty receiver needs secret_env"):
-        load_settings(AlertsWorkerSettings, alerts={"receivers": [{"name": "pd", "kind": "pagerduty", "url": "https://events.pagerduty.com/v2/enqueue"}]})
+        load_settings(
+            AlertsWorkerSettings,
+            alerts={
+                "receivers": [
+                    {"name": "pd", "kind": "pagerduty", "url": "https://events.pagerduty.com/v2/enqueue"}
+                ]
+            },
+        )
 
 
 def test_webhook_url_must_be_http() -> None:
     with pytest.raises(ConfigError, match=r"alerts\.receivers\.0\.url"):
-        load_settings(AlertsWorkerSettings, alerts={"receivers": [{"name": "ops", "url": "file:///etc/passwd"}]})
+        load_settings(
+            AlertsWorkerSettings, alerts={"receivers": [{"name": "ops", "url": "file:///etc/passwd"}]}
+        )

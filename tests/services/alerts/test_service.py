@@ -45,7 +45,8 @@ class Clock:
 @pytest.fixture
 def alert_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AlertsWorkerSettings:
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
-    return load_settings(AlertsWorkerSettings,
+    return load_settings(
+        AlertsWorkerSettings,
         dagster_home=str(tmp_path),
         logging={"file": None},
         alerts={
@@ -108,10 +109,14 @@ FAIL = [("execution_status", "error", "run r1 failed: ValueError"), ("volume_ano
 PASS = [("execution_status", "passed", "run r2 succeeded"), ("volume_anomaly", "passed", "ok")]
 
 
-def test_failed_then_healthy_fires_and_resolves_once(service: AlertService, store: Store, clock: Clock) -> None:
+def test_failed_then_healthy_fires_and_resolves_once(
+    service: AlertService, store: Store, clock: Clock
+) -> None:
     woken: list[int] = []
     service.on_commit = lambda: woken.append(1)
-    service.handle([health("sales/orders", "FAILED", FAIL, n=1, owners=["ann@example.com"], downstream=["sales/report"])])
+    service.handle(
+        [health("sales/orders", "FAILED", FAIL, n=1, owners=["ann@example.com"], downstream=["sales/report"])]
+    )
     (alert,) = queries.open_alerts(store)
     assert alert["asset_key"] == "sales/orders" and alert["check"] == "execution_status"
     assert alert["severity"] == "critical" and alert["status"] == "firing"
@@ -143,7 +148,15 @@ def test_failed_then_healthy_fires_and_resolves_once(service: AlertService, stor
     (history_alert,) = queries.list_alerts(store, include_resolved=True)
     detail = queries.get_alert(store, history_alert["id"])
     assert detail is not None
-    assert [h["event"] for h in detail["history"]] == ["firing", "announced", "grouped", "incident_notice", "resolved", "announced", "incident_notice"]
+    assert [h["event"] for h in detail["history"]] == [
+        "firing",
+        "announced",
+        "grouped",
+        "incident_notice",
+        "resolved",
+        "announced",
+        "incident_notice",
+    ]
 
 
 def test_status_without_checks_and_healthy_resolves_everything(service: AlertService, store: Store) -> None:
@@ -155,8 +168,18 @@ def test_status_without_checks_and_healthy_resolves_everything(service: AlertSer
 
 
 def test_owner_change_reroutes_without_restart(service: AlertService, store: Store, clock: Clock) -> None:
-    service.handle([asset_changed("fin/revenue", ["team:finance"], 1, group="finance", downstream=["fin/report"],
-                                  code_location="finance_pipelines")])
+    service.handle(
+        [
+            asset_changed(
+                "fin/revenue",
+                ["team:finance"],
+                1,
+                group="finance",
+                downstream=["fin/report"],
+                code_location="finance_pipelines",
+            )
+        ]
+    )
     service.handle([health("fin/revenue", "FAILED", FAIL, n=1)])
     assert [r["receiver"] for r in outbox(store)] == ["finance"]
     content = json.loads(outbox(store)[0]["content"])
@@ -192,11 +215,18 @@ def test_ack_stops_repeats_and_is_recorded(service: AlertService, store: Store, 
     service.tick()
     assert len(outbox(store)) == 2
     history = queries.get_alert(store, alert["id"])["history"]  # type: ignore[index]
-    assert {"at": history[-1]["at"], "event": "acknowledged", "actor": "ann", "reason": "looking into it",
-            "detail": {}} == history[-1]
+    assert {
+        "at": history[-1]["at"],
+        "event": "acknowledged",
+        "actor": "ann",
+        "reason": "looking into it",
+        "detail": {},
+    } == history[-1]
 
 
-def test_silence_holds_new_and_current_alerts_until_lifted(service: AlertService, store: Store, clock: Clock) -> None:
+def test_silence_holds_new_and_current_alerts_until_lifted(
+    service: AlertService, store: Store, clock: Clock
+) -> None:
     silence_id, covered = service.silence({"asset": "maint/*"}, 7200, "bob", "maintenance")
     assert covered == 0
     service.handle([health("maint/x", "FAILED", FAIL, n=1)])
@@ -219,17 +249,27 @@ def test_silence_holds_new_and_current_alerts_until_lifted(service: AlertService
 
 
 def test_fingerprint_is_stable() -> None:
-    assert fingerprint("a/b", "freshness") == fingerprint("a/b", "freshness") != fingerprint("a/b", "schema_drift")
+    assert (
+        fingerprint("a/b", "freshness")
+        == fingerprint("a/b", "freshness")
+        != fingerprint("a/b", "schema_drift")
+    )
 
 
-def test_muted_route_records_the_notice_without_sending(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_muted_route_records_the_notice_without_sending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
-    settings = load_settings(AlertsWorkerSettings,
+    settings = load_settings(
+        AlertsWorkerSettings,
         dagster_home=str(tmp_path),
         logging={"file": None},
         alerts={
             "incident_wait_s": 0,  # notices at once: these tests are about other rules
-            "receivers": [{"name": "ops", "url": "http://127.0.0.1:9/ops"}, {"name": "pager", "url": "http://127.0.0.1:9/p"}],
+            "receivers": [
+                {"name": "ops", "url": "http://127.0.0.1:9/ops"},
+                {"name": "pager", "url": "http://127.0.0.1:9/p"},
+            ],
             "mute_windows": [{"name": "always", "start": "00:00", "end": "00:00"}],
             "routes": [{"receivers": ["pager"], "mute_windows": ["always"]}],
         },
@@ -254,13 +294,18 @@ def test_prune_drops_old_resolved_incidents_only(service: AlertService, store: S
     counts = service.prune()
     assert counts["alerts"] == 1 and counts["notifications"] == 3
     remaining = queries.list_alerts(store, include_resolved=True)
-    assert sorted((a["asset_key"], a["status"]) for a in remaining) == [("old", "firing"), ("other", "firing")]
+    assert sorted((a["asset_key"], a["status"]) for a in remaining) == [
+        ("old", "firing"),
+        ("other", "firing"),
+    ]
 
 
 def test_gauges(service: AlertService, store: Store) -> None:
     from services.alerts import metrics
 
-    service.handle([health("g1", "FAILED", FAIL, n=1), health("g2", "DEGRADED", [("freshness", "warn", "late")], n=2)])
+    service.handle(
+        [health("g1", "FAILED", FAIL, n=1), health("g2", "DEGRADED", [("freshness", "warn", "late")], n=2)]
+    )
     service.update_gauges()
     assert metrics.ALERTS_FIRING.labels(severity="critical")._value.get() == 1
     assert metrics.ALERTS_FIRING.labels(severity="warning")._value.get() == 1
@@ -281,8 +326,9 @@ store_ops = st.one_of(
 
 @hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(store_ops, max_size=25))
-def test_store_level_notices_are_well_formed(alert_settings: AlertsWorkerSettings, tmp_path_factory: pytest.TempPathFactory,
-                                             ops: list[tuple[Any, ...]]) -> None:
+def test_store_level_notices_are_well_formed(
+    alert_settings: AlertsWorkerSettings, tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[Any, ...]]
+) -> None:
     home = tmp_path_factory.mktemp("prop")
     settings = alert_settings.model_copy(update={"dagster_home": home})
     store = open_store(settings)
@@ -297,11 +343,17 @@ def test_store_level_notices_are_well_formed(alert_settings: AlertsWorkerSetting
                 clock.now += dt
                 checks = [("execution_status", first, "r"), ("volume_anomaly", second, "r")]
                 worst = {"error": "FAILED", "warn": "DEGRADED"}.get(
-                    "error" if "error" in (first, second) else "warn" if "warn" in (first, second) else "", "HEALTHY")
+                    "error" if "error" in (first, second) else "warn" if "warn" in (first, second) else "",
+                    "HEALTHY",
+                )
                 service.handle([health(f"asset{asset}", worst, checks, n=n)])
                 with store.read() as conn:
-                    added = [(r[0], r[1]) for r in conn.execute(
-                        "SELECT incident_id, receiver FROM notifications ORDER BY rowid").fetchall()[before:]]
+                    added = [
+                        (r[0], r[1])
+                        for r in conn.execute(
+                            "SELECT incident_id, receiver FROM notifications ORDER BY rowid"
+                        ).fetchall()[before:]
+                    ]
                 assert len(added) == len(set(added))  # one notice per incident and receiver at most
             elif op[0] == "tick":
                 clock.now += op[1]
@@ -317,7 +369,9 @@ def test_store_level_notices_are_well_formed(alert_settings: AlertsWorkerSetting
                 with contextlib.suppress(AlertsError):
                     service.unsilence(silences.pop(0), "bob")
         with store.read() as conn:
-            rows = conn.execute("SELECT incident_id, receiver, kind FROM notifications ORDER BY rowid").fetchall()
+            rows = conn.execute(
+                "SELECT incident_id, receiver, kind FROM notifications ORDER BY rowid"
+            ).fetchall()
             incidents = {r["id"]: r["status"] for r in conn.execute("SELECT id, status FROM incidents")}
             ungrouped = conn.execute("SELECT COUNT(*) FROM alerts WHERE incident_id IS NULL").fetchone()[0]
         assert ungrouped == 0  # every alert belongs to an incident

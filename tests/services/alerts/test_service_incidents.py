@@ -32,10 +32,18 @@ from services.alerts.settings import AlertsWorkerSettings
 from services.alerts.store import open_store
 
 T0 = 1_800_000_000.0
-LINEAGE = {"shop/root": [], "shop/child_a": ["shop/root"], "shop/child_b": ["shop/root"],
-           "shop/grandchild": ["shop/child_a", "shop/child_b"]}
-OWNERS = {"shop/root": ["ann@example.com"], "shop/child_a": ["bob@example.com"],
-          "shop/child_b": ["team:finance"], "shop/grandchild": ["cat@example.com"]}
+LINEAGE = {
+    "shop/root": [],
+    "shop/child_a": ["shop/root"],
+    "shop/child_b": ["shop/root"],
+    "shop/grandchild": ["shop/child_a", "shop/child_b"],
+}
+OWNERS = {
+    "shop/root": ["ann@example.com"],
+    "shop/child_a": ["bob@example.com"],
+    "shop/child_b": ["team:finance"],
+    "shop/grandchild": ["cat@example.com"],
+}
 
 
 class Clock:
@@ -53,8 +61,10 @@ def make_settings(home: Path) -> AlertsWorkerSettings:
         logging={"file": None},
         alerts={
             "incident_wait_s": 0,  # notices at once: these tests are about other rules
-            "receivers": [{"name": "ops", "url": "http://127.0.0.1:9/ops"},
-                          {"name": "finance", "url": "http://127.0.0.1:9/fin"}],
+            "receivers": [
+                {"name": "ops", "url": "http://127.0.0.1:9/ops"},
+                {"name": "finance", "url": "http://127.0.0.1:9/fin"},
+            ],
             "routes": [{"receivers": ["finance"], "teams": ["finance"], "continue": True}],
             "default_receivers": ["ops"],
         },
@@ -65,17 +75,27 @@ def specs() -> list[Delivery]:
     out = []
     for key, upstream in LINEAGE.items():
         downstream = [k for k, ups in LINEAGE.items() if key in ups]
-        data = AssetChangeData(spec=AssetSpecData(key=key, owners=OWNERS[key], upstream=upstream,
-                                                  downstream=downstream), version=1)
+        data = AssetChangeData(
+            spec=AssetSpecData(key=key, owners=OWNERS[key], upstream=upstream, downstream=downstream),
+            version=1,
+        )
         event = new_event(AssetChanged, "asset.registered", identity=key, data=data, source="test")
         out.append(Delivery(ASSET_CHANGES, "1-0", event))
     return out
 
 
-def health(key: str, status: str, checks: Sequence[tuple[str, str, dict[str, Any]]], n: int, at: float) -> Delivery:
+def health(
+    key: str, status: str, checks: Sequence[tuple[str, str, dict[str, Any]]], n: int, at: float
+) -> Delivery:
     results = [CheckResult(check=c, outcome=o, reason=f"{c} {o}", values=v) for c, o, v in checks]  # type: ignore[arg-type]
-    data = HealthChangedData(asset_key=key, status=status, previous_status="UNKNOWN", checks=results,  # type: ignore[arg-type]
-                             evaluated_at=from_timestamp(at), owners=OWNERS[key])
+    data = HealthChangedData(
+        asset_key=key,
+        status=status,
+        previous_status="UNKNOWN",
+        checks=results,  # type: ignore[arg-type]
+        evaluated_at=from_timestamp(at),
+        owners=OWNERS[key],
+    )
     event = new_event(HealthChanged, "health.changed", identity=f"{key}|{n}", data=data, source="test")
     return Delivery(HEALTH, f"{n}-0", event)
 
@@ -84,16 +104,24 @@ def failing(n: int, at: float) -> dict[str, Delivery]:
     """The root failed on its own; the others were blocked by it (what the health service publishes)."""
     out = {"shop/root": health("shop/root", "FAILED", [("execution_status", "error", {})], n, at)}
     for key in ("shop/child_a", "shop/child_b", "shop/grandchild"):
-        out[key] = health(key, "WARNING", [
-            ("execution_status", "warn", {"blocked_by": ["shop/root"]}),
-            ("dependencies", "warn", {"failed_upstream": LINEAGE[key]}),
-        ], n, at)
+        out[key] = health(
+            key,
+            "WARNING",
+            [
+                ("execution_status", "warn", {"blocked_by": ["shop/root"]}),
+                ("dependencies", "warn", {"failed_upstream": LINEAGE[key]}),
+            ],
+            n,
+            at,
+        )
     return out
 
 
 def recovered(n: int, at: float) -> list[Delivery]:
-    return [health(key, "HEALTHY", [("execution_status", "passed", {}), ("dependencies", "passed", {})], n, at)
-            for key in LINEAGE]
+    return [
+        health(key, "HEALTHY", [("execution_status", "passed", {}), ("dependencies", "passed", {})], n, at)
+        for key in LINEAGE
+    ]
 
 
 def notifications(store: Store) -> list[dict[str, Any]]:
@@ -107,8 +135,9 @@ def incidents(store: Store) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("order", list(itertools.permutations(LINEAGE))[::5])
-def test_one_batch_in_any_order_is_one_incident_with_one_notice_per_receiver(tmp_path: Path,
-                                                                              order: tuple[str, ...]) -> None:
+def test_one_batch_in_any_order_is_one_incident_with_one_notice_per_receiver(
+    tmp_path: Path, order: tuple[str, ...]
+) -> None:
     store = open_store(make_settings(tmp_path))
     clock = Clock()
     service = AlertService(store, make_settings(tmp_path), clock=clock)
@@ -128,7 +157,9 @@ def test_one_batch_in_any_order_is_one_incident_with_one_notice_per_receiver(tmp
             assert {(k, tuple(v)) for k, v in OWNERS.items()} <= named
             assert payload["severity"] == "critical"
         alerts = queries.list_alerts(store)
-        assert len(alerts) == 7 and {a["asset_key"] for a in alerts if a["severity"] == "critical"} == {"shop/root"}
+        assert len(alerts) == 7 and {a["asset_key"] for a in alerts if a["severity"] == "critical"} == {
+            "shop/root"
+        }
 
         clock.now += 600
         service.handle(recovered(2, clock.now))
@@ -141,9 +172,16 @@ def test_one_batch_in_any_order_is_one_incident_with_one_notice_per_receiver(tmp
         store.close()
 
 
-@pytest.mark.parametrize("order", [("shop/grandchild", "shop/child_a", "shop/child_b", "shop/root"),
-                                   ("shop/child_b", "shop/root", "shop/grandchild", "shop/child_a")])
-def test_one_event_per_batch_in_any_order_ends_as_the_same_incident(tmp_path: Path, order: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    "order",
+    [
+        ("shop/grandchild", "shop/child_a", "shop/child_b", "shop/root"),
+        ("shop/child_b", "shop/root", "shop/grandchild", "shop/child_a"),
+    ],
+)
+def test_one_event_per_batch_in_any_order_ends_as_the_same_incident(
+    tmp_path: Path, order: tuple[str, ...]
+) -> None:
     """Members arriving one batch at a time: the incidents a late root links together merge into one, and
     each receiver of an absorbed incident is told it was merged (its key resolved)."""
     store = open_store(make_settings(tmp_path))
@@ -201,20 +239,45 @@ def test_an_incident_whose_root_is_retired_resolves_when_its_members_do(tmp_path
         service.handle(specs())
         events = failing(1, T0)
         service.handle([events["shop/root"], events["shop/child_a"]])
-        retire = AssetChangeData(spec=AssetSpecData(key="shop/root", owners=OWNERS["shop/root"]), version=2,
-                                 retired_at=from_timestamp(T0 + 60))
+        retire = AssetChangeData(
+            spec=AssetSpecData(key="shop/root", owners=OWNERS["shop/root"]),
+            version=2,
+            retired_at=from_timestamp(T0 + 60),
+        )
         clock.now += 60
-        service.handle([Delivery(ASSET_CHANGES, "2-0", new_event(AssetChanged, "asset.retired", identity="r",
-                                                                 data=retire, source="test",
-                                                                 occurred_at=from_timestamp(T0 + 60)))])
+        service.handle(
+            [
+                Delivery(
+                    ASSET_CHANGES,
+                    "2-0",
+                    new_event(
+                        AssetChanged,
+                        "asset.retired",
+                        identity="r",
+                        data=retire,
+                        source="test",
+                        occurred_at=from_timestamp(T0 + 60),
+                    ),
+                )
+            ]
+        )
         (incident,) = incidents(store)
         assert incident["status"] == "open"  # child_a still fires
         root_alert = queries.get_alert(store, incident["root_alert_id"])
         assert root_alert is not None and root_alert["status"] == "resolved"
         assert ("resolved", "asset retired") in [(h["event"], h["reason"]) for h in root_alert["history"]]
         clock.now += 60
-        service.handle([health("shop/child_a", "HEALTHY", [("execution_status", "passed", {}),
-                                                           ("dependencies", "passed", {})], 3, clock.now)])
+        service.handle(
+            [
+                health(
+                    "shop/child_a",
+                    "HEALTHY",
+                    [("execution_status", "passed", {}), ("dependencies", "passed", {})],
+                    3,
+                    clock.now,
+                )
+            ]
+        )
         assert incidents(store)[0]["status"] == "resolved"
     finally:
         store.close()
@@ -235,8 +298,11 @@ def test_replayed_alerts_join_incidents_only_once_confirmed_live(tmp_path: Path)
         return Delivery(delivery.stream, delivery.entry_id, event)
 
     def volume(n: int, at: float) -> Delivery:
-        checks = [("execution_status", "passed", {}), ("dependencies", "passed", {}),
-                  ("volume_anomaly", "error", {})]
+        checks = [
+            ("execution_status", "passed", {}),
+            ("dependencies", "passed", {}),
+            ("volume_anomaly", "error", {}),
+        ]
         return health("shop/child_a", "FAILED", checks, n, at)
 
     try:
@@ -263,7 +329,8 @@ def test_replayed_alerts_join_incidents_only_once_confirmed_live(tmp_path: Path)
 
 def test_a_backlog_read_in_full_batches_sends_only_what_is_current_once_caught_up(tmp_path: Path) -> None:
     settings = make_settings(tmp_path).model_copy(
-        update={"bus": make_settings(tmp_path).bus.model_copy(update={"batch_size": 2})})
+        update={"bus": make_settings(tmp_path).bus.model_copy(update={"batch_size": 2})}
+    )
     store = open_store(settings)
     clock = Clock()
     service = AlertService(store, settings, clock=clock)
@@ -291,7 +358,9 @@ def test_the_first_notice_waits_for_the_rest_of_the_incident(tmp_path: Path) -> 
     """The default `incident_wait_s`: the consequences of one failure arriving in batches milliseconds (here a
     second) apart are one first notice, sent when the wait is over."""
     settings = make_settings(tmp_path)
-    settings = settings.model_copy(update={"alerts": settings.alerts.model_copy(update={"incident_wait_s": 2.0})})
+    settings = settings.model_copy(
+        update={"alerts": settings.alerts.model_copy(update={"incident_wait_s": 2.0})}
+    )
     store = open_store(settings)
     clock = Clock()
     service = AlertService(store, settings, clock=clock)
@@ -316,7 +385,9 @@ def test_the_first_notice_waits_for_the_rest_of_the_incident(tmp_path: Path) -> 
 
 def test_a_waiting_incident_is_announced_by_the_clock(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
-    settings = settings.model_copy(update={"alerts": settings.alerts.model_copy(update={"incident_wait_s": 2.0})})
+    settings = settings.model_copy(
+        update={"alerts": settings.alerts.model_copy(update={"incident_wait_s": 2.0})}
+    )
     store = open_store(settings)
     clock = Clock()
     service = AlertService(store, settings, clock=clock)

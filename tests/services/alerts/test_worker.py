@@ -36,12 +36,12 @@ ROOT = Path(__file__).resolve().parents[3]
 SECRET = "whsec_" + base64.b64encode(b"worker-test-secret-0123456789abc").decode()
 
 
-
-
 class AlertsWorker(ServiceProcess):
     """`python -m services.alerts` with AMS_* pointing at the test Redis, prefix, ports and DAGSTER_HOME."""
 
-    def __init__(self, redis_url: str, prefix: str, home: Path, receivers: list[dict[str, Any]], **alerts: str) -> None:
+    def __init__(
+        self, redis_url: str, prefix: str, home: Path, receivers: list[dict[str, Any]], **alerts: str
+    ) -> None:
         port = free_port()
         self.home = home
         env = {
@@ -113,14 +113,21 @@ def test_failed_then_healthy_sends_signed_firing_then_resolved(
 ) -> None:
     with RecordingReceiver() as receiver:
         worker = AlertsWorker(
-            redis_url, bus_prefix, tmp_path,
+            redis_url,
+            bus_prefix,
+            tmp_path,
             [{"name": "hook", "url": receiver.url, "secret_env": "WORKER_WHSEC"}],
             DAGSTER_UI_URL="http://dagster.test:3000",
         )
         try:
             spec = AssetSpecData(key="sales/orders", owners=["ann@example.com", "team:sales"], group="sales")
-            registered = new_event(AssetChanged, "asset.registered", identity="sales/orders|1",
-                                   data=AssetChangeData(spec=spec, version=1), source="test")
+            registered = new_event(
+                AssetChanged,
+                "asset.registered",
+                identity="sales/orders|1",
+                data=AssetChangeData(spec=spec, version=1),
+                source="test",
+            )
             bus.publish_many(ASSET_CHANGES, [registered])
             bus.publish_many(HEALTH, [health_event("sales/orders", "FAILED", "error", 1)])
             (firing,) = receiver.wait_for(lambda reqs: len(reqs) >= 1)
@@ -135,10 +142,15 @@ def test_failed_then_healthy_sends_signed_firing_then_resolved(
             bus.publish_many(HEALTH, [health_event("sales/orders", "HEALTHY", "passed", 2)])
             got = receiver.wait_for(lambda reqs: len(reqs) >= 2)
             resolved = RecordingReceiver.verify(got[1], SECRET)
-            assert resolved["type"] == "alert.resolved" and resolved["data"]["fingerprint"] == data["fingerprint"]
+            assert (
+                resolved["type"] == "alert.resolved"
+                and resolved["data"]["fingerprint"] == data["fingerprint"]
+            )
             assert got[0].webhook_id != got[1].webhook_id
-            wait_for(lambda: 'ams_alert_notifications_sent_total{receiver="hook"} 2.0' in worker.metrics(),
-                     what="sent counter")
+            wait_for(
+                lambda: 'ams_alert_notifications_sent_total{receiver="hook"} 2.0' in worker.metrics(),
+                what="sent counter",
+            )
             metrics = worker.metrics()
             assert 'ams_alerts_firing{severity="critical"}' in metrics
             assert "ams_alert_delivery_latency_seconds_count" in metrics
@@ -150,12 +162,17 @@ def test_sigkill_during_retries_resumes_and_delivers_once(
     redis_url: str, bus_prefix: str, bus: Bus, tmp_path: Path
 ) -> None:
     receiver = RecordingReceiver(script=[Reply(status=503)] * 1000).start()
-    worker = AlertsWorker(redis_url, bus_prefix, tmp_path, [{"name": "hook", "url": receiver.url,
-                                                            "secret_env": "WORKER_WHSEC"}])
+    worker = AlertsWorker(
+        redis_url, bus_prefix, tmp_path, [{"name": "hook", "url": receiver.url, "secret_env": "WORKER_WHSEC"}]
+    )
     try:
         bus.publish_many(HEALTH, [health_event(f"asset_{i}", "FAILED", "error", i) for i in range(5)])
-        wait_for(lambda: len(worker.notifications()) == 5 and all(n["attempts"] >= 2 for n in worker.notifications()),
-                 what="5 notifications retried")
+        wait_for(
+            lambda: (
+                len(worker.notifications()) == 5 and all(n["attempts"] >= 2 for n in worker.notifications())
+            ),
+            what="5 notifications retried",
+        )
         worker.kill()
         assert {n["status"] for n in worker.notifications()} == {"pending"}
         receiver.script = []  # the receiver recovers

@@ -76,11 +76,17 @@ def test_register_change_retire_return_history(store: Store) -> None:
         ("registered", "raw_orders", 1),
         ("registered", "stg_orders", 1),
     ]
-    changed = register(store, snap(make_defs(description="Raw orders from the ERP.")), T0 + timedelta(minutes=1))
+    changed = register(
+        store, snap(make_defs(description="Raw orders from the ERP.")), T0 + timedelta(minutes=1)
+    )
     assert [(c.kind, c.key, c.version) for c in changed] == [("changed", "raw_orders", 2)]
     assert changed[0].changes == {"description": {"old": "Raw orders.", "new": "Raw orders from the ERP."}}
 
-    removed = register(store, snap(make_defs(description="Raw orders from the ERP.", with_loader=False)), T0 + timedelta(minutes=2))
+    removed = register(
+        store,
+        snap(make_defs(description="Raw orders from the ERP.", with_loader=False)),
+        T0 + timedelta(minutes=2),
+    )
     # orders_report no longer depends on anything registered, but its own definition (deps=["stg_orders"])
     # is unchanged: only stg_orders is retired.
     assert [(c.kind, c.key, c.version) for c in removed] == [("retired", "stg_orders", 1)]
@@ -106,10 +112,16 @@ def test_unchanged_snapshot_writes_nothing(store: Store) -> None:
     register(store, snapshot, T0)
     conn = store.connection()
     before = conn.total_changes
-    counts = [conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("assets", "asset_versions", "asset_deps")]
+    counts = [
+        conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+        for t in ("assets", "asset_versions", "asset_deps")
+    ]
     assert register(store, snap(make_defs()), T0 + timedelta(hours=1)) == []
     assert conn.total_changes == before
-    after = [conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("assets", "asset_versions", "asset_deps")]
+    after = [
+        conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+        for t in ("assets", "asset_versions", "asset_deps")
+    ]
     assert after == counts
 
 
@@ -127,7 +139,9 @@ def test_line_move_updates_row_without_version(store: Store) -> None:
     spec = AssetSpecData(key="a", group="g", source_file="x.py", source_line=3, code_location="loc")
     register(store, CatalogSnapshotData(code_location="loc", fingerprint="1", assets=[spec]), T0)
     moved = spec.model_copy(update={"source_line": 10})
-    assert register(store, CatalogSnapshotData(code_location="loc", fingerprint="2", assets=[moved]), T0) == []
+    assert (
+        register(store, CatalogSnapshotData(code_location="loc", fingerprint="2", assets=[moved]), T0) == []
+    )
     with store.read() as conn:
         asset = queries.get_asset(conn, "a")
     assert asset is not None and asset["source_line"] == 10 and asset["version"] == 1
@@ -137,7 +151,9 @@ def test_snapshot_with_problems_retires_nothing(store: Store) -> None:
     a = AssetSpecData(key="a", code_location="loc")
     b = AssetSpecData(key="b", code_location="loc")
     register(store, CatalogSnapshotData(code_location="loc", fingerprint="1", assets=[a, b]), T0)
-    broken = CatalogSnapshotData(code_location="loc", fingerprint="2", assets=[a], problems=["assets/b.py: SyntaxError"])
+    broken = CatalogSnapshotData(
+        code_location="loc", fingerprint="2", assets=[a], problems=["assets/b.py: SyntaxError"]
+    )
     assert register(store, broken, T0) == []
     with store.read() as conn:
         assert [r["key"] for r in queries.list_assets(conn)] == ["a", "b"]
@@ -156,14 +172,19 @@ def test_lineage_survives_cycles(store: Store) -> None:
 def test_changes_come_upstream_first(store: Store) -> None:
     """Consumers apply the events in order: a downstream asset registered with its upstream in one snapshot
     must come after it (keys sorting the other way made health see an unregistered upstream)."""
-    specs = [AssetSpecData(key="a/report", upstream=["z/orders"]),
-             AssetSpecData(key="m/orders", upstream=["z/raw"]),
-             AssetSpecData(key="z/orders", upstream=["z/raw", "elsewhere/x"]),
-             AssetSpecData(key="z/raw")]
+    specs = [
+        AssetSpecData(key="a/report", upstream=["z/orders"]),
+        AssetSpecData(key="m/orders", upstream=["z/raw"]),
+        AssetSpecData(key="z/orders", upstream=["z/raw", "elsewhere/x"]),
+        AssetSpecData(key="z/raw"),
+    ]
     changes = register(store, CatalogSnapshotData(code_location="loc", fingerprint="1", assets=specs), T0)
     assert [c.key for c in changes] == ["z/raw", "m/orders", "z/orders", "a/report"]
-    cycle = [AssetSpecData(key="a", upstream=["b"]), AssetSpecData(key="b", upstream=["a"]),
-             AssetSpecData(key="c", upstream=["b"])]
+    cycle = [
+        AssetSpecData(key="a", upstream=["b"]),
+        AssetSpecData(key="b", upstream=["a"]),
+        AssetSpecData(key="c", upstream=["b"]),
+    ]
     ordered = upstream_first([Change("registered", s.key, 1, s) for s in cycle])
     assert [c.key for c in ordered] == ["a", "b", "c"]
 
@@ -191,7 +212,11 @@ def test_events_are_deterministic(store: Store) -> None:
 
 def test_sql_in_keys_is_just_a_key(store: Store) -> None:
     hostile = "x'; DROP TABLE assets; --"
-    register(store, CatalogSnapshotData(code_location="loc", fingerprint="1", assets=[AssetSpecData(key=hostile)]), T0)
+    register(
+        store,
+        CatalogSnapshotData(code_location="loc", fingerprint="1", assets=[AssetSpecData(key=hostile)]),
+        T0,
+    )
     with store.read() as conn:
         assert queries.get_asset(conn, hostile) is not None
         assert queries.get_asset(conn, "' OR 1=1 --") is None
@@ -217,12 +242,16 @@ def test_fingerprint_and_diff_agree(left: list[AssetSpecData], right: list[Asset
             nx, ny = normalise(x), normalise(y)
             same = fingerprint(nx) == fingerprint(ny)
             assert same == (diff(nx.model_dump(), ny.model_dump()) == {})
-            assert fingerprint(normalise(x.model_copy(update={"owners": list(reversed(x.owners))}))) == fingerprint(nx)
+            assert fingerprint(
+                normalise(x.model_copy(update={"owners": list(reversed(x.owners))}))
+            ) == fingerprint(nx)
 
 
 @given(st.lists(st.lists(spec_strategy, max_size=3, unique_by=lambda s: s.key), min_size=1, max_size=4))
 @settings(max_examples=25, deadline=None)
-def test_any_sequence_of_snapshots_then_repeat_writes_nothing(tmp_path_factory: pytest.TempPathFactory, snapshots: list[list[AssetSpecData]]) -> None:
+def test_any_sequence_of_snapshots_then_repeat_writes_nothing(
+    tmp_path_factory: pytest.TempPathFactory, snapshots: list[list[AssetSpecData]]
+) -> None:
     store = Store(f"sqlite:///{tmp_path_factory.mktemp('h') / 'm.db'}", MIGRATIONS)
     try:
         for i, assets in enumerate(snapshots):
@@ -246,11 +275,25 @@ def test_only_downstream_moved_records_only_the_producer_fingerprint(store: Stor
     conn = store.connection()
     total = conn.total_changes
     moved = a.model_copy(update={"downstream": ["b", "c"]})
-    assert register(store, CatalogSnapshotData(code_location="loc", fingerprint="f2", assets=[moved]), T0 + timedelta(1)) == []
+    assert (
+        register(
+            store,
+            CatalogSnapshotData(code_location="loc", fingerprint="f2", assets=[moved]),
+            T0 + timedelta(1),
+        )
+        == []
+    )
     assert conn.total_changes == total + 1  # the code location's producer fingerprint, nothing else
     assert conn.execute("SELECT snapshot_fingerprint FROM code_locations").fetchone()[0] == "f2"
     total = conn.total_changes
-    assert register(store, CatalogSnapshotData(code_location="loc", fingerprint="f2", assets=[moved]), T0 + timedelta(2)) == []
+    assert (
+        register(
+            store,
+            CatalogSnapshotData(code_location="loc", fingerprint="f2", assets=[moved]),
+            T0 + timedelta(2),
+        )
+        == []
+    )
     assert conn.total_changes == total
 
 

@@ -44,7 +44,9 @@ def test_unchanged_sources_reuse_the_load_and_edits_are_seen(package: tuple[Path
     assert again.snapshot is first.snapshot  # nothing changed on disk: not re-imported
     (path / "definitions.py").write_text(CODE.format(description="second, longer"))
     edited = scan("loc", load)
-    assert edited.snapshot is not None and [a.description for a in edited.snapshot.assets] == ["second, longer"]
+    assert edited.snapshot is not None and [a.description for a in edited.snapshot.assets] == [
+        "second, longer"
+    ]
 
 
 def test_broken_code_location_is_a_problem_not_a_crash(package: tuple[Path, str]) -> None:

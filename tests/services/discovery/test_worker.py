@@ -30,7 +30,7 @@ from services.discovery.settings import DiscoveryWorkerSettings
 
 ROOT = Path(__file__).resolve().parents[3]
 
-CODE = '''
+CODE = """
 import dagster as dg
 
 @dg.asset(group_name="stg__ingestion", owners=["ana@example.com"], tags={{"domain": "sales"}},
@@ -44,9 +44,7 @@ def stg_orders() -> None: ...
 def orders_report() -> None: ...
 
 defs = dg.Definitions(assets=[raw_orders, stg_orders, orders_report])
-'''
-
-
+"""
 
 
 def write_location(directory: Path, package: str, description: str) -> None:
@@ -65,7 +63,10 @@ def location(tmp_path: Path) -> tuple[Path, str]:
 
 @pytest.fixture
 def worker(
-    request: pytest.FixtureRequest, settings: DiscoveryWorkerSettings, location: tuple[Path, str], tmp_path: Path
+    request: pytest.FixtureRequest,
+    settings: DiscoveryWorkerSettings,
+    location: tuple[Path, str],
+    tmp_path: Path,
 ) -> Iterator[ServiceProcess]:
     directory, package = location
     extra_env: dict[str, str] = getattr(request, "param", {})
@@ -85,8 +86,13 @@ def worker(
         **extra_env,
     }
     env.pop("AMS_LOGGING__FILE", None)
-    process = ServiceProcess([sys.executable, "-m", "services.discovery"], env, port=port, log=tmp_path / "worker.log",
-                             cwd=tmp_path).start()
+    process = ServiceProcess(
+        [sys.executable, "-m", "services.discovery"],
+        env,
+        port=port,
+        log=tmp_path / "worker.log",
+        cwd=tmp_path,
+    ).start()
     wait_for(process.answers, what="discovery /healthz")
     yield process
     assert process.stop() == 0, process.output()
@@ -101,10 +107,11 @@ def changes(client: redis.Redis, settings: DiscoveryWorkerSettings) -> list[Asse
     return out
 
 
-
-
 def test_snapshot_to_asset_changes_and_redelivery(
-    settings: DiscoveryWorkerSettings, redis_client: redis.Redis, worker: ServiceProcess, location: tuple[Path, str]
+    settings: DiscoveryWorkerSettings,
+    redis_client: redis.Redis,
+    worker: ServiceProcess,
+    location: tuple[Path, str],
 ) -> None:
     directory, package = location
     sys.path.insert(0, str(directory))
@@ -113,7 +120,13 @@ def test_snapshot_to_asset_changes_and_redelivery(
     finally:
         sys.path.remove(str(directory))
     bus = Bus(connect(settings.redis), settings.bus)
-    event = new_event(CatalogSnapshot, "catalog.snapshot", identity=f"testloc|{snapshot.fingerprint}", data=snapshot, source="test")
+    event = new_event(
+        CatalogSnapshot,
+        "catalog.snapshot",
+        identity=f"testloc|{snapshot.fingerprint}",
+        data=snapshot,
+        source="test",
+    )
     bus.publish_many(CATALOG, [event])
     wait_for(lambda: len(changes(redis_client, settings)) == 3, what="3 asset-changes events")
     got = {e.data.spec.key: e for e in changes(redis_client, settings)}
@@ -124,7 +137,9 @@ def test_snapshot_to_asset_changes_and_redelivery(
 
     # The same event again (a redelivery), and the same content under another id: nothing new.
     bus.publish_many(CATALOG, [event])
-    again = new_event(CatalogSnapshot, "catalog.snapshot", identity="testloc|other", data=snapshot, source="test")
+    again = new_event(
+        CatalogSnapshot, "catalog.snapshot", identity="testloc|other", data=snapshot, source="test"
+    )
     bus.publish_many(CATALOG, [again])
     bus = Bus(redis_client, settings.bus)
     wait_for(lambda: bus.unsettled("discovery", [CATALOG]) == 0, what="catalog consumed")
@@ -132,8 +147,13 @@ def test_snapshot_to_asset_changes_and_redelivery(
 
     # A discovery request makes the worker load the (edited) code location itself.
     write_location(directory, package, "Raw orders from the ERP.")
-    request = new_event(DiscoveryRequested, "catalog.discovery_requested", identity=str(uuid.uuid4()),
-                        data=DiscoveryRequestData(code_location="testloc", requested_by="test"), source="test")
+    request = new_event(
+        DiscoveryRequested,
+        "catalog.discovery_requested",
+        identity=str(uuid.uuid4()),
+        data=DiscoveryRequestData(code_location="testloc", requested_by="test"),
+        source="test",
+    )
     bus.publish_many(CATALOG, [request])
     wait_for(lambda: len(changes(redis_client, settings)) == 4, what="asset.changed event")
     last = changes(redis_client, settings)[-1]
@@ -148,16 +168,26 @@ def test_snapshot_to_asset_changes_and_redelivery(
 
 
 def test_broken_code_location_is_reported_and_worker_keeps_running(
-    settings: DiscoveryWorkerSettings, redis_client: redis.Redis, worker: ServiceProcess, location: tuple[Path, str]
+    settings: DiscoveryWorkerSettings,
+    redis_client: redis.Redis,
+    worker: ServiceProcess,
+    location: tuple[Path, str],
 ) -> None:
     directory, package = location
     (directory / package / "definitions.py").write_text("import dagster as dg\nraise RuntimeError('boom')\n")
     bus = Bus(connect(settings.redis), settings.bus)
-    request = new_event(DiscoveryRequested, "catalog.discovery_requested", identity=str(uuid.uuid4()),
-                        data=DiscoveryRequestData(code_location="testloc"), source="test")
+    request = new_event(
+        DiscoveryRequested,
+        "catalog.discovery_requested",
+        identity=str(uuid.uuid4()),
+        data=DiscoveryRequestData(code_location="testloc"),
+        source="test",
+    )
     bus.publish_many(CATALOG, [request])
-    wait_for(lambda: 'ams_discovery_scan_problems{code_location="testloc"} 1.0' in worker.metrics(),
-             what="problem metric")
+    wait_for(
+        lambda: 'ams_discovery_scan_problems{code_location="testloc"} 1.0' in worker.metrics(),
+        what="problem metric",
+    )
     assert worker.answers() and worker.ready()
     assert changes(redis_client, settings) == []
     bus.client.close()

@@ -30,7 +30,12 @@ def test_constant_series_has_no_finding(level: float, n: int) -> None:
     assert result.z is not None and abs(result.z) < 1e-9
 
 
-@given(seed=seeds, level=levels, factor=st.floats(min_value=1e-3, max_value=1e3), offset=st.floats(min_value=-0.5, max_value=0.5))
+@given(
+    seed=seeds,
+    level=levels,
+    factor=st.floats(min_value=1e-3, max_value=1e3),
+    offset=st.floats(min_value=-0.5, max_value=0.5),
+)
 def test_scale_invariance(seed: int, level: float, factor: float, offset: float) -> None:
     series = noisy(seed, level)
     point = (T0 + 40 * DAY, level * (1 + offset))
@@ -43,10 +48,17 @@ def test_scale_invariance(seed: int, level: float, factor: float, offset: float)
     assert base.anomaly == scaled.anomaly
 
 
-@given(seed=seeds, level=levels, sigmas=st.floats(min_value=8, max_value=50), up=st.booleans(),
-       outlier_at=st.integers(min_value=0, max_value=39))
+@given(
+    seed=seeds,
+    level=levels,
+    sigmas=st.floats(min_value=8, max_value=50),
+    up=st.booleans(),
+    outlier_at=st.integers(min_value=0, max_value=39),
+)
 @settings(max_examples=200)
-def test_injected_outlier_beyond_sensitivity_is_found(seed: int, level: float, sigmas: float, up: bool, outlier_at: int) -> None:
+def test_injected_outlier_beyond_sensitivity_is_found(
+    seed: int, level: float, sigmas: float, up: bool, outlier_at: int
+) -> None:
     noise = 0.02
     series = noisy(seed, level, noise=noise)
     # an outlier already in the history must not hide the new one (robust statistics)
@@ -102,8 +114,13 @@ def test_zeros_history_with_nonzero_point() -> None:
 @settings(max_examples=30, deadline=None)
 def test_auto_seasonality_finds_the_weekly_profile(seed: int, dip: float) -> None:
     rng = random.Random(seed)
-    weekly = [(T0 + i * DAY, 5000 * (dip if bucket_of(T0 + i * DAY, "day_of_week") >= 5 else 1) * (1 + rng.gauss(0, 0.03)))
-              for i in range(70)]
+    weekly = [
+        (
+            T0 + i * DAY,
+            5000 * (dip if bucket_of(T0 + i * DAY, "day_of_week") >= 5 else 1) * (1 + rng.gauss(0, 0.03)),
+        )
+        for i in range(70)
+    ]
     t_next = T0 + 70 * DAY
     while bucket_of(t_next, "day_of_week") != 6:
         t_next += DAY

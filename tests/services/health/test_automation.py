@@ -411,8 +411,14 @@ def test_a_canceled_op_job_follows_the_assets_canceled_run_threshold() -> None:
 def test_a_failed_op_job_makes_its_object_failed_with_owners_tags_and_location() -> None:
     obj = fold(run("FAILURE", T0, "r1", error="boom", tags={"owner": "team:data", "tier": "1"}))
     subject = Subject(
-        key=obj.key, has_data=obj.last_at is not None, owners=obj.owners, code_location=obj.code_location,
-        declared=frozenset(), kind=obj.kind, tags=obj.tags, failing=automation.FAILING_CHECKS,
+        key=obj.key,
+        has_data=obj.last_at is not None,
+        owners=obj.owners,
+        code_location=obj.code_location,
+        declared=frozenset(),
+        kind=obj.kind,
+        tags=obj.tags,
+        failing=automation.FAILING_CHECKS,
     )
     d = decide(HealthState(), evaluate(obj, CFG, T0 + 1, {}), T0 + 1, subject, Trigger.EVENTS)
     assert d.status == "FAILED" and d.event is not None
@@ -427,9 +433,7 @@ run_statuses = st.sampled_from(["STARTED", "SUCCESS", "FAILURE", "CANCELED"])
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(run_statuses, st.integers(0, 10_000)), min_size=1, max_size=30), st.randoms())
-def test_the_run_failure_streak_counts_the_newest_failed_runs(
-    runs: list[tuple[str, int]], rnd: Any
-) -> None:
+def test_the_run_failure_streak_counts_the_newest_failed_runs(runs: list[tuple[str, int]], rnd: Any) -> None:
     """Runs ending in time order make the streak of failed runs since the last success or cancel; an error
     exactly when the newest finished run failed; the same run's end delivered again changes nothing."""
     ordered = sorted(runs, key=lambda r: r[1])

@@ -184,7 +184,9 @@ def test_live_automation_events_do_not_end_the_assets_catch_up(
         data=MaterializationData(asset_key="raw/orders", run_id="r1", row_count=5),
     )
     still_paging = h.beat(clock.t)
-    still_paging = still_paging.model_copy(update={"data": still_paging.data.model_copy(update={"caught_up": False})})
+    still_paging = still_paging.model_copy(
+        update={"data": still_paging.data.model_copy(update={"caught_up": False})}
+    )
     engine.handle([Delivery(ASSETS, "1-0", mat), *batch(still_paging)])
     (asset,) = [e for e in published(store) if e.data.asset_key == "raw/orders"]
     assert asset.data.replay and asset.data.object_kind == "asset"
@@ -268,7 +270,9 @@ def test_a_replayed_op_job_is_confirmed_when_the_runs_go_quiet(tmp_path: Path) -
     from libs.common.testing import wait_for
 
     settings = load_settings(
-        HealthWorkerSettings, dagster_home=str(tmp_path), stores={"data_dir": str(tmp_path)},
+        HealthWorkerSettings,
+        dagster_home=str(tmp_path),
+        stores={"data_dir": str(tmp_path)},
         health={"catch_up_quiet_s": 0.2},
     )
     store = open_store(settings)

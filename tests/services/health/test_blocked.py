@@ -62,8 +62,9 @@ def test_an_asset_that_failed_on_its_own_is_failed_as_before() -> None:
     unsaid = AssetHistory("child", executions=[failed_run("r1", T0, None)])
     assert execution_status(unsaid, TH).outcome == "error"
     # A failed materialization received for (run, asset) is an own failure whatever the run event says.
-    recorded = AssetHistory("child", executions=[failed_run("r1", T0, ("root",))],
-                            failures=[Failure(T0 + 5, "r1", "disk full")])
+    recorded = AssetHistory(
+        "child", executions=[failed_run("r1", T0, ("root",))], failures=[Failure(T0 + 5, "r1", "disk full")]
+    )
     r = execution_status(recorded, TH)
     assert r.outcome == "error" and "disk full" in r.reason and "blocked_by" not in r.values
     # Materialized before the run failed elsewhere: a success.
@@ -87,22 +88,35 @@ def test_blocked_by_names_the_failed_assets_upstream_of_it_else_all_of_the_runs(
 
 def test_blocked_runs_count_in_no_streak_and_keep_the_last_success() -> None:
     run0, mat0 = ok_run("r0", T0)
-    h = AssetHistory("child", executions=[run0, failed_run("r1", T0 + 100, ("root",)),
-                                          failed_run("r2", T0 + 200, ("root",))], materializations=[mat0])
+    h = AssetHistory(
+        "child",
+        executions=[run0, failed_run("r1", T0 + 100, ("root",)), failed_run("r2", T0 + 200, ("root",))],
+        materializations=[mat0],
+    )
     r = execution_status(h, TH)
     assert r.outcome == "warn" and r.values["consecutive"] == 2 and "(2 runs in a row)" in r.reason
     assert r.values["last_success_at"] is not None and "last success" in r.reason
     # Own failures around a blocked run make a streak of two, not three, and not broken by the block.
-    h = AssetHistory("child", executions=[failed_run("f1", T0, ("child",)),
-                                          failed_run("b1", T0 + 100, ("root",)),
-                                          failed_run("f2", T0 + 200, ("child",))])
+    h = AssetHistory(
+        "child",
+        executions=[
+            failed_run("f1", T0, ("child",)),
+            failed_run("b1", T0 + 100, ("root",)),
+            failed_run("f2", T0 + 200, ("child",)),
+        ],
+    )
     r = execution_status(h, TH)
     assert r.outcome == "error" and r.values["consecutive"] == 2 and r.values["last_run_id"] == "f2"
 
 
 def test_an_own_failure_stands_while_later_runs_only_skip_the_asset() -> None:
-    h = AssetHistory("child", executions=[failed_run("f1aaaaaa", T0, ("child",), "KeyError: x"),
-                                          failed_run("b1bbbbbb", T0 + 100, ("root",))])
+    h = AssetHistory(
+        "child",
+        executions=[
+            failed_run("f1aaaaaa", T0, ("child",), "KeyError: x"),
+            failed_run("b1bbbbbb", T0 + 100, ("root",)),
+        ],
+    )
     r = execution_status(h, TH, frozenset({"root"}))
     assert r.outcome == "error" and "KeyError: x" in r.reason
     assert "not run since: blocked in run b1bbbbbb by the failure of upstream root" in r.reason
@@ -121,15 +135,19 @@ def spec(key: str, upstream: list[str]) -> AssetSpecData:
 
 
 def test_dependencies_carry_the_cause_of_the_block() -> None:
-    h = AssetHistory("grandchild", spec=spec("grandchild", ["child_a", "child_b"]),
-                     executions=[failed_run("abc12345", T0, ("root",))])
+    h = AssetHistory(
+        "grandchild",
+        spec=spec("grandchild", ["child_a", "child_b"]),
+        executions=[failed_run("abc12345", T0, ("root",))],
+    )
     ups = {k: UpstreamState(k, registered=True, status=HealthStatus.WARNING) for k in ("child_a", "child_b")}
     r = dependencies(h, ups, frozenset({"root"}))
     assert r.outcome == "warn" and r.values["failed_upstream"] == ["root"]
     assert "blocked in run abc12345 by the failure of upstream root" in r.reason
     # The direct child of the failed root names it once, though the root's own execution failed too.
-    child = AssetHistory("child_a", spec=spec("child_a", ["root"]),
-                         executions=[failed_run("abc12345", T0, ("root",))])
+    child = AssetHistory(
+        "child_a", spec=spec("child_a", ["root"]), executions=[failed_run("abc12345", T0, ("root",))]
+    )
     failed_root = {"root": UpstreamState("root", registered=True, execution_failed=True)}
     r = dependencies(child, failed_root, frozenset({"root"}))
     assert r.values["failed_upstream"] == ["root"] and r.reason.count("root") == 1
@@ -146,8 +164,12 @@ def test_dependencies_carry_the_cause_of_the_block() -> None:
 
 
 def test_upstream_among_follows_the_lineage_at_any_depth_and_survives_cycles() -> None:
-    lineage = {"grandchild": ["child_a", "child_b"], "child_a": ["root"], "child_b": ["root", "child_b"],
-               "root": ["grandchild"]}  # a cycle back to the start
+    lineage = {
+        "grandchild": ["child_a", "child_b"],
+        "child_a": ["root"],
+        "child_b": ["root", "child_b"],
+        "root": ["grandchild"],
+    }  # a cycle back to the start
     assert upstream_among("grandchild", ("root", "elsewhere"), lineage.get) == {"root"}
     assert upstream_among("child_a", ("child_b",), lineage.get) == {"child_b"}  # through the cycle
     assert upstream_among("unknown", ("root",), lineage.get) == frozenset()

@@ -126,7 +126,10 @@ def test_a_failing_root_blocks_its_lineage_and_its_recovery_heals_it(
 
     now = health()
     assert {k: h.status for k, h in now.items()} == {
-        "root": "FAILED", "child_a": "WARNING", "child_b": "WARNING", "grandchild": "WARNING"
+        "root": "FAILED",
+        "child_a": "WARNING",
+        "child_b": "WARNING",
+        "grandchild": "WARNING",
     }
     assert "root raised on purpose" in check(now["root"], "execution_status").reason
     for key in BELOW:
@@ -145,6 +148,9 @@ def test_a_failing_root_blocks_its_lineage_and_its_recovery_heals_it(
     assert succeeded
     settle(workers)
     assert {k: h.status for k, h in health().items()} == dict.fromkeys(["root", *BELOW], "HEALTHY")
-    never = [e.data.asset_key for e in health_events(workers)
-             if e.data.asset_key in BELOW and e.data.status == HealthStatus.FAILED]
+    never = [
+        e.data.asset_key
+        for e in health_events(workers)
+        if e.data.asset_key in BELOW and e.data.status == HealthStatus.FAILED
+    ]
     assert never == []

@@ -29,20 +29,31 @@ DAY = 86400.0
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
-    settings = load_settings(HealthWorkerSettings, dagster_home=str(tmp_path), stores={"data_dir": str(tmp_path)})
+    settings = load_settings(
+        HealthWorkerSettings, dagster_home=str(tmp_path), stores={"data_dir": str(tmp_path)}
+    )
     return open_store(settings)
 
 
 def published(store: Store) -> list[HealthChanged]:
     """The asset's health events (the heartbeats make the publisher an object of its own)."""
     rows = store.connection().execute("SELECT payload FROM event_outbox ORDER BY seq").fetchall()
-    return [e for e in (parse_event(r[0]) for r in rows) if isinstance(e, HealthChanged) and e.data.asset_key == "a"]
+    return [
+        e
+        for e in (parse_event(r[0]) for r in rows)
+        if isinstance(e, HealthChanged) and e.data.asset_key == "a"
+    ]
 
 
 def heartbeat(at: float, *, caught_up: bool) -> Delivery:
     data = PublisherHeartbeatData(code_location="loc", tick_at=dt(at), caught_up=caught_up, interval_s=4)
-    event = PublisherHeartbeat(id=f"hb-{at}", type="automation.publisher_heartbeat", occurred_at=dt(at),
-                               source="orchestrator", data=data)
+    event = PublisherHeartbeat(
+        id=f"hb-{at}",
+        type="automation.publisher_heartbeat",
+        occurred_at=dt(at),
+        source="orchestrator",
+        data=data,
+    )
     return Delivery(AUTOMATION, "1-0", event)
 
 
@@ -54,8 +65,11 @@ def failing_history(ev: Events) -> list[Delivery]:
 
 
 def test_history_is_replayed_as_of_its_time_and_confirmed_when_the_publisher_has_read_it_all(
-        store: Store, tmp_path: Path) -> None:
-    settings = load_settings(HealthWorkerSettings, dagster_home=str(tmp_path), stores={"data_dir": str(tmp_path)})
+    store: Store, tmp_path: Path
+) -> None:
+    settings = load_settings(
+        HealthWorkerSettings, dagster_home=str(tmp_path), stores={"data_dir": str(tmp_path)}
+    )
     clock = Clock(T0 + 11 * DAY)
     service = HealthService(store, settings, clock=clock)
     service.handle(failing_history(Events()))
@@ -67,14 +81,18 @@ def test_history_is_replayed_as_of_its_time_and_confirmed_when_the_publisher_has
     service.handle([heartbeat(clock.t - 60, caught_up=False)])  # still paging history: nothing changes
     assert len(published(store)) == len(replayed)
     service.handle([heartbeat(clock.t - 2, caught_up=True)])
-    confirmed = published(store)[len(replayed):]
+    confirmed = published(store)[len(replayed) :]
     assert [(e.data.status, e.data.replay) for e in confirmed] == [("FAILED", False)]
     assert confirmed[0].data.evaluated_at == dt(clock.t)
 
 
 def test_without_a_heartbeat_the_replay_ends_after_the_quiet_period(store: Store, tmp_path: Path) -> None:
-    settings = load_settings(HealthWorkerSettings, dagster_home=str(tmp_path), stores={"data_dir": str(tmp_path)},
-                             health={"catch_up_quiet_s": 0.01})
+    settings = load_settings(
+        HealthWorkerSettings,
+        dagster_home=str(tmp_path),
+        stores={"data_dir": str(tmp_path)},
+        health={"catch_up_quiet_s": 0.01},
+    )
     clock = Clock(T0 + 11 * DAY)
     service = HealthService(store, settings, clock=clock)
     service.handle(failing_history(Events()))

@@ -50,7 +50,9 @@ def test_results_wait_quietly_for_a_webserver_that_starts_later() -> None:
         threading.Event().wait(3.0)  # longer than the 3 attempts of a post (0.5 s + 1 s backoff)
         server = Webserver(port)
         try:
-            wait_for(lambda: len(server.posts) == 1, what="the pending result posted once the webserver answers")
+            wait_for(
+                lambda: len(server.posts) == 1, what="the pending result posted once the webserver answers"
+            )
         finally:
             reporter.stop()
             server.server.shutdown()

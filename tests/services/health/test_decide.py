@@ -185,7 +185,8 @@ def test_a_healthy_replayed_asset_needs_no_confirmation() -> None:
 
 @given(st.lists(st.tuples(result_sets, st.booleans()), min_size=1, max_size=12))
 def test_every_live_evaluation_after_a_replay_leaves_failing_checks_announced_live(
-        steps: list[tuple[list[CheckResult], bool]]) -> None:
+    steps: list[tuple[list[CheckResult], bool]],
+) -> None:
     """Whatever mix of replayed and live evaluations: after a live one, the last published event is live
     whenever something fails (so the alerts can announce the caught-up state)."""
     state = HealthState()

@@ -32,11 +32,14 @@ def daily(n: int, rows: int = 1000, **kw: object) -> list[Materialization]:
 
 
 def test_execution_status_failure_streak_and_recovery() -> None:
-    h = AssetHistory("a", executions=[
-        Execution("r1", "SUCCESS", T0, T0 + 10),
-        Execution("r2", "FAILURE", T0 + 100, T0 + 110, error="ValueError: bad\ntrace"),
-        Execution("r3", "FAILURE", T0 + 200, T0 + 210, error="ValueError: bad"),
-    ])
+    h = AssetHistory(
+        "a",
+        executions=[
+            Execution("r1", "SUCCESS", T0, T0 + 10),
+            Execution("r2", "FAILURE", T0 + 100, T0 + 110, error="ValueError: bad\ntrace"),
+            Execution("r3", "FAILURE", T0 + 200, T0 + 210, error="ValueError: bad"),
+        ],
+    )
     r = execution_status(h, TH)
     assert r.outcome == "error" and "2 consecutive failures" in r.reason and "ValueError: bad" in r.reason
     assert r.values["consecutive"] == 2
@@ -51,8 +54,11 @@ def test_failed_materialization_of_planned_asset_is_a_failure() -> None:
 
 
 def test_run_failing_elsewhere_after_materializing_this_asset_counts_as_success() -> None:
-    h = AssetHistory("a", materializations=[Materialization(T0 + 5, "r1", 10)],
-                     executions=[Execution("r1", "FAILURE", T0, T0 + 10, error="other step")])
+    h = AssetHistory(
+        "a",
+        materializations=[Materialization(T0 + 5, "r1", 10)],
+        executions=[Execution("r1", "FAILURE", T0, T0 + 10, error="other step")],
+    )
     assert execution_status(h, TH).outcome == "passed"
 
 
@@ -66,7 +72,9 @@ def test_volume_zero_rows_is_its_own_finding() -> None:
     h = AssetHistory("a", materializations=[*daily(3), Materialization(T0 + 3 * DAY, "z", 0)])
     r = volume_anomaly(h, TH)
     assert r.outcome == "error" and "zero rows" in r.reason and r.values["zero_rows"] is True
-    assert volume_anomaly(h, TH.model_copy(update={"zero_rows": "ignore"})).outcome == "passed"  # too little history
+    assert (
+        volume_anomaly(h, TH.model_copy(update={"zero_rows": "ignore"})).outcome == "passed"
+    )  # too little history
 
 
 def test_volume_anomaly_and_normal_point() -> None:
@@ -76,7 +84,9 @@ def test_volume_anomaly_and_normal_point() -> None:
     assert r.outcome == "error" and "spike" in r.reason and r.values["z_score"] > 3  # type: ignore[operator]
     h = AssetHistory("a", materializations=[*mats, Materialization(T0 + 20 * DAY, "x", 1001)])
     assert volume_anomaly(h, TH).outcome == "passed"
-    assert volume_anomaly(AssetHistory("a", materializations=daily(3)), TH).reason.startswith("not enough history")
+    assert volume_anomaly(AssetHistory("a", materializations=daily(3)), TH).reason.startswith(
+        "not enough history"
+    )
 
 
 def test_duration_absolute_max_and_running_too_long() -> None:
@@ -108,7 +118,10 @@ def test_freshness_explicit_policy() -> None:
     assert freshness(h, resolved(freshness_max_lag=3600.0), last + 1800).outcome == "passed"
     r = freshness(h, resolved(freshness_max_lag=3600.0), last + 7200)
     assert r.outcome == "error" and "max lag 60m" in r.reason and "tag ams/freshness_max_lag" in r.reason
-    assert freshness(h, resolved(freshness_max_lag=7200.0, freshness_warn_lag=3600.0), last + 5000).outcome == "warn"
+    assert (
+        freshness(h, resolved(freshness_max_lag=7200.0, freshness_warn_lag=3600.0), last + 5000).outcome
+        == "warn"
+    )
 
 
 def test_freshness_learned_cadence_and_never_materialized() -> None:
@@ -134,16 +147,28 @@ def test_dependencies() -> None:
     }
     r = dependencies(h, ups)
     assert r.outcome == "error"
-    for text in ("ghost is not a registered asset", "old is retired", "upstream a failed", "upstream b is stale"):
+    for text in (
+        "ghost is not a registered asset",
+        "old is retired",
+        "upstream a failed",
+        "upstream b is stale",
+    ):
         assert text in r.reason
     ok = {k: UpstreamState(k, registered=True) for k in ("a", "b")}
-    assert dependencies(AssetHistory("c", spec=AssetSpecData(key="c", upstream=["a", "b"])), ok).outcome == "passed"
+    assert (
+        dependencies(AssetHistory("c", spec=AssetSpecData(key="c", upstream=["a", "b"])), ok).outcome
+        == "passed"
+    )
 
 
 def test_materialized_while_upstream_changed_during_run() -> None:
     spec = AssetSpecData(key="c", upstream=["a"])
-    h = AssetHistory("c", spec=spec, materializations=[Materialization(T0 + 100, "run-c", 1)],
-                     executions=[Execution("run-c", "SUCCESS", T0, T0 + 100)])
+    h = AssetHistory(
+        "c",
+        spec=spec,
+        materializations=[Materialization(T0 + 100, "run-c", 1)],
+        executions=[Execution("run-c", "SUCCESS", T0, T0 + 100)],
+    )
     during = {"a": UpstreamState("a", registered=True, last_materialized_at=T0 + 50, last_run_id="run-a")}
     r = dependencies(h, during)
     assert r.outcome == "warn" and "older input" in r.reason
@@ -156,10 +181,19 @@ def test_schema_drift_added_removed_retyped_and_synonyms() -> None:
     spec = AssetSpecData(key="a", downstream=["b", "c"])
 
     def hist(new: list[tuple[str, str]]) -> AssetHistory:
-        return AssetHistory("a", spec=spec, materializations=[
-            Materialization(T0, "r1", columns=tuple(cols)), Materialization(T0 + 1, "r2", columns=tuple(new))])
+        return AssetHistory(
+            "a",
+            spec=spec,
+            materializations=[
+                Materialization(T0, "r1", columns=tuple(cols)),
+                Materialization(T0 + 1, "r2", columns=tuple(new)),
+            ],
+        )
 
-    assert schema_drift(hist([("id", "BIGINT"), ("name", "varchar(20)"), ("amount", "double")])).outcome == "passed"
+    assert (
+        schema_drift(hist([("id", "BIGINT"), ("name", "varchar(20)"), ("amount", "double")])).outcome
+        == "passed"
+    )
     added = schema_drift(hist([*cols, ("extra", "int")]))
     assert added.outcome == "warn" and "added extra" in added.reason and "at risk" not in added.reason
     removed = schema_drift(hist([("id", "int64"), ("amount", "string")]))
@@ -169,12 +203,19 @@ def test_schema_drift_added_removed_retyped_and_synonyms() -> None:
 
 
 def test_schema_drift_against_declared_schema() -> None:
-    spec = AssetSpecData(key="a", metadata={"dagster/column_schema": {"columns": [{"name": "id", "type": "int"}]}})
-    h = AssetHistory("a", spec=spec, materializations=[Materialization(T0, "r", columns=(("id", "int"), ("x", "str")))])
+    spec = AssetSpecData(
+        key="a", metadata={"dagster/column_schema": {"columns": [{"name": "id", "type": "int"}]}}
+    )
+    h = AssetHistory(
+        "a", spec=spec, materializations=[Materialization(T0, "r", columns=(("id", "int"), ("x", "str")))]
+    )
     assert schema_drift(h).outcome == "warn"
 
 
-@given(st.sampled_from(["int", "INT64", "bigint", "Integer", "int32"]), st.sampled_from(["integer", "long", "smallint"]))
+@given(
+    st.sampled_from(["int", "INT64", "bigint", "Integer", "int32"]),
+    st.sampled_from(["integer", "long", "smallint"]),
+)
 def test_integer_synonyms_are_equal(a: str, b: str) -> None:
     assert normalize_type(a) == normalize_type(b) == "integer"
 
@@ -188,7 +229,10 @@ def test_health_status_mapping() -> None:
     assert health_status(passed, has_data=True, retired=False) == "HEALTHY"
     assert health_status(passed, has_data=False, retired=False) == "UNKNOWN"
     assert health_status([_r("volume_anomaly", "warn")], has_data=True, retired=False) == "WARNING"
-    assert health_status([_r("volume_anomaly", "error"), _r("freshness", "warn")], has_data=True, retired=False) == "DEGRADED"
+    assert (
+        health_status([_r("volume_anomaly", "error"), _r("freshness", "warn")], has_data=True, retired=False)
+        == "DEGRADED"
+    )
     assert health_status([_r("execution_status", "error")], has_data=True, retired=False) == "FAILED"
     assert health_status([_r("execution_status", "error")], has_data=True, retired=True) == "UNKNOWN"
     assert signature("FAILED", [_r("a", "error"), _r("b", "passed")]) == "FAILED|a=error"
@@ -196,35 +240,63 @@ def test_health_status_mapping() -> None:
 
 def test_evaluate_returns_every_check_and_honours_disabled() -> None:
     h = AssetHistory("a", materializations=daily(3))
-    results = evaluate(h, Resolved(TH.model_copy(update={"disabled_checks": ["freshness"]})), T0 + 100 * DAY, {})
+    results = evaluate(
+        h, Resolved(TH.model_copy(update={"disabled_checks": ["freshness"]})), T0 + 100 * DAY, {}
+    )
     assert [r.check for r in results] == list(CHECK_NAMES)
     assert results[3].reason.startswith("disabled")
 
 
 def test_thresholds_resolution_order() -> None:
-    cfg = HealthSettings(defaults=HealthThresholds(volume_sensitivity=4), groups={"g": {"volume_sensitivity": 5, "freshness_max_lag": "2h"}})
-    spec = AssetSpecData(key="a", group="g", tags={"ams/volume_sensitivity": "6", "ams/bogus": "1", "ams/zero_rows": "nope"},
-                         freshness={"maximum_lag_minutes": 30})
+    cfg = HealthSettings(
+        defaults=HealthThresholds(volume_sensitivity=4),
+        groups={"g": {"volume_sensitivity": 5, "freshness_max_lag": "2h"}},
+    )
+    spec = AssetSpecData(
+        key="a",
+        group="g",
+        tags={"ams/volume_sensitivity": "6", "ams/bogus": "1", "ams/zero_rows": "nope"},
+        freshness={"maximum_lag_minutes": 30},
+    )
     r = resolve(cfg, spec)
-    assert r.thresholds.volume_sensitivity == 6 and r.source("volume_sensitivity") == "tag ams/volume_sensitivity"
-    assert r.thresholds.freshness_max_lag == 1800 and r.source("freshness_max_lag") == "Dagster freshness policy"
+    assert (
+        r.thresholds.volume_sensitivity == 6
+        and r.source("volume_sensitivity") == "tag ams/volume_sensitivity"
+    )
+    assert (
+        r.thresholds.freshness_max_lag == 1800 and r.source("freshness_max_lag") == "Dagster freshness policy"
+    )
     assert r.thresholds.zero_rows == "error" and any("ams/zero_rows" in p for p in r.problems)
     assert resolve(cfg, AssetSpecData(key="b", group="g")).thresholds.volume_sensitivity == 5
     assert resolve(cfg, AssetSpecData(key="b")).thresholds.volume_sensitivity == 4
-    assert resolve(cfg, AssetSpecData(key="b", metadata={"ams/freshness_max_lag": "1d"})).thresholds.freshness_max_lag == 86400
+    assert (
+        resolve(
+            cfg, AssetSpecData(key="b", metadata={"ams/freshness_max_lag": "1d"})
+        ).thresholds.freshness_max_lag
+        == 86400
+    )
 
 
 def test_dagster_policy_shapes() -> None:
     assert dagster_policy({"fail_window": {"seconds": 600}, "warn_window_s": 300}) == {
-        "freshness_max_lag": 600, "freshness_warn_lag": 300}
+        "freshness_max_lag": 600,
+        "freshness_warn_lag": 300,
+    }
     assert dagster_policy({"fail_window": "2h"}) == {"freshness_max_lag": 7200}
     assert dagster_policy(None) == {}
 
 
 def test_cron_freshness_policy() -> None:
     # daily deadline 09:00 UTC, materialization required within the 3 h before it
-    spec = AssetSpecData(key="a", freshness={"kind": "cron", "deadline_cron": "0 9 * * *", "lower_bound_delta_s": 10800,
-                                             "timezone": "UTC"})
+    spec = AssetSpecData(
+        key="a",
+        freshness={
+            "kind": "cron",
+            "deadline_cron": "0 9 * * *",
+            "lower_bound_delta_s": 10800,
+            "timezone": "UTC",
+        },
+    )
     day = T0 - T0 % DAY
     on_time = AssetHistory("a", spec=spec, materializations=[Materialization(day + 7 * 3600, "r", 1)])
     assert freshness(on_time, resolved(), day + 10 * 3600).outcome == "passed"
@@ -250,8 +322,13 @@ def test_outcomes_do_not_change_with_the_clock_before_next_change(
         times.append(times[-1] + gap)
     now = times[-1] + intervals[0] / 2
     executions = [Execution("run", "STARTED", now - running_for)] if running_for is not None else []
-    h = AssetHistory("a", spec=AssetSpecData(key="a"), registered_at=T0, executions=executions,
-                     materializations=[Materialization(t, f"r{i}", 100) for i, t in enumerate(times)])
+    h = AssetHistory(
+        "a",
+        spec=AssetSpecData(key="a"),
+        registered_at=T0,
+        executions=executions,
+        materializations=[Materialization(t, f"r{i}", 100) for i, t in enumerate(times)],
+    )
     res = resolved(freshness_max_lag=max_lag, duration_max_s=DAY / 2)
     before = {r.check: r.outcome for r in evaluate(h, res, now, {})}
     due = next_change(h, res, now)

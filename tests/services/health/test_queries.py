@@ -43,7 +43,9 @@ def test_sparkline_one_char_per_value(values: list[float | None]) -> None:
 
 
 def test_history_and_latest(tmp_path: Path, ev: Any) -> None:
-    settings = load_settings(HealthWorkerSettings, dagster_home=str(tmp_path), stores={"data_dir": str(tmp_path)})
+    settings = load_settings(
+        HealthWorkerSettings, dagster_home=str(tmp_path), stores={"data_dir": str(tmp_path)}
+    )
     store = open_store(settings)
     engine = HealthService(store, settings, clock=lambda: T0 + 10_000)
     events = [ev.mat("a/b", T0 + i * 100, run_id=f"r{i}", rows=10 * (i + 1)) for i in range(5)]
@@ -55,11 +57,17 @@ def test_history_and_latest(tmp_path: Path, ev: Any) -> None:
     assert rows == [10.0, 20.0, 30.0, 40.0, 50.0] and durations == [10.0]
     (health,) = latest_health(store)
     assert health.asset_key == "a/b" and health.status == "HEALTHY" and len(health.checks) == 6
-    assert last_materializations(store) == last_materializations(store, "a/b") == {"a/b": "2026-05-28T20:33:20+00:00"}
+    assert (
+        last_materializations(store)
+        == last_materializations(store, "a/b")
+        == {"a/b": "2026-05-28T20:33:20+00:00"}
+    )
     assert latest_health(store, "nope") == []
     engine.handle([Delivery("runs", "9-0", ev.run("bad", "FAILURE", ["c"], start=T0, end=T0 + 1))])
     assert [h.asset_key for h in latest_health(store, statuses={HealthStatus.FAILED})] == ["c"]
-    assert [h.asset_key for h in latest_health(store, statuses={HealthStatus.FAILED, HealthStatus.HEALTHY})] == ["c", "a/b"]
+    assert [
+        h.asset_key for h in latest_health(store, statuses={HealthStatus.FAILED, HealthStatus.HEALTHY})
+    ] == ["c", "a/b"]
     assert latest_health(store, "a/b", statuses={HealthStatus.FAILED}) == []
     assert {k: v.status for k, v in statuses(store).items()} == {"a/b": "HEALTHY", "c": "FAILED"}
     assert sorted(known_assets(store)) == ["a/b", "c"]
@@ -67,10 +75,16 @@ def test_history_and_latest(tmp_path: Path, ev: Any) -> None:
 
 
 def test_check_payloads() -> None:
-    passed = CheckResult(check="freshness", outcome="passed", reason="fresh", values={"age_s": 3.0, "cols": ["a", "b"]})
+    passed = CheckResult(
+        check="freshness", outcome="passed", reason="fresh", values={"age_s": 3.0, "cols": ["a", "b"]}
+    )
     body = check_payload(passed)
     assert body["passed"] is True and "severity" not in body and body["metadata"]["cols"] == "a, b"
     warn = check_payload(CheckResult(check="volume_anomaly", outcome="warn", reason="spike"))
-    assert warn == {"check_name": "volume_anomaly", "passed": False, "severity": "WARN",
-                    "metadata": {"reason": "spike", "outcome": "warn"}}
+    assert warn == {
+        "check_name": "volume_anomaly",
+        "passed": False,
+        "severity": "WARN",
+        "metadata": {"reason": "spike", "outcome": "warn"},
+    }
     assert check_url("http://d:3000/", "raw/my orders") == "http://d:3000/report_asset_check/raw/my%20orders"

@@ -43,26 +43,42 @@ def outbox(store: Store) -> list[HealthChanged]:
 
 def counts(store: Store) -> dict[str, int]:
     conn = store.connection()
-    return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-            for t in ("materializations", "executions", "materialization_failures", "asset_specs", "check_results",
-                      "asset_health", "health_transitions", "event_outbox")}
+    return {
+        t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+        for t in (
+            "materializations",
+            "executions",
+            "materialization_failures",
+            "asset_specs",
+            "check_results",
+            "asset_health",
+            "health_transitions",
+            "event_outbox",
+        )
+    }
 
 
 def deliveries(*events: Event) -> list[Any]:
     from libs.common.bus import Delivery
 
-    return [Delivery("assets" if e.type.startswith("asset.m") else "runs", f"{i}-0", e)  # type: ignore[arg-type]
-            for i, e in enumerate(events, 1)]
+    return [
+        Delivery("assets" if e.type.startswith("asset.m") else "runs", f"{i}-0", e)  # type: ignore[arg-type]
+        for i, e in enumerate(events, 1)
+    ]
 
 
 def engine_for(store: Store, settings: HealthWorkerSettings, clock: Callable[[], float]) -> HealthService:
     return HealthService(store, settings, clock=clock)
 
 
-def test_failure_then_recovery_publishes_two_transitions(store: Store, hsettings: HealthWorkerSettings, ev: Any) -> None:
+def test_failure_then_recovery_publishes_two_transitions(
+    store: Store, hsettings: HealthWorkerSettings, ev: Any
+) -> None:
     clock = Clock(T0 + 100)
     engine = engine_for(store, hsettings, clock)
-    engine.handle(deliveries(ev.spec("a", owners=["team:data"], downstream=["b"]), ev.spec("b", upstream=["a"])))
+    engine.handle(
+        deliveries(ev.spec("a", owners=["team:data"], downstream=["b"]), ev.spec("b", upstream=["a"]))
+    )
     assert outbox(store) == []  # registered, no data: UNKNOWN → UNKNOWN publishes nothing
     engine.handle(deliveries(ev.run("r1", "FAILURE", ["a"], start=T0, end=T0 + 60, error="KeyError: 'x'")))
     events = outbox(store)
@@ -77,9 +93,17 @@ def test_failure_then_recovery_publishes_two_transitions(store: Store, hsettings
     b = [e for e in events if e.data.asset_key == "b"]
     assert b and b[-1].data.status == "WARNING"
     clock.t = T0 + 200
-    engine.handle(deliveries(ev.run("r2", "SUCCESS", ["a"], start=T0 + 100, end=T0 + 150), ev.mat("a", T0 + 150, run_id="r2", rows=10)))
+    engine.handle(
+        deliveries(
+            ev.run("r2", "SUCCESS", ["a"], start=T0 + 100, end=T0 + 150),
+            ev.mat("a", T0 + 150, run_id="r2", rows=10),
+        )
+    )
     a = [e for e in outbox(store) if e.data.asset_key == "a"]
-    assert [(e.data.previous_status, e.data.status) for e in a] == [("UNKNOWN", "FAILED"), ("FAILED", "HEALTHY")]
+    assert [(e.data.previous_status, e.data.status) for e in a] == [
+        ("UNKNOWN", "FAILED"),
+        ("FAILED", "HEALTHY"),
+    ]
     assert a[1].data.transition == 2 and a[1].data.changed_checks == ["execution_status"]
     (health,) = latest_health(store, "a")
     assert health.status == "HEALTHY" and health.transitions == 2 and len(health.checks) == len(CHECK_NAMES)
@@ -87,8 +111,12 @@ def test_failure_then_recovery_publishes_two_transitions(store: Store, hsettings
 
 def test_redelivered_events_change_nothing(store: Store, hsettings: HealthWorkerSettings, ev: Any) -> None:
     engine = engine_for(store, hsettings, Clock(T0 + DAY))
-    batch = deliveries(ev.spec("a"), ev.run("r1", "SUCCESS", ["a"], start=T0, end=T0 + 5), ev.mat("a", T0 + 5, run_id="r1", rows=3),
-                       ev.failed("a", "r0", T0 - 10))
+    batch = deliveries(
+        ev.spec("a"),
+        ev.run("r1", "SUCCESS", ["a"], start=T0, end=T0 + 5),
+        ev.mat("a", T0 + 5, run_id="r1", rows=3),
+        ev.failed("a", "r0", T0 - 10),
+    )
     engine.handle(batch)
     before = counts(store)
     snapshot = store.connection().execute("SELECT * FROM asset_health").fetchall()
@@ -96,10 +124,14 @@ def test_redelivered_events_change_nothing(store: Store, hsettings: HealthWorker
     engine2 = engine_for(store, hsettings, Clock(T0 + DAY))  # and after a restart (cold cache)
     engine2.handle(batch[1:3])
     assert counts(store) == before
-    assert [tuple(r) for r in store.connection().execute("SELECT * FROM asset_health").fetchall()] == [tuple(r) for r in snapshot]
+    assert [tuple(r) for r in store.connection().execute("SELECT * FROM asset_health").fetchall()] == [
+        tuple(r) for r in snapshot
+    ]
 
 
-def test_the_same_event_twice_in_one_batch_is_recorded_once(store: Store, hsettings: HealthWorkerSettings, ev: Any) -> None:
+def test_the_same_event_twice_in_one_batch_is_recorded_once(
+    store: Store, hsettings: HealthWorkerSettings, ev: Any
+) -> None:
     """A producer that retries a chunk Redis had taken (its reply lost) puts both copies in one batch."""
     engine = engine_for(store, hsettings, Clock(T0 + DAY))
     mat = ev.mat("a", T0 + 5, run_id="r1", rows=3)
@@ -110,7 +142,9 @@ def test_the_same_event_twice_in_one_batch_is_recorded_once(store: Store, hsetti
     assert store.connection().execute("SELECT COUNT(*) FROM executions").fetchone()[0] == 1
 
 
-def test_unchanged_evaluation_publishes_nothing_and_new_failing_check_does(store: Store, hsettings: HealthWorkerSettings, ev: Any) -> None:
+def test_unchanged_evaluation_publishes_nothing_and_new_failing_check_does(
+    store: Store, hsettings: HealthWorkerSettings, ev: Any
+) -> None:
     clock = Clock(T0)
     engine = engine_for(store, hsettings, clock)
     engine.handle(deliveries(ev.spec("a")))
@@ -122,7 +156,9 @@ def test_unchanged_evaluation_publishes_nothing_and_new_failing_check_does(store
     clock.t = T0 + 10 * DAY + 60
     engine.handle(deliveries(ev.run("bad", "FAILURE", ["a"], start=T0 + 10 * DAY - 30, end=T0 + 10 * DAY)))
     clock.t = T0 + 10 * DAY + 120
-    engine.handle(deliveries(ev.run("bad2", "FAILURE", ["a"], start=T0 + 10 * DAY + 60, end=T0 + 10 * DAY + 90)))
+    engine.handle(
+        deliveries(ev.run("bad2", "FAILURE", ["a"], start=T0 + 10 * DAY + 60, end=T0 + 10 * DAY + 90))
+    )
     events = outbox(store)
     assert len(events) == published + 1  # the longer streak changes only the reason: no event
     # now the asset is also stale by its explicit policy: a second check fails while FAILED → published
@@ -178,14 +214,20 @@ def test_the_full_evaluation_takes_the_lock_a_chunk_at_a_time(
 def test_retention_keeps_latest(store: Store, hsettings: HealthWorkerSettings, ev: Any) -> None:
     clock = Clock(T0 + 200 * DAY)
     engine = engine_for(store, hsettings, clock)
-    engine.handle(deliveries(*[ev.mat("a", T0 + i * DAY, rows=5) for i in range(10)],
-                             ev.run("r", "SUCCESS", ["a"], start=T0, end=T0 + 1)))
+    engine.handle(
+        deliveries(
+            *[ev.mat("a", T0 + i * DAY, rows=5) for i in range(10)],
+            ev.run("r", "SUCCESS", ["a"], start=T0, end=T0 + 1),
+        )
+    )
     deleted = engine.retention()
     assert deleted["materializations"] == 9 and deleted["executions"] == 0
     assert len(history(store, "a", 100)) == 2
 
 
-def test_spec_copy_orders_versions_and_retires(store: Store, hsettings: HealthWorkerSettings, ev: Any) -> None:
+def test_spec_copy_orders_versions_and_retires(
+    store: Store, hsettings: HealthWorkerSettings, ev: Any
+) -> None:
     engine = engine_for(store, hsettings, Clock(T0 + 10))
     engine.handle(deliveries(ev.spec("a", version=2, group="g2"), ev.spec("a", version=1, group="g1")))
     spec = json.loads(store.connection().execute("SELECT spec FROM asset_specs").fetchone()[0])
@@ -197,10 +239,18 @@ def test_spec_copy_orders_versions_and_retires(store: Store, hsettings: HealthWo
 
 
 def test_backlog_defers_evaluation_durably(store: Store, tmp_path: Path, ev: Any) -> None:
-    settings = load_settings(HealthWorkerSettings, dagster_home=str(tmp_path), stores={"data_dir": str(tmp_path)},
-                             bus={"batch_size": 2}, health={"max_defer_s": 60})
+    settings = load_settings(
+        HealthWorkerSettings,
+        dagster_home=str(tmp_path),
+        stores={"data_dir": str(tmp_path)},
+        bus={"batch_size": 2},
+        health={"max_defer_s": 60},
+    )
     engine = engine_for(store, settings, Clock(T0 + 10))
-    full = deliveries(ev.run("r1", "FAILURE", ["a"], start=T0, end=T0 + 1), ev.run("r2", "FAILURE", ["b"], start=T0, end=T0 + 1))
+    full = deliveries(
+        ev.run("r1", "FAILURE", ["a"], start=T0, end=T0 + 1),
+        ev.run("r2", "FAILURE", ["b"], start=T0, end=T0 + 1),
+    )
     engine.handle(full)  # a full batch: a backlog, evaluation deferred
     assert outbox(store) == []
     assert {r[0] for r in store.connection().execute("SELECT asset_key FROM dirty_assets")} == {"a", "b"}
@@ -209,32 +259,57 @@ def test_backlog_defers_evaluation_durably(store: Store, tmp_path: Path, ev: Any
     assert restarted.evaluate_pending() == 2
     assert {e.data.asset_key: e.data.status for e in outbox(store)} == {"a": "FAILED", "b": "FAILED"}
     assert store.connection().execute("SELECT COUNT(*) FROM dirty_assets").fetchone()[0] == 0
-    restarted.handle(deliveries(ev.run("r3", "SUCCESS", ["a"], start=T0 + 2, end=T0 + 3)))  # caught up: at once
+    restarted.handle(
+        deliveries(ev.run("r3", "SUCCESS", ["a"], start=T0 + 2, end=T0 + 3))
+    )  # caught up: at once
     assert outbox(store)[-1].data.status == "HEALTHY"
     assert outbox(store)[-1].data.transition == 2
 
 
-def test_unknown_downstream_gets_no_health_row(store: Store, hsettings: HealthWorkerSettings, ev: Any) -> None:
+def test_unknown_downstream_gets_no_health_row(
+    store: Store, hsettings: HealthWorkerSettings, ev: Any
+) -> None:
     engine = engine_for(store, hsettings, Clock(T0 + 10))
-    engine.handle(deliveries(ev.spec("a", downstream=["not_yet_registered"]), ev.run("r", "FAILURE", ["a"], start=T0, end=T0 + 1)))
+    engine.handle(
+        deliveries(
+            ev.spec("a", downstream=["not_yet_registered"]),
+            ev.run("r", "FAILURE", ["a"], start=T0, end=T0 + 1),
+        )
+    )
     assert [h.asset_key for h in latest_health(store)] == ["a"]
 
 
-def test_status_gauges_by_group_and_per_unhealthy_asset(store: Store, hsettings: HealthWorkerSettings, ev: Any) -> None:
+def test_status_gauges_by_group_and_per_unhealthy_asset(
+    store: Store, hsettings: HealthWorkerSettings, ev: Any
+) -> None:
     from prometheus_client import REGISTRY
 
     engine = engine_for(store, hsettings, Clock(T0 + 100))
     engine.handle(deliveries(ev.spec("g/a", group="sales"), ev.spec("g/b", group="sales")))
-    engine.handle(deliveries(ev.run("r1", "FAILURE", ["g/a"], start=T0, end=T0 + 60, error="boom"),
-                             ev.run("r2", "SUCCESS", ["g/b"], start=T0, end=T0 + 60), ev.mat("g/b", T0 + 60, run_id="r2", rows=5)))
+    engine.handle(
+        deliveries(
+            ev.run("r1", "FAILURE", ["g/a"], start=T0, end=T0 + 60, error="boom"),
+            ev.run("r2", "SUCCESS", ["g/b"], start=T0, end=T0 + 60),
+            ev.mat("g/b", T0 + 60, run_id="r2", rows=5),
+        )
+    )
     engine.update_status_gauge()
     value = REGISTRY.get_sample_value
     assert value("ams_health_assets", {"group": "sales", "status": "FAILED"}) == 1
     assert value("ams_health_asset_status", {"asset_key": "g/a", "group": "sales", "status": "FAILED"}) == 1
-    assert value("ams_health_asset_status", {"asset_key": "g/b", "group": "sales", "status": "HEALTHY"}) is None
-    engine.handle(deliveries(ev.run("r3", "SUCCESS", ["g/a"], start=T0 + 70, end=T0 + 80), ev.mat("g/a", T0 + 80, run_id="r3", rows=5)))
+    assert (
+        value("ams_health_asset_status", {"asset_key": "g/b", "group": "sales", "status": "HEALTHY"}) is None
+    )
+    engine.handle(
+        deliveries(
+            ev.run("r3", "SUCCESS", ["g/a"], start=T0 + 70, end=T0 + 80),
+            ev.mat("g/a", T0 + 80, run_id="r3", rows=5),
+        )
+    )
     engine.update_status_gauge()
-    assert value("ams_health_asset_status", {"asset_key": "g/a", "group": "sales", "status": "FAILED"}) is None
+    assert (
+        value("ams_health_asset_status", {"asset_key": "g/a", "group": "sales", "status": "FAILED"}) is None
+    )
     assert value("ams_health_assets", {"group": "sales", "status": "FAILED"}) is None
 
 
@@ -250,12 +325,29 @@ def test_a_tiny_cache_decides_as_a_large_one(tmp_path: Path, ev: Any) -> None:
         if budget is not None:
             service.cache.budget = budget  # every entry but the newest is evicted at once
         keys = [f"k{i}" for i in range(6)]
-        service.handle(deliveries(*[ev.spec(k, upstream=keys[:i][-1:], downstream=keys[i + 1 : i + 2])
-                                    for i, k in enumerate(keys)]))
+        service.handle(
+            deliveries(
+                *[
+                    ev.spec(k, upstream=keys[:i][-1:], downstream=keys[i + 1 : i + 2])
+                    for i, k in enumerate(keys)
+                ]
+            )
+        )
         for day in range(3):
-            service.handle(deliveries(*[ev.run(f"{k}-{day}", "FAILURE" if (i + day) % 3 == 0 else "SUCCESS", [k],
-                                               start=T0 + day * 3600, end=T0 + day * 3600 + 60)
-                                        for i, k in enumerate(keys)]))
+            service.handle(
+                deliveries(
+                    *[
+                        ev.run(
+                            f"{k}-{day}",
+                            "FAILURE" if (i + day) % 3 == 0 else "SUCCESS",
+                            [k],
+                            start=T0 + day * 3600,
+                            end=T0 + day * 3600 + 60,
+                        )
+                        for i, k in enumerate(keys)
+                    ]
+                )
+            )
         service.evaluate_all()
         published[str(budget)] = [(e.data.asset_key, e.data.status, e.data.transition) for e in outbox(s)]
         if budget is not None:
@@ -264,15 +356,24 @@ def test_a_tiny_cache_decides_as_a_large_one(tmp_path: Path, ev: Any) -> None:
     assert published["None"] == published["1"] and len(published["None"]) > 6
 
 
-def test_the_periodic_pass_evaluates_the_assets_the_clock_can_change(store: Store, hsettings: HealthWorkerSettings,
-                                                                     ev: Any) -> None:
+def test_the_periodic_pass_evaluates_the_assets_the_clock_can_change(
+    store: Store, hsettings: HealthWorkerSettings, ev: Any
+) -> None:
     clock = Clock(T0 + 60)
     service = engine_for(store, hsettings, clock)
-    service.handle(deliveries(ev.spec("lagging", tags={"ams/freshness_max_lag": "1h"}), ev.spec("plain"),
-                              ev.mat("lagging", T0, rows=5), ev.mat("plain", T0, rows=5)))
+    service.handle(
+        deliveries(
+            ev.spec("lagging", tags={"ams/freshness_max_lag": "1h"}),
+            ev.spec("plain"),
+            ev.mat("lagging", T0, rows=5),
+            ev.mat("plain", T0, rows=5),
+        )
+    )
 
     def evaluated() -> dict[str, tuple[float, float | None]]:
-        rows = store.connection().execute("SELECT asset_key, evaluated_at, due_at FROM asset_health").fetchall()
+        rows = (
+            store.connection().execute("SELECT asset_key, evaluated_at, due_at FROM asset_health").fetchall()
+        )
         return {r[0]: (r[1], r[2]) for r in rows}
 
     assert evaluated() == {"lagging": (T0 + 60, T0 + 3600), "plain": (T0 + 60, None)}
@@ -288,14 +389,26 @@ def test_the_periodic_pass_evaluates_the_assets_the_clock_can_change(store: Stor
     assert outbox(store)[-1].data.status == "DEGRADED"
 
 
-def test_only_declared_checks_are_reported_to_dagster(store: Store, hsettings: HealthWorkerSettings, ev: Any) -> None:
+def test_only_declared_checks_are_reported_to_dagster(
+    store: Store, hsettings: HealthWorkerSettings, ev: Any
+) -> None:
     reported: dict[str, list[str]] = {}
-    engine = HealthService(store, hsettings, clock=Clock(T0 + 100),
-                           report=lambda key, results: reported.update({key: [r.check for r in results]}))
-    engine.handle(deliveries(
-        ev.spec("ours", code_location="orchestrator", checks=list(CHECK_NAMES)),  # with_health_checks applied
-        ev.spec("theirs", code_location="finance", checks=["row_count_positive"]),  # a team's own check only
-    ))
+    engine = HealthService(
+        store,
+        hsettings,
+        clock=Clock(T0 + 100),
+        report=lambda key, results: reported.update({key: [r.check for r in results]}),
+    )
+    engine.handle(
+        deliveries(
+            ev.spec(
+                "ours", code_location="orchestrator", checks=list(CHECK_NAMES)
+            ),  # with_health_checks applied
+            ev.spec(
+                "theirs", code_location="finance", checks=["row_count_positive"]
+            ),  # a team's own check only
+        )
+    )
     engine.handle(deliveries(ev.run("r1", "FAILURE", ["ours", "theirs", "unknown"], start=T0, end=T0 + 60)))
     assert reported["ours"] == list(CHECK_NAMES)
     assert "theirs" not in reported  # nothing of ours is declared there: nothing posted, nothing errors
@@ -310,10 +423,17 @@ def test_caught_up_after_a_long_backlog_a_batch_evaluates_its_own_assets_first(
     import services.health.service as service_module
 
     monkeypatch.setattr(service_module, "_EVALUATE_IN_BATCH", 2)
-    settings = load_settings(HealthWorkerSettings, dagster_home=str(tmp_path), stores={"data_dir": str(tmp_path)},
-                             bus={"batch_size": 3}, health={"max_defer_s": 60})
+    settings = load_settings(
+        HealthWorkerSettings,
+        dagster_home=str(tmp_path),
+        stores={"data_dir": str(tmp_path)},
+        bus={"batch_size": 3},
+        health={"max_defer_s": 60},
+    )
     service = engine_for(store, settings, Clock(T0 + 10))
-    service.handle(deliveries(*[ev.run(f"r{k}", "FAILURE", [k], start=T0, end=T0 + 1) for k in "abc"]))  # backlog
+    service.handle(
+        deliveries(*[ev.run(f"r{k}", "FAILURE", [k], start=T0, end=T0 + 1) for k in "abc"])
+    )  # backlog
     assert outbox(store) == [] and service.stats()["dirty_assets"] == 3
     service.handle(deliveries(ev.run("rz", "FAILURE", ["z"], start=T0, end=T0 + 1)))  # caught up
     assert [e.data.asset_key for e in outbox(store)] == ["z"]  # at once; the three others wait for the job
@@ -330,18 +450,25 @@ def test_assets_a_failed_run_only_skipped_are_blocked_by_the_upstream_that_faile
     stay so after a restart (health.db keeps which assets failed); the next good run makes them HEALTHY."""
     clock = Clock(T0 + 100)
     engine = engine_for(store, hsettings, clock)
-    lineage = {"root": [], "child_a": ["root"], "child_b": ["root"], "grandchild": ["child_a", "child_b"],
-               "other": []}
+    lineage = {
+        "root": [],
+        "child_a": ["root"],
+        "child_b": ["root"],
+        "grandchild": ["child_a", "child_b"],
+        "other": [],
+    }
     downstream = {"root": ["child_a", "child_b"], "child_a": ["grandchild"], "child_b": ["grandchild"]}
     specs = [ev.spec(k, upstream=up, downstream=downstream.get(k, [])) for k, up in lineage.items()]
     engine.handle(deliveries(*specs))
     keys = list(lineage)
-    engine.handle(deliveries(
-        ev.run("run-one-1", "STARTED", keys, start=T0),
-        ev.failed("root", "run-one-1", T0 + 5, "ValueError: root raised"),
-        ev.failed("other", "run-one-1", T0 + 6, "other raised"),
-        ev.run("run-one-1", "FAILURE", keys, start=T0, end=T0 + 10, failed=["other", "root"]),
-    ))
+    engine.handle(
+        deliveries(
+            ev.run("run-one-1", "STARTED", keys, start=T0),
+            ev.failed("root", "run-one-1", T0 + 5, "ValueError: root raised"),
+            ev.failed("other", "run-one-1", T0 + 6, "other raised"),
+            ev.run("run-one-1", "FAILURE", keys, start=T0, end=T0 + 10, failed=["other", "root"]),
+        )
+    )
 
     def health() -> dict[str, Any]:
         return {h.asset_key: h for h in latest_health(store)}
@@ -351,7 +478,10 @@ def test_assets_a_failed_run_only_skipped_are_blocked_by_the_upstream_that_faile
 
     now = health()
     assert {k: h.status for k, h in now.items()} == {
-        "root": "FAILED", "other": "FAILED", "child_a": "WARNING", "child_b": "WARNING",
+        "root": "FAILED",
+        "other": "FAILED",
+        "child_a": "WARNING",
+        "child_b": "WARNING",
         "grandchild": "WARNING",
     }
     for key in ("child_a", "child_b", "grandchild"):
@@ -375,8 +505,10 @@ def test_assets_a_failed_run_only_skipped_are_blocked_by_the_upstream_that_faile
 
     clock.t = T0 + 300
     engine = restarted
-    engine.handle(deliveries(
-        *(ev.mat(k, T0 + 210 + i, run_id="run-two-2", rows=10) for i, k in enumerate(keys)),
-        ev.run("run-two-2", "SUCCESS", keys, start=T0 + 200, end=T0 + 250),
-    ))
+    engine.handle(
+        deliveries(
+            *(ev.mat(k, T0 + 210 + i, run_id="run-two-2", rows=10) for i, k in enumerate(keys)),
+            ev.run("run-two-2", "SUCCESS", keys, start=T0 + 200, end=T0 + 250),
+        )
+    )
     assert {k: h.status for k, h in health().items()} == dict.fromkeys(keys, "HEALTHY")

@@ -27,8 +27,6 @@ from services.health.settings import HealthWorkerSettings
 ROOT = Path(__file__).resolve().parents[3]
 
 
-
-
 class CheckReceiver:
     """A loopback HTTP server recording POSTs; the very first one is answered 503 to exercise retries."""
 
@@ -72,7 +70,9 @@ def receiver() -> Iterator[CheckReceiver]:
 
 
 @pytest.fixture
-def worker(settings: HealthWorkerSettings, receiver: CheckReceiver, tmp_path: Path) -> Iterator[ServiceProcess]:
+def worker(
+    settings: HealthWorkerSettings, receiver: CheckReceiver, tmp_path: Path
+) -> Iterator[ServiceProcess]:
     port = free_port()
     env = {
         **os.environ,
@@ -86,8 +86,9 @@ def worker(settings: HealthWorkerSettings, receiver: CheckReceiver, tmp_path: Pa
         "PYTHONPATH": str(ROOT),
     }
     env.pop("AMS_LOGGING__FILE", None)
-    process = ServiceProcess([sys.executable, "-m", "services.health"], env, port=port, log=tmp_path / "worker.log",
-                             cwd=tmp_path).start()
+    process = ServiceProcess(
+        [sys.executable, "-m", "services.health"], env, port=port, log=tmp_path / "worker.log", cwd=tmp_path
+    ).start()
     wait_for(process.answers, what="health /healthz")
     yield process
     assert process.stop() == 0, process.output()
@@ -102,25 +103,38 @@ def health_events(client: redis.Redis, settings: HealthWorkerSettings) -> list[H
     return out
 
 
-
-
 def test_failure_and_recovery_reach_health_stream_db_and_dagster(
-    settings: HealthWorkerSettings, redis_client: redis.Redis, worker: ServiceProcess, receiver: CheckReceiver, ev: Any
+    settings: HealthWorkerSettings,
+    redis_client: redis.Redis,
+    worker: ServiceProcess,
+    receiver: CheckReceiver,
+    ev: Any,
 ) -> None:
     bus = Bus(connect(settings.redis), settings.bus)
     now = time.time()
-    failing = [ev.run("run-1", "STARTED", ["raw/orders"], start=now - 60),
-               ev.run("run-1", "FAILURE", ["raw/orders"], start=now - 60, end=now - 50, error="ConnectionError: db down")]
+    failing = [
+        ev.run("run-1", "STARTED", ["raw/orders"], start=now - 60),
+        ev.run(
+            "run-1", "FAILURE", ["raw/orders"], start=now - 60, end=now - 50, error="ConnectionError: db down"
+        ),
+    ]
     bus.publish_many(RUNS, failing)
-    wait_for(lambda: any(e.data.status == "FAILED" for e in health_events(redis_client, settings)), what="FAILED")
+    wait_for(
+        lambda: any(e.data.status == "FAILED" for e in health_events(redis_client, settings)), what="FAILED"
+    )
     (failed,) = health_events(redis_client, settings)
     assert failed.data.asset_key == "raw/orders" and failed.data.previous_status == "UNKNOWN"
     assert [c.check for c in failed.data.checks] == list(CHECK_NAMES)
     assert "ConnectionError: db down" in failed.data.reasons[0]
 
     db = sqlite3.connect(settings.data_dir / "health.db")
-    assert db.execute("SELECT status, duration_s FROM executions WHERE run_id = 'run-1'").fetchone() == ("FAILURE", 10.0)
-    assert db.execute("SELECT status FROM asset_health WHERE asset_key = 'raw/orders'").fetchone() == ("FAILED",)
+    assert db.execute("SELECT status, duration_s FROM executions WHERE run_id = 'run-1'").fetchone() == (
+        "FAILURE",
+        10.0,
+    )
+    assert db.execute("SELECT status FROM asset_health WHERE asset_key = 'raw/orders'").fetchone() == (
+        "FAILED",
+    )
 
     path = "/report_asset_check/raw/orders"
     wait_for(lambda: len(receiver.latest(path)) == len(CHECK_NAMES), what="all checks reported to Dagster")
@@ -129,22 +143,31 @@ def test_failure_and_recovery_reach_health_stream_db_and_dagster(
     assert "db down" in reported["metadata"]["reason"]
     assert receiver.refused == 1  # the first POST got a 503 and was retried
 
-    recovery = [ev.run("run-2", "SUCCESS", ["raw/orders"], start=now - 30, end=now - 20),
-                ev.mat("raw/orders", now - 21, run_id="run-2", rows=1200, columns=[("id", "int")])]
+    recovery = [
+        ev.run("run-2", "SUCCESS", ["raw/orders"], start=now - 30, end=now - 20),
+        ev.mat("raw/orders", now - 21, run_id="run-2", rows=1200, columns=[("id", "int")]),
+    ]
     bus.publish_many(ASSETS, recovery[1:])
     bus.publish_many(RUNS, recovery[:1])
     wait_for(lambda: health_events(redis_client, settings)[-1].data.status == "HEALTHY", what="HEALTHY")
-    wait_for(lambda: receiver.latest(path)["execution_status"]["passed"] is True, what="passed check reported")
+    wait_for(
+        lambda: receiver.latest(path)["execution_status"]["passed"] is True, what="passed check reported"
+    )
 
     # Redelivered (republished) events change nothing and publish nothing.
     before = len(health_events(redis_client, settings))
     rows = db.execute("SELECT COUNT(*) FROM materializations").fetchone()
     bus.publish_many(RUNS, failing)
     bus.publish_many(ASSETS, recovery[1:])
-    wait_for(lambda: Bus(redis_client, settings.bus).unsettled("health", [ASSETS, RUNS]) == 0, what="redeliveries consumed")
+    wait_for(
+        lambda: Bus(redis_client, settings.bus).unsettled("health", [ASSETS, RUNS]) == 0,
+        what="redeliveries consumed",
+    )
     assert len(health_events(redis_client, settings)) == before
     assert db.execute("SELECT COUNT(*) FROM materializations").fetchone() == rows
-    assert db.execute("SELECT status FROM asset_health WHERE asset_key = 'raw/orders'").fetchone() == ("HEALTHY",)
+    assert db.execute("SELECT status FROM asset_health WHERE asset_key = 'raw/orders'").fetchone() == (
+        "HEALTHY",
+    )
 
     # The status gauges follow within a second (rebuilt at most once a second).
     wait_for(lambda: "ams_health_asset_status{" not in worker.metrics(), what="status gauges refreshed")
@@ -152,5 +175,7 @@ def test_failure_and_recovery_reach_health_stream_db_and_dagster(
     assert re.search(r'ams_health_assets\{group="[^"]*",status="HEALTHY"\} 1\.0', metrics)
     assert "ams_health_asset_status{" not in metrics  # only unhealthy assets get a per-asset series
     assert 'ams_health_check_results_total{check="execution_status",outcome="error"}' in metrics
-    assert "ams_health_event_lag_seconds_bucket" in metrics and "ams_health_evaluation_seconds_count" in metrics
+    assert (
+        "ams_health_event_lag_seconds_bucket" in metrics and "ams_health_evaluation_seconds_count" in metrics
+    )
     db.close()
