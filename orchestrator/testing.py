@@ -87,8 +87,11 @@ def record_run(
 
     def report(event_type: DagsterEventType, step_key: str | None = None, **kwargs: object) -> None:
         event = DagsterEvent(
-            event_type_value=event_type.value, job_name=job_name, step_key=step_key, **kwargs
-        )  # type: ignore[arg-type]
+            event_type_value=event_type.value,
+            job_name=job_name,
+            step_key=step_key,
+            **kwargs,  # type: ignore[arg-type]
+        )
         instance.report_dagster_event(event, run_id=run_id, timestamp=at())
 
     instance.add_run(DagsterRun(job_name=job_name, run_id=run_id, status=DagsterRunStatus.NOT_STARTED))
