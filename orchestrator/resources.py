@@ -37,16 +37,43 @@ TARGET_CONNECTION = "target_connection"
 
 @dataclass(frozen=True)
 class StagingTable:
-    """The value of an asset that loaded a staging table and returned nothing: where its rows are."""
+    """The value of an asset that loaded a staging table and returned nothing: where its rows are.
+
+    `config` is the connection's settings when the loader passed a SqlConnection object instead of a name;
+    a literal `password` in it is never written to disk (`password_dropped`), while `password_env` and
+    `password_file` references are kept, so the downstream step can connect with them.
+    """
 
     connection: str
     schema: str
     table: str
+    config: dict[str, Any] | None = None
+    password_dropped: bool = False
 
     def read(self) -> pd.DataFrame:
+        from orchestrator.settings import SqlConnection
         from orchestrator.shared.load_to_sql_utils import read_stg_table
+        from orchestrator.shared.sql import INLINE, SqlError
 
-        return read_stg_table(self.table, schema=self.schema, connection=self.connection)
+        connection: str | SqlConnection = self.connection
+        if self.connection == INLINE:
+            where = f"staging table {self.schema}.{self.table}"
+            if self.password_dropped:
+                raise SqlError(
+                    f"the {where} was loaded through a SqlConnection object with a literal password, which "
+                    "is never stored: give it password_env or password_file, or name the connection under "
+                    "`connections:` in app_config.yaml, so the downstream step can read the table",
+                    connection=INLINE,
+                )
+            if self.config is None:
+                raise SqlError(
+                    f"the {where} was loaded through a SqlConnection object whose settings did not reach "
+                    "the IO manager (was load_to_stg_table called in another process?): name the "
+                    "connection under `connections:` in app_config.yaml",
+                    connection=INLINE,
+                )
+            connection = SqlConnection.model_validate(self.config)
+        return read_stg_table(self.table, schema=self.schema, connection=connection)
 
 
 def staging_table_of(metadata: Any) -> StagingTable | None:
@@ -59,7 +86,21 @@ def staging_table_of(metadata: Any) -> StagingTable | None:
     if not isinstance(target, str) or not isinstance(connection, str) or target.count(".") != 1:
         return None
     schema, table = target.split(".")
-    return StagingTable(connection=connection, schema=schema, table=table)
+    from orchestrator.shared.load_to_sql_utils import take_inline_connection
+    from orchestrator.shared.sql import INLINE
+
+    if connection != INLINE:
+        return StagingTable(connection=connection, schema=schema, table=table)
+    inline = take_inline_connection(schema, table)
+    if inline is None:
+        return StagingTable(connection=connection, schema=schema, table=table)
+    return StagingTable(
+        connection=connection,
+        schema=schema,
+        table=table,
+        config=inline.model_dump(mode="json", exclude={"password"}),
+        password_dropped=inline.password is not None,
+    )
 
 
 def table_schema_of(df: pd.DataFrame) -> TableSchema:

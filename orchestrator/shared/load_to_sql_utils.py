@@ -33,6 +33,7 @@ from libs.common.log import get_logger
 from orchestrator.settings import OrchestratorSettings, SqlConnection
 from orchestrator.shared.ingest_utils import ingest_from_sql
 from orchestrator.shared.sql import (
+    INLINE,
     WAREHOUSE,
     Dialect,
     Handle,
@@ -56,6 +57,15 @@ __all__ = [
 ]
 
 log = get_logger(__name__)
+
+# A SqlConnection object has no name a later step could resolve, so load_to_stg_table leaves it here for the
+# IO manager, which stores the output in the same step process right after the asset returns.
+_inline_connections: dict[tuple[str, str], SqlConnection] = {}
+
+
+def take_inline_connection(schema: str, table: str) -> SqlConnection | None:
+    """The SqlConnection object the latest load of `schema.table` in this process used, if it used one."""
+    return _inline_connections.pop((schema, table), None)
 
 MAX_IDENTIFIER = 63  # PostgreSQL's limit; SQL Server allows 128, SQLite more
 IDENTIFIER = re.compile(rf"^[A-Za-z_][A-Za-z0-9_]{{0,{MAX_IDENTIFIER - 1}}}$")
@@ -438,6 +448,8 @@ def load_to_stg_table(
         added_columns=added,
         seconds=round(time.monotonic() - started, 3),
     )
+    if conn.name == INLINE:
+        _inline_connections[(schema, target_table_name)] = conn.config
     _report(context, result)
     return result
 

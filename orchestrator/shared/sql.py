@@ -42,6 +42,7 @@ BUILTIN_CONNECTIONS: dict[str, SqlConnection] = {
 }
 DEFAULT_PROFILE = "default"  # the connection whose settings ad-hoc `sql_server=`/`sql_database=` calls use
 WAREHOUSE = "warehouse"  # the default target of load_to_stg_table
+INLINE = "(inline)"  # the name of a connection passed as a SqlConnection object rather than by name
 
 # SQLSTATEs worth another attempt: cannot connect, link failure, timeouts, deadlock/serialization victims.
 _TRANSIENT_STATES = {"08001", "08004", "08S01", "HYT00", "HYT01", "40001", "40P01", "57P03"}
@@ -134,7 +135,7 @@ def resolve(
         return connection
     settings = settings or get_settings()
     if isinstance(connection, SqlConnection):
-        return _finish("(inline)", connection, settings)
+        return _finish(INLINE, connection, settings)
     if connection is not None:
         return _finish(connection, _named(connection, settings), settings)
     if sql_server or sql_database:

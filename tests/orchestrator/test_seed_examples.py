@@ -21,8 +21,8 @@ from dagster import AssetKey, DagsterInstance, Definitions, asset, instance_for_
 
 from orchestrator.definitions import build_definitions
 from orchestrator.loader import ScanResult
-from orchestrator.settings import get_settings
-from orchestrator.shared.load_to_sql_utils import load_to_stg_table, read_stg_table
+from orchestrator.settings import SqlConnection, get_settings
+from orchestrator.shared.load_to_sql_utils import SqlError, load_to_stg_table, read_stg_table
 from orchestrator.shared.load_window import get_load_window
 from tests.orchestrator.shared.conftest import require_driver
 
@@ -154,3 +154,63 @@ def test_a_loader_that_returns_its_dataframe_hands_on_that_dataframe(seed_instan
     result = defs.resolve_implicit_global_asset_job_def().execute_in_process(instance=seed_instance)
     assert result.success
     assert result.output_for_node("reads_returned")["n"].tolist() == [10, 20, 30]
+
+
+INLINE_DB = "inline_target.db"  # not the warehouse: the downstream step must read where the loader wrote
+
+
+@asset
+def inline_loader(context, frame_source: pd.DataFrame):  # type: ignore[no-untyped-def]  # no -> None: Dagster would make its output Nothing
+    """The seed's loader style, with a SqlConnection object instead of a configured name."""
+    connection = SqlConnection(driver="SQLite3", database=INLINE_DB, engine="odbc", password_env="INLINE_PW")
+    load_to_stg_table(
+        context=context, df=frame_source, target_table_name="inline_staging", connection=connection
+    )
+
+
+@asset
+def reads_inline(inline_loader: pd.DataFrame) -> pd.DataFrame:
+    return inline_loader
+
+
+def test_a_loader_with_an_inline_connection_hands_on_its_table(
+    seed_instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INLINE_PW", "from-the-environment")  # the downstream step resolves it again
+    assets = [frame_source, inline_loader, reads_inline]
+    defs = build_definitions(ScanResult(package="t", root=SEED, assets=assets), sensors=[])
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(instance=seed_instance)
+    assert result.success
+    assert result.output_for_node("reads_inline")["n"].tolist() == [1, 2, 3]
+    with pytest.raises(SqlError):  # the rows are in the inline connection's database, not the warehouse
+        read_stg_table("inline_staging")
+
+
+@asset
+def inline_loader_with_password(context, frame_source: pd.DataFrame):  # type: ignore[no-untyped-def]
+    connection = SqlConnection(driver="SQLite3", database=INLINE_DB, engine="odbc", password="s3cret")
+    load_to_stg_table(
+        context=context, df=frame_source, target_table_name="secret_staging", connection=connection
+    )
+
+
+@asset
+def reads_secret(inline_loader_with_password: pd.DataFrame) -> pd.DataFrame:
+    return inline_loader_with_password
+
+
+def test_an_inline_literal_password_is_never_stored_and_the_reader_says_what_to_do(
+    seed_instance: DagsterInstance,
+) -> None:
+    assets = [frame_source, inline_loader_with_password, reads_secret]
+    defs = build_definitions(ScanResult(package="t", root=SEED, assets=assets), sensors=[])
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=seed_instance, raise_on_error=False
+    )
+    assert not result.success
+    failures = [e for e in result.all_events if e.is_step_failure]
+    assert [e.step_key for e in failures] == ["reads_secret"]
+    message = failures[0].step_failure_data.error.to_string()  # type: ignore[union-attr]  # with its cause
+    assert "literal password" in message and "password_env" in message
+    stored = Path(seed_instance.storage_directory()) / "inline_loader_with_password"
+    assert stored.exists() and b"s3cret" not in stored.read_bytes()
