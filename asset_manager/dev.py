@@ -173,9 +173,12 @@ class DevSystem:
                 self.console.print(f"[yellow]reload after {', '.join(files)} failed: {exc}")
 
     def on_assets_changed(self, files: list[str]) -> None:
-        """Ask discovery for a scan, then reload the code location in the webserver."""
-        requested = self.request_discovery()
+        """Reload the code location in the webserver, then ask discovery for a scan.
+
+        In this order: the scan also polls the webserver, and a poll that ran before the reload finished read
+        the old graph and retired the new assets until the next poll (about 30 s later)."""
         reloaded = self.reload_code_location()
+        requested = self.request_discovery()
         self.console.print(f"{', '.join(files)} changed: {reloaded}; {requested}")
 
     def request_discovery(self) -> str:

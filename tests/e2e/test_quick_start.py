@@ -222,6 +222,8 @@ def test_quick_start_seed_assets_appear_in_seconds_and_materialize_on_the_one_in
         assert asset["tags"]["domain"] == "my_domain", asset
     assert [a["key"] for a in project.json_of("list-assets", "--kind", "pandas") if a["key"] in SEED_KEYS]
     details = project.json_of("asset-details", "transformed_my_new_data")
+    # registered once: no poll of the webserver's old graph retired it before the reload finished
+    assert [h["change"] for h in details["history"]] == ["registered"], details["history"]
     assert [u["key"] for u in details["lineage"]["upstream"]] == ["stg_my_new_data", "raw_my_new_data"]
     nodes = {"/".join(n["assetKey"]["path"]): n for n in project.graphql(GRAPHQL_ASSETS)["assetNodes"]}
     assert nodes["stg_my_new_data"]["kinds"] == ["pandas"]
