@@ -63,7 +63,8 @@ def write_dagster_home(home: Path, path: Path | None = None) -> Path:
     path = path or PROJECT_ROOT / ENV_FILE_NAME
     if not path.exists():
         path.write_text(
-            "# Written by `asset-manager init`/`dev`: Dagster's CLI and asset-manager read DAGSTER_HOME from here,\n"
+            "# Written by `asset-manager init`/`dev`: Dagster's CLI and asset-manager read DAGSTER_HOME "
+            "from here,\n"
             "# so every shell started in this folder uses the same Dagster instance.\n",
             encoding="utf-8",
         )

@@ -1,4 +1,5 @@
-"""Rendering of CLI listings: `--format table|json|csv|markdown` and `--output FILE`, one way for every command."""
+"""Rendering of CLI listings: `--format table|json|csv|markdown` and `--output FILE`, one way for every
+command."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Alert latency: a failing materialization in a real `dagster dev` to the signed firing notice at a receiver.
 
-    .venv/bin/python bench/alert_latency.py [--count 20] [--sensor-interval S] [--redis-url URL] [--timeout 600]
+    .venv/bin/python bench/alert_latency.py [--count 20] [--sensor-interval S] [--redis-url URL]
+        [--timeout 600]
 
 `asset-manager dev` runs on a fresh DAGSTER_HOME and free ports (Redis: the given URL, else the benchmark's
 own embedded server): the webserver, the daemon (which ticks the publishing sensor at its configured

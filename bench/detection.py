@@ -310,7 +310,8 @@ def main() -> int:
         results[name] = {**tally.summary(), "seconds": round(time.perf_counter() - started, 2)}
         r = results[name]
         print(
-            f"{name:18} recall {r['recall']:.3f}  fpr {r['false_positive_rate']:.4f}  precision {r['precision']:.3f}"
+            f"{name:18} recall {r['recall']:.3f}  fpr {r['false_positive_rate']:.4f}  "
+            f"precision {r['precision']:.3f}"
             f"  ({r['positives']} anomalies, {r['clean_points']} clean points)",
             flush=True,
         )

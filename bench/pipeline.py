@@ -1,6 +1,7 @@
 """Pipeline benchmark: the health and alerts workers as processes on a Redis of their own.
 
-1. floor: raw XREADGROUP COUNT 1000 + JSON + SQLite executemany + XACK of the same kind of events (bench/floor.py)
+1. floor: raw XREADGROUP COUNT 1000 + JSON + SQLite executemany + XACK of the same kind of events
+   (bench/floor.py)
 2. throughput: N events from `asset-manager simulate` published while a fresh health worker is paused
    (SIGSTOP), then the time from SIGCONT until it has acknowledged them all: a backlog consumed as the
    floor consumes its own. Floor and worker runs alternate (`--repeat` each); medians and their ratio are
@@ -164,10 +165,10 @@ def main() -> None:
         bus = Bus(connect(settings.redis), settings.bus)
 
         # 1+2. The floor and the health worker's throughput over a backlog, measured alike and interleaved
-        #    (floor, worker, floor, worker, ...) so that a slow moment of a shared machine hits both: each worker
-        #    run is a fresh health process with a store and streams of its own, paused (SIGSTOP) while the
-        #    events are published and timed from SIGCONT until it has acknowledged them all. The ratio is the
-        #    median worker run over the median floor run.
+        #    (floor, worker, floor, worker, ...) so that a slow moment of a shared machine hits both: each
+        #    worker run is a fresh health process with a store and streams of its own, paused (SIGSTOP) while
+        #    the events are published and timed from SIGCONT until it has acknowledged them all. The ratio is
+        #    the median worker run over the median floor run.
         def publish(target: Bus, assets_prefix: str) -> None:
             by_stream: dict[str, list[Event]] = {}
             for stream, event in generate(

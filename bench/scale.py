@@ -287,7 +287,8 @@ def main() -> None:
         client = redis.Redis.from_url(server.url, protocol=2)
 
         def watch() -> None:
-            # From the stream's newest entry (not "$" at every call: entries between two calls would be missed).
+            # From the stream's newest entry (not "$" at every call: entries between two calls would be
+            # missed).
             info = client.xinfo_stream(bus.key(HEALTH)) if client.exists(bus.key(HEALTH)) else {}
             last = info.get("last-generated-id", "0-0")
             while not stop.is_set():

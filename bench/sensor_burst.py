@@ -6,7 +6,8 @@ The runs are recorded through the instance's APIs (orchestrator.testing.record_f
 materialization, run start, step start, materialization with row count and schema, run success/failure per
 run) into a fresh instance: `memory` (the default) is Dagster's in-memory storage; `sqlite` is its default
 local storage (run-sharded SQLite files, what `dagster dev` uses), closer to production reads but slow to
-set up: Dagster creates one SQLite file per run (70-250 ms each here), minutes for the default 2000 runs. Redis is a server of the benchmark's own unless --redis-url is given.
+set up: Dagster creates one SQLite file per run (70-250 ms each here), minutes for the default 2000 runs.
+Redis is a server of the benchmark's own unless --redis-url is given.
 The last line is one JSON object: runs, ticks, events_per_s (events published / time spent in ticks), plus
 details.
 

@@ -26,10 +26,12 @@ from libs.common.events import CHECK_NAMES, CheckName
 CHECK_OP_NAME = "ams_health_checks"
 
 DESCRIPTIONS: dict[CheckName, str] = {
-    CheckName.EXECUTION: "Last run outcome, consecutive failures and failed materializations of planned runs.",
+    CheckName.EXECUTION: "Last run outcome, consecutive failures and failed materializations "
+    "of planned runs.",
     CheckName.VOLUME: "Row count (dagster/row_count) against a robust z-score over its recent history.",
     CheckName.DURATION: "Step duration against its recent history and any configured maximum.",
-    CheckName.FRESHNESS: "Time since the last materialization against the freshness policy or learned cadence.",
+    CheckName.FRESHNESS: "Time since the last materialization against the freshness policy "
+    "or learned cadence.",
     CheckName.DEPENDENCIES: "Upstream assets failed, stale, retired or undeclared.",
     CheckName.SCHEMA: "Columns added, removed or retyped in dagster/column_schema.",
 }

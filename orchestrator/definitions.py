@@ -78,7 +78,8 @@ def warn_without_dagster_home(argv: list[str] | None = None) -> bool:
         return False
     log.warning(
         "dagster_home_not_set",
-        problem="this Dagster command runs on a TEMPORARY instance: its runs are lost and no worker sees them",
+        problem="this Dagster command runs on a TEMPORARY instance: "
+        "its runs are lost and no worker sees them",
         fix="start it in the project folder (its .env, written by `asset-manager init`, sets DAGSTER_HOME) "
         "or export DAGSTER_HOME",
         cwd=os.getcwd(),

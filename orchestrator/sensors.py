@@ -775,7 +775,8 @@ def build_event_sensor(
     name: str = SENSOR_NAME,
     minimum_interval_s: int | None = None,
 ) -> SensorDefinition:
-    """The publishing sensor. `settings` (or a factory) defaults to the process settings, read at each tick."""
+    """The publishing sensor. `settings` (or a factory) defaults to the process settings, read at each
+    tick."""
 
     def current_settings() -> OrchestratorSettings:
         if settings is None:

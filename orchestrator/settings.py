@@ -23,8 +23,8 @@ from libs.common.settings import (
 class SensorSettings(Section):
     """The orchestrator's event-publishing sensor (orchestrator/sensors.py)."""
 
-    # The daemon checks sensors about every 5 s: an interval of 5 s is due just after a check, so it ticks every
-    # 10 s (measured, bench/alert_latency.py); 4 s ticks every 5 s.
+    # The daemon checks sensors about every 5 s: an interval of 5 s is due just after a check, so it ticks
+    # every 10 s (measured, bench/alert_latency.py); 4 s ticks every 5 s.
     minimum_interval_s: int = Field(default=4, ge=1)
     # Event-log records read per query; Dagster refuses more than 10,000 per query.
     page_size: int = Field(default=1000, ge=1, le=10_000)

@@ -98,7 +98,8 @@ def _dagster_problems(path: Path) -> list[str]:
     if not isinstance(data, dict):
         return [f"{path}: top level must be a mapping, got {type(data).__name__}"]
     # Dagster has no public validator of dagster.yaml (loading an instance would also create its storage):
-    # these private names were read in dagster 1.13.28; tests/asset_manager/test_admin_commands.py catches a move.
+    # these private names were read in dagster 1.13.28; tests/asset_manager/test_admin_commands.py catches
+    # a move.
     from dagster._config import process_config
     from dagster._core.instance.config import dagster_instance_config_schema
 
@@ -168,7 +169,8 @@ def validate_config(
         ),
     ] = None,
 ) -> None:
-    """Check app_config.yaml (with its overlays), dagster.yaml and workspace.yaml; exit 1 listing every problem."""
+    """Check app_config.yaml (with its overlays), dagster.yaml and workspace.yaml; exit 1 listing every
+    problem."""
     from libs.common.settings import config_dir as default_dir
 
     directory = config_dir or default_dir()

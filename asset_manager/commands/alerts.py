@@ -34,7 +34,8 @@ SEVERITIES = ("critical", "error", "warning", "info")
 MAX_ID = 2**63 - 1  # the largest id (and limit) a store can hold; a larger one is an error, not an overflow
 
 alerts_app = typer.Typer(
-    help="Alerts: list (active by default), show, incidents, ack, silence, unsilence, deliveries, test-receiver.",
+    help="Alerts: list (active by default), show, incidents, ack, silence, unsilence, deliveries, "
+    "test-receiver.",
     no_args_is_help=False,
 )
 

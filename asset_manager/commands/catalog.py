@@ -60,7 +60,8 @@ def read_store(
     if not path.exists():
         if required:
             raise CliError(
-                f"{name} store not found at {path}: run `asset-manager init` then `asset-manager discover-assets`"
+                f"{name} store not found at {path}: "
+                "run `asset-manager init` then `asset-manager discover-assets`"
             )
         yield None
         return
@@ -153,7 +154,8 @@ def history_chart(settings: AppSettings, key: str, limit: int = 60) -> list[dict
 
 
 def alerts_by_asset(settings: AppSettings, key: str | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Open (firing, acknowledged or silenced) alerts per asset from monitor.db via `services.alerts.queries`."""
+    """Open (firing, acknowledged or silenced) alerts per asset from monitor.db via
+    `services.alerts.queries`."""
     from services.alerts import queries as alert_queries
 
     out: dict[str, list[dict[str, Any]]] = {}
@@ -254,7 +256,8 @@ def list_assets(
         wanted_health = health.strip().upper()
         if wanted_health not in HEALTH_STATUSES:
             raise CliError(
-                f"unknown --health '{_printable(health)}'{did_you_mean(wanted_health, set(HEALTH_STATUSES))}; "
+                f"unknown --health '{_printable(health)}'"
+                f"{did_you_mean(wanted_health, set(HEALTH_STATUSES))}; "
                 f"use one of {', '.join(HEALTH_STATUSES)}"
             )
     settings = _settings()
@@ -470,7 +473,8 @@ def discover_assets(
     snapshot = result.snapshot
     found = len(snapshot.assets) if snapshot else 0
     out(
-        f"code location {location}: {len(result.modules)} modules, {found} assets, {len(result.problems)} problems "
+        f"code location {location}: {len(result.modules)} modules, {found} assets, "
+        f"{len(result.problems)} problems "
         f"({result.duration_s:.2f} s)"
     )
     if result.problems:
@@ -577,11 +581,11 @@ def _report_changes(changes: Sequence[Any], verbose: bool, *, prefix: str = "") 
         for kind in ("registered", "changed", "returned", "retired")
     }
     typer.echo(
-        f"{prefix}register {counts['registered']}, change {counts['changed']}, bring back {counts['returned']}, "
-        f"retire {counts['retired']}"
+        f"{prefix}register {counts['registered']}, change {counts['changed']}, "
+        f"bring back {counts['returned']}, retire {counts['retired']}"
         if prefix
-        else f"registered {counts['registered']}, changed {counts['changed']}, returned {counts['returned']}, "
-        f"retired {counts['retired']}"
+        else f"registered {counts['registered']}, changed {counts['changed']}, "
+        f"returned {counts['returned']}, retired {counts['retired']}"
     )
     shown = changes if verbose else changes[:50]
     for change in shown:
@@ -679,13 +683,15 @@ def asset_inventory(
     output: OutputOption = None,
     by: Annotated[str, typer.Option("--by", help="group, domain, source, kind or all")] = "all",
 ) -> None:
-    """Counts of active assets by group, domain tag, source tag and kind, with health and last materialization."""
+    """Counts of active assets by group, domain tag, source tag and kind, with health and last
+    materialization."""
     from services.discovery import queries
 
     dimensions = DIMENSIONS if by == "all" else (by,)
     if by != "all" and by not in DIMENSIONS:
         raise CliError(
-            f"unknown --by '{_printable(by)}'{did_you_mean(by, {*DIMENSIONS, 'all'})}; use group, domain, source, kind or all"
+            f"unknown --by '{_printable(by)}'{did_you_mean(by, {*DIMENSIONS, 'all'})}; "
+            "use group, domain, source, kind or all"
         )
     settings = _settings()
     with read_store(settings) as conn:

@@ -1,4 +1,5 @@
-"""`asset-manager simulate`: publish realistic run and materialization streams for demos, tests and benchmarks.
+"""`asset-manager simulate`: publish realistic run and materialization streams for demos, tests and
+benchmarks.
 
 Each simulated asset runs about hourly with its own normal row count, duration and column schema. After a
 stretch of normal history, anomalies are injected at random (seeded): failed runs, volume drops and spikes,
@@ -533,7 +534,10 @@ def clean(settings: AppSettings, bus: Bus, prefix: str) -> tuple[CleanPlan, dict
 
 def _clean_report(plan: CleanPlan, removed: dict[str, dict[str, int]]) -> str:
     if plan.empty:
-        return f"nothing to remove: no simulated asset under {plan.prefix} in health.db, monitor.db or the streams"
+        return (
+            f"nothing to remove: no simulated asset under {plan.prefix} "
+            "in health.db, monitor.db or the streams"
+        )
     lines = [
         f"removed every trace of {len(plan.keys)} simulated assets under {plan.prefix}:"
         if plan.keys
@@ -662,12 +666,13 @@ def simulate_command(
         client.close()
     injected = ", ".join(f"{k} {v}" for k, v in sorted(summary.injected.items())) or "none"
     typer.echo(
-        f"published {summary.events} events ({summary.runs} runs, {summary.failures} failed) for {summary.assets} "
-        f"assets to {settings.bus.prefix}:{RUNS} and {settings.bus.prefix}:{ASSETS} in {summary.seconds:.2f} s "
-        f"({summary.events_per_s:,.0f}/s); injected: {injected}\n"
-        f"these are the real streams: the workers record the assets under {prefix.strip('/')}/ in health.db and "
-        f"monitor.db like real ones, and notify the receivers; to remove every trace, stop the workers once they "
-        f"have caught up and run: asset-manager simulate --clean --prefix {shlex.quote(prefix)}"
+        f"published {summary.events} events ({summary.runs} runs, {summary.failures} failed) "
+        f"for {summary.assets} assets to {settings.bus.prefix}:{RUNS} and {settings.bus.prefix}:{ASSETS} "
+        f"in {summary.seconds:.2f} s ({summary.events_per_s:,.0f}/s); injected: {injected}\n"
+        f"these are the real streams: the workers record the assets under {prefix.strip('/')}/ "
+        "in health.db and monitor.db like real ones, and notify the receivers; "
+        "to remove every trace, stop the workers once they have caught up and run: "
+        f"asset-manager simulate --clean --prefix {shlex.quote(prefix)}"
     )
 
 

@@ -317,7 +317,8 @@ class Consumer:
                     )
                     settled.append(entry_id)
                     continue
-                # The JSON is validated as the bytes Redis sent; the fields are decoded only for a dead letter.
+                # The JSON is validated as the bytes Redis sent; the fields are decoded only for a dead
+                # letter.
                 payload = raw.get(b"event", raw.get("event"))
                 try:
                     if payload is None:

@@ -156,7 +156,8 @@ class Store:
     def from_settings(
         cls, settings: Settings, name: StoreName, migrations: Sequence[Migration], *, migrate: bool = True
     ) -> Store:
-        """The service store `name` as configured (`stores.<name>_url`, `stores.synchronous`, busy timeout)."""
+        """The service store `name` as configured (`stores.<name>_url`, `stores.synchronous`, busy
+        timeout)."""
         return cls(
             settings.store_url(name),
             migrations,

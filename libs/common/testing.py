@@ -52,7 +52,8 @@ class ServiceProcess:
 
     @classmethod
     def service(cls, name: str, env: dict[str, str], log: Path, *, port: int | None = None) -> ServiceProcess:
-        """`python -m services.<name>` on `port` (AMS_SERVICES__<NAME>__PORT, a free one by default), started."""
+        """`python -m services.<name>` on `port` (AMS_SERVICES__<NAME>__PORT, a free one by default),
+        started."""
         port = port or free_port()
         env = {**env, f"AMS_SERVICES__{name.upper()}__PORT": str(port)}
         return cls([sys.executable, "-m", f"services.{name}"], env, port=port, log=log).start()

@@ -1,6 +1,8 @@
 """Read a parameterised SQL query into a DataFrame, over ODBC (or the sqlite3 fallback for SQLite files).
 
-    df = ingest_from_sql(sql_server="MY_SERVER", sql_database="MY_DATABASE", query=q, date_params=[start, end])
+    df = ingest_from_sql(
+        sql_server="MY_SERVER", sql_database="MY_DATABASE", query=q, date_params=[start, end]
+    )
     df = ingest_from_sql(connection="demo_source", query=q, params=[start, end])
 
 Values only ever travel as bound parameters (`?` markers); the query text is checked for a matching number

@@ -522,7 +522,8 @@ def read_stg_table(
     connection: str | SqlConnection | None = None,
     settings: OrchestratorSettings | None = None,
 ) -> pd.DataFrame:
-    """The rows of `<schema>.<table_name>` on the warehouse (or `connection`), typed as ingest_from_sql does."""
+    """The rows of `<schema>.<table_name>` on the warehouse (or `connection`), typed as ingest_from_sql
+    does."""
     validate_identifier(table_name, "table name")
     validate_identifier(schema, "schema name")
     conn = resolve(connection, settings=settings, default=WAREHOUSE)

@@ -21,7 +21,8 @@ def delete_assets(conn: Connection, keys: Sequence[str]) -> dict[str, int]:
             {
                 int(r[0])
                 for r in conn.execute(
-                    f"SELECT DISTINCT incident_id FROM alerts WHERE incident_id IS NOT NULL AND asset_key IN ({marks})",
+                    "SELECT DISTINCT incident_id FROM alerts"
+                    f" WHERE incident_id IS NOT NULL AND asset_key IN ({marks})",
                     chunk,
                 )
             }

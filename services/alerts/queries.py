@@ -112,8 +112,9 @@ def deliveries(store: Store, *, failed_only: bool = False, limit: int = 200) -> 
     where = "WHERE status = 'dead' OR (status = 'pending' AND attempts > 0)" if failed_only else ""
     with store.read() as conn:
         rows = conn.execute(
-            f"""SELECT id, alert_id, kind, receiver, status, attempts, created_at, next_attempt_at, delivered_at,
-                       last_status, last_error FROM notifications {where} ORDER BY created_at DESC LIMIT ?""",
+            f"""SELECT id, alert_id, kind, receiver, status, attempts, created_at, next_attempt_at,
+                       delivered_at, last_status, last_error FROM notifications {where}
+                       ORDER BY created_at DESC LIMIT ?""",
             (limit,),
         ).fetchall()
     return [
@@ -198,7 +199,8 @@ def list_incidents(
         for chunk in range(0, len(ids), 500):
             part = ids[chunk : chunk + 500]
             for alert in conn.execute(
-                f"SELECT * FROM alerts WHERE incident_id IN ({','.join('?' * len(part))}) ORDER BY started_at, id",
+                f"SELECT * FROM alerts WHERE incident_id IN ({','.join('?' * len(part))})"
+                " ORDER BY started_at, id",
                 part,
             ):
                 member = _alert(alert, now)
@@ -232,7 +234,8 @@ def reliability(store: Store, since: float, *, worst: int = 10) -> dict[str, lis
 
     with store.read() as conn:
         incidents = conn.execute(
-            """SELECT * FROM incidents WHERE status != 'merged' AND announced_at IS NOT NULL AND opened_at >= ?
+            """SELECT * FROM incidents
+               WHERE status != 'merged' AND announced_at IS NOT NULL AND opened_at >= ?
                ORDER BY id""",
             (since,),
         ).fetchall()

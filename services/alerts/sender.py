@@ -119,7 +119,8 @@ class Sender:
         nxt = (
             self.store.connection()
             .execute(
-                "SELECT MIN(next_attempt_at) FROM notifications WHERE status = 'pending' AND next_attempt_at > ?",
+                "SELECT MIN(next_attempt_at) FROM notifications"
+                " WHERE status = 'pending' AND next_attempt_at > ?",
                 (now,),
             )
             .fetchone()[0]
@@ -178,7 +179,10 @@ class Sender:
             return
         if self.clock() - row["created_at"] > self.cfg.max_age_s:
             last = f"; last error: {row['last_error']}" if row["last_error"] else ""
-            error = f"gave up after {row['attempts']} attempts: older than max_age_s ({self.cfg.max_age_s:g}s){last}"
+            error = (
+                f"gave up after {row['attempts']} attempts: "
+                f"older than max_age_s ({self.cfg.max_age_s:g}s){last}"
+            )
             self._dead(row, int(row["attempts"]), row["last_status"], error)
             return
         payload = AlertPayload.model_validate_json(row["content"])
@@ -190,8 +194,9 @@ class Sender:
         receiver = row["receiver"]
         if attempt.ok:
             self._write(
-                """UPDATE notifications SET status = 'delivered', attempts = ?, delivered_at = ?, last_attempt_at = ?,
-                     last_status = ?, last_error = NULL, lease_until = NULL WHERE id = ? AND status = 'pending'""",
+                """UPDATE notifications SET status = 'delivered', attempts = ?, delivered_at = ?,
+                     last_attempt_at = ?, last_status = ?, last_error = NULL, lease_until = NULL
+                     WHERE id = ? AND status = 'pending'""",
                 (attempts, now, now, attempt.status, row["id"]),
             )
             metrics.NOTIFICATIONS_SENT.labels(receiver=receiver).inc()
@@ -212,8 +217,9 @@ class Sender:
             next_at = now + delay
             if next_at - row["created_at"] <= self.cfg.max_age_s:
                 self._write(
-                    """UPDATE notifications SET attempts = ?, next_attempt_at = ?, last_attempt_at = ?, last_status = ?,
-                         last_error = ?, lease_until = NULL WHERE id = ? AND status = 'pending'""",
+                    """UPDATE notifications SET attempts = ?, next_attempt_at = ?, last_attempt_at = ?,
+                         last_status = ?, last_error = ?, lease_until = NULL
+                         WHERE id = ? AND status = 'pending'""",
                     (attempts, next_at, now, attempt.status, error, row["id"]),
                 )
                 log.warning(

@@ -186,8 +186,9 @@ class AlertService:
             """INSERT INTO assets (asset_key, owners, group_name, tags, downstream, version, retired,
                  updated_at, code_location)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-               ON CONFLICT(asset_key) DO UPDATE SET owners = excluded.owners, group_name = excluded.group_name,
-                 tags = excluded.tags, downstream = excluded.downstream, version = excluded.version,
+               ON CONFLICT(asset_key) DO UPDATE SET owners = excluded.owners,
+                 group_name = excluded.group_name, tags = excluded.tags, downstream = excluded.downstream,
+                 version = excluded.version,
                  retired = excluded.retired, updated_at = excluded.updated_at,
                  code_location = excluded.code_location""",
             (
@@ -362,13 +363,15 @@ class AlertService:
                 self._release_held(conn, now, txn)  # the last batch was full, and nothing came since
                 self._behind = False
             rows = conn.execute(
-                "SELECT fingerprint, asset_key, check_name FROM alert_states WHERE next_due IS NOT NULL AND next_due <= ?",
+                "SELECT fingerprint, asset_key, check_name FROM alert_states"
+                " WHERE next_due IS NOT NULL AND next_due <= ?",
                 (now,),
             ).fetchall()
             for r in rows:
                 self._apply(conn, r["fingerprint"], r["asset_key"], r["check_name"], [Tick()], now, txn)
             for incident in conn.execute(
-                """SELECT id FROM incidents WHERE announce_at <= ? AND announced_at IS NULL AND status = 'open'""",
+                "SELECT id FROM incidents"
+                " WHERE announce_at <= ? AND announced_at IS NULL AND status = 'open'",
                 (now,),
             ).fetchall():  # the wait of its first notice is over
                 txn.waited.append(int(incident["id"]))
@@ -409,7 +412,8 @@ class AlertService:
                     (alert["incident_id"], alert_id),
                 ).fetchall()
                 conn.execute(
-                    "UPDATE incidents SET acked_by = ?, acked_at = ?, updated_at = ? WHERE id = ? AND acked_at IS NULL",
+                    "UPDATE incidents SET acked_by = ?, acked_at = ?, updated_at = ?"
+                    " WHERE id = ? AND acked_at IS NULL",
                     (by, now, now, alert["incident_id"]),
                 )
             for member in members:
@@ -451,7 +455,8 @@ class AlertService:
         txn = _Txn()
         with self.store.write() as conn:
             conn.execute(
-                "INSERT INTO silences (id, matchers, created_by, reason, created_at, ends_at) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO silences (id, matchers, created_by, reason, created_at, ends_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
                 (silence_id, json.dumps(dict(matchers), sort_keys=True), by, reason, now, ends_at),
             )
             covered = 0
@@ -617,8 +622,8 @@ class AlertService:
         info = self._asset_info(conn, asset_key, hints)
         alert_id = self._save(conn, state, asset_key, check, info, now) if state.incident else None
         conn.execute(
-            """INSERT INTO alert_states (fingerprint, asset_key, check_name, state, alert_id, next_due, updated_at,
-                 held)
+            """INSERT INTO alert_states (fingerprint, asset_key, check_name, state, alert_id, next_due,
+                 updated_at, held)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT(fingerprint) DO UPDATE SET state = excluded.state, alert_id = excluded.alert_id,
                  next_due = excluded.next_due, updated_at = excluded.updated_at, held = excluded.held""",
@@ -634,7 +639,8 @@ class AlertService:
             ),
         )
         conn.executemany(
-            "INSERT INTO alert_history (alert_id, fingerprint, at, event, actor, reason, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO alert_history (alert_id, fingerprint, at, event, actor, reason, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
                 (alert_id, fp, h.at, h.event, h.actor, h.reason, json.dumps(dict(h.detail), default=str))
                 for h in history
@@ -648,14 +654,15 @@ class AlertService:
         self, conn: Connection, s: AlertState, asset_key: str, check: str, info: AssetInfo, now: float
     ) -> int:
         row = conn.execute(
-            """INSERT INTO alerts (fingerprint, incident, asset_key, check_name, status, severity, summary, detail,
-                 owners, downstream, started_at, resolved_at, acked_by, acked_at, ack_reason, silence_id,
-                 silenced_until, notices, last_notified_at, updated_at)
+            """INSERT INTO alerts (fingerprint, incident, asset_key, check_name, status, severity, summary,
+                 detail, owners, downstream, started_at, resolved_at, acked_by, acked_at, ack_reason,
+                 silence_id, silenced_until, notices, last_notified_at, updated_at)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT(fingerprint, incident) DO UPDATE SET status = excluded.status,
                  severity = excluded.severity, summary = excluded.summary, detail = excluded.detail,
-                 owners = excluded.owners, downstream = excluded.downstream, resolved_at = excluded.resolved_at,
-                 acked_by = excluded.acked_by, acked_at = excluded.acked_at, ack_reason = excluded.ack_reason,
+                 owners = excluded.owners, downstream = excluded.downstream,
+                 resolved_at = excluded.resolved_at, acked_by = excluded.acked_by,
+                 acked_at = excluded.acked_at, ack_reason = excluded.ack_reason,
                  silence_id = excluded.silence_id, silenced_until = excluded.silenced_until,
                  notices = excluded.notices, last_notified_at = excluded.last_notified_at,
                  updated_at = excluded.updated_at
@@ -819,7 +826,8 @@ class AlertService:
             incidents |= {
                 int(r[0])
                 for r in conn.execute(
-                    f"""SELECT DISTINCT a.incident_id FROM alerts AS a JOIN incidents AS i ON i.id = a.incident_id
+                    f"""SELECT DISTINCT a.incident_id FROM alerts AS a
+                    JOIN incidents AS i ON i.id = a.incident_id
                     WHERE i.status = 'open' AND a.asset_key IN ({",".join("?" * len(part))})""",
                     part,
                 ).fetchall()
@@ -832,12 +840,14 @@ class AlertService:
         ).fetchall()
 
     def _open_incident(self, conn: Connection, root: Any, now: float) -> int:
-        # An alert announced before incidents existed (an upgraded store) keeps its receivers and announcement.
+        # An alert announced before incidents existed (an upgraded store) keeps its receivers and
+        # announcement.
         told = (
             [
                 r[0]
                 for r in conn.execute(
-                    "SELECT DISTINCT receiver FROM notifications WHERE alert_id = ? AND kind != 'resolved' ORDER BY 1",
+                    "SELECT DISTINCT receiver FROM notifications"
+                    " WHERE alert_id = ? AND kind != 'resolved' ORDER BY 1",
                     (root["id"],),
                 ).fetchall()
             ]
@@ -877,7 +887,8 @@ class AlertService:
         )
         if row["acked_at"] is not None:
             conn.execute(
-                "UPDATE incidents SET acked_by = ?, acked_at = ? WHERE id = ? AND (acked_at IS NULL OR acked_at > ?)",
+                "UPDATE incidents SET acked_by = ?, acked_at = ?"
+                " WHERE id = ? AND (acked_at IS NULL OR acked_at > ?)",
                 (row["acked_by"], row["acked_at"], survivor, row["acked_at"]),
             )
         return list(json.loads(row["announced_members"])) if row["announced_at"] is not None else []
@@ -893,7 +904,8 @@ class AlertService:
         **detail: Any,
     ) -> None:
         conn.execute(
-            "INSERT INTO alert_history (alert_id, fingerprint, at, event, actor, reason, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO alert_history (alert_id, fingerprint, at, event, actor, reason, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (alert_id, fp, now, event, "system", reason, json.dumps(detail, default=str)),
         )
 
@@ -1077,8 +1089,8 @@ class AlertService:
             )
             queued += row_status == "pending"
         conn.executemany(
-            """INSERT INTO notifications (id, alert_id, fingerprint, kind, receiver, content, status, created_at,
-                 next_attempt_at, incident_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            """INSERT INTO notifications (id, alert_id, fingerprint, kind, receiver, content, status,
+                 created_at, next_attempt_at, incident_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             rows,
         )
         if status == "firing":
@@ -1185,8 +1197,8 @@ def _related(conn: Connection, asset_key: str, *, upstream: bool) -> set[str]:
         f"""WITH RECURSIVE lineage(asset_key, depth) AS (
               SELECT {near}, 1 FROM asset_edges WHERE {far} = ?
               UNION
-              SELECT e.{near}, lineage.depth + 1 FROM asset_edges AS e JOIN lineage ON e.{far} = lineage.asset_key
-              WHERE lineage.depth < ?)
+              SELECT e.{near}, lineage.depth + 1 FROM asset_edges AS e
+              JOIN lineage ON e.{far} = lineage.asset_key WHERE lineage.depth < ?)
             SELECT DISTINCT asset_key FROM lineage""",
         (asset_key, LINEAGE_DEPTH),
     ).fetchall()

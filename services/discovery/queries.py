@@ -12,7 +12,8 @@ from services.discovery.registry import downstream_map, downstream_of, upstream_
 
 _LIST_COLUMNS = (
     "key, code_location, group_name, description, owners, tags, kinds, metadata, code_version, partitioning, "
-    "source_file, source_line, upstream, freshness, checks, fingerprint, version, first_seen, last_seen, retired_at"
+    "source_file, source_line, upstream, freshness, checks, fingerprint, version, first_seen, last_seen, "
+    "retired_at"
 )
 
 _LIGHT_COLUMNS = (
@@ -111,8 +112,8 @@ def list_assets(
             "retired_at": iso(retired_at),
             "status": "retired" if retired_at is not None else "active",
         }
-        for key, group, description, owners, tags, kinds, version, location, last_seen, retired_at in conn.execute(
-            sql, params
+        for (key, group, description, owners, tags, kinds, version, location, last_seen, retired_at) in (
+            conn.execute(sql, params)
         )
     ]
 

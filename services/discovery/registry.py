@@ -17,9 +17,9 @@ Decisions (see also README "Discovery"):
 * An unchanged snapshot writes nothing. The location keeps the producer's snapshot fingerprint (a hash of
   the whole snapshot, `orchestrator.catalog.fingerprint_of`) and a hash over its active assets' stored rows:
   the same producer fingerprint (and problems) returns at once, without even hashing the assets; a
-  different one whose assets hash the same only records the new producer fingerprint. Hence `last_seen` is the time
-  of the latest snapshot that changed something in the asset's code location (and contained the asset), not
-  of the latest rescan; the worker exports the time of the latest scan as a metric instead.
+  different one whose assets hash the same only records the new producer fingerprint. Hence `last_seen` is
+  the time of the latest snapshot that changed something in the asset's code location (and contained the
+  asset), not of the latest rescan; the worker exports the time of the latest scan as a metric instead.
 """
 
 from __future__ import annotations
@@ -372,8 +372,8 @@ def register_snapshot(
         )
     )
     conn.execute(
-        """INSERT INTO code_locations (name, fingerprint, snapshot_fingerprint, asset_count, problems, changed_at)
-           VALUES (?, ?, ?, ?, ?, ?)
+        """INSERT INTO code_locations (name, fingerprint, snapshot_fingerprint, asset_count, problems,
+           changed_at) VALUES (?, ?, ?, ?, ?, ?)
            ON CONFLICT (name) DO UPDATE SET fingerprint = excluded.fingerprint,
              snapshot_fingerprint = excluded.snapshot_fingerprint, asset_count = excluded.asset_count,
              problems = excluded.problems, changed_at = excluded.changed_at""",

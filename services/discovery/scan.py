@@ -54,7 +54,8 @@ def fresh_import(module: str) -> None:
 
 
 def catalog_builder() -> Callable[..., CatalogSnapshotData]:
-    """The orchestrator's `build_catalog`: the sensor's own builder, so both snapshots agree (fingerprints too)."""
+    """The orchestrator's `build_catalog`: the sensor's own builder, so both snapshots agree (fingerprints
+    too)."""
     builder: Callable[..., CatalogSnapshotData] = importlib.import_module(
         "orchestrator.catalog"
     ).build_catalog

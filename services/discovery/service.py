@@ -1,4 +1,5 @@
-"""Discovery's operations over a Store: handle catalog events, scan and register (worker and CLI share these)."""
+"""Discovery's operations over a Store: handle catalog events, scan and register (worker and CLI share
+these)."""
 
 from __future__ import annotations
 
@@ -245,8 +246,8 @@ class WorkspaceSync:
         self.source = source
         self.seen: dict[str, tuple[float, str]] = {}
         self._lock = threading.Lock()
-        # The webserver usually starts after the workers: until it has answered once (or for START_PATIENCE_S),
-        # an unreachable webserver is expected, not worth a warning.
+        # The webserver usually starts after the workers: until it has answered once (or for
+        # START_PATIENCE_S), an unreachable webserver is expected, not worth a warning.
         self.answered = False
         self.created = time.monotonic()
 

@@ -489,7 +489,8 @@ def stopped(
     if now - _late_since(obj, daemons) > limit:
         cause, values = _cause(obj, cfg, now, daemons)
         reason = (
-            f"{obj.kind} {obj.name} ({obj.code_location or 'unknown location'}): no tick for {duration(age)}, "
+            f"{obj.kind} {obj.name} ({obj.code_location or 'unknown location'}): "
+            f"no tick for {duration(age)}, "
             f"limit {duration(limit)} (its interval {duration(obj.interval_s or cfg.sensor_interval_s)}); "
             f"last tick {when(obj.last_at)}{cause}"
         )

@@ -263,7 +263,10 @@ def _anomaly_result(
     if not s.enough_data:
         return _result(check, "passed", f"not enough history to judge {what} yet ({s.note})", **values)
     assert s.expected is not None and s.lower is not None and s.upper is not None
-    band = f"expected {_num(s.expected)}{unit} (normal {_num(max(s.lower, 0))} to {_num(s.upper)}{unit}, {s.training_size} runs)"
+    band = (
+        f"expected {_num(s.expected)}{unit} "
+        f"(normal {_num(max(s.lower, 0))} to {_num(s.upper)}{unit}, {s.training_size} runs)"
+    )
     if s.anomaly is None:
         return _result(check, "passed", f"{what} {_num(s.value)}{unit} is normal: {band}", **values)
     z = f"z={s.z:+.1f}" if s.z is not None else "constant history"
@@ -470,14 +473,16 @@ def freshness(history: AssetHistory, resolved: Resolved, now: float) -> CheckRes
             return _result(
                 FRESHNESS,
                 "error",
-                f"stale: last materialized {human_s(age)} ago at {when(last.at)}, max lag {human_s(explicit)} ({origin})",
+                f"stale: last materialized {human_s(age)} ago at {when(last.at)}, "
+                f"max lag {human_s(explicit)} ({origin})",
                 **values,
             )
         if th.freshness_warn_lag is not None and age > th.freshness_warn_lag:
             return _result(
                 FRESHNESS,
                 "warn",
-                f"getting stale: last materialized {human_s(age)} ago, warn after {human_s(th.freshness_warn_lag)}",
+                f"getting stale: last materialized {human_s(age)} ago, "
+                f"warn after {human_s(th.freshness_warn_lag)}",
                 **values,
             )
         return _result(
@@ -587,9 +592,10 @@ def dependencies(
 
 _SYNONYMS: dict[str, str] = {}
 for _canonical, _names in {
-    "integer": "int int8 int16 int32 int64 integer bigint smallint tinyint long short uint8 uint16 uint32 uint64 "
-    "int64dtype number(38,0)",
-    "float": "float float16 float32 float64 double real numeric decimal number double precision float8 float4",
+    "integer": "int int8 int16 int32 int64 integer bigint smallint tinyint long short "
+    "uint8 uint16 uint32 uint64 int64dtype number(38,0)",
+    "float": "float float16 float32 float64 double real numeric decimal number double precision "
+    "float8 float4",
     "string": "str string text varchar nvarchar char nchar object character varying utf8 large_string",
     "boolean": "bool boolean bit",
     "timestamp": "datetime timestamp datetime64 datetime64[ns] datetime64[us] timestamp_ntz timestamptz "

@@ -205,8 +205,8 @@ class HealthService:
                 log.info("health_caught_up")
                 self._replay_as_of = None
         if self._replay_as_of is not None and len(deliveries) < self.settings.bus.batch_size:
-            # The publisher says it has read the whole event log (its heartbeat comes last in its tick, and this
-            # batch, not full, holds everything published before it): the replay is over, no need to wait
+            # The publisher says it has read the whole event log (its heartbeat comes last in its tick, and
+            # this batch, not full, holds everything published before it): the replay is over, no need to wait
             # for `catch_up_quiet_s`.
             for d in deliveries:
                 beat = d.event.data

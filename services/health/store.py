@@ -399,9 +399,8 @@ def write_decision(
     )
     conn.execute(
         "INSERT INTO asset_health (asset_key, status, signature, reasons, transitions, evaluated_at, "
-        "changed_at, "
-        "due_at, last_materialized_at, replayed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (asset_key) "
-        "DO UPDATE SET "
+        "changed_at, due_at, last_materialized_at, replayed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (asset_key) DO UPDATE SET "
         "status = excluded.status, signature = excluded.signature, reasons = excluded.reasons, "
         "transitions = excluded.transitions, evaluated_at = excluded.evaluated_at, "
         "changed_at = CASE WHEN excluded.signature = asset_health.signature THEN asset_health.changed_at "
@@ -738,7 +737,7 @@ def publisher_heartbeats(conn: Connection) -> list[tuple[str, float]]:
     ]
 
 
-# -- removal of simulated assets (`asset-manager simulate --clean`) -------------------------------------------
+# -- removal of simulated assets (`asset-manager simulate --clean`) ------------------------------------------
 
 # Every table with a row per asset (or per asset and something): what an asset leaves behind in health.db.
 _ASSET_TABLES = (

@@ -26,7 +26,8 @@ class Resolved:
     problems: tuple[str, ...] = ()
 
     def source(self, name: str) -> str:
-        """Where setting `name` came from: `default`, `group <g>`, `tag ams/...`, `Dagster freshness policy`."""
+        """Where setting `name` came from: `default`, `group <g>`, `tag ams/...`,
+        `Dagster freshness policy`."""
         return self.sources.get(name, "default")
 
 

@@ -1,4 +1,5 @@
-"""Fixtures for CLI tests: an isolated environment (stores, config, ports) and a real Dagster code location."""
+"""Fixtures for CLI tests: an isolated environment (stores, config, ports) and a real Dagster code
+location."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ EXE = Path(sys.executable).with_name("asset-manager")
 CODE = """
 import dagster as dg
 
-@dg.asset(group_name="stg__ingestion", owners=["ana@example.com"], tags={{"domain": "sales", "source": "ERP"}},
-          kinds={{"pandas"}}, description="{description}")
+@dg.asset(group_name="stg__ingestion", owners=["ana@example.com"],
+          tags={{"domain": "sales", "source": "ERP"}}, kinds={{"pandas"}}, description="{description}")
 def raw_orders() -> None: ...
 
 @dg.asset(deps=[raw_orders], group_name="stg__loaders", owners=["team:data"], tags={{"domain": "sales"}},

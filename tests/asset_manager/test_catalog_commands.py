@@ -1,4 +1,5 @@
-"""The catalog commands, run for real against real stores (SQLite files, a real Redis, a real Dagster location)."""
+"""The catalog commands, run for real against real stores (SQLite files, a real Redis, a real Dagster
+location)."""
 
 from __future__ import annotations
 

@@ -143,7 +143,7 @@ def test_cli(cli: Cli, redis_client: redis.Redis) -> None:
     assert code == 2 and err.count("\n") == 1
 
 
-# -- --clean: the simulated assets leave no trace, and nothing else is touched --------------------------------
+# -- --clean: the simulated assets leave no trace, and nothing else is touched -----------------------------
 
 REAL = "sales/orders"
 

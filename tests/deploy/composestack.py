@@ -1,6 +1,7 @@
 """Start docker-compose services as local processes: the compose file's own commands, environment and
 healthchecks, mapped to this machine (service hosts → 127.0.0.1, container ports → free ports, container
-paths → the repository, bind-mount sources and temporary directories for named volumes, secrets → their files).
+paths → the repository, bind-mount sources and temporary directories for named volumes, secrets → their
+files).
 
 With `image` set, the services of our image run in that image instead (podman, host network): the same
 command, environment and healthcheck (`podman healthcheck run`), volumes and secrets mounted where compose
@@ -302,7 +303,10 @@ class Stack:
     def wait_code_location_loaded(self, location: str = "orchestrator", timeout_s: float = 120) -> None:
         """The webserver reached the code location's gRPC server through the workspace file's variables."""
         url = f"http://127.0.0.1:{self.port_map[3000]}/graphql"
-        query = "{ workspaceOrError { ... on Workspace { locationEntries { name locationOrLoadError { __typename } } } } }"
+        query = (
+            "{ workspaceOrError { ... on Workspace { locationEntries "
+            "{ name locationOrLoadError { __typename } } } } }"
+        )
 
         def loaded() -> bool:
             entries = httpx.post(url, json={"query": query}, timeout=10).json()["data"]["workspaceOrError"][

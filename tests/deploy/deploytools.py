@@ -26,7 +26,8 @@ GRAFANA_DIR = ROOT / "deploy" / "grafana"
 DASHBOARDS = sorted((GRAFANA_DIR / "dashboards").glob("*.json"))
 DATASOURCES = GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml"
 OVERLAYS = ["dev", "prod"]
-# Every role docker-compose.prod.yml runs from our image (k8s runs the same commands): test_image.py starts each.
+# Every role docker-compose.prod.yml runs from our image (k8s runs the same commands): test_image.py starts
+# each.
 IMAGE_ROLES = ["code-location", "webserver", "daemon", "dagster-worker", "discovery", "health", "alerts"]
 
 
@@ -67,7 +68,8 @@ def compose_config(path: Path, *, env_file: Path | None = None) -> dict[str, Any
 
 
 def clean_env() -> dict[str, str]:
-    """The environment without variables that compose files interpolate, so results do not depend on the shell."""
+    """The environment without variables that compose files interpolate, so results do not depend on the
+    shell."""
     import os
 
     names = set(re.findall(r"\$\{([A-Z0-9_]+)", COMPOSE_DEV.read_text() + COMPOSE_PROD.read_text()))
@@ -127,7 +129,8 @@ def wait_for(
 
 
 def mounts(service: dict[str, Any], named_volumes: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(kind "bind" | "volume", source, target) of a resolved compose service's volumes (short or long syntax)."""
+    """(kind "bind" | "volume", source, target) of a resolved compose service's volumes (short or long
+    syntax)."""
     found = []
     for volume in service.get("volumes", []):
         if isinstance(volume, dict):

@@ -198,7 +198,8 @@ def test_prod_uses_postgres_storage_and_runs_outside_the_code_location(prod: dic
 
 
 def test_prod_run_and_step_concurrency_are_set_and_fit_the_cpu_limit(prod: dict[str, Any]) -> None:
-    """Celery's and Dagster's multiprocess defaults are the host's CPU count, whatever the container's limit."""
+    """Celery's and Dagster's multiprocess defaults are the host's CPU count, whatever the container's
+    limit."""
     worker = prod["services"]["dagster-worker"]
     flags = [t for t in worker["command"] if t.startswith("--concurrency=")]
     assert len(flags) == 1

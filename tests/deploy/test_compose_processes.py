@@ -44,7 +44,8 @@ SERVICES = [
     "alertmanager",
 ]
 NOT_RUN = {"grafana": "not-run-third-party-image-no-debian-package-provisioning-checked-instead"}
-# docker-compose.prod.yml: its own password-protected Redis (AOF), the workers authenticating to it, Prometheus.
+# docker-compose.prod.yml: its own password-protected Redis (AOF), the workers authenticating to it,
+# Prometheus.
 PROD_SERVICES = ["redis", "discovery", "health", "alerts", "prometheus", "alertmanager"]
 IN_IMAGE_TEST = "run-from-the-image-in-test_image"
 PROD_NOT_RUN = {

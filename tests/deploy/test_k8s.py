@@ -1,4 +1,5 @@
-"""k8s/: every manifest of every overlay builds, validates against Kubernetes 1.30, and meets the deployment rules."""
+"""k8s/: every manifest of every overlay builds, validates against Kubernetes 1.30, and meets the deployment
+rules."""
 
 from __future__ import annotations
 
@@ -332,8 +333,8 @@ def test_redis_refuses_writes_before_its_memory_limit(overlay: tuple[str, list[d
 
 
 def test_prod_run_pods_can_write_everything_a_run_writes() -> None:
-    """Run pods have a read-only root filesystem: DAGSTER_HOME, /tmp, step outputs and compute logs must all be
-    on volumes, and outputs and compute logs on the one every run pod and the webserver mount."""
+    """Run pods have a read-only root filesystem: DAGSTER_HOME, /tmp, step outputs and compute logs must all
+    be on volumes, and outputs and compute logs on the one every run pod and the webserver mount."""
     docs = kustomize("prod")
     instance = instance_of(docs)
     launcher = instance["run_launcher"]["config"]

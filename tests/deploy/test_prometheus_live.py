@@ -211,7 +211,8 @@ def test_prometheus_evaluates_every_rule_without_error(prometheus: str) -> None:
 
 
 def test_a_dead_letter_reaches_the_dashboard_and_fires_its_alert(live: Live) -> None:
-    """A message that fails validation on `runs`: health dead-letters it, Prometheus sees it, the rule fires."""
+    """A message that fails validation on `runs`: health dead-letters it, Prometheus sees it, the rule
+    fires."""
     client = redis.Redis.from_url(live.redis_url)
     try:
         client.xadd(

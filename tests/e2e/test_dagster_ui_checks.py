@@ -196,7 +196,10 @@ def test_failed_and_anomalous_materializations_show_as_failed_checks_then_recove
         assert result.success == (mode != "fail")
 
     def diagnose() -> str:
-        return f"checks: {system.checks()}\n--- health\n{system.log('health')}\n--- dagster\n{system.log('dagster')}"
+        return (
+            f"checks: {system.checks()}\n--- health\n{system.log('health')}\n"
+            f"--- dagster\n{system.log('dagster')}"
+        )
 
     def check_is(name: str, success: bool) -> Callable[[], bool]:
         return lambda: system.checks().get(name, (None, None, None))[1] is success

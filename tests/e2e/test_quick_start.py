@@ -116,7 +116,8 @@ def create_seed_source(path: Path) -> None:
     now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
     with sqlite3.connect(path) as db:
         db.execute(
-            "CREATE TABLE my_source_table (id INTEGER PRIMARY KEY, name TEXT, amount REAL, created_date TIMESTAMP)"
+            "CREATE TABLE my_source_table"
+            " (id INTEGER PRIMARY KEY, name TEXT, amount REAL, created_date TIMESTAMP)"
         )
         db.executemany(
             "INSERT INTO my_source_table VALUES (?, ?, ?, ?)",
@@ -230,7 +231,8 @@ def test_quick_start_seed_assets_appear_in_seconds_and_materialize_on_the_one_in
 
     # Another shell, nothing exported: Dagster's CLI reads DAGSTER_HOME from the project's .env.
     shell = {k: v for k, v in project.env.items() if k != "DAGSTER_HOME"}
-    # The README's command; in one process (run config), as a process per step costs minutes on a busy machine.
+    # The README's command; in one process (run config), as a process per step costs minutes on a busy
+    # machine.
     materialize = [
         str(Path(sys.executable).parent / "dagster"),
         "asset",

@@ -53,7 +53,8 @@ def test_a_thousand_finished_runs_are_published_within_two_ticks(
 def test_a_tick_stops_at_its_budget_and_the_next_one_continues(
     settings: OrchestratorSettings, redis_client: redis.Redis, window: int
 ) -> None:
-    """Every tick makes progress, also when re-reading the late-commit window (PostgreSQL) takes its budget."""
+    """Every tick makes progress, also when re-reading the late-commit window (PostgreSQL) takes its
+    budget."""
     instance = DagsterInstance.ephemeral()
     run_ids = record_finished_runs(instance, 30)
     sensors = settings.sensors.model_copy(

@@ -183,7 +183,8 @@ def test_a_rescan_sees_an_edited_and_a_fixed_module(temp_package: tuple[str, Pat
     path = write(root, package, "ingestion/edit_ingestion.py", "import nope_not_here\nall_assets = []\n")
     assert len(scan_asset_modules(package, search_path=root).problems) == 1
     path.write_text(
-        "from dagster import asset\n\n@asset\ndef raw_fixed() -> int:\n    return 1\n\nall_assets = [raw_fixed]\n"
+        "from dagster import asset\n\n@asset\ndef raw_fixed() -> int:\n    return 1\n\n"
+        "all_assets = [raw_fixed]\n"
     )
     scan = scan_asset_modules(package, search_path=root)
     assert scan.problems == [] and scan.assets_by_module == {

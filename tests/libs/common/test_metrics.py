@@ -1,4 +1,5 @@
-"""BatchHistogram must expose exactly what prometheus_client's Histogram exposes after one `observe` per amount."""
+"""BatchHistogram must expose exactly what prometheus_client's Histogram exposes after one `observe` per
+amount."""
 
 from __future__ import annotations
 

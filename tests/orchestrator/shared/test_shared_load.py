@@ -117,7 +117,9 @@ def test_sanitize_examples() -> None:
 
 
 def test_column_names() -> None:
-    assert sanitize_column_names(["Order ID", "order id", "ORDER_ID", "1st", "", "naïve café", "名前", "a-b.c", ("x", "y")]) == [
+    assert sanitize_column_names(
+        ["Order ID", "order id", "ORDER_ID", "1st", "", "naïve café", "名前", "a-b.c", ("x", "y")]
+    ) == [
         "order_id", "order_id_2", "order_id_3", "c_1st", "column", "naive_cafe", "column_2", "a_b_c", "x_y",
     ]  # fmt: skip
     assert sanitize_column_names(["x" * 80, "x" * 70]) == ["x" * 63, "x" * 61 + "_2"]
@@ -315,14 +317,15 @@ def test_postgres_round_trip_exact_decimals(pg: SqlConnection, shared_settings: 
     assert back["amount"].tolist() == [Decimal("12345.6789"), None, Decimal("-0.0001")]
     types = ingest_from_sql(
         connection=pg,
-        query="SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = ? AND table_name = ?"
-        " ORDER BY ordinal_position",
+        query="SELECT column_name, data_type FROM information_schema.columns"
+        " WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
         params=["stg", "orders_staging"],
         settings=shared_settings,
     )
     assert dict(zip(types["column_name"], types["data_type"], strict=True)) == {
-        "order_id": "bigint", "customer_name": "text", "amount": "numeric", "created_at": "timestamp without time zone",
-        "day": "date", "active": "boolean", "ratio": "double precision",
+        "order_id": "bigint", "customer_name": "text", "amount": "numeric",
+        "created_at": "timestamp without time zone", "day": "date", "active": "boolean",
+        "ratio": "double precision",
     }  # fmt: skip
 
 

@@ -1,4 +1,5 @@
-"""get_load_window: properties of the pure window, the config defaults, and partitions on a real Dagster run."""
+"""get_load_window: properties of the pure window, the config defaults, and partitions on a real Dagster
+run."""
 
 from __future__ import annotations
 
