@@ -67,6 +67,7 @@ def take_inline_connection(schema: str, table: str) -> SqlConnection | None:
     """The SqlConnection object the latest load of `schema.table` in this process used, if it used one."""
     return _inline_connections.pop((schema, table), None)
 
+
 MAX_IDENTIFIER = 63  # PostgreSQL's limit; SQL Server allows 128, SQLite more
 IDENTIFIER = re.compile(rf"^[A-Za-z_][A-Za-z0-9_]{{0,{MAX_IDENTIFIER - 1}}}$")
 Mode = Literal["replace", "append"]
