@@ -50,6 +50,7 @@ image-test: install test-tools
 
 lint: install
 	$(BIN)/ruff check libs services orchestrator asset_manager tests bench
+	$(BIN)/ruff format --check libs services orchestrator asset_manager tests bench
 	$(BIN)/mypy
 
 # Every benchmark prints one JSON object on its last line; then the fault tests at their full counts.
