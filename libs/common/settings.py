@@ -18,6 +18,7 @@ import math
 import os
 import re
 from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -242,6 +243,32 @@ def check_time_zone(value: str) -> str:
 TimeZoneName = Annotated[str, AfterValidator(check_time_zone)]
 
 
+# The config files' values for the model load_settings is building (a settings source reads them from here).
+_config_files: ContextVar[dict[str, Any]] = ContextVar("ams_config_files", default={})  # noqa: B039
+
+
+class _ConfigFiles(PydanticBaseSettingsSource):
+    """The merged YAML files as a settings source, placed beneath the environment."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ returns the whole layer
+
+    def __call__(self) -> dict[str, Any]:
+        # A field read under one of its aliases by a higher source (PROJECT_NAME from the environment) would
+        # meet the file's value under another name and fail as an extra input: the higher source has it.
+        taken = {str(key).lower() for key in self.current_state}
+        layer: dict[str, Any] = {}
+        for key, value in _config_files.get().items():
+            field = self.settings_cls.model_fields.get(key)
+            alias = field.validation_alias if field is not None else None
+            if isinstance(alias, AliasChoices):
+                names = {key.lower()} | {str(c).lower() for c in alias.choices if isinstance(c, str)}
+                if names & taken:
+                    continue
+            layer[key] = value
+        return layer
+
+
 class Settings(BaseSettings):
     """The settings every process shares; each component extends it with its own sections."""
 
@@ -279,9 +306,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # YAML values arrive as init arguments (see load_settings); env vars must beat them, so
-        # env comes first. Explicit keyword overrides are merged into the YAML data by load_settings.
-        return (env_settings, init_settings, file_secret_settings)
+        # Keyword overrides (init arguments) beat AMS_* variables, which beat the config files.
+        return (init_settings, env_settings, _ConfigFiles(settings_cls), file_secret_settings)
 
     @property
     def data_dir(self) -> Path:
@@ -365,7 +391,9 @@ def _source_of(loc: tuple[str | int, ...], files: list[tuple[Path, dict[str, Any
 def load_settings(model: type[SettingsT], *, environment: str | None = None, **overrides: Any) -> SettingsT:
     """Load and validate `model` from the config directory, the environment and `overrides`.
 
-    Sections of other components (`COMPONENT_SECTIONS` that `model` does not declare) are left to them.
+    Precedence, lowest first: `app_config.yaml`, `app_config.<environment>.yaml`, `AMS_*` variables, keyword
+    `overrides` (nested sections merge key by key). Sections of other components (`COMPONENT_SECTIONS` that
+    `model` does not declare) are left to them.
     """
     env = environment or os.environ.get("ENVIRONMENT") or os.environ.get("AMS_ENVIRONMENT") or "development"
     if env not in ENVIRONMENTS:
@@ -383,12 +411,13 @@ def load_settings(model: type[SettingsT], *, environment: str | None = None, **o
     data: dict[str, Any] = {}
     for _, content in files:
         data = _deep_merge(data, content)
-    data = _deep_merge(data, overrides)
     data.setdefault("environment", env)
+    if environment:
+        overrides = {"environment": environment, **overrides}
     foreign = COMPONENT_SECTIONS - set(model.model_fields)
-    data = {k: v for k, v in data.items() if k not in foreign}
+    token = _config_files.set({k: v for k, v in data.items() if k not in foreign})
     try:
-        return model(**data)
+        return model(**{k: v for k, v in overrides.items() if k not in foreign})
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -396,3 +425,5 @@ def load_settings(model: type[SettingsT], *, environment: str | None = None, **o
             field = ".".join(str(p) for p in loc) or "(root)"
             problems.append(f"{field}: {err['msg']} (in {_source_of(loc, files)})")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+    finally:
+        _config_files.reset(token)

@@ -43,6 +43,24 @@ def test_overlay_per_environment_and_env_override(config_dir: Path, monkeypatch:
     assert settings.data_dir == Path("/opt/dagster/dagster_home")
 
 
+def test_keyword_overrides_beat_the_environment_and_merge_with_the_files(
+    config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (config_dir / "app_config.yaml").write_text(
+        "bus:\n  batch_size: 100\n  maxlen: 5000\nproject_name: base\n"
+    )
+    monkeypatch.setenv("AMS_BUS__MAXLEN", "7000")
+    monkeypatch.setenv("AMS_BUS__BLOCK_MS", "250")
+    monkeypatch.setenv("PROJECT_NAME", "from-env")
+    settings = load_settings(Settings, bus={"maxlen": 9000}, project_name="from-caller")
+    assert settings.bus.maxlen == 9000  # the caller's value beats the variable
+    assert settings.bus.block_ms == 250  # the variable still fills the rest of the section
+    assert settings.bus.batch_size == 100  # and the file what neither sets
+    assert settings.project_name == "from-caller"
+    monkeypatch.setenv("ENVIRONMENT", "staging")
+    assert load_settings(Settings, environment="production").environment == "production"
+
+
 def test_bad_value_names_field_and_file(config_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (config_dir / "app_config.yaml").write_text("bus:\n  batch_size: 10\n")
     (config_dir / "app_config.staging.yaml").write_text("bus:\n  batch_size: lots\n")
