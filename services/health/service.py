@@ -660,7 +660,8 @@ class HealthService:
         return sum(d.changed for d in decisions)
 
     def update_publisher_gauge(self) -> None:
-        """Set each code location's publisher heartbeat time from health.db."""
+        """Set each code location's publisher heartbeat time from health.db, and the rule's threshold."""
+        metrics.PUBLISHER_RULE_AFTER.set(self.cfg.automation.publisher_rule_after_s)
         for location, at in db.publisher_heartbeats(self.store.connection()):
             metrics.PUBLISHER_LAST_HEARTBEAT.labels(code_location=location).set(at)
 
