@@ -38,6 +38,8 @@ from services.health.settings import AutomationHealthSettings
 # published ones is the daemon (or the publisher) having been down; its sensors' limits count from its return.
 DAEMON_SILENCE_S = 45.0
 DAEMON_OF = {"sensor": "SENSOR", "publisher": "SENSOR", "schedule": "SCHEDULER"}
+# How long a tick may take from its start (its time on record) to its events being published.
+TICK_SLACK_S = 5.0
 _ERROR_CHARS = 300
 
 
@@ -379,10 +381,12 @@ def _next_cron_tick(cron: str, at: float, timezone: str | None) -> float:
 
 
 def _after_daemon(obj: AutomationObject, cfg: AutomationHealthSettings) -> float:
-    """The least lateness judged: the daemon running the object would be judged silent first (it stopped at
-    most one interval after the object's last tick), so its alert is the cause the others name, not one
-    more incident of its own."""
-    return cfg.daemon_heartbeat_max_s + (obj.interval_s or cfg.sensor_interval_s)
+    """The least lateness judged: the daemon running the object would be judged silent first, so its alert is
+    the cause the others name, not one more incident of its own. The daemon's last heartbeat can come up to two
+    intervals and a tick's evaluation after the object's last tick on record: the publisher publishes its own
+    tick on its next tick, so its last one on record is one tick older than the stop (seen with a real daemon:
+    the publishing sensor late, alone, half a second before its daemon)."""
+    return cfg.daemon_heartbeat_max_s + 2 * (obj.interval_s or cfg.sensor_interval_s) + TICK_SLACK_S
 
 
 def _late_since(obj: AutomationObject, daemons: Mapping[str, AutomationObject]) -> float:

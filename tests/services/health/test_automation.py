@@ -147,7 +147,7 @@ def test_a_sensor_turned_off_is_not_expected_to_tick() -> None:
 
 def test_a_sensor_stops_after_n_intervals_and_never_before_its_daemon_could_be_judged() -> None:
     obj = fold(tick("SUCCESS", T0, interval_s=60))
-    limit = max(3 * 60, CFG.daemon_heartbeat_max_s + 60)
+    limit = max(3 * 60, CFG.daemon_heartbeat_max_s + 2 * 60 + automation.TICK_SLACK_S)
     assert outcomes(obj, T0 + limit)["stopped"] == "passed"
     assert outcomes(obj, T0 + limit + 1)["stopped"] == "error"
     assert next_change(obj, CFG, T0 + 5) == T0 + limit + 0.001
@@ -185,6 +185,24 @@ def test_a_sensor_is_not_late_between_its_daemons_return_and_its_first_tick() ->
     # Heartbeats in step (Dagster's every 30 s, a little late under load) are no return; a short outage is.
     assert apply(sensor_daemon, daemon(back + 40)).resumed_at == back
     assert apply(sensor_daemon, daemon(back + 52)).resumed_at == back + 52
+
+
+def test_the_publishing_sensor_is_never_late_before_its_daemon() -> None:
+    """Seen with a real daemon stopped (tests/e2e/test_automation_daemon.py): the publisher publishes its own
+    tick on its next one, so its last tick on record is a tick older than the stop, while the daemon's last
+    heartbeat may be the stop's moment; the sensor's limit passed half a second before the daemon's, and it
+    opened an incident of its own naming no cause."""
+    interval = 1.0
+    stop = T0 + 100
+    last_tick = stop - 2 * interval - 0.5  # its tick before the one it was publishing when the daemon stopped
+    obj = fold(tick("SUCCESS", last_tick, name="ams_event_publisher", interval_s=interval))
+    sensor_daemon = fold(daemon(stop - 0.1))  # a heartbeat written just before the stop
+    daemons = {"daemon:SENSOR": sensor_daemon}
+    late_at = next_change(obj, CFG, stop, daemons=daemons)
+    assert late_at is not None and late_at > sensor_daemon.last_at + CFG.daemon_heartbeat_max_s  # type: ignore[operator]
+    results = {r.check: r for r in evaluate(obj, CFG, late_at, daemons)}
+    assert results["stopped"].outcome == "error"
+    assert results["stopped"].values["blocked_by"] == "daemon:SENSOR"
 
 
 def test_a_schedule_is_stopped_past_its_next_cron_tick_plus_the_grace() -> None:
