@@ -576,8 +576,12 @@ class HealthService:
         """Each object's stored record (a new one for an unknown key) with its events folded in, written."""
         loaded = db.load_automation(conn, by_key)
         for key, mine in by_key.items():
-            obj, state = loaded.get(key) or (automation.new_object(mine[0]), HealthState())
-            if obj is not None:
+            known = loaded.get(key)
+            if known is None:  # the first event that makes one (a removal of an unknown key does not)
+                fresh = next((o for o in map(automation.new_object, mine) if o is not None), None)
+                known = (fresh, HealthState()) if fresh is not None else None
+            if known is not None:
+                obj, state = known
                 loaded[key] = (automation.apply(obj, *mine), state)
         if loaded:
             db.write_automation_objects(conn, [obj for obj, _ in loaded.values()], now)
@@ -612,6 +616,7 @@ class HealthService:
             subject = Subject(
                 key=key,
                 has_data=obj.last_at is not None,
+                retired=obj.retired_at is not None,
                 owners=obj.owners,
                 code_location=obj.code_location,
                 declared=frozenset(),

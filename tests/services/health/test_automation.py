@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from libs.common.events import (
+    AutomationRemoved,
+    AutomationRemovedData,
     AutomationTickData,
     AutomationTicked,
     DaemonHeartbeat,
@@ -86,6 +88,17 @@ def beat(at: float, interval_s: float = 30.0) -> PublisherHeartbeat:
         "automation.publisher_heartbeat",
         identity=f"loc:{at}",
         data=data,
+        source="t",
+        occurred_at=dt(at),
+    )
+
+
+def removed(key: str, at: float, reason: str = "gone from its code location") -> AutomationRemoved:
+    return new_event(
+        AutomationRemoved,
+        "automation.removed",
+        identity=f"{key}:{at}",
+        data=AutomationRemovedData(object_key=key, reason=reason),
         source="t",
         occurred_at=dt(at),
     )
@@ -471,3 +484,30 @@ def test_the_run_failure_streak_counts_the_newest_failed_runs(runs: list[tuple[s
     assert (result.outcome == "error") == (streak > 0)
     if streak:
         assert result.values["consecutive"] == streak
+
+
+def test_a_removed_object_is_retired_until_it_ticks_again() -> None:
+    key = "sensor:loc/orders_sensor"
+    failing = fold(tick("FAILURE", T0, error="boom"))
+    assert automation.object_key(removed(key, T0 + 5)) == key
+    assert new_object(removed(key, T0 + 5)) is None  # an unknown object is not made by its removal
+
+    gone = apply(failing, removed(key, T0 + 5, "no longer in loc"))
+    results = evaluate(gone, CFG, T0 + 86400, {})
+    assert {r.check: r.outcome for r in results} == {"tick_failures": "passed", "stopped": "passed"}
+    assert all("retired at" in r.reason and "no longer in loc" in r.reason for r in results)
+    assert next_change(gone, CFG, T0 + 10) is None  # the clock never brings it back
+    subject = Subject(key=key, has_data=True, retired=True, kind="sensor", failing=automation.FAILING_CHECKS)
+    decision = decide(HealthState(), results, T0 + 10, subject, Trigger.EVENTS)
+    assert decision.status == "UNKNOWN" and "no longer in loc" in decision.reasons[0]
+
+    # A removal older than the newest tick is stale: nothing retired.
+    assert apply(failing, removed(key, T0 - 5)).retired_at is None
+    # It ticks again (put back in its code location): judged again.
+    back = apply(gone, tick("FAILURE", T0 + 60, error="boom"))
+    assert back.retired_at is None
+    assert {r.check: r.outcome for r in evaluate(back, CFG, T0 + 61, {})}["tick_failures"] == "error"
+    # A daemon or publisher forgotten by hand, likewise: its next heartbeat brings it back.
+    forgotten = apply(fold(daemon(T0)), removed("daemon:SENSOR", T0 + 500))
+    assert [r.outcome for r in evaluate(forgotten, CFG, T0 + 1000, {})] == ["passed"]
+    assert apply(forgotten, daemon(T0 + 600)).retired_at is None
