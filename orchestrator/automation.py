@@ -21,6 +21,7 @@ instigators of the publisher's own repository; the others carry their code locat
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,6 +39,8 @@ from dagster._core.scheduler.instigation import (
 )
 
 from libs.common.events import (
+    AutomationRemoved,
+    AutomationRemovedData,
     AutomationTickData,
     AutomationTicked,
     DaemonHeartbeat,
@@ -59,6 +62,8 @@ FIRST_SIGHT_TICKS = 10
 # Read even when the tick's time budget is spent, so tick history never starves behind an asset backlog.
 MIN_INSTIGATORS_PER_TICK = 10
 MAX_DAEMON_ERRORS = 10
+# The cursor marker of an instigator published as removed while its state remains.
+REMOVED = "removed"
 # The sensor daemon and the scheduler also report a sensor's or schedule's own exception as an error of theirs
 # (for five minutes). Each is already that instigator's failed tick, with its owners: published again as the
 # daemon's error it would alert a second time, and go on alerting minutes after the sensor is fixed.
@@ -80,15 +85,17 @@ class InstigatorCursor:
     marker: str = ""  # the instigator state's tick timestamps when last read (sensors)
     running: bool = True  # the running state last published
     read: int = 0  # the automation sequence number of the last read: least recently read go first
+    key: str = ""  # health's key of it (`sensor:<location>/<name>`): what to retire when its state is deleted
 
     def to_json(self) -> list[Any]:
-        return [self.last, self.status, self.since, self.open, self.marker, self.running, self.read]
+        return [self.last, self.status, self.since, self.open, self.marker, self.running, self.read, self.key]
 
     @classmethod
     def from_json(cls, raw: Any) -> InstigatorCursor:
-        if not isinstance(raw, list) or len(raw) != 7:
+        # 7 fields: a cursor from before `key` (learnt again on the instigator's next read)
+        if not isinstance(raw, list) or len(raw) not in (7, 8):
             raise ValueError(f"unreadable instigator cursor {str(raw)[:100]!r}")
-        last, status, since, open_ids, marker, running, read = raw
+        last, status, since, open_ids, marker, running, read = raw[:7]
         return cls(
             last=int(last),
             status=str(status),
@@ -97,6 +104,7 @@ class InstigatorCursor:
             marker=str(marker),
             running=bool(running),
             read=int(read),
+            key=str(raw[7]) if len(raw) == 8 else "",
         )
 
 
@@ -190,11 +198,32 @@ class AutomationReader:
             return [], 0  # off, or an instance without schedule storage (no sensors or schedules to read)
         states = [s for s in self.instance.all_instigator_state() if s.instigator_type in KINDS]
         present = {s.selector_id for s in states}
+        removed: list[Event] = []
         for gone in [sid for sid in cursor.instigators if sid not in present]:
-            del cursor.instigators[gone]  # its state was deleted (e.g. a schedule removed from the workspace)
+            # Its state was deleted: the scheduler deletes the state of a schedule that its code location,
+            # loaded without error, no longer has (at once when it was declared in code, 12 hours later when it
+            # was turned on or off by hand), never while the location fails to load.
+            entry = cursor.instigators.pop(gone)
+            if entry.key and entry.marker != REMOVED:  # (not twice: published when it left the code)
+                removed.append(self._removed(entry.key))
+        # The sensor daemon deletes no state: a sensor gone from the code keeps its state, without ticks.
+        # The publisher's own code location is loaded (it runs in it): what its repository no longer defines
+        # is gone, published once (the cursor keeps it, marked, until it is defined again).
+        undefined = [s for s in states if self._undefined(s, repository)]
+        for state in undefined:
+            known = cursor.instigators.get(state.selector_id)
+            if known is None or known.marker != REMOVED:
+                info = self._describe(state, None)
+                key = f"{info.kind}:{info.code_location}/{info.name}"
+                removed.append(self._removed(key))
+                cursor.instigators[state.selector_id] = dataclasses.replace(
+                    known or InstigatorCursor(), marker=REMOVED, open=[], key=key
+                )
+        skip = {s.selector_id for s in undefined}
+        states = [s for s in states if s.selector_id not in skip]
         due = [s for s in states if self._due(s, cursor.instigators.get(s.selector_id))]
         if not due:
-            return [], 0
+            return removed, 0
         due.sort(
             key=lambda s: (
                 cursor.instigators[s.selector_id].read if s.selector_id in cursor.instigators else -1,
@@ -202,7 +231,7 @@ class AutomationReader:
             )
         )
         cursor.seq += 1
-        events: list[Event] = []
+        events: list[Event] = removed
         read = 0
         for state in due[: self.instigators_per_tick]:
             if read >= MIN_INSTIGATORS_PER_TICK and time.monotonic() >= deadline:
@@ -210,6 +239,17 @@ class AutomationReader:
             events.extend(self._read(state, cursor, repository))
             read += 1
         return events, len(due) - read
+
+    def _undefined(self, state: InstigatorState, repository: RepositoryDefinition | None) -> bool:
+        """The instigator belongs to the publisher's own repository, which does not define it (any more)."""
+        origin = state.origin.repository_origin
+        if repository is None or origin.code_location_origin.location_name != self.code_location:
+            return False
+        if origin.repository_name != repository.name:
+            return False
+        if state.instigator_type == InstigatorType.SENSOR:
+            return not repository.has_sensor_def(state.name)
+        return not repository.has_schedule_def(state.name)
 
     def _read(
         self, state: InstigatorState, cursor: AutomationCursor, repository: RepositoryDefinition | None
@@ -268,8 +308,23 @@ class AutomationReader:
             marker=_marker(state),
             running=info.running,
             read=cursor.seq,
+            key=f"{info.kind}:{info.code_location}/{info.name}",
         )
         return events
+
+    def _removed(self, key: str) -> Event:
+        now = datetime.now(UTC)
+        return new_event(
+            AutomationRemoved,
+            "automation.removed",
+            identity=f"{key}:{now.timestamp()!r}",
+            data=AutomationRemovedData(
+                object_key=key,
+                reason="its state was deleted from the Dagster instance: no longer in its code location",
+            ),
+            source=self.source,
+            occurred_at=now,
+        )
 
     def _describe(self, state: InstigatorState, repository: RepositoryDefinition | None) -> _Instigator:
         repo_origin = state.origin.repository_origin

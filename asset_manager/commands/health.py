@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import sqlite3
+import time
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -159,6 +160,14 @@ def automation_health(
     ] = None,
     fmt: FormatOption = OutputFormat.table,
     output: OutputOption = None,
+    forget: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--forget",
+            help="Retire this object (repeatable; e.g. a daemon type no longer run): health stops judging it "
+            "and its alerts resolve; its next tick or heartbeat brings it back. Lists nothing.",
+        ),
+    ] = None,
 ) -> None:
     """Health of the sensors, schedules, daemons, publishers and op jobs (worst first) with every reason."""
     from asset_manager.settings import load_app_settings
@@ -167,10 +176,20 @@ def automation_health(
     from services.health import queries
     from services.health.store import open_store
 
+    if forget is not None:
+        given = {"--location": location, "--status": status, "--kind": kind, "--output": output}
+        used = [name for name, value in given.items() if value is not None]
+        if fmt is not OutputFormat.table:
+            used.append("--format")
+        if used:
+            raise CliError(f"--forget lists nothing: it takes no {', '.join(used)}")
     wanted = parse_statuses(status)
     kinds = parse_kinds(kind)
     settings = load_app_settings()
     path = store_file(settings, StoreName.HEALTH)
+    if forget is not None:
+        _forget(settings, path, forget)
+        return
     if not path.exists():
         typer.echo(f"no health data yet: {path} does not exist (start the health service)", err=True)
         emit([], AUTOMATION_COLUMNS, fmt, output, title="Automation health")
@@ -215,6 +234,55 @@ def automation_health(
         )
     columns = [*AUTOMATION_COLUMNS, "owners", "checks"] if fmt is OutputFormat.json else AUTOMATION_COLUMNS
     emit(rows, columns, fmt, output, title="Automation health")
+
+
+def _forget(settings: Any, path: Any, keys: list[str]) -> None:
+    """Check every key is on record and Redis answers, then publish one `automation.removed` per key to the
+    automation stream: the health worker retires them as it does the objects the publisher saw removed."""
+    import redis
+
+    from libs.common.bus import Bus, connect
+    from libs.common.events import AUTOMATION, AutomationRemoved, AutomationRemovedData, new_event
+
+    if not path.exists():
+        raise CliError(f"nothing to forget: {path} does not exist (start the health service)")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        known = {str(r[0]) for r in conn.execute("SELECT object_key FROM automation_objects")}
+    except sqlite3.OperationalError as exc:
+        raise CliError(f"nothing to forget: {path} has no automation objects ({exc})") from exc
+    finally:
+        conn.close()
+    wanted = list(dict.fromkeys(k.strip() for k in keys))
+    for key in wanted:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise CliError(f"unknown automation object '{key}'{hint}: `automation-health` lists them")
+    events = [
+        new_event(
+            AutomationRemoved,
+            "automation.removed",
+            identity=f"forget:{key}:{time.time()!r}",
+            data=AutomationRemovedData(
+                object_key=key, reason="forgotten by hand (asset-manager automation-health --forget)"
+            ),
+            source="asset-manager",
+        )
+        for key in wanted
+    ]
+    client = connect(settings.redis)
+    try:
+        client.ping()
+        Bus(client, settings.bus).publish_many(AUTOMATION, events)
+    except (redis.RedisError, OSError) as exc:
+        raise CliError(f"nothing forgotten: Redis unreachable ({type(exc).__name__})", code=1) from exc
+    finally:
+        client.close()
+    for key in wanted:
+        typer.echo(
+            f"{key}: retired (the health worker resolves its alerts when it reads the automation stream)"
+        )
 
 
 def register(app: typer.Typer) -> None:

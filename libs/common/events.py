@@ -308,6 +308,15 @@ class PublisherHeartbeatData(_Payload):
     interval_s: Seconds | None = None  # the sensor's minimum interval: when the next heartbeat is due
 
 
+class AutomationRemovedData(_Payload):
+    """An automation object that no longer exists (a sensor or schedule gone from its code location, or any
+    object forgotten by hand): health retires it, its alerts resolve; a later tick or heartbeat of the same key
+    brings it back."""
+
+    object_key: str = Field(pattern=r"^(sensor|schedule|daemon|publisher|job):.+$", max_length=500)
+    reason: str = Field(max_length=500)
+
+
 class Event(BaseModel):
     """The envelope every message carries."""
 
@@ -382,6 +391,11 @@ class PublisherHeartbeat(Event):
     data: PublisherHeartbeatData
 
 
+class AutomationRemoved(Event):
+    type: Literal["automation.removed"]
+    data: AutomationRemovedData
+
+
 AnyEvent = Annotated[
     RunEvent
     | AssetMaterialized
@@ -392,7 +406,8 @@ AnyEvent = Annotated[
     | HealthChanged
     | AutomationTicked
     | DaemonHeartbeat
-    | PublisherHeartbeat,
+    | PublisherHeartbeat
+    | AutomationRemoved,
     Field(discriminator="type"),
 ]
 _ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
@@ -416,7 +431,12 @@ STREAM_TYPES: dict[str, frozenset[str]] = {
     ASSET_CHANGES: frozenset({"asset.registered", "asset.changed", "asset.retired"}),
     HEALTH: frozenset({"health.changed"}),
     AUTOMATION: frozenset(
-        {"automation.tick", "automation.daemon_heartbeat", "automation.publisher_heartbeat"}
+        {
+            "automation.tick",
+            "automation.daemon_heartbeat",
+            "automation.publisher_heartbeat",
+            "automation.removed",
+        }
     ),
 }
 

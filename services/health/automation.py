@@ -20,6 +20,7 @@ from enum import StrEnum
 from typing import Any
 
 from libs.common.events import (
+    AutomationRemoved,
     AutomationTicked,
     CheckName,
     CheckOutcome,
@@ -38,6 +39,8 @@ from services.health.settings import AutomationHealthSettings
 # published ones is the daemon (or the publisher) having been down; its sensors' limits count from its return.
 DAEMON_SILENCE_S = 45.0
 DAEMON_OF = {"sensor": "SENSOR", "publisher": "SENSOR", "schedule": "SCHEDULER"}
+# How long a tick may take from its start (its time on record) to its events being published.
+TICK_SLACK_S = 5.0
 _ERROR_CHARS = 300
 
 
@@ -95,6 +98,8 @@ class AutomationObject:
     caught_up: bool = True
     last_run_id: str | None = None  # a job's newest finished run (its status `last_status`, end `last_at`)
     failed_runs: int = 0  # a job's newest finished runs that failed, in a row
+    retired_at: float | None = None  # removed (`automation.removed`): judged no more until it ticks again
+    retired_reason: str | None = None
 
 
 def object_key(event: Event) -> str | None:
@@ -106,6 +111,8 @@ def object_key(event: Event) -> str | None:
         return f"daemon:{event.data.daemon_type}"
     if isinstance(event, PublisherHeartbeat):
         return f"publisher:{event.data.code_location}"
+    if isinstance(event, AutomationRemoved):
+        return event.data.object_key
     return None
 
 
@@ -143,6 +150,8 @@ def event_time(event: Event) -> float | None:
         return event.data.tick_at.timestamp()
     if isinstance(event, DaemonHeartbeat):
         return event.data.last_heartbeat_at.timestamp()
+    if isinstance(event, AutomationRemoved):
+        return event.occurred_at.timestamp()
     return None
 
 
@@ -158,9 +167,9 @@ def catch_up_time(event: Event) -> float | None:
 
 
 def new_object(event: Event) -> AutomationObject | None:
-    """The empty record of the object `event` is about."""
+    """The empty record of the object `event` is about (None for a removal: an unknown object is not one)."""
     key = object_key(event) or job_key(event)
-    if key is None:
+    if key is None or isinstance(event, AutomationRemoved):
         return None
     if isinstance(event, RunEvent):
         return AutomationObject(key, "job", event.data.job_name, code_location=event.data.code_location)
@@ -189,6 +198,12 @@ def _fold(new: AutomationObject, event: Event) -> None:
     at = event_time(event)
     if at is None:
         return
+    if isinstance(event, AutomationRemoved):
+        if new.retired_at is None and (new.last_at is None or at >= new.last_at):
+            new.retired_at, new.retired_reason = at, event.data.reason
+        return
+    if new.retired_at is not None and at > new.retired_at:
+        new.retired_at, new.retired_reason = None, None  # it ticks (beats, runs) again: back
     if isinstance(event, RunEvent):
         _fold_run(new, event, at)
         return
@@ -379,10 +394,12 @@ def _next_cron_tick(cron: str, at: float, timezone: str | None) -> float:
 
 
 def _after_daemon(obj: AutomationObject, cfg: AutomationHealthSettings) -> float:
-    """The least lateness judged: the daemon running the object would be judged silent first (it stopped at
-    most one interval after the object's last tick), so its alert is the cause the others name, not one
-    more incident of its own."""
-    return cfg.daemon_heartbeat_max_s + (obj.interval_s or cfg.sensor_interval_s)
+    """The least lateness judged: the daemon running the object would be judged silent first, so its alert is
+    the cause the others name, not one more incident of its own. The daemon's last heartbeat can come up to two
+    intervals and a tick's evaluation after the object's last tick on record: the publisher publishes its own
+    tick on its next tick, so its last one on record is one tick older than the stop (seen with a real daemon:
+    the publishing sensor late, alone, half a second before its daemon)."""
+    return cfg.daemon_heartbeat_max_s + 2 * (obj.interval_s or cfg.sensor_interval_s) + TICK_SLACK_S
 
 
 def _late_since(obj: AutomationObject, daemons: Mapping[str, AutomationObject]) -> float:
@@ -579,6 +596,13 @@ def daemon_chain(key: str, daemon_keys: Iterable[str]) -> tuple[str, ...]:
     return (ordered[at + 1],) if at + 1 < len(ordered) else ()
 
 
+_CHECKS_OF: dict[str, tuple[str, ...]] = {
+    "job": (CheckName.EXECUTION,),
+    "daemon": (AutomationCheck.DAEMON_HEARTBEAT,),
+    "publisher": (AutomationCheck.PUBLISHER_HEARTBEAT,),
+}
+
+
 def evaluate(
     obj: AutomationObject,
     cfg: AutomationHealthSettings,
@@ -587,7 +611,12 @@ def evaluate(
     cron: Cron = _latest_cron_tick,
     canceled_run: str = "warn",
 ) -> list[CheckResult]:
-    """Every check of the object's kind, at `now` (`canceled_run`: the assets' threshold, for a job)."""
+    """Every check of the object's kind, at `now` (`canceled_run`: the assets' threshold, for a job); all
+    passed, saying so, for a retired object."""
+    if obj.retired_at is not None:
+        checks = _CHECKS_OF.get(obj.kind, (AutomationCheck.TICK_FAILURES, AutomationCheck.STOPPED))
+        reason = f"retired at {when(obj.retired_at)}: {clip(obj.retired_reason or 'removed', 300)}"
+        return [_result(check, "passed", reason) for check in checks]
     if obj.kind == "job":
         return [job_execution(obj, canceled_run)]
     if obj.kind == "daemon":
@@ -607,8 +636,8 @@ def next_change(
     """The earliest time after `now` the clock alone can change one of the object's outcomes (a limit
     passing), None when only an event can (already late, stopped in Dagster, nothing on record). A sensor or
     the publisher late because of a silent daemon is also due when that daemon's own limit passes."""
-    if obj.last_at is None or obj.kind == "job":  # a job's outcome changes only with its runs
-        return None
+    if obj.last_at is None or obj.kind == "job" or obj.retired_at is not None:
+        return None  # a job's outcome changes only with its runs, a retired object's with its return
     if obj.kind == "daemon":
         due = obj.last_at + cfg.daemon_heartbeat_max_s
     elif obj.kind == "publisher":

@@ -124,10 +124,12 @@ def health_status(
     return HealthStatus.HEALTHY if has_data else HealthStatus.UNKNOWN
 
 
-def reasons_of(results: Sequence[CheckResult], status: HealthStatus, *, retired: bool) -> list[str]:
+def reasons_of(
+    results: Sequence[CheckResult], status: HealthStatus, *, retired: bool, kind: str = "asset"
+) -> list[str]:
     """The reasons behind `status`: every non-passed check, worst first."""
-    if retired:
-        return ["asset retired"]
+    if retired:  # a retired automation object's results say why and since when
+        return [results[0].reason] if kind != "asset" and results else [f"{kind} retired"]
     bad = sorted((r for r in results if r.outcome != "passed"), key=lambda r: -_RANK[r.outcome])
     if bad:
         return [f"{r.check} ({r.outcome}): {r.reason}" for r in bad]
@@ -156,7 +158,7 @@ def decide(
         results, has_data=subject.has_data, retired=subject.retired, failing=subject.failing
     )
     sig = signature(status, results)
-    reasons = reasons_of(results, status, retired=subject.retired)
+    reasons = reasons_of(results, status, retired=subject.retired, kind=subject.kind)
     outcomes = {r.check: r.outcome for r in results}
     event: HealthChanged | None = None
     transitions = previous.transitions

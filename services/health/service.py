@@ -576,8 +576,12 @@ class HealthService:
         """Each object's stored record (a new one for an unknown key) with its events folded in, written."""
         loaded = db.load_automation(conn, by_key)
         for key, mine in by_key.items():
-            obj, state = loaded.get(key) or (automation.new_object(mine[0]), HealthState())
-            if obj is not None:
+            known = loaded.get(key)
+            if known is None:  # the first event that makes one (a removal of an unknown key does not)
+                fresh = next((o for o in map(automation.new_object, mine) if o is not None), None)
+                known = (fresh, HealthState()) if fresh is not None else None
+            if known is not None:
+                obj, state = known
                 loaded[key] = (automation.apply(obj, *mine), state)
         if loaded:
             db.write_automation_objects(conn, [obj for obj, _ in loaded.values()], now)
@@ -612,6 +616,7 @@ class HealthService:
             subject = Subject(
                 key=key,
                 has_data=obj.last_at is not None,
+                retired=obj.retired_at is not None,
                 owners=obj.owners,
                 code_location=obj.code_location,
                 declared=frozenset(),
@@ -660,7 +665,8 @@ class HealthService:
         return sum(d.changed for d in decisions)
 
     def update_publisher_gauge(self) -> None:
-        """Set each code location's publisher heartbeat time from health.db."""
+        """Set each code location's publisher heartbeat time from health.db, and the rule's threshold."""
+        metrics.PUBLISHER_RULE_AFTER.set(self.cfg.automation.publisher_rule_after_s)
         for location, at in db.publisher_heartbeats(self.store.connection()):
             metrics.PUBLISHER_LAST_HEARTBEAT.labels(code_location=location).set(at)
 

@@ -75,6 +75,11 @@ class AutomationHealthSettings(Section):
     # publisher_heartbeat: older than this many times the publisher's interval, and at least the minimum
     publisher_intervals: float = Field(default=3.0, gt=1)
     publisher_min_s: float = Field(default=60.0, gt=0)
+    # Prometheus's AmsPublisherHeartbeatLate fires when the publisher's last heartbeat is older than this (for
+    # 30 s more: 6 minutes in all). Exported as ams_publisher_heartbeat_rule_after_seconds, which the rule
+    # compares with, so that changing it needs no change to the rules. Far above publisher_min_s: the rule is
+    # the backstop that needs neither Redis nor the alerts worker.
+    publisher_rule_after_s: float = Field(default=330.0, gt=0)
 
 
 class HealthSettings(Section):

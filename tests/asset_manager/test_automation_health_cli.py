@@ -188,3 +188,60 @@ def test_op_jobs_are_listed_by_kind(with_automation: Cli) -> None:
     assert code == 0 and "job:billing/report_job" in out and "sensor:sales" not in out
     code, _, err = with_automation.run("automation-health", "--kind", "jobs")
     assert code == 2 and "did you mean job?" in err
+
+
+def _automation_stream() -> list[Event]:
+    import redis
+
+    from libs.common.events import parse_event
+
+    settings = load_settings(AppSettings)
+    client = redis.Redis.from_url(settings.redis.url)
+    try:
+        return [parse_event(f[b"event"]) for _, f in client.xrange(f"{settings.bus.prefix}:{AUTOMATION}")]
+    finally:
+        client.close()
+
+
+def test_forget_retires_an_object_through_the_health_worker(with_automation: Cli) -> None:
+    key = "sensor:sales/orders_sensor"
+    code, out, err = with_automation.run("automation-health", "--forget", key, "--forget", key)
+    assert code == 0, err
+    assert out.count(f"{key}: retired") == 1
+    (event,) = _automation_stream()
+    assert event.type == "automation.removed" and event.data.object_key == key  # type: ignore[attr-defined]
+    assert "forgotten by hand" in event.data.reason  # type: ignore[attr-defined]
+
+    # What the health worker does with it (its consumer hands it over as this).
+    settings = load_settings(AppSettings)
+    store = open_store(settings)
+    HealthService(store, settings).handle([Delivery(AUTOMATION, "1-0", event)])
+    store.close()
+    code, out, _ = with_automation.run("automation-health", "-k", "sensor", "-f", "json")
+    (row,) = json.loads(out)
+    assert row["status"] == "UNKNOWN" and row["failing_checks"] == []
+    assert "forgotten by hand" in row["reasons"][0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--forget", "sensor:sales/order_sensor"],
+            "unknown automation object 'sensor:sales/order_sensor' (did",
+        ),
+        (
+            ["--forget", "sensor:sales/orders_sensor", "--forget", "daemon:NOPE"],
+            "unknown automation object 'daemon:NOPE'",
+        ),
+        (["--forget", "daemon:SENSOR", "--kind", "daemon"], "--forget lists nothing: it takes no --kind"),
+        (["--forget", "daemon:SENSOR", "-f", "json"], "it takes no --format"),
+    ],
+)
+def test_forget_checks_every_key_before_publishing(
+    with_automation: Cli, args: list[str], message: str
+) -> None:
+    code, out, err = with_automation.run("automation-health", *args)
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert _automation_stream() == []  # nothing published, not even the keys that were right

@@ -2,7 +2,12 @@
 rule expression is evaluated through its HTTP API and must succeed (data or a valid empty result).
 
 The stack is docker-compose.yml's: the prometheus service's own command, with /etc/prometheus pointing at a
-copy of deploy/prometheus whose targets are the local workers (and 2 s intervals, so the test is quick)."""
+copy of deploy/prometheus whose targets are the local workers (and 2 s intervals, so the test is quick).
+The stack has a Redis of its own, so that the last test can stop it.
+
+The rules are the shipped file. The one setting changed is health's
+`health.automation.publisher_rule_after_s` (330 s shipped; a few seconds here), which health exports and
+AmsPublisherHeartbeatLate compares the heartbeat's age with."""
 
 from __future__ import annotations
 
@@ -11,12 +16,12 @@ import http.server
 import json
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import httpx
 import pytest
@@ -34,7 +39,16 @@ from deploytools import (
     wait_for,
 )
 
+from libs.common.bus import Bus, connect
+from libs.common.events import AUTOMATION, PublisherHeartbeat, PublisherHeartbeatData, new_event
+from libs.common.redis_server import LocalRedis
+from libs.common.settings import BusSettings, RedisSettings
+
 WORKERS = ["discovery", "health", "alerts"]
+LOCATION = "live-location"
+# health.automation.publisher_rule_after_s here: the rule fires this long (plus its `for`) after the
+# publisher's last heartbeat.
+RULE_AFTER_S = 10
 ALERTMANAGER_EXAMPLE = ROOT / "deploy" / "alertmanager" / "alertmanager.example.yml"
 
 
@@ -64,9 +78,13 @@ def local_prometheus_dir(stack: Stack, dest: Path) -> Path:
 @dataclass
 class Live:
     url: str
-    redis_url: str
+    redis: LocalRedis
     prefix: str
     notifications: list[dict[str, Any]]
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis.url
 
 
 class _Receiver(http.server.BaseHTTPRequestHandler):
@@ -96,17 +114,21 @@ def local_alertmanager_config(receiver_url: str, dest: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def live(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     for name in ("prometheus", "prometheus-alertmanager", "wget"):
         tool(name)
     compose = copy.deepcopy(compose_config(COMPOSE_DEV))
     workdir = tmp_path_factory.mktemp("prometheus-live")
     prefix = f"test-deploy-{uuid.uuid4().hex[:8]}"
+    own_redis = LocalRedis(appendonly=True, directory=workdir / "redis").start()
     stack = Stack(
         compose,
         workdir,
-        provided={"redis": int(urlparse(redis_url).port or 6379)},
-        extra_env={"AMS_BUS__PREFIX": prefix},
+        provided={"redis": own_redis.port},
+        extra_env={
+            "AMS_BUS__PREFIX": prefix,
+            "AMS_HEALTH__AUTOMATION__PUBLISHER_RULE_AFTER_S": str(RULE_AFTER_S),
+        },
     )
     local = local_prometheus_dir(stack, workdir / "prometheus-config")
     service = compose["services"]["prometheus"]
@@ -143,16 +165,12 @@ def live(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
             what="all worker targets up",
             diagnose=lambda: str(api(url, "targets")["activeTargets"]),
         )
-        yield Live(url, redis_url, prefix, received)
+        yield Live(url, own_redis, prefix, received)
     finally:
         stack.down()
         server.shutdown()
         server.server_close()
-        client = redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(f"{prefix}:*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
+        own_redis.stop()
 
 
 def api(base: str, path: str, **params: Any) -> dict[str, Any]:
@@ -266,3 +284,92 @@ def test_a_dead_letter_reaches_the_dashboard_and_fires_its_alert(live: Live) -> 
         live.url, "query", query='sum by (stream, group) (ams_events_consumed_total{stream="runs"})'
     )
     assert [r["metric"]["group"] for r in consumed["result"]] == ["health"]
+
+
+class Publisher:
+    """Writes a publisher heartbeat to the automation stream every half second, as the publishing sensor's
+    ticks do; while Redis is down its writes fail and it keeps trying, as the sensor does."""
+
+    def __init__(self, live: Live) -> None:
+        self.bus = Bus(
+            connect(RedisSettings(url=live.redis_url, socket_timeout_s=1.0)), BusSettings(prefix=live.prefix)
+        )
+        self.written = 0
+        self.failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            event = new_event(
+                PublisherHeartbeat,
+                "automation.publisher_heartbeat",
+                identity=f"{LOCATION}:{time.time()!r}",
+                data=PublisherHeartbeatData(code_location=LOCATION, tick_at=time.time(), interval_s=1.0),
+                source="test-publisher",
+            )
+            try:
+                self.bus.publish_many(AUTOMATION, [event])
+                self.written += 1
+            except redis.RedisError:
+                self.failed += 1
+
+    def __enter__(self) -> Publisher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.bus.client.close()
+
+
+def test_redis_down_fires_the_publisher_heartbeat_rule(live: Live) -> None:
+    """Redis stops: the publisher cannot write its heartbeats, health's gauge keeps the last one's time, and the
+    shipped AmsPublisherHeartbeatLate fires in Prometheus (health.automation.publisher_rule_after_s, exported
+    by health, shortened here). Redis back, the next heartbeat ends it. (Run last: it stops the stack's Redis.)"""
+    heartbeat = f'ams_publisher_last_heartbeat_timestamp_seconds{{code_location="{LOCATION}"}}'
+
+    def alert() -> list[dict[str, Any]]:
+        return [
+            a
+            for a in api(live.url, "alerts")["alerts"]
+            if a["labels"]["alertname"] == "AmsPublisherHeartbeatLate"
+        ]
+
+    def scraped() -> float:
+        result = api(live.url, "query", query=heartbeat)["result"]
+        return float(result[0]["value"][1]) if result else 0.0
+
+    with Publisher(live) as publisher:
+        threshold = api(live.url, "query", query="ams_publisher_heartbeat_rule_after_seconds")["result"]
+        assert [r["value"][1] for r in threshold] == [str(RULE_AFTER_S)]
+        # Heartbeats flow: Prometheus scrapes them moving, and the rule stays quiet.
+        seen: set[float] = set()
+
+        def moving() -> bool:
+            seen.add(scraped())
+            return len(seen - {0.0}) >= 2
+
+        wait_for(moving, timeout_s=60, what="the heartbeat gauge scraped, moving")
+        assert alert() == [], alert()
+
+        live.redis.stop()
+        wait_for(
+            lambda: any(a["state"] == "firing" for a in alert()),
+            timeout_s=90,
+            what="AmsPublisherHeartbeatLate firing with Redis down",
+            diagnose=lambda: f"{alert()} {api(live.url, 'query', query=heartbeat)}",
+        )
+        (firing,) = alert()
+        assert firing["labels"]["code_location"] == LOCATION and firing["labels"]["severity"] == "critical"
+        assert "has written no heartbeat for" in firing["annotations"]["description"], firing
+        assert publisher.failed > 0  # it was trying all along
+
+        live.redis.start()
+        wait_for(
+            lambda: alert() == [],
+            timeout_s=90,
+            what="AmsPublisherHeartbeatLate gone once heartbeats flow again",
+            diagnose=lambda: f"{alert()} {api(live.url, 'query', query=heartbeat)}",
+        )

@@ -186,6 +186,61 @@ def test_a_tick_still_running_is_published_when_it_finishes_and_stopping_is_publ
     assert [(e.data.tick_id, e.data.running) for e in ticks[2:]] == [(started.tick_id, False)]
 
 
+def test_a_sensor_whose_state_dagster_deleted_is_published_as_removed_once(
+    settings: OrchestratorSettings,
+    dagster_instance: DagsterInstance,
+    redis_client: redis.Redis,
+    workspace: WorkspaceProcessContext,
+) -> None:
+    """Dagster's daemons delete the state of a sensor or schedule its code location (loaded without error) no
+    longer has (`instance.delete_instigator_state`, as the sensor daemon and the scheduler call it): the
+    publisher says so once, with health's key, so that health retires it."""
+    evaluate(workspace, datetime.now(UTC) - timedelta(minutes=3))
+    cursor = publish(settings, dagster_instance, None)
+    assert automation(redis_client, settings, "automation.removed") == []
+    (state,) = [s for s in dagster_instance.all_instigator_state() if s.name == "watch_inbox"]
+    dagster_instance.delete_instigator_state(state.instigator_origin_id, state.selector_id)
+    cursor = publish(settings, dagster_instance, cursor)
+    publish(settings, dagster_instance, cursor)
+    (removed,) = automation(redis_client, settings, "automation.removed")
+    assert removed.data.object_key == f"sensor:{settings.dagster.code_location}/watch_inbox"
+    assert "no longer in its code location" in removed.data.reason
+    assert state.selector_id not in PublisherCursor.from_json(cursor).automation.instigators
+
+
+def test_a_sensor_gone_from_the_publishers_own_code_location_is_published_as_removed_once(
+    settings: OrchestratorSettings,
+    dagster_instance: DagsterInstance,
+    redis_client: redis.Redis,
+    workspace: WorkspaceProcessContext,
+) -> None:
+    """The sensor daemon deletes no state: a sensor gone from the code keeps its state and never ticks again.
+    The publisher runs in its own code location, loaded: what that repository no longer defines is removed,
+    published once; defined again, it is read again."""
+    from dagster import Definitions
+
+    evaluate(workspace, datetime.now(UTC) - timedelta(minutes=3))
+    repo = automation_defs.defs.get_repository_def()
+    cursor = publish(settings, dagster_instance, None, repo)
+    without = Definitions(
+        jobs=[automation_defs.ping_job, automation_defs.report_job],
+        schedules=[automation_defs.every_five_minutes],
+    ).get_repository_def()
+    assert without.name == repo.name
+    cursor = publish(settings, dagster_instance, cursor, without)
+    cursor = publish(settings, dagster_instance, cursor, without)
+    (removed,) = automation(redis_client, settings, "automation.removed")
+    assert removed.data.object_key == f"sensor:{settings.dagster.code_location}/watch_inbox"
+    assert [s.name for s in dagster_instance.all_instigator_state() if s.name == "watch_inbox"]  # still there
+
+    # Back in the code, it ticks again: read and published as before, not removed again.
+    ticks = len(automation(redis_client, settings, "automation.tick"))
+    evaluate(workspace, datetime.now(UTC) - timedelta(minutes=1))
+    publish(settings, dagster_instance, cursor, repo)
+    assert len(automation(redis_client, settings, "automation.tick")) > ticks
+    assert len(automation(redis_client, settings, "automation.removed")) == 1
+
+
 def test_daemon_heartbeats_are_published_when_they_change(
     settings: OrchestratorSettings, dagster_instance: DagsterInstance, redis_client: redis.Redis
 ) -> None:
@@ -324,3 +379,14 @@ def test_tick_history_reads_a_bounded_number_of_sensors_per_tick_least_recently_
     publish(bounded, dagster_instance, cursor)
     again = automation(redis_client, settings, "automation.tick")[10:]
     assert [(e.data.name, e.data.status) for e in again] == [(states[0].name, "SKIPPED")] * 2
+
+
+def test_an_instigator_cursor_from_before_its_key_is_read() -> None:
+    from orchestrator.automation import InstigatorCursor
+
+    old = InstigatorCursor.from_json([5, "SUCCESS", 1.0, [], "m", True, 3])
+    assert (old.last, old.read, old.key) == (5, 3, "")  # learnt again on its next read
+    keyed = InstigatorCursor(last=5, key="sensor:loc/s")
+    assert InstigatorCursor.from_json(keyed.to_json()) == keyed
+    with pytest.raises(ValueError, match="unreadable"):
+        InstigatorCursor.from_json([5, "SUCCESS"])

@@ -172,3 +172,42 @@ def test_a_failing_op_job_alerts_its_team_naming_job_and_code_location(tmp_path:
     assert firing["asset_key"] == "job:loc/report_job" and firing["object_kind"] == "job"
     assert firing["code_location"] == "loc" and "relay refused" in firing["reason"]
     assert firing["dagster_url"] is None
+
+
+def test_a_removed_sensor_resolves_its_alert(tmp_path: Path) -> None:
+    """A failing sensor alerts; removed (the publisher saw Dagster delete its state, or `automation-health
+    --forget`), health retires it and the alert resolves; an unknown key's removal makes nothing."""
+    hsettings = load_settings(
+        HealthWorkerSettings, dagster_home=str(tmp_path), stores={"data_dir": str(tmp_path / "health")}
+    )
+    health = open_health(hsettings)
+    clock = Clock(T0 + 1)
+    engine = HealthService(health, hsettings, clock=clock)
+    engine.handle([Delivery(AUTOMATION, "1-0", h.tick("FAILURE", T0, name="flaky", error="boom"))])
+    clock.t = T0 + 30
+    engine.handle(
+        [
+            Delivery(AUTOMATION, "2-0", h.removed("sensor:loc/flaky", T0 + 30)),
+            Delivery(AUTOMATION, "3-0", h.removed("sensor:loc/never_seen", T0 + 30)),
+        ]
+    )
+    rows = health.connection().execute("SELECT payload FROM event_outbox ORDER BY seq").fetchall()
+    keys = [r[0] for r in health.connection().execute("SELECT object_key FROM automation_objects")]
+    health.close()
+    events = [e for e in (parse_event(r[0]) for r in rows) if isinstance(e, HealthChanged)]
+    assert [(e.data.asset_key, e.data.status) for e in events] == [
+        ("sensor:loc/flaky", "FAILED"),
+        ("sensor:loc/flaky", "UNKNOWN"),
+    ]
+    assert "retired at" in events[1].data.reasons[0]
+    assert keys == ["sensor:loc/flaky"]
+
+    service = alerts(tmp_path / "alerts")
+    for i, event in enumerate(events):
+        service.handle([Delivery(HEALTH, f"{i + 1}-0", event)])  # type: ignore[arg-type]
+    with service.store.read() as conn:
+        sent = conn.execute("SELECT kind FROM notifications ORDER BY created_at").fetchall()
+        firing = conn.execute("SELECT COUNT(*) FROM alerts WHERE status = 'firing'").fetchone()[0]
+    service.store.close()
+    assert [r[0] for r in sent] == ["firing", "resolved"]
+    assert firing == 0

@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from libs.common.events import (
+    AutomationRemoved,
+    AutomationRemovedData,
     AutomationTickData,
     AutomationTicked,
     DaemonHeartbeat,
@@ -91,6 +93,17 @@ def beat(at: float, interval_s: float = 30.0) -> PublisherHeartbeat:
     )
 
 
+def removed(key: str, at: float, reason: str = "gone from its code location") -> AutomationRemoved:
+    return new_event(
+        AutomationRemoved,
+        "automation.removed",
+        identity=f"{key}:{at}",
+        data=AutomationRemovedData(object_key=key, reason=reason),
+        source="t",
+        occurred_at=dt(at),
+    )
+
+
 def fold(*events: Event) -> AutomationObject:
     obj = new_object(events[0])
     assert obj is not None
@@ -147,7 +160,7 @@ def test_a_sensor_turned_off_is_not_expected_to_tick() -> None:
 
 def test_a_sensor_stops_after_n_intervals_and_never_before_its_daemon_could_be_judged() -> None:
     obj = fold(tick("SUCCESS", T0, interval_s=60))
-    limit = max(3 * 60, CFG.daemon_heartbeat_max_s + 60)
+    limit = max(3 * 60, CFG.daemon_heartbeat_max_s + 2 * 60 + automation.TICK_SLACK_S)
     assert outcomes(obj, T0 + limit)["stopped"] == "passed"
     assert outcomes(obj, T0 + limit + 1)["stopped"] == "error"
     assert next_change(obj, CFG, T0 + 5) == T0 + limit + 0.001
@@ -185,6 +198,24 @@ def test_a_sensor_is_not_late_between_its_daemons_return_and_its_first_tick() ->
     # Heartbeats in step (Dagster's every 30 s, a little late under load) are no return; a short outage is.
     assert apply(sensor_daemon, daemon(back + 40)).resumed_at == back
     assert apply(sensor_daemon, daemon(back + 52)).resumed_at == back + 52
+
+
+def test_the_publishing_sensor_is_never_late_before_its_daemon() -> None:
+    """Seen with a real daemon stopped (tests/e2e/test_automation_daemon.py): the publisher publishes its own
+    tick on its next one, so its last tick on record is a tick older than the stop, while the daemon's last
+    heartbeat may be the stop's moment; the sensor's limit passed half a second before the daemon's, and it
+    opened an incident of its own naming no cause."""
+    interval = 1.0
+    stop = T0 + 100
+    last_tick = stop - 2 * interval - 0.5  # its tick before the one it was publishing when the daemon stopped
+    obj = fold(tick("SUCCESS", last_tick, name="ams_event_publisher", interval_s=interval))
+    sensor_daemon = fold(daemon(stop - 0.1))  # a heartbeat written just before the stop
+    daemons = {"daemon:SENSOR": sensor_daemon}
+    late_at = next_change(obj, CFG, stop, daemons=daemons)
+    assert late_at is not None and late_at > sensor_daemon.last_at + CFG.daemon_heartbeat_max_s  # type: ignore[operator]
+    results = {r.check: r for r in evaluate(obj, CFG, late_at, daemons)}
+    assert results["stopped"].outcome == "error"
+    assert results["stopped"].values["blocked_by"] == "daemon:SENSOR"
 
 
 def test_a_schedule_is_stopped_past_its_next_cron_tick_plus_the_grace() -> None:
@@ -453,3 +484,30 @@ def test_the_run_failure_streak_counts_the_newest_failed_runs(runs: list[tuple[s
     assert (result.outcome == "error") == (streak > 0)
     if streak:
         assert result.values["consecutive"] == streak
+
+
+def test_a_removed_object_is_retired_until_it_ticks_again() -> None:
+    key = "sensor:loc/orders_sensor"
+    failing = fold(tick("FAILURE", T0, error="boom"))
+    assert automation.object_key(removed(key, T0 + 5)) == key
+    assert new_object(removed(key, T0 + 5)) is None  # an unknown object is not made by its removal
+
+    gone = apply(failing, removed(key, T0 + 5, "no longer in loc"))
+    results = evaluate(gone, CFG, T0 + 86400, {})
+    assert {r.check: r.outcome for r in results} == {"tick_failures": "passed", "stopped": "passed"}
+    assert all("retired at" in r.reason and "no longer in loc" in r.reason for r in results)
+    assert next_change(gone, CFG, T0 + 10) is None  # the clock never brings it back
+    subject = Subject(key=key, has_data=True, retired=True, kind="sensor", failing=automation.FAILING_CHECKS)
+    decision = decide(HealthState(), results, T0 + 10, subject, Trigger.EVENTS)
+    assert decision.status == "UNKNOWN" and "no longer in loc" in decision.reasons[0]
+
+    # A removal older than the newest tick is stale: nothing retired.
+    assert apply(failing, removed(key, T0 - 5)).retired_at is None
+    # It ticks again (put back in its code location): judged again.
+    back = apply(gone, tick("FAILURE", T0 + 60, error="boom"))
+    assert back.retired_at is None
+    assert {r.check: r.outcome for r in evaluate(back, CFG, T0 + 61, {})}["tick_failures"] == "error"
+    # A daemon or publisher forgotten by hand, likewise: its next heartbeat brings it back.
+    forgotten = apply(fold(daemon(T0)), removed("daemon:SENSOR", T0 + 500))
+    assert [r.outcome for r in evaluate(forgotten, CFG, T0 + 1000, {})] == ["passed"]
+    assert apply(forgotten, daemon(T0 + 600)).retired_at is None
