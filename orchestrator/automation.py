@@ -201,8 +201,8 @@ class AutomationReader:
         removed: list[Event] = []
         for gone in [sid for sid in cursor.instigators if sid not in present]:
             # Its state was deleted: the scheduler deletes the state of a schedule that its code location,
-            # loaded without error, no longer has (at once when it was declared in code, 12 hours later when it
-            # was turned on or off by hand), never while the location fails to load.
+            # loaded without error, no longer has (at once when it was declared in code, 12 hours later when
+            # it was turned on or off by hand), never while the location fails to load.
             entry = cursor.instigators.pop(gone)
             if entry.key and entry.marker != REMOVED:  # (not twice: published when it left the code)
                 removed.append(self._removed(entry.key))

@@ -310,8 +310,8 @@ class PublisherHeartbeatData(_Payload):
 
 class AutomationRemovedData(_Payload):
     """An automation object that no longer exists (a sensor or schedule gone from its code location, or any
-    object forgotten by hand): health retires it, its alerts resolve; a later tick or heartbeat of the same key
-    brings it back."""
+    object forgotten by hand): health retires it, its alerts resolve; a later tick or heartbeat of the same
+    key brings it back."""
 
     object_key: str = Field(pattern=r"^(sensor|schedule|daemon|publisher|job):.+$", max_length=500)
     reason: str = Field(max_length=500)

@@ -395,10 +395,10 @@ def _next_cron_tick(cron: str, at: float, timezone: str | None) -> float:
 
 def _after_daemon(obj: AutomationObject, cfg: AutomationHealthSettings) -> float:
     """The least lateness judged: the daemon running the object would be judged silent first, so its alert is
-    the cause the others name, not one more incident of its own. The daemon's last heartbeat can come up to two
-    intervals and a tick's evaluation after the object's last tick on record: the publisher publishes its own
-    tick on its next tick, so its last one on record is one tick older than the stop (seen with a real daemon:
-    the publishing sensor late, alone, half a second before its daemon)."""
+    the cause the others name, not one more incident of its own. The daemon's last heartbeat can come up to
+    two intervals and a tick's evaluation after the object's last tick on record: the publisher publishes its
+    own tick on its next tick, so its last one on record is one tick older than the stop (seen with a real
+    daemon: the publishing sensor late, alone, half a second before its daemon)."""
     return cfg.daemon_heartbeat_max_s + 2 * (obj.interval_s or cfg.sensor_interval_s) + TICK_SLACK_S
 
 

@@ -53,7 +53,8 @@ PUBLISHER_LAST_HEARTBEAT = Gauge(
     "Epoch time of the publisher's last heartbeat on the automation stream, by code location",
     ["code_location"],
 )
-# health.automation.publisher_rule_after_s: the age of that heartbeat at which AmsPublisherHeartbeatLate fires.
+# health.automation.publisher_rule_after_s: the age of that heartbeat at which AmsPublisherHeartbeatLate
+# fires.
 PUBLISHER_RULE_AFTER = Gauge(
     "ams_publisher_heartbeat_rule_after_seconds",
     "How old a publisher's last heartbeat may be before the Prometheus rule AmsPublisherHeartbeatLate fires",

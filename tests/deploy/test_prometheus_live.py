@@ -325,9 +325,10 @@ class Publisher:
 
 
 def test_redis_down_fires_the_publisher_heartbeat_rule(live: Live) -> None:
-    """Redis stops: the publisher cannot write its heartbeats, health's gauge keeps the last one's time, and the
-    shipped AmsPublisherHeartbeatLate fires in Prometheus (health.automation.publisher_rule_after_s, exported
-    by health, shortened here). Redis back, the next heartbeat ends it. (Run last: it stops the stack's Redis.)"""
+    """Redis stops: the publisher cannot write its heartbeats, health's gauge keeps the last one's time, and
+    the shipped AmsPublisherHeartbeatLate fires in Prometheus (health.automation.publisher_rule_after_s,
+    exported by health, shortened here). Redis back, the next heartbeat ends it. (Run last: it stops the
+    stack's Redis.)"""
     heartbeat = f'ams_publisher_last_heartbeat_timestamp_seconds{{code_location="{LOCATION}"}}'
 
     def alert() -> list[dict[str, Any]]:

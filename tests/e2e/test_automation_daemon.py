@@ -113,8 +113,9 @@ class Deployment:
         )
 
     def declare_schedule(self, started_at: float) -> None:
-        """Record flaky_schedule's state as the scheduler does when it first sees a schedule running by default,
-        but started at `started_at` (the workspace loaded here as the daemon loads it: same origin)."""
+        """Record flaky_schedule's state as the scheduler does when it first sees a schedule running by
+        default, but started at `started_at` (the workspace loaded here as the daemon loads it: same
+        origin)."""
         with (
             DagsterInstance.from_config(str(self.home)) as instance,
             WorkspaceProcessContext(instance, WorkspaceFileTarget([str(self.workspace)])) as context,
