@@ -27,9 +27,10 @@ STREAMS = (CATALOG, RUNS, ASSETS, ASSET_CHANGES, HEALTH, AUTOMATION)
 
 
 class CheckName(StrEnum):
-    """The health evaluators, one Dagster asset check of this name per asset (declared by the orchestrator,
-    reported by the health service through the webserver's /report_asset_check/ endpoint). The order is
-    the order of `HealthChangedData.checks` and of the CLI's listings."""
+    """The health evaluators, one Dagster asset check per asset, named `dagster_check_name(check)` there
+    (declared by the orchestrator, reported by the health service through the webserver's
+    /report_asset_check/ endpoint). The order is the order of `HealthChangedData.checks` and of the CLI's
+    listings."""
 
     EXECUTION = "execution_status"
     VOLUME = "volume_anomaly"
@@ -40,6 +41,17 @@ class CheckName(StrEnum):
 
 
 CHECK_NAMES: tuple[CheckName, ...] = tuple(CheckName)
+
+# Dagster knows a check by (asset key, name) only: its /report_asset_check/ endpoint takes a name, and its
+# GraphQL API shows no check metadata. A team's own check may well be called `freshness`, so ours are
+# declared and reported under names of their own, `ams_<check>` (`ams_freshness`); the CLI, events, alerts
+# and metrics keep the plain `CheckName`.
+DAGSTER_CHECK_PREFIX = "ams_"
+
+
+def dagster_check_name(check: str) -> str:
+    """The name of our check `check` in Dagster (`freshness` → `ams_freshness`)."""
+    return f"{DAGSTER_CHECK_PREFIX}{check}"
 
 
 class HealthStatus(StrEnum):
