@@ -133,6 +133,7 @@ def alerts(
         "status",
         "severity",
         "asset_key",
+        "location",
         "check",
         "summary",
         "owners",
@@ -173,6 +174,7 @@ def show(
             "status",
             "severity",
             "asset_key",
+            "location",
             "check",
             "summary",
             "values",
@@ -195,7 +197,7 @@ def show(
             (
                 f"Incident #{incident['id']}: every alert with the same root cause, and why",
                 incident["alerts"],
-                ["id", "asset_key", "check", "status", "owners", "why"],
+                ["id", "asset_key", "location", "check", "status", "owners", "why"],
             )
         )
     sections.append(("History", alert["history"], ["at", "event", "actor", "reason", "detail"]))
@@ -239,6 +241,7 @@ def incidents(
         "status",
         "severity",
         "root_asset",
+        "root_location",
         "root_check",
         "members",
         "affected",

@@ -12,8 +12,8 @@ from services.discovery.registry import downstream_map, downstream_of, upstream_
 
 _LIST_COLUMNS = (
     "key, code_location, group_name, description, owners, tags, kinds, metadata, code_version, partitioning, "
-    "source_file, source_line, upstream, freshness, checks, job_names, repository, fingerprint, version, first_seen, "
-    "last_seen, retired_at"
+    "source_file, source_line, upstream, freshness, checks, job_names, repository, fingerprint, version, "
+    "first_seen, last_seen, retired_at"
 )
 
 _LIGHT_COLUMNS = (

@@ -360,8 +360,8 @@ def _register_as_before_migration_3(conn: Any, snapshot: CatalogSnapshotData, no
             (spec.key, old_fp, spec.model_dump_json(include=old_fields), now.timestamp()),
         )
     conn.execute(
-        "INSERT INTO code_locations (name, fingerprint, snapshot_fingerprint, asset_count, problems, changed_at) "
-        "VALUES (?, 'old-location-hash', ?, ?, '[]', ?)",
+        "INSERT INTO code_locations (name, fingerprint, snapshot_fingerprint, asset_count, problems, "
+        "changed_at) VALUES (?, 'old-location-hash', ?, ?, '[]', ?)",
         (snapshot.code_location, snapshot.fingerprint, len(snapshot.assets), now.timestamp()),
     )
 

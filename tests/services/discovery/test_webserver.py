@@ -42,7 +42,8 @@ def orders() -> None: ...
           partitions_def=dg.DailyPartitionsDefinition(start_date="2025-01-01"))
 def report() -> None: ...
 
-defs = dg.Definitions(assets=[orders, report], jobs=[dg.define_asset_job("nightly_sales", selection=[orders])])
+nightly = dg.define_asset_job("nightly_sales", selection=[orders])
+defs = dg.Definitions(assets=[orders, report], jobs=[nightly])
 """
 
 WORKSPACE = """
@@ -390,7 +391,8 @@ feed = dg.AssetSpec(["bank", "feed"])  # external, upstream of the nightly job
 def entries() -> None: ...
 
 @dg.multi_asset(
-    specs=[dg.AssetSpec(["finance", "ledger"], deps=[entries]), dg.AssetSpec(["finance", "fx"])], can_subset=True
+    specs=[dg.AssetSpec(["finance", "ledger"], deps=[entries]), dg.AssetSpec(["finance", "fx"])],
+    can_subset=True,
 )
 def books(): ...
 
