@@ -1,6 +1,8 @@
 """The health evaluators as declared asset checks, so the Dagster UI shows them on every asset.
 
-One check per evaluator (`libs.common.events.CHECK_NAMES`) for every materializable asset. The health
+One check per evaluator (`libs.common.events.CHECK_NAMES`) for every materializable asset, named
+`dagster_check_name(check)` (`ams_freshness`): Dagster identifies a check by its asset and name alone, so a
+team's own check called `freshness` stays a different check and never receives our results. The health
 service evaluates them from the event streams and reports each result through the webserver's
 `/report_asset_check/` endpoint; Dagster itself never computes them. They are declared with one
 `multi_asset_check` (one op, subsettable) whose body yields no result: when a run happens to include the
@@ -21,7 +23,7 @@ from dagster import (
     multi_asset_check,
 )
 
-from libs.common.events import CHECK_NAMES, CheckName
+from libs.common.events import CHECK_NAMES, CheckName, dagster_check_name
 
 CHECK_OP_NAME = "ams_health_checks"
 
@@ -46,7 +48,7 @@ def check_specs(keys: Iterable[AssetKey], *, skip: Iterable[AssetCheckKey] = ())
     taken = set(skip)
     return [
         AssetCheckSpec(
-            name=name.value,  # plain strings for Dagster's serialisation
+            name=dagster_check_name(name.value),  # plain strings for Dagster's serialisation
             asset=key,
             description=f"{DESCRIPTIONS[name]} Reported by the health service.",
             blocking=False,
@@ -54,7 +56,7 @@ def check_specs(keys: Iterable[AssetKey], *, skip: Iterable[AssetCheckKey] = ())
         )
         for key in sorted(set(keys), key=lambda k: k.to_user_string())
         for name in CHECK_NAMES
-        if AssetCheckKey(key, name) not in taken
+        if AssetCheckKey(key, dagster_check_name(name.value)) not in taken
     ]
 
 
@@ -96,7 +98,8 @@ def with_health_checks(defs: Definitions) -> Definitions:
 
     One line in the team's definitions module, `defs = with_health_checks(Definitions(...))`, and the
     results the health service reports appear on each asset's Checks tab. Nothing else changes: no op runs
-    them, no run is blocked. A check name the team already declares on an asset is left as it is, and
+    them, no run is blocked. The team's own checks are left as they are, whatever their names (ours are
+    `ams_<check>`, so a check of theirs called `freshness` stays theirs and gets none of our results), and
     definitions that already carry these checks are returned unchanged (applying it twice is harmless).
     Without it the results still reach the CLI, metrics and webhooks; the health service then posts
     nothing to this location's assets.

@@ -134,6 +134,7 @@ def alerts(
         "status",
         "severity",
         "asset_key",
+        "location",
         "check",
         "summary",
         "owners",
@@ -174,6 +175,7 @@ def show(
             "status",
             "severity",
             "asset_key",
+            "location",
             "check",
             "summary",
             "values",
@@ -196,7 +198,7 @@ def show(
             (
                 f"Incident #{incident['id']}: every alert with the same root cause, and why",
                 incident["alerts"],
-                ["id", "asset_key", "check", "status", "owners", "why"],
+                ["id", "asset_key", "location", "check", "status", "owners", "why"],
             )
         )
     sections.append(("History", alert["history"], ["at", "event", "actor", "reason", "detail"]))
@@ -240,6 +242,7 @@ def incidents(
         "status",
         "severity",
         "root_asset",
+        "root_location",
         "root_check",
         "members",
         "affected",

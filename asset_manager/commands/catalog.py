@@ -246,6 +246,7 @@ def list_assets(
     location: Annotated[
         str | None, typer.Option("--location", "-l", help="Only assets of this code location")
     ] = None,
+    job: Annotated[str | None, typer.Option("--job", "-j", help="Only assets this Dagster job runs")] = None,
 ) -> None:
     """List registered assets (filters combine with AND)."""
     from services.discovery import queries
@@ -263,9 +264,10 @@ def list_assets(
     settings = _settings()
     with read_store(settings) as conn:
         conn = _registry_ready(conn, settings)
-        if group is not None or owner is not None or kind is not None or tags or location is not None:
+        if any(f is not None for f in (group, owner, kind, location, job)) or tags:
             known = queries.distinct_values(conn)
             _check_known("code location", location, known["location"])
+            _check_known("job", job, known["job"])
             _check_known("group", group, known["group"])
             _check_known("owner", owner, known["owner"])
             _check_known("kind", kind, known["kind"])
@@ -280,6 +282,7 @@ def list_assets(
             retired=retired,
             light=True,
             location=location,
+            job=job,
         )
         upstream = queries.direct_upstream(conn) if assets else {}
     for asset in assets:
@@ -324,6 +327,7 @@ def asset_details(
         "key",
         "status",
         "code_location",
+        "repository",
         "group",
         "description",
         "owners",
@@ -334,6 +338,7 @@ def asset_details(
         "partitioning",
         "freshness",
         "checks",
+        "job_names",
         "source_file",
         "source_line",
         "upstream",

@@ -15,7 +15,7 @@ from asset_manager.output import FormatOption, OutputFormat, OutputOption, emit
 from libs.common.events import AUTOMATION_KINDS, HealthStatus
 
 STATUSES = tuple(HealthStatus)
-ASSET_COLUMNS = ["asset_key", "status", "failing_checks", "reasons", "since", "evaluated_at"]
+ASSET_COLUMNS = ["asset_key", "location", "status", "failing_checks", "reasons", "since", "evaluated_at"]
 CHECK_COLUMNS = ["check", "outcome", "reason", "evaluated_at"]
 
 
@@ -40,6 +40,10 @@ def parse_statuses(text: str | None) -> set[HealthStatus] | None:
     if text is None:
         return None
     return {HealthStatus(s) for s in parse_choices(text, STATUSES, "--status")}
+
+
+def _located(location: str | None) -> str:
+    return f" (code location {location})" if location else ""
 
 
 def _when(value: Any) -> str:
@@ -102,7 +106,10 @@ def asset_health(
             columns,
             fmt,
             output,
-            title=f"{item.asset_key}: {item.status} since {_when(item.changed_at)}",
+            title=(
+                f"{item.asset_key}{_located(item.code_location)}: {item.status} "
+                f"since {_when(item.changed_at)}"
+            ),
         )
         return
     rows: list[dict[str, Any]] = []
@@ -111,6 +118,7 @@ def asset_health(
         rows.append(
             {
                 "asset_key": a.asset_key,
+                "location": a.code_location or "",
                 "status": a.status,
                 "failing_checks": failing,
                 "reasons": a.reasons if fmt is OutputFormat.json else "\n".join(a.reasons),

@@ -7,6 +7,7 @@ yields the same id and every consumer can recognise a redelivery.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
@@ -27,9 +28,10 @@ STREAMS = (CATALOG, RUNS, ASSETS, ASSET_CHANGES, HEALTH, AUTOMATION)
 
 
 class CheckName(StrEnum):
-    """The health evaluators, one Dagster asset check of this name per asset (declared by the orchestrator,
-    reported by the health service through the webserver's /report_asset_check/ endpoint). The order is
-    the order of `HealthChangedData.checks` and of the CLI's listings."""
+    """The health evaluators, one Dagster asset check per asset, named `dagster_check_name(check)` there
+    (declared by the orchestrator, reported by the health service through the webserver's
+    /report_asset_check/ endpoint). The order is the order of `HealthChangedData.checks` and of the CLI's
+    listings."""
 
     EXECUTION = "execution_status"
     VOLUME = "volume_anomaly"
@@ -40,6 +42,17 @@ class CheckName(StrEnum):
 
 
 CHECK_NAMES: tuple[CheckName, ...] = tuple(CheckName)
+
+# Dagster knows a check by (asset key, name) only: its /report_asset_check/ endpoint takes a name, and its
+# GraphQL API shows no check metadata. A team's own check may well be called `freshness`, so ours are
+# declared and reported under names of their own, `ams_<check>` (`ams_freshness`); the CLI, events, alerts
+# and metrics keep the plain `CheckName`.
+DAGSTER_CHECK_PREFIX = "ams_"
+
+
+def dagster_check_name(check: str) -> str:
+    """The name of our check `check` in Dagster (`freshness` → `ams_freshness`)."""
+    return f"{DAGSTER_CHECK_PREFIX}{check}"
 
 
 class HealthStatus(StrEnum):
@@ -163,6 +176,11 @@ class AssetSpecData(_Payload):
     downstream: list[str] = Field(default_factory=list)
     freshness: dict[str, JsonValue] | None = None
     checks: list[str] = Field(default_factory=list)
+    # The team's jobs that run the asset (Dagster's `jobNames`, without its own implicit `__ASSET_JOB`:
+    # `user_job_names`) and the repository of its code location that defines it (`__repository__` for a
+    # `Definitions`). Both are part of the definition (a new version when they change).
+    job_names: list[str] = Field(default_factory=list)
+    repository: str | None = None
 
     @field_validator("freshness")
     @classmethod
@@ -182,6 +200,12 @@ class AssetSpecData(_Payload):
             elif key in _FRESHNESS_TEXTS and not isinstance(item, str):
                 raise ValueError(f"freshness.{key} must be a text, got {str(item)[:40]!r}")
         return value
+
+
+def user_job_names(names: Iterable[str]) -> list[str]:
+    """A team's own job names among an asset's jobs, sorted: Dagster's implicit jobs (`__ASSET_JOB`, named
+    with a leading `__`) run every asset and tell nothing."""
+    return sorted({n for n in names if not n.startswith("__")})
 
 
 class CatalogSnapshotData(_Payload):

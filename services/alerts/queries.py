@@ -16,6 +16,12 @@ def _iso(ts: float | None) -> str | None:
     return from_timestamp(ts).isoformat(timespec="seconds") if ts is not None else None
 
 
+# An alert with the code location of its asset: as its notices named it, else (an alert written before that
+# was recorded) the asset's current one from the spec copy.
+_ALERT_COLUMNS = "alerts.*, COALESCE(alerts.code_location, assets.code_location) AS location"
+_FROM_ALERTS = "FROM alerts LEFT JOIN assets ON assets.asset_key = alerts.asset_key"
+
+
 def _alert(row: Any, now: float) -> dict[str, Any]:
     data = dict(row)
     status = data["status"]
@@ -28,6 +34,7 @@ def _alert(row: Any, now: float) -> dict[str, Any]:
         "id": data["id"],
         "incident": data.get("incident_id"),
         "asset_key": data["asset_key"],
+        "location": data["location"],
         "check": data["check_name"],
         "severity": data["severity"],
         "status": status,
@@ -58,21 +65,22 @@ def list_alerts(
     clauses: list[str] = []
     params: list[Any] = []
     if not include_resolved:
-        clauses.append("status = 'firing'")
+        clauses.append("alerts.status = 'firing'")
     if asset_key:
-        clauses.append("asset_key = ?")
+        clauses.append("alerts.asset_key = ?")
         params.append(asset_key)
     if severity:
-        clauses.append("severity = ?")
+        clauses.append("alerts.severity = ?")
         params.append(severity)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     now = time.time()
     with store.read() as conn:
         rows = conn.execute(
-            f"""SELECT * FROM alerts {where}
-                ORDER BY status = 'firing' DESC,
-                  CASE severity WHEN 'critical' THEN 0 WHEN 'error' THEN 1 WHEN 'warning' THEN 2 ELSE 3 END,
-                  started_at DESC LIMIT ?""",
+            f"""SELECT {_ALERT_COLUMNS} {_FROM_ALERTS} {where}
+                ORDER BY alerts.status = 'firing' DESC,
+                  CASE alerts.severity WHEN 'critical' THEN 0 WHEN 'error' THEN 1 WHEN 'warning' THEN 2
+                    ELSE 3 END,
+                  alerts.started_at DESC LIMIT ?""",
             [*params, limit],
         ).fetchall()
     return [_alert(r, now) for r in rows]
@@ -86,7 +94,9 @@ def open_alerts(store: Store, asset_key: str | None = None) -> list[dict[str, An
 def get_alert(store: Store, alert_id: int) -> dict[str, Any] | None:
     """One alert with its full history (who, when, why)."""
     with store.read() as conn:
-        row = conn.execute("SELECT * FROM alerts WHERE id = ?", (alert_id,)).fetchone()
+        row = conn.execute(
+            f"SELECT {_ALERT_COLUMNS} {_FROM_ALERTS} WHERE alerts.id = ?", (alert_id,)
+        ).fetchone()
         if row is None:
             return None
         history = conn.execute(
@@ -169,6 +179,7 @@ def _incident(row: Any, members: list[dict[str, Any]]) -> dict[str, Any]:
         "status": status,
         "severity": data["severity"],
         "root_asset": data["root_asset"],
+        "root_location": next((m["location"] for m in members if m["id"] == data["root_alert_id"]), None),
         "root_check": data["root_check"],
         "root_alert_id": data["root_alert_id"],
         "members": len(members),
@@ -199,8 +210,9 @@ def list_incidents(
         for chunk in range(0, len(ids), 500):
             part = ids[chunk : chunk + 500]
             for alert in conn.execute(
-                f"SELECT * FROM alerts WHERE incident_id IN ({','.join('?' * len(part))})"
-                " ORDER BY started_at, id",
+                f"SELECT {_ALERT_COLUMNS} {_FROM_ALERTS} "
+                f"WHERE alerts.incident_id IN ({','.join('?' * len(part))}) "
+                "ORDER BY alerts.started_at, alerts.id",
                 part,
             ):
                 member = _alert(alert, now)
@@ -217,7 +229,9 @@ def incident_of(store: Store, alert_id: int) -> dict[str, Any] | None:
             return None
         incident = conn.execute("SELECT * FROM incidents WHERE id = ?", (row[0],)).fetchone()
         alerts = conn.execute(
-            "SELECT * FROM alerts WHERE incident_id = ? ORDER BY started_at, id", (row[0],)
+            f"SELECT {_ALERT_COLUMNS} {_FROM_ALERTS} WHERE alerts.incident_id = ? "
+            "ORDER BY alerts.started_at, alerts.id",
+            (row[0],),
         ).fetchall()
     now = time.time()
     members = [{**_alert(a, now), "why": a["incident_reason"]} for a in alerts]

@@ -534,12 +534,15 @@ class AlertService:
         if hints is None:
             # No event at hand (a tick, a person's action): what the last health event said about the asset.
             last = conn.execute(
-                "SELECT owners, downstream FROM alerts WHERE asset_key = ? ORDER BY id DESC LIMIT 1",
+                "SELECT owners, downstream, code_location FROM alerts WHERE asset_key = ? "
+                "ORDER BY id DESC LIMIT 1",
                 (asset_key,),
             ).fetchone()
             hints = (
                 AssetInfo(
-                    owners=tuple(json.loads(last["owners"])), downstream=tuple(json.loads(last["downstream"]))
+                    owners=tuple(json.loads(last["owners"])),
+                    downstream=tuple(json.loads(last["downstream"])),
+                    code_location=last["code_location"],
                 )
                 if last is not None
                 else AssetInfo()
@@ -656,8 +659,8 @@ class AlertService:
         row = conn.execute(
             """INSERT INTO alerts (fingerprint, incident, asset_key, check_name, status, severity, summary,
                  detail, owners, downstream, started_at, resolved_at, acked_by, acked_at, ack_reason,
-                 silence_id, silenced_until, notices, last_notified_at, updated_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 silence_id, silenced_until, notices, last_notified_at, updated_at, code_location)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT(fingerprint, incident) DO UPDATE SET status = excluded.status,
                  severity = excluded.severity, summary = excluded.summary, detail = excluded.detail,
                  owners = excluded.owners, downstream = excluded.downstream,
@@ -665,7 +668,8 @@ class AlertService:
                  acked_at = excluded.acked_at, ack_reason = excluded.ack_reason,
                  silence_id = excluded.silence_id, silenced_until = excluded.silenced_until,
                  notices = excluded.notices, last_notified_at = excluded.last_notified_at,
-                 updated_at = excluded.updated_at
+                 updated_at = excluded.updated_at,
+                 code_location = COALESCE(excluded.code_location, alerts.code_location)
                RETURNING id""",
             (
                 s.fingerprint,
@@ -688,6 +692,7 @@ class AlertService:
                 s.notices,
                 s.last_notified_at,
                 now,
+                info.code_location,
             ),
         ).fetchone()
         return int(row[0])

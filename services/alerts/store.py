@@ -169,6 +169,16 @@ MIGRATIONS = [
         CREATE INDEX asset_edges_down ON asset_edges (downstream);
         """,
     ),
+    Migration(
+        5,
+        "alert code location",
+        """
+        -- The code location of the alert's asset as its notices named it (the asset's spec copy, else its
+        -- health event), for the listings; NULL on alerts written before (the listings then show the
+        -- asset's current one).
+        ALTER TABLE alerts ADD COLUMN code_location TEXT;
+        """,
+    ),
 ]
 
 

@@ -12,8 +12,8 @@ from services.discovery.registry import downstream_map, downstream_of, upstream_
 
 _LIST_COLUMNS = (
     "key, code_location, group_name, description, owners, tags, kinds, metadata, code_version, partitioning, "
-    "source_file, source_line, upstream, freshness, checks, fingerprint, version, first_seen, last_seen, "
-    "retired_at"
+    "source_file, source_line, upstream, freshness, checks, job_names, repository, fingerprint, version, "
+    "first_seen, last_seen, retired_at"
 )
 
 _LIGHT_COLUMNS = (
@@ -43,6 +43,9 @@ def _asset(row: sqlite3.Row) -> dict[str, Any]:
         "upstream": json.loads(row["upstream"]),
         "freshness": json.loads(row["freshness"]) if row["freshness"] else None,
         "checks": json.loads(row["checks"]),
+        # NULL until the first snapshot after migration 3 fills it in
+        "job_names": json.loads(row["job_names"]) if row["job_names"] is not None else [],
+        "repository": row["repository"],
         "fingerprint": row["fingerprint"],
         "version": row["version"],
         "first_seen": iso(row["first_seen"]),
@@ -62,8 +65,10 @@ def list_assets(
     retired: bool | None = False,
     light: bool = False,
     location: str | None = None,
+    job: str | None = None,
 ) -> list[dict[str, Any]]:
     """Registered assets matching every given filter, by key. `retired`: False active, True retired, None all.
+    `job`: only the assets that job runs.
 
     `light` reads only what listings show (key, group, owners, tags, kinds, description, version, code
     location, last seen, retirement): 10,000 assets in a fraction of the full read.
@@ -87,6 +92,9 @@ def list_assets(
     if kind is not None:
         where.append("EXISTS (SELECT 1 FROM json_each(assets.kinds) k WHERE k.value = ?)")
         params.append(kind)
+    if job is not None:
+        where.append("EXISTS (SELECT 1 FROM json_each(assets.job_names) j WHERE j.value = ?)")
+        params.append(job)
     for tag_key, tag_value in (tags or {}).items():
         where.append("json_extract(assets.tags, '$.' || json_quote(?)) = ?")
         params.extend([tag_key, tag_value])
@@ -134,8 +142,8 @@ def all_keys(conn: Connection) -> list[str]:
 
 
 def distinct_values(conn: Connection) -> dict[str, set[str]]:
-    """The groups, owners, kinds and tag keys in use (to reject filters that match nothing by typo)."""
-    out: dict[str, set[str]] = {name: set() for name in ("group", "owner", "kind", "tag", "location")}
+    """The groups, owners, kinds, jobs and tag keys in use (to reject filters that match nothing by typo)."""
+    out: dict[str, set[str]] = {name: set() for name in ("group", "owner", "kind", "tag", "location", "job")}
     locations = conn.execute("SELECT DISTINCT code_location FROM assets")
     out["location"] = {r[0] for r in locations if r[0] is not None}
     out["group"] = {r[0] for r in conn.execute("SELECT DISTINCT group_name FROM assets") if r[0] is not None}
@@ -146,6 +154,9 @@ def distinct_values(conn: Connection) -> dict[str, set[str]]:
         r[0] for r in conn.execute("SELECT DISTINCT k.value FROM assets, json_each(assets.kinds) k")
     }
     out["tag"] = {r[0] for r in conn.execute("SELECT DISTINCT t.key FROM assets, json_each(assets.tags) t")}
+    out["job"] = {
+        r[0] for r in conn.execute("SELECT DISTINCT j.value FROM assets, json_each(assets.job_names) j")
+    }
     return out
 
 

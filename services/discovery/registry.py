@@ -6,8 +6,13 @@ worker can claim the snapshot's event id and stage the derived events in the sam
 Decisions (see also README "Discovery"):
 
 * An asset's *definition fingerprint* covers what its author defines: group, description, owners, tags,
-  kinds, metadata, code version, partitioning, freshness, checks, upstream keys, source file and code
-  location. A different fingerprint is a new version, with a field-level diff (`{field: {old, new}}`).
+  kinds, metadata, code version, partitioning, freshness, checks, upstream keys, source file, code
+  location, the jobs that run it and its repository. A different fingerprint is a new version, with a
+  field-level diff (`{field: {old, new}}`). A job added or edited to select an asset is a new version of
+  that asset: which jobs run it is how it gets materialized.
+* Fields the registry did not record yet (`job_names`, `repository` of rows registered before migration
+  3, `UNRECORDED`) are filled in by the next snapshot without a version and left out of any diff: an
+  upgrade is not a change of every asset.
 * `source_line` and `downstream` are not part of the definition: editing a line above an asset, or adding a
   child asset elsewhere, must not bump every neighbour's version. The line is stored (the row is updated
   without a new version); downstream keys are derived from the other assets' upstream edges when read.
@@ -62,8 +67,14 @@ DEFINITION_FIELDS: tuple[str, ...] = (
     "upstream",
     "source_file",
     "code_location",
+    "job_names",
+    "repository",
 )
-_JSON_FIELDS = frozenset({"owners", "tags", "kinds", "metadata", "upstream", "freshness", "checks"})
+_JSON_FIELDS = frozenset(
+    {"owners", "tags", "kinds", "metadata", "upstream", "freshness", "checks", "job_names"}
+)
+# Definition fields added after assets were first registered: NULL `job_names` marks a row from before them.
+UNRECORDED = ("job_names", "repository")
 _COLUMN = {"group": "group_name"}
 
 EVENT_TYPES: dict[ChangeKind, str] = {
@@ -95,7 +106,7 @@ def _dumps(value: Any) -> str:
     return _ENCODE(value)
 
 
-_LIST_FIELDS = ("owners", "kinds", "upstream", "downstream", "checks")
+_LIST_FIELDS = ("owners", "kinds", "upstream", "downstream", "checks", "job_names")
 _DEFINITION_SET: set[str] = set(DEFINITION_FIELDS)
 
 
@@ -173,6 +184,8 @@ def _row_definition(row: sqlite3.Row) -> dict[str, Any]:
 def spec_from_row(row: sqlite3.Row, downstream: Sequence[str] = ()) -> AssetSpecData:
     """The AssetSpecData of a stored asset row."""
     values = _row_definition(row)
+    if values["job_names"] is None:  # not recorded yet (registered before migration 3)
+        values["job_names"] = []
     return AssetSpecData(
         key=row["key"], source_line=row["source_line"], downstream=list(downstream), **values
     )
@@ -200,15 +213,15 @@ def plan(snapshot: CatalogSnapshotData) -> tuple[dict[str, _Planned], str]:
 
 _INSERT_ASSET = """
 INSERT INTO assets (key, code_location, group_name, description, owners, tags, kinds, metadata, code_version,
-    partitioning, source_file, source_line, upstream, freshness, checks, fingerprint, row_hash, version,
-    first_seen, last_seen, retired_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)
+    partitioning, source_file, source_line, upstream, freshness, checks, job_names, repository, fingerprint,
+    row_hash, version, first_seen, last_seen, retired_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)
 """
 _UPDATE_ASSET = """
 UPDATE assets SET code_location = ?, group_name = ?, description = ?, owners = ?, tags = ?, kinds = ?,
     metadata = ?, code_version = ?, partitioning = ?, source_file = ?, source_line = ?, upstream = ?,
-    freshness = ?, checks = ?, fingerprint = ?, row_hash = ?, version = ?, last_seen = ?, retired_at = NULL,
-    updated_at = ?
+    freshness = ?, checks = ?, job_names = ?, repository = ?, fingerprint = ?, row_hash = ?, version = ?,
+    last_seen = ?, retired_at = NULL, updated_at = ?
 WHERE key = ?
 """
 _INSERT_VERSION = """
@@ -238,6 +251,8 @@ def _columns(spec: AssetSpecData) -> tuple[Any, ...]:
         _json(spec.upstream),
         _json(spec.freshness) if spec.freshness is not None else None,
         _json(spec.checks),
+        _json(spec.job_names),
+        spec.repository,
     )
 
 
@@ -308,8 +323,14 @@ def register_snapshot(
             # Only the source line moved: keep the row current without a new version.
             updates.append((*_columns(spec), item.def_fp, item.row_hash, row["version"], ts, ts, key))
             continue
-        version = int(row["version"]) + 1
         delta = diff(_row_definition(row), definition(spec))
+        if row["job_names"] is None:  # registered before these fields: recording them is no change
+            for name in UNRECORDED:
+                delta.pop(name, None)
+            if not delta and not retired:
+                updates.append((*_columns(spec), item.def_fp, item.row_hash, row["version"], ts, ts, key))
+                continue
+        version = int(row["version"]) + 1
         kind: ChangeKind = "changed"
         if retired:
             kind = "returned"

@@ -73,6 +73,19 @@ MIGRATIONS = [
         ALTER TABLE code_locations ADD COLUMN source TEXT NOT NULL DEFAULT 'local';
         """,
     ),
+    Migration(
+        3,
+        "job names and repository",
+        """
+        -- Part of the definition from now on. NULL job_names: a row registered before they were recorded;
+        -- the next snapshot fills both in without a new version (registry.register_snapshot: a field never
+        -- recorded before is not a change of the asset). Clearing the locations' fingerprints makes that
+        -- next snapshot compare every asset, even when nothing else changed.
+        ALTER TABLE assets ADD COLUMN job_names TEXT;
+        ALTER TABLE assets ADD COLUMN repository TEXT;
+        UPDATE code_locations SET fingerprint = '', snapshot_fingerprint = NULL;
+        """,
+    ),
 ]
 
 

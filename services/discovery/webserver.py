@@ -8,7 +8,8 @@ environments, gRPC servers). The webserver already loaded them all, so discovery
 * Only a location whose (updatedTimestamp, versionKey) changed since the previous poll is read again, one
   `repositoryOrError { assetNodes }` query per repository, and turned into a `CatalogSnapshotData` with the
   same fields the in-process scan gives (key, group, description, owners, tags, kinds, metadata, code
-  version, partitioning, freshness, checks, upstream/downstream, code location).
+  version, partitioning, freshness, checks, upstream/downstream, code location, the team's job names and
+  the repository).
 * A location in error (or a repository that cannot be read) yields problems and no assets: the registry
   records the problems and retires nothing, as for a module that fails to import.
 
@@ -23,14 +24,14 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 from pydantic import JsonValue
 
-from libs.common.events import AssetSpecData, CatalogSnapshotData, Column
+from libs.common.events import AssetSpecData, CatalogSnapshotData, Column, user_job_names
 from libs.common.settings import PROJECT_ROOT
 
 USER_AGENT = "dagster-asset-management-discovery/1"
@@ -157,7 +158,6 @@ class LocationRead:
     entry: LocationEntry
     snapshot: CatalogSnapshotData
     duration_s: float = 0.0
-    job_names: dict[str, list[str]] = field(default_factory=dict)
 
 
 class WebserverClient:
@@ -256,7 +256,7 @@ class WebserverClient:
         """The location's snapshot: every repository's asset nodes, or problems (never retiring)."""
         started = time.perf_counter()
         problems: list[str] = []
-        nodes: list[dict[str, Any]] = []
+        nodes: list[tuple[str, dict[str, Any]]] = []
         if entry.error is not None:
             problems.append(f"{entry.name}: code location failed to load: {entry.error}")
         for repository in entry.repositories:
@@ -268,10 +268,9 @@ class WebserverClient:
                     f"{_first_lines(str(answer.get('message', '')))}"
                 )
                 continue
-            nodes.extend(answer["assetNodes"])
+            nodes.extend((repository, node) for node in answer["assetNodes"])
         snapshot = snapshot_from_nodes(entry.name, nodes, problems)
-        jobs = {key_of(n): sorted(n.get("jobNames") or []) for n in nodes}
-        return LocationRead(entry, snapshot, time.perf_counter() - started, jobs)
+        return LocationRead(entry, snapshot, time.perf_counter() - started)
 
 
 def _first_lines(text: str, limit: int = 600) -> str:
@@ -387,8 +386,10 @@ def _owner(raw: Mapping[str, Any]) -> str | None:
     return None
 
 
-def spec_from_node(node: Mapping[str, Any], code_location: str) -> AssetSpecData:
-    """One GraphQL asset node as `AssetSpecData` (the fields the in-process catalog gives)."""
+def spec_from_node(
+    node: Mapping[str, Any], code_location: str, repository: str | None = None
+) -> AssetSpecData:
+    """One GraphQL asset node of `repository` as `AssetSpecData` (the fields the in-process catalog gives)."""
     tags = {str(t["key"]): str(t["value"]) for t in node.get("tags") or []}
     kinds = sorted(set(node.get("kinds") or []))
     if not kinds and COMPUTE_KIND_TAG in tags:
@@ -427,6 +428,8 @@ def spec_from_node(node: Mapping[str, Any], code_location: str) -> AssetSpecData
         downstream=sorted({"/".join(k["path"]) for k in node.get("dependedByKeys") or []}),
         freshness=_freshness(node),
         checks=checks,
+        job_names=user_job_names(node.get("jobNames") or ()),
+        repository=repository,
     )
 
 
@@ -444,14 +447,15 @@ def fingerprint_of(assets: Sequence[AssetSpecData], problems: Sequence[str]) -> 
 
 
 def snapshot_from_nodes(
-    code_location: str, nodes: Sequence[Mapping[str, Any]], problems: Sequence[str]
+    code_location: str, nodes: Sequence[tuple[str, Mapping[str, Any]]], problems: Sequence[str]
 ) -> CatalogSnapshotData:
-    """The location's snapshot from its asset nodes (stubs of undefined upstreams excluded, as in-process)."""
+    """The location's snapshot from its (repository, asset node) pairs (stubs of undefined upstreams
+    excluded, as in-process)."""
     specs: dict[str, AssetSpecData] = {}
-    for node in nodes:
+    for repository, node in nodes:
         if node.get("isAutoCreatedStub"):
             continue
-        spec = spec_from_node(node, code_location)
+        spec = spec_from_node(node, code_location, repository)
         specs[spec.key] = spec
     assets = [specs[k] for k in sorted(specs)]
     found = sorted(problems)

@@ -1,5 +1,6 @@
 """Reports check results to the Dagster webserver (`POST /report_asset_check/{asset/key/path}`), so the
-Dagster UI shows them on each asset's Checks tab.
+Dagster UI shows them on each asset's Checks tab, under our own check names (`ams_freshness`,
+`libs.common.events.dagster_check_name`): never to a team's check that shares a name with one of ours.
 
 Reporting happens in a background thread after the store commit: the consume loop only hands over the
 latest results per asset (a newer set replaces a queued older one), and a slow or absent webserver never
@@ -21,7 +22,7 @@ from urllib.parse import quote
 import httpx
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
-from libs.common.events import CheckResult
+from libs.common.events import CheckResult, dagster_check_name
 from libs.common.log import get_logger
 from services.health import metrics
 
@@ -41,7 +42,7 @@ def check_payload(result: CheckResult) -> dict[str, Any]:
         elif value is not None:
             metadata[name] = value
     body: dict[str, Any] = {
-        "check_name": result.check,
+        "check_name": dagster_check_name(result.check),
         "passed": result.outcome == "passed",
         "metadata": metadata,
     }

@@ -38,6 +38,7 @@ from libs.common.events import (
     HealthChanged,
     HealthChangedData,
     HealthStatus,
+    dagster_check_name,
     new_event,
 )
 
@@ -77,9 +78,10 @@ class Subject:
     downstream: tuple[str, ...] = ()
     group: str | None = None
     code_location: str | None = None
-    # The checks the asset's definitions declare (spec.checks), None while its spec is unknown: only declared
-    # checks are reported to Dagster, so a team that did not add `with_health_checks` gets no undeclared
-    # check results in its instance.
+    # The checks the asset's definitions declare (spec.checks, Dagster's names), None while its spec is
+    # unknown: only our declared checks (`dagster_check_name`) are reported to Dagster, so a team that did
+    # not add `with_health_checks` gets no undeclared check results in its instance, and a check of its own
+    # that shares one of our names (`freshness`) is never reported to.
     declared: frozenset[str] | None = None
     # An automation object (`automation.py`) instead of an asset: its kind, tags, and the checks whose error
     # means FAILED.
@@ -200,6 +202,8 @@ def decide(
         state = HealthState(
             previous.status, previous.signature, transitions, outcomes, stored=True, replayed=replay
         )
-    reportable = [r for r in results if subject.declared is None or r.check in subject.declared]
+    reportable = [
+        r for r in results if subject.declared is None or dagster_check_name(r.check) in subject.declared
+    ]
     report = tuple(reportable) if event is not None or trigger is Trigger.EVENTS else ()
     return Decision(subject.key, status, sig, reasons, results, state, event, report)

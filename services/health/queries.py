@@ -27,6 +27,7 @@ class AssetHealth(BaseModel):
     transitions: int
     group: str | None = None
     owners: list[str] = []
+    code_location: str | None = None  # of the asset's spec copy (from discovery's events)
 
 
 class AssetStatus(BaseModel):
@@ -76,7 +77,7 @@ def latest_health(
         )
     out = []
     for r in rows:
-        owners: list[str] = json.loads(r["spec"]).get("owners", []) if r["spec"] else []
+        spec = json.loads(r["spec"]) if r["spec"] else {}
         out.append(
             AssetHealth(
                 asset_key=r["asset_key"],
@@ -87,7 +88,8 @@ def latest_health(
                 changed_at=_dt(r["changed_at"]),
                 transitions=r["transitions"],
                 group=r["group_name"],
-                owners=owners,
+                owners=spec.get("owners", []),
+                code_location=spec.get("code_location"),
             )
         )
     return sorted(out, key=lambda a: (a.status.rank, a.asset_key))

@@ -34,7 +34,8 @@ def stg_orders() -> None: ...
 @dg.asset(deps=[stg_orders], group_name="transformed_data", tags={{"domain": "finance"}})
 def orders_report() -> None: ...
 {extra}
-defs = dg.Definitions(assets=[raw_orders, stg_orders, orders_report{extra_names}])
+nightly = dg.define_asset_job("nightly_orders", selection=[raw_orders, stg_orders])
+defs = dg.Definitions(assets=[raw_orders, stg_orders, orders_report{extra_names}], jobs=[nightly])
 """
 
 

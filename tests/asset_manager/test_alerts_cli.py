@@ -10,7 +10,18 @@ import pytest
 
 from asset_manager.settings import AppSettings
 from libs.common.bus import Delivery
-from libs.common.events import HEALTH, CheckResult, HealthChanged, HealthChangedData, new_event, utcnow
+from libs.common.events import (
+    ASSET_CHANGES,
+    HEALTH,
+    AssetChanged,
+    AssetChangeData,
+    AssetSpecData,
+    CheckResult,
+    HealthChanged,
+    HealthChangedData,
+    new_event,
+    utcnow,
+)
 from libs.common.settings import load_settings
 from services.alerts.service import AlertService
 from services.alerts.store import open_store
@@ -46,6 +57,7 @@ def publish_health(
     owners: tuple[str, ...] = ("ana@example.com",),
     downstream: tuple[str, ...] = (),
     values: dict[str, object] | None = None,
+    code_location: str | None = None,
 ) -> None:
     """Apply a health event through the alerts service, as the worker would."""
     settings = load_settings(AppSettings)
@@ -62,6 +74,7 @@ def publish_health(
             evaluated_at=utcnow(),
             owners=list(owners),
             downstream=list(downstream),
+            code_location=code_location,
         )
         event = new_event(HealthChanged, "health.changed", identity=f"{asset}|{n}", data=data, source="test")
         AlertService(store, settings).handle([Delivery(HEALTH, f"{n}-0", event)])
@@ -97,10 +110,52 @@ def test_list_filters_and_empty_store(alerting: Cli) -> None:
     code, out, _ = alerting.run("alerts", "--format", "csv")
     assert (
         out.splitlines()[0]
-        == "id,incident,status,severity,asset_key,check,summary,owners,started_at,acked_by"
+        == "id,incident,status,severity,asset_key,location,check,summary,owners,started_at,acked_by"
     )
     code, _, err = alerting.run("alerts", "--severity", "bogus")
     assert code == 2 and err.count("\n") == 1 and "unknown severity" in err
+
+
+def test_listings_show_the_code_location(alerting: Cli) -> None:
+    publish_health("fin/ledger", "FAILED", [("execution_status", "error")], 1, code_location="finance")
+    publish_health("fin/report", "WARNING", [("freshness", "warn")], 2)  # no location known
+    assert {r["asset_key"]: r["location"] for r in listing(alerting)} == {
+        "fin/ledger": "finance",
+        "fin/report": None,
+    }
+    code, out, _ = alerting.run("alerts", "--format", "csv")
+    assert any(line.split(",")[4:6] == ["fin/ledger", "finance"] for line in out.splitlines())
+    for fmt in ("table", "markdown"):
+        code, out, err = alerting.run("alerts", "--format", fmt)
+        assert code == 0 and "location" in out and "finance" in out, err
+    ledger = next(r for r in listing(alerting) if r["asset_key"] == "fin/ledger")
+    code, out, err = alerting.run("alerts", "show", str(ledger["id"]), "--format", "json")
+    assert code == 0 and json.loads(out)["location"] == "finance", err
+    (incident,) = [i for i in listing(alerting, "incidents") if i["root_asset"] == "fin/ledger"]
+    assert incident["root_location"] == "finance"
+    assert {m["asset_key"]: m["location"] for m in incident["alerts"]} == {"fin/ledger": "finance"}
+
+    # An alert recorded before its location was (NULL): the asset's spec copy names it.
+    settings = load_settings(AppSettings)
+    store = open_store(settings)
+    try:
+        spec = AssetSpecData(key="fin/report", code_location="finance_reports")
+        event = new_event(
+            AssetChanged,
+            "asset.registered",
+            identity="fin/report:1",
+            data=AssetChangeData(spec=spec, version=1),
+            source="discovery",
+        )
+        AlertService(store, settings).handle([Delivery(ASSET_CHANGES, "9-0", event)])
+        with store.write() as conn:
+            conn.execute("UPDATE alerts SET code_location = NULL")
+    finally:
+        store.close()
+    assert {r["asset_key"]: r["location"] for r in listing(alerting)} == {
+        "fin/ledger": None,  # no spec copy of it either
+        "fin/report": "finance_reports",
+    }
 
 
 def test_ack_silence_unsilence_and_history(alerting: Cli) -> None:

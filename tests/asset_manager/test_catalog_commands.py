@@ -117,6 +117,8 @@ def test_list_assets_output_file(registered: Cli) -> None:
         (["--health", "unknown"], ["orders_report", "raw_orders", "stg_orders"]),
         (["--health", "FAILED"], []),
         (["--retired"], []),
+        (["--job", "nightly_orders"], ["raw_orders", "stg_orders"]),
+        (["--job", "nightly_orders", "--group", "stg__loaders"], ["stg_orders"]),
     ],
 )
 def test_list_assets_filters(registered: Cli, args: list[str], keys: list[str]) -> None:
@@ -153,8 +155,10 @@ def test_asset_details_every_format(registered: Cli, fmt: str) -> None:
         }
         assert [h["version"] for h in doc["history"]] == [1]
         assert doc["health"]["status"] == "UNKNOWN" and doc["open_alerts"] == []
+        assert doc["job_names"] == ["nightly_orders"] and doc["repository"] == "__repository__"
     else:
         assert "version history" in out and "open alerts" in out
+        assert "nightly_orders" in out and "__repository__" in out
 
 
 def test_asset_details_lineage_any_depth(registered: Cli) -> None:
@@ -226,6 +230,10 @@ def one_line_error(code: int, err: str, expected_code: int = 2) -> str:
         (["list-assets", "--kind", "pandsa"], "unknown kind 'pandsa' (did you mean 'pandas'?)"),
         (["list-assets", "--tag", "domian=sales"], "unknown tag 'domian' (did you mean 'domain'?)"),
         (["list-assets", "--health", "broken"], "unknown --health 'broken'"),
+        (
+            ["list-assets", "--job", "nightly_order"],
+            "unknown job 'nightly_order' (did you mean 'nightly_orders'?)",
+        ),
         (["list-assets", "--output", "../escape.json"], "'..' is not allowed"),
         (["list-assets", "--format", "yaml"], "yaml"),
         (["asset-inventory", "--by", "grup"], "unknown --by 'grup' (did you mean 'group'?)"),

@@ -12,9 +12,13 @@ import pytest
 from asset_manager.settings import AppSettings
 from libs.common.bus import Delivery
 from libs.common.events import (
+    ASSET_CHANGES,
     ASSETS,
     RUNS,
+    AssetChanged,
+    AssetChangeData,
     AssetMaterialized,
+    AssetSpecData,
     MaterializationData,
     RunData,
     RunEvent,
@@ -35,7 +39,21 @@ def populate() -> None:
     store = open_store(settings)
     engine = HealthService(store, settings)
     now = time.time()
-    events: list[Delivery] = []
+    spec = AssetSpecData(key="raw/orders", code_location="finance", owners=["ana@example.com"])
+    events: list[Delivery] = [
+        Delivery(
+            ASSET_CHANGES,
+            "0-1",
+            new_event(
+                AssetChanged,
+                "asset.registered",
+                identity="raw/orders:1",
+                data=AssetChangeData(spec=spec, version=1),
+                source="discovery",
+                occurred_at=_dt(now - 7200),
+            ),
+        )
+    ]
     for i in range(3):
         run_id = f"ok-{i}"
         data = MaterializationData(asset_key="stg/orders", run_id=run_id, row_count=100 + i)
@@ -89,6 +107,24 @@ def test_status_filter_and_json(with_health: Cli) -> None:
     assert [r["asset_key"] for r in rows] == ["raw/orders"]
     assert rows[0]["failing_checks"] == ["execution_status=error"]
     assert {c["check"] for c in rows[0]["checks"]} >= {"execution_status", "volume_anomaly", "freshness"}
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "csv", "markdown"])
+def test_every_format_shows_the_code_location(with_health: Cli, fmt: str) -> None:
+    code, out, err = with_health.run("asset-health", "--format", fmt)
+    assert code == 0, err
+    if fmt == "json":
+        assert {r["asset_key"]: r["location"] for r in json.loads(out)} == {
+            "raw/orders": "finance",  # from its spec (discovery's event)
+            "stg/orders": "",  # no spec on record
+        }
+    elif fmt == "csv":
+        assert out.splitlines()[0].startswith("asset_key,location,status,")
+        assert any(line.startswith("raw/orders,finance,FAILED,") for line in out.splitlines())
+    else:
+        assert "location" in out and "finance" in out
+    code, out, _ = with_health.run("asset-health", "raw/orders")
+    assert code == 0 and "raw/orders (code location finance): FAILED" in out
 
 
 def test_one_asset_shows_each_check(with_health: Cli, tmp_path: Path) -> None:

@@ -214,17 +214,17 @@ def test_failed_and_anomalous_materializations_show_as_failed_checks_then_recove
     )
 
     run("ok", 250_000)  # a volume anomaly
-    wait_for(check_is("volume_anomaly", False), 120, "volume_anomaly failed in Dagster", diagnose)
-    assert system.checks()["volume_anomaly"][2] == "ERROR"
-    assert system.checks()["execution_status"][1] is True
+    wait_for(check_is("ams_volume_anomaly", False), 120, "volume_anomaly failed in Dagster", diagnose)
+    assert system.checks()["ams_volume_anomaly"][2] == "ERROR"
+    assert system.checks()["ams_execution_status"][1] is True
 
     run("fail")  # a failing materialization
-    wait_for(check_is("execution_status", False), 120, "execution_status failed in Dagster", diagnose)
-    assert system.checks()["execution_status"][2] == "ERROR"
+    wait_for(check_is("ams_execution_status", False), 120, "execution_status failed in Dagster", diagnose)
+    assert system.checks()["ams_execution_status"][2] == "ERROR"
 
     run("ok", 1001)  # recovery
     wait_for(
-        lambda: check_is("execution_status", True)() and check_is("volume_anomaly", True)(),
+        lambda: check_is("ams_execution_status", True)() and check_is("ams_volume_anomaly", True)(),
         120,
         "checks passing again after recovery",
         diagnose,

@@ -246,6 +246,8 @@ def test_second_location_registered_alerted_resolved_and_versioned(
     assert found["finance/daily_balances"]["partitioning"].startswith("Daily")
     assert json.loads(found["finance/revenue"]["upstream"]) == [ENTRIES]  # the multi-asset's two specs
     assert json.loads(found["finance/costs"]["kinds"]) == ["dbt"]
+    assert json.loads(found["finance/revenue"]["job_names"]) == ["month_end_close"]
+    assert json.loads(entries["job_names"]) == [] and entries["repository"] == "__repository__"
     conn = sqlite3.connect(metadata_db)
     conn.row_factory = sqlite3.Row
     try:
@@ -265,7 +267,10 @@ def test_second_location_registered_alerted_resolved_and_versioned(
     assert verified["data"]["asset_key"] == ENTRIES
     assert body["data"]["code_location"] == "finance"
     assert "team:finance" in body["data"]["owners"] and "ledger database refused" in json.dumps(body["data"])
-    assert read_store(monitor_db, "SELECT 1 FROM alerts WHERE asset_key = ? AND resolved_at IS NULL", ENTRIES)
+    (alert,) = read_store(
+        monitor_db, "SELECT code_location FROM alerts WHERE asset_key = ? AND resolved_at IS NULL", ENTRIES
+    )
+    assert alert["code_location"] == "finance"  # what `asset-manager alerts` lists as its location
 
     # 3. Recovery resolves it.
     (d.control / "fail").unlink()

@@ -14,7 +14,7 @@ import pytest
 import redis
 from dagster import DagsterInstance, Definitions, RepositoryDefinition, asset, build_sensor_context
 
-from libs.common.events import ASSETS, CATALOG, CHECK_NAMES, RUNS, parse_event
+from libs.common.events import ASSETS, CATALOG, CHECK_NAMES, RUNS, dagster_check_name, parse_event
 from libs.common.redis_server import LocalRedis
 from libs.common.settings import PROJECT_ROOT
 from orchestrator.assets import _demo
@@ -98,7 +98,7 @@ def test_runs_materializations_failures_and_catalog_are_published(
     assert [a.key for a in snapshot.data.assets] == DEMO
     stg = next(a for a in snapshot.data.assets if a.key == "stg_orders")
     assert stg.upstream == ["raw_orders"] and stg.downstream == ["transformed_customer_orders"]
-    assert sorted(stg.checks) == sorted(CHECK_NAMES)
+    assert stg.checks == sorted(dagster_check_name(c) for c in CHECK_NAMES)
     assert stg.source_file == "orchestrator/assets/loaders/orders_loader.py" and stg.source_line
     assert stg.owners and stg.kinds and stg.group == "stg__loaders"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ from libs.common.store import Store
 from orchestrator.catalog import build_catalog
 from services.discovery import queries
 from services.discovery.registry import (
+    DEFINITION_FIELDS,
+    UNRECORDED,
     Change,
     diff,
     downstream_of,
@@ -302,3 +306,105 @@ def test_tag_order_makes_no_version(store: Store) -> None:
     register(store, CatalogSnapshotData(code_location="loc", fingerprint="1", assets=[a]), T0)
     b = AssetSpecData(key="a", tags={"y": "2", "x": "1"}, metadata={"m": {"a": 2, "b": 1}})
     assert register(store, CatalogSnapshotData(code_location="loc", fingerprint="2", assets=[b]), T0) == []
+
+
+def jobs_defs(
+    *, nightly: tuple[str, ...] = ("raw_orders", "stg_orders"), description: str = "Raw orders."
+) -> Any:
+    defs = make_defs(description=description)
+    jobs = [dg.define_asset_job("nightly", selection=list(nightly))] if nightly else []
+    return dg.Definitions(assets=list(defs.assets or []), jobs=jobs)
+
+
+def test_job_names_and_repository_are_stored_versioned_and_filterable(store: Store) -> None:
+    register(store, snap(jobs_defs()), T0)
+    with store.read() as conn:
+        raw = queries.get_asset(conn, "raw_orders")
+        report = queries.get_asset(conn, "orders_report")
+        in_nightly = [a["key"] for a in queries.list_assets(conn, job="nightly", light=True)]
+        known_jobs = queries.distinct_values(conn)["job"]
+    assert raw is not None and raw["job_names"] == ["nightly"] and raw["repository"] == "__repository__"
+    assert report is not None and report["job_names"] == []  # Dagster's implicit __ASSET_JOB is left out
+    assert in_nightly == ["raw_orders", "stg_orders"] and known_jobs == {"nightly"}
+
+    # The job no longer selects stg_orders: a new version of stg_orders alone, its diff the job names.
+    changes = register(store, snap(jobs_defs(nightly=("raw_orders",))), T0 + timedelta(minutes=1))
+    assert [(c.key, c.version, c.changes) for c in changes] == [
+        ("stg_orders", 2, {"job_names": {"old": ["nightly"], "new": []}})
+    ]
+    assert changes[0].spec.job_names == [] and changes[0].spec.repository == "__repository__"
+
+
+def _register_as_before_migration_3(conn: Any, snapshot: CatalogSnapshotData, now: datetime) -> None:
+    """What the registry stored before job names and the repository were recorded (migrations 1-2): the
+    row without them, its fingerprint over the definition fields of then."""
+    old_fields = set(DEFINITION_FIELDS) - set(UNRECORDED)
+    for raw in snapshot.assets:
+        spec = normalise(raw)
+        old_fp = hashlib.sha256(spec.model_dump_json(include=old_fields).encode()).hexdigest()[:32]
+        columns = (
+            spec.code_location, spec.group, spec.description, json.dumps(spec.owners), json.dumps(spec.tags),
+            json.dumps(spec.kinds), json.dumps(spec.metadata), spec.code_version, spec.partitioning,
+            spec.source_file, spec.source_line, json.dumps(spec.upstream), None, json.dumps(spec.checks),
+        )  # fmt: skip
+        conn.execute(
+            "INSERT INTO assets (key, code_location, group_name, description, owners, tags, kinds, metadata, "
+            "code_version, partitioning, source_file, source_line, upstream, freshness, checks, fingerprint, "
+            "row_hash, version, first_seen, last_seen, retired_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, NULL, ?)",
+            (spec.key, *columns, old_fp, f"{old_fp}-row", now.timestamp(), now.timestamp(), now.timestamp()),
+        )
+        conn.execute(
+            "INSERT INTO asset_versions (key, version, change_type, fingerprint, spec, changes, recorded_at) "
+            "VALUES (?, 1, 'registered', ?, ?, '{}', ?)",
+            (spec.key, old_fp, spec.model_dump_json(include=old_fields), now.timestamp()),
+        )
+    conn.execute(
+        "INSERT INTO code_locations (name, fingerprint, snapshot_fingerprint, asset_count, problems, "
+        "changed_at) VALUES (?, 'old-location-hash', ?, ?, '[]', ?)",
+        (snapshot.code_location, snapshot.fingerprint, len(snapshot.assets), now.timestamp()),
+    )
+
+
+def test_upgrade_records_job_names_and_repository_without_a_version(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'metadata.db'}"
+    before = Store(url, MIGRATIONS[:2])  # a registry of the previous release, with its assets
+    with before.write() as conn:
+        _register_as_before_migration_3(conn, snap(jobs_defs()), T0)
+    before.close()
+
+    store = Store(url, MIGRATIONS)  # the upgrade: migration 3
+    try:
+        with store.read() as conn:
+            old = queries.get_asset(conn, "raw_orders")
+        assert old is not None and old["job_names"] == [] and old["repository"] is None  # not recorded yet
+        # The first snapshot after the upgrade (the same definitions): no version, no event, both filled in.
+        assert register(store, snap(jobs_defs()), T0 + timedelta(hours=1)) == []
+        with store.read() as conn:
+            raw = queries.get_asset(conn, "raw_orders")
+            assert raw is not None and raw["version"] == 1
+            assert raw["job_names"] == ["nightly"] and raw["repository"] == "__repository__"
+            assert [h["version"] for h in queries.history(conn, "raw_orders")] == [1]
+        assert register(store, snap(jobs_defs()), T0 + timedelta(hours=2)) == []  # settled: nothing to do
+        # From now on they are versioned as any other field.
+        changes = register(store, snap(jobs_defs(nightly=("raw_orders",))), T0 + timedelta(hours=3))
+        assert [(c.key, set(c.changes)) for c in changes] == [("stg_orders", {"job_names"})]
+    finally:
+        store.close()
+
+
+def test_upgrade_with_a_real_change_versions_only_that_change(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'metadata.db'}"
+    before = Store(url, MIGRATIONS[:2])
+    with before.write() as conn:
+        _register_as_before_migration_3(conn, snap(jobs_defs()), T0)
+    before.close()
+    store = Store(url, MIGRATIONS)
+    try:
+        changes = register(store, snap(jobs_defs(description="Raw orders, deduplicated.")), T0)
+        assert [(c.key, c.version, set(c.changes)) for c in changes] == [("raw_orders", 2, {"description"})]
+        assert changes[0].spec.job_names == [
+            "nightly"
+        ]  # recorded with the new version, not shown as a change
+    finally:
+        store.close()

@@ -42,7 +42,8 @@ def orders() -> None: ...
           partitions_def=dg.DailyPartitionsDefinition(start_date="2025-01-01"))
 def report() -> None: ...
 
-defs = dg.Definitions(assets=[orders, report])
+nightly = dg.define_asset_job("nightly_sales", selection=[orders])
+defs = dg.Definitions(assets=[orders, report], jobs=[nightly])
 """
 
 WORKSPACE = """
@@ -225,6 +226,8 @@ def test_every_location_registered_then_only_changed_ones_reread(webserver: Webs
         "rows_expected": 100,
     }
     assert report_asset["upstream"] == ["sales/orders"] and report_asset["owners"] == ["ana@example.com"]
+    assert orders["job_names"] == ["nightly_sales"] and report_asset["job_names"] == []
+    assert orders["repository"] == report_asset["repository"] == "__repository__"
     assert "Daily" in str(report_asset["partitioning"])
     with store.read() as conn:
         locations = {loc["code_location"]: loc for loc in queries.code_locations(conn)}
@@ -377,3 +380,70 @@ def test_discover_assets_reads_every_location_and_names_the_broken_one(
     assert "cannot reach the Dagster webserver" in err and "registry was not changed" in err
     assert main(["list-assets", "--location", "sales", "--format", "csv"]) == 0
     assert "sales/orders,sales," in capsys.readouterr().out
+
+
+JOBS_DEFINITIONS = """
+import dagster as dg
+
+feed = dg.AssetSpec(["bank", "feed"])  # external, upstream of the nightly job
+
+@dg.asset(key=["finance", "entries"], deps=[feed])
+def entries() -> None: ...
+
+@dg.multi_asset(
+    specs=[dg.AssetSpec(["finance", "ledger"], deps=[entries]), dg.AssetSpec(["finance", "fx"])],
+    can_subset=True,
+)
+def books(): ...
+
+@dg.asset(key=["finance", "adhoc"])
+def adhoc() -> None: ...
+
+nightly = dg.define_asset_job("nightly", selection=[entries, books])
+month_end = dg.define_asset_job("month_end", selection=dg.AssetSelection.keys(["finance", "ledger"]))
+defs = dg.Definitions(assets=[feed, entries, books, adhoc], jobs=[nightly, month_end])
+"""
+
+
+def test_job_names_and_repository_read_through_graphql_as_in_process(tmp_path: Path) -> None:
+    """Dagster's own GraphQL schema (in-process) and the in-process catalog give the same job names and
+    repository, so a location registered by either source gets no version from switching between them."""
+    from dagster._core.test_utils import in_process_test_workspace, instance_for_test
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+    from dagster_graphql.test.utils import execute_dagster_graphql
+
+    from orchestrator.catalog import build_catalog
+    from services.discovery.webserver import ASSET_NODES_QUERY, snapshot_from_nodes
+
+    module = tmp_path / "jobs_definitions.py"
+    module.write_text(JOBS_DEFINITIONS)
+    (tmp_path / "home").mkdir()
+    namespace: dict[str, object] = {}
+    exec(compile(JOBS_DEFINITIONS, str(module), "exec"), namespace)
+    in_process = build_catalog(namespace["defs"], "finance")  # type: ignore[arg-type]
+    origin = LoadableTargetOrigin(python_file=str(module), attribute="defs")
+    with (
+        instance_for_test(temp_dir=str(tmp_path / "home")) as instance,
+        in_process_test_workspace(instance, origin) as context,
+    ):
+        (location,) = context.code_location_names
+        selector = {"repositoryLocationName": location, "repositoryName": "__repository__"}
+        answer = execute_dagster_graphql(context, ASSET_NODES_QUERY, {"selector": selector})
+    assert not answer.errors, answer.errors
+    nodes = [("__repository__", n) for n in answer.data["repositoryOrError"]["assetNodes"]]
+    through_graphql = snapshot_from_nodes("finance", nodes, [])
+
+    def jobs(snapshot: object) -> dict[str, tuple[list[str], str | None]]:
+        return {a.key: (a.job_names, a.repository) for a in snapshot.assets}  # type: ignore[attr-defined]
+
+    assert (
+        jobs(through_graphql)
+        == jobs(in_process)
+        == {
+            "bank/feed": ([], "__repository__"),  # read by nightly, not run by it
+            "finance/adhoc": ([], "__repository__"),  # only in Dagster's implicit __ASSET_JOB
+            "finance/entries": (["nightly"], "__repository__"),
+            "finance/fx": (["nightly"], "__repository__"),
+            "finance/ledger": (["month_end", "nightly"], "__repository__"),
+        }
+    )

@@ -82,7 +82,7 @@ def test_check_payloads() -> None:
     assert body["passed"] is True and "severity" not in body and body["metadata"]["cols"] == "a, b"
     warn = check_payload(CheckResult(check="volume_anomaly", outcome="warn", reason="spike"))
     assert warn == {
-        "check_name": "volume_anomaly",
+        "check_name": "ams_volume_anomaly",  # our own name in Dagster
         "passed": False,
         "severity": "WARN",
         "metadata": {"reason": "spike", "outcome": "warn"},

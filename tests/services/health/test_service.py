@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from libs.common.events import CHECK_NAMES, Event, HealthChanged, parse_event
+from libs.common.events import CHECK_NAMES, Event, HealthChanged, dagster_check_name, parse_event
 from libs.common.settings import load_settings
 from libs.common.store import Store
 from services.health.queries import history, latest_health
@@ -401,17 +401,25 @@ def test_only_declared_checks_are_reported_to_dagster(
     )
     engine.handle(
         deliveries(
+            # with_health_checks applied, beside a team check that shares one of our names
             ev.spec(
-                "ours", code_location="orchestrator", checks=list(CHECK_NAMES)
-            ),  # with_health_checks applied
+                "ours",
+                code_location="orchestrator",
+                checks=[*map(dagster_check_name, CHECK_NAMES), "freshness"],
+            ),
             ev.spec(
                 "theirs", code_location="finance", checks=["row_count_positive"]
             ),  # a team's own check only
+            # the team's own checks that share our names, without with_health_checks: theirs, not ours
+            ev.spec("namesake", code_location="finance", checks=["freshness", "volume_anomaly"]),
         )
     )
-    engine.handle(deliveries(ev.run("r1", "FAILURE", ["ours", "theirs", "unknown"], start=T0, end=T0 + 60)))
-    assert reported["ours"] == list(CHECK_NAMES)
+    engine.handle(
+        deliveries(ev.run("r1", "FAILURE", ["ours", "theirs", "namesake", "unknown"], start=T0, end=T0 + 60))
+    )
+    assert reported["ours"] == list(CHECK_NAMES)  # posted as ams_<check> (dagster_checks.check_payload)
     assert "theirs" not in reported  # nothing of ours is declared there: nothing posted, nothing errors
+    assert "namesake" not in reported  # a team's `freshness` never gets our freshness result
     assert reported["unknown"] == list(CHECK_NAMES)  # no spec yet: reported as before (Dagster stores them)
     theirs = [e for e in outbox(store) if e.data.asset_key == "theirs"]
     assert theirs and theirs[-1].data.status == "FAILED" and theirs[-1].data.code_location == "finance"

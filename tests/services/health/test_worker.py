@@ -19,7 +19,15 @@ import pytest
 import redis
 
 from libs.common.bus import Bus, connect
-from libs.common.events import ASSETS, CHECK_NAMES, HEALTH, RUNS, HealthChanged, parse_event
+from libs.common.events import (
+    ASSETS,
+    CHECK_NAMES,
+    HEALTH,
+    RUNS,
+    HealthChanged,
+    dagster_check_name,
+    parse_event,
+)
 from libs.common.redis_server import free_port
 from libs.common.testing import ServiceProcess, wait_for
 from services.health.settings import HealthWorkerSettings
@@ -138,7 +146,7 @@ def test_failure_and_recovery_reach_health_stream_db_and_dagster(
 
     path = "/report_asset_check/raw/orders"
     wait_for(lambda: len(receiver.latest(path)) == len(CHECK_NAMES), what="all checks reported to Dagster")
-    reported = receiver.latest(path)["execution_status"]
+    reported = receiver.latest(path)["ams_execution_status"]  # our own name in Dagster
     assert reported["passed"] is False and reported["severity"] == "ERROR"
     assert "db down" in reported["metadata"]["reason"]
     assert receiver.refused == 1  # the first POST got a 503 and was retried
@@ -151,7 +159,8 @@ def test_failure_and_recovery_reach_health_stream_db_and_dagster(
     bus.publish_many(RUNS, recovery[:1])
     wait_for(lambda: health_events(redis_client, settings)[-1].data.status == "HEALTHY", what="HEALTHY")
     wait_for(
-        lambda: receiver.latest(path)["execution_status"]["passed"] is True, what="passed check reported"
+        lambda: receiver.latest(path)[dagster_check_name("execution_status")]["passed"] is True,
+        what="passed check reported",
     )
 
     # Redelivered (republished) events change nothing and publish nothing.

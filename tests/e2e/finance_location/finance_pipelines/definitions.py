@@ -43,4 +43,5 @@ def daily_balances() -> None:
 
 ledger_assets = dg.load_assets_from_modules([ledger], key_prefix=["finance", "ledger"])
 # The observable source asset keeps its own key (a prefix applies to the module's assets only).
-defs = dg.Definitions(assets=[*ledger_assets, revenue_and_costs, daily_balances])
+month_end_close = dg.define_asset_job("month_end_close", selection=[revenue_and_costs])
+defs = dg.Definitions(assets=[*ledger_assets, revenue_and_costs, daily_balances], jobs=[month_end_close])
