@@ -7,7 +7,6 @@ the canonical JSON of the snapshot, so it changes exactly when something a consu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -30,7 +29,13 @@ from dagster import (
 from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetNode
 from pydantic import BaseModel, JsonValue
 
-from libs.common.events import AssetSpecData, CatalogSnapshotData, Column, user_job_names
+from libs.common.events import (
+    AssetSpecData,
+    CatalogSnapshotData,
+    Column,
+    snapshot_fingerprint,
+    user_job_names,
+)
 from libs.common.settings import PROJECT_ROOT
 from libs.common.text import clip
 
@@ -214,19 +219,6 @@ def jobs_by_key(repository: RepositoryDefinition) -> dict[AssetKey, list[str]]:
     return out
 
 
-def fingerprint_of(assets: list[AssetSpecData], problems: list[str]) -> str:
-    """A stable hash of the snapshot's content (order-independent)."""
-    canonical = json.dumps(
-        {
-            "assets": [a.model_dump(mode="json") for a in sorted(assets, key=lambda a: a.key)],
-            "problems": sorted(problems),
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
-
-
 def _repository_of(defs_or_repository: Definitions | RepositoryDefinition) -> RepositoryDefinition:
     if isinstance(defs_or_repository, Definitions):
         return defs_or_repository.get_repository_def()
@@ -273,7 +265,7 @@ def build_catalog(
     found = sorted(problems if problems is not None else problems_of(metadata))
     return CatalogSnapshotData(
         code_location=code_location,
-        fingerprint=fingerprint_of(assets, found),
+        fingerprint=snapshot_fingerprint(assets, found),
         assets=assets,
         problems=found,
     )

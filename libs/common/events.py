@@ -6,8 +6,10 @@ yields the same id and every consumer can recognise a redelivery.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
@@ -206,6 +208,20 @@ def user_job_names(names: Iterable[str]) -> list[str]:
     """A team's own job names among an asset's jobs, sorted: Dagster's implicit jobs (`__ASSET_JOB`, named
     with a leading `__`) run every asset and tell nothing."""
     return sorted({n for n in names if not n.startswith("__")})
+
+
+def snapshot_fingerprint(assets: Sequence[AssetSpecData], problems: Sequence[str]) -> str:
+    """A stable hash of a catalog snapshot's content, independent of the order of assets, problems and keys
+    (the same for a location read in-process and through the webserver)."""
+    canonical = json.dumps(
+        {
+            "assets": [a.model_dump(mode="json") for a in sorted(assets, key=lambda a: a.key)],
+            "problems": sorted(problems),
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
 class CatalogSnapshotData(_Payload):

@@ -19,8 +19,9 @@ Decisions (see also README "Discovery"):
 * An asset missing from its code location's snapshot is retired: kept, `retired_at` set, its edges to its
   upstream removed. A snapshot that reports load problems retires nothing (a module that failed to import
   must not retire its assets). A retired asset that comes back gets a new version (`returned`).
-* An unchanged snapshot writes nothing. The location keeps the producer's snapshot fingerprint (a hash of
-  the whole snapshot, `orchestrator.catalog.fingerprint_of`) and a hash over its active assets' stored rows:
+* An unchanged snapshot writes nothing. The location keeps the producer's snapshot fingerprint (a hash
+  of the whole snapshot, `libs.common.events.snapshot_fingerprint`) and a hash over its active assets'
+  stored rows:
   the same producer fingerprint (and problems) returns at once, without even hashing the assets; a
   different one whose assets hash the same only records the new producer fingerprint. Hence `last_seen` is
   the time of the latest snapshot that changed something in the asset's code location (and contained the

@@ -20,7 +20,6 @@ No Dagster import: the worker talks HTTP only (httpx).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -31,7 +30,13 @@ from typing import Any
 import httpx
 from pydantic import JsonValue
 
-from libs.common.events import AssetSpecData, CatalogSnapshotData, Column, user_job_names
+from libs.common.events import (
+    AssetSpecData,
+    CatalogSnapshotData,
+    Column,
+    snapshot_fingerprint,
+    user_job_names,
+)
 from libs.common.settings import PROJECT_ROOT
 
 USER_AGENT = "dagster-asset-management-discovery/1"
@@ -433,19 +438,6 @@ def spec_from_node(
     )
 
 
-def fingerprint_of(assets: Sequence[AssetSpecData], problems: Sequence[str]) -> str:
-    """A stable hash of a snapshot's content (the same recipe as `orchestrator.catalog.fingerprint_of`)."""
-    canonical = json.dumps(
-        {
-            "assets": [a.model_dump(mode="json") for a in sorted(assets, key=lambda a: a.key)],
-            "problems": sorted(problems),
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
-
-
 def snapshot_from_nodes(
     code_location: str, nodes: Sequence[tuple[str, Mapping[str, Any]]], problems: Sequence[str]
 ) -> CatalogSnapshotData:
@@ -460,5 +452,8 @@ def snapshot_from_nodes(
     assets = [specs[k] for k in sorted(specs)]
     found = sorted(problems)
     return CatalogSnapshotData(
-        code_location=code_location, fingerprint=fingerprint_of(assets, found), assets=assets, problems=found
+        code_location=code_location,
+        fingerprint=snapshot_fingerprint(assets, found),
+        assets=assets,
+        problems=found,
     )
