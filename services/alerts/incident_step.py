@@ -65,6 +65,18 @@ class AssetInfo:
     downstream: tuple[str, ...] = ()
     code_location: str | None = None
 
+    def labels(self, asset_key: str, check: str, severity: str) -> AlertLabels:
+        """What routes and silences match for an alert about `check` on this asset."""
+        return AlertLabels(
+            asset_key=asset_key,
+            check=check,
+            severity=severity,
+            owners=self.owners,
+            teams=teams_of(self.owners, self.tags),
+            group=self.group,
+            tags=self.tags,
+        )
+
 
 def asset_info(conn: Connection, asset_key: str, hints: AssetInfo | None) -> AssetInfo:
     """What routing and messages know of `asset_key`: its spec copy, completed by `hints`."""
@@ -397,16 +409,7 @@ class IncidentStep:
             code_location=info.code_location,
             why=row["incident_reason"] or "",
         )
-        labels = AlertLabels(
-            asset_key=row["asset_key"],
-            check=row["check_name"],
-            severity=row["severity"] or "error",
-            owners=info.owners,
-            teams=teams_of(info.owners, info.tags),
-            group=info.group,
-            tags=info.tags,
-        )
-        return member, labels
+        return member, info.labels(row["asset_key"], row["check_name"], row["severity"] or "error")
 
     def _notify(
         self,

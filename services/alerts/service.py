@@ -41,7 +41,7 @@ from services.alerts.lifecycle import (
     next_due,
     step,
 )
-from services.alerts.routing import AlertLabels, silence_matches, teams_of
+from services.alerts.routing import AlertLabels, silence_matches
 from services.alerts.settings import AlertsWorkerSettings
 from services.alerts.watch import Heartbeat, heartbeat_limit
 
@@ -487,16 +487,7 @@ class AlertService:
     def _labels(
         self, conn: Connection, asset_key: str, check: str, severity: str, hints: AssetInfo | None = None
     ) -> AlertLabels:
-        info = asset_info(conn, asset_key, hints)
-        return AlertLabels(
-            asset_key=asset_key,
-            check=check,
-            severity=severity,
-            owners=info.owners,
-            teams=teams_of(info.owners, info.tags),
-            group=info.group,
-            tags=info.tags,
-        )
+        return asset_info(conn, asset_key, hints).labels(asset_key, check, severity)
 
     def _active_silence(self, conn: Connection, labels: AlertLabels, now: float) -> sqlite3.Row | None:
         best: sqlite3.Row | None = None
