@@ -18,6 +18,7 @@ entry in metadata.db, a spec copy in health.db, a run not made by simulate.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import random
@@ -626,6 +627,17 @@ def simulate_command(
         finally:
             client.close()
         return
+    run = functools.partial(
+        simulate,
+        bus,
+        assets=assets,
+        events=events,
+        rate=rate or None,
+        seed=seed,
+        inject=kinds,
+        inject_rate=inject_rate,
+        prefix=prefix,
+    )
     try:
         if sys.stderr.isatty():
             from rich.console import Console
@@ -640,28 +652,9 @@ def simulate_command(
                 transient=True,
             ) as bar:
                 task = bar.add_task("events", total=events)
-                summary = simulate(
-                    bus,
-                    assets=assets,
-                    events=events,
-                    rate=rate or None,
-                    seed=seed,
-                    inject=kinds,
-                    inject_rate=inject_rate,
-                    prefix=prefix,
-                    progress=lambda n: bar.advance(task, n),
-                )
+                summary = run(progress=lambda n: bar.advance(task, n))
         else:
-            summary = simulate(
-                bus,
-                assets=assets,
-                events=events,
-                rate=rate or None,
-                seed=seed,
-                inject=kinds,
-                inject_rate=inject_rate,
-                prefix=prefix,
-            )
+            summary = run()
     finally:
         client.close()
     injected = ", ".join(f"{k} {v}" for k, v in sorted(summary.injected.items())) or "none"
