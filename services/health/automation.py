@@ -31,6 +31,7 @@ from libs.common.events import (
     RunEvent,
 )
 from libs.common.text import clip, duration
+from services.health.decide import Subject
 from services.health.settings import AutomationHealthSettings
 
 # The daemon that evaluates each kind of instigator (Dagster's daemon types): when it is silent, a stopped
@@ -678,3 +679,20 @@ def from_row(row: Mapping[str, Any]) -> AutomationObject:
     values["owners"] = tuple(values.get("owners") or ())
     values["errors"] = tuple(values.get("errors") or ())
     return AutomationObject(**values)
+
+
+def subject_of(obj: AutomationObject, downstream: tuple[str, ...] = ()) -> Subject:
+    """What the health decision needs to know of an automation object besides its results (it declares no
+    Dagster checks; `downstream`: what a daemon's silence stops, see `daemon_chain`)."""
+    return Subject(
+        key=obj.key,
+        has_data=obj.last_at is not None,
+        retired=obj.retired_at is not None,
+        owners=obj.owners,
+        code_location=obj.code_location,
+        declared=frozenset(),
+        kind=obj.kind,
+        tags=obj.tags,
+        failing=FAILING_CHECKS,
+        downstream=downstream,
+    )

@@ -613,18 +613,7 @@ class HealthService:
             obj, state = objects[key]
             results = automation.evaluate(obj, cfg, now, daemons, canceled_run=self.cfg.defaults.canceled_run)
             downstream = automation.daemon_chain(key, daemons) if obj.kind == "daemon" else ()
-            subject = Subject(
-                key=key,
-                has_data=obj.last_at is not None,
-                retired=obj.retired_at is not None,
-                owners=obj.owners,
-                code_location=obj.code_location,
-                declared=frozenset(),
-                kind=obj.kind,
-                tags=obj.tags,
-                failing=automation.FAILING_CHECKS,
-                downstream=downstream,
-            )
+            subject = automation.subject_of(obj, downstream)
             decision = decide(state, results, now, subject, trigger, replay=replay)
             due = automation.next_change(obj, cfg, now, daemons=daemons)
             db.write_automation_decision(conn, decision, now, due)

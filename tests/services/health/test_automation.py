@@ -256,16 +256,7 @@ def test_publisher_heartbeat_lateness() -> None:
 
 def test_failing_automation_checks_make_the_object_failed_and_publish_its_kind_and_tags() -> None:
     obj = fold(tick("FAILURE", T0, error="boom", owners=["team:data"], tags={"tier": "1"}))
-    subject = Subject(
-        key=obj.key,
-        has_data=True,
-        owners=obj.owners,
-        code_location=obj.code_location,
-        declared=frozenset(),
-        kind=obj.kind,
-        tags=obj.tags,
-        failing=automation.FAILING_CHECKS,
-    )
+    subject = automation.subject_of(obj)
     d = decide(HealthState(), evaluate(obj, CFG, T0 + 1, {}), T0 + 1, subject, Trigger.EVENTS)
     assert d.status == "FAILED" and d.event is not None and d.report == ()
     assert d.event.data.object_kind == "sensor" and d.event.data.tags == {"tier": "1"}
@@ -441,16 +432,7 @@ def test_a_canceled_op_job_follows_the_assets_canceled_run_threshold() -> None:
 
 def test_a_failed_op_job_makes_its_object_failed_with_owners_tags_and_location() -> None:
     obj = fold(run("FAILURE", T0, "r1", error="boom", tags={"owner": "team:data", "tier": "1"}))
-    subject = Subject(
-        key=obj.key,
-        has_data=obj.last_at is not None,
-        owners=obj.owners,
-        code_location=obj.code_location,
-        declared=frozenset(),
-        kind=obj.kind,
-        tags=obj.tags,
-        failing=automation.FAILING_CHECKS,
-    )
+    subject = automation.subject_of(obj)
     d = decide(HealthState(), evaluate(obj, CFG, T0 + 1, {}), T0 + 1, subject, Trigger.EVENTS)
     assert d.status == "FAILED" and d.event is not None
     assert d.event.data.object_kind == "job" and object_kind_of(d.event.data.asset_key) == "job"
