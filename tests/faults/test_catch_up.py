@@ -39,9 +39,9 @@ from services.health.settings import HealthWorkerSettings
 from tests.faults.history import (
     DAY,
     assert_nothing_about_the_past,
+    catch_up_env,
     reference,
     settle,
-    worker_env,
 )
 
 pytestmark = pytest.mark.faults
@@ -192,7 +192,7 @@ def test_sixty_days_of_history_page_no_one_about_the_past(
         publish(specs)
         for events in days:
             publish(events)
-    env = worker_env(tmp_path, home, redis_url, bus_prefix, receiver)
+    env = catch_up_env(tmp_path, home, redis_url, bus_prefix, receiver)
     workers = [ServiceProcess.service(name, env, tmp_path / f"{name}.out") for name in ("health", "alerts")]
     try:
         for worker in workers:

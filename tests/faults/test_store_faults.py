@@ -16,7 +16,7 @@ from libs.common.bus import Bus, connect
 from libs.common.events import RUNS, RunData, RunEvent, new_event
 from libs.common.redis_server import free_port
 from libs.common.settings import load_settings
-from libs.common.testing import ServiceProcess, wait_for
+from libs.common.testing import ServiceProcess, wait_for, worker_env
 
 pytestmark = pytest.mark.faults
 
@@ -48,18 +48,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 def start_sample(redis_url: str, prefix: str, db: Path, home: Path) -> ServiceProcess:
     port = free_port()
-    # Only what this test sets: an AMS_* variable of the suite's environment must not change the worker.
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("AMS_")}
-    env = {
-        **inherited,
-        "AMS_REDIS__URL": redis_url,
-        "AMS_BUS__PREFIX": prefix,
-        "AMS_BUS__BLOCK_MS": "200",
-        "DAGSTER_HOME": str(home),
-        "SAMPLE_DB": str(db),
-        "SAMPLE_PORT": str(port),
-        "PYTHONPATH": str(ROOT),
-    }
+    env = worker_env(home, redis_url, prefix, SAMPLE_DB=str(db), SAMPLE_PORT=str(port), PYTHONPATH=str(ROOT))
     return ServiceProcess([sys.executable, str(SAMPLE)], env, port=port, log=home / "sample.out").start()
 
 
