@@ -128,9 +128,11 @@ class Deployment:
             self.workers[name] = ServiceProcess.service(name, self.env, self.logs / f"{name}.log")
 
     def stop(self) -> dict[str, int]:
-        codes = {name: w.stop() for name, w in self.workers.items()}
+        # dagster dev takes seconds to shut down: it stops while the workers do.
         if self.dagster is not None and self.dagster.poll() is None:
             os.killpg(self.dagster.pid, signal.SIGTERM)
+        codes = {name: w.stop() for name, w in self.workers.items()}
+        if self.dagster is not None:
             try:
                 self.dagster.wait(30)
             except subprocess.TimeoutExpired:
@@ -160,6 +162,9 @@ class Deployment:
                 "assetSelection": [{"path": key}],
             },
             "mode": "default",
+            # One process per run, not one per step: how the step runs is not what this test is about,
+            # and a process per step costs seconds on a busy machine.
+            "runConfigData": {"execution": {"config": {"in_process": {}}}},
         }
         result = self.graphql(LAUNCH, params=params)["launchRun"]
         assert result["__typename"] == "LaunchRunSuccess", result
