@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dagster import DagsterInstance, build_sensor_context, instance_for_test
+from dagster import DagsterInstance, build_sensor_context
 from standardwebhooks.webhooks import Webhook
 
 from asset_manager.settings import AppSettings
@@ -64,8 +64,10 @@ def system(
 
 
 @pytest.fixture
-def instance(settings: AppSettings) -> Iterator[DagsterInstance]:
-    with instance_for_test(temp_dir=str(settings.dagster_home)) as dagster_instance:
+def instance() -> Iterator[DagsterInstance]:
+    """Dagster's in-memory storage: its SQL run and event-log storage on one in-memory SQLite database. On
+    SQLite files (a file per run) every event written cost tens of milliseconds here."""
+    with DagsterInstance.ephemeral() as dagster_instance:
         yield dagster_instance
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 import redis
-from dagster import DagsterInstance, build_sensor_context, instance_for_test
+from dagster import DagsterInstance, build_sensor_context
 
 from asset_manager.settings import AppSettings
 from libs.common.events import HEALTH, HealthChanged, parse_event
@@ -129,8 +129,10 @@ def system(settings: AppSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.fixture
-def instance(settings: AppSettings) -> Iterator[DagsterInstance]:
-    with instance_for_test(temp_dir=str(settings.dagster_home)) as dagster_instance:
+def instance() -> Iterator[DagsterInstance]:
+    """Dagster's in-memory storage: its SQL run and event-log storage on one in-memory SQLite database. On
+    SQLite files (a file per run) every event written cost tens of milliseconds here."""
+    with DagsterInstance.ephemeral() as dagster_instance:
         yield dagster_instance
 
 
