@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import subprocess
@@ -34,6 +35,21 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout_s} s\n{diagnose()}".rstrip())
         time.sleep(0.1)
+
+
+def worker_env(home: Path, redis_url: str, prefix: str, **settings: str) -> dict[str, str]:
+    """The environment of workers started as processes, configured as a deployment configures them: this
+    process's environment without its AMS_* variables (the suite's own must not change a worker;
+    AMS_FAIL_ON_SKIP stays), the stores under `home` (DAGSTER_HOME), Redis at `redis_url`, the streams under
+    `prefix`, reads blocking 200 ms (a worker stops promptly), then `settings` (AMS_... and any other)."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AMS_") or k == "AMS_FAIL_ON_SKIP"},
+        "DAGSTER_HOME": str(home),
+        "AMS_REDIS__URL": redis_url,
+        "AMS_BUS__PREFIX": prefix,
+        "AMS_BUS__BLOCK_MS": "200",
+        **settings,
+    }
 
 
 class ServiceProcess:

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from libs.common.redis_server import free_port
-from libs.common.testing import wait_for
+from libs.common.testing import wait_for, worker_env
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,20 +88,18 @@ class System:
         self.health_port = free_port()
         self.url = f"http://127.0.0.1:{self.dagster_port}"
         self.logs = tmp_path
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("AMS_") or k == "AMS_FAIL_ON_SKIP"},
-            "DAGSTER_HOME": str(self.home),
-            "AMS_REDIS__URL": redis_url,
-            "AMS_BUS__PREFIX": f"e2e-{uuid.uuid4().hex[:8]}",
-            "AMS_BUS__BLOCK_MS": "200",
-            "AMS_LOGGING__FORMAT": "json",
-            "AMS_SERVICES__HEALTH__PORT": str(self.health_port),
-            "AMS_DAGSTER__URL": self.url,
+        self.env = worker_env(
+            self.home,
+            redis_url,
+            f"e2e-{uuid.uuid4().hex[:8]}",
+            AMS_LOGGING__FORMAT="json",
+            AMS_SERVICES__HEALTH__PORT=str(self.health_port),
+            AMS_DAGSTER__URL=self.url,
             # a short history is enough to judge volume in a test
-            "AMS_HEALTH__DEFAULTS__VOLUME_MIN_TRAINING_SIZE": "3",
-            "E2E_MODE_FILE": str(self.mode_file),
-            "PYTHONPATH": os.pathsep.join([str(self.code_dir), str(ROOT)]),
-        }
+            AMS_HEALTH__DEFAULTS__VOLUME_MIN_TRAINING_SIZE="3",
+            E2E_MODE_FILE=str(self.mode_file),
+            PYTHONPATH=os.pathsep.join([str(self.code_dir), str(ROOT)]),
+        )
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def mode(self, mode: str, rows: int = 0) -> None:

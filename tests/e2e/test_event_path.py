@@ -4,17 +4,16 @@ alerts as processes → SQLite stores → a signed webhook, firing and then reso
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from dagster import DagsterInstance, build_sensor_context, instance_for_test
+from dagster import DagsterInstance, build_sensor_context
 from standardwebhooks.webhooks import Webhook
 
 from asset_manager.settings import AppSettings
-from libs.common.testing import ServiceProcess, read_store, wait_for
+from libs.common.testing import ServiceProcess, read_store, wait_for, worker_env
 from orchestrator.settings import get_settings
 from services.alerts.testing import RecordingReceiver
 
@@ -35,22 +34,20 @@ def system(
     settings: AppSettings, receiver: RecordingReceiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[dict[str, Any]]:
     """The three workers as processes, configured through the environment like a deployment."""
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("AMS_")},
-        "DAGSTER_HOME": str(settings.dagster_home),
-        "AMS_REDIS__URL": settings.redis.url,
-        "AMS_BUS__PREFIX": settings.bus.prefix,
-        "AMS_BUS__BLOCK_MS": "200",
-        "AMS_LOGGING__FILE": str(tmp_path / "system.log"),
-        "AMS_LOGGING__FORMAT": "json",
-        "AMS_DISCOVERY__RESCAN_AT_START": "false",  # the catalog must arrive through the sensor's snapshot
-        "AMS_ALERTS__FLAP_WINDOW_S": "0",
-        "AMS_ALERTS__DAGSTER_UI_URL": "http://dagster.example:3000",
-        "AMS_ALERTS__RECEIVERS": json.dumps(
+    env = worker_env(
+        settings.dagster_home,
+        settings.redis.url,
+        settings.bus.prefix,
+        AMS_LOGGING__FILE=str(tmp_path / "system.log"),
+        AMS_LOGGING__FORMAT="json",
+        AMS_DISCOVERY__RESCAN_AT_START="false",  # the catalog must arrive through the sensor's snapshot
+        AMS_ALERTS__FLAP_WINDOW_S="0",
+        AMS_ALERTS__DAGSTER_UI_URL="http://dagster.example:3000",
+        AMS_ALERTS__RECEIVERS=json.dumps(
             [{"name": "ops", "kind": "webhook", "url": receiver.url, "secret_env": "E2E_WEBHOOK_SECRET"}]
         ),
-        "E2E_WEBHOOK_SECRET": SECRET,
-    }
+        E2E_WEBHOOK_SECRET=SECRET,
+    )
     workers = {name: ServiceProcess.service(name, env, tmp_path / f"{name}.out") for name in WORKERS}
     # The sensor and the demo assets run in this process, on the same settings.
     for key in ("DAGSTER_HOME", "AMS_REDIS__URL", "AMS_BUS__PREFIX"):
@@ -67,8 +64,10 @@ def system(
 
 
 @pytest.fixture
-def instance(settings: AppSettings) -> Iterator[DagsterInstance]:
-    with instance_for_test(temp_dir=str(settings.dagster_home)) as dagster_instance:
+def instance() -> Iterator[DagsterInstance]:
+    """Dagster's in-memory storage: its SQL run and event-log storage on one in-memory SQLite database. On
+    SQLite files (a file per run) every event written cost tens of milliseconds here."""
+    with DagsterInstance.ephemeral() as dagster_instance:
         yield dagster_instance
 
 

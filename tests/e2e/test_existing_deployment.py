@@ -28,7 +28,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from libs.common.redis_server import free_port
-from libs.common.testing import ServiceProcess, read_store, wait_for
+from libs.common.testing import ServiceProcess, read_store, wait_for, worker_env
 from services.alerts.testing import RecordingReceiver
 
 pytestmark = pytest.mark.e2e
@@ -82,26 +82,24 @@ class Deployment:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.logs = tmp_path
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("AMS_") or k == "AMS_FAIL_ON_SKIP"},
-            "DAGSTER_HOME": str(self.home),
-            "AMS_REDIS__URL": redis_url,
-            "AMS_BUS__PREFIX": f"e2e-{uuid.uuid4().hex[:8]}",
-            "AMS_BUS__BLOCK_MS": "200",
-            "AMS_LOGGING__FORMAT": "json",
-            "AMS_DAGSTER__URL": self.url,
-            "AMS_DAGSTER__CODE_LOCATION": "orchestrator",
-            "AMS_SENSORS__MINIMUM_INTERVAL_S": "1",
-            "AMS_DISCOVERY__POLL_INTERVAL_S": "1",
-            "AMS_DISCOVERY__RESCAN_AT_START": "false",
-            "AMS_ALERTS__FLAP_WINDOW_S": "0",
-            "AMS_ALERTS__RECEIVERS": json.dumps(
+        self.env = worker_env(
+            self.home,
+            redis_url,
+            f"e2e-{uuid.uuid4().hex[:8]}",
+            AMS_LOGGING__FORMAT="json",
+            AMS_DAGSTER__URL=self.url,
+            AMS_DAGSTER__CODE_LOCATION="orchestrator",
+            AMS_SENSORS__MINIMUM_INTERVAL_S="1",
+            AMS_DISCOVERY__POLL_INTERVAL_S="1",
+            AMS_DISCOVERY__RESCAN_AT_START="false",
+            AMS_ALERTS__FLAP_WINDOW_S="0",
+            AMS_ALERTS__RECEIVERS=json.dumps(
                 [{"name": "ops", "kind": "webhook", "url": receiver.url, "secret_env": "E2E_WEBHOOK_SECRET"}]
             ),
-            "E2E_WEBHOOK_SECRET": SECRET,
-            "FINANCE_CONTROL_DIR": str(self.control),
-            "PYTHONPATH": str(ROOT),
-        }
+            E2E_WEBHOOK_SECRET=SECRET,
+            FINANCE_CONTROL_DIR=str(self.control),
+            PYTHONPATH=str(ROOT),
+        )
         self.dagster: subprocess.Popen[bytes] | None = None
         self.workers: dict[str, ServiceProcess] = {}
 
@@ -130,9 +128,11 @@ class Deployment:
             self.workers[name] = ServiceProcess.service(name, self.env, self.logs / f"{name}.log")
 
     def stop(self) -> dict[str, int]:
-        codes = {name: w.stop() for name, w in self.workers.items()}
+        # dagster dev takes seconds to shut down: it stops while the workers do.
         if self.dagster is not None and self.dagster.poll() is None:
             os.killpg(self.dagster.pid, signal.SIGTERM)
+        codes = {name: w.stop() for name, w in self.workers.items()}
+        if self.dagster is not None:
             try:
                 self.dagster.wait(30)
             except subprocess.TimeoutExpired:
@@ -162,6 +162,9 @@ class Deployment:
                 "assetSelection": [{"path": key}],
             },
             "mode": "default",
+            # One process per run, not one per step: how the step runs is not what this test is about,
+            # and a process per step costs seconds on a busy machine.
+            "runConfigData": {"execution": {"config": {"in_process": {}}}},
         }
         result = self.graphql(LAUNCH, params=params)["launchRun"]
         assert result["__typename"] == "LaunchRunSuccess", result

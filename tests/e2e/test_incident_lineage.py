@@ -15,7 +15,6 @@ Alerts run with their defaults: the incident's first notice waits `incident_wait
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -26,11 +25,11 @@ from typing import Any
 
 import pytest
 import redis
-from dagster import DagsterInstance, build_sensor_context, instance_for_test
+from dagster import DagsterInstance, build_sensor_context
 
 from asset_manager.settings import AppSettings
 from libs.common.events import HEALTH, HealthChanged, parse_event
-from libs.common.testing import ServiceProcess, read_store, wait_for
+from libs.common.testing import ServiceProcess, read_store, wait_for, worker_env
 from orchestrator.sensors import build_event_sensor
 from orchestrator.settings import get_settings
 from services.alerts.testing import Received, RecordingReceiver
@@ -95,25 +94,23 @@ class System:
 def system(settings: AppSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[System]:
     """Four receivers and the three workers as processes, configured through the environment."""
     receivers = {name: RecordingReceiver().start() for name in RECEIVERS}
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("AMS_") or k == "AMS_FAIL_ON_SKIP"},
-        "DAGSTER_HOME": str(settings.dagster_home),
-        "AMS_REDIS__URL": settings.redis.url,
-        "AMS_BUS__PREFIX": settings.bus.prefix,
-        "AMS_BUS__BLOCK_MS": "200",
-        "AMS_LOGGING__FILE": str(tmp_path / "system.log"),
-        "AMS_LOGGING__FORMAT": "json",
-        "AMS_DISCOVERY__RESCAN_AT_START": "false",  # the catalog arrives through the sensor's snapshot
-        "AMS_ALERTS__FLAP_WINDOW_S": "0",
-        "AMS_ALERTS__RECEIVERS": json.dumps(
+    env = worker_env(
+        settings.dagster_home,
+        settings.redis.url,
+        settings.bus.prefix,
+        AMS_LOGGING__FILE=str(tmp_path / "system.log"),
+        AMS_LOGGING__FORMAT="json",
+        AMS_DISCOVERY__RESCAN_AT_START="false",  # the catalog arrives through the sensor's snapshot
+        AMS_ALERTS__FLAP_WINDOW_S="0",
+        AMS_ALERTS__RECEIVERS=json.dumps(
             [
                 {"name": name, "kind": "webhook", "url": r.url, "secret_env": f"E2E_SECRET_{name.upper()}"}
                 for name, r in receivers.items()
             ]
         ),
-        "AMS_ALERTS__ROUTES": json.dumps(ROUTES),
+        AMS_ALERTS__ROUTES=json.dumps(ROUTES),
         **{f"E2E_SECRET_{name.upper()}": secret for name, secret in SECRETS.items()},
-    }
+    )
     workers: dict[str, ServiceProcess] = {}
     for key in ("DAGSTER_HOME", "AMS_REDIS__URL", "AMS_BUS__PREFIX"):  # the sensor runs in this process
         monkeypatch.setenv(key, env[key])
@@ -132,8 +129,10 @@ def system(settings: AppSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.fixture
-def instance(settings: AppSettings) -> Iterator[DagsterInstance]:
-    with instance_for_test(temp_dir=str(settings.dagster_home)) as dagster_instance:
+def instance() -> Iterator[DagsterInstance]:
+    """Dagster's in-memory storage: its SQL run and event-log storage on one in-memory SQLite database. On
+    SQLite files (a file per run) every event written cost tens of milliseconds here."""
+    with DagsterInstance.ephemeral() as dagster_instance:
         yield dagster_instance
 
 

@@ -5,7 +5,6 @@ workers paged no one about the past."""
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -15,7 +14,7 @@ from typing import Any
 from libs.common.bus import Delivery
 from libs.common.events import ASSET_CHANGES, HEALTH, Event, parse_event
 from libs.common.settings import load_settings
-from libs.common.testing import wait_for
+from libs.common.testing import wait_for, worker_env
 from services.alerts.service import AlertService
 from services.alerts.settings import AlertsWorkerSettings
 from services.alerts.store import open_store as open_monitor
@@ -93,27 +92,25 @@ def reference(
         mstore.close()
 
 
-def worker_env(
+def catch_up_env(
     tmp_path: Path, home: Path, redis_url: str, prefix: str, receiver: RecordingReceiver, **extra: str
 ) -> dict[str, str]:
     """The workers' environment: small batches evaluated often (a worker catching up sees the past in many
     steps), a short quiet period, the receiver as the one webhook."""
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("AMS_")},
-        "DAGSTER_HOME": str(home),
-        "AMS_REDIS__URL": redis_url,
-        "AMS_BUS__PREFIX": prefix,
-        "AMS_BUS__BLOCK_MS": "200",
-        "AMS_LOGGING__FORMAT": "json",
-        "AMS_LOGGING__FILE": str(tmp_path / "workers.log"),
-        "AMS_HEALTH__CATCH_UP_QUIET_S": str(QUIET_S),
-        "AMS_HEALTH__EVALUATION_INTERVAL_S": "2",
-        "AMS_BUS__BATCH_SIZE": "100",
-        "AMS_HEALTH__MAX_DEFER_S": "0.2",
-        "AMS_ALERTS__TICK_INTERVAL_S": "1",
-        "AMS_ALERTS__RECEIVERS": json.dumps([{"name": "hook", "url": receiver.url, "timeout_s": 5}]),
+    return worker_env(
+        home,
+        redis_url,
+        prefix,
+        AMS_LOGGING__FORMAT="json",
+        AMS_LOGGING__FILE=str(tmp_path / "workers.log"),
+        AMS_HEALTH__CATCH_UP_QUIET_S=str(QUIET_S),
+        AMS_HEALTH__EVALUATION_INTERVAL_S="2",
+        AMS_BUS__BATCH_SIZE="100",
+        AMS_HEALTH__MAX_DEFER_S="0.2",
+        AMS_ALERTS__TICK_INTERVAL_S="1",
+        AMS_ALERTS__RECEIVERS=json.dumps([{"name": "hook", "url": receiver.url, "timeout_s": 5}]),
         **extra,
-    }
+    )
 
 
 def settle(home: Path, expected: set[tuple[str, str]], log: Path) -> None:

@@ -37,7 +37,7 @@ from libs.common.events import (
 from libs.common.redis_server import LocalRedis
 from libs.common.settings import load_settings
 from libs.common.store import stored_event_id
-from libs.common.testing import ServiceProcess, wait_for
+from libs.common.testing import ServiceProcess, wait_for, worker_env
 
 pytestmark = pytest.mark.faults
 EVENTS = int(os.environ.get("AMS_FAULT_BACKUP_EVENTS", "3000"))
@@ -76,16 +76,14 @@ def system(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[Bus, dict[str, ServiceProcess]]]:
     server = LocalRedis(directory=tmp_path / "redis").start()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("AMS_")},
-        "DAGSTER_HOME": str(tmp_path / "home"),
-        "AMS_REDIS__URL": server.url,
-        "AMS_BUS__PREFIX": "bk",
-        "AMS_BUS__BLOCK_MS": "200",
-        "AMS_LOGGING__FILE": "",
-        "AMS_DISCOVERY__RESCAN_AT_START": "false",
-        "AMS_DAGSTER__CODE_LOCATION": "load",
-    }
+    env = worker_env(
+        tmp_path / "home",
+        server.url,
+        "bk",
+        AMS_LOGGING__FILE="",
+        AMS_DISCOVERY__RESCAN_AT_START="false",
+        AMS_DAGSTER__CODE_LOCATION="load",
+    )
     workers = {
         name: ServiceProcess.service(name, env, tmp_path / f"{name}.out")
         for name in ("discovery", "health", "alerts")

@@ -39,9 +39,9 @@ from services.health.settings import HealthWorkerSettings
 from tests.faults.history import (
     DAY,
     assert_nothing_about_the_past,
+    catch_up_env,
     reference,
     settle,
-    worker_env,
 )
 
 pytestmark = pytest.mark.faults
@@ -163,20 +163,38 @@ def _run(run_id: str, status: str, key: str, start: float, end: float | None) ->
     )
 
 
-@pytest.mark.parametrize("arrival", ["backlog", "paced"])
-def test_sixty_days_of_history_page_no_one_about_the_past(
-    tmp_path: Path, redis_url: str, bus_prefix: str, receiver: RecordingReceiver, arrival: str
-) -> None:
-    """`backlog`: all of it waits in Redis for stopped workers (read 100 entries at a time, evaluated every
-    0.2 s: a worker catching up sees the past in many steps). `paced`: the workers run and the history arrives
-    a day at a time, as the publishing sensor's pages bring an instance's past on a first install."""
+History = tuple[list[tuple[str, Event]], list[list[tuple[str, Event]]], set[tuple[str, str]]]
+
+
+@pytest.fixture(scope="module")
+def sixty_days(tmp_path_factory: pytest.TempPathFactory) -> History:
+    """(specs, events per day, the reference's open alerts): computed once, the same for both arrivals (the
+    last day ends two hours before; the reference's wall clock and the workers' differ by seconds)."""
     end = time.time() - 2 * 3600
     specs, days = history(end)
-    expected = reference(tmp_path / "reference", specs, days, since=end - DAYS * DAY)
+    home = tmp_path_factory.mktemp("catch_up") / "reference"
+    expected = reference(home, specs, days, since=end - DAYS * DAY)
     # The history's own problems at its end, and nothing of the resolved past.
     failing_assets = {a for a, _ in expected}
     assert {"shop/a40", "shop/a41", "shop/a42", "shop/a43", "shop/a44", "shop/a45"} <= failing_assets
     assert not failing_assets & {f"shop/a{i:02d}" for i in range(15)}
+    return specs, days, expected
+
+
+@pytest.mark.parametrize("arrival", ["backlog", "paced"])
+def test_sixty_days_of_history_page_no_one_about_the_past(
+    tmp_path: Path,
+    redis_url: str,
+    bus_prefix: str,
+    receiver: RecordingReceiver,
+    arrival: str,
+    sixty_days: History,
+) -> None:
+    """`backlog`: all of it waits in Redis for stopped workers (read 100 entries at a time, evaluated every
+    0.2 s: a worker catching up sees the past in many steps). `paced`: the workers run and the history arrives
+    a day at a time, as the publishing sensor's pages bring an instance's past on a first install."""
+    specs, days, expected = sixty_days
+    failing_assets = {a for a, _ in expected}
 
     home = tmp_path / "replay"
     home.mkdir()
@@ -192,7 +210,7 @@ def test_sixty_days_of_history_page_no_one_about_the_past(
         publish(specs)
         for events in days:
             publish(events)
-    env = worker_env(tmp_path, home, redis_url, bus_prefix, receiver)
+    env = catch_up_env(tmp_path, home, redis_url, bus_prefix, receiver)
     workers = [ServiceProcess.service(name, env, tmp_path / f"{name}.out") for name in ("health", "alerts")]
     try:
         for worker in workers:

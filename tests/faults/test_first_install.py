@@ -29,7 +29,6 @@ from dagster import (
     Definitions,
     asset,
     build_sensor_context,
-    instance_for_test,
 )
 
 from libs.common.events import ASSET_CHANGES, ASSETS, CATALOG, RUNS, Event, parse_event
@@ -39,7 +38,7 @@ from orchestrator.sensors import PublisherCursor, build_event_sensor
 from orchestrator.settings import OrchestratorSettings
 from orchestrator.testing import Step, record_run
 from services.alerts.testing import RecordingReceiver
-from tests.faults.history import DAY, assert_nothing_about_the_past, reference, settle, worker_env
+from tests.faults.history import DAY, assert_nothing_about_the_past, catch_up_env, reference, settle
 
 pytestmark = pytest.mark.faults
 DAYS = 30
@@ -144,8 +143,7 @@ def test_a_month_in_the_instance_on_first_install_pages_no_one_about_the_past(
     sensor = build_event_sensor(settings=cfg)
     home = tmp_path / "home"
     home.mkdir()
-    (tmp_path / "dagster").mkdir()
-    env = worker_env(
+    env = catch_up_env(
         tmp_path,
         home,
         redis_url,
@@ -154,8 +152,10 @@ def test_a_month_in_the_instance_on_first_install_pages_no_one_about_the_past(
         AMS_DAGSTER__CODE_LOCATION="shop",
         AMS_DISCOVERY__RESCAN_AT_START="false",
     )
-    # DAGSTER_HOME stays unset: the reference's in-process stores are placed by their settings alone.
-    with instance_for_test(temp_dir=str(tmp_path / "dagster"), set_dagster_home=False) as instance:
+    # Dagster's in-memory storage: its SQL run and event-log storage on one in-memory SQLite database (ids
+    # committed in order, as on SQLite files), without the file per run that made recording the month most
+    # of the test. DAGSTER_HOME stays unset: the reference's in-process stores are placed by their settings.
+    with DagsterInstance.ephemeral() as instance:
         rows = record_month(instance, end)
         workers = [
             ServiceProcess.service(name, env, tmp_path / f"{name}.out")

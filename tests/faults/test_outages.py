@@ -3,7 +3,6 @@ worker across Redis restarts with AOF (nothing lost) and without persistence (re
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from dagster import DagsterInstance, build_sensor_context, instance_for_test
+from dagster import DagsterInstance, build_sensor_context
 
 from asset_manager.commands.simulate import generate
 from asset_manager.settings import AppSettings
@@ -19,7 +18,7 @@ from libs.common.bus import Bus, connect
 from libs.common.events import ASSETS, RUNS, Event, parse_event
 from libs.common.redis_server import LocalRedis
 from libs.common.settings import load_settings
-from libs.common.testing import ServiceProcess, wait_for
+from libs.common.testing import ServiceProcess, wait_for, worker_env
 from orchestrator.sensors import PublishError, build_event_sensor
 from orchestrator.testing import record_finished_runs
 
@@ -32,7 +31,8 @@ def test_sensor_with_redis_down_for_several_ticks_loses_nothing(
 ) -> None:
     own = settings.model_copy(update={"redis": settings.redis.model_copy(update={"url": local_redis.url})})
     sensor = build_event_sensor(settings=own)
-    with instance_for_test(temp_dir=str(settings.dagster_home)) as instance:
+    # Dagster's in-memory storage: recording the 50 runs in SQLite files (one per run) was most of the test.
+    with DagsterInstance.ephemeral() as instance:
         record_finished_runs(instance, 10)
         cursor = _tick(sensor, instance, None)
         local_redis.stop()
@@ -59,15 +59,7 @@ def _tick(sensor: object, instance: DagsterInstance, cursor: str | None) -> str 
 
 
 def health_worker(redis_url: str, home: Path, log: Path) -> ServiceProcess:
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("AMS_")},
-        "DAGSTER_HOME": str(home),
-        "AMS_REDIS__URL": redis_url,
-        "AMS_BUS__PREFIX": "outage",
-        "AMS_BUS__BLOCK_MS": "200",
-        "AMS_LOGGING__FILE": str(log),
-        "AMS_LOGGING__FORMAT": "json",
-    }
+    env = worker_env(home, redis_url, "outage", AMS_LOGGING__FILE=str(log), AMS_LOGGING__FORMAT="json")
     return ServiceProcess.service("health", env, log.with_suffix(".out"))
 
 

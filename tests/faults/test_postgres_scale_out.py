@@ -19,7 +19,7 @@ from asset_manager.commands.simulate import generate
 from asset_manager.settings import AppSettings
 from libs.common.bus import Bus, connect
 from libs.common.events import ASSETS, RUNS, Event
-from libs.common.testing import ServiceProcess, wait_for
+from libs.common.testing import ServiceProcess, wait_for, worker_env
 
 pytestmark = pytest.mark.faults
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,17 +30,15 @@ REPLICAS = 3
 def test_three_health_workers_share_one_postgres_store(
     settings: AppSettings, postgres_url: str, tmp_path: Path
 ) -> None:
-    base = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("AMS_")},
-        "DAGSTER_HOME": str(tmp_path / "home"),
-        "AMS_REDIS__URL": settings.redis.url,
-        "AMS_BUS__PREFIX": settings.bus.prefix,
-        "AMS_BUS__BLOCK_MS": "200",
-        "AMS_BUS__BATCH_SIZE": "500",
-        "AMS_STORES__HEALTH_URL": postgres_url,
-        "AMS_LOGGING__FILE": "",
-        "AMS_LOGGING__LEVEL": "WARNING",
-    }
+    base = worker_env(
+        tmp_path / "home",
+        settings.redis.url,
+        settings.bus.prefix,
+        AMS_BUS__BATCH_SIZE="500",
+        AMS_STORES__HEALTH_URL=postgres_url,
+        AMS_LOGGING__FILE="",
+        AMS_LOGGING__LEVEL="WARNING",
+    )
     workers = [
         ServiceProcess.service(
             "health", {**base, "AMS_BUS__CONSUMER_NAME": f"health-{i}"}, tmp_path / f"health-{i}.out"

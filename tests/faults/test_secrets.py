@@ -6,7 +6,6 @@ delivery to a URL carrying credentials; then every byte it exposed is searched f
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from libs.common.bus import Bus, connect
 from libs.common.events import HEALTH, CheckResult, HealthChanged, HealthChangedData, new_event, utcnow
 from libs.common.redis_server import LocalRedis, free_port
 from libs.common.settings import load_settings
-from libs.common.testing import ServiceProcess
+from libs.common.testing import ServiceProcess, worker_env
 from services.alerts.testing import RecordingReceiver
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,23 +28,22 @@ def test_secrets_are_not_logged_or_exposed(tmp_path: Path) -> None:
     receiver = RecordingReceiver().start()
     log = tmp_path / "system.log"
     refused = f"http://user:{URL_PASSWORD}@127.0.0.1:{free_port()}/hook"  # nothing listens: delivery fails
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("AMS_")},
-        "DAGSTER_HOME": str(tmp_path / "home"),
-        "AMS_REDIS__URL": server.url,
-        "AMS_REDIS__PASSWORD": REDIS_PASSWORD,
-        "AMS_BUS__PREFIX": "secrets",
-        "AMS_LOGGING__FILE": str(log),
-        "AMS_LOGGING__LEVEL": "DEBUG",
-        "AMS_ALERTS__RECEIVERS": json.dumps(
+    env = worker_env(
+        tmp_path / "home",
+        server.url,
+        "secrets",
+        AMS_REDIS__PASSWORD=REDIS_PASSWORD,
+        AMS_LOGGING__FILE=str(log),
+        AMS_LOGGING__LEVEL="DEBUG",
+        AMS_ALERTS__RECEIVERS=json.dumps(
             [
                 {"name": "signed", "url": receiver.url, "secret_env": "SECRETS_WHSEC"},
                 {"name": "down", "url": refused},
             ]
         ),
-        "AMS_ALERTS__RETRY_BASE_S": "0.1",
-        "SECRETS_WHSEC": WEBHOOK_SECRET,
-    }
+        AMS_ALERTS__RETRY_BASE_S="0.1",
+        SECRETS_WHSEC=WEBHOOK_SECRET,
+    )
     worker = ServiceProcess.service("alerts", env, tmp_path / "alerts.out")
     try:
         settings = load_settings(

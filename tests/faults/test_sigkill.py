@@ -25,7 +25,7 @@ from libs.common.events import ASSETS, HEALTH, RUNS, Event
 from libs.common.redis_server import LocalRedis
 from libs.common.settings import load_settings
 from libs.common.store import stored_event_id
-from libs.common.testing import ServiceProcess, wait_for
+from libs.common.testing import ServiceProcess, wait_for, worker_env
 from services.alerts.testing import RecordingReceiver
 
 pytestmark = pytest.mark.faults
@@ -48,24 +48,20 @@ def rows(db: Path, sql: str) -> list[tuple[object, ...]]:
 def setup(tmp_path: Path) -> Iterator[tuple[LocalRedis, RecordingReceiver, dict[str, str]]]:
     server = LocalRedis(directory=tmp_path / "redis").start()
     receiver = RecordingReceiver().start()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("AMS_")},
-        "DAGSTER_HOME": str(tmp_path / "home"),
-        "AMS_REDIS__URL": server.url,
-        "AMS_BUS__PREFIX": "kill",
-        "AMS_BUS__BLOCK_MS": "200",
-        "AMS_BUS__CLAIM_IDLE_MS": "2000",
-        "AMS_BUS__CLAIM_INTERVAL_S": "1",
-        "AMS_LOGGING__FILE": str(tmp_path / "system.log"),
-        "AMS_ALERTS__RECEIVERS": json.dumps(
-            [{"name": "ops", "url": receiver.url, "secret_env": "KILL_WHSEC"}]
-        ),
-        "AMS_ALERTS__RETRY_BASE_S": "0.2",
-        "AMS_ALERTS__SENDER_CONCURRENCY": str(SENDER_CONCURRENCY),
-        "AMS_ALERTS__RETRY_MAX_DELAY_S": "1",
-        "AMS_ALERTS__FLAP_WINDOW_S": "0",
-        "KILL_WHSEC": SECRET,
-    }
+    env = worker_env(
+        tmp_path / "home",
+        server.url,
+        "kill",
+        AMS_BUS__CLAIM_IDLE_MS="2000",
+        AMS_BUS__CLAIM_INTERVAL_S="1",
+        AMS_LOGGING__FILE=str(tmp_path / "system.log"),
+        AMS_ALERTS__RECEIVERS=json.dumps([{"name": "ops", "url": receiver.url, "secret_env": "KILL_WHSEC"}]),
+        AMS_ALERTS__RETRY_BASE_S="0.2",
+        AMS_ALERTS__SENDER_CONCURRENCY=str(SENDER_CONCURRENCY),
+        AMS_ALERTS__RETRY_MAX_DELAY_S="1",
+        AMS_ALERTS__FLAP_WINDOW_S="0",
+        KILL_WHSEC=SECRET,
+    )
     yield server, receiver, env
     receiver.stop()
     server.stop()
