@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -67,7 +68,12 @@ class HealthService:
         self.report = report
         self.lock = threading.RLock()
         self.cache = HistoryCache(self.cfg.cache_mb * 1024 * 1024)
-        self._dirty: dict[str, None] = {}
+        # This run of the service, written with every evaluation (`store.load_reusable`); renewed whenever
+        # the histories may have changed behind the dirty set (retention, a failed transaction).
+        self.epoch = uuid.uuid4().hex
+        # Assets awaiting evaluation: True when facts about them were recorded since their last evaluation,
+        # False when they only await a confirmation on the wall clock (their history unchanged).
+        self._dirty: dict[str, bool] = {}
         self._dirty_since: float | None = None  # monotonic
         self._last_evaluation_s = 0.0
         self._last_handled = 0.0
@@ -92,6 +98,7 @@ class HealthService:
 
     def _forget(self) -> None:
         self.cache.clear()
+        self.epoch = uuid.uuid4().hex
         self._load_dirty()
 
     def _begin(self) -> None:
@@ -112,7 +119,7 @@ class HealthService:
         except Exception as exc:  # the store is unwell; the periodic evaluate_all covers these assets
             log.warning("dirty_assets_unreadable", error=str(exc))
             keys = []
-        self._dirty = dict.fromkeys(keys)
+        self._dirty = dict.fromkeys(keys, True)
         self._dirty_since = time.monotonic() if self._dirty else None
 
     def _entry(self, conn: Connection, key: str) -> Entry:
@@ -150,13 +157,13 @@ class HealthService:
                     new = Store.claim_new(conn, deliveries, lambda d: d.event.id)
                     facts = record.facts_of(d.event for d in new)
                     self._record(conn, facts, now)
-                    self._mark_dirty(conn, facts.touched, now)
+                    self._mark_dirty(conn, facts.touched, now, facts=True)
                     confirming = self._confirm_pending and not replay
                     events = [d.event for d in new]
                     automated = self._record_automation(conn, events)
                     automated += self._record_jobs(conn, events, now, replay, confirming)
                     if confirming:  # caught up: what was replayed is judged again on the wall clock
-                        self._mark_dirty(conn, db.replayed_asset_keys(conn), now)
+                        self._mark_dirty(conn, db.replayed_asset_keys(conn), now, facts=False)
                     # A full batch means a backlog: coalesce evaluations instead of evaluating after every
                     # batch; caught up, evaluate at once.
                     backlog = self._backlog = len(deliveries) >= self.settings.bus.batch_size
@@ -231,7 +238,7 @@ class HealthService:
             now = self.clock()
             try:
                 with self.store.write() as conn:
-                    self._mark_dirty(conn, db.replayed_asset_keys(conn), now)
+                    self._mark_dirty(conn, db.replayed_asset_keys(conn), now, facts=False)
                     jobs = db.replayed_automation_keys(conn, jobs=True)
                     decisions = self._evaluate_automation(conn, jobs, now, Trigger.EVENTS, False)
             except BaseException:
@@ -252,14 +259,16 @@ class HealthService:
         for entry in entries.values():
             self.cache.resize(entry)
 
-    def _mark_dirty(self, conn: Connection, keys: Sequence[str], now: float) -> None:
-        """Remember `keys` as awaiting evaluation, durably (a crash before evaluating loses nothing)."""
-        fresh = [k for k in keys if k not in self._dirty]
+    def _mark_dirty(self, conn: Connection, keys: Sequence[str], now: float, *, facts: bool) -> None:
+        """Remember `keys` as awaiting evaluation, durably (a crash before evaluating loses nothing); `facts`:
+        because facts about them were recorded (their stored results no longer hold, `load_reusable`)."""
+        dirty = self._dirty
+        fresh = [k for k in keys if k not in dirty or (facts and not dirty[k])]
         if not fresh:
             return
-        db.mark_dirty(conn, fresh, now)
+        db.mark_dirty(conn, fresh, now, facts=facts)
         for k in fresh:
-            self._dirty[k] = None
+            dirty[k] = facts or dirty.get(k, False)
         if self._dirty_since is None:
             self._dirty_since = time.monotonic()
 
@@ -359,7 +368,10 @@ class HealthService:
         if history.spec is None:
             return states
         for key in history.spec.upstream:
-            entry = self._entry(conn, key)
+            entry = self.cache.peek(key)
+            if entry is None:  # not its history, only what the dependency check reads of it
+                states[key] = db.load_upstream(conn, key)
+                continue
             up = entry.history
             st = self._state(conn, entry)
             last = up.last_materialization
@@ -410,6 +422,7 @@ class HealthService:
                     now,
                     next_change(history, self._resolve(entry), now),
                     last.at if last else None,
+                    self.epoch,
                 )
                 decisions.append(decision)
                 if decision.changed and pass_keys is queue and history.spec is not None:
@@ -437,6 +450,13 @@ class HealthService:
         history = entry.history
         resolved = self._resolve(entry)
         memo = entry.memo
+        if memo is None:
+            # Not evaluated since its history was read: the results stored by this run's last evaluation
+            # still hold for the history-only checks if no fact came since (a cold pass over every asset
+            # then reads them instead of fitting the anomaly models again).
+            stored = db.load_reusable(conn, history.key, self.epoch, HISTORY_ONLY)
+            if stored:
+                memo = Memo(history.version, resolved, stored)
         reuse: dict[str, CheckResult] = {}
         if memo is not None and memo.version == history.version and memo.resolved is resolved:
             running = any(e.status == "STARTED" for e in history.executions[-20:])
