@@ -38,8 +38,10 @@ from services.health.thresholds import Resolved, resolve
 
 log = get_logger(__name__)
 _GAUGE_INTERVAL_S = 1.0
-# Assets per transaction of the periodic full evaluation (~1 ms each at worst: about 0.1 s of lock).
+# Assets per transaction of the periodic full evaluation, at most; fewer when they take longer than
+# `CHUNK_TARGET_S` (a cold history costs 1 to 3 ms, and the consume loop waits for the lock meanwhile).
 EVALUATE_ALL_CHUNK = 100
+CHUNK_TARGET_S = 0.05
 # Pause between two chunks, so that a thread waiting for the lock gets it.
 _YIELD_S = 0.002
 # Assets a batch evaluates in its own transaction; more (a deferred backlog) go in chunks after it.
@@ -48,6 +50,14 @@ _EVALUATE_IN_BATCH = 1000
 Report = Callable[[str, Sequence[CheckResult]], None]
 # The events that carry history (runs, materializations): their times tell a replay from live events.
 _FACT_TYPES = ("run.", "asset.materialized", "asset.materialization_failed")
+
+
+def chunk_size(size: int, elapsed_s: float) -> int:
+    """The assets of the next chunk of a pass, given that the last one evaluated `size` assets in
+    `elapsed_s`: as many as take about `CHUNK_TARGET_S`, from 5 to `EVALUATE_ALL_CHUNK`."""
+    if size <= 0 or elapsed_s <= 0:
+        return EVALUATE_ALL_CHUNK
+    return max(5, min(EVALUATE_ALL_CHUNK, int(CHUNK_TARGET_S * size / elapsed_s)))
 
 
 class HealthService:
@@ -82,6 +92,7 @@ class HealthService:
         self._gauges_stale = False
         self._gauges_refreshed = 0.0
         self._passes = 0  # periodic passes since start: the first evaluates every asset
+        self._chunk = 20  # assets in the next chunk of a pass (`chunk_size` after the first)
         # Catch-up: the time of the history being replayed (None when live), and whether replayed assets may
         # still await their evaluation on the wall clock (unknown after a start, so True).
         self._replay_as_of: float | None = None
@@ -329,12 +340,16 @@ class HealthService:
         return evaluated
 
     def _in_chunks(self, keys: Sequence[str], trigger: Trigger) -> tuple[int, int]:
-        """Evaluate `keys` `EVALUATE_ALL_CHUNK` per transaction; the lock is taken for each chunk (it is
-        reentrant: a caller holding it keeps it). Returns (evaluations, transitions)."""
+        """Evaluate `keys` in chunks of about `CHUNK_TARGET_S` each (`chunk_size`), one transaction each;
+        the lock is taken for each chunk (it is reentrant: a caller holding it keeps it). Returns
+        (evaluations, transitions)."""
         evaluated = changed = 0
-        for start in range(0, len(keys), EVALUATE_ALL_CHUNK):
-            chunk = keys[start : start + EVALUATE_ALL_CHUNK]
+        start = 0
+        while start < len(keys):
+            chunk = keys[start : start + min(self._chunk, EVALUATE_ALL_CHUNK)]
+            start += len(chunk)
             with self.lock:
+                began = time.perf_counter()
                 if trigger is Trigger.EVENTS:  # those a batch evaluated meanwhile are done
                     chunk = [k for k in chunk if k in self._dirty]
                 replay = self._replay_as_of is not None
@@ -352,10 +367,11 @@ class HealthService:
                 except BaseException:
                     self._forget()
                     raise
+                self._chunk = chunk_size(len(chunk), time.perf_counter() - began)
             self._after_commit(decisions)
             evaluated += len(decisions)
             changed += sum(d.changed for d in decisions)
-            if start + EVALUATE_ALL_CHUNK < len(keys):
+            if start < len(keys):
                 # Python's locks are not fair: re-taken at once, this one would starve the consume loop
                 # waiting for it (measured: a probe 87 s behind a catch-up of 50,000 assets).
                 time.sleep(_YIELD_S)
@@ -400,7 +416,7 @@ class HealthService:
         done: set[str] = set()
         queue = list(dict.fromkeys(keys))
         for key in list(queue):
-            if trigger is Trigger.EVENTS or key in self._dirty:  # new facts: their downstream judge them
+            if trigger is Trigger.EVENTS or self._dirty.get(key):  # new facts: their downstream judge them
                 spec = self._entry(conn, key).history.spec
                 if spec is not None:
                     queue.extend(spec.downstream)
@@ -514,7 +530,7 @@ class HealthService:
         and running-time limits, `evaluators.next_change`), every asset on the first pass after a start
         (thresholds may have changed); returns how many transitions were staged.
 
-        Assets are evaluated `EVALUATE_ALL_CHUNK` at a time, one transaction each, releasing the lock in
+        Assets are evaluated in chunks (`chunk_size`), one transaction each, releasing the lock in
         between: with thousands of assets a single pass takes seconds, and the consume loop must not wait
         that long for the lock (a failing materialization would wait with it)."""
         started = time.monotonic()

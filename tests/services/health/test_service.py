@@ -512,3 +512,13 @@ def test_assets_a_failed_run_only_skipped_are_blocked_by_the_upstream_that_faile
         )
     )
     assert {k: h.status for k, h in health().items()} == dict.fromkeys(keys, "HEALTHY")
+
+
+def test_a_chunk_of_the_pass_is_sized_to_hold_the_lock_briefly() -> None:
+    from services.health.service import CHUNK_TARGET_S, EVALUATE_ALL_CHUNK, chunk_size
+
+    # 100 assets in twice the target: half as many next time; in a tenth of it: at most the maximum
+    assert chunk_size(100, 2 * CHUNK_TARGET_S) == 50
+    assert chunk_size(10, CHUNK_TARGET_S / 10) == EVALUATE_ALL_CHUNK
+    assert chunk_size(10, 100 * CHUNK_TARGET_S) == 5  # never fewer than five
+    assert chunk_size(0, 0.0) == EVALUATE_ALL_CHUNK
