@@ -31,7 +31,16 @@ from services.health import automation, metrics, record
 from services.health import store as db
 from services.health.cache import Entry, HistoryCache, Memo
 from services.health.decide import Decision, HealthState, Subject, Trigger, decide
-from services.health.evaluators import HISTORY_ONLY, blocking_run, evaluate, next_change, upstream_among
+from services.health.evaluators import (
+    HISTORY_ONLY,
+    TAIL_MATERIALIZATIONS,
+    blocking_run,
+    evaluate,
+    next_change,
+    running,
+    tail_suffices,
+    upstream_among,
+)
 from services.health.model import AssetHistory, UpstreamState
 from services.health.settings import HealthWorkerSettings
 from services.health.thresholds import Resolved, resolve
@@ -135,6 +144,31 @@ class HealthService:
 
     def _entry(self, conn: Connection, key: str) -> Entry:
         return self.cache.entry(key, lambda k: db.load_history(conn, k, self.cfg.history_limit))
+
+    def _entry_to_evaluate(self, conn: Connection, key: str) -> Entry:
+        """The entry an evaluation of `key` reads, its memo filled from the store when the cache had none.
+
+        Not cached, and the results of its history-only checks stored by this run still valid (no fact
+        since, `store.load_reusable`): when they are all there and nothing else reads more than the newest
+        materializations (`evaluators.tail_suffices`), an entry over that tail of the history, for this
+        evaluation only (a periodic pass over 50,000 assets then reads a few rows of each instead of
+        fitting the anomaly models of whole histories again). Otherwise the whole history, cached."""
+        entry = self.cache.peek(key)
+        stored: dict[str, CheckResult] = {}
+        if entry is None or entry.memo is None:
+            stored = db.load_reusable(conn, key, self.epoch, HISTORY_ONLY)
+        if entry is None and len(stored) == len(HISTORY_ONLY):
+            history = db.load_history(
+                conn, key, self.cfg.history_limit, materializations=TAIL_MATERIALIZATIONS
+            )
+            if tail_suffices(history):
+                entry = Entry(history)
+                entry.memo = Memo(history.version, self._resolve(entry), stored)
+                return entry
+        entry = self._entry(conn, key)
+        if entry.memo is None and stored:
+            entry.memo = Memo(entry.history.version, self._resolve(entry), stored)
+        return entry
 
     def _state(self, conn: Connection, entry: Entry) -> HealthState:
         if entry.state is None:
@@ -426,7 +460,7 @@ class HealthService:
                 if key in done:
                     continue
                 done.add(key)
-                entry = self._entry(conn, key)
+                entry = self._entry_to_evaluate(conn, key)
                 history = entry.history
                 if history.spec is None and not history.has_data and not self._state(conn, entry).stored:
                     continue  # named as someone's downstream, but nothing known about it yet
@@ -466,17 +500,10 @@ class HealthService:
         history = entry.history
         resolved = self._resolve(entry)
         memo = entry.memo
-        if memo is None:
-            # Not evaluated since its history was read: the results stored by this run's last evaluation
-            # still hold for the history-only checks if no fact came since (a cold pass over every asset
-            # then reads them instead of fitting the anomaly models again).
-            stored = db.load_reusable(conn, history.key, self.epoch, HISTORY_ONLY)
-            if stored:
-                memo = Memo(history.version, resolved, stored)
         reuse: dict[str, CheckResult] = {}
         if memo is not None and memo.version == history.version and memo.resolved is resolved:
-            running = any(e.status == "STARTED" for e in history.executions[-20:])
-            reuse = {c: r for c, r in memo.results.items() if not (c == CheckName.DURATION and running)}
+            busy = running(history)
+            reuse = {c: r for c, r in memo.results.items() if not (c == CheckName.DURATION and busy)}
         lineage = self._lineage(conn, history)
         if lineage is not None:  # its execution status also depends on other assets' specs
             reuse.pop(CheckName.EXECUTION, None)

@@ -226,8 +226,11 @@ def _failed_assets(raw: str | None) -> tuple[str, ...] | None:
 # -- the service's reads ---------------------------------------------------------------------------------
 
 
-def load_history(conn: Connection, key: str, limit: int) -> AssetHistory:
-    """The asset's spec copy and its newest `limit` materializations, executions and failures."""
+def load_history(
+    conn: Connection, key: str, limit: int, *, materializations: int | None = None
+) -> AssetHistory:
+    """The asset's spec copy and its newest `limit` materializations (or `materializations` of them),
+    executions and failures."""
     history = AssetHistory(key=key)
     row = conn.execute(
         "SELECT spec, version, retired_at, registered_at FROM asset_specs WHERE asset_key = ?", (key,)
@@ -240,7 +243,7 @@ def load_history(conn: Connection, key: str, limit: int) -> AssetHistory:
     rows = conn.execute(
         "SELECT occurred_at, run_id, row_count, duration_s, column_schema, partition, storage_id "
         "FROM materializations WHERE asset_key = ? ORDER BY occurred_at DESC, id DESC LIMIT ?",
-        (key, limit),
+        (key, limit if materializations is None else materializations),
     ).fetchall()
     rows.reverse()
     history.materializations = [

@@ -131,8 +131,9 @@ def test_stored_results_are_reusable_in_the_run_that_wrote_them_until_a_fact_arr
 
 
 def scenario(home: Path, ev: Any, variant: str) -> list[Any]:
-    """Five assets in a chain, twelve days of history, then a volume drop, a run in progress and a failure,
-    with periodic passes in between; the events published and the results stored."""
+    """Five assets in a chain, forty days of history (more than an evaluation reusing the history-only
+    results reads), then a volume drop, a run in progress, a failure and a run it blocked, with periodic
+    passes in between; the events published and the results stored."""
     settings = load_settings(HealthWorkerSettings, dagster_home=str(home), stores={"data_dir": str(home)})
     s = db.open_store(settings)
     clock = Clock(T0)
@@ -154,7 +155,7 @@ def scenario(home: Path, ev: Any, variant: str) -> list[Any]:
 
     keys = [f"k{i}" for i in range(5)]
     handle(*[ev.spec(k, upstream=keys[:i][-1:], downstream=keys[i + 1 : i + 2]) for i, k in enumerate(keys)])
-    for day in range(12):
+    for day in range(40):
         clock.t = T0 + day * DAY + 600
         handle(
             *[
@@ -162,15 +163,15 @@ def scenario(home: Path, ev: Any, variant: str) -> list[Any]:
                 for i, k in enumerate(keys)
             ]
         )
-    for t in (12.1, 12.6, 13.5):
+    for t in (40.1, 40.6, 41.5):
         evaluate_all(T0 + t * DAY)
-    clock.t = T0 + 14 * DAY
+    clock.t = T0 + 42 * DAY
     handle(
-        ev.mat("k2", T0 + 14 * DAY, run_id="drop", rows=3, duration_s=60.0),
-        ev.run("long", "STARTED", ["k3"], start=T0 + 14 * DAY - 60),
-        ev.run("bad", "FAILURE", ["k0"], start=T0 + 14 * DAY - 30, end=T0 + 14 * DAY, error="x"),
+        ev.mat("k2", T0 + 42 * DAY, run_id="drop", rows=3, duration_s=60.0),
+        ev.run("long", "STARTED", ["k3"], start=T0 + 42 * DAY - 60),
+        ev.run("bad", "FAILURE", ["k0", "k1"], start=T0 + 42 * DAY - 30, end=T0 + 42 * DAY, failed=["k0"]),
     )
-    for t in (14.2, 15.0, 17.0):
+    for t in (42.2, 43.0, 45.0):
         evaluate_all(T0 + t * DAY)
     conn = s.connection()
     staged = [parse_event(r[0]) for r in conn.execute("SELECT payload FROM event_outbox ORDER BY seq")]
@@ -199,4 +200,5 @@ def test_a_cold_cache_reusing_stored_results_decides_as_a_warm_one_and_as_one_re
     events, rows = seen["warm"]
     outcomes = {(r[0], r[1]): r[2] for r in rows}
     assert outcomes[("k2", CheckName.VOLUME)] != "passed" and outcomes[("k0", CheckName.EXECUTION)] == "error"
+    assert outcomes[("k1", CheckName.EXECUTION)] == "warn"  # blocked by k0
     assert len(events) > 5
