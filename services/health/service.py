@@ -15,19 +15,23 @@ of every transaction instead, since other replicas write between them.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
+from libs.common import events as events_code
 from libs.common import outbox
+from libs.common import text as text_code
 from libs.common.bus import Delivery
 from libs.common.events import HEALTH, CheckName, CheckResult, Event, HealthStatus, PublisherHeartbeatData
 from libs.common.log import get_logger
 from libs.common.sql import Connection
 from libs.common.store import Store
-from services.health import automation, metrics, record
+from services.health import anomaly, automation, evaluators, metrics, model, record, thresholds
+from services.health import settings as settings_code
 from services.health import store as db
 from services.health.cache import Entry, HistoryCache, Memo
 from services.health.decide import Decision, HealthState, Subject, Trigger, decide
@@ -42,7 +46,7 @@ from services.health.evaluators import (
     upstream_among,
 )
 from services.health.model import AssetHistory, UpstreamState
-from services.health.settings import HealthWorkerSettings
+from services.health.settings import HealthSettings, HealthWorkerSettings
 from services.health.thresholds import Resolved, resolve
 
 log = get_logger(__name__)
@@ -59,6 +63,22 @@ _EVALUATE_IN_BATCH = 1000
 Report = Callable[[str, Sequence[CheckResult]], None]
 # The events that carry history (runs, materializations): their times tell a replay from live events.
 _FACT_TYPES = ("run.", "asset.materialized", "asset.materialization_failed")
+
+
+# The code that decides the results of the history-only checks: a change to any of these (an upgrade)
+# makes every stored result stale.
+_EVALUATION_CODE = (evaluators, anomaly, thresholds, model, settings_code, text_code, events_code)
+
+
+def results_epoch(cfg: HealthSettings) -> str:
+    """What stored check results are computed with: the evaluation code and the health settings (defaults,
+    groups). The history-only results stored under the same epoch, of an asset without new facts, are
+    read back instead of recomputed (`store.load_reusable`), across restarts too; under any other (new
+    thresholds, an upgrade) they are recomputed."""
+    digest = hashlib.sha256(cfg.model_dump_json().encode())
+    for module in _EVALUATION_CODE:
+        digest.update(Path(str(module.__file__)).read_bytes())
+    return digest.hexdigest()[:32]
 
 
 def chunk_size(size: int, elapsed_s: float) -> int:
@@ -87,9 +107,8 @@ class HealthService:
         self.report = report
         self.lock = threading.RLock()
         self.cache = HistoryCache(self.cfg.cache_mb * 1024 * 1024)
-        # This run of the service, written with every evaluation (`store.load_reusable`); renewed whenever
-        # the histories may have changed behind the dirty set (retention, a failed transaction).
-        self.epoch = uuid.uuid4().hex
+        # Written with every evaluation: the stored results of another epoch are never reused.
+        self.epoch = results_epoch(self.cfg)
         # Assets awaiting evaluation: True when facts about them were recorded since their last evaluation,
         # False when they only await a confirmation on the wall clock (their history unchanged).
         self._dirty: dict[str, bool] = {}
@@ -118,7 +137,6 @@ class HealthService:
 
     def _forget(self) -> None:
         self.cache.clear()
-        self.epoch = uuid.uuid4().hex
         self._load_dirty()
 
     def _begin(self) -> None:

@@ -171,10 +171,11 @@ MIGRATIONS = [
         CREATE INDEX automation_objects_due ON automation_objects (due_at);
         """,
     ),
-    # results_epoch: the service run (`HealthService.epoch`) whose evaluation wrote the asset's check results.
-    # Within that run, an asset not awaiting evaluation has the history its stored results were computed
-    # from, so the checks that depend on the history alone are read back (`load_reusable`) instead of
-    # recomputed when its history is not in the cache (the periodic pass over 50,000 assets).
+    # results_epoch: what the asset's stored check results were computed with (`service.results_epoch`: the
+    # evaluation code and the health settings). While it holds and no fact about the asset has been recorded
+    # since (retention clears it), the checks that depend on the history alone are read back
+    # (`load_reusable`) instead of recomputed when its history is not in the cache (a periodic pass over
+    # 50,000 assets, the first one after a start included).
     # dirty_assets.facts: 1 when facts about the asset were recorded since its last evaluation, 0 when it only
     # awaits a confirmation on the wall clock after a catch-up (its history, and so those results, unchanged).
     Migration(
@@ -317,8 +318,8 @@ def load_upstream(conn: Connection, key: str) -> UpstreamState:
 
 
 def load_reusable(conn: Connection, key: str, epoch: str, checks: Iterable[str]) -> dict[str, CheckResult]:
-    """The stored results of `checks` of the asset, if its last evaluation was made in service run `epoch`
-    and no fact about it has been recorded since; else nothing."""
+    """The stored results of `checks` of the asset, if its last evaluation was made under `epoch` (the same
+    evaluation code and settings) and no fact about it has been recorded since; else nothing."""
     wanted = list(checks)
     marks = ", ".join("?" for _ in wanted)
     rows = conn.execute(
@@ -453,7 +454,7 @@ def write_decision(
     epoch: str | None = None,
 ) -> None:
     """A decision's check results and health row (with `due_at`, when the clock may next change it, and the
-    service run `epoch` that made it), and the transition it published."""
+    `epoch` of the code and settings that made it), and the transition it published."""
     conn.executemany(
         "INSERT INTO check_results (asset_key, check_name, outcome, reason, check_values, evaluated_at) "
         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (asset_key, check_name) DO UPDATE SET outcome = "
@@ -536,6 +537,14 @@ def prune(store: Store, retention_days: int, *, now: float) -> dict[str, int]:
     cutoff = now - retention_days * 86400.0
     deleted: dict[str, int] = {}
     with store.write() as tx:
+        # The stored results of the assets whose history this shortens no longer hold (`load_reusable`).
+        tx.execute(
+            "UPDATE asset_health SET results_epoch = NULL WHERE results_epoch IS NOT NULL AND asset_key IN ("
+            "SELECT asset_key FROM materializations WHERE occurred_at < ? "
+            "UNION SELECT asset_key FROM executions WHERE COALESCE(ended_at, started_at, updated_at) < ? "
+            "UNION SELECT asset_key FROM materialization_failures WHERE occurred_at < ?)",
+            (cutoff, cutoff, cutoff),
+        )
         deleted["materializations"] = tx.execute(
             "DELETE FROM materializations WHERE occurred_at < ? AND id NOT IN "
             "(SELECT MAX(id) FROM materializations GROUP BY asset_key)",

@@ -202,3 +202,37 @@ def test_a_cold_cache_reusing_stored_results_decides_as_a_warm_one_and_as_one_re
     assert outcomes[("k2", CheckName.VOLUME)] != "passed" and outcomes[("k0", CheckName.EXECUTION)] == "error"
     assert outcomes[("k1", CheckName.EXECUTION)] == "warn"  # blocked by k0
     assert len(events) > 5
+
+
+def test_stored_results_outlive_a_restart_with_the_same_code_and_settings_only(
+    store: Store, hsettings: HealthWorkerSettings, tmp_path: Path
+) -> None:
+    restarted = HealthService(store, hsettings, clock=Clock(T0))
+    assert restarted.epoch == HealthService(store, hsettings, clock=Clock(T0)).epoch
+    stricter = load_settings(
+        HealthWorkerSettings,
+        dagster_home=str(tmp_path),
+        stores={"data_dir": str(tmp_path)},
+        health={"defaults": {"volume_sensitivity": 2.5}},
+    )
+    assert HealthService(store, stricter, clock=Clock(T0)).epoch != restarted.epoch
+
+
+def test_retention_makes_the_stored_results_of_the_assets_it_shortens_stale(
+    store: Store, hsettings: HealthWorkerSettings, ev: Any
+) -> None:
+    clock = Clock(T0 + 10 * DAY)
+    service = HealthService(store, hsettings, clock=clock)
+    service.handle(deliveries(ev.spec("old"), ev.spec("new")))
+    service.handle(
+        deliveries(
+            *[ev.mat("old", T0 + d * DAY, run_id=f"o{d}", rows=100 + d) for d in range(10)],
+            *[ev.mat("new", T0 + 9 * DAY + h * 3600, run_id=f"n{h}", rows=100 + h) for h in range(10)],
+        )
+    )
+    conn = store.connection()
+    assert db.load_reusable(conn, "old", service.epoch, HISTORY_ONLY)
+    clock.t = T0 + (hsettings.health.retention_days + 5) * DAY
+    assert service.retention()["materializations"] > 0
+    assert db.load_reusable(conn, "old", service.epoch, HISTORY_ONLY) == {}
+    assert db.load_reusable(conn, "new", service.epoch, HISTORY_ONLY)
