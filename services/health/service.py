@@ -24,6 +24,7 @@ from typing import Any
 
 from libs.common import events as events_code
 from libs.common import outbox
+from libs.common import settings as common_settings_code
 from libs.common import text as text_code
 from libs.common.bus import Delivery
 from libs.common.events import HEALTH, CheckName, CheckResult, Event, HealthStatus, PublisherHeartbeatData
@@ -67,7 +68,16 @@ _FACT_TYPES = ("run.", "asset.materialized", "asset.materialization_failed")
 
 # The code that decides the results of the history-only checks: a change to any of these (an upgrade)
 # makes every stored result stale.
-_EVALUATION_CODE = (evaluators, anomaly, thresholds, model, settings_code, text_code, events_code)
+_EVALUATION_CODE = (
+    evaluators,
+    anomaly,
+    thresholds,
+    model,
+    settings_code,
+    text_code,
+    events_code,
+    common_settings_code,
+)
 
 
 def results_epoch(cfg: HealthSettings) -> str:
