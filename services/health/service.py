@@ -394,18 +394,23 @@ class HealthService:
             if not self._dirty or not (not self._backlog or self._due()):
                 return 0
             keys = list(self._dirty)
+            backlog = self._backlog
         # In chunks, the lock taken for each: batches are handled in between.
         started = time.monotonic()
-        evaluated, _ = self._in_chunks(keys, Trigger.EVENTS)
-        self._last_evaluation_s = time.monotonic() - started
+        evaluated, _, longest = self._in_chunks(keys, Trigger.EVENTS)
+        # Under a backlog the whole evaluation counts (`_due`: evaluation at most a tenth of the worker's
+        # time). Caught up (the thousands judged again after a catch-up), only a chunk: a worker that
+        # falls behind meanwhile must not defer a new failure by nine times the whole of it.
+        self._last_evaluation_s = time.monotonic() - started if backlog else longest
         self._release_memory()
         return evaluated
 
-    def _in_chunks(self, keys: Sequence[str], trigger: Trigger) -> tuple[int, int]:
+    def _in_chunks(self, keys: Sequence[str], trigger: Trigger) -> tuple[int, int, float]:
         """Evaluate `keys` in chunks of about `CHUNK_TARGET_S` each (`chunk_size`), one transaction each;
         the lock is taken for each chunk (it is reentrant: a caller holding it keeps it). Returns
-        (evaluations, transitions)."""
+        (evaluations, transitions, the longest chunk's seconds)."""
         evaluated = changed = 0
+        longest = 0.0
         start = 0
         while start < len(keys):
             chunk = keys[start : start + min(self._chunk, EVALUATE_ALL_CHUNK)]
@@ -429,7 +434,9 @@ class HealthService:
                 except BaseException:
                     self._forget()
                     raise
-                self._chunk = chunk_size(len(chunk), time.perf_counter() - began)
+                took = time.perf_counter() - began
+                longest = max(longest, took)
+                self._chunk = chunk_size(len(chunk), took)
             self._after_commit(decisions)
             evaluated += len(decisions)
             changed += sum(d.changed for d in decisions)
@@ -437,7 +444,7 @@ class HealthService:
                 # Python's locks are not fair: re-taken at once, this one would starve the consume loop
                 # waiting for it (measured: a probe 87 s behind a catch-up of 50,000 assets).
                 time.sleep(_YIELD_S)
-        return evaluated, changed
+        return evaluated, changed, longest
 
     # -- evaluation --------------------------------------------------------------------------------------
 
@@ -595,7 +602,7 @@ class HealthService:
             conn = self.store.connection()
             keys = db.all_asset_keys(conn) if self._passes == 0 else db.due_asset_keys(conn, self.clock())
             self._passes += 1
-        _, changed = self._in_chunks(keys, Trigger.CLOCK)
+        _, changed, _ = self._in_chunks(keys, Trigger.CLOCK)
         self._release_memory()
         metrics.FULL_EVALUATION_SECONDS.observe(time.monotonic() - started)
         metrics.CACHE_BYTES.set(self.cache.used)
