@@ -405,9 +405,12 @@ class HealthService:
         self._release_memory()
         return evaluated
 
-    def _in_chunks(self, keys: Sequence[str], trigger: Trigger) -> tuple[int, int, float]:
+    def _in_chunks(
+        self, keys: Sequence[str], trigger: Trigger, keep: Callable[[str], bool] | None = None
+    ) -> tuple[int, int, float]:
         """Evaluate `keys` in chunks of about `CHUNK_TARGET_S` each (`chunk_size`), one transaction each;
-        the lock is taken for each chunk (it is reentrant: a caller holding it keeps it). Returns
+        the lock is taken for each chunk (it is reentrant: a caller holding it keeps it); of a clock pass,
+        only those `keep` still wants then. Returns
         (evaluations, transitions, the longest chunk's seconds)."""
         evaluated = changed = 0
         longest = 0.0
@@ -419,6 +422,10 @@ class HealthService:
                 began = time.perf_counter()
                 if trigger is Trigger.EVENTS:  # those a batch evaluated meanwhile are done
                     chunk = [k for k in chunk if k in self._dirty]
+                elif keep is not None:
+                    chunk = [k for k in chunk if keep(k)]
+                if not chunk:
+                    continue
                 replay = self._replay_as_of is not None
                 now = self._replay_as_of if self._replay_as_of is not None else self.clock()
                 try:
@@ -485,7 +492,9 @@ class HealthService:
         done: set[str] = set()
         queue = list(dict.fromkeys(keys))
         for key in list(queue):
-            if trigger is Trigger.EVENTS or self._dirty.get(key):  # new facts: their downstream judge them
+            # New facts: their downstream judge them (not an asset judged again only to confirm it after a
+            # catch-up: its history is unchanged, and a change of its health queues them below).
+            if self._dirty.get(key, trigger is Trigger.EVENTS):
                 spec = self._entry(conn, key).history.spec
                 if spec is not None:
                     queue.extend(spec.downstream)
@@ -599,14 +608,24 @@ class HealthService:
         with self.lock:
             if self._replay_as_of is not None:
                 return 0  # history is being replayed: the wall clock would judge a past not yet read
-            conn = self.store.connection()
-            keys = db.all_asset_keys(conn) if self._passes == 0 else db.due_asset_keys(conn, self.clock())
+            keys, keep = self._pass_keys()
             self._passes += 1
-        _, changed, _ = self._in_chunks(keys, Trigger.CLOCK)
+        _, changed, _ = self._in_chunks(keys, Trigger.CLOCK, keep)
         self._release_memory()
         metrics.FULL_EVALUATION_SECONDS.observe(time.monotonic() - started)
         metrics.CACHE_BYTES.set(self.cache.used)
         return changed
+
+    def _pass_keys(self) -> tuple[list[str], Callable[[str], bool] | None]:
+        """The assets of a periodic pass (every one on the first), and which of them to evaluate still when
+        their chunk comes: one that was only awaiting evaluation and has been evaluated meanwhile (by a
+        batch, or evaluate_pending after a catch-up) is not evaluated twice. Caller holds the lock."""
+        conn = self.store.connection()
+        if self._passes == 0:
+            return db.all_asset_keys(conn), None
+        now = self.clock()
+        clock = db.due_by_clock(conn, now)
+        return db.due_asset_keys(conn, now), lambda key: key in clock or key in self._dirty
 
     # -- automation objects (automation.py): sensors, schedules, daemons, publishers, op jobs ---------------
     # Kept apart from the asset path: no cache (a few hundred objects, read per batch), no lineage, nothing

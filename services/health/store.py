@@ -363,6 +363,19 @@ def due_asset_keys(conn: Connection, now: float) -> list[str]:
     ]
 
 
+def due_by_clock(conn: Connection, now: float) -> set[str]:
+    """Of `due_asset_keys`, those due by the clock or never evaluated (not merely awaiting evaluation)."""
+    return {
+        r[0]
+        for r in conn.execute(
+            "SELECT asset_key FROM asset_health WHERE due_at <= ? "
+            "UNION SELECT s.asset_key FROM asset_specs s WHERE NOT EXISTS "
+            "(SELECT 1 FROM asset_health h WHERE h.asset_key = s.asset_key)",
+            (now,),
+        )
+    }
+
+
 # -- the service's writes --------------------------------------------------------------------------------
 
 

@@ -522,3 +522,40 @@ def test_a_chunk_of_the_pass_is_sized_to_hold_the_lock_briefly() -> None:
     assert chunk_size(10, CHUNK_TARGET_S / 10) == EVALUATE_ALL_CHUNK
     assert chunk_size(10, 100 * CHUNK_TARGET_S) == 5  # never fewer than five
     assert chunk_size(0, 0.0) == EVALUATE_ALL_CHUNK
+
+
+def test_the_pass_skips_an_asset_only_awaiting_evaluation_once_evaluated_meanwhile(
+    store: Store, hsettings: HealthWorkerSettings, ev: Any
+) -> None:
+    """Keys due by the clock are evaluated; keys picked only because they awaited evaluation are skipped
+    when something evaluated them after the pass read its keys (they would be judged twice)."""
+    from services.health.decide import Trigger
+
+    clock = Clock(T0)
+    engine = engine_for(store, hsettings, clock)
+    keys = [f"k{i}" for i in range(4)]
+    engine.handle(deliveries(*[ev.mat(k, T0 - (7 - i) * DAY, rows=100) for k in keys for i in range(8)]))
+    engine.evaluate_all()  # the first pass: every asset
+    conn = store.connection()
+
+    def evaluated() -> dict[str, float]:
+        return {r[0]: r[1] for r in conn.execute("SELECT asset_key, evaluated_at FROM asset_health")}
+
+    for meanwhile in (False, True):
+        with store.write() as tx:
+            engine._mark_dirty(tx, ["k0", "k1"], clock.t, facts=False)  # to be judged again (a catch-up)
+        picked, keep = engine._pass_keys()
+        assert picked == ["k0", "k1"]
+        clock.t += 60
+        if meanwhile:
+            engine._evaluate_pending_now()  # evaluate_pending's chunk came first
+        before = evaluated()
+        clock.t += 60
+        engine._in_chunks(picked, Trigger.CLOCK, keep)
+        after = evaluated()
+        assert (after == before) is meanwhile
+        assert meanwhile or {k for k in keys if after[k] != before[k]} == {"k0", "k1"}
+    clock.t = T0 + 2 * DAY  # now every asset is late: due by the clock, evaluated
+    picked, keep = engine._pass_keys()
+    engine._in_chunks(picked, Trigger.CLOCK, keep)
+    assert set(evaluated().values()) == {T0 + 2 * DAY}
