@@ -377,9 +377,12 @@ class HealthService:
         return decisions
 
     def _evaluate_pending_now(self) -> int:
-        """Every asset awaiting evaluation, `EVALUATE_ALL_CHUNK` per transaction (caller holds the lock)."""
+        """Every asset awaiting evaluation for new facts, in chunks, on the consume loop (caller, `handle`
+        under a backlog, holds the lock). Those awaiting only their confirmation after a catch-up (tens of
+        thousands at once) are left to the `evaluate_pending` job, whose chunks let batches through:
+        judged here, a probe failing meanwhile waited 64 s behind 50,000 of them."""
         started = time.monotonic()
-        evaluated = self._in_chunks(list(self._dirty), Trigger.EVENTS)
+        evaluated = self._in_chunks([k for k, facts in self._dirty.items() if facts], Trigger.EVENTS)
         self._last_evaluation_s = time.monotonic() - started
         return evaluated[0]
 
