@@ -163,11 +163,11 @@ class HealthService:
     def _load_dirty(self) -> None:
         """The assets awaiting evaluation according to the store (after a restart or a failed batch)."""
         try:
-            keys = db.dirty_assets(self.store.connection())
+            dirty = db.dirty_assets(self.store.connection())
         except Exception as exc:  # the store is unwell; the periodic evaluate_all covers these assets
             log.warning("dirty_assets_unreadable", error=str(exc))
-            keys = []
-        self._dirty = dict.fromkeys(keys, True)
+            dirty = {}
+        self._dirty = dirty
         self._dirty_since = time.monotonic() if self._dirty else None
 
     def _entry(self, conn: Connection, key: str) -> Entry:

@@ -520,8 +520,9 @@ def write_decision(
 # -- assets awaiting evaluation (deferred under a backlog, durable across a restart) ------------------
 
 
-def dirty_assets(conn: Connection) -> list[str]:
-    return [r[0] for r in conn.execute("SELECT asset_key FROM dirty_assets").fetchall()]
+def dirty_assets(conn: Connection) -> dict[str, bool]:
+    """The assets awaiting evaluation: True for new facts, False for a confirmation only (`mark_dirty`)."""
+    return {r[0]: bool(r[1]) for r in conn.execute("SELECT asset_key, facts FROM dirty_assets").fetchall()}
 
 
 def mark_dirty(conn: Connection, keys: Iterable[str], now: float, *, facts: bool = True) -> None:

@@ -236,3 +236,14 @@ def test_retention_makes_the_stored_results_of_the_assets_it_shortens_stale(
     assert service.retention()["materializations"] > 0
     assert db.load_reusable(conn, "old", service.epoch, HISTORY_ONLY) == {}
     assert db.load_reusable(conn, "new", service.epoch, HISTORY_ONLY)
+
+
+def test_why_an_asset_awaits_evaluation_outlives_a_restart(
+    store: Store, hsettings: HealthWorkerSettings
+) -> None:
+    with store.write() as tx:
+        db.mark_dirty(tx, ["facts", "both"], T0, facts=True)
+        db.mark_dirty(tx, ["confirm", "both"], T0, facts=False)
+    assert db.dirty_assets(store.connection()) == {"facts": True, "both": True, "confirm": False}
+    restarted = HealthService(store, hsettings, clock=Clock(T0))
+    assert restarted._dirty == {"facts": True, "both": True, "confirm": False}
