@@ -14,8 +14,9 @@
 4. a restart of the worker: its first pass evaluates every asset from a cold cache (`restart_first_pass_s`)
 5. figures: the worker's RSS after the backlog and at the end, the mean duration of the full evaluation
    passes under steady traffic (`ams_health_full_evaluation_seconds`, `full_passes` of them) against
-   `--evaluation-interval`, the first pass after the restart and its cost per asset, the CLI's `asset-health KEY`,
-   `asset-health --status FAILED` and `list-assets --format json` as ratios to `asset-manager --help`
+   `--evaluation-interval`, the first pass after the restart and its cost per asset, the CLI's
+   `asset-health KEY`, `asset-health --status FAILED` and `list-assets --format json` as ratios to
+   `asset-manager --help`
    (medians of `--cli-repeat` runs), and health.db's size
 
 Full size (the targets of the issue): `python bench/scale.py` (50,000 assets, 90 days). A quick run:
@@ -324,7 +325,7 @@ def main() -> None:
         probed = rng.sample(range(args.assets), min(args.probes, args.assets))
         probe_keys = [specs[i].key for i in probed]
         # The steady traffic leaves the probed assets alone: a success of one evaluated together with its
-        # probe's failure (coalesced under a backlog) would hide the failure, and the probe would never arrive.
+        # probe's failure (coalesced under a backlog) would hide the failure: the probe would never arrive.
         others = sorted(set(range(args.assets)) - set(probed))
         rss_peak = proc.memory_info().rss
         steady_started = time.monotonic()
