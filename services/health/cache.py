@@ -82,7 +82,10 @@ class HistoryCache:
         return entry
 
     def resize(self, entry: Entry) -> None:
-        """Account for a change of `entry`'s history or memo; evict the oldest others beyond the budget."""
+        """Account for a change of `entry`'s history or memo; evict the oldest others beyond the budget. An
+        entry not in the cache (one the caller made for a single evaluation) is left alone."""
+        if self._entries.get(entry.history.key) is not entry:
+            return
         size = estimate(entry)
         self.used += size - entry.size
         entry.size = size

@@ -121,16 +121,42 @@ def run_outcomes(history: AssetHistory) -> list[Outcome]:
     return sorted(by_run.values(), key=lambda o: o.at)
 
 
+def may_be_blocked(history: AssetHistory) -> bool:
+    """Whether the asset's last finished run failed, named its failed assets, and not this one: the only
+    case in which `blocking_run` reads further (the outcomes of the recent runs)."""
+    last = next((e for e in reversed(history.executions) if e.status != "STARTED"), None)
+    if last is None or last.status != "FAILURE" or last.failed_assets is None:
+        return False
+    return history.key not in last.failed_assets
+
+
 def blocking_run(history: AssetHistory) -> Outcome | None:
     """The asset's last finished run when it BLOCKED the asset (its `failed`: the run's own failures), else
     None. Cheap for every other asset: only a failed last run that names its failed assets is looked at."""
-    last = next((e for e in reversed(history.executions) if e.status != "STARTED"), None)
-    if last is None or last.status != "FAILURE" or last.failed_assets is None:
-        return None
-    if history.key in last.failed_assets:
+    if not may_be_blocked(history):
         return None
     outcome = run_outcomes(history)[-1]
     return outcome if outcome.status == BLOCKED else None
+
+
+def running(history: AssetHistory) -> bool:
+    """A run of the asset is in progress among its last 20 (its duration is judged again at every
+    evaluation: the results of `HISTORY_ONLY` checks are reused but that of `duration_anomaly`)."""
+    return any(e.status == "STARTED" for e in history.executions[-20:])
+
+
+# Materializations read by the checks that are not `HISTORY_ONLY` and by `next_change`: the newest, and the
+# last 31 for the learned cadence (`learned_cadence`'s window + 1). An evaluation that reuses every
+# history-only result, with no run in progress and no run that may have blocked the asset, reads no more.
+TAIL_MATERIALIZATIONS = 32
+
+
+def tail_suffices(history: AssetHistory) -> bool:
+    """Whether an evaluation reusing the results of every `HISTORY_ONLY` check gives the same results from
+    the newest `TAIL_MATERIALIZATIONS` materializations of `history` (its runs and failures whole) as
+    from all of them: no run in progress (duration judged again), no last run that may have blocked it
+    (its execution status and dependencies read the recent runs' outcomes)."""
+    return not running(history) and not may_be_blocked(history)
 
 
 def upstream_among(

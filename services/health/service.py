@@ -15,30 +15,47 @@ of every transaction instead, since other replicas write between them.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
+from libs.common import events as events_code
 from libs.common import outbox
+from libs.common import settings as common_settings_code
+from libs.common import text as text_code
 from libs.common.bus import Delivery
 from libs.common.events import HEALTH, CheckName, CheckResult, Event, HealthStatus, PublisherHeartbeatData
 from libs.common.log import get_logger
 from libs.common.sql import Connection
 from libs.common.store import Store
-from services.health import automation, metrics, record
+from services.health import anomaly, automation, evaluators, metrics, model, record, thresholds
+from services.health import settings as settings_code
 from services.health import store as db
 from services.health.cache import Entry, HistoryCache, Memo
 from services.health.decide import Decision, HealthState, Subject, Trigger, decide
-from services.health.evaluators import HISTORY_ONLY, blocking_run, evaluate, next_change, upstream_among
+from services.health.evaluators import (
+    HISTORY_ONLY,
+    TAIL_MATERIALIZATIONS,
+    blocking_run,
+    evaluate,
+    next_change,
+    running,
+    tail_suffices,
+    upstream_among,
+)
 from services.health.model import AssetHistory, UpstreamState
-from services.health.settings import HealthWorkerSettings
+from services.health.settings import HealthSettings, HealthWorkerSettings
 from services.health.thresholds import Resolved, resolve
 
 log = get_logger(__name__)
 _GAUGE_INTERVAL_S = 1.0
-# Assets per transaction of the periodic full evaluation (~1 ms each at worst: about 0.1 s of lock).
+# Assets per transaction of the periodic full evaluation, at most; fewer when they take longer than
+# `CHUNK_TARGET_S` (a cold history costs 1 to 3 ms, and the consume loop waits for the lock meanwhile).
 EVALUATE_ALL_CHUNK = 100
+CHUNK_TARGET_S = 0.05
 # Pause between two chunks, so that a thread waiting for the lock gets it.
 _YIELD_S = 0.002
 # Assets a batch evaluates in its own transaction; more (a deferred backlog) go in chunks after it.
@@ -47,6 +64,39 @@ _EVALUATE_IN_BATCH = 1000
 Report = Callable[[str, Sequence[CheckResult]], None]
 # The events that carry history (runs, materializations): their times tell a replay from live events.
 _FACT_TYPES = ("run.", "asset.materialized", "asset.materialization_failed")
+
+
+# The code that decides the results of the history-only checks: a change to any of these (an upgrade)
+# makes every stored result stale.
+_EVALUATION_CODE = (
+    evaluators,
+    anomaly,
+    thresholds,
+    model,
+    settings_code,
+    text_code,
+    events_code,
+    common_settings_code,
+)
+
+
+def results_epoch(cfg: HealthSettings) -> str:
+    """What stored check results are computed with: the evaluation code and the health settings (defaults,
+    groups). The history-only results stored under the same epoch, of an asset without new facts, are
+    read back instead of recomputed (`store.load_reusable`), across restarts too; under any other (new
+    thresholds, an upgrade) they are recomputed."""
+    digest = hashlib.sha256(cfg.model_dump_json().encode())
+    for module in _EVALUATION_CODE:
+        digest.update(Path(str(module.__file__)).read_bytes())
+    return digest.hexdigest()[:32]
+
+
+def chunk_size(size: int, elapsed_s: float) -> int:
+    """The assets of the next chunk of a pass, given that the last one evaluated `size` assets in
+    `elapsed_s`: as many as take about `CHUNK_TARGET_S`, from 5 to `EVALUATE_ALL_CHUNK`."""
+    if size <= 0 or elapsed_s <= 0:
+        return EVALUATE_ALL_CHUNK
+    return max(5, min(EVALUATE_ALL_CHUNK, int(CHUNK_TARGET_S * size / elapsed_s)))
 
 
 class HealthService:
@@ -67,7 +117,11 @@ class HealthService:
         self.report = report
         self.lock = threading.RLock()
         self.cache = HistoryCache(self.cfg.cache_mb * 1024 * 1024)
-        self._dirty: dict[str, None] = {}
+        # Written with every evaluation: the stored results of another epoch are never reused.
+        self.epoch = results_epoch(self.cfg)
+        # Assets awaiting evaluation: True when facts about them were recorded since their last evaluation,
+        # False when they only await a confirmation on the wall clock (their history unchanged).
+        self._dirty: dict[str, bool] = {}
         self._dirty_since: float | None = None  # monotonic
         self._last_evaluation_s = 0.0
         self._last_handled = 0.0
@@ -76,6 +130,7 @@ class HealthService:
         self._gauges_stale = False
         self._gauges_refreshed = 0.0
         self._passes = 0  # periodic passes since start: the first evaluates every asset
+        self._chunk = 20  # assets in the next chunk of a pass (`chunk_size` after the first)
         # Catch-up: the time of the history being replayed (None when live), and whether replayed assets may
         # still await their evaluation on the wall clock (unknown after a start, so True).
         self._replay_as_of: float | None = None
@@ -108,15 +163,40 @@ class HealthService:
     def _load_dirty(self) -> None:
         """The assets awaiting evaluation according to the store (after a restart or a failed batch)."""
         try:
-            keys = db.dirty_assets(self.store.connection())
+            dirty = db.dirty_assets(self.store.connection())
         except Exception as exc:  # the store is unwell; the periodic evaluate_all covers these assets
             log.warning("dirty_assets_unreadable", error=str(exc))
-            keys = []
-        self._dirty = dict.fromkeys(keys)
+            dirty = {}
+        self._dirty = dirty
         self._dirty_since = time.monotonic() if self._dirty else None
 
     def _entry(self, conn: Connection, key: str) -> Entry:
         return self.cache.entry(key, lambda k: db.load_history(conn, k, self.cfg.history_limit))
+
+    def _entry_to_evaluate(self, conn: Connection, key: str) -> Entry:
+        """The entry an evaluation of `key` reads, its memo filled from the store when the cache had none.
+
+        Not cached, and the results of its history-only checks stored by this run still valid (no fact
+        since, `store.load_reusable`): when they are all there and nothing else reads more than the newest
+        materializations (`evaluators.tail_suffices`), an entry over that tail of the history, for this
+        evaluation only (a periodic pass over 50,000 assets then reads a few rows of each instead of
+        fitting the anomaly models of whole histories again). Otherwise the whole history, cached."""
+        entry = self.cache.peek(key)
+        stored: dict[str, CheckResult] = {}
+        if entry is None or entry.memo is None:
+            stored = db.load_reusable(conn, key, self.epoch, HISTORY_ONLY)
+        if entry is None and len(stored) == len(HISTORY_ONLY):
+            history = db.load_history(
+                conn, key, self.cfg.history_limit, materializations=TAIL_MATERIALIZATIONS
+            )
+            if tail_suffices(history):
+                entry = Entry(history)
+                entry.memo = Memo(history.version, self._resolve(entry), stored)
+                return entry
+        entry = self._entry(conn, key)
+        if entry.memo is None and stored:
+            entry.memo = Memo(entry.history.version, self._resolve(entry), stored)
+        return entry
 
     def _state(self, conn: Connection, entry: Entry) -> HealthState:
         if entry.state is None:
@@ -150,13 +230,13 @@ class HealthService:
                     new = Store.claim_new(conn, deliveries, lambda d: d.event.id)
                     facts = record.facts_of(d.event for d in new)
                     self._record(conn, facts, now)
-                    self._mark_dirty(conn, facts.touched, now)
+                    self._mark_dirty(conn, facts.touched, now, facts=True)
                     confirming = self._confirm_pending and not replay
                     events = [d.event for d in new]
                     automated = self._record_automation(conn, events)
                     automated += self._record_jobs(conn, events, now, replay, confirming)
                     if confirming:  # caught up: what was replayed is judged again on the wall clock
-                        self._mark_dirty(conn, db.replayed_asset_keys(conn), now)
+                        self._mark_dirty(conn, db.replayed_asset_keys(conn), now, facts=False)
                     # A full batch means a backlog: coalesce evaluations instead of evaluating after every
                     # batch; caught up, evaluate at once.
                     backlog = self._backlog = len(deliveries) >= self.settings.bus.batch_size
@@ -231,7 +311,7 @@ class HealthService:
             now = self.clock()
             try:
                 with self.store.write() as conn:
-                    self._mark_dirty(conn, db.replayed_asset_keys(conn), now)
+                    self._mark_dirty(conn, db.replayed_asset_keys(conn), now, facts=False)
                     jobs = db.replayed_automation_keys(conn, jobs=True)
                     decisions = self._evaluate_automation(conn, jobs, now, Trigger.EVENTS, False)
             except BaseException:
@@ -252,14 +332,16 @@ class HealthService:
         for entry in entries.values():
             self.cache.resize(entry)
 
-    def _mark_dirty(self, conn: Connection, keys: Sequence[str], now: float) -> None:
-        """Remember `keys` as awaiting evaluation, durably (a crash before evaluating loses nothing)."""
-        fresh = [k for k in keys if k not in self._dirty]
+    def _mark_dirty(self, conn: Connection, keys: Sequence[str], now: float, *, facts: bool) -> None:
+        """Remember `keys` as awaiting evaluation, durably (a crash before evaluating loses nothing); `facts`:
+        because facts about them were recorded (their stored results no longer hold, `load_reusable`)."""
+        dirty = self._dirty
+        fresh = [k for k in keys if k not in dirty or (facts and not dirty[k])]
         if not fresh:
             return
-        db.mark_dirty(conn, fresh, now)
+        db.mark_dirty(conn, fresh, now, facts=facts)
         for k in fresh:
-            self._dirty[k] = None
+            dirty[k] = facts or dirty.get(k, False)
         if self._dirty_since is None:
             self._dirty_since = time.monotonic()
 
@@ -295,9 +377,12 @@ class HealthService:
         return decisions
 
     def _evaluate_pending_now(self) -> int:
-        """Every asset awaiting evaluation, `EVALUATE_ALL_CHUNK` per transaction (caller holds the lock)."""
+        """Every asset awaiting evaluation for new facts, in chunks, on the consume loop (caller, `handle`
+        under a backlog, holds the lock). Those awaiting only their confirmation after a catch-up (tens of
+        thousands at once) are left to the `evaluate_pending` job, whose chunks let batches through:
+        judged here, a probe failing meanwhile waited 64 s behind 50,000 of them."""
         started = time.monotonic()
-        evaluated = self._in_chunks(list(self._dirty), Trigger.EVENTS)
+        evaluated = self._in_chunks([k for k, facts in self._dirty.items() if facts], Trigger.EVENTS)
         self._last_evaluation_s = time.monotonic() - started
         return evaluated[0]
 
@@ -312,22 +397,38 @@ class HealthService:
             if not self._dirty or not (not self._backlog or self._due()):
                 return 0
             keys = list(self._dirty)
+            backlog = self._backlog
         # In chunks, the lock taken for each: batches are handled in between.
         started = time.monotonic()
-        evaluated, _ = self._in_chunks(keys, Trigger.EVENTS)
-        self._last_evaluation_s = time.monotonic() - started
+        evaluated, _, longest = self._in_chunks(keys, Trigger.EVENTS)
+        # Under a backlog the whole evaluation counts (`_due`: evaluation at most a tenth of the worker's
+        # time). Caught up (the thousands judged again after a catch-up), only a chunk: a worker that
+        # falls behind meanwhile must not defer a new failure by nine times the whole of it.
+        self._last_evaluation_s = time.monotonic() - started if backlog else longest
         self._release_memory()
         return evaluated
 
-    def _in_chunks(self, keys: Sequence[str], trigger: Trigger) -> tuple[int, int]:
-        """Evaluate `keys` `EVALUATE_ALL_CHUNK` per transaction; the lock is taken for each chunk (it is
-        reentrant: a caller holding it keeps it). Returns (evaluations, transitions)."""
+    def _in_chunks(
+        self, keys: Sequence[str], trigger: Trigger, keep: Callable[[str], bool] | None = None
+    ) -> tuple[int, int, float]:
+        """Evaluate `keys` in chunks of about `CHUNK_TARGET_S` each (`chunk_size`), one transaction each;
+        the lock is taken for each chunk (it is reentrant: a caller holding it keeps it); of a clock pass,
+        only those `keep` still wants then. Returns
+        (evaluations, transitions, the longest chunk's seconds)."""
         evaluated = changed = 0
-        for start in range(0, len(keys), EVALUATE_ALL_CHUNK):
-            chunk = keys[start : start + EVALUATE_ALL_CHUNK]
+        longest = 0.0
+        start = 0
+        while start < len(keys):
+            chunk = keys[start : start + min(self._chunk, EVALUATE_ALL_CHUNK)]
+            start += len(chunk)
             with self.lock:
+                began = time.perf_counter()
                 if trigger is Trigger.EVENTS:  # those a batch evaluated meanwhile are done
                     chunk = [k for k in chunk if k in self._dirty]
+                elif keep is not None:
+                    chunk = [k for k in chunk if keep(k)]
+                if not chunk:
+                    continue
                 replay = self._replay_as_of is not None
                 now = self._replay_as_of if self._replay_as_of is not None else self.clock()
                 try:
@@ -343,14 +444,17 @@ class HealthService:
                 except BaseException:
                     self._forget()
                     raise
+                took = time.perf_counter() - began
+                longest = max(longest, took)
+                self._chunk = chunk_size(len(chunk), took)
             self._after_commit(decisions)
             evaluated += len(decisions)
             changed += sum(d.changed for d in decisions)
-            if start + EVALUATE_ALL_CHUNK < len(keys):
+            if start < len(keys):
                 # Python's locks are not fair: re-taken at once, this one would starve the consume loop
                 # waiting for it (measured: a probe 87 s behind a catch-up of 50,000 assets).
                 time.sleep(_YIELD_S)
-        return evaluated, changed
+        return evaluated, changed, longest
 
     # -- evaluation --------------------------------------------------------------------------------------
 
@@ -359,7 +463,10 @@ class HealthService:
         if history.spec is None:
             return states
         for key in history.spec.upstream:
-            entry = self._entry(conn, key)
+            entry = self.cache.peek(key)
+            if entry is None:  # not its history, only what the dependency check reads of it
+                states[key] = db.load_upstream(conn, key)
+                continue
             up = entry.history
             st = self._state(conn, entry)
             last = up.last_materialization
@@ -388,7 +495,9 @@ class HealthService:
         done: set[str] = set()
         queue = list(dict.fromkeys(keys))
         for key in list(queue):
-            if trigger is Trigger.EVENTS or key in self._dirty:  # new facts: their downstream judge them
+            # New facts: their downstream judge them (not an asset judged again only to confirm it after a
+            # catch-up: its history is unchanged, and a change of its health queues them below).
+            if self._dirty.get(key, trigger is Trigger.EVENTS):
                 spec = self._entry(conn, key).history.spec
                 if spec is not None:
                     queue.extend(spec.downstream)
@@ -398,7 +507,7 @@ class HealthService:
                 if key in done:
                     continue
                 done.add(key)
-                entry = self._entry(conn, key)
+                entry = self._entry_to_evaluate(conn, key)
                 history = entry.history
                 if history.spec is None and not history.has_data and not self._state(conn, entry).stored:
                     continue  # named as someone's downstream, but nothing known about it yet
@@ -410,6 +519,7 @@ class HealthService:
                     now,
                     next_change(history, self._resolve(entry), now),
                     last.at if last else None,
+                    self.epoch,
                 )
                 decisions.append(decision)
                 if decision.changed and pass_keys is queue and history.spec is not None:
@@ -439,8 +549,8 @@ class HealthService:
         memo = entry.memo
         reuse: dict[str, CheckResult] = {}
         if memo is not None and memo.version == history.version and memo.resolved is resolved:
-            running = any(e.status == "STARTED" for e in history.executions[-20:])
-            reuse = {c: r for c, r in memo.results.items() if not (c == CheckName.DURATION and running)}
+            busy = running(history)
+            reuse = {c: r for c, r in memo.results.items() if not (c == CheckName.DURATION and busy)}
         lineage = self._lineage(conn, history)
         if lineage is not None:  # its execution status also depends on other assets' specs
             reuse.pop(CheckName.EXECUTION, None)
@@ -494,21 +604,31 @@ class HealthService:
         and running-time limits, `evaluators.next_change`), every asset on the first pass after a start
         (thresholds may have changed); returns how many transitions were staged.
 
-        Assets are evaluated `EVALUATE_ALL_CHUNK` at a time, one transaction each, releasing the lock in
+        Assets are evaluated in chunks (`chunk_size`), one transaction each, releasing the lock in
         between: with thousands of assets a single pass takes seconds, and the consume loop must not wait
         that long for the lock (a failing materialization would wait with it)."""
         started = time.monotonic()
         with self.lock:
             if self._replay_as_of is not None:
                 return 0  # history is being replayed: the wall clock would judge a past not yet read
-            conn = self.store.connection()
-            keys = db.all_asset_keys(conn) if self._passes == 0 else db.due_asset_keys(conn, self.clock())
+            keys, keep = self._pass_keys()
             self._passes += 1
-        _, changed = self._in_chunks(keys, Trigger.CLOCK)
+        _, changed, _ = self._in_chunks(keys, Trigger.CLOCK, keep)
         self._release_memory()
         metrics.FULL_EVALUATION_SECONDS.observe(time.monotonic() - started)
         metrics.CACHE_BYTES.set(self.cache.used)
         return changed
+
+    def _pass_keys(self) -> tuple[list[str], Callable[[str], bool] | None]:
+        """The assets of a periodic pass (every one on the first), and which of them to evaluate still when
+        their chunk comes: one that was only awaiting evaluation and has been evaluated meanwhile (by a
+        batch, or evaluate_pending after a catch-up) is not evaluated twice. Caller holds the lock."""
+        conn = self.store.connection()
+        if self._passes == 0:
+            return db.all_asset_keys(conn), None
+        now = self.clock()
+        clock = db.due_by_clock(conn, now)
+        return db.due_asset_keys(conn, now), lambda key: key in clock or key in self._dirty
 
     # -- automation objects (automation.py): sensors, schedules, daemons, publishers, op jobs ---------------
     # Kept apart from the asset path: no cache (a few hundred objects, read per batch), no lineage, nothing

@@ -13,13 +13,13 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from libs.common.events import AssetSpecData, HealthStatus
+from libs.common.events import AssetSpecData, CheckName, CheckResult, HealthStatus
 from libs.common.settings import Settings, StoreName
 from libs.common.sql import Connection
 from libs.common.store import Migration, Store
 from services.health.automation import AutomationObject, from_row, to_row
 from services.health.decide import Decision, HealthState
-from services.health.model import AssetHistory, Execution, Failure, Materialization
+from services.health.model import AssetHistory, Execution, Failure, Materialization, UpstreamState
 from services.health.record import Facts
 
 # Redeliveries are recognised by `Store.claim_new` (processed_events); the event_id columns are kept for
@@ -171,6 +171,21 @@ MIGRATIONS = [
         CREATE INDEX automation_objects_due ON automation_objects (due_at);
         """,
     ),
+    # results_epoch: what the asset's stored check results were computed with (`service.results_epoch`: the
+    # evaluation code and the health settings). While it holds and no fact about the asset has been recorded
+    # since (retention clears it), the checks that depend on the history alone are read back
+    # (`load_reusable`) instead of recomputed when its history is not in the cache (a periodic pass over
+    # 50,000 assets, the first one after a start included).
+    # dirty_assets.facts: 1 when facts about the asset were recorded since its last evaluation, 0 when it only
+    # awaits a confirmation on the wall clock after a catch-up (its history, and so those results, unchanged).
+    Migration(
+        8,
+        "reusable check results",
+        """
+        ALTER TABLE asset_health ADD COLUMN results_epoch TEXT;
+        ALTER TABLE dirty_assets ADD COLUMN facts INTEGER NOT NULL DEFAULT 1;
+        """,
+    ),
 ]
 
 
@@ -212,8 +227,11 @@ def _failed_assets(raw: str | None) -> tuple[str, ...] | None:
 # -- the service's reads ---------------------------------------------------------------------------------
 
 
-def load_history(conn: Connection, key: str, limit: int) -> AssetHistory:
-    """The asset's spec copy and its newest `limit` materializations, executions and failures."""
+def load_history(
+    conn: Connection, key: str, limit: int, *, materializations: int | None = None
+) -> AssetHistory:
+    """The asset's spec copy and its newest `limit` materializations (or `materializations` of them),
+    executions and failures."""
     history = AssetHistory(key=key)
     row = conn.execute(
         "SELECT spec, version, retired_at, registered_at FROM asset_specs WHERE asset_key = ?", (key,)
@@ -223,15 +241,15 @@ def load_history(conn: Connection, key: str, limit: int) -> AssetHistory:
         history.spec_version = int(row["version"])
         history.retired = row["retired_at"] is not None
         history.registered_at = row["registered_at"]
+    rows = conn.execute(
+        "SELECT occurred_at, run_id, row_count, duration_s, column_schema, partition, storage_id "
+        "FROM materializations WHERE asset_key = ? ORDER BY occurred_at DESC, id DESC LIMIT ?",
+        (key, limit if materializations is None else materializations),
+    ).fetchall()
+    rows.reverse()
     history.materializations = [
-        Materialization(r[0], r[1], r[2], r[3], _columns(r[4]), r[5], r[6])
-        for r in reversed(
-            conn.execute(
-                "SELECT occurred_at, run_id, row_count, duration_s, column_schema, partition, storage_id "
-                "FROM materializations WHERE asset_key = ? ORDER BY occurred_at DESC, id DESC LIMIT ?",
-                (key, limit),
-            ).fetchall()
-        )
+        Materialization(at, run_id, rows_, duration, _columns(schema) if schema else None, partition, storage)
+        for at, run_id, rows_, duration, schema, partition, storage in rows
     ]
     history.executions = sorted(
         (
@@ -271,6 +289,49 @@ def load_state(conn: Connection, key: str) -> HealthState:
     return HealthState(HealthStatus(row[0]), row[1], row[2], outcomes, stored=True, replayed=bool(row[3]))
 
 
+def load_upstream(conn: Connection, key: str) -> UpstreamState:
+    """What a downstream asset's dependency check reads of `key` (as `load_history` and `load_state` would
+    give it: spec copy, health and execution and freshness outcomes, newest materialization), in one
+    statement and without reading its history."""
+    row = conn.execute(
+        "SELECT s.asset_key, s.retired_at, h.status, ce.outcome, cf.outcome, m.occurred_at, m.run_id "
+        "FROM (SELECT ? AS k) q "
+        "LEFT JOIN asset_specs s ON s.asset_key = q.k "
+        "LEFT JOIN asset_health h ON h.asset_key = q.k "
+        "LEFT JOIN check_results ce ON ce.asset_key = h.asset_key AND ce.check_name = ? "
+        "LEFT JOIN check_results cf ON cf.asset_key = h.asset_key AND cf.check_name = ? "
+        "LEFT JOIN (SELECT occurred_at, run_id FROM materializations WHERE asset_key = ? "
+        "ORDER BY occurred_at DESC, id DESC LIMIT 1) m ON 1 = 1",
+        (key, CheckName.EXECUTION, CheckName.FRESHNESS, key),
+    ).fetchone()
+    spec, retired_at, status, execution, freshness, last_at, last_run = row
+    return UpstreamState(
+        key=key,
+        registered=spec is not None,
+        retired=retired_at is not None,
+        status=HealthStatus(status) if status is not None else HealthStatus.UNKNOWN,
+        execution_failed=execution == "error",
+        stale=(freshness or "passed") != "passed",
+        last_materialized_at=last_at,
+        last_run_id=last_run,
+    )
+
+
+def load_reusable(conn: Connection, key: str, epoch: str, checks: Iterable[str]) -> dict[str, CheckResult]:
+    """The stored results of `checks` of the asset, if its last evaluation was made under `epoch` (the same
+    evaluation code and settings) and no fact about it has been recorded since; else nothing."""
+    wanted = list(checks)
+    marks = ", ".join("?" for _ in wanted)
+    rows = conn.execute(
+        "SELECT c.check_name, c.outcome, c.reason, c.check_values FROM asset_health h "
+        "JOIN check_results c ON c.asset_key = h.asset_key "
+        f"WHERE h.asset_key = ? AND h.results_epoch = ? AND c.check_name IN ({marks}) "
+        "AND NOT EXISTS (SELECT 1 FROM dirty_assets d WHERE d.asset_key = h.asset_key AND d.facts = 1)",
+        (key, epoch, *wanted),
+    ).fetchall()
+    return {r[0]: CheckResult(check=r[0], outcome=r[1], reason=r[2], values=json.loads(r[3])) for r in rows}
+
+
 def replayed_asset_keys(conn: Connection) -> list[str]:
     """The assets whose last evaluation was made during a catch-up."""
     return [r[0] for r in conn.execute("SELECT asset_key FROM asset_health WHERE replayed = 1")]
@@ -300,6 +361,19 @@ def due_asset_keys(conn: Connection, now: float) -> list[str]:
             (now,),
         )
     ]
+
+
+def due_by_clock(conn: Connection, now: float) -> set[str]:
+    """Of `due_asset_keys`, those due by the clock or never evaluated (not merely awaiting evaluation)."""
+    return {
+        r[0]
+        for r in conn.execute(
+            "SELECT asset_key FROM asset_health WHERE due_at <= ? "
+            "UNION SELECT s.asset_key FROM asset_specs s WHERE NOT EXISTS "
+            "(SELECT 1 FROM asset_health h WHERE h.asset_key = s.asset_key)",
+            (now,),
+        )
+    }
 
 
 # -- the service's writes --------------------------------------------------------------------------------
@@ -385,10 +459,15 @@ def write_facts(conn: Connection, facts: Facts, now: float) -> None:
 
 
 def write_decision(
-    conn: Connection, d: Decision, now: float, due_at: float | None, last_materialized_at: float | None
+    conn: Connection,
+    d: Decision,
+    now: float,
+    due_at: float | None,
+    last_materialized_at: float | None,
+    epoch: str | None = None,
 ) -> None:
-    """A decision's check results and health row (with `due_at`, when the clock may next change it), and
-    the transition it published."""
+    """A decision's check results and health row (with `due_at`, when the clock may next change it, and the
+    `epoch` of the code and settings that made it), and the transition it published."""
     conn.executemany(
         "INSERT INTO check_results (asset_key, check_name, outcome, reason, check_values, evaluated_at) "
         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (asset_key, check_name) DO UPDATE SET outcome = "
@@ -399,13 +478,14 @@ def write_decision(
     )
     conn.execute(
         "INSERT INTO asset_health (asset_key, status, signature, reasons, transitions, evaluated_at, "
-        "changed_at, due_at, last_materialized_at, replayed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "changed_at, due_at, last_materialized_at, replayed, results_epoch) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (asset_key) DO UPDATE SET "
         "status = excluded.status, signature = excluded.signature, reasons = excluded.reasons, "
         "transitions = excluded.transitions, evaluated_at = excluded.evaluated_at, "
         "changed_at = CASE WHEN excluded.signature = asset_health.signature THEN asset_health.changed_at "
         "ELSE excluded.changed_at END, due_at = excluded.due_at, last_materialized_at = "
-        "excluded.last_materialized_at, replayed = excluded.replayed",
+        "excluded.last_materialized_at, replayed = excluded.replayed, results_epoch = excluded.results_epoch",
         (
             d.key,
             str(d.status),
@@ -417,6 +497,7 @@ def write_decision(
             due_at,
             last_materialized_at,
             int(d.state.replayed),
+            epoch,
         ),
     )
     if d.event is not None:
@@ -439,13 +520,17 @@ def write_decision(
 # -- assets awaiting evaluation (deferred under a backlog, durable across a restart) ------------------
 
 
-def dirty_assets(conn: Connection) -> list[str]:
-    return [r[0] for r in conn.execute("SELECT asset_key FROM dirty_assets").fetchall()]
+def dirty_assets(conn: Connection) -> dict[str, bool]:
+    """The assets awaiting evaluation: True for new facts, False for a confirmation only (`mark_dirty`)."""
+    return {r[0]: bool(r[1]) for r in conn.execute("SELECT asset_key, facts FROM dirty_assets").fetchall()}
 
 
-def mark_dirty(conn: Connection, keys: Iterable[str], now: float) -> None:
+def mark_dirty(conn: Connection, keys: Iterable[str], now: float, *, facts: bool = True) -> None:
+    """Mark `keys` as awaiting evaluation: for new `facts` about them, or (False) to be judged again only."""
     conn.executemany(
-        "INSERT OR IGNORE INTO dirty_assets (asset_key, since) VALUES (?, ?)", [(k, now) for k in keys]
+        "INSERT INTO dirty_assets (asset_key, since, facts) VALUES (?, ?, ?) ON CONFLICT (asset_key) "
+        "DO UPDATE SET facts = CASE WHEN excluded.facts = 1 THEN 1 ELSE dirty_assets.facts END",
+        [(k, now, int(facts)) for k in keys],
     )
 
 
@@ -466,6 +551,14 @@ def prune(store: Store, retention_days: int, *, now: float) -> dict[str, int]:
     cutoff = now - retention_days * 86400.0
     deleted: dict[str, int] = {}
     with store.write() as tx:
+        # The stored results of the assets whose history this shortens no longer hold (`load_reusable`).
+        tx.execute(
+            "UPDATE asset_health SET results_epoch = NULL WHERE results_epoch IS NOT NULL AND asset_key IN ("
+            "SELECT asset_key FROM materializations WHERE occurred_at < ? "
+            "UNION SELECT asset_key FROM executions WHERE COALESCE(ended_at, started_at, updated_at) < ? "
+            "UNION SELECT asset_key FROM materialization_failures WHERE occurred_at < ?)",
+            (cutoff, cutoff, cutoff),
+        )
         deleted["materializations"] = tx.execute(
             "DELETE FROM materializations WHERE occurred_at < ? AND id NOT IN "
             "(SELECT MAX(id) FROM materializations GROUP BY asset_key)",

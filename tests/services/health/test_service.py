@@ -520,3 +520,87 @@ def test_assets_a_failed_run_only_skipped_are_blocked_by_the_upstream_that_faile
         )
     )
     assert {k: h.status for k, h in health().items()} == dict.fromkeys(keys, "HEALTHY")
+
+
+def test_a_chunk_of_the_pass_is_sized_to_hold_the_lock_briefly() -> None:
+    from services.health.service import CHUNK_TARGET_S, EVALUATE_ALL_CHUNK, chunk_size
+
+    # 100 assets in twice the target: half as many next time; in a tenth of it: at most the maximum
+    assert chunk_size(100, 2 * CHUNK_TARGET_S) == 50
+    assert chunk_size(10, CHUNK_TARGET_S / 10) == EVALUATE_ALL_CHUNK
+    assert chunk_size(10, 100 * CHUNK_TARGET_S) == 5  # never fewer than five
+    assert chunk_size(0, 0.0) == EVALUATE_ALL_CHUNK
+
+
+def test_the_pass_skips_an_asset_only_awaiting_evaluation_once_evaluated_meanwhile(
+    store: Store, hsettings: HealthWorkerSettings, ev: Any
+) -> None:
+    """Keys due by the clock are evaluated; keys picked only because they awaited evaluation are skipped
+    when something evaluated them after the pass read its keys (they would be judged twice)."""
+    from services.health.decide import Trigger
+
+    clock = Clock(T0)
+    engine = engine_for(store, hsettings, clock)
+    keys = [f"k{i}" for i in range(4)]
+    engine.handle(deliveries(*[ev.mat(k, T0 - (7 - i) * DAY, rows=100) for k in keys for i in range(8)]))
+    engine.evaluate_all()  # the first pass: every asset
+    conn = store.connection()
+
+    def evaluated() -> dict[str, float]:
+        return {r[0]: r[1] for r in conn.execute("SELECT asset_key, evaluated_at FROM asset_health")}
+
+    for meanwhile in (False, True):
+        with store.write() as tx:
+            engine._mark_dirty(tx, ["k0", "k1"], clock.t, facts=False)  # to be judged again (a catch-up)
+        picked, keep = engine._pass_keys()
+        assert picked == ["k0", "k1"]
+        clock.t += 60
+        if meanwhile:
+            assert engine.evaluate_pending() == 2  # evaluate_pending's chunk came first
+        before = evaluated()
+        clock.t += 60
+        engine._in_chunks(picked, Trigger.CLOCK, keep)
+        after = evaluated()
+        assert (after == before) is meanwhile
+        assert meanwhile or {k for k in keys if after[k] != before[k]} == {"k0", "k1"}
+    clock.t = T0 + 2 * DAY  # now every asset is late: due by the clock, evaluated
+    picked, keep = engine._pass_keys()
+    engine._in_chunks(picked, Trigger.CLOCK, keep)
+    assert set(evaluated().values()) == {T0 + 2 * DAY}
+
+
+def test_under_a_backlog_a_batch_leaves_the_confirmations_after_a_catch_up_to_the_job(
+    tmp_path: Path, ev: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full batch whose deferral is due evaluates, on the consume loop, the assets with new facts; the
+    thousands awaiting only their confirmation go to `evaluate_pending`, in chunks between batches."""
+    import time as time_module
+
+    import services.health.service as service_module
+
+    monkeypatch.setattr(service_module, "_EVALUATE_IN_BATCH", 2)
+    settings = load_settings(
+        HealthWorkerSettings,
+        dagster_home=str(tmp_path),
+        stores={"data_dir": str(tmp_path)},
+        bus={"batch_size": 2},
+        health={"max_defer_s": 0.001},
+    )
+    s = open_store(settings)
+    clock = Clock(T0)
+    engine = engine_for(s, settings, clock)
+    keys = [f"k{i}" for i in range(4)]
+    for k in keys:  # batches that are not full: evaluated at once
+        engine.handle(deliveries(ev.mat(k, T0 - 60, rows=100)))
+    assert engine.stats()["dirty_assets"] == 0
+    with s.write() as tx:
+        engine._mark_dirty(tx, keys[1:], T0, facts=False)  # judged again on the wall clock after a catch-up
+    engine._last_evaluation_s = 0.0  # the deferral is max_defer_s, not nine times a slow batch's evaluation
+    time_module.sleep(0.01)  # the deferral has come
+    engine.handle(deliveries(ev.mat("k0", T0, rows=100), ev.mat("k0", T0 + 1, rows=100)))  # a full batch
+    waiting = {r[0] for r in s.connection().execute("SELECT asset_key FROM dirty_assets")}
+    assert waiting == {"k1", "k2", "k3"} and engine.stats()["dirty_assets"] == 3
+    engine.handle(deliveries(ev.mat("k0", T0 + 2, rows=100)))  # caught up: a batch that is not full
+    assert engine.evaluate_pending() == 3  # the job takes them, in chunks between batches
+    assert engine.stats()["dirty_assets"] == 0
+    s.close()
