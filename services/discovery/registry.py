@@ -439,17 +439,15 @@ def _with_downstream(conn: Connection, changes: list[Change]) -> list[Change]:
     if not changes:
         return changes
     children = downstream_map(conn, [c.key for c in changes])
-    return [
-        Change(
-            c.kind,
-            c.key,
-            c.version,
-            c.spec.model_copy(update={"downstream": children.get(c.key, [])}),
-            c.changes,
-            c.at,
-        )
-        for c in changes
-    ]
+
+    def filled(c: Change) -> Change:
+        downstream = children.get(c.key, [])
+        if c.spec.downstream == downstream:  # as the producer read it (the usual case): no copy
+            return c
+        spec = c.spec.model_copy(update={"downstream": downstream})
+        return Change(c.kind, c.key, c.version, spec, c.changes, c.at)
+
+    return [filled(c) for c in changes]
 
 
 def downstream_map(conn: Connection, keys: Sequence[str]) -> dict[str, list[str]]:
