@@ -60,9 +60,8 @@ SECRET = "whsec_" + "YmVuY2htYXJrLXNlY3JldC1vbmx5LWZvci1iZW5jaA=="
 
 def start_worker(name: str, env: dict[str, str], log: Path, profile: Path | None) -> ServiceProcess:
     worker = ServiceProcess.service(name, env, log)
-    if (
-        profile is not None
-    ):  # collapsed stacks of the running worker, for flame graphs or a top-functions list
+    # Collapsed stacks of the running worker, for flame graphs or a top-functions list.
+    if profile is not None:
         profile.mkdir(parents=True, exist_ok=True)
         assert worker.process is not None
         subprocess.Popen(

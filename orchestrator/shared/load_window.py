@@ -36,9 +36,8 @@ def floor_to(value: dt.datetime, align: Align) -> dt.datetime:
         return _normalise(midnight)
     top = value.replace(minute=0, second=0, microsecond=0)
     floored = _normalise(top)
-    if floored.astimezone(UTC) > value.astimezone(
-        UTC
-    ):  # top of the hour fell in a gap (e.g. 30-minute DST shifts): take the earlier fold
+    # The top of the hour fell in a gap (e.g. 30-minute DST shifts): take the earlier fold.
+    if floored.astimezone(UTC) > value.astimezone(UTC):
         floored = _normalise(top.replace(fold=0) - dt.timedelta(hours=1))
     return floored
 
@@ -72,9 +71,8 @@ def compute_load_window(
     else:
         start = floor_to((end.astimezone(UTC) - lookback).astimezone(zone), align)
     # Compare instants: same-zone datetimes compare by wall clock, which ignores DST folds.
-    if start.astimezone(UTC) >= end.astimezone(
-        UTC
-    ):  # only reachable with a lookback below the alignment unit
+    # Only reachable with a lookback below the alignment unit.
+    if start.astimezone(UTC) >= end.astimezone(UTC):
         unit = dt.timedelta(days=1) if align == "day" else dt.timedelta(hours=1)
         start = floor_to((end.astimezone(UTC) - unit).astimezone(zone), align)
     return start, end

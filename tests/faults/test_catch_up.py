@@ -219,9 +219,8 @@ def test_sixty_days_of_history_page_no_one_about_the_past(
             publish(specs)
             for events in days:
                 publish(events)
-                time.sleep(
-                    0.1
-                )  # a sensor tick later; much shorter than the quiet period that ends a catch-up
+                # a sensor tick later; much shorter than the quiet period that ends a catch-up
+                time.sleep(0.1)
         settle(home, expected, tmp_path / "workers.log")
     finally:
         for worker in workers:

@@ -60,9 +60,8 @@ def test_events_exactly_on_signature_changes(steps: list[tuple[str, int]]) -> No
                 ended_at=datetime.fromtimestamp(t, UTC),
             )
             batch = [new_event(RunEvent, RUN_STATUS_TYPES[status], identity=f"r{i}", data=run, source="t")]
-            if (
-                status == "SUCCESS"
-            ):  # row counts jump between sizes 10, 10^3, 10^5, 10^7: volume findings come and go
+            # Row counts jump between sizes 10, 10^3, 10^5, 10^7: volume findings come and go.
+            if status == "SUCCESS":
                 data = MaterializationData(asset_key="a", run_id=f"r{i}", row_count=10 ** (1 + 2 * size))
                 batch.insert(
                     0,
