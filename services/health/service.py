@@ -16,6 +16,7 @@ of every transaction instead, since other replicas write between them.
 from __future__ import annotations
 
 import hashlib
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -60,6 +61,8 @@ CHUNK_TARGET_S = 0.05
 _YIELD_S = 0.002
 # Assets a batch evaluates in its own transaction; more (a deferred backlog) go in chunks after it.
 _EVALUATE_IN_BATCH = 1000
+# The facts serial of an asset whose facts are of unknown age: later than any evaluation.
+_UNKNOWN_FACTS = sys.maxsize
 
 Report = Callable[[str, Sequence[CheckResult]], None]
 # The events that carry history (runs, materializations): their times tell a replay from live events.
@@ -119,9 +122,11 @@ class HealthService:
         self.cache = HistoryCache(self.cfg.cache_mb * 1024 * 1024)
         # Written with every evaluation: the stored results of another epoch are never reused.
         self.epoch = results_epoch(self.cfg)
-        # Assets awaiting evaluation: True when facts about them were recorded since their last evaluation,
-        # False when they only await a confirmation on the wall clock (their history unchanged).
-        self._dirty: dict[str, bool] = {}
+        # Assets awaiting evaluation: the serial of the batch that last recorded facts about them (1: before
+        # this process started), or 0 when they only await a confirmation on the wall clock (their history
+        # unchanged). The serial grows with every batch that records facts (`_facts_serial`).
+        self._dirty: dict[str, int] = {}
+        self._facts_serial = 1
         self._dirty_since: float | None = None  # monotonic
         self._last_evaluation_s = 0.0
         self._last_handled = 0.0
@@ -167,7 +172,7 @@ class HealthService:
         except Exception as exc:  # the store is unwell; the periodic evaluate_all covers these assets
             log.warning("dirty_assets_unreadable", error=str(exc))
             dirty = {}
-        self._dirty = dirty
+        self._dirty = {key: int(facts) for key, facts in dirty.items()}
         self._dirty_since = time.monotonic() if self._dirty else None
 
     def _entry(self, conn: Connection, key: str) -> Entry:
@@ -230,7 +235,9 @@ class HealthService:
                     new = Store.claim_new(conn, deliveries, lambda d: d.event.id)
                     facts = record.facts_of(d.event for d in new)
                     self._record(conn, facts, now)
-                    self._mark_dirty(conn, facts.touched, now, facts=True)
+                    if facts.touched:
+                        self._facts_serial += 1
+                        self._mark_dirty(conn, facts.touched, now, facts=True)
                     confirming = self._confirm_pending and not replay
                     events = [d.event for d in new]
                     automated = self._record_automation(conn, events)
@@ -337,12 +344,11 @@ class HealthService:
         because facts about them were recorded (their stored results no longer hold, `load_reusable`)."""
         dirty = self._dirty
         fresh = [k for k in keys if k not in dirty or (facts and not dirty[k])]
-        if not fresh:
-            return
-        db.mark_dirty(conn, fresh, now, facts=facts)
-        for k in fresh:
-            dirty[k] = facts or dirty.get(k, False)
-        if self._dirty_since is None:
+        if fresh:
+            db.mark_dirty(conn, fresh, now, facts=facts)
+        for k in keys if facts else fresh:
+            dirty[k] = self._facts_serial if facts else dirty.get(k, 0)
+        if fresh and self._dirty_since is None:
             self._dirty_since = time.monotonic()
 
     def _due(self) -> bool:
@@ -418,6 +424,7 @@ class HealthService:
         evaluated = changed = 0
         longest = 0.0
         start = 0
+        judged: dict[str, int] = {}
         while start < len(keys):
             chunk = keys[start : start + min(self._chunk, EVALUATE_ALL_CHUNK)]
             start += len(chunk)
@@ -434,7 +441,7 @@ class HealthService:
                 try:
                     with self.store.write() as conn:
                         self._begin()
-                        decisions = self._evaluate(conn, chunk, now, trigger, replay)
+                        decisions = self._evaluate(conn, chunk, now, trigger, replay, judged)
                         done = {*chunk, *(d.key for d in decisions)} & self._dirty.keys()
                         db.clear_dirty(conn, done)
                     for key in done:
@@ -483,11 +490,20 @@ class HealthService:
         return states
 
     def _evaluate(
-        self, conn: Connection, keys: Iterable[str], now: float, trigger: Trigger, replay: bool = False
+        self,
+        conn: Connection,
+        keys: Iterable[str],
+        now: float,
+        trigger: Trigger,
+        replay: bool = False,
+        judged: dict[str, int] | None = None,
     ) -> list[Decision]:
         """Evaluate `keys` and stage their transitions. The downstream assets of those with new facts
         (`Trigger.EVENTS`, or awaiting evaluation) are evaluated too (they judge their upstreams); then,
         once, the downstream of those whose health changed.
+
+        `judged`, shared by the chunks of one pass: the assets it evaluated, with the facts serial then; a
+        downstream asset evaluated after its upstream's facts were recorded already judged them.
 
         Each decision is written at once, so that an asset the cache drops meanwhile is read back as
         decided."""
@@ -497,10 +513,11 @@ class HealthService:
         for key in list(queue):
             # New facts: their downstream judge them (not an asset judged again only to confirm it after a
             # catch-up: its history is unchanged, and a change of its health queues them below).
-            if self._dirty.get(key, trigger is Trigger.EVENTS):
+            serial = self._dirty.get(key, _UNKNOWN_FACTS if trigger is Trigger.EVENTS else 0)
+            if serial:
                 spec = self._entry(conn, key).history.spec
                 if spec is not None:
-                    queue.extend(spec.downstream)
+                    queue.extend(d for d in spec.downstream if judged is None or judged.get(d, 0) < serial)
         second_pass: list[str] = []
         for pass_keys in (queue, second_pass):
             for key in pass_keys:
@@ -522,6 +539,8 @@ class HealthService:
                     self.epoch,
                 )
                 decisions.append(decision)
+                if judged is not None:
+                    judged[key] = self._facts_serial
                 if decision.changed and pass_keys is queue and history.spec is not None:
                     second_pass.extend(d for d in history.spec.downstream if d not in done)
         staged = [d.event for d in decisions if d.event is not None]

@@ -604,3 +604,55 @@ def test_under_a_backlog_a_batch_leaves_the_confirmations_after_a_catch_up_to_th
     assert engine.evaluate_pending() == 3  # the job takes them, in chunks between batches
     assert engine.stats()["dirty_assets"] == 0
     s.close()
+
+
+def test_a_pass_judges_a_downstream_asset_again_only_for_facts_it_has_not_seen(
+    tmp_path: Path, ev: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A downstream asset evaluated earlier in a pass saw the facts its upstream had then: the upstream's
+    evaluation later in the pass does not judge it again (after a catch-up that was a fifth of a pass).
+    Facts about the upstream recorded after it was judged (a batch between two chunks) do."""
+    import services.health.service as service_module
+    from services.health.decide import Trigger
+
+    settings = load_settings(
+        HealthWorkerSettings,
+        dagster_home=str(tmp_path),
+        stores={"data_dir": str(tmp_path)},
+        bus={"batch_size": 2},
+        health={"max_defer_s": 60},
+    )
+    s = open_store(settings)
+    engine = engine_for(s, settings, Clock(T0))
+    engine.handle(deliveries(ev.spec("up", downstream=["down"]), ev.spec("down", upstream=["up"])))
+    judged: list[str] = []
+    evaluate_one = engine._evaluate_one
+
+    def spy(conn: Any, entry: Any, *args: Any) -> Any:
+        judged.append(entry.history.key)
+        return evaluate_one(conn, entry, *args)
+
+    monkeypatch.setattr(engine, "_evaluate_one", spy)
+    engine.handle(deliveries(ev.mat("down", T0 - 60, rows=100)))  # settled: no change of health follows
+    engine.handle(deliveries(ev.mat("up", T0 - 60, rows=100)))
+    for between in (False, True):
+        # A full batch (a backlog): recorded, its evaluation deferred; the pass meets "down" first.
+        t = T0 + (10 if between else 0)
+        engine.handle(deliveries(ev.mat("down", t, rows=100), ev.mat("up", t, rows=100)))
+        assert set(engine._dirty) == {"down", "up"}
+        sleeps = 0
+
+        def batch_between_chunks(_: float, facts: bool = between, at: float = t) -> None:
+            nonlocal sleeps
+            sleeps += 1
+            if facts:  # full too: "up" awaits its evaluation with newer facts
+                engine.handle(deliveries(ev.mat("up", at + 1, rows=100), ev.mat("up", at + 2, rows=100)))
+
+        with monkeypatch.context() as m:
+            m.setattr(service_module, "EVALUATE_ALL_CHUNK", 1)
+            m.setattr(service_module.time, "sleep", batch_between_chunks)
+            judged.clear()
+            engine._in_chunks(["down", "up"], Trigger.EVENTS)
+        assert sleeps == 1 and not engine._dirty
+        assert judged == (["down", "up", "down"] if between else ["down", "up"])
+    s.close()
