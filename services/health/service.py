@@ -119,6 +119,9 @@ class HealthService:
         self.clock = clock
         self.report = report
         self.lock = threading.RLock()
+        # Held by the periodic jobs that evaluate many assets in chunks (evaluate_all, evaluate_pending):
+        # one at a time.
+        self._pass_lock = threading.Lock()
         self.cache = HistoryCache(self.cfg.cache_mb * 1024 * 1024)
         # Written with every evaluation: the stored results of another epoch are never reused.
         self.epoch = results_epoch(self.cfg)
@@ -271,6 +274,7 @@ class HealthService:
         for stream, values in lags.items():
             metrics.EVENT_LAG_SECONDS.labels(stream=stream).observe_many(values)
         self._after_commit([*decisions, *automated])
+        metrics.AWAITING_EVALUATION.set(len(self._dirty))
         if any(e.event.type == "automation.publisher_heartbeat" for e in new):
             self.update_publisher_gauge()
 
@@ -394,19 +398,26 @@ class HealthService:
 
     def evaluate_pending(self) -> int:
         """Evaluate assets whose evaluation was deferred (periodic, every `max_defer_s`), once the worker
-        has caught up or the deferral is due; returns how many."""
+        has caught up or the deferral is due; returns how many. Skipped while the periodic pass runs: it
+        evaluates the waiting assets too."""
         with self.lock:
             self._end_quiet_catch_up()
-            # Caught up (the last batch was not full): what still waits is evaluated now. Under a backlog
-            # only the deferral rule (`_due`) starts an evaluation: a batch can take longer than
-            # `max_defer_s` on a busy machine, which is not a quiet stream.
-            if not self._dirty or not (not self._backlog or self._due()):
-                return 0
-            keys = list(self._dirty)
-            backlog = self._backlog
-        # In chunks, the lock taken for each: batches are handled in between.
-        started = time.monotonic()
-        evaluated, _, longest = self._in_chunks(keys, Trigger.EVENTS)
+        if not self._pass_lock.acquire(blocking=False):
+            return 0
+        try:
+            with self.lock:
+                # Caught up (the last batch was not full): what still waits is evaluated now. Under a
+                # backlog only the deferral rule (`_due`) starts an evaluation: a batch can take longer
+                # than `max_defer_s` on a busy machine, which is not a quiet stream.
+                if not self._dirty or not (not self._backlog or self._due()):
+                    return 0
+                keys = list(self._dirty)
+                backlog = self._backlog
+            # In chunks, the lock taken for each: batches are handled in between.
+            started = time.monotonic()
+            evaluated, _, longest = self._in_chunks(keys, Trigger.EVENTS)
+        finally:
+            self._pass_lock.release()
         # Under a backlog the whole evaluation counts (`_due`: evaluation at most a tenth of the worker's
         # time). Caught up (the thousands judged again after a catch-up), only a chunk: a worker that
         # falls behind meanwhile must not defer a new failure by nine times the whole of it.
@@ -455,6 +466,7 @@ class HealthService:
                 longest = max(longest, took)
                 self._chunk = chunk_size(len(chunk), took)
             self._after_commit(decisions)
+            metrics.AWAITING_EVALUATION.set(len(self._dirty))
             evaluated += len(decisions)
             changed += sum(d.changed for d in decisions)
             if start < len(keys):
@@ -625,14 +637,17 @@ class HealthService:
 
         Assets are evaluated in chunks (`chunk_size`), one transaction each, releasing the lock in
         between: with thousands of assets a single pass takes seconds, and the consume loop must not wait
-        that long for the lock (a failing materialization would wait with it)."""
-        started = time.monotonic()
-        with self.lock:
-            if self._replay_as_of is not None:
-                return 0  # history is being replayed: the wall clock would judge a past not yet read
-            keys, keep = self._pass_keys()
-            self._passes += 1
-        _, changed, _ = self._in_chunks(keys, Trigger.CLOCK, keep)
+        that long for the lock (a failing materialization would wait with it). It waits for an
+        `evaluate_pending` in progress (after a catch-up, the judging of every replayed asset), which
+        leaves it little to do: two passes at once would only share the same work and the lock's turns."""
+        with self._pass_lock:
+            started = time.monotonic()
+            with self.lock:
+                if self._replay_as_of is not None:
+                    return 0  # history is being replayed: the wall clock would judge a past not yet read
+                keys, keep = self._pass_keys()
+                self._passes += 1
+            _, changed, _ = self._in_chunks(keys, Trigger.CLOCK, keep)
         self._release_memory()
         metrics.FULL_EVALUATION_SECONDS.observe(time.monotonic() - started)
         metrics.CACHE_BYTES.set(self.cache.used)

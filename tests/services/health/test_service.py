@@ -656,3 +656,23 @@ def test_a_pass_judges_a_downstream_asset_again_only_for_facts_it_has_not_seen(
         assert sleeps == 1 and not engine._dirty
         assert judged == (["down", "up", "down"] if between else ["down", "up"])
     s.close()
+
+
+def test_the_two_passes_never_run_at_once(store: Store, hsettings: HealthWorkerSettings, ev: Any) -> None:
+    """evaluate_pending skips its turn while the periodic pass runs (which evaluates the waiting assets
+    too); the periodic pass waits for an evaluate_pending in progress."""
+    import threading
+
+    engine = engine_for(store, hsettings, Clock(T0))
+    engine.handle(deliveries(ev.mat("a", T0 - 60, rows=100)))
+    with store.write() as tx:
+        engine._mark_dirty(tx, ["a"], T0, facts=False)
+    with engine._pass_lock:  # as if the other pass were running
+        assert engine.evaluate_pending() == 0
+        assert engine.stats()["dirty_assets"] == 1
+        done = threading.Event()
+        passing = threading.Thread(target=lambda: (engine.evaluate_all(), done.set()))
+        passing.start()
+        assert not done.wait(0.3)  # waits for the lock
+    passing.join(10)
+    assert done.is_set() and engine.stats()["dirty_assets"] == 0
