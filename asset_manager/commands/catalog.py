@@ -129,6 +129,20 @@ def health_by_asset(settings: AppSettings, key: str | None = None) -> dict[str, 
     return out
 
 
+def health_status_by_asset(settings: AppSettings) -> dict[str, str]:
+    """Every evaluated asset's health status alone (HEALTHY … UNKNOWN; a stored value this code does not know
+    reads as UNKNOWN), for listings of the whole catalog; empty before the health worker has written
+    anything."""
+    from services.health import queries as health_queries
+
+    with _peer_store(settings, StoreName.HEALTH) as store:
+        if store is None:
+            return {}
+        stored = health_queries.status_by_asset(store)
+    known = {status.value: status.value for status in HEALTH_STATUSES}
+    return {key: known.get(str(status).upper(), "UNKNOWN") for key, status in stored.items()}
+
+
 def history_chart(settings: AppSettings, key: str, limit: int = 60) -> list[dict[str, Any]]:
     """Row counts and run durations of the asset's recent history as terminal sparklines, from health.db."""
     from services.health import queries as health_queries
@@ -285,14 +299,14 @@ def list_assets(
             job=job,
         )
         upstream = queries.direct_upstream(conn) if assets else {}
-    for asset in assets:
-        asset["upstream"] = upstream.get(asset["key"], [])
-    health_map = health_by_asset(settings) if assets else {}
+    health_map = health_status_by_asset(settings) if assets else {}
     rows = []
     for asset in assets:
-        status = _status(health_map.get(asset["key"]))
+        key = asset["key"]
+        status = health_map.get(key, "UNKNOWN")
         if wanted_health is not None and status != wanted_health:
             continue
+        asset["upstream"] = upstream.get(key, [])
         asset["health"] = status
         asset["location"] = asset["code_location"]
         rows.append(asset)
@@ -764,7 +778,7 @@ def ownership_report(
     settings = _settings()
     with read_store(settings) as conn:
         assets = queries.list_assets(_registry_ready(conn, settings), light=True)
-    health = health_by_asset(settings) if assets else {}
+    health = health_status_by_asset(settings) if assets else {}
     alerts = alerts_by_asset(settings) if assets else {}
     owners: dict[str, dict[str, Any]] = {}
     for asset in assets:
@@ -782,7 +796,7 @@ def ownership_report(
                 },
             )
             row["assets"] += 1
-            row["unhealthy"] += _status(health.get(asset["key"])) in UNHEALTHY
+            row["unhealthy"] += health.get(asset["key"], "UNKNOWN") in UNHEALTHY
             row["open_alerts"] += len(alerts.get(asset["key"], []))
             row["_described"] += described
     responses = {r["owner"]: r for r in reliability_document(settings, start)["owner"]} if assets else {}
@@ -810,7 +824,7 @@ def ownership_report(
         },
         {
             "kpi": "unhealthy_pct",
-            "value": _pct(sum(1 for a in assets if _status(health.get(a["key"])) in UNHEALTHY), total),
+            "value": _pct(sum(1 for a in assets if health.get(a["key"], "UNKNOWN") in UNHEALTHY), total),
         },
         {"kpi": "owners", "value": len(owners)},
     ]
