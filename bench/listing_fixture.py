@@ -11,11 +11,17 @@ assets x 90 days).
 
     python bench/listing_fixture.py --dir /tmp/ams-listing --assets 50000 --days 90
 
-then time the CLI against it (the data dir is DAGSTER_HOME, as in `bench/scale.py`):
+then time the CLI against it as `bench/scale.py` does (`asset-health KEY`, `asset-health --status FAILED`,
+`list-assets --format json` as ratios to `asset-manager --help`, medians of `--cli-repeat` runs), reusing the
+stores already built:
+
+    python bench/listing_fixture.py --dir /tmp/ams-listing --assets 50000 --reuse --cli-repeat 5
+
+or by hand (the data dir is DAGSTER_HOME, as in `bench/scale.py`):
 
     DAGSTER_HOME=/tmp/ams-listing ENVIRONMENT=production asset-manager list-assets --format json
 
-Prints one JSON object (counts, seconds, sizes) on its last line.
+Prints one JSON object (counts, seconds, sizes, CLI ratios) on its last line.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.scale import DAY, SOURCE, cadences, catalog  # noqa: E402
+from bench.scale import DAY, SOURCE, cadences, catalog, cli_time  # noqa: E402
 from libs.common.events import CatalogSnapshotData, event_id  # noqa: E402
 from libs.common.store import Store  # noqa: E402
 
@@ -133,6 +139,31 @@ def build(
     return out
 
 
+def time_cli(directory: Path, assets: int, repeat: int) -> dict[str, object]:
+    """The CLI's commands of `bench/scale.py` against the stores in `directory`, as ratios to its start-up."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AMS_")},
+        "DAGSTER_HOME": str(directory),
+        "ENVIRONMENT": "production",
+        "AMS_LOGGING__FILE": str(directory / "system.log"),
+        "AMS_LOGGING__LEVEL": "WARNING",
+    }
+    cli = str(Path(sys.executable).with_name("asset-manager"))
+    one = catalog(assets)[assets // 2].key
+    startup = cli_time([cli, "--help"], env, repeat)
+    timings = {
+        "asset_health_one": cli_time([cli, "asset-health", one], env, repeat),
+        "asset_health_failed": cli_time([cli, "asset-health", "--status", "FAILED"], env, repeat),
+        "list_assets_json": cli_time([cli, "list-assets", "--format", "json"], env, repeat),
+    }
+    return {
+        "cli_startup_s": round(startup, 3),
+        "cli_s": {k: round(v, 3) for k, v in timings.items()},
+        "cli_ratio": {k: round(v / startup, 2) for k, v in timings.items()},
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -143,13 +174,25 @@ def main() -> None:
     parser.add_argument("--hourly-pct", type=float, default=1.0)
     parser.add_argument("--six-hourly-pct", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="the stores in --dir are already built (same --assets): time only",
+    )
+    parser.add_argument("--cli-repeat", type=int, default=0, help="time the CLI (0: do not)")
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
-    if any(args.dir.glob("*.db")):
-        parser.error(f"{args.dir} already holds stores")
-    result = build(
-        args.dir.resolve(), args.assets, args.days, args.hourly_pct, args.six_hourly_pct, args.seed
-    )
+    directory = args.dir.resolve()
+    built = any(directory.glob("*.db"))
+    if args.reuse and not built:
+        parser.error(f"--reuse: {directory} holds no stores")
+    if built and not args.reuse:
+        parser.error(f"{directory} already holds stores (--reuse to time the CLI against them)")
+    result: dict[str, object] = {"dir": str(directory), "assets": args.assets}
+    if not args.reuse:
+        result = build(directory, args.assets, args.days, args.hourly_pct, args.six_hourly_pct, args.seed)
+    if args.cli_repeat:
+        result.update(time_cli(directory, args.assets, args.cli_repeat))
     print(json.dumps(result))
 
 
