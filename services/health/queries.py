@@ -111,6 +111,13 @@ def statuses(store: Store, key: str | None = None) -> dict[str, AssetStatus]:
     }
 
 
+def status_by_asset(store: Store) -> dict[str, str]:
+    """Every evaluated asset's status, nothing else: a catalog listing of 50,000 assets reads it in tens of
+    milliseconds (`statuses` decodes each asset's reasons and builds a model: seconds)."""
+    with store.read() as conn:
+        return dict(db.read_status_by_asset(conn))
+
+
 def known_assets(store: Store) -> list[str]:
     """Every asset with a health row (for "did you mean" hints)."""
     with store.read() as conn:
