@@ -118,6 +118,13 @@ def status_by_asset(store: Store) -> dict[str, str]:
         return dict(db.read_status_by_asset(conn))
 
 
+def code_locations(store: Store) -> list[str]:
+    """The code locations of the assets health knows, sorted (for "did you mean" hints)."""
+    with store.read() as conn:
+        specs = db.read_specs(conn)
+    return sorted({loc for text in specs if (loc := json.loads(text).get("code_location"))})
+
+
 def known_assets(store: Store) -> list[str]:
     """Every asset with a health row (for "did you mean" hints)."""
     with store.read() as conn:
