@@ -67,6 +67,17 @@ def deliveries(*events: Event) -> list[Any]:
     ]
 
 
+def small_batches(tmp_path: Path, *, batch_size: int, max_defer_s: float) -> HealthWorkerSettings:
+    """Settings where a batch of `batch_size` events is full (a backlog: evaluations deferred)."""
+    return load_settings(
+        HealthWorkerSettings,
+        dagster_home=str(tmp_path),
+        stores={"data_dir": str(tmp_path)},
+        bus={"batch_size": batch_size},
+        health={"max_defer_s": max_defer_s},
+    )
+
+
 def engine_for(store: Store, settings: HealthWorkerSettings, clock: Callable[[], float]) -> HealthService:
     return HealthService(store, settings, clock=clock)
 
@@ -239,13 +250,7 @@ def test_spec_copy_orders_versions_and_retires(
 
 
 def test_backlog_defers_evaluation_durably(store: Store, tmp_path: Path, ev: Any) -> None:
-    settings = load_settings(
-        HealthWorkerSettings,
-        dagster_home=str(tmp_path),
-        stores={"data_dir": str(tmp_path)},
-        bus={"batch_size": 2},
-        health={"max_defer_s": 60},
-    )
+    settings = small_batches(tmp_path, batch_size=2, max_defer_s=60)
     engine = engine_for(store, settings, Clock(T0 + 10))
     full = deliveries(
         ev.run("r1", "FAILURE", ["a"], start=T0, end=T0 + 1),
@@ -431,13 +436,7 @@ def test_caught_up_after_a_long_backlog_a_batch_evaluates_its_own_assets_first(
     import services.health.service as service_module
 
     monkeypatch.setattr(service_module, "_EVALUATE_IN_BATCH", 2)
-    settings = load_settings(
-        HealthWorkerSettings,
-        dagster_home=str(tmp_path),
-        stores={"data_dir": str(tmp_path)},
-        bus={"batch_size": 3},
-        health={"max_defer_s": 60},
-    )
+    settings = small_batches(tmp_path, batch_size=3, max_defer_s=60)
     service = engine_for(store, settings, Clock(T0 + 10))
     service.handle(
         deliveries(*[ev.run(f"r{k}", "FAILURE", [k], start=T0, end=T0 + 1) for k in "abc"])
@@ -579,13 +578,7 @@ def test_under_a_backlog_a_batch_leaves_the_confirmations_after_a_catch_up_to_th
     import services.health.service as service_module
 
     monkeypatch.setattr(service_module, "_EVALUATE_IN_BATCH", 2)
-    settings = load_settings(
-        HealthWorkerSettings,
-        dagster_home=str(tmp_path),
-        stores={"data_dir": str(tmp_path)},
-        bus={"batch_size": 2},
-        health={"max_defer_s": 0.001},
-    )
+    settings = small_batches(tmp_path, batch_size=2, max_defer_s=0.001)
     s = open_store(settings)
     clock = Clock(T0)
     engine = engine_for(s, settings, clock)
@@ -615,13 +608,7 @@ def test_a_pass_judges_a_downstream_asset_again_only_for_facts_it_has_not_seen(
     import services.health.service as service_module
     from services.health.decide import Trigger
 
-    settings = load_settings(
-        HealthWorkerSettings,
-        dagster_home=str(tmp_path),
-        stores={"data_dir": str(tmp_path)},
-        bus={"batch_size": 2},
-        health={"max_defer_s": 60},
-    )
+    settings = small_batches(tmp_path, batch_size=2, max_defer_s=60)
     s = open_store(settings)
     engine = engine_for(s, settings, Clock(T0))
     engine.handle(deliveries(ev.spec("up", downstream=["down"]), ev.spec("down", upstream=["up"])))
