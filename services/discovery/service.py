@@ -3,9 +3,12 @@ these)."""
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -38,6 +41,35 @@ log = get_logger(__name__)
 SOURCE = "discovery"
 
 
+_PAUSE_LOCK = threading.Lock()
+_pauses = 0
+_resume = False
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for a read or registration of a whole code location.
+
+    Reading 10,000 assets allocates about a million containers that all stay alive until the end: with the
+    default thresholds the collector ran full collections over them (and over the rest of the heap) again
+    and again, 1.2-1.9 s of a cold GraphQL poll that itself needs under 1.5 s. Nested and concurrent
+    pauses share one: the collector resumes when the last one ends, and only if it was running before.
+    """
+    global _pauses, _resume
+    with _PAUSE_LOCK:
+        if _pauses == 0:
+            _resume = gc.isenabled()
+            gc.disable()
+        _pauses += 1
+    try:
+        yield
+    finally:
+        with _PAUSE_LOCK:
+            _pauses -= 1
+            if _pauses == 0 and _resume:
+                gc.enable()
+
+
 @dataclass
 class Outcome:
     """The result of registering one snapshot."""
@@ -62,7 +94,7 @@ def register(
     `origin` is the reader that produced the snapshot (`dagster`, `sensor`, `local`), kept per location.
     """
     started = time.perf_counter()
-    with store.write() as conn:
+    with collector_paused(), store.write() as conn:
         changes = register_snapshot(conn, snapshot, now or datetime.now(UTC))
         set_source(conn, snapshot.code_location, origin)
         events = to_events(changes, source=source)
@@ -76,8 +108,8 @@ def register(
 def _observe(store: Store, outcome: Outcome, trigger: str) -> None:
     metrics.DURATION.labels(trigger=trigger).observe(outcome.duration_s)
     metrics.LAST_SCAN.labels(code_location=outcome.code_location).set(time.time())
-    for change in outcome.changes:
-        metrics.VERSIONS.labels(kind=change.kind).inc()
+    for kind, count in Counter(change.kind for change in outcome.changes).items():
+        metrics.VERSIONS.labels(kind=kind).inc(count)
     if outcome.changes:
         metrics.refresh_gauges(store.connection())
         log.info(
@@ -156,7 +188,7 @@ def make_handler(
 def _register_events(store: Store, snapshots: Sequence[CatalogSnapshot], *, defer: bool = False) -> None:
     started = time.perf_counter()
     outcomes: list[Outcome] = []
-    with store.write() as conn:
+    with collector_paused(), store.write() as conn:
         for event in Store.claim_new(conn, snapshots, lambda e: e.id):
             if defer and source_of(conn, event.data.code_location) == DAGSTER_SOURCE:
                 continue  # the webserver's reading of this location wins (README "Discovery sources")
@@ -254,7 +286,7 @@ class WorkspaceSync:
     def poll(self, *, force: bool = False, trigger: str = "poll", dry_run: Store | None = None) -> SyncReport:
         """Poll once. `force` re-reads every location; `dry_run` registers into that store instead (and
         remembers nothing)."""
-        with self._lock:
+        with self._lock, collector_paused():
             return self._poll(force=force, trigger=trigger, target=dry_run)
 
     def _poll(self, *, force: bool, trigger: str, target: Store | None) -> SyncReport:

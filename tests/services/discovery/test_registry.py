@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 from datetime import UTC, datetime, timedelta
@@ -30,6 +31,7 @@ from services.discovery.registry import (
     upstream_first,
     upstream_of,
 )
+from services.discovery.service import collector_paused
 from services.discovery.store import MIGRATIONS
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -408,3 +410,23 @@ def test_upgrade_with_a_real_change_versions_only_that_change(tmp_path: Path) ->
         ]  # recorded with the new version, not shown as a change
     finally:
         store.close()
+
+
+def test_collector_pause_nests_and_restores_the_collector_as_it_was() -> None:
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the outer pause still holds
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), collector_paused():
+        raise RuntimeError("registration failed")
+    assert gc.isenabled()
+    gc.disable()  # a process that runs without the collector keeps it off
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
