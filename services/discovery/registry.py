@@ -126,6 +126,8 @@ def normalise(spec: AssetSpecData) -> AssetSpecData:
     update: dict[str, Any] = {}
     for name in _LIST_FIELDS:
         value = getattr(spec, name)
+        if len(value) < 2:  # already sorted and unique (most lists): no set, no sort
+            continue
         normal = sorted(set(value))
         if normal != value:
             update[name] = normal
