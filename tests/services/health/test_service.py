@@ -663,3 +663,18 @@ def test_the_two_passes_never_run_at_once(store: Store, hsettings: HealthWorkerS
         assert not done.wait(0.3)  # waits for the lock
     passing.join(10)
     assert done.is_set() and engine.stats()["dirty_assets"] == 0
+
+
+def test_status_gauges_are_rebuilt_at_most_a_twentieth_of_the_time(
+    store: Store, hsettings: HealthWorkerSettings
+) -> None:
+    """A rebuild reads every asset's health: one that took 0.5 s waits 10 s before the next, not 1 s."""
+    import time
+
+    engine = engine_for(store, hsettings, Clock(T0))
+    for took, rebuilt in ((0.5, False), (0.01, True)):
+        engine._gauges_stale = True
+        engine._gauges_refreshed = time.monotonic() - 2.0
+        engine._gauges_took = took
+        engine.refresh_status_gauges()
+        assert engine._gauges_stale is not rebuilt
