@@ -9,6 +9,7 @@ Entries that fail validation, or whose handler still fails after `max_deliveries
 
 from __future__ import annotations
 
+import gc
 import random
 import socket
 import sqlite3
@@ -283,6 +284,20 @@ class Consumer:
         return {_text(r["message_id"]): int(r["times_delivered"]) for r in rows}
 
     def _settle(self, batches: dict[str, list[tuple[str, Any]]], *, redelivered: bool) -> int:
+        """`_settle_batch` with the cyclic garbage collector paused. A batch's objects (events, deliveries,
+        what the handler makes of them) are created together and die together once it is settled, and
+        thousands of them outnumber the collector's threshold: it scanned them, all alive, once or twice per
+        batch (health worker over a backlog of 50,000 to 200,000 events: 5 to 7 % of its time). What is left
+        after the batch is collected as before."""
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            return self._settle_batch(batches, redelivered=redelivered)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _settle_batch(self, batches: dict[str, list[tuple[str, Any]]], *, redelivered: bool) -> int:
         """Validate the entries of several streams, hand the valid ones to the handler in ONE call (one
         store transaction), dead-letter the rest, and acknowledge per stream.
 
