@@ -293,7 +293,7 @@ def test_the_collector_pauses_for_a_batch_and_resumes_after_it_even_on_failure(s
     with contextlib.suppress(sqlite3.OperationalError):
         consumer.poll(block=True)
     assert during == [False] and gc.isenabled()
-    poll_until(consumer, lambda: len(during) == 2)  # the batch retried
+    poll_until(consumer, lambda: len(during) == 2)  # the batch retried (its entries already read)
     bus.publish_many(RUNS, [run_event(5)])
     poll_until(consumer, lambda: len(during) == 3)
     assert during[2] is False and gc.isenabled()
