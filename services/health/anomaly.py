@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from itertools import combinations
 from typing import Literal
 
 Direction = Literal["both", "spike", "drop"]
@@ -77,11 +78,18 @@ def robust_location_scale(residuals: Sequence[float], cut: float = 3.5) -> tuple
     """
     center = median(residuals)
     deviations = [abs(r - center) for r in residuals]
-    mad = median(deviations)
+    ordered = sorted(deviations)
+    n = len(ordered)
+    mid = n // 2
+    mad = ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2.0  # median(deviations)
     if mad == 0:
         return center, 1.2533 * sum(deviations) / len(deviations)
     limit = cut * MAD_SCALE * mad
-    kept = [r for r, d in zip(residuals, deviations, strict=True) if d <= limit]
+    total = sum(deviations)
+    if total == total and ordered[-1] <= limit:  # no NaN, so the last is the largest: none is cut
+        kept: Sequence[float] = residuals
+    else:
+        kept = [r for r, d in zip(residuals, deviations, strict=True) if d <= limit]
     if len(kept) < 3:
         return center, MAD_SCALE * mad
     mean = sum(kept) / len(kept)
@@ -97,13 +105,9 @@ def theil_sen_slope(ts: Sequence[float], vs: Sequence[float]) -> float:
         idx = [round(i * step) for i in range(_MAX_SLOPE_POINTS)]
         ts = [ts[i] for i in idx]
         vs = [vs[i] for i in idx]
-        n = len(ts)
-    slopes: list[float] = []
-    for i in range(n - 1):
-        ti, vi = ts[i], vs[i]
-        slopes.extend(
-            [(vj - vi) / (tj - ti) for tj, vj in zip(ts[i + 1 :], vs[i + 1 :], strict=True) if tj != ti]
-        )
+    # Every pair i < j, in the order of i then j.
+    pairs = combinations(zip(ts, vs, strict=True), 2)
+    slopes = [(vj - vi) / (tj - ti) for (ti, vi), (tj, vj) in pairs if tj != ti]
     return median(slopes) if slopes else 0.0
 
 
@@ -158,8 +162,8 @@ def score(history: Sequence[tuple[float, float]], point: tuple[float, float], cf
     """
     if cfg.seasonality != "auto":
         return _score(history, point, cfg)
-    slopes: dict[tuple[float, int, bool], float] = {}  # the fits below share training windows
-    plain = _score(history, point, replace(cfg, seasonality="none"), slopes)
+    shared = _Shared()  # the fits below share training windows
+    plain = _score(history, point, replace(cfg, seasonality="none"), shared)
     if not plain.enough_data or plain.fit_error is None:
         return plain
     best, best_error = plain, plain.fit_error
@@ -172,7 +176,7 @@ def score(history: Sequence[tuple[float, float]], point: tuple[float, float], cf
     if len(recent) >= 2 and (recent[-1] - recent[0]) / (len(recent) - 1) < 6 * 3600 and span >= 4 * _DAY:
         candidates.append("hour_of_day")
     for kind in candidates:
-        other = _score(history, point, replace(cfg, seasonality=kind), slopes)
+        other = _score(history, point, replace(cfg, seasonality=kind), shared)
         if not other.enough_data or other.fit_error is None:
             continue
         # Compare on the same training points (a weekday profile trains on a longer window).
@@ -182,29 +186,45 @@ def score(history: Sequence[tuple[float, float]], point: tuple[float, float], cf
             training_s=max(cfg.training_s, 56 * _DAY) if kind == "day_of_week" else cfg.training_s,
         )
         baseline = (
-            _score(history, point, window, slopes).fit_error if kind == "day_of_week" else plain.fit_error
+            _score(history, point, window, shared).fit_error if kind == "day_of_week" else plain.fit_error
         )
         if baseline is not None and other.fit_error < 0.85 * baseline and other.fit_error < best_error:
             best, best_error = other, other.fit_error
     return best
 
 
-def _score(
-    history: Sequence[tuple[float, float]],
-    point: tuple[float, float],
-    cfg: DetectorConfig,
-    slopes: dict[tuple[float, int, bool], float] | None = None,
-) -> Score:
+@dataclass(frozen=True, slots=True)
+class _Training:
+    """The training set of one window: its points (time, value on the fitted scale), as lists."""
+
+    n: int
+    use_log: bool
+    ts: list[float]
+    vs: list[float]
+    train: list[tuple[float, float]]
+
+
+@dataclass(slots=True)
+class _Shared:
+    """What the fits of one `score` call (one history and point) share, by training window: the training
+    set (or, too small, its size) and the trend slope."""
+
+    training: dict[tuple[float, int, int], _Training | int] = field(default_factory=dict)
+    slopes: dict[tuple[float, int, bool], float] = field(default_factory=dict)
+
+
+def _training(
+    history: Sequence[tuple[float, float]], point: tuple[float, float], training_s: float, cfg: DetectorConfig
+) -> _Training | int:
+    """The training set of `point` in a window of `training_s`, or its size when below the minimum."""
     t_now, value = point
-    # Weekday profiles need several weeks: at least 8 points per weekday.
-    training_s = max(cfg.training_s, 56 * _DAY) if cfg.seasonality == "day_of_week" else cfg.training_s
     start = t_now - training_s
     train = [(t, v) for t, v in history if start <= t < t_now and math.isfinite(v)]
     if len(train) > cfg.max_points:
         train = train[-cfg.max_points :]
     n = len(train)
     if n < cfg.min_training_size:
-        return Score(value, None, False, n, note=f"{n} of {cfg.min_training_size} training points")
+        return n
     # Volumes and durations vary multiplicatively (a weekend at 60 %, noise of a few percent, growth of a
     # percent a day): on a log scale those become additive and the spread comparable across the week. A
     # few empty runs in the history (zero rows is a finding of its own) do not prevent that.
@@ -214,7 +234,29 @@ def _score(
         train, n = positive, len(positive)
     ts = [t for t, _ in train]
     vs = [math.log(v) for _, v in train] if use_log else [v for _, v in train]
-    train = list(zip(ts, vs, strict=True))
+    return _Training(n, use_log, ts, vs, list(zip(ts, vs, strict=True)))
+
+
+def _score(
+    history: Sequence[tuple[float, float]],
+    point: tuple[float, float],
+    cfg: DetectorConfig,
+    shared: _Shared | None = None,
+) -> Score:
+    t_now, value = point
+    # Weekday profiles need several weeks: at least 8 points per weekday.
+    training_s = max(cfg.training_s, 56 * _DAY) if cfg.seasonality == "day_of_week" else cfg.training_s
+    # The training set is a function of these, for one history and point (the lists are only read).
+    key = (training_s, cfg.max_points, cfg.min_training_size)
+    found = shared.training.get(key) if shared is not None else None
+    if found is None:
+        found = _training(history, point, training_s, cfg)
+        if shared is not None:
+            shared.training[key] = found
+    if isinstance(found, int):
+        n = found
+        return Score(value, None, False, n, note=f"{n} of {cfg.min_training_size} training points")
+    n, use_log, ts, vs, train = found.n, found.use_log, found.ts, found.vs, found.train
     observed = value
     seasonal = cfg.seasonality != "none"
     bucket_now = bucket_of(t_now, cfg.seasonality)
@@ -244,12 +286,12 @@ def _score(
     flat = fit(0.0)
     # The training window (and so the slope) is a function of these, for one history and point.
     window = (training_s, cfg.max_points, use_log)
-    if slopes is not None and window in slopes:
-        slope = slopes[window]
+    if shared is not None and window in shared.slopes:
+        slope = shared.slopes[window]
     else:
         slope = theil_sen_slope(ts, vs) if n >= 8 else 0.0
-        if slopes is not None:
-            slopes[window] = slope
+        if shared is not None:
+            shared.slopes[window] = slope
     chosen, trend = flat, 0.0
     if slope != 0.0:
         trended = fit(slope)
