@@ -236,12 +236,14 @@ class HealthService:
                 with self.store.write() as conn:
                     self._begin()
                     new = Store.claim_new(conn, deliveries, lambda d: d.event.id)
-                    facts = record.facts_of(d.event for d in new)
+                    events = [d.event for d in new]
+                    facts = record.facts_of(events)
                     self._record(conn, facts, now)
                     self._mark_dirty(conn, facts.touched, now, facts=True)
                     confirming = self._confirm_pending and not replay
-                    events = [d.event for d in new]
-                    automated = self._record_automation(conn, events)
+                    # One isinstance per event: a batch of runs and materializations holds none of these.
+                    ticks = [e for e in events if isinstance(e, automation.AUTOMATION_EVENTS)]
+                    automated = self._record_automation(conn, ticks)
                     automated += self._record_jobs(conn, events, now, replay, confirming)
                     if confirming:  # caught up: what was replayed is judged again on the wall clock
                         self._mark_dirty(conn, db.replayed_asset_keys(conn), now, facts=False)
@@ -272,7 +274,7 @@ class HealthService:
         for stream, values in lags.items():
             metrics.EVENT_LAG_SECONDS.labels(stream=stream).observe_many(values)
         self._after_commit([*decisions, *automated])
-        if any(e.event.type == "automation.publisher_heartbeat" for e in new):
+        if any(e.type == "automation.publisher_heartbeat" for e in ticks):
             self.update_publisher_gauge()
 
     def _catch_up(self, deliveries: Sequence[Delivery]) -> float:
@@ -669,10 +671,9 @@ class HealthService:
         return wall, False
 
     def _record_automation(self, conn: Connection, events: Sequence[Event]) -> list[Decision]:
-        """Fold a batch's automation events into their objects and evaluate those (and, once caught up, the
-        objects last judged during a replay, on the wall clock)."""
-        # One isinstance per event first: a batch of runs and materializations holds none of them.
-        events = [e for e in events if isinstance(e, automation.AUTOMATION_EVENTS)]
+        """Fold a batch's automation events (`automation.AUTOMATION_EVENTS`: the caller picks them) into
+        their objects and evaluate those (and, once caught up, the objects last judged during a replay, on
+        the wall clock)."""
         by_key: dict[str, list[Event]] = {}
         for event in events:
             key = automation.object_key(event)
