@@ -68,6 +68,8 @@ CHUNK_TARGET_S = 0.05
 _YIELD_S = 0.002
 # Assets a batch evaluates in its own transaction; more (a deferred backlog) go in chunks after it.
 _EVALUATE_IN_BATCH = 1000
+# Asset keys remembered as having a history (`HealthService._with_history`), at most (a few MB).
+_WITH_HISTORY_MAX = 100_000
 
 Report = Callable[[str, Sequence[CheckResult]], None]
 # The events that carry history (runs, materializations): their times tell a replay from live events.
@@ -149,6 +151,9 @@ class HealthService:
         self._automation_confirm = True
         self._automation_handled = 0.0  # monotonic time of the last batch with automation events
         self._automation_passes = 0
+        # Assets known to have a history in health.db, not asked about again (`_record`); a key here whose
+        # history is gone after all is only read back when evaluated, as any uncached one.
+        self._with_history: set[str] = set()
         self._load_dirty()
 
     # -- cache -------------------------------------------------------------------------------------------
@@ -338,9 +343,13 @@ class HealthService:
         batch, so its first evaluation reads nothing back (a backlog of new assets: a fifth of that
         evaluation's time was reading back the histories just written)."""
         if self.store.dialect == "sqlite":  # on PostgreSQL the cache lasts one transaction (`_begin`)
-            uncached = [key for key in facts.touched if self.cache.peek(key) is None]
+            known = self._with_history
+            uncached = [key for key in facts.touched if key not in known and self.cache.peek(key) is None]
             for key in db.without_history(conn, uncached) if uncached else ():
                 self.cache.entry(key, AssetHistory)
+            if len(known) + len(uncached) > _WITH_HISTORY_MAX:
+                known.clear()
+            known.update(uncached)  # each has a history now (or this transaction fails: then it is read)
         db.write_facts(conn, facts, now)
         cached = {key: self.cache.peek(key) for key in facts.touched}
         entries = {key: e for key, e in cached.items() if e is not None}
