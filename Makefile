@@ -49,8 +49,8 @@ image-test: install test-tools
 	$(BIN)/python -m pytest tests/deploy/test_image.py $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check libs services orchestrator asset_manager tests bench
-	$(BIN)/ruff format --check libs services orchestrator asset_manager tests bench
+	$(BIN)/ruff check libs services orchestrator asset_manager tests bench deploy
+	$(BIN)/ruff format --check libs services orchestrator asset_manager tests bench deploy
 	$(BIN)/mypy
 
 # Every benchmark prints one JSON object on its last line; then the fault tests at their full counts.

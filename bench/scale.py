@@ -10,7 +10,9 @@
 3. steady traffic: `--rate` events/s of new materializations for `--steady-s` seconds (at least one
    evaluation interval, so a full evaluation pass runs under it), with `--probes` failing runs of distinct
    assets; a probe's latency runs from its XADD to its health.changed on the health stream. Its recent
-   events end the catch-up: every asset is judged again on the wall clock, by the periodic pass among others
+   events end the catch-up: every asset is judged again on the wall clock (`evaluate_pending`, then the
+   periodic pass), and the traffic goes on until that is done (`judged_after_catch_up_s`: until
+   `ams_health_assets_awaiting_evaluation` is down to a thousandth of the catalog)
 4. a restart of the worker: its first pass evaluates every asset from a cold cache (`restart_first_pass_s`)
 5. figures: the worker's RSS after the backlog and at the end, the mean duration of the full evaluation
    passes under steady traffic (`ams_health_full_evaluation_seconds`, `full_passes` of them) against
@@ -333,8 +335,17 @@ def main() -> None:
         n = 0
         probe_every = steady_s / max(1, len(probe_keys))
         next_probe = steady_started + probe_every / 2
-        while time.monotonic() - steady_started < steady_s:
+        judged_all_s: float | None = None  # every replayed asset judged on the wall clock
+        last_look = 0.0
+        while time.monotonic() - steady_started < steady_s or judged_all_s is None:
             tick = time.monotonic()
+            if judged_all_s is None and tick - last_look >= 1.0:
+                last_look = tick
+                waiting = gauge(worker.metrics(), "ams_health_assets_awaiting_evaluation")
+                if waiting is not None and waiting <= max(10, args.assets // 1000):
+                    judged_all_s = tick - steady_started
+            if tick - steady_started > steady_s + 3600:
+                raise RuntimeError("the assets replayed were not judged again within an hour")
             for _ in range(max(1, int(args.rate / 10))):
                 i = others[rng.randrange(len(others))]
                 pub.add(
@@ -381,6 +392,8 @@ def main() -> None:
         full_pass_s = (passes_after[1] - passes_before[1]) / passes
         result.update(
             steady_events=n,
+            steady_s=round(time.monotonic() - steady_started, 1),
+            judged_after_catch_up_s=round(judged_all_s, 1),
             probes_missing=sum(k not in arrived for k in sent),
             probe_p50_ms=round(statistics.median(latencies), 1) if latencies else None,
             probe_p99_ms=round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 1)

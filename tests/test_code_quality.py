@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-PACKAGES = ["libs", "services", "orchestrator", "asset_manager", "tests", "bench"]
+PACKAGES = ["libs", "services", "orchestrator", "asset_manager", "tests", "bench", "deploy"]
 
 
 def test_ruff_clean() -> None:

@@ -58,6 +58,9 @@ def asset_health(
         str | None,
         typer.Option("--status", "-s", help="Only these statuses, comma-separated (e.g. FAILED,WARNING)"),
     ] = None,
+    location: Annotated[
+        str | None, typer.Option("--location", "-l", help="Only assets of this code location")
+    ] = None,
     fmt: FormatOption = OutputFormat.table,
     output: OutputOption = None,
 ) -> None:
@@ -86,6 +89,17 @@ def asset_health(
             close = difflib.get_close_matches(key, queries.known_assets(store), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise CliError(f"no health recorded for asset '{key}'{hint}")
+        if location is not None:
+            if key is not None and items and items[0].code_location != location:
+                found = items[0].code_location
+                raise CliError(f"asset '{key}' is in code location {found or '(unknown)'}, not {location}")
+            items = [item for item in items if item.code_location == location]
+            known = queries.code_locations(store) if not items else []
+            if not items and location not in known:
+                close = difflib.get_close_matches(location, known, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                listed = ", ".join(known) or "none"
+                raise CliError(f"unknown code location '{location}'{hint}; known: {listed}")
     finally:
         store.close()
     if key is not None and items:

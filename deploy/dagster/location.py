@@ -43,13 +43,17 @@ def executor_from_env(env: Mapping[str, str] = os.environ) -> ExecutorDefinition
     if kind == "multiprocess":
         # Dagster's default is one step per CPU of the host, whatever the container's limit.
         steps = env.get("DAGSTER_MAX_CONCURRENT_STEPS", "").strip()
-        return multiprocess_executor.configured({"max_concurrent": int(steps)}) if steps else multiprocess_executor
+        return (
+            multiprocess_executor.configured({"max_concurrent": int(steps)})
+            if steps
+            else multiprocess_executor
+        )
     if kind == "in_process":
         return in_process_executor
     if kind == "celery":
         from dagster_celery import celery_executor  # installed in the image only (the `deploy` extra)
 
-        return celery_executor.configured(celery_config())  # type: ignore[no-any-return]
+        return celery_executor.configured(celery_config())
     raise ValueError(f"DAGSTER_EXECUTOR={kind!r}: expected default, multiprocess, in_process or celery")
 
 

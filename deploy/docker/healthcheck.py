@@ -43,10 +43,18 @@ def probe_for(cmdlines: Iterable[list[str]], env: Mapping[str, str]) -> str | li
             return f"http://127.0.0.1:{_option(args, '-p', '--port', default='3000')}/server_info"
         serves_grpc = "code-server" in args or ("api" in args and "grpc" in args)
         if serves_grpc and ("-p" in args or "--port" in args):  # not the socket-bound child of code-server
-            return ["dagster", "api", "grpc-health-check", "-p", _option(args, "-p", "--port", default="4000")]
+            return [
+                "dagster",
+                "api",
+                "grpc-health-check",
+                "-p",
+                _option(args, "-p", "--port", default="4000"),
+            ]
         if "dagster-daemon" in names and "run" in args:
             return ["dagster-daemon", "liveness-check"]
-        if "celery" in names and "worker" in args and "-n" in args:  # the child of `dagster-celery worker start`
+        if (
+            "celery" in names and "worker" in args and "-n" in args
+        ):  # the child of `dagster-celery worker start`
             node = _option(args, "-n", default="").replace("%h", env.get("HOSTNAME") or socket.gethostname())
             broker = env.get("DAGSTER_CELERY_BROKER_URL", "")
             app = _option(args, "-A", "--app", default="dagster_celery.app")
@@ -72,7 +80,10 @@ def check_url(url: str, timeout: float) -> int:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             status = int(response.status)
     except urllib.error.HTTPError as exc:
-        print(f"healthcheck: {url} answered {exc.code}: {exc.read(300).decode(errors='replace')}", file=sys.stderr)
+        print(
+            f"healthcheck: {url} answered {exc.code}: {exc.read(300).decode(errors='replace')}",
+            file=sys.stderr,
+        )
         return 1
     except (urllib.error.URLError, OSError) as exc:
         print(f"healthcheck: {url} unreachable: {exc}", file=sys.stderr)
@@ -83,7 +94,9 @@ def check_url(url: str, timeout: float) -> int:
 def main(argv: list[str]) -> int:
     """Probe the URL argument, AMS_HEALTHCHECK_URL, or what the container runs."""
     timeout = float(os.environ.get("AMS_HEALTHCHECK_TIMEOUT_S", "4"))
-    target: str | list[str] | None = argv[1] if len(argv) > 1 else os.environ.get("AMS_HEALTHCHECK_URL") or None
+    target: str | list[str] | None = (
+        argv[1] if len(argv) > 1 else os.environ.get("AMS_HEALTHCHECK_URL") or None
+    )
     if target is None:
         target = probe_for(_cmdlines(), os.environ)
     if target is None:

@@ -379,7 +379,12 @@ def _env_name(loc: tuple[str | int, ...]) -> str:
     return ENV_PREFIX + "__".join(str(p).upper() for p in loc)
 
 
-def _source_of(loc: tuple[str | int, ...], files: list[tuple[Path, dict[str, Any]]]) -> str:
+def _source_of(
+    loc: tuple[str | int, ...], files: list[tuple[Path, dict[str, Any]]], overrides: dict[str, Any]
+) -> str:
+    """Where the invalid value at `loc` came from, highest precedence first."""
+    if _has_path(overrides, loc):
+        return "the settings passed to load_settings"
     if _env_name(loc[:2]) in os.environ or _env_name(loc[:1]) in os.environ:
         return f"environment variable {_env_name(loc)}"
     for path, data in reversed(files):
@@ -423,7 +428,7 @@ def load_settings(model: type[SettingsT], *, environment: str | None = None, **o
         for err in exc.errors():
             loc = tuple(err["loc"])
             field = ".".join(str(p) for p in loc) or "(root)"
-            problems.append(f"{field}: {err['msg']} (in {_source_of(loc, files)})")
+            problems.append(f"{field}: {err['msg']} (in {_source_of(loc, files, overrides)})")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
     finally:
         _config_files.reset(token)

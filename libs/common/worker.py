@@ -33,7 +33,7 @@ from urllib.parse import urlparse
 import redis
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from libs.common import metrics, outbox
+from libs.common import heap, metrics, outbox
 from libs.common.bus import INFRASTRUCTURE_ERRORS, Bus, Consumer, Handler, backoff_delays, connect
 from libs.common.events import utcnow
 from libs.common.http import ServiceServer
@@ -44,6 +44,7 @@ from libs.common.store import Store, StoreError
 log = get_logger(__name__)
 # Often enough that the consume loop's commits almost never checkpoint themselves under a backlog.
 _CHECKPOINT_INTERVAL_S = 0.25
+_RELEASE_HEAP_INTERVAL_S = 30.0
 # A SQLite store has one writer host, so a service on one runs as one consumer: the first holds a lease in
 # Redis, renewed every third of its TTL. A second (`--scale health=2`, StatefulSet replicas: 2, each with its
 # own volume) waits one TTL (the holder may be a crashed predecessor) and then exits with an error.
@@ -144,6 +145,8 @@ class Worker:
         """Run until stopped; returns the process exit code."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        # Before the server, scheduler and reporter threads exist: each would get a malloc arena of its own.
+        heap.limit_arenas()
         self._check_credentials()
         try:
             self.server = ServiceServer(
@@ -291,6 +294,8 @@ class Worker:
             PeriodicJob(
                 name="store_checkpoint", func=self.checkpoint_store, interval_s=_CHECKPOINT_INTERVAL_S
             ),
+            # Freed memory back to the system (a backlog's batches, a pass's histories): a few ms a minute.
+            PeriodicJob(name="release_heap", func=heap.trim, interval_s=_RELEASE_HEAP_INTERVAL_S),
         ]
         for job in jobs:
             # APScheduler pauses a job given next_run_time=None, so pass it only to run at once.

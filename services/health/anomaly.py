@@ -11,11 +11,16 @@ every z-score unchanged.
 
 from __future__ import annotations
 
+import bisect
+import functools
+import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from itertools import combinations
+from dataclasses import dataclass, replace
 from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
 
 Direction = Literal["both", "spike", "drop"]
 SeasonalityKind = Literal["none", "day_of_week", "hour_of_day", "auto"]
@@ -98,17 +103,37 @@ def robust_location_scale(residuals: Sequence[float], cut: float = 3.5) -> tuple
 
 
 def theil_sen_slope(ts: Sequence[float], vs: Sequence[float]) -> float:
-    """Median of pairwise slopes over at most `_MAX_SLOPE_POINTS` evenly spaced points."""
+    """Median of pairwise slopes over at most `_MAX_SLOPE_POINTS` evenly spaced points.
+
+    The pairs are formed with numpy (the same divisions and the same median as in Python, five times
+    faster: this ran twice for every row-count score)."""
     n = len(ts)
     if n > _MAX_SLOPE_POINTS:
         step = (n - 1) / (_MAX_SLOPE_POINTS - 1)
         idx = [round(i * step) for i in range(_MAX_SLOPE_POINTS)]
         ts = [ts[i] for i in idx]
         vs = [vs[i] for i in idx]
-    # Every pair i < j, in the order of i then j.
-    pairs = combinations(zip(ts, vs, strict=True), 2)
-    slopes = [(vj - vi) / (tj - ti) for (ti, vi), (tj, vj) in pairs if tj != ti]
-    return median(slopes) if slopes else 0.0
+        n = len(ts)
+    if n < 2:
+        return 0.0
+    first, second = _pairs(n)
+    t = np.asarray(ts, dtype=np.float64)
+    v = np.asarray(vs, dtype=np.float64)
+    dt = t[second] - t[first]
+    distinct = dt != 0
+    slopes = (v[second] - v[first])[distinct] / dt[distinct]
+    if not slopes.size:
+        return 0.0
+    slopes.sort()
+    mid = slopes.size // 2
+    return float(slopes[mid]) if slopes.size % 2 else float((slopes[mid - 1] + slopes[mid]) / 2.0)
+
+
+@functools.cache
+def _pairs(n: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """The indices (i, j), i < j, of every pair of `n` points."""
+    first, second = np.triu_indices(n, 1)
+    return first, second
 
 
 def t_factor(z: float, dof: int) -> float:
@@ -160,14 +185,17 @@ def score(history: Sequence[tuple[float, float]], point: tuple[float, float], cf
     the history supports it and it explains the series clearly better than none (a mean absolute residual
     at most 75 % of the plain fit's).
     """
+    every = [t for t, _ in history]
+    # In time order (as histories are), a training window is a slice found by bisection.
+    ordered = every if all(a <= b for a, b in itertools.pairwise(every)) else None
     if cfg.seasonality != "auto":
-        return _score(history, point, cfg)
-    shared = _Shared()  # the fits below share training windows
-    plain = _score(history, point, replace(cfg, seasonality="none"), shared)
+        return _score(history, point, cfg, ordered=ordered)
+    slopes: dict[tuple[float, int, bool], float] = {}  # the fits below share training windows
+    plain = _score(history, point, replace(cfg, seasonality="none"), slopes, ordered)
     if not plain.enough_data or plain.fit_error is None:
         return plain
     best, best_error = plain, plain.fit_error
-    times = [t for t, _ in history if t < point[0]]
+    times = [t for t in every if t < point[0]]
     span = point[0] - times[0] if times else 0.0
     candidates: list[SeasonalityKind] = []
     if span >= 28 * _DAY:
@@ -176,9 +204,9 @@ def score(history: Sequence[tuple[float, float]], point: tuple[float, float], cf
     if len(recent) >= 2 and (recent[-1] - recent[0]) / (len(recent) - 1) < 6 * 3600 and span >= 4 * _DAY:
         candidates.append("hour_of_day")
     for kind in candidates:
-        other = _score(history, point, replace(cfg, seasonality=kind), shared)
-        if not other.enough_data or other.fit_error is None:
-            continue
+        other = _score(history, point, replace(cfg, seasonality=kind), slopes, ordered)
+        if not other.enough_data or other.fit_error is None or other.fit_error >= best_error:
+            continue  # (no better than the best so far: its baseline need not be fitted)
         # Compare on the same training points (a weekday profile trains on a longer window).
         window = replace(
             cfg,
@@ -186,45 +214,37 @@ def score(history: Sequence[tuple[float, float]], point: tuple[float, float], cf
             training_s=max(cfg.training_s, 56 * _DAY) if kind == "day_of_week" else cfg.training_s,
         )
         baseline = (
-            _score(history, point, window, shared).fit_error if kind == "day_of_week" else plain.fit_error
+            _score(history, point, window, slopes, ordered).fit_error
+            if kind == "day_of_week"
+            else plain.fit_error
         )
-        if baseline is not None and other.fit_error < 0.85 * baseline and other.fit_error < best_error:
+        if baseline is not None and other.fit_error < 0.85 * baseline:
             best, best_error = other, other.fit_error
     return best
 
 
-@dataclass(frozen=True, slots=True)
-class _Training:
-    """The training set of one window: its points (time, value on the fitted scale), as lists."""
-
-    n: int
-    use_log: bool
-    ts: list[float]
-    vs: list[float]
-    train: list[tuple[float, float]]
-
-
-@dataclass(slots=True)
-class _Shared:
-    """What the fits of one `score` call (one history and point) share, by training window: the training
-    set (or, too small, its size) and the trend slope."""
-
-    training: dict[tuple[float, int, int], _Training | int] = field(default_factory=dict)
-    slopes: dict[tuple[float, int, bool], float] = field(default_factory=dict)
-
-
-def _training(
-    history: Sequence[tuple[float, float]], point: tuple[float, float], training_s: float, cfg: DetectorConfig
-) -> _Training | int:
-    """The training set of `point` in a window of `training_s`, or its size when below the minimum."""
+def _score(
+    history: Sequence[tuple[float, float]],
+    point: tuple[float, float],
+    cfg: DetectorConfig,
+    slopes: dict[tuple[float, int, bool], float] | None = None,
+    ordered: Sequence[float] | None = None,
+) -> Score:
+    """`ordered`: the history's times, when they are in order."""
     t_now, value = point
+    # Weekday profiles need several weeks: at least 8 points per weekday.
+    training_s = max(cfg.training_s, 56 * _DAY) if cfg.seasonality == "day_of_week" else cfg.training_s
     start = t_now - training_s
-    train = [(t, v) for t, v in history if start <= t < t_now and math.isfinite(v)]
+    if ordered is not None:
+        inside = history[bisect.bisect_left(ordered, start) : bisect.bisect_left(ordered, t_now)]
+        train = [(t, v) for t, v in inside if math.isfinite(v)]
+    else:
+        train = [(t, v) for t, v in history if start <= t < t_now and math.isfinite(v)]
     if len(train) > cfg.max_points:
         train = train[-cfg.max_points :]
     n = len(train)
     if n < cfg.min_training_size:
-        return n
+        return Score(value, None, False, n, note=f"{n} of {cfg.min_training_size} training points")
     # Volumes and durations vary multiplicatively (a weekend at 60 %, noise of a few percent, growth of a
     # percent a day): on a log scale those become additive and the spread comparable across the week. A
     # few empty runs in the history (zero rows is a finding of its own) do not prevent that.
@@ -234,29 +254,7 @@ def _training(
         train, n = positive, len(positive)
     ts = [t for t, _ in train]
     vs = [math.log(v) for _, v in train] if use_log else [v for _, v in train]
-    return _Training(n, use_log, ts, vs, list(zip(ts, vs, strict=True)))
-
-
-def _score(
-    history: Sequence[tuple[float, float]],
-    point: tuple[float, float],
-    cfg: DetectorConfig,
-    shared: _Shared | None = None,
-) -> Score:
-    t_now, value = point
-    # Weekday profiles need several weeks: at least 8 points per weekday.
-    training_s = max(cfg.training_s, 56 * _DAY) if cfg.seasonality == "day_of_week" else cfg.training_s
-    # The training set is a function of these, for one history and point (the lists are only read).
-    key = (training_s, cfg.max_points, cfg.min_training_size)
-    found = shared.training.get(key) if shared is not None else None
-    if found is None:
-        found = _training(history, point, training_s, cfg)
-        if shared is not None:
-            shared.training[key] = found
-    if isinstance(found, int):
-        n = found
-        return Score(value, None, False, n, note=f"{n} of {cfg.min_training_size} training points")
-    n, use_log, ts, vs, train = found.n, found.use_log, found.ts, found.vs, found.train
+    train = list(zip(ts, vs, strict=True))
     observed = value
     seasonal = cfg.seasonality != "none"
     bucket_now = bucket_of(t_now, cfg.seasonality)
@@ -286,12 +284,12 @@ def _score(
     flat = fit(0.0)
     # The training window (and so the slope) is a function of these, for one history and point.
     window = (training_s, cfg.max_points, use_log)
-    if shared is not None and window in shared.slopes:
-        slope = shared.slopes[window]
+    if slopes is not None and window in slopes:
+        slope = slopes[window]
     else:
         slope = theil_sen_slope(ts, vs) if n >= 8 else 0.0
-        if shared is not None:
-            shared.slopes[window] = slope
+        if slopes is not None:
+            slopes[window] = slope
     chosen, trend = flat, 0.0
     if slope != 0.0:
         trended = fit(slope)

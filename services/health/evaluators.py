@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from pydantic import JsonValue
 
 from libs.common.events import CHECK_NAMES, CheckName, CheckOutcome, CheckResult
-from libs.common.text import clip
+from libs.common.text import clip, duration
 from services.health.anomaly import DetectorConfig, Score, score
 from services.health.model import AssetHistory, Execution, UpstreamState
 from services.health.settings import HealthThresholds
@@ -48,18 +48,6 @@ def when(t: float | None) -> str:
     if t is None:
         return "never"
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%MZ")
-
-
-def human_s(seconds: float) -> str:
-    """A duration as `45s`, `12m`, `3.5h`, `2.1d`."""
-    seconds = abs(seconds)
-    if seconds < 90:
-        return f"{seconds:.0f}s" if seconds >= 10 else f"{seconds:.1f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 2 * _DAY:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / _DAY:.1f}d"
 
 
 def _num(value: float) -> str:
@@ -388,8 +376,8 @@ def duration_anomaly(history: AssetHistory, th: HealthThresholds, now: float) ->
                 return _result(
                     DURATION,
                     "error",
-                    f"run {e.run_id[:8]} has been running {human_s(now - e.started_at)}, over the maximum "
-                    f"{human_s(th.duration_max_s)}",
+                    f"run {e.run_id[:8]} has been running {duration(now - e.started_at)}, over the maximum "
+                    f"{duration(th.duration_max_s)}",
                     running_s=now - e.started_at,
                     max_s=th.duration_max_s,
                 )
@@ -401,7 +389,7 @@ def duration_anomaly(history: AssetHistory, th: HealthThresholds, now: float) ->
         return _result(
             DURATION,
             "error",
-            f"last run took {human_s(value)}, over the maximum {human_s(th.duration_max_s)}",
+            f"last run took {duration(value)}, over the maximum {duration(th.duration_max_s)}",
             value=value,
             max_s=th.duration_max_s,
         )
@@ -459,7 +447,7 @@ def _cron_freshness(history: AssetHistory, policy: Mapping[str, Any], now: float
     return _result(
         FRESHNESS,
         "error",
-        f"stale: no materialization in the {human_s(window)} before the deadline {when(deadline)} "
+        f"stale: no materialization in the {duration(window)} before the deadline {when(deadline)} "
         f"({cron}); {seen}",
         **values,
     )
@@ -486,8 +474,8 @@ def freshness(history: AssetHistory, resolved: Resolved, now: float) -> CheckRes
             return _result(
                 FRESHNESS,
                 "warn",
-                f"never materialized, registered {human_s(now - history.registered_at)} ago "
-                f"(max lag {human_s(explicit)} from {resolved.source('freshness_max_lag')})",
+                f"never materialized, registered {duration(now - history.registered_at)} ago "
+                f"(max lag {duration(explicit)} from {resolved.source('freshness_max_lag')})",
                 max_lag_s=explicit,
             )
         return _result(FRESHNESS, "passed", "no materialization yet")
@@ -499,22 +487,22 @@ def freshness(history: AssetHistory, resolved: Resolved, now: float) -> CheckRes
             return _result(
                 FRESHNESS,
                 "error",
-                f"stale: last materialized {human_s(age)} ago at {when(last.at)}, "
-                f"max lag {human_s(explicit)} ({origin})",
+                f"stale: last materialized {duration(age)} ago at {when(last.at)}, "
+                f"max lag {duration(explicit)} ({origin})",
                 **values,
             )
         if th.freshness_warn_lag is not None and age > th.freshness_warn_lag:
             return _result(
                 FRESHNESS,
                 "warn",
-                f"getting stale: last materialized {human_s(age)} ago, "
-                f"warn after {human_s(th.freshness_warn_lag)}",
+                f"getting stale: last materialized {duration(age)} ago, "
+                f"warn after {duration(th.freshness_warn_lag)}",
                 **values,
             )
         return _result(
             FRESHNESS,
             "passed",
-            f"fresh: materialized {human_s(age)} ago (max lag {human_s(explicit)})",
+            f"fresh: materialized {duration(age)} ago (max lag {duration(explicit)})",
             **values,
         )
     cadence, intervals = learned_cadence([m.at for m in history.materializations])
@@ -522,7 +510,7 @@ def freshness(history: AssetHistory, resolved: Resolved, now: float) -> CheckRes
         return _result(
             FRESHNESS,
             "passed",
-            f"materialized {human_s(age)} ago; no freshness policy and too few runs to learn a cadence "
+            f"materialized {duration(age)} ago; no freshness policy and too few runs to learn a cadence "
             f"({intervals} of {th.freshness_min_history} intervals)",
             age_s=age,
         )
@@ -537,17 +525,17 @@ def freshness(history: AssetHistory, resolved: Resolved, now: float) -> CheckRes
         "error_after_s": error_after,
         "policy": "learned cadence",
     }
-    usual = f"usually every {human_s(cadence)}"
+    usual = f"usually every {duration(cadence)}"
     if age > error_after:
         return _result(
-            FRESHNESS, "error", f"stale: last materialized {human_s(age)} ago, {usual} (learned)", **values
+            FRESHNESS, "error", f"stale: last materialized {duration(age)} ago, {usual} (learned)", **values
         )
     if age > warn_after:
         return _result(
-            FRESHNESS, "warn", f"late: last materialized {human_s(age)} ago, {usual} (learned)", **values
+            FRESHNESS, "warn", f"late: last materialized {duration(age)} ago, {usual} (learned)", **values
         )
     return _result(
-        FRESHNESS, "passed", f"fresh: materialized {human_s(age)} ago, {usual} (learned)", **values
+        FRESHNESS, "passed", f"fresh: materialized {duration(age)} ago, {usual} (learned)", **values
     )
 
 

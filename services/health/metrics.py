@@ -46,6 +46,12 @@ FULL_EVALUATION_SECONDS = Histogram(
 CACHE_BYTES = Gauge(
     "ams_health_cache_bytes", "Estimated memory of the histories the health service keeps (cache_mb)"
 )
+# Deferred under a backlog, or judged again on the wall clock after a catch-up: the evaluation work still
+# ahead of the worker.
+AWAITING_EVALUATION = Gauge(
+    "ams_health_assets_awaiting_evaluation",
+    "Assets whose evaluation is deferred (new facts under a backlog, or a confirmation after a catch-up)",
+)
 # The time of each code location's publisher's last heartbeat as health recorded it: the Prometheus rule
 # AmsPublisherHeartbeatLate fires on its age (it keeps its value while Redis or the publisher is down).
 PUBLISHER_LAST_HEARTBEAT = Gauge(

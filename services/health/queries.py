@@ -111,6 +111,20 @@ def statuses(store: Store, key: str | None = None) -> dict[str, AssetStatus]:
     }
 
 
+def status_by_asset(store: Store) -> dict[str, str]:
+    """Every evaluated asset's status, nothing else: a catalog listing of 50,000 assets reads it in tens of
+    milliseconds (`statuses` decodes each asset's reasons and builds a model: seconds)."""
+    with store.read() as conn:
+        return dict(db.read_status_by_asset(conn))
+
+
+def code_locations(store: Store) -> list[str]:
+    """The code locations of the assets health knows, sorted (for "did you mean" hints)."""
+    with store.read() as conn:
+        specs = db.read_specs(conn)
+    return sorted({loc for text in specs if (loc := json.loads(text).get("code_location"))})
+
+
 def known_assets(store: Store) -> list[str]:
     """Every asset with a health row (for "did you mean" hints)."""
     with store.read() as conn:

@@ -16,6 +16,7 @@ of every transaction instead, since other replicas write between them.
 from __future__ import annotations
 
 import hashlib
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -70,6 +71,8 @@ _YIELD_S = 0.002
 _EVALUATE_IN_BATCH = 1000
 # Asset keys remembered as having a history (`HealthService._with_history`), at most (a few MB).
 _WITH_HISTORY_MAX = 100_000
+# The facts serial of an asset whose facts are of unknown age: later than any evaluation.
+_UNKNOWN_FACTS = sys.maxsize
 
 Report = Callable[[str, Sequence[CheckResult]], None]
 # The events that carry history (runs, materializations): their times tell a replay from live events.
@@ -126,12 +129,17 @@ class HealthService:
         self.clock = clock
         self.report = report
         self.lock = threading.RLock()
+        # Held by the periodic jobs that evaluate many assets in chunks (evaluate_all, evaluate_pending):
+        # one at a time.
+        self._pass_lock = threading.Lock()
         self.cache = HistoryCache(self.cfg.cache_mb * 1024 * 1024)
         # Written with every evaluation: the stored results of another epoch are never reused.
         self.epoch = results_epoch(self.cfg)
-        # Assets awaiting evaluation: True when facts about them were recorded since their last evaluation,
-        # False when they only await a confirmation on the wall clock (their history unchanged).
-        self._dirty: dict[str, bool] = {}
+        # Assets awaiting evaluation: the serial of the batch that last recorded facts about them (1: before
+        # this process started), or 0 when they only await a confirmation on the wall clock (their history
+        # unchanged). The serial grows with every batch that records facts (`_facts_serial`).
+        self._dirty: dict[str, int] = {}
+        self._facts_serial = 1
         self._dirty_since: float | None = None  # monotonic
         self._last_evaluation_s = 0.0
         self._last_handled = 0.0
@@ -180,7 +188,7 @@ class HealthService:
         except Exception as exc:  # the store is unwell; the periodic evaluate_all covers these assets
             log.warning("dirty_assets_unreadable", error=str(exc))
             dirty = {}
-        self._dirty = dirty
+        self._dirty = {key: int(facts) for key, facts in dirty.items()}
         self._dirty_since = time.monotonic() if self._dirty else None
 
     def _entry(self, conn: Connection, key: str) -> Entry:
@@ -244,7 +252,9 @@ class HealthService:
                     events = [d.event for d in new]
                     facts = record.facts_of(events)
                     self._record(conn, facts, now)
-                    self._mark_dirty(conn, facts.touched, now, facts=True)
+                    if facts.touched:
+                        self._facts_serial += 1
+                        self._mark_dirty(conn, facts.touched, now, facts=True)
                     confirming = self._confirm_pending and not replay
                     # One isinstance per event: a batch of runs and materializations holds none of these.
                     ticks = [e for e in events if isinstance(e, automation.AUTOMATION_EVENTS)]
@@ -279,6 +289,7 @@ class HealthService:
         for stream, values in lags.items():
             metrics.EVENT_LAG_SECONDS.labels(stream=stream).observe_many(values)
         self._after_commit([*decisions, *automated])
+        metrics.AWAITING_EVALUATION.set(len(self._dirty))
         if any(e.type == "automation.publisher_heartbeat" for e in ticks):
             self.update_publisher_gauge()
 
@@ -364,12 +375,11 @@ class HealthService:
         because facts about them were recorded (their stored results no longer hold, `load_reusable`)."""
         dirty = self._dirty
         fresh = [k for k in keys if k not in dirty or (facts and not dirty[k])]
-        if not fresh:
-            return
-        db.mark_dirty(conn, fresh, now, facts=facts)
-        for k in fresh:
-            dirty[k] = facts or dirty.get(k, False)
-        if self._dirty_since is None:
+        if fresh:
+            db.mark_dirty(conn, fresh, now, facts=facts)
+        for k in keys if facts else fresh:
+            dirty[k] = self._facts_serial if facts else dirty.get(k, 0)
+        if fresh and self._dirty_since is None:
             self._dirty_since = time.monotonic()
 
     def _due(self) -> bool:
@@ -415,19 +425,26 @@ class HealthService:
 
     def evaluate_pending(self) -> int:
         """Evaluate assets whose evaluation was deferred (periodic, every `max_defer_s`), once the worker
-        has caught up or the deferral is due; returns how many."""
+        has caught up or the deferral is due; returns how many. Skipped while the periodic pass runs: it
+        evaluates the waiting assets too."""
         with self.lock:
             self._end_quiet_catch_up()
-            # Caught up (the last batch was not full): what still waits is evaluated now. Under a backlog
-            # only the deferral rule (`_due`) starts an evaluation: a batch can take longer than
-            # `max_defer_s` on a busy machine, which is not a quiet stream.
-            if not self._dirty or not (not self._backlog or self._due()):
-                return 0
-            keys = list(self._dirty)
-            backlog = self._backlog
-        # In chunks, the lock taken for each: batches are handled in between.
-        started = time.monotonic()
-        evaluated, _, longest = self._in_chunks(keys, Trigger.EVENTS)
+        if not self._pass_lock.acquire(blocking=False):
+            return 0
+        try:
+            with self.lock:
+                # Caught up (the last batch was not full): what still waits is evaluated now. Under a
+                # backlog only the deferral rule (`_due`) starts an evaluation: a batch can take longer
+                # than `max_defer_s` on a busy machine, which is not a quiet stream.
+                if not self._dirty or not (not self._backlog or self._due()):
+                    return 0
+                keys = list(self._dirty)
+                backlog = self._backlog
+            # In chunks, the lock taken for each: batches are handled in between.
+            started = time.monotonic()
+            evaluated, _, longest = self._in_chunks(keys, Trigger.EVENTS)
+        finally:
+            self._pass_lock.release()
         # Under a backlog the whole evaluation counts (`_due`: evaluation at most a tenth of the worker's
         # time). Caught up (the thousands judged again after a catch-up), only a chunk: a worker that
         # falls behind meanwhile must not defer a new failure by nine times the whole of it.
@@ -445,6 +462,7 @@ class HealthService:
         evaluated = changed = 0
         longest = 0.0
         start = 0
+        judged: dict[str, int] = {}
         while start < len(keys):
             chunk = keys[start : start + min(self._chunk, EVALUATE_ALL_CHUNK)]
             start += len(chunk)
@@ -461,7 +479,7 @@ class HealthService:
                 try:
                     with self.store.write() as conn:
                         self._begin()
-                        decisions = self._evaluate(conn, chunk, now, trigger, replay)
+                        decisions = self._evaluate(conn, chunk, now, trigger, replay, judged)
                         done = {*chunk, *(d.key for d in decisions)} & self._dirty.keys()
                         db.clear_dirty(conn, done)
                     for key in done:
@@ -475,6 +493,7 @@ class HealthService:
                 longest = max(longest, took)
                 self._chunk = chunk_size(len(chunk), took)
             self._after_commit(decisions)
+            metrics.AWAITING_EVALUATION.set(len(self._dirty))
             evaluated += len(decisions)
             changed += sum(d.changed for d in decisions)
             if start < len(keys):
@@ -510,11 +529,20 @@ class HealthService:
         return states
 
     def _evaluate(
-        self, conn: Connection, keys: Iterable[str], now: float, trigger: Trigger, replay: bool = False
+        self,
+        conn: Connection,
+        keys: Iterable[str],
+        now: float,
+        trigger: Trigger,
+        replay: bool = False,
+        judged: dict[str, int] | None = None,
     ) -> list[Decision]:
         """Evaluate `keys` and stage their transitions. The downstream assets of those with new facts
         (`Trigger.EVENTS`, or awaiting evaluation) are evaluated too (they judge their upstreams); then,
         once, the downstream of those whose health changed.
+
+        `judged`, shared by the chunks of one pass: the assets it evaluated, with the facts serial then; a
+        downstream asset evaluated after its upstream's facts were recorded already judged them.
 
         Each decision is written at once, so that an asset the cache drops meanwhile is read back as
         decided."""
@@ -524,10 +552,11 @@ class HealthService:
         for key in list(queue):
             # New facts: their downstream judge them (not an asset judged again only to confirm it after a
             # catch-up: its history is unchanged, and a change of its health queues them below).
-            if self._dirty.get(key, trigger is Trigger.EVENTS):
+            serial = self._dirty.get(key, _UNKNOWN_FACTS if trigger is Trigger.EVENTS else 0)
+            if serial:
                 spec = self._entry(conn, key).history.spec
                 if spec is not None:
-                    queue.extend(spec.downstream)
+                    queue.extend(d for d in spec.downstream if judged is None or judged.get(d, 0) < serial)
         second_pass: list[str] = []
         for pass_keys in (queue, second_pass):
             for key in pass_keys:
@@ -549,6 +578,8 @@ class HealthService:
                     self.epoch,
                 )
                 decisions.append(decision)
+                if judged is not None:
+                    judged[key] = self._facts_serial
                 if decision.changed and pass_keys is queue and history.spec is not None:
                     second_pass.extend(d for d in history.spec.downstream if d not in done)
         staged = [d.event for d in decisions if d.event is not None]
@@ -633,14 +664,17 @@ class HealthService:
 
         Assets are evaluated in chunks (`chunk_size`), one transaction each, releasing the lock in
         between: with thousands of assets a single pass takes seconds, and the consume loop must not wait
-        that long for the lock (a failing materialization would wait with it)."""
-        started = time.monotonic()
-        with self.lock:
-            if self._replay_as_of is not None:
-                return 0  # history is being replayed: the wall clock would judge a past not yet read
-            keys, keep = self._pass_keys()
-            self._passes += 1
-        _, changed, _ = self._in_chunks(keys, Trigger.CLOCK, keep)
+        that long for the lock (a failing materialization would wait with it). It waits for an
+        `evaluate_pending` in progress (after a catch-up, the judging of every replayed asset), which
+        leaves it little to do: two passes at once would only share the same work and the lock's turns."""
+        with self._pass_lock:
+            started = time.monotonic()
+            with self.lock:
+                if self._replay_as_of is not None:
+                    return 0  # history is being replayed: the wall clock would judge a past not yet read
+                keys, keep = self._pass_keys()
+                self._passes += 1
+            _, changed, _ = self._in_chunks(keys, Trigger.CLOCK, keep)
         self._release_memory()
         metrics.FULL_EVALUATION_SECONDS.observe(time.monotonic() - started)
         metrics.CACHE_BYTES.set(self.cache.used)

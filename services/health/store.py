@@ -674,6 +674,16 @@ def read_statuses(conn: Connection, key: str | None = None) -> list[Any]:
     return conn.execute("SELECT asset_key, status, reasons, evaluated_at FROM asset_health").fetchall()
 
 
+def read_specs(conn: Connection) -> list[str]:
+    """Every asset's spec copy (JSON text)."""
+    return [r[0] for r in conn.execute("SELECT spec FROM asset_specs")]
+
+
+def read_status_by_asset(conn: Connection) -> list[tuple[str, str]]:
+    """(asset_key, status) of every evaluated asset: all a listing of the whole catalog shows of health."""
+    return [(r[0], r[1]) for r in conn.execute("SELECT asset_key, status FROM asset_health")]
+
+
 def read_checks(conn: Connection, key: str | None = None, statuses: Sequence[str] | None = None) -> list[Any]:
     """check_results rows (asset_key, check_name, outcome, reason, check_values) for the same selection as
     `read_health`."""

@@ -127,6 +127,20 @@ def test_every_format_shows_the_code_location(with_health: Cli, fmt: str) -> Non
     assert code == 0 and "raw/orders (code location finance): FAILED" in out
 
 
+def test_location_filter(with_health: Cli) -> None:
+    code, out, err = with_health.run("asset-health", "--location", "finance", "--format", "json")
+    assert code == 0, err
+    assert [r["asset_key"] for r in json.loads(out)] == ["raw/orders"]
+    code, out, _ = with_health.run("asset-health", "-l", "finance", "--status", "HEALTHY", "--format", "json")
+    assert code == 0 and json.loads(out) == []  # a known location with no asset of that status
+    code, _, err = with_health.run("asset-health", "--location", "finanse")
+    assert code == 2 and "unknown code location 'finanse' (did you mean finance?)" in err
+    code, _, err = with_health.run("asset-health", "stg/orders", "--location", "finance")
+    assert code == 2 and "asset 'stg/orders' is in code location (unknown), not finance" in err
+    code, out, _ = with_health.run("asset-health", "raw/orders", "-l", "finance")
+    assert code == 0 and "raw/orders (code location finance): FAILED" in out
+
+
 def test_one_asset_shows_each_check(with_health: Cli, tmp_path: Path) -> None:
     target = tmp_path / "out.csv"
     code, _, err = with_health.run("asset-health", "raw/orders", "--format", "csv", "--output", str(target))

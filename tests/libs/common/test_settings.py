@@ -84,6 +84,19 @@ def test_bad_env_value_names_the_variable(config_dir: Path, monkeypatch: pytest.
         load_settings(Settings)
 
 
+def test_bad_value_from_the_caller_is_not_blamed_on_a_file(
+    config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keyword overrides win over the variables and the files, so an invalid one is named as theirs."""
+    (config_dir / "app_config.yaml").write_text("bus:\n  batch_size: 10\n")
+    monkeypatch.setenv("AMS_BUS__BATCH_SIZE", "20")
+    with pytest.raises(ConfigError) as err:
+        load_settings(Settings, bus={"batch_size": "lots"})
+    message = str(err.value)
+    assert "bus.batch_size" in message and "passed to load_settings" in message
+    assert "app_config.yaml" not in message and "AMS_BUS__BATCH_SIZE" not in message
+
+
 def test_invalid_yaml_and_non_mapping(config_dir: Path) -> None:
     (config_dir / "app_config.yaml").write_text("bus: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):

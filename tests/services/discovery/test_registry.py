@@ -408,3 +408,18 @@ def test_upgrade_with_a_real_change_versions_only_that_change(tmp_path: Path) ->
         ]  # recorded with the new version, not shown as a change
     finally:
         store.close()
+
+
+def test_light_listing_is_the_full_one_narrowed_and_its_rows_are_independent(store: Store) -> None:
+    same: dict[str, Any] = {"owners": ["team:x"], "kinds": ["python"], "tags": {"d": "s"}}
+    assets = [AssetSpecData(key=k, owners=["team:x"], kinds=["python"], tags={"d": "s"}) for k in "ab"]
+    register(store, CatalogSnapshotData(code_location="loc", fingerprint="1", assets=assets), T0)
+    with store.read() as conn:
+        full = queries.list_assets(conn)
+        light = queries.list_assets(conn, light=True)
+    assert [{k: row[k] for k in light[0]} for row in full] == light
+    # Equal texts are decoded once, yet a row's lists and mapping are its own.
+    light[0]["owners"].append("y")
+    light[0]["kinds"].clear()
+    light[0]["tags"]["e"] = "t"
+    assert {k: light[1][k] for k in same} == same

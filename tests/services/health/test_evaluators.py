@@ -117,7 +117,7 @@ def test_freshness_explicit_policy() -> None:
     last = T0 + DAY
     assert freshness(h, resolved(freshness_max_lag=3600.0), last + 1800).outcome == "passed"
     r = freshness(h, resolved(freshness_max_lag=3600.0), last + 7200)
-    assert r.outcome == "error" and "max lag 60m" in r.reason and "tag ams/freshness_max_lag" in r.reason
+    assert r.outcome == "error" and "max lag 1h00m" in r.reason and "tag ams/freshness_max_lag" in r.reason
     assert (
         freshness(h, resolved(freshness_max_lag=7200.0, freshness_warn_lag=3600.0), last + 5000).outcome
         == "warn"

@@ -19,6 +19,7 @@ from services.health.queries import (
     latest_health,
     series,
     sparkline,
+    status_by_asset,
     statuses,
 )
 from services.health.service import HealthService
@@ -70,6 +71,7 @@ def test_history_and_latest(tmp_path: Path, ev: Any) -> None:
     ] == ["c", "a/b"]
     assert latest_health(store, "a/b", statuses={HealthStatus.FAILED}) == []
     assert {k: v.status for k, v in statuses(store).items()} == {"a/b": "HEALTHY", "c": "FAILED"}
+    assert status_by_asset(store) == {"a/b": "HEALTHY", "c": "FAILED"}
     assert sorted(known_assets(store)) == ["a/b", "c"]
     store.close()
 

@@ -67,6 +67,17 @@ def deliveries(*events: Event) -> list[Any]:
     ]
 
 
+def small_batches(tmp_path: Path, *, batch_size: int, max_defer_s: float) -> HealthWorkerSettings:
+    """Settings where a batch of `batch_size` events is full (a backlog: evaluations deferred)."""
+    return load_settings(
+        HealthWorkerSettings,
+        dagster_home=str(tmp_path),
+        stores={"data_dir": str(tmp_path)},
+        bus={"batch_size": batch_size},
+        health={"max_defer_s": max_defer_s},
+    )
+
+
 def engine_for(store: Store, settings: HealthWorkerSettings, clock: Callable[[], float]) -> HealthService:
     return HealthService(store, settings, clock=clock)
 
@@ -239,13 +250,7 @@ def test_spec_copy_orders_versions_and_retires(
 
 
 def test_backlog_defers_evaluation_durably(store: Store, tmp_path: Path, ev: Any) -> None:
-    settings = load_settings(
-        HealthWorkerSettings,
-        dagster_home=str(tmp_path),
-        stores={"data_dir": str(tmp_path)},
-        bus={"batch_size": 2},
-        health={"max_defer_s": 60},
-    )
+    settings = small_batches(tmp_path, batch_size=2, max_defer_s=60)
     engine = engine_for(store, settings, Clock(T0 + 10))
     full = deliveries(
         ev.run("r1", "FAILURE", ["a"], start=T0, end=T0 + 1),
@@ -431,13 +436,7 @@ def test_caught_up_after_a_long_backlog_a_batch_evaluates_its_own_assets_first(
     import services.health.service as service_module
 
     monkeypatch.setattr(service_module, "_EVALUATE_IN_BATCH", 2)
-    settings = load_settings(
-        HealthWorkerSettings,
-        dagster_home=str(tmp_path),
-        stores={"data_dir": str(tmp_path)},
-        bus={"batch_size": 3},
-        health={"max_defer_s": 60},
-    )
+    settings = small_batches(tmp_path, batch_size=3, max_defer_s=60)
     service = engine_for(store, settings, Clock(T0 + 10))
     service.handle(
         deliveries(*[ev.run(f"r{k}", "FAILURE", [k], start=T0, end=T0 + 1) for k in "abc"])
@@ -579,13 +578,7 @@ def test_under_a_backlog_a_batch_leaves_the_confirmations_after_a_catch_up_to_th
     import services.health.service as service_module
 
     monkeypatch.setattr(service_module, "_EVALUATE_IN_BATCH", 2)
-    settings = load_settings(
-        HealthWorkerSettings,
-        dagster_home=str(tmp_path),
-        stores={"data_dir": str(tmp_path)},
-        bus={"batch_size": 2},
-        health={"max_defer_s": 0.001},
-    )
+    settings = small_batches(tmp_path, batch_size=2, max_defer_s=0.001)
     s = open_store(settings)
     clock = Clock(T0)
     engine = engine_for(s, settings, clock)
@@ -661,3 +654,69 @@ def test_a_new_asset_is_judged_on_the_facts_in_hand_as_on_those_read_back(
     # Read back: only what health.db held before the restart's batch (a, and b evaluated as its downstream).
     assert sorted(loaded["False"]) == ["a", "b"]
     assert {"a", "b", "c", "d"} <= set(loaded["True"])
+
+
+def test_a_pass_judges_a_downstream_asset_again_only_for_facts_it_has_not_seen(
+    tmp_path: Path, ev: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A downstream asset evaluated earlier in a pass saw the facts its upstream had then: the upstream's
+    evaluation later in the pass does not judge it again (after a catch-up that was a fifth of a pass).
+    Facts about the upstream recorded after it was judged (a batch between two chunks) do."""
+    import services.health.service as service_module
+    from services.health.decide import Trigger
+
+    settings = small_batches(tmp_path, batch_size=2, max_defer_s=60)
+    s = open_store(settings)
+    engine = engine_for(s, settings, Clock(T0))
+    engine.handle(deliveries(ev.spec("up", downstream=["down"]), ev.spec("down", upstream=["up"])))
+    judged: list[str] = []
+    evaluate_one = engine._evaluate_one
+
+    def spy(conn: Any, entry: Any, *args: Any) -> Any:
+        judged.append(entry.history.key)
+        return evaluate_one(conn, entry, *args)
+
+    monkeypatch.setattr(engine, "_evaluate_one", spy)
+    engine.handle(deliveries(ev.mat("down", T0 - 60, rows=100)))  # settled: no change of health follows
+    engine.handle(deliveries(ev.mat("up", T0 - 60, rows=100)))
+    for between in (False, True):
+        # A full batch (a backlog): recorded, its evaluation deferred; the pass meets "down" first.
+        t = T0 + (10 if between else 0)
+        engine.handle(deliveries(ev.mat("down", t, rows=100), ev.mat("up", t, rows=100)))
+        assert set(engine._dirty) == {"down", "up"}
+        sleeps = 0
+
+        def batch_between_chunks(_: float, facts: bool = between, at: float = t) -> None:
+            nonlocal sleeps
+            sleeps += 1
+            if facts:  # full too: "up" awaits its evaluation with newer facts
+                engine.handle(deliveries(ev.mat("up", at + 1, rows=100), ev.mat("up", at + 2, rows=100)))
+
+        with monkeypatch.context() as m:
+            m.setattr(service_module, "EVALUATE_ALL_CHUNK", 1)
+            m.setattr(service_module.time, "sleep", batch_between_chunks)
+            judged.clear()
+            engine._in_chunks(["down", "up"], Trigger.EVENTS)
+        assert sleeps == 1 and not engine._dirty
+        assert judged == (["down", "up", "down"] if between else ["down", "up"])
+    s.close()
+
+
+def test_the_two_passes_never_run_at_once(store: Store, hsettings: HealthWorkerSettings, ev: Any) -> None:
+    """evaluate_pending skips its turn while the periodic pass runs (which evaluates the waiting assets
+    too); the periodic pass waits for an evaluate_pending in progress."""
+    import threading
+
+    engine = engine_for(store, hsettings, Clock(T0))
+    engine.handle(deliveries(ev.mat("a", T0 - 60, rows=100)))
+    with store.write() as tx:
+        engine._mark_dirty(tx, ["a"], T0, facts=False)
+    with engine._pass_lock:  # as if the other pass were running
+        assert engine.evaluate_pending() == 0
+        assert engine.stats()["dirty_assets"] == 1
+        done = threading.Event()
+        passing = threading.Thread(target=lambda: (engine.evaluate_all(), done.set()))
+        passing.start()
+        assert not done.wait(0.3)  # waits for the lock
+    passing.join(10)
+    assert done.is_set() and engine.stats()["dirty_assets"] == 0
