@@ -10,6 +10,8 @@
    probe asset is XADDed now and then; the time until its signed firing webhook is received
 4. rss_mb: resident memory of each worker at the end
 
+`--throughput-only` runs 1 and 2 alone (no live throughput, no latency phase): for A/B runs of the ratio.
+
 Prints one JSON object on its last line:
 `{"throughput_eps", "floor_eps", "ratio", "p50_ms", "p99_ms", "rss_mb": {...}, ...}`.
 """
@@ -130,6 +132,11 @@ def main() -> None:
         "--settle", type=float, default=2.0, help="seconds of background load before the probes"
     )
     parser.add_argument("--profile", type=Path, default=None, help="record each worker with py-spy into DIR")
+    parser.add_argument(
+        "--throughput-only",
+        action="store_true",
+        help="floor and backlog runs only (no live throughput, no latency phase): for A/B runs of the ratio",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ams-bench-"))
@@ -221,82 +228,89 @@ def main() -> None:
             backlog_runs.append(backlog_throughput(run))
         floor = statistics.median(floor_runs)
         throughput = statistics.median(backlog_runs)
-
-        # The same number published while the main health worker runs (publisher, Redis and worker share the
-        # cores): what a burst costs when nobody waits for it to be queued first.
-        started = time.perf_counter()
-        publish(bus, "live")
-        settled(bus)
-        live_throughput = args.events / (time.perf_counter() - started)
-
-        # 3. end-to-end latency under background load
-        stop = threading.Event()
-
-        def background() -> None:
-            seed = 100
-            while not stop.is_set():
-                simulate(
-                    bus,
-                    assets=args.assets,
-                    events=int(args.rate * 2),
-                    rate=args.rate,
-                    seed=seed,
-                    inject=(),
-                    prefix=f"bg{seed}",
-                )
-                seed += 1
-
-        loader = threading.Thread(target=background, daemon=True)
-        loader.start()
-        time.sleep(args.settle)  # let the load settle
-        sent: dict[str, float] = {}
-        arrived: dict[str, float] = {}
-
-        def record_arrival(request: Received) -> None:
-            arrived.setdefault(json.loads(request.body).get("data", {}).get("asset_key", ""), time.time())
-
-        receiver.on_request = record_arrival
-        for n in range(args.probes):
-            events = probe_events(n)
-            sent[f"probe/asset_{n}"] = time.time()
-            for stream, event in events:
-                bus.publish_many(stream, [event])
-            time.sleep(0.1)
-        deadline = time.monotonic() + 60
-        while any(k not in arrived for k in sent) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        stop.set()
-        loader.join(30)
-        latencies = sorted((arrived[k] - sent[k]) * 1000 for k in sent if k in arrived)
-        missing = len(sent) - len(latencies)
-
-        def pct(q: float) -> float:
-            return (
-                round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1) if latencies else -1.0
-            )
-
-        rss = {
-            name: round(psutil.Process(w.process.pid).memory_info().rss / 2**20, 1)  # type: ignore[union-attr]
-            for name, w in workers.items()
-        }
         result.update(
             {
                 "throughput_eps": round(throughput, 1),
-                "live_throughput_eps": round(live_throughput, 1),
                 "floor_eps": round(floor, 1),
                 "floor_runs_eps": [round(f, 1) for f in floor_runs],
                 "throughput_runs_eps": [round(t, 1) for t in backlog_runs],
                 "ratio": round(throughput / floor, 3),
-                "p50_ms": pct(0.5),
-                "p99_ms": pct(0.99),
-                "latency_mean_ms": round(statistics.fmean(latencies), 1) if latencies else -1.0,
-                "latency_max_ms": round(latencies[-1], 1) if latencies else -1.0,
-                "probes": args.probes,
-                "probes_missing": missing,
-                "background_eps": args.rate,
-                "rss_mb": rss,
             }
         )
+
+        if not args.throughput_only:
+            # The same number published while the main health worker runs (publisher, Redis and worker share
+            # the cores): what a burst costs when nobody waits for it to be queued first.
+            started = time.perf_counter()
+            publish(bus, "live")
+            settled(bus)
+            live_throughput = args.events / (time.perf_counter() - started)
+
+            # 3. end-to-end latency under background load
+            stop = threading.Event()
+
+            def background() -> None:
+                seed = 100
+                while not stop.is_set():
+                    simulate(
+                        bus,
+                        assets=args.assets,
+                        events=int(args.rate * 2),
+                        rate=args.rate,
+                        seed=seed,
+                        inject=(),
+                        prefix=f"bg{seed}",
+                    )
+                    seed += 1
+
+            loader = threading.Thread(target=background, daemon=True)
+            loader.start()
+            time.sleep(args.settle)  # let the load settle
+            sent: dict[str, float] = {}
+            arrived: dict[str, float] = {}
+
+            def record_arrival(request: Received) -> None:
+                arrived.setdefault(json.loads(request.body).get("data", {}).get("asset_key", ""), time.time())
+
+            receiver.on_request = record_arrival
+            for n in range(args.probes):
+                events = probe_events(n)
+                sent[f"probe/asset_{n}"] = time.time()
+                for stream, event in events:
+                    bus.publish_many(stream, [event])
+                time.sleep(0.1)
+            deadline = time.monotonic() + 60
+            while any(k not in arrived for k in sent) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            stop.set()
+            loader.join(30)
+            latencies = sorted((arrived[k] - sent[k]) * 1000 for k in sent if k in arrived)
+            missing = len(sent) - len(latencies)
+
+            def pct(q: float) -> float:
+                return (
+                    round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1)
+                    if latencies
+                    else -1.0
+                )
+
+            result.update(
+                {
+                    "live_throughput_eps": round(live_throughput, 1),
+                    "p50_ms": pct(0.5),
+                    "p99_ms": pct(0.99),
+                    "latency_mean_ms": round(statistics.fmean(latencies), 1) if latencies else -1.0,
+                    "latency_max_ms": round(latencies[-1], 1) if latencies else -1.0,
+                    "probes": args.probes,
+                    "probes_missing": missing,
+                    "background_eps": args.rate,
+                }
+            )
+        rss = {
+            name: round(psutil.Process(w.process.pid).memory_info().rss / 2**20, 1)  # type: ignore[union-attr]
+            for name, w in workers.items()
+        }
+        result["rss_mb"] = rss
     finally:
         for worker in workers.values():
             worker.stop()

@@ -9,6 +9,7 @@ Entries that fail validation, or whose handler still fails after `max_deliveries
 
 from __future__ import annotations
 
+import gc
 import random
 import socket
 import sqlite3
@@ -272,9 +273,25 @@ class Consumer:
         reply = self.bus.client.xreadgroup(
             self.group, self.name, keys, count=self.cfg.batch_size, block=self.cfg.block_ms if block else None
         )
+        # The cyclic garbage collector is paused while the batch is settled. Its objects (entries, events,
+        # deliveries, what the handler makes of them) are created together and die together at its end, and
+        # thousands of them outnumber the collector's threshold: it scanned them, all alive, once or twice
+        # per batch (the health worker over a backlog of 50,000 to 200,000 events: 5 to 7 % of its time).
+        # The entries are released before it resumes, so that it finds them gone.
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            return self._settle(self._in_stream_order(reply), redelivered=False)
+        finally:
+            del reply
+            if paused:
+                gc.enable()
+
+    def _in_stream_order(self, reply: Any) -> dict[str, list[tuple[str, Any]]]:
+        """The entries of an XREADGROUP reply by stream, in the consumer's stream order (e.g. asset specs
+        before the events that use them)."""
         batches = {key.removeprefix(self.cfg.prefix + ":"): entries for key, entries in _streams_of(reply)}
-        # In the consumer's stream order (e.g. asset specs before the events that use them).
-        return self._settle({s: batches[s] for s in self.streams if s in batches}, redelivered=False)
+        return {s: batches[s] for s in self.streams if s in batches}
 
     def _delivery_counts(self, key: str, ids: list[str]) -> dict[str, int]:
         if not ids:

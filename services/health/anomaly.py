@@ -83,11 +83,18 @@ def robust_location_scale(residuals: Sequence[float], cut: float = 3.5) -> tuple
     """
     center = median(residuals)
     deviations = [abs(r - center) for r in residuals]
-    mad = median(deviations)
+    ordered = sorted(deviations)
+    n = len(ordered)
+    mid = n // 2
+    mad = ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2.0  # median(deviations)
     if mad == 0:
         return center, 1.2533 * sum(deviations) / len(deviations)
     limit = cut * MAD_SCALE * mad
-    kept = [r for r, d in zip(residuals, deviations, strict=True) if d <= limit]
+    total = sum(deviations)
+    if total == total and ordered[-1] <= limit:  # no NaN, so the last is the largest: none is cut
+        kept: Sequence[float] = residuals
+    else:
+        kept = [r for r, d in zip(residuals, deviations, strict=True) if d <= limit]
     if len(kept) < 3:
         return center, MAD_SCALE * mad
     mean = sum(kept) / len(kept)

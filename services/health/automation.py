@@ -103,6 +103,10 @@ class AutomationObject:
     retired_reason: str | None = None
 
 
+# The events of the automation stream (`object_key` names their object); a batch is filtered by these first.
+AUTOMATION_EVENTS = (AutomationTicked, DaemonHeartbeat, PublisherHeartbeat, AutomationRemoved)
+
+
 def object_key(event: Event) -> str | None:
     """The key of the object an automation event is about (None for any other event)."""
     if isinstance(event, AutomationTicked):

@@ -20,7 +20,7 @@ from libs.common.events import (
 from services.health.model import TERMINAL, AssetHistory, Execution, Failure, Materialization
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SpecFact:
     key: str
     version: int
@@ -29,21 +29,21 @@ class SpecFact:
     at: float  # when the change happened (the first one is the asset's registration time)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RunFact:
     key: str
     job_name: str | None
     execution: Execution
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MaterializationFact:
     event_id: str
     key: str
     materialization: Materialization
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FailureFact:
     event_id: str
     key: str
@@ -87,7 +87,7 @@ def facts_of(events: Iterable[Event]) -> Facts:
         if isinstance(event, AssetMaterialized):
             d = event.data
             columns = (
-                tuple((c.name, c.type) for c in d.column_schema) if d.column_schema is not None else None
+                tuple([(c.name, c.type) for c in d.column_schema]) if d.column_schema is not None else None
             )
             record = Materialization(
                 _ts(event), d.run_id, d.row_count, d.duration_s, columns, d.partition, d.storage_id

@@ -28,7 +28,15 @@ from libs.common import outbox
 from libs.common import settings as common_settings_code
 from libs.common import text as text_code
 from libs.common.bus import Delivery
-from libs.common.events import HEALTH, CheckName, CheckResult, Event, HealthStatus, PublisherHeartbeatData
+from libs.common.events import (
+    HEALTH,
+    CheckName,
+    CheckResult,
+    Event,
+    HealthStatus,
+    PublisherHeartbeatData,
+    RunEvent,
+)
 from libs.common.log import get_logger
 from libs.common.sql import Connection
 from libs.common.store import Store
@@ -61,6 +69,8 @@ CHUNK_TARGET_S = 0.05
 _YIELD_S = 0.002
 # Assets a batch evaluates in its own transaction; more (a deferred backlog) go in chunks after it.
 _EVALUATE_IN_BATCH = 1000
+# Asset keys remembered as having a history (`HealthService._with_history`), at most (a few MB).
+_WITH_HISTORY_MAX = 100_000
 # The facts serial of an asset whose facts are of unknown age: later than any evaluation.
 _UNKNOWN_FACTS = sys.maxsize
 
@@ -150,6 +160,9 @@ class HealthService:
         self._automation_confirm = True
         self._automation_handled = 0.0  # monotonic time of the last batch with automation events
         self._automation_passes = 0
+        # Assets known to have a history in health.db, not asked about again (`_record`); a key here whose
+        # history is gone after all is only read back when evaluated, as any uncached one.
+        self._with_history: set[str] = set()
         self._load_dirty()
 
     # -- cache -------------------------------------------------------------------------------------------
@@ -237,14 +250,16 @@ class HealthService:
                 with self.store.write() as conn:
                     self._begin()
                     new = Store.claim_new(conn, deliveries, lambda d: d.event.id)
-                    facts = record.facts_of(d.event for d in new)
+                    events = [d.event for d in new]
+                    facts = record.facts_of(events)
                     self._record(conn, facts, now)
                     if facts.touched:
                         self._facts_serial += 1
                         self._mark_dirty(conn, facts.touched, now, facts=True)
                     confirming = self._confirm_pending and not replay
-                    events = [d.event for d in new]
-                    automated = self._record_automation(conn, events)
+                    # One isinstance per event: a batch of runs and materializations holds none of these.
+                    ticks = [e for e in events if isinstance(e, automation.AUTOMATION_EVENTS)]
+                    automated = self._record_automation(conn, ticks)
                     automated += self._record_jobs(conn, events, now, replay, confirming)
                     if confirming:  # caught up: what was replayed is judged again on the wall clock
                         self._mark_dirty(conn, db.replayed_asset_keys(conn), now, facts=False)
@@ -276,7 +291,7 @@ class HealthService:
             metrics.EVENT_LAG_SECONDS.labels(stream=stream).observe_many(values)
         self._after_commit([*decisions, *automated])
         metrics.AWAITING_EVALUATION.set(len(self._dirty))
-        if any(e.event.type == "automation.publisher_heartbeat" for e in new):
+        if any(e.type == "automation.publisher_heartbeat" for e in ticks):
             self.update_publisher_gauge()
 
     def _catch_up(self, deliveries: Sequence[Delivery]) -> float:
@@ -285,9 +300,10 @@ class HealthService:
         running-time limits are not judged against the wall clock. A batch without runs or
         materializations (asset specs only) leaves the mode as it is."""
         now = self.clock()
-        times = [d.event.occurred_at.timestamp() for d in deliveries if d.event.type.startswith(_FACT_TYPES)]
+        # The newest time first, converted once (a time's timestamp() costs more than comparing two).
+        times = [d.event.occurred_at for d in deliveries if d.event.type.startswith(_FACT_TYPES)]
         if times:
-            newest = max(times)
+            newest = max(times).timestamp()
             if now - newest > self.cfg.catch_up_lag_s:
                 if self._replay_as_of is None:
                     log.info("health_catching_up", history_at=newest, behind_s=round(now - newest))
@@ -334,7 +350,18 @@ class HealthService:
 
     def _record(self, conn: Connection, facts: record.Facts, now: float) -> None:
         """Write the batch's facts to health.db, and to the histories in the cache (the others are read
-        from the store, facts included, when next evaluated)."""
+        from the store, facts included, when next evaluated). An asset of which the store holds nothing yet
+        enters the cache with an empty history first: what `load_history` would read of it before this
+        batch, so its first evaluation reads nothing back (a backlog of new assets: a fifth of that
+        evaluation's time was reading back the histories just written)."""
+        if self.store.dialect == "sqlite":  # on PostgreSQL the cache lasts one transaction (`_begin`)
+            known = self._with_history
+            uncached = [key for key in facts.touched if key not in known and self.cache.peek(key) is None]
+            for key in db.without_history(conn, uncached) if uncached else ():
+                self.cache.entry(key, AssetHistory)
+            if len(known) + len(uncached) > _WITH_HISTORY_MAX:
+                known.clear()
+            known.update(uncached)  # each has a history now (or this transaction fails: then it is read)
         db.write_facts(conn, facts, now)
         cached = {key: self.cache.peek(key) for key in facts.touched}
         entries = {key: e for key, e in cached.items() if e is not None}
@@ -688,8 +715,9 @@ class HealthService:
         return wall, False
 
     def _record_automation(self, conn: Connection, events: Sequence[Event]) -> list[Decision]:
-        """Fold a batch's automation events into their objects and evaluate those (and, once caught up, the
-        objects last judged during a replay, on the wall clock)."""
+        """Fold a batch's automation events (`automation.AUTOMATION_EVENTS`: the caller picks them) into
+        their objects and evaluate those (and, once caught up, the objects last judged during a replay, on
+        the wall clock)."""
         by_key: dict[str, list[Event]] = {}
         for event in events:
             key = automation.object_key(event)
@@ -714,7 +742,7 @@ class HealthService:
         come on the runs stream, behind the same backlog as the assets' runs: judged at the assets' `now` and
         replay (`_catch_up`), and once that replay ends (`confirming`) the replayed jobs again."""
         by_key: dict[str, list[Event]] = {}
-        for event in events:
+        for event in [e for e in events if isinstance(e, RunEvent) and not e.data.asset_keys]:
             key = automation.job_key(event)
             if key is not None:
                 by_key.setdefault(key, []).append(event)

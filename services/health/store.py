@@ -209,7 +209,10 @@ def columns_json(columns: tuple[tuple[str, str], ...] | None) -> str | None:
     return text
 
 
+@functools.lru_cache(maxsize=4096)
 def _columns(raw: str | None) -> tuple[tuple[str, str], ...] | None:
+    """A stored column schema read back; memoised (the same text on most of an asset's rows: parsing it per
+    row was half of `load_history`'s time), and the result is immutable."""
     return tuple((str(n), str(t)) for n, t in json.loads(raw)) if raw else None
 
 
@@ -274,6 +277,26 @@ def load_history(
         )
     ]
     return history
+
+
+def without_history(conn: Connection, keys: Sequence[str]) -> list[str]:
+    """Of `keys`, the assets of which health.db holds nothing `load_history` would read (no spec copy, no
+    materialization, run or failure): their history is empty."""
+    unknown: list[str] = []
+    for chunk in _chunks(keys):
+        marks = ", ".join("(?)" for _ in chunk)
+        unknown += [
+            r[0]
+            for r in conn.execute(
+                f"WITH q(k) AS (VALUES {marks}) SELECT k FROM q "
+                "WHERE NOT EXISTS (SELECT 1 FROM asset_specs WHERE asset_key = q.k) "
+                "AND NOT EXISTS (SELECT 1 FROM executions WHERE asset_key = q.k) "
+                "AND NOT EXISTS (SELECT 1 FROM materializations WHERE asset_key = q.k) "
+                "AND NOT EXISTS (SELECT 1 FROM materialization_failures WHERE asset_key = q.k)",
+                list(chunk),
+            )
+        ]
+    return unknown
 
 
 def load_state(conn: Connection, key: str) -> HealthState:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import sqlite3
 import time
 from collections.abc import Callable
@@ -274,3 +276,31 @@ def test_entry_delivered_far_too_often_is_dead_lettered_unhandled(settings: Sett
         Consumer(bus=bus, group="g", name="me", streams=[RUNS], handler=handled.extend).poll(block=False) == 1
     )
     assert handled == [] and bus.client.xlen(key + ":dlq") == 1
+
+
+def test_the_collector_pauses_for_a_batch_and_resumes_after_it_even_on_failure(settings: Settings) -> None:
+    bus = make_bus(settings)
+    bus.publish_many(RUNS, [run_event(i) for i in range(3)])
+    during: list[bool] = []
+
+    def handler(batch: list[Delivery]) -> None:
+        during.append(gc.isenabled())
+        if len(during) == 1:
+            raise sqlite3.OperationalError("disk I/O error")  # an infrastructure error: retried
+
+    consumer = Consumer(bus=bus, group="g", name="c", streams=[RUNS], handler=handler)
+    assert gc.isenabled()
+    with contextlib.suppress(sqlite3.OperationalError):
+        consumer.poll(block=True)
+    assert during == [False] and gc.isenabled()
+    poll_until(consumer, lambda: len(during) == 2)  # the batch retried (its entries already read)
+    bus.publish_many(RUNS, [run_event(5)])
+    poll_until(consumer, lambda: len(during) == 3)
+    assert during[2] is False and gc.isenabled()
+    gc.disable()  # a process that runs without the collector keeps it off
+    try:
+        bus.publish_many(RUNS, [run_event(9)])
+        poll_until(consumer, lambda: len(during) == 4)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

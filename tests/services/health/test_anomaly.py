@@ -8,7 +8,13 @@ import random
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from services.health.anomaly import DetectorConfig, bucket_of, score
+from services.health.anomaly import (
+    DetectorConfig,
+    bucket_of,
+    robust_location_scale,
+    score,
+    theil_sen_slope,
+)
 
 DAY = 86400.0
 T0 = 1_780_000_000.0 - (1_780_000_000.0 % DAY)
@@ -141,3 +147,59 @@ def test_points_fractions_of_a_second_apart_never_overflow(gap_s: float, values:
     s = score(past, point, DetectorConfig(min_training_size=5))
     assert s.trend_per_day is None or math.isfinite(s.trend_per_day)
     assert s.expected is None or math.isfinite(s.expected)
+
+
+def _reference_location_scale(residuals: list[float], cut: float = 3.5) -> tuple[float, float]:
+    """robust_location_scale as first written: the residuals within the cut filtered one by one."""
+    ordered = sorted(residuals)
+    n = len(ordered)
+    center = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2.0
+    deviations = [abs(r - center) for r in residuals]
+    ordered = sorted(deviations)
+    mad = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2.0
+    if mad == 0:
+        return center, 1.2533 * sum(deviations) / len(deviations)
+    limit = cut * 1.4826 * mad
+    kept = [r for r, d in zip(residuals, deviations, strict=True) if d <= limit]
+    if len(kept) < 3:
+        return center, 1.4826 * mad
+    mean = sum(kept) / len(kept)
+    return mean, math.sqrt(sum([(r - mean) ** 2 for r in kept]) / (len(kept) - 1))
+
+
+def _reference_slope(ts: list[float], vs: list[float]) -> float:
+    """The median of every pairwise slope (up to 24 points, below the subsampling)."""
+    pairs = [(i, j) for i in range(len(ts)) for j in range(i + 1, len(ts)) if ts[j] != ts[i]]
+    slopes = [(vs[j] - vs[i]) / (ts[j] - ts[i]) for i, j in pairs]
+    if not slopes:
+        return 0.0
+    ordered = sorted(slopes)
+    n = len(ordered)
+    return ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2.0
+
+
+values = st.one_of(
+    st.floats(min_value=-1e6, max_value=1e6),
+    st.sampled_from([0.0, 1.0, math.nan, math.inf, -math.inf, 1e300]),
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(values, min_size=1, max_size=60))
+def test_location_scale_keeps_what_the_cut_keeps(residuals: list[float]) -> None:
+    """The shortcut when no residual is cut (NaN aside) gives the very floats of the filter."""
+    got, want = [], []
+    for f, out in ((robust_location_scale, got), (_reference_location_scale, want)):
+        try:
+            out.append(repr(f(residuals)))
+        except (OverflowError, ValueError) as exc:
+            out.append(type(exc).__name__)
+    assert got == want
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.integers(0, 40), st.floats(-1e3, 1e3)), min_size=2, max_size=24))
+def test_theil_sen_slope_is_the_median_of_every_pairwise_slope(points: list[tuple[int, float]]) -> None:
+    ts = [float(t) for t, _ in sorted(points, key=lambda p: p[0])]
+    vs = [v for _, v in sorted(points, key=lambda p: p[0])]
+    assert repr(theil_sen_slope(ts, vs)) == repr(_reference_slope(ts, vs))

@@ -599,6 +599,63 @@ def test_under_a_backlog_a_batch_leaves_the_confirmations_after_a_catch_up_to_th
     s.close()
 
 
+def test_a_new_asset_is_judged_on_the_facts_in_hand_as_on_those_read_back(
+    tmp_path: Path, ev: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An asset of which health.db holds nothing enters the cache with an empty history and the batch's facts:
+    its first evaluation reads no history back, and decides as one reading it from health.db. An asset that
+    health.db knows (after a restart, with a cold cache) is read back whole."""
+    import services.health.service as service_module
+
+    columns = [("id", "int64"), ("name", "string")]
+    t = T0
+    batches = [  # the same events for both services
+        [
+            ev.spec("a", downstream=["b"]),
+            ev.run("ra1", "STARTED", ["a", "b"], start=t),
+            *[ev.mat("a", t + 10 * i, run_id="ra1", rows=1000 + i, columns=columns) for i in range(3)],
+            ev.run("ra1", "FAILURE", ["a", "b"], start=t, end=t + 40, error="boom", failed=["b"]),
+            ev.failed("b", "ra1", t + 40),
+        ],
+        [
+            *[ev.run(f"rc{i}", "SUCCESS", ["c"], start=t + 60 * i, end=t + 60 * i + 5) for i in range(9)],
+            *[ev.mat("c", t + 60 * i + 5, run_id=f"rc{i}", rows=500, duration_s=5.0) for i in range(9)],
+        ],
+    ]
+    after_restart = [ev.mat("a", t + 100, run_id="ra2", rows=900), ev.mat("d", t + 100)]
+    published: dict[str, list[Any]] = {}
+    loaded: dict[str, list[str]] = {}
+    for read_back in (False, True):
+        home = tmp_path / str(read_back)
+        settings = load_settings(HealthWorkerSettings, dagster_home=str(home), stores={"data_dir": str(home)})
+        s = open_store(settings)
+        if read_back:  # the cache learns no asset from its facts alone: every history is read from health.db
+            monkeypatch.setattr(service_module.db, "without_history", lambda conn, keys: [])
+        reads = loaded.setdefault(str(read_back), [])
+        load_history = service_module.db.load_history
+        monkeypatch.setattr(
+            service_module.db,
+            "load_history",
+            lambda conn, key, *args, _load=load_history, _reads=reads, **kw: (
+                _reads.append(key) or _load(conn, key, *args, **kw)
+            ),
+        )
+        service = HealthService(s, settings, clock=Clock(T0 + DAY))
+        for batch in batches:
+            service.handle(deliveries(*batch))
+        restarted = HealthService(s, settings, clock=Clock(T0 + DAY))  # a cold cache over what a knows
+        restarted.handle(deliveries(*after_restart))
+        published[str(read_back)] = [
+            (e.data.asset_key, e.data.status, [c.model_dump() for c in e.data.checks]) for e in outbox(s)
+        ]
+        monkeypatch.undo()
+        s.close()
+    assert published["False"] == published["True"] and len(published["False"]) >= 4
+    # Read back: only what health.db held before the restart's batch (a, and b evaluated as its downstream).
+    assert sorted(loaded["False"]) == ["a", "b"]
+    assert {"a", "b", "c", "d"} <= set(loaded["True"])
+
+
 def test_a_pass_judges_a_downstream_asset_again_only_for_facts_it_has_not_seen(
     tmp_path: Path, ev: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
