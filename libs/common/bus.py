@@ -9,7 +9,6 @@ Entries that fail validation, or whose handler still fails after `max_deliveries
 
 from __future__ import annotations
 
-import gc
 import random
 import socket
 import sqlite3
@@ -23,7 +22,7 @@ from pydantic import ValidationError
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-from libs.common import metrics
+from libs.common import heap, metrics
 from libs.common.events import (
     STREAM_TYPES,
     AnyEvent,
@@ -278,14 +277,11 @@ class Consumer:
         # thousands of them outnumber the collector's threshold: it scanned them, all alive, once or twice
         # per batch (the health worker over a backlog of 50,000 to 200,000 events: 5 to 7 % of its time).
         # The entries are released before it resumes, so that it finds them gone.
-        paused = gc.isenabled()
-        gc.disable()
-        try:
-            return self._settle(self._in_stream_order(reply), redelivered=False)
-        finally:
-            del reply
-            if paused:
-                gc.enable()
+        with heap.collector_paused():
+            try:
+                return self._settle(self._in_stream_order(reply), redelivered=False)
+            finally:
+                del reply
 
     def _in_stream_order(self, reply: Any) -> dict[str, list[tuple[str, Any]]]:
         """The entries of an XREADGROUP reply by stream, in the consumer's stream order (e.g. asset specs

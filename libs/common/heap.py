@@ -1,4 +1,5 @@
-"""The worker processes' heap: fewer malloc arenas, and freed memory handed back to the operating system.
+"""The processes' heap: fewer malloc arenas, freed memory handed back to the operating system, and the
+cyclic garbage collector paused while many objects that die together are alive.
 
 A worker keeps a cache of long-lived objects while it allocates and frees millions of short-lived ones
 (events, rows, results) on several threads. glibc gives each thread an arena of its own (up to eight per
@@ -11,7 +12,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import gc
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 _M_ARENA_MAX = -8  # mallopt parameter (malloc.h)
 
@@ -42,3 +47,30 @@ def trim() -> bool:
     """Return the free memory of every arena to the operating system; True when some was returned."""
     libc = _glibc()
     return bool(libc is not None and libc.malloc_trim(0))
+
+
+_PAUSE_LOCK = threading.Lock()
+_pauses = 0
+_resume = False
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for the block: while thousands of objects made together stay
+    alive until they die together (a consumer's batch, a GraphQL poll of 10,000 assets), each collection
+    would scan them all again and find nothing to free. Nested and concurrent pauses (threads) share one:
+    the collector resumes when the last one ends, and only if it was running before the first.
+    """
+    global _pauses, _resume
+    with _PAUSE_LOCK:
+        if _pauses == 0:
+            _resume = gc.isenabled()
+            gc.disable()
+        _pauses += 1
+    try:
+        yield
+    finally:
+        with _PAUSE_LOCK:
+            _pauses -= 1
+            if _pauses == 0 and _resume:
+                gc.enable()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import textwrap
@@ -37,3 +38,23 @@ def test_freed_memory_inside_the_heap_goes_back_to_the_system() -> None:
 @glibc_only
 def test_arenas_can_be_limited() -> None:
     assert heap.limit_arenas(2)
+
+
+def test_collector_pause_nests_and_restores_the_collector_as_it_was() -> None:
+    assert gc.isenabled()
+    with heap.collector_paused():
+        assert not gc.isenabled()
+        with heap.collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the outer pause still holds
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), heap.collector_paused():
+        raise RuntimeError("registration failed")
+    assert gc.isenabled()
+    gc.disable()  # a process that runs without the collector keeps it off
+    try:
+        with heap.collector_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

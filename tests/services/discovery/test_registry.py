@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 from datetime import UTC, datetime, timedelta
@@ -31,7 +30,6 @@ from services.discovery.registry import (
     upstream_first,
     upstream_of,
 )
-from services.discovery.service import collector_paused
 from services.discovery.store import MIGRATIONS
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -425,23 +423,3 @@ def test_light_listing_is_the_full_one_narrowed_and_its_rows_are_independent(sto
     light[0]["kinds"].clear()
     light[0]["tags"]["e"] = "t"
     assert {k: light[1][k] for k in same} == same
-
-
-def test_collector_pause_nests_and_restores_the_collector_as_it_was() -> None:
-    assert gc.isenabled()
-    with collector_paused():
-        assert not gc.isenabled()
-        with collector_paused():
-            assert not gc.isenabled()
-        assert not gc.isenabled()  # the outer pause still holds
-    assert gc.isenabled()
-    with pytest.raises(RuntimeError), collector_paused():
-        raise RuntimeError("registration failed")
-    assert gc.isenabled()
-    gc.disable()  # a process that runs without the collector keeps it off
-    try:
-        with collector_paused():
-            pass
-        assert not gc.isenabled()
-    finally:
-        gc.enable()
